@@ -1,0 +1,548 @@
+//! `config.json` → [`ModelConfig`]: one plain description of the network that every architecture
+//! maps onto. Each architecture's quirks are resolved here (which norm, which activation, sliding
+//! windows per layer, attention scale) so the forward pass never branches on a model name.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::error::{io_err, EngineError, Result};
+
+/// The `architectures` entries we load, in the order the README lists them.
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
+    "LlamaForSequenceClassification",
+    "MistralForSequenceClassification",
+    "Qwen2ForSequenceClassification",
+    "Qwen3ForSequenceClassification",
+    "Gemma2ForSequenceClassification",
+    "GPT2ForSequenceClassification",
+    "LlamaForRewardModelWithGating",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Architecture {
+    Llama,
+    Mistral,
+    Qwen2,
+    Qwen3,
+    Gemma2,
+    Gpt2,
+    /// ArmoRM: a Llama backbone with a gated multi-objective head.
+    ArmoRm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum NormKind {
+    /// `x * rsqrt(mean(x²) + eps) * γ`. Gemma-2's `(1 + w)` is folded into γ at load time.
+    Rms { eps: f64 },
+    /// `(x − mean) * rsqrt(var + eps) * γ + β` (biased variance).
+    Layer { eps: f64 },
+}
+
+impl NormKind {
+    pub fn eps(&self) -> f64 {
+        match self {
+            NormKind::Rms { eps } | NormKind::Layer { eps } => *eps,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    Silu,
+    /// tanh approximation: `gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`.
+    GeluTanh,
+    /// exact erf GELU: `gelu`.
+    GeluErf,
+    Relu,
+}
+
+impl Activation {
+    fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "silu" | "swish" => Activation::Silu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" | "gelu_tanh" => Activation::GeluTanh,
+            "gelu" => Activation::GeluErf,
+            "relu" => Activation::Relu,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum RopeScaling {
+    Default,
+    /// Positions divided by `factor`.
+    Linear { factor: f64 },
+    /// Llama-3.1's frequency-dependent scaling.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Rope {
+    pub theta: f64,
+    pub scaling: RopeScaling,
+}
+
+/// ArmoRM's gating-network settings (`num_objectives`, `gating_*` in config.json).
+#[derive(Debug, Clone, Serialize)]
+pub struct GatingConfig {
+    pub num_objectives: usize,
+    pub temperature: f64,
+    pub hidden_dim: usize,
+    pub n_hidden: usize,
+    /// Token ids whose last occurrence marks the gating position, when config.json names them
+    /// (`gating_token_pattern`); otherwise the loader derives them.
+    pub token_pattern: Option<Vec<u32>>,
+}
+
+/// Everything the forward pass needs to know about a network, resolved from config.json.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelConfig {
+    pub architecture: Architecture,
+    /// The `architectures[0]` string as written in config.json.
+    pub class_name: String,
+    /// config.json's `model_type` (transformers picks the tokenizer class from it).
+    pub model_type: Option<String>,
+    pub vocab_size: usize,
+    pub d_model: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub d_mlp: usize,
+    pub max_position_embeddings: usize,
+    pub norm: NormKind,
+    pub activation: Activation,
+    /// `None` for learned absolute positions (GPT-2).
+    pub rope: Option<Rope>,
+    pub qkv_bias: bool,
+    pub o_bias: bool,
+    pub mlp_bias: bool,
+    /// Qwen3: RMSNorm over head_dim on q and k before RoPE.
+    pub qk_norm: bool,
+    /// Gemma-2: post-attention and pre/post-feed-forward norms.
+    pub sandwich_norms: bool,
+    /// Gated (SwiGLU/GeGLU) MLP; false for GPT-2's fc → act → proj.
+    pub gated_mlp: bool,
+    /// Multiplier on the token embedding (Gemma-2: √d_model).
+    pub embed_scale: Option<f64>,
+    /// Multiplier on q·k (1/√head_dim, or 1/√query_pre_attn_scalar for Gemma-2).
+    pub attn_scale: f64,
+    /// GPT-2 `scale_attn_by_inverse_layer_idx`: scores further divided by (layer + 1).
+    pub attn_scale_by_layer: bool,
+    /// Gemma-2 attention logit soft-cap `c · tanh(s / c)`.
+    pub attn_softcap: Option<f64>,
+    /// Sliding window W per layer (query q sees key k iff q − W < k ≤ q); `None` = full causal.
+    pub sliding_window: Vec<Option<usize>>,
+    pub pad_token_id: Option<u32>,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
+    pub num_labels: usize,
+    pub tie_word_embeddings: bool,
+    pub gating: Option<GatingConfig>,
+    /// The dtype config.json declares (`torch_dtype` or `dtype`), informational.
+    pub declared_dtype: Option<String>,
+}
+
+struct Fields<'a> {
+    path: &'a Path,
+    v: &'a Value,
+}
+
+impl<'a> Fields<'a> {
+    fn err(&self, field: &str, message: impl Into<String>) -> EngineError {
+        EngineError::ConfigField {
+            path: self.path.to_path_buf(),
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+    fn get(&self, key: &str) -> Option<&'a Value> {
+        self.v.get(key).filter(|x| !x.is_null())
+    }
+    fn usize_opt(&self, key: &str) -> Result<Option<usize>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(x) => x
+                .as_u64()
+                .map(|n| Some(n as usize))
+                .ok_or_else(|| self.err(key, format!("expected a non-negative integer, found {x}"))),
+        }
+    }
+    fn usize_req(&self, key: &str) -> Result<usize> {
+        self.usize_opt(key)?
+            .ok_or_else(|| self.err(key, "missing (required for this architecture)"))
+    }
+    /// First of several spellings (GPT-2 uses n_embd, Llama hidden_size).
+    fn usize_any(&self, keys: &[&str]) -> Result<usize> {
+        for k in keys {
+            if let Some(n) = self.usize_opt(k)? {
+                return Ok(n);
+            }
+        }
+        Err(self.err(keys[0], "missing (required for this architecture)"))
+    }
+    fn f64_opt(&self, key: &str) -> Result<Option<f64>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(x) => x
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| self.err(key, format!("expected a number, found {x}"))),
+        }
+    }
+    fn bool_opt(&self, key: &str) -> Result<Option<bool>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(x) => x
+                .as_bool()
+                .map(Some)
+                .ok_or_else(|| self.err(key, format!("expected true or false, found {x}"))),
+        }
+    }
+    fn str_opt(&self, key: &str) -> Result<Option<&'a str>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(x) => x
+                .as_str()
+                .map(Some)
+                .ok_or_else(|| self.err(key, format!("expected a string, found {x}"))),
+        }
+    }
+    /// Token ids may be an integer or a list (first entry used).
+    fn token_id(&self, key: &str) -> Result<Option<u32>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Array(a)) => Ok(a.first().and_then(|x| x.as_u64()).map(|n| n as u32)),
+            Some(x) => x
+                .as_u64()
+                .map(|n| Some(n as u32))
+                .ok_or_else(|| self.err(key, format!("expected a token id, found {x}"))),
+        }
+    }
+}
+
+impl ModelConfig {
+    /// Reads and resolves `config.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| EngineError::Json {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Self::from_value(&v, path)
+    }
+
+    pub fn from_value(v: &Value, path: &Path) -> Result<Self> {
+        let f = Fields { path, v };
+        if !v.is_object() {
+            return Err(f.err("(top level)", "expected a JSON object"));
+        }
+        let class_name = match v.get("architectures").and_then(|a| a.get(0)).and_then(|s| s.as_str()) {
+            Some(s) => s.to_string(),
+            None => return Err(f.err("architectures", "missing: expected e.g. [\"LlamaForSequenceClassification\"]")),
+        };
+        let architecture = match class_name.as_str() {
+            "LlamaForSequenceClassification" => Architecture::Llama,
+            "MistralForSequenceClassification" => Architecture::Mistral,
+            "Qwen2ForSequenceClassification" => Architecture::Qwen2,
+            "Qwen3ForSequenceClassification" => Architecture::Qwen3,
+            "Gemma2ForSequenceClassification" => Architecture::Gemma2,
+            "GPT2ForSequenceClassification" => Architecture::Gpt2,
+            "LlamaForRewardModelWithGating" => Architecture::ArmoRm,
+            other => {
+                return Err(EngineError::UnsupportedArchitecture {
+                    path: path.to_path_buf(),
+                    found: other.to_string(),
+                })
+            }
+        };
+        let is_gpt2 = architecture == Architecture::Gpt2;
+        let d_model = f.usize_any(&["hidden_size", "n_embd"])?;
+        let n_layers = f.usize_any(&["num_hidden_layers", "n_layer"])?;
+        let n_heads = f.usize_any(&["num_attention_heads", "n_head"])?;
+        if n_heads == 0 || n_layers == 0 || d_model == 0 {
+            return Err(f.err("num_attention_heads", "layers, heads and hidden size must be positive"));
+        }
+        let n_kv_heads = if is_gpt2 { n_heads } else { f.usize_opt("num_key_value_heads")?.unwrap_or(n_heads) };
+        if n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+            return Err(f.err(
+                "num_key_value_heads",
+                format!("{n_kv_heads} must divide num_attention_heads = {n_heads}"),
+            ));
+        }
+        let head_dim = match f.usize_opt("head_dim")? {
+            Some(h) if !is_gpt2 => h,
+            _ => {
+                if d_model % n_heads != 0 {
+                    return Err(f.err("hidden_size", format!("{d_model} is not divisible by {n_heads} heads")));
+                }
+                d_model / n_heads
+            }
+        };
+        let d_mlp = if is_gpt2 {
+            f.usize_opt("n_inner")?.unwrap_or(4 * d_model)
+        } else {
+            f.usize_req("intermediate_size")?
+        };
+        let max_position_embeddings = f.usize_any(&["max_position_embeddings", "n_positions"])?;
+        let vocab_size = f.usize_req("vocab_size")?;
+
+        let norm = if is_gpt2 {
+            NormKind::Layer { eps: f.f64_opt("layer_norm_epsilon")?.unwrap_or(1e-5) }
+        } else {
+            NormKind::Rms { eps: f.f64_opt("rms_norm_eps")?.unwrap_or(1e-6) }
+        };
+        let act_key = if is_gpt2 {
+            "activation_function"
+        } else if architecture == Architecture::Gemma2 && f.get("hidden_activation").is_some() {
+            "hidden_activation"
+        } else {
+            "hidden_act"
+        };
+        let act_name = f.str_opt(act_key)?.unwrap_or(match architecture {
+            Architecture::Gpt2 => "gelu_new",
+            Architecture::Gemma2 => "gelu_pytorch_tanh",
+            _ => "silu",
+        });
+        let activation = Activation::parse(act_name).ok_or_else(|| {
+            f.err(act_key, format!("unsupported activation `{act_name}` (supported: silu, gelu, gelu_new, gelu_pytorch_tanh, relu)"))
+        })?;
+
+        let rope = if is_gpt2 { None } else { Some(parse_rope(&f)?) };
+
+        let attention_bias = f.bool_opt("attention_bias")?.unwrap_or(false);
+        let (qkv_bias, o_bias) = match architecture {
+            Architecture::Qwen2 => (true, false),
+            Architecture::Gpt2 => (true, true),
+            _ => (attention_bias, attention_bias),
+        };
+        let mlp_bias = match architecture {
+            Architecture::Gpt2 => true,
+            _ => f.bool_opt("mlp_bias")?.unwrap_or(false),
+        };
+
+        let attn_scale = match architecture {
+            Architecture::Gemma2 => {
+                let s = f.f64_opt("query_pre_attn_scalar")?.unwrap_or(head_dim as f64);
+                1.0 / s.sqrt()
+            }
+            Architecture::Gpt2 if f.bool_opt("scale_attn_weights")? == Some(false) => 1.0,
+            _ => 1.0 / (head_dim as f64).sqrt(),
+        };
+        let attn_scale_by_layer = is_gpt2 && f.bool_opt("scale_attn_by_inverse_layer_idx")?.unwrap_or(false);
+        let attn_softcap = if architecture == Architecture::Gemma2 { f.f64_opt("attn_logit_softcapping")? } else { None };
+
+        let sliding_window = parse_sliding(&f, architecture, n_layers)?;
+
+        let gating = if architecture == Architecture::ArmoRm {
+            let pattern = match f.get("gating_token_pattern") {
+                None => None,
+                Some(Value::Array(a)) => Some(
+                    a.iter()
+                        .map(|x| x.as_u64().map(|n| n as u32))
+                        .collect::<Option<Vec<_>>>()
+                        .ok_or_else(|| f.err("gating_token_pattern", "expected a list of token ids"))?,
+                ),
+                Some(_) => return Err(f.err("gating_token_pattern", "expected a list of token ids")),
+            };
+            Some(GatingConfig {
+                num_objectives: f.usize_opt("num_objectives")?.unwrap_or(19),
+                temperature: f.f64_opt("gating_temperature")?.unwrap_or(10.0),
+                hidden_dim: f.usize_opt("gating_hidden_dim")?.unwrap_or(1024),
+                n_hidden: f.usize_opt("gating_n_hidden")?.unwrap_or(3),
+                token_pattern: pattern,
+            })
+        } else {
+            None
+        };
+        let num_labels = match f.get("id2label").and_then(|m| m.as_object()) {
+            Some(m) if !m.is_empty() => m.len(),
+            _ => f.usize_opt("num_labels")?.unwrap_or(1),
+        };
+
+        Ok(ModelConfig {
+            architecture,
+            class_name,
+            model_type: f.str_opt("model_type")?.map(str::to_string),
+            vocab_size,
+            d_model,
+            n_layers,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            d_mlp,
+            max_position_embeddings,
+            norm,
+            activation,
+            rope,
+            qkv_bias,
+            o_bias,
+            mlp_bias,
+            qk_norm: architecture == Architecture::Qwen3,
+            sandwich_norms: architecture == Architecture::Gemma2,
+            gated_mlp: !is_gpt2,
+            embed_scale: (architecture == Architecture::Gemma2).then(|| (d_model as f64).sqrt()),
+            attn_scale,
+            attn_scale_by_layer,
+            attn_softcap,
+            sliding_window,
+            pad_token_id: f.token_id("pad_token_id")?,
+            bos_token_id: f.token_id("bos_token_id")?,
+            eos_token_id: f.token_id("eos_token_id")?,
+            num_labels,
+            tie_word_embeddings: f.bool_opt("tie_word_embeddings")?.unwrap_or(is_gpt2),
+            gating,
+            declared_dtype: f.str_opt("torch_dtype")?.or(f.str_opt("dtype")?).map(str::to_string),
+        })
+    }
+
+    pub fn path_hint(dir: &Path) -> PathBuf {
+        dir.join("config.json")
+    }
+}
+
+/// RoPE settings from either transformers 5's `rope_parameters` block or the older top-level
+/// `rope_theta` + `rope_scaling`.
+fn parse_rope(f: &Fields) -> Result<Rope> {
+    let params = f.get("rope_parameters");
+    let scaling_block = f.get("rope_scaling");
+    let theta = match params.and_then(|p| p.get("rope_theta")) {
+        Some(t) => t.as_f64().ok_or_else(|| f.err("rope_parameters.rope_theta", "expected a number"))?,
+        None => f.f64_opt("rope_theta")?.unwrap_or(10_000.0),
+    };
+    // Scaling may live in either block; `rope_parameters` wins when it names a non-default type.
+    let block = match params {
+        Some(p) if p.get("rope_type").or(p.get("type")).and_then(|t| t.as_str()).is_some_and(|t| t != "default") => Some(("rope_parameters", p)),
+        _ => scaling_block.map(|s| ("rope_scaling", s)),
+    };
+    let scaling = match block {
+        None => RopeScaling::Default,
+        Some((name, b)) => {
+            let kind = b.get("rope_type").or(b.get("type")).and_then(|t| t.as_str()).unwrap_or("default");
+            let num = |k: &str| -> Result<f64> {
+                b.get(k).and_then(|x| x.as_f64()).ok_or_else(|| f.err(&format!("{name}.{k}"), "missing or not a number"))
+            };
+            match kind {
+                "default" => RopeScaling::Default,
+                "linear" => RopeScaling::Linear { factor: num("factor")? },
+                "llama3" => RopeScaling::Llama3 {
+                    factor: num("factor")?,
+                    low_freq_factor: num("low_freq_factor")?,
+                    high_freq_factor: num("high_freq_factor")?,
+                    original_max_position_embeddings: num("original_max_position_embeddings")?,
+                },
+                other => {
+                    return Err(f.err(
+                        &format!("{name}.rope_type"),
+                        format!("unsupported RoPE scaling `{other}` (supported: default, linear, llama3)"),
+                    ))
+                }
+            }
+        }
+    };
+    Ok(Rope { theta, scaling })
+}
+
+/// Per-layer sliding windows, following each architecture's transformers rules.
+fn parse_sliding(f: &Fields, arch: Architecture, n_layers: usize) -> Result<Vec<Option<usize>>> {
+    let window = f.usize_opt("sliding_window")?;
+    if let Some(types) = f.get("layer_types") {
+        let types = types.as_array().ok_or_else(|| f.err("layer_types", "expected a list"))?;
+        if types.len() != n_layers {
+            return Err(f.err("layer_types", format!("has {} entries, expected one per layer ({n_layers})", types.len())));
+        }
+        return types
+            .iter()
+            .enumerate()
+            .map(|(i, t)| match t.as_str() {
+                Some("full_attention") => Ok(None),
+                Some("sliding_attention") => window
+                    .map(Some)
+                    .ok_or_else(|| f.err("sliding_window", format!("layer {i} is sliding_attention but no window is set"))),
+                _ => Err(f.err(&format!("layer_types[{i}]"), format!("expected \"full_attention\" or \"sliding_attention\", found {t}"))),
+            })
+            .collect();
+    }
+    Ok(match arch {
+        Architecture::Mistral => vec![window; n_layers],
+        Architecture::Gemma2 => (0..n_layers).map(|i| if i % 2 == 0 { window } else { None }).collect(),
+        Architecture::Qwen2 | Architecture::Qwen3 => {
+            let on = f.bool_opt("use_sliding_window")?.unwrap_or(false);
+            let from = f.usize_opt("max_window_layers")?.unwrap_or(n_layers);
+            (0..n_layers).map(|i| if on && i >= from { window } else { None }).collect()
+        }
+        _ => vec![None; n_layers],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> Result<ModelConfig> {
+        ModelConfig::from_value(&v, Path::new("config.json"))
+    }
+
+    fn llama() -> Value {
+        json!({"architectures": ["LlamaForSequenceClassification"], "hidden_size": 64, "num_hidden_layers": 2,
+               "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 100,
+               "max_position_embeddings": 128, "vocab_size": 50, "rope_theta": 1e4})
+    }
+
+    #[test]
+    fn legacy_rope_theta_and_llama3_scaling() {
+        let mut v = llama();
+        v["rope_theta"] = json!(5e5);
+        v["rope_scaling"] = json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                  "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
+        let c = parse(v).unwrap();
+        let rope = c.rope.unwrap();
+        assert_eq!(rope.theta, 5e5);
+        assert!(matches!(rope.scaling, RopeScaling::Llama3 { factor, .. } if factor == 8.0));
+        assert_eq!(c.head_dim, 16);
+    }
+
+    #[test]
+    fn rope_parameters_block() {
+        let mut v = llama();
+        v.as_object_mut().unwrap().remove("rope_theta");
+        v["rope_parameters"] = json!({"rope_theta": 3e5, "rope_type": "default"});
+        assert_eq!(parse(v).unwrap().rope.unwrap().theta, 3e5);
+    }
+
+    #[test]
+    fn unknown_architecture_lists_supported() {
+        let mut v = llama();
+        v["architectures"] = json!(["BertForSequenceClassification"]);
+        let e = parse(v).unwrap_err().to_string();
+        assert!(e.contains("BertForSequenceClassification") && e.contains("Gemma2ForSequenceClassification"), "{e}");
+    }
+
+    #[test]
+    fn missing_field_is_named() {
+        let mut v = llama();
+        v.as_object_mut().unwrap().remove("intermediate_size");
+        let e = parse(v).unwrap_err().to_string();
+        assert!(e.contains("config.json") && e.contains("intermediate_size"), "{e}");
+    }
+
+    #[test]
+    fn bad_gqa_ratio_is_named() {
+        let mut v = llama();
+        v["num_key_value_heads"] = json!(3);
+        assert!(parse(v).unwrap_err().to_string().contains("num_key_value_heads"));
+    }
+}

@@ -1,0 +1,82 @@
+//! Error types of the engine. Every variant names the file, tensor, field or line at fault and
+//! says what was expected, so a user can fix the input without reading our source.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{path}: cannot read file: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not valid JSON: {message}")]
+    Json { path: PathBuf, message: String },
+    #[error("{path}: field `{field}`: {message}")]
+    ConfigField {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+    #[error(
+        "{path}: unsupported architecture `{found}`; supported: {}",
+        crate::config::SUPPORTED_ARCHITECTURES.join(", ")
+    )]
+    UnsupportedArchitecture { path: PathBuf, found: String },
+    #[error("{dir}: no weights found (expected model.safetensors or model.safetensors.index.json)")]
+    NoWeights { dir: PathBuf },
+    #[error("{file}: invalid safetensors file: {message}")]
+    Safetensors { file: PathBuf, message: String },
+    #[error("missing tensor `{name}` (looked in {files})")]
+    MissingTensor { name: String, files: String },
+    #[error("tensor `{name}` has shape {found:?}, expected {expected:?}")]
+    ShapeMismatch {
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error("tensor `{name}` has unsupported dtype {dtype} (supported on disk: f32, bf16, f16, f64)")]
+    UnsupportedDtype { name: String, dtype: String },
+    #[error("tensor `{name}` contains non-finite values (NaN or infinity)")]
+    NonFinite { name: String },
+    #[error("{path}: cannot load tokenizer: {message}")]
+    Tokenizer { path: PathBuf, message: String },
+    #[error("chat template ({source_name}): {message}")]
+    Template { source_name: String, message: String },
+    #[error("empty text: the {field} is empty")]
+    EmptyText { field: &'static str },
+    #[error(
+        "input has {n_tokens} tokens but the model's context is {max_tokens}; \
+         pass a truncation option (drop prompt tokens from the left) or shorten the input"
+    )]
+    TooLong { n_tokens: usize, max_tokens: usize },
+    #[error(
+        "input has {n_tokens} tokens; the response and the template around it alone take {needed} \
+         tokens, more than the model's context of {max_tokens}: refusing to cut the response"
+    )]
+    ResponseTooLong {
+        n_tokens: usize,
+        needed: usize,
+        max_tokens: usize,
+    },
+    #[error("token id {id} is outside the vocabulary (size {vocab})")]
+    TokenOutOfRange { id: u32, vocab: usize },
+    #[error("unknown activation site `{0}` (see the site list in the README; e.g. blocks.0.hook_resid_post)")]
+    UnknownSite(String),
+    #[error("intervention at `{site}`: {message}")]
+    Intervention { site: String, message: String },
+    #[error("ArmoRM gating pattern {pattern:?} not found in sequence {row} of the batch")]
+    GatingPatternMissing { pattern: Vec<u32>, row: usize },
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> EngineError {
+    let path = path.into();
+    move |source| EngineError::Io { path, source }
+}

@@ -1,0 +1,40 @@
+//! # reward-lens-engine
+//!
+//! Loads HuggingFace reward models (Llama, Mistral, Qwen2, Qwen3, Gemma-2, GPT-2 and ArmoRM)
+//! from a model directory and runs one hookable forward pass that matches transformers.
+//!
+//! The central nouns: [`RewardModel`] (network + reward head + tokenizer), [`Batch`] (padded
+//! token ids), [`Site`] (a TransformerLens-named activation), [`Hooks`] (what to cache and which
+//! [`Intervention`]s to apply) and [`ActivationCache`] (what a forward pass captured).
+//!
+//! ```no_run
+//! use reward_lens_engine::{RewardModel, LoadOptions, Hooks, PaddingSide, Truncation};
+//! let model = RewardModel::load("model_dir".as_ref(), &LoadOptions::default())?;
+//! let enc = model.encode("How do I boil an egg?", "Simmer it for nine minutes.", Truncation::Error)?;
+//! let batch = model.batch(&[enc.ids], PaddingSide::Right)?;
+//! let fwd = model.forward(&batch, &Hooks::cache(&["blocks.*.hook_resid_post"]))?;
+//! println!("reward {}", fwd.output.scores[0]);
+//! # Ok::<(), reward_lens_engine::EngineError>(())
+//! ```
+
+pub mod batch;
+pub mod config;
+pub mod error;
+pub mod head;
+pub mod hooks;
+pub mod model;
+mod network;
+pub mod site;
+pub mod text;
+pub mod weights;
+
+pub use batch::{Batch, PaddingSide};
+pub use candle_core::{DType, Device, Tensor};
+pub use config::{Architecture, ModelConfig};
+pub use error::{EngineError, Result};
+pub use head::{GatedHead, LinearHead, ObjectiveOutput, RewardHead};
+pub use hooks::{Action, ActivationCache, Hooks, Intervention};
+pub use model::{Forward, Gradients, LoadOptions, ModelInfo, RewardModel, RewardOutput};
+pub use site::{Site, SiteFilter};
+pub use text::{ChatTokenizer, Encoded, Truncation, PLAIN_FORMAT};
+pub use weights::{MapSource, SafetensorsSource, TensorSource};

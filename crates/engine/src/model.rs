@@ -1,0 +1,497 @@
+//! [`RewardModel`]: a loaded network, its reward head and (for directories) its tokenizer, with
+//! the forward, scoring and gradient entry points every instrument builds on.
+
+use std::cell::Cell;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use serde::Serialize;
+
+use crate::batch::{Batch, PaddingSide};
+use crate::config::{Architecture, GatingConfig, ModelConfig, NormKind};
+use crate::error::{EngineError, Result};
+use crate::head::{GatedHead, LinearHead, ObjectiveOutput, RewardHead};
+use crate::hooks::{validate, ActivationCache, HookState, Hooks};
+use crate::network::{rope_inv_freq, Attention, Block, Inputs, Linear, Mlp, Network, Norm};
+use crate::site::{Site, SiteFilter};
+use crate::text::{ChatTokenizer, Encoded, Truncation};
+use crate::weights::{SafetensorsSource, TensorSource};
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Compute dtype: F32 (default, for analysis), BF16 or F16.
+    pub dtype: DType,
+    pub device: Device,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { dtype: DType::F32, device: Device::Cpu }
+    }
+}
+
+/// The reward head's outputs for a batch.
+#[derive(Debug, Clone, Serialize)]
+pub struct RewardOutput {
+    /// One reward per row (label 0; ArmoRM: the gated score).
+    pub scores: Vec<f32>,
+    /// Where each row's reward was read (transformers' pooling rule).
+    pub pooled_index: Vec<usize>,
+    /// ArmoRM only: per-objective rewards, gating weights and the gating position.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub objectives: Option<ObjectiveOutput>,
+}
+
+/// A forward pass's reward and the activations it cached.
+pub struct Forward {
+    pub output: RewardOutput,
+    pub cache: ActivationCache,
+}
+
+/// Values and gradients of `Σ_b weight_b · score_b` at the requested sites.
+pub struct Gradients {
+    pub output: RewardOutput,
+    /// The objective's value.
+    pub objective: f32,
+    pub values: ActivationCache,
+    pub grads: ActivationCache,
+}
+
+/// What `reward-lens info` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    pub architecture: Architecture,
+    pub class_name: String,
+    pub n_layers: usize,
+    pub d_model: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub d_mlp: usize,
+    pub vocab_size: usize,
+    pub max_position_embeddings: usize,
+    pub n_params: usize,
+    pub compute_dtype: String,
+    pub disk_dtype: Option<String>,
+    pub head: String,
+    pub num_objectives: Option<usize>,
+    pub rope_theta: Option<f64>,
+    pub sliding_window: Vec<Option<usize>>,
+    pub chat_template: bool,
+}
+
+pub struct RewardModel {
+    pub config: ModelConfig,
+    pub(crate) net: Network,
+    pub head: RewardHead,
+    pub tokenizer: Option<ChatTokenizer>,
+    pub n_params: usize,
+    pub dtype: DType,
+    pub disk_dtype: Option<DType>,
+    pub device: Device,
+    sites: Vec<Site>,
+}
+
+/// Counts what the loaders read, for the parameter count.
+struct Counting<'a> {
+    inner: &'a dyn TensorSource,
+    n: Cell<usize>,
+}
+
+impl TensorSource for Counting<'_> {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self.inner.get(name, shape)?;
+        self.n.set(self.n.get() + t.elem_count());
+        Ok(t)
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.inner.contains(name)
+    }
+}
+
+/// The first 19 objective names of RLHFlow's ArmoRM (its config does not store them).
+const ARMORM_OBJECTIVES: &[&str] = &[
+    "helpsteer-helpfulness", "helpsteer-correctness", "helpsteer-coherence", "helpsteer-complexity",
+    "helpsteer-verbosity", "ultrafeedback-overall_score", "ultrafeedback-instruction_following",
+    "ultrafeedback-truthfulness", "ultrafeedback-honesty", "ultrafeedback-helpfulness", "beavertails-is_safe",
+    "prometheus-score", "argilla-overall_quality", "argilla-judge_lm", "code-complexity", "code-style",
+    "code-explanation", "code-instruction-following", "code-readability",
+];
+
+impl RewardModel {
+    /// Loads a HuggingFace model directory: config.json, (sharded) safetensors, tokenizer.json
+    /// and the chat template.
+    pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(EngineError::Io {
+                path: dir.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "model directory not found"),
+            });
+        }
+        let config = ModelConfig::from_file(&dir.join("config.json"))?;
+        let tokenizer = ChatTokenizer::from_dir(dir, config.max_position_embeddings, config.model_type.as_deref())?;
+        let source = SafetensorsSource::open(dir, opts.dtype, &opts.device)?;
+        let disk_dtype = source.disk_dtype();
+        let pattern = match &config.gating {
+            Some(g) if g.token_pattern.is_none() => Some(match read_custom_pattern(dir) {
+                Some(p) => p,
+                None => tokenizer.boundary_ids()?,
+            }),
+            _ => None,
+        };
+        let mut model = Self::build(config, &source, opts, pattern)?;
+        model.tokenizer = Some(tokenizer);
+        model.disk_dtype = disk_dtype;
+        Ok(model)
+    }
+
+    /// Builds a model from tensors held anywhere (generated models, organisms); no tokenizer.
+    pub fn from_source(config: ModelConfig, source: &dyn TensorSource, opts: &LoadOptions) -> Result<Self> {
+        Self::build(config, source, opts, None)
+    }
+
+    fn build(config: ModelConfig, source: &dyn TensorSource, opts: &LoadOptions, pattern: Option<Vec<u32>>) -> Result<Self> {
+        let src = Counting { inner: source, n: Cell::new(0) };
+        let (net, head) = match config.architecture {
+            Architecture::Gpt2 => load_gpt2(&config, &src, &opts.device)?,
+            _ => load_llama_family(&config, &src, &opts.device, pattern)?,
+        };
+        let sites = net.sites();
+        Ok(Self {
+            n_params: src.n.get(),
+            config,
+            net,
+            head,
+            tokenizer: None,
+            dtype: opts.dtype,
+            disk_dtype: None,
+            device: opts.device.clone(),
+            sites,
+        })
+    }
+
+    pub fn info(&self) -> ModelInfo {
+        let c = &self.config;
+        ModelInfo {
+            architecture: c.architecture,
+            class_name: c.class_name.clone(),
+            n_layers: c.n_layers,
+            d_model: c.d_model,
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+            d_mlp: c.d_mlp,
+            vocab_size: c.vocab_size,
+            max_position_embeddings: c.max_position_embeddings,
+            n_params: self.n_params,
+            compute_dtype: format!("{:?}", self.dtype).to_lowercase(),
+            disk_dtype: self.disk_dtype.map(|d| format!("{d:?}").to_lowercase()),
+            head: self.head.kind().to_string(),
+            num_objectives: c.gating.as_ref().map(|g| g.num_objectives),
+            rope_theta: c.rope.as_ref().map(|r| r.theta),
+            sliding_window: c.sliding_window.clone(),
+            chat_template: self.tokenizer.as_ref().is_some_and(|t| t.has_template()),
+        }
+    }
+
+    /// Every site this model fires, in forward order.
+    pub fn sites(&self) -> &[Site] {
+        &self.sites
+    }
+
+    /// Sites matching a filter (names or globs); an exact name that is not a site is an error.
+    pub fn resolve_sites(&self, filter: &SiteFilter) -> Result<Vec<Site>> {
+        for p in filter.patterns() {
+            if !p.contains(['*', '?']) && !self.sites.iter().any(|s| filter_one(p, s)) {
+                return Err(EngineError::UnknownSite(p.clone()));
+            }
+        }
+        Ok(self.sites.iter().copied().filter(|s| filter.matches(s)).collect())
+    }
+
+    pub fn tokenizer(&self) -> Result<&ChatTokenizer> {
+        self.tokenizer
+            .as_ref()
+            .ok_or_else(|| EngineError::Invalid("this model was built without a tokenizer; pass token ids".into()))
+    }
+
+    /// Renders and encodes one (prompt, response) conversation.
+    pub fn encode(&self, prompt: &str, response: &str, truncation: Truncation) -> Result<Encoded> {
+        self.tokenizer()?.encode_pair(prompt, response, truncation)
+    }
+
+    /// The id used to pad batches (config.json's pad_token_id, else 0 with pooling by mask).
+    pub fn pad_id(&self) -> u32 {
+        self.config.pad_token_id.unwrap_or(0)
+    }
+
+    pub fn batch(&self, seqs: &[Vec<u32>], side: PaddingSide) -> Result<Batch> {
+        Batch::new(seqs, self.pad_id(), side)
+    }
+
+    /// Where transformers reads each row's reward: the rightmost token whose id is not the pad
+    /// id (ArmoRM: the first pad − 1, modulo the length). Without a pad id: the last real token.
+    pub fn pooled_index(&self, batch: &Batch) -> Vec<usize> {
+        let t = batch.seq_len();
+        (0..batch.len())
+            .map(|b| {
+                let row = &batch.ids[b];
+                match (self.config.pad_token_id, &self.head) {
+                    (None, _) => batch.offset(b) + batch.lengths[b] - 1,
+                    (Some(p), RewardHead::Linear(_)) => row.iter().rposition(|&id| id != p).unwrap_or(0),
+                    (Some(p), RewardHead::Gated(_)) => {
+                        let first = row.iter().position(|&id| id == p).unwrap_or(0);
+                        (first + t - 1) % t
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// The reward of each row, nothing cached.
+    pub fn score(&self, batch: &Batch) -> Result<RewardOutput> {
+        Ok(self.forward(batch, &Hooks::none())?.output)
+    }
+
+    /// One forward pass with caching and interventions.
+    pub fn forward(&self, batch: &Batch, hooks: &Hooks) -> Result<Forward> {
+        validate(hooks, &self.sites)?;
+        let mut hs = HookState::new(hooks, None);
+        let (output, _) = self.run(batch, &mut hs, true)?;
+        Ok(Forward { output, cache: hs.cache })
+    }
+
+    /// Differentiates `Σ_b weights[b] · score_b` with respect to every site matching `sites`
+    /// (e.g. weights `[1, −1]` on a (chosen, rejected) batch gives the margin's gradient).
+    /// Interventions in `hooks` apply as in `forward`. Runs the composed (differentiable) ops.
+    pub fn gradients(&self, batch: &Batch, sites: &SiteFilter, weights: &[f32], hooks: &Hooks) -> Result<Gradients> {
+        validate(hooks, &self.sites)?;
+        if weights.len() != batch.len() {
+            return Err(EngineError::Invalid(format!(
+                "gradients: {} weights for a batch of {} rows",
+                weights.len(),
+                batch.len()
+            )));
+        }
+        self.resolve_sites(sites)?;
+        let mut hs = HookState::new(hooks, Some(sites));
+        let (output, scores) = self.run(batch, &mut hs, false)?;
+        let w = Tensor::from_slice(weights, weights.len(), &self.device)?;
+        let objective = (scores * w)?.sum_all()?;
+        let store = objective.backward()?;
+        let mut values = ActivationCache::default();
+        let mut grads = ActivationCache::default();
+        for (name, var) in &hs.grad_vars {
+            let g = match store.get(var.as_tensor()) {
+                Some(g) => g.clone(),
+                // The objective does not depend on this site (e.g. a pad-only position).
+                None => var.as_tensor().zeros_like()?,
+            };
+            grads.insert(name.clone(), g);
+        }
+        for (name, t) in hs.cache.iter() {
+            values.insert(name.to_string(), t.clone());
+        }
+        Ok(Gradients { output, objective: objective.to_scalar::<f32>()?, values, grads })
+    }
+
+    fn run(&self, batch: &Batch, hs: &mut HookState, fused: bool) -> Result<(RewardOutput, Tensor)> {
+        let vocab = self.config.vocab_size;
+        for row in &batch.ids {
+            if let Some(&id) = row.iter().find(|&&id| id as usize >= vocab) {
+                return Err(EngineError::TokenOutOfRange { id, vocab });
+            }
+        }
+        let flat: Vec<u32> = batch.ids.iter().flatten().copied().collect();
+        let ids = Tensor::from_vec(flat, (batch.len(), batch.seq_len()), &self.device)?;
+        let hidden = self.net.forward(&Inputs { ids: &ids, positions: &batch.positions, mask: &batch.mask }, hs, fused)?;
+        let pooled_index = self.pooled_index(batch);
+        let gather = |idx: &[usize]| -> Result<Tensor> {
+            let rows = idx
+                .iter()
+                .enumerate()
+                .map(|(b, &i)| hidden.normalized.get(b)?.get(i))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            Ok(Tensor::stack(&rows, 0)?)
+        };
+        let pooled = gather(&pooled_index)?;
+        let gate_in = match &self.head {
+            RewardHead::Gated(g) => {
+                let idx = (0..batch.len())
+                    .map(|b| {
+                        g.gating_position(&batch.ids[b])
+                            .ok_or_else(|| EngineError::GatingPatternMissing { pattern: g.token_pattern.clone(), row: b })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Some((gather(&idx)?, idx))
+            }
+            RewardHead::Linear(_) => None,
+        };
+        let out = self.head.forward(&pooled, gate_in.as_ref().map(|(t, i)| (t, i.clone())))?;
+        let scores = out.logits.narrow(1, 0, 1)?.squeeze(1)?;
+        let output = RewardOutput { scores: scores.detach().to_vec1()?, pooled_index, objectives: out.objectives };
+        Ok((output, scores))
+    }
+}
+
+fn filter_one(pattern: &str, site: &Site) -> bool {
+    SiteFilter::new(&[pattern]).matches(site)
+}
+
+/// `token_pattern = [..]` from an ArmoRM-style `modeling_custom.py`, if the directory has one.
+fn read_custom_pattern(dir: &Path) -> Option<Vec<u32>> {
+    let text = std::fs::read_to_string(dir.join("modeling_custom.py")).ok()?;
+    let line = text.lines().find(|l| l.trim_start().starts_with("token_pattern") && l.contains('['))?;
+    let inner = line.split_once('[')?.1.split_once(']')?.0;
+    inner.split(',').map(|s| s.trim().parse().ok()).collect()
+}
+
+fn linear(src: &dyn TensorSource, name: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
+    Ok(Linear {
+        w: src.get(&format!("{name}.weight"), &[out, inp])?,
+        b: if bias { Some(src.get(&format!("{name}.bias"), &[out])?) } else { None },
+    })
+}
+
+fn rms(src: &dyn TensorSource, name: &str, dim: usize, cfg: &ModelConfig) -> Result<Norm> {
+    let mut gamma = src.get(&format!("{name}.weight"), &[dim])?;
+    if cfg.architecture == Architecture::Gemma2 {
+        // Gemma-2 scales by (1 + w).
+        gamma = (gamma + 1.0)?;
+    }
+    Ok(Norm { kind: cfg.norm, gamma, beta: None })
+}
+
+fn load_llama_family(
+    cfg: &ModelConfig,
+    src: &dyn TensorSource,
+    device: &Device,
+    pattern: Option<Vec<u32>>,
+) -> Result<(Network, RewardHead)> {
+    let (d, hd, nh, nkv, ff) = (cfg.d_model, cfg.head_dim, cfg.n_heads, cfg.n_kv_heads, cfg.d_mlp);
+    let embed = src.get("model.embed_tokens.weight", &[cfg.vocab_size, d])?;
+    let mut blocks = Vec::with_capacity(cfg.n_layers);
+    for l in 0..cfg.n_layers {
+        let p = format!("model.layers.{l}");
+        let attn = Attention {
+            q: linear(src, &format!("{p}.self_attn.q_proj"), nh * hd, d, cfg.qkv_bias)?,
+            k: linear(src, &format!("{p}.self_attn.k_proj"), nkv * hd, d, cfg.qkv_bias)?,
+            v: linear(src, &format!("{p}.self_attn.v_proj"), nkv * hd, d, cfg.qkv_bias)?,
+            o: linear(src, &format!("{p}.self_attn.o_proj"), d, nh * hd, cfg.o_bias)?,
+            q_norm: if cfg.qk_norm { Some(rms(src, &format!("{p}.self_attn.q_norm"), hd, cfg)?) } else { None },
+            k_norm: if cfg.qk_norm { Some(rms(src, &format!("{p}.self_attn.k_norm"), hd, cfg)?) } else { None },
+        };
+        let mlp = Mlp {
+            gate: Some(linear(src, &format!("{p}.mlp.gate_proj"), ff, d, cfg.mlp_bias)?),
+            up: linear(src, &format!("{p}.mlp.up_proj"), ff, d, cfg.mlp_bias)?,
+            down: linear(src, &format!("{p}.mlp.down_proj"), d, ff, cfg.mlp_bias)?,
+        };
+        let ln1 = rms(src, &format!("{p}.input_layernorm"), d, cfg)?;
+        let block = if cfg.sandwich_norms {
+            Block {
+                ln1,
+                attn,
+                post_attn_norm: Some(rms(src, &format!("{p}.post_attention_layernorm"), d, cfg)?),
+                ln2: rms(src, &format!("{p}.pre_feedforward_layernorm"), d, cfg)?,
+                mlp,
+                post_mlp_norm: Some(rms(src, &format!("{p}.post_feedforward_layernorm"), d, cfg)?),
+            }
+        } else {
+            Block {
+                ln1,
+                attn,
+                post_attn_norm: None,
+                ln2: rms(src, &format!("{p}.post_attention_layernorm"), d, cfg)?,
+                mlp,
+                post_mlp_norm: None,
+            }
+        };
+        blocks.push(block);
+    }
+    let final_norm = rms(src, "model.norm", d, cfg)?;
+    let (inv_freq, rope_position_scale) = rope_inv_freq(cfg, device)?;
+    let head = match &cfg.gating {
+        None => linear_head(cfg, src)?,
+        Some(g) => gated_head(cfg, g, src, pattern)?,
+    };
+    let net = Network { cfg: cfg.clone(), embed, pos_embed: None, blocks, final_norm, inv_freq, rope_position_scale };
+    Ok((net, head))
+}
+
+fn linear_head(cfg: &ModelConfig, src: &dyn TensorSource) -> Result<RewardHead> {
+    let weight = src.get("score.weight", &[cfg.num_labels, cfg.d_model])?.to_dtype(DType::F32)?;
+    let bias = if src.contains("score.bias") {
+        Some(src.get("score.bias", &[cfg.num_labels])?.to_dtype(DType::F32)?)
+    } else {
+        None
+    };
+    Ok(RewardHead::Linear(LinearHead { weight, bias }))
+}
+
+fn gated_head(cfg: &ModelConfig, g: &GatingConfig, src: &dyn TensorSource, pattern: Option<Vec<u32>>) -> Result<RewardHead> {
+    let k = g.num_objectives;
+    let f32 = |t: Tensor| t.to_dtype(DType::F32);
+    let regression = f32(src.get("regression_layer.weight", &[k, cfg.d_model])?)?;
+    let transform = f32(src.get("reward_transform_matrix", &[k, k])?)?;
+    let mut gating = Vec::with_capacity(g.n_hidden + 1);
+    let mut width = cfg.d_model;
+    for i in 0..=g.n_hidden {
+        let out = if i == g.n_hidden { k } else { g.hidden_dim };
+        let l = linear(src, &format!("gating.layers.{i}"), out, width, true)?;
+        gating.push(Linear { w: f32(l.w)?, b: l.b.map(f32).transpose()? });
+        width = out;
+    }
+    let logit_scale = f32(src.get("gating.logit_scale", &[1])?)?.get(0)?.to_scalar::<f32>()?;
+    let token_pattern = g.token_pattern.clone().or(pattern).ok_or_else(|| {
+        EngineError::Invalid("ArmoRM head: no gating token pattern (set `gating_token_pattern` in config.json)".into())
+    })?;
+    let objective_names = (0..k)
+        .map(|i| ARMORM_OBJECTIVES.get(i).map(|s| s.to_string()).unwrap_or_else(|| format!("objective_{i}")))
+        .collect();
+    Ok(RewardHead::Gated(GatedHead { regression, transform, gating, logit_scale, temperature: g.temperature, token_pattern, objective_names }))
+}
+
+fn load_gpt2(cfg: &ModelConfig, src: &dyn TensorSource, _device: &Device) -> Result<(Network, RewardHead)> {
+    let (d, ff) = (cfg.d_model, cfg.d_mlp);
+    // Old checkpoints omit the `transformer.` prefix.
+    let p = if src.contains("transformer.wte.weight") || !src.contains("wte.weight") { "transformer." } else { "" };
+    let ln = |name: &str| -> Result<Norm> {
+        Ok(Norm {
+            kind: cfg.norm,
+            gamma: src.get(&format!("{p}{name}.weight"), &[d])?,
+            beta: Some(src.get(&format!("{p}{name}.bias"), &[d])?),
+        })
+    };
+    // Conv1D stores [in, out]; transpose once to the nn.Linear layout.
+    let conv = |name: &str, inp: usize, out: usize| -> Result<(Tensor, Tensor)> {
+        let w = src.get(&format!("{p}{name}.weight"), &[inp, out])?.t()?.contiguous()?;
+        let b = src.get(&format!("{p}{name}.bias"), &[out])?;
+        Ok((w, b))
+    };
+    let embed = src.get(&format!("{p}wte.weight"), &[cfg.vocab_size, d])?;
+    let wpe = src.get(&format!("{p}wpe.weight"), &[cfg.max_position_embeddings, d])?;
+    let mut blocks = Vec::with_capacity(cfg.n_layers);
+    for l in 0..cfg.n_layers {
+        let h = format!("h.{l}");
+        let (w, b) = conv(&format!("{h}.attn.c_attn"), d, 3 * d)?;
+        let part = |i: usize| -> Result<Linear> {
+            Ok(Linear { w: w.narrow(0, i * d, d)?.contiguous()?, b: Some(b.narrow(0, i * d, d)?.contiguous()?) })
+        };
+        let (ow, ob) = conv(&format!("{h}.attn.c_proj"), d, d)?;
+        let (fw, fb) = conv(&format!("{h}.mlp.c_fc"), d, ff)?;
+        let (pw, pb) = conv(&format!("{h}.mlp.c_proj"), ff, d)?;
+        blocks.push(Block {
+            ln1: ln(&format!("{h}.ln_1"))?,
+            attn: Attention { q: part(0)?, k: part(1)?, v: part(2)?, o: Linear { w: ow, b: Some(ob) }, q_norm: None, k_norm: None },
+            post_attn_norm: None,
+            ln2: ln(&format!("{h}.ln_2"))?,
+            mlp: Mlp { gate: None, up: Linear { w: fw, b: Some(fb) }, down: Linear { w: pw, b: Some(pb) } },
+            post_mlp_norm: None,
+        });
+    }
+    let final_norm = ln("ln_f")?;
+    let head = linear_head(cfg, src)?;
+    debug_assert!(matches!(cfg.norm, NormKind::Layer { .. }));
+    let net = Network { cfg: cfg.clone(), embed, pos_embed: Some(wpe), blocks, final_norm, inv_freq: None, rope_position_scale: 1.0 };
+    Ok((net, head))
+}

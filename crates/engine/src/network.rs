@@ -1,0 +1,359 @@
+//! The decoder stack shared by every supported architecture. Architecture differences are data
+//! in [`ModelConfig`] (norm kind, gated MLP, sandwich norms, q/k norms, soft-cap, windows), so
+//! there is one forward pass and one place where every hook fires.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor, D};
+
+use crate::config::{Activation, ModelConfig, NormKind, RopeScaling};
+use crate::error::Result;
+use crate::hooks::HookState;
+use crate::site::Site;
+
+pub(crate) struct Linear {
+    /// `[out, in]`, as `nn.Linear` stores it (GPT-2's Conv1D is transposed at load).
+    pub w: Tensor,
+    pub b: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let d_in = *dims.last().expect("activation has at least one axis");
+        let rows = x.elem_count() / d_in;
+        let mut y = x.reshape((rows, d_in))?.matmul(&self.w.t()?)?;
+        if let Some(b) = &self.b {
+            y = y.broadcast_add(b)?;
+        }
+        let mut out = dims;
+        *out.last_mut().expect("non-empty") = self.w.dim(0)?;
+        Ok(y.reshape(out)?)
+    }
+}
+
+pub(crate) struct Norm {
+    pub kind: NormKind,
+    /// γ as applied (Gemma-2's `1 + w` already folded in).
+    pub gamma: Tensor,
+    pub beta: Option<Tensor>,
+}
+
+impl Norm {
+    /// `fused` uses candle's single-kernel norms, which carry no gradient; gradient runs pass
+    /// false and get the composed (differentiable) version.
+    pub fn forward(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
+        let eps = self.kind.eps() as f32;
+        Ok(match (&self.kind, fused) {
+            (NormKind::Rms { .. }, true) => candle_nn::ops::rms_norm(&x.contiguous()?, &self.gamma, eps)?,
+            (NormKind::Rms { .. }, false) => candle_nn::ops::rms_norm_slow(x, &self.gamma, eps)?,
+            (NormKind::Layer { .. }, true) => {
+                let beta = self.beta.as_ref().expect("LayerNorm has a bias");
+                candle_nn::ops::layer_norm(&x.contiguous()?, &self.gamma, beta, eps)?
+            }
+            (NormKind::Layer { .. }, false) => {
+                let beta = self.beta.as_ref().expect("LayerNorm has a bias");
+                candle_nn::ops::layer_norm_slow(x, &self.gamma, beta, eps)?
+            }
+        })
+    }
+
+    /// The norm spelled out in f32, also returning its divisor `√(mean(x²)+ε)` (LayerNorm:
+    /// `√(var+ε)`), which the exact decompositions freeze.
+    pub fn forward_with_scale(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let x = x.to_dtype(DType::F32)?;
+        let eps = self.kind.eps();
+        let gamma = self.gamma.to_dtype(DType::F32)?;
+        let (centred, divisor) = match self.kind {
+            NormKind::Rms { .. } => {
+                let div = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?;
+                (x, div)
+            }
+            NormKind::Layer { .. } => {
+                let xc = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+                let div = (xc.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?;
+                (xc, div)
+            }
+        };
+        let mut out = centred.broadcast_div(&divisor)?.broadcast_mul(&gamma)?;
+        if let Some(b) = &self.beta {
+            out = out.broadcast_add(&b.to_dtype(DType::F32)?)?;
+        }
+        Ok((out, divisor))
+    }
+}
+
+pub(crate) struct Attention {
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    pub q_norm: Option<Norm>,
+    pub k_norm: Option<Norm>,
+}
+
+pub(crate) struct Mlp {
+    /// Gate projection (gated MLPs) — its activation is `mlp.hook_pre`.
+    pub gate: Option<Linear>,
+    /// Up projection (gated) or GPT-2's c_fc.
+    pub up: Linear,
+    pub down: Linear,
+}
+
+pub(crate) struct Block {
+    pub ln1: Norm,
+    pub attn: Attention,
+    /// Gemma-2's post_attention_layernorm (on the attention output).
+    pub post_attn_norm: Option<Norm>,
+    /// The norm before the MLP (Llama's post_attention_layernorm, Gemma-2's pre_feedforward).
+    pub ln2: Norm,
+    pub mlp: Mlp,
+    pub post_mlp_norm: Option<Norm>,
+}
+
+pub(crate) struct Network {
+    pub cfg: ModelConfig,
+    pub embed: Tensor,
+    pub pos_embed: Option<Tensor>,
+    pub blocks: Vec<Block>,
+    pub final_norm: Norm,
+    /// RoPE inverse frequencies `[head_dim / 2]` in f32, scaling applied.
+    pub inv_freq: Option<Tensor>,
+    pub rope_position_scale: f64,
+}
+
+/// Inverse frequencies as transformers computes them (f32), with Llama-3 / linear scaling.
+pub(crate) fn rope_inv_freq(cfg: &ModelConfig, device: &Device) -> Result<(Option<Tensor>, f64)> {
+    let Some(rope) = &cfg.rope else { return Ok((None, 1.0)) };
+    let dim = cfg.head_dim;
+    let mut inv: Vec<f32> = (0..dim / 2)
+        .map(|i| 1.0f32 / (rope.theta as f32).powf((2 * i) as f32 / dim as f32))
+        .collect();
+    let mut pos_scale = 1.0;
+    match rope.scaling {
+        RopeScaling::Default => {}
+        RopeScaling::Linear { factor } => pos_scale = 1.0 / factor,
+        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings: old } => {
+            let low_wavelen = old / low_freq_factor;
+            let high_wavelen = old / high_freq_factor;
+            for f in inv.iter_mut() {
+                let freq = *f as f64;
+                let wavelen = 2.0 * std::f64::consts::PI / freq;
+                let scaled = if wavelen < high_wavelen {
+                    freq
+                } else if wavelen > low_wavelen {
+                    freq / factor
+                } else {
+                    let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                    (1.0 - smooth) * freq / factor + smooth * freq
+                };
+                *f = scaled as f32;
+            }
+        }
+    }
+    let n = inv.len();
+    Ok((Some(Tensor::from_vec(inv, n, device)?), pos_scale))
+}
+
+fn rotate_half(x: &Tensor) -> Result<Tensor> {
+    let half = x.dim(D::Minus1)? / 2;
+    let x1 = x.narrow(D::Minus1, 0, half)?;
+    let x2 = x.narrow(D::Minus1, half, half)?;
+    Ok(Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?)
+}
+
+fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    Ok((x.broadcast_mul(cos)? + rotate_half(x)?.broadcast_mul(sin)?)?)
+}
+
+fn activate(act: Activation, x: &Tensor) -> Result<Tensor> {
+    Ok(match act {
+        Activation::Silu => x.silu()?,
+        Activation::GeluTanh => x.gelu()?,
+        Activation::GeluErf => x.gelu_erf()?,
+        Activation::Relu => x.relu()?,
+    })
+}
+
+/// Causal (optionally windowed) attention mask with padded keys removed: 1 = may attend.
+/// Shape `[B, 1, T, T]`.
+fn attention_mask(mask: &[Vec<u8>], window: Option<usize>, device: &Device) -> Result<Tensor> {
+    let b = mask.len();
+    let t = mask.first().map_or(0, |m| m.len());
+    let mut data = vec![0u8; b * t * t];
+    for (bi, row) in mask.iter().enumerate() {
+        for q in 0..t {
+            let lo = window.map_or(0, |w| (q + 1).saturating_sub(w));
+            for k in lo..=q {
+                data[(bi * t + q) * t + k] = row[k];
+            }
+        }
+    }
+    Ok(Tensor::from_vec(data, (b, 1, t, t), device)?)
+}
+
+/// Inputs to one forward pass, already on the device.
+pub(crate) struct Inputs<'a> {
+    pub ids: &'a Tensor,
+    pub positions: &'a [Vec<u32>],
+    pub mask: &'a [Vec<u8>],
+}
+
+pub(crate) struct Hidden {
+    /// The final norm's output `[B, T, d]` in f32 (what the head reads).
+    pub normalized: Tensor,
+}
+
+impl Network {
+    pub fn sites(&self) -> Vec<Site> {
+        Site::all(self.cfg.n_layers, self.cfg.rope.is_some(), self.pos_embed.is_some(), self.cfg.gated_mlp)
+    }
+
+    pub fn forward(&self, inp: &Inputs, hs: &mut HookState, fused: bool) -> Result<Hidden> {
+        let cfg = &self.cfg;
+        let device = self.embed.device();
+        let (b, t) = inp.ids.dims2()?;
+        let d = cfg.d_model;
+
+        let mut tok = self.embed.index_select(&inp.ids.flatten_all()?, 0)?.reshape((b, t, d))?;
+        if let Some(s) = cfg.embed_scale {
+            // transformers casts √d to the compute dtype before multiplying.
+            let s = Tensor::new(s as f32, device)?.to_dtype(tok.dtype())?;
+            tok = tok.broadcast_mul(&s)?;
+        }
+        let tok = hs.fire(Site::Embed, tok)?;
+        let pos_flat: Vec<u32> = inp.positions.iter().flatten().copied().collect();
+        let pos_ids = Tensor::from_vec(pos_flat.clone(), (b, t), device)?;
+        let mut x = match &self.pos_embed {
+            Some(wpe) => {
+                let pe = wpe.index_select(&pos_ids.flatten_all()?, 0)?.reshape((b, t, d))?;
+                let pe = hs.fire(Site::PosEmbed, pe)?;
+                (tok + pe)?
+            }
+            None => tok,
+        };
+
+        // RoPE tables for these positions: cos/sin [B, T, 1, head_dim].
+        let rope = match &self.inv_freq {
+            Some(inv) => {
+                let pos: Vec<f32> = pos_flat.iter().map(|&p| (p as f64 * self.rope_position_scale) as f32).collect();
+                let pos = Tensor::from_vec(pos, (b, t, 1), device)?;
+                let freqs = pos.broadcast_mul(&inv.reshape((1, 1, inv.dim(0)?))?)?;
+                let emb = Tensor::cat(&[&freqs, &freqs], D::Minus1)?.unsqueeze(2)?;
+                let dt = x.dtype();
+                Some((emb.cos()?.to_dtype(dt)?, emb.sin()?.to_dtype(dt)?))
+            }
+            None => None,
+        };
+
+        let mut masks: HashMap<Option<usize>, Tensor> = HashMap::new();
+        for (l, block) in self.blocks.iter().enumerate() {
+            let window = cfg.sliding_window[l];
+            if !masks.contains_key(&window) {
+                masks.insert(window, attention_mask(inp.mask, window, device)?);
+            }
+            x = hs.fire(Site::ResidPre(l), x)?;
+            let attn_out = self.attention(l, block, &x, rope.as_ref(), &masks[&window], hs, fused)?;
+            let attn_out = match &block.post_attn_norm {
+                Some(n) => n.forward(&attn_out, fused)?,
+                None => attn_out,
+            };
+            let attn_out = hs.fire(Site::AttnOut(l), attn_out)?;
+            x = hs.fire(Site::ResidMid(l), (x + attn_out)?)?;
+
+            let h = block.ln2.forward(&x, fused)?;
+            let post = match &block.mlp.gate {
+                Some(gate) => {
+                    let pre = hs.fire(Site::MlpPre(l), gate.forward(&h)?)?;
+                    let lin = hs.fire(Site::MlpPreLinear(l), block.mlp.up.forward(&h)?)?;
+                    (activate(cfg.activation, &pre)? * lin)?
+                }
+                None => {
+                    let pre = hs.fire(Site::MlpPre(l), block.mlp.up.forward(&h)?)?;
+                    activate(cfg.activation, &pre)?
+                }
+            };
+            let post = hs.fire(Site::MlpPost(l), post)?;
+            let mlp_out = block.mlp.down.forward(&post)?;
+            let mlp_out = match &block.post_mlp_norm {
+                Some(n) => n.forward(&mlp_out, fused)?,
+                None => mlp_out,
+            };
+            let mlp_out = hs.fire(Site::MlpOut(l), mlp_out)?;
+            x = hs.fire(Site::ResidPost(l), (x + mlp_out)?)?;
+        }
+
+        let (normalized, divisor) = self.final_norm.forward_with_scale(&x)?;
+        hs.fire(Site::FinalScale, divisor)?;
+        let normalized = hs.fire(Site::FinalNormalized, normalized)?;
+        Ok(Hidden { normalized })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        l: usize,
+        block: &Block,
+        x: &Tensor,
+        rope: Option<&(Tensor, Tensor)>,
+        mask: &Tensor,
+        hs: &mut HookState,
+        fused: bool,
+    ) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let (b, t, _) = x.dims3()?;
+        let (nh, nkv, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
+        let rep = nh / nkv;
+        let a = &block.attn;
+        let h = block.ln1.forward(x, fused)?;
+
+        let mut q = a.q.forward(&h)?.reshape((b, t, nh, hd))?;
+        let mut k = a.k.forward(&h)?.reshape((b, t, nkv, hd))?;
+        let v = a.v.forward(&h)?.reshape((b, t, nkv, hd))?;
+        if let Some(n) = &a.q_norm {
+            q = n.forward(&q, fused)?;
+        }
+        if let Some(n) = &a.k_norm {
+            k = n.forward(&k, fused)?;
+        }
+        let mut q = hs.fire(Site::Q(l), q)?;
+        let mut k = hs.fire(Site::K(l), k)?;
+        let v = hs.fire(Site::V(l), v)?;
+        if let Some((cos, sin)) = rope {
+            q = hs.fire(Site::RotQ(l), apply_rope(&q, cos, sin)?)?;
+            k = hs.fire(Site::RotK(l), apply_rope(&k, cos, sin)?)?;
+        }
+
+        // Grouped-query attention without copying keys: the `rep` query heads that share a kv
+        // head are stacked along the query axis, [B, KV, rep·T, hd] @ [B, KV, hd, T].
+        let q = q.transpose(1, 2)?.contiguous()?.reshape((b, nkv, rep * t, hd))?;
+        let k = k.transpose(1, 2)?.contiguous()?;
+        let v = v.transpose(1, 2)?.contiguous()?;
+        let mut scale = cfg.attn_scale;
+        if cfg.attn_scale_by_layer {
+            scale /= (l + 1) as f64;
+        }
+        let mut scores = (q.matmul(&k.t()?)? * scale)?.reshape((b, nh, t, t))?.to_dtype(DType::F32)?;
+        if let Some(c) = cfg.attn_softcap {
+            scores = ((scores / c)?.tanh()? * c)?;
+        }
+        let scores = hs.fire(Site::AttnScores(l), scores)?;
+        let shape = scores.shape().clone();
+        let neg = Tensor::new(f32::MIN, scores.device())?.broadcast_as(&shape)?;
+        let masked = mask.broadcast_as(&shape)?.where_cond(&scores, &neg)?;
+        let pattern = if fused {
+            candle_nn::ops::softmax_last_dim(&masked)?
+        } else {
+            candle_nn::ops::softmax(&masked, D::Minus1)?
+        };
+        let pattern = hs.fire(Site::Pattern(l), pattern.to_dtype(v.dtype())?)?;
+        let z = pattern
+            .reshape((b, nkv, rep * t, t))?
+            .matmul(&v)?
+            .reshape((b, nh, t, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let z = hs.fire(Site::Z(l), z)?;
+        a.o.forward(&z.reshape((b, t, nh * hd))?)
+    }
+}

@@ -1,0 +1,256 @@
+//! Text → token ids: the model's chat template rendered once by a real Jinja engine (with
+//! transformers' `trim_blocks` / `lstrip_blocks`), then encoded without adding special tokens a
+//! second time, so there is exactly one BOS.
+
+use std::path::{Path, PathBuf};
+
+use minijinja::{context, Environment, Error as JinjaError, ErrorKind};
+use serde::Serialize;
+use serde_json::Value;
+use tokenizers::Tokenizer;
+
+use crate::error::{io_err, EngineError, Result};
+
+/// The format used when a model ships no chat template (the Python peer's plain format). It is
+/// encoded with the tokenizer's own special tokens (its post-processor may add a BOS).
+pub const PLAIN_FORMAT: &str = "User: {prompt}\nAssistant: {response}";
+
+/// What to do when a conversation is longer than the model's context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Truncation {
+    /// Refuse (the default): a reward on a silently shortened text is a different reward.
+    #[default]
+    Error,
+    /// Drop prompt tokens from the left (after a leading BOS); the response is never cut.
+    DropPromptLeft,
+}
+
+/// One encoded (prompt, response) conversation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Encoded {
+    /// The rendered text (before any truncation).
+    pub text: String,
+    pub ids: Vec<u32>,
+    /// Index of the first token of the response.
+    pub response_start: usize,
+    /// Prompt tokens dropped by `Truncation::DropPromptLeft`.
+    pub dropped: usize,
+}
+
+pub struct ChatTokenizer {
+    pub tokenizer: Tokenizer,
+    template: Option<(String, String)>,
+    bos_token: Option<String>,
+    eos_token: Option<String>,
+    pub max_tokens: usize,
+}
+
+fn token_string(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(str::to_string),
+        _ => None,
+    }
+}
+
+/// Qwen2's pre-tokenizer split (digits one by one, letters with one leading non-letter).
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// transformers 5 builds the Qwen2 tokenizer's normalizer and pre-tokenizer itself (NFC, then
+/// the Qwen2 split, then byte-level without its own regex), whatever tokenizer.json says. Real
+/// Qwen2 tokenizer.json files already say exactly this, so doing it here changes nothing for
+/// them and matches transformers for files written otherwise.
+fn qwen2_pretokenizer(tokenizer: &mut Tokenizer, path: &Path) -> Result<()> {
+    use tokenizers::normalizers::unicode::NFC;
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    use tokenizers::pre_tokenizers::sequence::Sequence;
+    use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+    use tokenizers::SplitDelimiterBehavior;
+    let split = Split::new(SplitPattern::Regex(QWEN2_SPLIT.to_string()), SplitDelimiterBehavior::Isolated, false)
+        .map_err(|e| EngineError::Tokenizer { path: path.to_path_buf(), message: e.to_string() })?;
+    let byte_level = ByteLevel::new(false, false, false);
+    tokenizer.with_pre_tokenizer(Some(Sequence::new(vec![split.into(), byte_level.into()])));
+    tokenizer.with_normalizer(Some(NFC));
+    Ok(())
+}
+
+const SENTINEL_PROMPT: &str = "\u{E000}";
+const SENTINEL_RESPONSE: &str = "\u{E001}";
+
+impl ChatTokenizer {
+    /// Loads `tokenizer.json`, and the chat template from `chat_template.jinja` or the
+    /// `chat_template` field of `tokenizer_config.json`.
+    pub fn from_dir(dir: &Path, max_tokens: usize, model_type: Option<&str>) -> Result<Self> {
+        let tok_path = dir.join("tokenizer.json");
+        if !tok_path.exists() {
+            return Err(EngineError::Tokenizer { path: tok_path, message: "file not found".into() });
+        }
+        let mut tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| EngineError::Tokenizer {
+            path: tok_path.clone(),
+            message: e.to_string(),
+        })?;
+        let cfg_path = dir.join("tokenizer_config.json");
+        let cfg: Value = if cfg_path.exists() {
+            let text = std::fs::read_to_string(&cfg_path).map_err(io_err(&cfg_path))?;
+            serde_json::from_str(&text).map_err(|e| EngineError::Json { path: cfg_path.clone(), message: e.to_string() })?
+        } else {
+            Value::Null
+        };
+        let class = cfg.get("tokenizer_class").and_then(|c| c.as_str()).unwrap_or("");
+        if model_type == Some("qwen2") || class.starts_with("Qwen2Tokenizer") {
+            qwen2_pretokenizer(&mut tokenizer, &tok_path)?;
+        }
+        let jinja = dir.join("chat_template.jinja");
+        let template = if jinja.exists() {
+            Some((std::fs::read_to_string(&jinja).map_err(io_err(&jinja))?, jinja.display().to_string()))
+        } else {
+            match cfg.get("chat_template") {
+                Some(Value::String(s)) => Some((s.clone(), format!("{}: chat_template", cfg_path.display()))),
+                // A list of named templates: take "default".
+                Some(Value::Array(list)) => list
+                    .iter()
+                    .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+                    .and_then(|t| t.get("template")?.as_str())
+                    .map(|s| (s.to_string(), format!("{}: chat_template[default]", cfg_path.display()))),
+                _ => None,
+            }
+        };
+        let mut max = max_tokens;
+        if let Some(m) = cfg.get("model_max_length").and_then(|m| m.as_u64()) {
+            max = max.min(m as usize);
+        }
+        let me = Self {
+            tokenizer,
+            template,
+            bos_token: token_string(cfg.get("bos_token")),
+            eos_token: token_string(cfg.get("eos_token")),
+            max_tokens: max,
+        };
+        // Fail at load, not on the first pair, when the template cannot render.
+        if me.template.is_some() {
+            me.render("hello", "hi")?;
+        }
+        Ok(me)
+    }
+
+    pub fn has_template(&self) -> bool {
+        self.template.is_some()
+    }
+
+    fn template_source(&self) -> String {
+        self.template.as_ref().map(|t| t.1.clone()).unwrap_or_default()
+    }
+
+    /// Renders `[user: prompt, assistant: response]` as transformers'
+    /// `apply_chat_template(..., tokenize=False, add_generation_prompt=False)` would.
+    pub fn render(&self, prompt: &str, response: &str) -> Result<String> {
+        let Some((source, name)) = &self.template else {
+            return Ok(PLAIN_FORMAT.replace("{prompt}", prompt).replace("{response}", response));
+        };
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, JinjaError> {
+            Err(JinjaError::new(ErrorKind::InvalidOperation, msg))
+        });
+        // Deterministic: templates that print today's date get a fixed one.
+        env.add_function("strftime_now", |_fmt: String| "26 Jul 2024".to_string());
+        let terr = |e: JinjaError| EngineError::Template { source_name: name.clone(), message: format!("{e:#}") };
+        env.add_template("chat", source).map_err(terr)?;
+        let tmpl = env.get_template("chat").map_err(terr)?;
+        let messages = vec![
+            context! { role => "user", content => prompt },
+            context! { role => "assistant", content => response },
+        ];
+        tmpl.render(context! {
+            messages => messages,
+            bos_token => self.bos_token.clone().unwrap_or_default(),
+            eos_token => self.eos_token.clone().unwrap_or_default(),
+            add_generation_prompt => false,
+        })
+        .map_err(terr)
+    }
+
+    /// The template text between the end of the prompt and the start of the response, e.g.
+    /// Llama-3's `<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n`. ArmoRM reads its
+    /// gate at the last occurrence of these tokens.
+    pub fn boundary_ids(&self) -> Result<Vec<u32>> {
+        let text = self.render(SENTINEL_PROMPT, SENTINEL_RESPONSE)?;
+        let (Some(a), Some(b)) = (text.find(SENTINEL_PROMPT), text.find(SENTINEL_RESPONSE)) else {
+            return Err(EngineError::Template {
+                source_name: self.template_source(),
+                message: "cannot locate the prompt and response in the rendered template".into(),
+            });
+        };
+        let between = &text[a + SENTINEL_PROMPT.len()..b];
+        self.encode_raw(between, false)
+    }
+
+    fn encode_raw(&self, text: &str, special: bool) -> Result<Vec<u32>> {
+        Ok(self
+            .tokenizer
+            .encode(text, special)
+            .map_err(|e| EngineError::Tokenizer { path: PathBuf::from("tokenizer.json"), message: e.to_string() })?
+            .get_ids()
+            .to_vec())
+    }
+
+    /// Renders and encodes one conversation, enforcing the context limit.
+    pub fn encode_pair(&self, prompt: &str, response: &str, truncation: Truncation) -> Result<Encoded> {
+        if prompt.trim().is_empty() {
+            return Err(EngineError::EmptyText { field: "prompt" });
+        }
+        if response.trim().is_empty() {
+            return Err(EngineError::EmptyText { field: "response" });
+        }
+        let text = self.render(prompt, response)?;
+        // Where the response begins: render with a sentinel response; the text before it is the
+        // same prefix (templates do not look ahead at the response).
+        let probe = self.render(prompt, SENTINEL_RESPONSE)?;
+        let resp_byte = probe.find(SENTINEL_RESPONSE).unwrap_or(text.len());
+        let special = self.template.is_none();
+        let enc = self
+            .tokenizer
+            .encode(text.as_str(), special)
+            .map_err(|e| EngineError::Tokenizer { path: PathBuf::from("tokenizer.json"), message: e.to_string() })?;
+        let mut ids = enc.get_ids().to_vec();
+        let mut response_start = enc
+            .get_offsets()
+            .iter()
+            .zip(enc.get_special_tokens_mask())
+            .position(|(&(_, end), &sp)| sp == 0 && end > resp_byte)
+            .unwrap_or(ids.len());
+        let n = ids.len();
+        let mut dropped = 0;
+        if n > self.max_tokens {
+            match truncation {
+                Truncation::Error => return Err(EngineError::TooLong { n_tokens: n, max_tokens: self.max_tokens }),
+                Truncation::DropPromptLeft => {
+                    // Keep a leading BOS (a special token at position 0) and cut after it.
+                    let keep = usize::from(enc.get_special_tokens_mask().first() == Some(&1) || self.starts_with_bos(&ids));
+                    let need = n - self.max_tokens;
+                    if keep + need > response_start {
+                        return Err(EngineError::ResponseTooLong {
+                            n_tokens: n,
+                            needed: n - (response_start - keep),
+                            max_tokens: self.max_tokens,
+                        });
+                    }
+                    ids.drain(keep..keep + need);
+                    response_start -= need;
+                    dropped = need;
+                }
+            }
+        }
+        Ok(Encoded { text, ids, response_start, dropped })
+    }
+
+    fn starts_with_bos(&self, ids: &[u32]) -> bool {
+        match (&self.bos_token, ids.first()) {
+            (Some(b), Some(&first)) => self.tokenizer.token_to_id(b) == Some(first),
+            _ => false,
+        }
+    }
+}

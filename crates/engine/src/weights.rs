@@ -1,0 +1,183 @@
+//! Where weights come from. [`TensorSource`] hands out named tensors with their shape checked and
+//! converted to the compute dtype; the architecture loaders only ever see that interface, so a
+//! safetensors directory and an in-memory map (generated models, organisms) load the same way.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::safetensors::{Load, MmapedSafetensors};
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{io_err, EngineError, Result};
+
+pub trait TensorSource {
+    /// The tensor `name`, which must have exactly `shape`, in the compute dtype on the device.
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor>;
+    /// Whether `name` exists (for optional tensors such as a tied head).
+    fn contains(&self, name: &str) -> bool;
+}
+
+/// Weights read from `model.safetensors` or a sharded `model.safetensors.index.json`, through
+/// candle's memory-mapped loader. Each tensor is copied out of the map once, converted, and its
+/// mapped pages are handed back to the kernel at once, so the process never holds the file and
+/// the converted weights at the same time (peak ≈ weights in the compute dtype).
+pub struct SafetensorsSource {
+    st: MmapedSafetensors,
+    files: Vec<PathBuf>,
+    dtype: DType,
+    device: Device,
+}
+
+impl SafetensorsSource {
+    pub fn open(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let single = dir.join("model.safetensors");
+        let index = dir.join("model.safetensors.index.json");
+        let files = if index.exists() {
+            let text = std::fs::read_to_string(&index).map_err(io_err(&index))?;
+            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| EngineError::Json {
+                path: index.clone(),
+                message: e.to_string(),
+            })?;
+            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| EngineError::ConfigField {
+                path: index.clone(),
+                field: "weight_map".into(),
+                message: "missing or not an object of tensor name → shard file".into(),
+            })?;
+            let mut files: Vec<PathBuf> = Vec::new();
+            for (name, file) in map {
+                let file = file.as_str().ok_or_else(|| EngineError::ConfigField {
+                    path: index.clone(),
+                    field: format!("weight_map.{name}"),
+                    message: "expected a file name".into(),
+                })?;
+                let p = dir.join(file);
+                if !files.contains(&p) {
+                    files.push(p);
+                }
+            }
+            files.sort();
+            files
+        } else if single.exists() {
+            vec![single]
+        } else {
+            return Err(EngineError::NoWeights { dir: dir.to_path_buf() });
+        };
+        for f in &files {
+            if !f.exists() {
+                return Err(EngineError::Io {
+                    path: f.clone(),
+                    source: std::io::Error::new(std::io::ErrorKind::NotFound, "shard named in the index is missing"),
+                });
+            }
+        }
+        // SAFETY: the files are mapped read-only; we assume nobody rewrites them while loading,
+        // which is the same contract every safetensors loader has.
+        let st = unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| EngineError::Safetensors {
+            file: files.first().cloned().unwrap_or_default(),
+            message: e.to_string(),
+        })?;
+        Ok(Self { st, files, dtype, device: device.clone() })
+    }
+
+    fn files_list(&self) -> String {
+        self.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")
+    }
+
+    /// The on-disk dtype of the first tensor (what `info` reports).
+    pub fn disk_dtype(&self) -> Option<DType> {
+        self.st.tensors().first().and_then(|(_, v)| DType::try_from(v.dtype()).ok())
+    }
+}
+
+impl TensorSource for SafetensorsSource {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let view = self.st.get(name).map_err(|_| EngineError::MissingTensor {
+            name: name.to_string(),
+            files: self.files_list(),
+        })?;
+        if view.shape() != shape {
+            return Err(EngineError::ShapeMismatch {
+                name: name.to_string(),
+                expected: shape.to_vec(),
+                found: view.shape().to_vec(),
+            });
+        }
+        match DType::try_from(view.dtype()) {
+            Ok(DType::F32 | DType::BF16 | DType::F16 | DType::F64) => {}
+            _ => {
+                return Err(EngineError::UnsupportedDtype {
+                    name: name.to_string(),
+                    dtype: format!("{:?}", view.dtype()),
+                })
+            }
+        }
+        let raw = view.load(&self.device)?;
+        release_pages(view.data());
+        let t = raw.to_dtype(self.dtype)?;
+        drop(raw);
+        check_finite(name, &t)?;
+        Ok(t)
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.st.get(name).is_ok()
+    }
+}
+
+/// Tells the kernel we are done with these mapped pages (they are file-backed and read-only, so
+/// dropping them loses nothing; a later read would fault them back in).
+fn release_pages(data: &[u8]) {
+    #[cfg(unix)]
+    {
+        let page = 4096usize;
+        let start = data.as_ptr() as usize;
+        let end = start + data.len();
+        let a = start.div_ceil(page) * page;
+        let b = end / page * page;
+        if b > a {
+            // SAFETY: [a, b) lies inside a live read-only mapping; MADV_DONTNEED on a private
+            // file mapping only drops cached pages.
+            unsafe {
+                libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_DONTNEED);
+            }
+        }
+    }
+}
+
+fn check_finite(name: &str, t: &Tensor) -> Result<()> {
+    // x − x is NaN exactly where x is NaN or ±inf, so one reduction tells.
+    let probe = t.to_dtype(DType::F32)?;
+    let s = (&probe - &probe)?.sum_all()?.to_scalar::<f32>()?;
+    if s.is_finite() {
+        Ok(())
+    } else {
+        Err(EngineError::NonFinite { name: name.to_string() })
+    }
+}
+
+/// Tensors held in memory: generated benchmark models, trained organisms, tests.
+pub struct MapSource {
+    pub tensors: HashMap<String, Tensor>,
+    pub dtype: DType,
+}
+
+impl TensorSource for MapSource {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self.tensors.get(name).ok_or_else(|| EngineError::MissingTensor {
+            name: name.to_string(),
+            files: "in-memory weights".into(),
+        })?;
+        if t.dims() != shape {
+            return Err(EngineError::ShapeMismatch {
+                name: name.to_string(),
+                expected: shape.to_vec(),
+                found: t.dims().to_vec(),
+            });
+        }
+        Ok(t.to_dtype(self.dtype)?)
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+}
