@@ -1,1 +1,137 @@
-fn main(){}
+//! `reward-lens`: look inside reward models. A thin layer over the engine: parse arguments,
+//! read and write files, show progress; the maths lives in the library crates.
+
+mod bench;
+mod cache;
+mod default_model;
+mod info;
+mod memory;
+mod pairs;
+mod score;
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use reward_lens_engine::{DType, Device, LoadOptions, PaddingSide, RewardModel};
+
+#[derive(Parser)]
+#[command(
+    name = "reward-lens",
+    version,
+    about = "Look inside reward models: why they prefer one answer, which components cause it, where they are hackable.",
+    long_about = "Look inside reward models.\n\n\
+A reward model reads (prompt, response) and returns one number. reward-lens loads HuggingFace reward \
+models (Llama, Mistral, Qwen2, Qwen3, Gemma-2, GPT-2, ArmoRM) from a local directory, scores preference \
+pairs, and exports activations at TransformerLens-named sites.\n\n\
+Every command takes --model DIR; without it, a small example model embedded in the binary is used.",
+    after_help = "Examples:\n  reward-lens score --pairs examples/pairs.jsonl\n  reward-lens info --model path/to/Skywork-Reward-Llama-3.1-8B\n  reward-lens cache --prompt 'Hi' --response 'Hello!' --sites 'blocks.*.hook_resid_post' --out acts.safetensors"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Describe a model: architecture, layers, widths, heads, parameters, dtype, head type.
+    Info(info::InfoArgs),
+    /// Score preference pairs (JSONL with prompt/chosen/rejected) and report accuracy.
+    Score(score::ScoreArgs),
+    /// Run one conversation and save activations at the chosen sites to a .safetensors file.
+    Cache(cache::CacheArgs),
+    /// Measure scoring throughput (tokens/s, GFLOP/s vs the machine's matmul rate) and peak memory.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum, Debug, PartialEq, Eq)]
+pub enum DtypeArg {
+    F32,
+    Bf16,
+    F16,
+}
+
+#[derive(Clone, Copy, ValueEnum, Debug)]
+pub enum PaddingArg {
+    Right,
+    Left,
+}
+
+impl From<PaddingArg> for PaddingSide {
+    fn from(p: PaddingArg) -> Self {
+        match p {
+            PaddingArg::Right => PaddingSide::Right,
+            PaddingArg::Left => PaddingSide::Left,
+        }
+    }
+}
+
+/// Options every command that loads a model shares.
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// HuggingFace model directory (config.json, *.safetensors, tokenizer.json). Default: the
+    /// embedded example model.
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Compute dtype. f32 is exact enough for analysis; bf16/f16 halve memory.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: DtypeArg,
+    /// Device: `cpu`, or `cuda` / `cuda:N` in builds with the `cuda` feature.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+impl ModelArgs {
+    pub fn load(&self) -> Result<RewardModel> {
+        let dir = match &self.model {
+            Some(d) => d.clone(),
+            None => {
+                eprintln!("using the {}", default_model::DESCRIPTION);
+                default_model::dir()?
+            }
+        };
+        let dtype = match self.dtype {
+            DtypeArg::F32 => DType::F32,
+            DtypeArg::Bf16 => DType::BF16,
+            DtypeArg::F16 => DType::F16,
+        };
+        let opts = LoadOptions { dtype, device: parse_device(&self.device)? };
+        Ok(RewardModel::load(&dir, &opts)?)
+    }
+}
+
+pub fn parse_device(s: &str) -> Result<Device> {
+    if s == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    if let Some(rest) = s.strip_prefix("cuda") {
+        let ordinal = match rest.strip_prefix(':') {
+            Some(n) => n.parse().map_err(|_| anyhow::anyhow!("--device {s}: expected cuda:N"))?,
+            None if rest.is_empty() => 0,
+            None => bail!("--device {s}: expected cpu, cuda or cuda:N"),
+        };
+        if !cfg!(feature = "cuda") {
+            bail!("--device {s}: this build has no CUDA support (rebuild with --features cuda)");
+        }
+        return Ok(Device::new_cuda(ordinal)?);
+    }
+    bail!("--device {s}: expected cpu, cuda or cuda:N")
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Info(a) => info::run(a),
+        Command::Score(a) => score::run(a),
+        Command::Cache(a) => cache::run(a),
+        Command::Bench(a) => bench::run(a),
+    };
+    // Lets `bench` read a child's own peak memory (RUSAGE_CHILDREN only gives the max so far).
+    if std::env::var_os(memory::REPORT_ENV).is_some() {
+        eprintln!("{} {}", memory::REPORT_TAG, memory::peak_rss().unwrap_or(0));
+    }
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

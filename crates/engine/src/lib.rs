@@ -25,6 +25,7 @@ pub mod hooks;
 pub mod model;
 mod network;
 pub mod site;
+pub mod synth;
 pub mod text;
 pub mod weights;
 
