@@ -127,39 +127,45 @@ pub fn run(a: ScoreArgs) -> Result<()> {
         subsets.entry(subset.unwrap_or("(none)").to_string()).or_default().add(margin);
     };
 
-    // Resume: keep complete lines that match the input's ids in order.
+    // Resume: keep complete lines that match the input's ids in order, rounded down to whole
+    // batches, so every batch re-run has the same composition as in an uninterrupted run and
+    // the output bytes are the same (padding changes float rounding).
+    let pairs_per_batch = (a.batch_size / 2).max(1);
     let mut done = 0usize;
     if a.resume {
         let out = a.out.as_ref().expect("clap enforces --out with --resume");
         if out.exists() {
             let text = std::fs::read_to_string(out).with_context(|| format!("{}: cannot read", out.display()))?;
-            let mut keep_bytes = 0usize;
+            let mut kept: Vec<(usize, f64)> = Vec::new(); // (bytes, margin) per complete line
             for line in text.split_inclusive('\n') {
                 if !line.ends_with('\n') {
                     break; // a partial last line from an interruption
                 }
                 let Ok(v) = serde_json::from_str::<Value>(line) else { break };
-                let Some(p) = pairs.get(done) else {
+                let k = kept.len();
+                let Some(p) = pairs.get(k) else {
                     bail!("{}: has more results than {} has pairs", out.display(), a.pairs.display())
                 };
                 if v.get("id") != Some(&p.id) {
                     bail!(
                         "{}: line {} has id {} but pair {} of {} has id {}; not the same input",
                         out.display(),
-                        done + 1,
+                        k + 1,
                         v.get("id").unwrap_or(&Value::Null),
-                        done + 1,
+                        k + 1,
                         a.pairs.display(),
                         p.id
                     );
                 }
-                record(p.subset.as_deref(), v.get("margin").and_then(Value::as_f64).unwrap_or(0.0));
-                done += 1;
-                keep_bytes += line.len();
+                kept.push((line.len(), v.get("margin").and_then(Value::as_f64).unwrap_or(0.0)));
             }
-            let f = OpenOptions::new().write(true).open(out)?;
-            f.set_len(keep_bytes as u64)?;
-            eprintln!("resuming: {done} of {} pairs already scored", pairs.len());
+            done = if kept.len() == pairs.len() { kept.len() } else { kept.len() - kept.len() % pairs_per_batch };
+            for (p, &(_, margin)) in pairs.iter().zip(&kept[..done]) {
+                record(p.subset.as_deref(), margin);
+            }
+            let keep_bytes: usize = kept[..done].iter().map(|k| k.0).sum();
+            OpenOptions::new().write(true).open(out)?.set_len(keep_bytes as u64)?;
+            eprintln!("resuming: {done} of {} pairs already scored (same --batch-size as before keeps the output identical)", pairs.len());
         }
     }
 
@@ -179,7 +185,6 @@ pub fn run(a: ScoreArgs) -> Result<()> {
     let todo = &pairs[done..];
     let bar = ProgressBar::new(todo.len() as u64);
     bar.set_style(ProgressStyle::with_template("{spinner} scoring [{bar:30}] {pos}/{len} pairs {per_sec} eta {eta}")?.progress_chars("=> "));
-    let pairs_per_batch = (a.batch_size / 2).max(1);
     for chunk in todo.chunks(pairs_per_batch) {
         let encoded = encode_chunk(&model, chunk, truncation, &a.pairs)?;
         let seqs: Vec<Vec<u32>> = encoded.iter().flat_map(|(c, r)| [c.ids.clone(), r.ids.clone()]).collect();

@@ -59,8 +59,13 @@ impl Norm {
     }
 
     /// The norm spelled out in f32, also returning its divisor `√(mean(x²)+ε)` (LayerNorm:
-    /// `√(var+ε)`), which the exact decompositions freeze.
-    pub fn forward_with_scale(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+    /// `√(var+ε)`), which the exact decompositions freeze. The divisor passes through `hook`
+    /// (the `ln_final.hook_scale` site) before it is used, so interventions on it take effect.
+    pub fn forward_with_scale(
+        &self,
+        x: &Tensor,
+        hook: impl FnOnce(Tensor) -> Result<Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
         let x = x.to_dtype(DType::F32)?;
         let eps = self.kind.eps();
         let gamma = self.gamma.to_dtype(DType::F32)?;
@@ -75,6 +80,7 @@ impl Norm {
                 (xc, div)
             }
         };
+        let divisor = hook(divisor)?;
         let mut out = centred.broadcast_div(&divisor)?.broadcast_mul(&gamma)?;
         if let Some(b) = &self.beta {
             out = out.broadcast_add(&b.to_dtype(DType::F32)?)?;
@@ -162,8 +168,23 @@ fn rotate_half(x: &Tensor) -> Result<Tensor> {
     Ok(Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?)
 }
 
-fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    Ok((x.broadcast_mul(cos)? + rotate_half(x)?.broadcast_mul(sin)?)?)
+/// RoPE tables for one batch: cos/sin of `position × inv_freq`, `[B, T, head_dim / 2]`.
+pub(crate) struct RopeTables {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl RopeTables {
+    /// Rotates `x` `[B, T, H, head_dim]` (transformers' rotate-half convention). The fused
+    /// kernel has no gradient, so gradient runs take the composed path.
+    fn apply(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
+        if fused {
+            return Ok(candle_nn::rotary_emb::rope_thd(&x.contiguous()?, &self.cos, &self.sin)?);
+        }
+        let full = |t: &Tensor| -> Result<Tensor> { Ok(Tensor::cat(&[t, t], D::Minus1)?.unsqueeze(2)?) };
+        let (cos, sin) = (full(&self.cos)?, full(&self.sin)?);
+        Ok((x.broadcast_mul(&cos)? + rotate_half(x)?.broadcast_mul(&sin)?)?)
+    }
 }
 
 fn activate(act: Activation, x: &Tensor) -> Result<Tensor> {
@@ -233,15 +254,14 @@ impl Network {
             None => tok,
         };
 
-        // RoPE tables for these positions: cos/sin [B, T, 1, head_dim].
+        // RoPE tables for these positions (angles in f32, as transformers computes them).
         let rope = match &self.inv_freq {
             Some(inv) => {
                 let pos: Vec<f32> = pos_flat.iter().map(|&p| (p as f64 * self.rope_position_scale) as f32).collect();
                 let pos = Tensor::from_vec(pos, (b, t, 1), device)?;
                 let freqs = pos.broadcast_mul(&inv.reshape((1, 1, inv.dim(0)?))?)?;
-                let emb = Tensor::cat(&[&freqs, &freqs], D::Minus1)?.unsqueeze(2)?;
                 let dt = x.dtype();
-                Some((emb.cos()?.to_dtype(dt)?, emb.sin()?.to_dtype(dt)?))
+                Some(RopeTables { cos: freqs.cos()?.to_dtype(dt)?, sin: freqs.sin()?.to_dtype(dt)? })
             }
             None => None,
         };
@@ -283,8 +303,7 @@ impl Network {
             x = hs.fire(Site::ResidPost(l), (x + mlp_out)?)?;
         }
 
-        let (normalized, divisor) = self.final_norm.forward_with_scale(&x)?;
-        hs.fire(Site::FinalScale, divisor)?;
+        let (normalized, _divisor) = self.final_norm.forward_with_scale(&x, |d| hs.fire(Site::FinalScale, d))?;
         let normalized = hs.fire(Site::FinalNormalized, normalized)?;
         Ok(Hidden { normalized })
     }
@@ -295,7 +314,7 @@ impl Network {
         l: usize,
         block: &Block,
         x: &Tensor,
-        rope: Option<&(Tensor, Tensor)>,
+        rope: Option<&RopeTables>,
         mask: &Tensor,
         hs: &mut HookState,
         fused: bool,
@@ -319,9 +338,9 @@ impl Network {
         let mut q = hs.fire(Site::Q(l), q)?;
         let mut k = hs.fire(Site::K(l), k)?;
         let v = hs.fire(Site::V(l), v)?;
-        if let Some((cos, sin)) = rope {
-            q = hs.fire(Site::RotQ(l), apply_rope(&q, cos, sin)?)?;
-            k = hs.fire(Site::RotK(l), apply_rope(&k, cos, sin)?)?;
+        if let Some(rope) = rope {
+            q = hs.fire(Site::RotQ(l), rope.apply(&q, fused)?)?;
+            k = hs.fire(Site::RotK(l), rope.apply(&k, fused)?)?;
         }
 
         // Grouped-query attention without copying keys: the `rep` query heads that share a kv

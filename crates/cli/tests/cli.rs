@@ -1,0 +1,214 @@
+//! The `reward-lens` binary end to end: numbers equal the engine's (and transformers'), bad
+//! input is a named error, and an interrupted `score --resume` finishes with the same bytes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn exe() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_reward-lens"));
+    // Keep the unpacked default model inside the build tree.
+    c.env("REWARD_LENS_CACHE", tmp_root().join("cache"));
+    c
+}
+
+fn tmp_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-tests")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = tmp_root().join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "command failed: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn lines(p: &Path) -> Vec<Value> {
+    std::fs::read_to_string(p).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn expected_scores(model: &str) -> Vec<(f64, f64)> {
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join(format!("expected/{model}/forward.json"))).unwrap()).unwrap();
+    v["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["chosen"]["score"].as_f64().unwrap(), p["rejected"]["score"].as_f64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn score_matches_transformers_and_summarises() {
+    for model in ["gemma2", "armorm"] {
+        let d = tmp(&format!("score-{model}"));
+        let out = d.join("scores.jsonl");
+        let summary = d.join("summary.json");
+        run(exe()
+            .args(["score", "--model"])
+            .arg(fixtures().join("models").join(model))
+            .arg("--pairs")
+            .arg(fixtures().join("pairs.jsonl"))
+            .arg("--out")
+            .arg(&out)
+            .arg("--summary")
+            .arg(&summary)
+            .args(["--batch-size", "6"]));
+        let rows = lines(&out);
+        let want = expected_scores(model);
+        assert_eq!(rows.len(), want.len());
+        let mut correct = 0;
+        for (i, (r, (c, j))) in rows.iter().zip(&want).enumerate() {
+            assert_eq!(r["id"].as_u64(), Some(i as u64));
+            let (cs, rs) = (r["chosen_score"].as_f64().unwrap(), r["rejected_score"].as_f64().unwrap());
+            assert!((cs - c).abs() < 1e-4 && (rs - j).abs() < 1e-4, "{model} pair {i}");
+            assert!((r["margin"].as_f64().unwrap() - (cs - rs)).abs() < 1e-6);
+            assert_eq!(r["correct"].as_bool().unwrap(), cs > rs);
+            correct += usize::from(cs > rs);
+            if model == "armorm" {
+                let g = r["chosen_objectives"]["gating"].as_object().unwrap();
+                assert_eq!(g.len(), 5);
+                assert!(g.contains_key("helpsteer-verbosity"));
+            }
+        }
+        let s: Value = serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+        assert_eq!(s["overall"]["n"].as_u64(), Some(20));
+        assert_eq!(s["overall"]["correct"].as_u64(), Some(correct as u64));
+        let per_subset: u64 = s["subsets"].as_object().unwrap().values().map(|a| a["n"].as_u64().unwrap()).sum();
+        assert_eq!(per_subset, 20);
+    }
+}
+
+#[test]
+fn padding_side_and_batch_size_do_not_change_scores() {
+    let d = tmp("padding");
+    let model = fixtures().join("models/qwen3");
+    let mut all = Vec::new();
+    for (side, bs) in [("right", "1"), ("left", "8"), ("right", "40")] {
+        let out = d.join(format!("{side}-{bs}.jsonl"));
+        run(exe().args(["score", "--model"]).arg(&model).arg("--pairs").arg(fixtures().join("pairs.jsonl")).arg("--out").arg(&out).args(["--padding", side, "--batch-size", bs]));
+        all.push(lines(&out));
+    }
+    for rows in &all[1..] {
+        for (a, b) in rows.iter().zip(&all[0]) {
+            let d = (a["chosen_score"].as_f64().unwrap() - b["chosen_score"].as_f64().unwrap()).abs();
+            assert!(d < 1e-5, "batched vs single differ by {d}");
+        }
+    }
+}
+
+#[test]
+fn resume_after_interruption_gives_identical_output() {
+    let d = tmp("resume");
+    let full = d.join("full.jsonl");
+    let pairs = fixtures().join("pairs.jsonl");
+    let model = fixtures().join("models/llama");
+    run(exe().args(["score", "--model"]).arg(&model).arg("--pairs").arg(&pairs).arg("--out").arg(&full).args(["--batch-size", "4"]));
+    let text = std::fs::read_to_string(&full).unwrap();
+    // Simulate an interruption: seven complete lines and half of the eighth.
+    let cut: usize = text.split_inclusive('\n').take(7).map(str::len).sum::<usize>() + 20;
+    let partial = d.join("partial.jsonl");
+    std::fs::write(&partial, &text[..cut]).unwrap();
+    let out = run(exe().args(["score", "--model"]).arg(&model).arg("--pairs").arg(&pairs).arg("--out").arg(&partial).args(["--batch-size", "4", "--resume"]));
+    // 7 complete lines, batches of 2 pairs: resume keeps 6.
+    assert!(String::from_utf8_lossy(&out.stderr).contains("6 of 20"));
+    assert_eq!(std::fs::read_to_string(&partial).unwrap(), text);
+}
+
+#[test]
+fn bad_jsonl_names_the_line() {
+    let d = tmp("badjsonl");
+    let cases = [
+        ("{\"prompt\": \"a\", \"chosen\": \"b\", \"rejected\": \"c\"}\n{not json}\n", ":2: not valid JSON"),
+        ("{\"prompt\": \"a\", \"chosen\": \"b\"}\n", ":1: missing field `rejected`"),
+        ("{\"prompt\": \"a\", \"chosen\": 3, \"rejected\": \"c\"}\n", ":1: field `chosen` must be a string"),
+        ("\n\n", "no pairs"),
+        ("{\"prompt\": \"a\", \"chosen\": \"   \", \"rejected\": \"c\"}\n", ":1: chosen"),
+    ];
+    for (i, (body, needle)) in cases.iter().enumerate() {
+        let f = d.join(format!("{i}.jsonl"));
+        std::fs::write(&f, body).unwrap();
+        let out = exe().args(["score", "--pairs"]).arg(&f).output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "case {i}: expected {needle:?} in {err}");
+        assert!(!err.contains("panicked"), "case {i} panicked: {err}");
+    }
+}
+
+#[test]
+fn cache_exports_named_sites_with_documented_shapes() {
+    let d = tmp("cache");
+    let out = d.join("acts.safetensors");
+    run(exe()
+        .args(["cache", "--model"])
+        .arg(fixtures().join("models/gemma2"))
+        .args(["--prompt", "How do I boil an egg?", "--response", "Simmer it for nine minutes."])
+        .args(["--sites", "blocks.*.hook_resid_post,blocks.1.attn.hook_pattern,blocks.0.attn.hook_z,blocks.0.attn.hook_k,ln_final.hook_scale"])
+        .arg("--out")
+        .arg(&out));
+    let t = candle_core::safetensors::load(&out, &candle_core::Device::Cpu).unwrap();
+    let ids = t["input_ids"].to_vec1::<u32>().unwrap();
+    let n = ids.len();
+    assert_eq!(ids[0], 1, "one BOS");
+    assert_eq!(ids.iter().filter(|&&i| i == 1).count(), 1, "no double BOS");
+    for l in 0..3 {
+        assert_eq!(t[&format!("blocks.{l}.hook_resid_post")].dims(), &[n, 64]);
+    }
+    assert_eq!(t["blocks.1.attn.hook_pattern"].dims(), &[4, n, n]);
+    assert_eq!(t["blocks.0.attn.hook_z"].dims(), &[n, 4, 16]);
+    assert_eq!(t["blocks.0.attn.hook_k"].dims(), &[n, 2, 16]);
+    assert_eq!(t["ln_final.hook_scale"].dims(), &[n, 1]);
+    // Attention rows sum to one, and a query never attends to a later key.
+    let p = t["blocks.1.attn.hook_pattern"].to_vec3::<f32>().unwrap();
+    for h in &p {
+        for (q, row) in h.iter().enumerate() {
+            assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+            assert!(row[q + 1..].iter().all(|&x| x == 0.0));
+        }
+    }
+    assert_eq!(t.len(), 3 + 4 + 1);
+}
+
+#[test]
+fn cache_rejects_unknown_site() {
+    let d = tmp("cache-bad");
+    let out = exe()
+        .args(["cache", "--prompt", "a", "--response", "b", "--sites", "blocks.7.hook_resid_post", "--out"])
+        .arg(d.join("x.safetensors"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown activation site `blocks.7.hook_resid_post`"));
+}
+
+#[test]
+fn info_reports_the_architecture() {
+    let out = run(exe().args(["info", "--json", "--model"]).arg(fixtures().join("models/armorm")));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["architecture"], "armorm");
+    assert_eq!(v["n_params"], 206_623);
+    assert_eq!(v["n_kv_heads"], 2);
+    assert_eq!(v["head"], "armorm-gated");
+    assert_eq!(v["num_objectives"], 5);
+    let out = run(exe().args(["info", "--json", "--model"]).arg(fixtures().join("models/gemma2")));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["sliding_window"], serde_json::json!([8, null, 8]));
+}
+
+#[test]
+fn missing_model_dir_is_a_clear_error() {
+    let out = exe().args(["info", "--model", "/nonexistent/model"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/model"));
+}
