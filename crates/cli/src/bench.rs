@@ -13,11 +13,13 @@ use reward_lens_engine::{DType, Device, LoadOptions, MapSource, ModelConfig, Pad
 use crate::memory;
 
 #[derive(Args)]
-#[command(after_help = "Builds a seeded synthetic Llama reward model of the given shape (default: 8 layers, d_model 512, \
+#[command(
+    after_help = "Builds a seeded synthetic Llama reward model of the given shape (default: 8 layers, d_model 512, \
 8 heads / 2 kv heads, d_mlp 1408, vocab 32000 ≈ 157 MB in f32), measures this machine's f32 matmul rate with the same \
 kernels, then times batched scoring at --seq-len tokens and reports tokens/s, achieved GFLOP/s and their fraction of the \
 matmul rate. Peak memory is measured in a child `reward-lens score` process loading the model from disk \
-(safetensors, f32 and bf16 on disk), as a multiple of the weights' size in the compute dtype.")]
+(safetensors, f32 and bf16 on disk), as a multiple of the weights' size in the compute dtype."
+)]
 pub struct BenchArgs {
     #[arg(long, default_value_t = 8)]
     pub layers: usize,
@@ -110,7 +112,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let cfg_json = shape.config_json();
     let config = ModelConfig::from_value(&cfg_json, Path::new("(generated config)"))?;
     let weights = shape.random_weights(7, &Device::Cpu)?;
-    let model = RewardModel::from_source(config, &MapSource { tensors: weights.clone(), dtype: DType::F32 }, &LoadOptions::default())?;
+    let model = RewardModel::from_source(
+        config,
+        &MapSource { tensors: weights.clone(), dtype: DType::F32 },
+        &LoadOptions::default(),
+    )?;
     let matmul = matmul_rate()?;
     eprintln!("matmul rate {matmul:.1} GFLOP/s; timing {} batch sizes…", a.batch_sizes.len());
 
@@ -140,7 +146,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
 
     let memory = if a.no_memory { Vec::new() } else { measure_memory(&weights, &cfg_json)? };
     let report = Report {
-        shape: format!("{} layers, d_model {}, {} heads / {} kv heads, d_mlp {}, vocab {}", a.layers, a.d_model, a.heads, a.kv_heads, a.d_mlp, a.vocab),
+        shape: format!(
+            "{} layers, d_model {}, {} heads / {} kv heads, d_mlp {}, vocab {}",
+            a.layers, a.d_model, a.heads, a.kv_heads, a.d_mlp, a.vocab
+        ),
         n_params: model.n_params,
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         matmul_gflops: matmul,
@@ -151,18 +160,34 @@ pub fn run(a: BenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
-    println!("Synthetic Llama: {} ({:.1} M parameters), {} threads", report.shape, report.n_params as f64 / 1e6, report.threads);
+    println!(
+        "Synthetic Llama: {} ({:.1} M parameters), {} threads",
+        report.shape,
+        report.n_params as f64 / 1e6,
+        report.threads
+    );
     println!("f32 matmul rate (candle, 1024³): {:.1} GFLOP/s\n", report.matmul_gflops);
     println!("| batch × tokens | s / batch | tokens/s | GFLOP/s | of matmul rate |");
     println!("|---|---|---|---|---|");
     for r in &report.speed {
-        println!("| {} × {} | {:.3} | {:.0} | {:.1} | {:.0} % |", r.batch, r.seq_len, r.seconds_per_batch, r.tokens_per_s, r.gflops, 100.0 * r.fraction_of_matmul);
+        println!(
+            "| {} × {} | {:.3} | {:.0} | {:.1} | {:.0} % |",
+            r.batch,
+            r.seq_len,
+            r.seconds_per_batch,
+            r.tokens_per_s,
+            r.gflops,
+            100.0 * r.fraction_of_matmul
+        );
     }
     if !report.memory.is_empty() {
         println!("\n| on disk → compute | weights (compute dtype) | peak RSS of `score` | ratio |");
         println!("|---|---|---|---|");
         for m in &report.memory {
-            println!("| {} → {} | {:.1} MiB | {:.1} MiB | {:.2} × |", m.disk_dtype, m.compute_dtype, m.weights_mib, m.peak_rss_mib, m.ratio);
+            println!(
+                "| {} → {} | {:.1} MiB | {:.1} MiB | {:.2} × |",
+                m.disk_dtype, m.compute_dtype, m.weights_mib, m.peak_rss_mib, m.ratio
+            );
         }
     }
     Ok(())

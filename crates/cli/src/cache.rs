@@ -50,7 +50,13 @@ pub fn run(a: CacheArgs) -> Result<()> {
     let n = enc.ids.len();
     tensors.insert("input_ids".into(), Tensor::from_vec(enc.ids.clone(), n, &reward_lens_engine::Device::Cpu)?);
     candle_core::safetensors::save(&tensors, &a.out).with_context(|| format!("{}: cannot write", a.out.display()))?;
-    eprintln!("reward {:.6} at token {} of {n}; saved {} sites to {}", fwd.output.scores[0], fwd.output.pooled_index[0], fwd.cache.len(), a.out.display());
+    eprintln!(
+        "reward {:.6} at token {} of {n}; saved {} sites to {}",
+        fwd.output.scores[0],
+        fwd.output.pooled_index[0],
+        fwd.cache.len(),
+        a.out.display()
+    );
     for (name, t) in fwd.cache.iter() {
         eprintln!("  {name:<36} {:?}", &t.dims()[1..]);
     }

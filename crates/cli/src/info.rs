@@ -31,13 +31,23 @@ pub fn run(a: InfoArgs) -> Result<()> {
         ("context", i.max_position_embeddings.to_string()),
         ("parameters", group(i.n_params)),
         ("dtype (disk → compute)", format!("{} → {}", i.disk_dtype.as_deref().unwrap_or("?"), i.compute_dtype)),
-        ("reward head", match i.num_objectives {
-            Some(k) => format!("{} ({k} objectives)", i.head),
-            None => i.head.clone(),
-        }),
+        (
+            "reward head",
+            match i.num_objectives {
+                Some(k) => format!("{} ({k} objectives)", i.head),
+                None => i.head.clone(),
+            },
+        ),
         ("rope theta", i.rope_theta.map_or("— (learned positions)".into(), |t| t.to_string())),
         ("attention per layer", windows.join(", ")),
-        ("chat template", if i.chat_template { "yes".into() } else { format!("no (plain format: {:?})", reward_lens_engine::PLAIN_FORMAT) }),
+        (
+            "chat template",
+            if i.chat_template {
+                "yes".into()
+            } else {
+                format!("no (plain format: {:?})", reward_lens_engine::PLAIN_FORMAT)
+            },
+        ),
     ];
     for (k, v) in rows {
         println!("{k:<24} {v}");

@@ -15,11 +15,13 @@ use crate::pairs::{self, Pair};
 use crate::{ModelArgs, PaddingArg};
 
 #[derive(Args)]
-#[command(after_help = "Input: one JSON object per line with `prompt`, `chosen`, `rejected` and optional `subset`, `id` \
+#[command(
+    after_help = "Input: one JSON object per line with `prompt`, `chosen`, `rejected` and optional `subset`, `id` \
 (RewardBench's field names).\nOutput: one JSON line per pair with `id`, `subset`, `chosen_score`, `rejected_score`, \
 `margin` (= chosen − rejected), `correct` (margin > 0), token counts, and for ArmoRM the per-objective rewards and gates.\n\
 Accuracy overall and per subset goes to stderr (and to --summary as JSON).\n\n\
-Results are written as each batch finishes; after an interruption, run the same command with --resume.")]
+Results are written as each batch finishes; after an interruption, run the same command with --resume."
+)]
 pub struct ScoreArgs {
     #[command(flatten)]
     pub model: ModelArgs,
@@ -165,18 +167,17 @@ pub fn run(a: ScoreArgs) -> Result<()> {
             }
             let keep_bytes: usize = kept[..done].iter().map(|k| k.0).sum();
             OpenOptions::new().write(true).open(out)?.set_len(keep_bytes as u64)?;
-            eprintln!("resuming: {done} of {} pairs already scored (same --batch-size as before keeps the output identical)", pairs.len());
+            eprintln!(
+                "resuming: {done} of {} pairs already scored (same --batch-size as before keeps the output identical)",
+                pairs.len()
+            );
         }
     }
 
     let mut sink: Box<dyn Write> = match &a.out {
         Some(p) => {
-            let f = if a.resume {
-                OpenOptions::new().create(true).append(true).open(p)
-            } else {
-                File::create(p)
-            }
-            .with_context(|| format!("{}: cannot write", p.display()))?;
+            let f = if a.resume { OpenOptions::new().create(true).append(true).open(p) } else { File::create(p) }
+                .with_context(|| format!("{}: cannot write", p.display()))?;
             Box::new(BufWriter::new(f))
         }
         None => Box::new(BufWriter::new(std::io::stdout().lock())),
@@ -184,7 +185,10 @@ pub fn run(a: ScoreArgs) -> Result<()> {
 
     let todo = &pairs[done..];
     let bar = ProgressBar::new(todo.len() as u64);
-    bar.set_style(ProgressStyle::with_template("{spinner} scoring [{bar:30}] {pos}/{len} pairs {per_sec} eta {eta}")?.progress_chars("=> "));
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} scoring [{bar:30}] {pos}/{len} pairs {per_sec} eta {eta}")?
+            .progress_chars("=> "),
+    );
     for chunk in todo.chunks(pairs_per_batch) {
         let encoded = encode_chunk(&model, chunk, truncation, &a.pairs)?;
         let seqs: Vec<Vec<u32>> = encoded.iter().flat_map(|(c, r)| [c.ids.clone(), r.ids.clone()]).collect();
@@ -229,17 +233,25 @@ pub fn run(a: ScoreArgs) -> Result<()> {
     };
     print_summary(&summary);
     if let Some(p) = &a.summary {
-        std::fs::write(p, serde_json::to_string_pretty(&summary)?).with_context(|| format!("{}: cannot write", p.display()))?;
+        std::fs::write(p, serde_json::to_string_pretty(&summary)?)
+            .with_context(|| format!("{}: cannot write", p.display()))?;
     }
     Ok(())
 }
 
-fn encode_chunk(model: &RewardModel, chunk: &[Pair], truncation: Truncation, file: &std::path::Path) -> Result<Vec<(Encoded, Encoded)>> {
+fn encode_chunk(
+    model: &RewardModel,
+    chunk: &[Pair],
+    truncation: Truncation,
+    file: &std::path::Path,
+) -> Result<Vec<(Encoded, Encoded)>> {
     chunk
         .iter()
         .map(|p| {
             let enc = |resp: &str, side: &str| {
-                model.encode(&p.prompt, resp, truncation).with_context(|| format!("{}:{}: {side}", file.display(), p.line))
+                model
+                    .encode(&p.prompt, resp, truncation)
+                    .with_context(|| format!("{}:{}: {side}", file.display(), p.line))
             };
             Ok((enc(&p.chosen, "chosen")?, enc(&p.rejected, "rejected")?))
         })

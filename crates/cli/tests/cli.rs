@@ -39,7 +39,10 @@ fn lines(p: &Path) -> Vec<Value> {
 }
 
 fn expected_scores(model: &str) -> Vec<(f64, f64)> {
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join(format!("expected/{model}/forward.json"))).unwrap()).unwrap();
+    let v: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join(format!("expected/{model}/forward.json"))).unwrap(),
+    )
+    .unwrap();
     v["pairs"]
         .as_array()
         .unwrap()
@@ -96,7 +99,14 @@ fn padding_side_and_batch_size_do_not_change_scores() {
     let mut all = Vec::new();
     for (side, bs) in [("right", "1"), ("left", "8"), ("right", "40")] {
         let out = d.join(format!("{side}-{bs}.jsonl"));
-        run(exe().args(["score", "--model"]).arg(&model).arg("--pairs").arg(fixtures().join("pairs.jsonl")).arg("--out").arg(&out).args(["--padding", side, "--batch-size", bs]));
+        run(exe()
+            .args(["score", "--model"])
+            .arg(&model)
+            .arg("--pairs")
+            .arg(fixtures().join("pairs.jsonl"))
+            .arg("--out")
+            .arg(&out)
+            .args(["--padding", side, "--batch-size", bs]));
         all.push(lines(&out));
     }
     for rows in &all[1..] {
@@ -113,13 +123,25 @@ fn resume_after_interruption_gives_identical_output() {
     let full = d.join("full.jsonl");
     let pairs = fixtures().join("pairs.jsonl");
     let model = fixtures().join("models/llama");
-    run(exe().args(["score", "--model"]).arg(&model).arg("--pairs").arg(&pairs).arg("--out").arg(&full).args(["--batch-size", "4"]));
+    run(exe()
+        .args(["score", "--model"])
+        .arg(&model)
+        .arg("--pairs")
+        .arg(&pairs)
+        .arg("--out")
+        .arg(&full)
+        .args(["--batch-size", "4"]));
     let text = std::fs::read_to_string(&full).unwrap();
     // Simulate an interruption: seven complete lines and half of the eighth.
     let cut: usize = text.split_inclusive('\n').take(7).map(str::len).sum::<usize>() + 20;
     let partial = d.join("partial.jsonl");
     std::fs::write(&partial, &text[..cut]).unwrap();
-    let out = run(exe().args(["score", "--model"]).arg(&model).arg("--pairs").arg(&pairs).arg("--out").arg(&partial).args(["--batch-size", "4", "--resume"]));
+    let out =
+        run(exe().args(["score", "--model"]).arg(&model).arg("--pairs").arg(&pairs).arg("--out").arg(&partial).args([
+            "--batch-size",
+            "4",
+            "--resume",
+        ]));
     // 7 complete lines, batches of 2 pairs: resume keeps 6.
     assert!(String::from_utf8_lossy(&out.stderr).contains("6 of 20"));
     assert_eq!(std::fs::read_to_string(&partial).unwrap(), text);

@@ -78,7 +78,9 @@ impl Activation {
 pub enum RopeScaling {
     Default,
     /// Positions divided by `factor`.
-    Linear { factor: f64 },
+    Linear {
+        factor: f64,
+    },
     /// Llama-3.1's frequency-dependent scaling.
     Llama3 {
         factor: f64,
@@ -162,11 +164,7 @@ struct Fields<'a> {
 
 impl<'a> Fields<'a> {
     fn err(&self, field: &str, message: impl Into<String>) -> EngineError {
-        EngineError::ConfigField {
-            path: self.path.to_path_buf(),
-            field: field.to_string(),
-            message: message.into(),
-        }
+        EngineError::ConfigField { path: self.path.to_path_buf(), field: field.to_string(), message: message.into() }
     }
     fn get(&self, key: &str) -> Option<&'a Value> {
         self.v.get(key).filter(|x| !x.is_null())
@@ -181,8 +179,7 @@ impl<'a> Fields<'a> {
         }
     }
     fn usize_req(&self, key: &str) -> Result<usize> {
-        self.usize_opt(key)?
-            .ok_or_else(|| self.err(key, "missing (required for this architecture)"))
+        self.usize_opt(key)?.ok_or_else(|| self.err(key, "missing (required for this architecture)"))
     }
     /// First of several spellings (GPT-2 uses n_embd, Llama hidden_size).
     fn usize_any(&self, keys: &[&str]) -> Result<usize> {
@@ -196,28 +193,19 @@ impl<'a> Fields<'a> {
     fn f64_opt(&self, key: &str) -> Result<Option<f64>> {
         match self.get(key) {
             None => Ok(None),
-            Some(x) => x
-                .as_f64()
-                .map(Some)
-                .ok_or_else(|| self.err(key, format!("expected a number, found {x}"))),
+            Some(x) => x.as_f64().map(Some).ok_or_else(|| self.err(key, format!("expected a number, found {x}"))),
         }
     }
     fn bool_opt(&self, key: &str) -> Result<Option<bool>> {
         match self.get(key) {
             None => Ok(None),
-            Some(x) => x
-                .as_bool()
-                .map(Some)
-                .ok_or_else(|| self.err(key, format!("expected true or false, found {x}"))),
+            Some(x) => x.as_bool().map(Some).ok_or_else(|| self.err(key, format!("expected true or false, found {x}"))),
         }
     }
     fn str_opt(&self, key: &str) -> Result<Option<&'a str>> {
         match self.get(key) {
             None => Ok(None),
-            Some(x) => x
-                .as_str()
-                .map(Some)
-                .ok_or_else(|| self.err(key, format!("expected a string, found {x}"))),
+            Some(x) => x.as_str().map(Some).ok_or_else(|| self.err(key, format!("expected a string, found {x}"))),
         }
     }
     /// Token ids may be an integer or a list (first entry used).
@@ -237,10 +225,8 @@ impl ModelConfig {
     /// Reads and resolves `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(io_err(path))?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| EngineError::Json {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let v: Value = serde_json::from_str(&text)
+            .map_err(|e| EngineError::Json { path: path.to_path_buf(), message: e.to_string() })?;
         Self::from_value(&v, path)
     }
 
@@ -262,10 +248,7 @@ impl ModelConfig {
             "GPT2ForSequenceClassification" => Architecture::Gpt2,
             "LlamaForRewardModelWithGating" => Architecture::ArmoRm,
             other => {
-                return Err(EngineError::UnsupportedArchitecture {
-                    path: path.to_path_buf(),
-                    found: other.to_string(),
-                })
+                return Err(EngineError::UnsupportedArchitecture { path: path.to_path_buf(), found: other.to_string() })
             }
         };
         let is_gpt2 = architecture == Architecture::Gpt2;
@@ -277,10 +260,9 @@ impl ModelConfig {
         }
         let n_kv_heads = if is_gpt2 { n_heads } else { f.usize_opt("num_key_value_heads")?.unwrap_or(n_heads) };
         if n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
-            return Err(f.err(
-                "num_key_value_heads",
-                format!("{n_kv_heads} must divide num_attention_heads = {n_heads}"),
-            ));
+            return Err(
+                f.err("num_key_value_heads", format!("{n_kv_heads} must divide num_attention_heads = {n_heads}"))
+            );
         }
         let head_dim = match f.usize_opt("head_dim")? {
             Some(h) if !is_gpt2 => h,
@@ -291,11 +273,8 @@ impl ModelConfig {
                 d_model / n_heads
             }
         };
-        let d_mlp = if is_gpt2 {
-            f.usize_opt("n_inner")?.unwrap_or(4 * d_model)
-        } else {
-            f.usize_req("intermediate_size")?
-        };
+        let d_mlp =
+            if is_gpt2 { f.usize_opt("n_inner")?.unwrap_or(4 * d_model) } else { f.usize_req("intermediate_size")? };
         let max_position_embeddings = f.usize_any(&["max_position_embeddings", "n_positions"])?;
         let vocab_size = f.usize_req("vocab_size")?;
 
@@ -317,7 +296,12 @@ impl ModelConfig {
             _ => "silu",
         });
         let activation = Activation::parse(act_name).ok_or_else(|| {
-            f.err(act_key, format!("unsupported activation `{act_name}` (supported: silu, gelu, gelu_new, gelu_pytorch_tanh, relu)"))
+            f.err(
+                act_key,
+                format!(
+                    "unsupported activation `{act_name}` (supported: silu, gelu, gelu_new, gelu_pytorch_tanh, relu)"
+                ),
+            )
         })?;
 
         let rope = if is_gpt2 { None } else { Some(parse_rope(&f)?) };
@@ -342,7 +326,8 @@ impl ModelConfig {
             _ => 1.0 / (head_dim as f64).sqrt(),
         };
         let attn_scale_by_layer = is_gpt2 && f.bool_opt("scale_attn_by_inverse_layer_idx")?.unwrap_or(false);
-        let attn_softcap = if architecture == Architecture::Gemma2 { f.f64_opt("attn_logit_softcapping")? } else { None };
+        let attn_softcap =
+            if architecture == Architecture::Gemma2 { f.f64_opt("attn_logit_softcapping")? } else { None };
 
         let sliding_window = parse_sliding(&f, architecture, n_layers)?;
 
@@ -424,7 +409,9 @@ fn parse_rope(f: &Fields) -> Result<Rope> {
     };
     // Scaling may live in either block; `rope_parameters` wins when it names a non-default type.
     let block = match params {
-        Some(p) if p.get("rope_type").or(p.get("type")).and_then(|t| t.as_str()).is_some_and(|t| t != "default") => Some(("rope_parameters", p)),
+        Some(p) if p.get("rope_type").or(p.get("type")).and_then(|t| t.as_str()).is_some_and(|t| t != "default") => {
+            Some(("rope_parameters", p))
+        }
         _ => scaling_block.map(|s| ("rope_scaling", s)),
     };
     let scaling = match block {
@@ -432,7 +419,9 @@ fn parse_rope(f: &Fields) -> Result<Rope> {
         Some((name, b)) => {
             let kind = b.get("rope_type").or(b.get("type")).and_then(|t| t.as_str()).unwrap_or("default");
             let num = |k: &str| -> Result<f64> {
-                b.get(k).and_then(|x| x.as_f64()).ok_or_else(|| f.err(&format!("{name}.{k}"), "missing or not a number"))
+                b.get(k)
+                    .and_then(|x| x.as_f64())
+                    .ok_or_else(|| f.err(&format!("{name}.{k}"), "missing or not a number"))
             };
             match kind {
                 "default" => RopeScaling::Default,
@@ -461,17 +450,22 @@ fn parse_sliding(f: &Fields, arch: Architecture, n_layers: usize) -> Result<Vec<
     if let Some(types) = f.get("layer_types") {
         let types = types.as_array().ok_or_else(|| f.err("layer_types", "expected a list"))?;
         if types.len() != n_layers {
-            return Err(f.err("layer_types", format!("has {} entries, expected one per layer ({n_layers})", types.len())));
+            return Err(
+                f.err("layer_types", format!("has {} entries, expected one per layer ({n_layers})", types.len()))
+            );
         }
         return types
             .iter()
             .enumerate()
             .map(|(i, t)| match t.as_str() {
                 Some("full_attention") => Ok(None),
-                Some("sliding_attention") => window
-                    .map(Some)
-                    .ok_or_else(|| f.err("sliding_window", format!("layer {i} is sliding_attention but no window is set"))),
-                _ => Err(f.err(&format!("layer_types[{i}]"), format!("expected \"full_attention\" or \"sliding_attention\", found {t}"))),
+                Some("sliding_attention") => window.map(Some).ok_or_else(|| {
+                    f.err("sliding_window", format!("layer {i} is sliding_attention but no window is set"))
+                }),
+                _ => Err(f.err(
+                    &format!("layer_types[{i}]"),
+                    format!("expected \"full_attention\" or \"sliding_attention\", found {t}"),
+                )),
             })
             .collect();
     }

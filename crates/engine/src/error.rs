@@ -14,11 +14,7 @@ pub enum EngineError {
     #[error("{path}: not valid JSON: {message}")]
     Json { path: PathBuf, message: String },
     #[error("{path}: field `{field}`: {message}")]
-    ConfigField {
-        path: PathBuf,
-        field: String,
-        message: String,
-    },
+    ConfigField { path: PathBuf, field: String, message: String },
     #[error(
         "{path}: unsupported architecture `{found}`; supported: {}",
         crate::config::SUPPORTED_ARCHITECTURES.join(", ")
@@ -31,11 +27,7 @@ pub enum EngineError {
     #[error("missing tensor `{name}` (looked in {files})")]
     MissingTensor { name: String, files: String },
     #[error("tensor `{name}` has shape {found:?}, expected {expected:?}")]
-    ShapeMismatch {
-        name: String,
-        expected: Vec<usize>,
-        found: Vec<usize>,
-    },
+    ShapeMismatch { name: String, expected: Vec<usize>, found: Vec<usize> },
     #[error("tensor `{name}` has unsupported dtype {dtype} (supported on disk: f32, bf16, f16, f64)")]
     UnsupportedDtype { name: String, dtype: String },
     #[error("tensor `{name}` contains non-finite values (NaN or infinity)")]
@@ -55,11 +47,7 @@ pub enum EngineError {
         "input has {n_tokens} tokens; the response and the template around it alone take {needed} \
          tokens, more than the model's context of {max_tokens}: refusing to cut the response"
     )]
-    ResponseTooLong {
-        n_tokens: usize,
-        needed: usize,
-        max_tokens: usize,
-    },
+    ResponseTooLong { n_tokens: usize, needed: usize, max_tokens: usize },
     #[error("token id {id} is outside the vocabulary (size {vocab})")]
     TokenOutOfRange { id: u32, vocab: usize },
     #[error("unknown activation site `{0}` (see the site list in the README; e.g. blocks.0.hook_resid_post)")]

@@ -83,16 +83,14 @@ impl RewardHead {
                 Ok(HeadOutput { logits, objectives: None })
             }
             RewardHead::Gated(g) => {
-                let (boundary, gating_index) = gate_in.ok_or_else(|| EngineError::Invalid("gated head needs the gating rows".into()))?;
+                let (boundary, gating_index) =
+                    gate_in.ok_or_else(|| EngineError::Invalid("gated head needs the gating rows".into()))?;
                 let rewards = pooled.matmul(&g.regression.to_dtype(DType::F32)?.t()?)?;
                 let gating = g.gate(boundary)?;
                 let adjusted = rewards.matmul(&g.transform.to_dtype(DType::F32)?)?;
                 let logits = (&gating * adjusted)?.sum_keepdim(D::Minus1)?;
-                let objectives = ObjectiveOutput {
-                    rewards: rewards.to_vec2()?,
-                    gating: gating.detach().to_vec2()?,
-                    gating_index,
-                };
+                let objectives =
+                    ObjectiveOutput { rewards: rewards.to_vec2()?, gating: gating.detach().to_vec2()?, gating_index };
                 Ok(HeadOutput { logits, objectives: Some(objectives) })
             }
         }

@@ -58,9 +58,13 @@ impl<'a> Intervention<'a> {
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
         let shape = x.shape().clone();
         let fit = |t: &Tensor| -> Result<Tensor> {
-            t.to_dtype(x.dtype())?
-                .broadcast_as(&shape)
-                .map_err(|_| self.err(format!("value of shape {:?} does not broadcast to the activation {:?}", t.dims(), shape.dims())))
+            t.to_dtype(x.dtype())?.broadcast_as(&shape).map_err(|_| {
+                self.err(format!(
+                    "value of shape {:?} does not broadcast to the activation {:?}",
+                    t.dims(),
+                    shape.dims()
+                ))
+            })
         };
         let new = match &self.action {
             Action::Replace(t) | Action::Mean(t) => fit(t)?,
@@ -70,7 +74,11 @@ impl<'a> Intervention<'a> {
             Action::Apply(f) => {
                 let y = f(x)?;
                 if y.shape() != &shape {
-                    return Err(self.err(format!("closure returned shape {:?}, expected {:?}", y.dims(), shape.dims())));
+                    return Err(self.err(format!(
+                        "closure returned shape {:?}, expected {:?}",
+                        y.dims(),
+                        shape.dims()
+                    )));
                 }
                 y
             }
@@ -137,7 +145,9 @@ impl ActivationCache {
     }
     /// Like `get`, but a missing site is an error naming it.
     pub fn require(&self, name: &str) -> Result<&Tensor> {
-        self.get(name).ok_or_else(|| EngineError::Invalid(format!("activation `{name}` was not cached; add it to the cache filter")))
+        self.get(name).ok_or_else(|| {
+            EngineError::Invalid(format!("activation `{name}` was not cached; add it to the cache filter"))
+        })
     }
     pub fn names(&self) -> &[String] {
         &self.order
@@ -180,12 +190,21 @@ pub(crate) struct HookState<'h, 'a> {
     active: bool,
     pub cache: ActivationCache,
     pub grad_vars: Vec<(String, Var)>,
+    /// The activation at each site marked for gradients (what `Gradients::values` returns).
+    pub grad_values: ActivationCache,
 }
 
 impl<'h, 'a> HookState<'h, 'a> {
     pub fn new(hooks: &'h Hooks<'a>, grad: Option<&'h SiteFilter>) -> Self {
         let active = !hooks.cache.is_empty() || !hooks.interventions.is_empty() || grad.is_some_and(|g| !g.is_empty());
-        Self { hooks, grad, active, cache: ActivationCache::default(), grad_vars: Vec::new() }
+        Self {
+            hooks,
+            grad,
+            active,
+            cache: ActivationCache::default(),
+            grad_vars: Vec::new(),
+            grad_values: ActivationCache::default(),
+        }
     }
 
     /// Called by the forward pass at `site` with its activation: applies the interventions at
@@ -201,6 +220,7 @@ impl<'h, 'a> HookState<'h, 'a> {
         }
         if let Some(g) = self.grad {
             if g.matches(&site) {
+                self.grad_values.insert(site.name(), x.detach());
                 // x + 0 with the zero a leaf variable: d(out)/d(zero) = d(out)/d(x), and the
                 // graph still flows through x to later marked sites.
                 let zero = Var::from_tensor(&x.zeros_like()?.to_dtype(x.dtype())?)?;

@@ -111,11 +111,25 @@ impl TensorSource for Counting<'_> {
 
 /// The first 19 objective names of RLHFlow's ArmoRM (its config does not store them).
 const ARMORM_OBJECTIVES: &[&str] = &[
-    "helpsteer-helpfulness", "helpsteer-correctness", "helpsteer-coherence", "helpsteer-complexity",
-    "helpsteer-verbosity", "ultrafeedback-overall_score", "ultrafeedback-instruction_following",
-    "ultrafeedback-truthfulness", "ultrafeedback-honesty", "ultrafeedback-helpfulness", "beavertails-is_safe",
-    "prometheus-score", "argilla-overall_quality", "argilla-judge_lm", "code-complexity", "code-style",
-    "code-explanation", "code-instruction-following", "code-readability",
+    "helpsteer-helpfulness",
+    "helpsteer-correctness",
+    "helpsteer-coherence",
+    "helpsteer-complexity",
+    "helpsteer-verbosity",
+    "ultrafeedback-overall_score",
+    "ultrafeedback-instruction_following",
+    "ultrafeedback-truthfulness",
+    "ultrafeedback-honesty",
+    "ultrafeedback-helpfulness",
+    "beavertails-is_safe",
+    "prometheus-score",
+    "argilla-overall_quality",
+    "argilla-judge_lm",
+    "code-complexity",
+    "code-style",
+    "code-explanation",
+    "code-instruction-following",
+    "code-readability",
 ];
 
 impl RewardModel {
@@ -150,7 +164,12 @@ impl RewardModel {
         Self::build(config, source, opts, None)
     }
 
-    fn build(config: ModelConfig, source: &dyn TensorSource, opts: &LoadOptions, pattern: Option<Vec<u32>>) -> Result<Self> {
+    fn build(
+        config: ModelConfig,
+        source: &dyn TensorSource,
+        opts: &LoadOptions,
+        pattern: Option<Vec<u32>>,
+    ) -> Result<Self> {
         let src = Counting { inner: source, n: Cell::new(0) };
         let (net, head) = match config.architecture {
             Architecture::Gpt2 => load_gpt2(&config, &src, &opts.device)?,
@@ -279,7 +298,8 @@ impl RewardModel {
         let w = Tensor::from_slice(weights, weights.len(), &self.device)?;
         let objective = (scores * w)?.sum_all()?;
         let store = objective.backward()?;
-        let mut values = ActivationCache::default();
+        // The activations at the gradient sites, then anything else `hooks.cache` asked for.
+        let mut values = std::mem::take(&mut hs.grad_values);
         let mut grads = ActivationCache::default();
         for (name, var) in &hs.grad_vars {
             let g = match store.get(var.as_tensor()) {
@@ -304,7 +324,8 @@ impl RewardModel {
         }
         let flat: Vec<u32> = batch.ids.iter().flatten().copied().collect();
         let ids = Tensor::from_vec(flat, (batch.len(), batch.seq_len()), &self.device)?;
-        let hidden = self.net.forward(&Inputs { ids: &ids, positions: &batch.positions, mask: &batch.mask }, hs, fused)?;
+        let hidden =
+            self.net.forward(&Inputs { ids: &ids, positions: &batch.positions, mask: &batch.mask }, hs, fused)?;
         let pooled_index = self.pooled_index(batch);
         let gather = |idx: &[usize]| -> Result<Tensor> {
             let rows = idx
@@ -319,8 +340,10 @@ impl RewardModel {
             RewardHead::Gated(g) => {
                 let idx = (0..batch.len())
                     .map(|b| {
-                        g.gating_position(&batch.ids[b])
-                            .ok_or_else(|| EngineError::GatingPatternMissing { pattern: g.token_pattern.clone(), row: b })
+                        g.gating_position(&batch.ids[b]).ok_or_else(|| EngineError::GatingPatternMissing {
+                            pattern: g.token_pattern.clone(),
+                            row: b,
+                        })
                     })
                     .collect::<Result<Vec<_>>>()?;
                 Some((gather(&idx)?, idx))
@@ -428,7 +451,12 @@ fn linear_head(cfg: &ModelConfig, src: &dyn TensorSource) -> Result<RewardHead> 
     Ok(RewardHead::Linear(LinearHead { weight, bias }))
 }
 
-fn gated_head(cfg: &ModelConfig, g: &GatingConfig, src: &dyn TensorSource, pattern: Option<Vec<u32>>) -> Result<RewardHead> {
+fn gated_head(
+    cfg: &ModelConfig,
+    g: &GatingConfig,
+    src: &dyn TensorSource,
+    pattern: Option<Vec<u32>>,
+) -> Result<RewardHead> {
     let k = g.num_objectives;
     let f32 = |t: Tensor| t.to_dtype(DType::F32);
     let regression = f32(src.get("regression_layer.weight", &[k, cfg.d_model])?)?;
@@ -448,7 +476,15 @@ fn gated_head(cfg: &ModelConfig, g: &GatingConfig, src: &dyn TensorSource, patte
     let objective_names = (0..k)
         .map(|i| ARMORM_OBJECTIVES.get(i).map(|s| s.to_string()).unwrap_or_else(|| format!("objective_{i}")))
         .collect();
-    Ok(RewardHead::Gated(GatedHead { regression, transform, gating, logit_scale, temperature: g.temperature, token_pattern, objective_names }))
+    Ok(RewardHead::Gated(GatedHead {
+        regression,
+        transform,
+        gating,
+        logit_scale,
+        temperature: g.temperature,
+        token_pattern,
+        objective_names,
+    }))
 }
 
 fn load_gpt2(cfg: &ModelConfig, src: &dyn TensorSource, _device: &Device) -> Result<(Network, RewardHead)> {
@@ -482,7 +518,14 @@ fn load_gpt2(cfg: &ModelConfig, src: &dyn TensorSource, _device: &Device) -> Res
         let (pw, pb) = conv(&format!("{h}.mlp.c_proj"), ff, d)?;
         blocks.push(Block {
             ln1: ln(&format!("{h}.ln_1"))?,
-            attn: Attention { q: part(0)?, k: part(1)?, v: part(2)?, o: Linear { w: ow, b: Some(ob) }, q_norm: None, k_norm: None },
+            attn: Attention {
+                q: part(0)?,
+                k: part(1)?,
+                v: part(2)?,
+                o: Linear { w: ow, b: Some(ob) },
+                q_norm: None,
+                k_norm: None,
+            },
             post_attn_norm: None,
             ln2: ln(&format!("{h}.ln_2"))?,
             mlp: Mlp { gate: None, up: Linear { w: fw, b: Some(fb) }, down: Linear { w: pw, b: Some(pb) } },
@@ -492,6 +535,14 @@ fn load_gpt2(cfg: &ModelConfig, src: &dyn TensorSource, _device: &Device) -> Res
     let final_norm = ln("ln_f")?;
     let head = linear_head(cfg, src)?;
     debug_assert!(matches!(cfg.norm, NormKind::Layer { .. }));
-    let net = Network { cfg: cfg.clone(), embed, pos_embed: Some(wpe), blocks, final_norm, inv_freq: None, rope_position_scale: 1.0 };
+    let net = Network {
+        cfg: cfg.clone(),
+        embed,
+        pos_embed: Some(wpe),
+        blocks,
+        final_norm,
+        inv_freq: None,
+        rope_position_scale: 1.0,
+    };
     Ok((net, head))
 }

@@ -132,9 +132,8 @@ pub(crate) struct Network {
 pub(crate) fn rope_inv_freq(cfg: &ModelConfig, device: &Device) -> Result<(Option<Tensor>, f64)> {
     let Some(rope) = &cfg.rope else { return Ok((None, 1.0)) };
     let dim = cfg.head_dim;
-    let mut inv: Vec<f32> = (0..dim / 2)
-        .map(|i| 1.0f32 / (rope.theta as f32).powf((2 * i) as f32 / dim as f32))
-        .collect();
+    let mut inv: Vec<f32> =
+        (0..dim / 2).map(|i| 1.0f32 / (rope.theta as f32).powf((2 * i) as f32 / dim as f32)).collect();
     let mut pos_scale = 1.0;
     match rope.scaling {
         RopeScaling::Default => {}

@@ -119,11 +119,21 @@ mod tests {
 
     #[test]
     fn same_seed_same_bytes() {
-        let s = LlamaShape { n_layers: 1, d_model: 8, n_heads: 2, n_kv_heads: 1, d_mlp: 16, vocab_size: 10, max_positions: 16 };
+        let s = LlamaShape {
+            n_layers: 1,
+            d_model: 8,
+            n_heads: 2,
+            n_kv_heads: 1,
+            d_mlp: 16,
+            vocab_size: 10,
+            max_positions: 16,
+        };
         let a = s.random_weights(3, &Device::Cpu).unwrap();
         let b = s.random_weights(3, &Device::Cpu).unwrap();
         let c = s.random_weights(4, &Device::Cpu).unwrap();
-        let v = |m: &HashMap<String, Tensor>| m["model.layers.0.mlp.up_proj.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let v = |m: &HashMap<String, Tensor>| {
+            m["model.layers.0.mlp.up_proj.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        };
         assert_eq!(v(&a), v(&b));
         assert_ne!(v(&a), v(&c));
         let mut r = Rng::new(1);

@@ -55,7 +55,8 @@ fn token_string(v: Option<&Value>) -> Option<String> {
 }
 
 /// Qwen2's pre-tokenizer split (digits one by one, letters with one leading non-letter).
-const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_SPLIT: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// transformers 5 builds the Qwen2 tokenizer's normalizer and pre-tokenizer itself (NFC, then
 /// the Qwen2 split, then byte-level without its own regex), whatever tokenizer.json says. Real
@@ -86,14 +87,13 @@ impl ChatTokenizer {
         if !tok_path.exists() {
             return Err(EngineError::Tokenizer { path: tok_path, message: "file not found".into() });
         }
-        let mut tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| EngineError::Tokenizer {
-            path: tok_path.clone(),
-            message: e.to_string(),
-        })?;
+        let mut tokenizer = Tokenizer::from_file(&tok_path)
+            .map_err(|e| EngineError::Tokenizer { path: tok_path.clone(), message: e.to_string() })?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: Value = if cfg_path.exists() {
             let text = std::fs::read_to_string(&cfg_path).map_err(io_err(&cfg_path))?;
-            serde_json::from_str(&text).map_err(|e| EngineError::Json { path: cfg_path.clone(), message: e.to_string() })?
+            serde_json::from_str(&text)
+                .map_err(|e| EngineError::Json { path: cfg_path.clone(), message: e.to_string() })?
         } else {
             Value::Null
         };
@@ -160,10 +160,8 @@ impl ChatTokenizer {
         let terr = |e: JinjaError| EngineError::Template { source_name: name.clone(), message: format!("{e:#}") };
         env.add_template("chat", source).map_err(terr)?;
         let tmpl = env.get_template("chat").map_err(terr)?;
-        let messages = vec![
-            context! { role => "user", content => prompt },
-            context! { role => "assistant", content => response },
-        ];
+        let messages =
+            vec![context! { role => "user", content => prompt }, context! { role => "assistant", content => response }];
         tmpl.render(context! {
             messages => messages,
             bos_token => self.bos_token.clone().unwrap_or_default(),
@@ -229,7 +227,8 @@ impl ChatTokenizer {
                 Truncation::Error => return Err(EngineError::TooLong { n_tokens: n, max_tokens: self.max_tokens }),
                 Truncation::DropPromptLeft => {
                     // Keep a leading BOS (a special token at position 0) and cut after it.
-                    let keep = usize::from(enc.get_special_tokens_mask().first() == Some(&1) || self.starts_with_bos(&ids));
+                    let keep =
+                        usize::from(enc.get_special_tokens_mask().first() == Some(&1) || self.starts_with_bos(&ids));
                     let need = n - self.max_tokens;
                     if keep + need > response_start {
                         return Err(EngineError::ResponseTooLong {

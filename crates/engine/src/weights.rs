@@ -34,10 +34,8 @@ impl SafetensorsSource {
         let index = dir.join("model.safetensors.index.json");
         let files = if index.exists() {
             let text = std::fs::read_to_string(&index).map_err(io_err(&index))?;
-            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| EngineError::Json {
-                path: index.clone(),
-                message: e.to_string(),
-            })?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| EngineError::Json { path: index.clone(), message: e.to_string() })?;
             let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| EngineError::ConfigField {
                 path: index.clone(),
                 field: "weight_map".into(),
@@ -91,10 +89,10 @@ impl SafetensorsSource {
 
 impl TensorSource for SafetensorsSource {
     fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let view = self.st.get(name).map_err(|_| EngineError::MissingTensor {
-            name: name.to_string(),
-            files: self.files_list(),
-        })?;
+        let view = self
+            .st
+            .get(name)
+            .map_err(|_| EngineError::MissingTensor { name: name.to_string(), files: self.files_list() })?;
         if view.shape() != shape {
             return Err(EngineError::ShapeMismatch {
                 name: name.to_string(),
@@ -177,10 +175,10 @@ pub struct MapSource {
 
 impl TensorSource for MapSource {
     fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let t = self.tensors.get(name).ok_or_else(|| EngineError::MissingTensor {
-            name: name.to_string(),
-            files: "in-memory weights".into(),
-        })?;
+        let t = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| EngineError::MissingTensor { name: name.to_string(), files: "in-memory weights".into() })?;
         if t.dims() != shape {
             return Err(EngineError::ShapeMismatch {
                 name: name.to_string(),

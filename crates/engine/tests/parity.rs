@@ -78,8 +78,15 @@ fn check_model(name: &str) {
     let full = &exp["full_sequence_pair0_chosen"];
     let ids = u32s(&full["input_ids"]);
     let batch = model.batch(&[ids.clone()], PaddingSide::Right).unwrap();
-    let fwd = model.forward(&batch, &Hooks::cache(&["blocks.0.hook_resid_pre", &format!("blocks.{}.hook_resid_post", n_layers - 1)])).unwrap();
-    for (pos, (e_in, e_out)) in full["embed_in"].as_array().unwrap().iter().zip(full["last_layer_out"].as_array().unwrap()).enumerate() {
+    let fwd = model
+        .forward(
+            &batch,
+            &Hooks::cache(&["blocks.0.hook_resid_pre", &format!("blocks.{}.hook_resid_post", n_layers - 1)]),
+        )
+        .unwrap();
+    for (pos, (e_in, e_out)) in
+        full["embed_in"].as_array().unwrap().iter().zip(full["last_layer_out"].as_array().unwrap()).enumerate()
+    {
         let d_in = max_abs_diff(&at(fwd.cache.site(Site::ResidPre(0)).unwrap(), pos), &f32s(e_in));
         let d_out = max_abs_diff(&at(fwd.cache.site(Site::ResidPost(n_layers - 1)).unwrap(), pos), &f32s(e_out));
         assert!(d_in <= TOL && d_out <= TOL, "{name}: full sequence position {pos}: {d_in} {d_out}");
@@ -111,7 +118,8 @@ fn check_batched(name: &str) {
         assert!(max_abs_diff(&out.scores, &batched_ref) <= TOL, "{name} {side:?}: batch vs transformers' batch");
         if side == PaddingSide::Right {
             let pooled: Vec<u64> = out.pooled_index.iter().map(|&i| i as u64).collect();
-            let want_pooled: Vec<u64> = exp["batched"]["pooled_index"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+            let want_pooled: Vec<u64> =
+                exp["batched"]["pooled_index"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
             assert_eq!(pooled, want_pooled, "{name}: batched pooled index");
             if let Some(obj) = &out.objectives {
                 for (b, (r, g)) in obj.rewards.iter().zip(&obj.gating).enumerate() {
@@ -129,7 +137,9 @@ fn check_probes(name: &str) {
     let probes = probes();
     for (j, e) in exp["probes"].as_array().unwrap().iter().enumerate() {
         let prompt = probes[j]["prompt"].as_str().unwrap();
-        for (field, ids_key, score_key) in [("neutral", "input_ids_neutral", "score_neutral"), ("biased", "input_ids_biased", "score_biased")] {
+        for (field, ids_key, score_key) in
+            [("neutral", "input_ids_neutral", "score_neutral"), ("biased", "input_ids_biased", "score_biased")]
+        {
             let enc = model.encode(prompt, probes[j][field].as_str().unwrap(), Truncation::Error).unwrap();
             assert_eq!(enc.ids, u32s(&e[ids_key]), "{name} probe {j} {field}: ids (non-ASCII text)");
             let s = model.score(&model.batch(&[enc.ids], PaddingSide::Right).unwrap()).unwrap().scores[0];
@@ -151,7 +161,10 @@ parity!(llama, mistral, qwen2, qwen3, gemma2, gpt2, armorm);
 
 #[test]
 fn param_counts_match_transformers() {
-    let index = serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(fixtures().join("models/INDEX.json")).unwrap()).unwrap();
+    let index = serde_json::from_str::<serde_json::Value>(
+        &std::fs::read_to_string(fixtures().join("models/INDEX.json")).unwrap(),
+    )
+    .unwrap();
     for name in MODELS {
         let model = load(name);
         assert_eq!(model.n_params as u64, index["models"][name]["n_params"].as_u64().unwrap(), "{name}");

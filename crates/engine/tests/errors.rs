@@ -1,0 +1,460 @@
+//! Bad inputs give errors that name the file, field or tensor at fault (never a panic), and the
+//! on-disk variants that should load do: sharded checkpoints and bf16 weights.
+
+mod common;
+use common::*;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use reward_lens_engine::config::SUPPORTED_ARCHITECTURES;
+use reward_lens_engine::{
+    Batch, DType, Device, EngineError, LoadOptions, PaddingSide, RewardModel, Tensor, Truncation,
+};
+
+/// A scratch copy of a fixture model directory, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn copy_of(fixture: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "reward-lens-errors-{}-{}-{fixture}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for entry in std::fs::read_dir(model_dir(fixture)).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+        }
+        Scratch(dir)
+    }
+    fn path(&self, file: &str) -> PathBuf {
+        self.0.join(file)
+    }
+    fn config(&self) -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(self.path("config.json")).unwrap()).unwrap()
+    }
+    fn write_config(&self, v: &serde_json::Value) {
+        std::fs::write(self.path("config.json"), serde_json::to_string_pretty(v).unwrap()).unwrap();
+    }
+    fn tensors(&self) -> HashMap<String, Tensor> {
+        candle_core::safetensors::load(self.path("model.safetensors"), &Device::Cpu).unwrap()
+    }
+    fn write_tensors(&self, t: &HashMap<String, Tensor>) {
+        candle_core::safetensors::save(t, self.path("model.safetensors")).unwrap();
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn load_err(dir: &Path) -> EngineError {
+    match RewardModel::load(dir, &LoadOptions::default()) {
+        Ok(_) => panic!("{}: loaded, expected an error", dir.display()),
+        Err(e) => e,
+    }
+}
+
+fn has(msg: &str, parts: &[&str]) {
+    for p in parts {
+        assert!(msg.contains(p), "error message lacks `{p}`: {msg}");
+    }
+}
+
+#[test]
+fn missing_model_directory() {
+    let e = load_err(Path::new("/nonexistent/reward-lens-model"));
+    assert!(matches!(e, EngineError::Io { .. }), "{e}");
+    has(&e.to_string(), &["/nonexistent/reward-lens-model"]);
+}
+
+#[test]
+fn missing_config() {
+    let s = Scratch::copy_of("llama");
+    std::fs::remove_file(s.path("config.json")).unwrap();
+    let e = load_err(&s.0);
+    assert!(matches!(e, EngineError::Io { ref path, .. } if path.ends_with("config.json")), "{e}");
+    has(&e.to_string(), &["config.json", "cannot read file"]);
+}
+
+#[test]
+fn corrupt_config() {
+    let s = Scratch::copy_of("llama");
+    std::fs::write(s.path("config.json"), "{\"architectures\": [\"LlamaForSequenceClassification\"], oops").unwrap();
+    let e = load_err(&s.0);
+    assert!(matches!(e, EngineError::Json { .. }), "{e}");
+    has(&e.to_string(), &["config.json", "not valid JSON", "line 1"]);
+    // Valid JSON that is not an object.
+    std::fs::write(s.path("config.json"), "[1, 2, 3]").unwrap();
+    let e = load_err(&s.0);
+    assert!(matches!(e, EngineError::ConfigField { .. }), "{e}");
+    has(&e.to_string(), &["config.json"]);
+}
+
+#[test]
+fn config_missing_or_mistyped_fields() {
+    let s = Scratch::copy_of("llama");
+    let good = s.config();
+    let mut v = good.clone();
+    v.as_object_mut().unwrap().remove("hidden_size");
+    s.write_config(&v);
+    let e = load_err(&s.0);
+    assert!(matches!(e, EngineError::ConfigField { ref field, .. } if field == "hidden_size"), "{e}");
+    has(&e.to_string(), &["config.json", "hidden_size", "missing"]);
+
+    let mut v = good.clone();
+    v["num_hidden_layers"] = serde_json::json!("three");
+    s.write_config(&v);
+    let e = load_err(&s.0);
+    has(&e.to_string(), &["config.json", "num_hidden_layers", "\"three\""]);
+
+    let mut v = good.clone();
+    v["num_key_value_heads"] = serde_json::json!(3);
+    s.write_config(&v);
+    has(&load_err(&s.0).to_string(), &["num_key_value_heads", "3"]);
+
+    let mut v = good.clone();
+    v["hidden_act"] = serde_json::json!("swoosh");
+    s.write_config(&v);
+    has(&load_err(&s.0).to_string(), &["hidden_act", "swoosh"]);
+
+    let mut v = good.clone();
+    v.as_object_mut().unwrap().remove("architectures");
+    s.write_config(&v);
+    has(&load_err(&s.0).to_string(), &["architectures", "missing"]);
+
+    // A config that disagrees with the weights: the tensor and both shapes are named.
+    let mut v = good;
+    v["intermediate_size"] = serde_json::json!(100);
+    s.write_config(&v);
+    let e = load_err(&s.0);
+    assert!(matches!(e, EngineError::ShapeMismatch { .. }), "{e}");
+    has(&e.to_string(), &["model.layers.0.mlp.gate_proj.weight", "[172, 64]", "[100, 64]"]);
+}
+
+#[test]
+fn unknown_architecture_lists_supported() {
+    let s = Scratch::copy_of("llama");
+    let mut v = s.config();
+    v["architectures"] = serde_json::json!(["BertForSequenceClassification"]);
+    s.write_config(&v);
+    let e = load_err(&s.0);
+    assert!(matches!(e, EngineError::UnsupportedArchitecture { .. }), "{e}");
+    let msg = e.to_string();
+    has(&msg, &["config.json", "BertForSequenceClassification"]);
+    has(&msg, SUPPORTED_ARCHITECTURES);
+    assert_eq!(SUPPORTED_ARCHITECTURES.len(), 7);
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let s = Scratch::copy_of("llama");
+    let mut t = s.tensors();
+    let name = "model.layers.1.mlp.up_proj.weight";
+    assert!(t.remove(name).is_some());
+    s.write_tensors(&t);
+    let e = load_err(&s.0);
+    assert!(matches!(e, EngineError::MissingTensor { name: ref n, .. } if n == name), "{e}");
+    has(&e.to_string(), &[name, "model.safetensors"]);
+
+    // The reward head too (GPT-2 layout).
+    let s = Scratch::copy_of("gpt2");
+    let mut t = s.tensors();
+    assert!(t.remove("score.weight").is_some());
+    s.write_tensors(&t);
+    has(&load_err(&s.0).to_string(), &["score.weight"]);
+
+    // ArmoRM's gating network.
+    let s = Scratch::copy_of("armorm");
+    let mut t = s.tensors();
+    assert!(t.remove("gating.layers.2.bias").is_some());
+    s.write_tensors(&t);
+    has(&load_err(&s.0).to_string(), &["gating.layers.2.bias"]);
+}
+
+#[test]
+fn wrong_shape_tensor_names_both_shapes() {
+    let s = Scratch::copy_of("llama");
+    let mut t = s.tensors();
+    let name = "model.layers.2.mlp.down_proj.weight";
+    let w = t[name].t().unwrap().contiguous().unwrap(); // stored transposed by mistake
+    t.insert(name.into(), w);
+    s.write_tensors(&t);
+    let e = load_err(&s.0);
+    assert!(
+        matches!(e, EngineError::ShapeMismatch { name: ref n, ref expected, ref found } if n == name && expected == &[64, 172] && found == &[172, 64]),
+        "{e}"
+    );
+    has(&e.to_string(), &[name, "[172, 64]", "[64, 172]"]);
+
+    // GPT-2's Conv1D weights are [in, out]; an nn.Linear-style [out, in] c_fc is caught.
+    let s = Scratch::copy_of("gpt2");
+    let mut t = s.tensors();
+    let name = "transformer.h.0.mlp.c_fc.weight";
+    let w = t[name].t().unwrap().contiguous().unwrap();
+    t.insert(name.into(), w);
+    s.write_tensors(&t);
+    has(&load_err(&s.0).to_string(), &[name, "[172, 64]", "[64, 172]"]);
+}
+
+#[test]
+fn non_finite_weight_is_named() {
+    for (name, bad) in [("model.layers.0.self_attn.k_proj.weight", f32::NAN), ("model.norm.weight", f32::INFINITY)] {
+        let s = Scratch::copy_of("llama");
+        let mut t = s.tensors();
+        let dims = t[name].dims().to_vec();
+        let mut v: Vec<f32> = t[name].flatten_all().unwrap().to_vec1().unwrap();
+        v[7] = bad;
+        t.insert(name.into(), Tensor::from_vec(v, dims, &Device::Cpu).unwrap());
+        s.write_tensors(&t);
+        let e = load_err(&s.0);
+        assert!(matches!(e, EngineError::NonFinite { name: ref n } if n == name), "{e}");
+        has(&e.to_string(), &[name, "non-finite"]);
+    }
+}
+
+#[test]
+fn corrupt_or_missing_weight_files() {
+    let s = Scratch::copy_of("llama");
+    std::fs::write(s.path("model.safetensors"), b"definitely not a safetensors file").unwrap();
+    let e = load_err(&s.0);
+    assert!(matches!(e, EngineError::Safetensors { .. }), "{e}");
+    has(&e.to_string(), &["model.safetensors"]);
+
+    std::fs::remove_file(s.path("model.safetensors")).unwrap();
+    let e = load_err(&s.0);
+    assert!(matches!(e, EngineError::NoWeights { .. }), "{e}");
+    has(&e.to_string(), &["model.safetensors", "model.safetensors.index.json"]);
+}
+
+#[test]
+fn corrupt_or_missing_tokenizer() {
+    let s = Scratch::copy_of("llama");
+    std::fs::write(s.path("tokenizer.json"), "{\"version\": \"1.0\", \"model\": ").unwrap();
+    let e = load_err(&s.0);
+    assert!(matches!(e, EngineError::Tokenizer { .. }), "{e}");
+    has(&e.to_string(), &["tokenizer.json", "cannot load tokenizer"]);
+
+    std::fs::remove_file(s.path("tokenizer.json")).unwrap();
+    let e = load_err(&s.0);
+    assert!(matches!(e, EngineError::Tokenizer { .. }), "{e}");
+    has(&e.to_string(), &["tokenizer.json", "not found"]);
+
+    // A corrupt tokenizer_config.json is named too.
+    let s = Scratch::copy_of("llama");
+    std::fs::write(s.path("tokenizer_config.json"), "{ nope").unwrap();
+    let e = load_err(&s.0);
+    assert!(matches!(e, EngineError::Json { .. }), "{e}");
+    has(&e.to_string(), &["tokenizer_config.json"]);
+
+    // A chat template that does not parse is reported at load, with its file.
+    let s = Scratch::copy_of("llama");
+    std::fs::write(s.path("chat_template.jinja"), "{% for m in messages %}{{ m.content }").unwrap();
+    let e = load_err(&s.0);
+    assert!(matches!(e, EngineError::Template { .. }), "{e}");
+    has(&e.to_string(), &["chat_template.jinja"]);
+}
+
+#[test]
+fn empty_texts() {
+    let model = load("llama");
+    for (prompt, response, field) in
+        [("", "Fine.", "prompt"), ("  \n\t", "Fine.", "prompt"), ("Hi?", "", "response"), ("Hi?", " \n ", "response")]
+    {
+        for trunc in [Truncation::Error, Truncation::DropPromptLeft] {
+            let e = model.encode(prompt, response, trunc).unwrap_err();
+            assert!(matches!(e, EngineError::EmptyText { field: f } if f == field), "{e}");
+            has(&e.to_string(), &["empty", field]);
+        }
+    }
+}
+
+fn words(n: usize) -> String {
+    const W: &[&str] = &["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "it", "rains"];
+    (0..n).map(|i| W[i % W.len()]).collect::<Vec<_>>().join(" ")
+}
+
+#[test]
+fn over_long_inputs() {
+    let model = load("llama");
+    let tok = model.tokenizer().unwrap();
+    assert_eq!(tok.max_tokens, 512);
+    let long = words(600);
+    let short = "Water boils at 100 degrees Celsius at sea level.";
+
+    // A long response: refused by default, and refused under DropPromptLeft (the response is
+    // never cut).
+    let e = model.encode("Tell me something.", &long, Truncation::Error).unwrap_err();
+    assert!(matches!(e, EngineError::TooLong { max_tokens: 512, n_tokens } if n_tokens > 512), "{e}");
+    has(&e.to_string(), &["512", "truncation"]);
+    let e = model.encode("Tell me something.", &long, Truncation::DropPromptLeft).unwrap_err();
+    assert!(matches!(e, EngineError::ResponseTooLong { max_tokens: 512, .. }), "{e}");
+    has(&e.to_string(), &["512", "refusing to cut the response"]);
+
+    // A long prompt: refused by default; DropPromptLeft keeps BOS and the whole response.
+    let e = model.encode(&long, short, Truncation::Error).unwrap_err();
+    let n_full = match e {
+        EngineError::TooLong { n_tokens, max_tokens: 512 } => n_tokens,
+        e => panic!("expected TooLong, got {e}"),
+    };
+    let enc = model.encode(&long, short, Truncation::DropPromptLeft).unwrap();
+    let full = tok.tokenizer.encode(enc.text.as_str(), false).unwrap().get_ids().to_vec();
+    assert_eq!(full.len(), n_full);
+    assert_eq!(enc.ids.len(), 512, "truncated to the context");
+    assert_eq!(enc.dropped, n_full - 512);
+    assert_eq!(enc.ids[0], 1, "BOS kept");
+    assert_eq!(full[0], 1);
+    assert_eq!(&enc.ids[1..], &full[1 + enc.dropped..], "cut right after BOS, the rest intact");
+    // The response (and the template after it) survive exactly.
+    let untruncated_resp = model.encode("Q?", short, Truncation::Error).unwrap();
+    let resp_tail = &untruncated_resp.ids[untruncated_resp.response_start..];
+    assert!(enc.ids.ends_with(resp_tail), "response tokens changed");
+    assert_eq!(&enc.ids[enc.response_start..], resp_tail);
+    assert_eq!(*enc.ids.last().unwrap(), 6, "ends with <|end|>");
+    // ... and it scores.
+    let s = model.score(&model.batch(&[enc.ids], PaddingSide::Right).unwrap()).unwrap().scores[0];
+    assert!(s.is_finite());
+
+    // The longest prompt that fits needs no truncation; one word more is refused.
+    let n = (100..300).rev().find(|&n| model.encode(&words(n), short, Truncation::Error).is_ok()).unwrap();
+    let fits = model.encode(&words(n), short, Truncation::Error).unwrap();
+    assert!(fits.ids.len() <= 512 && fits.ids.len() > 500 && fits.dropped == 0, "{}", fits.ids.len());
+    let n_over = match model.encode(&words(n + 1), short, Truncation::Error).unwrap_err() {
+        EngineError::TooLong { n_tokens, .. } => n_tokens,
+        e => panic!("expected TooLong, got {e}"),
+    };
+    let cut = model.encode(&words(n + 1), short, Truncation::DropPromptLeft).unwrap();
+    assert_eq!((cut.ids.len(), cut.dropped), (512, n_over - 512));
+}
+
+#[test]
+fn token_ids_outside_the_vocabulary() {
+    for name in ["llama", "gpt2"] {
+        let model = load(name);
+        for bad in [1024u32, 5000, u32::MAX] {
+            let batch = model.batch(&[vec![1, 10, 20], vec![1, bad, 6]], PaddingSide::Right).unwrap();
+            let e = model.score(&batch).unwrap_err();
+            assert!(matches!(e, EngineError::TokenOutOfRange { id, vocab: 1024 } if id == bad), "{e}");
+            has(&e.to_string(), &[&bad.to_string(), "1024"]);
+            // Gradients check too.
+            let e = model
+                .gradients(
+                    &batch,
+                    &reward_lens_engine::SiteFilter::all(),
+                    &[1.0, 1.0],
+                    &reward_lens_engine::Hooks::none(),
+                )
+                .err()
+                .unwrap();
+            assert!(matches!(e, EngineError::TokenOutOfRange { .. }), "{e}");
+        }
+        let ok = model.batch(&[vec![1, 1023, 6]], PaddingSide::Right).unwrap();
+        assert!(model.score(&ok).unwrap().scores[0].is_finite());
+    }
+}
+
+#[test]
+fn bad_batches() {
+    let model = load("llama");
+    let e = model.batch(&[], PaddingSide::Right).unwrap_err();
+    has(&e.to_string(), &["empty batch"]);
+    let e = model.batch(&[vec![1, 2], vec![]], PaddingSide::Right).unwrap_err();
+    has(&e.to_string(), &["sequence 1"]);
+    let e = Batch::new(&[vec![]], 0, PaddingSide::Left).unwrap_err();
+    assert!(matches!(e, EngineError::Invalid(_)), "{e}");
+    // ArmoRM without its gating pattern: the row is named.
+    let armorm = load("armorm");
+    let good = {
+        let p = &pairs()[0];
+        armorm.encode(p["prompt"].as_str().unwrap(), p["chosen"].as_str().unwrap(), Truncation::Error).unwrap().ids
+    };
+    let batch = armorm.batch(&[good, vec![1, 3, 50, 60, 6]], PaddingSide::Right).unwrap();
+    let e = armorm.score(&batch).unwrap_err();
+    assert!(matches!(e, EngineError::GatingPatternMissing { row: 1, .. }), "{e}");
+    has(&e.to_string(), &["sequence 1", "[6, 4, 205]"]);
+}
+
+fn all_pair_ids(model: &RewardModel) -> Vec<Vec<u32>> {
+    pairs()
+        .iter()
+        .flat_map(|p| {
+            ["chosen", "rejected"].map(|side| {
+                model.encode(p["prompt"].as_str().unwrap(), p[side].as_str().unwrap(), Truncation::Error).unwrap().ids
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn sharded_checkpoint_scores_like_the_single_file() {
+    for fixture in ["llama", "gpt2", "armorm"] {
+        let reference = load(fixture);
+        let s = Scratch::copy_of(fixture);
+        let tensors = s.tensors();
+        let mut names: Vec<&String> = tensors.keys().collect();
+        names.sort();
+        let (mut a, mut b) = (HashMap::new(), HashMap::new());
+        let mut map = serde_json::Map::new();
+        for (i, n) in names.iter().enumerate() {
+            let (shard, file) = if i % 2 == 0 {
+                (&mut a, "model-00001-of-00002.safetensors")
+            } else {
+                (&mut b, "model-00002-of-00002.safetensors")
+            };
+            shard.insert((*n).clone(), tensors[*n].clone());
+            map.insert((*n).clone(), serde_json::json!(file));
+        }
+        candle_core::safetensors::save(&a, s.path("model-00001-of-00002.safetensors")).unwrap();
+        candle_core::safetensors::save(&b, s.path("model-00002-of-00002.safetensors")).unwrap();
+        std::fs::remove_file(s.path("model.safetensors")).unwrap();
+        let index = serde_json::json!({"metadata": {}, "weight_map": map});
+        std::fs::write(s.path("model.safetensors.index.json"), index.to_string()).unwrap();
+
+        let sharded = RewardModel::load(&s.0, &LoadOptions::default()).unwrap_or_else(|e| panic!("{fixture}: {e}"));
+        assert_eq!(sharded.n_params, reference.n_params, "{fixture}");
+        let seqs = all_pair_ids(&reference);
+        let batch = reference.batch(&seqs, PaddingSide::Right).unwrap();
+        let (x, y) = (reference.score(&batch).unwrap(), sharded.score(&batch).unwrap());
+        assert_eq!(x.scores, y.scores, "{fixture}: sharded scores differ");
+
+        // A shard named in the index but missing is named.
+        std::fs::remove_file(s.path("model-00002-of-00002.safetensors")).unwrap();
+        let e = load_err(&s.0);
+        assert!(matches!(e, EngineError::Io { .. }), "{e}");
+        has(&e.to_string(), &["model-00002-of-00002.safetensors"]);
+        // An index without a weight map is named.
+        std::fs::write(s.path("model.safetensors.index.json"), "{\"metadata\": {}}").unwrap();
+        let e = load_err(&s.0);
+        has(&e.to_string(), &["model.safetensors.index.json", "weight_map"]);
+    }
+}
+
+#[test]
+fn bf16_checkpoint_loads_in_f32() {
+    for fixture in ["llama", "gemma2", "gpt2"] {
+        let reference = load(fixture);
+        assert_eq!(reference.disk_dtype, Some(DType::F32));
+        let s = Scratch::copy_of(fixture);
+        let t: HashMap<String, Tensor> =
+            s.tensors().into_iter().map(|(k, v)| (k, v.to_dtype(DType::BF16).unwrap())).collect();
+        s.write_tensors(&t);
+        let m = RewardModel::load(&s.0, &LoadOptions::default()).unwrap_or_else(|e| panic!("{fixture}: {e}"));
+        assert_eq!(m.disk_dtype, Some(DType::BF16), "{fixture}");
+        assert_eq!(m.dtype, DType::F32);
+        assert_eq!(m.info().disk_dtype.as_deref(), Some("bf16"));
+        assert_eq!(m.info().compute_dtype, "f32");
+        let seqs = all_pair_ids(&reference);
+        let batch = reference.batch(&seqs, PaddingSide::Right).unwrap();
+        let (x, y) = (reference.score(&batch).unwrap().scores, m.score(&batch).unwrap().scores);
+        let d = max_abs_diff(&x, &y);
+        assert!(d <= 5e-2, "{fixture}: bf16 weights move scores by {d}");
+        assert!(d > 0.0, "{fixture}: bf16 rounding should change something");
+    }
+}
