@@ -26,12 +26,12 @@ pub enum EngineError {
     Safetensors { file: PathBuf, message: String },
     #[error("missing tensor `{name}` (looked in {files})")]
     MissingTensor { name: String, files: String },
-    #[error("tensor `{name}` has shape {found:?}, expected {expected:?}")]
-    ShapeMismatch { name: String, expected: Vec<usize>, found: Vec<usize> },
+    #[error("tensor `{name}` in {file} has shape {found:?}, expected {expected:?}")]
+    ShapeMismatch { name: String, file: String, expected: Vec<usize>, found: Vec<usize> },
     #[error("tensor `{name}` has unsupported dtype {dtype} (supported on disk: f32, bf16, f16, f64)")]
     UnsupportedDtype { name: String, dtype: String },
-    #[error("tensor `{name}` contains non-finite values (NaN or infinity)")]
-    NonFinite { name: String },
+    #[error("tensor `{name}` in {file} contains non-finite values (NaN or infinity)")]
+    NonFinite { name: String, file: String },
     #[error("{path}: cannot load tokenizer: {message}")]
     Tokenizer { path: PathBuf, message: String },
     #[error("chat template ({source_name}): {message}")]

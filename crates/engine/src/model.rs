@@ -287,9 +287,9 @@ impl RewardModel {
         validate(hooks, &self.sites)?;
         if weights.len() != batch.len() {
             return Err(EngineError::Invalid(format!(
-                "gradients: {} weights for a batch of {} rows",
-                weights.len(),
-                batch.len()
+                "gradients: expected one weight per batch row ({} rows), got {}",
+                batch.len(),
+                weights.len()
             )));
         }
         self.resolve_sites(sites)?;

@@ -44,6 +44,7 @@ impl Norm {
     /// false and get the composed (differentiable) version.
     pub fn forward(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
         let eps = self.kind.eps() as f32;
+
         Ok(match (&self.kind, fused) {
             (NormKind::Rms { .. }, true) => candle_nn::ops::rms_norm(&x.contiguous()?, &self.gamma, eps)?,
             (NormKind::Rms { .. }, false) => candle_nn::ops::rms_norm_slow(x, &self.gamma, eps)?,
@@ -231,6 +232,8 @@ impl Network {
 
     pub fn forward(&self, inp: &Inputs, hs: &mut HookState, fused: bool) -> Result<Hidden> {
         let cfg = &self.cfg;
+        // candle's fused kernels exist for f32/bf16/f16 only.
+        let fused = fused && self.embed.dtype() != DType::F64;
         let device = self.embed.device();
         let (b, t) = inp.ids.dims2()?;
         let d = cfg.d_model;

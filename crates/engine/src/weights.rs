@@ -24,6 +24,8 @@ pub trait TensorSource {
 pub struct SafetensorsSource {
     st: MmapedSafetensors,
     files: Vec<PathBuf>,
+    /// Tensor → shard, from the index (empty for a single file).
+    shard_of: HashMap<String, PathBuf>,
     dtype: DType,
     device: Device,
 }
@@ -32,6 +34,7 @@ impl SafetensorsSource {
     pub fn open(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
         let single = dir.join("model.safetensors");
         let index = dir.join("model.safetensors.index.json");
+        let mut shard_of = HashMap::new();
         let files = if index.exists() {
             let text = std::fs::read_to_string(&index).map_err(io_err(&index))?;
             let v: serde_json::Value = serde_json::from_str(&text)
@@ -49,6 +52,7 @@ impl SafetensorsSource {
                     message: "expected a file name".into(),
                 })?;
                 let p = dir.join(file);
+                shard_of.insert(name.clone(), p.clone());
                 if !files.contains(&p) {
                     files.push(p);
                 }
@@ -74,7 +78,14 @@ impl SafetensorsSource {
             file: files.first().cloned().unwrap_or_default(),
             message: e.to_string(),
         })?;
-        Ok(Self { st, files, dtype, device: device.clone() })
+        Ok(Self { st, files, shard_of, dtype, device: device.clone() })
+    }
+
+    fn file_of(&self, name: &str) -> String {
+        match self.shard_of.get(name) {
+            Some(p) => p.display().to_string(),
+            None => self.files_list(),
+        }
     }
 
     fn files_list(&self) -> String {
@@ -96,6 +107,7 @@ impl TensorSource for SafetensorsSource {
         if view.shape() != shape {
             return Err(EngineError::ShapeMismatch {
                 name: name.to_string(),
+                file: self.file_of(name),
                 expected: shape.to_vec(),
                 found: view.shape().to_vec(),
             });
@@ -113,7 +125,9 @@ impl TensorSource for SafetensorsSource {
         release_pages(view.data());
         let t = raw.to_dtype(self.dtype)?;
         drop(raw);
-        check_finite(name, &t)?;
+        if !is_finite(&t)? {
+            return Err(EngineError::NonFinite { name: name.to_string(), file: self.file_of(name) });
+        }
         Ok(t)
     }
 
@@ -142,7 +156,7 @@ fn release_pages(data: &[u8]) {
     }
 }
 
-fn check_finite(name: &str, t: &Tensor) -> Result<()> {
+fn is_finite(t: &Tensor) -> Result<bool> {
     use candle_core::{CpuStorage, Storage};
     let finite = {
         let (storage, _) = t.storage_and_layout();
@@ -155,16 +169,11 @@ fn check_finite(name: &str, t: &Tensor) -> Result<()> {
             _ => None,
         }
     };
-    let finite = match finite {
+    Ok(match finite {
         Some(f) => f,
         // Other devices: x − x is NaN exactly where x is NaN or ±inf.
         None => (t - t)?.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?.is_finite(),
-    };
-    if finite {
-        Ok(())
-    } else {
-        Err(EngineError::NonFinite { name: name.to_string() })
-    }
+    })
 }
 
 /// Tensors held in memory: generated benchmark models, trained organisms, tests.
@@ -182,6 +191,7 @@ impl TensorSource for MapSource {
         if t.dims() != shape {
             return Err(EngineError::ShapeMismatch {
                 name: name.to_string(),
+                file: "in-memory weights".into(),
                 expected: shape.to_vec(),
                 found: t.dims().to_vec(),
             });

@@ -390,7 +390,7 @@ fn gradient_errors() {
         .gradients(&batch, &SiteFilter::new(&["blocks.0.hook_resid_pre"]), &[1.0, 1.0], &Hooks::none())
         .err()
         .unwrap();
-    assert!(e.to_string().contains("2 weights") && e.to_string().contains("1 rows"), "{e}");
+    assert!(e.to_string().contains("one weight per batch row (1 rows), got 2"), "{e}");
     let e =
         model.gradients(&batch, &SiteFilter::new(&["blocks.5.hook_resid_pre"]), &[1.0], &Hooks::none()).err().unwrap();
     assert!(e.to_string().contains("blocks.5.hook_resid_pre"), "{e}");

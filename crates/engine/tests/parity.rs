@@ -170,3 +170,20 @@ fn param_counts_match_transformers() {
         assert_eq!(model.n_params as u64, index["models"][name]["n_params"].as_u64().unwrap(), "{name}");
     }
 }
+
+/// Lower-precision compute stays close to f32; f64 compute agrees with f32 to f32 rounding.
+#[test]
+fn other_compute_dtypes() {
+    use reward_lens_engine::{DType, Device, LoadOptions, RewardModel};
+    for name in ["llama", "gemma2", "gpt2"] {
+        let f32m = load(name);
+        let enc = f32m.encode("How do I boil an egg?", "Simmer it for nine minutes.", Truncation::Error).unwrap();
+        let batch = f32m.batch(&[enc.ids], PaddingSide::Right).unwrap();
+        let want = f32m.score(&batch).unwrap().scores[0];
+        for (dtype, tol) in [(DType::F64, 1e-5), (DType::BF16, 5e-2), (DType::F16, 1e-2)] {
+            let m = RewardModel::load(&model_dir(name), &LoadOptions { dtype, device: Device::Cpu }).unwrap();
+            let got = m.score(&batch).unwrap().scores[0];
+            assert!((got - want).abs() <= tol, "{name} {dtype:?}: {got} vs f32 {want}");
+        }
+    }
+}
