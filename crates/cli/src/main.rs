@@ -119,6 +119,7 @@ pub fn parse_device(s: &str) -> Result<Device> {
 }
 
 fn main() {
+    reward_lens_engine::runtime::tune_allocator();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info(a) => info::run(a),

@@ -24,6 +24,7 @@ pub mod head;
 pub mod hooks;
 pub mod model;
 mod network;
+pub mod runtime;
 pub mod site;
 pub mod synth;
 pub mod text;
