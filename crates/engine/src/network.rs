@@ -378,3 +378,51 @@ impl Network {
         a.o.forward(&z.reshape((b, t, nh * hd))?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ModelConfig;
+    use serde_json::json;
+
+    /// Llama-3.1 frequency scaling, against transformers' formula evaluated in f64: high
+    /// frequencies kept, low ones divided by the factor, the band between interpolated.
+    #[test]
+    fn llama3_rope_scaling_matches_transformers() {
+        let v = json!({"architectures": ["LlamaForSequenceClassification"], "hidden_size": 4096,
+            "num_hidden_layers": 1, "num_attention_heads": 32, "num_key_value_heads": 8, "intermediate_size": 14336,
+            "max_position_embeddings": 131072, "vocab_size": 128256,
+            "rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}});
+        let cfg = ModelConfig::from_value(&v, std::path::Path::new("config.json")).unwrap();
+        let (inv, scale) = rope_inv_freq(&cfg, &Device::Cpu).unwrap();
+        assert_eq!(scale, 1.0);
+        let inv: Vec<f32> = inv.unwrap().to_vec1().unwrap();
+        assert_eq!(inv.len(), 64);
+        let want = [
+            (0, 1.0),
+            (20, 0.016560440080994446),
+            (28, 0.0032114459947525913), // wavelength < 2048: unchanged
+            (29, 0.002166570763503359),  // in the band: interpolated
+            (31, 0.0008567514129196321),
+            (34, 0.00017850781276799638),
+            (35, 9.556212353964683e-05), // wavelength > 8192: divided by 8
+            (63, 3.068925988914511e-07),
+        ];
+        for (i, w) in want {
+            let rel = ((inv[i] as f64 - w) / w).abs();
+            assert!(rel < 1e-5, "inv_freq[{i}] = {} vs {w}", inv[i]);
+        }
+    }
+
+    #[test]
+    fn sliding_window_mask_sees_w_keys() {
+        let m = attention_mask(&[vec![1, 1, 1, 1, 1], vec![0, 0, 1, 1, 1]], Some(2), &Device::Cpu).unwrap();
+        let m: Vec<Vec<Vec<u8>>> = m.squeeze(1).unwrap().to_vec3().unwrap();
+        // Row 0, query 3 sees keys 2 and 3 only (q − W < k ≤ q).
+        assert_eq!(m[0][3], vec![0, 0, 1, 1, 0]);
+        // Row 1 is left-padded: query 2 (its first real token) sees only itself.
+        assert_eq!(m[1][2], vec![0, 0, 1, 0, 0]);
+        assert_eq!(m[1][4], vec![0, 0, 0, 1, 1]);
+    }
+}

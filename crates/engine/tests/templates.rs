@@ -1,0 +1,99 @@
+//! Chat templates as real reward models ship them, rendered the way transformers renders them.
+
+use std::path::PathBuf;
+
+use reward_lens_engine::{ChatTokenizer, EngineError, Truncation, PLAIN_FORMAT};
+use serde_json::json;
+
+const LLAMA3: &str = "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
+
+const GEMMA: &str = "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}";
+
+fn dir_with(name: &str, config: serde_json::Value, jinja: Option<&str>) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("templates").join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models/llama");
+    std::fs::copy(fixture.join("tokenizer.json"), d.join("tokenizer.json")).unwrap();
+    std::fs::write(d.join("tokenizer_config.json"), serde_json::to_string(&config).unwrap()).unwrap();
+    if let Some(j) = jinja {
+        std::fs::write(d.join("chat_template.jinja"), j).unwrap();
+    }
+    d
+}
+
+#[test]
+fn llama3_template_and_its_gating_boundary() {
+    let d = dir_with("llama3", json!({"bos_token": "<|begin_of_text|>", "chat_template": LLAMA3}), None);
+    let t = ChatTokenizer::from_dir(&d, 512, Some("llama")).unwrap();
+    assert_eq!(
+        t.render("  Hi?  ", "Hello.").unwrap(),
+        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nHello.<|eot_id|>"
+    );
+}
+
+#[test]
+fn gemma_template_with_raise_exception_and_bos_as_added_token() {
+    // transformers may write special tokens as AddedToken objects.
+    let cfg = json!({"bos_token": {"content": "<bos>", "lstrip": false}, "chat_template": GEMMA});
+    let d = dir_with("gemma", cfg, None);
+    let t = ChatTokenizer::from_dir(&d, 512, Some("gemma2")).unwrap();
+    assert_eq!(
+        t.render("Hi?", "Hello.").unwrap(),
+        "<bos><start_of_turn>user\nHi?<end_of_turn>\n<start_of_turn>model\nHello.<end_of_turn>\n"
+    );
+}
+
+#[test]
+fn template_raising_is_a_named_error() {
+    let d = dir_with("raises", json!({}), Some("{{ raise_exception('no assistant turns, please') }}"));
+    let e = ChatTokenizer::from_dir(&d, 512, None).err().expect("must fail at load");
+    assert!(matches!(e, EngineError::Template { .. }), "{e}");
+    let s = e.to_string();
+    assert!(s.contains("chat_template.jinja") && s.contains("no assistant turns, please"), "{s}");
+}
+
+#[test]
+fn python_string_methods_work() {
+    let j = "{% for m in messages %}[{{ m['role'].upper() }}]{{ m['content'].strip() }}{% endfor %}";
+    let d = dir_with("pycompat", json!({}), Some(j));
+    let t = ChatTokenizer::from_dir(&d, 512, None).unwrap();
+    assert_eq!(t.render(" a ", "b ").unwrap(), "[USER]a[ASSISTANT]b");
+}
+
+#[test]
+fn jinja_file_wins_and_named_template_lists_are_read() {
+    let list = json!({"chat_template": [{"name": "tool_use", "template": "TOOLS"}, {"name": "default", "template": "D:{{ messages[1]['content'] }}"}]});
+    let d = dir_with("named", list.clone(), None);
+    assert_eq!(ChatTokenizer::from_dir(&d, 512, None).unwrap().render("p", "r").unwrap(), "D:r");
+    let d = dir_with("file-wins", list, Some("F:{{ messages[0]['content'] }}"));
+    assert_eq!(ChatTokenizer::from_dir(&d, 512, None).unwrap().render("p", "r").unwrap(), "F:p");
+}
+
+#[test]
+fn no_template_uses_the_plain_format() {
+    let d = dir_with("plain", json!({}), None);
+    let t = ChatTokenizer::from_dir(&d, 512, None).unwrap();
+    assert!(!t.has_template());
+    let enc = t.encode_pair("How are you?", "Fine.", Truncation::Error).unwrap();
+    assert_eq!(enc.text, PLAIN_FORMAT.replace("{prompt}", "How are you?").replace("{response}", "Fine."));
+    assert_eq!(enc.text, "User: How are you?\nAssistant: Fine.");
+    let direct = t.tokenizer.encode(enc.text.as_str(), true).unwrap();
+    assert_eq!(enc.ids, direct.get_ids());
+    // The response starts at the token holding its first byte (byte-level BPE keeps the
+    // preceding space in that token: "ĠFine").
+    let tail = t.tokenizer.decode(&enc.ids[enc.response_start..], false).unwrap();
+    assert_eq!(tail, " Fine.");
+    let before = t.tokenizer.decode(&enc.ids[..enc.response_start], false).unwrap();
+    assert_eq!(before, "User: How are you?\nAssistant:");
+}
+
+#[test]
+fn response_start_marks_the_response_in_the_fixture_template() {
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models/llama");
+    let t = ChatTokenizer::from_dir(&fixture, 512, Some("llama")).unwrap();
+    let enc = t.encode_pair("What is 12 times 12?", "12 times 12 is 144.", Truncation::Error).unwrap();
+    let resp = t.tokenizer.decode(&enc.ids[enc.response_start..], false).unwrap();
+    assert_eq!(resp, "12 times 12 is 144.<|end|>");
+    assert_eq!(t.boundary_ids().unwrap(), vec![6, 4, 205]);
+}
