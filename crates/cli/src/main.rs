@@ -96,7 +96,25 @@ impl ModelArgs {
             DtypeArg::F16 => DType::F16,
         };
         let opts = LoadOptions { dtype, device: parse_device(&self.device)? };
-        Ok(RewardModel::load(&dir, &opts)?)
+        // A bar only for models that take a while to load (indicatif hides it off a terminal).
+        let bar = indicatif::ProgressBar::hidden();
+        let progress = |done: usize, total: usize| {
+            if total >= 100_000_000 {
+                if bar.is_hidden() {
+                    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                    bar.set_length(total as u64);
+                    bar.set_style(
+                        indicatif::ProgressStyle::with_template("loading weights [{bar:30}] {percent}% {elapsed}")
+                            .expect("valid template")
+                            .progress_chars("=> "),
+                    );
+                }
+                bar.set_position(done as u64);
+            }
+        };
+        let model = RewardModel::load_with_progress(&dir, &opts, Some(&progress));
+        bar.finish_and_clear();
+        Ok(model?)
     }
 }
 

@@ -92,16 +92,24 @@ pub struct RewardModel {
     sites: Vec<Site>,
 }
 
-/// Counts what the loaders read, for the parameter count.
+/// Reports weight loading: `(elements loaded, elements stored)`.
+pub type LoadProgress<'a> = &'a dyn Fn(usize, usize);
+
+/// Counts what the loaders read, for the parameter count and progress.
 struct Counting<'a> {
     inner: &'a dyn TensorSource,
     n: Cell<usize>,
+    total: usize,
+    progress: Option<LoadProgress<'a>>,
 }
 
 impl TensorSource for Counting<'_> {
     fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let t = self.inner.get(name, shape)?;
         self.n.set(self.n.get() + t.elem_count());
+        if let Some(p) = self.progress {
+            p(self.n.get().min(self.total), self.total);
+        }
         Ok(t)
     }
     fn contains(&self, name: &str) -> bool {
@@ -136,6 +144,11 @@ impl RewardModel {
     /// Loads a HuggingFace model directory: config.json, (sharded) safetensors, tokenizer.json
     /// and the chat template.
     pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
+        Self::load_with_progress(dir, opts, None)
+    }
+
+    /// [`RewardModel::load`], calling `progress(loaded, total)` (in parameters) after each tensor.
+    pub fn load_with_progress(dir: &Path, opts: &LoadOptions, progress: Option<LoadProgress>) -> Result<Self> {
         if !dir.is_dir() {
             return Err(EngineError::Io {
                 path: dir.to_path_buf(),
@@ -153,7 +166,7 @@ impl RewardModel {
             }),
             _ => None,
         };
-        let mut model = Self::build(config, &source, opts, pattern)?;
+        let mut model = Self::build(config, &source, opts, pattern, progress)?;
         model.tokenizer = Some(tokenizer);
         model.disk_dtype = disk_dtype;
         Ok(model)
@@ -161,7 +174,7 @@ impl RewardModel {
 
     /// Builds a model from tensors held anywhere (generated models, organisms); no tokenizer.
     pub fn from_source(config: ModelConfig, source: &dyn TensorSource, opts: &LoadOptions) -> Result<Self> {
-        Self::build(config, source, opts, None)
+        Self::build(config, source, opts, None, None)
     }
 
     fn build(
@@ -169,8 +182,10 @@ impl RewardModel {
         source: &dyn TensorSource,
         opts: &LoadOptions,
         pattern: Option<Vec<u32>>,
+        progress: Option<LoadProgress>,
     ) -> Result<Self> {
-        let src = Counting { inner: source, n: Cell::new(0) };
+        let total = source.total_elements().unwrap_or(0);
+        let src = Counting { inner: source, n: Cell::new(0), total, progress };
         let (net, head) = match config.architecture {
             Architecture::Gpt2 => load_gpt2(&config, &src, &opts.device)?,
             _ => load_llama_family(&config, &src, &opts.device, pattern)?,

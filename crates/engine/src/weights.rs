@@ -15,6 +15,10 @@ pub trait TensorSource {
     fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor>;
     /// Whether `name` exists (for optional tensors such as a tied head).
     fn contains(&self, name: &str) -> bool;
+    /// Elements across all stored tensors, when known (for progress reporting).
+    fn total_elements(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Weights read from `model.safetensors` or a sharded `model.safetensors.index.json`, through
@@ -133,6 +137,10 @@ impl TensorSource for SafetensorsSource {
 
     fn contains(&self, name: &str) -> bool {
         self.st.get(name).is_ok()
+    }
+
+    fn total_elements(&self) -> Option<usize> {
+        Some(self.st.tensors().iter().map(|(_, v)| v.shape().iter().product::<usize>()).sum())
     }
 }
 
