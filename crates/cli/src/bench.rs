@@ -97,7 +97,7 @@ fn matmul_rate() -> Result<f64> {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
-    if a.heads == 0 || a.kv_heads == 0 || a.heads % a.kv_heads != 0 || a.d_model % a.heads != 0 {
+    if a.heads == 0 || a.kv_heads == 0 || !a.heads.is_multiple_of(a.kv_heads) || !a.d_model.is_multiple_of(a.heads) {
         bail!("--heads must divide --d-model and be a multiple of --kv-heads");
     }
     let shape = LlamaShape {

@@ -41,7 +41,7 @@ pub fn run(a: CacheArgs) -> Result<()> {
     }
     let truncation = if a.truncate_prompt { Truncation::DropPromptLeft } else { Truncation::Error };
     let enc = model.encode(&a.prompt, &a.response, truncation)?;
-    let batch = model.batch(&[enc.ids.clone()], PaddingSide::Right)?;
+    let batch = model.batch(std::slice::from_ref(&enc.ids), PaddingSide::Right)?;
     let fwd = model.forward(&batch, &Hooks { cache: filter, interventions: Vec::new() })?;
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     for (name, t) in fwd.cache.iter() {

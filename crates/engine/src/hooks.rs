@@ -9,6 +9,9 @@ use candle_core::{Tensor, Var};
 use crate::error::{EngineError, Result};
 use crate::site::{Site, SiteFilter};
 
+/// A function of an activation that returns its replacement (same shape).
+pub type ActivationFn<'a> = Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor> + 'a>;
+
 /// What an intervention does to the activation at its site.
 pub enum Action<'a> {
     /// Replace with this tensor (broadcast to the activation's shape).
@@ -22,7 +25,7 @@ pub enum Action<'a> {
     /// Set to a mean activation (mean ablation); broadcast like `Replace`.
     Mean(Tensor),
     /// Any function of the activation; must return a tensor of the same shape.
-    Apply(Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor> + 'a>),
+    Apply(ActivationFn<'a>),
 }
 
 /// An action at one site, optionally restricted to batch rows, positions and heads.

@@ -271,8 +271,8 @@ impl Network {
         let mut masks: HashMap<Option<usize>, Tensor> = HashMap::new();
         for (l, block) in self.blocks.iter().enumerate() {
             let window = cfg.sliding_window[l];
-            if !masks.contains_key(&window) {
-                masks.insert(window, attention_mask(inp.mask, window, device)?);
+            if let std::collections::hash_map::Entry::Vacant(e) = masks.entry(window) {
+                e.insert(attention_mask(inp.mask, window, device)?);
             }
             x = hs.fire(Site::ResidPre(l), x)?;
             let attn_out = self.attention(l, block, &x, rope.as_ref(), &masks[&window], hs, fused)?;

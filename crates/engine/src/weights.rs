@@ -179,8 +179,8 @@ fn is_finite(t: &Tensor) -> Result<bool> {
     };
     Ok(match finite {
         Some(f) => f,
-        // Other devices: x − x is NaN exactly where x is NaN or ±inf.
-        None => (t - t)?.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?.is_finite(),
+        // Other devices: 0·x is NaN exactly where x is NaN or ±inf.
+        None => (t * 0.0)?.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?.is_finite(),
     })
 }
 

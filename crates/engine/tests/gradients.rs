@@ -8,17 +8,7 @@ use common::*;
 
 use reward_lens_engine::{
     Action, Batch, DType, Device, Gradients, Hooks, Intervention, PaddingSide, RewardModel, Site, SiteFilter, Tensor,
-    Truncation,
 };
-
-fn ids(model: &RewardModel, i: usize, side: &str) -> Vec<u32> {
-    let p = &pairs()[i];
-    model.encode(p["prompt"].as_str().unwrap(), p[side].as_str().unwrap(), Truncation::Error).unwrap().ids
-}
-
-fn single(model: &RewardModel, ids: &[u32]) -> Batch {
-    model.batch(&[ids.to_vec()], PaddingSide::Right).unwrap()
-}
 
 fn flat(t: &Tensor) -> Vec<f32> {
     t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap()

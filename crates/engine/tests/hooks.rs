@@ -7,18 +7,7 @@ use common::*;
 
 use reward_lens_engine::{
     Action, Batch, DType, Device, EngineError, Hooks, Intervention, PaddingSide, RewardModel, Site, SiteFilter, Tensor,
-    Truncation,
 };
-
-/// Encoded ids of pair `i`'s `side` ("chosen" / "rejected").
-fn ids(model: &RewardModel, i: usize, side: &str) -> Vec<u32> {
-    let p = &pairs()[i];
-    model.encode(p["prompt"].as_str().unwrap(), p[side].as_str().unwrap(), Truncation::Error).unwrap().ids
-}
-
-fn single(model: &RewardModel, ids: &[u32]) -> Batch {
-    model.batch(&[ids.to_vec()], PaddingSide::Right).unwrap()
-}
 
 fn scores(model: &RewardModel, batch: &Batch, hooks: &Hooks) -> Vec<f32> {
     model.forward(batch, hooks).unwrap().output.scores
@@ -180,7 +169,7 @@ fn empty_hooks_cache_nothing_and_score_like_score() {
         let seqs = vec![ids(&model, 1, "chosen"), ids(&model, 1, "rejected")];
         let batch = model.batch(&seqs, PaddingSide::Right).unwrap();
         let fwd = model.forward(&batch, &Hooks::none()).unwrap();
-        assert!(fwd.cache.is_empty() && fwd.cache.len() == 0 && fwd.cache.names().is_empty(), "{name}");
+        assert!(fwd.cache.is_empty() && fwd.cache.is_empty() && fwd.cache.names().is_empty(), "{name}");
         assert_eq!(fwd.output.scores, model.score(&batch).unwrap().scores, "{name}");
         assert_eq!(fwd.output.pooled_index, vec![seqs[0].len() - 1, seqs[1].len() - 1], "{name}");
         // A cache filter that matches nothing is also empty and also changes nothing.

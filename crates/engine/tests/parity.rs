@@ -27,7 +27,7 @@ fn check_model(name: &str) {
             let enc = model.encode(prompt, response, Truncation::Error).unwrap();
             assert_eq!(enc.text, e["text"].as_str().unwrap(), "{name} pair {i} {side}: rendered text");
             assert_eq!(enc.ids, u32s(&e["input_ids"]), "{name} pair {i} {side}: token ids");
-            let batch = model.batch(&[enc.ids.clone()], PaddingSide::Right).unwrap();
+            let batch = model.batch(std::slice::from_ref(&enc.ids), PaddingSide::Right).unwrap();
             let fwd = model.forward(&batch, &Hooks::cache(&["*"])).unwrap();
             let p = e["pooled_index"].as_u64().unwrap() as usize;
             assert_eq!(fwd.output.pooled_index, vec![p], "{name} pair {i} {side}: pooled index");
@@ -77,7 +77,7 @@ fn check_model(name: &str) {
     // Every position of pair 0 chosen.
     let full = &exp["full_sequence_pair0_chosen"];
     let ids = u32s(&full["input_ids"]);
-    let batch = model.batch(&[ids.clone()], PaddingSide::Right).unwrap();
+    let batch = model.batch(std::slice::from_ref(&ids), PaddingSide::Right).unwrap();
     let fwd = model
         .forward(
             &batch,
@@ -106,7 +106,7 @@ fn check_batched(name: &str) {
     }
     let singles: Vec<f32> = seqs
         .iter()
-        .map(|s| model.score(&model.batch(&[s.clone()], PaddingSide::Right).unwrap()).unwrap().scores[0])
+        .map(|s| model.score(&model.batch(std::slice::from_ref(&s), PaddingSide::Right).unwrap()).unwrap().scores[0])
         .collect();
     let batched_ref = f32s(&exp["batched"]["scores"]);
     for side in [PaddingSide::Right, PaddingSide::Left] {

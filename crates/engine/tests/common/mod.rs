@@ -1,7 +1,7 @@
 #![allow(dead_code)]
 use std::path::PathBuf;
 
-use reward_lens_engine::{LoadOptions, RewardModel, Tensor};
+use reward_lens_engine::{Batch, LoadOptions, PaddingSide, RewardModel, Tensor, Truncation};
 use serde_json::Value;
 
 pub const MODELS: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "gemma2", "gpt2", "armorm"];
@@ -55,4 +55,15 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 /// Row `pos` of a `[1, T, d]` cached activation.
 pub fn at(t: &Tensor, pos: usize) -> Vec<f32> {
     t.get(0).unwrap().get(pos).unwrap().to_dtype(reward_lens_engine::DType::F32).unwrap().to_vec1().unwrap()
+}
+
+/// Encoded ids of pair `i`'s `side` ("chosen" / "rejected").
+pub fn ids(model: &RewardModel, i: usize, side: &str) -> Vec<u32> {
+    let p = &pairs()[i];
+    model.encode(p["prompt"].as_str().unwrap(), p[side].as_str().unwrap(), Truncation::Error).unwrap().ids
+}
+
+/// A one-row batch.
+pub fn single(model: &RewardModel, ids: &[u32]) -> Batch {
+    model.batch(&[ids.to_vec()], PaddingSide::Right).unwrap()
 }
