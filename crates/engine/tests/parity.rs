@@ -106,7 +106,7 @@ fn check_batched(name: &str) {
     }
     let singles: Vec<f32> = seqs
         .iter()
-        .map(|s| model.score(&model.batch(std::slice::from_ref(&s), PaddingSide::Right).unwrap()).unwrap().scores[0])
+        .map(|s| model.score(&model.batch(std::slice::from_ref(s), PaddingSide::Right).unwrap()).unwrap().scores[0])
         .collect();
     let batched_ref = f32s(&exp["batched"]["scores"]);
     for side in [PaddingSide::Right, PaddingSide::Left] {
