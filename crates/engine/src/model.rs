@@ -290,6 +290,10 @@ impl RewardModel {
     /// One forward pass with caching and interventions.
     pub fn forward(&self, batch: &Batch, hooks: &Hooks) -> Result<Forward> {
         validate(hooks, &self.sites)?;
+        if !hooks.cache.is_empty() {
+            // A misspelt exact name would otherwise cache nothing, silently.
+            self.resolve_sites(&hooks.cache)?;
+        }
         let mut hs = HookState::new(hooks, None);
         let (output, _) = self.run(batch, &mut hs, true)?;
         Ok(Forward { output, cache: hs.cache })

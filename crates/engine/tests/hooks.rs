@@ -578,3 +578,13 @@ fn final_norm_scale_intervention_is_applied() {
         assert!(max_abs_diff(&flat(fwd.cache.site(Site::FinalNormalized).unwrap()), &want) <= 1e-6, "{name}");
     }
 }
+
+#[test]
+fn misspelt_cache_name_is_an_error() {
+    let model = load("llama");
+    let batch = single(&model, &ids(&model, 0, "chosen"));
+    let e = model.forward(&batch, &Hooks::cache(&["blocks.0.hook_resid_psot"])).err().expect("must fail");
+    assert!(e.to_string().contains("blocks.0.hook_resid_psot"), "{e}");
+    // Globs that match nothing are allowed (a filter, not a name).
+    assert!(model.forward(&batch, &Hooks::cache(&["blocks.9*"])).unwrap().cache.is_empty());
+}
