@@ -341,6 +341,13 @@ impl RewardModel {
                 return Err(EngineError::TokenOutOfRange { id, vocab });
             }
         }
+        // Learned position tables end at max_position_embeddings; RoPE models extrapolate.
+        if self.config.rope.is_none() && batch.seq_len() > self.config.max_position_embeddings {
+            return Err(EngineError::TooLong {
+                n_tokens: batch.seq_len(),
+                max_tokens: self.config.max_position_embeddings,
+            });
+        }
         let flat: Vec<u32> = batch.ids.iter().flatten().copied().collect();
         let ids = Tensor::from_vec(flat, (batch.len(), batch.seq_len()), &self.device)?;
         let hidden =

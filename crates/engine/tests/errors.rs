@@ -461,3 +461,11 @@ fn bf16_checkpoint_loads_in_f32() {
         assert!(d > 0.0, "{fixture}: bf16 rounding should change something");
     }
 }
+
+#[test]
+fn learned_positions_bound_the_sequence_length() {
+    let model = load("gpt2");
+    let ids = vec![5u32; model.config.max_position_embeddings + 1];
+    let e = model.score(&model.batch(&[ids], reward_lens_engine::PaddingSide::Right).unwrap()).err().expect("too long");
+    assert!(matches!(e, EngineError::TooLong { n_tokens: 257, max_tokens: 256 }), "{e}");
+}
