@@ -36,7 +36,9 @@ pub use config::{Architecture, ModelConfig};
 pub use error::{EngineError, Result};
 pub use head::{GatedHead, LinearHead, ObjectiveOutput, RewardHead};
 pub use hooks::{Action, ActivationCache, Hooks, Intervention};
-pub use model::{Forward, Gradients, LoadOptions, LoadProgress, ModelInfo, RewardModel, RewardOutput};
+pub use model::{
+    Forward, Gradients, LinearParams, LoadOptions, LoadProgress, ModelInfo, NormParams, RewardModel, RewardOutput,
+};
 pub use site::{Site, SiteFilter};
 pub use text::{ChatTokenizer, Encoded, Truncation, PLAIN_FORMAT};
 pub use weights::{MapSource, SafetensorsSource, TensorSource};

@@ -572,3 +572,73 @@ fn load_gpt2(cfg: &ModelConfig, src: &dyn TensorSource, _device: &Device) -> Res
     };
     Ok((net, head))
 }
+
+/// A norm's parameters as the decompositions need them (γ as applied, Gemma-2's 1 + w included).
+#[derive(Clone)]
+pub struct NormParams {
+    pub gamma: Tensor,
+    pub beta: Option<Tensor>,
+    pub eps: f64,
+    /// LayerNorm (subtracts the mean) rather than RMSNorm.
+    pub centred: bool,
+}
+
+impl NormParams {
+    fn of(n: &Norm) -> Result<Self> {
+        Ok(Self {
+            gamma: n.gamma.to_dtype(DType::F32)?,
+            beta: n.beta.as_ref().map(|b| b.to_dtype(DType::F32)).transpose()?,
+            eps: n.kind.eps(),
+            centred: matches!(n.kind, NormKind::Layer { .. }),
+        })
+    }
+
+    /// The divisor this norm applies to `x` `[.., d]` (f32): √(mean(x²)+ε), or √(var+ε).
+    pub fn divisor(&self, x: &Tensor) -> Result<Tensor> {
+        let x = x.to_dtype(DType::F32)?;
+        let x = if self.centred { x.broadcast_sub(&x.mean_keepdim(candle_core::D::Minus1)?)? } else { x };
+        Ok((x.sqr()?.mean_keepdim(candle_core::D::Minus1)? + self.eps)?.sqrt()?)
+    }
+}
+
+/// A linear map's weight `[out, in]` and bias, in f32.
+#[derive(Clone)]
+pub struct LinearParams {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl LinearParams {
+    fn of(l: &Linear) -> Result<Self> {
+        Ok(Self { weight: l.w.to_dtype(DType::F32)?, bias: l.b.as_ref().map(|b| b.to_dtype(DType::F32)).transpose()? })
+    }
+}
+
+/// Read-only views of the weights that write into the residual stream, for exact attributions.
+impl RewardModel {
+    pub fn final_norm(&self) -> Result<NormParams> {
+        NormParams::of(&self.net.final_norm)
+    }
+    /// Attention output projection of layer `l` (`[d, heads·head_dim]`; GPT-2's c_proj transposed).
+    pub fn o_proj(&self, l: usize) -> Result<LinearParams> {
+        LinearParams::of(&self.block(l)?.attn.o)
+    }
+    /// Gemma-2's norm on the attention output, if the architecture has one.
+    pub fn post_attn_norm(&self, l: usize) -> Result<Option<NormParams>> {
+        self.block(l)?.post_attn_norm.as_ref().map(NormParams::of).transpose()
+    }
+    /// MLP down projection of layer `l` (`[d, d_mlp]`).
+    pub fn down_proj(&self, l: usize) -> Result<LinearParams> {
+        LinearParams::of(&self.block(l)?.mlp.down)
+    }
+    /// Gemma-2's norm on the MLP output, if the architecture has one.
+    pub fn post_mlp_norm(&self, l: usize) -> Result<Option<NormParams>> {
+        self.block(l)?.post_mlp_norm.as_ref().map(NormParams::of).transpose()
+    }
+    fn block(&self, l: usize) -> Result<&Block> {
+        self.net
+            .blocks
+            .get(l)
+            .ok_or_else(|| EngineError::Invalid(format!("layer {l} out of range (model has {})", self.config.n_layers)))
+    }
+}

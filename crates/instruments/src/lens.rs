@@ -1,0 +1,191 @@
+//! The reward lens: the reward read at every depth of the residual stream, at the pooled token.
+//!
+//! Lens points are the embedding output (layer −1) and every block's output (layers 0..L−1).
+//! Three readings of each point `h_l`:
+//!
+//! * **normed** (default): `w_r · FinalNorm(h_l) + b`, the reward if the model stopped at layer l.
+//!   At the last point it is the model's reward.
+//! * **frozen**: `w_r · FinalNorm(h_l) + b` with the final norm's scale taken from the real run. It
+//!   is linear in `h_l`, so consecutive differences are exactly the layers' additive contributions
+//!   (the sums of [`crate::attribution`]'s components); the last point is the model's reward.
+//! * **raw**: the v1 projection `w_r · h_l + b` with no final norm (what reward-lens 1.0 reports).
+//!
+//! The **crystallization layer** is where the chosen−rejected differential first reaches half its
+//! final value (v1.x hardened rule): take `ref` = the last differential, or, if that is not finite
+//! or |ref| < 1e-8, the finite differential of largest magnitude; the layer is the first lens
+//! point whose finite differential is ≥ ref/2 (≤ ref/2 when ref < 0); if no reference exists, the
+//! last layer. Its **depth fraction** is `(layer + 1) / L`: 0 when the embeddings already decide
+//! the preference, 1 when only the last block does.
+
+use serde::{Deserialize, Serialize};
+
+use reward_lens_engine::RewardModel;
+
+use crate::readout::ReadOut;
+use crate::stats::{bootstrap_mean, MeanCi};
+use crate::trace::{trace, Trace, TraceOptions};
+use crate::Result;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LensKind {
+    #[default]
+    Normed,
+    Frozen,
+    Raw,
+}
+
+/// One sequence's lens values at each point (length L + 1).
+#[derive(Debug, Clone, Serialize)]
+pub struct LensCurves {
+    pub normed: Vec<f64>,
+    pub frozen: Vec<f64>,
+    pub raw: Vec<f64>,
+    pub reward: f64,
+}
+
+impl LensCurves {
+    pub fn of(model: &RewardModel, t: &Trace) -> Result<Self> {
+        let ro = ReadOut::new(model, t)?;
+        Ok(Self {
+            normed: t.resid.iter().map(|h| ro.normed(h)).collect(),
+            frozen: t.resid.iter().map(|h| ro.frozen(h)).collect(),
+            raw: t.resid.iter().map(|h| ro.raw(h)).collect(),
+            reward: t.score as f64,
+        })
+    }
+    pub fn get(&self, kind: LensKind) -> &[f64] {
+        match kind {
+            LensKind::Normed => &self.normed,
+            LensKind::Frozen => &self.frozen,
+            LensKind::Raw => &self.raw,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PairLens {
+    pub pair: usize,
+    pub chosen: LensCurves,
+    pub rejected: LensCurves,
+    /// chosen − rejected of the report's lens kind, per point.
+    pub differential: Vec<f64>,
+    /// Consecutive differences of `differential` (length L, aligned to layers 0..L−1).
+    pub marginal: Vec<f64>,
+    pub crystallization_layer: i64,
+    pub crystallization_fraction: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LensReport {
+    pub kind: LensKind,
+    /// v1.0 semantics: raw projection and v1.0's crystallization rule.
+    pub v1_compat: bool,
+    /// −1 (embeddings), 0, …, L−1.
+    pub layers: Vec<i64>,
+    pub pairs: Vec<PairLens>,
+    /// Mean differential per lens point with a 95 % bootstrap interval.
+    pub mean_differential: Vec<MeanCi>,
+    pub mean_chosen: Vec<f64>,
+    pub mean_rejected: Vec<f64>,
+    pub crystallization_fraction: MeanCi,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct LensOptions {
+    pub kind: LensKind,
+    pub v1_compat: bool,
+    pub batch_size: usize,
+    pub seed: u64,
+}
+
+impl Default for LensOptions {
+    fn default() -> Self {
+        Self { kind: LensKind::Normed, v1_compat: false, batch_size: 16, seed: 0 }
+    }
+}
+
+/// Crystallization layer (as a lens layer, −1..L−1) of a differential curve.
+pub fn crystallization_layer(d: &[f64], v1_rule: bool) -> i64 {
+    let last = d.len() as i64 - 2;
+    let f = *d.last().unwrap_or(&f64::NAN);
+    let reference = if v1_rule {
+        (f.abs() > 1e-8).then_some(f)
+    } else if f.is_finite() && f.abs() >= 1e-8 {
+        Some(f)
+    } else {
+        d.iter()
+            .copied()
+            .filter(|x| x.is_finite())
+            .max_by(|a, b| a.abs().total_cmp(&b.abs()))
+            .filter(|x| x.abs() >= 1e-8)
+    };
+    let Some(r) = reference else { return last };
+    let theta = 0.5 * r;
+    d.iter()
+        .position(|&x| x.is_finite() && if r > 0.0 { x >= theta } else { x <= theta })
+        .map_or(last, |i| i as i64 - 1)
+}
+
+/// The lens over (chosen, rejected) token-id pairs.
+pub fn lens(model: &RewardModel, pairs: &[(Vec<u32>, Vec<u32>)], opts: &LensOptions) -> Result<LensReport> {
+    let kind = if opts.v1_compat { LensKind::Raw } else { opts.kind };
+    let seqs: Vec<Vec<u32>> = pairs.iter().flat_map(|(c, r)| [c.clone(), r.clone()]).collect();
+    let traces = trace(model, &seqs, opts.batch_size, TraceOptions::default())?;
+    let n_layers = model.config.n_layers;
+    let mut out = Vec::with_capacity(pairs.len());
+    for (i, tr) in traces.chunks(2).enumerate() {
+        let chosen = LensCurves::of(model, &tr[0])?;
+        let rejected = LensCurves::of(model, &tr[1])?;
+        let differential: Vec<f64> = chosen.get(kind).iter().zip(rejected.get(kind)).map(|(a, b)| a - b).collect();
+        let marginal = differential.windows(2).map(|w| w[1] - w[0]).collect();
+        let layer = crystallization_layer(&differential, opts.v1_compat);
+        out.push(PairLens {
+            pair: i,
+            chosen,
+            rejected,
+            differential,
+            marginal,
+            crystallization_layer: layer,
+            crystallization_fraction: (layer + 1) as f64 / n_layers as f64,
+        });
+    }
+    let points = n_layers + 1;
+    let column = |f: &dyn Fn(&PairLens) -> f64| -> Vec<f64> { out.iter().map(f).collect() };
+    let mean_differential =
+        (0..points).map(|p| bootstrap_mean(&column(&|x| x.differential[p]), 0.95, 2000, opts.seed)).collect();
+    let mean = |xs: Vec<f64>| xs.iter().sum::<f64>() / xs.len().max(1) as f64;
+    let mean_chosen = (0..points).map(|p| mean(column(&|x| x.chosen.get(kind)[p]))).collect();
+    let mean_rejected = (0..points).map(|p| mean(column(&|x| x.rejected.get(kind)[p]))).collect();
+    let crystallization_fraction = bootstrap_mean(&column(&|x| x.crystallization_fraction), 0.95, 2000, opts.seed);
+    Ok(LensReport {
+        kind,
+        v1_compat: opts.v1_compat,
+        layers: (-1..n_layers as i64).collect(),
+        pairs: out,
+        mean_differential,
+        mean_chosen,
+        mean_rejected,
+        crystallization_fraction,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crystallization_rules() {
+        // Differential reaches half of its final 1.0 at lens point 2 (layer 1).
+        assert_eq!(crystallization_layer(&[0.0, 0.2, 0.6, 1.0], false), 1);
+        assert_eq!(crystallization_layer(&[0.0, -0.2, -0.6, -1.0], false), 1);
+        // Already decided by the embeddings.
+        assert_eq!(crystallization_layer(&[0.9, 0.2, 0.6, 1.0], false), -1);
+        // A final value of ~0: v1.0 gives the last layer, the hardened rule uses the largest.
+        assert_eq!(crystallization_layer(&[0.0, 0.8, 0.1, 0.0], true), 2);
+        assert_eq!(crystallization_layer(&[0.0, 0.8, 0.1, 0.0], false), 0);
+        // Non-finite points are skipped.
+        assert_eq!(crystallization_layer(&[f64::NAN, 0.2, 0.6, 1.0], false), 1);
+        assert_eq!(crystallization_layer(&[0.0, 0.0, 0.0, 0.0], false), 2);
+    }
+}

@@ -1,0 +1,26 @@
+//! # reward-lens-instruments
+//!
+//! Observational instruments: pure functions of (model, token-id pairs, options) returning
+//! serde-serialisable reports. No printing, no files.
+//!
+//! * [`lens`]: the reward read at every depth (normed, frozen-scale and v1 raw readings).
+//! * [`attribution`]: the reward split exactly over embeddings, attention (per head), MLPs.
+//! * [`readout`]: the shared primitive — how a run's reward reads the residual stream.
+
+pub mod attribution;
+pub mod lens;
+pub mod readout;
+pub mod stats;
+pub mod trace;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstrumentError {
+    #[error(transparent)]
+    Engine(#[from] reward_lens_engine::EngineError),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T, E = InstrumentError> = std::result::Result<T, E>;

@@ -1,0 +1,95 @@
+//! One forward pass per sequence (batched), reduced to the plain vectors the observational
+//! instruments read at the pooled token.
+
+use reward_lens_engine::{Hooks, PaddingSide, RewardHead, RewardModel, Site, Tensor};
+
+use crate::Result;
+
+/// What a sequence's forward pass leaves at its pooled token (f32 vectors of length d).
+#[derive(Debug, Clone)]
+pub struct Trace {
+    pub score: f32,
+    pub pooled: usize,
+    /// Lens points: the embedding output (block 0's input), then every block's output.
+    pub resid: Vec<Vec<f32>>,
+    pub attn_out: Vec<Vec<f32>>,
+    pub mlp_out: Vec<Vec<f32>>,
+    /// Token embedding as it enters the residual stream.
+    pub embed_tok: Vec<f32>,
+    /// Learned position embedding (GPT-2).
+    pub embed_pos: Option<Vec<f32>>,
+    /// Per layer, the heads' value mixes `[heads · head_dim]` (when heads were requested).
+    pub z: Option<Vec<Vec<f32>>>,
+    /// Per layer, the MLP's hidden activation `[d_mlp]` (when neurons were requested).
+    pub mlp_post: Option<Vec<Vec<f32>>>,
+    /// The final norm's divisor at the pooled token.
+    pub final_divisor: f32,
+    /// ArmoRM's gating weights for this input.
+    pub gating: Option<Vec<f32>>,
+}
+
+/// What to capture beyond the residual stream.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TraceOptions {
+    pub heads: bool,
+    pub neurons: bool,
+}
+
+fn row_at(t: &Tensor, b: usize, p: usize) -> Result<Vec<f32>> {
+    Ok(t.get(b)?.get(p)?.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?)
+}
+
+/// Runs `seqs` in batches of `batch_size` and extracts each row's trace.
+pub fn trace(model: &RewardModel, seqs: &[Vec<u32>], batch_size: usize, opts: TraceOptions) -> Result<Vec<Trace>> {
+    let n_layers = model.config.n_layers;
+    let has_pos = model.sites().contains(&Site::PosEmbed);
+    let mut names: Vec<String> = vec![
+        "hook_embed".into(),
+        "blocks.0.hook_resid_pre".into(),
+        "blocks.*.hook_resid_post".into(),
+        "blocks.*.hook_attn_out".into(),
+        "blocks.*.hook_mlp_out".into(),
+        "ln_final.hook_scale".into(),
+    ];
+    if has_pos {
+        names.push("hook_pos_embed".into());
+    }
+    if opts.heads {
+        names.push("blocks.*.attn.hook_z".into());
+    }
+    if opts.neurons {
+        names.push("blocks.*.mlp.hook_post".into());
+    }
+    let mut out = Vec::with_capacity(seqs.len());
+    for chunk in seqs.chunks(batch_size.max(1)) {
+        let batch = model.batch(chunk, PaddingSide::Right)?;
+        let fwd = model.forward(&batch, &Hooks::cache(&names))?;
+        let c = &fwd.cache;
+        for b in 0..chunk.len() {
+            let p = fwd.output.pooled_index[b];
+            let per_layer = |site: fn(usize) -> Site| -> Result<Vec<Vec<f32>>> {
+                (0..n_layers).map(|l| row_at(c.site(site(l)).expect("cached"), b, p)).collect()
+            };
+            let mut resid = vec![row_at(c.site(Site::ResidPre(0)).expect("cached"), b, p)?];
+            resid.extend(per_layer(Site::ResidPost)?);
+            let gating = match (&model.head, &fwd.output.objectives) {
+                (RewardHead::Gated(_), Some(o)) => Some(o.gating[b].clone()),
+                _ => None,
+            };
+            out.push(Trace {
+                score: fwd.output.scores[b],
+                pooled: p,
+                resid,
+                attn_out: per_layer(Site::AttnOut)?,
+                mlp_out: per_layer(Site::MlpOut)?,
+                embed_tok: row_at(c.site(Site::Embed).expect("cached"), b, p)?,
+                embed_pos: if has_pos { Some(row_at(c.site(Site::PosEmbed).expect("cached"), b, p)?) } else { None },
+                z: if opts.heads { Some(per_layer(Site::Z)?) } else { None },
+                mlp_post: if opts.neurons { Some(per_layer(Site::MlpPost)?) } else { None },
+                final_divisor: row_at(c.site(Site::FinalScale).expect("cached"), b, p)?[0],
+                gating,
+            });
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,181 @@
+//! The lens and attribution against ground truth: the fixtures' exact decomposition (computed
+//! from transformers' tensors), the peer's v1 outputs, and the identities that must hold.
+
+use std::path::PathBuf;
+
+use reward_lens_engine::{LoadOptions, RewardModel, Truncation};
+use reward_lens_instruments::attribution::{attribute, AttributionOptions, ComponentKind, RankBy};
+use reward_lens_instruments::lens::{lens, LensKind, LensOptions};
+use serde_json::Value;
+
+const MODELS: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "gemma2", "gpt2", "armorm"];
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn load(name: &str) -> RewardModel {
+    RewardModel::load(&fixtures().join("models").join(name), &LoadOptions::default()).unwrap()
+}
+
+fn json(path: PathBuf) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn pairs(model: &RewardModel) -> Vec<(Vec<u32>, Vec<u32>)> {
+    std::fs::read_to_string(fixtures().join("pairs.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            let enc = |k: &str| {
+                model.encode(v["prompt"].as_str().unwrap(), v[k].as_str().unwrap(), Truncation::Error).unwrap().ids
+            };
+            (enc("chosen"), enc("rejected"))
+        })
+        .collect()
+}
+
+fn f64s(v: &Value) -> Vec<f64> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+}
+
+#[test]
+fn last_lens_point_is_the_reward_and_contributions_add_up() {
+    for name in MODELS {
+        let model = load(name);
+        let pairs = pairs(&model);
+        let rep = lens(&model, &pairs, &LensOptions::default()).unwrap();
+        let att = attribute(&model, &pairs, &AttributionOptions::default()).unwrap();
+        let heads = attribute(&model, &pairs, &AttributionOptions { heads: true, ..Default::default() }).unwrap();
+        for (p, (a, h)) in rep.pairs.iter().zip(att.pairs.iter().zip(&heads.pairs)) {
+            for (curves, side, hside) in [(&p.chosen, &a.chosen, &h.chosen), (&p.rejected, &a.rejected, &h.rejected)] {
+                let r = curves.reward;
+                assert!((curves.normed.last().unwrap() - r).abs() < 1e-4, "{name}: normed lens end vs reward");
+                assert!((curves.frozen.last().unwrap() - r).abs() < 1e-4, "{name}: frozen lens end vs reward");
+                assert!(side.residual.abs() < 1e-5, "{name}: Σ c + b − r = {}", side.residual);
+                assert!(hside.residual.abs() < 1e-5, "{name} heads: Σ c + b − r = {}", hside.residual);
+                // Frozen-lens steps are the layers' contributions.
+                for l in 0..model.config.n_layers {
+                    let step = curves.frozen[l + 1] - curves.frozen[l];
+                    let comps: f64 = att
+                        .components
+                        .iter()
+                        .zip(&side.contributions)
+                        .filter(|(c, _)| c.layer == Some(l))
+                        .map(|(_, v)| v)
+                        .sum();
+                    assert!((step - comps).abs() < 1e-5, "{name}: layer {l} step {step} vs {comps}");
+                    // Heads (plus o_proj bias) add up to the attention sublayer.
+                    let attn =
+                        side.contributions[att.components.iter().position(|c| c.name == format!("attn.{l}")).unwrap()];
+                    let hs: f64 = heads
+                        .components
+                        .iter()
+                        .zip(&hside.contributions)
+                        .filter(|(c, _)| {
+                            c.layer == Some(l) && matches!(c.kind, ComponentKind::Head | ComponentKind::AttnBias)
+                        })
+                        .map(|(_, v)| v)
+                        .sum();
+                    assert!((attn - hs).abs() < 1e-5, "{name}: layer {l} heads {hs} vs attention {attn}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn contributions_match_the_fixture_decomposition() {
+    for name in MODELS {
+        let model = load(name);
+        let att = attribute(&model, &pairs(&model), &AttributionOptions::default()).unwrap();
+        let exp = json(fixtures().join("expected").join(name).join("decomposition.json"));
+        let mut worst = 0f64;
+        for (p, e) in att.pairs.iter().zip(exp["pairs"].as_array().unwrap()) {
+            for (side, es) in [(&p.chosen, &e["chosen"]), (&p.rejected, &e["rejected"])] {
+                let want = f64s(&es["contributions"]);
+                let mut got = side.contributions.clone();
+                if *name == "gpt2" {
+                    // The fixture's first entry is token + position; it also gives the split.
+                    let split = &es["embed_split"];
+                    worst = worst.max((got[0] - split["embed_tok"].as_f64().unwrap()).abs());
+                    worst = worst.max((got[1] - split["embed_pos"].as_f64().unwrap()).abs());
+                    let pos = got.remove(1);
+                    got[0] += pos;
+                }
+                assert_eq!(got.len(), want.len(), "{name}");
+                for (g, w) in got.iter().zip(&want) {
+                    worst = worst.max((g - w).abs());
+                }
+                assert!((side.bias - es["bias"].as_f64().unwrap()).abs() < 1e-5, "{name}: bias");
+            }
+        }
+        assert!(worst < 1e-4, "{name}: worst contribution difference {worst}");
+    }
+}
+
+#[test]
+fn v1_compat_matches_the_peer() {
+    for name in ["llama", "mistral"] {
+        let model = load(name);
+        let pairs = pairs(&model);
+        let peer = json(fixtures().join(format!("expected/{name}/peer/lens.json")));
+        let rep = lens(&model, &pairs, &LensOptions { v1_compat: true, ..Default::default() }).unwrap();
+        assert_eq!(rep.kind, LensKind::Raw);
+        for (p, e) in rep.pairs.iter().zip(peer["result"]["pairs"].as_array().unwrap()) {
+            for (got, key) in [
+                (&p.chosen.raw, "reward_lens_preferred"),
+                (&p.rejected.raw, "reward_lens_dispreferred"),
+                (&p.differential, "differential"),
+                (&p.marginal, "marginal_contributions"),
+            ] {
+                let want = f64s(&e[key]);
+                let d = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+                assert!(d < 1e-4, "{name} pair {}: {key} differs by {d}", p.pair);
+            }
+            assert_eq!(p.crystallization_layer, e["crystallization_layer"].as_i64().unwrap(), "{name} pair {}", p.pair);
+        }
+        let peer = json(fixtures().join(format!("expected/{name}/peer/attribution.json")));
+        let att = attribute(&model, &pairs, &AttributionOptions { v1_compat: true, ..Default::default() }).unwrap();
+        let names: Vec<&str> = att.components.iter().map(|c| c.name.as_str()).collect();
+        for (i, (p, e)) in att.pairs.iter().zip(peer["result"]["pairs"].as_array().unwrap()).enumerate() {
+            let want_names: Vec<&str> =
+                e["component_names"].as_array().unwrap().iter().map(|x| x.as_str().unwrap()).collect();
+            assert_eq!(names, want_names);
+            for (got, key) in [
+                (&p.chosen.contributions, "contributions_preferred"),
+                (&p.rejected.contributions, "contributions_dispreferred"),
+                (&p.differential, "differential_contributions"),
+            ] {
+                let d = got.iter().zip(&f64s(&e[key])).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+                assert!(d < 1e-4, "{name} pair {i}: {key} differs by {d}");
+            }
+            // v1's own identity gap (its lens end minus the reward) is reproduced too.
+            let gap = e["sum_contrib_plus_bias_minus_reward_preferred"].as_f64().unwrap();
+            assert!((p.chosen.residual - gap).abs() < 1e-4, "{name} pair {i}: v1 gap");
+            let top: Vec<String> = att.top_k(Some(i), 5, RankBy::Differential).into_iter().map(|x| x.0).collect();
+            let want_top: Vec<String> =
+                e["top5"].as_array().unwrap().iter().map(|x| x[0].as_str().unwrap().to_string()).collect();
+            assert_eq!(top, want_top, "{name} pair {i}: top 5");
+        }
+    }
+}
+
+#[test]
+fn batching_does_not_change_the_instruments() {
+    let model = load("gemma2");
+    let pairs = pairs(&model);
+    let one =
+        attribute(&model, &pairs, &AttributionOptions { batch_size: 1, heads: true, ..Default::default() }).unwrap();
+    let many =
+        attribute(&model, &pairs, &AttributionOptions { batch_size: 40, heads: true, ..Default::default() }).unwrap();
+    for (a, b) in one.pairs.iter().zip(&many.pairs) {
+        let d = a.differential.iter().zip(&b.differential).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+        assert!(d < 1e-5, "batched vs single: {d}");
+    }
+    // The mean over pairs has an interval around it.
+    for m in &many.mean_differential {
+        assert!(m.ci_low.unwrap() <= m.mean.unwrap() && m.mean.unwrap() <= m.ci_high.unwrap());
+    }
+}
