@@ -1,12 +1,15 @@
 //! `reward-lens`: look inside reward models. A thin layer over the engine: parse arguments,
 //! read and write files, show progress; the maths lives in the library crates.
 
+mod attribute;
 mod bench;
 mod cache;
 mod default_model;
 mod info;
+mod lens;
 mod memory;
 mod pairs;
+mod report;
 mod score;
 
 use std::path::PathBuf;
@@ -40,6 +43,10 @@ enum Command {
     Score(score::ScoreArgs),
     /// Run one conversation and save activations at the chosen sites to a .safetensors file.
     Cache(cache::CacheArgs),
+    /// The reward at every depth of the residual stream (reward lens), chosen vs rejected.
+    Lens(lens::LensArgs),
+    /// Split each reward exactly over embeddings, attention (per head) and MLPs.
+    Attribute(attribute::AttributeArgs),
     /// Measure scoring throughput (tokens/s, GFLOP/s vs the machine's matmul rate) and peak memory.
     Bench(bench::BenchArgs),
 }
@@ -82,6 +89,11 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// How reports name the model.
+    pub fn name(&self) -> String {
+        self.model.as_ref().map_or("(embedded example model)".into(), |p| p.display().to_string())
+    }
+
     pub fn load(&self) -> Result<RewardModel> {
         let dir = match &self.model {
             Some(d) => d.clone(),
@@ -143,6 +155,8 @@ fn main() {
         Command::Info(a) => info::run(a),
         Command::Score(a) => score::run(a),
         Command::Cache(a) => cache::run(a),
+        Command::Lens(a) => lens::run(a),
+        Command::Attribute(a) => attribute::run(a),
         Command::Bench(a) => bench::run(a),
     };
     // Lets `bench` read a child's own peak memory (RUSAGE_CHILDREN only gives the max so far).

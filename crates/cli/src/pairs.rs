@@ -55,3 +55,65 @@ pub fn read(path: &Path) -> Result<Vec<Pair>> {
     }
     Ok(pairs)
 }
+
+/// Where a command's preference pairs come from: a JSONL file or one pair on the command line.
+#[derive(clap::Args, Clone)]
+pub struct PairInput {
+    /// Preference pairs, JSONL (prompt, chosen, rejected, optional subset and id).
+    #[arg(long, value_name = "FILE.jsonl", conflicts_with_all = ["prompt", "chosen", "rejected"])]
+    pub pairs: Option<std::path::PathBuf>,
+    /// One pair on the command line (with --chosen and --rejected).
+    #[arg(long, requires_all = ["chosen", "rejected"])]
+    pub prompt: Option<String>,
+    #[arg(long, requires = "prompt")]
+    pub chosen: Option<String>,
+    #[arg(long, requires = "prompt")]
+    pub rejected: Option<String>,
+    /// Drop prompt tokens from the left when a conversation exceeds the context.
+    #[arg(long)]
+    pub truncate_prompt: bool,
+}
+
+impl PairInput {
+    pub fn read(&self) -> Result<Vec<Pair>> {
+        match (&self.pairs, &self.prompt, &self.chosen, &self.rejected) {
+            (Some(p), ..) => read(p),
+            (None, Some(prompt), Some(c), Some(r)) => Ok(vec![Pair {
+                id: Value::from(0),
+                subset: None,
+                prompt: prompt.clone(),
+                chosen: c.clone(),
+                rejected: r.clone(),
+                line: 0,
+            }]),
+            _ => bail!("give --pairs FILE.jsonl, or --prompt with --chosen and --rejected"),
+        }
+    }
+
+    /// Encodes every pair as (chosen ids, rejected ids); errors name the file and line.
+    pub fn encode(&self, model: &reward_lens_engine::RewardModel) -> Result<(Vec<Pair>, Vec<(Vec<u32>, Vec<u32>)>)> {
+        let pairs = self.read()?;
+        let truncation = if self.truncate_prompt {
+            reward_lens_engine::Truncation::DropPromptLeft
+        } else {
+            reward_lens_engine::Truncation::Error
+        };
+        let where_ = |p: &Pair| match &self.pairs {
+            Some(f) => format!("{}:{}", f.display(), p.line),
+            None => "command-line pair".to_string(),
+        };
+        let ids = pairs
+            .iter()
+            .map(|p| {
+                let enc = |resp: &str, side: &str| {
+                    model
+                        .encode(&p.prompt, resp, truncation)
+                        .map(|e| e.ids)
+                        .with_context(|| format!("{}: {side}", where_(p)))
+                };
+                Ok((enc(&p.chosen, "chosen")?, enc(&p.rejected, "rejected")?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((pairs, ids))
+    }
+}

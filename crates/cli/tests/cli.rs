@@ -234,3 +234,53 @@ fn missing_model_dir_is_a_clear_error() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/model"));
 }
+
+#[test]
+fn lens_and_attribute_write_joinable_json() {
+    let d = tmp("instruments");
+    let model = fixtures().join("models/gpt2");
+    let lens = d.join("lens.json");
+    run(exe()
+        .args(["lens", "--model"])
+        .arg(&model)
+        .arg("--pairs")
+        .arg(fixtures().join("pairs.jsonl"))
+        .arg("--out")
+        .arg(&lens));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&lens).unwrap()).unwrap();
+    assert_eq!(v["instrument"], "lens");
+    assert_eq!(v["inputs"].as_array().unwrap().len(), 20);
+    assert_eq!(v["inputs"][3]["subset"], "safety");
+    let want = expected_scores("gpt2");
+    for (i, p) in v["report"]["pairs"].as_array().unwrap().iter().enumerate() {
+        let normed = p["chosen"]["normed"].as_array().unwrap();
+        assert_eq!(normed.len(), 4);
+        assert!((normed[3].as_f64().unwrap() - want[i].0).abs() < 1e-4, "last lens point is the reward");
+    }
+    let att = d.join("att.json");
+    let out = run(exe()
+        .args(["attribute", "--model"])
+        .arg(&model)
+        .args(["--prompt", "How do I boil an egg?", "--chosen", "Simmer it for nine minutes.", "--rejected", "Eggs."])
+        .args(["--heads", "--out"])
+        .arg(&att));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("max |Σ contributions + bias − reward|"));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&att).unwrap()).unwrap();
+    let names: Vec<&str> =
+        v["report"]["components"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(&names[..3], &["embed", "pos_embed", "head.0.0"]);
+    assert!(names.contains(&"attn_bias.2"), "GPT-2's c_proj bias is its own term");
+    let p = &v["report"]["pairs"][0]["chosen"];
+    let sum: f64 = p["contributions"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).sum();
+    assert!((sum + p["bias"].as_f64().unwrap() - p["reward"].as_f64().unwrap()).abs() < 1e-5);
+}
+
+#[test]
+fn pair_input_needs_a_source() {
+    let out = exe().args(["lens", "--prompt", "a"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--chosen") || err.contains("required"), "{err}");
+    let out = exe().args(["attribute"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("give --pairs FILE.jsonl, or --prompt"));
+}

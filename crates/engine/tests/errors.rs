@@ -466,6 +466,6 @@ fn bf16_checkpoint_loads_in_f32() {
 fn learned_positions_bound_the_sequence_length() {
     let model = load("gpt2");
     let ids = vec![5u32; model.config.max_position_embeddings + 1];
-    let e = model.score(&model.batch(&[ids], reward_lens_engine::PaddingSide::Right).unwrap()).err().expect("too long");
+    let e = model.score(&model.batch(&[ids], reward_lens_engine::PaddingSide::Right).unwrap()).expect_err("too long");
     assert!(matches!(e, EngineError::TooLong { n_tokens: 257, max_tokens: 256 }), "{e}");
 }

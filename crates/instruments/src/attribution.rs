@@ -187,13 +187,13 @@ fn side(
     if let Some(p) = &t.embed_pos {
         c.push(ro.contribution(p));
     }
-    for l in 0..model.config.n_layers {
+    for (l, (attn_out, mlp_out)) in t.attn_out.iter().zip(&t.mlp_out).enumerate() {
         if opts.heads {
             c.extend(head_split(model, t, &ro, &weights[l], l)?);
         } else {
-            c.push(ro.contribution(&t.attn_out[l]));
+            c.push(ro.contribution(attn_out));
         }
-        c.push(ro.contribution(&t.mlp_out[l]));
+        c.push(ro.contribution(mlp_out));
     }
     let residual = c.iter().sum::<f64>() + ro.bias - reward;
     Ok(SideAttribution { contributions: c, bias: ro.bias, reward, residual })
