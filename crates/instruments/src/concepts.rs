@@ -1,0 +1,255 @@
+//! Concept vectors: a behaviour written as (prompt, positive, negative) pairs becomes a direction
+//! in the residual stream — the normalised mean of `h(positive) − h(negative)` at a layer, at the
+//! pooled token. Positive always means *showing* the behaviour the concept is named after.
+//!
+//! **Alignment** is the cosine between that direction and the direction the reward reads the
+//! residual stream along: `w_r ⊙ γ` (centred for LayerNorm; ArmoRM: its effective direction, averaged
+//! over the concept's inputs). The final norm rescales each coordinate by γ, so this — not the raw
+//! head row — is what moving along the concept does to the reward. `v1_compat` uses `w_r` as
+//! reward-lens 1.0 does. Each alignment carries a **p-value** under the null of a uniformly random
+//! direction in d dimensions (`P(|cos| ≥ |c|) = I_{1−c²}((d−1)/2, 1/2)`), so a cosine of 0.1 means
+//! something in d = 4096 and nothing in d = 64.
+//!
+//! **Steering** adds `strength × v` to a layer's output at the pooled token (or every real token),
+//! re-scores, and returns the dose–response curve and its least-squares slope.
+
+use candle_core::{Device, Tensor};
+use serde::Serialize;
+
+use reward_lens_engine::{Hooks, Intervention, RewardModel, Site};
+
+use crate::readout::ReadOut;
+use crate::stats::{ols_slope, random_cosine_p_value};
+use crate::trace::{trace, TraceOptions};
+use crate::{InstrumentError, Result};
+
+/// A named concept and its (positive, negative) token-id pairs.
+#[derive(Debug, Clone)]
+pub struct ConceptInput {
+    pub name: String,
+    pub pairs: Vec<(Vec<u32>, Vec<u32>)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ConceptResult {
+    pub name: String,
+    pub n_pairs: usize,
+    /// Unit vector (left unnormalised when the mean difference is ~0).
+    pub vector: Vec<f64>,
+    /// ‖mean difference‖ before normalising.
+    pub mean_difference_norm: f64,
+    /// Fraction of pairs whose own difference points along the vector (Δ · v > 0).
+    pub consistency: f64,
+    /// Cosine with the reward's read-out direction (v1-compat: with `w_r`).
+    pub alignment: f64,
+    /// P(|cos| ≥ |alignment|) for a random direction in d_model dimensions.
+    pub p_value: Option<f64>,
+    /// Mean reward(positive) − reward(negative): what the model actually does with the behaviour.
+    pub mean_reward_shift: f64,
+    /// reward-lens 1.0's heuristics: |alignment| > 0.3, and its hacking-risk score.
+    pub is_reward_aligned: bool,
+    pub hacking_risk: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ConceptReport {
+    /// The block whose output the vectors live in.
+    pub layer: usize,
+    pub d_model: usize,
+    /// "readout" (w_r ⊙ γ) or "w_r" (v1-compat).
+    pub reference: &'static str,
+    pub concepts: Vec<ConceptResult>,
+    /// Cosine between every two concept vectors.
+    pub similarity: Vec<Vec<f64>>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConceptOptions {
+    /// Block index (default: the last).
+    pub layer: Option<usize>,
+    pub v1_compat: bool,
+    pub batch_size: usize,
+}
+
+/// Concepts reward-lens 1.0 treats as hacking risks (its risk weighting).
+const V1_HACKING_CONCEPTS: &[&str] = &["confidence", "formality", "verbosity", "agreement"];
+
+pub fn normalise(v: &[f64]) -> Vec<f64> {
+    let n = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    if n <= 1e-8 {
+        v.to_vec()
+    } else {
+        v.iter().map(|x| x / n).collect()
+    }
+}
+
+pub fn cosine(a: &[f64], b: &[f64]) -> f64 {
+    let (na, nb) = (a.iter().map(|x| x * x).sum::<f64>().sqrt(), b.iter().map(|x| x * x).sum::<f64>().sqrt());
+    if na == 0.0 || nb == 0.0 {
+        return 0.0;
+    }
+    a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>() / (na * nb)
+}
+
+fn layer_of(model: &RewardModel, layer: Option<usize>) -> Result<usize> {
+    let n = model.config.n_layers;
+    let l = layer.unwrap_or(n - 1);
+    if l >= n {
+        return Err(InstrumentError::Invalid(format!("layer {l} out of range (the model has {n} blocks)")));
+    }
+    Ok(l)
+}
+
+/// The reward's reference direction in residual space, averaged over some traces.
+fn reference(model: &RewardModel, traces: &[crate::trace::Trace], v1: bool) -> Result<Vec<f64>> {
+    let d = model.config.d_model;
+    let mut acc = vec![0.0; d];
+    for t in traces {
+        let ro = ReadOut::new(model, t)?;
+        let v: Vec<f64> = if v1 { ro.w.clone() } else { ro.direction.iter().map(|x| x / ro.scale).collect() };
+        acc.iter_mut().zip(v).for_each(|(a, b)| *a += b);
+    }
+    Ok(normalise(&acc))
+}
+
+/// Extracts each concept's vector at a layer and measures it against the reward.
+pub fn concepts(model: &RewardModel, inputs: &[ConceptInput], opts: &ConceptOptions) -> Result<ConceptReport> {
+    let layer = layer_of(model, opts.layer)?;
+    let d = model.config.d_model;
+    let mut results = Vec::with_capacity(inputs.len());
+    for c in inputs {
+        if c.pairs.is_empty() {
+            return Err(InstrumentError::Invalid(format!("concept `{}` has no pairs", c.name)));
+        }
+        let seqs: Vec<Vec<u32>> = c.pairs.iter().flat_map(|(p, n)| [p.clone(), n.clone()]).collect();
+        let traces = trace(model, &seqs, opts.batch_size.max(1), TraceOptions::default())?;
+        let diffs: Vec<Vec<f64>> = traces
+            .chunks(2)
+            .map(|t| {
+                t[0].resid[layer + 1].iter().zip(&t[1].resid[layer + 1]).map(|(a, b)| *a as f64 - *b as f64).collect()
+            })
+            .collect();
+        let mut mean = vec![0.0; d];
+        for df in &diffs {
+            mean.iter_mut().zip(df).for_each(|(m, x)| *m += x / diffs.len() as f64);
+        }
+        let norm = mean.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let vector = normalise(&mean);
+        let consistency =
+            diffs.iter().filter(|df| df.iter().zip(&vector).map(|(a, b)| a * b).sum::<f64>() > 0.0).count() as f64
+                / diffs.len() as f64;
+        let reference = reference(model, &traces, opts.v1_compat)?;
+        let alignment = cosine(&vector, &reference);
+        let shift = traces.chunks(2).map(|t| t[0].score as f64 - t[1].score as f64).sum::<f64>() / diffs.len() as f64;
+        let risky = V1_HACKING_CONCEPTS.contains(&c.name.to_lowercase().as_str());
+        results.push(ConceptResult {
+            name: c.name.clone(),
+            n_pairs: c.pairs.len(),
+            vector,
+            mean_difference_norm: norm,
+            consistency,
+            alignment,
+            p_value: random_cosine_p_value(alignment, d),
+            mean_reward_shift: shift,
+            is_reward_aligned: alignment.abs() > 0.3,
+            hacking_risk: if risky { 0.8 * alignment.abs() + 0.2 } else { 0.3 * alignment.abs() },
+        });
+    }
+    let similarity = results.iter().map(|a| results.iter().map(|b| cosine(&a.vector, &b.vector)).collect()).collect();
+    Ok(ConceptReport {
+        layer,
+        d_model: d,
+        reference: if opts.v1_compat { "w_r" } else { "readout" },
+        concepts: results,
+        similarity,
+    })
+}
+
+/// Where steering adds its vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SteerPositions {
+    /// The pooled token only (reward-lens 1.0's choice).
+    #[default]
+    Pooled,
+    /// Every real token.
+    All,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DoseResponse {
+    pub layer: usize,
+    pub positions: SteerPositions,
+    pub strengths: Vec<f64>,
+    /// Unsteered reward per input.
+    pub baseline: Vec<f64>,
+    /// `deltas[s][i]`: reward change of input i at strength s.
+    pub deltas: Vec<Vec<f64>>,
+    pub mean_delta: Vec<f64>,
+    /// Least-squares slope of the mean change against strength.
+    pub slope: Option<f64>,
+}
+
+/// Adds `strength × vector` at `layer`'s output and re-scores every input at every strength.
+pub fn steer(
+    model: &RewardModel,
+    seqs: &[Vec<u32>],
+    vector: &[f64],
+    layer: Option<usize>,
+    strengths: &[f64],
+    positions: SteerPositions,
+    batch_size: usize,
+) -> Result<DoseResponse> {
+    let layer = layer_of(model, layer)?;
+    let d = model.config.d_model;
+    if vector.len() != d {
+        return Err(InstrumentError::Invalid(format!("steering vector has {} entries, d_model is {d}", vector.len())));
+    }
+    // Rows: (strength index or none for the baseline, input index).
+    let mut rows: Vec<(Option<usize>, usize)> = (0..seqs.len()).map(|i| (None, i)).collect();
+    for s in 0..strengths.len() {
+        rows.extend((0..seqs.len()).map(|i| (Some(s), i)));
+    }
+    let mut scores = vec![0.0f64; rows.len()];
+    let bs = batch_size.max(1);
+    for (k, chunk) in rows.chunks(bs).enumerate() {
+        let ids: Vec<Vec<u32>> = chunk.iter().map(|&(_, i)| seqs[i].clone()).collect();
+        let batch = model.batch(&ids, reward_lens_engine::PaddingSide::Right)?;
+        let pooled = model.pooled_index(&batch);
+        let t = batch.seq_len();
+        let mut delta = vec![0f32; chunk.len() * t * d];
+        for (b, &(s, _)) in chunk.iter().enumerate() {
+            let Some(s) = s else { continue };
+            let at: Vec<usize> = match positions {
+                SteerPositions::Pooled => vec![pooled[b]],
+                SteerPositions::All => (0..t).filter(|&p| batch.mask[b][p] == 1).collect(),
+            };
+            for p in at {
+                for (j, v) in vector.iter().enumerate() {
+                    delta[(b * t + p) * d + j] = (strengths[s] * v) as f32;
+                }
+            }
+        }
+        let delta = Tensor::from_vec(delta, (chunk.len(), t, d), &Device::Cpu)?.to_device(&model.device)?;
+        let hooks =
+            Hooks::none().with(Intervention::new(Site::ResidPost(layer), reward_lens_engine::Action::Add(delta)));
+        let out = model.forward(&batch, &hooks)?.output;
+        for (b, s) in out.scores.iter().enumerate() {
+            scores[k * bs + b] = *s as f64;
+        }
+    }
+    let n = seqs.len();
+    let baseline: Vec<f64> = scores[..n].to_vec();
+    let deltas: Vec<Vec<f64>> =
+        (0..strengths.len()).map(|s| (0..n).map(|i| scores[n + s * n + i] - baseline[i]).collect()).collect();
+    let mean_delta: Vec<f64> = deltas.iter().map(|d| d.iter().sum::<f64>() / n.max(1) as f64).collect();
+    Ok(DoseResponse {
+        layer,
+        positions,
+        strengths: strengths.to_vec(),
+        baseline,
+        slope: ols_slope(strengths, &mean_delta),
+        deltas,
+        mean_delta,
+    })
+}

@@ -1,0 +1,136 @@
+//! Concept vectors and steering: reward-lens 1.0's steering numbers, orientation and slope sign on
+//! constructed cases, and the alignment statistics.
+
+use std::path::PathBuf;
+
+use reward_lens_engine::{LoadOptions, RewardModel, Truncation};
+use reward_lens_instruments::concepts::{concepts, cosine, steer, ConceptInput, ConceptOptions, SteerPositions};
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn load(name: &str) -> RewardModel {
+    RewardModel::load(&fixtures().join("models").join(name), &LoadOptions::default()).unwrap()
+}
+
+fn json(path: PathBuf) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn enc(model: &RewardModel, p: &str, r: &str) -> Vec<u32> {
+    model.encode(p, r, Truncation::Error).unwrap().ids
+}
+
+fn f64s(v: &Value) -> Vec<f64> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+}
+
+#[test]
+fn v1_steering_and_alignment_match_the_peer() {
+    for name in ["llama", "mistral"] {
+        let model = load(name);
+        let peer = json(fixtures().join(format!("expected/{name}/peer/concepts.json")))["result"].clone();
+        let pair0: Value = serde_json::from_str(
+            std::fs::read_to_string(fixtures().join("pairs.jsonl")).unwrap().lines().next().unwrap(),
+        )
+        .unwrap();
+        let ids = enc(&model, pair0["prompt"].as_str().unwrap(), pair0["chosen"].as_str().unwrap());
+        let (w, _) = model.head.linear_direction().unwrap().unwrap();
+        let w: Vec<f64> = w.to_vec1::<f32>().unwrap().into_iter().map(f64::from).collect();
+        for (concept, a) in peer["quick_concept_analysis_alignments"].as_object().unwrap() {
+            let v = f64s(&peer["vectors_final_layer"][concept]);
+            assert!((cosine(&v, &w) - a.as_f64().unwrap()).abs() < 1e-5, "{name} {concept}: alignment");
+        }
+        for iv in peer["interventions_pair0_chosen"].as_array().unwrap() {
+            let concept = iv["concept"].as_str().unwrap();
+            let layer = iv["layer"].as_u64().unwrap() as usize;
+            let v = f64s(&peer["vectors_final_layer"][concept]);
+            let s = iv["strength"].as_f64().unwrap();
+            let dr =
+                steer(&model, std::slice::from_ref(&ids), &v, Some(layer), &[s], SteerPositions::Pooled, 4).unwrap();
+            let want = iv["delta"].as_f64().unwrap();
+            assert!(
+                (dr.deltas[0][0] - want).abs() < 1e-4,
+                "{name} {concept} layer {layer} strength {s}: {} vs {want}",
+                dr.deltas[0][0]
+            );
+        }
+    }
+}
+
+/// A constructed behaviour: answers that end in a burst of exclamation marks.
+fn exclaim_pairs(model: &RewardModel, flip: bool) -> Vec<(Vec<u32>, Vec<u32>)> {
+    let items = [
+        ("How do I boil an egg?", "Simmer it for nine minutes"),
+        ("What is the capital of Canada?", "The capital of Canada is Ottawa"),
+        ("Give me a tip for sleeping better.", "Keep a fixed wake-up time every day"),
+        ("Name two planets.", "Two planets are Mars and Venus"),
+        ("How many legs does a spider have?", "A spider has eight legs"),
+        ("What colour is the sky on a clear day?", "It is blue"),
+        ("What is water made of?", "Water is hydrogen and oxygen"),
+        ("How long is a marathon?", "A marathon is about forty-two kilometres"),
+    ];
+    items
+        .iter()
+        .map(|(p, r)| {
+            let pos = enc(model, p, &format!("{r}!!! Wow!!!"));
+            let neg = enc(model, p, &format!("{r}."));
+            if flip {
+                (neg, pos)
+            } else {
+                (pos, neg)
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn orientation_follows_the_name() {
+    let model = load("qwen3");
+    let opts = ConceptOptions { batch_size: 8, ..Default::default() };
+    let up =
+        concepts(&model, &[ConceptInput { name: "exclamation".into(), pairs: exclaim_pairs(&model, false) }], &opts)
+            .unwrap();
+    let down =
+        concepts(&model, &[ConceptInput { name: "calm".into(), pairs: exclaim_pairs(&model, true) }], &opts).unwrap();
+    let (u, d) = (&up.concepts[0], &down.concepts[0]);
+    // Swapping positive and negative flips the vector and the alignment.
+    assert!((cosine(&u.vector, &d.vector) + 1.0).abs() < 1e-9);
+    assert!((u.alignment + d.alignment).abs() < 1e-9);
+    assert!((u.mean_reward_shift + d.mean_reward_shift).abs() < 1e-6);
+    // Every pair's own difference points the named way.
+    assert_eq!(u.consistency, 1.0, "consistency {}", u.consistency);
+    assert!((u.vector.iter().map(|x| x * x).sum::<f64>() - 1.0).abs() < 1e-9);
+    let p = u.p_value.unwrap();
+    assert!((0.0..=1.0).contains(&p));
+    assert!((up.similarity[0][0] - 1.0).abs() < 1e-12);
+}
+
+#[test]
+fn steering_along_the_readout_raises_the_reward() {
+    for name in ["llama", "gemma2", "gpt2"] {
+        let model = load(name);
+        let ids = vec![
+            enc(&model, "How do I boil an egg?", "Simmer it for nine minutes."),
+            enc(&model, "Name two planets.", "Two planets are Mars and Venus."),
+        ];
+        // The reference direction itself, from a concept report's machinery: w_r ⊙ γ.
+        let (w, _) = model.head.linear_direction().unwrap().unwrap();
+        let gamma = model.final_norm().unwrap().gamma;
+        let mut u: Vec<f64> = (w * gamma).unwrap().to_vec1::<f32>().unwrap().into_iter().map(f64::from).collect();
+        if model.final_norm().unwrap().centred {
+            let m = u.iter().sum::<f64>() / u.len() as f64;
+            u.iter_mut().for_each(|x| *x -= m);
+        }
+        let strengths = [-0.2, -0.1, 0.0, 0.1, 0.2];
+        let up = steer(&model, &ids, &u, None, &strengths, SteerPositions::Pooled, 16).unwrap();
+        let neg: Vec<f64> = u.iter().map(|x| -x).collect();
+        let down = steer(&model, &ids, &neg, None, &strengths, SteerPositions::All, 16).unwrap();
+        assert!(up.slope.unwrap() > 0.0, "{name}: slope {:?}", up.slope);
+        assert!(down.slope.unwrap() < 0.0, "{name}: slope {:?}", down.slope);
+        assert_eq!(up.mean_delta[2], 0.0, "strength 0 changes nothing");
+        assert!(up.mean_delta.windows(2).all(|w| w[1] > w[0]), "{name}: monotone {:?}", up.mean_delta);
+    }
+}
