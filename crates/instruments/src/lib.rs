@@ -9,6 +9,7 @@
 
 pub mod attribution;
 pub mod concepts;
+pub mod conflict;
 pub mod lens;
 pub mod readout;
 pub mod stats;

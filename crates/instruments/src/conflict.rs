@@ -1,0 +1,240 @@
+//! Reward-term conflicts: directions for the terms a reward is supposed to combine (one per
+//! group of pairs, e.g. RewardBench's `subset`), their cosine matrix, and reward-lens 1.0's
+//! classification, with a p-value for each cosine under the random-direction null.
+//!
+//! A term's direction is the mean of `h(chosen) − h(rejected)` over its pairs at a block's output
+//! (default the last), at the pooled token. Classification, in this order (reward-lens 1.0):
+//! cos > 0.5 aligned; cos < −0.3 in conflict (severity |cos|); |cos| < 0.2 orthogonal; the band
+//! 0.2–0.5 aligned; the band −0.3 to −0.2 in conflict (severity −cos). The overall conflict score
+//! is the fraction of term pairs in conflict; the monitorability risk is
+//! `min(1, score + 0.5 · max severity)`.
+//!
+//! For ArmoRM the terms can be its objectives: objective j reads the final-norm output along
+//! row j of `Tᵀ R` (after the reward transform matrix), i.e. the residual stream along that row
+//! ⊙ γ, which is how they are compared here.
+
+use serde::Serialize;
+
+use reward_lens_engine::{RewardHead, RewardModel};
+
+use crate::concepts::{cosine, normalise};
+use crate::stats::random_cosine_p_value;
+use crate::trace::{trace, TraceOptions};
+use crate::{InstrumentError, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Relationship {
+    Aligned,
+    Orthogonal,
+    InConflict,
+}
+
+impl Relationship {
+    /// reward-lens 1.0's matrix code: 0 aligned, 1 orthogonal, 2 in conflict.
+    pub fn code(self) -> u8 {
+        match self {
+            Relationship::Aligned => 0,
+            Relationship::Orthogonal => 1,
+            Relationship::InConflict => 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Thresholds {
+    pub aligned: f64,
+    pub orthogonal: f64,
+    pub conflict: f64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Self { aligned: 0.5, orthogonal: 0.2, conflict: -0.3 }
+    }
+}
+
+/// reward-lens 1.0's classification of a cosine, with its conflict severity.
+pub fn classify(cos: f64, t: &Thresholds) -> (Relationship, f64) {
+    if cos > t.aligned {
+        (Relationship::Aligned, 0.0)
+    } else if cos < t.conflict {
+        (Relationship::InConflict, cos.abs())
+    } else if cos.abs() < t.orthogonal {
+        (Relationship::Orthogonal, 0.0)
+    } else if cos > 0.0 {
+        (Relationship::Aligned, 0.0)
+    } else {
+        (Relationship::InConflict, (-cos).max(0.0))
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TermPair {
+    pub term1: String,
+    pub term2: String,
+    pub cosine: f64,
+    pub relationship: Relationship,
+    pub severity: f64,
+    /// P(|cos| ≥ |cosine|) for two unrelated random directions in d dimensions.
+    pub p_value: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ConflictReport {
+    pub term_names: Vec<String>,
+    /// Unnormalised term directions (mean differences).
+    pub directions: Vec<Vec<f64>>,
+    pub similarity: Vec<Vec<f64>>,
+    /// 0 aligned, 1 orthogonal, 2 in conflict (diagonal 0).
+    pub relationship_matrix: Vec<Vec<u8>>,
+    /// Every pair i < j.
+    pub pairs: Vec<TermPair>,
+    pub in_conflict_pairs: Vec<(String, String)>,
+    pub overall_conflict_score: f64,
+    pub monitorability_risk: f64,
+    pub thresholds: Thresholds,
+    /// ArmoRM: mean cosine of each term with the per-input effective direction.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub effective_direction_cosines: Option<Vec<f64>>,
+}
+
+/// Classifies every pair of term directions.
+pub fn analyze(terms: &[(String, Vec<f64>)], t: &Thresholds) -> ConflictReport {
+    let n = terms.len();
+    let d = terms.first().map_or(0, |x| x.1.len());
+    let units: Vec<Vec<f64>> = terms.iter().map(|x| normalise(&x.1)).collect();
+    let mut similarity = vec![vec![1.0; n]; n];
+    let mut rel = vec![vec![0u8; n]; n];
+    let mut pairs = Vec::new();
+    let mut conflicts = Vec::new();
+    let mut max_sev: f64 = 0.0;
+    for i in 0..n {
+        for j in 0..n {
+            if i == j {
+                continue;
+            }
+            let c = units[i].iter().zip(&units[j]).map(|(a, b)| a * b).sum::<f64>();
+            similarity[i][j] = c;
+            let (r, sev) = classify(c, t);
+            rel[i][j] = r.code();
+            if i < j {
+                if r == Relationship::InConflict {
+                    conflicts.push((terms[i].0.clone(), terms[j].0.clone()));
+                    max_sev = max_sev.max(sev);
+                }
+                pairs.push(TermPair {
+                    term1: terms[i].0.clone(),
+                    term2: terms[j].0.clone(),
+                    cosine: c,
+                    relationship: r,
+                    severity: sev,
+                    p_value: random_cosine_p_value(c, d),
+                });
+            }
+        }
+    }
+    let n_pairs = n * n.saturating_sub(1) / 2;
+    let score = if n_pairs == 0 { 0.0 } else { conflicts.len() as f64 / n_pairs as f64 };
+    let risk = if n < 2 { 0.0 } else { (score + 0.5 * max_sev).min(1.0) };
+    ConflictReport {
+        term_names: terms.iter().map(|x| x.0.clone()).collect(),
+        directions: terms.iter().map(|x| x.1.clone()).collect(),
+        similarity,
+        relationship_matrix: rel,
+        pairs,
+        in_conflict_pairs: conflicts,
+        overall_conflict_score: score,
+        monitorability_risk: risk,
+        thresholds: *t,
+        effective_direction_cosines: None,
+    }
+}
+
+/// One direction per group: the mean of h(chosen) − h(rejected) at `layer`'s output (default the
+/// last block), at the pooled token.
+pub fn learn_term_directions(
+    model: &RewardModel,
+    groups: &[(String, Vec<(Vec<u32>, Vec<u32>)>)],
+    layer: Option<usize>,
+    batch_size: usize,
+) -> Result<Vec<(String, Vec<f64>)>> {
+    let n = model.config.n_layers;
+    let layer = layer.unwrap_or(n - 1);
+    if layer >= n {
+        return Err(InstrumentError::Invalid(format!("layer {layer} out of range (the model has {n} blocks)")));
+    }
+    groups
+        .iter()
+        .map(|(name, pairs)| {
+            let seqs: Vec<Vec<u32>> = pairs.iter().flat_map(|(c, r)| [c.clone(), r.clone()]).collect();
+            let traces = trace(model, &seqs, batch_size, TraceOptions::default())?;
+            let mut mean = vec![0.0; model.config.d_model];
+            for t in traces.chunks(2) {
+                for (m, (a, b)) in mean.iter_mut().zip(t[0].resid[layer + 1].iter().zip(&t[1].resid[layer + 1])) {
+                    *m += (*a as f64 - *b as f64) / pairs.len().max(1) as f64;
+                }
+            }
+            Ok((name.clone(), mean))
+        })
+        .collect()
+}
+
+/// ArmoRM's objectives as terms in residual space: row j of `Tᵀ R`, ⊙ γ. With inputs given, also
+/// each objective's mean cosine with the per-input effective direction `w_eff ⊙ γ`.
+pub fn objective_terms(
+    model: &RewardModel,
+    inputs: &[Vec<u32>],
+    batch_size: usize,
+) -> Result<Option<(Vec<(String, Vec<f64>)>, Option<Vec<f64>>)>> {
+    let RewardHead::Gated(h) = &model.head else { return Ok(None) };
+    let gamma: Vec<f64> = model.final_norm()?.gamma.to_vec1::<f32>()?.into_iter().map(f64::from).collect();
+    let rows = h.transform.t()?.matmul(&h.regression)?.to_vec2::<f32>()?;
+    let terms: Vec<(String, Vec<f64>)> = rows
+        .iter()
+        .zip(&h.objective_names)
+        .map(|(r, name)| (name.clone(), r.iter().zip(&gamma).map(|(a, g)| *a as f64 * g).collect()))
+        .collect();
+    let eff = if inputs.is_empty() {
+        None
+    } else {
+        let traces = trace(model, inputs, batch_size, TraceOptions::default())?;
+        let mut acc = vec![0.0; terms.len()];
+        for t in &traces {
+            let w =
+                h.effective_direction(t.gating.as_ref().expect("gated traces carry their gate"))?.to_vec1::<f32>()?;
+            let e: Vec<f64> = w.iter().zip(&gamma).map(|(a, g)| *a as f64 * g).collect();
+            for (k, (_, v)) in terms.iter().enumerate() {
+                acc[k] += cosine(&e, v) / traces.len() as f64;
+            }
+        }
+        Some(acc)
+    };
+    Ok(Some((terms, eff)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification_on_known_vectors() {
+        let t = Thresholds::default();
+        let unit = |deg: f64| vec![deg.to_radians().cos(), deg.to_radians().sin(), 0.0];
+        // Angles from term "a" at 0°: 30° (cos .87) aligned, 70° (.34) aligned band, 85° (.09)
+        // orthogonal, 100° (−.17) orthogonal, 105° (−.26) conflict band, 150° (−.87) conflict.
+        let terms: Vec<(String, Vec<f64>)> =
+            [0.0, 30.0, 70.0, 85.0, 100.0, 105.0, 150.0].iter().map(|d| (format!("t{d}"), unit(*d))).collect();
+        let r = analyze(&terms, &t);
+        let row: Vec<u8> = r.relationship_matrix[0][1..].to_vec();
+        assert_eq!(row, vec![0, 0, 1, 1, 2, 2]);
+        let sev105 = r.pairs.iter().find(|p| p.term1 == "t0" && p.term2 == "t105").unwrap().severity;
+        assert!((sev105 - 105f64.to_radians().cos().abs()).abs() < 1e-12);
+        assert!(r.in_conflict_pairs.contains(&("t0".into(), "t150".into())));
+        let n_conf = r.pairs.iter().filter(|p| p.relationship == Relationship::InConflict).count();
+        assert!((r.overall_conflict_score - n_conf as f64 / 21.0).abs() < 1e-12);
+        // One term: nothing to compare.
+        let one = analyze(&terms[..1], &t);
+        assert_eq!((one.overall_conflict_score, one.monitorability_risk), (0.0, 0.0));
+    }
+}
