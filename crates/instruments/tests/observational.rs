@@ -179,3 +179,34 @@ fn batching_does_not_change_the_instruments() {
         assert!(m.ci_low.unwrap() <= m.mean.unwrap() && m.mean.unwrap() <= m.ci_high.unwrap());
     }
 }
+
+#[test]
+fn comparing_models() {
+    use reward_lens_instruments::compare::{compare, CompareInput};
+    let (llama, mistral, gpt2) = (load("llama"), load("mistral"), load("gpt2"));
+    let inputs = vec![
+        CompareInput { name: "llama".into(), model: &llama, pairs: pairs(&llama) },
+        CompareInput { name: "llama-again".into(), model: &llama, pairs: pairs(&llama) },
+        CompareInput { name: "mistral".into(), model: &mistral, pairs: pairs(&mistral) },
+        CompareInput { name: "gpt2".into(), model: &gpt2, pairs: pairs(&gpt2) },
+    ];
+    let rep = compare(&inputs, LensKind::Normed, 16, 0).unwrap();
+    assert_eq!(rep.pairwise.len(), 6);
+    let same = &rep.pairwise[0];
+    for v in
+        [same.formation_correlation, same.margin_spearman, same.component_spearman, same.w_r_cosine, same.linear_cka]
+    {
+        assert!((v.unwrap() - 1.0).abs() < 1e-6, "a model against itself: {v:?}");
+    }
+    assert_eq!(same.margin_sign_agreement, 1.0);
+    let lm = rep.pairwise.iter().find(|p| p.a == "llama" && p.b == "mistral").unwrap();
+    assert!(lm.component_spearman.is_some(), "same components");
+    assert!(lm.linear_cka.unwrap() > 0.0 && lm.linear_cka.unwrap() < 1.0);
+    let lg = rep.pairwise.iter().find(|p| p.a == "llama" && p.b == "gpt2").unwrap();
+    assert!(lg.component_spearman.is_none(), "GPT-2 has pos_embed: components differ");
+    assert!(lg.w_r_cosine.is_some(), "same d_model");
+    let acc = rep.models[0].margins.iter().filter(|m| **m > 0.0).count() as f64 / 20.0;
+    assert_eq!(rep.models[0].accuracy, acc);
+    let f = rep.models[0].crystallization_fraction.mean.unwrap();
+    assert!((0.0..=1.0).contains(&f));
+}
