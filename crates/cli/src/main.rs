@@ -4,6 +4,8 @@
 mod attribute;
 mod bench;
 mod cache;
+mod compare;
+mod conflict;
 mod default_model;
 mod info;
 mod lens;
@@ -47,6 +49,10 @@ enum Command {
     Lens(lens::LensArgs),
     /// Split each reward exactly over embeddings, attention (per head) and MLPs.
     Attribute(attribute::AttributeArgs),
+    /// Reward-term conflicts: one direction per group of pairs, their cosines and classification.
+    Conflict(conflict::ConflictArgs),
+    /// Compare two or more models on the same pairs.
+    Compare(compare::CompareArgs),
     /// Measure scoring throughput (tokens/s, GFLOP/s vs the machine's matmul rate) and peak memory.
     Bench(bench::BenchArgs),
 }
@@ -157,6 +163,8 @@ fn main() {
         Command::Cache(a) => cache::run(a),
         Command::Lens(a) => lens::run(a),
         Command::Attribute(a) => attribute::run(a),
+        Command::Conflict(a) => conflict::run(a),
+        Command::Compare(a) => compare::run(a),
         Command::Bench(a) => bench::run(a),
     };
     // Lets `bench` read a child's own peak memory (RUSAGE_CHILDREN only gives the max so far).

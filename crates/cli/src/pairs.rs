@@ -15,6 +15,8 @@ pub struct Pair {
     pub rejected: String,
     /// 1-based line in the file.
     pub line: usize,
+    /// The whole JSON object (for grouping by any field).
+    pub fields: Value,
 }
 
 pub fn read(path: &Path) -> Result<Vec<Pair>> {
@@ -48,6 +50,7 @@ pub fn read(path: &Path) -> Result<Vec<Pair>> {
             chosen: field("chosen")?,
             rejected: field("rejected")?,
             line: n,
+            fields: v.clone(),
         });
     }
     if pairs.is_empty() {
@@ -85,6 +88,7 @@ impl PairInput {
                 chosen: c.clone(),
                 rejected: r.clone(),
                 line: 0,
+                fields: Value::Null,
             }]),
             _ => bail!("give --pairs FILE.jsonl, or --prompt with --chosen and --rejected"),
         }

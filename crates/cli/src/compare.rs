@@ -1,0 +1,83 @@
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Args;
+
+use reward_lens_instruments::compare::{compare, CompareInput};
+use reward_lens_instruments::lens::LensKind;
+
+use crate::pairs::PairInput;
+use crate::{report, DtypeArg, ModelArgs};
+
+#[derive(Args)]
+#[command(after_help = "Runs the lens and attribution of every model on the same pairs (each with its own tokenizer) \
+and compares them two by two: formation-curve correlation (reward-lens 1.0), margin sign agreement and Spearman, \
+Spearman of mean component differentials (same architecture and depth), cosine of w_r (same d_model) and linear CKA \
+of the last block's output at the pooled token.\n\nExample:\n  reward-lens compare --model A --model B --pairs examples/pairs.jsonl --out compare.json")]
+pub struct CompareArgs {
+    /// Two or more model directories.
+    #[arg(long = "model", value_name = "DIR", required = true, num_args = 1)]
+    pub models: Vec<PathBuf>,
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: DtypeArg,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[command(flatten)]
+    pub input: PairInput,
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, value_name = "FILE.json")]
+    pub out: Option<PathBuf>,
+}
+
+pub fn run(a: CompareArgs) -> Result<()> {
+    if a.models.len() < 2 {
+        bail!("compare needs at least two --model directories");
+    }
+    let loaded = a
+        .models
+        .iter()
+        .map(|m| ModelArgs { model: Some(m.clone()), dtype: a.dtype, device: a.device.clone() }.load())
+        .collect::<Result<Vec<_>>>()?;
+    let mut inputs = Vec::new();
+    let mut pairs = Vec::new();
+    for (path, model) in a.models.iter().zip(&loaded) {
+        let (p, ids) = a.input.encode(model)?;
+        pairs = p;
+        inputs.push(CompareInput { name: path.display().to_string(), model, pairs: ids });
+    }
+    let rep = compare(&inputs, LensKind::Normed, a.batch_size, a.seed)?;
+    println!("{:<40} {:>6} {:>9} {:>26}", "model", "layers", "accuracy", "crystallization fraction");
+    for m in &rep.models {
+        println!(
+            "{:<40} {:>6} {:>8.1}% {:>26}",
+            m.name,
+            m.n_layers,
+            100.0 * m.accuracy,
+            report::ci(&m.crystallization_fraction)
+        );
+    }
+    let f = |v: Option<f64>| v.map_or("—".to_string(), |x| format!("{x:+.3}"));
+    for p in &rep.pairwise {
+        println!(
+            "{} vs {}: formation r {}, margin sign agreement {:.0}%, margin ρ {}, component ρ {}, w_r cos {}, CKA {}",
+            p.a,
+            p.b,
+            f(p.formation_correlation),
+            100.0 * p.margin_sign_agreement,
+            f(p.margin_spearman),
+            f(p.component_spearman),
+            f(p.w_r_cosine),
+            f(p.linear_cka)
+        );
+    }
+    report::write(
+        a.out.as_deref(),
+        "compare",
+        &a.models.iter().map(|m| m.display().to_string()).collect::<Vec<_>>().join(", "),
+        &pairs,
+        &rep,
+    )
+}

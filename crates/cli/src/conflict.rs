@@ -1,0 +1,102 @@
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use serde::Serialize;
+
+use reward_lens_instruments::conflict::{analyze, learn_term_directions, objective_terms, ConflictReport, Thresholds};
+
+use crate::pairs::PairInput;
+use crate::{report, ModelArgs};
+
+#[derive(Args)]
+#[command(
+    after_help = "Learns one direction per group of pairs (mean of h(chosen) − h(rejected) at a block's output, \
+pooled token), then classifies every two terms by their cosine as reward-lens 1.0 does: > 0.5 aligned, < −0.3 in \
+conflict, |cos| < 0.2 orthogonal, the bands between aligned / in conflict. Each cosine also gets a p-value against \
+two random directions in d_model dimensions. ArmoRM models add their objectives (after the reward transform \
+matrix) as terms.\n\nExample:\n  reward-lens conflict --pairs examples/pairs.jsonl --group-by subset --out conflict.json"
+)]
+pub struct ConflictArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub input: PairInput,
+    /// JSONL field whose values name the terms.
+    #[arg(long, default_value = "subset")]
+    pub group_by: String,
+    /// Block whose output the directions live in (default: the last).
+    #[arg(long)]
+    pub layer: Option<usize>,
+    #[arg(long, default_value_t = 0.5)]
+    pub aligned: f64,
+    #[arg(long, default_value_t = 0.2)]
+    pub orthogonal: f64,
+    #[arg(long, default_value_t = -0.3, allow_hyphen_values = true)]
+    pub conflict: f64,
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    #[arg(long, value_name = "FILE.json")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct Output {
+    terms: ConflictReport,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    objectives: Option<ConflictReport>,
+}
+
+fn print(r: &ConflictReport, title: &str) {
+    println!(
+        "{title}: {} terms, conflict score {:.3}, monitorability risk {:.3}",
+        r.term_names.len(),
+        r.overall_conflict_score,
+        r.monitorability_risk
+    );
+    let mut pairs: Vec<_> = r.pairs.iter().collect();
+    pairs.sort_by(|a, b| a.cosine.total_cmp(&b.cosine));
+    for p in pairs.iter().take(5) {
+        let pv = p.p_value.map_or("—".into(), |v| format!("{v:.3}"));
+        println!("  {:<14} {:<14} cos {:+.3}  p {pv:<6} {:?}", p.term1, p.term2, p.cosine, p.relationship);
+    }
+    if let Some(e) = &r.effective_direction_cosines {
+        println!("  mean cosine with the per-input effective direction:");
+        for (n, c) in r.term_names.iter().zip(e) {
+            println!("    {n:<32} {c:+.3}");
+        }
+    }
+}
+
+pub fn run(a: ConflictArgs) -> Result<()> {
+    let model = a.model.load()?;
+    let (pairs, ids) = a.input.encode(&model)?;
+    let mut groups: Vec<(String, Vec<(Vec<u32>, Vec<u32>)>)> = Vec::new();
+    for (p, pair) in pairs.iter().zip(ids.iter()) {
+        let key = match p.fields.get(&a.group_by) {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(serde_json::Value::Null) | None => "(none)".to_string(),
+            Some(v) => v.to_string(),
+        };
+        match groups.iter_mut().find(|g| g.0 == key) {
+            Some(g) => g.1.push(pair.clone()),
+            None => groups.push((key, vec![pair.clone()])),
+        }
+    }
+    if groups.len() < 2 && objective_terms(&model, &[], 1)?.is_none() {
+        bail!("--group-by {}: found {} group(s); conflicts need at least two terms", a.group_by, groups.len());
+    }
+    let t = Thresholds { aligned: a.aligned, orthogonal: a.orthogonal, conflict: a.conflict };
+    let terms = analyze(&learn_term_directions(&model, &groups, a.layer, a.batch_size)?, &t);
+    print(&terms, &format!("terms grouped by `{}`", a.group_by));
+    let inputs: Vec<Vec<u32>> = ids.iter().map(|p| p.0.clone()).collect();
+    let objectives = objective_terms(&model, &inputs, a.batch_size)?.map(|(terms, eff)| {
+        let mut r = analyze(&terms, &t);
+        r.effective_direction_cosines = eff;
+        r
+    });
+    if let Some(o) = &objectives {
+        print(o, "ArmoRM objectives");
+    }
+    report::write(a.out.as_deref(), "conflict", &a.model.name(), &pairs, &Output { terms, objectives })
+}
