@@ -5,6 +5,7 @@ mod attribute;
 mod bench;
 mod cache;
 mod compare;
+mod concepts;
 mod conflict;
 mod default_model;
 mod info;
@@ -49,6 +50,8 @@ enum Command {
     Lens(lens::LensArgs),
     /// Split each reward exactly over embeddings, attention (per head) and MLPs.
     Attribute(attribute::AttributeArgs),
+    /// Concept vectors (sycophancy, verbosity, …): alignment with the reward, steering curves.
+    Concepts(concepts::ConceptsArgs),
     /// Reward-term conflicts: one direction per group of pairs, their cosines and classification.
     Conflict(conflict::ConflictArgs),
     /// Compare two or more models on the same pairs.
@@ -163,6 +166,7 @@ fn main() {
         Command::Cache(a) => cache::run(a),
         Command::Lens(a) => lens::run(a),
         Command::Attribute(a) => attribute::run(a),
+        Command::Concepts(a) => concepts::run(a),
         Command::Conflict(a) => conflict::run(a),
         Command::Compare(a) => compare::run(a),
         Command::Bench(a) => bench::run(a),

@@ -284,3 +284,64 @@ fn pair_input_needs_a_source() {
     let out = exe().args(["attribute"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("give --pairs FILE.jsonl, or --prompt"));
 }
+
+#[test]
+fn concepts_conflict_and_compare_commands() {
+    let d = tmp("more-instruments");
+    let llama = fixtures().join("models/llama");
+    let out = d.join("concepts.json");
+    let o = run(exe()
+        .args(["concepts", "--model"])
+        .arg(&llama)
+        .args(["--steer", "verbosity", "--strengths=-1,0,1", "--out"])
+        .arg(&out));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("slope"));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let cs = v["report"]["concepts"]["concepts"].as_array().unwrap();
+    assert_eq!(cs.len(), 8);
+    for c in cs {
+        let a = c["alignment"].as_f64().unwrap();
+        let p = c["p_value"].as_f64().unwrap();
+        assert!(a.abs() <= 1.0 && (0.0..=1.0).contains(&p));
+    }
+    let steer = &v["report"]["steering"];
+    assert_eq!(steer["mean_delta"][1].as_f64(), Some(0.0));
+    // The slope's sign agrees with the steps.
+    let md: Vec<f64> = steer["mean_delta"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    assert_eq!(steer["slope"].as_f64().unwrap() > 0.0, md[2] > md[0]);
+
+    let out = d.join("conflict.json");
+    run(exe()
+        .args(["conflict", "--model"])
+        .arg(&llama)
+        .arg("--pairs")
+        .arg(fixtures().join("pairs.jsonl"))
+        .arg("--out")
+        .arg(&out));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(v["report"]["terms"]["term_names"].as_array().unwrap().len(), 8);
+    assert!(v["report"].get("objectives").is_none());
+
+    let out = d.join("compare.json");
+    run(exe()
+        .args(["compare", "--model"])
+        .arg(&llama)
+        .arg("--model")
+        .arg(fixtures().join("models/qwen2"))
+        .arg("--pairs")
+        .arg(fixtures().join("pairs.jsonl"))
+        .arg("--out")
+        .arg(&out));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(v["report"]["pairwise"].as_array().unwrap().len(), 1);
+    let cka = v["report"]["pairwise"][0]["linear_cka"].as_f64().unwrap();
+    assert!(cka > 0.0 && cka <= 1.0);
+    let e = exe()
+        .args(["compare", "--model"])
+        .arg(&llama)
+        .arg("--pairs")
+        .arg(fixtures().join("pairs.jsonl"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&e.stderr).contains("at least two --model"));
+}

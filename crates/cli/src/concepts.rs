@@ -1,0 +1,225 @@
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+use serde_json::Value;
+
+use reward_lens_engine::{RewardModel, Truncation};
+use reward_lens_instruments::concepts::{
+    concepts, steer, ConceptInput, ConceptOptions, ConceptReport, DoseResponse, SteerPositions,
+};
+
+use crate::pairs::PairInput;
+use crate::{report, ModelArgs};
+
+/// Built-in concepts (data/concepts/*.jsonl): positive shows the behaviour named.
+const BUILTIN: &[(&str, &str)] = &[
+    ("sycophancy", include_str!("../../../data/concepts/sycophancy.jsonl")),
+    ("verbosity", include_str!("../../../data/concepts/verbosity.jsonl")),
+    ("hedging", include_str!("../../../data/concepts/hedging.jsonl")),
+    ("overconfidence", include_str!("../../../data/concepts/overconfidence.jsonl")),
+    ("markdown", include_str!("../../../data/concepts/markdown.jsonl")),
+    ("refusal", include_str!("../../../data/concepts/refusal.jsonl")),
+    ("flattery", include_str!("../../../data/concepts/flattery.jsonl")),
+    ("apology", include_str!("../../../data/concepts/apology.jsonl")),
+];
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum PositionsArg {
+    Pooled,
+    All,
+}
+
+#[derive(Args)]
+#[command(
+    after_help = "A concept is a JSONL file of {\"prompt\", \"positive\", \"negative\"}; positive SHOWS the behaviour \
+the file is named after. Its vector is the normalised mean of h(positive) − h(negative) at a block's output (pooled \
+token). Alignment is the cosine with the direction the reward reads the residual stream along (w_r ⊙ γ; --v1-compat: \
+w_r), with a p-value against a random direction in d_model dimensions.\n\
+Built-in concepts: sycophancy, verbosity, hedging, overconfidence, markdown, refusal, flattery, apology.\n\n\
+--steer NAME adds strength × vector at the layer and re-scores (the concept's own negatives, or --pairs' texts), \
+giving a dose–response curve and its slope.\n\nExamples:\n  reward-lens concepts --out concepts.json\n  \
+reward-lens concepts --steer sycophancy --strengths=-4,-2,0,2,4 --positions all"
+)]
+pub struct ConceptsArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Concept files or directories of them (default: the built-in concepts).
+    #[arg(long = "concepts", value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Block whose output the vectors live in (default: the last).
+    #[arg(long)]
+    pub layer: Option<usize>,
+    #[arg(long)]
+    pub v1_compat: bool,
+    /// Steer along this concept's vector.
+    #[arg(long, value_name = "NAME")]
+    pub steer: Option<String>,
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true, default_value = "-4,-2,0,2,4")]
+    pub strengths: Vec<f64>,
+    #[arg(long, value_enum, default_value = "pooled")]
+    pub positions: PositionsArg,
+    /// Texts to steer (their chosen and rejected responses); default: the concept's negatives.
+    #[command(flatten)]
+    pub input: PairInput,
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    #[arg(long, value_name = "FILE.json")]
+    pub out: Option<PathBuf>,
+}
+
+struct ConceptText {
+    name: String,
+    items: Vec<(String, String, String)>,
+}
+
+fn parse(name: &str, source: &str, text: &str) -> Result<ConceptText> {
+    let mut items = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let v: Value = serde_json::from_str(line).with_context(|| format!("{source}:{}: not valid JSON", i + 1))?;
+        let f = |k: &str| -> Result<String> {
+            v.get(k).and_then(Value::as_str).map(str::to_string).with_context(|| {
+                format!("{source}:{}: missing string field `{k}` (expected prompt, positive, negative)", i + 1)
+            })
+        };
+        items.push((f("prompt")?, f("positive")?, f("negative")?));
+    }
+    if items.is_empty() {
+        bail!("{source}: no pairs");
+    }
+    Ok(ConceptText { name: name.to_string(), items })
+}
+
+fn read_paths(paths: &[PathBuf]) -> Result<Vec<ConceptText>> {
+    if paths.is_empty() {
+        return BUILTIN.iter().map(|(n, t)| parse(n, &format!("built-in {n}"), t)).collect();
+    }
+    let mut files: Vec<PathBuf> = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut inner: Vec<PathBuf> = std::fs::read_dir(p)
+                .with_context(|| format!("{}: cannot read directory", p.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| f.extension().is_some_and(|x| x == "jsonl"))
+                .collect();
+            inner.sort();
+            files.extend(inner);
+        } else {
+            files.push(p.clone());
+        }
+    }
+    files
+        .iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(f).with_context(|| format!("{}: cannot read", f.display()))?;
+            let name = f.file_stem().and_then(|s| s.to_str()).unwrap_or("concept");
+            parse(name, &f.display().to_string(), &text)
+        })
+        .collect()
+}
+
+fn encode(model: &RewardModel, c: &ConceptText) -> Result<ConceptInput> {
+    let pairs = c
+        .items
+        .iter()
+        .enumerate()
+        .map(|(i, (p, pos, neg))| {
+            let e = |r: &str| {
+                model
+                    .encode(p, r, Truncation::Error)
+                    .map(|x| x.ids)
+                    .with_context(|| format!("concept {} pair {}", c.name, i + 1))
+            };
+            Ok((e(pos)?, e(neg)?))
+        })
+        .collect::<Result<_>>()?;
+    Ok(ConceptInput { name: c.name.clone(), pairs })
+}
+
+#[derive(Serialize)]
+struct Output {
+    concepts: ConceptReport,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    steering: Option<DoseResponse>,
+}
+
+pub fn run(a: ConceptsArgs) -> Result<()> {
+    let model = a.model.load()?;
+    let texts = read_paths(&a.paths)?;
+    let inputs = texts.iter().map(|c| encode(&model, c)).collect::<Result<Vec<_>>>()?;
+    let rep = concepts(
+        &model,
+        &inputs,
+        &ConceptOptions { layer: a.layer, v1_compat: a.v1_compat, batch_size: a.batch_size },
+    )?;
+    println!("concept vectors at block {} (d_model {}), alignment with {}:", rep.layer, rep.d_model, rep.reference);
+    println!(
+        "{:<16} {:>5} {:>10} {:>8} {:>12} {:>12}",
+        "concept", "pairs", "alignment", "p", "consistency", "reward shift"
+    );
+    for c in &rep.concepts {
+        let p = c.p_value.map_or("—".into(), |p| format!("{p:.3}"));
+        println!(
+            "{:<16} {:>5} {:>+10.3} {:>8} {:>11.0}% {:>+12.4}",
+            c.name,
+            c.n_pairs,
+            c.alignment,
+            p,
+            100.0 * c.consistency,
+            c.mean_reward_shift
+        );
+    }
+    let steering = match &a.steer {
+        None => None,
+        Some(name) => {
+            let Some(i) = rep.concepts.iter().position(|c| &c.name == name) else {
+                bail!(
+                    "--steer {name}: no such concept (have: {})",
+                    rep.concepts.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+                );
+            };
+            let seqs: Vec<Vec<u32>> = if a.input.pairs.is_some() || a.input.prompt.is_some() {
+                a.input.encode(&model)?.1.into_iter().flat_map(|(c, r)| [c, r]).collect()
+            } else {
+                inputs[i].pairs.iter().map(|p| p.1.clone()).collect()
+            };
+            let positions = match a.positions {
+                PositionsArg::Pooled => SteerPositions::Pooled,
+                PositionsArg::All => SteerPositions::All,
+            };
+            let dr =
+                steer(&model, &seqs, &rep.concepts[i].vector, Some(rep.layer), &a.strengths, positions, a.batch_size)?;
+            println!("steering along `{name}` at block {} ({} texts):", dr.layer, seqs.len());
+            for (s, d) in dr.strengths.iter().zip(&dr.mean_delta) {
+                println!("  strength {s:+6.2}  mean Δreward {d:+.4}");
+            }
+            println!("  slope {}", dr.slope.map_or("—".into(), |s| format!("{s:+.4} per unit strength")));
+            Some(dr)
+        }
+    };
+    report::write(a.out.as_deref(), "concepts", &a.model.name(), &[], &Output { concepts: rep, steering })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_concepts_are_well_formed() {
+        let all = read_paths(&[]).unwrap();
+        assert!(all.len() >= 6);
+        for c in &all {
+            assert!(c.items.len() >= 8, "{}: {} pairs", c.name, c.items.len());
+            for (p, pos, neg) in &c.items {
+                assert!(!p.trim().is_empty() && pos != neg, "{}", c.name);
+            }
+        }
+    }
+
+    #[test]
+    fn bad_concept_lines_are_named() {
+        let e = parse("x", "x.jsonl", "{\"prompt\": \"a\", \"positive\": \"b\"}\n").err().unwrap();
+        assert!(format!("{e:#}").contains("x.jsonl:1: missing string field `negative`"));
+    }
+}
