@@ -71,7 +71,7 @@ fn print(r: &ConflictReport, title: &str) {
 pub fn run(a: ConflictArgs) -> Result<()> {
     let model = a.model.load()?;
     let (pairs, ids) = a.input.encode(&model)?;
-    let mut groups: Vec<(String, Vec<(Vec<u32>, Vec<u32>)>)> = Vec::new();
+    let mut groups: Vec<reward_lens_instruments::Group> = Vec::new();
     for (p, pair) in pairs.iter().zip(ids.iter()) {
         let key = match p.fields.get(&a.group_by) {
             Some(serde_json::Value::String(s)) => s.clone(),
@@ -90,9 +90,9 @@ pub fn run(a: ConflictArgs) -> Result<()> {
     let terms = analyze(&learn_term_directions(&model, &groups, a.layer, a.batch_size)?, &t);
     print(&terms, &format!("terms grouped by `{}`", a.group_by));
     let inputs: Vec<Vec<u32>> = ids.iter().map(|p| p.0.clone()).collect();
-    let objectives = objective_terms(&model, &inputs, a.batch_size)?.map(|(terms, eff)| {
-        let mut r = analyze(&terms, &t);
-        r.effective_direction_cosines = eff;
+    let objectives = objective_terms(&model, &inputs, a.batch_size)?.map(|o| {
+        let mut r = analyze(&o.terms, &t);
+        r.effective_direction_cosines = o.effective_direction_cosines;
         r
     });
     if let Some(o) = &objectives {

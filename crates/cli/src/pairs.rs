@@ -95,7 +95,10 @@ impl PairInput {
     }
 
     /// Encodes every pair as (chosen ids, rejected ids); errors name the file and line.
-    pub fn encode(&self, model: &reward_lens_engine::RewardModel) -> Result<(Vec<Pair>, Vec<(Vec<u32>, Vec<u32>)>)> {
+    pub fn encode(
+        &self,
+        model: &reward_lens_engine::RewardModel,
+    ) -> Result<(Vec<Pair>, Vec<reward_lens_instruments::TokenPair>)> {
         let pairs = self.read()?;
         let truncation = if self.truncate_prompt {
             reward_lens_engine::Truncation::DropPromptLeft

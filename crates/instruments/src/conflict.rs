@@ -20,7 +20,7 @@ use reward_lens_engine::{RewardHead, RewardModel};
 use crate::concepts::{cosine, normalise};
 use crate::stats::random_cosine_p_value;
 use crate::trace::{trace, TraceOptions};
-use crate::{InstrumentError, Result};
+use crate::{Group, InstrumentError, Result, Term};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -100,7 +100,7 @@ pub struct ConflictReport {
 }
 
 /// Classifies every pair of term directions.
-pub fn analyze(terms: &[(String, Vec<f64>)], t: &Thresholds) -> ConflictReport {
+pub fn analyze(terms: &[Term], t: &Thresholds) -> ConflictReport {
     let n = terms.len();
     let d = terms.first().map_or(0, |x| x.1.len());
     let units: Vec<Vec<f64>> = terms.iter().map(|x| normalise(&x.1)).collect();
@@ -155,10 +155,10 @@ pub fn analyze(terms: &[(String, Vec<f64>)], t: &Thresholds) -> ConflictReport {
 /// last block), at the pooled token.
 pub fn learn_term_directions(
     model: &RewardModel,
-    groups: &[(String, Vec<(Vec<u32>, Vec<u32>)>)],
+    groups: &[Group],
     layer: Option<usize>,
     batch_size: usize,
-) -> Result<Vec<(String, Vec<f64>)>> {
+) -> Result<Vec<Term>> {
     let n = model.config.n_layers;
     let layer = layer.unwrap_or(n - 1);
     if layer >= n {
@@ -180,17 +180,20 @@ pub fn learn_term_directions(
         .collect()
 }
 
+/// ArmoRM's objectives as terms, and how each lines up with the per-input effective direction.
+#[derive(Debug, Clone, Serialize)]
+pub struct ObjectiveTerms {
+    pub terms: Vec<Term>,
+    pub effective_direction_cosines: Option<Vec<f64>>,
+}
+
 /// ArmoRM's objectives as terms in residual space: row j of `Tᵀ R`, ⊙ γ. With inputs given, also
 /// each objective's mean cosine with the per-input effective direction `w_eff ⊙ γ`.
-pub fn objective_terms(
-    model: &RewardModel,
-    inputs: &[Vec<u32>],
-    batch_size: usize,
-) -> Result<Option<(Vec<(String, Vec<f64>)>, Option<Vec<f64>>)>> {
+pub fn objective_terms(model: &RewardModel, inputs: &[Vec<u32>], batch_size: usize) -> Result<Option<ObjectiveTerms>> {
     let RewardHead::Gated(h) = &model.head else { return Ok(None) };
     let gamma: Vec<f64> = model.final_norm()?.gamma.to_vec1::<f32>()?.into_iter().map(f64::from).collect();
     let rows = h.transform.t()?.matmul(&h.regression)?.to_vec2::<f32>()?;
-    let terms: Vec<(String, Vec<f64>)> = rows
+    let terms: Vec<Term> = rows
         .iter()
         .zip(&h.objective_names)
         .map(|(r, name)| (name.clone(), r.iter().zip(&gamma).map(|(a, g)| *a as f64 * g).collect()))
@@ -210,7 +213,7 @@ pub fn objective_terms(
         }
         Some(acc)
     };
-    Ok(Some((terms, eff)))
+    Ok(Some(ObjectiveTerms { terms, effective_direction_cosines: eff }))
 }
 
 #[cfg(test)]

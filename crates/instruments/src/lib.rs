@@ -26,4 +26,11 @@ pub enum InstrumentError {
     Invalid(String),
 }
 
+/// A (chosen, rejected) — or (positive, negative) — pair of token-id sequences.
+pub type TokenPair = (Vec<u32>, Vec<u32>);
+/// A named group of pairs (one reward term).
+pub type Group = (String, Vec<TokenPair>);
+/// A named direction in the residual stream.
+pub type Term = (String, Vec<f64>);
+
 pub type Result<T, E = InstrumentError> = std::result::Result<T, E>;

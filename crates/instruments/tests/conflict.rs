@@ -86,7 +86,8 @@ fn armorm_objectives_as_terms() {
     let model = load("armorm");
     let g = groups(&model);
     let inputs: Vec<Vec<u32>> = g.iter().flat_map(|x| x.1.iter().map(|p| p.0.clone())).collect();
-    let (terms, eff) = objective_terms(&model, &inputs, 8).unwrap().expect("armorm has objectives");
+    let o = objective_terms(&model, &inputs, 8).unwrap().expect("armorm has objectives");
+    let (terms, eff) = (o.terms, o.effective_direction_cosines);
     assert_eq!(terms.len(), 5);
     assert_eq!(terms[4].0, "helpsteer-verbosity");
     // T's verbosity column is all zeros (its own penalty is 1), so that objective reads nothing.
