@@ -23,6 +23,10 @@ pub struct AttributeArgs {
     /// Split attention into heads (through o_proj's column blocks).
     #[arg(long)]
     pub heads: bool,
+    /// Also list the K MLP neurons per layer with the largest |mean chosen − rejected| (each
+    /// neuron's share goes through its down_proj column; they split mlp.{l}).
+    #[arg(long, default_value_t = 0, value_name = "K")]
+    pub neurons: usize,
     /// reward-lens 1.0 semantics: w_r · raw sub-layer outputs, no final norm, no bias.
     #[arg(long)]
     pub v1_compat: bool,
@@ -41,7 +45,13 @@ pub struct AttributeArgs {
 pub fn run(a: AttributeArgs) -> Result<()> {
     let model = a.model.load()?;
     let (pairs, ids) = a.input.encode(&model)?;
-    let opts = AttributionOptions { heads: a.heads, v1_compat: a.v1_compat, batch_size: a.batch_size, seed: a.seed };
+    let opts = AttributionOptions {
+        heads: a.heads,
+        neurons: a.neurons,
+        v1_compat: a.v1_compat,
+        batch_size: a.batch_size,
+        seed: a.seed,
+    };
     let rep = attribute(&model, &ids, &opts)?;
     let worst =
         rep.pairs.iter().flat_map(|p| [p.chosen.residual, p.rejected.residual]).fold(0.0f64, |m, r| m.max(r.abs()));
@@ -57,6 +67,12 @@ pub fn run(a: AttributeArgs) -> Result<()> {
     for (name, v) in &top {
         let i = rep.components.iter().position(|c| &c.name == name).expect("listed component");
         println!("  {name:<14} {:<36} {}", report::ci(&rep.mean_differential[i]), report::bar(*v, max, 20));
+    }
+    if !rep.top_neurons.is_empty() {
+        println!("top MLP neurons by |mean chosen − rejected|:");
+        for n in &rep.top_neurons {
+            println!("  {:<18} {:+.4}", n.name, n.mean_differential);
+        }
     }
     report::write(a.out.as_deref(), "attribution", &a.model.name(), &pairs, &rep)
 }

@@ -63,6 +63,17 @@ pub struct PairAttribution {
     pub differential: Vec<f64>,
 }
 
+/// One MLP neuron's share of its layer's contribution, averaged over pairs.
+#[derive(Debug, Clone, Serialize)]
+pub struct NeuronContribution {
+    pub name: String,
+    pub layer: usize,
+    pub neuron: usize,
+    pub mean_chosen: f64,
+    pub mean_rejected: f64,
+    pub mean_differential: f64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct AttributionReport {
     pub v1_compat: bool,
@@ -70,11 +81,17 @@ pub struct AttributionReport {
     pub pairs: Vec<PairAttribution>,
     /// Mean differential per component with a 95 % bootstrap interval.
     pub mean_differential: Vec<MeanCi>,
+    /// With `neurons > 0`: per layer, the neurons of largest |mean differential|. They split
+    /// `mlp.{l}` (all neurons plus down_proj's bias add up to it) and are listed beside the
+    /// components rather than in them, so the components still add up to the reward.
+    pub top_neurons: Vec<NeuronContribution>,
 }
 
 #[derive(Debug, Clone, Copy)]
 pub struct AttributionOptions {
     pub heads: bool,
+    /// Top MLP neurons to list per layer (0: none).
+    pub neurons: usize,
     pub v1_compat: bool,
     pub batch_size: usize,
     pub seed: u64,
@@ -82,7 +99,7 @@ pub struct AttributionOptions {
 
 impl Default for AttributionOptions {
     fn default() -> Self {
-        Self { heads: false, v1_compat: false, batch_size: 16, seed: 0 }
+        Self { heads: false, neurons: 0, v1_compat: false, batch_size: 16, seed: 0 }
     }
 }
 
@@ -132,10 +149,12 @@ impl AttributionReport {
     }
 }
 
-/// The weights head attribution needs, read once per report.
+/// The weights head and neuron attribution need, read once per report.
 struct LayerWeights {
     o_proj: LinearParams,
     post_attn_norm: Option<NormParams>,
+    down_proj: LinearParams,
+    post_mlp_norm: Option<NormParams>,
 }
 
 fn components(model: &RewardModel, heads: bool, v1: bool, has_pos: bool, o_bias: bool) -> Vec<Component> {
@@ -199,34 +218,51 @@ fn side(
     Ok(SideAttribution { contributions: c, bias: ro.bias, reward, residual })
 }
 
-/// Layer l's attention contribution per head (then o_proj's bias, if any).
-fn head_split(model: &RewardModel, t: &Trace, ro: &ReadOut, w: &LayerWeights, l: usize) -> Result<Vec<f64>> {
-    let z = &t.z.as_ref().expect("heads traced")[l];
+/// A sub-layer's contribution split over the inputs of its output projection: for input `x`
+/// and projection `W` (+ bias), entry j is `x_j · (Wᵀ t)_j`, where `t` is what the projection's
+/// output is dotted with — the read-out direction, or, behind a (frozen) Gemma-2 output norm,
+/// `direction ⊙ γ_post / σ_post`. Returns (per input, bias term).
+fn split_through(
+    x: &[f32],
+    proj: &LinearParams,
+    post_norm: Option<&NormParams>,
+    ro: &ReadOut,
+) -> Result<(Vec<f64>, f64)> {
     let dev = Device::Cpu;
-    let zt = Tensor::from_slice(z, (z.len(), 1), &dev)?;
-    let wo = w.o_proj.weight.to_device(&dev)?;
-    // What o_proj's output is dotted with.
+    let w = proj.weight.to_device(&dev)?;
+    let bias: Option<Vec<f32>> = proj.bias.as_ref().map(|b| b.to_device(&dev)?.to_vec1()).transpose()?;
     let mut target: Vec<f64> = ro.direction.clone();
-    if let Some(norm) = &w.post_attn_norm {
-        let mut o = wo.matmul(&zt)?.squeeze(1)?;
-        if let Some(b) = &w.o_proj.bias {
+    if let Some(norm) = post_norm {
+        let mut o = w.matmul(&Tensor::from_slice(x, (x.len(), 1), &dev)?)?.squeeze(1)?;
+        if let Some(b) = &proj.bias {
             o = (o + b.to_device(&dev)?)?;
         }
         let div = norm.divisor(&o)?.to_vec1::<f32>()?[0] as f64;
         let gamma: Vec<f32> = norm.gamma.to_device(&dev)?.to_vec1()?;
         target = target.iter().zip(&gamma).map(|(d, g)| d * *g as f64 / div).collect();
     }
-    let tt = Tensor::from_vec(target.iter().map(|&x| x as f32).collect::<Vec<_>>(), (1, target.len()), &dev)?;
-    let per_input: Vec<f32> = tt.matmul(&wo)?.squeeze(0)?.to_vec1()?;
+    let tt = Tensor::from_vec(target.iter().map(|&v| v as f32).collect::<Vec<_>>(), (1, target.len()), &dev)?;
+    let through: Vec<f32> = tt.matmul(&w)?.squeeze(0)?.to_vec1()?;
+    let per_input = x.iter().zip(&through).map(|(a, b)| *a as f64 * *b as f64).collect();
+    Ok((per_input, bias.map_or(0.0, |b| dot(&target, &b))))
+}
+
+/// Layer l's attention contribution per head (then o_proj's bias, if any).
+fn head_split(model: &RewardModel, t: &Trace, ro: &ReadOut, w: &LayerWeights, l: usize) -> Result<Vec<f64>> {
+    let z = &t.z.as_ref().expect("heads traced")[l];
+    let (per_input, bias) = split_through(z, &w.o_proj, w.post_attn_norm.as_ref(), ro)?;
     let hd = model.config.head_dim;
-    let mut out: Vec<f64> = (0..model.config.n_heads)
-        .map(|h| (h * hd..(h + 1) * hd).map(|j| z[j] as f64 * per_input[j] as f64).sum())
-        .collect();
-    if let Some(b) = &w.o_proj.bias {
-        let b: Vec<f32> = b.to_device(&dev)?.to_vec1()?;
-        out.push(dot(&target, &b));
+    let mut out: Vec<f64> = per_input.chunks(hd).map(|c| c.iter().sum()).collect();
+    if w.o_proj.bias.is_some() {
+        out.push(bias);
     }
     Ok(out)
+}
+
+/// Layer l's MLP contribution per neuron, and down_proj's bias term.
+fn neuron_split(t: &Trace, ro: &ReadOut, w: &LayerWeights, l: usize) -> Result<(Vec<f64>, f64)> {
+    let post = &t.mlp_post.as_ref().expect("neurons traced")[l];
+    split_through(post, &w.down_proj, w.post_mlp_norm.as_ref(), ro)
 }
 
 /// Attribution over (chosen, rejected) token-id pairs.
@@ -236,11 +272,19 @@ pub fn attribute(
     opts: &AttributionOptions,
 ) -> Result<AttributionReport> {
     let heads = opts.heads && !opts.v1_compat;
+    let neurons = if opts.v1_compat { 0 } else { opts.neurons };
     let seqs: Vec<Vec<u32>> = pairs.iter().flat_map(|(c, r)| [c.clone(), r.clone()]).collect();
-    let traces = trace(model, &seqs, opts.batch_size, TraceOptions { heads, neurons: false })?;
-    let weights: Vec<LayerWeights> = if heads {
+    let traces = trace(model, &seqs, opts.batch_size, TraceOptions { heads, neurons: neurons > 0 })?;
+    let weights: Vec<LayerWeights> = if heads || neurons > 0 {
         (0..model.config.n_layers)
-            .map(|l| Ok(LayerWeights { o_proj: model.o_proj(l)?, post_attn_norm: model.post_attn_norm(l)? }))
+            .map(|l| {
+                Ok(LayerWeights {
+                    o_proj: model.o_proj(l)?,
+                    post_attn_norm: model.post_attn_norm(l)?,
+                    down_proj: model.down_proj(l)?,
+                    post_mlp_norm: model.post_mlp_norm(l)?,
+                })
+            })
             .collect::<Result<_>>()?
     } else {
         Vec::new()
@@ -259,5 +303,39 @@ pub fn attribute(
     let mean_differential = (0..comps.len())
         .map(|c| bootstrap_mean(&out.iter().map(|p| p.differential[c]).collect::<Vec<_>>(), 0.95, 2000, opts.seed))
         .collect();
-    Ok(AttributionReport { v1_compat: opts.v1_compat, components: comps, pairs: out, mean_differential })
+    let top_neurons = if neurons > 0 { top_neurons(model, &traces, &weights, neurons)? } else { Vec::new() };
+    Ok(AttributionReport { v1_compat: opts.v1_compat, components: comps, pairs: out, mean_differential, top_neurons })
+}
+
+/// Per layer, the `k` neurons of largest |mean differential| over the pairs.
+fn top_neurons(
+    model: &RewardModel,
+    traces: &[Trace],
+    weights: &[LayerWeights],
+    k: usize,
+) -> Result<Vec<NeuronContribution>> {
+    let n_pairs = (traces.len() / 2).max(1) as f64;
+    let mut out = Vec::new();
+    for (l, w) in weights.iter().enumerate() {
+        let ff = model.config.d_mlp;
+        let (mut chosen, mut rejected) = (vec![0.0; ff], vec![0.0; ff]);
+        for pair in traces.chunks(2) {
+            for (acc, t) in [(&mut chosen, &pair[0]), (&mut rejected, &pair[1])] {
+                let (per, _) = neuron_split(t, &ReadOut::new(model, t)?, w, l)?;
+                acc.iter_mut().zip(per).for_each(|(a, v)| *a += v / n_pairs);
+            }
+        }
+        let mut idx: Vec<usize> = (0..ff).collect();
+        let diff = |n: usize| chosen[n] - rejected[n];
+        idx.sort_by(|&a, &b| diff(b).abs().total_cmp(&diff(a).abs()).then(a.cmp(&b)));
+        out.extend(idx.into_iter().take(k).map(|n| NeuronContribution {
+            name: format!("neuron.{l}.{n}"),
+            layer: l,
+            neuron: n,
+            mean_chosen: chosen[n],
+            mean_rejected: rejected[n],
+            mean_differential: diff(n),
+        }));
+    }
+    Ok(out)
 }

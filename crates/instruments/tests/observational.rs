@@ -210,3 +210,40 @@ fn comparing_models() {
     let f = rep.models[0].crystallization_fraction.mean.unwrap();
     assert!((0.0..=1.0).contains(&f));
 }
+
+#[test]
+fn neurons_add_up_to_their_mlp() {
+    for name in ["llama", "gemma2", "gpt2"] {
+        let model = load(name);
+        let pairs = pairs(&model);
+        let ff = model.config.d_mlp;
+        // All neurons of every layer, on the first pair alone.
+        let all = attribute(&model, &pairs[..1], &AttributionOptions { neurons: ff, ..Default::default() }).unwrap();
+        let p = &all.pairs[0];
+        for l in 0..model.config.n_layers {
+            let mlp = all.components.iter().position(|c| c.name == format!("mlp.{l}")).unwrap();
+            let sum: f64 = all.top_neurons.iter().filter(|n| n.layer == l).map(|n| n.mean_chosen).sum();
+            // down_proj's bias (GPT-2) is read along the same direction (no output norm there).
+            let bias_term = match model.down_proj(l).unwrap().bias {
+                Some(b) => {
+                    let ids: Vec<Vec<u32>> = vec![pairs[0].0.clone()];
+                    let tr = reward_lens_instruments::trace::trace(&model, &ids, 1, Default::default()).unwrap();
+                    let ro = reward_lens_instruments::readout::ReadOut::new(&model, &tr[0]).unwrap();
+                    ro.contribution(&b.to_vec1::<f32>().unwrap())
+                }
+                None => 0.0,
+            };
+            let want = p.chosen.contributions[mlp];
+            assert!(
+                (sum + bias_term - want).abs() < 1e-5,
+                "{name} layer {l}: neurons {sum} + bias {bias_term} vs {want}"
+            );
+        }
+        let top = attribute(&model, &pairs, &AttributionOptions { neurons: 3, ..Default::default() }).unwrap();
+        assert_eq!(top.top_neurons.len(), 3 * model.config.n_layers);
+        let l0: Vec<f64> = top.top_neurons.iter().filter(|n| n.layer == 0).map(|n| n.mean_differential.abs()).collect();
+        assert!(l0.windows(2).all(|w| w[0] >= w[1]), "sorted by |mean differential|");
+        // Neurons ride beside the partition: the identity is untouched.
+        assert!(top.pairs.iter().all(|p| p.chosen.residual.abs() < 1e-5));
+    }
+}
