@@ -1,5 +1,3 @@
-use std::path::PathBuf;
-
 use anyhow::Result;
 use clap::Args;
 
@@ -33,13 +31,8 @@ pub struct AttributeArgs {
     /// How many components the summary lists.
     #[arg(long, default_value_t = 10)]
     pub top_k: usize,
-    #[arg(long, default_value_t = 16)]
-    pub batch_size: usize,
-    /// Seed for the bootstrap intervals.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    #[arg(long, value_name = "FILE.json")]
-    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: report::RunArgs,
 }
 
 pub fn run(a: AttributeArgs) -> Result<()> {
@@ -49,8 +42,8 @@ pub fn run(a: AttributeArgs) -> Result<()> {
         heads: a.heads,
         neurons: a.neurons,
         v1_compat: a.v1_compat,
-        batch_size: a.batch_size,
-        seed: a.seed,
+        batch_size: a.run.batch_size,
+        seed: a.run.seed,
     };
     let rep = attribute(&model, &ids, &opts)?;
     let worst =
@@ -74,5 +67,5 @@ pub fn run(a: AttributeArgs) -> Result<()> {
             println!("  {:<18} {:+.4}", n.name, n.mean_differential);
         }
     }
-    report::write(a.out.as_deref(), "attribution", &a.model.name(), &pairs, &rep)
+    report::write(a.run.out.as_deref(), "attribution", &a.model.name(), &pairs, &rep)
 }

@@ -24,12 +24,8 @@ pub struct CompareArgs {
     pub device: String,
     #[command(flatten)]
     pub input: PairInput,
-    #[arg(long, default_value_t = 16)]
-    pub batch_size: usize,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    #[arg(long, value_name = "FILE.json")]
-    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: report::RunArgs,
 }
 
 pub fn run(a: CompareArgs) -> Result<()> {
@@ -48,7 +44,7 @@ pub fn run(a: CompareArgs) -> Result<()> {
         pairs = p;
         inputs.push(CompareInput { name: path.display().to_string(), model, pairs: ids });
     }
-    let rep = compare(&inputs, LensKind::Normed, a.batch_size, a.seed)?;
+    let rep = compare(&inputs, LensKind::Normed, a.run.batch_size, a.run.seed)?;
     println!("{:<40} {:>6} {:>9} {:>26}", "model", "layers", "accuracy", "crystallization fraction");
     for m in &rep.models {
         println!(
@@ -74,7 +70,7 @@ pub fn run(a: CompareArgs) -> Result<()> {
         );
     }
     report::write(
-        a.out.as_deref(),
+        a.run.out.as_deref(),
         "compare",
         &a.models.iter().map(|m| m.display().to_string()).collect::<Vec<_>>().join(", "),
         &pairs,

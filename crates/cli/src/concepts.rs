@@ -63,10 +63,8 @@ pub struct ConceptsArgs {
     /// Texts to steer (their chosen and rejected responses); default: the concept's negatives.
     #[command(flatten)]
     pub input: PairInput,
-    #[arg(long, default_value_t = 16)]
-    pub batch_size: usize,
-    #[arg(long, value_name = "FILE.json")]
-    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: report::RunArgs,
 }
 
 struct ConceptText {
@@ -151,7 +149,7 @@ pub fn run(a: ConceptsArgs) -> Result<()> {
     let rep = concepts(
         &model,
         &inputs,
-        &ConceptOptions { layer: a.layer, v1_compat: a.v1_compat, batch_size: a.batch_size },
+        &ConceptOptions { layer: a.layer, v1_compat: a.v1_compat, batch_size: a.run.batch_size },
     )?;
     println!("concept vectors at block {} (d_model {}), alignment with {}:", rep.layer, rep.d_model, rep.reference);
     println!(
@@ -188,8 +186,15 @@ pub fn run(a: ConceptsArgs) -> Result<()> {
                 PositionsArg::Pooled => SteerPositions::Pooled,
                 PositionsArg::All => SteerPositions::All,
             };
-            let dr =
-                steer(&model, &seqs, &rep.concepts[i].vector, Some(rep.layer), &a.strengths, positions, a.batch_size)?;
+            let dr = steer(
+                &model,
+                &seqs,
+                &rep.concepts[i].vector,
+                Some(rep.layer),
+                &a.strengths,
+                positions,
+                a.run.batch_size,
+            )?;
             println!("steering along `{name}` at block {} ({} texts):", dr.layer, seqs.len());
             for (s, d) in dr.strengths.iter().zip(&dr.mean_delta) {
                 println!("  strength {s:+6.2}  mean Δreward {d:+.4}");
@@ -198,7 +203,7 @@ pub fn run(a: ConceptsArgs) -> Result<()> {
             Some(dr)
         }
     };
-    report::write(a.out.as_deref(), "concepts", &a.model.name(), &[], &Output { concepts: rep, steering })
+    report::write(a.run.out.as_deref(), "concepts", &a.model.name(), &[], &Output { concepts: rep, steering })
 }
 
 #[cfg(test)]

@@ -1,5 +1,3 @@
-use std::path::PathBuf;
-
 use anyhow::{bail, Result};
 use clap::Args;
 use serde::Serialize;
@@ -34,10 +32,8 @@ pub struct ConflictArgs {
     pub orthogonal: f64,
     #[arg(long, default_value_t = -0.3, allow_hyphen_values = true)]
     pub conflict: f64,
-    #[arg(long, default_value_t = 16)]
-    pub batch_size: usize,
-    #[arg(long, value_name = "FILE.json")]
-    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: report::RunArgs,
 }
 
 #[derive(Serialize)]
@@ -87,10 +83,10 @@ pub fn run(a: ConflictArgs) -> Result<()> {
         bail!("--group-by {}: found {} group(s); conflicts need at least two terms", a.group_by, groups.len());
     }
     let t = Thresholds { aligned: a.aligned, orthogonal: a.orthogonal, conflict: a.conflict };
-    let terms = analyze(&learn_term_directions(&model, &groups, a.layer, a.batch_size)?, &t);
+    let terms = analyze(&learn_term_directions(&model, &groups, a.layer, a.run.batch_size)?, &t);
     print(&terms, &format!("terms grouped by `{}`", a.group_by));
     let inputs: Vec<Vec<u32>> = ids.iter().map(|p| p.0.clone()).collect();
-    let objectives = objective_terms(&model, &inputs, a.batch_size)?.map(|o| {
+    let objectives = objective_terms(&model, &inputs, a.run.batch_size)?.map(|o| {
         let mut r = analyze(&o.terms, &t);
         r.effective_direction_cosines = o.effective_direction_cosines;
         r
@@ -98,5 +94,5 @@ pub fn run(a: ConflictArgs) -> Result<()> {
     if let Some(o) = &objectives {
         print(o, "ArmoRM objectives");
     }
-    report::write(a.out.as_deref(), "conflict", &a.model.name(), &pairs, &Output { terms, objectives })
+    report::write(a.run.out.as_deref(), "conflict", &a.model.name(), &pairs, &Output { terms, objectives })
 }

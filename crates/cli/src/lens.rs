@@ -1,5 +1,3 @@
-use std::path::PathBuf;
-
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 
@@ -35,13 +33,8 @@ pub struct LensArgs {
     /// reward-lens 1.0 semantics: raw projection, v1.0 crystallization rule.
     #[arg(long)]
     pub v1_compat: bool,
-    #[arg(long, default_value_t = 16)]
-    pub batch_size: usize,
-    /// Seed for the bootstrap intervals.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    #[arg(long, value_name = "FILE.json")]
-    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: report::RunArgs,
 }
 
 pub fn run(a: LensArgs) -> Result<()> {
@@ -52,7 +45,7 @@ pub fn run(a: LensArgs) -> Result<()> {
         KindArg::Frozen => LensKind::Frozen,
         KindArg::Raw => LensKind::Raw,
     };
-    let opts = LensOptions { kind, v1_compat: a.v1_compat, batch_size: a.batch_size, seed: a.seed };
+    let opts = LensOptions { kind, v1_compat: a.v1_compat, batch_size: a.run.batch_size, seed: a.run.seed };
     let rep = lens(&model, &ids, &opts)?;
     println!(
         "reward lens ({:?}{}), {} pairs, mean over pairs:",
@@ -74,5 +67,5 @@ pub fn run(a: LensArgs) -> Result<()> {
         );
     }
     println!("crystallization depth fraction: {}", report::ci(&rep.crystallization_fraction));
-    report::write(a.out.as_deref(), "lens", &a.model.name(), &pairs, &rep)
+    report::write(a.run.out.as_deref(), "lens", &a.model.name(), &pairs, &rep)
 }

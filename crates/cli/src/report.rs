@@ -9,6 +9,20 @@ use serde_json::Value;
 
 use crate::pairs::Pair;
 
+/// Options every instrument command shares: batching, the bootstrap seed, the JSON output.
+#[derive(clap::Args, Clone)]
+pub struct RunArgs {
+    /// Sequences per forward pass.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Seed for bootstrap intervals (same seed, same output bytes).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Write the full report here as JSON.
+    #[arg(long, value_name = "FILE.json")]
+    pub out: Option<std::path::PathBuf>,
+}
+
 #[derive(Serialize)]
 struct Envelope<'a, T: Serialize> {
     instrument: &'a str,

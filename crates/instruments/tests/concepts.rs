@@ -1,30 +1,15 @@
 //! Concept vectors and steering: reward-lens 1.0's steering numbers, orientation and slope sign on
 //! constructed cases, and the alignment statistics.
 
-use std::path::PathBuf;
+mod common;
+use common::*;
 
-use reward_lens_engine::{LoadOptions, RewardModel, Truncation};
+use reward_lens_engine::{RewardModel, Truncation};
 use reward_lens_instruments::concepts::{concepts, cosine, steer, ConceptInput, ConceptOptions, SteerPositions};
 use serde_json::Value;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-fn load(name: &str) -> RewardModel {
-    RewardModel::load(&fixtures().join("models").join(name), &LoadOptions::default()).unwrap()
-}
-
-fn json(path: PathBuf) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
 fn enc(model: &RewardModel, p: &str, r: &str) -> Vec<u32> {
     model.encode(p, r, Truncation::Error).unwrap().ids
-}
-
-fn f64s(v: &Value) -> Vec<f64> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
 }
 
 #[test]

@@ -1,19 +1,12 @@
 //! Reward-term conflicts against reward-lens 1.0 on the fixture pairs grouped by subset, and
 //! ArmoRM's objectives as terms.
 
-use std::path::PathBuf;
+mod common;
+use common::*;
 
-use reward_lens_engine::{LoadOptions, RewardModel, Truncation};
+use reward_lens_engine::{RewardModel, Truncation};
 use reward_lens_instruments::conflict::{analyze, learn_term_directions, objective_terms, Thresholds};
 use serde_json::Value;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-fn load(name: &str) -> RewardModel {
-    RewardModel::load(&fixtures().join("models").join(name), &LoadOptions::default()).unwrap()
-}
 
 type Groups = Vec<(String, Vec<(Vec<u32>, Vec<u32>)>)>;
 

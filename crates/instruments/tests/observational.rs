@@ -1,26 +1,15 @@
 //! The lens and attribution against ground truth: the fixtures' exact decomposition (computed
 //! from transformers' tensors), the peer's v1 outputs, and the identities that must hold.
 
-use std::path::PathBuf;
+mod common;
+use common::*;
 
-use reward_lens_engine::{LoadOptions, RewardModel, Truncation};
+use reward_lens_engine::{RewardModel, Truncation};
 use reward_lens_instruments::attribution::{attribute, AttributionOptions, ComponentKind, RankBy};
 use reward_lens_instruments::lens::{lens, LensKind, LensOptions};
 use serde_json::Value;
 
 const MODELS: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "gemma2", "gpt2", "armorm"];
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-fn load(name: &str) -> RewardModel {
-    RewardModel::load(&fixtures().join("models").join(name), &LoadOptions::default()).unwrap()
-}
-
-fn json(path: PathBuf) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
 
 fn pairs(model: &RewardModel) -> Vec<(Vec<u32>, Vec<u32>)> {
     std::fs::read_to_string(fixtures().join("pairs.jsonl"))
@@ -34,10 +23,6 @@ fn pairs(model: &RewardModel) -> Vec<(Vec<u32>, Vec<u32>)> {
             (enc("chosen"), enc("rejected"))
         })
         .collect()
-}
-
-fn f64s(v: &Value) -> Vec<f64> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
 }
 
 #[test]
