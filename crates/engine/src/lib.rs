@@ -37,7 +37,8 @@ pub use error::{EngineError, Result};
 pub use head::{GatedHead, LinearHead, ObjectiveOutput, RewardHead};
 pub use hooks::{Action, ActivationCache, Hooks, Intervention};
 pub use model::{
-    Forward, Gradients, LinearParams, LoadOptions, LoadProgress, ModelInfo, NormParams, RewardModel, RewardOutput,
+    Forward, Gradients, LinearParams, LoadOptions, LoadProgress, ModelInfo, NormParams, PreparedBatch, RewardModel,
+    RewardOutput,
 };
 pub use site::{Site, SiteFilter};
 pub use text::{ChatTokenizer, Encoded, Truncation, PLAIN_FORMAT};

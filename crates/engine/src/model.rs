@@ -334,7 +334,7 @@ impl RewardModel {
         Ok(Gradients { output, objective: objective.to_scalar::<f32>()?, values, grads })
     }
 
-    fn run(&self, batch: &Batch, hs: &mut HookState, fused: bool) -> Result<(RewardOutput, Tensor)> {
+    fn check(&self, batch: &Batch) -> Result<Tensor> {
         let vocab = self.config.vocab_size;
         for row in &batch.ids {
             if let Some(&id) = row.iter().find(|&&id| id as usize >= vocab) {
@@ -349,9 +349,22 @@ impl RewardModel {
             });
         }
         let flat: Vec<u32> = batch.ids.iter().flatten().copied().collect();
-        let ids = Tensor::from_vec(flat, (batch.len(), batch.seq_len()), &self.device)?;
-        let hidden =
-            self.net.forward(&Inputs { ids: &ids, positions: &batch.positions, mask: &batch.mask }, hs, fused)?;
+        Ok(Tensor::from_vec(flat, (batch.len(), batch.seq_len()), &self.device)?)
+    }
+
+    fn run(&self, batch: &Batch, hs: &mut HookState, fused: bool) -> Result<(RewardOutput, Tensor)> {
+        let ids = self.check(batch)?;
+        let prep = self.net.prepare(&Inputs { ids: &ids, positions: &batch.positions, mask: &batch.mask }, fused)?;
+        let mut x = self.net.embed(&ids, &prep, hs)?;
+        for l in 0..self.config.n_layers {
+            x = self.net.block(l, x, &prep, hs)?;
+        }
+        self.read_head(batch, &x, hs)
+    }
+
+    /// Final norm, pooling and the reward head on the last block's output.
+    fn read_head(&self, batch: &Batch, x: &Tensor, hs: &mut HookState) -> Result<(RewardOutput, Tensor)> {
+        let hidden = self.net.finish(x, hs)?;
         let pooled_index = self.pooled_index(batch);
         let gather = |idx: &[usize]| -> Result<Tensor> {
             let rows = idx
@@ -380,6 +393,72 @@ impl RewardModel {
         let scores = out.logits.narrow(1, 0, 1)?.squeeze(1)?;
         let output = RewardOutput { scores: scores.detach().to_vec1()?, pooled_index, objectives: out.objectives };
         Ok((output, scores))
+    }
+
+    /// Prepares a batch for running the network piece by piece: embeddings, any range of
+    /// blocks from a given residual, then the head. Patch sweeps use it to resume from cached
+    /// residuals instead of re-running the layers a patch cannot change.
+    pub fn prepare<'m>(&'m self, batch: &Batch) -> Result<PreparedBatch<'m>> {
+        let ids = self.check(batch)?;
+        let prep = self.net.prepare(&Inputs { ids: &ids, positions: &batch.positions, mask: &batch.mask }, true)?;
+        Ok(PreparedBatch { model: self, batch: batch.clone(), ids, prep })
+    }
+}
+
+/// A batch ready to run piecewise (see [`RewardModel::prepare`]). Every piece fires the hooks it
+/// is given, exactly as the full forward pass would at those sites.
+pub struct PreparedBatch<'m> {
+    model: &'m RewardModel,
+    pub batch: Batch,
+    ids: Tensor,
+    prep: crate::network::Prepared,
+}
+
+impl PreparedBatch<'_> {
+    /// The input of block 0 `[B, T, d]`.
+    pub fn embed(&self, hooks: &Hooks) -> Result<(Tensor, ActivationCache)> {
+        validate(hooks, &self.model.sites)?;
+        let mut hs = HookState::new(hooks, None);
+        let x = self.model.net.embed(&self.ids, &self.prep, &mut hs)?;
+        Ok((x, hs.cache))
+    }
+
+    /// Runs blocks `layers` on `x`, the residual stream entering `layers.start`.
+    pub fn blocks(
+        &self,
+        x: Tensor,
+        layers: std::ops::Range<usize>,
+        hooks: &Hooks,
+    ) -> Result<(Tensor, ActivationCache)> {
+        validate(hooks, &self.model.sites)?;
+        let n = self.model.config.n_layers;
+        if layers.end > n || layers.start > layers.end {
+            return Err(EngineError::Invalid(format!("blocks {layers:?}: the model has {n}")));
+        }
+        let (b, t, d) = x.dims3()?;
+        if (b, t) != (self.batch.len(), self.batch.seq_len()) || d != self.model.config.d_model {
+            return Err(EngineError::Invalid(format!(
+                "residual of shape {:?} does not fit the batch [{}, {}, {}]",
+                x.dims(),
+                self.batch.len(),
+                self.batch.seq_len(),
+                self.model.config.d_model
+            )));
+        }
+        let mut hs = HookState::new(hooks, None);
+        let mut x = x;
+        for l in layers {
+            x = self.model.net.block(l, x, &self.prep, &mut hs)?;
+        }
+        Ok((x, hs.cache))
+    }
+
+    /// The reward from the last block's output.
+    pub fn head(&self, x: &Tensor, hooks: &Hooks) -> Result<(RewardOutput, ActivationCache)> {
+        validate(hooks, &self.model.sites)?;
+        let mut hs = HookState::new(hooks, None);
+        let (out, _) = self.model.read_head(&self.batch, x, &mut hs)?;
+        Ok((out, hs.cache))
     }
 }
 

@@ -220,6 +220,14 @@ pub(crate) struct Inputs<'a> {
     pub mask: &'a [Vec<u8>],
 }
 
+/// A batch's RoPE tables and masks, built once (see [`Network::prepare`]).
+pub(crate) struct Prepared {
+    rope: Option<RopeTables>,
+    masks: HashMap<Option<usize>, Tensor>,
+    pos_ids: Tensor,
+    fused: bool,
+}
+
 pub(crate) struct Hidden {
     /// The final norm's output `[B, T, d]` in f32 (what the head reads).
     pub normalized: Tensor,
@@ -230,82 +238,97 @@ impl Network {
         Site::all(self.cfg.n_layers, self.cfg.rope.is_some(), self.pos_embed.is_some(), self.cfg.gated_mlp)
     }
 
-    pub fn forward(&self, inp: &Inputs, hs: &mut HookState, fused: bool) -> Result<Hidden> {
-        let cfg = &self.cfg;
-        // candle's fused kernels exist for f32/bf16/f16 only.
-        let fused = fused && self.embed.dtype() != DType::F64;
+    /// Everything a batch needs before any block runs: RoPE tables and one attention mask per
+    /// distinct window. Built once and reused however the stack is then run.
+    pub fn prepare(&self, inp: &Inputs, fused: bool) -> Result<Prepared> {
         let device = self.embed.device();
         let (b, t) = inp.ids.dims2()?;
-        let d = cfg.d_model;
-
-        let mut tok = self.embed.index_select(&inp.ids.flatten_all()?, 0)?.reshape((b, t, d))?;
-        if let Some(s) = cfg.embed_scale {
-            // transformers casts √d to the compute dtype before multiplying.
-            let s = Tensor::new(s as f32, device)?.to_dtype(tok.dtype())?;
-            tok = tok.broadcast_mul(&s)?;
-        }
-        let tok = hs.fire(Site::Embed, tok)?;
         let pos_flat: Vec<u32> = inp.positions.iter().flatten().copied().collect();
         let pos_ids = Tensor::from_vec(pos_flat.clone(), (b, t), device)?;
-        let mut x = match &self.pos_embed {
-            Some(wpe) => {
-                let pe = wpe.index_select(&pos_ids.flatten_all()?, 0)?.reshape((b, t, d))?;
-                let pe = hs.fire(Site::PosEmbed, pe)?;
-                (tok + pe)?
-            }
-            None => tok,
-        };
-
         // RoPE tables for these positions (angles in f32, as transformers computes them).
         let rope = match &self.inv_freq {
             Some(inv) => {
                 let pos: Vec<f32> = pos_flat.iter().map(|&p| (p as f64 * self.rope_position_scale) as f32).collect();
                 let pos = Tensor::from_vec(pos, (b, t, 1), device)?;
                 let freqs = pos.broadcast_mul(&inv.reshape((1, 1, inv.dim(0)?))?)?;
-                let dt = x.dtype();
+                let dt = self.embed.dtype();
                 Some(RopeTables { cos: freqs.cos()?.to_dtype(dt)?, sin: freqs.sin()?.to_dtype(dt)? })
             }
             None => None,
         };
-
         let mut masks: HashMap<Option<usize>, Tensor> = HashMap::new();
-        for (l, block) in self.blocks.iter().enumerate() {
-            let window = cfg.sliding_window[l];
+        for &window in &self.cfg.sliding_window {
             if let std::collections::hash_map::Entry::Vacant(e) = masks.entry(window) {
                 e.insert(attention_mask(inp.mask, window, device)?);
             }
-            x = hs.fire(Site::ResidPre(l), x)?;
-            let attn_out = self.attention(l, block, &x, rope.as_ref(), &masks[&window], hs, fused)?;
-            let attn_out = match &block.post_attn_norm {
-                Some(n) => n.forward(&attn_out, fused)?,
-                None => attn_out,
-            };
-            let attn_out = hs.fire(Site::AttnOut(l), attn_out)?;
-            x = hs.fire(Site::ResidMid(l), (x + attn_out)?)?;
-
-            let h = block.ln2.forward(&x, fused)?;
-            let post = match &block.mlp.gate {
-                Some(gate) => {
-                    let pre = hs.fire(Site::MlpPre(l), gate.forward(&h)?)?;
-                    let lin = hs.fire(Site::MlpPreLinear(l), block.mlp.up.forward(&h)?)?;
-                    (activate(cfg.activation, &pre)? * lin)?
-                }
-                None => {
-                    let pre = hs.fire(Site::MlpPre(l), block.mlp.up.forward(&h)?)?;
-                    activate(cfg.activation, &pre)?
-                }
-            };
-            let post = hs.fire(Site::MlpPost(l), post)?;
-            let mlp_out = block.mlp.down.forward(&post)?;
-            let mlp_out = match &block.post_mlp_norm {
-                Some(n) => n.forward(&mlp_out, fused)?,
-                None => mlp_out,
-            };
-            let mlp_out = hs.fire(Site::MlpOut(l), mlp_out)?;
-            x = hs.fire(Site::ResidPost(l), (x + mlp_out)?)?;
         }
+        // candle's fused kernels exist for f32/bf16/f16 only.
+        let fused = fused && self.embed.dtype() != DType::F64;
+        Ok(Prepared { rope, masks, pos_ids, fused })
+    }
 
-        let (normalized, _divisor) = self.final_norm.forward_with_scale(&x, |d| hs.fire(Site::FinalScale, d))?;
+    /// Token (and position) embeddings: the input of block 0.
+    pub fn embed(&self, ids: &Tensor, prep: &Prepared, hs: &mut HookState) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let (b, t) = ids.dims2()?;
+        let d = cfg.d_model;
+        let mut tok = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, d))?;
+        if let Some(s) = cfg.embed_scale {
+            // transformers casts √d to the compute dtype before multiplying.
+            let s = Tensor::new(s as f32, self.embed.device())?.to_dtype(tok.dtype())?;
+            tok = tok.broadcast_mul(&s)?;
+        }
+        let tok = hs.fire(Site::Embed, tok)?;
+        Ok(match &self.pos_embed {
+            Some(wpe) => {
+                let pe = wpe.index_select(&prep.pos_ids.flatten_all()?, 0)?.reshape((b, t, d))?;
+                let pe = hs.fire(Site::PosEmbed, pe)?;
+                (tok + pe)?
+            }
+            None => tok,
+        })
+    }
+
+    /// Block `l` on its input `x` (the residual stream entering it).
+    pub fn block(&self, l: usize, x: Tensor, prep: &Prepared, hs: &mut HookState) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let fused = prep.fused;
+        let block = &self.blocks[l];
+        let mask = &prep.masks[&cfg.sliding_window[l]];
+        let x = hs.fire(Site::ResidPre(l), x)?;
+        let attn_out = self.attention(l, block, &x, prep.rope.as_ref(), mask, hs, fused)?;
+        let attn_out = match &block.post_attn_norm {
+            Some(n) => n.forward(&attn_out, fused)?,
+            None => attn_out,
+        };
+        let attn_out = hs.fire(Site::AttnOut(l), attn_out)?;
+        let x = hs.fire(Site::ResidMid(l), (x + attn_out)?)?;
+
+        let h = block.ln2.forward(&x, fused)?;
+        let post = match &block.mlp.gate {
+            Some(gate) => {
+                let pre = hs.fire(Site::MlpPre(l), gate.forward(&h)?)?;
+                let lin = hs.fire(Site::MlpPreLinear(l), block.mlp.up.forward(&h)?)?;
+                (activate(cfg.activation, &pre)? * lin)?
+            }
+            None => {
+                let pre = hs.fire(Site::MlpPre(l), block.mlp.up.forward(&h)?)?;
+                activate(cfg.activation, &pre)?
+            }
+        };
+        let post = hs.fire(Site::MlpPost(l), post)?;
+        let mlp_out = block.mlp.down.forward(&post)?;
+        let mlp_out = match &block.post_mlp_norm {
+            Some(n) => n.forward(&mlp_out, fused)?,
+            None => mlp_out,
+        };
+        let mlp_out = hs.fire(Site::MlpOut(l), mlp_out)?;
+        hs.fire(Site::ResidPost(l), (x + mlp_out)?)
+    }
+
+    /// The final norm on the last block's output.
+    pub fn finish(&self, x: &Tensor, hs: &mut HookState) -> Result<Hidden> {
+        let (normalized, _divisor) = self.final_norm.forward_with_scale(x, |d| hs.fire(Site::FinalScale, d))?;
         let normalized = hs.fire(Site::FinalNormalized, normalized)?;
         Ok(Hidden { normalized })
     }

@@ -588,3 +588,24 @@ fn misspelt_cache_name_is_an_error() {
     // Globs that match nothing are allowed (a filter, not a name).
     assert!(model.forward(&batch, &Hooks::cache(&["blocks.9*"])).unwrap().cache.is_empty());
 }
+
+#[test]
+fn piecewise_forward_equals_the_full_pass() {
+    for name in ["llama", "gemma2", "gpt2", "armorm"] {
+        let model = load(name);
+        let batch = model.batch(&[ids(&model, 0, "chosen"), ids(&model, 1, "rejected")], PaddingSide::Right).unwrap();
+        let full = model.forward(&batch, &Hooks::cache(&["blocks.1.hook_resid_pre"])).unwrap();
+        let prep = model.prepare(&batch).unwrap();
+        let (x, _) = prep.embed(&Hooks::none()).unwrap();
+        let (x, _) = prep.blocks(x, 0..1, &Hooks::none()).unwrap();
+        let (x, _) = prep.blocks(x, 1..model.config.n_layers, &Hooks::none()).unwrap();
+        let (out, _) = prep.head(&x, &Hooks::none()).unwrap();
+        assert_eq!(out.scores, full.output.scores, "{name}: same ops, same bits");
+        // Resuming from the cached input of block 1.
+        let resid = full.cache.require("blocks.1.hook_resid_pre").unwrap().clone();
+        let (x, _) = prep.blocks(resid, 1..model.config.n_layers, &Hooks::none()).unwrap();
+        assert_eq!(prep.head(&x, &Hooks::none()).unwrap().0.scores, full.output.scores);
+        // A residual of the wrong shape is an error.
+        assert!(prep.blocks(x.narrow(1, 0, 2).unwrap(), 0..1, &Hooks::none()).is_err());
+    }
+}
