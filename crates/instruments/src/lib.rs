@@ -12,6 +12,7 @@ pub mod compare;
 pub mod concepts;
 pub mod conflict;
 pub mod lens;
+pub mod patching;
 pub mod readout;
 pub mod stats;
 pub mod trace;

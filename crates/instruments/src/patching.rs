@@ -1,0 +1,432 @@
+//! Activation patching: replace one component's output in one run by its value in another (or
+//! by zero, or by a mean), re-score, and measure how much of the preference margin goes away.
+//!
+//! Modes and signs (reward-lens 1.0's): with `r_c`, `r_r` the chosen and rejected rewards and
+//! `Δ = r_c − r_r`,
+//! * **noising**: run chosen with the component from rejected → effect `Δ − (r_patched − r_r)`
+//! * **denoising**: run rejected with the component from chosen → effect `Δ − (r_c − r_patched)`
+//! * **zero**: run chosen with the component zeroed → effect `Δ − (r_patched − r_r)`
+//! * **mean**: run chosen with the component set to its mean over reference texts (at the pooled
+//!   token) → effect `Δ − (r_patched − r_r)`
+//!
+//! A positive effect means the component supports the preference (noising/zero/mean: necessary;
+//! denoising: sufficient). `normalized = effect / Δ` (0 when |Δ| < 1e-8).
+//!
+//! **Alignment** of two sequences of different lengths. `prefix` (reward-lens 1.0): target
+//! position p takes source position p for p < min(lengths); the target keeps its own values
+//! beyond. That never moves the pooled token when the chosen answer is longer, so the last
+//! layers show an effect of exactly 0. `anchored` (default): positions inside the two sequences'
+//! shared prefix map to themselves; every later position is aligned from the end, so the pooled
+//! token maps to the pooled token; target positions with no counterpart keep their own values.
+//!
+//! **Positions** restrict a patch to `all` positions, the `pooled` token only, or the `response`
+//! (target positions from its response start).
+//!
+//! **Speed.** The clean runs are cached once; a patch at layer l resumes from the cached input of
+//! layer l, so layers before it are never recomputed, and all patches that start at the same
+//! layer run as one batch. `naive` re-runs the full model per patch (for checking the sweep).
+
+use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+
+use reward_lens_engine::{Action, ActivationCache, Hooks, Intervention, PaddingSide, RewardModel, Site};
+
+use crate::attribution::ComponentKind;
+use crate::stats::{bootstrap_mean, MeanCi};
+use crate::{InstrumentError, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PatchMode {
+    #[default]
+    Noising,
+    Denoising,
+    Zero,
+    Mean,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Granularity {
+    /// Each attention and MLP sublayer.
+    #[default]
+    Sublayer,
+    /// Each attention head (its slice of `attn.hook_z`).
+    Head,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Align {
+    #[default]
+    Anchored,
+    Prefix,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PatchPositions {
+    #[default]
+    All,
+    Pooled,
+    Response,
+}
+
+/// One preference pair as the patcher needs it.
+#[derive(Debug, Clone)]
+pub struct PatchInput {
+    pub chosen: Vec<u32>,
+    pub rejected: Vec<u32>,
+    /// First response token of (chosen, rejected), for `PatchPositions::Response`.
+    pub response_start: (usize, usize),
+}
+
+#[derive(Debug, Clone)]
+pub struct PatchOptions {
+    pub mode: PatchMode,
+    pub granularity: Granularity,
+    pub align: Align,
+    pub positions: PatchPositions,
+    /// reward-lens 1.0: prefix alignment, v1 names, mean mode at the pooled token only.
+    pub v1_compat: bool,
+    /// Re-run the whole model per patch instead of resuming from cached residuals.
+    pub naive: bool,
+    /// Texts whose mean activations `mean` mode patches in.
+    pub mean_reference: Vec<Vec<u32>>,
+    pub batch_size: usize,
+    pub seed: u64,
+}
+
+impl Default for PatchOptions {
+    fn default() -> Self {
+        Self {
+            mode: PatchMode::Noising,
+            granularity: Granularity::Sublayer,
+            align: Align::Anchored,
+            positions: PatchPositions::All,
+            v1_compat: false,
+            naive: false,
+            mean_reference: Vec::new(),
+            batch_size: 16,
+            seed: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PatchComponent {
+    pub name: String,
+    pub kind: ComponentKind,
+    pub layer: usize,
+    pub head: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PairPatching {
+    pub pair: usize,
+    pub original_margin: f64,
+    pub effects: Vec<f64>,
+    pub normalized: Vec<f64>,
+    pub len_chosen: usize,
+    pub len_rejected: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PatchingReport {
+    pub mode: PatchMode,
+    pub granularity: Granularity,
+    pub align: Align,
+    pub positions: PatchPositions,
+    pub components: Vec<PatchComponent>,
+    pub pairs: Vec<PairPatching>,
+    /// Mean effect per component with a 95 % bootstrap interval.
+    pub mean_effect: Vec<MeanCi>,
+    /// Compute per pair in full single-sequence forward passes (layer passes / n_layers).
+    pub forward_equivalents_per_pair: f64,
+}
+
+fn components(model: &RewardModel, g: Granularity, v1: bool) -> Vec<PatchComponent> {
+    let mut v = Vec::new();
+    for l in 0..model.config.n_layers {
+        match g {
+            Granularity::Sublayer => {
+                let (a, m) = if v1 {
+                    (format!("attn_L{l}"), format!("mlp_L{l}"))
+                } else {
+                    (format!("attn.{l}"), format!("mlp.{l}"))
+                };
+                v.push(PatchComponent { name: a, kind: ComponentKind::Attn, layer: l, head: None });
+                v.push(PatchComponent { name: m, kind: ComponentKind::Mlp, layer: l, head: None });
+            }
+            Granularity::Head => {
+                for h in 0..model.config.n_heads {
+                    let name = if v1 { format!("head_L{l}_H{h}") } else { format!("head.{l}.{h}") };
+                    v.push(PatchComponent { name, kind: ComponentKind::Head, layer: l, head: Some(h) });
+                }
+            }
+        }
+    }
+    v
+}
+
+fn site_of(c: &PatchComponent) -> Site {
+    match c.kind {
+        ComponentKind::Mlp => Site::MlpOut(c.layer),
+        ComponentKind::Head => Site::Z(c.layer),
+        _ => Site::AttnOut(c.layer),
+    }
+}
+
+/// For each target position, the source position it takes its value from (None: keep its own).
+pub fn alignment(target: &[u32], source: &[u32], pooled_t: usize, pooled_s: usize, align: Align) -> Vec<Option<usize>> {
+    let (tt, ts) = (target.len(), source.len());
+    match align {
+        Align::Prefix => (0..tt).map(|p| (p < ts).then_some(p)).collect(),
+        Align::Anchored => {
+            let shared = target.iter().zip(source).take_while(|(a, b)| a == b).count();
+            (0..tt)
+                .map(|p| {
+                    if p == pooled_t {
+                        return Some(pooled_s);
+                    }
+                    if p < shared {
+                        return Some(p);
+                    }
+                    let q = p as i64 - pooled_t as i64 + pooled_s as i64;
+                    (q >= shared as i64 && (q as usize) < ts).then_some(q as usize)
+                })
+                .collect()
+        }
+    }
+}
+
+/// One run's activations at the patchable sites, `[T, …]` per site name.
+struct Run {
+    score: f64,
+    pooled: usize,
+    cache: ActivationCache,
+}
+
+fn clean_run(model: &RewardModel, ids: &[u32], heads: bool) -> Result<Run> {
+    let batch = model.batch(&[ids.to_vec()], PaddingSide::Right)?;
+    let mut names = vec!["blocks.*.hook_resid_pre", "blocks.*.hook_attn_out", "blocks.*.hook_mlp_out"];
+    if heads {
+        names.push("blocks.*.attn.hook_z");
+    }
+    let fwd = model.forward(&batch, &Hooks::cache(&names))?;
+    Ok(Run { score: fwd.output.scores[0] as f64, pooled: fwd.output.pooled_index[0], cache: fwd.cache })
+}
+
+/// The replacement for one component's activation in the target run `[1, T_t, …]`.
+#[allow(clippy::too_many_arguments)]
+fn replacement(
+    c: &PatchComponent,
+    target: &Run,
+    source: Option<&Run>,
+    map: &[Option<usize>],
+    positions: &[bool],
+    mode: PatchMode,
+    means: Option<&ActivationCache>,
+    v1_heads: bool,
+) -> Result<Tensor> {
+    let site = site_of(c).name();
+    let own = target.cache.require(&site)?.get(0)?; // [T_t, …]
+    let t_len = own.dim(0)?;
+    let mut rows: Vec<Tensor> = Vec::with_capacity(t_len);
+    for p in 0..t_len {
+        let keep = own.get(p)?;
+        if !positions[p] {
+            rows.push(keep);
+            continue;
+        }
+        let new = match mode {
+            PatchMode::Zero => keep.zeros_like()?,
+            PatchMode::Mean => means.expect("mean mode has means").require(&site)?.get(0)?,
+            PatchMode::Noising | PatchMode::Denoising => {
+                let src = source.expect("noising/denoising have a source").cache.require(&site)?.get(0)?;
+                match map[p] {
+                    Some(q) => src.get(q)?,
+                    // reward-lens 1.0 zero-pads the source for heads beyond its length.
+                    None if v1_heads => keep.zeros_like()?,
+                    None => keep,
+                }
+            }
+        };
+        rows.push(new);
+    }
+    let full = Tensor::stack(&rows, 0)?;
+    // Heads: only this head's slice changes.
+    if let Some(h) = c.head {
+        let n_heads = own.dim(1)?;
+        let mask: Vec<u8> = (0..n_heads).map(|i| u8::from(i == h)).collect();
+        let mask = Tensor::from_vec(mask, (1, n_heads, 1), own.device())?.broadcast_as(own.shape())?;
+        return Ok(mask.where_cond(&full, &own)?.unsqueeze(0)?);
+    }
+    Ok(full.unsqueeze(0)?)
+}
+
+/// Means of every patchable site at the pooled token of `texts`, as `[1, …]` tensors.
+fn mean_activations(model: &RewardModel, texts: &[Vec<u32>], heads: bool) -> Result<ActivationCache> {
+    if texts.is_empty() {
+        return Err(InstrumentError::Invalid("mean mode needs reference texts".into()));
+    }
+    let mut sums: Vec<(String, Tensor)> = Vec::new();
+    for ids in texts {
+        let run = clean_run(model, ids, heads)?;
+        for (k, (name, t)) in run.cache.iter().enumerate() {
+            let v = t.get(0)?.get(run.pooled)?.to_dtype(DType::F64)?;
+            if sums.len() <= k {
+                sums.push((name.to_string(), v));
+            } else {
+                sums[k].1 = (&sums[k].1 + v)?;
+            }
+        }
+    }
+    let mut out = ActivationCache::default();
+    for (name, s) in sums {
+        out.insert(name, (s / texts.len() as f64)?.to_dtype(model.dtype)?.unsqueeze(0)?);
+    }
+    Ok(out)
+}
+
+/// Patch effects of every component for every pair.
+pub fn patch(model: &RewardModel, pairs: &[PatchInput], opts: &PatchOptions) -> Result<PatchingReport> {
+    let heads = opts.granularity == Granularity::Head;
+    let align = if opts.v1_compat { Align::Prefix } else { opts.align };
+    let comps = components(model, opts.granularity, opts.v1_compat);
+    let means =
+        if opts.mode == PatchMode::Mean { Some(mean_activations(model, &opts.mean_reference, heads)?) } else { None };
+    let n_layers = model.config.n_layers;
+    let mut layer_passes = 0usize;
+    let mut out = Vec::with_capacity(pairs.len());
+    for (i, pin) in pairs.iter().enumerate() {
+        let chosen = clean_run(model, &pin.chosen, heads)?;
+        let rejected = clean_run(model, &pin.rejected, heads)?;
+        layer_passes += 2 * n_layers;
+        let delta = chosen.score - rejected.score;
+        let (target, source, t_ids, s_ids, t_rs) = match opts.mode {
+            PatchMode::Denoising => (&rejected, Some(&chosen), &pin.rejected, &pin.chosen, pin.response_start.1),
+            PatchMode::Noising => (&chosen, Some(&rejected), &pin.chosen, &pin.rejected, pin.response_start.0),
+            _ => (&chosen, None, &pin.chosen, &pin.rejected, pin.response_start.0),
+        };
+        let map = alignment(t_ids, s_ids, target.pooled, source.map_or(0, |s| s.pooled), align);
+        let t_len = t_ids.len();
+        let positions: Vec<bool> = (0..t_len)
+            .map(|p| match (opts.positions, opts.mode, opts.v1_compat) {
+                // reward-lens 1.0 mean-ablates the last position only.
+                (_, PatchMode::Mean, true) => p == target.pooled,
+                (PatchPositions::All, ..) => true,
+                (PatchPositions::Pooled, ..) => p == target.pooled,
+                (PatchPositions::Response, ..) => p >= t_rs,
+            })
+            .collect();
+        let v1_heads = opts.v1_compat && heads;
+        let reps = comps
+            .iter()
+            .map(|c| replacement(c, target, source, &map, &positions, opts.mode, means.as_ref(), v1_heads))
+            .collect::<Result<Vec<_>>>()?;
+        let patched = if opts.naive {
+            layer_passes += comps.len() * n_layers;
+            naive(model, t_ids, &comps, &reps)?
+        } else {
+            let (scores, passes) = sweep(model, t_ids, target, &comps, &reps, opts.batch_size)?;
+            layer_passes += passes;
+            scores
+        };
+        let effects: Vec<f64> = patched
+            .iter()
+            .map(|&r| match opts.mode {
+                PatchMode::Denoising => delta - (chosen.score - r),
+                _ => delta - (r - rejected.score),
+            })
+            .collect();
+        let normalized = effects.iter().map(|e| if delta.abs() < 1e-8 { 0.0 } else { e / delta }).collect();
+        out.push(PairPatching {
+            pair: i,
+            original_margin: delta,
+            effects,
+            normalized,
+            len_chosen: pin.chosen.len(),
+            len_rejected: pin.rejected.len(),
+        });
+    }
+    let mean_effect = (0..comps.len())
+        .map(|c| bootstrap_mean(&out.iter().map(|p| p.effects[c]).collect::<Vec<_>>(), 0.95, 2000, opts.seed))
+        .collect();
+    Ok(PatchingReport {
+        mode: opts.mode,
+        granularity: opts.granularity,
+        align,
+        positions: opts.positions,
+        components: comps,
+        forward_equivalents_per_pair: layer_passes as f64 / n_layers as f64 / pairs.len().max(1) as f64,
+        pairs: out,
+        mean_effect,
+    })
+}
+
+/// One full forward of the target per patch.
+fn naive(model: &RewardModel, ids: &[u32], comps: &[PatchComponent], reps: &[Tensor]) -> Result<Vec<f64>> {
+    let batch = model.batch(&[ids.to_vec()], PaddingSide::Right)?;
+    comps
+        .iter()
+        .zip(reps)
+        .map(|(c, r)| {
+            let hooks = Hooks::none().with(Intervention::new(site_of(c), Action::Replace(r.clone())));
+            Ok(model.forward(&batch, &hooks)?.output.scores[0] as f64)
+        })
+        .collect()
+}
+
+/// Patches grouped by layer: each group resumes from the cached input of its layer as one batch.
+fn sweep(
+    model: &RewardModel,
+    ids: &[u32],
+    target: &Run,
+    comps: &[PatchComponent],
+    reps: &[Tensor],
+    batch_size: usize,
+) -> Result<(Vec<f64>, usize)> {
+    let n_layers = model.config.n_layers;
+    let mut scores = vec![0.0; comps.len()];
+    let mut passes = 0;
+    for l in 0..n_layers {
+        let idx: Vec<usize> = (0..comps.len()).filter(|&k| comps[k].layer == l).collect();
+        for group in idx.chunks(batch_size.max(1)) {
+            let rows = group.len();
+            let batch = model.batch(&vec![ids.to_vec(); rows], PaddingSide::Right)?;
+            let prep = model.prepare(&batch)?;
+            let resid = target.cache.require(&Site::ResidPre(l).name())?;
+            let x = resid.broadcast_as((rows, resid.dim(1)?, resid.dim(2)?))?.contiguous()?;
+            let mut hooks = Hooks::none();
+            for (row, &k) in group.iter().enumerate() {
+                hooks =
+                    hooks.with(Intervention::new(site_of(&comps[k]), Action::Replace(reps[k].clone())).rows(vec![row]));
+            }
+            let (x, _) = prep.blocks(x, l..n_layers, &hooks)?;
+            let (out, _) = prep.head(&x, &Hooks::none())?;
+            for (row, &k) in group.iter().enumerate() {
+                scores[k] = out.scores[row] as f64;
+            }
+            passes += rows * (n_layers - l);
+        }
+    }
+    Ok((scores, passes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alignment_rules() {
+        // Shared prefix [1, 2], chosen longer than rejected.
+        let t = [1, 2, 7, 8, 9, 6];
+        let s = [1, 2, 5, 6];
+        assert_eq!(alignment(&t, &s, 5, 3, Align::Prefix), vec![Some(0), Some(1), Some(2), Some(3), None, None]);
+        // Anchored: pooled → pooled, the tail aligned from the end, unmatched positions kept.
+        assert_eq!(alignment(&t, &s, 5, 3, Align::Anchored), vec![Some(0), Some(1), None, None, Some(2), Some(3)]);
+        // Source longer: its extra middle tokens are skipped.
+        assert_eq!(alignment(&s, &t, 3, 5, Align::Anchored), vec![Some(0), Some(1), Some(4), Some(5)]);
+    }
+}

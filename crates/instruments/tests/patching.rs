@@ -1,0 +1,173 @@
+//! Activation patching against reward-lens 1.0 (three modes), the sweep against the naive loop,
+//! and the consistency of head and sublayer patches.
+
+mod common;
+use common::*;
+
+use reward_lens_engine::{RewardModel, Truncation};
+use reward_lens_instruments::patching::{
+    patch, Align, Granularity, PatchInput, PatchMode, PatchOptions, PatchPositions,
+};
+use serde_json::Value;
+
+fn inputs(model: &RewardModel) -> Vec<PatchInput> {
+    std::fs::read_to_string(fixtures().join("pairs.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            let e = |k: &str| {
+                model.encode(v["prompt"].as_str().unwrap(), v[k].as_str().unwrap(), Truncation::Error).unwrap()
+            };
+            let (c, r) = (e("chosen"), e("rejected"));
+            PatchInput { chosen: c.ids, rejected: r.ids, response_start: (c.response_start, r.response_start) }
+        })
+        .collect()
+}
+
+#[test]
+fn v1_modes_match_the_peer() {
+    for name in ["llama", "mistral"] {
+        let model = load(name);
+        let pairs = inputs(&model);
+        for (mode, file) in
+            [(PatchMode::Noising, "noising"), (PatchMode::Denoising, "denoising"), (PatchMode::Zero, "zero")]
+        {
+            let peer = json(fixtures().join(format!("expected/{name}/peer/patching_{file}.json")));
+            let rep = patch(&model, &pairs, &PatchOptions { mode, v1_compat: true, ..Default::default() }).unwrap();
+            let names: Vec<&str> = rep.components.iter().map(|c| c.name.as_str()).collect();
+            for (p, e) in rep.pairs.iter().zip(peer["result"]["pairs"].as_array().unwrap()) {
+                let want_names: Vec<&str> =
+                    e["component_names"].as_array().unwrap().iter().map(|x| x.as_str().unwrap()).collect();
+                assert_eq!(names, want_names);
+                assert!((p.original_margin - e["original_differential"].as_f64().unwrap()).abs() < 1e-5);
+                let d =
+                    p.effects.iter().zip(&f64s(&e["patch_effects"])).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+                assert!(d < 1e-4, "{name} {file} pair {}: effects differ by {d}", p.pair);
+                // Normalised effects divide by the margin: they inherit its relative error (the
+                // fixtures have a margin of 0.0025, where normalised effects reach 288).
+                let inv = 1.0 / p.original_margin.abs();
+                for (a, b) in p.normalized.iter().zip(&f64s(&e["normalized_effects"])) {
+                    assert!(
+                        (a - b).abs() <= 1e-4 * inv + 1e-3 * b.abs(),
+                        "{name} {file} pair {}: normalised {a} vs {b}",
+                        p.pair
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn sweep_equals_the_naive_loop() {
+    for name in ["llama", "gemma2", "gpt2", "armorm"] {
+        let model = load(name);
+        let pairs = inputs(&model)[..4].to_vec();
+        for (mode, granularity, positions) in [
+            (PatchMode::Noising, Granularity::Sublayer, PatchPositions::All),
+            (PatchMode::Denoising, Granularity::Head, PatchPositions::Response),
+            (PatchMode::Zero, Granularity::Sublayer, PatchPositions::Pooled),
+        ] {
+            let opts = PatchOptions { mode, granularity, positions, batch_size: 3, ..Default::default() };
+            let fast = patch(&model, &pairs, &opts).unwrap();
+            let slow = patch(&model, &pairs, &PatchOptions { naive: true, ..opts.clone() }).unwrap();
+            for (a, b) in fast.pairs.iter().zip(&slow.pairs) {
+                let d = a.effects.iter().zip(&b.effects).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+                assert!(d < 1e-5, "{name} {mode:?} {granularity:?}: sweep vs naive {d}");
+            }
+            assert!(
+                fast.forward_equivalents_per_pair < slow.forward_equivalents_per_pair,
+                "{name}: the sweep computes less"
+            );
+        }
+    }
+}
+
+#[test]
+fn anchored_alignment_patches_the_pooled_token() {
+    let model = load("llama");
+    let pairs = inputs(&model);
+    let v1 = patch(&model, &pairs, &PatchOptions { v1_compat: true, ..Default::default() }).unwrap();
+    let ours = patch(&model, &pairs, &PatchOptions::default()).unwrap();
+    let last_mlp = v1.components.len() - 1;
+    // Where chosen is longer, v1's prefix rule never reaches the pooled token: the last MLP's
+    // effect is exactly 0; anchored alignment moves it.
+    let mut zeros = 0;
+    for (p, (a, b)) in pairs.iter().zip(v1.pairs.iter().zip(&ours.pairs)) {
+        if p.chosen.len() > p.rejected.len() {
+            assert_eq!(a.effects[last_mlp], 0.0);
+            assert!(b.effects[last_mlp].abs() > 1e-6);
+            zeros += 1;
+        }
+    }
+    assert!(zeros > 5);
+    assert_eq!(ours.align, Align::Anchored);
+}
+
+#[test]
+fn pooled_only_patch_at_the_last_mlp_is_linear_through_the_head() {
+    // Patching only the pooled token of the last MLP changes nothing upstream: for a linear head
+    // the effect is the head's reading of the new residual, so zero-patching it at the pooled
+    // token equals its frozen-free contribution change — here checked as: zero-patch effect =
+    // r_chosen − r(with mlp.L zeroed at pooled), computed independently with an intervention.
+    let model = load("qwen3");
+    let pairs = inputs(&model)[..3].to_vec();
+    let rep = patch(
+        &model,
+        &pairs,
+        &PatchOptions { mode: PatchMode::Zero, positions: PatchPositions::Pooled, ..Default::default() },
+    )
+    .unwrap();
+    let l = model.config.n_layers - 1;
+    let k = rep.components.iter().position(|c| c.name == format!("mlp.{l}")).unwrap();
+    for (p, pin) in rep.pairs.iter().zip(&pairs) {
+        let batch = model.batch(std::slice::from_ref(&pin.chosen), reward_lens_engine::PaddingSide::Right).unwrap();
+        let base = model.score(&batch).unwrap();
+        let pooled = base.pooled_index[0];
+        let hooks = reward_lens_engine::Hooks::none().with(
+            reward_lens_engine::Intervention::new(
+                reward_lens_engine::Site::MlpOut(l),
+                reward_lens_engine::Action::Zero,
+            )
+            .positions(vec![pooled]),
+        );
+        let zeroed = model.forward(&batch, &hooks).unwrap().output.scores[0] as f64;
+        assert!((p.effects[k] - (base.scores[0] as f64 - zeroed)).abs() < 1e-5);
+    }
+}
+
+#[test]
+fn head_patches_sum_to_the_sublayer_where_linear() {
+    // Two responses one character apart, patched at the last layer's pooled token: only the final
+    // norm lies downstream, every patch is small, and attention is linear in the heads' z, so the
+    // heads' effects add up to their sublayer's effect to first order. (Earlier layers' heads
+    // interact through later MLPs, and Gemma-2's post-attention norm divides by the norm of the
+    // heads' sum, so neither is linear in one head.)
+    for name in ["llama", "qwen3", "gpt2"] {
+        let model = load(name);
+        let e = |r: &str| model.encode("What colour is the sky on a clear day?", r, Truncation::Error).unwrap();
+        let (c, r) = (e("It is blue."), e("It is blue!"));
+        let pairs =
+            vec![PatchInput { chosen: c.ids, rejected: r.ids, response_start: (c.response_start, r.response_start) }];
+        let opts = PatchOptions { positions: PatchPositions::Pooled, ..Default::default() };
+        let heads = patch(&model, &pairs, &PatchOptions { granularity: Granularity::Head, ..opts.clone() }).unwrap();
+        let sub = patch(&model, &pairs, &opts).unwrap();
+        {
+            let l = model.config.n_layers - 1;
+            let attn = sub.components.iter().position(|c| c.name == format!("attn.{l}")).unwrap();
+            let whole = sub.pairs[0].effects[attn];
+            let sum: f64 = heads
+                .components
+                .iter()
+                .zip(&heads.pairs[0].effects)
+                .filter(|(c, _)| c.layer == l)
+                .map(|(_, e)| e)
+                .sum();
+            assert!(
+                (sum - whole).abs() <= 0.1 * whole.abs() + 1e-4,
+                "{name} layer {l}: heads {sum} vs sublayer {whole}"
+            );
+        }
+    }
+}
