@@ -430,3 +430,94 @@ mod tests {
         assert_eq!(alignment(&s, &t, 3, 5, Align::Anchored), vec![Some(0), Some(1), Some(4), Some(5)]);
     }
 }
+
+/// Attribution patching: every component's patch effect to first order, from the clean runs and
+/// one gradient pass of the target: `effect ≈ −∂r_target/∂a · (replacement − a)` summed over
+/// positions (noising, zero, mean; the patched run is chosen), or `+∂r/∂a · (replacement − a)`
+/// (denoising; the patched run is rejected, whose reward enters the margin with a minus sign).
+/// It uses exactly the replacements `patch` would, so the two are comparable term by term.
+pub fn atp(model: &RewardModel, pairs: &[PatchInput], opts: &PatchOptions) -> Result<PatchingReport> {
+    let heads = opts.granularity == Granularity::Head;
+    let align = if opts.v1_compat { Align::Prefix } else { opts.align };
+    let comps = components(model, opts.granularity, opts.v1_compat);
+    let means =
+        if opts.mode == PatchMode::Mean { Some(mean_activations(model, &opts.mean_reference, heads)?) } else { None };
+    let sites =
+        if heads { vec!["blocks.*.attn.hook_z"] } else { vec!["blocks.*.hook_attn_out", "blocks.*.hook_mlp_out"] };
+    let filter = reward_lens_engine::SiteFilter::new(&sites);
+    let mut out = Vec::with_capacity(pairs.len());
+    let mut passes = 0.0;
+    for (i, pin) in pairs.iter().enumerate() {
+        let denoise = opts.mode == PatchMode::Denoising;
+        let (t_ids, s_ids, t_rs) = if denoise {
+            (&pin.rejected, &pin.chosen, pin.response_start.1)
+        } else {
+            (&pin.chosen, &pin.rejected, pin.response_start.0)
+        };
+        // The target's gradient run doubles as its clean run.
+        let t_batch = model.batch(std::slice::from_ref(t_ids), PaddingSide::Right)?;
+        let g = model.gradients(&t_batch, &filter, &[1.0], &Hooks::none())?;
+        let target =
+            Run { score: g.output.scores[0] as f64, pooled: g.output.pooled_index[0], cache: g.values.clone() };
+        let other = clean_run(model, s_ids, heads)?;
+        passes += 2.0 + BACKWARD_COST;
+        let (r_c, r_r) = if denoise { (other.score, target.score) } else { (target.score, other.score) };
+        let delta = r_c - r_r;
+        let source = matches!(opts.mode, PatchMode::Noising | PatchMode::Denoising).then_some(&other);
+        let map = alignment(t_ids, s_ids, target.pooled, other.pooled, align);
+        let positions: Vec<bool> = (0..t_ids.len())
+            .map(|p| match (opts.positions, opts.mode, opts.v1_compat) {
+                (_, PatchMode::Mean, true) => p == target.pooled,
+                (PatchPositions::All, ..) => true,
+                (PatchPositions::Pooled, ..) => p == target.pooled,
+                (PatchPositions::Response, ..) => p >= t_rs,
+            })
+            .collect();
+        let effects = comps
+            .iter()
+            .map(|c| {
+                let rep = replacement(
+                    c,
+                    &target,
+                    source,
+                    &map,
+                    &positions,
+                    opts.mode,
+                    means.as_ref(),
+                    opts.v1_compat && heads,
+                )?;
+                let site = site_of(c).name();
+                let own = target.cache.require(&site)?;
+                let grad = g.grads.require(&site)?;
+                let first_order = ((rep - own)? * grad)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                Ok(if denoise { first_order } else { -first_order })
+            })
+            .collect::<Result<Vec<f64>>>()?;
+        let normalized = effects.iter().map(|e| if delta.abs() < 1e-8 { 0.0 } else { e / delta }).collect();
+        out.push(PairPatching {
+            pair: i,
+            original_margin: delta,
+            effects,
+            normalized,
+            len_chosen: pin.chosen.len(),
+            len_rejected: pin.rejected.len(),
+        });
+    }
+    let mean_effect = (0..comps.len())
+        .map(|c| bootstrap_mean(&out.iter().map(|p| p.effects[c]).collect::<Vec<_>>(), 0.95, 2000, opts.seed))
+        .collect();
+    Ok(PatchingReport {
+        mode: opts.mode,
+        granularity: opts.granularity,
+        align,
+        positions: opts.positions,
+        components: comps,
+        forward_equivalents_per_pair: passes / pairs.len().max(1) as f64,
+        pairs: out,
+        mean_effect,
+    })
+}
+
+/// A backward pass counted in forward-equivalents. candle's backward also forms every frozen
+/// weight's gradient (both sides of each matmul), about twice a forward's work.
+pub const BACKWARD_COST: f64 = 2.0;

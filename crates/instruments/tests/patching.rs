@@ -171,3 +171,36 @@ fn head_patches_sum_to_the_sublayer_where_linear() {
         }
     }
 }
+
+#[test]
+fn attribution_patching_is_first_order_patching() {
+    use reward_lens_instruments::patching::atp;
+    // A tiny perturbation: two responses one character apart, patched at the last layer's pooled
+    // token, where the change is small and first order holds. (Gemma-2 is left out: its sandwich
+    // norms re-normalise the patched output, so even this patch is not first order there.)
+    for name in ["llama", "qwen3", "gpt2", "armorm"] {
+        let model = load(name);
+        let e = |r: &str| model.encode("What colour is the sky on a clear day?", r, Truncation::Error).unwrap();
+        let (c, r) = (e("It is blue."), e("It is blue!"));
+        let pairs =
+            vec![PatchInput { chosen: c.ids, rejected: r.ids, response_start: (c.response_start, r.response_start) }];
+        for mode in [PatchMode::Noising, PatchMode::Denoising] {
+            let opts = PatchOptions { mode, positions: PatchPositions::Pooled, ..Default::default() };
+            let exact = patch(&model, &pairs, &opts).unwrap();
+            let approx = atp(&model, &pairs, &opts).unwrap();
+            assert_eq!(exact.components.len(), approx.components.len());
+            assert!((exact.pairs[0].original_margin - approx.pairs[0].original_margin).abs() < 1e-5);
+            let l = model.config.n_layers - 1;
+            for (k, comp) in exact.components.iter().enumerate().filter(|(_, c)| c.layer == l) {
+                let (x, a) = (exact.pairs[0].effects[k], approx.pairs[0].effects[k]);
+                assert!((x - a).abs() <= 0.15 * x.abs() + 2e-4, "{name} {mode:?} {}: patch {x} vs AtP {a}", comp.name);
+            }
+        }
+        // Zero mode: the first-order estimate of removing a component, for heads too.
+        let opts = PatchOptions { mode: PatchMode::Zero, granularity: Granularity::Head, ..Default::default() };
+        let a = atp(&model, &pairs, &opts).unwrap();
+        assert_eq!(a.components.len(), model.config.n_layers * model.config.n_heads);
+        assert!(a.pairs[0].effects.iter().all(|e| e.is_finite()));
+        assert!(a.forward_equivalents_per_pair < 6.0);
+    }
+}
