@@ -8,10 +8,13 @@ mod compare;
 mod concepts;
 mod conflict;
 mod default_model;
+mod faithfulness;
 mod info;
 mod lens;
 mod memory;
 mod pairs;
+mod patch;
+mod perpair;
 mod report;
 mod score;
 
@@ -56,6 +59,12 @@ enum Command {
     Conflict(conflict::ConflictArgs),
     /// Compare two or more models on the same pairs.
     Compare(compare::CompareArgs),
+    /// Activation patching: how much of the margin each component's output carries (per pair, JSONL).
+    Patch(patch::PatchArgs),
+    /// Attribution patching: patch effects to first order for all components from one gradient pass.
+    Atp(patch::PatchArgs),
+    /// Does linear attribution predict patching? Spearman ρ of DLA/AtP vs patching, with CIs.
+    Faithfulness(faithfulness::FaithfulnessArgs),
     /// Measure scoring throughput (tokens/s, GFLOP/s vs the machine's matmul rate) and peak memory.
     Bench(bench::BenchArgs),
 }
@@ -169,6 +178,9 @@ fn main() {
         Command::Concepts(a) => concepts::run(a),
         Command::Conflict(a) => conflict::run(a),
         Command::Compare(a) => compare::run(a),
+        Command::Patch(a) => patch::run(a),
+        Command::Atp(a) => patch::run_atp(a),
+        Command::Faithfulness(a) => faithfulness::run(a),
         Command::Bench(a) => bench::run(a),
     };
     // Lets `bench` read a child's own peak memory (RUSAGE_CHILDREN only gives the max so far).

@@ -345,3 +345,61 @@ fn concepts_conflict_and_compare_commands() {
         .unwrap();
     assert!(String::from_utf8_lossy(&e.stderr).contains("at least two --model"));
 }
+
+#[test]
+fn patch_atp_and_faithfulness_append_per_pair_and_resume() {
+    let d = tmp("causal");
+    let model = fixtures().join("models/llama");
+    let pairs = fixtures().join("pairs.jsonl");
+    let full = d.join("patch.jsonl");
+    let o = run(exe().args(["patch", "--model"]).arg(&model).arg("--pairs").arg(&pairs).arg("--out").arg(&full));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("forward-equivalents per pair"));
+    let rows = lines(&full);
+    assert_eq!(rows.len(), 20);
+    assert_eq!(rows[3]["subset"], "safety");
+    assert_eq!(rows[0]["effects"].as_object().unwrap().len(), 6);
+    // Interrupted after 5 pairs and half a line: resume finishes with the same bytes.
+    let text = std::fs::read_to_string(&full).unwrap();
+    let cut: usize = text.split_inclusive('\n').take(5).map(str::len).sum::<usize>() + 30;
+    let part = d.join("part.jsonl");
+    std::fs::write(&part, &text[..cut]).unwrap();
+    let o = run(exe()
+        .args(["patch", "--model"])
+        .arg(&model)
+        .arg("--pairs")
+        .arg(&pairs)
+        .arg("--out")
+        .arg(&part)
+        .arg("--resume"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("5 of 20"));
+    assert_eq!(std::fs::read_to_string(&part).unwrap(), text);
+
+    let atp = d.join("atp.jsonl");
+    run(exe()
+        .args(["atp", "--granularity", "head", "--model"])
+        .arg(&model)
+        .arg("--pairs")
+        .arg(&pairs)
+        .arg("--out")
+        .arg(&atp));
+    assert_eq!(lines(&atp)[0]["effects"].as_object().unwrap().len(), 12);
+
+    let f = d.join("faith.jsonl");
+    let o = run(exe().args(["faithfulness", "--model"]).arg(&model).arg("--pairs").arg(&pairs).arg("--out").arg(&f));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("overall") && out.contains("sycophancy"));
+    for l in lines(&f) {
+        let r = l["dla_vs_patch"].as_f64().unwrap();
+        assert!((-1.0..=1.0).contains(&r));
+    }
+    let e = exe()
+        .args(["patch", "--mode", "mean", "--model"])
+        .arg(&model)
+        .arg("--pairs")
+        .arg(&pairs)
+        .arg("--out")
+        .arg(d.join("m.jsonl"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&e.stderr).contains("--mean-reference"));
+}

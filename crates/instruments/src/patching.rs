@@ -414,23 +414,6 @@ fn sweep(
     Ok((scores, passes))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn alignment_rules() {
-        // Shared prefix [1, 2], chosen longer than rejected.
-        let t = [1, 2, 7, 8, 9, 6];
-        let s = [1, 2, 5, 6];
-        assert_eq!(alignment(&t, &s, 5, 3, Align::Prefix), vec![Some(0), Some(1), Some(2), Some(3), None, None]);
-        // Anchored: pooled → pooled, the tail aligned from the end, unmatched positions kept.
-        assert_eq!(alignment(&t, &s, 5, 3, Align::Anchored), vec![Some(0), Some(1), None, None, Some(2), Some(3)]);
-        // Source longer: its extra middle tokens are skipped.
-        assert_eq!(alignment(&s, &t, 3, 5, Align::Anchored), vec![Some(0), Some(1), Some(4), Some(5)]);
-    }
-}
-
 /// Attribution patching: every component's patch effect to first order, from the clean runs and
 /// one gradient pass of the target: `effect ≈ −∂r_target/∂a · (replacement − a)` summed over
 /// positions (noising, zero, mean; the patched run is chosen), or `+∂r/∂a · (replacement − a)`
@@ -521,3 +504,20 @@ pub fn atp(model: &RewardModel, pairs: &[PatchInput], opts: &PatchOptions) -> Re
 /// A backward pass counted in forward-equivalents. candle's backward also forms every frozen
 /// weight's gradient (both sides of each matmul), about twice a forward's work.
 pub const BACKWARD_COST: f64 = 2.0;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alignment_rules() {
+        // Shared prefix [1, 2], chosen longer than rejected.
+        let t = [1, 2, 7, 8, 9, 6];
+        let s = [1, 2, 5, 6];
+        assert_eq!(alignment(&t, &s, 5, 3, Align::Prefix), vec![Some(0), Some(1), Some(2), Some(3), None, None]);
+        // Anchored: pooled → pooled, the tail aligned from the end, unmatched positions kept.
+        assert_eq!(alignment(&t, &s, 5, 3, Align::Anchored), vec![Some(0), Some(1), None, None, Some(2), Some(3)]);
+        // Source longer: its extra middle tokens are skipped.
+        assert_eq!(alignment(&s, &t, 3, 5, Align::Anchored), vec![Some(0), Some(1), Some(4), Some(5)]);
+    }
+}

@@ -204,3 +204,31 @@ fn attribution_patching_is_first_order_patching() {
         assert!(a.forward_equivalents_per_pair < 6.0);
     }
 }
+
+#[test]
+fn faithfulness_ranks_the_same_components_three_ways() {
+    use reward_lens_instruments::faithfulness::faithfulness;
+    use reward_lens_instruments::stats::spearman;
+    let model = load("mistral");
+    let pairs = inputs(&model);
+    let subsets: Vec<Option<String>> = std::fs::read_to_string(fixtures().join("pairs.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["subset"].as_str().map(str::to_string))
+        .collect();
+    let rep = faithfulness(&model, &pairs, &subsets, &PatchOptions::default()).unwrap();
+    assert_eq!(rep.components.len(), 2 * model.config.n_layers);
+    assert_eq!(rep.subsets.len(), 8);
+    // Each per-pair ρ is the Spearman of the report's own columns.
+    for (i, r) in rep.pairs.iter().enumerate() {
+        let want = spearman(&rep.dla[i], &rep.patching.pairs[i].effects);
+        assert_eq!(r.dla_vs_patch, want);
+        if let Some(x) = r.atp_vs_patch {
+            assert!((-1.0..=1.0).contains(&x));
+        }
+    }
+    let m = &rep.overall.dla_vs_patch;
+    assert_eq!(m.n, 20);
+    assert!(m.ci_low.unwrap() <= m.mean.unwrap() && m.mean.unwrap() <= m.ci_high.unwrap());
+    assert!(rep.dla.iter().flatten().all(|x| x.is_finite()));
+}
