@@ -47,6 +47,11 @@ pub struct BenchArgs {
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Instead: time a full sublayer patch sweep (noising) on 20 generated pairs of 40–60 tokens
+    /// (default shape then d_mlp 1376), naive vs sweep vs attribution patching. Set
+    /// RAYON_NUM_THREADS=1 for one thread.
+    #[arg(long)]
+    pub patch: bool,
 }
 
 #[derive(Serialize)]
@@ -96,7 +101,72 @@ fn matmul_rate() -> Result<f64> {
     Ok(2.0 * (n as f64).powi(3) / best / 1e9)
 }
 
+/// Seconds per pair and forward-equivalents of patching on a generated model.
+fn patch_bench(a: &BenchArgs) -> Result<()> {
+    use reward_lens_instruments::patching::{atp, patch, PatchInput, PatchOptions};
+    let shape = LlamaShape {
+        n_layers: a.layers,
+        d_model: a.d_model,
+        n_heads: a.heads,
+        n_kv_heads: a.kv_heads,
+        d_mlp: if a.d_mlp == 1408 { 1376 } else { a.d_mlp },
+        vocab_size: a.vocab,
+        max_positions: 2048,
+    };
+    let config = ModelConfig::from_value(&shape.config_json(), Path::new("(generated config)"))?;
+    let model = RewardModel::from_source(
+        config,
+        &MapSource { tensors: shape.random_weights(7, &Device::Cpu)?, dtype: DType::F32 },
+        &LoadOptions::default(),
+    )?;
+    let mut rng = Rng::new(5);
+    let mut tok =
+        |n: usize| -> Vec<u32> { (0..n).map(|_| 3 + (rng.next_u64() % (a.vocab as u64 - 3)) as u32).collect() };
+    // 20 pairs: a shared 16-token prompt, responses making 40–60 tokens in all.
+    let pairs: Vec<PatchInput> = (0..20)
+        .map(|i| {
+            let prompt = tok(16);
+            let (lc, lr) = (24 + (i * 7) % 21, 24 + (i * 11) % 21);
+            let mut c = prompt.clone();
+            c.extend(tok(lc));
+            let mut r = prompt;
+            r.extend(tok(lr));
+            PatchInput { chosen: c, rejected: r, response_start: (16, 16) }
+        })
+        .collect();
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .unwrap_or_else(|_| std::thread::available_parallelism().map_or(1, |n| n.get()).to_string());
+    println!("Patch sweep, noising, sublayers: {} layers, d_model {}, {}/{} heads, d_mlp {}; 20 pairs of 40–60 tokens; {threads} thread(s)\n", shape.n_layers, shape.d_model, shape.n_heads, shape.n_kv_heads, shape.d_mlp);
+    println!("| method | s / pair | forward-equivalents / pair |");
+    println!("|---|---|---|");
+    let time = |f: &dyn Fn() -> Result<f64>| -> Result<(f64, f64)> {
+        f()?; // warm-up
+        let mut best = f64::MAX;
+        let mut fe = 0.0;
+        for _ in 0..a.iters.max(1) {
+            let t = Instant::now();
+            fe = f()?;
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        Ok((best / pairs.len() as f64, fe))
+    };
+    let opts = PatchOptions::default();
+    let (naive_s, naive_fe) = time(&|| {
+        Ok(patch(&model, &pairs, &PatchOptions { naive: true, ..opts.clone() })?.forward_equivalents_per_pair)
+    })?;
+    println!("| naive (one full forward per patch, the peer's method) | {naive_s:.3} | {naive_fe:.1} |");
+    let (sweep_s, sweep_fe) = time(&|| Ok(patch(&model, &pairs, &opts)?.forward_equivalents_per_pair))?;
+    println!("| sweep (resume from cached layer inputs, batched) | {sweep_s:.3} | {sweep_fe:.1} |");
+    let (atp_s, atp_fe) = time(&|| Ok(atp(&model, &pairs, &opts)?.forward_equivalents_per_pair))?;
+    println!("| attribution patching (all components, first order) | {atp_s:.3} | {atp_fe:.1} |");
+    println!("\nsweep speed-up over naive: {:.2}×", naive_s / sweep_s);
+    Ok(())
+}
+
 pub fn run(a: BenchArgs) -> Result<()> {
+    if a.patch {
+        return patch_bench(&a);
+    }
     if a.heads == 0 || a.kv_heads == 0 || !a.heads.is_multiple_of(a.kv_heads) || !a.d_model.is_multiple_of(a.heads) {
         bail!("--heads must divide --d-model and be a multiple of --kv-heads");
     }

@@ -26,7 +26,7 @@ pub fn run(a: FaithfulnessArgs) -> Result<()> {
     let pairs = a.input.read()?;
     let lines = perpair::run(&a.out, a.resume, &pairs, "faithfulness", |p| {
         let inp = encode(&model, &a.input, p)?;
-        let rep = faithfulness(&model, &[inp], &[p.subset.clone()], &opts)?;
+        let rep = faithfulness(&model, &[inp], std::slice::from_ref(&p.subset), &opts)?;
         let r = &rep.pairs[0];
         Ok(json!({
             "dla_vs_patch": r.dla_vs_patch,
