@@ -357,7 +357,7 @@ impl RewardModel {
         let prep = self.net.prepare(&Inputs { ids: &ids, positions: &batch.positions, mask: &batch.mask }, fused)?;
         let mut x = self.net.embed(&ids, &prep, hs)?;
         for l in 0..self.config.n_layers {
-            x = self.net.block(l, x, &prep, hs)?;
+            x = self.net.block(l, x, &prep, hs, None)?;
         }
         self.read_head(batch, &x, hs)
     }
@@ -448,7 +448,46 @@ impl PreparedBatch<'_> {
         let mut hs = HookState::new(hooks, None);
         let mut x = x;
         for l in layers {
-            x = self.model.net.block(l, x, &self.prep, &mut hs)?;
+            x = self.model.net.block(l, x, &self.prep, &mut hs, None)?;
+        }
+        Ok((x, hs.cache))
+    }
+
+    /// Runs blocks `layers` on positions `[start, T)` only, `x` being their residual entering
+    /// `layers.start` (`[B, T − start, d]`); `past[i]` holds the keys and values of positions
+    /// `[0, start)` at layer `layers.start + i` (post-RoPE keys, `attn.hook_rot_k` — `hook_k`
+    /// without RoPE — and `attn.hook_v`, `[B, start, KV, hd]`). Exact when those positions are
+    /// the same as in the run the cache came from: causal attention never looks ahead.
+    pub fn blocks_from(
+        &self,
+        x: Tensor,
+        start: usize,
+        layers: std::ops::Range<usize>,
+        past: &[(Tensor, Tensor)],
+        hooks: &Hooks,
+    ) -> Result<(Tensor, ActivationCache)> {
+        validate(hooks, &self.model.sites)?;
+        let n = self.model.config.n_layers;
+        if layers.end > n || layers.start > layers.end || past.len() != layers.len() {
+            return Err(EngineError::Invalid(format!(
+                "blocks_from {layers:?}: the model has {n} blocks and {} cached key/value layers were given",
+                past.len()
+            )));
+        }
+        let (b, s, _) = x.dims3()?;
+        if b != self.batch.len() || start + s != self.batch.seq_len() {
+            return Err(EngineError::Invalid(format!(
+                "residual of shape {:?} from position {start} does not fit the batch [{}, {}]",
+                x.dims(),
+                self.batch.len(),
+                self.batch.seq_len()
+            )));
+        }
+        let mut hs = HookState::new(hooks, None);
+        let mut x = x;
+        for (l, (k, v)) in layers.zip(past) {
+            let p = crate::network::Past { start, k: k.clone(), v: v.clone() };
+            x = self.model.net.block(l, x, &self.prep, &mut hs, if start == 0 { None } else { Some(&p) })?;
         }
         Ok((x, hs.cache))
     }

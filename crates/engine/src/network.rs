@@ -175,6 +175,14 @@ pub(crate) struct RopeTables {
 }
 
 impl RopeTables {
+    /// The tables of positions `[start, start + len)`.
+    fn narrow(&self, start: usize, len: usize) -> Result<Self> {
+        Ok(Self {
+            cos: self.cos.narrow(1, start, len)?.contiguous()?,
+            sin: self.sin.narrow(1, start, len)?.contiguous()?,
+        })
+    }
+
     /// Rotates `x` `[B, T, H, head_dim]` (transformers' rotate-half convention). The fused
     /// kernel has no gradient, so gradient runs take the composed path.
     fn apply(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
@@ -218,6 +226,15 @@ pub(crate) struct Inputs<'a> {
     pub ids: &'a Tensor,
     pub positions: &'a [Vec<u32>],
     pub mask: &'a [Vec<u8>],
+}
+
+/// Keys and values of positions `[0, start)` from an earlier run, so a block can run on the
+/// positions from `start` on only: under causal attention nothing at a later position changes
+/// an earlier one. Keys are as attention uses them (after q/k norms and RoPE): `[B, start, KV, hd]`.
+pub struct Past {
+    pub start: usize,
+    pub k: Tensor,
+    pub v: Tensor,
 }
 
 /// A batch's RoPE tables and masks, built once (see [`Network::prepare`]).
@@ -289,14 +306,31 @@ impl Network {
         })
     }
 
-    /// Block `l` on its input `x` (the residual stream entering it).
-    pub fn block(&self, l: usize, x: Tensor, prep: &Prepared, hs: &mut HookState) -> Result<Tensor> {
+    /// Block `l` on its input `x` (the residual stream entering it): every position, or with
+    /// `past` only the positions from `past.start` on (`x` is then `[B, T − start, d]`).
+    pub fn block(
+        &self,
+        l: usize,
+        x: Tensor,
+        prep: &Prepared,
+        hs: &mut HookState,
+        past: Option<&Past>,
+    ) -> Result<Tensor> {
         let cfg = &self.cfg;
         let fused = prep.fused;
         let block = &self.blocks[l];
-        let mask = &prep.masks[&cfg.sliding_window[l]];
+        let full_mask = &prep.masks[&cfg.sliding_window[l]];
+        let narrowed;
+        let (mask, rope) = match past {
+            None => (full_mask.clone(), prep.rope.as_ref()),
+            Some(p) => {
+                let s = x.dim(1)?;
+                narrowed = prep.rope.as_ref().map(|r| r.narrow(p.start, s)).transpose()?;
+                (full_mask.narrow(2, p.start, s)?, narrowed.as_ref())
+            }
+        };
         let x = hs.fire(Site::ResidPre(l), x)?;
-        let attn_out = self.attention(l, block, &x, prep.rope.as_ref(), mask, hs, fused)?;
+        let attn_out = self.attention(l, block, &x, rope, &mask, hs, fused, past)?;
         let attn_out = match &block.post_attn_norm {
             Some(n) => n.forward(&attn_out, fused)?,
             None => attn_out,
@@ -343,9 +377,12 @@ impl Network {
         mask: &Tensor,
         hs: &mut HookState,
         fused: bool,
+        past: Option<&Past>,
     ) -> Result<Tensor> {
         let cfg = &self.cfg;
+        // t: the query positions computed here; tk: all key positions.
         let (b, t, _) = x.dims3()?;
+        let tk = t + past.map_or(0, |p| p.start);
         let (nh, nkv, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
         let rep = nh / nkv;
         let a = &block.attn;
@@ -370,6 +407,10 @@ impl Network {
 
         // Grouped-query attention without copying keys: the `rep` query heads that share a kv
         // head are stacked along the query axis, [B, KV, rep·T, hd] @ [B, KV, hd, T].
+        let (k, v) = match past {
+            Some(p) => (Tensor::cat(&[&p.k, &k], 1)?, Tensor::cat(&[&p.v, &v], 1)?),
+            None => (k, v),
+        };
         let q = q.transpose(1, 2)?.contiguous()?.reshape((b, nkv, rep * t, hd))?;
         let k = k.transpose(1, 2)?.contiguous()?;
         let v = v.transpose(1, 2)?.contiguous()?;
@@ -377,7 +418,7 @@ impl Network {
         if cfg.attn_scale_by_layer {
             scale /= (l + 1) as f64;
         }
-        let mut scores = (q.matmul(&k.t()?)? * scale)?.reshape((b, nh, t, t))?.to_dtype(DType::F32)?;
+        let mut scores = (q.matmul(&k.t()?)? * scale)?.reshape((b, nh, t, tk))?.to_dtype(DType::F32)?;
         if let Some(c) = cfg.attn_softcap {
             scores = ((scores / c)?.tanh()? * c)?;
         }
@@ -392,7 +433,7 @@ impl Network {
         };
         let pattern = hs.fire(Site::Pattern(l), pattern.to_dtype(v.dtype())?)?;
         let z = pattern
-            .reshape((b, nkv, rep * t, t))?
+            .reshape((b, nkv, rep * t, tk))?
             .matmul(&v)?
             .reshape((b, nh, t, hd))?
             .transpose(1, 2)?

@@ -609,3 +609,44 @@ fn piecewise_forward_equals_the_full_pass() {
         assert!(prep.blocks(x.narrow(1, 0, 2).unwrap(), 0..1, &Hooks::none()).is_err());
     }
 }
+
+#[test]
+fn suffix_run_with_cached_keys_equals_the_full_pass() {
+    for name in ["llama", "mistral", "qwen3", "gemma2", "gpt2"] {
+        let model = load(name);
+        let ids = ids(&model, 2, "chosen");
+        let batch = single(&model, &ids);
+        let n = model.config.n_layers;
+        let k_site = if model.config.rope.is_some() { "blocks.*.attn.hook_rot_k" } else { "blocks.*.attn.hook_k" };
+        let full = model
+            .forward(
+                &batch,
+                &Hooks::cache(&["blocks.*.hook_resid_pre", k_site, "blocks.*.attn.hook_v", "blocks.*.hook_resid_post"]),
+            )
+            .unwrap();
+        let c = &full.cache;
+        let prep = model.prepare(&batch).unwrap();
+        let t = ids.len();
+        for (l, start) in [(0usize, 5usize), (1, 12), (n - 1, t - 1)] {
+            let k_name = |i: usize| if model.config.rope.is_some() { Site::RotK(i) } else { Site::K(i) };
+            let past: Vec<(Tensor, Tensor)> = (l..n)
+                .map(|i| {
+                    (
+                        c.site(k_name(i)).unwrap().narrow(1, 0, start).unwrap(),
+                        c.site(Site::V(i)).unwrap().narrow(1, 0, start).unwrap(),
+                    )
+                })
+                .collect();
+            let x = c.site(Site::ResidPre(l)).unwrap().narrow(1, start, t - start).unwrap();
+            let (suffix, _) = prep.blocks_from(x, start, l..n, &past, &Hooks::none()).unwrap();
+            let prefix = c.site(Site::ResidPost(n - 1)).unwrap().narrow(1, 0, start).unwrap();
+            let whole = Tensor::cat(&[&prefix, &suffix], 1).unwrap();
+            let (out, _) = prep.head(&whole, &Hooks::none()).unwrap();
+            let d = (out.scores[0] - full.output.scores[0]).abs();
+            assert!(d < 1e-5, "{name}: from layer {l}, position {start}: {d}");
+            let want = c.site(Site::ResidPost(n - 1)).unwrap().narrow(1, start, t - start).unwrap();
+            let diff = (suffix - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-4, "{name}: suffix residual differs by {diff}");
+        }
+    }
+}
