@@ -209,10 +209,14 @@ struct Run {
 
 fn clean_run(model: &RewardModel, ids: &[u32], heads: bool) -> Result<Run> {
     let batch = model.batch(&[ids.to_vec()], PaddingSide::Right)?;
-    let mut names = vec!["blocks.*.hook_resid_pre", "blocks.*.hook_attn_out", "blocks.*.hook_mlp_out"];
+    let k = if model.config.rope.is_some() { "blocks.*.attn.hook_rot_k" } else { "blocks.*.attn.hook_k" };
+    let mut names =
+        vec!["blocks.*.hook_resid_pre", "blocks.*.hook_attn_out", "blocks.*.hook_mlp_out", k, "blocks.*.attn.hook_v"];
     if heads {
         names.push("blocks.*.attn.hook_z");
     }
+    let last = format!("blocks.{}.hook_resid_post", model.config.n_layers - 1);
+    names.push(&last);
     let fwd = model.forward(&batch, &Hooks::cache(&names))?;
     Ok(Run { score: fwd.output.scores[0] as f64, pooled: fwd.output.pooled_index[0], cache: fwd.cache })
 }
@@ -228,6 +232,7 @@ fn replacement(
     mode: PatchMode,
     means: Option<&ActivationCache>,
     v1_heads: bool,
+    shared: usize,
 ) -> Result<Tensor> {
     let site = site_of(c).name();
     let own = target.cache.require(&site)?.get(0)?; // [T_t, …]
@@ -242,6 +247,9 @@ fn replacement(
         let new = match mode {
             PatchMode::Zero => keep.zeros_like()?,
             PatchMode::Mean => means.expect("mean mode has means").require(&site)?.get(0)?,
+            // The shared token prefix computes the same values in both runs (causal attention);
+            // keeping the target's own makes that exact, so patches start after it.
+            PatchMode::Noising | PatchMode::Denoising if p < shared => keep,
             PatchMode::Noising | PatchMode::Denoising => {
                 let src = source.expect("noising/denoising have a source").cache.require(&site)?.get(0)?;
                 match map[p] {
@@ -321,9 +329,10 @@ pub fn patch(model: &RewardModel, pairs: &[PatchInput], opts: &PatchOptions) -> 
             })
             .collect();
         let v1_heads = opts.v1_compat && heads;
+        let shared = t_ids.iter().zip(s_ids).take_while(|(a, b)| a == b).count();
         let reps = comps
             .iter()
-            .map(|c| replacement(c, target, source, &map, &positions, opts.mode, means.as_ref(), v1_heads))
+            .map(|c| replacement(c, target, source, &map, &positions, opts.mode, means.as_ref(), v1_heads, shared))
             .collect::<Result<Vec<_>>>()?;
         let patched = if opts.naive {
             layer_passes += comps.len() * n_layers;
@@ -378,7 +387,16 @@ fn naive(model: &RewardModel, ids: &[u32], comps: &[PatchComponent], reps: &[Ten
         .collect()
 }
 
-/// Patches grouped by layer: each group resumes from the cached input of its layer as one batch.
+/// The first position at which a replacement differs from the activation it replaces.
+fn first_change(rep: &Tensor, own: &Tensor) -> Result<usize> {
+    let t = own.dim(1)?;
+    let d = (rep - own)?.abs()?.flatten_from(2)?.sum(2)?.squeeze(0)?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    Ok(d.iter().position(|&x| x != 0.0).unwrap_or(t.saturating_sub(1)))
+}
+
+/// Patches grouped by (layer, first changed position): each group resumes from the cached input
+/// of its layer, computes only the positions from its first change on (earlier ones reuse the
+/// clean run's keys and values), and runs as one batch.
 fn sweep(
     model: &RewardModel,
     ids: &[u32],
@@ -388,30 +406,58 @@ fn sweep(
     batch_size: usize,
 ) -> Result<(Vec<f64>, usize)> {
     let n_layers = model.config.n_layers;
+    let t = ids.len();
+    let k_site = |l: usize| if model.config.rope.is_some() { Site::RotK(l) } else { Site::K(l) };
+    let starts = comps
+        .iter()
+        .zip(reps)
+        .map(|(c, r)| first_change(r, target.cache.require(&site_of(c).name())?))
+        .collect::<Result<Vec<_>>>()?;
+    let mut keys: Vec<(usize, usize)> = comps.iter().zip(&starts).map(|(c, &s)| (c.layer, s)).collect();
+    keys.sort();
+    keys.dedup();
     let mut scores = vec![0.0; comps.len()];
-    let mut passes = 0;
-    for l in 0..n_layers {
-        let idx: Vec<usize> = (0..comps.len()).filter(|&k| comps[k].layer == l).collect();
+    let mut passes = 0.0;
+    let final_resid = target.cache.require(&Site::ResidPost(n_layers - 1).name())?;
+    for (l, start) in keys {
+        let idx: Vec<usize> = (0..comps.len()).filter(|&k| comps[k].layer == l && starts[k] == start).collect();
         for group in idx.chunks(batch_size.max(1)) {
             let rows = group.len();
             let batch = model.batch(&vec![ids.to_vec(); rows], PaddingSide::Right)?;
             let prep = model.prepare(&batch)?;
-            let resid = target.cache.require(&Site::ResidPre(l).name())?;
-            let x = resid.broadcast_as((rows, resid.dim(1)?, resid.dim(2)?))?.contiguous()?;
+            let widen = |x: &Tensor| -> Result<Tensor> {
+                let mut shape = x.dims().to_vec();
+                shape[0] = rows;
+                Ok(x.broadcast_as(shape)?.contiguous()?)
+            };
+            let s = t - start;
+            let x = widen(&target.cache.require(&Site::ResidPre(l).name())?.narrow(1, start, s)?)?;
+            let past = (l..n_layers)
+                .map(|i| {
+                    let k = target.cache.require(&k_site(i).name())?.narrow(1, 0, start)?;
+                    let v = target.cache.require(&Site::V(i).name())?.narrow(1, 0, start)?;
+                    Ok((widen(&k)?, widen(&v)?))
+                })
+                .collect::<Result<Vec<_>>>()?;
             let mut hooks = Hooks::none();
             for (row, &k) in group.iter().enumerate() {
-                hooks =
-                    hooks.with(Intervention::new(site_of(&comps[k]), Action::Replace(reps[k].clone())).rows(vec![row]));
+                let rep = reps[k].narrow(1, start, s)?;
+                hooks = hooks.with(Intervention::new(site_of(&comps[k]), Action::Replace(rep)).rows(vec![row]));
             }
-            let (x, _) = prep.blocks(x, l..n_layers, &hooks)?;
-            let (out, _) = prep.head(&x, &Hooks::none())?;
+            let (suffix, _) = prep.blocks_from(x, start, l..n_layers, &past, &hooks)?;
+            let whole = if start == 0 {
+                suffix
+            } else {
+                Tensor::cat(&[&widen(&final_resid.narrow(1, 0, start)?)?, &suffix], 1)?
+            };
+            let (out, _) = prep.head(&whole, &Hooks::none())?;
             for (row, &k) in group.iter().enumerate() {
                 scores[k] = out.scores[row] as f64;
             }
-            passes += rows * (n_layers - l);
+            passes += (rows * (n_layers - l)) as f64 * s as f64 / t as f64;
         }
     }
-    Ok((scores, passes))
+    Ok((scores, passes.round() as usize))
 }
 
 /// Attribution patching: every component's patch effect to first order, from the clean runs and
@@ -456,6 +502,7 @@ pub fn atp(model: &RewardModel, pairs: &[PatchInput], opts: &PatchOptions) -> Re
                 (PatchPositions::Response, ..) => p >= t_rs,
             })
             .collect();
+        let shared = t_ids.iter().zip(s_ids.iter()).take_while(|(a, b)| a == b).count();
         let effects = comps
             .iter()
             .map(|c| {
@@ -468,6 +515,7 @@ pub fn atp(model: &RewardModel, pairs: &[PatchInput], opts: &PatchOptions) -> Re
                     opts.mode,
                     means.as_ref(),
                     opts.v1_compat && heads,
+                    shared,
                 )?;
                 let site = site_of(c).name();
                 let own = target.cache.require(&site)?;
