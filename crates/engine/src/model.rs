@@ -453,6 +453,16 @@ impl PreparedBatch<'_> {
         Ok((x, hs.cache))
     }
 
+    /// The keys and values block `l` would attend with for `x`, the residual entering it at
+    /// positions `[start, start + T')` (`[B, T', KV, hd]`, keys after RoPE) — without the rest of
+    /// the block. Lets a caller that needs only some query positions build the cache it attends to.
+    pub fn keys_values(&self, l: usize, x: &Tensor, start: usize) -> Result<(Tensor, Tensor)> {
+        if l >= self.model.config.n_layers {
+            return Err(EngineError::Invalid(format!("layer {l} out of range")));
+        }
+        self.model.net.keys_values(l, x, &self.prep, start)
+    }
+
     /// Runs blocks `layers` on positions `[start, T)` only, `x` being their residual entering
     /// `layers.start` (`[B, T − start, d]`); `past[i]` holds the keys and values of positions
     /// `[0, start)` at layer `layers.start + i` (post-RoPE keys, `attn.hook_rot_k` — `hook_k`
@@ -475,7 +485,7 @@ impl PreparedBatch<'_> {
             )));
         }
         let (b, s, _) = x.dims3()?;
-        if b != self.batch.len() || start + s != self.batch.seq_len() {
+        if b != self.batch.len() || start + s > self.batch.seq_len() {
             return Err(EngineError::Invalid(format!(
                 "residual of shape {:?} from position {start} does not fit the batch [{}, {}]",
                 x.dims(),

@@ -326,7 +326,8 @@ impl Network {
             Some(p) => {
                 let s = x.dim(1)?;
                 narrowed = prep.rope.as_ref().map(|r| r.narrow(p.start, s)).transpose()?;
-                (full_mask.narrow(2, p.start, s)?, narrowed.as_ref())
+                // Queries [start, start + s); keys [0, start + s) (past ones plus these).
+                (full_mask.narrow(2, p.start, s)?.narrow(3, 0, p.start + s)?, narrowed.as_ref())
             }
         };
         let x = hs.fire(Site::ResidPre(l), x)?;
@@ -367,6 +368,32 @@ impl Network {
         Ok(Hidden { normalized })
     }
 
+    /// Keys (after Qwen3's k_norm, before RoPE) and values of the normed input `h`.
+    fn project_kv(&self, block: &Block, h: &Tensor, fused: bool) -> Result<(Tensor, Tensor)> {
+        let (b, t, _) = h.dims3()?;
+        let (nkv, hd) = (self.cfg.n_kv_heads, self.cfg.head_dim);
+        let a = &block.attn;
+        let mut k = a.k.forward(h)?.reshape((b, t, nkv, hd))?;
+        let v = a.v.forward(h)?.reshape((b, t, nkv, hd))?;
+        if let Some(n) = &a.k_norm {
+            k = n.forward(&k, fused)?;
+        }
+        Ok((k, v))
+    }
+
+    /// Keys and values layer `l`'s attention would use for residual `x` at positions
+    /// `[start, start + T)` (keys after RoPE), without running the rest of the block.
+    pub fn keys_values(&self, l: usize, x: &Tensor, prep: &Prepared, start: usize) -> Result<(Tensor, Tensor)> {
+        let block = &self.blocks[l];
+        let h = block.ln1.forward(x, prep.fused)?;
+        let (k, v) = self.project_kv(block, &h, prep.fused)?;
+        let k = match &prep.rope {
+            Some(r) => r.narrow(start, x.dim(1)?)?.apply(&k, prep.fused)?,
+            None => k,
+        };
+        Ok((k, v))
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
@@ -389,14 +416,10 @@ impl Network {
         let h = block.ln1.forward(x, fused)?;
 
         let mut q = a.q.forward(&h)?.reshape((b, t, nh, hd))?;
-        let mut k = a.k.forward(&h)?.reshape((b, t, nkv, hd))?;
-        let v = a.v.forward(&h)?.reshape((b, t, nkv, hd))?;
         if let Some(n) = &a.q_norm {
             q = n.forward(&q, fused)?;
         }
-        if let Some(n) = &a.k_norm {
-            k = n.forward(&k, fused)?;
-        }
+        let (k, v) = self.project_kv(block, &h, fused)?;
         let mut q = hs.fire(Site::Q(l), q)?;
         let mut k = hs.fire(Site::K(l), k)?;
         let v = hs.fire(Site::V(l), v)?;

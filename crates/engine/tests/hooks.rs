@@ -650,3 +650,25 @@ fn suffix_run_with_cached_keys_equals_the_full_pass() {
         }
     }
 }
+
+#[test]
+fn keys_values_match_the_cached_ones() {
+    for name in ["qwen3", "gpt2", "gemma2"] {
+        let model = load(name);
+        let ids = ids(&model, 1, "chosen");
+        let batch = single(&model, &ids);
+        let k_site = if model.config.rope.is_some() { "blocks.1.attn.hook_rot_k" } else { "blocks.1.attn.hook_k" };
+        let fwd =
+            model.forward(&batch, &Hooks::cache(&["blocks.1.hook_resid_pre", k_site, "blocks.1.attn.hook_v"])).unwrap();
+        let prep = model.prepare(&batch).unwrap();
+        let x = fwd.cache.require("blocks.1.hook_resid_pre").unwrap().narrow(1, 4, 6).unwrap();
+        let (k, v) = prep.keys_values(1, &x, 4).unwrap();
+        let diff =
+            |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff(&k, &fwd.cache.require(k_site).unwrap().narrow(1, 4, 6).unwrap()) < 1e-5, "{name}: keys");
+        assert!(
+            diff(&v, &fwd.cache.require("blocks.1.attn.hook_v").unwrap().narrow(1, 4, 6).unwrap()) < 1e-5,
+            "{name}: values"
+        );
+    }
+}

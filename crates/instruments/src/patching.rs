@@ -394,9 +394,8 @@ fn first_change(rep: &Tensor, own: &Tensor) -> Result<usize> {
     Ok(d.iter().position(|&x| x != 0.0).unwrap_or(t.saturating_sub(1)))
 }
 
-/// Patches grouped by (layer, first changed position): each group resumes from the cached input
-/// of its layer, computes only the positions from its first change on (earlier ones reuse the
-/// clean run's keys and values), and runs as one batch.
+/// Every patch resumes from the cached input of its layer and computes only the positions from
+/// its first change on (earlier ones reuse the clean run's keys and values).
 fn sweep(
     model: &RewardModel,
     ids: &[u32],
@@ -413,48 +412,99 @@ fn sweep(
         .zip(reps)
         .map(|(c, r)| first_change(r, target.cache.require(&site_of(c).name())?))
         .collect::<Result<Vec<_>>>()?;
-    let mut keys: Vec<(usize, usize)> = comps.iter().zip(&starts).map(|(c, &s)| (c.layer, s)).collect();
-    keys.sort();
-    keys.dedup();
+    // Group by first changed position; within a group, rows ordered by layer join one growing
+    // batch as the sweep reaches their layer, so each layer runs one larger matmul (at one
+    // thread, gemm's packing cost makes small batches slow).
+    let mut distinct: Vec<usize> = starts.clone();
+    distinct.sort();
+    distinct.dedup();
     let mut scores = vec![0.0; comps.len()];
     let mut passes = 0.0;
     let final_resid = target.cache.require(&Site::ResidPost(n_layers - 1).name())?;
-    for (l, start) in keys {
-        let idx: Vec<usize> = (0..comps.len()).filter(|&k| comps[k].layer == l && starts[k] == start).collect();
-        for group in idx.chunks(batch_size.max(1)) {
-            let rows = group.len();
+    let linear_head = matches!(model.head, reward_lens_engine::RewardHead::Linear(_));
+    let pooled = target.pooled;
+    // Share of a layer's per-token work spent on the key and value projections.
+    let c = &model.config;
+    let kv = 2.0 * (c.d_model * c.n_kv_heads * c.head_dim) as f64;
+    let qo = 2.0 * (c.d_model * c.n_heads * c.head_dim) as f64;
+    let mlp = (if c.gated_mlp { 3.0 } else { 2.0 }) * (c.d_model * c.d_mlp) as f64;
+    let kv_share = kv / (kv + qo + mlp);
+    for start in distinct {
+        let mut idx: Vec<usize> = (0..comps.len()).filter(|&k| starts[k] == start).collect();
+        idx.sort_by_key(|&k| comps[k].layer);
+        let s = t - start;
+        for chunk in idx.chunks(batch_size.max(1)) {
+            let first = comps[chunk[0]].layer;
+            let mut active: Vec<usize> = Vec::new();
+            let mut x: Option<Tensor> = None;
+            let mut x_from = start;
+            for l in first..n_layers {
+                let joiners: Vec<usize> = chunk.iter().copied().filter(|&k| comps[k].layer == l).collect();
+                if !joiners.is_empty() {
+                    let clean = target.cache.require(&Site::ResidPre(l).name())?.narrow(1, start, s)?;
+                    let new = clean.broadcast_as((joiners.len(), s, clean.dim(2)?))?.contiguous()?;
+                    x = Some(match x {
+                        Some(prev) => Tensor::cat(&[&prev, &new], 0)?,
+                        None => new,
+                    });
+                }
+                let rows_before = active.len();
+                active.extend(&joiners);
+                let rows = active.len();
+                let widen = |t: &Tensor| -> Result<Tensor> {
+                    let mut shape = t.dims().to_vec();
+                    shape[0] = rows;
+                    Ok(t.broadcast_as(shape)?.contiguous()?)
+                };
+                let batch = model.batch(&vec![ids.to_vec(); rows], PaddingSide::Right)?;
+                let prep = model.prepare(&batch)?;
+                let cached = |site: Site, end: usize| -> Result<Tensor> {
+                    widen(&target.cache.require(&site.name())?.narrow(1, 0, end)?)
+                };
+                let xin = x.take().expect("rows joined");
+                // In the last layer only the pooled row reaches a linear head: positions between
+                // the first change and the pooled token contribute keys and values only.
+                let pooled_only = l == n_layers - 1 && linear_head && pooled >= start;
+                let (from, past, xq) = if pooled_only {
+                    let mid = pooled - start;
+                    let (mut k, mut v) = (cached(k_site(l), start)?, cached(Site::V(l), start)?);
+                    if mid > 0 {
+                        let (km, vm) = prep.keys_values(l, &xin.narrow(1, 0, mid)?, start)?;
+                        k = Tensor::cat(&[&k, &km], 1)?;
+                        v = Tensor::cat(&[&v, &vm], 1)?;
+                    }
+                    passes += rows as f64 * mid as f64 * kv_share / t as f64;
+                    (pooled, vec![(k, v)], xin.narrow(1, mid, t - pooled)?)
+                } else {
+                    (start, vec![(cached(k_site(l), start)?, cached(Site::V(l), start)?)], xin)
+                };
+                let width = t - from;
+                let mut hooks = Hooks::none();
+                for (j, &k) in joiners.iter().enumerate() {
+                    let rep = reps[k].narrow(1, from, width)?;
+                    hooks = hooks
+                        .with(Intervention::new(site_of(&comps[k]), Action::Replace(rep)).rows(vec![rows_before + j]));
+                }
+                let (out, _) = prep.blocks_from(xq, from, l..l + 1, &past, &hooks)?;
+                x = Some(out);
+                x_from = from;
+                passes += rows as f64 * width as f64 / t as f64;
+            }
+            let rows = active.len();
             let batch = model.batch(&vec![ids.to_vec(); rows], PaddingSide::Right)?;
             let prep = model.prepare(&batch)?;
-            let widen = |x: &Tensor| -> Result<Tensor> {
-                let mut shape = x.dims().to_vec();
-                shape[0] = rows;
-                Ok(x.broadcast_as(shape)?.contiguous()?)
-            };
-            let s = t - start;
-            let x = widen(&target.cache.require(&Site::ResidPre(l).name())?.narrow(1, start, s)?)?;
-            let past = (l..n_layers)
-                .map(|i| {
-                    let k = target.cache.require(&k_site(i).name())?.narrow(1, 0, start)?;
-                    let v = target.cache.require(&Site::V(i).name())?.narrow(1, 0, start)?;
-                    Ok((widen(&k)?, widen(&v)?))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let mut hooks = Hooks::none();
-            for (row, &k) in group.iter().enumerate() {
-                let rep = reps[k].narrow(1, start, s)?;
-                hooks = hooks.with(Intervention::new(site_of(&comps[k]), Action::Replace(rep)).rows(vec![row]));
-            }
-            let (suffix, _) = prep.blocks_from(x, start, l..n_layers, &past, &hooks)?;
-            let whole = if start == 0 {
+            let suffix = x.expect("at least one layer ran");
+            // Positions before `x_from` are not read by a linear head (and unchanged otherwise).
+            let whole = if x_from == 0 {
                 suffix
             } else {
-                Tensor::cat(&[&widen(&final_resid.narrow(1, 0, start)?)?, &suffix], 1)?
+                let prefix = final_resid.narrow(1, 0, x_from)?;
+                Tensor::cat(&[&prefix.broadcast_as((rows, x_from, prefix.dim(2)?))?.contiguous()?, &suffix], 1)?
             };
             let (out, _) = prep.head(&whole, &Hooks::none())?;
-            for (row, &k) in group.iter().enumerate() {
+            for (row, &k) in active.iter().enumerate() {
                 scores[k] = out.scores[row] as f64;
             }
-            passes += (rows * (n_layers - l)) as f64 * s as f64 / t as f64;
         }
     }
     Ok((scores, passes.round() as usize))

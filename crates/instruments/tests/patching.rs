@@ -92,11 +92,11 @@ fn anchored_alignment_patches_the_pooled_token() {
     let ours = patch(&model, &pairs, &PatchOptions::default()).unwrap();
     let last_mlp = v1.components.len() - 1;
     // Where chosen is longer, v1's prefix rule never reaches the pooled token: the last MLP's
-    // effect is exactly 0; anchored alignment moves it.
+    // effect is 0 (to float rounding); anchored alignment moves it.
     let mut zeros = 0;
     for (p, (a, b)) in pairs.iter().zip(v1.pairs.iter().zip(&ours.pairs)) {
         if p.chosen.len() > p.rejected.len() {
-            assert_eq!(a.effects[last_mlp], 0.0);
+            assert!(a.effects[last_mlp].abs() < 1e-6);
             assert!(b.effects[last_mlp].abs() > 1e-6);
             zeros += 1;
         }
