@@ -57,6 +57,10 @@ pub struct PatchArgs {
     /// Texts for mean mode: a pairs JSONL whose prompt + chosen are the reference set.
     #[arg(long, value_name = "FILE.jsonl")]
     pub mean_reference: Option<PathBuf>,
+    /// Divergence check (patch only, sublayers): fit each component's distribution at the pooled
+    /// token on these texts (a pairs JSONL; prompt + chosen) and score what every patch put in.
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub divergence_reference: Option<PathBuf>,
     /// reward-lens 1.0 semantics (prefix alignment, v1 names, mean at the last position).
     #[arg(long)]
     pub v1_compat: bool,
@@ -121,6 +125,19 @@ impl PatchArgs {
     }
 }
 
+/// prompt + chosen of every pair in a file, encoded.
+fn reference_texts(model: &RewardModel, f: &std::path::Path) -> Result<Vec<Vec<u32>>> {
+    crate::pairs::read(f)?
+        .iter()
+        .map(|p| {
+            model
+                .encode(&p.prompt, &p.chosen, Truncation::Error)
+                .map(|e| e.ids)
+                .with_context(|| format!("{}:{}", f.display(), p.line))
+        })
+        .collect()
+}
+
 pub fn encode(model: &RewardModel, input: &PairInput, p: &Pair) -> Result<PatchInput> {
     let truncation = if input.truncate_prompt { Truncation::DropPromptLeft } else { Truncation::Error };
     let e =
@@ -152,21 +169,43 @@ fn run_kind(a: PatchArgs, attribution_patching: bool) -> Result<()> {
     let opts = a.options(&model)?;
     let pairs = a.input.read()?;
     let mut names: Vec<String> = Vec::new();
-    let mut fe = 0.0;
+    let (mut fe, mut done) = (0.0, 0usize);
     let what = if attribution_patching { "attribution patching" } else { "patching" };
+    let divergence_texts = match (&a.divergence_reference, attribution_patching) {
+        (Some(f), false) => Some(reference_texts(&model, f)?),
+        (Some(_), true) => anyhow::bail!("--divergence-reference applies to `patch`, not `atp`"),
+        _ => None,
+    };
+    let mut reference: Option<reward_lens_instruments::divergence::Reference> = None;
     let lines = perpair::run(&a.out, a.resume, &pairs, what, |p| {
         let inp = encode(&model, &a.input, p)?;
+        let ids = vec![(inp.chosen.clone(), inp.rejected.clone())];
         let rep = if attribution_patching { atp(&model, &[inp], &opts)? } else { patch(&model, &[inp], &opts)? };
         names = rep.components.iter().map(|c| c.name.clone()).collect();
-        fe = rep.forward_equivalents_per_pair;
+        fe += rep.forward_equivalents_per_pair;
+        done += 1;
         let r = &rep.pairs[0];
-        Ok(json!({
+        let mut line = json!({
             "original_margin": r.original_margin,
             "effects": named(&rep, &r.effects),
             "normalized": named(&rep, &r.normalized),
             "len_chosen": r.len_chosen,
             "len_rejected": r.len_rejected,
-        }))
+        });
+        if let Some(texts) = &divergence_texts {
+            if reference.is_none() {
+                reference = Some(reward_lens_instruments::divergence::Reference::fit(&model, &names, texts)?);
+            }
+            let div = reward_lens_instruments::divergence::check(
+                &model,
+                &rep,
+                &ids,
+                reference.as_ref().expect("fitted"),
+                a.v1_compat,
+            )?;
+            line["divergence"] = serde_json::to_value(&div.pairs[0])?;
+        }
+        Ok(line)
     })?;
     if names.is_empty() {
         names = lines
@@ -176,8 +215,8 @@ fn run_kind(a: PatchArgs, attribution_patching: bool) -> Result<()> {
             .unwrap_or_default();
     }
     summarize(&lines, &names, "effects", a.seed);
-    if fe > 0.0 {
-        println!("compute: {fe:.1} forward-equivalents per pair");
+    if done > 0 {
+        println!("compute: {:.1} forward-equivalents per pair (mean over the pairs run now)", fe / done as f64);
     }
     eprintln!("wrote {}", a.out.display());
     Ok(())

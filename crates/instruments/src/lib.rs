@@ -11,6 +11,7 @@ pub mod attribution;
 pub mod compare;
 pub mod concepts;
 pub mod conflict;
+pub mod divergence;
 pub mod faithfulness;
 pub mod lens;
 pub mod patching;

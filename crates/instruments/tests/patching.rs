@@ -232,3 +232,33 @@ fn faithfulness_ranks_the_same_components_three_ways() {
     assert!(m.ci_low.unwrap() <= m.mean.unwrap() && m.mean.unwrap() <= m.ci_high.unwrap());
     assert!(rep.dla.iter().flatten().all(|x| x.is_finite()));
 }
+
+#[test]
+fn divergence_distances_differ_across_components_when_n_is_below_d() {
+    use reward_lens_instruments::divergence::{check, DivergenceClass, Reference};
+    let model = load("llama");
+    let all = inputs(&model);
+    // 10 reference texts in d_model = 64: n < d.
+    let texts: Vec<Vec<u32>> = all[10..].iter().map(|p| p.chosen.clone()).collect();
+    let pairs = all[..5].to_vec();
+    let rep = patch(&model, &pairs, &PatchOptions::default()).unwrap();
+    let names: Vec<String> = rep.components.iter().map(|c| c.name.clone()).collect();
+    let reference = Reference::fit(&model, &names, &texts).unwrap();
+    let ids: Vec<(Vec<u32>, Vec<u32>)> = pairs.iter().map(|p| (p.chosen.clone(), p.rejected.clone())).collect();
+    let div = check(&model, &rep, &ids, &reference, false).unwrap();
+    assert_eq!(div.n_reference, 10);
+    for p in &div.pairs {
+        let d: Vec<f64> = p.components.iter().map(|c| c.distance).collect();
+        let mean = d.iter().sum::<f64>() / d.len() as f64;
+        let sd = (d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / d.len() as f64).sqrt();
+        assert!(sd > 0.05 * mean, "distances should differ across components: {d:?}");
+        assert!((0.0..=1.0).contains(&p.reliability));
+        for c in &p.components {
+            assert_eq!(c.class == DivergenceClass::InDistribution, c.distance <= c.threshold);
+        }
+    }
+    assert!(div.shrinkage.iter().all(|s| (0.0..=1.0).contains(s)));
+    // v1's fixed threshold of 2.0 in 64 dimensions: every component is "divergent".
+    let v1 = check(&model, &rep, &ids, &reference, true).unwrap();
+    assert!(v1.pairs.iter().flat_map(|p| &p.components).all(|c| c.class != DivergenceClass::InDistribution));
+}
