@@ -24,6 +24,9 @@ pub enum ModeArg {
 pub enum GranularityArg {
     Sublayer,
     Head,
+    /// The residual stream entering each layer at each position (`resid.{l}.{k}`: k tokens
+    /// before the pooled one).
+    Residual,
 }
 #[derive(Clone, Copy, ValueEnum)]
 pub enum AlignArg {
@@ -106,6 +109,7 @@ impl PatchArgs {
             granularity: match self.granularity {
                 GranularityArg::Sublayer => Granularity::Sublayer,
                 GranularityArg::Head => Granularity::Head,
+                GranularityArg::Residual => Granularity::Residual,
             },
             align: match self.align {
                 AlignArg::Anchored => Align::Anchored,

@@ -34,6 +34,8 @@ pub enum ComponentKind {
     Head,
     AttnBias,
     Mlp,
+    /// The residual stream entering a layer at one position (patching only).
+    Resid,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -53,6 +53,9 @@ pub enum Granularity {
     Sublayer,
     /// Each attention head (its slice of `attn.hook_z`).
     Head,
+    /// The residual stream entering each layer at each position, counted back from the pooled
+    /// token (`resid.{l}.{k}`: k tokens before it), so pairs of different lengths line up.
+    Residual,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -119,6 +122,8 @@ pub struct PatchComponent {
     pub kind: ComponentKind,
     pub layer: usize,
     pub head: Option<usize>,
+    /// Residual components: tokens before the pooled one.
+    pub offset: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -145,23 +150,34 @@ pub struct PatchingReport {
     pub forward_equivalents_per_pair: f64,
 }
 
-fn components(model: &RewardModel, g: Granularity, v1: bool) -> Vec<PatchComponent> {
+fn components(model: &RewardModel, g: Granularity, v1: bool, window: usize) -> Vec<PatchComponent> {
     let mut v = Vec::new();
     for l in 0..model.config.n_layers {
         match g {
+            Granularity::Residual => {
+                for k in 0..window {
+                    v.push(PatchComponent {
+                        name: format!("resid.{l}.{k}"),
+                        kind: ComponentKind::Resid,
+                        layer: l,
+                        head: None,
+                        offset: Some(k),
+                    });
+                }
+            }
             Granularity::Sublayer => {
                 let (a, m) = if v1 {
                     (format!("attn_L{l}"), format!("mlp_L{l}"))
                 } else {
                     (format!("attn.{l}"), format!("mlp.{l}"))
                 };
-                v.push(PatchComponent { name: a, kind: ComponentKind::Attn, layer: l, head: None });
-                v.push(PatchComponent { name: m, kind: ComponentKind::Mlp, layer: l, head: None });
+                v.push(PatchComponent { name: a, kind: ComponentKind::Attn, layer: l, head: None, offset: None });
+                v.push(PatchComponent { name: m, kind: ComponentKind::Mlp, layer: l, head: None, offset: None });
             }
             Granularity::Head => {
                 for h in 0..model.config.n_heads {
                     let name = if v1 { format!("head_L{l}_H{h}") } else { format!("head.{l}.{h}") };
-                    v.push(PatchComponent { name, kind: ComponentKind::Head, layer: l, head: Some(h) });
+                    v.push(PatchComponent { name, kind: ComponentKind::Head, layer: l, head: Some(h), offset: None });
                 }
             }
         }
@@ -173,6 +189,7 @@ fn site_of(c: &PatchComponent) -> Site {
     match c.kind {
         ComponentKind::Mlp => Site::MlpOut(c.layer),
         ComponentKind::Head => Site::Z(c.layer),
+        ComponentKind::Resid => Site::ResidPre(c.layer),
         _ => Site::AttnOut(c.layer),
     }
 }
@@ -298,10 +315,40 @@ fn mean_activations(model: &RewardModel, texts: &[Vec<u32>], heads: bool) -> Res
 }
 
 /// Patch effects of every component for every pair.
+/// How many positions back from the pooled token residual patching covers: every position of
+/// the shortest target (the pooled token only for `Pooled`, the response for `Response`).
+fn residual_window(model: &RewardModel, pairs: &[PatchInput], opts: &PatchOptions) -> Result<usize> {
+    let mut w = usize::MAX;
+    for p in pairs {
+        let (ids, rs) = if opts.mode == PatchMode::Denoising {
+            (&p.rejected, p.response_start.1)
+        } else {
+            (&p.chosen, p.response_start.0)
+        };
+        let batch = model.batch(std::slice::from_ref(ids), PaddingSide::Right)?;
+        let pooled = model.pooled_index(&batch)[0];
+        w = w.min(match opts.positions {
+            PatchPositions::All => pooled + 1,
+            PatchPositions::Pooled => 1,
+            PatchPositions::Response => (pooled + 1).saturating_sub(rs).max(1),
+        });
+    }
+    Ok(if w == usize::MAX { 1 } else { w })
+}
+
+/// The positions one component patches: its own position for residual components.
+fn component_positions(c: &PatchComponent, positions: &[bool], pooled: usize) -> Vec<bool> {
+    match c.offset {
+        Some(k) => (0..positions.len()).map(|p| pooled >= k && p == pooled - k).collect(),
+        None => positions.to_vec(),
+    }
+}
+
 pub fn patch(model: &RewardModel, pairs: &[PatchInput], opts: &PatchOptions) -> Result<PatchingReport> {
     let heads = opts.granularity == Granularity::Head;
     let align = if opts.v1_compat { Align::Prefix } else { opts.align };
-    let comps = components(model, opts.granularity, opts.v1_compat);
+    let window = if opts.granularity == Granularity::Residual { residual_window(model, pairs, opts)? } else { 0 };
+    let comps = components(model, opts.granularity, opts.v1_compat, window);
     let means =
         if opts.mode == PatchMode::Mean { Some(mean_activations(model, &opts.mean_reference, heads)?) } else { None };
     let n_layers = model.config.n_layers;
@@ -332,7 +379,10 @@ pub fn patch(model: &RewardModel, pairs: &[PatchInput], opts: &PatchOptions) -> 
         let shared = t_ids.iter().zip(s_ids).take_while(|(a, b)| a == b).count();
         let reps = comps
             .iter()
-            .map(|c| replacement(c, target, source, &map, &positions, opts.mode, means.as_ref(), v1_heads, shared))
+            .map(|c| {
+                let at = component_positions(c, &positions, target.pooled);
+                replacement(c, target, source, &map, &at, opts.mode, means.as_ref(), v1_heads, shared)
+            })
             .collect::<Result<Vec<_>>>()?;
         let patched = if opts.naive {
             layer_passes += comps.len() * n_layers;
@@ -441,8 +491,21 @@ fn sweep(
             for l in first..n_layers {
                 let joiners: Vec<usize> = chunk.iter().copied().filter(|&k| comps[k].layer == l).collect();
                 if !joiners.is_empty() {
+                    // Rows join with the clean input of their layer — or, for residual patches,
+                    // with the patched one (set here rather than by a hook, so that the last
+                    // layer's key/value shortcut sees it too).
                     let clean = target.cache.require(&Site::ResidPre(l).name())?.narrow(1, start, s)?;
-                    let new = clean.broadcast_as((joiners.len(), s, clean.dim(2)?))?.contiguous()?;
+                    let rows_in = joiners
+                        .iter()
+                        .map(|&k| {
+                            if comps[k].kind == ComponentKind::Resid {
+                                reps[k].narrow(1, start, s)
+                            } else {
+                                Ok(clean.clone())
+                            }
+                        })
+                        .collect::<candle_core::Result<Vec<_>>>()?;
+                    let new = Tensor::cat(&rows_in, 0)?.contiguous()?;
                     x = Some(match x {
                         Some(prev) => Tensor::cat(&[&prev, &new], 0)?,
                         None => new,
@@ -480,7 +543,7 @@ fn sweep(
                 };
                 let width = t - from;
                 let mut hooks = Hooks::none();
-                for (j, &k) in joiners.iter().enumerate() {
+                for (j, &k) in joiners.iter().enumerate().filter(|(_, &k)| comps[k].kind != ComponentKind::Resid) {
                     let rep = reps[k].narrow(1, from, width)?;
                     hooks = hooks
                         .with(Intervention::new(site_of(&comps[k]), Action::Replace(rep)).rows(vec![rows_before + j]));
@@ -518,11 +581,15 @@ fn sweep(
 pub fn atp(model: &RewardModel, pairs: &[PatchInput], opts: &PatchOptions) -> Result<PatchingReport> {
     let heads = opts.granularity == Granularity::Head;
     let align = if opts.v1_compat { Align::Prefix } else { opts.align };
-    let comps = components(model, opts.granularity, opts.v1_compat);
+    let window = if opts.granularity == Granularity::Residual { residual_window(model, pairs, opts)? } else { 0 };
+    let comps = components(model, opts.granularity, opts.v1_compat, window);
     let means =
         if opts.mode == PatchMode::Mean { Some(mean_activations(model, &opts.mean_reference, heads)?) } else { None };
-    let sites =
-        if heads { vec!["blocks.*.attn.hook_z"] } else { vec!["blocks.*.hook_attn_out", "blocks.*.hook_mlp_out"] };
+    let sites = match opts.granularity {
+        Granularity::Head => vec!["blocks.*.attn.hook_z"],
+        Granularity::Sublayer => vec!["blocks.*.hook_attn_out", "blocks.*.hook_mlp_out"],
+        Granularity::Residual => vec!["blocks.*.hook_resid_pre"],
+    };
     let filter = reward_lens_engine::SiteFilter::new(&sites);
     let mut out = Vec::with_capacity(pairs.len());
     let mut passes = 0.0;
@@ -556,12 +623,13 @@ pub fn atp(model: &RewardModel, pairs: &[PatchInput], opts: &PatchOptions) -> Re
         let effects = comps
             .iter()
             .map(|c| {
+                let at = component_positions(c, &positions, target.pooled);
                 let rep = replacement(
                     c,
                     &target,
                     source,
                     &map,
-                    &positions,
+                    &at,
                     opts.mode,
                     means.as_ref(),
                     opts.v1_compat && heads,
