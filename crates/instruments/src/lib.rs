@@ -15,6 +15,7 @@ pub mod divergence;
 pub mod faithfulness;
 pub mod lens;
 pub mod patching;
+pub mod path;
 pub mod readout;
 pub mod stats;
 pub mod trace;

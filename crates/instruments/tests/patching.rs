@@ -311,3 +311,50 @@ fn residual_stream_patching_per_layer_and_position() {
         assert_eq!(a.components.len(), n);
     }
 }
+
+#[test]
+fn path_patching_downstream_equals_the_head_patch() {
+    use reward_lens_instruments::path::{path_patch, Receiver};
+    for name in ["llama", "gemma2", "gpt2"] {
+        let model = load(name);
+        let pairs = inputs(&model)[..3].to_vec();
+        for mode in [PatchMode::Noising, PatchMode::Denoising] {
+            let heads =
+                patch(&model, &pairs, &PatchOptions { mode, granularity: Granularity::Head, ..Default::default() })
+                    .unwrap();
+            let (ls, hs) = (0, 1);
+            let receivers = Receiver::all_after(&model, ls);
+            let rep = path_patch(&model, &pairs, (ls, hs), &receivers, mode, Align::Anchored).unwrap();
+            let k = heads.components.iter().position(|c| c.name == format!("head.{ls}.{hs}")).unwrap();
+            for (p, h) in rep.pairs.iter().zip(&heads.pairs) {
+                let total = p.paths.last().unwrap();
+                assert_eq!(total.receiver, "downstream");
+                assert!(
+                    (total.effect - h.effects[k]).abs() < 1e-5,
+                    "{name} {mode:?}: downstream {} vs head patch {}",
+                    total.effect,
+                    h.effects[k]
+                );
+                assert!(p.paths.iter().all(|e| e.effect.is_finite()));
+                assert_eq!(p.paths.len(), receivers.len());
+            }
+        }
+        // Identical texts: the sender changes nothing, every path is 0.
+        let same =
+            PatchInput { chosen: pairs[0].chosen.clone(), rejected: pairs[0].chosen.clone(), response_start: (0, 0) };
+        let rep =
+            path_patch(&model, &[same], (0, 0), &Receiver::all_after(&model, 0), PatchMode::Noising, Align::Anchored)
+                .unwrap();
+        assert!(rep.pairs[0].paths.iter().all(|e| e.effect.abs() < 1e-6));
+        // A receiver before the sender reads nothing from it.
+        assert!(path_patch(
+            &model,
+            &pairs[..1],
+            (1, 0),
+            &[Receiver::Attn { layer: 0 }],
+            PatchMode::Noising,
+            Align::Anchored
+        )
+        .is_err());
+    }
+}
