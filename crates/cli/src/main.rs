@@ -14,6 +14,7 @@ mod lens;
 mod memory;
 mod pairs;
 mod patch;
+mod path_patch;
 mod perpair;
 mod report;
 mod score;
@@ -63,6 +64,8 @@ enum Command {
     Patch(patch::PatchArgs),
     /// Attribution patching: patch effects to first order for all components from one gradient pass.
     Atp(patch::PatchArgs),
+    /// Path patching: how much of a head's effect flows directly into a later component.
+    PathPatch(path_patch::PathPatchArgs),
     /// Does linear attribution predict patching? Spearman ρ of DLA/AtP vs patching, with CIs.
     Faithfulness(faithfulness::FaithfulnessArgs),
     /// Measure scoring throughput (tokens/s, GFLOP/s vs the machine's matmul rate) and peak memory.
@@ -180,6 +183,7 @@ fn main() {
         Command::Compare(a) => compare::run(a),
         Command::Patch(a) => patch::run(a),
         Command::Atp(a) => patch::run_atp(a),
+        Command::PathPatch(a) => path_patch::run(a),
         Command::Faithfulness(a) => faithfulness::run(a),
         Command::Bench(a) => bench::run(a),
     };

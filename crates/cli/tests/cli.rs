@@ -403,3 +403,32 @@ fn patch_atp_and_faithfulness_append_per_pair_and_resume() {
         .unwrap();
     assert!(String::from_utf8_lossy(&e.stderr).contains("--mean-reference"));
 }
+
+#[test]
+fn path_patch_command() {
+    let d = tmp("path");
+    let out = d.join("paths.jsonl");
+    let model = fixtures().join("models/gpt2");
+    run(exe()
+        .args(["path-patch", "--sender", "0.2", "--receivers", "mlp.0,attn.2,head.1.3,downstream", "--model"])
+        .arg(&model)
+        .arg("--pairs")
+        .arg(fixtures().join("pairs.jsonl"))
+        .arg("--out")
+        .arg(&out));
+    let rows = lines(&out);
+    assert_eq!(rows.len(), 20);
+    let e = rows[0]["effects"].as_object().unwrap();
+    assert_eq!(e.len(), 4);
+    assert!(e.contains_key("head.1.3"));
+    let bad = exe()
+        .args(["path-patch", "--sender", "2.0", "--receivers", "attn.1", "--model"])
+        .arg(&model)
+        .arg("--pairs")
+        .arg(fixtures().join("pairs.jsonl"))
+        .arg("--out")
+        .arg(d.join("x.jsonl"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("does not read head.2.0"));
+}

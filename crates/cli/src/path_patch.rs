@@ -1,0 +1,90 @@
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use serde_json::{json, Map, Value};
+
+use reward_lens_instruments::patching::{Align, PatchMode};
+use reward_lens_instruments::path::{path_patch, Receiver};
+
+use crate::pairs::PairInput;
+use crate::patch::{encode, summarize, AlignArg, ModeArg};
+use crate::{perpair, ModelArgs};
+
+#[derive(Args)]
+#[command(after_help = "One hop of path patching: the sender head's change under the patch (its write into the \
+residual stream) reaches only the receiver, whose recomputed output is patched into the clean run. Receivers: \
+attn.L, mlp.L, head.L.H (later layers; an MLP may be the sender's own layer), or `all` for every receiver after \
+the sender plus `downstream` (the sender's total effect, equal to patching the head).\n\nExample:\n  \
+reward-lens path-patch --sender 0.1 --pairs examples/pairs.jsonl --out paths.jsonl")]
+pub struct PathPatchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub input: PairInput,
+    /// The sender head, `LAYER.HEAD`.
+    #[arg(long)]
+    pub sender: String,
+    /// Receivers, comma-separated (`attn.2,mlp.1,head.2.3`), or `all`.
+    #[arg(long, value_delimiter = ',', default_value = "all")]
+    pub receivers: Vec<String>,
+    #[arg(long, value_enum, default_value = "noising")]
+    pub mode: ModeArg,
+    #[arg(long, value_enum, default_value = "anchored")]
+    pub align: AlignArg,
+    /// Per-pair results, one JSON line each.
+    #[arg(long, value_name = "FILE.jsonl", required = true)]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+fn parse_receiver(s: &str) -> Result<Receiver> {
+    let parts: Vec<&str> = s.split('.').collect();
+    let num = |x: &str| x.parse::<usize>().map_err(|_| anyhow::anyhow!("--receivers {s}: `{x}` is not a number"));
+    Ok(match parts.as_slice() {
+        ["attn", l] => Receiver::Attn { layer: num(l)? },
+        ["mlp", l] => Receiver::Mlp { layer: num(l)? },
+        ["head", l, h] => Receiver::Head { layer: num(l)?, head: num(h)? },
+        ["downstream"] => Receiver::Downstream,
+        _ => bail!("--receivers {s}: expected attn.L, mlp.L, head.L.H, downstream or all"),
+    })
+}
+
+pub fn run(a: PathPatchArgs) -> Result<()> {
+    let model = a.model.load()?;
+    let Some((l, h)) = a.sender.split_once('.') else { bail!("--sender {}: expected LAYER.HEAD, e.g. 0.1", a.sender) };
+    let sender = (
+        l.parse().map_err(|_| anyhow::anyhow!("--sender {}: bad layer", a.sender))?,
+        h.parse().map_err(|_| anyhow::anyhow!("--sender {}: bad head", a.sender))?,
+    );
+    let receivers = if a.receivers.iter().any(|r| r == "all") {
+        Receiver::all_after(&model, sender.0)
+    } else {
+        a.receivers.iter().map(|r| parse_receiver(r)).collect::<Result<_>>()?
+    };
+    let mode = match a.mode {
+        ModeArg::Noising => PatchMode::Noising,
+        ModeArg::Denoising => PatchMode::Denoising,
+        _ => bail!("--mode: path patching takes noising or denoising"),
+    };
+    let align = match a.align {
+        AlignArg::Anchored => Align::Anchored,
+        AlignArg::Prefix => Align::Prefix,
+    };
+    let pairs = a.input.read()?;
+    let lines = perpair::run(&a.out, a.resume, &pairs, "path patching", |p| {
+        let inp = encode(&model, &a.input, p)?;
+        let rep = path_patch(&model, &[inp], sender, &receivers, mode, align)?;
+        let r = &rep.pairs[0];
+        let effects: Map<String, Value> = r.paths.iter().map(|e| (e.receiver.clone(), json!(e.effect))).collect();
+        Ok(json!({"sender": rep.sender, "original_margin": r.original_margin, "effects": effects}))
+    })?;
+    let names: Vec<String> = receivers.iter().map(|r| r.name()).collect();
+    println!("paths from head.{}.{}:", sender.0, sender.1);
+    summarize(&lines, &names, "effects", a.seed);
+    eprintln!("wrote {}", a.out.display());
+    Ok(())
+}
