@@ -17,12 +17,64 @@ pub(crate) struct Linear {
     pub b: Option<Tensor>,
 }
 
+/// `x @ wᵀ` whose backward returns only x's gradient. The weights are frozen; candle's matmul
+/// backward would also form every weight's gradient, as much work again as the input's.
+struct FrozenLinear;
+
+impl candle_core::CustomOp2 for FrozenLinear {
+    fn name(&self) -> &'static str {
+        "frozen-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &candle_core::CpuStorage,
+        lx: &candle_core::Layout,
+        w: &candle_core::CpuStorage,
+        lw: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::backend::BackendStorage;
+        let (m, k) = lx.shape().dims2()?;
+        let (n, _) = lw.shape().dims2()?;
+        let out = x.matmul(w, (1, m, n, k), lx, &lw.transpose(0, 1)?)?;
+        Ok((out, (m, n).into()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        lx: &candle_core::Layout,
+        w: &candle_core::CudaStorage,
+        lw: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        use candle_core::backend::BackendStorage;
+        let (m, k) = lx.shape().dims2()?;
+        let (n, _) = lw.shape().dims2()?;
+        let out = x.matmul(w, (1, m, n, k), lx, &lw.transpose(0, 1)?)?;
+        Ok((out, (m, n).into()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad.matmul(w)?), None))
+    }
+}
+
 impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let d_in = *dims.last().expect("activation has at least one axis");
         let rows = x.elem_count() / d_in;
-        let mut y = x.reshape((rows, d_in))?.matmul(&self.w.t()?)?;
+        let x2 = x.reshape((rows, d_in))?;
+        // In a gradient run (the input tracks a graph) skip the frozen weights' gradient.
+        let mut y =
+            if x2.track_op() { x2.contiguous()?.apply_op2(&self.w, FrozenLinear)? } else { x2.matmul(&self.w.t()?)? };
         if let Some(b) = &self.b {
             y = y.broadcast_add(b)?;
         }

@@ -667,9 +667,9 @@ pub fn atp(model: &RewardModel, pairs: &[PatchInput], opts: &PatchOptions) -> Re
     })
 }
 
-/// A backward pass counted in forward-equivalents. candle's backward also forms every frozen
-/// weight's gradient (both sides of each matmul), about twice a forward's work.
-pub const BACKWARD_COST: f64 = 2.0;
+/// A backward pass counted in forward-equivalents: one matmul per forward matmul, since the
+/// engine's gradient runs skip the frozen weights' gradients (`FrozenLinear`).
+pub const BACKWARD_COST: f64 = 1.0;
 
 #[cfg(test)]
 mod tests {
