@@ -212,3 +212,149 @@ mod corr_tests {
         assert!(pearson(&[1.0, 1.0], &[1.0, 2.0]).is_none());
     }
 }
+
+/// Sample standard deviation (n − 1); None when n < 2.
+pub fn sample_sd(xs: &[f64]) -> Option<f64> {
+    let n = xs.len();
+    if n < 2 {
+        return None;
+    }
+    let m = mean(xs)?;
+    Some((xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt())
+}
+
+/// One-sample Cohen's d, mean / sample SD. Undefined (None) when n < 2 or the SD is 0 —
+/// never ±inf.
+pub fn cohens_d(xs: &[f64]) -> Option<f64> {
+    let sd = sample_sd(xs)?;
+    (sd > 0.0).then(|| mean(xs).unwrap_or(0.0) / sd)
+}
+
+/// Percentile bootstrap interval of any statistic; None when n < 2 or the statistic is
+/// undefined on too many resamples (more than half).
+pub fn bootstrap_ci(
+    xs: &[f64],
+    stat: impl Fn(&[f64]) -> Option<f64>,
+    level: f64,
+    resamples: usize,
+    seed: u64,
+) -> Option<(f64, f64)> {
+    let n = xs.len();
+    if n < 2 {
+        return None;
+    }
+    let mut rng = Rng::new(seed);
+    let mut buf = vec![0.0; n];
+    let mut vals: Vec<f64> = Vec::with_capacity(resamples);
+    for _ in 0..resamples {
+        for b in buf.iter_mut() {
+            *b = xs[(rng.next_u64() % n as u64) as usize];
+        }
+        if let Some(v) = stat(&buf) {
+            vals.push(v);
+        }
+    }
+    if vals.len() * 2 < resamples {
+        return None;
+    }
+    vals.sort_by(|a, b| a.total_cmp(b));
+    let q = |p: f64| vals[((p * (vals.len() - 1) as f64).round() as usize).min(vals.len() - 1)];
+    let alpha = (1.0 - level) / 2.0;
+    Some((q(alpha), q(1.0 - alpha)))
+}
+
+/// Two-sided sign-flip permutation p-value for "the mean is 0" (paired deltas): the share of
+/// sign assignments whose |mean| is at least the observed one. Exact (all 2ⁿ assignments) for
+/// n ≤ 16, otherwise `permutations` seeded random ones with the +1 correction. None when n < 1.
+pub fn sign_flip_p(xs: &[f64], permutations: usize, seed: u64) -> Option<f64> {
+    let n = xs.len();
+    if n == 0 {
+        return None;
+    }
+    let observed = xs.iter().sum::<f64>().abs();
+    let tol = 1e-12 * observed.max(1.0);
+    if n <= 16 {
+        let total = 1u64 << n;
+        let hits = (0..total)
+            .filter(|mask| {
+                let s: f64 = xs.iter().enumerate().map(|(i, x)| if mask >> i & 1 == 1 { -x } else { *x }).sum();
+                s.abs() >= observed - tol
+            })
+            .count();
+        return Some(hits as f64 / total as f64);
+    }
+    let mut rng = Rng::new(seed);
+    let mut hits = 0usize;
+    for _ in 0..permutations {
+        let s: f64 = xs.iter().map(|x| if rng.next_u64() & 1 == 1 { -x } else { *x }).sum();
+        hits += usize::from(s.abs() >= observed - tol);
+    }
+    Some((hits + 1) as f64 / (permutations + 1) as f64)
+}
+
+/// Benjamini–Hochberg adjusted p-values (q-values), in input order; None stays None and does
+/// not count towards m.
+pub fn benjamini_hochberg(ps: &[Option<f64>]) -> Vec<Option<f64>> {
+    let mut idx: Vec<usize> = (0..ps.len()).filter(|&i| ps[i].is_some()).collect();
+    let m = idx.len();
+    idx.sort_by(|&a, &b| ps[a].unwrap().total_cmp(&ps[b].unwrap()));
+    let mut q = vec![None; ps.len()];
+    let mut running = 1.0f64;
+    for (rank, &i) in idx.iter().enumerate().rev() {
+        let v = (ps[i].unwrap() * m as f64 / (rank + 1) as f64).min(1.0);
+        running = running.min(v);
+        q[i] = Some(running);
+    }
+    q
+}
+
+#[cfg(test)]
+mod inference_tests {
+    use super::*;
+
+    #[test]
+    fn cohens_d_is_undefined_not_infinite() {
+        assert_eq!(cohens_d(&[1.0]), None);
+        assert_eq!(cohens_d(&[2.0, 2.0, 2.0]), None);
+        // mean 2, sample sd 1 → d = 2.
+        assert!((cohens_d(&[1.0, 2.0, 3.0]).unwrap() - 2.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn sign_flip_exact_values() {
+        // All positive, n = 4: only the all-plus and all-minus assignments reach |sum| = 10.
+        assert!((sign_flip_p(&[1.0, 2.0, 3.0, 4.0], 0, 0).unwrap() - 2.0 / 16.0).abs() < 1e-12);
+        // [1, -1]: every assignment has |sum| ≥ 0.
+        assert_eq!(sign_flip_p(&[1.0, -1.0], 0, 0), Some(1.0));
+        // [3, 1]: sums 4, 2, -2, -4 → two of four reach 4.
+        assert_eq!(sign_flip_p(&[3.0, 1.0], 0, 0), Some(0.5));
+        // The random version agrees with the exact one on n = 20 all-ones (p = 2/2^20 ≈ 0).
+        let p = sign_flip_p(&[1.0; 20], 5000, 3).unwrap();
+        assert!(p <= 2.0 / 5001.0);
+    }
+
+    #[test]
+    fn bh_worked_example() {
+        // Benjamini & Hochberg's procedure on p = (0.01, 0.04, 0.03, 0.005), m = 4:
+        // sorted 0.005, 0.01, 0.03, 0.04 → raw 0.02, 0.02, 0.04, 0.04 → monotone as is.
+        let q = benjamini_hochberg(&[Some(0.01), Some(0.04), Some(0.03), Some(0.005)]);
+        let want = [0.02, 0.04, 0.04, 0.02];
+        for (a, b) in q.iter().zip(want) {
+            assert!((a.unwrap() - b).abs() < 1e-12, "{q:?}");
+        }
+        // Monotonicity enforcement: p = (0.04, 0.045) → raw 0.08, 0.045 → q = 0.045 both.
+        let q = benjamini_hochberg(&[Some(0.04), Some(0.045), None]);
+        assert_eq!(q[2], None);
+        assert!((q[0].unwrap() - 0.045).abs() < 1e-12 && (q[1].unwrap() - 0.045).abs() < 1e-12);
+    }
+
+    #[test]
+    fn bootstrap_ci_of_d_brackets_the_estimate() {
+        let xs: Vec<f64> = (0..30).map(|i| 0.5 + (i as f64 * 0.7).sin()).collect();
+        let d = cohens_d(&xs).unwrap();
+        let (lo, hi) = bootstrap_ci(&xs, cohens_d, 0.95, 2000, 1).unwrap();
+        assert!(lo < d && d < hi);
+        assert_eq!(bootstrap_ci(&xs, cohens_d, 0.95, 2000, 1), Some((lo, hi)), "seeded");
+        assert!(bootstrap_ci(&[1.0], cohens_d, 0.95, 100, 1).is_none());
+    }
+}
