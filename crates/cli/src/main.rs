@@ -8,6 +8,7 @@ mod compare;
 mod concepts;
 mod conflict;
 mod default_model;
+mod eval;
 mod faithfulness;
 mod info;
 mod lens;
@@ -48,6 +49,8 @@ enum Command {
     Info(info::InfoArgs),
     /// Score preference pairs (JSONL with prompt/chosen/rejected) and report accuracy.
     Score(score::ScoreArgs),
+    /// Accuracy per subset with CIs (and RewardBench section scores), several models side by side.
+    Eval(eval::EvalArgs),
     /// Run one conversation and save activations at the chosen sites to a .safetensors file.
     Cache(cache::CacheArgs),
     /// The reward at every depth of the residual stream (reward lens), chosen vs rejected.
@@ -176,6 +179,7 @@ fn main() {
         Command::Info(a) => info::run(a),
         Command::Score(a) => score::run(a),
         Command::Cache(a) => cache::run(a),
+        Command::Eval(a) => eval::run(a),
         Command::Lens(a) => lens::run(a),
         Command::Attribute(a) => attribute::run(a),
         Command::Concepts(a) => concepts::run(a),

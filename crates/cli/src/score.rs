@@ -270,3 +270,28 @@ fn print_summary(s: &Summary) {
         eprintln!("({} ties counted as incorrect)", o.ties);
     }
 }
+
+/// Chosen and rejected rewards of every pair, in batches, with a progress bar.
+pub fn score_pairs(
+    model: &RewardModel,
+    pairs: &[Pair],
+    truncation: Truncation,
+    batch_size: usize,
+    padding: reward_lens_engine::PaddingSide,
+    file: &std::path::Path,
+) -> Result<Vec<(f32, f32)>> {
+    let bar = ProgressBar::new(pairs.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} scoring [{bar:30}] {pos}/{len} pairs eta {eta}")?.progress_chars("=> "),
+    );
+    let mut out = Vec::with_capacity(pairs.len());
+    for chunk in pairs.chunks((batch_size / 2).max(1)) {
+        let encoded = encode_chunk(model, chunk, truncation, file)?;
+        let seqs: Vec<Vec<u32>> = encoded.iter().flat_map(|(c, r)| [c.ids.clone(), r.ids.clone()]).collect();
+        let s = model.score(&model.batch(&seqs, padding)?)?.scores;
+        out.extend(s.chunks(2).map(|p| (p[0], p[1])));
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(out)
+}

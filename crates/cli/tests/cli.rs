@@ -432,3 +432,38 @@ fn path_patch_command() {
         .unwrap();
     assert!(String::from_utf8_lossy(&bad.stderr).contains("does not read head.2.0"));
 }
+
+#[test]
+fn eval_weights_rewardbench_sections() {
+    let d = tmp("eval");
+    // The fixture pairs relabelled with RewardBench subsets.
+    let names = ["math-prm", "hep-python", "alpacaeval-easy", "mt-bench-easy"];
+    let text: String = std::fs::read_to_string(fixtures().join("pairs.jsonl"))
+        .unwrap()
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            let mut v: Value = serde_json::from_str(l).unwrap();
+            v["subset"] = Value::from(names[i % 4]);
+            format!("{v}\n")
+        })
+        .collect();
+    let pairs = d.join("rb.jsonl");
+    std::fs::write(&pairs, text).unwrap();
+    let out = d.join("eval.json");
+    let model = fixtures().join("models/llama");
+    run(exe().args(["eval", "--model"]).arg(&model).arg("--pairs").arg(&pairs).arg("--out").arg(&out));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let e = &v[0];
+    let acc = |s: &str| {
+        e["subsets"].as_array().unwrap().iter().find(|x| x["subset"] == s).unwrap()["accuracy"].as_f64().unwrap()
+    };
+    let secs = e["rewardbench"]["sections"].as_array().unwrap();
+    let sec = |n: &str| secs.iter().find(|x| x["section"] == n).unwrap()["score"].as_f64().unwrap();
+    assert!((sec("Reasoning") - (984.0 * acc("math-prm") + 164.0 * acc("hep-python")) / 1148.0).abs() < 1e-9);
+    assert!((sec("Chat") - (100.0 * acc("alpacaeval-easy") + 28.0 * acc("mt-bench-easy")) / 128.0).abs() < 1e-9);
+    assert_eq!(e["rewardbench"]["complete"], false);
+    // Overall accuracy agrees with `score`'s margins for the same pairs.
+    let want = expected_scores("llama").iter().filter(|(c, r)| c > r).count() as f64 / 20.0;
+    assert!((e["accuracy"].as_f64().unwrap() - want).abs() < 1e-12);
+}

@@ -12,6 +12,7 @@ pub mod compare;
 pub mod concepts;
 pub mod conflict;
 pub mod divergence;
+pub mod evaluation;
 pub mod faithfulness;
 pub mod lens;
 pub mod patching;

@@ -1,0 +1,101 @@
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Args;
+
+use reward_lens_engine::Truncation;
+use reward_lens_instruments::evaluation::{evaluate, ModelEval};
+
+use crate::{score, DtypeArg, ModelArgs, PaddingArg};
+
+#[derive(Args)]
+#[command(after_help = "Accuracy (margin > 0; ties lose) with 95% bootstrap intervals, overall and per subset, and \
+mean margins, for one or more models side by side. When subsets carry RewardBench names (alpacaeval-easy, \
+llmbar-natural, refusals-dangerous, math-prm, hep-python, ...), RewardBench's section scores too: subset accuracies \
+weighted by its example counts (math-prm counted as 984), final = mean of the sections.\n\nExample:\n  \
+reward-lens eval --model A --model B --pairs rewardbench.jsonl --out eval.json")]
+pub struct EvalArgs {
+    /// One or more model directories (default: the embedded example model).
+    #[arg(long = "model", value_name = "DIR")]
+    pub models: Vec<PathBuf>,
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: DtypeArg,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub pairs: PathBuf,
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    #[arg(long, value_enum, default_value = "right")]
+    pub padding: PaddingArg,
+    #[arg(long)]
+    pub truncate_prompt: bool,
+    /// Seed for the bootstrap intervals.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, value_name = "FILE.json")]
+    pub out: Option<PathBuf>,
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.1}", 100.0 * x)
+}
+
+pub fn run(a: EvalArgs) -> Result<()> {
+    let pairs = crate::pairs::read(&a.pairs)?;
+    if a.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let truncation = if a.truncate_prompt { Truncation::DropPromptLeft } else { Truncation::Error };
+    let models: Vec<Option<PathBuf>> =
+        if a.models.is_empty() { vec![None] } else { a.models.iter().cloned().map(Some).collect() };
+    let mut evals: Vec<ModelEval> = Vec::new();
+    for m in &models {
+        let args = ModelArgs { model: m.clone(), dtype: a.dtype, device: a.device.clone() };
+        let model = args.load()?;
+        let scores = score::score_pairs(&model, &pairs, truncation, a.batch_size, a.padding.into(), &a.pairs)?;
+        let margins: Vec<f64> = scores.iter().map(|(c, r)| (*c - *r) as f64).collect();
+        let subsets: Vec<Option<String>> = pairs.iter().map(|p| p.subset.clone()).collect();
+        evals.push(evaluate(&args.name(), &margins, &subsets, a.seed));
+    }
+    let ci = |c: Option<(f64, f64)>| c.map_or(String::new(), |(l, h)| format!(" [{}, {}]", pct(l), pct(h)));
+    println!("accuracy % [95% CI] on {} pairs", pairs.len());
+    let width = 22;
+    print!("{:<24}", "subset");
+    for e in &evals {
+        let short = e.model.rsplit('/').next().unwrap_or(&e.model);
+        print!(" {:>width$}", short.chars().take(width).collect::<String>());
+    }
+    println!();
+    for (k, s) in evals[0].subsets.iter().enumerate() {
+        print!("{:<24}", format!("{} (n={})", s.subset, s.n));
+        for e in &evals {
+            let x = &e.subsets[k];
+            print!(" {:>width$}", format!("{}{}", pct(x.accuracy), ci(x.ci)));
+        }
+        println!();
+    }
+    print!("{:<24}", "overall");
+    for e in &evals {
+        print!(" {:>width$}", format!("{}{}", pct(e.accuracy), ci(e.ci)));
+    }
+    println!();
+    if evals[0].rewardbench.is_some() {
+        for e in &evals {
+            let rb = e.rewardbench.as_ref().expect("same pairs, same subsets");
+            let secs: Vec<String> = rb.sections.iter().map(|s| format!("{} {}", s.section, pct(s.score))).collect();
+            println!(
+                "RewardBench {}: {} | score {}{}",
+                e.model,
+                secs.join(", "),
+                pct(rb.score),
+                if rb.complete { "" } else { " (incomplete: some subsets missing)" }
+            );
+        }
+    }
+    if let Some(p) = &a.out {
+        std::fs::write(p, serde_json::to_string_pretty(&evals)?)?;
+        eprintln!("wrote {}", p.display());
+    }
+    Ok(())
+}
