@@ -17,6 +17,7 @@ pub mod faithfulness;
 pub mod lens;
 pub mod patching;
 pub mod path;
+pub mod probes;
 pub mod readout;
 pub mod stats;
 pub mod trace;

@@ -227,7 +227,10 @@ pub fn sample_sd(xs: &[f64]) -> Option<f64> {
 /// never ±inf.
 pub fn cohens_d(xs: &[f64]) -> Option<f64> {
     let sd = sample_sd(xs)?;
-    (sd > 0.0).then(|| mean(xs).unwrap_or(0.0) / sd)
+    let m = mean(xs)?;
+    // Identical values leave a rounding-level SD (1e-17), which would give d ≈ 1e16.
+    let scale = xs.iter().map(|x| x.abs()).fold(0.0, f64::max).max(f64::MIN_POSITIVE);
+    (sd > 1e-12 * scale).then(|| m / sd)
 }
 
 /// Percentile bootstrap interval of any statistic; None when n < 2 or the statistic is
