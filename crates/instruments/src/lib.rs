@@ -11,6 +11,7 @@ pub mod attribution;
 pub mod compare;
 pub mod concepts;
 pub mod conflict;
+pub mod diagnose;
 pub mod divergence;
 pub mod evaluation;
 pub mod faithfulness;

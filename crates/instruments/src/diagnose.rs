@@ -1,0 +1,279 @@
+//! Population diagnostics on a diagnostic pair set: coverage and distortion per quality dimension,
+//! and misalignment cascades across dimensions.
+//!
+//! **Coverage disparity** (reward-lens 1.0's "distortion index", under its honest name): every
+//! probe's margin δ is min–max scaled over all probes, a probe covers the dimensions it maps to
+//! with its scaled margin, a dimension's effective coverage is `1 − Π(1 − c)`, and its disparity is
+//! `1 − C_eff / max C_eff` — the best-covered dimension is 0 by construction.
+//!
+//! **Distortion index** (ours): `D = sensitivity × (1 − coverage)` per dimension, where coverage is
+//! the share of the dimension's pairs the model orders correctly and sensitivity is the mean |δ| on
+//! the dimension relative to the mean |δ| over all dimensions. D is large where the reward moves a
+//! lot along a dimension but in the wrong direction — where optimising it would distort.
+//!
+//! **Cascade** (matched design): each seed prompt has one pair per dimension, so per-prompt deltas
+//! `δ_k(p) = r(rejected) − r(chosen)` (positive = prefers the worse answer) can be correlated across
+//! dimensions over prompts. reward-lens 1.0 matched pairs by list index with two pairs per dimension,
+//! which makes every correlation ±1; here each correlation gets a bootstrap interval over prompts,
+//! and fewer than `MIN_MATCHED` matched prompts is refused.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::stats::{bootstrap_ci, mean, pearson};
+use crate::{InstrumentError, Result};
+
+pub const MIN_MATCHED: usize = 5;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CoverageReport {
+    pub dimensions: Vec<String>,
+    /// Probe × dimension scaled coverage.
+    pub coverage_matrix: Vec<Vec<f64>>,
+    pub effective_coverage: Vec<f64>,
+    /// 1 − C_eff / max C_eff.
+    pub coverage_disparity: Vec<f64>,
+    pub under_covered: Vec<String>,
+    pub severity: f64,
+}
+
+/// reward-lens 1.0's coverage statistic. `probes[p]` = (δ, indices of the dimensions it maps to).
+pub fn coverage_disparity(dimensions: &[String], probes: &[(f64, Vec<usize>)], threshold: f64) -> CoverageReport {
+    let n = dimensions.len();
+    let deltas: Vec<f64> = probes.iter().map(|p| p.0).collect();
+    let (lo, hi) = deltas.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+    let scaled: Vec<f64> = deltas.iter().map(|&d| if hi > lo { (d - lo) / (hi - lo) } else { 0.5 }).collect();
+    let mut matrix = vec![vec![0.0; n]; probes.len()];
+    for (p, (_, dims)) in probes.iter().enumerate() {
+        for &j in dims.iter().filter(|&&j| j < n) {
+            matrix[p][j] = scaled[p].max(0.0);
+        }
+    }
+    let eff: Vec<f64> = (0..n)
+        .map(|j| {
+            let col: Vec<f64> = matrix.iter().map(|r| r[j]).collect();
+            if col.iter().sum::<f64>() == 0.0 {
+                0.0
+            } else {
+                1.0 - col.iter().map(|c| 1.0 - c.clamp(0.0, 1.0)).product::<f64>()
+            }
+        })
+        .collect();
+    let max = eff.iter().copied().fold(0.0, f64::max);
+    let disparity: Vec<f64> = eff.iter().map(|e| if max > 0.0 { 1.0 - e / max } else { 1.0 }).collect();
+    let under = dimensions.iter().zip(&disparity).filter(|(_, d)| **d > threshold).map(|(n, _)| n.clone()).collect();
+    let severity = if probes.is_empty() { 1.0 } else { disparity.iter().sum::<f64>() / n.max(1) as f64 };
+    CoverageReport {
+        dimensions: dimensions.to_vec(),
+        coverage_matrix: matrix,
+        effective_coverage: eff,
+        coverage_disparity: disparity,
+        under_covered: under,
+        severity,
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DimensionDistortion {
+    pub dimension: String,
+    /// Pairs (= the effective n).
+    pub n: usize,
+    pub coverage: f64,
+    pub coverage_ci: Option<(f64, f64)>,
+    pub sensitivity: f64,
+    pub distortion: f64,
+    pub mean_margin: f64,
+}
+
+/// `D = sensitivity × (1 − coverage)` per dimension from (dimension, margin) pairs.
+pub fn distortion(margins: &[(String, f64)], seed: u64) -> Vec<DimensionDistortion> {
+    let mut dims: Vec<String> = Vec::new();
+    for (d, _) in margins {
+        if !dims.contains(d) {
+            dims.push(d.clone());
+        }
+    }
+    let overall = mean(&margins.iter().map(|m| m.1.abs()).collect::<Vec<_>>()).unwrap_or(0.0);
+    dims.iter()
+        .map(|d| {
+            let ms: Vec<f64> = margins.iter().filter(|m| &m.0 == d).map(|m| m.1).collect();
+            let wins: Vec<f64> = ms.iter().map(|&m| f64::from(u8::from(m > 0.0))).collect();
+            let coverage = mean(&wins).unwrap_or(0.0);
+            let sensitivity = if overall > 0.0 {
+                mean(&ms.iter().map(|m| m.abs()).collect::<Vec<_>>()).unwrap_or(0.0) / overall
+            } else {
+                0.0
+            };
+            DimensionDistortion {
+                dimension: d.clone(),
+                n: ms.len(),
+                coverage,
+                coverage_ci: bootstrap_ci(&wins, mean, 0.95, 2000, seed),
+                sensitivity,
+                distortion: sensitivity * (1.0 - coverage),
+                mean_margin: mean(&ms).unwrap_or(0.0),
+            }
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CascadeEdge {
+    pub a: String,
+    pub b: String,
+    pub r: f64,
+    pub ci: Option<(f64, f64)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CascadeReport {
+    pub dimensions: Vec<String>,
+    /// Matched prompts used (the effective n of every correlation).
+    pub n_prompts: usize,
+    /// Mean δ per dimension (positive = prefers the worse answer).
+    pub misalignment: Vec<f64>,
+    pub correlation: Vec<Vec<Option<f64>>>,
+    /// Pairs with |r| > threshold whose 95 % interval excludes 0.
+    pub edges: Vec<CascadeEdge>,
+    pub clusters: Vec<Vec<String>>,
+    /// reward-lens 1.0's risk formula on these (sound) correlations.
+    pub risk: f64,
+}
+
+/// Cascade analysis over matched prompts: `deltas[seed][dimension]` = δ for that prompt.
+pub fn cascade(
+    dimensions: &[String],
+    deltas: &BTreeMap<String, BTreeMap<String, f64>>,
+    threshold: f64,
+    seed: u64,
+) -> Result<CascadeReport> {
+    // Only prompts with a pair in every dimension count.
+    let matched: Vec<&BTreeMap<String, f64>> =
+        deltas.values().filter(|m| dimensions.iter().all(|d| m.contains_key(d))).collect();
+    let n = matched.len();
+    if n < MIN_MATCHED {
+        return Err(InstrumentError::Invalid(format!(
+            "cascade needs at least {MIN_MATCHED} prompts with a pair in every dimension (matched design); found {n}. \
+             Correlating fewer, or pairs matched by list position, gives meaningless ±1 correlations"
+        )));
+    }
+    let col = |d: &String| -> Vec<f64> { matched.iter().map(|m| m[d]).collect() };
+    let k = dimensions.len();
+    let mut corr = vec![vec![None; k]; k];
+    let mut edges = Vec::new();
+    for i in 0..k {
+        corr[i][i] = Some(1.0);
+        for j in i + 1..k {
+            let (x, y) = (col(&dimensions[i]), col(&dimensions[j]));
+            let r = pearson(&x, &y);
+            corr[i][j] = r;
+            corr[j][i] = r;
+            // Bootstrap over prompts: resample indices, recompute r.
+            let idx: Vec<f64> = (0..n).map(|p| p as f64).collect();
+            let ci = bootstrap_ci(
+                &idx,
+                |s| {
+                    let xs: Vec<f64> = s.iter().map(|&p| x[p as usize]).collect();
+                    let ys: Vec<f64> = s.iter().map(|&p| y[p as usize]).collect();
+                    pearson(&xs, &ys)
+                },
+                0.95,
+                2000,
+                seed,
+            );
+            if let (Some(r), Some((lo, hi))) = (r, ci) {
+                if r.abs() > threshold && (lo > 0.0 || hi < 0.0) {
+                    edges.push(CascadeEdge { a: dimensions[i].clone(), b: dimensions[j].clone(), r, ci });
+                }
+            }
+        }
+    }
+    edges.sort_by(|a, b| b.r.abs().total_cmp(&a.r.abs()));
+    // Union–find clusters over the edges.
+    let mut parent: Vec<usize> = (0..k).collect();
+    fn find(p: &mut Vec<usize>, i: usize) -> usize {
+        if p[i] != i {
+            let r = find(p, p[i]);
+            p[i] = r;
+        }
+        p[i]
+    }
+    for e in &edges {
+        let (a, b) =
+            (dimensions.iter().position(|d| d == &e.a).unwrap(), dimensions.iter().position(|d| d == &e.b).unwrap());
+        let (ra, rb) = (find(&mut parent, a), find(&mut parent, b));
+        parent[ra] = rb;
+    }
+    let mut groups: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    for i in 0..k {
+        let r = find(&mut parent, i);
+        groups.entry(r).or_default().push(dimensions[i].clone());
+    }
+    let clusters: Vec<Vec<String>> = groups.into_values().filter(|g| g.len() > 1).collect();
+    let misalignment: Vec<f64> = dimensions.iter().map(|d| mean(&col(d)).unwrap_or(0.0)).collect();
+    let upper: Vec<f64> =
+        (0..k).flat_map(|i| (i + 1..k).map(move |j| (i, j))).filter_map(|(i, j)| corr[i][j]).map(f64::abs).collect();
+    let pos = misalignment.iter().map(|s| s.max(0.0)).sum::<f64>() / k.max(1) as f64;
+    let mean_abs = mean(&upper).unwrap_or(0.0);
+    let frac = if upper.is_empty() {
+        0.0
+    } else {
+        upper.iter().filter(|r| **r > threshold).count() as f64 / upper.len() as f64
+    };
+    let risk = (0.4 * (pos / 0.2).min(1.0) + 0.3 * mean_abs + 0.3 * frac).clamp(0.0, 1.0);
+    Ok(CascadeReport {
+        dimensions: dimensions.to_vec(),
+        n_prompts: n,
+        misalignment,
+        correlation: corr,
+        edges,
+        clusters,
+        risk,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distortion_is_large_where_the_reward_moves_the_wrong_way() {
+        let m = |d: &str, x: f64| (d.to_string(), x);
+        let margins =
+            vec![m("good", 1.0), m("good", 0.8), m("bad", -2.0), m("bad", -1.5), m("weak", 0.1), m("weak", -0.1)];
+        let r = distortion(&margins, 0);
+        let get = |d: &str| r.iter().find(|x| x.dimension == d).unwrap();
+        assert_eq!(get("good").distortion, 0.0);
+        assert!(get("bad").distortion > 1.0);
+        assert!(get("weak").distortion < get("bad").distortion);
+        assert_eq!(get("bad").n, 2);
+    }
+
+    #[test]
+    fn cascade_refuses_too_few_matched_prompts_and_finds_planted_links() {
+        let dims: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let mut deltas: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
+        for p in 0..3 {
+            deltas.insert(format!("{p}"), dims.iter().map(|d| (d.clone(), p as f64)).collect());
+        }
+        let e = cascade(&dims, &deltas, 0.5, 0).unwrap_err().to_string();
+        assert!(e.contains("at least 5") && e.contains("found 3"), "{e}");
+        // 12 prompts: a and b move together, c is unrelated.
+        deltas.clear();
+        for p in 0..12 {
+            let x = (p as f64 * 1.3).sin();
+            let mut m = BTreeMap::new();
+            m.insert("a".to_string(), x);
+            m.insert("b".to_string(), 2.0 * x + 0.05 * (p as f64 * 7.1).cos());
+            m.insert("c".to_string(), (p as f64 * 5.7).cos());
+            deltas.insert(format!("{p:02}"), m);
+        }
+        let r = cascade(&dims, &deltas, 0.5, 0).unwrap();
+        assert_eq!(r.n_prompts, 12);
+        assert_eq!(r.edges.len(), 1);
+        assert_eq!((r.edges[0].a.as_str(), r.edges[0].b.as_str()), ("a", "b"));
+        assert_eq!(r.clusters, vec![vec!["a".to_string(), "b".to_string()]]);
+        assert!(r.correlation[0][2].unwrap().abs() < 0.9);
+    }
+}
