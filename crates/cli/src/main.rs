@@ -17,6 +17,7 @@ mod pairs;
 mod patch;
 mod path_patch;
 mod perpair;
+mod probe;
 mod report;
 mod score;
 
@@ -63,6 +64,8 @@ enum Command {
     Conflict(conflict::ConflictArgs),
     /// Compare two or more models on the same pairs.
     Compare(compare::CompareArgs),
+    /// Reward-hacking probes: what the model pays for padding, flattery, emoji, … (with statistics).
+    Probe(probe::ProbeArgs),
     /// Activation patching: how much of the margin each component's output carries (per pair, JSONL).
     Patch(patch::PatchArgs),
     /// Attribution patching: patch effects to first order for all components from one gradient pass.
@@ -185,6 +188,7 @@ fn main() {
         Command::Concepts(a) => concepts::run(a),
         Command::Conflict(a) => conflict::run(a),
         Command::Compare(a) => compare::run(a),
+        Command::Probe(a) => probe::run(a),
         Command::Patch(a) => patch::run(a),
         Command::Atp(a) => patch::run_atp(a),
         Command::PathPatch(a) => path_patch::run(a),
