@@ -8,6 +8,7 @@ mod compare;
 mod concepts;
 mod conflict;
 mod default_model;
+mod diagnose;
 mod eval;
 mod faithfulness;
 mod info;
@@ -66,6 +67,8 @@ enum Command {
     Compare(compare::CompareArgs),
     /// Reward-hacking probes: what the model pays for padding, flattery, emoji, … (with statistics).
     Probe(probe::ProbeArgs),
+    /// Diagnostic set: coverage and distortion per dimension, cascades across dimensions.
+    Diagnose(diagnose::DiagnoseArgs),
     /// Activation patching: how much of the margin each component's output carries (per pair, JSONL).
     Patch(patch::PatchArgs),
     /// Attribution patching: patch effects to first order for all components from one gradient pass.
@@ -189,6 +192,7 @@ fn main() {
         Command::Conflict(a) => conflict::run(a),
         Command::Compare(a) => compare::run(a),
         Command::Probe(a) => probe::run(a),
+        Command::Diagnose(a) => diagnose::run(a),
         Command::Patch(a) => patch::run(a),
         Command::Atp(a) => patch::run_atp(a),
         Command::PathPatch(a) => path_patch::run(a),

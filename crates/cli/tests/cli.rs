@@ -467,3 +467,50 @@ fn eval_weights_rewardbench_sections() {
     let want = expected_scores("llama").iter().filter(|(c, r)| c > r).count() as f64 / 20.0;
     assert!((e["accuracy"].as_f64().unwrap() - want).abs() < 1e-12);
 }
+
+#[test]
+fn probe_and_diagnose_commands() {
+    let d = tmp("probe-diagnose");
+    let model = fixtures().join("models/llama");
+    let out = d.join("probes.json");
+    let o = run(exe()
+        .args(["probe", "--dimensions", "length,emoji,flattery", "--model"])
+        .arg(&model)
+        .arg("--out")
+        .arg(&out));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("per 100 tokens"));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let dims = v["report"]["dimensions"].as_array().unwrap();
+    assert_eq!(dims.len(), 3);
+    for dim in dims {
+        assert_eq!(dim["n"], 10);
+        let q = dim["q_value"].as_f64().unwrap();
+        assert!(q >= dim["p_value"].as_f64().unwrap() - 1e-12 && q <= 1.0);
+    }
+    // A user probe file with one probe: statistics undefined, not ±inf.
+    let mine = d.join("mine.jsonl");
+    std::fs::write(&mine, r#"{"id":"x1","prompt":"Name a colour.","neutral":"Blue.","biased":"Blue! Great question!","dimension":"flattery","edit":"flattery"}"#).unwrap();
+    let out2 = d.join("mine.json");
+    run(exe().args(["probe", "--probes"]).arg(&mine).arg("--model").arg(&model).arg("--out").arg(&out2));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&out2).unwrap()).unwrap();
+    assert_eq!(v["report"]["dimensions"][0]["verdict"], "undefined");
+    assert!(v["report"]["dimensions"][0]["cohens_d"].is_null());
+
+    let out = d.join("diag.json");
+    run(exe().args(["diagnose", "--truncate-prompt", "--model"]).arg(&model).arg("--out").arg(&out));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(v["report"]["n_pairs"], 120);
+    assert_eq!(v["report"]["distortion"].as_array().unwrap().len(), 12);
+    assert_eq!(v["report"]["cascade"]["Ok"]["n_prompts"], 10);
+    // Pairs without a `seed`: the cascade is refused with a reason, the rest still runs.
+    let out = d.join("diag2.json");
+    run(exe()
+        .args(["diagnose", "--model"])
+        .arg(&model)
+        .arg("--pairs")
+        .arg(fixtures().join("pairs.jsonl"))
+        .arg("--out")
+        .arg(&out));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert!(v["report"]["cascade"]["Err"].as_str().unwrap().contains("matched design"));
+}
