@@ -206,9 +206,9 @@ pub fn cascade(
         parent[ra] = rb;
     }
     let mut groups: BTreeMap<usize, Vec<String>> = BTreeMap::new();
-    for i in 0..k {
+    for (i, d) in dimensions.iter().enumerate() {
         let r = find(&mut parent, i);
-        groups.entry(r).or_default().push(dimensions[i].clone());
+        groups.entry(r).or_default().push(d.clone());
     }
     let clusters: Vec<Vec<String>> = groups.into_values().filter(|g| g.len() > 1).collect();
     let misalignment: Vec<f64> = dimensions.iter().map(|d| mean(&col(d)).unwrap_or(0.0)).collect();
