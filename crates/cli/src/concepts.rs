@@ -93,20 +93,7 @@ fn read_paths(paths: &[PathBuf]) -> Result<Vec<ConceptText>> {
     if paths.is_empty() {
         return BUILTIN.iter().map(|(n, t)| parse(n, &format!("built-in {n}"), t)).collect();
     }
-    let mut files: Vec<PathBuf> = Vec::new();
-    for p in paths {
-        if p.is_dir() {
-            let mut inner: Vec<PathBuf> = std::fs::read_dir(p)
-                .with_context(|| format!("{}: cannot read directory", p.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|f| f.extension().is_some_and(|x| x == "jsonl"))
-                .collect();
-            inner.sort();
-            files.extend(inner);
-        } else {
-            files.push(p.clone());
-        }
-    }
+    let files = crate::pairs::jsonl_files(paths)?;
     files
         .iter()
         .map(|f| {

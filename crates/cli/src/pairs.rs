@@ -124,3 +124,22 @@ impl PairInput {
         Ok((pairs, ids))
     }
 }
+
+/// Files named on the command line, directories expanded to their `*.jsonl` files (sorted).
+pub fn jsonl_files(paths: &[std::path::PathBuf]) -> Result<Vec<std::path::PathBuf>> {
+    let mut files = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut inner: Vec<std::path::PathBuf> = std::fs::read_dir(p)
+                .with_context(|| format!("{}: cannot read directory", p.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| f.extension().is_some_and(|x| x == "jsonl"))
+                .collect();
+            inner.sort();
+            files.extend(inner);
+        } else {
+            files.push(p.clone());
+        }
+    }
+    Ok(files)
+}

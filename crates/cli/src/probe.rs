@@ -98,20 +98,7 @@ fn read_all(paths: &[PathBuf]) -> Result<Vec<ProbeText>> {
         }
         return Ok(all);
     }
-    let mut files = Vec::new();
-    for p in paths {
-        if p.is_dir() {
-            let mut inner: Vec<PathBuf> = std::fs::read_dir(p)
-                .with_context(|| format!("{}: cannot read directory", p.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|f| f.extension().is_some_and(|x| x == "jsonl"))
-                .collect();
-            inner.sort();
-            files.extend(inner);
-        } else {
-            files.push(p.clone());
-        }
-    }
+    let files = crate::pairs::jsonl_files(paths)?;
     let mut all = Vec::new();
     for f in files {
         let text = std::fs::read_to_string(&f).with_context(|| format!("{}: cannot read", f.display()))?;

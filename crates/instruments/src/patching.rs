@@ -150,6 +150,57 @@ pub struct PatchingReport {
     pub forward_equivalents_per_pair: f64,
 }
 
+impl PairPatching {
+    fn new(pair: usize, pin: &PatchInput, delta: f64, effects: Vec<f64>) -> Self {
+        let normalized = effects.iter().map(|e| if delta.abs() < 1e-8 { 0.0 } else { e / delta }).collect();
+        Self {
+            pair,
+            original_margin: delta,
+            effects,
+            normalized,
+            len_chosen: pin.chosen.len(),
+            len_rejected: pin.rejected.len(),
+        }
+    }
+}
+
+impl PatchingReport {
+    fn new(
+        opts: &PatchOptions,
+        align: Align,
+        components: Vec<PatchComponent>,
+        pairs: Vec<PairPatching>,
+        fe: f64,
+    ) -> Self {
+        let mean_effect = (0..components.len())
+            .map(|c| bootstrap_mean(&pairs.iter().map(|p| p.effects[c]).collect::<Vec<_>>(), 0.95, 2000, opts.seed))
+            .collect();
+        Self {
+            mode: opts.mode,
+            granularity: opts.granularity,
+            align,
+            positions: opts.positions,
+            components,
+            pairs,
+            mean_effect,
+            forward_equivalents_per_pair: fe,
+        }
+    }
+}
+
+/// The target positions a patch touches for the options (before per-component restriction).
+fn position_set(opts: &PatchOptions, t_len: usize, pooled: usize, response_start: usize) -> Vec<bool> {
+    (0..t_len)
+        .map(|p| match (opts.positions, opts.mode, opts.v1_compat) {
+            // reward-lens 1.0 mean-ablates the last position only.
+            (_, PatchMode::Mean, true) => p == pooled,
+            (PatchPositions::All, ..) => true,
+            (PatchPositions::Pooled, ..) => p == pooled,
+            (PatchPositions::Response, ..) => p >= response_start,
+        })
+        .collect()
+}
+
 fn components(model: &RewardModel, g: Granularity, v1: bool, window: usize) -> Vec<PatchComponent> {
     let mut v = Vec::new();
     for l in 0..model.config.n_layers {
@@ -365,16 +416,7 @@ pub fn patch(model: &RewardModel, pairs: &[PatchInput], opts: &PatchOptions) -> 
             _ => (&chosen, None, &pin.chosen, &pin.rejected, pin.response_start.0),
         };
         let map = alignment(t_ids, s_ids, target.pooled, source.map_or(0, |s| s.pooled), align);
-        let t_len = t_ids.len();
-        let positions: Vec<bool> = (0..t_len)
-            .map(|p| match (opts.positions, opts.mode, opts.v1_compat) {
-                // reward-lens 1.0 mean-ablates the last position only.
-                (_, PatchMode::Mean, true) => p == target.pooled,
-                (PatchPositions::All, ..) => true,
-                (PatchPositions::Pooled, ..) => p == target.pooled,
-                (PatchPositions::Response, ..) => p >= t_rs,
-            })
-            .collect();
+        let positions = position_set(opts, t_ids.len(), target.pooled, t_rs);
         let v1_heads = opts.v1_compat && heads;
         let shared = t_ids.iter().zip(s_ids).take_while(|(a, b)| a == b).count();
         let reps = comps
@@ -399,29 +441,9 @@ pub fn patch(model: &RewardModel, pairs: &[PatchInput], opts: &PatchOptions) -> 
                 _ => delta - (r - rejected.score),
             })
             .collect();
-        let normalized = effects.iter().map(|e| if delta.abs() < 1e-8 { 0.0 } else { e / delta }).collect();
-        out.push(PairPatching {
-            pair: i,
-            original_margin: delta,
-            effects,
-            normalized,
-            len_chosen: pin.chosen.len(),
-            len_rejected: pin.rejected.len(),
-        });
+        out.push(PairPatching::new(i, pin, delta, effects));
     }
-    let mean_effect = (0..comps.len())
-        .map(|c| bootstrap_mean(&out.iter().map(|p| p.effects[c]).collect::<Vec<_>>(), 0.95, 2000, opts.seed))
-        .collect();
-    Ok(PatchingReport {
-        mode: opts.mode,
-        granularity: opts.granularity,
-        align,
-        positions: opts.positions,
-        components: comps,
-        forward_equivalents_per_pair: layer_passes as f64 / n_layers as f64 / pairs.len().max(1) as f64,
-        pairs: out,
-        mean_effect,
-    })
+    Ok(PatchingReport::new(opts, align, comps, out, layer_passes as f64 / n_layers as f64 / pairs.len().max(1) as f64))
 }
 
 /// One full forward of the target per patch.
@@ -611,14 +633,7 @@ pub fn atp(model: &RewardModel, pairs: &[PatchInput], opts: &PatchOptions) -> Re
         let delta = r_c - r_r;
         let source = matches!(opts.mode, PatchMode::Noising | PatchMode::Denoising).then_some(&other);
         let map = alignment(t_ids, s_ids, target.pooled, other.pooled, align);
-        let positions: Vec<bool> = (0..t_ids.len())
-            .map(|p| match (opts.positions, opts.mode, opts.v1_compat) {
-                (_, PatchMode::Mean, true) => p == target.pooled,
-                (PatchPositions::All, ..) => true,
-                (PatchPositions::Pooled, ..) => p == target.pooled,
-                (PatchPositions::Response, ..) => p >= t_rs,
-            })
-            .collect();
+        let positions = position_set(opts, t_ids.len(), target.pooled, t_rs);
         let shared = t_ids.iter().zip(s_ids.iter()).take_while(|(a, b)| a == b).count();
         let effects = comps
             .iter()
@@ -642,29 +657,9 @@ pub fn atp(model: &RewardModel, pairs: &[PatchInput], opts: &PatchOptions) -> Re
                 Ok(if denoise { first_order } else { -first_order })
             })
             .collect::<Result<Vec<f64>>>()?;
-        let normalized = effects.iter().map(|e| if delta.abs() < 1e-8 { 0.0 } else { e / delta }).collect();
-        out.push(PairPatching {
-            pair: i,
-            original_margin: delta,
-            effects,
-            normalized,
-            len_chosen: pin.chosen.len(),
-            len_rejected: pin.rejected.len(),
-        });
+        out.push(PairPatching::new(i, pin, delta, effects));
     }
-    let mean_effect = (0..comps.len())
-        .map(|c| bootstrap_mean(&out.iter().map(|p| p.effects[c]).collect::<Vec<_>>(), 0.95, 2000, opts.seed))
-        .collect();
-    Ok(PatchingReport {
-        mode: opts.mode,
-        granularity: opts.granularity,
-        align,
-        positions: opts.positions,
-        components: comps,
-        forward_equivalents_per_pair: passes / pairs.len().max(1) as f64,
-        pairs: out,
-        mean_effect,
-    })
+    Ok(PatchingReport::new(opts, align, comps, out, passes / pairs.len().max(1) as f64))
 }
 
 /// A backward pass counted in forward-equivalents: one matmul per forward matmul, since the
