@@ -20,6 +20,7 @@ pub mod patching;
 pub mod path;
 pub mod probes;
 pub mod readout;
+pub mod sae;
 pub mod stats;
 pub mod trace;
 

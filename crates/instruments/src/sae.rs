@@ -1,0 +1,255 @@
+//! Sparse autoencoders on reward-model activations, in the SAELens folder format
+//! (`cfg.json` + `sae_weights.safetensors` with `W_enc [d_in, d_sae]`, `W_dec [d_sae, d_in]`,
+//! `b_enc [d_sae]`, `b_dec [d_in]`). The architecture is read from `cfg.json` and trusted:
+//! `topk` (keep the k largest pre-activations, then ReLU), `standard` (ReLU) and `jumprelu`
+//! (a per-latent `threshold`).
+//!
+//! Encoding: `pre = (x − b_dec) W_enc + b_enc`, then the architecture's activation;
+//! decoding: `x̂ = f W_dec + b_dec`.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, D};
+use serde_json::{json, Value};
+
+use crate::{InstrumentError, Result};
+
+#[derive(Debug, Clone)]
+pub enum Architecture {
+    TopK { k: usize },
+    Relu,
+    JumpRelu { threshold: Tensor },
+}
+
+pub struct Sae {
+    pub w_enc: Tensor,
+    pub w_dec: Tensor,
+    pub b_enc: Tensor,
+    pub b_dec: Tensor,
+    pub architecture: Architecture,
+    /// The activation site it reads (TransformerLens name), e.g. `blocks.2.hook_resid_post`.
+    pub hook_name: String,
+    pub d_in: usize,
+    pub d_sae: usize,
+}
+
+fn err(msg: impl Into<String>) -> InstrumentError {
+    InstrumentError::Invalid(msg.into())
+}
+
+impl Sae {
+    /// Pre-activations `[N, d_sae]` of inputs `[N, d_in]`.
+    pub fn pre_activations(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.broadcast_sub(&self.b_dec)?.matmul(&self.w_enc)?.broadcast_add(&self.b_enc)?)
+    }
+
+    /// Latent activations `[N, d_sae]`.
+    pub fn encode(&self, x: &Tensor) -> Result<Tensor> {
+        let pre = self.pre_activations(x)?;
+        Ok(match &self.architecture {
+            Architecture::Relu => pre.relu()?,
+            Architecture::JumpRelu { threshold } => {
+                let keep = pre.broadcast_gt(threshold)?.to_dtype(pre.dtype())?;
+                (pre * keep)?
+            }
+            Architecture::TopK { k } => topk_relu(&pre, *k)?,
+        })
+    }
+
+    pub fn decode(&self, f: &Tensor) -> Result<Tensor> {
+        Ok(f.matmul(&self.w_dec)?.broadcast_add(&self.b_dec)?)
+    }
+
+    /// Writes the SAELens folder format.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
+        let mut t: HashMap<String, Tensor> = HashMap::new();
+        t.insert("W_enc".into(), self.w_enc.contiguous()?);
+        t.insert("W_dec".into(), self.w_dec.contiguous()?);
+        t.insert("b_enc".into(), self.b_enc.contiguous()?);
+        t.insert("b_dec".into(), self.b_dec.contiguous()?);
+        let (arch, extra) = match &self.architecture {
+            Architecture::TopK { k } => ("topk", json!({"k": k})),
+            Architecture::Relu => ("standard", json!({})),
+            Architecture::JumpRelu { threshold } => {
+                t.insert("threshold".into(), threshold.contiguous()?);
+                ("jumprelu", json!({}))
+            }
+        };
+        candle_core::safetensors::save(&t, dir.join("sae_weights.safetensors"))?;
+        let mut cfg = json!({
+            "architecture": arch,
+            "d_in": self.d_in,
+            "d_sae": self.d_sae,
+            "hook_name": self.hook_name,
+            "dtype": "float32",
+            "apply_b_dec_to_input": true,
+            "normalize_activations": "none",
+        });
+        if let (Some(c), Some(e)) = (cfg.as_object_mut(), extra.as_object()) {
+            c.extend(e.clone());
+        }
+        std::fs::write(dir.join("cfg.json"), serde_json::to_string_pretty(&cfg).expect("json"))
+            .map_err(|e| err(format!("{}: {e}", dir.join("cfg.json").display())))?;
+        Ok(())
+    }
+
+    /// Reads a SAELens folder; the architecture comes from `cfg.json`.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let cfg_path = dir.join("cfg.json");
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| err(format!("{}: {e}", cfg_path.display())))?;
+        let cfg: Value =
+            serde_json::from_str(&text).map_err(|e| err(format!("{}: not valid JSON: {e}", cfg_path.display())))?;
+        let field = |k: &str| cfg.get(k).ok_or_else(|| err(format!("{}: missing `{k}`", cfg_path.display())));
+        let d_in =
+            field("d_in")?.as_u64().ok_or_else(|| err(format!("{}: `d_in` must be an integer", cfg_path.display())))?
+                as usize;
+        let d_sae = field("d_sae")?
+            .as_u64()
+            .ok_or_else(|| err(format!("{}: `d_sae` must be an integer", cfg_path.display())))?
+            as usize;
+        let hook_name = cfg.get("hook_name").and_then(|h| h.as_str()).unwrap_or("").to_string();
+        let wpath = dir.join("sae_weights.safetensors");
+        let t = candle_core::safetensors::load(&wpath, &Device::Cpu)
+            .map_err(|e| err(format!("{}: {e}", wpath.display())))?;
+        let get = |name: &str, shape: &[usize]| -> Result<Tensor> {
+            let x = t.get(name).ok_or_else(|| err(format!("{}: missing tensor `{name}`", wpath.display())))?;
+            if x.dims() != shape {
+                return Err(err(format!(
+                    "{}: tensor `{name}` has shape {:?}, expected {shape:?}",
+                    wpath.display(),
+                    x.dims()
+                )));
+            }
+            Ok(x.to_dtype(DType::F32)?)
+        };
+        let architecture = match cfg.get("architecture").and_then(|a| a.as_str()).unwrap_or("standard") {
+            "topk" => {
+                let k = cfg
+                    .get("k")
+                    .or_else(|| cfg.get("activation_fn_kwargs").and_then(|a| a.get("k")))
+                    .and_then(|k| k.as_u64())
+                    .ok_or_else(|| err(format!("{}: a topk SAE needs `k`", cfg_path.display())))?;
+                Architecture::TopK { k: k as usize }
+            }
+            "standard" | "relu" => Architecture::Relu,
+            "jumprelu" => Architecture::JumpRelu { threshold: get("threshold", &[d_sae])? },
+            other => {
+                return Err(err(format!(
+                    "{}: unsupported architecture `{other}` (topk, standard, jumprelu)",
+                    cfg_path.display()
+                )))
+            }
+        };
+        Ok(Self {
+            w_enc: get("W_enc", &[d_in, d_sae])?,
+            w_dec: get("W_dec", &[d_sae, d_in])?,
+            b_enc: get("b_enc", &[d_sae])?,
+            b_dec: get("b_dec", &[d_in])?,
+            architecture,
+            hook_name,
+            d_in,
+            d_sae,
+        })
+    }
+}
+
+/// Keeps each row's k largest values (ties broken by index), ReLU'd; the rest zero. Built from
+/// differentiable ops (a 0/1 mask times the input), so gradients reach the selected latents.
+pub fn topk_relu(pre: &Tensor, k: usize) -> Result<Tensor> {
+    let d = pre.dim(D::Minus1)?;
+    if k >= d {
+        return Ok(pre.relu()?);
+    }
+    let idx = pre.arg_sort_last_dim(false)?.narrow(D::Minus1, 0, k)?.contiguous()?;
+    let ones = Tensor::ones(idx.shape(), pre.dtype(), pre.device())?;
+    let mask = pre.zeros_like()?.scatter_add(&idx, &ones, D::Minus1)?;
+    Ok((pre * mask)?.relu()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Var;
+    use reward_lens_engine::synth::Rng;
+
+    fn randn(rng: &mut Rng, shape: (usize, usize)) -> Tensor {
+        let v: Vec<f32> = (0..shape.0 * shape.1).map(|_| rng.normal() as f32).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn sae(rng: &mut Rng, d_in: usize, d_sae: usize, architecture: Architecture) -> Sae {
+        Sae {
+            w_enc: randn(rng, (d_in, d_sae)),
+            w_dec: randn(rng, (d_sae, d_in)),
+            b_enc: randn(rng, (1, d_sae)).squeeze(0).unwrap(),
+            b_dec: randn(rng, (1, d_in)).squeeze(0).unwrap(),
+            architecture,
+            hook_name: "blocks.1.hook_resid_post".into(),
+            d_in,
+            d_sae,
+        }
+    }
+
+    #[test]
+    fn topk_keeps_exactly_k_and_passes_gradients() {
+        let x = Tensor::new(&[[3.0f32, -1.0, 2.0, 0.5, 4.0], [-1.0, -2.0, 0.3, -0.5, -4.0]], &Device::Cpu).unwrap();
+        let f = topk_relu(&x, 2).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(f[0], vec![3.0, 0.0, 0.0, 0.0, 4.0]);
+        // Only one positive value among the top 2: fewer than k survive the ReLU.
+        assert_eq!(f[1], vec![0.0, 0.0, 0.3, 0.0, 0.0]);
+        let v = Var::from_tensor(&x).unwrap();
+        let loss = topk_relu(v.as_tensor(), 2).unwrap().sum_all().unwrap();
+        let g = loss.backward().unwrap();
+        let grad = g.get(v.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(grad[0], vec![1.0, 0.0, 0.0, 0.0, 1.0], "gradient reaches exactly the selected latents");
+        assert_eq!(grad[1], vec![0.0, 0.0, 1.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn save_load_round_trip_and_encode_decode_shapes() {
+        let mut rng = Rng::new(4);
+        let s = sae(&mut rng, 8, 32, Architecture::TopK { k: 4 });
+        let x = randn(&mut rng, (5, 8));
+        let f = s.encode(&x).unwrap();
+        assert_eq!(f.dims(), &[5, 32]);
+        for row in f.to_vec2::<f32>().unwrap() {
+            assert!(row.iter().filter(|v| **v != 0.0).count() <= 4);
+        }
+        assert_eq!(s.decode(&f).unwrap().dims(), &[5, 8]);
+        let dir = std::env::temp_dir().join(format!("rl-sae-{}", std::process::id()));
+        s.save(&dir).unwrap();
+        let back = Sae::load(&dir).unwrap();
+        assert!(matches!(back.architecture, Architecture::TopK { k: 4 }));
+        assert_eq!(back.hook_name, "blocks.1.hook_resid_post");
+        assert_eq!(back.encode(&x).unwrap().to_vec2::<f32>().unwrap(), f.to_vec2::<f32>().unwrap());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn loads_a_hand_written_saelens_jumprelu_folder() {
+        let dir = std::env::temp_dir().join(format!("rl-sae-hand-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cfg.json"), r#"{"architecture": "jumprelu", "d_in": 2, "d_sae": 3, "hook_name": "blocks.0.hook_resid_pre", "dtype": "float32"}"#).unwrap();
+        let dev = Device::Cpu;
+        let mut t = HashMap::new();
+        // Latent i reads input i (and the sum for latent 2); thresholds 0.5, 0.5, 10.
+        t.insert("W_enc".to_string(), Tensor::new(&[[1.0f32, 0.0, 1.0], [0.0, 1.0, 1.0]], &dev).unwrap());
+        t.insert("W_dec".to_string(), Tensor::new(&[[1.0f32, 0.0], [0.0, 1.0], [0.5, 0.5]], &dev).unwrap());
+        t.insert("b_enc".to_string(), Tensor::zeros(3, DType::F32, &dev).unwrap());
+        t.insert("b_dec".to_string(), Tensor::zeros(2, DType::F32, &dev).unwrap());
+        t.insert("threshold".to_string(), Tensor::new(&[0.5f32, 0.5, 10.0], &dev).unwrap());
+        candle_core::safetensors::save(&t, dir.join("sae_weights.safetensors")).unwrap();
+        let s = Sae::load(&dir).unwrap();
+        assert!(matches!(s.architecture, Architecture::JumpRelu { .. }));
+        let f = s.encode(&Tensor::new(&[[2.0f32, 0.3]], &dev).unwrap()).unwrap().to_vec2::<f32>().unwrap();
+        // Latent 0: 2.0 > 0.5 kept; latent 1: 0.3 < 0.5 dropped; latent 2: 2.3 < 10 dropped.
+        assert_eq!(f[0], vec![2.0, 0.0, 0.0]);
+        // Wrong shape is a named error.
+        std::fs::write(dir.join("cfg.json"), r#"{"architecture": "jumprelu", "d_in": 3, "d_sae": 3}"#).unwrap();
+        let e = Sae::load(&dir).err().unwrap().to_string();
+        assert!(e.contains("W_enc") && e.contains("[3, 3]"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
