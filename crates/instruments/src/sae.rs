@@ -168,6 +168,94 @@ pub fn topk_relu(pre: &Tensor, k: usize) -> Result<Tensor> {
     Ok((pre * mask)?.relu()?)
 }
 
+/// One input's reward split through the SAE (all terms along the frozen read-out direction d):
+/// `reward = Σ latent contributions + decoder bias + reconstruction error + rest of the model + bias`,
+/// where "rest" is `d · (h_L − x)`: everything the layers after the SAE's site add.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SaeDecomposition {
+    pub reward: f64,
+    /// (latent, activation, contribution = activation × W_dec[i]·d), largest |contribution| first.
+    pub latents: Vec<(usize, f64, f64)>,
+    pub latent_sum: f64,
+    pub decoder_bias: f64,
+    pub reconstruction_error: f64,
+    pub rest: f64,
+    pub bias: f64,
+    /// Sum of all terms minus the reward (float rounding).
+    pub residual: f64,
+}
+
+/// Each latent's reward alignment `W_dec[i] · w` for a residual-space direction `w`.
+pub fn alignment(sae: &Sae, w: &[f64]) -> Result<Vec<f64>> {
+    let wt = Tensor::from_vec(w.iter().map(|&x| x as f32).collect::<Vec<_>>(), (w.len(), 1), &Device::Cpu)?;
+    Ok(sae.w_dec.matmul(&wt)?.squeeze(1)?.to_dtype(DType::F64)?.to_vec1()?)
+}
+
+/// Exact decomposition of each sequence's reward through an SAE reading a residual-width site
+/// (`hook_name`) at the pooled token.
+pub fn decompose(
+    model: &reward_lens_engine::RewardModel,
+    sae: &Sae,
+    seqs: &[Vec<u32>],
+    top: usize,
+) -> Result<Vec<SaeDecomposition>> {
+    use reward_lens_engine::{Hooks, PaddingSide, Site};
+    let site =
+        Site::parse(&sae.hook_name).ok_or_else(|| err(format!("SAE hook `{}` is not a site name", sae.hook_name)))?;
+    if sae.d_in != model.config.d_model {
+        return Err(err(format!("SAE d_in {} ≠ the model's d_model {}", sae.d_in, model.config.d_model)));
+    }
+    let traces = crate::trace::trace(model, seqs, 16, crate::trace::TraceOptions::default())?;
+    let mut out = Vec::with_capacity(seqs.len());
+    for (ids, t) in seqs.iter().zip(&traces) {
+        let ro = crate::readout::ReadOut::new(model, t)?;
+        let batch = model.batch(std::slice::from_ref(ids), PaddingSide::Right)?;
+        let fwd = model.forward(&batch, &Hooks::cache(&[site.name()]))?;
+        let x = fwd
+            .cache
+            .site(site)
+            .ok_or_else(|| err(format!("`{}` was not produced by the forward pass", sae.hook_name)))?;
+        if x.dim(2).ok() != Some(sae.d_in) {
+            return Err(err(format!("`{}` is not a residual-width site (d_in {})", sae.hook_name, sae.d_in)));
+        }
+        let x = x.get(0)?.get(t.pooled)?.to_dtype(DType::F32)?.unsqueeze(0)?;
+        let f = sae.encode(&x)?;
+        let x_hat = sae.decode(&f)?;
+        let xv: Vec<f32> = x.squeeze(0)?.to_vec1()?;
+        let fv: Vec<f32> = f.squeeze(0)?.to_vec1()?;
+        let err_v: Vec<f32> = (x.clone() - x_hat)?.squeeze(0)?.to_vec1()?;
+        let align = alignment(sae, &ro.direction)?;
+        let mut latents: Vec<(usize, f64, f64)> = fv
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| **a != 0.0)
+            .map(|(i, a)| (i, *a as f64, *a as f64 * align[i]))
+            .collect();
+        let latent_sum: f64 = latents.iter().map(|l| l.2).sum();
+        latents.sort_by(|a, b| b.2.abs().total_cmp(&a.2.abs()));
+        latents.truncate(top);
+        let bdec: Vec<f32> = sae.b_dec.to_vec1()?;
+        let decoder_bias = ro.contribution(&bdec);
+        let reconstruction_error = ro.contribution(&err_v);
+        let h_l = t.resid.last().expect("lens points");
+        let rest_v: Vec<f32> = h_l.iter().zip(&xv).map(|(a, b)| a - b).collect();
+        let rest = ro.contribution(&rest_v);
+        let reward = t.score as f64;
+        let total = latent_sum + decoder_bias + reconstruction_error + rest + ro.bias;
+        out.push(SaeDecomposition {
+            reward,
+            latents,
+            latent_sum,
+            decoder_bias,
+            reconstruction_error,
+            rest,
+            bias: ro.bias,
+            residual: total - reward,
+        });
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -232,3 +232,41 @@ fn neurons_add_up_to_their_mlp() {
         assert!(top.pairs.iter().all(|p| p.chosen.residual.abs() < 1e-5));
     }
 }
+
+#[test]
+fn sae_decomposition_adds_up_to_the_reward() {
+    use reward_lens_engine::synth::Rng;
+    use reward_lens_engine::{Device, Tensor};
+    use reward_lens_instruments::sae::{decompose, Architecture, Sae};
+    for name in ["llama", "gemma2", "gpt2", "armorm"] {
+        let model = load(name);
+        let d = model.config.d_model;
+        let mut rng = Rng::new(2);
+        let mut randn = |r: usize, c: usize, s: f64| {
+            Tensor::from_vec((0..r * c).map(|_| (s * rng.normal()) as f32).collect::<Vec<_>>(), (r, c), &Device::Cpu)
+                .unwrap()
+        };
+        for hook in [
+            "blocks.1.hook_resid_post",
+            "blocks.0.hook_mlp_out",
+            &format!("blocks.{}.hook_resid_post", model.config.n_layers - 1),
+        ] {
+            let sae = Sae {
+                w_enc: randn(d, 256, 0.2),
+                w_dec: randn(256, d, 0.2),
+                b_enc: randn(1, 256, 0.1).squeeze(0).unwrap(),
+                b_dec: randn(1, d, 0.1).squeeze(0).unwrap(),
+                architecture: Architecture::TopK { k: 16 },
+                hook_name: hook.to_string(),
+                d_in: d,
+                d_sae: 256,
+            };
+            let seqs: Vec<Vec<u32>> = pairs(&model)[..3].iter().map(|p| p.0.clone()).collect();
+            for dec in decompose(&model, &sae, &seqs, 5).unwrap() {
+                assert!(dec.residual.abs() < 1e-4, "{name} {hook}: terms miss the reward by {}", dec.residual);
+                assert!(dec.latents.len() <= 5);
+                assert!(dec.reconstruction_error.abs() > 0.0, "a random SAE reconstructs imperfectly");
+            }
+        }
+    }
+}
