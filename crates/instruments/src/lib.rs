@@ -8,6 +8,7 @@
 //! * [`readout`]: the shared primitive — how a run's reward reads the residual stream.
 
 pub mod attribution;
+pub mod collect;
 pub mod compare;
 pub mod concepts;
 pub mod conflict;

@@ -270,3 +270,40 @@ fn sae_decomposition_adds_up_to_the_reward() {
         }
     }
 }
+
+#[test]
+fn activation_collection_is_sharded_and_resumes() {
+    use reward_lens_instruments::collect::{collect, load_all, CollectOptions, CollectPositions};
+    let opts = |site: &str, positions, resume| CollectOptions { site: site.into(), positions, shard_rows: 40, resume };
+    let model = load("qwen2");
+    let seqs: Vec<(Vec<u32>, usize)> = pairs(&model)[..6].iter().map(|p| (p.0.clone(), 12)).collect();
+    let base = std::env::temp_dir().join(format!("rl-collect-{}", std::process::id()));
+    let (full, part) = (base.join("full"), base.join("part"));
+    let _ = std::fs::remove_dir_all(&base);
+    let m =
+        collect(&model, &seqs, &full, &opts("blocks.1.hook_resid_post", CollectPositions::Response, false), |_, _| {})
+            .unwrap();
+    assert!(m.shards.len() >= 2, "small shards: {}", m.shards.len());
+    assert_eq!(m.sequences_done, 6);
+    // "Interrupted" after three sequences, then resumed over all six.
+    collect(&model, &seqs[..3], &part, &opts("blocks.1.hook_resid_post", CollectPositions::Response, false), |_, _| {})
+        .unwrap();
+    let r =
+        collect(&model, &seqs, &part, &opts("blocks.1.hook_resid_post", CollectPositions::Response, true), |_, _| {})
+            .unwrap();
+    assert_eq!(r.activations, m.activations);
+    let (a, b) = (load_all(&full).unwrap().1, load_all(&part).unwrap().1);
+    assert_eq!(a.dims(), b.dims());
+    assert_eq!(a.dims()[1], model.config.d_model);
+    assert_eq!(a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+    // A different site cannot resume this collection.
+    assert!(collect(
+        &model,
+        &seqs,
+        &part,
+        &opts("blocks.0.hook_resid_post", CollectPositions::Pooled, true),
+        |_, _| {}
+    )
+    .is_err());
+    let _ = std::fs::remove_dir_all(&base);
+}

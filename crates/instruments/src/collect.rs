@@ -1,0 +1,148 @@
+//! Activation collection for SAE training: one site's activations at chosen positions over many
+//! sequences, streamed to disk as safetensors shards (`acts-00000.safetensors`: `activations
+//! [N, d]`, `sequence [N]`, `position [N]`), with `manifest.json` recording the shards and how
+//! many sequences are done — so collections larger than RAM work, and an interrupted one resumes.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use reward_lens_engine::{Hooks, PaddingSide, RewardModel, Site};
+
+use crate::{InstrumentError, Result};
+
+/// Which positions of each sequence to keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CollectPositions {
+    Pooled,
+    /// From the sequence's response start.
+    Response,
+    All,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Manifest {
+    pub site: String,
+    pub d: usize,
+    pub shards: Vec<String>,
+    /// Sequences fully written (a resumed run continues after them).
+    pub sequences_done: usize,
+    pub activations: usize,
+}
+
+fn err(m: impl Into<String>) -> InstrumentError {
+    InstrumentError::Invalid(m.into())
+}
+
+fn write_manifest(dir: &Path, m: &Manifest) -> Result<()> {
+    let tmp = dir.join("manifest.json.tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(m).expect("json"))
+        .map_err(|e| err(format!("{}: {e}", tmp.display())))?;
+    std::fs::rename(&tmp, dir.join("manifest.json")).map_err(|e| err(format!("{}: {e}", dir.display())))?;
+    Ok(())
+}
+
+/// What to collect and how.
+#[derive(Debug, Clone)]
+pub struct CollectOptions {
+    pub site: String,
+    pub positions: CollectPositions,
+    /// Activations per shard (a shard closes at the next sequence boundary).
+    pub shard_rows: usize,
+    /// Continue an existing collection of the same site.
+    pub resume: bool,
+}
+
+/// Collects a site over `seqs` (with their response starts) into `dir`; a shard is only recorded
+/// in the manifest once complete.
+pub fn collect(
+    model: &RewardModel,
+    seqs: &[(Vec<u32>, usize)],
+    dir: &Path,
+    opts: &CollectOptions,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Manifest> {
+    let (site, positions, shard_rows, resume) = (opts.site.as_str(), opts.positions, opts.shard_rows, opts.resume);
+    let s = Site::parse(site).ok_or_else(|| err(format!("unknown site `{site}`")))?;
+    std::fs::create_dir_all(dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
+    let mpath = dir.join("manifest.json");
+    let mut m = if resume && mpath.exists() {
+        let m: Manifest = serde_json::from_str(
+            &std::fs::read_to_string(&mpath).map_err(|e| err(format!("{}: {e}", mpath.display())))?,
+        )
+        .map_err(|e| err(format!("{}: {e}", mpath.display())))?;
+        if m.site != site {
+            return Err(err(format!("{}: collects `{}`, not `{site}`", mpath.display(), m.site)));
+        }
+        m
+    } else {
+        Manifest { site: site.to_string(), ..Default::default() }
+    };
+    let (mut rows, mut seq_idx, mut pos_idx): (Vec<f32>, Vec<u32>, Vec<u32>) = (Vec::new(), Vec::new(), Vec::new());
+    let mut pending_from = m.sequences_done;
+    let flush =
+        |m: &mut Manifest, rows: &mut Vec<f32>, si: &mut Vec<u32>, pi: &mut Vec<u32>, done: usize| -> Result<()> {
+            if !si.is_empty() {
+                let n = si.len();
+                let name = format!("acts-{:05}.safetensors", m.shards.len());
+                let mut t = HashMap::new();
+                t.insert("activations".to_string(), Tensor::from_vec(std::mem::take(rows), (n, m.d), &Device::Cpu)?);
+                t.insert("sequence".to_string(), Tensor::from_vec(std::mem::take(si), n, &Device::Cpu)?);
+                t.insert("position".to_string(), Tensor::from_vec(std::mem::take(pi), n, &Device::Cpu)?);
+                candle_core::safetensors::save(&t, dir.join(&name))?;
+                m.shards.push(name);
+                m.activations += n;
+            }
+            m.sequences_done = done;
+            write_manifest(dir, m)
+        };
+    for (i, (ids, rs)) in seqs.iter().enumerate().skip(m.sequences_done) {
+        let batch = model.batch(std::slice::from_ref(ids), PaddingSide::Right)?;
+        let fwd = model.forward(&batch, &Hooks::cache(&[site]))?;
+        let x = fwd.cache.site(s).ok_or_else(|| err(format!("`{site}` not produced")))?.get(0)?;
+        let x = x.flatten_from(1)?.to_dtype(DType::F32)?;
+        m.d = x.dim(1)?;
+        let pooled = fwd.output.pooled_index[0];
+        let keep: Vec<usize> = match positions {
+            CollectPositions::Pooled => vec![pooled],
+            CollectPositions::Response => (*rs..=pooled).collect(),
+            CollectPositions::All => (0..=pooled).collect(),
+        };
+        for p in keep {
+            rows.extend(x.get(p)?.to_vec1::<f32>()?);
+            seq_idx.push(i as u32);
+            pos_idx.push(p as u32);
+        }
+        // A shard closes at a sequence boundary, so `sequences_done` is always exact.
+        if seq_idx.len() >= shard_rows {
+            flush(&mut m, &mut rows, &mut seq_idx, &mut pos_idx, i + 1)?;
+            pending_from = i + 1;
+        }
+        progress(i + 1, seqs.len());
+    }
+    if !seq_idx.is_empty() || pending_from < seqs.len() {
+        flush(&mut m, &mut rows, &mut seq_idx, &mut pos_idx, seqs.len())?;
+    }
+    Ok(m)
+}
+
+/// Reads every shard of a collection back as one `[N, d]` tensor (for training sets that fit).
+pub fn load_all(dir: &Path) -> Result<(Manifest, Tensor)> {
+    let mpath = dir.join("manifest.json");
+    let m: Manifest =
+        serde_json::from_str(&std::fs::read_to_string(&mpath).map_err(|e| err(format!("{}: {e}", mpath.display())))?)
+            .map_err(|e| err(format!("{}: {e}", mpath.display())))?;
+    let mut parts = Vec::new();
+    for s in &m.shards {
+        let p: PathBuf = dir.join(s);
+        let t = candle_core::safetensors::load(&p, &Device::Cpu).map_err(|e| err(format!("{}: {e}", p.display())))?;
+        parts.push(t.get("activations").ok_or_else(|| err(format!("{}: no `activations`", p.display())))?.clone());
+    }
+    if parts.is_empty() {
+        return Err(err(format!("{}: no activations collected", dir.display())));
+    }
+    Ok((m, Tensor::cat(&parts, 0)?))
+}
