@@ -22,6 +22,7 @@ pub mod path;
 pub mod probes;
 pub mod readout;
 pub mod sae;
+pub mod sae_train;
 pub mod stats;
 pub mod trace;
 
