@@ -52,6 +52,10 @@ pub struct BenchArgs {
     /// RAYON_NUM_THREADS=1 for one thread.
     #[arg(long)]
     pub patch: bool,
+    /// Instead: time TopK SAE training (d_in = --d-model, d_sae 4096, k 32, batch 1024) on
+    /// generated sparse data and report activations per second and the FVU reached.
+    #[arg(long)]
+    pub sae: bool,
 }
 
 #[derive(Serialize)]
@@ -164,7 +168,39 @@ fn patch_bench(a: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// Training throughput of a TopK SAE on generated sparse activations.
+fn sae_bench(a: &BenchArgs) -> Result<()> {
+    use reward_lens_instruments::sae_train::{train, TrainOptions};
+    let (d, n, atoms) = (a.d_model, 16_384usize, 2048usize);
+    let mut rng = Rng::new(3);
+    // Activations made of sparse combinations of random unit directions (8 active of 2048).
+    let dirs: Vec<f32> = (0..atoms * d).map(|_| rng.normal() as f32 / (d as f32).sqrt()).collect();
+    let mut data = vec![0f32; n * d];
+    for row in data.chunks_mut(d) {
+        for _ in 0..8 {
+            let j = (rng.next_u64() % atoms as u64) as usize;
+            let c = 1.0 + rng.uniform() as f32;
+            row.iter_mut().zip(&dirs[j * d..(j + 1) * d]).for_each(|(x, v)| *x += c * v);
+        }
+    }
+    let data = Tensor::from_vec(data, (n, d), &Device::Cpu)?;
+    let opts = TrainOptions { d_sae: 4096, k: 32, batch_size: 1024, epochs: a.iters.max(1), lr: 4e-4, seed: 1, ..Default::default() };
+    let t = Instant::now();
+    let (_, hist) = train(&data, &opts, |m| eprintln!("epoch {}: FVU {:.3}, L0 {:.1}, dead {:.1}%", m.epoch, m.fvu, m.l0, 100.0 * m.dead_fraction))?;
+    let secs = t.elapsed().as_secs_f64();
+    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| std::thread::available_parallelism().map_or(1, |n| n.get()).to_string());
+    println!("TopK SAE training: d_in {d}, d_sae 4096, k 32, batch 1024, {n} activations × {} epochs, {threads} thread(s)", opts.epochs);
+    println!("| activations / s | FVU after the last epoch | dead latents |");
+    println!("|---|---|---|");
+    let last = hist.last().expect("epochs ≥ 1");
+    println!("| {:.0} | {:.3} | {:.1} % |", (n * opts.epochs) as f64 / secs, last.fvu, 100.0 * last.dead_fraction);
+    Ok(())
+}
+
 pub fn run(a: BenchArgs) -> Result<()> {
+    if a.sae {
+        return sae_bench(&a);
+    }
     if a.patch {
         return patch_bench(&a);
     }
