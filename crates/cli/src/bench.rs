@@ -184,12 +184,26 @@ fn sae_bench(a: &BenchArgs) -> Result<()> {
         }
     }
     let data = Tensor::from_vec(data, (n, d), &Device::Cpu)?;
-    let opts = TrainOptions { d_sae: 4096, k: 32, batch_size: 1024, epochs: a.iters.max(1), lr: 4e-4, seed: 1, ..Default::default() };
+    let opts = TrainOptions {
+        d_sae: 4096,
+        k: 32,
+        batch_size: 1024,
+        epochs: a.iters.max(1),
+        lr: 4e-4,
+        seed: 1,
+        ..Default::default()
+    };
     let t = Instant::now();
-    let (_, hist) = train(&data, &opts, |m| eprintln!("epoch {}: FVU {:.3}, L0 {:.1}, dead {:.1}%", m.epoch, m.fvu, m.l0, 100.0 * m.dead_fraction))?;
+    let (_, hist) = train(&data, &opts, |m| {
+        eprintln!("epoch {}: FVU {:.3}, L0 {:.1}, dead {:.1}%", m.epoch, m.fvu, m.l0, 100.0 * m.dead_fraction)
+    })?;
     let secs = t.elapsed().as_secs_f64();
-    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| std::thread::available_parallelism().map_or(1, |n| n.get()).to_string());
-    println!("TopK SAE training: d_in {d}, d_sae 4096, k 32, batch 1024, {n} activations × {} epochs, {threads} thread(s)", opts.epochs);
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .unwrap_or_else(|_| std::thread::available_parallelism().map_or(1, |n| n.get()).to_string());
+    println!(
+        "TopK SAE training: d_in {d}, d_sae 4096, k 32, batch 1024, {n} activations × {} epochs, {threads} thread(s)",
+        opts.epochs
+    );
     println!("| activations / s | FVU after the last epoch | dead latents |");
     println!("|---|---|---|");
     let last = hist.last().expect("epochs ≥ 1");

@@ -20,6 +20,7 @@ mod path_patch;
 mod perpair;
 mod probe;
 mod report;
+mod sae;
 mod score;
 
 use std::path::PathBuf;
@@ -69,6 +70,8 @@ enum Command {
     Probe(probe::ProbeArgs),
     /// Diagnostic set: coverage and distortion per dimension, cascades across dimensions.
     Diagnose(diagnose::DiagnoseArgs),
+    /// Sparse autoencoders: collect activations, train TopK SAEs, latent alignment, decomposition.
+    Sae(sae::SaeArgs),
     /// Activation patching: how much of the margin each component's output carries (per pair, JSONL).
     Patch(patch::PatchArgs),
     /// Attribution patching: patch effects to first order for all components from one gradient pass.
@@ -193,6 +196,7 @@ fn main() {
         Command::Compare(a) => compare::run(a),
         Command::Probe(a) => probe::run(a),
         Command::Diagnose(a) => diagnose::run(a),
+        Command::Sae(a) => sae::run(a),
         Command::Patch(a) => patch::run(a),
         Command::Atp(a) => patch::run_atp(a),
         Command::PathPatch(a) => path_patch::run(a),

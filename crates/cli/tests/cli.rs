@@ -514,3 +514,54 @@ fn probe_and_diagnose_commands() {
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert!(v["report"]["cascade"]["Err"].as_str().unwrap().contains("matched design"));
 }
+
+#[test]
+fn sae_collect_train_features_decompose() {
+    let d = tmp("sae");
+    let model = fixtures().join("models/gpt2");
+    let (acts, sae) = (d.join("acts"), d.join("sae"));
+    run(exe()
+        .args(["sae", "collect", "--site", "blocks.1.hook_resid_post", "--positions", "pooled", "--model"])
+        .arg(&model)
+        .arg("--pairs")
+        .arg(fixtures().join("pairs.jsonl"))
+        .arg("--out")
+        .arg(&acts));
+    let manifest: Value = serde_json::from_str(&std::fs::read_to_string(acts.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["activations"], 40);
+    run(exe()
+        .args(["sae", "train", "--d-sae", "32", "--k", "4", "--epochs", "3", "--batch-size", "16", "--acts"])
+        .arg(&acts)
+        .arg("--out")
+        .arg(&sae));
+    let cfg: Value = serde_json::from_str(&std::fs::read_to_string(sae.join("cfg.json")).unwrap()).unwrap();
+    assert_eq!(
+        (cfg["architecture"].as_str(), cfg["k"].as_u64(), cfg["hook_name"].as_str()),
+        (Some("topk"), Some(4), Some("blocks.1.hook_resid_post"))
+    );
+    let out = d.join("dec.json");
+    run(exe()
+        .args(["sae", "decompose", "--model"])
+        .arg(&model)
+        .arg("--sae")
+        .arg(&sae)
+        .arg("--pairs")
+        .arg(fixtures().join("pairs.jsonl"))
+        .arg("--out")
+        .arg(&out));
+    let decs: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(decs.as_array().unwrap().len(), 40);
+    for x in decs.as_array().unwrap() {
+        assert!(x["residual"].as_f64().unwrap().abs() < 1e-4, "terms add up to the reward");
+    }
+    let f = d.join("features.json");
+    run(exe()
+        .args(["sae", "features", "--top", "3", "--model"])
+        .arg(&model)
+        .arg("--sae")
+        .arg(&sae)
+        .arg("--out")
+        .arg(&f));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
+    assert_eq!(v["alignment"].as_array().unwrap().len(), 32);
+}
