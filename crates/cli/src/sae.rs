@@ -87,6 +87,12 @@ pub struct FeaturesArgs {
     pub model: ModelArgs,
     #[arg(long)]
     pub sae: PathBuf,
+    /// A `sae collect` directory, with --pairs the file it was collected from: adds each top
+    /// latent's top activating examples (the tokens around the activation).
+    #[arg(long)]
+    pub acts: Option<PathBuf>,
+    #[arg(long, value_name = "FILE.jsonl", requires = "acts")]
+    pub pairs: Option<PathBuf>,
     #[arg(long, default_value_t = 10)]
     pub top: usize,
     #[arg(long)]
@@ -200,8 +206,19 @@ fn run_features(a: FeaturesArgs) -> Result<()> {
     let al = alignment(&sae, &w)?;
     let mut idx: Vec<usize> = (0..al.len()).collect();
     idx.sort_by(|&x, &y| al[y].total_cmp(&al[x]));
-    let pos: Vec<_> = idx.iter().take(a.top).map(|&i| json!({"latent": i, "alignment": al[i]})).collect();
-    let neg: Vec<_> = idx.iter().rev().take(a.top).map(|&i| json!({"latent": i, "alignment": al[i]})).collect();
+    let examples = match (&a.acts, &a.pairs) {
+        (Some(acts), Some(pairs)) => Some(top_examples(&model, &sae, acts, pairs)?),
+        _ => None,
+    };
+    let entry = |i: usize| {
+        let mut v = json!({"latent": i, "alignment": al[i]});
+        if let Some(ex) = &examples {
+            v["examples"] = json!(ex(i));
+        }
+        v
+    };
+    let pos: Vec<_> = idx.iter().take(a.top).map(|&i| entry(i)).collect();
+    let neg: Vec<_> = idx.iter().rev().take(a.top).map(|&i| entry(i)).collect();
     println!(
         "most reward-aligned latents: {}",
         pos.iter()
@@ -243,4 +260,41 @@ fn run_decompose(a: DecomposeArgs) -> Result<()> {
         std::fs::write(o, serde_json::to_string_pretty(&decs)?)?;
     }
     Ok(())
+}
+
+/// For each latent, its three largest activations in a collection, shown as the text around
+/// the token (`⟦token⟧` marks it). The texts are re-encoded in collection order (chosen, then
+/// rejected, per pair).
+fn top_examples(
+    model: &reward_lens_engine::RewardModel,
+    sae: &Sae,
+    acts: &std::path::Path,
+    pairs_file: &std::path::Path,
+) -> Result<impl Fn(usize) -> Vec<String>> {
+    let (_, data) = load_all(acts)?;
+    let index = reward_lens_instruments::collect::load_index(acts)?;
+    let f: Vec<Vec<f32>> = sae.encode(&data)?.to_vec2()?;
+    let pairs = crate::pairs::read(pairs_file)?;
+    let tok = model.tokenizer()?.tokenizer.clone();
+    let mut texts: Vec<Vec<u32>> = Vec::new();
+    for p in &pairs {
+        for r in [&p.chosen, &p.rejected] {
+            texts.push(model.encode(&p.prompt, r, Truncation::DropPromptLeft)?.ids);
+        }
+    }
+    Ok(move |i: usize| -> Vec<String> {
+        let mut rows: Vec<usize> = (0..f.len()).filter(|&r| f[r][i] > 0.0).collect();
+        rows.sort_by(|&x, &y| f[y][i].total_cmp(&f[x][i]));
+        rows.iter()
+            .take(3)
+            .filter_map(|&r| {
+                let (s, p) = index[r];
+                let ids = texts.get(s as usize)?;
+                let p = p as usize;
+                let lo = p.saturating_sub(6);
+                let dec = |a: usize, b: usize| tok.decode(&ids[a..b.min(ids.len())], false).unwrap_or_default();
+                Some(format!("{:.2}: …{}⟦{}⟧{}…", f[r][i], dec(lo, p), dec(p, p + 1), dec(p + 1, p + 4)))
+            })
+            .collect()
+    })
 }

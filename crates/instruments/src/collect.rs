@@ -146,3 +146,21 @@ pub fn load_all(dir: &Path) -> Result<(Manifest, Tensor)> {
     }
     Ok((m, Tensor::cat(&parts, 0)?))
 }
+
+/// Where each collected activation came from: (sequence index, position), in row order.
+pub fn load_index(dir: &Path) -> Result<Vec<(u32, u32)>> {
+    let mpath = dir.join("manifest.json");
+    let m: Manifest =
+        serde_json::from_str(&std::fs::read_to_string(&mpath).map_err(|e| err(format!("{}: {e}", mpath.display())))?)
+            .map_err(|e| err(format!("{}: {e}", mpath.display())))?;
+    let mut out = Vec::new();
+    for s in &m.shards {
+        let p = dir.join(s);
+        let t = candle_core::safetensors::load(&p, &Device::Cpu).map_err(|e| err(format!("{}: {e}", p.display())))?;
+        let get = |k: &str| -> Result<Vec<u32>> {
+            Ok(t.get(k).ok_or_else(|| err(format!("{}: no `{k}`", p.display())))?.to_vec1::<u32>()?)
+        };
+        out.extend(get("sequence")?.into_iter().zip(get("position")?));
+    }
+    Ok(out)
+}
