@@ -267,4 +267,48 @@ mod tests {
         assert!(mse.is_finite());
         assert!(train(&data.narrow(0, 0, 0).unwrap(), &opts, |_| {}).is_err());
     }
+
+    #[test]
+    fn loss_gradient_matches_finite_differences() {
+        // ‖x − (topk(relu((x − b_dec) W_enc + b_enc)) W_dec + b_dec)‖² in f64, differentiated with
+        // respect to W_enc and W_dec; central differences with a step small enough not to change
+        // which latents the top-k selects.
+        let dev = Device::Cpu;
+        let mut rng = Rng::new(11);
+        let mut rand = |r: usize, c: usize| {
+            Tensor::from_vec((0..r * c).map(|_| rng.normal()).collect::<Vec<f64>>(), (r, c), &dev).unwrap()
+        };
+        let (x, we, wd, be, bd) =
+            (rand(6, 5), rand(5, 12), rand(12, 5), rand(1, 12).squeeze(0).unwrap(), rand(1, 5).squeeze(0).unwrap());
+        let loss = |we: &Tensor, wd: &Tensor| -> Tensor {
+            let pre = x.broadcast_sub(&bd).unwrap().matmul(we).unwrap().broadcast_add(&be).unwrap();
+            let f = topk_relu(&pre, 3).unwrap();
+            let xh = f.matmul(wd).unwrap().broadcast_add(&bd).unwrap();
+            (&x - xh).unwrap().sqr().unwrap().sum_all().unwrap()
+        };
+        let (ve, vd) = (Var::from_tensor(&we).unwrap(), Var::from_tensor(&wd).unwrap());
+        let g = loss(ve.as_tensor(), vd.as_tensor()).backward().unwrap();
+        let (ge, gd) = (
+            g.get(ve.as_tensor()).unwrap().to_vec2::<f64>().unwrap(),
+            g.get(vd.as_tensor()).unwrap().to_vec2::<f64>().unwrap(),
+        );
+        let eps = 1e-6;
+        let bump = |t: &Tensor, i: usize, j: usize, d: f64| -> Tensor {
+            let mut v = t.to_vec2::<f64>().unwrap();
+            v[i][j] += d;
+            Tensor::new(v, &dev).unwrap()
+        };
+        let val = |t: Tensor| t.to_scalar::<f64>().unwrap();
+        let mut checked = 0;
+        for (i, j) in [(0, 0), (1, 3), (4, 7), (2, 11), (3, 5)] {
+            let fd = (val(loss(&bump(&we, i, j, eps), &wd)) - val(loss(&bump(&we, i, j, -eps), &wd))) / (2.0 * eps);
+            assert!((fd - ge[i][j]).abs() < 1e-5 * (1.0 + fd.abs()), "W_enc[{i}][{j}]: {fd} vs {}", ge[i][j]);
+            checked += usize::from(fd != 0.0);
+        }
+        for (i, j) in [(0, 0), (5, 2), (11, 4), (7, 1)] {
+            let fd = (val(loss(&we, &bump(&wd, i, j, eps))) - val(loss(&we, &bump(&wd, i, j, -eps)))) / (2.0 * eps);
+            assert!((fd - gd[i][j]).abs() < 1e-5 * (1.0 + fd.abs()), "W_dec[{i}][{j}]: {fd} vs {}", gd[i][j]);
+        }
+        assert!(checked > 0, "some encoder entries feed selected latents");
+    }
 }
