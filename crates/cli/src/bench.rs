@@ -168,22 +168,38 @@ fn patch_bench(a: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// Training throughput of a TopK SAE on generated sparse activations.
+/// Training throughput of a TopK SAE on activations collected from the generated benchmark model.
 fn sae_bench(a: &BenchArgs) -> Result<()> {
+    use reward_lens_engine::{Hooks, Site};
     use reward_lens_instruments::sae_train::{train, TrainOptions};
-    let (d, n, atoms) = (a.d_model, 16_384usize, 2048usize);
+    let shape = LlamaShape {
+        n_layers: a.layers,
+        d_model: a.d_model,
+        n_heads: a.heads,
+        n_kv_heads: a.kv_heads,
+        d_mlp: a.d_mlp,
+        vocab_size: a.vocab,
+        max_positions: 2048,
+    };
+    let config = ModelConfig::from_value(&shape.config_json(), Path::new("(generated config)"))?;
+    let model = RewardModel::from_source(
+        config,
+        &MapSource { tensors: shape.random_weights(7, &Device::Cpu)?, dtype: DType::F32 },
+        &LoadOptions::default(),
+    )?;
+    // 128 generated sequences × 128 tokens: 16,384 activations of the middle layer's output.
+    let site = Site::ResidPost(a.layers / 2);
     let mut rng = Rng::new(3);
-    // Activations made of sparse combinations of random unit directions (8 active of 2048).
-    let dirs: Vec<f32> = (0..atoms * d).map(|_| rng.normal() as f32 / (d as f32).sqrt()).collect();
-    let mut data = vec![0f32; n * d];
-    for row in data.chunks_mut(d) {
-        for _ in 0..8 {
-            let j = (rng.next_u64() % atoms as u64) as usize;
-            let c = 1.0 + rng.uniform() as f32;
-            row.iter_mut().zip(&dirs[j * d..(j + 1) * d]).for_each(|(x, v)| *x += c * v);
-        }
+    let mut parts = Vec::new();
+    for _ in 0..16 {
+        let seqs: Vec<Vec<u32>> =
+            (0..8).map(|_| (0..128).map(|_| 3 + (rng.next_u64() % (a.vocab as u64 - 3)) as u32).collect()).collect();
+        let fwd = model.forward(&model.batch(&seqs, PaddingSide::Right)?, &Hooks::cache(&[site.name()]))?;
+        let acts = fwd.cache.site(site).ok_or_else(|| anyhow::anyhow!("site {} was not cached", site.name()))?;
+        parts.push(acts.flatten_to(1)?);
     }
-    let data = Tensor::from_vec(data, (n, d), &Device::Cpu)?;
+    let data = Tensor::cat(&parts, 0)?;
+    let n = data.dim(0)?;
     let opts = TrainOptions {
         d_sae: 4096,
         k: 32,
@@ -201,7 +217,10 @@ fn sae_bench(a: &BenchArgs) -> Result<()> {
     let threads = std::env::var("RAYON_NUM_THREADS")
         .unwrap_or_else(|_| std::thread::available_parallelism().map_or(1, |n| n.get()).to_string());
     println!(
-        "TopK SAE training: d_in {d}, d_sae 4096, k 32, batch 1024, {n} activations × {} epochs, {threads} thread(s)",
+        "TopK SAE training on {n} activations collected at {} of the generated {}-layer d_model {} Llama: d_sae 4096, k 32, batch 1024, {} epochs, {threads} thread(s)",
+        site.name(),
+        a.layers,
+        a.d_model,
         opts.epochs
     );
     println!("| activations / s | FVU after the last epoch | dead latents |");
