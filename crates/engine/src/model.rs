@@ -334,6 +334,15 @@ impl RewardModel {
         Ok(Gradients { output, objective: objective.to_scalar::<f32>()?, values, grads })
     }
 
+    /// The scores as a tensor that still carries its graph, for training: built from weights
+    /// that are candle `Var`s, `backward` on a loss of these scores reaches those weights.
+    /// Runs the composed (differentiable) ops; no hooks.
+    pub fn differentiable_scores(&self, batch: &Batch) -> Result<Tensor> {
+        let hooks = Hooks::none();
+        let mut hs = HookState::new(&hooks, None);
+        Ok(self.run(batch, &mut hs, false)?.1)
+    }
+
     fn check(&self, batch: &Batch) -> Result<Tensor> {
         let vocab = self.config.vocab_size;
         for row in &batch.ids {

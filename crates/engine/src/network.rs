@@ -72,9 +72,13 @@ impl Linear {
         let d_in = *dims.last().expect("activation has at least one axis");
         let rows = x.elem_count() / d_in;
         let x2 = x.reshape((rows, d_in))?;
-        // In a gradient run (the input tracks a graph) skip the frozen weights' gradient.
-        let mut y =
-            if x2.track_op() { x2.contiguous()?.apply_op2(&self.w, FrozenLinear)? } else { x2.matmul(&self.w.t()?)? };
+        // In a gradient run (the input tracks a graph) skip the weights' gradient unless the
+        // weights themselves are being trained (they are variables, so they track).
+        let mut y = if x2.track_op() && !self.w.track_op() {
+            x2.contiguous()?.apply_op2(&self.w, FrozenLinear)?
+        } else {
+            x2.matmul(&self.w.t()?)?
+        };
         if let Some(b) = &self.b {
             y = y.broadcast_add(b)?;
         }

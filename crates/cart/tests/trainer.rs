@@ -1,0 +1,145 @@
+//! The Bradley–Terry trainer: it learns, it moves only what it should, it resumes to the same
+//! bytes, and what it saves loads back (through the ordinary loader) with the same scores.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::Tensor;
+use reward_lens_cart::trainer::{TokenizedPair, TrainOptions, Trainable, Trainer};
+use reward_lens_engine::{LoadOptions, PaddingSide, RewardModel, Truncation};
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models/llama")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("rl-cart-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// A task the fixture's tokenizer can express: the reply that names the right colour wins,
+/// whatever the padding words around it.
+fn pairs(model: &RewardModel, n: usize, seed: u64) -> Vec<TokenizedPair> {
+    let mut rng = reward_lens_engine::synth::Rng::new(seed);
+    let fillers = ["", "Well, ", "So, ", "Honestly, "];
+    (0..n)
+        .map(|_| {
+            let f = fillers[(rng.next_u64() % 4) as usize];
+            let g = fillers[(rng.next_u64() % 4) as usize];
+            let enc = |r: String| model.encode("What colour is the sky?", &r, Truncation::Error).unwrap().ids;
+            TokenizedPair {
+                chosen: enc(format!("{f}it is blue.")),
+                rejected: enc(format!("{g}it is green.")),
+                subset: if rng.uniform() < 0.5 { "a".into() } else { "b".into() },
+            }
+        })
+        .collect()
+}
+
+fn flat(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1().unwrap()
+}
+
+#[test]
+fn head_only_training_learns_and_moves_only_the_head() {
+    let base = RewardModel::load(&fixture(), &LoadOptions::default()).unwrap();
+    let (train, test) = (pairs(&base, 64, 1), pairs(&base, 32, 2));
+    let (cfg, weights) = Trainer::load_weights(&fixture()).unwrap();
+    let opts = TrainOptions {
+        epochs: 6,
+        batch_size: 16,
+        lr: 3e-2,
+        warmup_steps: 2,
+        trainable: Trainable::Head,
+        ..Default::default()
+    };
+    let mut t = Trainer::new(cfg, weights.clone(), opts).unwrap();
+    assert_eq!(t.trainable_parameters(), 64);
+    let before = t.evaluate(&test).unwrap();
+    let report = t.train(&train, &test, None, |_| {}).unwrap();
+    let after = report.held_out.clone().unwrap();
+    assert!(after.accuracy == 1.0 && before.accuracy < 1.0, "{before:?} → {after:?}");
+    assert!(after.mean_loss < before.mean_loss);
+    assert_eq!(after.per_subset.values().map(|s| s.n).sum::<usize>(), 32);
+    assert_eq!(report.epochs.len(), 6);
+    let w = t.weights();
+    for (name, t0) in &weights {
+        let same = flat(t0) == flat(&w[name]);
+        assert_eq!(same, name != "score.weight", "{name}");
+    }
+}
+
+#[test]
+fn last_layers_moves_the_last_block_norm_and_head() {
+    let (cfg, weights) = Trainer::load_weights(&fixture()).unwrap();
+    let base = RewardModel::load(&fixture(), &LoadOptions::default()).unwrap();
+    let train = pairs(&base, 8, 3);
+    let opts = TrainOptions { epochs: 1, batch_size: 8, trainable: Trainable::LastLayers(1), ..Default::default() };
+    let mut t = Trainer::new(cfg, weights.clone(), opts).unwrap();
+    t.train(&train, &[], None, |_| {}).unwrap();
+    let w = t.weights();
+    for (name, t0) in &weights {
+        let moved = flat(t0) != flat(&w[name]);
+        let should = name.starts_with("model.layers.2.") || name == "model.norm.weight" || name == "score.weight";
+        assert_eq!(moved, should, "{name}");
+    }
+}
+
+#[test]
+fn resumed_training_equals_uninterrupted_and_saved_model_loads_with_same_scores() {
+    let base = RewardModel::load(&fixture(), &LoadOptions::default()).unwrap();
+    let train = pairs(&base, 24, 4);
+    let (cfg, weights) = Trainer::load_weights(&fixture()).unwrap();
+    let opts = TrainOptions { epochs: 2, batch_size: 8, lr: 1e-3, warmup_steps: 2, seed: 9, ..Default::default() };
+    let mut straight = Trainer::new(cfg.clone(), weights.clone(), opts.clone()).unwrap();
+    let mut steps = Vec::new();
+    straight.train(&train, &[], None, |s| steps.push(s.loss)).unwrap();
+    assert_eq!(steps.len(), 6);
+
+    let ck = tmp("ck");
+    let mut first = Trainer::new(cfg.clone(), weights.clone(), TrainOptions { epochs: 1, ..opts.clone() }).unwrap();
+    first.train(&train, &[], Some(&ck), |_| {}).unwrap();
+    assert!(Trainer::has_checkpoint(&ck));
+    let mut resumed = Trainer::new(cfg, weights, opts).unwrap();
+    resumed.resume(&ck).unwrap();
+    assert_eq!(resumed.step(), 3);
+    let mut later = Vec::new();
+    let report = resumed.train(&train, &[], Some(&ck), |s| later.push(s.loss)).unwrap();
+    assert_eq!(later, steps[3..].to_vec());
+    assert_eq!(report.epochs.len(), 2);
+    let (a, b) = (straight.weights(), resumed.weights());
+    for name in a.keys() {
+        assert_eq!(flat(&a[name]), flat(&b[name]), "{name}");
+    }
+
+    // Saved as a HuggingFace directory, it loads through the ordinary loader with the same scores.
+    let out = tmp("saved");
+    straight.save_pretrained(&out, Some(&fixture())).unwrap();
+    let loaded = RewardModel::load(&out, &LoadOptions::default()).unwrap();
+    let seqs: Vec<Vec<u32>> = train.iter().take(4).map(|p| p.chosen.clone()).collect();
+    let s1 = loaded.score(&loaded.batch(&seqs, PaddingSide::Right).unwrap()).unwrap().scores;
+    let m = straight.model().unwrap();
+    let s2 = m.score(&m.batch(&seqs, PaddingSide::Right).unwrap()).unwrap().scores;
+    assert_eq!(s1, s2);
+    let _ = std::fs::remove_dir_all(ck);
+    let _ = std::fs::remove_dir_all(out);
+}
+
+#[test]
+fn bad_options_and_checkpoints_are_clear_errors() {
+    let (cfg, weights) = Trainer::load_weights(&fixture()).unwrap();
+    let no_head: HashMap<String, Tensor> =
+        weights.iter().filter(|(k, _)| !k.starts_with("score.")).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let e = Trainer::new(cfg.clone(), no_head, TrainOptions { trainable: Trainable::Head, ..Default::default() });
+    assert!(e.err().unwrap().to_string().contains("no weight is trainable"));
+    let ck = tmp("badck");
+    std::fs::create_dir_all(&ck).unwrap();
+    let t = Trainer::new(cfg.clone(), weights.clone(), TrainOptions::default()).unwrap();
+    t.save_checkpoint(&ck).unwrap();
+    let mut other = Trainer::new(cfg, weights, TrainOptions { lr: 0.5, ..Default::default() }).unwrap();
+    let msg = other.resume(&ck).unwrap_err().to_string();
+    assert!(msg.contains("other options") && msg.contains(&ck.display().to_string()), "{msg}");
+    assert!("last:0".parse::<Trainable>().is_err() && "last:2".parse::<Trainable>() == Ok(Trainable::LastLayers(2)));
+    let _ = std::fs::remove_dir_all(ck);
+}
