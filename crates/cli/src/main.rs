@@ -22,6 +22,7 @@ mod probe;
 mod report;
 mod sae;
 mod score;
+mod train;
 
 use std::path::PathBuf;
 
@@ -80,6 +81,8 @@ enum Command {
     PathPatch(path_patch::PathPatchArgs),
     /// Does linear attribution predict patching? Spearman ρ of DLA/AtP vs patching, with CIs.
     Faithfulness(faithfulness::FaithfulnessArgs),
+    /// Train a reward model on preference pairs (Bradley–Terry): fine-tune a loaded one or a small Llama from scratch.
+    Train(train::TrainArgs),
     /// Measure scoring throughput (tokens/s, GFLOP/s vs the machine's matmul rate) and peak memory.
     Bench(bench::BenchArgs),
 }
@@ -202,6 +205,7 @@ fn main() {
         Command::PathPatch(a) => path_patch::run(a),
         Command::Faithfulness(a) => faithfulness::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Train(a) => train::run(a),
     };
     // Lets `bench` read a child's own peak memory (RUSAGE_CHILDREN only gives the max so far).
     if std::env::var_os(memory::REPORT_ENV).is_some() {
