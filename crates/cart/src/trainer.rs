@@ -175,6 +175,9 @@ pub struct TrainReport {
     pub held_out: Option<EvalStats>,
 }
 
+/// An extra loss term computed from the model being trained and the Bradley–Terry loss.
+pub type ExtraLoss = dyn Fn(&RewardModel, &Tensor) -> Result<Tensor>;
+
 struct Param {
     name: String,
     var: Var,
@@ -318,7 +321,7 @@ impl Trainer {
         &mut self,
         pairs: &[&TokenizedPair],
         total_steps: usize,
-        extra: Option<&dyn Fn(&RewardModel, &Tensor) -> Result<Tensor>>,
+        extra: Option<&ExtraLoss>,
     ) -> Result<StepStats> {
         let model = self.build(false)?;
         let (bt, margins) = Self::loss(&model, pairs)?;
@@ -412,7 +415,7 @@ impl Trainer {
             self.epoch_sums.1 += stats.accuracy;
             self.epoch_sums.2 += 1;
             on_step(&stats);
-            let epoch_done = self.step % spe == 0;
+            let epoch_done = self.step.is_multiple_of(spe);
             if epoch_done {
                 let (l, a, k) = self.epoch_sums;
                 let held = if held_out.is_empty() { None } else { Some(self.evaluate(held_out)?) };
@@ -426,7 +429,7 @@ impl Trainer {
                 self.epoch_sums = (0.0, 0.0, 0);
             }
             if let Some(dir) = checkpoint_dir {
-                let every = self.opts.checkpoint_every > 0 && self.step % self.opts.checkpoint_every == 0;
+                let every = self.opts.checkpoint_every > 0 && self.step.is_multiple_of(self.opts.checkpoint_every);
                 if epoch_done || every {
                     self.save_checkpoint(dir)?;
                 }
