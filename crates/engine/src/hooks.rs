@@ -195,6 +195,8 @@ pub(crate) struct HookState<'h, 'a> {
     pub grad_vars: Vec<(String, Var)>,
     /// The activation at each site marked for gradients (what `Gradients::values` returns).
     pub grad_values: ActivationCache,
+    /// Cache activations with their graph (training losses on activations), not detached.
+    pub keep_graph: bool,
 }
 
 impl<'h, 'a> HookState<'h, 'a> {
@@ -207,6 +209,7 @@ impl<'h, 'a> HookState<'h, 'a> {
             cache: ActivationCache::default(),
             grad_vars: Vec::new(),
             grad_values: ActivationCache::default(),
+            keep_graph: false,
         }
     }
 
@@ -232,7 +235,7 @@ impl<'h, 'a> HookState<'h, 'a> {
             }
         }
         if self.hooks.cache.matches(&site) {
-            self.cache.insert(site.name(), x.detach());
+            self.cache.insert(site.name(), if self.keep_graph { x.clone() } else { x.detach() });
         }
         Ok(x)
     }

@@ -343,6 +343,17 @@ impl RewardModel {
         Ok(self.run(batch, &mut hs, false)?.1)
     }
 
+    /// [`RewardModel::differentiable_scores`] with hooks: interventions apply, and the cached
+    /// activations keep their graph, so a training loss can be written on them (CART's circuit
+    /// regulariser).
+    pub fn differentiable_forward(&self, batch: &Batch, hooks: &Hooks) -> Result<(Tensor, ActivationCache)> {
+        validate(hooks, &self.sites)?;
+        let mut hs = HookState::new(hooks, None);
+        hs.keep_graph = true;
+        let (_, scores) = self.run(batch, &mut hs, false)?;
+        Ok((scores, hs.cache))
+    }
+
     fn check(&self, batch: &Batch) -> Result<Tensor> {
         let vocab = self.config.vocab_size;
         for row in &batch.ids {
