@@ -67,9 +67,9 @@ pub struct ConceptsArgs {
     pub run: report::RunArgs,
 }
 
-struct ConceptText {
-    name: String,
-    items: Vec<(String, String, String)>,
+pub(crate) struct ConceptText {
+    pub name: String,
+    pub items: Vec<(String, String, String)>,
 }
 
 fn parse(name: &str, source: &str, text: &str) -> Result<ConceptText> {
@@ -89,7 +89,7 @@ fn parse(name: &str, source: &str, text: &str) -> Result<ConceptText> {
     Ok(ConceptText { name: name.to_string(), items })
 }
 
-fn read_paths(paths: &[PathBuf]) -> Result<Vec<ConceptText>> {
+pub(crate) fn read_paths(paths: &[PathBuf]) -> Result<Vec<ConceptText>> {
     if paths.is_empty() {
         return BUILTIN.iter().map(|(n, t)| parse(n, &format!("built-in {n}"), t)).collect();
     }
@@ -104,7 +104,7 @@ fn read_paths(paths: &[PathBuf]) -> Result<Vec<ConceptText>> {
         .collect()
 }
 
-fn encode(model: &RewardModel, c: &ConceptText) -> Result<ConceptInput> {
+pub(crate) fn encode(model: &RewardModel, c: &ConceptText) -> Result<ConceptInput> {
     let pairs = c
         .items
         .iter()

@@ -2,6 +2,7 @@
 //! read and write files, show progress; the maths lives in the library crates.
 
 mod attribute;
+mod audit;
 mod bench;
 mod cache;
 mod compare;
@@ -49,6 +50,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The main job: run every instrument on a model; write results.json and a self-contained report.html.
+    Audit(audit::AuditArgs),
     /// Describe a model: architecture, layers, widths, heads, parameters, dtype, head type.
     Info(info::InfoArgs),
     /// Score preference pairs (JSONL with prompt/chosen/rejected) and report accuracy.
@@ -188,6 +191,7 @@ fn main() {
     reward_lens_engine::runtime::tune_allocator();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Audit(a) => audit::run(a),
         Command::Info(a) => info::run(a),
         Command::Score(a) => score::run(a),
         Command::Cache(a) => cache::run(a),

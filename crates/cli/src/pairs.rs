@@ -21,27 +21,32 @@ pub struct Pair {
 
 pub fn read(path: &Path) -> Result<Vec<Pair>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read pairs file", path.display()))?;
+    parse(&text, &path.display().to_string())
+}
+
+/// Parses pairs JSONL text; `source` names it in errors (a file path, or e.g. "built-in examples").
+pub fn parse(text: &str, source: &str) -> Result<Vec<Pair>> {
     let mut pairs = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;
         if line.trim().is_empty() {
             continue;
         }
-        let v: Value = serde_json::from_str(line).with_context(|| format!("{}:{n}: not valid JSON", path.display()))?;
+        let v: Value = serde_json::from_str(line).with_context(|| format!("{source}:{n}: not valid JSON"))?;
         let Some(obj) = v.as_object() else {
-            bail!("{}:{n}: expected a JSON object with prompt, chosen, rejected", path.display());
+            bail!("{source}:{n}: expected a JSON object with prompt, chosen, rejected");
         };
         let field = |k: &str| -> Result<String> {
             match obj.get(k) {
                 Some(Value::String(s)) => Ok(s.clone()),
-                Some(other) => bail!("{}:{n}: field `{k}` must be a string, found {other}", path.display()),
-                None => bail!("{}:{n}: missing field `{k}` (expected prompt, chosen, rejected)", path.display()),
+                Some(other) => bail!("{source}:{n}: field `{k}` must be a string, found {other}"),
+                None => bail!("{source}:{n}: missing field `{k}` (expected prompt, chosen, rejected)"),
             }
         };
         let subset = match obj.get("subset") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(s.clone()),
-            Some(other) => bail!("{}:{n}: field `subset` must be a string, found {other}", path.display()),
+            Some(other) => bail!("{source}:{n}: field `subset` must be a string, found {other}"),
         };
         pairs.push(Pair {
             id: obj.get("id").cloned().unwrap_or(Value::from(pairs.len())),
@@ -54,7 +59,7 @@ pub fn read(path: &Path) -> Result<Vec<Pair>> {
         });
     }
     if pairs.is_empty() {
-        bail!("{}: no pairs (expected one JSON object per line)", path.display());
+        bail!("{source}: no pairs (expected one JSON object per line)");
     }
     Ok(pairs)
 }

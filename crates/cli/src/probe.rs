@@ -49,12 +49,12 @@ pub struct ProbeArgs {
     pub run: report::RunArgs,
 }
 
-struct ProbeText {
-    id: String,
-    dimension: String,
-    prompt: String,
-    neutral: String,
-    biased: String,
+pub(crate) struct ProbeText {
+    pub id: String,
+    pub dimension: String,
+    pub prompt: String,
+    pub neutral: String,
+    pub biased: String,
 }
 
 /// Parses and validates probe lines: each names exactly one dimension and one edit.
@@ -90,7 +90,7 @@ fn parse(source: &str, text: &str) -> Result<Vec<ProbeText>> {
     Ok(out)
 }
 
-fn read_all(paths: &[PathBuf]) -> Result<Vec<ProbeText>> {
+pub(crate) fn read_all(paths: &[PathBuf]) -> Result<Vec<ProbeText>> {
     if paths.is_empty() {
         let mut all = Vec::new();
         for (n, t) in BUILTIN {

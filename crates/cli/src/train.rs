@@ -112,7 +112,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         let dir = a.tokenizer.clone().expect("clap requires --tokenizer");
         let tok = ChatTokenizer::from_dir(&dir, 4096, None)?;
         let vocab = tok.tokenizer.get_vocab_size(true);
-        if a.d_model % a.heads != 0 {
+        if a.heads == 0 || !a.d_model.is_multiple_of(a.heads) {
             bail!("--d-model {} is not divisible by --heads {}", a.d_model, a.heads);
         }
         let shape = LlamaShape {
