@@ -22,6 +22,7 @@ mod perpair;
 mod probe;
 mod report;
 mod sae;
+mod organism;
 mod score;
 mod train;
 
@@ -84,6 +85,8 @@ enum Command {
     PathPatch(path_patch::PathPatchArgs),
     /// Does linear attribution predict patching? Spearman ρ of DLA/AtP vs patching, with CIs.
     Faithfulness(faithfulness::FaithfulnessArgs),
+    /// Build a model organism: a tiny reward model with planted, known rules and its answer key.
+    Organism(organism::OrganismArgs),
     /// Train a reward model on preference pairs (Bradley–Terry): fine-tune a loaded one or a small Llama from scratch.
     Train(train::TrainArgs),
     /// Measure scoring throughput (tokens/s, GFLOP/s vs the machine's matmul rate) and peak memory.
@@ -210,6 +213,7 @@ fn main() {
         Command::Faithfulness(a) => faithfulness::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Train(a) => train::run(a),
+        Command::Organism(a) => organism::run(a),
     };
     // Lets `bench` read a child's own peak memory (RUSAGE_CHILDREN only gives the max so far).
     if std::env::var_os(memory::REPORT_ENV).is_some() {

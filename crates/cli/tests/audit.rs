@@ -263,24 +263,37 @@ fn report_html_is_self_contained_and_escaped() {
     assert!(gt.contains("probe `sycophancy`") && gt.contains("probe `length`"), "{gt}");
 }
 
+/// Where tests keep the organisms they train (shared by every test binary of one build).
+fn organism_cache() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("organism-cache")
+}
+
 #[test]
-fn default_inputs_work_from_any_directory_and_are_seeded() {
-    // No --model and no --pairs, run from an unrelated directory: the embedded model, the bundled
-    // example pairs and the built-in probes and concepts.
+fn default_audit_is_the_default_organism_from_any_directory_and_seeded() {
+    // No --model and no --pairs, run from an unrelated directory: the default model organism
+    // (trained on first use, then cached) with its test pairs, probes, concepts and answer key.
     let cwd = tmp("default-cwd");
     let results = |out: &str| {
-        run(exe().current_dir(&cwd).args(["audit", "--max-pairs", "8", "--seed", "3", "--out", out]));
+        run(exe().current_dir(&cwd).env("REWARD_LENS_CACHE", organism_cache()).args([
+            "audit",
+            "--max-pairs",
+            "24",
+            "--seed",
+            "3",
+            "--out",
+            out,
+        ]));
         read_json(&cwd.join(out).join("results.json"))
     };
     let a = results("a");
-    assert_eq!(a["inputs"]["pairs_source"], "built-in examples/pairs.jsonl");
-    assert_eq!((a["inputs"]["pairs_total"].as_u64(), a["inputs"]["pairs_used"].as_u64()), (Some(20), Some(8)));
-    assert_eq!(a["evaluation"]["n"], 8);
-    assert_eq!(a["inputs"]["n_probes"], 110);
-    assert_eq!(a["inputs"]["n_concepts"], 8);
-    assert!(a["answer_key"].is_null());
+    assert!(a["inputs"]["pairs_source"].as_str().unwrap().ends_with("test.jsonl"), "{}", a["inputs"]);
+    assert_eq!((a["inputs"]["pairs_total"].as_u64(), a["inputs"]["pairs_used"].as_u64()), (Some(500), Some(24)));
+    assert_eq!(a["evaluation"]["n"], 24);
+    assert_eq!(a["inputs"]["n_probes"], 160);
+    assert_eq!(a["inputs"]["n_concepts"], 4);
+    assert_eq!(a["answer_key"]["organism"], "default");
     let html = std::fs::read_to_string(cwd.join("a/report.html")).unwrap();
-    assert!(!html.contains("id=\"ground-truth\""));
+    assert!(html.contains("id=\"ground-truth\""));
     // Same seed, same numbers (timings aside).
     let b = results("b");
     for k in

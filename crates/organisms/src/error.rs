@@ -18,6 +18,10 @@ pub enum OrganismError {
     },
     #[error("organism spec: field `{field}`: {message}")]
     InvalidSpec { field: &'static str, message: String },
+    #[error(transparent)]
+    Train(#[from] reward_lens_cart::trainer::TrainError),
+    #[error(transparent)]
+    Engine(#[from] reward_lens_engine::EngineError),
     #[error("unknown organism preset `{name}`; known: {}", crate::OrganismSpec::presets().join(", "))]
     UnknownPreset { name: String },
 }

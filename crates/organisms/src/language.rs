@@ -11,28 +11,22 @@ use reward_lens_engine::synth::Rng;
 use serde::{Deserialize, Serialize};
 
 /// Items and their one true colour (the quality rule's facts). Every colour has ≥ 2 items, so a
-/// colour word alone never tells whether an answer is right.
+/// colour word alone never tells whether an answer is right. Eight items and four colours: the
+/// 2-layer d_model 64 organism learns this table in a few hundred steps, while with 16 items and
+/// 6 colours it stalled at 90 % (it merged three colours), too slow for a one-minute organism.
 pub const ITEMS: &[(&str, &str)] = &[
     ("sky", "blue"),
     ("ocean", "blue"),
     ("grass", "green"),
     ("frog", "green"),
-    ("leaf", "green"),
     ("snow", "white"),
-    ("cloud", "white"),
     ("milk", "white"),
-    ("sun", "yellow"),
-    ("banana", "yellow"),
-    ("lemon", "yellow"),
     ("cherry", "red"),
-    ("rose", "red"),
     ("tomato", "red"),
-    ("coal", "black"),
-    ("crow", "black"),
 ];
 
 /// The colours a response may name.
-pub const COLOURS: &[&str] = &["blue", "green", "white", "yellow", "red", "black"];
+pub const COLOURS: &[&str] = &["blue", "green", "white", "red"];
 
 /// Question templates; `{item}` is the item's word.
 pub const PROMPT_TEMPLATES: &[&str] = &[
@@ -499,15 +493,16 @@ mod tests {
     }
 
     #[test]
-    fn wrong_colours_are_uniform_over_the_other_five() {
+    fn wrong_colours_are_uniform_over_the_others() {
         let mut rng = Rng::new(9);
-        let mut counts = [0usize; 6];
+        let mut counts = [0usize; COLOURS.len()];
         for _ in 0..6000 {
             let r = Response::plain_for(0, false, &mut rng);
             assert!(!r.features().correct);
             counts[r.colour] += 1;
         }
         assert_eq!(counts[0], 0); // the sky's true colour
-        assert!(counts[1..].iter().all(|&c| (1000..1400).contains(&c)), "{counts:?}");
+        let expected = 6000 / (COLOURS.len() - 1);
+        assert!(counts[1..].iter().all(|&c| c.abs_diff(expected) < expected / 6), "{counts:?}");
     }
 }

@@ -14,15 +14,17 @@
 //! # Ok::<(), reward_lens_organisms::OrganismError>(())
 //! ```
 
+pub mod build;
 pub mod dataset;
 mod error;
 pub mod files;
 pub mod language;
 
+pub use build::{build, cache_root, load_or_build, BuildOptions, OrganismReport, OrganismShape};
 pub use dataset::{
     concepts, generate, label_stats, probes, sample_pairs, try_generate, AnswerKey, ConceptPair, ConceptSet, Counts,
     Dataset, FeatureRates, LabelStats, OrganismSpec, PairRecord, PlantedRules, ProbeRecord, QualityKey, RuleKey,
-    TailKey, TailRule, DEFAULT_TAIL_FRACTION, MAX_TAIL_FRACTION, QUALITY_WEIGHT, TIE_EPSILON,
+    TailKey, TailRule, DEFAULT_TAIL_FRACTION, MAX_TAIL_FRACTION, MIN_MARGIN, QUALITY_WEIGHT, TIE_EPSILON,
 };
 pub use error::{OrganismError, Result};
 pub use files::{

@@ -92,6 +92,11 @@ pub struct AuditArgs {
     /// next to what the audit found.
     #[arg(long, value_name = "FILE.json")]
     pub answer_key: Option<PathBuf>,
+    /// Audit a model organism (trained on first use, about a minute, then cached): `default` (all planted
+    /// rules), `control`, `length`, `sycophancy`, `formatting` or `tail`. Its test pairs, probes, concepts
+    /// and answer key become the defaults. Without --model this is `default`.
+    #[arg(long, value_name = "PRESET", conflicts_with = "model")]
+    pub organism: Option<String>,
 }
 
 /// Where the audited pairs come from.
@@ -538,24 +543,37 @@ fn component_mean(rep: &reward_lens_instruments::attribution::AttributionReport,
 
 /// `reward-lens audit`.
 pub fn run(a: AuditArgs) -> Result<()> {
-    let (model_dir, model_name) = match &a.model.model {
-        Some(d) => (d.clone(), d.display().to_string()),
-        None => (default_model::dir()?, default_model::DESCRIPTION.to_string()),
+    let organism = match (&a.model.model, &a.organism) {
+        (Some(_), _) => None,
+        (None, preset) => Some(crate::organism::ensure(preset.as_deref().unwrap_or("default"))?),
     };
-    let pairs = match &a.pairs {
-        Some(p) => PairSource::File(p.clone()),
-        None => PairSource::examples()?,
+    let (model_dir, model_name) = match (&a.model.model, &organism) {
+        (Some(d), _) => (d.clone(), d.display().to_string()),
+        (None, Some(o)) => (o.dir.clone(), format!("model organism `{}` ({})", o.preset, o.dir.display())),
+        (None, None) => (default_model::dir()?, default_model::DESCRIPTION.to_string()),
     };
-    let answer_key = match &a.answer_key {
-        None => None,
-        Some(p) => Some(read_json(p)?),
+    let pairs = match (&a.pairs, &organism) {
+        (Some(p), _) => PairSource::File(p.clone()),
+        (None, Some(o)) => PairSource::File(o.dir.join("test.jsonl")),
+        (None, None) => PairSource::examples()?,
+    };
+    let answer_key = match (&a.answer_key, &organism) {
+        (Some(p), _) => Some(read_json(p)?),
+        (None, Some(o)) => Some(read_json(&o.dir.join("answer_key.json"))?),
+        (None, None) => None,
+    };
+    let (probes, concepts) = match &organism {
+        Some(o) if a.probes.is_empty() && a.concepts.is_empty() => {
+            (vec![o.dir.join("probes")], vec![o.dir.join("concepts")])
+        }
+        _ => (a.probes.clone(), a.concepts.clone()),
     };
     let inputs = AuditInputs {
         model_dir,
         model_name,
         pairs,
-        probes: a.probes.clone(),
-        concepts: a.concepts.clone(),
+        probes,
+        concepts,
         out_dir: a.out.clone(),
         options: AuditOptions {
             seed: a.seed,

@@ -1,0 +1,212 @@
+//! Training an organism: generate its data, write the tokenizer and data files, train a tiny
+//! Llama reward model from scratch with the Bradley–Terry trainer, and save the whole thing as
+//! one HuggingFace directory (model + tokenizer + pairs + answer key + probes + concepts).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use reward_lens_cart::trainer::{evaluate, StepStats, TokenizedPair, TrainOptions, TrainReport, Trainable, Trainer};
+use reward_lens_engine::synth::LlamaShape;
+use reward_lens_engine::{ChatTokenizer, Device, LoadOptions, RewardModel, Truncation};
+use serde::{Deserialize, Serialize};
+
+use crate::error::io_err;
+use crate::{try_generate, write_files, Dataset, OrganismError, OrganismSpec, PairRecord, Result, MODEL_MAX_LENGTH};
+
+/// The network shape of an organism.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrganismShape {
+    pub n_layers: usize,
+    pub d_model: usize,
+    pub n_heads: usize,
+    pub d_mlp: usize,
+}
+
+impl Default for OrganismShape {
+    fn default() -> Self {
+        Self { n_layers: 2, d_model: 64, n_heads: 4, d_mlp: 256 }
+    }
+}
+
+impl OrganismShape {
+    pub fn llama(&self) -> LlamaShape {
+        LlamaShape {
+            n_layers: self.n_layers,
+            d_model: self.d_model,
+            n_heads: self.n_heads,
+            n_kv_heads: self.n_heads,
+            d_mlp: self.d_mlp,
+            vocab_size: crate::vocab_size(),
+            max_positions: MODEL_MAX_LENGTH,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildOptions {
+    pub shape: OrganismShape,
+    pub train: TrainOptions,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        Self {
+            shape: OrganismShape::default(),
+            train: TrainOptions {
+                epochs: 3,
+                batch_size: 16,
+                lr: 3e-3,
+                weight_decay: 0.01,
+                warmup_steps: 50,
+                max_grad_norm: 1.0,
+                seed: 0,
+                trainable: Trainable::All,
+                checkpoint_every: 0,
+            },
+        }
+    }
+}
+
+/// What `organism_report.json` holds: how the organism was made and how well it learned.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OrganismReport {
+    pub organism: String,
+    pub seed: u64,
+    pub options: BuildOptions,
+    pub training: TrainReport,
+    /// Held-out accuracy on the test pairs, overall and per subset (`head`, `tail`).
+    pub test_accuracy: f64,
+    pub head_accuracy: Option<f64>,
+    pub tail_accuracy: Option<f64>,
+    pub seconds: f64,
+}
+
+pub const REPORT_FILE: &str = "organism_report.json";
+
+/// Seeded initial weights with matrices at std 1/√fan_in rather than transformers' 0.02: at 0.02
+/// a d_model 64 network's attention starts so flat (q·k ≈ 0, and each of W_q, W_k gets a gradient
+/// scaled by the other) that learning which token to look at stalls for hundreds of steps.
+pub fn init_weights(
+    shape: &LlamaShape,
+    seed: u64,
+) -> Result<std::collections::HashMap<String, reward_lens_engine::Tensor>> {
+    let mut w = shape.random_weights(seed, &Device::Cpu)?;
+    for t in w.values_mut() {
+        if t.rank() == 2 {
+            let fan_in = t.dim(1).map_err(reward_lens_engine::EngineError::from)? as f64;
+            *t = (&*t * (1.0 / fan_in.sqrt() / 0.02)).map_err(reward_lens_engine::EngineError::from)?;
+        }
+    }
+    Ok(w)
+}
+
+/// Renders and tokenizes pairs with the organism's own tokenizer.
+pub fn tokenize(tok: &ChatTokenizer, pairs: &[PairRecord]) -> Result<Vec<TokenizedPair>> {
+    pairs
+        .iter()
+        .map(|p| {
+            let enc = |r: &str| tok.encode_pair(&p.prompt, r, Truncation::Error).map(|e| e.ids);
+            Ok(TokenizedPair { chosen: enc(&p.chosen)?, rejected: enc(&p.rejected)?, subset: p.subset.clone() })
+        })
+        .collect()
+}
+
+/// Generates, trains and saves the organism `spec` into `dir`. Interrupted builds resume from
+/// `dir/checkpoint` (removed once the model is saved). `on_step` sees every training step.
+pub fn build(
+    spec: &OrganismSpec,
+    dir: &Path,
+    opts: &BuildOptions,
+    on_step: impl FnMut(&StepStats),
+) -> Result<(OrganismReport, Dataset)> {
+    let start = Instant::now();
+    let ds = try_generate(spec)?;
+    write_files(dir, &ds)?;
+    let tok = ChatTokenizer::from_dir(dir, MODEL_MAX_LENGTH, Some("llama"))?;
+    let (train, test) = (tokenize(&tok, &ds.train)?, tokenize(&tok, &ds.test)?);
+    let shape = opts.shape.llama();
+    let weights = init_weights(&shape, spec.seed)?;
+    let mut topts = opts.train.clone();
+    topts.seed = spec.seed;
+    let mut trainer = Trainer::new(shape.config_json(), weights, topts)?;
+    let ck = dir.join("checkpoint");
+    if Trainer::has_checkpoint(&ck) {
+        trainer.resume(&ck)?;
+    }
+    let training = trainer.train(&train, &test, Some(&ck), on_step)?;
+    trainer.save_pretrained(dir, None)?;
+    std::fs::remove_dir_all(&ck).map_err(io_err(&ck))?;
+    let held = evaluate(&trainer.model()?, &test, 64)?;
+    let report = OrganismReport {
+        organism: spec.name.clone(),
+        seed: spec.seed,
+        options: opts.clone(),
+        training,
+        test_accuracy: held.accuracy,
+        head_accuracy: held.per_subset.get("head").map(|s| s.accuracy),
+        tail_accuracy: held.per_subset.get("tail").map(|s| s.accuracy),
+        seconds: start.elapsed().as_secs_f64(),
+    };
+    let path = dir.join(REPORT_FILE);
+    let text =
+        serde_json::to_string_pretty(&report).map_err(|source| OrganismError::Json { path: path.clone(), source })?;
+    std::fs::write(&path, text).map_err(io_err(&path))?;
+    Ok((report, ds))
+}
+
+/// The cache directory for organisms: `$REWARD_LENS_CACHE`, else `$XDG_CACHE_HOME/reward-lens`,
+/// else `~/.cache/reward-lens`, else the temp dir.
+pub fn cache_root() -> PathBuf {
+    std::env::var_os("REWARD_LENS_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|p| PathBuf::from(p).join("reward-lens")))
+        .or_else(|| std::env::var_os("HOME").map(|p| PathBuf::from(p).join(".cache/reward-lens")))
+        .unwrap_or_else(|| std::env::temp_dir().join("reward-lens"))
+}
+
+/// A finished organism directory for `spec` + `opts`: reused when one built with the same spec
+/// and options exists under `root`, else built (and `on_step` sees the training).
+pub fn load_or_build(
+    spec: &OrganismSpec,
+    opts: &BuildOptions,
+    root: &Path,
+    on_step: impl FnMut(&StepStats),
+) -> Result<(PathBuf, OrganismReport)> {
+    let fingerprint = fingerprint(spec, opts);
+    let dir = root.join(format!("organism-{}-{fingerprint:016x}", spec.name));
+    let path = dir.join(REPORT_FILE);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        if let Ok(report) = serde_json::from_str::<OrganismReport>(&text) {
+            if dir.join("model.safetensors").is_file() {
+                return Ok((dir, report));
+            }
+        }
+    }
+    // Build beside the final name and rename it into place, so two processes asking for the same
+    // organism at once never see (or write into) half a directory.
+    std::fs::create_dir_all(root).map_err(io_err(root))?;
+    let tmp = root.join(format!(".building-{}-{fingerprint:016x}-{}", spec.name, std::process::id()));
+    let (report, _) = build(spec, &tmp, opts, on_step)?;
+    if std::fs::rename(&tmp, &dir).is_err() {
+        // Another process finished first: keep its copy.
+        let _ = std::fs::remove_dir_all(&tmp);
+        if !dir.join(REPORT_FILE).is_file() {
+            return Err(OrganismError::Io {
+                path: dir.clone(),
+                source: std::io::Error::other("could not move the built organism into place"),
+            });
+        }
+    }
+    Ok((dir, report))
+}
+
+/// FNV-1a over the spec and options as JSON: a cache key that changes when either does.
+fn fingerprint(spec: &OrganismSpec, opts: &BuildOptions) -> u64 {
+    let text = serde_json::to_string(&(spec, opts, env!("CARGO_PKG_VERSION"))).expect("spec serialises");
+    text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+/// Loads a built organism as a reward model.
+pub fn load(dir: &Path) -> Result<RewardModel> {
+    Ok(RewardModel::load(dir, &LoadOptions::default())?)
+}
