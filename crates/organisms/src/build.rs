@@ -172,6 +172,10 @@ pub fn load_or_build(
     root: &Path,
     on_step: impl FnMut(&StepStats),
 ) -> Result<(PathBuf, OrganismReport)> {
+    // One build at a time in this process: threads asking for the same organism wait for the
+    // first and then find it in the cache (across processes the rename below keeps it safe).
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
     let fingerprint = fingerprint(spec, opts);
     let dir = root.join(format!("organism-{}-{fingerprint:016x}", spec.name));
     let path = dir.join(REPORT_FILE);
