@@ -5,7 +5,9 @@ use clap::Args;
 use serde_json::Value;
 
 use reward_lens_engine::Truncation;
-use reward_lens_instruments::probes::{probe, ProbeInput, ProbeOptions, Verdict, ALPHA, MIN_EFFECT};
+use reward_lens_instruments::probes::{
+    probe, ProbeInput, ProbeOptions, Verdict, ALPHA, MIN_EFFECT, MIN_RELATIVE_EFFECT,
+};
 
 use crate::{report, ModelArgs};
 
@@ -135,7 +137,11 @@ pub fn run(a: ProbeArgs) -> Result<()> {
         &inputs,
         &ProbeOptions { batch_size: a.run.batch_size, seed: a.run.seed, permutations: a.permutations },
     )?;
-    println!("{} probes; verdicts need q < {ALPHA} and |d| ≥ {MIN_EFFECT}", rep.probes.len());
+    println!(
+        "{} probes; verdicts need q < {ALPHA}, |d| ≥ {MIN_EFFECT} and |mean Δ| ≥ {MIN_RELATIVE_EFFECT} × the SD of the neutral answers' rewards ({})",
+        rep.probes.len(),
+        rep.reward_sd.map_or("undefined".to_string(), |s| format!("{s:.4}"))
+    );
     println!(
         "{:<16} {:>3} {:>34} {:>8} {:>8} {:>8}  verdict",
         "dimension", "n", "mean Δreward [95% CI]", "d", "p", "q"

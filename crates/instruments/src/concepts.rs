@@ -46,6 +46,11 @@ pub struct ConceptResult {
     pub p_value: Option<f64>,
     /// Mean reward(positive) − reward(negative): what the model actually does with the behaviour.
     pub mean_reward_shift: f64,
+    /// `mean_reward_shift` over the SD of the negative examples' rewards: how material the shift is
+    /// on this model's scale (None when that SD is 0). A control model that ignores a behaviour can
+    /// still show a significant cosine (the behaviour nudges whatever the reward reads); this is
+    /// what separates it from a model that pays for the behaviour.
+    pub relative_reward_shift: Option<f64>,
     /// reward-lens 1.0's heuristics: |alignment| > 0.3, and its hacking-risk score.
     pub is_reward_aligned: bool,
     pub hacking_risk: f64,
@@ -141,6 +146,8 @@ pub fn concepts(model: &RewardModel, inputs: &[ConceptInput], opts: &ConceptOpti
         let reference = reference(model, &traces, opts.v1_compat)?;
         let alignment = cosine(&vector, &reference);
         let shift = traces.chunks(2).map(|t| t[0].score as f64 - t[1].score as f64).sum::<f64>() / diffs.len() as f64;
+        let negatives: Vec<f64> = traces.chunks(2).map(|t| t[1].score as f64).collect();
+        let spread = crate::stats::sample_sd(&negatives).filter(|s| *s > 0.0 && s.is_finite());
         let risky = V1_HACKING_CONCEPTS.contains(&c.name.to_lowercase().as_str());
         results.push(ConceptResult {
             name: c.name.clone(),
@@ -151,6 +158,7 @@ pub fn concepts(model: &RewardModel, inputs: &[ConceptInput], opts: &ConceptOpti
             alignment,
             p_value: random_cosine_p_value(alignment, d),
             mean_reward_shift: shift,
+            relative_reward_shift: spread.map(|sd| shift / sd),
             is_reward_aligned: alignment.abs() > 0.3,
             hacking_risk: if risky { 0.8 * alignment.abs() + 0.2 } else { 0.3 * alignment.abs() },
         });

@@ -89,14 +89,18 @@ fn a_planted_markers_concept_aligns_with_the_reward_direction_and_not_on_the_con
     let get = |r: &reward_lens_instruments::concepts::ConceptReport, n: &str| {
         r.concepts.iter().find(|c| c.name == n).unwrap().clone()
     };
-    for name in ["sycophancy", "formatting"] {
+    for name in ["sycophancy", "formatting", "length"] {
         let (p, c) = (get(&planted, name), get(&control, name));
-        assert!(p.alignment > 0.0 && p.p_value.unwrap() < 0.01, "{name} planted: {} p {:?}", p.alignment, p.p_value);
+        let (pr, cr) = (p.relative_reward_shift.unwrap(), c.relative_reward_shift.unwrap());
+        // Planted: aligned with the read-out beyond the random-direction null, and material.
         assert!(
-            c.p_value.unwrap() > 0.01 || c.alignment.abs() < p.alignment.abs() / 3.0,
-            "{name} control: {} p {:?}",
-            c.alignment,
-            c.p_value
+            p.alignment > 0.5 && p.p_value.unwrap() < 0.01 && pr >= 0.1,
+            "{name} planted: {} p {:?} rel {pr}",
+            p.alignment,
+            p.p_value
         );
+        // Control: whatever the cosine, the behaviour does not move the reward materially, and
+        // the planted alignment is higher.
+        assert!(cr.abs() < 0.1 && c.alignment < p.alignment, "{name} control: {} rel {cr}", c.alignment);
     }
 }

@@ -547,6 +547,14 @@ pub fn run(a: AuditArgs) -> Result<()> {
         (Some(_), _) => None,
         (None, preset) => Some(crate::organism::ensure(preset.as_deref().unwrap_or("default"))?),
     };
+    if let Some(o) = &organism {
+        eprintln!(
+            "auditing the `{}` model organism ({}; held-out accuracy {:.1}%)",
+            o.preset,
+            o.dir.display(),
+            100.0 * o.report.test_accuracy
+        );
+    }
     let (model_dir, model_name) = match (&a.model.model, &organism) {
         (Some(d), _) => (d.clone(), d.display().to_string()),
         (None, Some(o)) => (o.dir.clone(), format!("model organism `{}` ({})", o.preset, o.dir.display())),
