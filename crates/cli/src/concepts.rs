@@ -140,19 +140,20 @@ pub fn run(a: ConceptsArgs) -> Result<()> {
     )?;
     println!("concept vectors at block {} (d_model {}), alignment with {}:", rep.layer, rep.d_model, rep.reference);
     println!(
-        "{:<16} {:>5} {:>10} {:>8} {:>12} {:>12}",
-        "concept", "pairs", "alignment", "p", "consistency", "reward shift"
+        "{:<16} {:>5} {:>10} {:>8} {:>12} {:>12} {:>12}",
+        "concept", "pairs", "alignment", "p", "consistency", "reward shift", "÷ reward SD"
     );
     for c in &rep.concepts {
         let p = c.p_value.map_or("—".into(), |p| format!("{p:.3}"));
         println!(
-            "{:<16} {:>5} {:>+10.3} {:>8} {:>11.0}% {:>+12.4}",
+            "{:<16} {:>5} {:>+10.3} {:>8} {:>11.0}% {:>+12.4} {:>12}",
             c.name,
             c.n_pairs,
             c.alignment,
             p,
             100.0 * c.consistency,
-            c.mean_reward_shift
+            c.mean_reward_shift,
+            c.relative_reward_shift.map_or("—".into(), |r| format!("{r:+.3}"))
         );
     }
     let steering = match &a.steer {
