@@ -92,6 +92,10 @@ pub struct AuditArgs {
     /// next to what the audit found.
     #[arg(long, value_name = "FILE.json")]
     pub answer_key: Option<PathBuf>,
+    /// Subset names whose pairs are the rare (tail) inputs for the CART section: circuit discovery
+    /// on up to 64 tail and 128 head pairs from the whole pairs file, and the bound's ingredients.
+    #[arg(long, value_delimiter = ',', default_value = "tail")]
+    pub tail_subsets: Vec<String>,
     /// Audit a model organism (trained on first use, about a minute, then cached): `default` (all planted
     /// rules), `control`, `length`, `sycophancy`, `formatting` or `tail`. Its test pairs, probes, concepts
     /// and answer key become the defaults. Without --model this is `default`.
@@ -183,6 +187,8 @@ pub struct AuditInputs {
     pub options: AuditOptions,
     /// Planted rules of a model organism, shown in the report's ground-truth section.
     pub answer_key: Option<Value>,
+    /// Subset names that mark tail pairs for the CART section (default `tail`).
+    pub tail_subsets: Vec<String>,
 }
 
 /// The stages, in order, as the progress display names them.
@@ -196,6 +202,7 @@ pub const STAGES: &[&str] = &[
     "probes",
     "concepts",
     "conflicts",
+    "CART: tail circuits",
     "writing report",
 ];
 
@@ -413,8 +420,12 @@ pub fn run_audit(inputs: &AuditInputs, progress: &dyn Fn(usize, usize, &str)) ->
     });
     let conflicts = Conflicts { group_by: "subset".into(), terms, q_values, objectives, note };
 
-    // Results, findings, files.
+    // 9. CART: the circuits the tail pairs run through, and the bound's ingredients.
     stage(9, &mut timings);
+    let cart = cart_section(&model, &all_pairs, &inputs.tail_subsets, o, truncation)?;
+
+    // Results, findings, files.
+    stage(10, &mut timings);
     let setup = AuditSetup {
         model: inputs.model_name.clone(),
         model_dir: inputs.model_dir.display().to_string(),
@@ -468,6 +479,7 @@ pub fn run_audit(inputs: &AuditInputs, progress: &dyn Fn(usize, usize, &str)) ->
         probes,
         concepts: concept_rep,
         concept_q_values,
+        cart,
         conflicts,
         answer_key: inputs.answer_key.clone(),
     };
@@ -597,6 +609,7 @@ pub fn run(a: AuditArgs) -> Result<()> {
             device: a.model.device.clone(),
         },
         answer_key,
+        tail_subsets: a.tail_subsets.clone(),
     };
     let bar = ProgressBar::with_draw_target(Some(STAGES.len() as u64), ProgressDrawTarget::stderr());
     bar.set_style(
@@ -647,4 +660,62 @@ mod tests {
         assert_eq!(sample(&pairs, 0, 0).len(), 20);
         assert_eq!(sample(&pairs, 64, 0).len(), 20);
     }
+}
+
+/// Discovery on the tail-subset pairs of the whole pairs file (all of them up to 64, and a seeded
+/// sample of up to 128 head pairs), then the bound's ingredients on the same pairs. Lighter than
+/// `reward-lens cart discover` (10 random comparison sets, no AtP screening) to keep the audit quick.
+fn cart_section(
+    model: &RewardModel,
+    all_pairs: &[Pair],
+    tail_subsets: &[String],
+    o: &AuditOptions,
+    truncation: Truncation,
+) -> Result<results::CartSection> {
+    use reward_lens_cart::bound::{bound_report, BoundOptions};
+    use reward_lens_cart::discover::{discover, DiscoverOptions};
+    use reward_lens_cart::headtail::split_by_field;
+    let is_tail = |p: &Pair| p.subset.as_deref().is_some_and(|s| tail_subsets.iter().any(|t| t == s));
+    let tail: Vec<Pair> = sample(&all_pairs.iter().filter(|p| is_tail(p)).cloned().collect::<Vec<_>>(), 64, o.seed);
+    let head: Vec<Pair> = sample(&all_pairs.iter().filter(|p| !is_tail(p)).cloned().collect::<Vec<_>>(), 128, o.seed);
+    let skip = |note: String| Ok(results::CartSection { note: Some(note), discovery: None, bound: None });
+    if tail.len() < 4 || head.len() < 4 {
+        return skip(format!(
+            "{} tail pairs (subsets {}) and {} head pairs in the pairs file; CART needs at least 4 of each",
+            tail.len(),
+            tail_subsets.join(", "),
+            head.len()
+        ));
+    }
+    let mut inputs = Vec::new();
+    let mut labels = Vec::new();
+    for p in head.iter().chain(&tail) {
+        let (Ok(c), Ok(r)) =
+            (model.encode(&p.prompt, &p.chosen, truncation), model.encode(&p.prompt, &p.rejected, truncation))
+        else {
+            continue;
+        };
+        inputs.push(PatchInput {
+            chosen: c.ids,
+            rejected: r.ids,
+            response_start: (c.response_start, r.response_start),
+        });
+        labels.push(if is_tail(p) { "tail" } else { "head" });
+    }
+    let split = split_by_field(&labels, "subset", &["tail"])?;
+    let mut opts = DiscoverOptions { seed: o.seed, batch_size: o.batch_size.max(32), ..Default::default() };
+    opts.validation.random_sets = 10;
+    opts.screening.enabled = false;
+    let discovery = discover(model, &inputs, &split, &opts, None)?;
+    let bound = bound_report(
+        model,
+        &discovery,
+        &inputs,
+        &split,
+        &inputs,
+        &split,
+        &BoundOptions { batch_size: o.batch_size, ..Default::default() },
+        None,
+    )?;
+    Ok(results::CartSection { note: None, discovery: Some(discovery), bound: Some(bound) })
 }
