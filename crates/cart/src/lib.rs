@@ -5,3 +5,4 @@ pub mod headtail;
 pub mod discover;
 pub mod vulnerability;
 pub mod bound;
+pub mod interventions;

@@ -2,6 +2,7 @@
 //! read and write files, show progress; the maths lives in the library crates.
 
 mod attribute;
+mod cart;
 mod audit;
 mod bench;
 mod cache;
@@ -89,6 +90,8 @@ enum Command {
     Organism(organism::OrganismArgs),
     /// Train a reward model on preference pairs (Bradley–Terry): fine-tune a loaded one or a small Llama from scratch.
     Train(train::TrainArgs),
+    /// CART: circuits that rare (tail) inputs run through, their fragility, and circuit-aware training.
+    Cart(cart::CartArgs),
     /// Measure scoring throughput (tokens/s, GFLOP/s vs the machine's matmul rate) and peak memory.
     Bench(bench::BenchArgs),
 }
@@ -214,6 +217,7 @@ fn main() {
         Command::Bench(a) => bench::run(a),
         Command::Train(a) => train::run(a),
         Command::Organism(a) => organism::run(a),
+        Command::Cart(a) => cart::run(a),
     };
     // Lets `bench` read a child's own peak memory (RUSAGE_CHILDREN only gives the max so far).
     if std::env::var_os(memory::REPORT_ENV).is_some() {
