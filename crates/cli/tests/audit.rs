@@ -380,7 +380,15 @@ fn custom_probes_and_concepts_and_errors_name_the_file() {
     assert!(err.contains("nope.jsonl") && err.contains("cannot read"), "{err}");
     let bad = d.join("bad.jsonl");
     std::fs::write(&bad, "{\"prompt\": \"a\", \"chosen\": \"b\"}\n").unwrap();
-    let o = exe().args(["audit", "--pairs"]).arg(&bad).arg("--out").arg(d.join("y")).output().unwrap();
+    let o = exe()
+        .args(["audit", "--model"])
+        .arg(repo().join("tests/fixtures/models/llama"))
+        .arg("--pairs")
+        .arg(&bad)
+        .arg("--out")
+        .arg(d.join("y"))
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("bad.jsonl:1") && err.contains("rejected"), "{err}");
 }
