@@ -1,8 +1,9 @@
-//! Circuit-aware reward training. Today: the Bradley–Terry reward-model trainer.
+//! Circuit-aware reward training (CART): the Bradley–Terry trainer, head/tail splits, circuit
+//! discovery, vulnerability, the bound's ingredients, and the training-time interventions.
 
-pub mod trainer;
-pub mod headtail;
-pub mod discover;
-pub mod vulnerability;
 pub mod bound;
+pub mod discover;
+pub mod headtail;
 pub mod interventions;
+pub mod trainer;
+pub mod vulnerability;

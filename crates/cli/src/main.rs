@@ -2,10 +2,10 @@
 //! read and write files, show progress; the maths lives in the library crates.
 
 mod attribute;
-mod cart;
 mod audit;
 mod bench;
 mod cache;
+mod cart;
 mod compare;
 mod concepts;
 mod conflict;
@@ -16,6 +16,7 @@ mod faithfulness;
 mod info;
 mod lens;
 mod memory;
+mod organism;
 mod pairs;
 mod patch;
 mod path_patch;
@@ -23,7 +24,6 @@ mod perpair;
 mod probe;
 mod report;
 mod sae;
-mod organism;
 mod score;
 mod train;
 

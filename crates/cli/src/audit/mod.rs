@@ -642,26 +642,6 @@ fn print_summary(r: &AuditResults, out: &Path) {
     println!("wrote {} and {}", out.join("results.json").display(), out.join("report.html").display());
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sample_is_seeded_ordered_and_bounded() {
-        let pairs = crate::pairs::parse(EXAMPLE_PAIRS, "examples").unwrap();
-        assert_eq!(pairs.len(), 20);
-        let a = sample(&pairs, 7, 3);
-        let b = sample(&pairs, 7, 3);
-        assert_eq!(a.len(), 7);
-        let lines: Vec<usize> = a.iter().map(|p| p.line).collect();
-        assert_eq!(lines, b.iter().map(|p| p.line).collect::<Vec<_>>());
-        assert!(lines.windows(2).all(|w| w[0] < w[1]), "file order");
-        assert_ne!(lines, sample(&pairs, 7, 4).iter().map(|p| p.line).collect::<Vec<_>>());
-        assert_eq!(sample(&pairs, 0, 0).len(), 20);
-        assert_eq!(sample(&pairs, 64, 0).len(), 20);
-    }
-}
-
 /// Discovery on the tail-subset pairs of the whole pairs file (all of them up to 64, and a seeded
 /// sample of up to 128 head pairs), then the bound's ingredients on the same pairs. Lighter than
 /// `reward-lens cart discover` (10 random comparison sets, no AtP screening) to keep the audit quick.
@@ -718,4 +698,24 @@ fn cart_section(
         None,
     )?;
     Ok(results::CartSection { note: None, discovery: Some(discovery), bound: Some(bound) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_is_seeded_ordered_and_bounded() {
+        let pairs = crate::pairs::parse(EXAMPLE_PAIRS, "examples").unwrap();
+        assert_eq!(pairs.len(), 20);
+        let a = sample(&pairs, 7, 3);
+        let b = sample(&pairs, 7, 3);
+        assert_eq!(a.len(), 7);
+        let lines: Vec<usize> = a.iter().map(|p| p.line).collect();
+        assert_eq!(lines, b.iter().map(|p| p.line).collect::<Vec<_>>());
+        assert!(lines.windows(2).all(|w| w[0] < w[1]), "file order");
+        assert_ne!(lines, sample(&pairs, 7, 4).iter().map(|p| p.line).collect::<Vec<_>>());
+        assert_eq!(sample(&pairs, 0, 0).len(), 20);
+        assert_eq!(sample(&pairs, 64, 0).len(), 20);
+    }
 }

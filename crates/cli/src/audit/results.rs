@@ -675,24 +675,6 @@ opposed are `{}` and `{}` with cosine {} (p = {}, q = {}); conflict score {:.3}.
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn numbers_read_well() {
-        assert_eq!(with_ci(Some(0.42), Some(0.31), Some(0.55)), "+0.420 [+0.310, +0.550]");
-        assert_eq!(with_ci(Some(0.0012), Some(-0.31), Some(0.33)), "+0.001 [−0.310, +0.330]");
-        assert_eq!(with_ci(None, None, None), "undefined");
-        assert_eq!(pct_ci(0.6, Some((0.4, 0.8))), "60.0 % [40.0, 80.0]");
-        assert_eq!(p_fmt(Some(0.0019)), "0.0019");
-        assert_eq!(p_fmt(Some(0.25)), "0.250");
-        assert_eq!(p_fmt(Some(0.00002)), "2.0e-5");
-        assert_eq!(p_fmt(None), "undefined");
-        assert!(Severity::Critical > Severity::Warning && Severity::Warning > Severity::Info);
-    }
-}
-
 /// The tail: how much worse it is handled, and the circuits that carry it.
 fn cart_findings(r: &AuditResults, out: &mut Vec<Finding>) {
     let (Some(d), Some(b)) = (&r.cart.discovery, &r.cart.bound) else { return };
@@ -733,4 +715,22 @@ and beyond 95 % of random same-size sets)",
         ),
         evidence: vec![gap],
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_read_well() {
+        assert_eq!(with_ci(Some(0.42), Some(0.31), Some(0.55)), "+0.420 [+0.310, +0.550]");
+        assert_eq!(with_ci(Some(0.0012), Some(-0.31), Some(0.33)), "+0.001 [−0.310, +0.330]");
+        assert_eq!(with_ci(None, None, None), "undefined");
+        assert_eq!(pct_ci(0.6, Some((0.4, 0.8))), "60.0 % [40.0, 80.0]");
+        assert_eq!(p_fmt(Some(0.0019)), "0.0019");
+        assert_eq!(p_fmt(Some(0.25)), "0.250");
+        assert_eq!(p_fmt(Some(0.00002)), "2.0e-5");
+        assert_eq!(p_fmt(None), "undefined");
+        assert!(Severity::Critical > Severity::Warning && Severity::Warning > Severity::Info);
+    }
 }
