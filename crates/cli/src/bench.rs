@@ -108,21 +108,7 @@ fn matmul_rate() -> Result<f64> {
 /// Seconds per pair and forward-equivalents of patching on a generated model.
 fn patch_bench(a: &BenchArgs) -> Result<()> {
     use reward_lens_instruments::patching::{atp, patch, PatchInput, PatchOptions};
-    let shape = LlamaShape {
-        n_layers: a.layers,
-        d_model: a.d_model,
-        n_heads: a.heads,
-        n_kv_heads: a.kv_heads,
-        d_mlp: if a.d_mlp == 1408 { 1376 } else { a.d_mlp },
-        vocab_size: a.vocab,
-        max_positions: 2048,
-    };
-    let config = ModelConfig::from_value(&shape.config_json(), Path::new("(generated config)"))?;
-    let model = RewardModel::from_source(
-        config,
-        &MapSource { tensors: shape.random_weights(7, &Device::Cpu)?, dtype: DType::F32 },
-        &LoadOptions::default(),
-    )?;
+    let model = generated_model(a, if a.d_mlp == 1408 { 1376 } else { a.d_mlp })?;
     let mut rng = Rng::new(5);
     let mut tok =
         |n: usize| -> Vec<u32> { (0..n).map(|_| 3 + (rng.next_u64() % (a.vocab as u64 - 3)) as u32).collect() };
@@ -140,7 +126,7 @@ fn patch_bench(a: &BenchArgs) -> Result<()> {
         .collect();
     let threads = std::env::var("RAYON_NUM_THREADS")
         .unwrap_or_else(|_| std::thread::available_parallelism().map_or(1, |n| n.get()).to_string());
-    println!("Patch sweep, noising, sublayers: {} layers, d_model {}, {}/{} heads, d_mlp {}; 20 pairs of 40–60 tokens; {threads} thread(s)\n", shape.n_layers, shape.d_model, shape.n_heads, shape.n_kv_heads, shape.d_mlp);
+    println!("Patch sweep, noising, sublayers: {} layers, d_model {}, {}/{} heads, d_mlp {}; 20 pairs of 40–60 tokens; {threads} thread(s)\n", model.config.n_layers, model.config.d_model, model.config.n_heads, model.config.n_kv_heads, model.config.d_mlp);
     println!("| method | s / pair | forward-equivalents / pair |");
     println!("|---|---|---|");
     let time = |f: &dyn Fn() -> Result<f64>| -> Result<(f64, f64)> {
@@ -168,25 +154,30 @@ fn patch_bench(a: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// Training throughput of a TopK SAE on activations collected from the generated benchmark model.
-fn sae_bench(a: &BenchArgs) -> Result<()> {
-    use reward_lens_engine::{Hooks, Site};
-    use reward_lens_instruments::sae_train::{train, TrainOptions};
+/// The benchmark's generated Llama (seeded random weights) with the given MLP width.
+fn generated_model(a: &BenchArgs, d_mlp: usize) -> Result<RewardModel> {
     let shape = LlamaShape {
         n_layers: a.layers,
         d_model: a.d_model,
         n_heads: a.heads,
         n_kv_heads: a.kv_heads,
-        d_mlp: a.d_mlp,
+        d_mlp,
         vocab_size: a.vocab,
         max_positions: 2048,
     };
     let config = ModelConfig::from_value(&shape.config_json(), Path::new("(generated config)"))?;
-    let model = RewardModel::from_source(
+    Ok(RewardModel::from_source(
         config,
         &MapSource { tensors: shape.random_weights(7, &Device::Cpu)?, dtype: DType::F32 },
         &LoadOptions::default(),
-    )?;
+    )?)
+}
+
+/// Training throughput of a TopK SAE on activations collected from the generated benchmark model.
+fn sae_bench(a: &BenchArgs) -> Result<()> {
+    use reward_lens_engine::{Hooks, Site};
+    use reward_lens_instruments::sae_train::{train, TrainOptions};
+    let model = generated_model(a, a.d_mlp)?;
     // 128 generated sequences × 128 tokens: 16,384 activations of the middle layer's output.
     let site = Site::ResidPost(a.layers / 2);
     let mut rng = Rng::new(3);

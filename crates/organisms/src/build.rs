@@ -56,12 +56,8 @@ impl Default for BuildOptions {
                 epochs: 3,
                 batch_size: 16,
                 lr: 3e-3,
-                weight_decay: 0.01,
-                warmup_steps: 50,
-                max_grad_norm: 1.0,
-                seed: 0,
                 trainable: Trainable::All,
-                checkpoint_every: 0,
+                ..TrainOptions::default()
             },
         }
     }
