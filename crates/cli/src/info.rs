@@ -19,8 +19,29 @@ pub fn run(a: InfoArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&i)?);
         return Ok(());
     }
+    for (k, v) in rows(&i) {
+        println!("{k:<24} {v}");
+    }
+    Ok(())
+}
+
+/// `1234567` → `1,234,567`.
+pub(crate) fn group(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The model description as (label, value) rows: `info`'s table and the audit report's.
+pub(crate) fn rows(i: &reward_lens_engine::ModelInfo) -> Vec<(&'static str, String)> {
     let windows: Vec<String> = i.sliding_window.iter().map(|w| w.map_or("full".into(), |w| w.to_string())).collect();
-    let rows: Vec<(&str, String)> = vec![
+    vec![
         ("architecture", format!("{} ({:?})", i.class_name, i.architecture)),
         ("layers", i.n_layers.to_string()),
         ("d_model", i.d_model.to_string()),
@@ -48,21 +69,5 @@ pub fn run(a: InfoArgs) -> Result<()> {
                 format!("no (plain format: {:?})", reward_lens_engine::PLAIN_FORMAT)
             },
         ),
-    ];
-    for (k, v) in rows {
-        println!("{k:<24} {v}");
-    }
-    Ok(())
-}
-
-fn group(n: usize) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
+    ]
 }

@@ -222,31 +222,8 @@ intervals in brackets, p-values with the null they test, and q-values adjusted f
 fn model(h: &mut String, r: &AuditResults) {
     open(h, "model", "");
     let i = &r.model;
-    let windows: Vec<String> = i.sliding_window.iter().map(|w| w.map_or("full".into(), |w| w.to_string())).collect();
-    let rows: Vec<(&str, String)> = vec![
-        ("model", r.inputs.model.clone()),
-        ("architecture", format!("{} ({:?})", i.class_name, i.architecture)),
-        ("layers", i.n_layers.to_string()),
-        ("d_model", i.d_model.to_string()),
-        ("heads / kv heads", format!("{} / {}", i.n_heads, i.n_kv_heads)),
-        ("head_dim", i.head_dim.to_string()),
-        ("d_mlp", i.d_mlp.to_string()),
-        ("vocab", i.vocab_size.to_string()),
-        ("context", i.max_position_embeddings.to_string()),
-        ("parameters", group_digits(i.n_params)),
-        ("dtype (disk → compute)", format!("{} → {}", i.disk_dtype.as_deref().unwrap_or("?"), i.compute_dtype)),
-        (
-            "reward head",
-            match i.num_objectives {
-                Some(k) => format!("{} ({k} objectives)", i.head),
-                None => i.head.clone(),
-            },
-        ),
-        ("rope theta", i.rope_theta.map_or("— (learned positions)".into(), |t| t.to_string())),
-        ("attention per layer", windows.join(", ")),
-        ("chat template", if i.chat_template { "yes".into() } else { "no (plain format)".into() }),
-    ];
-    let mut rows = rows;
+    let mut rows: Vec<(&str, String)> = vec![("model", r.inputs.model.clone())];
+    rows.extend(crate::info::rows(i));
     if r.inputs.model_dir != r.inputs.model {
         rows.insert(1, ("directory", r.inputs.model_dir.clone()));
     }
@@ -292,18 +269,6 @@ fn sample_note(s: &super::results::AuditSetup) -> String {
     } else {
         String::new()
     }
-}
-
-fn group_digits(n: usize) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn evaluation(h: &mut String, r: &AuditResults) {
