@@ -248,7 +248,11 @@ impl ModelConfig {
             "GPT2ForSequenceClassification" => Architecture::Gpt2,
             "LlamaForRewardModelWithGating" => Architecture::ArmoRm,
             other => {
-                return Err(EngineError::UnsupportedArchitecture { path: path.to_path_buf(), found: other.to_string() })
+                return Err(EngineError::UnsupportedArchitecture {
+                    path: path.to_path_buf(),
+                    found: other.to_string(),
+                    supported: SUPPORTED_ARCHITECTURES,
+                })
             }
         };
         let is_gpt2 = architecture == Architecture::Gpt2;

@@ -15,11 +15,8 @@ pub enum EngineError {
     Json { path: PathBuf, message: String },
     #[error("{path}: field `{field}`: {message}")]
     ConfigField { path: PathBuf, field: String, message: String },
-    #[error(
-        "{path}: unsupported architecture `{found}`; supported: {}",
-        crate::config::SUPPORTED_ARCHITECTURES.join(", ")
-    )]
-    UnsupportedArchitecture { path: PathBuf, found: String },
+    #[error("{path}: unsupported architecture `{found}`; supported: {}", supported.join(", "))]
+    UnsupportedArchitecture { path: PathBuf, found: String, supported: &'static [&'static str] },
     #[error("{dir}: no weights found (expected model.safetensors or model.safetensors.index.json)")]
     NoWeights { dir: PathBuf },
     #[error("{file}: invalid safetensors file: {message}")]
@@ -56,6 +53,13 @@ pub enum EngineError {
     Intervention { site: String, message: String },
     #[error("ArmoRM gating pattern {pattern:?} not found in sequence {row} of the batch")]
     GatingPatternMissing { pattern: Vec<u32>, row: usize },
+    #[error("{at}: {side}: {source}")]
+    Pair {
+        at: String,
+        side: &'static str,
+        #[source]
+        source: Box<EngineError>,
+    },
     #[error("{0}")]
     Invalid(String),
     #[error(transparent)]

@@ -24,6 +24,8 @@ pub mod head;
 pub mod hooks;
 pub mod model;
 mod network;
+pub mod pair;
+pub mod random;
 pub mod runtime;
 pub mod site;
 pub mod synth;
@@ -40,6 +42,8 @@ pub use model::{
     Forward, Gradients, LinearParams, LoadOptions, LoadProgress, ModelInfo, NormParams, PreparedBatch, RewardModel,
     RewardOutput,
 };
+pub use pair::{EncodedPair, Origin, PairScore, PairText, Positions, ScoreOptions, SideObjectives};
+pub use random::Rng;
 pub use site::{Site, SiteFilter};
 pub use text::{ChatTokenizer, Encoded, Truncation, PLAIN_FORMAT};
 pub use weights::{MapSource, SafetensorsSource, TensorSource};
