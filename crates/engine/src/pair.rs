@@ -17,7 +17,7 @@ use crate::text::Truncation;
 
 /// One preference pair as text, with RewardBench's field names. Serialises as one JSONL line:
 /// `id`, `prompt`, `chosen`, `rejected`, `subset` (when set), then every other field the
-/// source line carried, so a pair read and written back keeps what it had.
+/// source line carried (in name order), so a pair read and written back keeps what it had.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PairText {
     /// The source's `id` (any JSON value); the 0-based index in the file when it has none.
@@ -271,7 +271,9 @@ mod tests {
         let p: PairText = serde_json::from_str(line).unwrap();
         assert_eq!(p.field("source"), Some(Value::from("x")));
         assert_eq!(p.subset_str(), "s");
-        assert_eq!(serde_json::to_string(&p).unwrap(), line);
+        // Extra fields follow the known ones, in name order.
+        let back = r#"{"id":3,"prompt":"p","chosen":"c","rejected":"r","subset":"s","n":2,"source":"x"}"#;
+        assert_eq!(serde_json::to_string(&p).unwrap(), back);
         let bare = PairText::new("p", "c", "r").with_id(0usize).with_subset("head");
         assert_eq!(
             serde_json::to_string(&bare).unwrap(),
