@@ -18,7 +18,7 @@
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 
-use reward_lens_engine::{LinearParams, NormParams, RewardModel};
+use reward_lens_engine::{EncodedPair, LinearParams, NormParams, RewardModel};
 
 use crate::readout::{dot, ReadOut};
 use crate::stats::{bootstrap_mean, MeanCi};
@@ -268,14 +268,10 @@ fn neuron_split(t: &Trace, ro: &ReadOut, w: &LayerWeights, l: usize) -> Result<(
 }
 
 /// Attribution over (chosen, rejected) token-id pairs.
-pub fn attribute(
-    model: &RewardModel,
-    pairs: &[(Vec<u32>, Vec<u32>)],
-    opts: &AttributionOptions,
-) -> Result<AttributionReport> {
+pub fn attribute(model: &RewardModel, pairs: &[EncodedPair], opts: &AttributionOptions) -> Result<AttributionReport> {
     let heads = opts.heads && !opts.v1_compat;
     let neurons = if opts.v1_compat { 0 } else { opts.neurons };
-    let seqs: Vec<Vec<u32>> = pairs.iter().flat_map(|(c, r)| [c.clone(), r.clone()]).collect();
+    let seqs: Vec<Vec<u32>> = pairs.iter().flat_map(|p| [p.chosen.clone(), p.rejected.clone()]).collect();
     let traces = trace(model, &seqs, opts.batch_size, TraceOptions { heads, neurons: neurons > 0 })?;
     let weights: Vec<LayerWeights> = if heads || neurons > 0 {
         (0..model.config.n_layers)

@@ -9,19 +9,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use reward_lens_engine::{Hooks, PaddingSide, RewardModel, Site};
+use reward_lens_engine::{Hooks, PaddingSide, Positions, RewardModel, Site};
 
 use crate::{InstrumentError, Result};
-
-/// Which positions of each sequence to keep.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CollectPositions {
-    Pooled,
-    /// From the sequence's response start.
-    Response,
-    All,
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct Manifest {
@@ -49,7 +39,7 @@ fn write_manifest(dir: &Path, m: &Manifest) -> Result<()> {
 #[derive(Debug, Clone)]
 pub struct CollectOptions {
     pub site: String,
-    pub positions: CollectPositions,
+    pub positions: Positions,
     /// Activations per shard (a shard closes at the next sequence boundary).
     pub shard_rows: usize,
     /// Continue an existing collection of the same site.
@@ -107,9 +97,9 @@ pub fn collect(
         m.d = x.dim(1)?;
         let pooled = fwd.output.pooled_index[0];
         let keep: Vec<usize> = match positions {
-            CollectPositions::Pooled => vec![pooled],
-            CollectPositions::Response => (*rs..=pooled).collect(),
-            CollectPositions::All => (0..=pooled).collect(),
+            Positions::Pooled => vec![pooled],
+            Positions::Response => (*rs..=pooled).collect(),
+            Positions::All => (0..=pooled).collect(),
         };
         for p in keep {
             rows.extend(x.get(p)?.to_vec1::<f32>()?);

@@ -13,7 +13,7 @@
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
-use reward_lens_engine::RewardModel;
+use reward_lens_engine::{EncodedPair, RewardModel};
 
 use crate::attribution::{attribute, AttributionOptions, AttributionReport};
 use crate::concepts::cosine;
@@ -26,7 +26,7 @@ use crate::Result;
 pub struct CompareInput<'a> {
     pub name: String,
     pub model: &'a RewardModel,
-    pub pairs: Vec<(Vec<u32>, Vec<u32>)>,
+    pub pairs: Vec<EncodedPair>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -129,7 +129,7 @@ pub fn compare(inputs: &[CompareInput], kind: LensKind, batch_size: usize, seed:
             let m = inp.model;
             let lens = lens(m, &inp.pairs, &LensOptions { kind, v1_compat: false, batch_size, seed })?;
             let attribution = attribute(m, &inp.pairs, &AttributionOptions { batch_size, seed, ..Default::default() })?;
-            let seqs: Vec<Vec<u32>> = inp.pairs.iter().flat_map(|(c, r)| [c.clone(), r.clone()]).collect();
+            let seqs: Vec<Vec<u32>> = inp.pairs.iter().flat_map(|p| [p.chosen.clone(), p.rejected.clone()]).collect();
             let reps = trace(m, &seqs, batch_size, TraceOptions::default())?
                 .into_iter()
                 .map(|t| t.resid.last().cloned().unwrap_or_default())

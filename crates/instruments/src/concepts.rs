@@ -16,7 +16,7 @@
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 
-use reward_lens_engine::{Hooks, Intervention, RewardModel, Site};
+use reward_lens_engine::{Hooks, Intervention, Positions, RewardModel, Site};
 
 use crate::readout::ReadOut;
 use crate::stats::{ols_slope, random_cosine_p_value};
@@ -173,21 +173,10 @@ pub fn concepts(model: &RewardModel, inputs: &[ConceptInput], opts: &ConceptOpti
     })
 }
 
-/// Where steering adds its vector.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum SteerPositions {
-    /// The pooled token only (reward-lens 1.0's choice).
-    #[default]
-    Pooled,
-    /// Every real token.
-    All,
-}
-
 #[derive(Debug, Clone, Serialize)]
 pub struct DoseResponse {
     pub layer: usize,
-    pub positions: SteerPositions,
+    pub positions: Positions,
     pub strengths: Vec<f64>,
     /// Unsteered reward per input.
     pub baseline: Vec<f64>,
@@ -205,11 +194,15 @@ pub fn steer(
     vector: &[f64],
     layer: Option<usize>,
     strengths: &[f64],
-    positions: SteerPositions,
+    positions: Positions,
     batch_size: usize,
 ) -> Result<DoseResponse> {
     let layer = layer_of(model, layer)?;
     let d = model.config.d_model;
+    if positions == Positions::Response {
+        // Steering reads bare sequences, with no response boundary to start from.
+        return Err(InstrumentError::Invalid("steering positions: expected pooled or all (not response)".into()));
+    }
     if vector.len() != d {
         return Err(InstrumentError::Invalid(format!("steering vector has {} entries, d_model is {d}", vector.len())));
     }
@@ -229,8 +222,8 @@ pub fn steer(
         for (b, &(s, _)) in chunk.iter().enumerate() {
             let Some(s) = s else { continue };
             let at: Vec<usize> = match positions {
-                SteerPositions::Pooled => vec![pooled[b]],
-                SteerPositions::All => (0..t).filter(|&p| batch.mask[b][p] == 1).collect(),
+                Positions::Pooled => vec![pooled[b]],
+                Positions::All | Positions::Response => (0..t).filter(|&p| batch.mask[b][p] == 1).collect(),
             };
             for p in at {
                 for (j, v) in vector.iter().enumerate() {

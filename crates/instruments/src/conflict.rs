@@ -167,7 +167,7 @@ pub fn learn_term_directions(
     groups
         .iter()
         .map(|(name, pairs)| {
-            let seqs: Vec<Vec<u32>> = pairs.iter().flat_map(|(c, r)| [c.clone(), r.clone()]).collect();
+            let seqs: Vec<Vec<u32>> = pairs.iter().flat_map(|p| [p.chosen.clone(), p.rejected.clone()]).collect();
             let traces = trace(model, &seqs, batch_size, TraceOptions::default())?;
             let mut mean = vec![0.0; model.config.d_model];
             for t in traces.chunks(2) {

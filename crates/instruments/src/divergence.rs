@@ -18,7 +18,7 @@
 use candle_core::DType;
 use serde::Serialize;
 
-use reward_lens_engine::{Hooks, PaddingSide, RewardModel};
+use reward_lens_engine::{EncodedPair, Hooks, PaddingSide, RewardModel};
 
 use crate::patching::{PatchMode, PatchingReport};
 use crate::{InstrumentError, Result};
@@ -241,14 +241,14 @@ impl Reference {
 pub fn check(
     model: &RewardModel,
     report: &PatchingReport,
-    inputs: &[(Vec<u32>, Vec<u32>)],
+    inputs: &[EncodedPair],
     reference: &Reference,
     v1_compat: bool,
 ) -> Result<DivergenceReport> {
     let names: Vec<String> = report.components.iter().map(|c| c.name.clone()).collect();
     let sites: Vec<String> = names.iter().map(|n| site_name(n).expect("fitted names are sublayers")).collect();
     let mut pairs = Vec::with_capacity(report.pairs.len());
-    for (p, (c, r)) in report.pairs.iter().zip(inputs) {
+    for (p, EncodedPair { chosen: c, rejected: r, .. }) in report.pairs.iter().zip(inputs) {
         // The patched-in activation at the pooled token: the source run's (v1: chosen for zero).
         let from = match (report.mode, v1_compat) {
             (PatchMode::Noising, _) => r,

@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use reward_lens_engine::RewardModel;
+use reward_lens_engine::{EncodedPair, RewardModel};
 
 use crate::attribution::{attribute, AttributionOptions};
-use crate::patching::{atp, patch, Granularity, PatchInput, PatchOptions, PatchingReport};
+use crate::patching::{atp, patch, Granularity, PatchOptions, PatchingReport};
 use crate::stats::{bootstrap_mean, spearman, MeanCi};
 use crate::Result;
 
@@ -63,17 +63,16 @@ fn agreement(rows: &[&PairFaithfulness], seed: u64) -> Agreement {
 /// Runs attribution, AtP and patching on the same pairs and measures their agreement.
 pub fn faithfulness(
     model: &RewardModel,
-    pairs: &[PatchInput],
+    pairs: &[EncodedPair],
     subsets: &[Option<String>],
     opts: &PatchOptions,
 ) -> Result<FaithfulnessReport> {
     let patching = patch(model, pairs, opts)?;
     let attribution_patching = atp(model, pairs, opts)?;
-    let token_pairs: Vec<(Vec<u32>, Vec<u32>)> = pairs.iter().map(|p| (p.chosen.clone(), p.rejected.clone())).collect();
     let heads = opts.granularity == Granularity::Head;
     let dla_rep = attribute(
         model,
-        &token_pairs,
+        pairs,
         &AttributionOptions { heads, batch_size: opts.batch_size, seed: opts.seed, ..Default::default() },
     )?;
     let names: Vec<String> = patching.components.iter().map(|c| c.name.clone()).collect();

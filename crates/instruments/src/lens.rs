@@ -19,7 +19,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use reward_lens_engine::RewardModel;
+use reward_lens_engine::{EncodedPair, RewardModel};
 
 use crate::readout::ReadOut;
 use crate::stats::{bootstrap_mean, MeanCi};
@@ -128,9 +128,9 @@ pub fn crystallization_layer(d: &[f64], v1_rule: bool) -> i64 {
 }
 
 /// The lens over (chosen, rejected) token-id pairs.
-pub fn lens(model: &RewardModel, pairs: &[(Vec<u32>, Vec<u32>)], opts: &LensOptions) -> Result<LensReport> {
+pub fn lens(model: &RewardModel, pairs: &[EncodedPair], opts: &LensOptions) -> Result<LensReport> {
     let kind = if opts.v1_compat { LensKind::Raw } else { opts.kind };
-    let seqs: Vec<Vec<u32>> = pairs.iter().flat_map(|(c, r)| [c.clone(), r.clone()]).collect();
+    let seqs: Vec<Vec<u32>> = pairs.iter().flat_map(|p| [p.chosen.clone(), p.rejected.clone()]).collect();
     let traces = trace(model, &seqs, opts.batch_size, TraceOptions::default())?;
     let n_layers = model.config.n_layers;
     let mut out = Vec::with_capacity(pairs.len());

@@ -36,10 +36,9 @@ pub enum InstrumentError {
     Invalid(String),
 }
 
-/// A (chosen, rejected) — or (positive, negative) — pair of token-id sequences.
-pub type TokenPair = (Vec<u32>, Vec<u32>);
+pub use reward_lens_engine::{EncodedPair, Positions};
 /// A named group of pairs (one reward term).
-pub type Group = (String, Vec<TokenPair>);
+pub type Group = (String, Vec<EncodedPair>);
 /// A named direction in the residual stream.
 pub type Term = (String, Vec<f64>);
 

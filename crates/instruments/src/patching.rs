@@ -29,7 +29,9 @@
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
-use reward_lens_engine::{Action, ActivationCache, Hooks, Intervention, PaddingSide, RewardModel, Site};
+use reward_lens_engine::{
+    Action, ActivationCache, EncodedPair, Hooks, Intervention, PaddingSide, Positions, RewardModel, Site,
+};
 
 use crate::attribution::ComponentKind;
 use crate::stats::{bootstrap_mean, MeanCi};
@@ -66,30 +68,12 @@ pub enum Align {
     Prefix,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum PatchPositions {
-    #[default]
-    All,
-    Pooled,
-    Response,
-}
-
-/// One preference pair as the patcher needs it.
-#[derive(Debug, Clone)]
-pub struct PatchInput {
-    pub chosen: Vec<u32>,
-    pub rejected: Vec<u32>,
-    /// First response token of (chosen, rejected), for `PatchPositions::Response`.
-    pub response_start: (usize, usize),
-}
-
 #[derive(Debug, Clone)]
 pub struct PatchOptions {
     pub mode: PatchMode,
     pub granularity: Granularity,
     pub align: Align,
-    pub positions: PatchPositions,
+    pub positions: Positions,
     /// reward-lens 1.0: prefix alignment, v1 names, mean mode at the pooled token only.
     pub v1_compat: bool,
     /// Re-run the whole model per patch instead of resuming from cached residuals.
@@ -106,7 +90,7 @@ impl Default for PatchOptions {
             mode: PatchMode::Noising,
             granularity: Granularity::Sublayer,
             align: Align::Anchored,
-            positions: PatchPositions::All,
+            positions: Positions::All,
             v1_compat: false,
             naive: false,
             mean_reference: Vec::new(),
@@ -141,7 +125,7 @@ pub struct PatchingReport {
     pub mode: PatchMode,
     pub granularity: Granularity,
     pub align: Align,
-    pub positions: PatchPositions,
+    pub positions: Positions,
     pub components: Vec<PatchComponent>,
     pub pairs: Vec<PairPatching>,
     /// Mean effect per component with a 95 % bootstrap interval.
@@ -151,7 +135,7 @@ pub struct PatchingReport {
 }
 
 impl PairPatching {
-    fn new(pair: usize, pin: &PatchInput, delta: f64, effects: Vec<f64>) -> Self {
+    fn new(pair: usize, pin: &EncodedPair, delta: f64, effects: Vec<f64>) -> Self {
         let normalized = effects.iter().map(|e| if delta.abs() < 1e-8 { 0.0 } else { e / delta }).collect();
         Self {
             pair,
@@ -194,9 +178,9 @@ fn position_set(opts: &PatchOptions, t_len: usize, pooled: usize, response_start
         .map(|p| match (opts.positions, opts.mode, opts.v1_compat) {
             // reward-lens 1.0 mean-ablates the last position only.
             (_, PatchMode::Mean, true) => p == pooled,
-            (PatchPositions::All, ..) => true,
-            (PatchPositions::Pooled, ..) => p == pooled,
-            (PatchPositions::Response, ..) => p >= response_start,
+            (Positions::All, ..) => true,
+            (Positions::Pooled, ..) => p == pooled,
+            (Positions::Response, ..) => p >= response_start,
         })
         .collect()
 }
@@ -368,7 +352,7 @@ fn mean_activations(model: &RewardModel, texts: &[Vec<u32>], heads: bool) -> Res
 /// Patch effects of every component for every pair.
 /// How many positions back from the pooled token residual patching covers: every position of
 /// the shortest target (the pooled token only for `Pooled`, the response for `Response`).
-fn residual_window(model: &RewardModel, pairs: &[PatchInput], opts: &PatchOptions) -> Result<usize> {
+fn residual_window(model: &RewardModel, pairs: &[EncodedPair], opts: &PatchOptions) -> Result<usize> {
     let mut w = usize::MAX;
     for p in pairs {
         let (ids, rs) = if opts.mode == PatchMode::Denoising {
@@ -379,9 +363,9 @@ fn residual_window(model: &RewardModel, pairs: &[PatchInput], opts: &PatchOption
         let batch = model.batch(std::slice::from_ref(ids), PaddingSide::Right)?;
         let pooled = model.pooled_index(&batch)[0];
         w = w.min(match opts.positions {
-            PatchPositions::All => pooled + 1,
-            PatchPositions::Pooled => 1,
-            PatchPositions::Response => (pooled + 1).saturating_sub(rs).max(1),
+            Positions::All => pooled + 1,
+            Positions::Pooled => 1,
+            Positions::Response => (pooled + 1).saturating_sub(rs).max(1),
         });
     }
     Ok(if w == usize::MAX { 1 } else { w })
@@ -395,7 +379,7 @@ fn component_positions(c: &PatchComponent, positions: &[bool], pooled: usize) ->
     }
 }
 
-pub fn patch(model: &RewardModel, pairs: &[PatchInput], opts: &PatchOptions) -> Result<PatchingReport> {
+pub fn patch(model: &RewardModel, pairs: &[EncodedPair], opts: &PatchOptions) -> Result<PatchingReport> {
     let heads = opts.granularity == Granularity::Head;
     let align = if opts.v1_compat { Align::Prefix } else { opts.align };
     let window = if opts.granularity == Granularity::Residual { residual_window(model, pairs, opts)? } else { 0 };
@@ -600,7 +584,7 @@ fn sweep(
 /// positions (noising, zero, mean; the patched run is chosen), or `+∂r/∂a · (replacement − a)`
 /// (denoising; the patched run is rejected, whose reward enters the margin with a minus sign).
 /// It uses exactly the replacements `patch` would, so the two are comparable term by term.
-pub fn atp(model: &RewardModel, pairs: &[PatchInput], opts: &PatchOptions) -> Result<PatchingReport> {
+pub fn atp(model: &RewardModel, pairs: &[EncodedPair], opts: &PatchOptions) -> Result<PatchingReport> {
     let heads = opts.granularity == Granularity::Head;
     let align = if opts.v1_compat { Align::Prefix } else { opts.align };
     let window = if opts.granularity == Granularity::Residual { residual_window(model, pairs, opts)? } else { 0 };

@@ -11,9 +11,9 @@
 use candle_core::Tensor;
 use serde::Serialize;
 
-use reward_lens_engine::{Action, Hooks, Intervention, PaddingSide, RewardModel, Site};
+use reward_lens_engine::{Action, EncodedPair, Hooks, Intervention, PaddingSide, RewardModel, Site};
 
-use crate::patching::{alignment, Align, PatchInput, PatchMode};
+use crate::patching::{alignment, Align, PatchMode};
 use crate::{InstrumentError, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -86,7 +86,7 @@ fn one(model: &RewardModel, ids: &[u32], hooks: &Hooks) -> Result<(f64, reward_l
 /// Path effects from head `(layer, head)` into each receiver, for every pair.
 pub fn path_patch(
     model: &RewardModel,
-    pairs: &[PatchInput],
+    pairs: &[EncodedPair],
     sender: (usize, usize),
     receivers: &[Receiver],
     mode: PatchMode,

@@ -4,8 +4,9 @@
 mod common;
 use common::*;
 
+use reward_lens_engine::Positions;
 use reward_lens_engine::{RewardModel, Truncation};
-use reward_lens_instruments::concepts::{concepts, cosine, steer, ConceptInput, ConceptOptions, SteerPositions};
+use reward_lens_instruments::concepts::{concepts, cosine, steer, ConceptInput, ConceptOptions};
 use serde_json::Value;
 
 fn enc(model: &RewardModel, p: &str, r: &str) -> Vec<u32> {
@@ -33,8 +34,7 @@ fn v1_steering_and_alignment_match_the_peer() {
             let layer = iv["layer"].as_u64().unwrap() as usize;
             let v = f64s(&peer["vectors_final_layer"][concept]);
             let s = iv["strength"].as_f64().unwrap();
-            let dr =
-                steer(&model, std::slice::from_ref(&ids), &v, Some(layer), &[s], SteerPositions::Pooled, 4).unwrap();
+            let dr = steer(&model, std::slice::from_ref(&ids), &v, Some(layer), &[s], Positions::Pooled, 4).unwrap();
             let want = iv["delta"].as_f64().unwrap();
             assert!(
                 (dr.deltas[0][0] - want).abs() < 1e-4,
@@ -110,9 +110,9 @@ fn steering_along_the_readout_raises_the_reward() {
             u.iter_mut().for_each(|x| *x -= m);
         }
         let strengths = [-0.2, -0.1, 0.0, 0.1, 0.2];
-        let up = steer(&model, &ids, &u, None, &strengths, SteerPositions::Pooled, 16).unwrap();
+        let up = steer(&model, &ids, &u, None, &strengths, Positions::Pooled, 16).unwrap();
         let neg: Vec<f64> = u.iter().map(|x| -x).collect();
-        let down = steer(&model, &ids, &neg, None, &strengths, SteerPositions::All, 16).unwrap();
+        let down = steer(&model, &ids, &neg, None, &strengths, Positions::All, 16).unwrap();
         assert!(up.slope.unwrap() > 0.0, "{name}: slope {:?}", up.slope);
         assert!(down.slope.unwrap() < 0.0, "{name}: slope {:?}", down.slope);
         assert_eq!(up.mean_delta[2], 0.0, "strength 0 changes nothing");

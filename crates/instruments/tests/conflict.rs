@@ -4,22 +4,20 @@
 mod common;
 use common::*;
 
-use reward_lens_engine::{RewardModel, Truncation};
+use reward_lens_engine::{PairText, RewardModel, Truncation};
 use reward_lens_instruments::conflict::{analyze, learn_term_directions, objective_terms, Thresholds};
 use serde_json::Value;
 
-type Groups = Vec<(String, Vec<(Vec<u32>, Vec<u32>)>)>;
+type Groups = Vec<reward_lens_instruments::Group>;
 
 /// The fixture pairs grouped by `subset`, groups in order of first appearance.
 fn groups(model: &RewardModel) -> Groups {
     let mut g: Groups = Vec::new();
     for line in std::fs::read_to_string(fixtures().join("pairs.jsonl")).unwrap().lines() {
         let v: Value = serde_json::from_str(line).unwrap();
-        let e = |k: &str| {
-            model.encode(v["prompt"].as_str().unwrap(), v[k].as_str().unwrap(), Truncation::Error).unwrap().ids
-        };
+        let text: PairText = serde_json::from_value(v.clone()).unwrap();
         let s = v["subset"].as_str().unwrap().to_string();
-        let pair = (e("chosen"), e("rejected"));
+        let pair = model.encode_pair(&text, Truncation::Error).unwrap();
         match g.iter_mut().find(|x| x.0 == s) {
             Some(x) => x.1.push(pair),
             None => g.push((s, vec![pair])),
@@ -78,7 +76,7 @@ fn v1_conflicts_match_the_peer() {
 fn armorm_objectives_as_terms() {
     let model = load("armorm");
     let g = groups(&model);
-    let inputs: Vec<Vec<u32>> = g.iter().flat_map(|x| x.1.iter().map(|p| p.0.clone())).collect();
+    let inputs: Vec<Vec<u32>> = g.iter().flat_map(|x| x.1.iter().map(|p| p.chosen.clone())).collect();
     let o = objective_terms(&model, &inputs, 8).unwrap().expect("armorm has objectives");
     let (terms, eff) = (o.terms, o.effective_direction_cosines);
     assert_eq!(terms.len(), 5);

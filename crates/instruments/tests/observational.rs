@@ -4,25 +4,19 @@
 mod common;
 use common::*;
 
-use reward_lens_engine::{RewardModel, Truncation};
+use reward_lens_engine::{EncodedPair, PairText, RewardModel, Truncation};
 use reward_lens_instruments::attribution::{attribute, AttributionOptions, ComponentKind, RankBy};
 use reward_lens_instruments::lens::{lens, LensKind, LensOptions};
-use serde_json::Value;
 
 const MODELS: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "gemma2", "gpt2", "armorm"];
 
-fn pairs(model: &RewardModel) -> Vec<(Vec<u32>, Vec<u32>)> {
-    std::fs::read_to_string(fixtures().join("pairs.jsonl"))
+fn pairs(model: &RewardModel) -> Vec<EncodedPair> {
+    let texts: Vec<PairText> = std::fs::read_to_string(fixtures().join("pairs.jsonl"))
         .unwrap()
         .lines()
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap();
-            let enc = |k: &str| {
-                model.encode(v["prompt"].as_str().unwrap(), v[k].as_str().unwrap(), Truncation::Error).unwrap().ids
-            };
-            (enc("chosen"), enc("rejected"))
-        })
-        .collect()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    model.encode_pairs(&texts, Truncation::Error).unwrap()
 }
 
 #[test]
@@ -211,7 +205,7 @@ fn neurons_add_up_to_their_mlp() {
             // down_proj's bias (GPT-2) is read along the same direction (no output norm there).
             let bias_term = match model.down_proj(l).unwrap().bias {
                 Some(b) => {
-                    let ids: Vec<Vec<u32>> = vec![pairs[0].0.clone()];
+                    let ids: Vec<Vec<u32>> = vec![pairs[0].chosen.clone()];
                     let tr = reward_lens_instruments::trace::trace(&model, &ids, 1, Default::default()).unwrap();
                     let ro = reward_lens_instruments::readout::ReadOut::new(&model, &tr[0]).unwrap();
                     ro.contribution(&b.to_vec1::<f32>().unwrap())
@@ -261,7 +255,7 @@ fn sae_decomposition_adds_up_to_the_reward() {
                 d_in: d,
                 d_sae: 256,
             };
-            let seqs: Vec<Vec<u32>> = pairs(&model)[..3].iter().map(|p| p.0.clone()).collect();
+            let seqs: Vec<Vec<u32>> = pairs(&model)[..3].iter().map(|p| p.chosen.clone()).collect();
             for dec in decompose(&model, &sae, &seqs, 5).unwrap() {
                 assert!(dec.residual.abs() < 1e-4, "{name} {hook}: terms miss the reward by {}", dec.residual);
                 assert!(dec.latents.len() <= 5);
@@ -273,37 +267,31 @@ fn sae_decomposition_adds_up_to_the_reward() {
 
 #[test]
 fn activation_collection_is_sharded_and_resumes() {
-    use reward_lens_instruments::collect::{collect, load_all, CollectOptions, CollectPositions};
+    use reward_lens_engine::Positions;
+    use reward_lens_instruments::collect::{collect, load_all, CollectOptions};
     let opts = |site: &str, positions, resume| CollectOptions { site: site.into(), positions, shard_rows: 40, resume };
     let model = load("qwen2");
-    let seqs: Vec<(Vec<u32>, usize)> = pairs(&model)[..6].iter().map(|p| (p.0.clone(), 12)).collect();
+    let seqs: Vec<(Vec<u32>, usize)> = pairs(&model)[..6].iter().map(|p| (p.chosen.clone(), 12)).collect();
     let base = std::env::temp_dir().join(format!("rl-collect-{}", std::process::id()));
     let (full, part) = (base.join("full"), base.join("part"));
     let _ = std::fs::remove_dir_all(&base);
-    let m =
-        collect(&model, &seqs, &full, &opts("blocks.1.hook_resid_post", CollectPositions::Response, false), |_, _| {})
-            .unwrap();
+    let m = collect(&model, &seqs, &full, &opts("blocks.1.hook_resid_post", Positions::Response, false), |_, _| {})
+        .unwrap();
     assert!(m.shards.len() >= 2, "small shards: {}", m.shards.len());
     assert_eq!(m.sequences_done, 6);
     // "Interrupted" after three sequences, then resumed over all six.
-    collect(&model, &seqs[..3], &part, &opts("blocks.1.hook_resid_post", CollectPositions::Response, false), |_, _| {})
+    collect(&model, &seqs[..3], &part, &opts("blocks.1.hook_resid_post", Positions::Response, false), |_, _| {})
         .unwrap();
     let r =
-        collect(&model, &seqs, &part, &opts("blocks.1.hook_resid_post", CollectPositions::Response, true), |_, _| {})
-            .unwrap();
+        collect(&model, &seqs, &part, &opts("blocks.1.hook_resid_post", Positions::Response, true), |_, _| {}).unwrap();
     assert_eq!(r.activations, m.activations);
     let (a, b) = (load_all(&full).unwrap().1, load_all(&part).unwrap().1);
     assert_eq!(a.dims(), b.dims());
     assert_eq!(a.dims()[1], model.config.d_model);
     assert_eq!(a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
     // A different site cannot resume this collection.
-    assert!(collect(
-        &model,
-        &seqs,
-        &part,
-        &opts("blocks.0.hook_resid_post", CollectPositions::Pooled, true),
-        |_, _| {}
-    )
-    .is_err());
+    assert!(
+        collect(&model, &seqs, &part, &opts("blocks.0.hook_resid_post", Positions::Pooled, true), |_, _| {}).is_err()
+    );
     let _ = std::fs::remove_dir_all(&base);
 }

@@ -4,23 +4,22 @@
 mod common;
 use common::*;
 
-use reward_lens_engine::{RewardModel, Truncation};
-use reward_lens_instruments::patching::{
-    patch, Align, Granularity, PatchInput, PatchMode, PatchOptions, PatchPositions,
-};
+use reward_lens_engine::{EncodedPair, PairText, Positions, RewardModel, Truncation};
+use reward_lens_instruments::patching::{patch, Align, Granularity, PatchMode, PatchOptions};
 use serde_json::Value;
 
-fn inputs(model: &RewardModel) -> Vec<PatchInput> {
+fn inputs(model: &RewardModel) -> Vec<EncodedPair> {
     std::fs::read_to_string(fixtures().join("pairs.jsonl"))
         .unwrap()
         .lines()
         .map(|l| {
             let v: Value = serde_json::from_str(l).unwrap();
-            let e = |k: &str| {
-                model.encode(v["prompt"].as_str().unwrap(), v[k].as_str().unwrap(), Truncation::Error).unwrap()
-            };
-            let (c, r) = (e("chosen"), e("rejected"));
-            PatchInput { chosen: c.ids, rejected: r.ids, response_start: (c.response_start, r.response_start) }
+            let p = PairText::new(
+                v["prompt"].as_str().unwrap(),
+                v["chosen"].as_str().unwrap(),
+                v["rejected"].as_str().unwrap(),
+            );
+            model.encode_pair(&p, Truncation::Error).unwrap()
         })
         .collect()
 }
@@ -65,9 +64,9 @@ fn sweep_equals_the_naive_loop() {
         let model = load(name);
         let pairs = inputs(&model)[..4].to_vec();
         for (mode, granularity, positions) in [
-            (PatchMode::Noising, Granularity::Sublayer, PatchPositions::All),
-            (PatchMode::Denoising, Granularity::Head, PatchPositions::Response),
-            (PatchMode::Zero, Granularity::Sublayer, PatchPositions::Pooled),
+            (PatchMode::Noising, Granularity::Sublayer, Positions::All),
+            (PatchMode::Denoising, Granularity::Head, Positions::Response),
+            (PatchMode::Zero, Granularity::Sublayer, Positions::Pooled),
         ] {
             let opts = PatchOptions { mode, granularity, positions, batch_size: 3, ..Default::default() };
             let fast = patch(&model, &pairs, &opts).unwrap();
@@ -116,7 +115,7 @@ fn pooled_only_patch_at_the_last_mlp_is_linear_through_the_head() {
     let rep = patch(
         &model,
         &pairs,
-        &PatchOptions { mode: PatchMode::Zero, positions: PatchPositions::Pooled, ..Default::default() },
+        &PatchOptions { mode: PatchMode::Zero, positions: Positions::Pooled, ..Default::default() },
     )
     .unwrap();
     let l = model.config.n_layers - 1;
@@ -146,11 +145,9 @@ fn head_patches_sum_to_the_sublayer_where_linear() {
     // heads' sum, so neither is linear in one head.)
     for name in ["llama", "qwen3", "gpt2"] {
         let model = load(name);
-        let e = |r: &str| model.encode("What colour is the sky on a clear day?", r, Truncation::Error).unwrap();
-        let (c, r) = (e("It is blue."), e("It is blue!"));
-        let pairs =
-            vec![PatchInput { chosen: c.ids, rejected: r.ids, response_start: (c.response_start, r.response_start) }];
-        let opts = PatchOptions { positions: PatchPositions::Pooled, ..Default::default() };
+        let p = PairText::new("What colour is the sky on a clear day?", "It is blue.", "It is blue!");
+        let pairs = vec![model.encode_pair(&p, Truncation::Error).unwrap()];
+        let opts = PatchOptions { positions: Positions::Pooled, ..Default::default() };
         let heads = patch(&model, &pairs, &PatchOptions { granularity: Granularity::Head, ..opts.clone() }).unwrap();
         let sub = patch(&model, &pairs, &opts).unwrap();
         {
@@ -180,12 +177,10 @@ fn attribution_patching_is_first_order_patching() {
     // norms re-normalise the patched output, so even this patch is not first order there.)
     for name in ["llama", "qwen3", "gpt2", "armorm"] {
         let model = load(name);
-        let e = |r: &str| model.encode("What colour is the sky on a clear day?", r, Truncation::Error).unwrap();
-        let (c, r) = (e("It is blue."), e("It is blue!"));
-        let pairs =
-            vec![PatchInput { chosen: c.ids, rejected: r.ids, response_start: (c.response_start, r.response_start) }];
+        let p = PairText::new("What colour is the sky on a clear day?", "It is blue.", "It is blue!");
+        let pairs = vec![model.encode_pair(&p, Truncation::Error).unwrap()];
         for mode in [PatchMode::Noising, PatchMode::Denoising] {
-            let opts = PatchOptions { mode, positions: PatchPositions::Pooled, ..Default::default() };
+            let opts = PatchOptions { mode, positions: Positions::Pooled, ..Default::default() };
             let exact = patch(&model, &pairs, &opts).unwrap();
             let approx = atp(&model, &pairs, &opts).unwrap();
             assert_eq!(exact.components.len(), approx.components.len());
@@ -244,8 +239,7 @@ fn divergence_distances_differ_across_components_when_n_is_below_d() {
     let rep = patch(&model, &pairs, &PatchOptions::default()).unwrap();
     let names: Vec<String> = rep.components.iter().map(|c| c.name.clone()).collect();
     let reference = Reference::fit(&model, &names, &texts).unwrap();
-    let ids: Vec<(Vec<u32>, Vec<u32>)> = pairs.iter().map(|p| (p.chosen.clone(), p.rejected.clone())).collect();
-    let div = check(&model, &rep, &ids, &reference, false).unwrap();
+    let div = check(&model, &rep, &pairs, &reference, false).unwrap();
     assert_eq!(div.n_reference, 10);
     for p in &div.pairs {
         let d: Vec<f64> = p.components.iter().map(|c| c.distance).collect();
@@ -259,7 +253,7 @@ fn divergence_distances_differ_across_components_when_n_is_below_d() {
     }
     assert!(div.shrinkage.iter().all(|s| (0.0..=1.0).contains(s)));
     // v1's fixed threshold of 2.0 in 64 dimensions: every component is "divergent".
-    let v1 = check(&model, &rep, &ids, &reference, true).unwrap();
+    let v1 = check(&model, &rep, &pairs, &reference, true).unwrap();
     assert!(v1.pairs.iter().flat_map(|p| &p.components).all(|c| c.class != DivergenceClass::InDistribution));
 }
 
@@ -269,11 +263,8 @@ fn residual_stream_patching_per_layer_and_position() {
     for name in ["llama", "gpt2", "armorm"] {
         let model = load(name);
         let pairs = inputs(&model)[..2].to_vec();
-        let opts = PatchOptions {
-            granularity: Granularity::Residual,
-            positions: PatchPositions::Response,
-            ..Default::default()
-        };
+        let opts =
+            PatchOptions { granularity: Granularity::Residual, positions: Positions::Response, ..Default::default() };
         let fast = patch(&model, &pairs, &opts).unwrap();
         let slow = patch(&model, &pairs, &PatchOptions { naive: true, ..opts.clone() }).unwrap();
         let n = model.config.n_layers;
@@ -290,22 +281,14 @@ fn residual_stream_patching_per_layer_and_position() {
         let r = patch(
             &model,
             &pairs,
-            &PatchOptions {
-                granularity: Granularity::Residual,
-                positions: PatchPositions::Pooled,
-                ..Default::default()
-            },
+            &PatchOptions { granularity: Granularity::Residual, positions: Positions::Pooled, ..Default::default() },
         )
         .unwrap();
         assert_eq!(r.components.len(), n);
         let a = atp(
             &model,
             &pairs,
-            &PatchOptions {
-                granularity: Granularity::Residual,
-                positions: PatchPositions::Pooled,
-                ..Default::default()
-            },
+            &PatchOptions { granularity: Granularity::Residual, positions: Positions::Pooled, ..Default::default() },
         )
         .unwrap();
         assert_eq!(a.components.len(), n);
@@ -340,8 +323,7 @@ fn path_patching_downstream_equals_the_head_patch() {
             }
         }
         // Identical texts: the sender changes nothing, every path is 0.
-        let same =
-            PatchInput { chosen: pairs[0].chosen.clone(), rejected: pairs[0].chosen.clone(), response_start: (0, 0) };
+        let same = EncodedPair::from_ids(pairs[0].chosen.clone(), pairs[0].chosen.clone());
         let rep =
             path_patch(&model, &[same], (0, 0), &Receiver::all_after(&model, 0), PatchMode::Noising, Align::Anchored)
                 .unwrap();
