@@ -123,9 +123,7 @@ pub fn train(
     for epoch in 0..opts.epochs {
         // Seeded shuffle.
         let mut order: Vec<u32> = (0..n as u32).collect();
-        for i in (1..n).rev() {
-            order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
-        }
+        rng.shuffle(&mut order);
         let (mut sse, mut l0, mut fired) = (0.0f64, 0.0f64, vec![false; opts.d_sae]);
         for chunk in order.chunks(bs) {
             let lr = if step < warm {
