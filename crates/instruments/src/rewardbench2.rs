@@ -40,12 +40,19 @@ pub enum Rb2Error {
     Line { file: String, line: usize, message: String },
     /// A (prompt, response) that the model could not encode.
     #[error("row {index} (id {id}), {response}: {error}")]
-    Encode { index: usize, id: String, response: String, error: reward_lens_engine::EngineError },
+    Encode { index: usize, id: String, response: String, error: Box<reward_lens_engine::EngineError> },
+    // Boxed: the engine's error is large and would bloat every `Result` here.
     #[error(transparent)]
-    Engine(#[from] reward_lens_engine::EngineError),
+    Engine(Box<reward_lens_engine::EngineError>),
     /// Inputs that the reference scoring cannot handle (it would raise).
     #[error("{0}")]
     Invalid(String),
+}
+
+impl From<reward_lens_engine::EngineError> for Rb2Error {
+    fn from(e: reward_lens_engine::EngineError) -> Self {
+        Rb2Error::Engine(Box::new(e))
+    }
 }
 
 pub type Result<T, E = Rb2Error> = std::result::Result<T, E>;
@@ -198,7 +205,7 @@ fn prompt_stats(correct: &[f64], incorrect: &[f64]) -> PromptStats {
     let worst_correct = nan_min(correct.iter().copied());
     let best_incorrect = nan_max(incorrect.iter().copied());
     let gap = worst_correct - best_incorrect;
-    PromptStats { accurate: gap > 0.0, spread: (correct.len() > 1).then(|| best_correct - worst_correct), gap }
+    PromptStats { accurate: gap > 0.0, spread: (correct.len() > 1).then_some(best_correct - worst_correct), gap }
 }
 
 fn mean_of(xs: &[f64]) -> f64 {
@@ -379,7 +386,7 @@ pub fn score_rows(
                     index,
                     id: id_text(&r.id),
                     response: format!("{side}[{k}]"),
-                    error,
+                    error: Box::new(error),
                 })?;
                 seqs.push(enc.ids);
             }
