@@ -21,6 +21,7 @@ pub mod patching;
 pub mod path;
 pub mod probes;
 pub mod readout;
+pub mod rewardbench2;
 pub mod sae;
 pub mod sae_train;
 pub mod stats;
