@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use reward_lens_cart::trainer::{TokenizedPair, TrainOptions, TrainReport, Trainable, Trainer};
+use reward_lens_train::{TokenizedPair, TrainOptions, TrainReport, Trainable, Trainer};
 use reward_lens_engine::synth::LlamaShape;
 use reward_lens_engine::{ChatTokenizer, Truncation};
 

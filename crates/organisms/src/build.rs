@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use reward_lens_cart::trainer::{evaluate, StepStats, TokenizedPair, TrainOptions, TrainReport, Trainable, Trainer};
+use reward_lens_train::{evaluate, StepStats, TokenizedPair, TrainOptions, TrainReport, Trainable, Trainer};
 use reward_lens_engine::synth::LlamaShape;
 use reward_lens_engine::{ChatTokenizer, Device, LoadOptions, RewardModel, Truncation};
 use serde::{Deserialize, Serialize};
