@@ -66,7 +66,7 @@ use std::rc::Rc;
 
 use candle_core::{DType, Tensor};
 use reward_lens_engine::synth::Rng;
-use reward_lens_engine::{Hooks, PaddingSide, RewardModel};
+use reward_lens_engine::{Hooks, PaddingSide, PairText, RewardModel};
 use reward_lens_instruments::stats::ranks;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -610,26 +610,18 @@ pub trait TailSource {
     fn describe(&self) -> String;
 }
 
-/// A preference pair as text.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TextPair {
-    pub prompt: String,
-    pub chosen: String,
-    pub rejected: String,
-}
-
 /// The pair with `kind` applied to both responses with the same seed (so the label is kept);
-/// None when neither response changes.
-pub fn perturb_text_pair(p: &TextPair, kind: PerturbKind, seed: u64) -> Option<TextPair> {
+/// None when neither response changes. Every other field is kept.
+pub fn perturb_text_pair(p: &PairText, kind: PerturbKind, seed: u64) -> Option<PairText> {
     let c = perturb::perturb(&p.chosen, kind, seed);
     let r = perturb::perturb(&p.rejected, kind, seed);
     if c.is_none() && r.is_none() {
         return None;
     }
-    Some(TextPair {
-        prompt: p.prompt.clone(),
+    Some(PairText {
         chosen: c.unwrap_or_else(|| p.chosen.clone()),
         rejected: r.unwrap_or_else(|| p.rejected.clone()),
+        ..p.clone()
     })
 }
 
@@ -639,7 +631,7 @@ pub type Encoder<'a> = Box<dyn FnMut(&str, &str) -> Result<Vec<u32>> + 'a>;
 /// Augmentation for text: label-preserving perturbations ([`perturb`]) of the tail seed pairs,
 /// round-robin over the seeds, the kind rotating with the seed and the round.
 pub struct PerturbTailSource<'a> {
-    pub seeds: Vec<TextPair>,
+    pub seeds: Vec<PairText>,
     pub subset: String,
     pub kinds: Vec<PerturbKind>,
     /// `(prompt, response) → token ids` (e.g. the model's chat template).

@@ -7,6 +7,11 @@ pub mod discover;
 mod error;
 pub mod headtail;
 pub mod interventions;
+pub mod light;
+pub mod organism_runs;
+pub mod progress;
+pub mod table;
+pub mod training;
 pub mod vulnerability;
 
 pub use error::{AnalysisError, Result};

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
-use reward_lens_cart::trainer::{TokenizedPair, TrainOptions, Trainable, Trainer};
+use reward_lens_train::{TokenizedPair, TrainOptions, Trainable, Trainer};
 use reward_lens_engine::{LoadOptions, PaddingSide, RewardModel, Truncation};
 
 fn fixture() -> PathBuf {
@@ -13,7 +13,7 @@ fn fixture() -> PathBuf {
 }
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("rl-cart-{name}-{}", std::process::id()));
+    let d = std::env::temp_dir().join(format!("rl-train-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     d
 }
