@@ -74,9 +74,9 @@ use serde_json::Value;
 use crate::discover::{
     extract, patch_inputs, quantile, AnalysisError, DiscoveryReport, PairReadout, ReadPosition, Result, Unit, UnitKind,
 };
-use reward_lens_train::{StepStats, TokenizedPair, TrainError, TrainOptions, Trainer};
 use crate::vulnerability::perturb::{self, PerturbKind};
 use crate::vulnerability::VulnerabilityReport;
+use reward_lens_train::{StepStats, TokenizedPair, TrainError, TrainOptions, Trainer};
 
 fn invalid(msg: impl Into<String>) -> AnalysisError {
     AnalysisError::Invalid(msg.into())

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 
-use reward_lens_engine::{Rng, RewardModel};
+use reward_lens_engine::{RewardModel, Rng};
 use reward_lens_instruments::patching::PatchInput;
 use reward_lens_train::TokenizedPair;
 

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use reward_lens_engine::synth::LlamaShape;
-use reward_lens_engine::{ChatTokenizer, Rng, RewardModel, Tensor, Truncation};
+use reward_lens_engine::{ChatTokenizer, RewardModel, Rng, Tensor, Truncation};
 use reward_lens_instruments::probes::{analyze, probe, ProbeInput, ProbeOptions, ProbeScore};
 use reward_lens_organisms::build::{init_weights, tokenize, BuildOptions};
 use reward_lens_organisms::{
@@ -182,7 +182,9 @@ impl OrganismData {
         progress(Event::Training { label, total_steps: steps * members });
         let out = self
             .train_arm(opts, targets, reference, |s| progress(Event::Step { step: s, steps_per_member: steps }))
-            .map_err(|e| AnalysisError::Invalid(format!("training `{}` (seed {}): {label}: {e}", self.preset, self.seed)));
+            .map_err(|e| {
+                AnalysisError::Invalid(format!("training `{}` (seed {}): {label}: {e}", self.preset, self.seed))
+            });
         progress(Event::Done);
         out
     }

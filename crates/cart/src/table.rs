@@ -17,12 +17,11 @@ pub use reward_lens_instruments::stats::{Correlation, MeanCi as Interval};
 
 use crate::error::{AnalysisError, Result};
 use crate::interventions::{
-    Augmentation, CartOutcome, CartTrainOptions, CircuitTargets, Curriculum, Ensemble, HeadTailMetrics,
-    Regulariser,
+    Augmentation, CartOutcome, CartTrainOptions, CircuitTargets, Curriculum, Ensemble, HeadTailMetrics, Regulariser,
 };
 use crate::light::{bound_point, find_targets, Light};
-use crate::progress::Event;
 use crate::organism_runs::{organism_data, probe_effects, OrganismData, Scale};
+use crate::progress::Event;
 
 /// One intervention arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -59,9 +58,10 @@ impl Arm {
 impl std::str::FromStr for Arm {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        Arm::ALL.into_iter().find(|a| a.name() == s).ok_or_else(|| {
-            format!("unknown arm `{s}`: expected {}", Arm::ALL.map(|a| a.name()).join(", "))
-        })
+        Arm::ALL
+            .into_iter()
+            .find(|a| a.name() == s)
+            .ok_or_else(|| format!("unknown arm `{s}`: expected {}", Arm::ALL.map(|a| a.name()).join(", ")))
     }
 }
 
@@ -196,9 +196,7 @@ pub fn read_runs(path: &Path) -> Result<Vec<RunRecord>> {
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| io(path, &format!("line {}: not a run record", i + 1), e))
-        })
+        .map(|(i, l)| serde_json::from_str(l).map_err(|e| io(path, &format!("line {}: not a run record", i + 1), e)))
         .collect()
 }
 
@@ -258,8 +256,7 @@ pub fn run_table(o: &TableOptions, progress: &mut dyn FnMut(Event<'_>)) -> Resul
             let targets_path = dir.join("targets.json");
             let mut plain_outcome = None;
             let reference = if ref_dir.join("model.safetensors").is_file() && targets_path.is_file() {
-                RewardModel::load(&ref_dir, &LoadOptions::default())
-                    .map_err(|e| io(&ref_dir, "reference model", e))?
+                RewardModel::load(&ref_dir, &LoadOptions::default()).map_err(|e| io(&ref_dir, "reference model", e))?
             } else {
                 let label = format!("[{}/{total}] {organism} seed {seed} plain", done_count + 1);
                 let start = Instant::now();

@@ -152,7 +152,9 @@ pub fn train(r: &TrainRequest, progress: &mut dyn FnMut(Event<'_>)) -> Result<Tr
             let opts = options(r, base.clone(), data.natural_tail_share());
             let (targets, reference) = if needs_targets {
                 let reference = match reference {
-                    Some(d) => RewardModel::load(d, &LoadOptions::default()).map_err(|e| io(d, "reference model", e))?,
+                    Some(d) => {
+                        RewardModel::load(d, &LoadOptions::default()).map_err(|e| io(d, "reference model", e))?
+                    }
                     None => {
                         let plain = CartTrainOptions {
                             base: base.clone(),
@@ -295,9 +297,8 @@ fn train_model(
     let init = |_: u64| Ok(weights.clone());
     let src: Option<&mut dyn TailSource> = if opts.augmentation.is_some() { Some(&mut source) } else { None };
     progress(Event::Training { label: "CART", total_steps: steps * members });
-    let out = train_cart(&config, &init, &inputs, &opts, src, |s| {
-        progress(Event::Step { step: s, steps_per_member: steps })
-    });
+    let out =
+        train_cart(&config, &init, &inputs, &opts, src, |s| progress(Event::Step { step: s, steps_per_member: steps }));
     progress(Event::Done);
     let out = out?;
     let models = save_members(&out, &r.out, Some(dir))?;

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use reward_lens_train::{tokenize, TokenizedPair, TrainOptions, TrainReport, Trainable, Trainer};
 use reward_lens_engine::synth::LlamaShape;
 use reward_lens_engine::{ChatTokenizer, Origin, PairText};
+use reward_lens_train::{tokenize, TokenizedPair, TrainOptions, TrainReport, Trainable, Trainer};
 
 use crate::pairs;
 use crate::progress::step_bar;

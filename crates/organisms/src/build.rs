@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use reward_lens_train::{evaluate, StepStats, TokenizedPair, TrainOptions, TrainReport, Trainable, Trainer};
 use reward_lens_engine::synth::LlamaShape;
 use reward_lens_engine::{ChatTokenizer, Device, LoadOptions, RewardModel, Truncation};
+use reward_lens_train::{evaluate, StepStats, TokenizedPair, TrainOptions, TrainReport, Trainable, Trainer};
 use serde::{Deserialize, Serialize};
 
 use crate::error::io_err;

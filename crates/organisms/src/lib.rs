@@ -32,8 +32,8 @@ pub use files::{
     tokenizer_config_json, tokenizer_json, write_data_files, write_files, write_tokenizer_files, CHAT_TEMPLATE,
     MODEL_MAX_LENGTH,
 };
-pub use perturb::perturb_record;
 pub use language::{
     prompt_features, response_features, vocab_size, vocabulary, Features, PromptFeatures, Response, Sampling, BOS_ID,
     EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID,
 };
+pub use perturb::perturb_record;

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
-use reward_lens_train::{TokenizedPair, TrainOptions, Trainable, Trainer};
 use reward_lens_engine::{LoadOptions, PaddingSide, RewardModel, Truncation};
+use reward_lens_train::{TokenizedPair, TrainOptions, Trainable, Trainer};
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models/llama")

@@ -634,4 +634,3 @@ fn print_bound(b: &BoundReport) {
         100.0 * b.accuracy_head
     );
 }
-

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use reward_lens_cart::interventions::CircuitTargets;
-use reward_lens_cart::training::{parse_curriculum, train, TrainData, TrainRequest};
 use reward_lens_cart::trainer::Trainable;
+use reward_lens_cart::training::{parse_curriculum, train, TrainData, TrainRequest};
 
 use super::{fmt_opt, read_pairs};
 use crate::progress::CartBars;
@@ -144,7 +144,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
         out: a.out.clone(),
     };
     let mut bars = CartBars::default();
-    let report = train(&request, &mut |e| bars.update(e)).with_context(|| format!("cart train → {}", a.out.display()))?;
+    let report =
+        train(&request, &mut |e| bars.update(e)).with_context(|| format!("cart train → {}", a.out.display()))?;
     let h = &report.run.held_out;
     let pct = |x: Option<f64>| x.map_or("n/a".to_string(), |v| format!("{:.1}%", 100.0 * v));
     println!(
