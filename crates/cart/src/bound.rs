@@ -22,7 +22,7 @@
 //!   whether the circuit units co-vary the same way on tail and on head inputs. Units are the
 //!   shared rows, so head and tail need not have equal sizes or any pairing of inputs.
 //!
-//! `L_tail` and `L_head` are the Bradley–Terry losses from [`crate::trainer::evaluate`] on the
+//! `L_tail` and `L_head` are the Bradley–Terry losses from [`reward_lens_train::evaluate`] on the
 //! evaluation pairs of each side.
 
 use reward_lens_engine::RewardModel;
@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::discover::{extract, AnalysisError, DiscoveryReport, Result, Unit};
 use crate::headtail::{HeadTailSplit, SplitRule};
-use crate::trainer::{evaluate, TokenizedPair};
+use reward_lens_train::{evaluate, TokenizedPair};
 
 fn invalid(msg: impl Into<String>) -> AnalysisError {
     AnalysisError::Invalid(msg.into())

@@ -66,32 +66,16 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 use reward_lens_engine::synth::Rng;
-use reward_lens_engine::{Action, Batch, EngineError, Hooks, Intervention, PaddingSide, RewardModel, Site, SiteFilter};
+use reward_lens_engine::{Action, Batch, Hooks, Intervention, PaddingSide, RewardModel, Site, SiteFilter};
 use reward_lens_instruments::patching::PatchInput;
 use reward_lens_instruments::sae::Sae;
 use reward_lens_instruments::stats::{bootstrap_mean, spearman, MeanCi};
-use reward_lens_instruments::InstrumentError;
 use serde::{Deserialize, Serialize};
 
 use crate::headtail::HeadTailSplit;
-use crate::trainer::{TokenizedPair, TrainError};
+use reward_lens_train::TokenizedPair;
 
-/// Errors of the CART analysis modules.
-#[derive(Debug, thiserror::Error)]
-pub enum AnalysisError {
-    #[error(transparent)]
-    Engine(#[from] EngineError),
-    #[error(transparent)]
-    Instrument(#[from] InstrumentError),
-    #[error(transparent)]
-    Train(#[from] TrainError),
-    #[error("tensor maths: {0}")]
-    Candle(#[from] candle_core::Error),
-    #[error("{0}")]
-    Invalid(String),
-}
-
-pub type Result<T, E = AnalysisError> = std::result::Result<T, E>;
+pub use crate::error::{AnalysisError, Result};
 
 fn invalid(msg: impl Into<String>) -> AnalysisError {
     AnalysisError::Invalid(msg.into())

@@ -26,8 +26,8 @@ use reward_lens_engine::{Hooks, PaddingSide, RewardModel, Site};
 use reward_lens_instruments::patching::PatchInput;
 use serde::{Deserialize, Serialize};
 
-use crate::discover::{AnalysisError, Result};
-use crate::trainer::TokenizedPair;
+use crate::error::{AnalysisError, Result};
+use reward_lens_train::TokenizedPair;
 
 /// How a split was made; serialised with every result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -66,7 +66,7 @@ use std::rc::Rc;
 
 use candle_core::{DType, Tensor};
 use reward_lens_engine::synth::Rng;
-use reward_lens_engine::{Hooks, PaddingSide, RewardModel};
+use reward_lens_engine::{Hooks, PaddingSide, PairText, RewardModel};
 use reward_lens_instruments::stats::ranks;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -74,9 +74,9 @@ use serde_json::Value;
 use crate::discover::{
     extract, patch_inputs, quantile, AnalysisError, DiscoveryReport, PairReadout, ReadPosition, Result, Unit, UnitKind,
 };
-use crate::trainer::{StepStats, TokenizedPair, TrainError, TrainOptions, Trainer};
 use crate::vulnerability::perturb::{self, PerturbKind};
 use crate::vulnerability::VulnerabilityReport;
+use reward_lens_train::{StepStats, TokenizedPair, TrainError, TrainOptions, Trainer};
 
 fn invalid(msg: impl Into<String>) -> AnalysisError {
     AnalysisError::Invalid(msg.into())
@@ -370,7 +370,7 @@ fn index_tensor(idx: &[usize], device: &candle_core::Device) -> candle_core::Res
 /// `[n_seq, n_units]` read-outs of `units` at each sequence's pooled token (`|a|` for a neuron,
 /// `‖z_h‖₂` for a head), computed by one [`RewardModel::differentiable_forward`]: the tensor
 /// keeps its graph, so a loss on it trains the model's `Var` weights.
-pub fn circuit_readouts(model: &RewardModel, seqs: &[Vec<u32>], units: &[Unit]) -> crate::trainer::Result<Tensor> {
+pub fn circuit_readouts(model: &RewardModel, seqs: &[Vec<u32>], units: &[Unit]) -> reward_lens_train::Result<Tensor> {
     if seqs.is_empty() || units.is_empty() {
         return Err(TrainError::Invalid("circuit read-outs need sequences and units".into()));
     }
@@ -458,7 +458,7 @@ pub fn regulariser_terms(
     perturbed: &[(usize, &TokenizedPair)],
     div_units: &[Unit],
     stab_units: &[Unit],
-) -> crate::trainer::Result<RegulariserTerms> {
+) -> reward_lens_train::Result<RegulariserTerms> {
     let units = dedup_units(div_units.iter().chain(stab_units).cloned());
     let want_div = !div_units.is_empty() && tail.len() >= 2 && head.len() >= 2;
     let want_stab = !stab_units.is_empty() && !perturbed.is_empty();
@@ -488,7 +488,7 @@ pub fn regulariser_terms(
 
     // Both terms are shares: a differentiable numerator over itself plus a detached spread, so
     // their values lie in [0, 1) and no near-constant unit can blow the gradient up.
-    let share = |num: Tensor, spread: f64| -> crate::trainer::Result<Tensor> {
+    let share = |num: Tensor, spread: f64| -> reward_lens_train::Result<Tensor> {
         let den = num.to_scalar::<f32>()? as f64 + spread + EPS;
         Ok((num / den)?)
     };
@@ -610,26 +610,18 @@ pub trait TailSource {
     fn describe(&self) -> String;
 }
 
-/// A preference pair as text.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TextPair {
-    pub prompt: String,
-    pub chosen: String,
-    pub rejected: String,
-}
-
 /// The pair with `kind` applied to both responses with the same seed (so the label is kept);
-/// None when neither response changes.
-pub fn perturb_text_pair(p: &TextPair, kind: PerturbKind, seed: u64) -> Option<TextPair> {
+/// None when neither response changes. Every other field is kept.
+pub fn perturb_text_pair(p: &PairText, kind: PerturbKind, seed: u64) -> Option<PairText> {
     let c = perturb::perturb(&p.chosen, kind, seed);
     let r = perturb::perturb(&p.rejected, kind, seed);
     if c.is_none() && r.is_none() {
         return None;
     }
-    Some(TextPair {
-        prompt: p.prompt.clone(),
+    Some(PairText {
         chosen: c.unwrap_or_else(|| p.chosen.clone()),
         rejected: r.unwrap_or_else(|| p.rejected.clone()),
+        ..p.clone()
     })
 }
 
@@ -639,7 +631,7 @@ pub type Encoder<'a> = Box<dyn FnMut(&str, &str) -> Result<Vec<u32>> + 'a>;
 /// Augmentation for text: label-preserving perturbations ([`perturb`]) of the tail seed pairs,
 /// round-robin over the seeds, the kind rotating with the seed and the round.
 pub struct PerturbTailSource<'a> {
-    pub seeds: Vec<TextPair>,
+    pub seeds: Vec<PairText>,
     pub subset: String,
     pub kinds: Vec<PerturbKind>,
     /// `(prompt, response) → token ids` (e.g. the model's chat template).
@@ -1093,7 +1085,7 @@ pub fn train_cart(
                     let du: Vec<Unit> = if ld > 0.0 { div_units.clone() } else { Vec::new() };
                     let su: Vec<Unit> = if ls > 0.0 { stab_units.clone() } else { Vec::new() };
                     let (dc, sc) = (div_cell.clone(), stab_cell.clone());
-                    let extra = move |model: &RewardModel, bt: &Tensor| -> crate::trainer::Result<Tensor> {
+                    let extra = move |model: &RewardModel, bt: &Tensor| -> reward_lens_train::Result<Tensor> {
                         let t: Vec<&TokenizedPair> = tail.iter().collect();
                         let h: Vec<&TokenizedPair> = head.iter().collect();
                         let p: Vec<(usize, &TokenizedPair)> = pert.iter().map(|(j, x)| (*j, x)).collect();
@@ -1116,7 +1108,7 @@ pub fn train_cart(
                 }
                 _ if opts.bt_weight != 1.0 => {
                     let wbt = opts.bt_weight;
-                    let extra = move |_: &RewardModel, bt: &Tensor| -> crate::trainer::Result<Tensor> {
+                    let extra = move |_: &RewardModel, bt: &Tensor| -> reward_lens_train::Result<Tensor> {
                         Ok((bt * (wbt - 1.0))?)
                     };
                     trainer.train_step(&pairs, steps, Some(&extra))?

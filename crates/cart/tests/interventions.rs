@@ -12,9 +12,9 @@ use reward_lens_cart::interventions::{
     batch_divergence, circuit_readouts, curriculum_tail_count, regulariser_terms, train_cart, Augmentation, CartInputs,
     CartRun, CartTrainOptions, CircuitTargets, Curriculum, Ensemble, Regulariser, TailSource,
 };
-use reward_lens_cart::trainer::{TokenizedPair, TrainOptions};
 use reward_lens_engine::synth::{LlamaShape, Rng};
 use reward_lens_engine::{LoadOptions, MapSource, ModelConfig, RewardModel};
+use reward_lens_train::{TokenizedPair, TrainOptions};
 
 const TAIL_TOKEN: u32 = 60;
 

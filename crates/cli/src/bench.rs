@@ -56,6 +56,10 @@ pub struct BenchArgs {
     /// generated sparse data and report activations per second and the FVU reached.
     #[arg(long)]
     pub sae: bool,
+    /// Instead: time the tiny CART table of the CLI tests (the `tail` organism, 1 seed, 6 arms,
+    /// 160 training pairs, 1 epoch, 2 ensemble members) and its resume, which retrains nothing.
+    #[arg(long)]
+    pub cart: bool,
 }
 
 #[derive(Serialize)]
@@ -221,7 +225,43 @@ fn sae_bench(a: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// Seconds of the tiny CART table, fresh and resumed, in a temporary directory.
+fn cart_bench(a: &BenchArgs) -> Result<()> {
+    use reward_lens_cart::organism_runs::Scale;
+    use reward_lens_cart::table::{run_table, TableOptions};
+    let dir = std::env::temp_dir().join(format!("reward-lens-bench-cart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut o = TableOptions::beside(&dir.join("cart_table.json"));
+    o.presets = vec!["tail".into()];
+    o.seeds = 1;
+    o.members = 2;
+    o.permutations = 200;
+    o.scale = Scale { epochs: Some(1), n_train: Some(160), n_test: Some(60) };
+    let start = Instant::now();
+    run_table(&o, &mut |_| {})?;
+    let fresh = start.elapsed().as_secs_f64();
+    o.resume = true;
+    let start = Instant::now();
+    run_table(&o, &mut |_| {})?;
+    let resumed = start.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(&dir);
+    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into());
+    if a.json {
+        let j = serde_json::json!({ "cart_table_seconds": fresh, "resume_seconds": resumed, "threads": threads });
+        println!("{j}");
+    } else {
+        println!(
+            "tiny CART table (tail, 1 seed, 6 arms, 160 pairs, 1 epoch, RAYON_NUM_THREADS {threads}): {fresh:.1} s; \
+             resume {resumed:.2} s"
+        );
+    }
+    Ok(())
+}
+
 pub fn run(a: BenchArgs) -> Result<()> {
+    if a.cart {
+        return cart_bench(&a);
+    }
     if a.sae {
         return sae_bench(&a);
     }

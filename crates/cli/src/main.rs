@@ -22,6 +22,7 @@ mod patch;
 mod path_patch;
 mod perpair;
 mod probe;
+mod progress;
 mod report;
 mod sae;
 mod score;

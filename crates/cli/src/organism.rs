@@ -5,9 +5,11 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use reward_lens_organisms::{build, cache_root, load_or_build, BuildOptions, OrganismReport, OrganismSpec};
+use reward_lens_organisms::{
+    build, cache_root, load_or_build, BuildOptions, BuildProgress, OrganismReport, OrganismSpec,
+};
 
-use crate::train::step_bar;
+use crate::progress::BuildBars;
 
 #[derive(Args)]
 #[command(after_help = "An organism is a tiny reward model trained on a controlled language whose preference \
@@ -22,7 +24,7 @@ reward-lens organism --preset tail --seed 7 --out organisms/tail-7\n\n\
 Interrupted? Run the same command again: training resumes from OUT/checkpoint.")]
 pub struct OrganismArgs {
     /// Which rules to plant.
-    #[arg(long, default_value = "default")]
+    #[arg(long, alias = "organism", default_value = "default")]
     pub preset: String,
     /// Data and initialisation seed (default: the preset's).
     #[arg(long)]
@@ -55,19 +57,15 @@ pub fn ensure(preset: &str) -> Result<OrganismDir> {
     let spec = spec(preset, None)?;
     let opts = BuildOptions::default();
     let root = cache_root();
-    let mut bar = None;
-    let (dir, report) = load_or_build(&spec, &opts, &root, |s| {
-        let b = bar.get_or_insert_with(|| {
+    let mut bars = BuildBars::default();
+    let (dir, report) = load_or_build(&spec, &opts, &root, |p| {
+        if let BuildProgress::Preparing = p {
             eprintln!("training the `{preset}` model organism once (cached in {})", root.display());
-            step_bar(s.total_steps as u64, 0).expect("valid template")
-        });
-        b.set_message(format!("loss {:.3}", s.loss));
-        b.set_position(s.step as u64);
+        }
+        bars.update(p);
     })
     .with_context(|| format!("building the `{preset}` model organism in {}", root.display()))?;
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
+    bars.finish();
     Ok(OrganismDir { preset: preset.to_string(), dir, report })
 }
 
@@ -77,15 +75,9 @@ pub fn run(a: OrganismArgs) -> Result<()> {
     if let Some(e) = a.epochs {
         opts.train.epochs = e;
     }
-    let mut bar = None;
-    let (report, _) = build(&spec, &a.out, &opts, |s| {
-        let b = bar.get_or_insert_with(|| step_bar(s.total_steps as u64, s.step as u64 - 1).expect("valid template"));
-        b.set_message(format!("loss {:.3}", s.loss));
-        b.set_position(s.step as u64);
-    })?;
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
+    let mut bars = BuildBars::default();
+    let (report, _) = build(&spec, &a.out, &opts, |p| bars.update(p))?;
+    bars.finish();
     let pct = |x: Option<f64>| x.map_or("n/a".to_string(), |v| format!("{:.1}%", 100.0 * v));
     println!(
         "organism `{}` (seed {}): held-out accuracy {:.1}% (head {}, tail {}), trained in {:.0} s → {}",

@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
-use reward_lens_cart::trainer::{TokenizedPair, TrainOptions, TrainReport, Trainable, Trainer};
 use reward_lens_engine::synth::LlamaShape;
-use reward_lens_engine::{ChatTokenizer, Truncation};
+use reward_lens_engine::{ChatTokenizer, Origin, PairText};
+use reward_lens_train::{tokenize, TokenizedPair, TrainOptions, TrainReport, Trainable, Trainer};
 
 use crate::pairs;
+use crate::progress::step_bar;
 
 #[derive(Args)]
 #[command(after_help = "Examples:\n  \
@@ -76,35 +76,19 @@ pub struct TrainArgs {
     pub resume: bool,
 }
 
-/// Renders and tokenizes pairs; errors name the file and line.
-pub fn tokenize(tok: &ChatTokenizer, path: &Path) -> Result<Vec<TokenizedPair>> {
-    pairs::read(path)?
+/// Reads and tokenizes a pairs file; errors name the file and line.
+fn tokenize_file(tok: &ChatTokenizer, path: &Path) -> Result<Vec<TokenizedPair>> {
+    // Becomes `tokenize(tok, &pairs::read(path)?)` once `pairs::read` returns `PairText`.
+    let file: std::sync::Arc<Path> = std::sync::Arc::from(path);
+    let texts: Vec<PairText> = pairs::read(path)?
         .into_iter()
-        .map(|p| {
-            let enc = |r: &str, side: &str| -> Result<Vec<u32>> {
-                Ok(tok
-                    .encode_pair(&p.prompt, r, Truncation::Error)
-                    .with_context(|| format!("{}:{}: {side}", path.display(), p.line))?
-                    .ids)
-            };
-            Ok(TokenizedPair {
-                chosen: enc(&p.chosen, "chosen")?,
-                rejected: enc(&p.rejected, "rejected")?,
-                subset: p.subset.clone().unwrap_or_else(|| "all".into()),
-            })
+        .map(|p| PairText {
+            subset: p.subset,
+            origin: Some(Origin { file: file.clone(), line: p.line }),
+            ..PairText::new(p.prompt, p.chosen, p.rejected).with_id(p.id)
         })
-        .collect()
-}
-
-/// A progress bar over training steps showing the running loss and accuracy.
-pub fn step_bar(total: u64, done: u64) -> Result<ProgressBar> {
-    let bar = ProgressBar::new(total);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} training [{bar:30}] step {pos}/{len} {msg} eta {eta}")?
-            .progress_chars("=> "),
-    );
-    bar.set_position(done);
-    Ok(bar)
+        .collect();
+    Ok(tokenize(tok, &texts)?)
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
@@ -144,9 +128,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let max = config_json["max_position_embeddings"].as_u64().unwrap_or(4096) as usize;
     let model_type = config_json["model_type"].as_str().map(str::to_string);
     let tok = ChatTokenizer::from_dir(&tok_dir, max, model_type.as_deref())?;
-    let train = tokenize(&tok, &a.pairs)?;
+    let train = tokenize_file(&tok, &a.pairs)?;
     let held = match &a.held_out {
-        Some(p) => tokenize(&tok, p)?,
+        Some(p) => tokenize_file(&tok, p)?,
         None => Vec::new(),
     };
     let opts = TrainOptions {
@@ -182,14 +166,14 @@ pub fn run(a: TrainArgs) -> Result<()> {
 }
 
 /// Runs the trainer under a step progress bar.
-pub fn run_trainer(
+fn run_trainer(
     trainer: &mut Trainer,
     train: &[TokenizedPair],
     held: &[TokenizedPair],
     ck: Option<&Path>,
 ) -> Result<TrainReport> {
     let total = train.len().div_ceil(trainer.options().batch_size) * trainer.options().epochs;
-    let bar = step_bar(total as u64, trainer.step() as u64)?;
+    let bar = step_bar("training", total as u64, trainer.step() as u64);
     let mut ema: Option<(f64, f64)> = None;
     let report = trainer.train(train, held, ck, |s| {
         let (l, acc) =
@@ -202,7 +186,7 @@ pub fn run_trainer(
     Ok(report)
 }
 
-pub fn print_report(report: &TrainReport, out: &Path) {
+fn print_report(report: &TrainReport, out: &Path) {
     for e in &report.epochs {
         let held = e.held_out.as_ref().map_or(String::new(), |h| {
             let subsets: Vec<String> =

@@ -33,6 +33,67 @@ pub fn bootstrap_mean(xs: &[f64], level: f64, resamples: usize, seed: u64) -> Me
     MeanCi { n, mean: m, ci_low: Some(q(alpha)), ci_high: Some(q(1.0 - alpha)) }
 }
 
+/// The 97.5th percentile of Student's t with `df` degrees of freedom (bisection on the CDF).
+pub fn t_975(df: f64) -> f64 {
+    // P(|T| > t) = I_{df/(df + t²)}(df/2, 1/2).
+    let two_sided = |t: f64| inc_beta(df / 2.0, 0.5, df / (df + t * t));
+    let (mut lo, mut hi) = (0.0f64, 1000.0f64);
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        if two_sided(mid) > 0.05 {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    0.5 * (lo + hi)
+}
+
+/// Mean and 95% Student-t interval (n − 1 df); the interval is undefined for fewer than 2
+/// values. For a handful of values (seeds), where a bootstrap interval would be degenerate.
+pub fn t_interval(xs: &[f64]) -> MeanCi {
+    let n = xs.len();
+    if n == 0 {
+        return MeanCi { n, mean: None, ci_low: None, ci_high: None };
+    }
+    let m = xs.iter().sum::<f64>() / n as f64;
+    if n < 2 {
+        return MeanCi { n, mean: Some(m), ci_low: None, ci_high: None };
+    }
+    let sd = (xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt();
+    let h = t_975((n - 1) as f64) * sd / (n as f64).sqrt();
+    MeanCi { n, mean: Some(m), ci_low: Some(m - h), ci_high: Some(m + h) }
+}
+
+/// A rank correlation with its permutation p-value.
+#[derive(Debug, Clone, Serialize)]
+pub struct Correlation {
+    pub n: usize,
+    pub spearman: Option<f64>,
+    /// Two-sided permutation p-value (seeded shuffles of y).
+    pub p_value: Option<f64>,
+}
+
+/// Spearman ρ of x and y with a two-sided permutation p-value over `permutations` seeded
+/// shuffles of y, `(1 + hits) / (1 + permutations)`.
+pub fn spearman_permutation(x: &[f64], y: &[f64], permutations: usize, seed: u64) -> Correlation {
+    let n = x.len();
+    let rho = spearman(x, y);
+    let p = rho.map(|r| {
+        let mut rng = Rng::new(seed);
+        let mut yy = y.to_vec();
+        let mut hits = 0;
+        for _ in 0..permutations {
+            rng.shuffle(&mut yy);
+            if spearman(x, &yy).is_some_and(|q| q.abs() >= r.abs() - 1e-12) {
+                hits += 1;
+            }
+        }
+        (1 + hits) as f64 / (permutations + 1) as f64
+    });
+    Correlation { n, spearman: rho, p_value: p }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,6 +108,28 @@ mod tests {
         assert_eq!(a.ci_low, b.ci_low);
         assert!(bootstrap_mean(&[1.0], 0.95, 100, 1).ci_low.is_none());
         assert!(bootstrap_mean(&[], 0.95, 100, 1).mean.is_none());
+    }
+
+    #[test]
+    fn student_t_quantiles() {
+        for (df, want) in [(1.0, 12.706), (2.0, 4.303), (4.0, 2.776), (30.0, 2.042)] {
+            assert!((t_975(df) - want).abs() < 1e-3, "df {df}: {}", t_975(df));
+        }
+        let i = t_interval(&[1.0, 2.0, 3.0]);
+        assert_eq!(i.mean, Some(2.0));
+        assert!((i.ci_high.unwrap() - (2.0 + 4.303 / 3f64.sqrt())).abs() < 1e-3);
+        assert!(t_interval(&[1.0]).ci_low.is_none());
+    }
+
+    #[test]
+    fn permutation_spearman_is_seeded_and_detects_order() {
+        let x: Vec<f64> = (0..12).map(f64::from).collect();
+        let y: Vec<f64> = x.iter().map(|v| v * v).collect();
+        let c = spearman_permutation(&x, &y, 2000, 1);
+        assert_eq!(c.spearman, Some(1.0));
+        assert!(c.p_value.unwrap() < 0.01);
+        assert_eq!(c.p_value, spearman_permutation(&x, &y, 2000, 1).p_value);
+        assert!(spearman_permutation(&[1.0], &[2.0], 10, 1).p_value.is_none());
     }
 }
 

@@ -27,7 +27,8 @@ fn main() {
     }
     let (mut la, mut aa, mut k) = (0.0, 0.0, 0);
     let t0 = std::time::Instant::now();
-    let (report, _) = build(&spec, args[2].as_ref(), &opts, |s| {
+    let (report, _) = build(&spec, args[2].as_ref(), &opts, |p| {
+        let reward_lens_organisms::BuildProgress::Step(s) = p else { return };
         la += s.loss;
         aa += s.accuracy;
         k += 1;

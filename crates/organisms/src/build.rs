@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use reward_lens_cart::trainer::{evaluate, StepStats, TokenizedPair, TrainOptions, TrainReport, Trainable, Trainer};
 use reward_lens_engine::synth::LlamaShape;
 use reward_lens_engine::{ChatTokenizer, Device, LoadOptions, RewardModel, Truncation};
+use reward_lens_train::{evaluate, StepStats, TokenizedPair, TrainOptions, TrainReport, Trainable, Trainer};
 use serde::{Deserialize, Serialize};
 
 use crate::error::io_err;
@@ -107,15 +107,28 @@ pub fn tokenize(tok: &ChatTokenizer, pairs: &[PairRecord]) -> Result<Vec<Tokeniz
         .collect()
 }
 
+/// Where a build is, for a progress display: the seconds before the first step (data,
+/// tokenizer, initial weights) are otherwise silent.
+#[derive(Debug, Clone, Copy)]
+pub enum BuildProgress<'a> {
+    /// Generating the data and writing the files.
+    Preparing,
+    /// One training step finished.
+    Step(&'a StepStats),
+    /// Evaluating on the held-out pairs and saving.
+    Finishing,
+}
+
 /// Generates, trains and saves the organism `spec` into `dir`. Interrupted builds resume from
-/// `dir/checkpoint` (removed once the model is saved). `on_step` sees every training step.
+/// `dir/checkpoint` (removed once the model is saved). `progress` sees every stage and step.
 pub fn build(
     spec: &OrganismSpec,
     dir: &Path,
     opts: &BuildOptions,
-    on_step: impl FnMut(&StepStats),
+    mut progress: impl FnMut(BuildProgress<'_>),
 ) -> Result<(OrganismReport, Dataset)> {
     let start = Instant::now();
+    progress(BuildProgress::Preparing);
     let ds = try_generate(spec)?;
     write_files(dir, &ds)?;
     let tok = ChatTokenizer::from_dir(dir, MODEL_MAX_LENGTH, Some("llama"))?;
@@ -129,7 +142,8 @@ pub fn build(
     if Trainer::has_checkpoint(&ck) {
         trainer.resume(&ck)?;
     }
-    let training = trainer.train(&train, &test, Some(&ck), on_step)?;
+    let training = trainer.train(&train, &test, Some(&ck), |s| progress(BuildProgress::Step(s)))?;
+    progress(BuildProgress::Finishing);
     trainer.save_pretrained(dir, None)?;
     std::fs::remove_dir_all(&ck).map_err(io_err(&ck))?;
     let held = evaluate(&trainer.model()?, &test, 64)?;
@@ -161,12 +175,12 @@ pub fn cache_root() -> PathBuf {
 }
 
 /// A finished organism directory for `spec` + `opts`: reused when one built with the same spec
-/// and options exists under `root`, else built (and `on_step` sees the training).
+/// and options exists under `root`, else built (and `progress` sees the build).
 pub fn load_or_build(
     spec: &OrganismSpec,
     opts: &BuildOptions,
     root: &Path,
-    on_step: impl FnMut(&StepStats),
+    progress: impl FnMut(BuildProgress<'_>),
 ) -> Result<(PathBuf, OrganismReport)> {
     // One build at a time in this process: threads asking for the same organism wait for the
     // first and then find it in the cache (across processes the rename below keeps it safe).
@@ -186,7 +200,7 @@ pub fn load_or_build(
     // organism at once never see (or write into) half a directory.
     std::fs::create_dir_all(root).map_err(io_err(root))?;
     let tmp = root.join(format!(".building-{}-{fingerprint:016x}-{}", spec.name, std::process::id()));
-    let (report, _) = build(spec, &tmp, opts, on_step)?;
+    let (report, _) = build(spec, &tmp, opts, progress)?;
     if std::fs::rename(&tmp, &dir).is_err() {
         // Another process finished first: keep its copy.
         let _ = std::fs::remove_dir_all(&tmp);

@@ -19,7 +19,7 @@ pub enum OrganismError {
     #[error("organism spec: field `{field}`: {message}")]
     InvalidSpec { field: &'static str, message: String },
     #[error(transparent)]
-    Train(#[from] reward_lens_cart::trainer::TrainError),
+    Train(#[from] reward_lens_train::TrainError),
     #[error(transparent)]
     Engine(#[from] reward_lens_engine::EngineError),
     #[error("unknown organism preset `{name}`; known: {}", crate::OrganismSpec::presets().join(", "))]

@@ -19,8 +19,9 @@ pub mod dataset;
 mod error;
 pub mod files;
 pub mod language;
+pub mod perturb;
 
-pub use build::{build, cache_root, load_or_build, BuildOptions, OrganismReport, OrganismShape};
+pub use build::{build, cache_root, load_or_build, BuildOptions, BuildProgress, OrganismReport, OrganismShape};
 pub use dataset::{
     concepts, generate, label_stats, probes, sample_pairs, try_generate, AnswerKey, ConceptPair, ConceptSet, Counts,
     Dataset, FeatureRates, LabelStats, OrganismSpec, PairRecord, PlantedRules, ProbeRecord, QualityKey, RuleKey,
@@ -35,3 +36,4 @@ pub use language::{
     prompt_features, response_features, vocab_size, vocabulary, Features, PromptFeatures, Response, Sampling, BOS_ID,
     EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID,
 };
+pub use perturb::perturb_record;

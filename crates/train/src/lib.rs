@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var};
 use reward_lens_engine::synth::Rng;
-use reward_lens_engine::{EngineError, LoadOptions, MapSource, ModelConfig, PaddingSide, RewardModel};
+use reward_lens_engine::{
+    ChatTokenizer, EngineError, LoadOptions, MapSource, ModelConfig, PaddingSide, PairText, RewardModel, Truncation,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -122,6 +124,29 @@ pub struct TokenizedPair {
     pub rejected: Vec<u32>,
     /// Reported separately in held-out metrics (e.g. `head` / `tail`).
     pub subset: String,
+}
+
+/// Renders and tokenizes text pairs with a chat tokenizer; a pair without a subset is `all`.
+/// An error names the pair (file and line) and the side.
+pub fn tokenize(tok: &ChatTokenizer, pairs: &[PairText]) -> Result<Vec<TokenizedPair>> {
+    pairs
+        .iter()
+        .map(|p| {
+            let enc = |r: &str, side: &'static str| -> Result<Vec<u32>> {
+                let e = tok.encode_pair(&p.prompt, r, Truncation::Error).map_err(|e| EngineError::Pair {
+                    at: p.location(),
+                    side,
+                    source: Box::new(e),
+                })?;
+                Ok(e.ids)
+            };
+            Ok(TokenizedPair {
+                chosen: enc(&p.chosen, "chosen")?,
+                rejected: enc(&p.rejected, "rejected")?,
+                subset: p.subset.clone().unwrap_or_else(|| "all".into()),
+            })
+        })
+        .collect()
 }
 
 /// After one optimizer step.

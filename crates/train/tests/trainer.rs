@@ -5,15 +5,15 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
-use reward_lens_cart::trainer::{TokenizedPair, TrainOptions, Trainable, Trainer};
 use reward_lens_engine::{LoadOptions, PaddingSide, RewardModel, Truncation};
+use reward_lens_train::{TokenizedPair, TrainOptions, Trainable, Trainer};
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models/llama")
 }
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("rl-cart-{name}-{}", std::process::id()));
+    let d = std::env::temp_dir().join(format!("rl-train-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     d
 }
