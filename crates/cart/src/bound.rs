@@ -27,7 +27,7 @@
 
 use reward_lens_engine::RewardModel;
 use reward_lens_instruments::compare::linear_cka;
-use reward_lens_instruments::patching::PatchInput;
+use reward_lens_engine::EncodedPair;
 use reward_lens_instruments::sae::Sae;
 use serde::{Deserialize, Serialize};
 
@@ -167,9 +167,9 @@ pub struct BoundReport {
 pub fn bound_report(
     model: &RewardModel,
     report: &DiscoveryReport,
-    train: &[PatchInput],
+    train: &[EncodedPair],
     train_split: &HeadTailSplit,
-    eval: &[PatchInput],
+    eval: &[EncodedPair],
     eval_split: &HeadTailSplit,
     opts: &BoundOptions,
     sae: Option<&Sae>,

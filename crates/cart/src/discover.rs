@@ -67,7 +67,7 @@ use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 use reward_lens_engine::synth::Rng;
 use reward_lens_engine::{Action, Batch, Hooks, Intervention, PaddingSide, RewardModel, Site, SiteFilter};
-use reward_lens_instruments::patching::PatchInput;
+use reward_lens_engine::EncodedPair;
 use reward_lens_instruments::sae::Sae;
 use reward_lens_instruments::stats::{bootstrap_mean, spearman, MeanCi};
 use serde::{Deserialize, Serialize};
@@ -386,7 +386,7 @@ fn group_by_site(units: &[Unit]) -> BTreeMap<String, Vec<(usize, usize)>> {
 }
 
 /// Each pair as two sequences `(ids, response_start)`, chosen then rejected.
-fn pair_seqs<'p>(pairs: &'p [PatchInput], idx: &[usize]) -> Vec<(&'p [u32], usize)> {
+fn pair_seqs<'p>(pairs: &'p [EncodedPair], idx: &[usize]) -> Vec<(&'p [u32], usize)> {
     idx.iter()
         .flat_map(|&i| {
             let p = &pairs[i];
@@ -398,7 +398,7 @@ fn pair_seqs<'p>(pairs: &'p [PatchInput], idx: &[usize]) -> Vec<(&'p [u32], usiz
 /// Reads `units` on every pair (both sequences) at `position`.
 pub fn extract(
     model: &RewardModel,
-    pairs: &[PatchInput],
+    pairs: &[EncodedPair],
     units: &[Unit],
     position: ReadPosition,
     sae: Option<&Sae>,
@@ -1098,7 +1098,7 @@ pub fn sequence_scores(
 /// `r_chosen − r_rejected` of the pairs at `idx`, with `ablation` mean-ablated.
 pub fn pair_margins(
     model: &RewardModel,
-    pairs: &[PatchInput],
+    pairs: &[EncodedPair],
     idx: &[usize],
     ablation: &[CircuitUnit],
     position: ReadPosition,
@@ -1187,7 +1187,7 @@ pub fn difference_of_means(a: &[f64], b: &[f64], level: f64, resamples: usize, s
 #[allow(clippy::too_many_arguments)]
 pub fn atp_margin(
     model: &RewardModel,
-    pairs: &[PatchInput],
+    pairs: &[EncodedPair],
     idx: &[usize],
     units: &[Unit],
     ablate_to: &[Vec<f32>],
@@ -1367,7 +1367,7 @@ pub struct DiscoveryReport {
 /// The whole pipeline: enumerate units, read them on every pair, then [`discover_from`].
 pub fn discover(
     model: &RewardModel,
-    pairs: &[PatchInput],
+    pairs: &[EncodedPair],
     split: &HeadTailSplit,
     opts: &DiscoverOptions,
     sae: Option<&Sae>,
@@ -1379,10 +1379,10 @@ pub fn discover(
 }
 
 /// Response starts of 0: every token is a response token (for pairs without a known prompt).
-pub fn patch_inputs(pairs: &[TokenizedPair]) -> Vec<PatchInput> {
+pub fn patch_inputs(pairs: &[TokenizedPair]) -> Vec<EncodedPair> {
     pairs
         .iter()
-        .map(|p| PatchInput { chosen: p.chosen.clone(), rejected: p.rejected.clone(), response_start: (0, 0) })
+        .map(|p| EncodedPair::from_ids(p.chosen.clone(), p.rejected.clone()))
         .collect()
 }
 
@@ -1409,7 +1409,7 @@ fn random_like(all: &[Unit], circuit: &[usize], rng: &mut Rng) -> Vec<usize> {
 /// Discovery from activations already read by [`extract`] on `pairs` (same order).
 pub fn discover_from(
     model: &RewardModel,
-    pairs: &[PatchInput],
+    pairs: &[EncodedPair],
     split: &HeadTailSplit,
     acts: &UnitActivations,
     opts: &DiscoverOptions,

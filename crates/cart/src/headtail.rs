@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use candle_core::DType;
 use reward_lens_engine::synth::Rng;
 use reward_lens_engine::{Hooks, PaddingSide, RewardModel, Site};
-use reward_lens_instruments::patching::PatchInput;
+use reward_lens_engine::EncodedPair;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{AnalysisError, Result};
@@ -279,7 +279,7 @@ impl Default for ScenarioOptions {
 /// One representation per pair (f32, `d_model` wide), as `opts.view` and `opts.representation` say.
 pub fn scenario_representations(
     model: &RewardModel,
-    pairs: &[PatchInput],
+    pairs: &[EncodedPair],
     opts: &ScenarioOptions,
 ) -> Result<Vec<Vec<f32>>> {
     if pairs.is_empty() {

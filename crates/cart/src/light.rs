@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 
 use reward_lens_engine::{RewardModel, Rng};
-use reward_lens_instruments::patching::PatchInput;
+use reward_lens_engine::EncodedPair;
 use reward_lens_train::TokenizedPair;
 
 use crate::bound::divergence;
@@ -80,8 +80,8 @@ pub fn find_targets(
     } else {
         let sub: Vec<TokenizedPair> = idx.iter().map(|&i| train[i].clone()).collect();
         let inputs = patch_inputs(&sub);
-        let tail: Vec<PatchInput> = report.split.tail.iter().map(|&k| inputs[k].clone()).collect();
-        let pert: Vec<Vec<PatchInput>> = report
+        let tail: Vec<EncodedPair> = report.split.tail.iter().map(|&k| inputs[k].clone()).collect();
+        let pert: Vec<Vec<EncodedPair>> = report
             .split
             .tail
             .iter()

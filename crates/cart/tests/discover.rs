@@ -24,7 +24,7 @@ use reward_lens_cart::vulnerability::{
 };
 use reward_lens_engine::synth::{LlamaShape, Rng};
 use reward_lens_engine::{LoadOptions, MapSource, ModelConfig, RewardModel};
-use reward_lens_instruments::patching::PatchInput;
+use reward_lens_engine::EncodedPair;
 use reward_lens_instruments::sae::{Architecture, Sae};
 
 const RARE: u32 = 63;
@@ -95,7 +95,7 @@ fn planted_model() -> RewardModel {
 }
 
 /// 120 pairs, every fourth one a tail pair (its chosen response ends with R).
-fn planted_pairs(seed: u64) -> (Vec<PatchInput>, HeadTailSplit) {
+fn planted_pairs(seed: u64) -> (Vec<EncodedPair>, HeadTailSplit) {
     let mut rng = Rng::new(seed);
     let tok = |rng: &mut Rng| 3 + (rng.next_u64() % 60) as u32;
     let mut pairs = Vec::new();
@@ -109,11 +109,7 @@ fn planted_pairs(seed: u64) -> (Vec<PatchInput>, HeadTailSplit) {
         c.push(if tail { RARE } else { tok(&mut rng) });
         r.push(tok(&mut rng));
         let rs = prompt.len();
-        pairs.push(PatchInput {
-            chosen: [prompt.clone(), c].concat(),
-            rejected: [prompt, r].concat(),
-            response_start: (rs, rs),
-        });
+        pairs.push(EncodedPair::new([prompt.clone(), c].concat(), [prompt, r].concat(), (rs, rs)));
         labels.push(tail);
     }
     let split = HeadTailSplit::from_labels(
@@ -365,9 +361,9 @@ fn vulnerability_and_bound_of_the_planted_circuit() {
     let r = discover(&model, &pairs, &split, &opts, None).unwrap();
     assert_eq!(r.circuits.len(), 1);
     // Label-preserving perturbations at the token level: one prompt token swapped (R stays last).
-    let tail: Vec<PatchInput> = split.tail.iter().map(|&i| pairs[i].clone()).collect();
+    let tail: Vec<EncodedPair> = split.tail.iter().map(|&i| pairs[i].clone()).collect();
     let mut rng = Rng::new(4);
-    let perturbed: Vec<Vec<PatchInput>> = tail
+    let perturbed: Vec<Vec<EncodedPair>> = tail
         .iter()
         .map(|p| {
             (0..3)

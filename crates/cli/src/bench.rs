@@ -111,13 +111,13 @@ fn matmul_rate() -> Result<f64> {
 
 /// Seconds per pair and forward-equivalents of patching on a generated model.
 fn patch_bench(a: &BenchArgs) -> Result<()> {
-    use reward_lens_instruments::patching::{atp, patch, PatchInput, PatchOptions};
+    use reward_lens_instruments::patching::{atp, patch, EncodedPair, PatchOptions};
     let model = generated_model(a, if a.d_mlp == 1408 { 1376 } else { a.d_mlp })?;
     let mut rng = Rng::new(5);
     let mut tok =
         |n: usize| -> Vec<u32> { (0..n).map(|_| 3 + (rng.next_u64() % (a.vocab as u64 - 3)) as u32).collect() };
     // 20 pairs: a shared 16-token prompt, responses making 40–60 tokens in all.
-    let pairs: Vec<PatchInput> = (0..20)
+    let pairs: Vec<EncodedPair> = (0..20)
         .map(|i| {
             let prompt = tok(16);
             let (lc, lr) = (24 + (i * 7) % 21, 24 + (i * 11) % 21);
@@ -125,7 +125,7 @@ fn patch_bench(a: &BenchArgs) -> Result<()> {
             c.extend(tok(lc));
             let mut r = prompt;
             r.extend(tok(lr));
-            PatchInput { chosen: c, rejected: r, response_start: (16, 16) }
+            EncodedPair::new(c, r, (16, 16))
         })
         .collect();
     let threads = std::env::var("RAYON_NUM_THREADS")

@@ -155,8 +155,14 @@ pub struct EncodedPair {
 impl EncodedPair {
     /// From bare ids (no template boundary known): the response starts at token 0.
     pub fn from_ids(chosen: Vec<u32>, rejected: Vec<u32>) -> Self {
+        Self::new(chosen, rejected, (0, 0))
+    }
+    /// From ids and response starts, pooling at each sequence's last token. For ids that may
+    /// end in pad tokens (pad = eos) use [`RewardModel::encode_pair`] or set `pooled` from
+    /// [`RewardModel::pooled_alone`].
+    pub fn new(chosen: Vec<u32>, rejected: Vec<u32>, response_start: (usize, usize)) -> Self {
         let pooled = (chosen.len().saturating_sub(1), rejected.len().saturating_sub(1));
-        Self { chosen, rejected, response_start: (0, 0), pooled }
+        Self { chosen, rejected, response_start, pooled }
     }
     /// `[chosen, rejected]`: the order a pair's rows take in every batch.
     pub fn sides(&self) -> [&Vec<u32>; 2] {
@@ -223,8 +229,9 @@ impl RewardModel {
         pairs.iter().map(|p| self.encode_pair(p, truncation)).collect()
     }
 
-    /// Where the reward of an unpadded sequence is read (the rightmost non-pad token).
-    fn pooled_alone(&self, ids: &[u32]) -> Result<usize> {
+    /// Where the reward of one unpadded sequence is read (transformers' pooling rule: with
+    /// pad = eos, the rightmost token that is not the pad id, which need not be the last).
+    pub fn pooled_alone(&self, ids: &[u32]) -> Result<usize> {
         Ok(self.pooled_index(&self.batch(&[ids.to_vec()], PaddingSide::Right)?)[0])
     }
 

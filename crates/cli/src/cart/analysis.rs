@@ -22,7 +22,7 @@ use reward_lens_cart::vulnerability::{
 };
 use reward_lens_cart::AnalysisError;
 use reward_lens_engine::{PairText, RewardModel, Truncation};
-use reward_lens_instruments::patching::PatchInput;
+use reward_lens_engine::EncodedPair;
 use reward_lens_instruments::sae::Sae;
 
 use super::{fmt_opt, read_pairs, write_json};
@@ -201,12 +201,8 @@ impl DiscoverFlags {
 }
 
 /// Pairs encoded with the model's chat template, keeping where each response starts.
-fn encode_pairs(model: &RewardModel, pairs: &[PairText]) -> Result<Vec<PatchInput>> {
-    Ok(model
-        .encode_pairs(pairs, Truncation::Error)?
-        .into_iter()
-        .map(|e| PatchInput { chosen: e.chosen, rejected: e.rejected, response_start: e.response_start })
-        .collect())
+fn encode_pairs(model: &RewardModel, pairs: &[PairText]) -> Result<Vec<EncodedPair>> {
+    Ok(model.encode_pairs(pairs, Truncation::Error)?)
 }
 
 fn field_value(p: &PairText, field: &str) -> String {
@@ -222,7 +218,7 @@ fn make_split(
     flags: &DiscoverFlags,
     model: &RewardModel,
     pairs: &[PairText],
-    inputs: &[PatchInput],
+    inputs: &[EncodedPair],
     path: &Path,
 ) -> Result<HeadTailSplit> {
     let at = |e: AnalysisError| anyhow::anyhow!("{}: {e}", path.display());
@@ -291,7 +287,7 @@ fn describe_rule(rule: &SplitRule) -> String {
 struct Loaded {
     model: RewardModel,
     pairs: Vec<PairText>,
-    inputs: Vec<PatchInput>,
+    inputs: Vec<EncodedPair>,
     split: HeadTailSplit,
     sae: Option<Sae>,
 }
@@ -496,7 +492,7 @@ pub(super) fn run_vulnerability(a: VulnerabilityArgs) -> Result<()> {
         bail!("no tail circuit was found: nothing to assess (see `reward-lens cart discover`)");
     }
     let kinds = perturb_kinds(&a.kinds)?;
-    let tail: Vec<PatchInput> = report.split.tail.iter().map(|&i| l.inputs[i].clone()).collect();
+    let tail: Vec<EncodedPair> = report.split.tail.iter().map(|&i| l.inputs[i].clone()).collect();
     let mut perturbed = Vec::with_capacity(tail.len());
     for &i in &report.split.tail {
         let p = &l.pairs[i];
