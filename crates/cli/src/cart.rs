@@ -44,8 +44,9 @@ use reward_lens_organisms::{
     MODEL_MAX_LENGTH,
 };
 
-use crate::pairs::{self, Pair};
+use crate::pairs;
 use crate::ModelArgs;
+use reward_lens_engine::PairText;
 
 #[derive(Args)]
 #[command(
@@ -284,14 +285,14 @@ impl DiscoverFlags {
 }
 
 /// Pairs encoded with the model's chat template, keeping where each response starts.
-fn encode_pairs(model: &RewardModel, pairs: &[Pair], path: &Path) -> Result<Vec<PatchInput>> {
+fn encode_pairs(model: &RewardModel, pairs: &[PairText], path: &Path) -> Result<Vec<PatchInput>> {
     pairs
         .iter()
         .map(|p| {
             let enc = |r: &str, side: &str| {
                 model
                     .encode(&p.prompt, r, Truncation::Error)
-                    .with_context(|| format!("{}:{}: {side}", path.display(), p.line))
+                    .with_context(|| format!("{}:{}: {side}", path.display(), p.line()))
             };
             let (c, r) = (enc(&p.chosen, "chosen")?, enc(&p.rejected, "rejected")?);
             Ok(PatchInput { chosen: c.ids, rejected: r.ids, response_start: (c.response_start, r.response_start) })
@@ -299,13 +300,13 @@ fn encode_pairs(model: &RewardModel, pairs: &[Pair], path: &Path) -> Result<Vec<
         .collect()
 }
 
-fn field_value(p: &Pair, field: &str) -> String {
+fn field_value(p: &PairText, field: &str) -> String {
     if field == "subset" {
         if let Some(s) = &p.subset {
             return s.clone();
         }
     }
-    match p.fields.get(field) {
+    match p.field(field) {
         Some(serde_json::Value::String(s)) => s.clone(),
         Some(v) if !v.is_null() => v.to_string(),
         _ => String::new(),
@@ -316,7 +317,7 @@ fn field_value(p: &Pair, field: &str) -> String {
 fn make_split(
     flags: &DiscoverFlags,
     model: &RewardModel,
-    pairs: &[Pair],
+    pairs: &[PairText],
     inputs: &[PatchInput],
     path: &Path,
 ) -> Result<HeadTailSplit> {
@@ -407,7 +408,7 @@ fn describe_rule(rule: &SplitRule) -> String {
 /// Loaded model, pairs, encodings, split and SAE for `discover` / `vulnerability` / `bound`.
 struct Loaded {
     model: RewardModel,
-    pairs: Vec<Pair>,
+    pairs: Vec<PairText>,
     inputs: Vec<PatchInput>,
     split: HeadTailSplit,
     sae: Option<Sae>,
@@ -626,7 +627,7 @@ fn run_vulnerability(a: VulnerabilityArgs) -> Result<()> {
                 a.flags.seed ^ i as u64,
                 model_encoder(&l.model),
             )
-            .with_context(|| format!("{}:{}: perturbing", a.flags.pairs.display(), p.line))?,
+            .with_context(|| format!("{}:{}: perturbing", a.flags.pairs.display(), p.line()))?,
         );
     }
     let (train_inputs, train_split) = match &a.train_pairs {

@@ -4,8 +4,8 @@ use serde::Serialize;
 
 use reward_lens_instruments::conflict::{analyze, learn_term_directions, objective_terms, ConflictReport, Thresholds};
 
-use crate::pairs::PairInput;
-use crate::{report, ModelArgs};
+use crate::args::PairInput;
+use crate::{output, ModelArgs};
 
 #[derive(Args)]
 #[command(
@@ -33,7 +33,7 @@ pub struct ConflictArgs {
     #[arg(long, default_value_t = -0.3, allow_hyphen_values = true)]
     pub conflict: f64,
     #[command(flatten)]
-    pub run: report::RunArgs,
+    pub run: crate::args::RunArgs,
 }
 
 #[derive(Serialize)]
@@ -66,10 +66,10 @@ fn print(r: &ConflictReport, title: &str) {
 
 pub fn run(a: ConflictArgs) -> Result<()> {
     let model = a.model.load()?;
-    let (pairs, ids) = a.input.encode(&model)?;
+    let (pairs, ids) = a.input.encode_tokens(&model)?;
     let mut groups: Vec<reward_lens_instruments::Group> = Vec::new();
     for (p, pair) in pairs.iter().zip(ids.iter()) {
-        let key = match p.fields.get(&a.group_by) {
+        let key = match p.field(&a.group_by) {
             Some(serde_json::Value::String(s)) => s.clone(),
             Some(serde_json::Value::Null) | None => "(none)".to_string(),
             Some(v) => v.to_string(),
@@ -94,5 +94,5 @@ pub fn run(a: ConflictArgs) -> Result<()> {
     if let Some(o) = &objectives {
         print(o, "ArmoRM objectives");
     }
-    report::write(a.run.out.as_deref(), "conflict", &a.model.name(), &pairs, &Output { terms, objectives })
+    output::write(a.run.out.as_deref(), "conflict", &a.model.name(), &pairs, &Output { terms, objectives })
 }

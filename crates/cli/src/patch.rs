@@ -10,8 +10,9 @@ use reward_lens_instruments::patching::{
 };
 use reward_lens_instruments::stats::bootstrap_mean;
 
-use crate::pairs::{Pair, PairInput};
-use crate::{perpair, report, ModelArgs};
+use crate::args::PairInput;
+use crate::{output, ModelArgs};
+use reward_lens_engine::PairText;
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum ModeArg {
@@ -92,7 +93,7 @@ impl PatchArgs {
                     model
                         .encode(&p.prompt, &p.chosen, Truncation::Error)
                         .map(|e| e.ids)
-                        .with_context(|| format!("{}:{}", f.display(), p.line))
+                        .with_context(|| format!("{}:{}", f.display(), p.line()))
                 })
                 .collect::<Result<_>>()?,
         };
@@ -137,12 +138,12 @@ fn reference_texts(model: &RewardModel, f: &std::path::Path) -> Result<Vec<Vec<u
             model
                 .encode(&p.prompt, &p.chosen, Truncation::Error)
                 .map(|e| e.ids)
-                .with_context(|| format!("{}:{}", f.display(), p.line))
+                .with_context(|| format!("{}:{}", f.display(), p.line()))
         })
         .collect()
 }
 
-pub fn encode(model: &RewardModel, input: &PairInput, p: &Pair) -> Result<PatchInput> {
+pub fn encode(model: &RewardModel, input: &PairInput, p: &PairText) -> Result<PatchInput> {
     let truncation = if input.truncate_prompt { Truncation::DropPromptLeft } else { Truncation::Error };
     let e =
         |r: &str, side: &str| model.encode(&p.prompt, r, truncation).with_context(|| format!("pair {}: {side}", p.id));
@@ -156,15 +157,13 @@ pub fn named(rep: &PatchingReport, v: &[f64]) -> Value {
 
 /// Top components by |mean effect| over all lines.
 pub fn summarize(lines: &[Value], names: &[String], field: &str, seed: u64) {
-    let mut rows: Vec<(String, reward_lens_instruments::stats::MeanCi)> = names
-        .iter()
-        .map(|n| (n.clone(), bootstrap_mean(&perpair::column(lines, field, n), 0.95, 2000, seed)))
-        .collect();
+    let mut rows: Vec<(String, reward_lens_instruments::stats::MeanCi)> =
+        names.iter().map(|n| (n.clone(), bootstrap_mean(&output::column(lines, field, n), 0.95, 2000, seed))).collect();
     rows.sort_by(|a, b| b.1.mean.unwrap_or(0.0).abs().total_cmp(&a.1.mean.unwrap_or(0.0).abs()));
     let max = rows.first().and_then(|r| r.1.mean).unwrap_or(0.0).abs();
     println!("{} pairs; top components by |mean {field}| [95% CI]:", lines.len());
     for (n, m) in rows.iter().take(10) {
-        println!("  {n:<14} {:<36} {}", report::ci(m), report::bar(m.mean.unwrap_or(f64::NAN), max, 20));
+        println!("  {n:<14} {:<36} {}", output::ci(m), output::bar(m.mean.unwrap_or(f64::NAN), max, 20));
     }
 }
 
@@ -181,7 +180,7 @@ fn run_kind(a: PatchArgs, attribution_patching: bool) -> Result<()> {
         _ => None,
     };
     let mut reference: Option<reward_lens_instruments::divergence::Reference> = None;
-    let lines = perpair::run(&a.out, a.resume, &pairs, what, |p| {
+    let lines = output::per_pair(&a.out, a.resume, &pairs, what, |p| {
         let inp = encode(&model, &a.input, p)?;
         let ids = vec![(inp.chosen.clone(), inp.rejected.clone())];
         let rep = if attribution_patching { atp(&model, &[inp], &opts)? } else { patch(&model, &[inp], &opts)? };

@@ -11,7 +11,7 @@ use reward_lens_instruments::readout::ReadOut;
 use reward_lens_instruments::sae::{alignment, decompose, Sae};
 use reward_lens_instruments::sae_train::{train, TrainOptions};
 
-use crate::pairs::PairInput;
+use crate::args::PairInput;
 use crate::ModelArgs;
 
 #[derive(Args)]
@@ -245,7 +245,7 @@ fn run_features(a: FeaturesArgs) -> Result<()> {
 fn run_decompose(a: DecomposeArgs) -> Result<()> {
     let model = a.model.load()?;
     let sae = Sae::load(&a.sae)?;
-    let (pairs, ids) = a.input.encode(&model)?;
+    let (pairs, ids) = a.input.encode_tokens(&model)?;
     let seqs: Vec<Vec<u32>> = ids.iter().flat_map(|(c, r)| [c.clone(), r.clone()]).collect();
     let decs = decompose(&model, &sae, &seqs, a.top)?;
     for (p, d) in pairs.iter().zip(decs.chunks(2)) {

@@ -84,7 +84,7 @@ pub fn tokenize(tok: &ChatTokenizer, path: &Path) -> Result<Vec<TokenizedPair>> 
             let enc = |r: &str, side: &str| -> Result<Vec<u32>> {
                 Ok(tok
                     .encode_pair(&p.prompt, r, Truncation::Error)
-                    .with_context(|| format!("{}:{}: {side}", path.display(), p.line))?
+                    .with_context(|| format!("{}:{}: {side}", path.display(), p.line()))?
                     .ids)
             };
             Ok(TokenizedPair {
