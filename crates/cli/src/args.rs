@@ -3,11 +3,12 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use reward_lens_engine::{
     DType, Device, EncodedPair, EngineError, LoadOptions, PaddingSide, PairText, RewardModel, Truncation,
 };
+use reward_lens_instruments::patching::{Align, Granularity, PatchInput, PatchMode, PatchOptions, PatchPositions};
 use reward_lens_instruments::TokenPair;
 
 #[derive(Clone, Copy, ValueEnum, Debug, PartialEq, Eq)]
@@ -164,6 +165,16 @@ impl PairInput {
         let (pairs, encoded) = self.encode(model)?;
         Ok((pairs, encoded.into_iter().map(|e| (e.chosen, e.rejected)).collect()))
     }
+
+    /// One pair as patching reads it; errors name the pair and the side.
+    pub fn patch_input(&self, model: &RewardModel, p: &PairText) -> Result<PatchInput> {
+        let truncation = self.truncation();
+        let e = |r: &str, side: &str| {
+            model.encode(&p.prompt, r, truncation).with_context(|| format!("pair {}: {side}", p.id))
+        };
+        let (c, r) = (e(&p.chosen, "chosen")?, e(&p.rejected, "rejected")?);
+        Ok(PatchInput { chosen: c.ids, rejected: r.ids, response_start: (c.response_start, r.response_start) })
+    }
 }
 
 /// A pairs file, for commands whose `--pairs` is a plain path.
@@ -183,4 +194,133 @@ pub struct RunArgs {
     /// Write the full report here as JSON.
     #[arg(long, value_name = "FILE.json")]
     pub out: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ModeArg {
+    Noising,
+    Denoising,
+    Zero,
+    Mean,
+}
+#[derive(Clone, Copy, ValueEnum)]
+pub enum GranularityArg {
+    Sublayer,
+    Head,
+    /// The residual stream entering each layer at each position (`resid.{l}.{k}`: k tokens
+    /// before the pooled one).
+    Residual,
+}
+#[derive(Clone, Copy, ValueEnum)]
+pub enum AlignArg {
+    Anchored,
+    Prefix,
+}
+#[derive(Clone, Copy, ValueEnum)]
+pub enum PositionsArg {
+    All,
+    Pooled,
+    Response,
+}
+
+/// Options `patch`, `atp` and `faithfulness` share.
+#[derive(Args, Clone)]
+pub struct PatchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub input: PairInput,
+    /// noising: chosen run, component from rejected; denoising: the reverse; zero; mean (over --mean-reference).
+    #[arg(long, value_enum, default_value = "noising")]
+    pub mode: ModeArg,
+    #[arg(long, value_enum, default_value = "sublayer")]
+    pub granularity: GranularityArg,
+    /// How positions of chosen and rejected line up: anchored (pooled ↔ pooled) or prefix (reward-lens 1.0).
+    #[arg(long, value_enum, default_value = "anchored")]
+    pub align: AlignArg,
+    #[arg(long, value_enum, default_value = "all")]
+    pub positions: PositionsArg,
+    /// Texts for mean mode: a pairs JSONL whose prompt + chosen are the reference set.
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub mean_reference: Option<PathBuf>,
+    /// Divergence check (patch only, sublayers): fit each component's distribution at the pooled
+    /// token on these texts (a pairs JSONL; prompt + chosen) and score what every patch put in.
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub divergence_reference: Option<PathBuf>,
+    /// reward-lens 1.0 semantics (prefix alignment, v1 names, mean at the last position).
+    #[arg(long)]
+    pub v1_compat: bool,
+    /// Re-run the whole model per patch (slow; for checking).
+    #[arg(long)]
+    pub naive: bool,
+    /// Per-pair results, one JSON line each (appended as they finish).
+    #[arg(long, value_name = "FILE.jsonl", required = true)]
+    pub out: PathBuf,
+    /// Continue an interrupted run: keep the pairs already in --out.
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl PatchArgs {
+    pub fn options(&self, model: &RewardModel) -> Result<PatchOptions> {
+        let mean_reference = match &self.mean_reference {
+            None => Vec::new(),
+            Some(f) => read_pairs(f)?
+                .iter()
+                .map(|p| {
+                    model
+                        .encode(&p.prompt, &p.chosen, Truncation::Error)
+                        .map(|e| e.ids)
+                        .with_context(|| format!("{}:{}", f.display(), p.line()))
+                })
+                .collect::<Result<_>>()?,
+        };
+        if matches!(self.mode, ModeArg::Mean) && mean_reference.is_empty() {
+            bail!("--mode mean needs --mean-reference FILE.jsonl (its prompt + chosen texts)");
+        }
+        Ok(PatchOptions {
+            mode: match self.mode {
+                ModeArg::Noising => PatchMode::Noising,
+                ModeArg::Denoising => PatchMode::Denoising,
+                ModeArg::Zero => PatchMode::Zero,
+                ModeArg::Mean => PatchMode::Mean,
+            },
+            granularity: match self.granularity {
+                GranularityArg::Sublayer => Granularity::Sublayer,
+                GranularityArg::Head => Granularity::Head,
+                GranularityArg::Residual => Granularity::Residual,
+            },
+            align: match self.align {
+                AlignArg::Anchored => Align::Anchored,
+                AlignArg::Prefix => Align::Prefix,
+            },
+            positions: match self.positions {
+                PositionsArg::All => PatchPositions::All,
+                PositionsArg::Pooled => PatchPositions::Pooled,
+                PositionsArg::Response => PatchPositions::Response,
+            },
+            v1_compat: self.v1_compat,
+            naive: self.naive,
+            mean_reference,
+            batch_size: self.batch_size,
+            seed: self.seed,
+        })
+    }
+}
+
+/// prompt + chosen of every pair in a file, encoded.
+pub fn reference_texts(model: &RewardModel, f: &std::path::Path) -> Result<Vec<Vec<u32>>> {
+    read_pairs(f)?
+        .iter()
+        .map(|p| {
+            model
+                .encode(&p.prompt, &p.chosen, Truncation::Error)
+                .map(|e| e.ids)
+                .with_context(|| format!("{}:{}", f.display(), p.line()))
+        })
+        .collect()
 }

@@ -5,8 +5,9 @@ use serde_json::{json, Value};
 use reward_lens_instruments::faithfulness::faithfulness;
 use reward_lens_instruments::stats::bootstrap_mean;
 
+use crate::args::PatchArgs;
 use crate::output;
-use crate::patch::{encode, named, PatchArgs};
+use crate::output::named;
 
 #[derive(Args)]
 #[command(after_help = "For every pair: exact direct attribution (DLA), attribution patching (AtP) and activation \
@@ -25,7 +26,7 @@ pub fn run(a: FaithfulnessArgs) -> Result<()> {
     let opts = a.options(&model)?;
     let pairs = a.input.read()?;
     let lines = output::per_pair(&a.out, a.resume, &pairs, "faithfulness", |p| {
-        let inp = encode(&model, &a.input, p)?;
+        let inp = a.input.patch_input(&model, p)?;
         let rep = faithfulness(&model, &[inp], std::slice::from_ref(&p.subset), &opts)?;
         let r = &rep.pairs[0];
         Ok(json!({

@@ -7,7 +7,10 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{json, Map, Value};
+
+use reward_lens_instruments::patching::PatchingReport;
+use reward_lens_instruments::stats::bootstrap_mean;
 
 use reward_lens_engine::{PaddingSide, PairScore, PairText, RewardModel, ScoreOptions, Truncation};
 pub use reward_lens_report::perpair::column;
@@ -101,4 +104,20 @@ pub fn score_with_bar(
         model.score_pairs(&encoded, &ScoreOptions { batch_size, padding }, &mut |done| bar.set_position(done as u64));
     bar.finish_and_clear();
     Ok(scores?)
+}
+
+pub fn named(rep: &PatchingReport, v: &[f64]) -> Value {
+    Value::Object(rep.components.iter().zip(v).map(|(c, x)| (c.name.clone(), json!(x))).collect::<Map<_, _>>())
+}
+
+/// Top components by |mean effect| over all lines.
+pub fn summarize(lines: &[Value], names: &[String], field: &str, seed: u64) {
+    let mut rows: Vec<(String, reward_lens_instruments::stats::MeanCi)> =
+        names.iter().map(|n| (n.clone(), bootstrap_mean(&column(lines, field, n), 0.95, 2000, seed))).collect();
+    rows.sort_by(|a, b| b.1.mean.unwrap_or(0.0).abs().total_cmp(&a.1.mean.unwrap_or(0.0).abs()));
+    let max = rows.first().and_then(|r| r.1.mean).unwrap_or(0.0).abs();
+    println!("{} pairs; top components by |mean {field}| [95% CI]:", lines.len());
+    for (n, m) in rows.iter().take(10) {
+        println!("  {n:<14} {:<36} {}", ci(m), bar(m.mean.unwrap_or(f64::NAN), max, 20));
+    }
 }

@@ -8,7 +8,8 @@ use reward_lens_instruments::patching::{Align, PatchMode};
 use reward_lens_instruments::path::{path_patch, Receiver};
 
 use crate::args::PairInput;
-use crate::patch::{encode, summarize, AlignArg, ModeArg};
+use crate::args::{AlignArg, ModeArg};
+use crate::output::summarize;
 use crate::{output, ModelArgs};
 
 #[derive(Args)]
@@ -76,7 +77,7 @@ pub fn run(a: PathPatchArgs) -> Result<()> {
     };
     let pairs = a.input.read()?;
     let lines = output::per_pair(&a.out, a.resume, &pairs, "path patching", |p| {
-        let inp = encode(&model, &a.input, p)?;
+        let inp = a.input.patch_input(&model, p)?;
         let rep = path_patch(&model, &[inp], sender, &receivers, mode, align)?;
         let r = &rep.pairs[0];
         let effects: Map<String, Value> = r.paths.iter().map(|e| (e.receiver.clone(), json!(e.effect))).collect();

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{exe, json, repo, run, tmp};
+use common::{exe, json, repo, run, tmp, tmp_root};
 
 /// The report's sections, from the library that writes them.
 use reward_lens_report::SECTION_IDS as SECTIONS;
