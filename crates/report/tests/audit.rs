@@ -47,11 +47,20 @@ fn library_audit_equals_the_commands_golden_results() {
     assert_eq!(stages.iter().map(|s| s.0).collect::<Vec<_>>(), (0..STAGES.len()).collect::<Vec<_>>());
     assert_eq!(res.timings.len(), STAGES.len() - 1, "every measuring stage is timed");
 
-    let mut got = serde_json::to_value(&res).unwrap();
+    // Through text, as the command's file is read back (serde_json's float parsing rounds).
+    let mut got: Value = serde_json::from_str(&serde_json::to_string_pretty(&res).unwrap()).unwrap();
     without_timings(&mut got);
     let text = serde_json::to_string_pretty(&got).unwrap().replace(&repo().display().to_string(), "$REPO");
     let golden = std::fs::read_to_string(repo().join("tests/golden/audit-llama-results.json")).unwrap();
-    assert!(text == golden, "the library's audit differs from the command's golden results.json");
+    if text != golden {
+        let line = golden.lines().zip(text.lines()).position(|(a, b)| a != b).unwrap_or(0);
+        panic!(
+            "differs from the command's golden results.json at line {}:\nexpected: {}\nactual:   {}",
+            line + 1,
+            golden.lines().nth(line).unwrap_or("<end>"),
+            text.lines().nth(line).unwrap_or("<end>")
+        );
+    }
     assert_eq!(res.inputs.pairs_used, 20);
     assert_eq!(res.scores.len(), 20);
     assert!(res.scores.iter().all(|s| (s.margin - (s.chosen - s.rejected)).abs() < 1e-12));
