@@ -139,7 +139,10 @@ pub fn run(a: AuditArgs) -> Result<()> {
         bar.set_position(i as u64);
         bar.set_message(name.to_string());
     });
-    let res = res.and_then(|r| reward_lens_report::write_files(&r, &a.out).map(|_| r));
+    let res = res.map_err(anyhow::Error::from).and_then(|r| {
+        reward_lens_report::write_files(&r, &a.out)?;
+        Ok(r)
+    });
     bar.finish_and_clear();
     print_summary(&res?, &a.out);
     Ok(())
