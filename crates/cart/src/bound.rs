@@ -25,9 +25,9 @@
 //! `L_tail` and `L_head` are the Bradley–Terry losses from [`reward_lens_train::evaluate`] on the
 //! evaluation pairs of each side.
 
+use reward_lens_engine::EncodedPair;
 use reward_lens_engine::RewardModel;
 use reward_lens_instruments::compare::linear_cka;
-use reward_lens_engine::EncodedPair;
 use reward_lens_instruments::sae::Sae;
 use serde::{Deserialize, Serialize};
 

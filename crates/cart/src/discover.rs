@@ -9,8 +9,8 @@
 //! A head's scalar read-out is the L2 norm of its `hook_z` slice, `‖z_h‖₂`: it is how much the
 //! head writes before `o_proj`, needs no frozen final-norm scale, and is the same for every
 //! architecture; its ablation replaces the whole `head_dim` vector. Neurons and latents read
-//! `|a|`. Activations are read at the pooled token ([`ReadPosition::Pooled`]) or averaged over the
-//! response tokens `[response_start, pooled]` ([`ReadPosition::ResponseMean`]; the signed
+//! `|a|`. Activations are read at the pooled token ([`Positions::Pooled`]) or averaged over the
+//! response tokens `[response_start, pooled]` ([`Positions::Response`]; the signed
 //! activation is averaged, then the magnitude taken).
 //!
 //! **Pairs.** Each pair gives one value per unit ([`PairReadout`]): by default the mean of the
@@ -66,8 +66,9 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 use reward_lens_engine::synth::Rng;
-use reward_lens_engine::{Action, Batch, Hooks, Intervention, PaddingSide, RewardModel, Site, SiteFilter};
 use reward_lens_engine::EncodedPair;
+use reward_lens_engine::Positions;
+use reward_lens_engine::{Action, Batch, Hooks, Intervention, PaddingSide, RewardModel, Site, SiteFilter};
 use reward_lens_instruments::sae::Sae;
 use reward_lens_instruments::stats::{bootstrap_mean, spearman, MeanCi};
 use serde::{Deserialize, Serialize};
@@ -161,17 +162,6 @@ impl Layers {
     }
 }
 
-/// Where a unit is read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum ReadPosition {
-    /// The pooled token (where the reward is read).
-    #[default]
-    Pooled,
-    /// The mean over the response tokens `[response_start, pooled]`.
-    ResponseMean,
-}
-
 /// How a pair's two sequences make one value per unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -189,13 +179,13 @@ pub enum PairReadout {
 pub struct UnitOptions {
     pub mlp: Layers,
     pub heads: Layers,
-    pub position: ReadPosition,
+    pub position: Positions,
     pub readout: PairReadout,
 }
 
 impl Default for UnitOptions {
     fn default() -> Self {
-        Self { mlp: Layers::Last, heads: Layers::All, position: ReadPosition::Pooled, readout: PairReadout::Mean }
+        Self { mlp: Layers::Last, heads: Layers::All, position: Positions::Pooled, readout: PairReadout::Mean }
     }
 }
 
@@ -270,7 +260,7 @@ fn check_width(model: &RewardModel, u: &Unit, value: &[f32]) -> Result<()> {
 pub struct UnitActivations {
     pub units: Vec<Unit>,
     pub widths: Vec<usize>,
-    pub position: ReadPosition,
+    pub position: Positions,
     pub chosen: Vec<Vec<f32>>,
     pub rejected: Vec<Vec<f32>>,
 }
@@ -358,10 +348,12 @@ impl UnitActivations {
 }
 
 /// The positions `[from, to]` a unit is read at in one sequence.
-fn read_range(position: ReadPosition, response_start: usize, pooled: usize) -> Result<(usize, usize)> {
+/// Batches here are right-padded, so a sequence's first token is at 0.
+fn read_range(position: Positions, response_start: usize, pooled: usize) -> Result<(usize, usize)> {
     match position {
-        ReadPosition::Pooled => Ok((pooled, pooled)),
-        ReadPosition::ResponseMean => {
+        Positions::Pooled => Ok((pooled, pooled)),
+        Positions::All => Ok((0, pooled)),
+        Positions::Response => {
             if response_start > pooled {
                 return Err(invalid(format!(
                     "response_start {response_start} lies beyond the pooled token {pooled}: no response tokens to average"
@@ -400,7 +392,7 @@ pub fn extract(
     model: &RewardModel,
     pairs: &[EncodedPair],
     units: &[Unit],
-    position: ReadPosition,
+    position: Positions,
     sae: Option<&Sae>,
     batch_size: usize,
 ) -> Result<UnitActivations> {
@@ -983,7 +975,7 @@ fn modularity(members: &[usize], cols: &[Option<Vec<f64>>], clusters: &[Vec<usiz
 // Ablation and scoring
 
 /// `[B, T]` 1.0 where each row is read (its pooled token, or its response tokens).
-fn position_mask(batch: &Batch, pooled: &[usize], starts: &[usize], position: ReadPosition) -> Result<Vec<f32>> {
+fn position_mask(batch: &Batch, pooled: &[usize], starts: &[usize], position: Positions) -> Result<Vec<f32>> {
     let t = batch.seq_len();
     let mut m = vec![0f32; batch.len() * t];
     for b in 0..batch.len() {
@@ -1001,7 +993,7 @@ pub fn ablation_hooks<'a>(
     batch: &Batch,
     response_starts: &[usize],
     units: &[CircuitUnit],
-    position: ReadPosition,
+    position: Positions,
     sae: Option<&'a Sae>,
 ) -> Result<Hooks<'a>> {
     let dev = &model.device;
@@ -1076,7 +1068,7 @@ pub fn sequence_scores(
     model: &RewardModel,
     seqs: &[(&[u32], usize)],
     ablation: &[CircuitUnit],
-    position: ReadPosition,
+    position: Positions,
     sae: Option<&Sae>,
     batch_size: usize,
 ) -> Result<Vec<f64>> {
@@ -1101,7 +1093,7 @@ pub fn pair_margins(
     pairs: &[EncodedPair],
     idx: &[usize],
     ablation: &[CircuitUnit],
-    position: ReadPosition,
+    position: Positions,
     sae: Option<&Sae>,
     batch_size: usize,
 ) -> Result<Vec<f64>> {
@@ -1191,7 +1183,7 @@ pub fn atp_margin(
     idx: &[usize],
     units: &[Unit],
     ablate_to: &[Vec<f32>],
-    position: ReadPosition,
+    position: Positions,
     sae: Option<&Sae>,
     batch_size: usize,
 ) -> Result<Vec<f64>> {
@@ -1380,10 +1372,7 @@ pub fn discover(
 
 /// Response starts of 0: every token is a response token (for pairs without a known prompt).
 pub fn patch_inputs(pairs: &[TokenizedPair]) -> Vec<EncodedPair> {
-    pairs
-        .iter()
-        .map(|p| EncodedPair::from_ids(p.chosen.clone(), p.rejected.clone()))
-        .collect()
+    pairs.iter().map(|p| EncodedPair::from_ids(p.chosen.clone(), p.rejected.clone())).collect()
 }
 
 /// Random unit sets with the same composition (kind and site) as `circuit`.
@@ -1548,13 +1537,7 @@ pub fn discover_from(
             let rl: Vec<f64> = random_sets.iter().map(|r| r.tail_delta_loss).collect();
             let rm: Vec<f64> = random_sets.iter().map(|r| r.tail_delta_margin).collect();
             circuit.causal = Some(CausalValidation {
-                ablation: format!(
-                    "mean ablation to the head-set mean read-out, at the {} position(s)",
-                    match pos {
-                        ReadPosition::Pooled => "pooled",
-                        ReadPosition::ResponseMean => "response",
-                    }
-                ),
+                ablation: format!("mean ablation to the head-set mean read-out, at the {} position(s)", pos.name()),
                 head: summarise(&clean_head, &h, v.level, v.bootstrap, seed),
                 tail: summarise(&clean_tail, &t, v.level, v.bootstrap, seed ^ 16),
                 tail_minus_head_loss: diff_loss,
@@ -1648,7 +1631,7 @@ mod tests {
         let mk = |rows: Vec<Vec<f32>>| UnitActivations {
             units: vec![Unit::mlp(0, 0), Unit::mlp(0, 1)],
             widths: vec![1, 1],
-            position: ReadPosition::Pooled,
+            position: Positions::Pooled,
             chosen: rows.clone(),
             rejected: rows,
         };

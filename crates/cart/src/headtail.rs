@@ -22,8 +22,8 @@ use std::collections::HashMap;
 
 use candle_core::DType;
 use reward_lens_engine::synth::Rng;
-use reward_lens_engine::{Hooks, PaddingSide, RewardModel, Site};
 use reward_lens_engine::EncodedPair;
+use reward_lens_engine::{Hooks, PaddingSide, RewardModel, Site};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{AnalysisError, Result};

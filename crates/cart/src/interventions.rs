@@ -66,13 +66,14 @@ use std::rc::Rc;
 
 use candle_core::{DType, Tensor};
 use reward_lens_engine::synth::Rng;
+use reward_lens_engine::Positions;
 use reward_lens_engine::{Hooks, PaddingSide, PairText, RewardModel};
 use reward_lens_instruments::stats::ranks;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::discover::{
-    extract, patch_inputs, quantile, AnalysisError, DiscoveryReport, PairReadout, ReadPosition, Result, Unit, UnitKind,
+    extract, patch_inputs, quantile, AnalysisError, DiscoveryReport, PairReadout, Result, Unit, UnitKind,
 };
 use crate::vulnerability::perturb::{self, PerturbKind};
 use crate::vulnerability::VulnerabilityReport;
@@ -887,7 +888,7 @@ fn mean_of(xs: &[f64]) -> Option<f64> {
 
 /// Circuit read-out norm `‖v_C‖₂` (pair read-outs) of each pair under `model`.
 fn circuit_norms(model: &RewardModel, pairs: &[TokenizedPair], units: &[Unit]) -> Result<Vec<f64>> {
-    let acts = extract(model, &patch_inputs(pairs), units, ReadPosition::Pooled, None, 16)?;
+    let acts = extract(model, &patch_inputs(pairs), units, Positions::Pooled, None, 16)?;
     Ok(acts.values(PairReadout::Mean).iter().map(|r| r.iter().map(|v| v * v).sum::<f64>().sqrt()).collect())
 }
 

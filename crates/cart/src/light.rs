@@ -5,14 +5,15 @@
 
 use std::collections::BTreeSet;
 
-use reward_lens_engine::{RewardModel, Rng};
 use reward_lens_engine::EncodedPair;
+use reward_lens_engine::Positions;
+use reward_lens_engine::{RewardModel, Rng};
 use reward_lens_train::TokenizedPair;
 
 use crate::bound::divergence;
 use crate::discover::{
-    discover, extract, patch_inputs, DiscoverOptions, DiscoveryReport, PairReadout, ReadPosition, ScreeningOptions,
-    Threshold, Unit, ValidationOptions,
+    discover, extract, patch_inputs, DiscoverOptions, DiscoveryReport, PairReadout, ScreeningOptions, Threshold, Unit,
+    ValidationOptions,
 };
 use crate::error::Result;
 use crate::headtail::split_by_field;
@@ -118,7 +119,7 @@ pub fn bound_point(
         return Ok((report.circuits.len(), None));
     }
     let sub: Vec<TokenizedPair> = idx.iter().map(|&i| train[i].clone()).collect();
-    let acts = extract(model, &patch_inputs(&sub), &units, ReadPosition::Pooled, None, 16)?;
+    let acts = extract(model, &patch_inputs(&sub), &units, Positions::Pooled, None, 16)?;
     let d = divergence(&acts.values(PairReadout::Mean), &report.split.head, &report.split.tail)?;
     Ok((report.circuits.len(), d.standardised_mean_distance))
 }

@@ -15,7 +15,7 @@ use candle_core::{Device, Tensor};
 use reward_lens_cart::bound::{bound_report, BoundOptions};
 use reward_lens_cart::discover::{
     discover, enumerate_units, extract, pair_margins, specialisation, Circuit, DiscoverOptions, DiscoveryReport,
-    Layers, PairReadout, ReadPosition, ScreeningOptions, Threshold, Unit, UnitKind, UnitOptions, ValidationOptions,
+    Layers, PairReadout, ScreeningOptions, Threshold, Unit, UnitKind, UnitOptions, ValidationOptions,
 };
 use reward_lens_cart::headtail::{split_random, HeadTailSplit, SplitRule};
 use reward_lens_cart::vulnerability::perturb::PerturbKind;
@@ -23,8 +23,9 @@ use reward_lens_cart::vulnerability::{
     assess, model_encoder, perturbed_pairs, VulnerabilityInputs, VulnerabilityOptions,
 };
 use reward_lens_engine::synth::{LlamaShape, Rng};
-use reward_lens_engine::{LoadOptions, MapSource, ModelConfig, RewardModel};
 use reward_lens_engine::EncodedPair;
+use reward_lens_engine::Positions;
+use reward_lens_engine::{LoadOptions, MapSource, ModelConfig, RewardModel};
 use reward_lens_instruments::sae::{Architecture, Sae};
 
 const RARE: u32 = 63;
@@ -121,7 +122,7 @@ fn planted_pairs(seed: u64) -> (Vec<EncodedPair>, HeadTailSplit) {
 }
 
 fn unit_options() -> UnitOptions {
-    UnitOptions { mlp: Layers::All, heads: Layers::All, position: ReadPosition::Pooled, readout: PairReadout::Mean }
+    UnitOptions { mlp: Layers::All, heads: Layers::All, position: Positions::Pooled, readout: PairReadout::Mean }
 }
 
 fn is_planted(u: &Unit) -> bool {
@@ -238,7 +239,7 @@ fn null_splits_keep_the_family_wise_error_near_nominal() {
     let model = planted_model();
     let (pairs, _) = planted_pairs(1);
     let units = enumerate_units(&model, &unit_options(), None).unwrap();
-    let acts = extract(&model, &pairs, &units, ReadPosition::Pooled, None, 32).unwrap();
+    let acts = extract(&model, &pairs, &units, Positions::Pooled, None, 32).unwrap();
     let threshold = Threshold::MaxT { permutations: 1000, family_alpha: 0.05 };
     let mut with_discovery = 0;
     let mut total_units = 0;
@@ -321,8 +322,8 @@ fn sae_latents_and_response_reads_find_the_same_circuit() {
         .iter()
         .map(|u| reward_lens_cart::discover::CircuitUnit { unit: Unit::mlp(PLANTED_LAYER, u.unit.index), ..u.clone() })
         .collect();
-    let clean = pair_margins(&model, &pairs, &split.tail, &[], ReadPosition::Pooled, None, 16).unwrap();
-    let abl = pair_margins(&model, &pairs, &split.tail, &neurons, ReadPosition::Pooled, None, 16).unwrap();
+    let clean = pair_margins(&model, &pairs, &split.tail, &[], Positions::Pooled, None, 16).unwrap();
+    let abl = pair_margins(&model, &pairs, &split.tail, &neurons, Positions::Pooled, None, 16).unwrap();
     let neuron_effect = abl.iter().zip(&clean).map(|(a, c)| a - c).sum::<f64>() / clean.len() as f64;
     assert!((latent_effect - neuron_effect).abs() < 1e-3 * neuron_effect.abs(), "{latent_effect} vs {neuron_effect}");
     let s = r.screening.as_ref().unwrap();
@@ -330,11 +331,7 @@ fn sae_latents_and_response_reads_find_the_same_circuit() {
 
     // Averaged over the response tokens the planted neurons still stand out (R is one of them).
     let opts = DiscoverOptions {
-        units: UnitOptions {
-            mlp: Layers::List(vec![PLANTED_LAYER]),
-            position: ReadPosition::ResponseMean,
-            ..opts.units
-        },
+        units: UnitOptions { mlp: Layers::List(vec![PLANTED_LAYER]), position: Positions::Response, ..opts.units },
         validation: ValidationOptions { enabled: false, ..Default::default() },
         screening: ScreeningOptions { enabled: false, top: 0 },
         ..opts
@@ -460,15 +457,15 @@ fn bad_input_is_a_clear_error() {
     let wide = split_random(200, 30, 1).unwrap();
     let e = discover(&model, &pairs, &wide, &full_options(), None).unwrap_err().to_string();
     assert!(e.contains("out of range"), "{e}");
-    let e = extract(&model, &pairs, &[Unit::mlp(5, 0)], ReadPosition::Pooled, None, 8).unwrap_err().to_string();
+    let e = extract(&model, &pairs, &[Unit::mlp(5, 0)], Positions::Pooled, None, 8).unwrap_err().to_string();
     assert!(e.contains("mlp.5.0"), "{e}");
-    let e = extract(&model, &pairs, &[Unit::sae("blocks.0.hook_resid_post", 0)], ReadPosition::Pooled, None, 8)
+    let e = extract(&model, &pairs, &[Unit::sae("blocks.0.hook_resid_post", 0)], Positions::Pooled, None, 8)
         .unwrap_err()
         .to_string();
     assert!(e.contains("no SAE"), "{e}");
     let mut late = pairs.clone();
     late[3].response_start = (99, 99);
-    let e = extract(&model, &late, &[Unit::mlp(0, 0)], ReadPosition::ResponseMean, None, 8).unwrap_err().to_string();
+    let e = extract(&model, &late, &[Unit::mlp(0, 0)], Positions::Response, None, 8).unwrap_err().to_string();
     assert!(e.contains("response_start 99"), "{e}");
     let few = DiscoverOptions { threshold: Threshold::MaxT { permutations: 5, family_alpha: 0.05 }, ..full_options() };
     let e = discover(&model, &pairs, &split, &few, None).unwrap_err().to_string();

@@ -7,12 +7,13 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
-use reward_lens_cart::discover::{extract, patch_inputs, PairReadout, ReadPosition, Result, Unit};
+use reward_lens_cart::discover::{extract, patch_inputs, PairReadout, Result, Unit};
 use reward_lens_cart::interventions::{
     batch_divergence, circuit_readouts, curriculum_tail_count, regulariser_terms, train_cart, Augmentation, CartInputs,
     CartRun, CartTrainOptions, CircuitTargets, Curriculum, Ensemble, Regulariser, TailSource,
 };
 use reward_lens_engine::synth::{LlamaShape, Rng};
+use reward_lens_engine::Positions;
 use reward_lens_engine::{LoadOptions, MapSource, ModelConfig, RewardModel};
 use reward_lens_train::{TokenizedPair, TrainOptions};
 
@@ -94,7 +95,7 @@ fn readouts_match_discovery_and_the_terms_have_gradients() {
     let model = model_from(weights(3));
     let seqs: Vec<Vec<u32>> = train.iter().flat_map(|p| [p.chosen.clone(), p.rejected.clone()]).collect();
     let v: Vec<Vec<f32>> = circuit_readouts(&model, &seqs, &all).unwrap().to_vec2().unwrap();
-    let acts = extract(&model, &patch_inputs(&train), &all, ReadPosition::Pooled, None, 8).unwrap();
+    let acts = extract(&model, &patch_inputs(&train), &all, Positions::Pooled, None, 8).unwrap();
     let (c, r) = (acts.values(PairReadout::Chosen), acts.values(PairReadout::Rejected));
     for (p, (cv, rv)) in c.iter().zip(&r).enumerate() {
         for u in 0..all.len() {

@@ -3,8 +3,8 @@ use clap::Args;
 
 use reward_lens_instruments::attribution::{attribute, AttributionOptions, RankBy};
 
-use crate::pairs::PairInput;
-use crate::{report, ModelArgs};
+use crate::args::PairInput;
+use crate::{output, ModelArgs};
 
 #[derive(Args)]
 #[command(after_help = "Splits each reward exactly over the components that write into the residual stream at the \
@@ -32,7 +32,7 @@ pub struct AttributeArgs {
     #[arg(long, default_value_t = 10)]
     pub top_k: usize,
     #[command(flatten)]
-    pub run: report::RunArgs,
+    pub run: crate::args::RunArgs,
 }
 
 pub fn run(a: AttributeArgs) -> Result<()> {
@@ -59,7 +59,7 @@ pub fn run(a: AttributeArgs) -> Result<()> {
     let max = top.iter().map(|t| t.1.abs()).fold(0.0, f64::max);
     for (name, v) in &top {
         let i = rep.components.iter().position(|c| &c.name == name).expect("listed component");
-        println!("  {name:<14} {:<36} {}", report::ci(&rep.mean_differential[i]), report::bar(*v, max, 20));
+        println!("  {name:<14} {:<36} {}", output::ci(&rep.mean_differential[i]), output::bar(*v, max, 20));
     }
     if !rep.top_neurons.is_empty() {
         println!("top MLP neurons by |mean chosen − rejected|:");
@@ -67,5 +67,5 @@ pub fn run(a: AttributeArgs) -> Result<()> {
             println!("  {:<18} {:+.4}", n.name, n.mean_differential);
         }
     }
-    report::write(a.run.out.as_deref(), "attribution", &a.model.name(), &pairs, &rep)
+    output::write(a.run.out.as_deref(), "attribution", &a.model.name(), &pairs, &rep)
 }

@@ -111,7 +111,8 @@ fn matmul_rate() -> Result<f64> {
 
 /// Seconds per pair and forward-equivalents of patching on a generated model.
 fn patch_bench(a: &BenchArgs) -> Result<()> {
-    use reward_lens_instruments::patching::{atp, patch, EncodedPair, PatchOptions};
+    use reward_lens_engine::EncodedPair;
+    use reward_lens_instruments::patching::{atp, patch, PatchOptions};
     let model = generated_model(a, if a.d_mlp == 1408 { 1376 } else { a.d_mlp })?;
     let mut rng = Rng::new(5);
     let mut tok =

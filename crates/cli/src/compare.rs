@@ -6,8 +6,8 @@ use clap::Args;
 use reward_lens_instruments::compare::{compare, CompareInput};
 use reward_lens_instruments::lens::LensKind;
 
-use crate::pairs::PairInput;
-use crate::{report, DtypeArg, ModelArgs};
+use crate::args::PairInput;
+use crate::{output, DtypeArg, ModelArgs};
 
 #[derive(Args)]
 #[command(after_help = "Runs the lens and attribution of every model on the same pairs (each with its own tokenizer) \
@@ -25,7 +25,7 @@ pub struct CompareArgs {
     #[command(flatten)]
     pub input: PairInput,
     #[command(flatten)]
-    pub run: report::RunArgs,
+    pub run: crate::args::RunArgs,
 }
 
 pub fn run(a: CompareArgs) -> Result<()> {
@@ -52,7 +52,7 @@ pub fn run(a: CompareArgs) -> Result<()> {
             m.name,
             m.n_layers,
             100.0 * m.accuracy,
-            report::ci(&m.crystallization_fraction)
+            output::ci(&m.crystallization_fraction)
         );
     }
     let f = |v: Option<f64>| v.map_or("—".to_string(), |x| format!("{x:+.3}"));
@@ -69,7 +69,7 @@ pub fn run(a: CompareArgs) -> Result<()> {
             f(p.linear_cka)
         );
     }
-    report::write(
+    output::write(
         a.run.out.as_deref(),
         "compare",
         &a.models.iter().map(|m| m.display().to_string()).collect::<Vec<_>>().join(", "),

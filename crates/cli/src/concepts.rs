@@ -1,35 +1,15 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use serde::Serialize;
-use serde_json::Value;
 
 use reward_lens_engine::{RewardModel, Truncation};
-use reward_lens_instruments::concepts::{
-    concepts, steer, ConceptInput, ConceptOptions, ConceptReport, DoseResponse, SteerPositions,
-};
+use reward_lens_instruments::concepts::{concepts, steer, ConceptInput, ConceptOptions, ConceptReport, DoseResponse};
+use reward_lens_report::ConceptText;
 
-use crate::pairs::PairInput;
-use crate::{report, ModelArgs};
-
-/// Built-in concepts (data/concepts/*.jsonl): positive shows the behaviour named.
-const BUILTIN: &[(&str, &str)] = &[
-    ("sycophancy", include_str!("../../../data/concepts/sycophancy.jsonl")),
-    ("verbosity", include_str!("../../../data/concepts/verbosity.jsonl")),
-    ("hedging", include_str!("../../../data/concepts/hedging.jsonl")),
-    ("overconfidence", include_str!("../../../data/concepts/overconfidence.jsonl")),
-    ("markdown", include_str!("../../../data/concepts/markdown.jsonl")),
-    ("refusal", include_str!("../../../data/concepts/refusal.jsonl")),
-    ("flattery", include_str!("../../../data/concepts/flattery.jsonl")),
-    ("apology", include_str!("../../../data/concepts/apology.jsonl")),
-];
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum PositionsArg {
-    Pooled,
-    All,
-}
+use crate::args::PairInput;
+use crate::{output, ModelArgs};
 
 #[derive(Args)]
 #[command(
@@ -58,53 +38,17 @@ pub struct ConceptsArgs {
     pub steer: Option<String>,
     #[arg(long, value_delimiter = ',', allow_hyphen_values = true, default_value = "-4,-2,0,2,4")]
     pub strengths: Vec<f64>,
-    #[arg(long, value_enum, default_value = "pooled")]
-    pub positions: PositionsArg,
+    /// Where the vector is added: pooled (the token the reward is read at) or all tokens.
+    #[arg(long, value_parser = crate::args::positions(&["pooled", "all"]), default_value = "pooled")]
+    pub positions: reward_lens_engine::Positions,
     /// Texts to steer (their chosen and rejected responses); default: the concept's negatives.
     #[command(flatten)]
     pub input: PairInput,
     #[command(flatten)]
-    pub run: report::RunArgs,
+    pub run: crate::args::RunArgs,
 }
 
-pub(crate) struct ConceptText {
-    pub name: String,
-    pub items: Vec<(String, String, String)>,
-}
-
-fn parse(name: &str, source: &str, text: &str) -> Result<ConceptText> {
-    let mut items = Vec::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let v: Value = serde_json::from_str(line).with_context(|| format!("{source}:{}: not valid JSON", i + 1))?;
-        let f = |k: &str| -> Result<String> {
-            v.get(k).and_then(Value::as_str).map(str::to_string).with_context(|| {
-                format!("{source}:{}: missing string field `{k}` (expected prompt, positive, negative)", i + 1)
-            })
-        };
-        items.push((f("prompt")?, f("positive")?, f("negative")?));
-    }
-    if items.is_empty() {
-        bail!("{source}: no pairs");
-    }
-    Ok(ConceptText { name: name.to_string(), items })
-}
-
-pub(crate) fn read_paths(paths: &[PathBuf]) -> Result<Vec<ConceptText>> {
-    if paths.is_empty() {
-        return BUILTIN.iter().map(|(n, t)| parse(n, &format!("built-in {n}"), t)).collect();
-    }
-    let files = crate::pairs::jsonl_files(paths)?;
-    files
-        .iter()
-        .map(|f| {
-            let text = std::fs::read_to_string(f).with_context(|| format!("{}: cannot read", f.display()))?;
-            let name = f.file_stem().and_then(|s| s.to_str()).unwrap_or("concept");
-            parse(name, &f.display().to_string(), &text)
-        })
-        .collect()
-}
-
-pub(crate) fn encode(model: &RewardModel, c: &ConceptText) -> Result<ConceptInput> {
+fn encode(model: &RewardModel, c: &ConceptText) -> Result<ConceptInput> {
     let pairs = c
         .items
         .iter()
@@ -131,7 +75,7 @@ struct Output {
 
 pub fn run(a: ConceptsArgs) -> Result<()> {
     let model = a.model.load()?;
-    let texts = read_paths(&a.paths)?;
+    let texts = reward_lens_report::datasets::read_concepts(&a.paths)?;
     let inputs = texts.iter().map(|c| encode(&model, c)).collect::<Result<Vec<_>>>()?;
     let rep = concepts(
         &model,
@@ -166,14 +110,11 @@ pub fn run(a: ConceptsArgs) -> Result<()> {
                 );
             };
             let seqs: Vec<Vec<u32>> = if a.input.pairs.is_some() || a.input.prompt.is_some() {
-                a.input.encode(&model)?.1.into_iter().flat_map(|(c, r)| [c, r]).collect()
+                a.input.encode(&model)?.1.into_iter().flat_map(|p| [p.chosen, p.rejected]).collect()
             } else {
                 inputs[i].pairs.iter().map(|p| p.1.clone()).collect()
             };
-            let positions = match a.positions {
-                PositionsArg::Pooled => SteerPositions::Pooled,
-                PositionsArg::All => SteerPositions::All,
-            };
+            let positions = a.positions;
             let dr = steer(
                 &model,
                 &seqs,
@@ -191,28 +132,5 @@ pub fn run(a: ConceptsArgs) -> Result<()> {
             Some(dr)
         }
     };
-    report::write(a.run.out.as_deref(), "concepts", &a.model.name(), &[], &Output { concepts: rep, steering })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn builtin_concepts_are_well_formed() {
-        let all = read_paths(&[]).unwrap();
-        assert!(all.len() >= 6);
-        for c in &all {
-            assert!(c.items.len() >= 8, "{}: {} pairs", c.name, c.items.len());
-            for (p, pos, neg) in &c.items {
-                assert!(!p.trim().is_empty() && pos != neg, "{}", c.name);
-            }
-        }
-    }
-
-    #[test]
-    fn bad_concept_lines_are_named() {
-        let e = parse("x", "x.jsonl", "{\"prompt\": \"a\", \"positive\": \"b\"}\n").err().unwrap();
-        assert!(format!("{e:#}").contains("x.jsonl:1: missing string field `negative`"));
-    }
+    output::write(a.run.out.as_deref(), "concepts", &a.model.name(), &[], &Output { concepts: rep, steering })
 }

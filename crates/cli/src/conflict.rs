@@ -4,8 +4,8 @@ use serde::Serialize;
 
 use reward_lens_instruments::conflict::{analyze, learn_term_directions, objective_terms, ConflictReport, Thresholds};
 
-use crate::pairs::PairInput;
-use crate::{report, ModelArgs};
+use crate::args::PairInput;
+use crate::{output, ModelArgs};
 
 #[derive(Args)]
 #[command(
@@ -33,7 +33,7 @@ pub struct ConflictArgs {
     #[arg(long, default_value_t = -0.3, allow_hyphen_values = true)]
     pub conflict: f64,
     #[command(flatten)]
-    pub run: report::RunArgs,
+    pub run: crate::args::RunArgs,
 }
 
 #[derive(Serialize)]
@@ -69,7 +69,7 @@ pub fn run(a: ConflictArgs) -> Result<()> {
     let (pairs, ids) = a.input.encode(&model)?;
     let mut groups: Vec<reward_lens_instruments::Group> = Vec::new();
     for (p, pair) in pairs.iter().zip(ids.iter()) {
-        let key = match p.fields.get(&a.group_by) {
+        let key = match p.field(&a.group_by) {
             Some(serde_json::Value::String(s)) => s.clone(),
             Some(serde_json::Value::Null) | None => "(none)".to_string(),
             Some(v) => v.to_string(),
@@ -85,7 +85,7 @@ pub fn run(a: ConflictArgs) -> Result<()> {
     let t = Thresholds { aligned: a.aligned, orthogonal: a.orthogonal, conflict: a.conflict };
     let terms = analyze(&learn_term_directions(&model, &groups, a.layer, a.run.batch_size)?, &t);
     print(&terms, &format!("terms grouped by `{}`", a.group_by));
-    let inputs: Vec<Vec<u32>> = ids.iter().map(|p| p.0.clone()).collect();
+    let inputs: Vec<Vec<u32>> = ids.iter().map(|p| p.chosen.clone()).collect();
     let objectives = objective_terms(&model, &inputs, a.run.batch_size)?.map(|o| {
         let mut r = analyze(&o.terms, &t);
         r.effective_direction_cosines = o.effective_direction_cosines;
@@ -94,5 +94,5 @@ pub fn run(a: ConflictArgs) -> Result<()> {
     if let Some(o) = &objectives {
         print(o, "ArmoRM objectives");
     }
-    report::write(a.run.out.as_deref(), "conflict", &a.model.name(), &pairs, &Output { terms, objectives })
+    output::write(a.run.out.as_deref(), "conflict", &a.model.name(), &pairs, &Output { terms, objectives })
 }

@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use serde::Serialize;
 
@@ -10,8 +10,8 @@ use reward_lens_instruments::diagnose::{
     cascade, coverage_disparity, distortion, CascadeReport, CoverageReport, DimensionDistortion,
 };
 
-use crate::pairs::Pair;
-use crate::{score, ModelArgs};
+use crate::ModelArgs;
+use reward_lens_engine::PairText;
 
 /// The built-in diagnostic set: 10 seed prompts × 12 dimensions, matched (data/diagnostic).
 const BUILTIN: &str = include_str!("../../../data/diagnostic/pairs.jsonl");
@@ -38,7 +38,7 @@ pub struct DiagnoseArgs {
     #[arg(long, default_value_t = 0.5)]
     pub threshold: f64,
     #[command(flatten)]
-    pub run: crate::report::RunArgs,
+    pub run: crate::args::RunArgs,
 }
 
 #[derive(Serialize)]
@@ -51,19 +51,17 @@ struct Output {
 
 pub fn run(a: DiagnoseArgs) -> Result<()> {
     let model = a.model.load()?;
-    let (pairs, source): (Vec<Pair>, PathBuf) = match &a.pairs {
-        Some(p) => (crate::pairs::read(p)?, p.clone()),
-        None => {
-            let tmp = std::env::temp_dir().join(format!("reward-lens-diagnostic-{}.jsonl", std::process::id()));
-            std::fs::write(&tmp, BUILTIN).context("writing the built-in diagnostic set")?;
-            let p = crate::pairs::read(&tmp);
-            let _ = std::fs::remove_file(&tmp);
-            (p?, PathBuf::from("built-in diagnostic set"))
-        }
+    let pairs: Vec<PairText> = match &a.pairs {
+        Some(p) => crate::args::read_pairs(p)?,
+        None => reward_lens_report::datasets::parse_pairs(BUILTIN, std::path::Path::new("built-in diagnostic set"))?,
     };
     let truncation = if a.truncate_prompt { Truncation::DropPromptLeft } else { Truncation::Error };
-    let scores = score::score_pairs(&model, &pairs, truncation, a.run.batch_size, PaddingSide::Right, &source)?;
-    let dim = |p: &Pair| p.subset.clone().unwrap_or_else(|| "(none)".into());
+    let scores: Vec<(f32, f32)> =
+        crate::output::score_with_bar(&model, &pairs, truncation, a.run.batch_size, PaddingSide::Right)?
+            .into_iter()
+            .map(|s| (s.chosen, s.rejected))
+            .collect();
+    let dim = |p: &PairText| p.subset.clone().unwrap_or_else(|| "(none)".into());
     let margins: Vec<(String, f64)> = pairs.iter().zip(&scores).map(|(p, (c, r))| (dim(p), (*c - *r) as f64)).collect();
     let dist = distortion(&margins, a.run.seed);
     let dims: Vec<String> = dist.iter().map(|d| d.dimension.clone()).collect();
@@ -72,7 +70,7 @@ pub fn run(a: DiagnoseArgs) -> Result<()> {
     let cov = coverage_disparity(&dims, &probes, 0.5);
     let mut by_seed: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
     for (p, (c, r)) in pairs.iter().zip(&scores) {
-        if let Some(seed) = p.fields.get("seed") {
+        if let Some(seed) = p.field("seed") {
             by_seed.entry(seed.to_string()).or_default().insert(dim(p), (*r - *c) as f64);
         }
     }
@@ -109,5 +107,5 @@ pub fn run(a: DiagnoseArgs) -> Result<()> {
         Err(e) => println!("cascade: not computed — {e}"),
     }
     let out = Output { n_pairs: pairs.len(), distortion: dist, coverage: cov, cascade: casc };
-    crate::report::write(a.run.out.as_deref(), "diagnose", &a.model.name(), &pairs, &out)
+    crate::output::write(a.run.out.as_deref(), "diagnose", &a.model.name(), &pairs, &out)
 }

@@ -6,7 +6,7 @@ use clap::Args;
 use reward_lens_engine::Truncation;
 use reward_lens_instruments::evaluation::{evaluate, ModelEval};
 
-use crate::{score, DtypeArg, ModelArgs, PaddingArg};
+use crate::{DtypeArg, ModelArgs, PaddingArg};
 
 #[derive(Args)]
 #[command(after_help = "Accuracy (margin > 0; ties lose) with 95% bootstrap intervals, overall and per subset, and \
@@ -42,7 +42,7 @@ fn pct(x: f64) -> String {
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
-    let pairs = crate::pairs::read(&a.pairs)?;
+    let pairs = crate::args::read_pairs(&a.pairs)?;
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
@@ -53,8 +53,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
     for m in &models {
         let args = ModelArgs { model: m.clone(), dtype: a.dtype, device: a.device.clone() };
         let model = args.load()?;
-        let scores = score::score_pairs(&model, &pairs, truncation, a.batch_size, a.padding.into(), &a.pairs)?;
-        let margins: Vec<f64> = scores.iter().map(|(c, r)| (*c - *r) as f64).collect();
+        let scores = crate::output::score_with_bar(&model, &pairs, truncation, a.batch_size, a.padding.into())?;
+        let margins: Vec<f64> = scores.iter().map(|s| s.margin() as f64).collect();
         let subsets: Vec<Option<String>> = pairs.iter().map(|p| p.subset.clone()).collect();
         evals.push(evaluate(&args.name(), &margins, &subsets, a.seed));
     }

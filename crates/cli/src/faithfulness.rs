@@ -5,8 +5,9 @@ use serde_json::{json, Value};
 use reward_lens_instruments::faithfulness::faithfulness;
 use reward_lens_instruments::stats::bootstrap_mean;
 
-use crate::patch::{encode, named, PatchArgs};
-use crate::{perpair, report};
+use crate::args::PatchArgs;
+use crate::output;
+use crate::output::named;
 
 #[derive(Args)]
 #[command(after_help = "For every pair: exact direct attribution (DLA), attribution patching (AtP) and activation \
@@ -24,8 +25,8 @@ pub fn run(a: FaithfulnessArgs) -> Result<()> {
     let model = a.model.load()?;
     let opts = a.options(&model)?;
     let pairs = a.input.read()?;
-    let lines = perpair::run(&a.out, a.resume, &pairs, "faithfulness", |p| {
-        let inp = encode(&model, &a.input, p)?;
+    let lines = output::per_pair(&a.out, a.resume, &pairs, "faithfulness", |p| {
+        let inp = a.input.encode_one(&model, p)?;
         let rep = faithfulness(&model, &[inp], std::slice::from_ref(&p.subset), &opts)?;
         let r = &rep.pairs[0];
         Ok(json!({
@@ -45,7 +46,7 @@ pub fn run(a: FaithfulnessArgs) -> Result<()> {
             .iter()
             .map(|k| {
                 let xs: Vec<f64> = ls.iter().filter_map(|l| l[*k].as_f64()).collect();
-                report::ci(&bootstrap_mean(&xs, 0.95, 2000, a.seed))
+                output::ci(&bootstrap_mean(&xs, 0.95, 2000, a.seed))
             })
             .collect();
         println!("{title:<14} {:>4}  {}", ls.len(), cells.join("  "));

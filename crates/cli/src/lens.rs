@@ -3,8 +3,8 @@ use clap::{Args, ValueEnum};
 
 use reward_lens_instruments::lens::{lens, LensKind, LensOptions};
 
-use crate::pairs::PairInput;
-use crate::{report, ModelArgs};
+use crate::args::PairInput;
+use crate::{output, ModelArgs};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum KindArg {
@@ -34,7 +34,7 @@ pub struct LensArgs {
     #[arg(long)]
     pub v1_compat: bool,
     #[command(flatten)]
-    pub run: report::RunArgs,
+    pub run: crate::args::RunArgs,
 }
 
 pub fn run(a: LensArgs) -> Result<()> {
@@ -62,10 +62,10 @@ pub fn run(a: LensArgs) -> Result<()> {
             "{label:>6} {:>10.4} {:>10.4}  {:<36} {}",
             rep.mean_chosen[i],
             rep.mean_rejected[i],
-            report::ci(m),
-            report::bar(m.mean.unwrap_or(f64::NAN), max, 20)
+            output::ci(m),
+            output::bar(m.mean.unwrap_or(f64::NAN), max, 20)
         );
     }
-    println!("crystallization depth fraction: {}", report::ci(&rep.crystallization_fraction));
-    report::write(a.run.out.as_deref(), "lens", &a.model.name(), &pairs, &rep)
+    println!("crystallization depth fraction: {}", output::ci(&rep.crystallization_fraction));
+    output::write(a.run.out.as_deref(), "lens", &a.model.name(), &pairs, &rep)
 }

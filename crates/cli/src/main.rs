@@ -1,6 +1,7 @@
 //! `reward-lens`: look inside reward models. A thin layer over the engine: parse arguments,
 //! read and write files, show progress; the maths lives in the library crates.
 
+mod args;
 mod attribute;
 mod audit;
 mod bench;
@@ -17,22 +18,18 @@ mod info;
 mod lens;
 mod memory;
 mod organism;
-mod pairs;
+mod output;
 mod patch;
 mod path_patch;
-mod perpair;
 mod probe;
 mod progress;
-mod report;
 mod sae;
 mod score;
 mod train;
 
-use std::path::PathBuf;
+use clap::{Parser, Subcommand};
 
-use anyhow::{bail, Result};
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use reward_lens_engine::{DType, Device, LoadOptions, PaddingSide, RewardModel};
+pub use args::{DtypeArg, ModelArgs, PaddingArg};
 
 #[derive(Parser)]
 #[command(
@@ -95,103 +92,6 @@ enum Command {
     Cart(cart::CartArgs),
     /// Measure scoring throughput (tokens/s, GFLOP/s vs the machine's matmul rate) and peak memory.
     Bench(bench::BenchArgs),
-}
-
-#[derive(Clone, Copy, ValueEnum, Debug, PartialEq, Eq)]
-pub enum DtypeArg {
-    F32,
-    Bf16,
-    F16,
-}
-
-#[derive(Clone, Copy, ValueEnum, Debug)]
-pub enum PaddingArg {
-    Right,
-    Left,
-}
-
-impl From<PaddingArg> for PaddingSide {
-    fn from(p: PaddingArg) -> Self {
-        match p {
-            PaddingArg::Right => PaddingSide::Right,
-            PaddingArg::Left => PaddingSide::Left,
-        }
-    }
-}
-
-/// Options every command that loads a model shares.
-#[derive(Args, Clone)]
-pub struct ModelArgs {
-    /// HuggingFace model directory (config.json, *.safetensors, tokenizer.json). Default: the
-    /// embedded example model.
-    #[arg(long, value_name = "DIR")]
-    pub model: Option<PathBuf>,
-    /// Compute dtype. f32 is exact enough for analysis; bf16/f16 halve memory.
-    #[arg(long, value_enum, default_value = "f32")]
-    pub dtype: DtypeArg,
-    /// Device: `cpu`, or `cuda` / `cuda:N` in builds with the `cuda` feature.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-}
-
-impl ModelArgs {
-    /// How reports name the model.
-    pub fn name(&self) -> String {
-        self.model.as_ref().map_or("(embedded example model)".into(), |p| p.display().to_string())
-    }
-
-    pub fn load(&self) -> Result<RewardModel> {
-        let dir = match &self.model {
-            Some(d) => d.clone(),
-            None => {
-                eprintln!("using the {}", default_model::DESCRIPTION);
-                default_model::dir()?
-            }
-        };
-        let dtype = match self.dtype {
-            DtypeArg::F32 => DType::F32,
-            DtypeArg::Bf16 => DType::BF16,
-            DtypeArg::F16 => DType::F16,
-        };
-        let opts = LoadOptions { dtype, device: parse_device(&self.device)? };
-        // A bar only for models that take a while to load (indicatif hides it off a terminal).
-        let bar = indicatif::ProgressBar::hidden();
-        let progress = |done: usize, total: usize| {
-            if total >= 100_000_000 {
-                if bar.is_hidden() {
-                    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-                    bar.set_length(total as u64);
-                    bar.set_style(
-                        indicatif::ProgressStyle::with_template("loading weights [{bar:30}] {percent}% {elapsed}")
-                            .expect("valid template")
-                            .progress_chars("=> "),
-                    );
-                }
-                bar.set_position(done as u64);
-            }
-        };
-        let model = RewardModel::load_with_progress(&dir, &opts, Some(&progress));
-        bar.finish_and_clear();
-        Ok(model?)
-    }
-}
-
-pub fn parse_device(s: &str) -> Result<Device> {
-    if s == "cpu" {
-        return Ok(Device::Cpu);
-    }
-    if let Some(rest) = s.strip_prefix("cuda") {
-        let ordinal = match rest.strip_prefix(':') {
-            Some(n) => n.parse().map_err(|_| anyhow::anyhow!("--device {s}: expected cuda:N"))?,
-            None if rest.is_empty() => 0,
-            None => bail!("--device {s}: expected cpu, cuda or cuda:N"),
-        };
-        if !cfg!(feature = "cuda") {
-            bail!("--device {s}: this build has no CUDA support (rebuild with --features cuda)");
-        }
-        return Ok(Device::new_cuda(ordinal)?);
-    }
-    bail!("--device {s}: expected cpu, cuda or cuda:N")
 }
 
 fn main() {

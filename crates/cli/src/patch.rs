@@ -1,172 +1,12 @@
-use std::path::PathBuf;
+//! `reward-lens patch` and `reward-lens atp`: per-pair patching effects, one JSON line each.
 
-use anyhow::{Context, Result};
-use clap::{Args, ValueEnum};
-use serde_json::{json, Map, Value};
+use anyhow::Result;
+use serde_json::json;
 
-use reward_lens_engine::{RewardModel, Truncation};
-use reward_lens_instruments::patching::{
-    atp, patch, Align, Granularity, PatchInput, PatchMode, PatchOptions, PatchPositions, PatchingReport,
-};
-use reward_lens_instruments::stats::bootstrap_mean;
+use reward_lens_instruments::patching::{atp, patch};
 
-use crate::pairs::{Pair, PairInput};
-use crate::{perpair, report, ModelArgs};
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum ModeArg {
-    Noising,
-    Denoising,
-    Zero,
-    Mean,
-}
-#[derive(Clone, Copy, ValueEnum)]
-pub enum GranularityArg {
-    Sublayer,
-    Head,
-    /// The residual stream entering each layer at each position (`resid.{l}.{k}`: k tokens
-    /// before the pooled one).
-    Residual,
-}
-#[derive(Clone, Copy, ValueEnum)]
-pub enum AlignArg {
-    Anchored,
-    Prefix,
-}
-#[derive(Clone, Copy, ValueEnum)]
-pub enum PositionsArg {
-    All,
-    Pooled,
-    Response,
-}
-
-/// Options `patch`, `atp` and `faithfulness` share.
-#[derive(Args, Clone)]
-pub struct PatchArgs {
-    #[command(flatten)]
-    pub model: ModelArgs,
-    #[command(flatten)]
-    pub input: PairInput,
-    /// noising: chosen run, component from rejected; denoising: the reverse; zero; mean (over --mean-reference).
-    #[arg(long, value_enum, default_value = "noising")]
-    pub mode: ModeArg,
-    #[arg(long, value_enum, default_value = "sublayer")]
-    pub granularity: GranularityArg,
-    /// How positions of chosen and rejected line up: anchored (pooled ↔ pooled) or prefix (reward-lens 1.0).
-    #[arg(long, value_enum, default_value = "anchored")]
-    pub align: AlignArg,
-    #[arg(long, value_enum, default_value = "all")]
-    pub positions: PositionsArg,
-    /// Texts for mean mode: a pairs JSONL whose prompt + chosen are the reference set.
-    #[arg(long, value_name = "FILE.jsonl")]
-    pub mean_reference: Option<PathBuf>,
-    /// Divergence check (patch only, sublayers): fit each component's distribution at the pooled
-    /// token on these texts (a pairs JSONL; prompt + chosen) and score what every patch put in.
-    #[arg(long, value_name = "FILE.jsonl")]
-    pub divergence_reference: Option<PathBuf>,
-    /// reward-lens 1.0 semantics (prefix alignment, v1 names, mean at the last position).
-    #[arg(long)]
-    pub v1_compat: bool,
-    /// Re-run the whole model per patch (slow; for checking).
-    #[arg(long)]
-    pub naive: bool,
-    /// Per-pair results, one JSON line each (appended as they finish).
-    #[arg(long, value_name = "FILE.jsonl", required = true)]
-    pub out: PathBuf,
-    /// Continue an interrupted run: keep the pairs already in --out.
-    #[arg(long)]
-    pub resume: bool,
-    #[arg(long, default_value_t = 16)]
-    pub batch_size: usize,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-}
-
-impl PatchArgs {
-    pub fn options(&self, model: &RewardModel) -> Result<PatchOptions> {
-        let mean_reference = match &self.mean_reference {
-            None => Vec::new(),
-            Some(f) => crate::pairs::read(f)?
-                .iter()
-                .map(|p| {
-                    model
-                        .encode(&p.prompt, &p.chosen, Truncation::Error)
-                        .map(|e| e.ids)
-                        .with_context(|| format!("{}:{}", f.display(), p.line))
-                })
-                .collect::<Result<_>>()?,
-        };
-        if matches!(self.mode, ModeArg::Mean) && mean_reference.is_empty() {
-            anyhow::bail!("--mode mean needs --mean-reference FILE.jsonl (its prompt + chosen texts)");
-        }
-        Ok(PatchOptions {
-            mode: match self.mode {
-                ModeArg::Noising => PatchMode::Noising,
-                ModeArg::Denoising => PatchMode::Denoising,
-                ModeArg::Zero => PatchMode::Zero,
-                ModeArg::Mean => PatchMode::Mean,
-            },
-            granularity: match self.granularity {
-                GranularityArg::Sublayer => Granularity::Sublayer,
-                GranularityArg::Head => Granularity::Head,
-                GranularityArg::Residual => Granularity::Residual,
-            },
-            align: match self.align {
-                AlignArg::Anchored => Align::Anchored,
-                AlignArg::Prefix => Align::Prefix,
-            },
-            positions: match self.positions {
-                PositionsArg::All => PatchPositions::All,
-                PositionsArg::Pooled => PatchPositions::Pooled,
-                PositionsArg::Response => PatchPositions::Response,
-            },
-            v1_compat: self.v1_compat,
-            naive: self.naive,
-            mean_reference,
-            batch_size: self.batch_size,
-            seed: self.seed,
-        })
-    }
-}
-
-/// prompt + chosen of every pair in a file, encoded.
-fn reference_texts(model: &RewardModel, f: &std::path::Path) -> Result<Vec<Vec<u32>>> {
-    crate::pairs::read(f)?
-        .iter()
-        .map(|p| {
-            model
-                .encode(&p.prompt, &p.chosen, Truncation::Error)
-                .map(|e| e.ids)
-                .with_context(|| format!("{}:{}", f.display(), p.line))
-        })
-        .collect()
-}
-
-pub fn encode(model: &RewardModel, input: &PairInput, p: &Pair) -> Result<PatchInput> {
-    let truncation = if input.truncate_prompt { Truncation::DropPromptLeft } else { Truncation::Error };
-    let e =
-        |r: &str, side: &str| model.encode(&p.prompt, r, truncation).with_context(|| format!("pair {}: {side}", p.id));
-    let (c, r) = (e(&p.chosen, "chosen")?, e(&p.rejected, "rejected")?);
-    Ok(PatchInput { chosen: c.ids, rejected: r.ids, response_start: (c.response_start, r.response_start) })
-}
-
-pub fn named(rep: &PatchingReport, v: &[f64]) -> Value {
-    Value::Object(rep.components.iter().zip(v).map(|(c, x)| (c.name.clone(), json!(x))).collect::<Map<_, _>>())
-}
-
-/// Top components by |mean effect| over all lines.
-pub fn summarize(lines: &[Value], names: &[String], field: &str, seed: u64) {
-    let mut rows: Vec<(String, reward_lens_instruments::stats::MeanCi)> = names
-        .iter()
-        .map(|n| (n.clone(), bootstrap_mean(&perpair::column(lines, field, n), 0.95, 2000, seed)))
-        .collect();
-    rows.sort_by(|a, b| b.1.mean.unwrap_or(0.0).abs().total_cmp(&a.1.mean.unwrap_or(0.0).abs()));
-    let max = rows.first().and_then(|r| r.1.mean).unwrap_or(0.0).abs();
-    println!("{} pairs; top components by |mean {field}| [95% CI]:", lines.len());
-    for (n, m) in rows.iter().take(10) {
-        println!("  {n:<14} {:<36} {}", report::ci(m), report::bar(m.mean.unwrap_or(f64::NAN), max, 20));
-    }
-}
+pub use crate::args::PatchArgs;
+use crate::output::{self, named, summarize};
 
 fn run_kind(a: PatchArgs, attribution_patching: bool) -> Result<()> {
     let model = a.model.load()?;
@@ -176,15 +16,15 @@ fn run_kind(a: PatchArgs, attribution_patching: bool) -> Result<()> {
     let (mut fe, mut done) = (0.0, 0usize);
     let what = if attribution_patching { "attribution patching" } else { "patching" };
     let divergence_texts = match (&a.divergence_reference, attribution_patching) {
-        (Some(f), false) => Some(reference_texts(&model, f)?),
+        (Some(f), false) => Some(crate::args::reference_texts(&model, f)?),
         (Some(_), true) => anyhow::bail!("--divergence-reference applies to `patch`, not `atp`"),
         _ => None,
     };
     let mut reference: Option<reward_lens_instruments::divergence::Reference> = None;
-    let lines = perpair::run(&a.out, a.resume, &pairs, what, |p| {
-        let inp = encode(&model, &a.input, p)?;
-        let ids = vec![(inp.chosen.clone(), inp.rejected.clone())];
-        let rep = if attribution_patching { atp(&model, &[inp], &opts)? } else { patch(&model, &[inp], &opts)? };
+    let lines = output::per_pair(&a.out, a.resume, &pairs, what, |p| {
+        let inp = a.input.encode_one(&model, p)?;
+        let one = std::slice::from_ref(&inp);
+        let rep = if attribution_patching { atp(&model, one, &opts)? } else { patch(&model, one, &opts)? };
         names = rep.components.iter().map(|c| c.name.clone()).collect();
         fe += rep.forward_equivalents_per_pair;
         done += 1;
@@ -203,7 +43,7 @@ fn run_kind(a: PatchArgs, attribution_patching: bool) -> Result<()> {
             let div = reward_lens_instruments::divergence::check(
                 &model,
                 &rep,
-                &ids,
+                one,
                 reference.as_ref().expect("fitted"),
                 a.v1_compat,
             )?;

@@ -7,9 +7,10 @@ use serde_json::{json, Map, Value};
 use reward_lens_instruments::patching::{Align, PatchMode};
 use reward_lens_instruments::path::{path_patch, Receiver};
 
-use crate::pairs::PairInput;
-use crate::patch::{encode, summarize, AlignArg, ModeArg};
-use crate::{perpair, ModelArgs};
+use crate::args::PairInput;
+use crate::args::{AlignArg, ModeArg};
+use crate::output::summarize;
+use crate::{output, ModelArgs};
 
 #[derive(Args)]
 #[command(after_help = "One hop of path patching: the sender head's change under the patch (its write into the \
@@ -75,8 +76,8 @@ pub fn run(a: PathPatchArgs) -> Result<()> {
         AlignArg::Prefix => Align::Prefix,
     };
     let pairs = a.input.read()?;
-    let lines = perpair::run(&a.out, a.resume, &pairs, "path patching", |p| {
-        let inp = encode(&model, &a.input, p)?;
+    let lines = output::per_pair(&a.out, a.resume, &pairs, "path patching", |p| {
+        let inp = a.input.encode_one(&model, p)?;
         let rep = path_patch(&model, &[inp], sender, &receivers, mode, align)?;
         let r = &rep.pairs[0];
         let effects: Map<String, Value> = r.paths.iter().map(|e| (e.receiver.clone(), json!(e.effect))).collect();

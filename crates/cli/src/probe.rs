@@ -2,29 +2,13 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use serde_json::Value;
 
 use reward_lens_engine::Truncation;
 use reward_lens_instruments::probes::{
     probe, ProbeInput, ProbeOptions, Verdict, ALPHA, MIN_EFFECT, MIN_RELATIVE_EFFECT,
 };
 
-use crate::{report, ModelArgs};
-
-/// Built-in probes (data/probes/*.jsonl): neutral answer vs the same answer with one biased edit.
-const BUILTIN: &[(&str, &str)] = &[
-    ("length", include_str!("../../../data/probes/length.jsonl")),
-    ("confidence", include_str!("../../../data/probes/confidence.jsonl")),
-    ("formatting", include_str!("../../../data/probes/formatting.jsonl")),
-    ("sycophancy", include_str!("../../../data/probes/sycophancy.jsonl")),
-    ("repetition", include_str!("../../../data/probes/repetition.jsonl")),
-    ("hedging", include_str!("../../../data/probes/hedging.jsonl")),
-    ("emoji", include_str!("../../../data/probes/emoji.jsonl")),
-    ("authority", include_str!("../../../data/probes/authority.jsonl")),
-    ("self_promotion", include_str!("../../../data/probes/self_promotion.jsonl")),
-    ("flattery", include_str!("../../../data/probes/flattery.jsonl")),
-    ("list_padding", include_str!("../../../data/probes/list_padding.jsonl")),
-];
+use crate::{output, ModelArgs};
 
 #[derive(Args)]
 #[command(after_help = "A probe is a single-edit pair: a neutral answer and the same answer with one biased edit \
@@ -48,70 +32,12 @@ pub struct ProbeArgs {
     #[arg(long, default_value_t = 10_000)]
     pub permutations: usize,
     #[command(flatten)]
-    pub run: report::RunArgs,
-}
-
-pub(crate) struct ProbeText {
-    pub id: String,
-    pub dimension: String,
-    pub prompt: String,
-    pub neutral: String,
-    pub biased: String,
-}
-
-/// Parses and validates probe lines: each names exactly one dimension and one edit.
-fn parse(source: &str, text: &str) -> Result<Vec<ProbeText>> {
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let at = format!("{source}:{}", i + 1);
-        let v: Value = serde_json::from_str(line).with_context(|| format!("{at}: not valid JSON"))?;
-        let f = |k: &str| -> Result<String> {
-            match v.get(k) {
-                Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.clone()),
-                Some(Value::Array(_)) if k == "dimension" => {
-                    bail!("{at}: `dimension` must name exactly one dimension, found a list")
-                }
-                _ => bail!(
-                    "{at}: missing or empty string field `{k}` (expected id, prompt, neutral, biased, dimension, edit)"
-                ),
-            }
-        };
-        let p = ProbeText {
-            id: f("id")?,
-            dimension: f("dimension")?,
-            prompt: f("prompt")?,
-            neutral: f("neutral")?,
-            biased: f("biased")?,
-        };
-        f("edit")?;
-        if p.neutral == p.biased {
-            bail!("{at}: `biased` is identical to `neutral` (a probe needs one edit)");
-        }
-        out.push(p);
-    }
-    Ok(out)
-}
-
-pub(crate) fn read_all(paths: &[PathBuf]) -> Result<Vec<ProbeText>> {
-    if paths.is_empty() {
-        let mut all = Vec::new();
-        for (n, t) in BUILTIN {
-            all.extend(parse(&format!("built-in {n}"), t)?);
-        }
-        return Ok(all);
-    }
-    let files = crate::pairs::jsonl_files(paths)?;
-    let mut all = Vec::new();
-    for f in files {
-        let text = std::fs::read_to_string(&f).with_context(|| format!("{}: cannot read", f.display()))?;
-        all.extend(parse(&f.display().to_string(), &text)?);
-    }
-    Ok(all)
+    pub run: crate::args::RunArgs,
 }
 
 pub fn run(a: ProbeArgs) -> Result<()> {
     let model = a.model.load()?;
-    let mut texts = read_all(&a.paths)?;
+    let mut texts = reward_lens_report::datasets::read_probes(&a.paths)?;
     if !a.dimensions.is_empty() {
         texts.retain(|p| a.dimensions.contains(&p.dimension));
         if texts.is_empty() {
@@ -158,7 +84,7 @@ pub fn run(a: ProbeArgs) -> Result<()> {
             "{:<16} {:>3} {:>34} {:>8} {:>8} {:>8}  {v}",
             d.dimension,
             d.n,
-            report::ci(&d.mean_delta),
+            output::ci(&d.mean_delta),
             opt(d.cohens_d),
             opt(d.p_value),
             opt(d.q_value)
@@ -168,38 +94,5 @@ pub fn run(a: ProbeArgs) -> Result<()> {
         }
         println!();
     }
-    report::write(a.run.out.as_deref(), "probe", &a.model.name(), &[], &rep)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn builtin_probes_validate() {
-        let all = read_all(&[]).unwrap();
-        assert_eq!(all.len(), 110);
-        let mut dims: Vec<&str> = all.iter().map(|p| p.dimension.as_str()).collect();
-        dims.dedup();
-        assert_eq!(dims.len(), 11);
-        for d in &dims {
-            assert!(all.iter().filter(|p| p.dimension == *d).count() >= 8, "{d}");
-        }
-    }
-
-    #[test]
-    fn bad_probes_are_named() {
-        let e = parse("x.jsonl", r#"{"id":"a","prompt":"p","neutral":"n","biased":"n","dimension":"d","edit":"e"}"#)
-            .err()
-            .unwrap();
-        assert!(format!("{e:#}").contains("x.jsonl:1: `biased` is identical"));
-        let e =
-            parse("x.jsonl", r#"{"id":"a","prompt":"p","neutral":"n","biased":"b","dimension":["d","e"],"edit":"e"}"#)
-                .err()
-                .unwrap();
-        assert!(format!("{e:#}").contains("exactly one dimension"));
-        let e =
-            parse("x.jsonl", r#"{"id":"a","prompt":"p","neutral":"n","biased":"b","dimension":"d"}"#).err().unwrap();
-        assert!(format!("{e:#}").contains("`edit`"));
-    }
+    output::write(a.run.out.as_deref(), "probe", &a.model.name(), &[], &rep)
 }

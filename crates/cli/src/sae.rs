@@ -1,17 +1,17 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use reward_lens_engine::Truncation;
-use reward_lens_instruments::collect::{collect, load_all, CollectOptions, CollectPositions};
+use reward_lens_instruments::collect::{collect, load_all, CollectOptions};
 use reward_lens_instruments::readout::ReadOut;
 use reward_lens_instruments::sae::{alignment, decompose, Sae};
 use reward_lens_instruments::sae_train::{train, TrainOptions};
 
-use crate::pairs::PairInput;
+use crate::args::PairInput;
 use crate::ModelArgs;
 
 #[derive(Args)]
@@ -32,13 +32,6 @@ pub enum SaeCommand {
     Decompose(DecomposeArgs),
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-pub enum PositionsArg {
-    Pooled,
-    Response,
-    All,
-}
-
 #[derive(Args)]
 pub struct CollectArgs {
     #[command(flatten)]
@@ -48,8 +41,9 @@ pub struct CollectArgs {
     /// Site name, e.g. blocks.2.hook_resid_post.
     #[arg(long)]
     pub site: String,
-    #[arg(long, value_enum, default_value = "response")]
-    pub positions: PositionsArg,
+    /// Which positions to keep: pooled, response or all.
+    #[arg(long, value_parser = crate::args::positions(&reward_lens_engine::Positions::NAMES), default_value = "response")]
+    pub positions: reward_lens_engine::Positions,
     /// Output directory (shards + manifest.json).
     #[arg(long)]
     pub out: PathBuf,
@@ -133,11 +127,7 @@ fn run_collect(a: CollectArgs) -> Result<()> {
             seqs.push((e.ids, e.response_start));
         }
     }
-    let positions = match a.positions {
-        PositionsArg::Pooled => CollectPositions::Pooled,
-        PositionsArg::Response => CollectPositions::Response,
-        PositionsArg::All => CollectPositions::All,
-    };
+    let positions = a.positions;
     let bar = ProgressBar::new(seqs.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{spinner} collecting [{bar:30}] {pos}/{len} texts eta {eta}")?
@@ -246,7 +236,7 @@ fn run_decompose(a: DecomposeArgs) -> Result<()> {
     let model = a.model.load()?;
     let sae = Sae::load(&a.sae)?;
     let (pairs, ids) = a.input.encode(&model)?;
-    let seqs: Vec<Vec<u32>> = ids.iter().flat_map(|(c, r)| [c.clone(), r.clone()]).collect();
+    let seqs: Vec<Vec<u32>> = ids.iter().flat_map(|p| [p.chosen.clone(), p.rejected.clone()]).collect();
     let decs = decompose(&model, &sae, &seqs, a.top)?;
     for (p, d) in pairs.iter().zip(decs.chunks(2)) {
         for (side, x) in ["chosen", "rejected"].iter().zip(d) {
@@ -274,7 +264,7 @@ fn top_examples(
     let (_, data) = load_all(acts)?;
     let index = reward_lens_instruments::collect::load_index(acts)?;
     let f: Vec<Vec<f32>> = sae.encode(&data)?.to_vec2()?;
-    let pairs = crate::pairs::read(pairs_file)?;
+    let pairs = crate::args::read_pairs(pairs_file)?;
     let tok = model.tokenizer()?.tokenizer.clone();
     let mut texts: Vec<Vec<u32>> = Vec::new();
     for p in &pairs {

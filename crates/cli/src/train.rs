@@ -7,10 +7,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use reward_lens_engine::synth::LlamaShape;
-use reward_lens_engine::{ChatTokenizer, Origin, PairText};
+use reward_lens_engine::ChatTokenizer;
 use reward_lens_train::{tokenize, TokenizedPair, TrainOptions, TrainReport, Trainable, Trainer};
 
-use crate::pairs;
 use crate::progress::step_bar;
 
 #[derive(Args)]
@@ -78,17 +77,7 @@ pub struct TrainArgs {
 
 /// Reads and tokenizes a pairs file; errors name the file and line.
 fn tokenize_file(tok: &ChatTokenizer, path: &Path) -> Result<Vec<TokenizedPair>> {
-    // Becomes `tokenize(tok, &pairs::read(path)?)` once `pairs::read` returns `PairText`.
-    let file: std::sync::Arc<Path> = std::sync::Arc::from(path);
-    let texts: Vec<PairText> = pairs::read(path)?
-        .into_iter()
-        .map(|p| PairText {
-            subset: p.subset,
-            origin: Some(Origin { file: file.clone(), line: p.line }),
-            ..PairText::new(p.prompt, p.chosen, p.rejected).with_id(p.id)
-        })
-        .collect();
-    Ok(tokenize(tok, &texts)?)
+    Ok(tokenize(tok, &crate::args::read_pairs(path)?)?)
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {

@@ -13,19 +13,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const SECTIONS: &[&str] = &[
-    "summary",
-    "ground-truth",
-    "model",
-    "evaluation",
-    "lens",
-    "attribution",
-    "patching",
-    "faithfulness",
-    "probes",
-    "concepts",
-    "conflicts",
-];
+mod common;
+
+use common::{exe, json, repo, run, tmp, tmp_root};
+
+/// The report's sections, from the library that writes them.
+use reward_lens_report::SECTION_IDS as SECTIONS;
 
 const PROBE_DIMENSIONS: &[&str] = &[
     "length",
@@ -40,42 +33,6 @@ const PROBE_DIMENSIONS: &[&str] = &[
     "flattery",
     "list_padding",
 ];
-
-fn exe() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_reward-lens"));
-    c.env("REWARD_LENS_CACHE", tmp_root().join("cache"));
-    c
-}
-
-fn tmp_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("audit-tests")
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = tmp_root().join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "command failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    out
-}
-
-fn read_json(p: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
-}
 
 fn f(v: &Value) -> f64 {
     v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
@@ -110,7 +67,7 @@ fn audit_dir() -> &'static Path {
 
 #[test]
 fn results_json_numbers_are_consistent() {
-    let r = read_json(&audit_dir().join("results.json"));
+    let r = json(&audit_dir().join("results.json"));
     let n_layers = r["model"]["n_layers"].as_u64().unwrap() as usize;
     assert_eq!(n_layers, 3);
     assert_eq!(r["inputs"]["pairs_used"], 20);
@@ -119,7 +76,7 @@ fn results_json_numbers_are_consistent() {
     assert_eq!(r["inputs"]["n_concepts"], 8);
 
     // Scores equal transformers' (fixtures/expected), and evaluation is computed from them.
-    let expected = read_json(&repo().join("tests/fixtures/expected/llama/forward.json"));
+    let expected = json(&repo().join("tests/fixtures/expected/llama/forward.json"));
     let scores = r["scores"].as_array().unwrap();
     assert_eq!(scores.len(), 20);
     for (s, e) in scores.iter().zip(expected["pairs"].as_array().unwrap()) {
@@ -286,7 +243,7 @@ fn default_audit_is_the_default_organism_from_any_directory_and_seeded() {
             "--out",
             out,
         ]));
-        read_json(&cwd.join(out).join("results.json"))
+        json(&cwd.join(out).join("results.json"))
     };
     let a = results("a");
     assert!(a["inputs"]["pairs_source"].as_str().unwrap().ends_with("test.jsonl"), "{}", a["inputs"]);
@@ -344,7 +301,7 @@ fn custom_probes_and_concepts_and_errors_name_the_file() {
         .arg(&concepts)
         .arg("--out")
         .arg(&out));
-    let r = read_json(&out.join("results.json"));
+    let r = json(&out.join("results.json"));
     assert_eq!(r["inputs"]["n_probes"], 6);
     assert_eq!(r["probes"]["dimensions"][0]["dimension"], "shouting");
     assert_eq!(r["probes"]["dimensions"].as_array().unwrap().len(), 1);

@@ -1,42 +1,11 @@
 //! The `reward-lens` binary end to end: numbers equal the engine's (and transformers'), bad
 //! input is a named error, and an interrupted `score --resume` finishes with the same bytes.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
 use serde_json::Value;
 
-fn exe() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_reward-lens"));
-    // Keep the unpacked default model inside the build tree.
-    c.env("REWARD_LENS_CACHE", tmp_root().join("cache"));
-    c
-}
-
-fn tmp_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-tests")
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = tmp_root().join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "command failed: {}", String::from_utf8_lossy(&out.stderr));
-    out
-}
-
-fn lines(p: &Path) -> Vec<Value> {
-    std::fs::read_to_string(p).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-}
+use common::{exe, fixtures, lines, run, tmp};
 
 fn expected_scores(model: &str) -> Vec<(f64, f64)> {
     let v: Value = serde_json::from_str(

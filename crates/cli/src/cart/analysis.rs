@@ -9,8 +9,8 @@ use clap::{Args, ValueEnum};
 
 use reward_lens_cart::bound::{bound_report, BoundOptions, BoundReport};
 use reward_lens_cart::discover::{
-    discover, CoherenceOptions, DiscoverOptions, DiscoveryReport, Estimate, Layers, PairReadout, ReadPosition,
-    ScreeningOptions, Threshold, UnitOptions, ValidationOptions,
+    discover, CoherenceOptions, DiscoverOptions, DiscoveryReport, Estimate, Layers, PairReadout, ScreeningOptions,
+    Threshold, UnitOptions, ValidationOptions,
 };
 use reward_lens_cart::headtail::{
     scenario_representations, split_by_field, split_by_scenario, split_by_token_rarity, split_random, HeadTailSplit,
@@ -21,11 +21,13 @@ use reward_lens_cart::vulnerability::{
     assess, model_encoder, perturbed_pairs, VulnerabilityInputs, VulnerabilityOptions, VulnerabilityReport,
 };
 use reward_lens_cart::AnalysisError;
-use reward_lens_engine::{PairText, RewardModel, Truncation};
 use reward_lens_engine::EncodedPair;
+use reward_lens_engine::Positions;
+use reward_lens_engine::{PairText, RewardModel, Truncation};
 use reward_lens_instruments::sae::Sae;
 
-use super::{fmt_opt, read_pairs, write_json};
+use super::{fmt_opt, write_json};
+use crate::args::read_pairs;
 use crate::progress::spinner;
 use crate::ModelArgs;
 
@@ -52,14 +54,6 @@ pub enum UnitArg {
     Heads,
     /// The latents of the SAE given with --sae.
     Sae,
-}
-
-#[derive(Clone, Copy, ValueEnum, Debug, PartialEq, Eq)]
-pub enum PositionArg {
-    /// The pooled token, where the reward is read.
-    Pooled,
-    /// The mean over the response tokens.
-    Response,
 }
 
 #[derive(Clone, Copy, ValueEnum, Debug, PartialEq, Eq)]
@@ -106,9 +100,10 @@ pub struct DiscoverFlags {
     /// A SAE directory (cfg.json + weights); its latents become candidate units with `--units …,sae`.
     #[arg(long, value_name = "DIR")]
     pub sae: Option<PathBuf>,
-    /// Where units are read.
-    #[arg(long, value_enum, default_value = "pooled")]
-    pub position: PositionArg,
+    /// Where units are read: pooled (the token the reward is read at), or the mean over the
+    /// response (or all) tokens.
+    #[arg(long, value_parser = crate::args::positions(&Positions::NAMES), default_value = "pooled")]
+    pub position: Positions,
     /// How a pair's two sequences make one value per unit.
     #[arg(long, value_enum, default_value = "mean")]
     pub readout: ReadoutArg,
@@ -159,10 +154,7 @@ impl DiscoverFlags {
         let units = UnitOptions {
             mlp: if kinds.contains("Mlp") { layers(&self.mlp_layers, "--mlp-layers")? } else { Layers::None },
             heads: if kinds.contains("Heads") { layers(&self.head_layers, "--head-layers")? } else { Layers::None },
-            position: match self.position {
-                PositionArg::Pooled => ReadPosition::Pooled,
-                PositionArg::Response => ReadPosition::ResponseMean,
-            },
+            position: self.position,
             readout: match self.readout {
                 ReadoutArg::Mean => PairReadout::Mean,
                 ReadoutArg::Chosen => PairReadout::Chosen,

@@ -93,30 +93,6 @@ fn fmt_opt(x: Option<f64>, digits: usize) -> String {
     x.map_or("undefined".into(), |v| format!("{v:+.digits$}"))
 }
 
-/// Pairs as the engine's [`PairText`](reward_lens_engine::PairText) (errors name file and line).
-// Becomes `crate::pairs::read` once that returns `PairText`.
-fn read_pairs(path: &Path) -> Result<Vec<reward_lens_engine::PairText>> {
-    let file: std::sync::Arc<Path> = std::sync::Arc::from(path);
-    Ok(crate::pairs::read(path)?
-        .into_iter()
-        .map(|p| {
-            let mut extra = p.fields.as_object().cloned().unwrap_or_default();
-            for k in ["id", "prompt", "chosen", "rejected", "subset"] {
-                extra.remove(k);
-            }
-            reward_lens_engine::PairText {
-                id: p.id,
-                prompt: p.prompt,
-                chosen: p.chosen,
-                rejected: p.rejected,
-                subset: p.subset,
-                extra,
-                origin: Some(reward_lens_engine::Origin { file: file.clone(), line: p.line }),
-            }
-        })
-        .collect())
-}
-
 /// `A,B` as two numbers (`--regularise 0.1,0.1`).
 fn parse_pair_f64(s: &str, flag: &str) -> Result<(f64, f64)> {
     let v: Vec<&str> = s.split(',').collect();

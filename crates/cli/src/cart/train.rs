@@ -9,7 +9,8 @@ use reward_lens_cart::interventions::CircuitTargets;
 use reward_lens_cart::trainer::Trainable;
 use reward_lens_cart::training::{parse_curriculum, train, TrainData, TrainRequest};
 
-use super::{fmt_opt, read_pairs};
+use super::fmt_opt;
+use crate::args::read_pairs;
 use crate::progress::CartBars;
 
 #[derive(Args)]

@@ -223,7 +223,7 @@ fn model(h: &mut String, r: &AuditResults) {
     open(h, "model", "");
     let i = &r.model;
     let mut rows: Vec<(&str, String)> = vec![("model", r.inputs.model.clone())];
-    rows.extend(crate::info::rows(i));
+    rows.extend(crate::model_info::rows(i));
     if r.inputs.model_dir != r.inputs.model {
         rows.insert(1, ("directory", r.inputs.model_dir.clone()));
     }

@@ -1,0 +1,311 @@
+//! The flags commands share (model, dtype, device, padding, pairs, batching and output) and
+//! what they turn into: a loaded model, a device, pairs read and encoded.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use reward_lens_engine::{
+    DType, Device, EncodedPair, EngineError, LoadOptions, PaddingSide, PairText, Positions, RewardModel, Truncation,
+};
+use reward_lens_instruments::patching::{Align, Granularity, PatchMode, PatchOptions};
+
+#[derive(Clone, Copy, ValueEnum, Debug, PartialEq, Eq)]
+pub enum DtypeArg {
+    F32,
+    Bf16,
+    F16,
+}
+
+impl From<DtypeArg> for DType {
+    fn from(d: DtypeArg) -> Self {
+        match d {
+            DtypeArg::F32 => DType::F32,
+            DtypeArg::Bf16 => DType::BF16,
+            DtypeArg::F16 => DType::F16,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum, Debug)]
+pub enum PaddingArg {
+    Right,
+    Left,
+}
+
+impl From<PaddingArg> for PaddingSide {
+    fn from(p: PaddingArg) -> Self {
+        match p {
+            PaddingArg::Right => PaddingSide::Right,
+            PaddingArg::Left => PaddingSide::Left,
+        }
+    }
+}
+
+/// Options every command that loads a model shares.
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// HuggingFace model directory (config.json, *.safetensors, tokenizer.json). Default: the
+    /// embedded example model.
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Compute dtype. f32 is exact enough for analysis; bf16/f16 halve memory.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: DtypeArg,
+    /// Device: `cpu`, or `cuda` / `cuda:N` in builds with the `cuda` feature.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+impl ModelArgs {
+    /// How reports name the model.
+    pub fn name(&self) -> String {
+        self.model.as_ref().map_or("(embedded example model)".into(), |p| p.display().to_string())
+    }
+
+    pub fn load(&self) -> Result<RewardModel> {
+        let dir = match &self.model {
+            Some(d) => d.clone(),
+            None => {
+                eprintln!("using the {}", crate::default_model::DESCRIPTION);
+                crate::default_model::dir()?
+            }
+        };
+        let opts = LoadOptions { dtype: self.dtype.into(), device: parse_device(&self.device)? };
+        // A bar only for models that take a while to load (indicatif hides it off a terminal).
+        let bar = indicatif::ProgressBar::hidden();
+        let progress = |done: usize, total: usize| {
+            if total >= 100_000_000 {
+                if bar.is_hidden() {
+                    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                    bar.set_length(total as u64);
+                    bar.set_style(
+                        indicatif::ProgressStyle::with_template("loading weights [{bar:30}] {percent}% {elapsed}")
+                            .expect("valid template")
+                            .progress_chars("=> "),
+                    );
+                }
+                bar.set_position(done as u64);
+            }
+        };
+        let model = RewardModel::load_with_progress(&dir, &opts, Some(&progress));
+        bar.finish_and_clear();
+        Ok(model?)
+    }
+}
+
+pub fn parse_device(s: &str) -> Result<Device> {
+    if s == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    if let Some(rest) = s.strip_prefix("cuda") {
+        let ordinal = match rest.strip_prefix(':') {
+            Some(n) => n.parse().map_err(|_| anyhow::anyhow!("--device {s}: expected cuda:N"))?,
+            None if rest.is_empty() => 0,
+            None => bail!("--device {s}: expected cpu, cuda or cuda:N"),
+        };
+        if !cfg!(feature = "cuda") {
+            bail!("--device {s}: this build has no CUDA support (rebuild with --features cuda)");
+        }
+        return Ok(Device::new_cuda(ordinal)?);
+    }
+    bail!("--device {s}: expected cpu, cuda or cuda:N")
+}
+
+/// Where a command's preference pairs come from: a JSONL file or one pair on the command line.
+#[derive(clap::Args, Clone)]
+pub struct PairInput {
+    /// Preference pairs, JSONL (prompt, chosen, rejected, optional subset and id).
+    #[arg(long, value_name = "FILE.jsonl", conflicts_with_all = ["prompt", "chosen", "rejected"])]
+    pub pairs: Option<PathBuf>,
+    /// One pair on the command line (with --chosen and --rejected).
+    #[arg(long, requires_all = ["chosen", "rejected"])]
+    pub prompt: Option<String>,
+    #[arg(long, requires = "prompt")]
+    pub chosen: Option<String>,
+    #[arg(long, requires = "prompt")]
+    pub rejected: Option<String>,
+    /// Drop prompt tokens from the left when a conversation exceeds the context.
+    #[arg(long)]
+    pub truncate_prompt: bool,
+}
+
+impl PairInput {
+    pub fn read(&self) -> Result<Vec<PairText>> {
+        match (&self.pairs, &self.prompt, &self.chosen, &self.rejected) {
+            (Some(p), ..) => read_pairs(p),
+            (None, Some(prompt), Some(c), Some(r)) => Ok(vec![PairText::new(prompt, c, r).with_id(0)]),
+            _ => bail!("give --pairs FILE.jsonl, or --prompt with --chosen and --rejected"),
+        }
+    }
+
+    pub fn truncation(&self) -> Truncation {
+        if self.truncate_prompt {
+            Truncation::DropPromptLeft
+        } else {
+            Truncation::Error
+        }
+    }
+
+    /// Reads and encodes every pair; errors name the file and line.
+    pub fn encode(&self, model: &RewardModel) -> Result<(Vec<PairText>, Vec<EncodedPair>)> {
+        let pairs = self.read()?;
+        let encoded = model.encode_pairs(&pairs, self.truncation()).map_err(|e| match e {
+            EngineError::Pair { side, source, .. } if self.pairs.is_none() => {
+                EngineError::Pair { at: "command-line pair".into(), side, source }
+            }
+            e => e,
+        })?;
+        Ok((pairs, encoded))
+    }
+
+    /// One pair encoded as [`encode`](Self::encode) does; errors name the pair and the side.
+    pub fn encode_one(&self, model: &RewardModel, p: &PairText) -> Result<EncodedPair> {
+        Ok(model.encode_pair(p, self.truncation())?)
+    }
+}
+
+/// A `--positions` value parser offering `names` (a subset of the engine's [`Positions`]).
+pub fn positions(names: &'static [&'static str]) -> impl clap::builder::TypedValueParser<Value = Positions> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(names).map(|s| s.parse::<Positions>().expect("a listed name"))
+}
+
+/// A pairs file, for commands whose `--pairs` is a plain path.
+pub fn read_pairs(path: &std::path::Path) -> Result<Vec<PairText>> {
+    Ok(reward_lens_report::datasets::read_pairs(path)?)
+}
+
+/// Options every instrument command shares: batching, the bootstrap seed, the JSON output.
+#[derive(clap::Args, Clone)]
+pub struct RunArgs {
+    /// Sequences per forward pass.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Seed for bootstrap intervals (same seed, same output bytes).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Write the full report here as JSON.
+    #[arg(long, value_name = "FILE.json")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ModeArg {
+    Noising,
+    Denoising,
+    Zero,
+    Mean,
+}
+#[derive(Clone, Copy, ValueEnum)]
+pub enum GranularityArg {
+    Sublayer,
+    Head,
+    /// The residual stream entering each layer at each position (`resid.{l}.{k}`: k tokens
+    /// before the pooled one).
+    Residual,
+}
+#[derive(Clone, Copy, ValueEnum)]
+pub enum AlignArg {
+    Anchored,
+    Prefix,
+}
+
+/// Options `patch`, `atp` and `faithfulness` share.
+#[derive(Args, Clone)]
+pub struct PatchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub input: PairInput,
+    /// noising: chosen run, component from rejected; denoising: the reverse; zero; mean (over --mean-reference).
+    #[arg(long, value_enum, default_value = "noising")]
+    pub mode: ModeArg,
+    #[arg(long, value_enum, default_value = "sublayer")]
+    pub granularity: GranularityArg,
+    /// How positions of chosen and rejected line up: anchored (pooled ↔ pooled) or prefix (reward-lens 1.0).
+    #[arg(long, value_enum, default_value = "anchored")]
+    pub align: AlignArg,
+    /// Which token positions each patch touches: all, pooled (where the reward is read) or response.
+    #[arg(long, value_parser = positions(&Positions::NAMES), default_value = "all")]
+    pub positions: Positions,
+    /// Texts for mean mode: a pairs JSONL whose prompt + chosen are the reference set.
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub mean_reference: Option<PathBuf>,
+    /// Divergence check (patch only, sublayers): fit each component's distribution at the pooled
+    /// token on these texts (a pairs JSONL; prompt + chosen) and score what every patch put in.
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub divergence_reference: Option<PathBuf>,
+    /// reward-lens 1.0 semantics (prefix alignment, v1 names, mean at the last position).
+    #[arg(long)]
+    pub v1_compat: bool,
+    /// Re-run the whole model per patch (slow; for checking).
+    #[arg(long)]
+    pub naive: bool,
+    /// Per-pair results, one JSON line each (appended as they finish).
+    #[arg(long, value_name = "FILE.jsonl", required = true)]
+    pub out: PathBuf,
+    /// Continue an interrupted run: keep the pairs already in --out.
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl PatchArgs {
+    pub fn options(&self, model: &RewardModel) -> Result<PatchOptions> {
+        let mean_reference = match &self.mean_reference {
+            None => Vec::new(),
+            Some(f) => read_pairs(f)?
+                .iter()
+                .map(|p| {
+                    model
+                        .encode(&p.prompt, &p.chosen, Truncation::Error)
+                        .map(|e| e.ids)
+                        .with_context(|| format!("{}:{}", f.display(), p.line()))
+                })
+                .collect::<Result<_>>()?,
+        };
+        if matches!(self.mode, ModeArg::Mean) && mean_reference.is_empty() {
+            bail!("--mode mean needs --mean-reference FILE.jsonl (its prompt + chosen texts)");
+        }
+        Ok(PatchOptions {
+            mode: match self.mode {
+                ModeArg::Noising => PatchMode::Noising,
+                ModeArg::Denoising => PatchMode::Denoising,
+                ModeArg::Zero => PatchMode::Zero,
+                ModeArg::Mean => PatchMode::Mean,
+            },
+            granularity: match self.granularity {
+                GranularityArg::Sublayer => Granularity::Sublayer,
+                GranularityArg::Head => Granularity::Head,
+                GranularityArg::Residual => Granularity::Residual,
+            },
+            align: match self.align {
+                AlignArg::Anchored => Align::Anchored,
+                AlignArg::Prefix => Align::Prefix,
+            },
+            positions: self.positions,
+            v1_compat: self.v1_compat,
+            naive: self.naive,
+            mean_reference,
+            batch_size: self.batch_size,
+            seed: self.seed,
+        })
+    }
+}
+
+/// prompt + chosen of every pair in a file, encoded.
+pub fn reference_texts(model: &RewardModel, f: &std::path::Path) -> Result<Vec<Vec<u32>>> {
+    read_pairs(f)?
+        .iter()
+        .map(|p| {
+            model
+                .encode(&p.prompt, &p.chosen, Truncation::Error)
+                .map(|e| e.ids)
+                .with_context(|| format!("{}:{}", f.display(), p.line()))
+        })
+        .collect()
+}

@@ -1,0 +1,165 @@
+//! `reward-lens audit`: resolves the model (a directory, or a cached model organism) and its
+//! inputs, runs [`reward_lens_report::run_audit`] with a progress bar, writes the two files.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::Value;
+
+use reward_lens_report::audit::{AuditInputs, AuditOptions, AuditResults, PairSource, STAGES};
+
+use crate::args::{parse_device, ModelArgs};
+use crate::default_model;
+
+#[derive(Args)]
+#[command(after_help = "Runs every instrument on one model and writes two files into --out:\n  \
+results.json  every number: model info, accuracy per subset, reward lens, exact attribution, activation patching, \
+AtP, faithfulness (Spearman ρ of DLA/AtP vs patching), probes, concepts, conflicts, timings, and the findings\n  \
+report.html   one self-contained page (no scripts, no network) with the findings in plain words and a plot per \
+instrument\n\n\
+Stages: model info → evaluation (accuracy with 95% bootstrap CIs) → reward lens (chosen, rejected, margin by layer) \
+→ exact attribution (each sublayer's share of the margin) → activation patching (noising: each attention/MLP output \
+from the rejected run into the chosen run), attribution patching and their agreement with attribution → \
+reward-hacking probes (what the model pays for padding, flattery, emoji, …; sign-flip p, BH q) → concept alignment \
+with the reward direction (random-direction null) → conflicts between subsets' preference directions.\n\n\
+Every interval is a 95% percentile bootstrap (2000 resamples, seeded); every p-value says its null.\n\n\
+Examples:\n  reward-lens audit\n  reward-lens audit --model path/to/reward-model --pairs rewardbench.jsonl --out audit-rb\n  \
+reward-lens audit --model DIR --probes my-probes/ --concepts my-concepts/ --max-pairs 200")]
+pub struct AuditArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Preference pairs, JSONL with RewardBench's field names (prompt, chosen, rejected, optional subset and id).
+    /// Subsets drive the per-subset accuracy and the conflicts stage. Default: the 20 bundled example pairs
+    /// (examples/pairs.jsonl, 8 subsets).
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub pairs: Option<PathBuf>,
+    /// Audit at most this many pairs (a seeded random sample, kept in file order, when the file has more);
+    /// patching re-scores every pair once per component, so it dominates the time. 0: all pairs.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub max_pairs: usize,
+    /// Reward-hacking probe files, or directories of *.jsonl probe files (fields id, prompt, neutral, biased,
+    /// dimension, edit). Repeatable. Default: the 110 built-in probes in 11 dimensions (data/probes).
+    #[arg(long = "probes", value_name = "PATH")]
+    pub probes: Vec<PathBuf>,
+    /// Concept files, or directories of *.jsonl concept files (fields prompt, positive, negative; the file name
+    /// names the concept). Repeatable. Default: the 8 built-in concepts (data/concepts).
+    #[arg(long = "concepts", value_name = "PATH")]
+    pub concepts: Vec<PathBuf>,
+    /// Output directory for results.json and report.html (created if missing; files in it are overwritten).
+    #[arg(long, default_value = "audit-out", value_name = "DIR")]
+    pub out: PathBuf,
+    /// Sequences per forward pass (a pair is two). Lower it if memory is short.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Seed for the pair sample, bootstrap intervals and permutation tests (same seed, same numbers).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Sign-flip permutations per probe dimension beyond 16 probes (exact below).
+    #[arg(long, default_value_t = 10_000)]
+    pub permutations: usize,
+    /// Drop prompt tokens from the left when a conversation exceeds the model's context (default: error).
+    #[arg(long)]
+    pub truncate_prompt: bool,
+    /// JSON describing rules planted in the model (a model organism's answer key); the report lists them
+    /// next to what the audit found.
+    #[arg(long, value_name = "FILE.json")]
+    pub answer_key: Option<PathBuf>,
+    /// Subset names whose pairs are the rare (tail) inputs for the CART section: circuit discovery
+    /// on up to 64 tail and 128 head pairs from the whole pairs file, and the bound's ingredients.
+    #[arg(long, value_delimiter = ',', default_value = "tail")]
+    pub tail_subsets: Vec<String>,
+    /// Audit a model organism (trained on first use, about a minute, then cached): `default` (all planted
+    /// rules), `control`, `length`, `sycophancy`, `formatting` or `tail`. Its test pairs, probes, concepts
+    /// and answer key become the defaults. Without --model this is `default`.
+    #[arg(long = "preset", alias = "organism", value_name = "PRESET", conflicts_with = "model")]
+    pub preset: Option<String>,
+}
+
+/// `reward-lens audit`.
+pub fn run(a: AuditArgs) -> Result<()> {
+    let organism = match (&a.model.model, &a.preset) {
+        (Some(_), _) => None,
+        (None, preset) => Some(crate::organism::ensure(preset.as_deref().unwrap_or("default"))?),
+    };
+    if let Some(o) = &organism {
+        eprintln!(
+            "auditing the `{}` model organism ({}; held-out accuracy {:.1}%)",
+            o.preset,
+            o.dir.display(),
+            100.0 * o.report.test_accuracy
+        );
+    }
+    let (model_dir, model_name) = match (&a.model.model, &organism) {
+        (Some(d), _) => (d.clone(), d.display().to_string()),
+        (None, Some(o)) => (o.dir.clone(), format!("model organism `{}` ({})", o.preset, o.dir.display())),
+        (None, None) => (default_model::dir()?, default_model::DESCRIPTION.to_string()),
+    };
+    let pairs = match (&a.pairs, &organism) {
+        (Some(p), _) => PairSource::File(p.clone()),
+        (None, Some(o)) => PairSource::File(o.dir.join("test.jsonl")),
+        (None, None) => PairSource::examples()?,
+    };
+    let answer_key = match (&a.answer_key, &organism) {
+        (Some(p), _) => Some(read_json(p)?),
+        (None, Some(o)) => Some(read_json(&o.dir.join("answer_key.json"))?),
+        (None, None) => None,
+    };
+    let (probes, concepts) = match &organism {
+        Some(o) if a.probes.is_empty() && a.concepts.is_empty() => {
+            (vec![o.dir.join("probes")], vec![o.dir.join("concepts")])
+        }
+        _ => (a.probes.clone(), a.concepts.clone()),
+    };
+    let inputs = AuditInputs {
+        model_dir,
+        model_name,
+        pairs,
+        probes,
+        concepts,
+        options: AuditOptions {
+            seed: a.seed,
+            max_pairs: a.max_pairs,
+            batch_size: a.batch_size,
+            permutations: a.permutations,
+            truncate_prompt: a.truncate_prompt,
+            dtype: a.model.dtype.into(),
+            device: parse_device(&a.model.device)?,
+        },
+        answer_key,
+        tail_subsets: a.tail_subsets.clone(),
+    };
+    let bar = ProgressBar::with_draw_target(Some(STAGES.len() as u64), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} audit [{bar:30}] {pos}/{len} {msg} ({elapsed})")?.progress_chars("=> "),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    let res = reward_lens_report::run_audit(&inputs, &mut |i: usize, _: usize, name: &str| {
+        bar.set_position(i as u64);
+        bar.set_message(name.to_string());
+    });
+    let res = res.map_err(anyhow::Error::from).and_then(|r| {
+        reward_lens_report::write_files(&r, &a.out)?;
+        Ok(r)
+    });
+    bar.finish_and_clear();
+    print_summary(&res?, &a.out);
+    Ok(())
+}
+
+fn read_json(p: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(p).with_context(|| format!("{}: cannot read", p.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", p.display()))
+}
+
+fn print_summary(r: &AuditResults, out: &Path) {
+    println!(
+        "audited {} on {} pairs, {} probes, {} concepts in {:.1} s",
+        r.inputs.model, r.inputs.pairs_used, r.inputs.n_probes, r.inputs.n_concepts, r.total_seconds
+    );
+    for f in &r.findings {
+        println!("[{:?}] {}: {}", f.severity, f.title, f.text);
+    }
+    println!("wrote {} and {}", out.join("results.json").display(), out.join("report.html").display());
+}

@@ -1,0 +1,123 @@
+//! What commands write and print: instrument reports as JSON (with the inputs' ids next to the
+//! numbers, so a notebook can join them back to the dataset), per-pair JSONL runs with a
+//! progress bar, and small text renderings.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+
+use reward_lens_instruments::patching::PatchingReport;
+use reward_lens_instruments::stats::bootstrap_mean;
+
+use reward_lens_engine::{PaddingSide, PairScore, PairText, RewardModel, ScoreOptions, Truncation};
+pub use reward_lens_report::perpair::column;
+use reward_lens_report::perpair::PerPairFile;
+
+#[derive(Serialize)]
+struct Envelope<'a, T: Serialize> {
+    instrument: &'a str,
+    model: String,
+    /// `id` and `subset` of each pair, in the order of `report.pairs`.
+    inputs: Vec<Value>,
+    report: &'a T,
+}
+
+pub fn write<T: Serialize>(
+    out: Option<&Path>,
+    instrument: &str,
+    model: &str,
+    pairs: &[PairText],
+    report: &T,
+) -> Result<()> {
+    let Some(path) = out else { return Ok(()) };
+    let inputs = pairs.iter().map(|p| serde_json::json!({"id": p.id, "subset": p.subset})).collect();
+    let env = Envelope { instrument, model: model.to_string(), inputs, report };
+    std::fs::write(path, serde_json::to_string_pretty(&env)?)
+        .with_context(|| format!("{}: cannot write", path.display()))?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
+/// A one-line bar for a signed value, scaled to `max_abs`.
+pub fn bar(v: f64, max_abs: f64, width: usize) -> String {
+    if !v.is_finite() || max_abs <= 0.0 {
+        return String::new();
+    }
+    let n = ((v.abs() / max_abs) * width as f64).round() as usize;
+    let s = if v >= 0.0 { "█" } else { "░" };
+    s.repeat(n.min(width))
+}
+
+pub fn ci(m: &reward_lens_instruments::stats::MeanCi) -> String {
+    match (m.mean, m.ci_low, m.ci_high) {
+        (Some(x), Some(a), Some(b)) => format!("{x:+.4} [{a:+.4}, {b:+.4}]"),
+        (Some(x), _, _) => format!("{x:+.4}"),
+        _ => "—".into(),
+    }
+}
+
+/// Runs `f` on every pair not yet in `out` (see [`PerPairFile`]), appending its line with a
+/// progress bar; returns every line, old and new.
+pub fn per_pair(
+    out: &Path,
+    resume: bool,
+    pairs: &[PairText],
+    what: &str,
+    mut f: impl FnMut(&PairText) -> Result<Value>,
+) -> Result<Vec<Value>> {
+    let mut file = PerPairFile::open(out, resume, pairs)?;
+    if file.resumed() {
+        eprintln!("resuming: {} of {} pairs already done", file.done(), pairs.len());
+    }
+    let bar = ProgressBar::new((pairs.len() - file.done()) as u64);
+    bar.set_style(
+        ProgressStyle::with_template(&format!("{{spinner}} {what} [{{bar:30}}] {{pos}}/{{len}} pairs eta {{eta}}"))?
+            .progress_chars("=> "),
+    );
+    for p in &pairs[file.done()..] {
+        let v = f(p)?;
+        file.push(p, v)?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(file.into_lines())
+}
+
+/// Chosen and rejected rewards of every pair, `batch_size` sequences per forward pass, with a
+/// progress bar; encoding errors name the file and line.
+pub fn score_with_bar(
+    model: &RewardModel,
+    pairs: &[PairText],
+    truncation: Truncation,
+    batch_size: usize,
+    padding: PaddingSide,
+) -> Result<Vec<PairScore>> {
+    let encoded = model.encode_pairs(pairs, truncation)?;
+    let bar = ProgressBar::new(pairs.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} scoring [{bar:30}] {pos}/{len} pairs eta {eta}")?.progress_chars("=> "),
+    );
+    let scores =
+        model.score_pairs(&encoded, &ScoreOptions { batch_size, padding }, &mut |done| bar.set_position(done as u64));
+    bar.finish_and_clear();
+    Ok(scores?)
+}
+
+pub fn named(rep: &PatchingReport, v: &[f64]) -> Value {
+    Value::Object(rep.components.iter().zip(v).map(|(c, x)| (c.name.clone(), json!(x))).collect::<Map<_, _>>())
+}
+
+/// Top components by |mean effect| over all lines.
+pub fn summarize(lines: &[Value], names: &[String], field: &str, seed: u64) {
+    let mut rows: Vec<(String, reward_lens_instruments::stats::MeanCi)> =
+        names.iter().map(|n| (n.clone(), bootstrap_mean(&column(lines, field, n), 0.95, 2000, seed))).collect();
+    rows.sort_by(|a, b| b.1.mean.unwrap_or(0.0).abs().total_cmp(&a.1.mean.unwrap_or(0.0).abs()));
+    let max = rows.first().and_then(|r| r.1.mean).unwrap_or(0.0).abs();
+    println!("{} pairs; top components by |mean {field}| [95% CI]:", lines.len());
+    for (n, m) in rows.iter().take(10) {
+        println!("  {n:<14} {:<36} {}", ci(m), bar(m.mean.unwrap_or(f64::NAN), max, 20));
+    }
+}

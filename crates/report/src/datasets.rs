@@ -1,0 +1,370 @@
+//! Dataset readers: preference pairs (JSONL with RewardBench's field names), the built-in example
+//! pairs, reward-hacking probe files and concept files. A malformed line is an error naming the
+//! file and the line.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use reward_lens_engine::{Origin, PairText};
+
+/// What went wrong reading a dataset; every message names the file (and line).
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    #[error("{}: {what}", path.display())]
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{at}: not valid JSON")]
+    Json {
+        at: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// `at` is `file:line`, or the file alone for whole-file problems.
+    #[error("{at}: {message}")]
+    Invalid { at: String, message: String },
+}
+
+pub type Result<T, E = DatasetError> = std::result::Result<T, E>;
+
+fn invalid(at: impl Into<String>, message: impl Into<String>) -> DatasetError {
+    DatasetError::Invalid { at: at.into(), message: message.into() }
+}
+
+fn read_text(path: &Path, what: &'static str) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|source| DatasetError::Io { path: path.to_path_buf(), what, source })
+}
+
+// ------------------------------------------------------------------------------------------------
+// Preference pairs
+
+/// How the built-in example pairs name themselves (in the audit's report and in errors).
+pub const EXAMPLE_PAIRS_NAME: &str = "built-in examples/pairs.jsonl";
+/// The bundled example pairs (`examples/pairs.jsonl`): 20 pairs in 8 subsets.
+pub const EXAMPLE_PAIRS: &str = include_str!("../../../examples/pairs.jsonl");
+
+/// Reads a pairs JSONL file: `prompt`, `chosen`, `rejected`, optional `subset` and `id` (the
+/// 0-based index when absent); every other field is kept in `extra`, and `origin` is the file and line.
+pub fn read_pairs(path: &Path) -> Result<Vec<PairText>> {
+    let text = read_text(path, "cannot read pairs file")?;
+    parse_pairs(&text, path)
+}
+
+/// The built-in example pairs, their origin named [`EXAMPLE_PAIRS_NAME`].
+pub fn example_pairs() -> Result<Vec<PairText>> {
+    parse_pairs(EXAMPLE_PAIRS, Path::new(EXAMPLE_PAIRS_NAME))
+}
+
+/// Parses pairs JSONL text; `source` names it in errors and origins (a file path, or e.g.
+/// "built-in examples").
+pub fn parse_pairs(text: &str, source: &Path) -> Result<Vec<PairText>> {
+    let file: Arc<Path> = Arc::from(source);
+    let name = source.display().to_string();
+    let mut pairs = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = || format!("{name}:{n}");
+        let v: Value = serde_json::from_str(line).map_err(|source| DatasetError::Json { at: at(), source })?;
+        let Value::Object(mut obj) = v else {
+            return Err(invalid(at(), "expected a JSON object with prompt, chosen, rejected"));
+        };
+        // Checked in this order so a line with several problems reports the same one as before.
+        let subset = match obj.remove("subset") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s),
+            Some(other) => return Err(invalid(at(), format!("field `subset` must be a string, found {other}"))),
+        };
+        let mut field = |k: &str| -> Result<String> {
+            match obj.remove(k) {
+                Some(Value::String(s)) => Ok(s),
+                Some(other) => Err(invalid(at(), format!("field `{k}` must be a string, found {other}"))),
+                None => Err(invalid(at(), format!("missing field `{k}` (expected prompt, chosen, rejected)"))),
+            }
+        };
+        let (prompt, chosen, rejected) = (field("prompt")?, field("chosen")?, field("rejected")?);
+        let id = obj.remove("id").unwrap_or(Value::from(pairs.len()));
+        pairs.push(PairText {
+            id,
+            prompt,
+            chosen,
+            rejected,
+            subset,
+            extra: obj,
+            origin: Some(Origin { file: file.clone(), line: n }),
+        });
+    }
+    if pairs.is_empty() {
+        return Err(invalid(name, "no pairs (expected one JSON object per line)"));
+    }
+    Ok(pairs)
+}
+
+// ------------------------------------------------------------------------------------------------
+// RewardBench 2
+//
+// RewardBench 2 rows (one prompt, several chosen and rejected completions, best-of-N scoring)
+// have their own row type and scoring in `reward_lens_instruments::rewardbench2`; the reader of
+// their JSONL files belongs here, beside `read_pairs`, once that type is merged.
+
+// ------------------------------------------------------------------------------------------------
+// Files and directories
+
+/// Files named by the caller, directories expanded to their `*.jsonl` files (sorted).
+pub fn jsonl_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let entries = std::fs::read_dir(p).map_err(|source| DatasetError::Io {
+                path: p.clone(),
+                what: "cannot read directory",
+                source,
+            })?;
+            let mut inner: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| f.extension().is_some_and(|x| x == "jsonl"))
+                .collect();
+            inner.sort();
+            files.extend(inner);
+        } else {
+            files.push(p.clone());
+        }
+    }
+    Ok(files)
+}
+
+// ------------------------------------------------------------------------------------------------
+// Reward-hacking probes
+
+/// Built-in probes (data/probes/*.jsonl): neutral answer vs the same answer with one biased edit.
+const BUILTIN_PROBES: &[(&str, &str)] = &[
+    ("length", include_str!("../../../data/probes/length.jsonl")),
+    ("confidence", include_str!("../../../data/probes/confidence.jsonl")),
+    ("formatting", include_str!("../../../data/probes/formatting.jsonl")),
+    ("sycophancy", include_str!("../../../data/probes/sycophancy.jsonl")),
+    ("repetition", include_str!("../../../data/probes/repetition.jsonl")),
+    ("hedging", include_str!("../../../data/probes/hedging.jsonl")),
+    ("emoji", include_str!("../../../data/probes/emoji.jsonl")),
+    ("authority", include_str!("../../../data/probes/authority.jsonl")),
+    ("self_promotion", include_str!("../../../data/probes/self_promotion.jsonl")),
+    ("flattery", include_str!("../../../data/probes/flattery.jsonl")),
+    ("list_padding", include_str!("../../../data/probes/list_padding.jsonl")),
+];
+
+/// One probe: a neutral answer and the same answer with one biased edit in one dimension.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ProbeText {
+    pub id: String,
+    pub dimension: String,
+    pub prompt: String,
+    pub neutral: String,
+    pub biased: String,
+}
+
+/// Parses and validates probe lines: each names exactly one dimension and one edit.
+pub fn parse_probes(source: &str, text: &str) -> Result<Vec<ProbeText>> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let at = format!("{source}:{}", i + 1);
+        let v: Value = serde_json::from_str(line).map_err(|source| DatasetError::Json { at: at.clone(), source })?;
+        let f = |k: &str| -> Result<String> {
+            match v.get(k) {
+                Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.clone()),
+                Some(Value::Array(_)) if k == "dimension" => {
+                    Err(invalid(&at, "`dimension` must name exactly one dimension, found a list"))
+                }
+                _ => Err(invalid(
+                    &at,
+                    format!(
+                        "missing or empty string field `{k}` (expected id, prompt, neutral, biased, dimension, edit)"
+                    ),
+                )),
+            }
+        };
+        let p = ProbeText {
+            id: f("id")?,
+            dimension: f("dimension")?,
+            prompt: f("prompt")?,
+            neutral: f("neutral")?,
+            biased: f("biased")?,
+        };
+        f("edit")?;
+        if p.neutral == p.biased {
+            return Err(invalid(&at, "`biased` is identical to `neutral` (a probe needs one edit)"));
+        }
+        out.push(p);
+    }
+    Ok(out)
+}
+
+/// Probes from files or directories of `*.jsonl`; no paths: the 110 built-in probes.
+pub fn read_probes(paths: &[PathBuf]) -> Result<Vec<ProbeText>> {
+    let mut all = Vec::new();
+    if paths.is_empty() {
+        for (n, t) in BUILTIN_PROBES {
+            all.extend(parse_probes(&format!("built-in {n}"), t)?);
+        }
+        return Ok(all);
+    }
+    for f in jsonl_files(paths)? {
+        let text = read_text(&f, "cannot read")?;
+        all.extend(parse_probes(&f.display().to_string(), &text)?);
+    }
+    Ok(all)
+}
+
+// ------------------------------------------------------------------------------------------------
+// Concepts
+
+/// Built-in concepts (data/concepts/*.jsonl): positive shows the behaviour named.
+const BUILTIN_CONCEPTS: &[(&str, &str)] = &[
+    ("sycophancy", include_str!("../../../data/concepts/sycophancy.jsonl")),
+    ("verbosity", include_str!("../../../data/concepts/verbosity.jsonl")),
+    ("hedging", include_str!("../../../data/concepts/hedging.jsonl")),
+    ("overconfidence", include_str!("../../../data/concepts/overconfidence.jsonl")),
+    ("markdown", include_str!("../../../data/concepts/markdown.jsonl")),
+    ("refusal", include_str!("../../../data/concepts/refusal.jsonl")),
+    ("flattery", include_str!("../../../data/concepts/flattery.jsonl")),
+    ("apology", include_str!("../../../data/concepts/apology.jsonl")),
+];
+
+/// One concept: (prompt, positive, negative) texts, positive showing the behaviour `name` names.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ConceptText {
+    pub name: String,
+    pub items: Vec<(String, String, String)>,
+}
+
+/// Parses one concept file's lines (`prompt`, `positive`, `negative`).
+pub fn parse_concept(name: &str, source: &str, text: &str) -> Result<ConceptText> {
+    let mut items = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let at = format!("{source}:{}", i + 1);
+        let v: Value = serde_json::from_str(line).map_err(|source| DatasetError::Json { at: at.clone(), source })?;
+        let f = |k: &str| -> Result<String> {
+            v.get(k).and_then(Value::as_str).map(str::to_string).ok_or_else(|| {
+                invalid(&at, format!("missing string field `{k}` (expected prompt, positive, negative)"))
+            })
+        };
+        items.push((f("prompt")?, f("positive")?, f("negative")?));
+    }
+    if items.is_empty() {
+        return Err(invalid(source, "no pairs"));
+    }
+    Ok(ConceptText { name: name.to_string(), items })
+}
+
+/// Concepts from files or directories of `*.jsonl` (the file name names the concept); no paths:
+/// the 8 built-in concepts.
+pub fn read_concepts(paths: &[PathBuf]) -> Result<Vec<ConceptText>> {
+    if paths.is_empty() {
+        return BUILTIN_CONCEPTS.iter().map(|(n, t)| parse_concept(n, &format!("built-in {n}"), t)).collect();
+    }
+    jsonl_files(paths)?
+        .iter()
+        .map(|f| {
+            let text = read_text(f, "cannot read")?;
+            let name = f.file_stem().and_then(|s| s.to_str()).unwrap_or("concept");
+            parse_concept(name, &f.display().to_string(), &text)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_keep_ids_subsets_extra_fields_and_lines() {
+        let text = "{\"prompt\":\"p\",\"chosen\":\"c\",\"rejected\":\"r\",\"seed\":7}\n\n\
+                    {\"prompt\":\"p\",\"chosen\":\"c\",\"rejected\":\"r\",\"id\":\"x\",\"subset\":\"s\"}\n";
+        let pairs = parse_pairs(text, Path::new("f.jsonl")).unwrap();
+        assert_eq!(pairs.len(), 2);
+        assert_eq!(pairs[0].id, Value::from(0));
+        assert_eq!(pairs[0].field("seed"), Some(Value::from(7)));
+        assert_eq!(pairs[0].location(), "f.jsonl:1");
+        assert_eq!(
+            (pairs[1].id.clone(), pairs[1].subset.as_deref(), pairs[1].line()),
+            (Value::from("x"), Some("s"), 3)
+        );
+        assert!(pairs[1].extra.is_empty());
+        assert_eq!(example_pairs().unwrap().len(), 20);
+    }
+
+    #[test]
+    fn bad_pairs_are_named() {
+        let cases = [
+            ("{\"prompt\": \"a\", \"chosen\": \"b\", \"rejected\": \"c\"}\n{not json}\n", "x.jsonl:2: not valid JSON"),
+            ("{\"prompt\": \"a\", \"chosen\": \"b\"}\n", "x.jsonl:1: missing field `rejected`"),
+            ("{\"prompt\": \"a\", \"chosen\": 3, \"rejected\": \"c\"}\n", "x.jsonl:1: field `chosen` must be a string"),
+            ("[1]\n", "x.jsonl:1: expected a JSON object"),
+            (
+                "{\"prompt\":\"a\",\"chosen\":\"b\",\"rejected\":\"c\",\"subset\":1}\n",
+                "field `subset` must be a string",
+            ),
+            ("\n\n", "x.jsonl: no pairs"),
+        ];
+        for (text, needle) in cases {
+            let e = parse_pairs(text, Path::new("x.jsonl")).unwrap_err().to_string();
+            assert!(e.contains(needle), "{e} lacks {needle}");
+        }
+        let e = read_pairs(Path::new("/nonexistent/p.jsonl")).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/p.jsonl: cannot read pairs file"), "{e}");
+    }
+
+    #[test]
+    fn builtin_probes_validate() {
+        let all = read_probes(&[]).unwrap();
+        assert_eq!(all.len(), 110);
+        let mut dims: Vec<&str> = all.iter().map(|p| p.dimension.as_str()).collect();
+        dims.dedup();
+        assert_eq!(dims.len(), 11);
+        for d in &dims {
+            assert!(all.iter().filter(|p| p.dimension == *d).count() >= 8, "{d}");
+        }
+    }
+
+    #[test]
+    fn bad_probes_are_named() {
+        let e =
+            parse_probes("x.jsonl", r#"{"id":"a","prompt":"p","neutral":"n","biased":"n","dimension":"d","edit":"e"}"#)
+                .unwrap_err();
+        assert!(e.to_string().contains("x.jsonl:1: `biased` is identical"));
+        let e = parse_probes(
+            "x.jsonl",
+            r#"{"id":"a","prompt":"p","neutral":"n","biased":"b","dimension":["d","e"],"edit":"e"}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("exactly one dimension"));
+        let e = parse_probes("x.jsonl", r#"{"id":"a","prompt":"p","neutral":"n","biased":"b","dimension":"d"}"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("`edit`"));
+    }
+
+    #[test]
+    fn builtin_concepts_are_well_formed() {
+        let all = read_concepts(&[]).unwrap();
+        assert_eq!(all.len(), 8);
+        for c in &all {
+            assert!(c.items.len() >= 8, "{}: {} pairs", c.name, c.items.len());
+            for (p, pos, neg) in &c.items {
+                assert!(!p.trim().is_empty() && pos != neg, "{}", c.name);
+            }
+        }
+    }
+
+    #[test]
+    fn bad_concept_lines_are_named() {
+        let e = parse_concept("x", "x.jsonl", "{\"prompt\": \"a\", \"positive\": \"b\"}\n").unwrap_err();
+        assert!(e.to_string().contains("x.jsonl:1: missing string field `negative`"));
+        let e = parse_concept("x", "x.jsonl", "\n").unwrap_err();
+        assert_eq!(e.to_string(), "x.jsonl: no pairs");
+    }
+}

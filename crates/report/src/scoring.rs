@@ -1,0 +1,202 @@
+//! `reward-lens score`'s records: one line per pair, the accuracy summary overall and per
+//! subset, and where an interrupted run resumes.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use reward_lens_engine::{EncodedPair, PairScore, PairText};
+
+/// One pair's line.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScoreLine {
+    pub id: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subset: Option<String>,
+    pub chosen_score: f32,
+    pub rejected_score: f32,
+    pub margin: f32,
+    pub correct: bool,
+    pub chosen_tokens: usize,
+    pub rejected_tokens: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chosen_objectives: Option<Objectives>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejected_objectives: Option<Objectives>,
+}
+
+/// ArmoRM's per-objective rewards and gates of one side, by name.
+#[derive(Debug, Clone, Serialize)]
+pub struct Objectives {
+    pub rewards: BTreeMap<String, f32>,
+    pub gating: BTreeMap<String, f32>,
+}
+
+impl ScoreLine {
+    pub fn new(p: &PairText, e: &EncodedPair, s: &PairScore) -> Self {
+        let side = |k: usize| {
+            s.objectives.as_ref().map(|o| Objectives {
+                rewards: o[k].rewards.iter().cloned().collect(),
+                gating: o[k].gating.iter().cloned().collect(),
+            })
+        };
+        let margin = s.chosen - s.rejected;
+        Self {
+            id: p.id.clone(),
+            subset: p.subset.clone(),
+            chosen_score: s.chosen,
+            rejected_score: s.rejected,
+            margin,
+            correct: margin > 0.0,
+            chosen_tokens: e.chosen.len(),
+            rejected_tokens: e.rejected.len(),
+            chosen_objectives: side(0),
+            rejected_objectives: side(1),
+        }
+    }
+}
+
+/// Accuracy of a set of pairs (ties count as incorrect).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Accuracy {
+    pub n: usize,
+    pub correct: usize,
+    pub ties: usize,
+    pub accuracy: Option<f64>,
+    pub mean_margin: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub model: String,
+    pub pairs: String,
+    pub overall: Accuracy,
+    pub subsets: BTreeMap<String, Accuracy>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Tally {
+    n: usize,
+    correct: usize,
+    ties: usize,
+    margin_sum: f64,
+}
+
+impl Tally {
+    fn add(&mut self, margin: f64) {
+        self.n += 1;
+        self.correct += usize::from(margin > 0.0);
+        self.ties += usize::from(margin == 0.0);
+        self.margin_sum += margin;
+    }
+    fn done(&self) -> Accuracy {
+        Accuracy {
+            n: self.n,
+            correct: self.correct,
+            ties: self.ties,
+            accuracy: (self.n > 0).then(|| self.correct as f64 / self.n as f64),
+            mean_margin: (self.n > 0).then(|| self.margin_sum / self.n as f64),
+        }
+    }
+}
+
+/// Accumulates margins, overall and per subset (`(none)` for pairs without one).
+#[derive(Debug, Clone, Default)]
+pub struct Tallies {
+    overall: Tally,
+    subsets: BTreeMap<String, Tally>,
+}
+
+impl Tallies {
+    pub fn add(&mut self, subset: Option<&str>, margin: f64) {
+        self.overall.add(margin);
+        self.subsets.entry(subset.unwrap_or("(none)").to_string()).or_default().add(margin);
+    }
+    pub fn summary(&self, model: String, pairs: String) -> Summary {
+        Summary {
+            model,
+            pairs,
+            overall: self.overall.done(),
+            subsets: self.subsets.iter().map(|(k, t)| (k.clone(), t.done())).collect(),
+        }
+    }
+}
+
+/// Where an interrupted run's output file resumes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResumePoint {
+    /// Pairs kept.
+    pub done: usize,
+    /// Bytes of the file to keep (the rest is cut off).
+    pub keep_bytes: usize,
+    /// Margins of the kept lines, as written.
+    pub margins: Vec<f64>,
+}
+
+/// The complete lines of `text` that match `pairs`' ids in order, rounded down to whole batches
+/// of `pairs_per_batch` (unless all are done), so every batch re-run has the same composition
+/// as in an uninterrupted run and the output bytes are the same (padding changes float
+/// rounding). `out` and `input` name the files in errors.
+pub fn resume_point(
+    text: &str,
+    pairs: &[PairText],
+    pairs_per_batch: usize,
+    out: &str,
+    input: &str,
+) -> Result<ResumePoint, String> {
+    let mut kept: Vec<(usize, f64)> = Vec::new(); // (bytes, margin) per complete line
+    for line in text.split_inclusive('\n') {
+        if !line.ends_with('\n') {
+            break; // a partial last line from an interruption
+        }
+        let Ok(v) = serde_json::from_str::<Value>(line) else { break };
+        let k = kept.len();
+        let Some(p) = pairs.get(k) else { return Err(format!("{out}: has more results than {input} has pairs")) };
+        if v.get("id") != Some(&p.id) {
+            return Err(format!(
+                "{out}: line {} has id {} but pair {} of {input} has id {}; not the same input",
+                k + 1,
+                v.get("id").unwrap_or(&Value::Null),
+                k + 1,
+                p.id
+            ));
+        }
+        kept.push((line.len(), v.get("margin").and_then(Value::as_f64).unwrap_or(0.0)));
+    }
+    let done = if kept.len() == pairs.len() { kept.len() } else { kept.len() - kept.len() % pairs_per_batch.max(1) };
+    Ok(ResumePoint {
+        done,
+        keep_bytes: kept[..done].iter().map(|k| k.0).sum(),
+        margins: kept[..done].iter().map(|k| k.1).collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tallies_count_ties_as_incorrect() {
+        let mut t = Tallies::default();
+        t.add(Some("a"), 1.0);
+        t.add(Some("a"), 0.0);
+        t.add(None, -2.0);
+        let s = t.summary("m".into(), "p".into());
+        assert_eq!((s.overall.n, s.overall.correct, s.overall.ties), (3, 1, 1));
+        assert_eq!(s.overall.mean_margin, Some(-1.0 / 3.0));
+        assert_eq!(s.subsets["a"].accuracy, Some(0.5));
+        assert_eq!(s.subsets["(none)"].n, 1);
+    }
+
+    #[test]
+    fn resume_rounds_down_to_whole_batches() {
+        let pairs: Vec<PairText> = (0..5).map(|i| PairText::new("p", "c", "r").with_id(i)).collect();
+        let text: String = (0..3).map(|i| format!("{{\"id\":{i},\"margin\":0.5}}\n")).collect::<String>() + "{\"id\"";
+        let r = resume_point(&text, &pairs, 2, "o", "i").unwrap();
+        assert_eq!((r.done, r.margins.len()), (2, 2));
+        assert_eq!(r.keep_bytes, text.lines().take(2).map(|l| l.len() + 1).sum::<usize>());
+        let e = resume_point("{\"id\":9}\n", &pairs, 2, "o", "i").unwrap_err();
+        assert!(e.contains("line 1 has id 9 but pair 1 of i has id 0"), "{e}");
+    }
+}
