@@ -165,10 +165,15 @@ impl PairInput {
     }
 }
 
-/// A `--positions` value parser offering `names` (a subset of the engine's [`Positions`]).
-pub fn positions(names: &'static [&'static str]) -> impl clap::builder::TypedValueParser<Value = Positions> {
+/// A flag whose value is a library type parsed by its own `FromStr`, offering `names` in
+/// `--help` and in errors: the binary keeps no copy of the library's enums.
+pub fn choice<T>(names: &'static [&'static str]) -> impl clap::builder::TypedValueParser<Value = T>
+where
+    T: std::str::FromStr + Clone + Send + Sync + 'static,
+    T::Err: std::fmt::Display,
+{
     use clap::builder::TypedValueParser;
-    clap::builder::PossibleValuesParser::new(names).map(|s| s.parse::<Positions>().expect("a listed name"))
+    clap::builder::PossibleValuesParser::new(names).try_map(|s| s.parse::<T>().map_err(|e| e.to_string()))
 }
 
 /// A pairs file, for commands whose `--pairs` is a plain path.
@@ -227,7 +232,7 @@ pub struct PatchArgs {
     #[arg(long, value_enum, default_value = "anchored")]
     pub align: AlignArg,
     /// Which token positions each patch touches: all, pooled (where the reward is read) or response.
-    #[arg(long, value_parser = positions(&Positions::NAMES), default_value = "all")]
+    #[arg(long, value_parser = choice::<Positions>(&Positions::NAMES), default_value = "all")]
     pub positions: Positions,
     /// Texts for mean mode: a pairs JSONL whose prompt + chosen are the reference set.
     #[arg(long, value_name = "FILE.jsonl")]

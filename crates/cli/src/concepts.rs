@@ -39,7 +39,7 @@ pub struct ConceptsArgs {
     #[arg(long, value_delimiter = ',', allow_hyphen_values = true, default_value = "-4,-2,0,2,4")]
     pub strengths: Vec<f64>,
     /// Where the vector is added: pooled (the token the reward is read at) or all tokens.
-    #[arg(long, value_parser = crate::args::positions(&["pooled", "all"]), default_value = "pooled")]
+    #[arg(long, value_parser = crate::args::choice::<reward_lens_engine::Positions>(&["pooled", "all"]), default_value = "pooled")]
     pub positions: reward_lens_engine::Positions,
     /// Texts to steer (their chosen and rejected responses); default: the concept's negatives.
     #[command(flatten)]

@@ -42,7 +42,7 @@ pub struct CollectArgs {
     #[arg(long)]
     pub site: String,
     /// Which positions to keep: pooled, response or all.
-    #[arg(long, value_parser = crate::args::positions(&reward_lens_engine::Positions::NAMES), default_value = "response")]
+    #[arg(long, value_parser = crate::args::choice::<reward_lens_engine::Positions>(&reward_lens_engine::Positions::NAMES), default_value = "response")]
     pub positions: reward_lens_engine::Positions,
     /// Output directory (shards + manifest.json).
     #[arg(long)]

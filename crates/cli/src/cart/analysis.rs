@@ -102,7 +102,7 @@ pub struct DiscoverFlags {
     pub sae: Option<PathBuf>,
     /// Where units are read: pooled (the token the reward is read at), or the mean over the
     /// response (or all) tokens.
-    #[arg(long, value_parser = crate::args::positions(&Positions::NAMES), default_value = "pooled")]
+    #[arg(long, value_parser = crate::args::choice::<reward_lens_engine::Positions>(&Positions::NAMES), default_value = "pooled")]
     pub position: Positions,
     /// How a pair's two sequences make one value per unit.
     #[arg(long, value_enum, default_value = "mean")]
