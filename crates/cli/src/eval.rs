@@ -5,6 +5,9 @@ use clap::Args;
 
 use reward_lens_engine::Truncation;
 use reward_lens_instruments::evaluation::{evaluate, ModelEval};
+use reward_lens_instruments::rewardbench2::{n_completions, score_rows, summarise, Rb2Row};
+use reward_lens_report::datasets::{read_preferences, Preferences};
+use reward_lens_report::scoring::{rewardbench2_table, Rb2Eval};
 
 use crate::{DtypeArg, ModelArgs, PaddingArg};
 
@@ -12,7 +15,9 @@ use crate::{DtypeArg, ModelArgs, PaddingArg};
 #[command(after_help = "Accuracy (margin > 0; ties lose) with 95% bootstrap intervals, overall and per subset, and \
 mean margins, for one or more models side by side. When subsets carry RewardBench names (alpacaeval-easy, \
 llmbar-natural, refusals-dangerous, math-prm, hep-python, ...), RewardBench's section scores too: subset accuracies \
-weighted by its example counts (math-prm counted as 984), final = mean of the sections.\n\nExample:\n  \
+weighted by its example counts (math-prm counted as 984), final = mean of the sections.\n\nA RewardBench 2 file (one prompt per row, `chosen` and `rejected` lists; told by its first row) gets \
+RewardBench 2's scoring: per subset the share of rows whose first chosen completion scores highest (ties split the \
+credit), the Ties subset its own composite of accuracy and margins, and the mean of the subsets.\n\nExample:\n  \
 reward-lens eval --model A --model B --pairs rewardbench.jsonl --out eval.json")]
 pub struct EvalArgs {
     /// One or more model directories (default: the embedded example model).
@@ -42,13 +47,16 @@ fn pct(x: f64) -> String {
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
-    let pairs = crate::args::read_pairs(&a.pairs)?;
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
     let truncation = if a.truncate_prompt { Truncation::DropPromptLeft } else { Truncation::Error };
     let models: Vec<Option<PathBuf>> =
         if a.models.is_empty() { vec![None] } else { a.models.iter().cloned().map(Some).collect() };
+    let pairs = match read_preferences(&a.pairs)? {
+        Preferences::Pairs(p) => p,
+        Preferences::RewardBench2(rows) => return run_rows(&a, &models, &rows, truncation),
+    };
     let mut evals: Vec<ModelEval> = Vec::new();
     for m in &models {
         let args = ModelArgs { model: m.clone(), dtype: a.dtype, device: a.device.clone() };
@@ -93,6 +101,27 @@ pub fn run(a: EvalArgs) -> Result<()> {
             );
         }
     }
+    if let Some(p) = &a.out {
+        std::fs::write(p, serde_json::to_string_pretty(&evals)?)?;
+        eprintln!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
+/// `eval` on a RewardBench 2 file: each model's subset scores (Ties: its composite) and their mean.
+fn run_rows(a: &EvalArgs, models: &[Option<PathBuf>], rows: &[Rb2Row], truncation: Truncation) -> Result<()> {
+    let mut evals = Vec::new();
+    for m in models {
+        let args = ModelArgs { model: m.clone(), dtype: a.dtype, device: a.device.clone() };
+        let model = args.load()?;
+        let bar = crate::progress::pair_bar("scoring completions", n_completions(rows) as u64);
+        let scores =
+            score_rows(&model, rows, truncation, a.batch_size, a.padding.into(), &mut |n| bar.set_position(n as u64))?;
+        bar.finish_and_clear();
+        evals.push(Rb2Eval::new(args.name(), summarise(rows, &scores)?));
+    }
+    println!("score % on {} RewardBench 2 rows", rows.len());
+    print!("{}", rewardbench2_table(&evals));
     if let Some(p) = &a.out {
         std::fs::write(p, serde_json::to_string_pretty(&evals)?)?;
         eprintln!("wrote {}", p.display());

@@ -6,8 +6,13 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use reward_lens_engine::{ScoreOptions, Truncation};
-use reward_lens_report::scoring::{resume_point, Accuracy, ScoreLine, Summary, Tallies};
+use reward_lens_engine::{RewardModel, ScoreOptions, Truncation};
+use reward_lens_instruments::rewardbench2::{score_rows, summarise, Rb2Row, RowScores};
+use reward_lens_report::datasets::{read_preferences, Preferences};
+use reward_lens_report::scoring::{
+    resume_point, resume_rows, rewardbench2_table, Accuracy, Rb2Eval, RowScoreLine, ScoreLine, Summary, Tallies,
+};
+use serde_json::Value;
 
 use crate::{ModelArgs, PaddingArg};
 
@@ -16,6 +21,9 @@ use crate::{ModelArgs, PaddingArg};
     after_help = "Input: one JSON object per line with `prompt`, `chosen`, `rejected` and optional `subset`, `id` \
 (RewardBench's field names).\nOutput: one JSON line per pair with `id`, `subset`, `chosen_score`, `rejected_score`, \
 `margin` (= chosen − rejected), `correct` (margin > 0), token counts, and for ArmoRM the per-objective rewards and gates.\n\
+A RewardBench 2 file (`chosen` and `rejected` are lists; told by its first row) gives one line per row with \
+`chosen_scores`, `rejected_scores`, `correct` (every chosen beats the best rejected) and `credit` (RewardBench 2's \
+tie-split credit), and its subset scores with the Ties composite and their mean.\n\
 Accuracy overall and per subset goes to stderr (and to --summary as JSON).\n\n\
 Results are written as each batch finishes; after an interruption, run the same command with --resume."
 )]
@@ -49,9 +57,13 @@ pub fn run(a: ScoreArgs) -> Result<()> {
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let pairs = crate::args::read_pairs(&a.pairs)?;
+    let prefs = read_preferences(&a.pairs)?;
     let model = a.model.load()?;
     let truncation = if a.truncate_prompt { Truncation::DropPromptLeft } else { Truncation::Error };
+    let pairs = match prefs {
+        Preferences::Pairs(p) => p,
+        Preferences::RewardBench2(rows) => return run_rows(&a, &rows, &model, truncation),
+    };
     let mut tallies = Tallies::default();
 
     let pairs_per_batch = (a.batch_size / 2).max(1);
@@ -80,14 +92,7 @@ pub fn run(a: ScoreArgs) -> Result<()> {
         }
     }
 
-    let mut sink: Box<dyn Write> = match &a.out {
-        Some(p) => {
-            let f = if a.resume { OpenOptions::new().create(true).append(true).open(p) } else { File::create(p) }
-                .with_context(|| format!("{}: cannot write", p.display()))?;
-            Box::new(BufWriter::new(f))
-        }
-        None => Box::new(BufWriter::new(std::io::stdout().lock())),
-    };
+    let mut sink = sink(&a)?;
 
     let todo = &pairs[done..];
     let bar = ProgressBar::new(todo.len() as u64);
@@ -132,4 +137,51 @@ fn print_summary(s: &Summary) {
     if o.ties > 0 {
         eprintln!("({} ties counted as incorrect)", o.ties);
     }
+}
+
+/// `score` on a RewardBench 2 file: one line per row with every completion's reward, written a
+/// chunk of rows at a time (the same chunks on a resumed run, so the bytes are the same).
+fn run_rows(a: &ScoreArgs, rows: &[Rb2Row], model: &RewardModel, truncation: Truncation) -> Result<()> {
+    let per_chunk = (a.batch_size / 4).max(1);
+    let ids: Vec<&Value> = rows.iter().map(|r| &r.id).collect();
+    let mut scores: Vec<RowScores> = Vec::new();
+    if let (true, Some(out)) = (a.resume, a.out.as_ref().filter(|o| o.exists())) {
+        let text = std::fs::read_to_string(out).with_context(|| format!("{}: cannot read", out.display()))?;
+        let (input, output) = (a.pairs.display().to_string(), out.display().to_string());
+        let (done, bytes, lines) = resume_rows(&text, &ids, per_chunk, &output, &input).map_err(anyhow::Error::msg)?;
+        scores = lines.iter().map(RowScoreLine::scores).collect::<Option<_>>().context("unreadable scores")?;
+        OpenOptions::new().write(true).open(out)?.set_len(bytes as u64)?;
+        eprintln!("resuming: {done} of {} rows already scored", rows.len());
+    }
+    let mut sink = sink(a)?;
+    let bar = crate::progress::pair_bar("scoring rows", (rows.len() - scores.len()) as u64);
+    for chunk in rows[scores.len()..].chunks(per_chunk) {
+        let s = score_rows(model, chunk, truncation, a.batch_size, a.padding.into(), &mut |_| {})?;
+        for (row, rs) in chunk.iter().zip(&s) {
+            serde_json::to_writer(&mut sink, &RowScoreLine::new(row, rs))?;
+            sink.write_all(b"\n")?;
+        }
+        sink.flush()?;
+        scores.extend(s);
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    let eval = Rb2Eval::new(a.model.name(), summarise(rows, &scores)?);
+    eprint!("{}", rewardbench2_table(std::slice::from_ref(&eval)));
+    if let Some(p) = &a.summary {
+        std::fs::write(p, serde_json::to_string_pretty(&eval)?)
+            .with_context(|| format!("{}: cannot write", p.display()))?;
+    }
+    Ok(())
+}
+
+fn sink(a: &ScoreArgs) -> Result<Box<dyn Write>> {
+    Ok(match &a.out {
+        Some(p) => {
+            let f = if a.resume { OpenOptions::new().create(true).append(true).open(p) } else { File::create(p) }
+                .with_context(|| format!("{}: cannot write", p.display()))?;
+            Box::new(BufWriter::new(f))
+        }
+        None => Box::new(BufWriter::new(std::io::stdout().lock())),
+    })
 }

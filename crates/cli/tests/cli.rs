@@ -3,9 +3,11 @@
 
 mod common;
 
+use std::path::Path;
+
 use serde_json::Value;
 
-use common::{exe, fixtures, lines, run, tmp};
+use common::{exe, fixtures, json, lines, run, tmp};
 
 fn expected_scores(model: &str) -> Vec<(f64, f64)> {
     let v: Value = serde_json::from_str(
@@ -533,4 +535,76 @@ fn sae_collect_train_features_decompose() {
         .arg(&f));
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
     assert_eq!(v["alignment"].as_array().unwrap().len(), 32);
+}
+
+/// RewardBench 2 rows go through `score` and `eval` without a flag: the format is read off the
+/// file. The fixture's mean (0.34666846682835…) was computed independently by a transcription of
+/// RewardBench 2's reference scoring (`scripts/run_v2.py`, `rewardbench/utils.py`) run on the
+/// same model's rewards.
+#[test]
+fn rewardbench2_rows_score_eval_and_resume() {
+    let d = tmp("rb2");
+    let rows = fixtures().join("rewardbench2/rows.jsonl");
+    let model = fixtures().join("models/llama");
+    let eval_out = d.join("eval.json");
+    run(exe().args(["eval", "--model"]).arg(&model).arg("--pairs").arg(&rows).arg("--out").arg(&eval_out));
+    let e = json(&eval_out);
+    assert_eq!(e[0]["format"], "rewardbench2");
+    assert_eq!(e[0]["n_rows"], 19);
+    assert!((e[0]["mean"].as_f64().unwrap() - 0.346_668_466_828_353_8).abs() < 1e-6, "{}", e[0]["mean"]);
+    let subsets = e[0]["subsets"].as_array().unwrap();
+    assert_eq!(subsets.len(), 6);
+    assert!(subsets.iter().any(|s| s["subset"] == "Ties" && s["ties"]["n_paired"] == 2));
+
+    // score: one line per row; the subset scores are the mean credit of their rows.
+    let full = d.join("full.jsonl");
+    let run_score = |out: &Path, resume: bool| {
+        let mut c = exe();
+        c.args(["score", "--batch-size", "4", "--model"]).arg(&model).arg("--pairs").arg(&rows).arg("--out").arg(out);
+        if resume {
+            c.arg("--resume");
+        }
+        run(&mut c)
+    };
+    run_score(&full, false);
+    let ls = lines(&full);
+    assert_eq!(ls.len(), 19);
+    for s in subsets.iter().filter(|s| s["subset"] != "Ties") {
+        let mine: Vec<f64> =
+            ls.iter().filter(|l| l["subset"] == s["subset"]).map(|l| l["credit"].as_f64().unwrap()).collect();
+        let mean = mine.iter().sum::<f64>() / mine.len() as f64;
+        assert!((mean - s["score"].as_f64().unwrap()).abs() < 1e-12, "{}", s["subset"]);
+    }
+    for l in &ls {
+        let best_rejected =
+            l["rejected_scores"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).fold(f64::MIN, f64::max);
+        let all_beat = l["chosen_scores"].as_array().unwrap().iter().all(|x| x.as_f64().unwrap() > best_rejected);
+        assert_eq!(l["correct"].as_bool().unwrap(), all_beat);
+    }
+    // An interruption after 5 complete lines and part of the sixth: the resumed file is the same.
+    let text = std::fs::read_to_string(&full).unwrap();
+    let cut: usize = text.split_inclusive('\n').take(5).map(str::len).sum::<usize>() + 10;
+    let partial = d.join("partial.jsonl");
+    std::fs::write(&partial, &text[..cut]).unwrap();
+    let out = run_score(&partial, true);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("resuming: 5 of 19 rows"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&partial).unwrap(), text);
+
+    // A pair line in a RewardBench 2 file is an error naming its line.
+    let mixed = d.join("mixed.jsonl");
+    let rows_text = std::fs::read_to_string(&rows).unwrap();
+    let row1 = rows_text.lines().next().unwrap();
+    std::fs::write(
+        &mixed,
+        format!("{row1}\n{{\"prompt\":\"p\",\"chosen\":\"a\",\"rejected\":\"b\",\"subset\":\"x\",\"id\":9}}\n"),
+    )
+    .unwrap();
+    let o = exe().args(["eval", "--model"]).arg(&model).arg("--pairs").arg(&mixed).output().unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("mixed.jsonl:2"), "{err}");
 }

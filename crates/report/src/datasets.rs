@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use reward_lens_engine::{Origin, PairText};
+use reward_lens_instruments::rewardbench2::{is_rewardbench2_line, parse_rows, Rb2Error, Rb2Row};
 
 /// What went wrong reading a dataset; every message names the file (and line).
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +29,9 @@ pub enum DatasetError {
     /// `at` is `file:line`, or the file alone for whole-file problems.
     #[error("{at}: {message}")]
     Invalid { at: String, message: String },
+    /// A RewardBench 2 row that does not parse (the message names file, line and field).
+    #[error(transparent)]
+    RewardBench2(#[from] Rb2Error),
 }
 
 pub type Result<T, E = DatasetError> = std::result::Result<T, E>;
@@ -110,9 +114,43 @@ pub fn parse_pairs(text: &str, source: &Path) -> Result<Vec<PairText>> {
 // ------------------------------------------------------------------------------------------------
 // RewardBench 2
 //
-// RewardBench 2 rows (one prompt, several chosen and rejected completions, best-of-N scoring)
-// have their own row type and scoring in `reward_lens_instruments::rewardbench2`; the reader of
-// their JSONL files belongs here, beside `read_pairs`, once that type is merged.
+// RewardBench 2 rows hold one prompt with a list of chosen and a list of rejected completions
+// (best-of-N scoring); their type and the reference scoring live in
+// `reward_lens_instruments::rewardbench2`. A file is one format or the other, told by its first
+// row, so `score` and `eval` take either without a flag.
+
+/// A preference file's rows: pairs (RewardBench 1 field names) or RewardBench 2 rows.
+#[derive(Debug, Clone)]
+pub enum Preferences {
+    Pairs(Vec<PairText>),
+    RewardBench2(Vec<Rb2Row>),
+}
+
+/// Reads a preference file in either format, told apart by its first non-blank line (`chosen`
+/// a list: RewardBench 2). A later line in the other format is an error naming its line.
+pub fn read_preferences(path: &Path) -> Result<Preferences> {
+    let text = read_text(path, "cannot read pairs file")?;
+    let first = text.lines().enumerate().find(|(_, l)| !l.trim().is_empty());
+    let rb2 = match first {
+        Some((i, line)) => {
+            let v: Value = serde_json::from_str(line)
+                .map_err(|source| DatasetError::Json { at: format!("{}:{}", path.display(), i + 1), source })?;
+            is_rewardbench2_line(&v)
+        }
+        None => false,
+    };
+    if rb2 {
+        Ok(Preferences::RewardBench2(parse_rows(&text, &path.display().to_string())?))
+    } else {
+        Ok(Preferences::Pairs(parse_pairs(&text, path)?))
+    }
+}
+
+/// Reads a RewardBench 2 file (errors name the file, line and field).
+pub fn read_rewardbench2(path: &Path) -> Result<Vec<Rb2Row>> {
+    let text = read_text(path, "cannot read RewardBench 2 file")?;
+    Ok(parse_rows(&text, &path.display().to_string())?)
+}
 
 // ------------------------------------------------------------------------------------------------
 // Files and directories

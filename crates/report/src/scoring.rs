@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use reward_lens_engine::{EncodedPair, PairScore, PairText};
+use reward_lens_instruments::rewardbench2::{row_correct, row_credit, Rb2Report, Rb2Row, RowScores};
 
 /// One pair's line.
 #[derive(Debug, Clone, Serialize)]
@@ -123,6 +124,79 @@ impl Tallies {
     }
 }
 
+/// One RewardBench 2 row's line: every completion's reward, whether every chosen beats the best
+/// rejected (`correct`), and the reference's credit (1 / the number tied at the top when
+/// `chosen[0]` is among them, else 0).
+#[derive(Debug, Clone, Serialize)]
+pub struct RowScoreLine {
+    pub id: Value,
+    pub subset: String,
+    pub chosen_scores: Vec<f64>,
+    pub rejected_scores: Vec<f64>,
+    pub correct: bool,
+    pub credit: f64,
+}
+
+impl RowScoreLine {
+    pub fn new(row: &Rb2Row, s: &RowScores) -> Self {
+        Self {
+            id: row.id.clone(),
+            subset: row.subset.clone(),
+            chosen_scores: s.chosen.clone(),
+            rejected_scores: s.rejected.clone(),
+            correct: row_correct(s),
+            credit: row_credit(s),
+        }
+    }
+    /// The scores back from a written line (for `--resume`).
+    pub fn scores(v: &Value) -> Option<RowScores> {
+        let f = |k: &str| -> Option<Vec<f64>> { v.get(k)?.as_array()?.iter().map(Value::as_f64).collect() };
+        Some(RowScores { chosen: f("chosen_scores")?, rejected: f("rejected_scores")? })
+    }
+}
+
+/// A model's RewardBench 2 result, as `eval` reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rb2Eval {
+    pub model: String,
+    pub format: &'static str,
+    #[serde(flatten)]
+    pub report: Rb2Report,
+}
+
+impl Rb2Eval {
+    pub fn new(model: String, report: Rb2Report) -> Self {
+        Self { model, format: "rewardbench2", report }
+    }
+}
+
+/// RewardBench 2 results of one or more models side by side: one line per subset (score in %,
+/// the Ties composite for Ties), then the leaderboard mean.
+pub fn rewardbench2_table(evals: &[Rb2Eval]) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let short = |m: &str| m.rsplit('/').next().unwrap_or(m).chars().take(22).collect::<String>();
+    let _ = write!(s, "{:<24}", "subset (RewardBench 2)");
+    evals.iter().for_each(|e| {
+        let _ = write!(s, " {:>22}", short(&e.model));
+    });
+    s.push('\n');
+    let Some(first) = evals.first() else { return s };
+    for (k, sub) in first.report.subsets.iter().enumerate() {
+        let _ = write!(s, "{:<24}", format!("{} (n={})", sub.subset, sub.n));
+        for e in evals {
+            let _ = write!(s, " {:>22.1}", 100.0 * e.report.subsets[k].score);
+        }
+        s.push('\n');
+    }
+    let _ = write!(s, "{:<24}", format!("mean of {} subsets", first.report.subsets.len()));
+    evals.iter().for_each(|e| {
+        let _ = write!(s, " {:>22.1}", 100.0 * e.report.mean);
+    });
+    s.push('\n');
+    s
+}
+
 /// Where an interrupted run's output file resumes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResumePoint {
@@ -170,6 +244,40 @@ pub fn resume_point(
         keep_bytes: kept[..done].iter().map(|k| k.0).sum(),
         margins: kept[..done].iter().map(|k| k.1).collect(),
     })
+}
+
+/// The complete lines of `text` whose ids match `ids` in order, rounded down to whole chunks of
+/// `per_chunk` rows (unless all are done) so that re-run chunks batch exactly as before:
+/// `(rows kept, bytes kept, their lines)`. `out` and `input` name the files in errors.
+pub fn resume_rows(
+    text: &str,
+    ids: &[&Value],
+    per_chunk: usize,
+    out: &str,
+    input: &str,
+) -> Result<(usize, usize, Vec<Value>), String> {
+    let mut kept: Vec<(usize, Value)> = Vec::new();
+    for line in text.split_inclusive('\n') {
+        if !line.ends_with('\n') {
+            break;
+        }
+        let Ok(v) = serde_json::from_str::<Value>(line) else { break };
+        let k = kept.len();
+        let Some(id) = ids.get(k) else { return Err(format!("{out}: has more results than {input} has rows")) };
+        if v.get("id") != Some(*id) {
+            return Err(format!(
+                "{out}: line {} has id {} but row {} of {input} has id {id}; not the same input",
+                k + 1,
+                v.get("id").unwrap_or(&Value::Null),
+                k + 1
+            ));
+        }
+        kept.push((line.len(), v));
+    }
+    let done = if kept.len() == ids.len() { kept.len() } else { kept.len() - kept.len() % per_chunk.max(1) };
+    kept.truncate(done);
+    let bytes = kept.iter().map(|k| k.0).sum();
+    Ok((done, bytes, kept.into_iter().map(|k| k.1).collect()))
 }
 
 #[cfg(test)]
