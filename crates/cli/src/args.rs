@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use reward_lens_engine::{
-    DType, Device, EncodedPair, EngineError, LoadOptions, PaddingSide, PairText, Positions, RewardModel, Truncation,
+    DType, Device, EncodedPair, EngineError, LoadOptions, PairText, Positions, RewardModel, Truncation,
 };
 use reward_lens_instruments::patching::{Align, Granularity, PatchMode, PatchOptions};
 
@@ -23,21 +23,6 @@ impl From<DtypeArg> for DType {
             DtypeArg::F32 => DType::F32,
             DtypeArg::Bf16 => DType::BF16,
             DtypeArg::F16 => DType::F16,
-        }
-    }
-}
-
-#[derive(Clone, Copy, ValueEnum, Debug)]
-pub enum PaddingArg {
-    Right,
-    Left,
-}
-
-impl From<PaddingArg> for PaddingSide {
-    fn from(p: PaddingArg) -> Self {
-        match p {
-            PaddingArg::Right => PaddingSide::Right,
-            PaddingArg::Left => PaddingSide::Left,
         }
     }
 }
@@ -195,27 +180,6 @@ pub struct RunArgs {
     pub out: Option<PathBuf>,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-pub enum ModeArg {
-    Noising,
-    Denoising,
-    Zero,
-    Mean,
-}
-#[derive(Clone, Copy, ValueEnum)]
-pub enum GranularityArg {
-    Sublayer,
-    Head,
-    /// The residual stream entering each layer at each position (`resid.{l}.{k}`: k tokens
-    /// before the pooled one).
-    Residual,
-}
-#[derive(Clone, Copy, ValueEnum)]
-pub enum AlignArg {
-    Anchored,
-    Prefix,
-}
-
 /// Options `patch`, `atp` and `faithfulness` share.
 #[derive(Args, Clone)]
 pub struct PatchArgs {
@@ -224,13 +188,15 @@ pub struct PatchArgs {
     #[command(flatten)]
     pub input: PairInput,
     /// noising: chosen run, component from rejected; denoising: the reverse; zero; mean (over --mean-reference).
-    #[arg(long, value_enum, default_value = "noising")]
-    pub mode: ModeArg,
-    #[arg(long, value_enum, default_value = "sublayer")]
-    pub granularity: GranularityArg,
+    #[arg(long, value_parser = choice::<PatchMode>(&["noising", "denoising", "zero", "mean"]), default_value = "noising")]
+    pub mode: PatchMode,
+    /// sublayer (attention and MLP outputs), head, or residual (the stream entering each layer at each
+    /// position: `resid.{l}.{k}`, k tokens before the pooled one).
+    #[arg(long, value_parser = choice::<Granularity>(&["sublayer", "head", "residual"]), default_value = "sublayer")]
+    pub granularity: Granularity,
     /// How positions of chosen and rejected line up: anchored (pooled ↔ pooled) or prefix (reward-lens 1.0).
-    #[arg(long, value_enum, default_value = "anchored")]
-    pub align: AlignArg,
+    #[arg(long, value_parser = choice::<Align>(&["anchored", "prefix"]), default_value = "anchored")]
+    pub align: Align,
     /// Which token positions each patch touches: all, pooled (where the reward is read) or response.
     #[arg(long, value_parser = choice::<Positions>(&Positions::NAMES), default_value = "all")]
     pub positions: Positions,
@@ -273,25 +239,13 @@ impl PatchArgs {
                 })
                 .collect::<Result<_>>()?,
         };
-        if matches!(self.mode, ModeArg::Mean) && mean_reference.is_empty() {
+        if self.mode == PatchMode::Mean && mean_reference.is_empty() {
             bail!("--mode mean needs --mean-reference FILE.jsonl (its prompt + chosen texts)");
         }
         Ok(PatchOptions {
-            mode: match self.mode {
-                ModeArg::Noising => PatchMode::Noising,
-                ModeArg::Denoising => PatchMode::Denoising,
-                ModeArg::Zero => PatchMode::Zero,
-                ModeArg::Mean => PatchMode::Mean,
-            },
-            granularity: match self.granularity {
-                GranularityArg::Sublayer => Granularity::Sublayer,
-                GranularityArg::Head => Granularity::Head,
-                GranularityArg::Residual => Granularity::Residual,
-            },
-            align: match self.align {
-                AlignArg::Anchored => Align::Anchored,
-                AlignArg::Prefix => Align::Prefix,
-            },
+            mode: self.mode,
+            granularity: self.granularity,
+            align: self.align,
             positions: self.positions,
             v1_compat: self.v1_compat,
             naive: self.naive,

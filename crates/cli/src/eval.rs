@@ -9,7 +9,8 @@ use reward_lens_instruments::rewardbench2::{n_completions, score_rows, summarise
 use reward_lens_report::datasets::{read_preferences, Preferences};
 use reward_lens_report::scoring::{rewardbench2_table, Rb2Eval};
 
-use crate::{DtypeArg, ModelArgs, PaddingArg};
+use crate::{DtypeArg, ModelArgs};
+use reward_lens_engine::PaddingSide;
 
 #[derive(Args)]
 #[command(after_help = "Accuracy (margin > 0; ties lose) with 95% bootstrap intervals, overall and per subset, and \
@@ -31,8 +32,8 @@ pub struct EvalArgs {
     pub pairs: PathBuf,
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
-    #[arg(long, value_enum, default_value = "right")]
-    pub padding: PaddingArg,
+    #[arg(long, value_parser = crate::args::choice::<PaddingSide>(&["right", "left"]), default_value = "right")]
+    pub padding: PaddingSide,
     #[arg(long)]
     pub truncate_prompt: bool,
     /// Seed for the bootstrap intervals.
@@ -61,7 +62,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     for m in &models {
         let args = ModelArgs { model: m.clone(), dtype: a.dtype, device: a.device.clone() };
         let model = args.load()?;
-        let scores = crate::output::score_with_bar(&model, &pairs, truncation, a.batch_size, a.padding.into())?;
+        let scores = crate::output::score_with_bar(&model, &pairs, truncation, a.batch_size, a.padding)?;
         let margins: Vec<f64> = scores.iter().map(|s| s.margin() as f64).collect();
         let subsets: Vec<Option<String>> = pairs.iter().map(|p| p.subset.clone()).collect();
         evals.push(evaluate(&args.name(), &margins, &subsets, a.seed));
@@ -116,7 +117,7 @@ fn run_rows(a: &EvalArgs, models: &[Option<PathBuf>], rows: &[Rb2Row], truncatio
         let model = args.load()?;
         let bar = crate::progress::pair_bar("scoring completions", n_completions(rows) as u64);
         let scores =
-            score_rows(&model, rows, truncation, a.batch_size, a.padding.into(), &mut |n| bar.set_position(n as u64))?;
+            score_rows(&model, rows, truncation, a.batch_size, a.padding, &mut |n| bar.set_position(n as u64))?;
         bar.finish_and_clear();
         evals.push(Rb2Eval::new(args.name(), summarise(rows, &scores)?));
     }

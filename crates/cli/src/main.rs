@@ -29,7 +29,7 @@ mod train;
 
 use clap::{Parser, Subcommand};
 
-pub use args::{DtypeArg, ModelArgs, PaddingArg};
+pub use args::{DtypeArg, ModelArgs};
 
 #[derive(Parser)]
 #[command(

@@ -7,8 +7,8 @@ use serde_json::{json, Map, Value};
 use reward_lens_instruments::patching::{Align, PatchMode};
 use reward_lens_instruments::path::{path_patch, Receiver};
 
+use crate::args::choice;
 use crate::args::PairInput;
-use crate::args::{AlignArg, ModeArg};
 use crate::output::summarize;
 use crate::{output, ModelArgs};
 
@@ -29,10 +29,10 @@ pub struct PathPatchArgs {
     /// Receivers, comma-separated (`attn.2,mlp.1,head.2.3`), or `all`.
     #[arg(long, value_delimiter = ',', default_value = "all")]
     pub receivers: Vec<String>,
-    #[arg(long, value_enum, default_value = "noising")]
-    pub mode: ModeArg,
-    #[arg(long, value_enum, default_value = "anchored")]
-    pub align: AlignArg,
+    #[arg(long, value_parser = choice::<PatchMode>(&["noising", "denoising"]), default_value = "noising")]
+    pub mode: PatchMode,
+    #[arg(long, value_parser = choice::<Align>(&["anchored", "prefix"]), default_value = "anchored")]
+    pub align: Align,
     /// Per-pair results, one JSON line each.
     #[arg(long, value_name = "FILE.jsonl", required = true)]
     pub out: PathBuf,
@@ -66,15 +66,7 @@ pub fn run(a: PathPatchArgs) -> Result<()> {
     } else {
         a.receivers.iter().map(|r| parse_receiver(r)).collect::<Result<_>>()?
     };
-    let mode = match a.mode {
-        ModeArg::Noising => PatchMode::Noising,
-        ModeArg::Denoising => PatchMode::Denoising,
-        _ => bail!("--mode: path patching takes noising or denoising"),
-    };
-    let align = match a.align {
-        AlignArg::Anchored => Align::Anchored,
-        AlignArg::Prefix => Align::Prefix,
-    };
+    let (mode, align) = (a.mode, a.align);
     let pairs = a.input.read()?;
     let lines = output::per_pair(&a.out, a.resume, &pairs, "path patching", |p| {
         let inp = a.input.encode_one(&model, p)?;

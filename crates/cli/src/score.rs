@@ -14,7 +14,8 @@ use reward_lens_report::scoring::{
 };
 use serde_json::Value;
 
-use crate::{ModelArgs, PaddingArg};
+use crate::ModelArgs;
+use reward_lens_engine::PaddingSide;
 
 #[derive(Args)]
 #[command(
@@ -43,8 +44,8 @@ pub struct ScoreArgs {
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
     /// Padding side inside a batch (rewards are identical either way).
-    #[arg(long, value_enum, default_value = "right")]
-    pub padding: PaddingArg,
+    #[arg(long, value_parser = crate::args::choice::<PaddingSide>(&["right", "left"]), default_value = "right")]
+    pub padding: PaddingSide,
     /// Drop prompt tokens from the left when a conversation exceeds the context (default: error).
     #[arg(long)]
     pub truncate_prompt: bool,
@@ -101,7 +102,7 @@ pub fn run(a: ScoreArgs) -> Result<()> {
             .progress_chars("=> "),
     );
     // One batch at a time: each is written (and flushed) as it finishes.
-    let opts = ScoreOptions { batch_size: a.batch_size, padding: a.padding.into() };
+    let opts = ScoreOptions { batch_size: a.batch_size, padding: a.padding };
     for chunk in todo.chunks(pairs_per_batch) {
         let encoded = model.encode_pairs(chunk, truncation)?;
         let scores = model.score_pairs(&encoded, &opts, &mut |_| {})?;
@@ -156,7 +157,7 @@ fn run_rows(a: &ScoreArgs, rows: &[Rb2Row], model: &RewardModel, truncation: Tru
     let mut sink = sink(a)?;
     let bar = crate::progress::pair_bar("scoring rows", (rows.len() - scores.len()) as u64);
     for chunk in rows[scores.len()..].chunks(per_chunk) {
-        let s = score_rows(model, chunk, truncation, a.batch_size, a.padding.into(), &mut |_| {})?;
+        let s = score_rows(model, chunk, truncation, a.batch_size, a.padding, &mut |_| {})?;
         for (row, rs) in chunk.iter().zip(&s) {
             serde_json::to_writer(&mut sink, &RowScoreLine::new(row, rs))?;
             sink.write_all(b"\n")?;

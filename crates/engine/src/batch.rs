@@ -13,6 +13,13 @@ pub enum PaddingSide {
     Left,
 }
 
+impl std::str::FromStr for PaddingSide {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        crate::pair::from_name(s, "padding side (expected right or left)")
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Batch {
     /// `[B][T]`, padded with `pad_id`.

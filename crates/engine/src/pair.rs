@@ -98,6 +98,12 @@ impl PairText {
     }
 }
 
+/// Parses a unit enum from the name it has in JSON (its serde name), so flags, Python strings
+/// and JSON files spell every option the same way; `what` names the option in the error.
+pub fn from_name<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> std::result::Result<T, String> {
+    serde_json::from_value(Value::String(s.to_string())).map_err(|_| format!("unknown {what} `{s}`"))
+}
+
 /// Which token positions an instrument reads, patches or steers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -68,6 +68,23 @@ pub enum Align {
     Prefix,
 }
 
+// Flags and Python strings use the JSON names.
+macro_rules! from_json_name {
+    ($($t:ty: $what:literal),*) => {$(
+        impl std::str::FromStr for $t {
+            type Err = String;
+            fn from_str(s: &str) -> std::result::Result<Self, String> {
+                reward_lens_engine::from_name(s, $what)
+            }
+        }
+    )*};
+}
+from_json_name!(
+    PatchMode: "patch mode (expected noising, denoising, zero or mean)",
+    Granularity: "granularity (expected sublayer, head or residual)",
+    Align: "alignment (expected anchored or prefix)"
+);
+
 #[derive(Debug, Clone)]
 pub struct PatchOptions {
     pub mode: PatchMode,
