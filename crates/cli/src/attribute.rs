@@ -59,7 +59,11 @@ pub fn run(a: AttributeArgs) -> Result<()> {
     let max = top.iter().map(|t| t.1.abs()).fold(0.0, f64::max);
     for (name, v) in &top {
         let i = rep.components.iter().position(|c| &c.name == name).expect("listed component");
-        println!("  {name:<14} {:<36} {}", output::ci(&rep.mean_differential[i]), output::bar(*v, max, 20));
+        println!(
+            "  {name:<14} {:<36} {}",
+            reward_lens_report::text::mean_ci(&rep.mean_differential[i]),
+            output::bar(*v, max, 20)
+        );
     }
     if !rep.top_neurons.is_empty() {
         println!("top MLP neurons by |mean chosen − rejected|:");

@@ -52,7 +52,7 @@ pub fn run(a: CompareArgs) -> Result<()> {
             m.name,
             m.n_layers,
             100.0 * m.accuracy,
-            output::ci(&m.crystallization_fraction)
+            reward_lens_report::text::mean_ci(&m.crystallization_fraction)
         );
     }
     let f = |v: Option<f64>| v.map_or("—".to_string(), |x| format!("{x:+.3}"));

@@ -43,10 +43,6 @@ pub struct EvalArgs {
     pub out: Option<PathBuf>,
 }
 
-fn pct(x: f64) -> String {
-    format!("{:.1}", 100.0 * x)
-}
-
 pub fn run(a: EvalArgs) -> Result<()> {
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
@@ -67,41 +63,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         let subsets: Vec<Option<String>> = pairs.iter().map(|p| p.subset.clone()).collect();
         evals.push(evaluate(&args.name(), &margins, &subsets, a.seed));
     }
-    let ci = |c: Option<(f64, f64)>| c.map_or(String::new(), |(l, h)| format!(" [{}, {}]", pct(l), pct(h)));
-    println!("accuracy % [95% CI] on {} pairs", pairs.len());
-    let width = 22;
-    print!("{:<24}", "subset");
-    for e in &evals {
-        let short = e.model.rsplit('/').next().unwrap_or(&e.model);
-        print!(" {:>width$}", short.chars().take(width).collect::<String>());
-    }
-    println!();
-    for (k, s) in evals[0].subsets.iter().enumerate() {
-        print!("{:<24}", format!("{} (n={})", s.subset, s.n));
-        for e in &evals {
-            let x = &e.subsets[k];
-            print!(" {:>width$}", format!("{}{}", pct(x.accuracy), ci(x.ci)));
-        }
-        println!();
-    }
-    print!("{:<24}", "overall");
-    for e in &evals {
-        print!(" {:>width$}", format!("{}{}", pct(e.accuracy), ci(e.ci)));
-    }
-    println!();
-    if evals[0].rewardbench.is_some() {
-        for e in &evals {
-            let rb = e.rewardbench.as_ref().expect("same pairs, same subsets");
-            let secs: Vec<String> = rb.sections.iter().map(|s| format!("{} {}", s.section, pct(s.score))).collect();
-            println!(
-                "RewardBench {}: {} | score {}{}",
-                e.model,
-                secs.join(", "),
-                pct(rb.score),
-                if rb.complete { "" } else { " (incomplete: some subsets missing)" }
-            );
-        }
-    }
+    print!("{}", reward_lens_report::text::eval_table(&evals, pairs.len()));
     if let Some(p) = &a.out {
         std::fs::write(p, serde_json::to_string_pretty(&evals)?)?;
         eprintln!("wrote {}", p.display());

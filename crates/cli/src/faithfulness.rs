@@ -46,7 +46,7 @@ pub fn run(a: FaithfulnessArgs) -> Result<()> {
             .iter()
             .map(|k| {
                 let xs: Vec<f64> = ls.iter().filter_map(|l| l[*k].as_f64()).collect();
-                output::ci(&bootstrap_mean(&xs, 0.95, 2000, a.seed))
+                reward_lens_report::text::mean_ci(&bootstrap_mean(&xs, 0.95, 2000, a.seed))
             })
             .collect();
         println!("{title:<14} {:>4}  {}", ls.len(), cells.join("  "));

@@ -62,10 +62,10 @@ pub fn run(a: LensArgs) -> Result<()> {
             "{label:>6} {:>10.4} {:>10.4}  {:<36} {}",
             rep.mean_chosen[i],
             rep.mean_rejected[i],
-            output::ci(m),
+            reward_lens_report::text::mean_ci(m),
             output::bar(m.mean.unwrap_or(f64::NAN), max, 20)
         );
     }
-    println!("crystallization depth fraction: {}", output::ci(&rep.crystallization_fraction));
+    println!("crystallization depth fraction: {}", reward_lens_report::text::mean_ci(&rep.crystallization_fraction));
     output::write(a.run.out.as_deref(), "lens", &a.model.name(), &pairs, &rep)
 }

@@ -51,14 +51,6 @@ pub fn bar(v: f64, max_abs: f64, width: usize) -> String {
     s.repeat(n.min(width))
 }
 
-pub fn ci(m: &reward_lens_instruments::stats::MeanCi) -> String {
-    match (m.mean, m.ci_low, m.ci_high) {
-        (Some(x), Some(a), Some(b)) => format!("{x:+.4} [{a:+.4}, {b:+.4}]"),
-        (Some(x), _, _) => format!("{x:+.4}"),
-        _ => "—".into(),
-    }
-}
-
 /// Runs `f` on every pair not yet in `out` (see [`PerPairFile`]), appending its line with a
 /// progress bar; returns every line, old and new.
 pub fn per_pair(
@@ -118,6 +110,6 @@ pub fn summarize(lines: &[Value], names: &[String], field: &str, seed: u64) {
     let max = rows.first().and_then(|r| r.1.mean).unwrap_or(0.0).abs();
     println!("{} pairs; top components by |mean {field}| [95% CI]:", lines.len());
     for (n, m) in rows.iter().take(10) {
-        println!("  {n:<14} {:<36} {}", ci(m), bar(m.mean.unwrap_or(f64::NAN), max, 20));
+        println!("  {n:<14} {:<36} {}", reward_lens_report::text::mean_ci(m), bar(m.mean.unwrap_or(f64::NAN), max, 20));
     }
 }

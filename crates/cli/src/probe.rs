@@ -4,9 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use reward_lens_engine::Truncation;
-use reward_lens_instruments::probes::{
-    probe, ProbeInput, ProbeOptions, Verdict, ALPHA, MIN_EFFECT, MIN_RELATIVE_EFFECT,
-};
+use reward_lens_instruments::probes::{probe, ProbeInput, ProbeOptions};
 
 use crate::{output, ModelArgs};
 
@@ -63,36 +61,6 @@ pub fn run(a: ProbeArgs) -> Result<()> {
         &inputs,
         &ProbeOptions { batch_size: a.run.batch_size, seed: a.run.seed, permutations: a.permutations },
     )?;
-    println!(
-        "{} probes; verdicts need q < {ALPHA}, |d| ≥ {MIN_EFFECT} and |mean Δ| ≥ {MIN_RELATIVE_EFFECT} × the SD of the neutral answers' rewards ({})",
-        rep.probes.len(),
-        rep.reward_sd.map_or("undefined".to_string(), |s| format!("{s:.4}"))
-    );
-    println!(
-        "{:<16} {:>3} {:>34} {:>8} {:>8} {:>8}  verdict",
-        "dimension", "n", "mean Δreward [95% CI]", "d", "p", "q"
-    );
-    let opt = |x: Option<f64>| x.map_or("—".to_string(), |v| format!("{v:.3}"));
-    for d in &rep.dimensions {
-        let v = match d.verdict {
-            Verdict::Exploitable => "EXPLOITABLE",
-            Verdict::Penalized => "penalized",
-            Verdict::NoEvidence => "no evidence",
-            Verdict::Undefined => "undefined",
-        };
-        print!(
-            "{:<16} {:>3} {:>34} {:>8} {:>8} {:>8}  {v}",
-            d.dimension,
-            d.n,
-            output::ci(&d.mean_delta),
-            opt(d.cohens_d),
-            opt(d.p_value),
-            opt(d.q_value)
-        );
-        if let Some(s) = d.slope_per_100_tokens {
-            print!(" ({s:+.3} per 100 tokens)");
-        }
-        println!();
-    }
+    print!("{}", reward_lens_report::text::probe_table(&rep));
     output::write(a.run.out.as_deref(), "probe", &a.model.name(), &[], &rep)
 }

@@ -10,7 +10,7 @@ use reward_lens_engine::{RewardModel, ScoreOptions, Truncation};
 use reward_lens_instruments::rewardbench2::{score_rows, summarise, Rb2Row, RowScores};
 use reward_lens_report::datasets::{read_preferences, Preferences};
 use reward_lens_report::scoring::{
-    resume_point, resume_rows, rewardbench2_table, Accuracy, Rb2Eval, RowScoreLine, ScoreLine, Summary, Tallies,
+    resume_point, resume_rows, rewardbench2_table, Rb2Eval, RowScoreLine, ScoreLine, Tallies,
 };
 use serde_json::Value;
 
@@ -119,25 +119,12 @@ pub fn run(a: ScoreArgs) -> Result<()> {
     drop(sink);
 
     let summary = tallies.summary(a.model.name(), a.pairs.display().to_string());
-    print_summary(&summary);
+    eprint!("{}", reward_lens_report::text::score_summary(&summary));
     if let Some(p) = &a.summary {
         std::fs::write(p, serde_json::to_string_pretty(&summary)?)
             .with_context(|| format!("{}: cannot write", p.display()))?;
     }
     Ok(())
-}
-
-fn print_summary(s: &Summary) {
-    let pct = |a: &Accuracy| a.accuracy.map_or("—".to_string(), |x| format!("{:.1}%", 100.0 * x));
-    eprintln!("{:<20} {:>6} {:>9} {:>12}", "subset", "pairs", "accuracy", "mean margin");
-    for (k, a) in &s.subsets {
-        eprintln!("{:<20} {:>6} {:>9} {:>12.4}", k, a.n, pct(a), a.mean_margin.unwrap_or(f64::NAN));
-    }
-    let o = &s.overall;
-    eprintln!("{:<20} {:>6} {:>9} {:>12.4}", "overall", o.n, pct(o), o.mean_margin.unwrap_or(f64::NAN));
-    if o.ties > 0 {
-        eprintln!("({} ties counted as incorrect)", o.ties);
-    }
 }
 
 /// `score` on a RewardBench 2 file: one line per row with every completion's reward, written a

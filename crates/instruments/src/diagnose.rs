@@ -21,6 +21,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use reward_lens_engine::{PairScore, PairText};
+
 use crate::stats::{bootstrap_ci, mean, pearson};
 use crate::{InstrumentError, Result};
 
@@ -231,6 +233,36 @@ pub fn cascade(
         clusters,
         risk,
     })
+}
+
+/// `reward-lens diagnose`'s whole result over a scored diagnostic set.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiagnoseReport {
+    pub n_pairs: usize,
+    pub distortion: Vec<DimensionDistortion>,
+    pub coverage: CoverageReport,
+    /// The cascade, or why it could not be computed (too few matched prompts).
+    pub cascade: std::result::Result<CascadeReport, String>,
+}
+
+/// Distortion, coverage disparity and the cascade of a diagnostic set: each pair's `subset` is
+/// its dimension and its `seed` field names the matched prompt; `scores` are the pairs' rewards.
+pub fn diagnose(pairs: &[PairText], scores: &[PairScore], threshold: f64, seed: u64) -> DiagnoseReport {
+    let dim = |p: &PairText| p.subset.clone().unwrap_or_else(|| "(none)".into());
+    let margins: Vec<(String, f64)> = pairs.iter().zip(scores).map(|(p, s)| (dim(p), s.margin() as f64)).collect();
+    let dist = distortion(&margins, seed);
+    let dims: Vec<String> = dist.iter().map(|d| d.dimension.clone()).collect();
+    let probes: Vec<(f64, Vec<usize>)> =
+        margins.iter().map(|(d, m)| (*m, vec![dims.iter().position(|x| x == d).expect("listed")])).collect();
+    let coverage = coverage_disparity(&dims, &probes, 0.5);
+    let mut by_seed: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
+    for (p, s) in pairs.iter().zip(scores) {
+        if let Some(prompt) = p.field("seed") {
+            by_seed.entry(prompt.to_string()).or_default().insert(dim(p), (s.rejected - s.chosen) as f64);
+        }
+    }
+    let cascade = cascade(&dims, &by_seed, threshold, seed).map_err(|e| e.to_string());
+    DiagnoseReport { n_pairs: pairs.len(), distortion: dist, coverage, cascade }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod error;
 pub mod model_info;
 pub mod perpair;
 pub mod scoring;
+pub mod text;
 
 pub use audit::{
     run_audit, write_files, AuditInputs, AuditOptions, AuditResults, PairSource, Progress, SECTION_IDS, STAGES,

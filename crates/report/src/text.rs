@@ -1,0 +1,179 @@
+//! Plain-text renderings of results, exactly as the command prints them, so that a notebook can
+//! print the same tables (`print(rl.eval(...).text)`) and the binary holds no formatting logic.
+
+use std::fmt::Write;
+
+use reward_lens_instruments::diagnose::DiagnoseReport;
+use reward_lens_instruments::evaluation::ModelEval;
+use reward_lens_instruments::probes::{ProbeReport, Verdict, ALPHA, MIN_EFFECT, MIN_RELATIVE_EFFECT};
+use reward_lens_instruments::stats::MeanCi;
+
+use crate::scoring::{Accuracy, Summary};
+
+fn pct(x: f64) -> String {
+    format!("{:.1}", 100.0 * x)
+}
+
+/// `mean [lo, hi]` (signed, 4 decimals), or `—` when undefined.
+pub fn mean_ci(m: &MeanCi) -> String {
+    match (m.mean, m.ci_low, m.ci_high) {
+        (Some(v), Some(l), Some(h)) => format!("{v:+.4} [{l:+.4}, {h:+.4}]"),
+        (Some(v), ..) => format!("{v:+.4}"),
+        _ => "—".into(),
+    }
+}
+
+/// `eval`'s table: accuracy % with its 95 % interval per subset and overall, models side by
+/// side, then RewardBench's section scores where the subsets carry its names.
+pub fn eval_table(evals: &[ModelEval], n_pairs: usize) -> String {
+    let mut s = String::new();
+    let ci = |c: Option<(f64, f64)>| c.map_or(String::new(), |(l, h)| format!(" [{}, {}]", pct(l), pct(h)));
+    let width = 22;
+    let _ = writeln!(s, "accuracy % [95% CI] on {n_pairs} pairs");
+    let _ = write!(s, "{:<24}", "subset");
+    for e in evals {
+        let short = e.model.rsplit('/').next().unwrap_or(&e.model);
+        let _ = write!(s, " {:>width$}", short.chars().take(width).collect::<String>());
+    }
+    s.push('\n');
+    let Some(first) = evals.first() else { return s };
+    for (k, sub) in first.subsets.iter().enumerate() {
+        let _ = write!(s, "{:<24}", format!("{} (n={})", sub.subset, sub.n));
+        for e in evals {
+            let x = &e.subsets[k];
+            let _ = write!(s, " {:>width$}", format!("{}{}", pct(x.accuracy), ci(x.ci)));
+        }
+        s.push('\n');
+    }
+    let _ = write!(s, "{:<24}", "overall");
+    for e in evals {
+        let _ = write!(s, " {:>width$}", format!("{}{}", pct(e.accuracy), ci(e.ci)));
+    }
+    s.push('\n');
+    for e in evals {
+        let Some(rb) = &e.rewardbench else { continue };
+        let secs: Vec<String> = rb.sections.iter().map(|x| format!("{} {}", x.section, pct(x.score))).collect();
+        let incomplete = if rb.complete { "" } else { " (incomplete: some subsets missing)" };
+        let _ = writeln!(s, "RewardBench {}: {} | score {}{incomplete}", e.model, secs.join(", "), pct(rb.score));
+    }
+    s
+}
+
+/// `score`'s accuracy summary per subset and overall.
+pub fn score_summary(summary: &Summary) -> String {
+    let mut s = String::new();
+    let acc = |a: &Accuracy| a.accuracy.map_or("—".to_string(), |x| format!("{:.1}%", 100.0 * x));
+    let _ = writeln!(s, "{:<20} {:>6} {:>9} {:>12}", "subset", "pairs", "accuracy", "mean margin");
+    for (k, a) in &summary.subsets {
+        let _ = writeln!(s, "{:<20} {:>6} {:>9} {:>12.4}", k, a.n, acc(a), a.mean_margin.unwrap_or(f64::NAN));
+    }
+    let o = &summary.overall;
+    let _ = writeln!(s, "{:<20} {:>6} {:>9} {:>12.4}", "overall", o.n, acc(o), o.mean_margin.unwrap_or(f64::NAN));
+    if o.ties > 0 {
+        let _ = writeln!(s, "({} ties counted as incorrect)", o.ties);
+    }
+    s
+}
+
+/// `probe`'s table: what the model pays per dimension, with the verdict and its statistics.
+pub fn probe_table(rep: &ProbeReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{} probes; verdicts need q < {ALPHA}, |d| ≥ {MIN_EFFECT} and |mean Δ| ≥ {MIN_RELATIVE_EFFECT} × the SD of the neutral answers' rewards ({})",
+        rep.probes.len(),
+        rep.reward_sd.map_or("undefined".to_string(), |x| format!("{x:.4}"))
+    );
+    let _ = writeln!(
+        s,
+        "{:<16} {:>3} {:>34} {:>8} {:>8} {:>8}  verdict",
+        "dimension", "n", "mean Δreward [95% CI]", "d", "p", "q"
+    );
+    let opt = |x: Option<f64>| x.map_or("—".to_string(), |v| format!("{v:.3}"));
+    for d in &rep.dimensions {
+        let v = match d.verdict {
+            Verdict::Exploitable => "EXPLOITABLE",
+            Verdict::Penalized => "penalized",
+            Verdict::NoEvidence => "no evidence",
+            Verdict::Undefined => "undefined",
+        };
+        let _ = write!(
+            s,
+            "{:<16} {:>3} {:>34} {:>8} {:>8} {:>8}  {v}",
+            d.dimension,
+            d.n,
+            mean_ci(&d.mean_delta),
+            opt(d.cohens_d),
+            opt(d.p_value),
+            opt(d.q_value)
+        );
+        if let Some(x) = d.slope_per_100_tokens {
+            let _ = write!(s, " ({x:+.3} per 100 tokens)");
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// `diagnose`'s table: coverage, sensitivity and distortion per dimension, then the cascade.
+pub fn diagnose_table(r: &DiagnoseReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "{} pairs in {} dimensions", r.n_pairs, r.distortion.len());
+    let _ = writeln!(
+        s,
+        "{:<24} {:>3} {:>26} {:>12} {:>11} {:>13}",
+        "dimension", "n", "coverage [95% CI]", "sensitivity", "distortion", "v1 disparity"
+    );
+    for (d, disp) in r.distortion.iter().zip(&r.coverage.coverage_disparity) {
+        let ci = d.coverage_ci.map_or(String::new(), |(l, h)| format!(" [{:.2}, {:.2}]", l, h));
+        let cov = format!("{:.2}{ci}", d.coverage);
+        let _ = writeln!(
+            s,
+            "{:<24} {:>3} {:>26} {:>12.3} {:>11.3} {:>13.3}",
+            d.dimension, d.n, cov, d.sensitivity, d.distortion, disp
+        );
+    }
+    match &r.cascade {
+        Ok(c) => {
+            let _ = writeln!(s, "cascade over {} matched prompts: risk {:.2}", c.n_prompts, c.risk);
+            for e in c.edges.iter().take(5) {
+                let ci = e.ci.map_or(String::new(), |(l, h)| format!(" [{l:+.2}, {h:+.2}]"));
+                let _ = writeln!(s, "  {} ~ {}: r = {:+.2}{ci}", e.a, e.b, e.r);
+            }
+            for cl in &c.clusters {
+                let _ = writeln!(s, "  cluster: {}", cl.join(", "));
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(s, "cascade: not computed — {e}");
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scoring::Tallies;
+    use reward_lens_instruments::evaluation::evaluate;
+
+    #[test]
+    fn eval_and_score_tables_show_the_numbers() {
+        let subsets = [Some("a".to_string()), Some("a".to_string()), Some("b".to_string()), None];
+        let e = evaluate("dir/model-x", &[1.0, -1.0, 0.5, 0.0], &subsets, 0);
+        let t = eval_table(&[e], 4);
+        assert!(t.starts_with("accuracy % [95% CI] on 4 pairs\n"));
+        assert!(t.contains("model-x"), "{t}");
+        let overall = t.lines().find(|l| l.starts_with("overall")).unwrap();
+        assert!(overall.contains("50.0"), "{overall}"); // 2 of 4 (the tie loses)
+        let mut tallies = Tallies::default();
+        for (s, m) in [(Some("a"), 1.0), (Some("a"), -2.0), (None, 0.0)] {
+            tallies.add(s, m);
+        }
+        let s = score_summary(&tallies.summary("m".into(), "p".into()));
+        assert!(s.lines().any(|l| l.starts_with("a ") && l.contains("50.0%") && l.contains("-0.5000")), "{s}");
+        assert!(s.contains("(1 ties counted as incorrect)"), "{s}");
+        let undefined = MeanCi { mean: None, ci_low: None, ci_high: None, n: 0 };
+        assert_eq!(mean_ci(&undefined), "—");
+    }
+}
