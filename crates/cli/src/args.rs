@@ -229,15 +229,7 @@ impl PatchArgs {
     pub fn options(&self, model: &RewardModel) -> Result<PatchOptions> {
         let mean_reference = match &self.mean_reference {
             None => Vec::new(),
-            Some(f) => read_pairs(f)?
-                .iter()
-                .map(|p| {
-                    model
-                        .encode(&p.prompt, &p.chosen, Truncation::Error)
-                        .map(|e| e.ids)
-                        .with_context(|| format!("{}:{}", f.display(), p.line()))
-                })
-                .collect::<Result<_>>()?,
+            Some(f) => reference_texts(model, f)?,
         };
         if self.mode == PatchMode::Mean && mean_reference.is_empty() {
             bail!("--mode mean needs --mean-reference FILE.jsonl (its prompt + chosen texts)");
