@@ -1,42 +1,18 @@
 //! `reward-lens cart`: discovery on a fixture model writes a self-consistent report, and a tiny
 //! CART table trains every arm, aggregates one row per arm and resumes without retraining.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod common;
 
+use std::process::Command;
+
+use common::{fixtures, json, run, tmp};
 use serde_json::Value;
 
+/// Tiny models: one matmul thread is faster, and far steadier on a busy machine.
 fn exe() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_reward-lens"));
-    c.env("REWARD_LENS_CACHE", tmp_root().join("cache"));
-    // Tiny models: one matmul thread is faster, and far steadier on a busy machine.
+    let mut c = common::exe();
     c.env("RAYON_NUM_THREADS", "1");
     c
-}
-
-fn tmp_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-cart-tests")
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = tmp_root().join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "command failed: {}", String::from_utf8_lossy(&out.stderr));
-    out
-}
-
-fn json(p: &std::path::Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
 #[test]

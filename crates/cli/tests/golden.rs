@@ -3,31 +3,22 @@
 //! was reorganised and kept identical through every move since. A change here is a change in
 //! what users get; regenerate deliberately with `REWARD_LENS_BLESS=1 cargo test --test golden`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::{run, tmp};
 use serde_json::Value;
 
 fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("golden").join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::repo().canonicalize().unwrap()
 }
 
 fn exe() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_reward-lens"));
+    let mut c = common::exe();
     c.env("RAYON_NUM_THREADS", "1");
     c
-}
-
-fn run(c: &mut Command) {
-    let out = c.output().unwrap();
-    assert!(out.status.success(), "command failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// Paths differ between machines; everything else must not.
