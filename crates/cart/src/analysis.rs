@@ -307,10 +307,10 @@ impl Analysis {
     fn other(
         &self,
         report: &DiscoveryReport,
-        other: Option<(&[PairText], &Path)>,
+        other: Option<(Vec<PairText>, &Path)>,
     ) -> Result<(Vec<EncodedPair>, HeadTailSplit)> {
         match other {
-            Some((pairs, source)) => encode_and_split(&self.spec, &self.model, pairs, source),
+            Some((pairs, source)) => encode_and_split(&self.spec, &self.model, &pairs, source),
             None => Ok((self.inputs.clone(), report.split.clone())),
         }
     }
@@ -321,7 +321,7 @@ impl Analysis {
         &self,
         report: &DiscoveryReport,
         kinds: &[PerturbKind],
-        train: Option<(&[PairText], &Path)>,
+        train: Option<(Vec<PairText>, &Path)>,
         opts: &VulnerabilityOptions,
         progress: &mut dyn FnMut(Event<'_>),
     ) -> Result<VulnerabilityReport> {
@@ -352,7 +352,7 @@ impl Analysis {
     pub fn bound(
         &self,
         report: &DiscoveryReport,
-        held_out: Option<(&[PairText], &Path)>,
+        held_out: Option<(Vec<PairText>, &Path)>,
         opts: &BoundOptions,
     ) -> Result<BoundReport> {
         let (eval, eval_split) = self.other(report, held_out)?;
@@ -382,4 +382,44 @@ pub fn discover_pairs(
     progress: &mut dyn FnMut(Event<'_>),
 ) -> Result<DiscoveryReport> {
     Analysis::new(spec, model, pairs, source)?.discovery(None, progress)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::training::parse_regularise;
+
+    #[test]
+    fn names_parse_and_errors_say_what_was_given() {
+        assert_eq!("rarity".parse::<SplitKind>().unwrap(), SplitKind::Rarity);
+        assert_eq!("heads".parse::<CandidateKind>().unwrap(), CandidateKind::Heads);
+        assert_eq!("difference".parse::<PairReadout>().unwrap(), PairReadout::Difference);
+        assert_eq!("list_order".parse::<PerturbKind>().unwrap(), PerturbKind::ListOrder);
+        assert_eq!("0, 2".parse::<Layers>().unwrap(), Layers::List(vec![0, 2]));
+        assert_eq!("none".parse::<Layers>().unwrap(), Layers::None);
+        let e = "x,1".parse::<Layers>().unwrap_err().to_string();
+        assert_eq!(e, "x,1: expected `last`, `all`, `none` or layers like `0,2`");
+        let e = "nope".parse::<SplitKind>().unwrap_err().to_string();
+        assert_eq!(e, "unknown split `nope`: expected field, frequency, rarity, random");
+        assert_eq!(parse_regularise("0.1, 0.2").unwrap(), (0.1, 0.2));
+        let e = parse_regularise("0.1").unwrap_err().to_string();
+        assert_eq!(e, "--regularise 0.1: expected two numbers separated by a comma");
+    }
+
+    #[test]
+    fn the_default_spec_is_the_default_discovery() {
+        assert_eq!(DiscoverSpec::default().options(), DiscoverOptions::default());
+        let spec = DiscoverSpec {
+            units: vec![CandidateKind::Heads],
+            fixed_z: Some(2.0),
+            random_sets: 0,
+            ..Default::default()
+        };
+        let o = spec.options();
+        assert_eq!((o.units.mlp, o.units.heads), (Layers::None, Layers::All));
+        assert_eq!(o.threshold, Threshold::FixedZ { z: 2.0 });
+        assert!(!o.validation.enabled);
+        let sae = DiscoverSpec { units: vec![CandidateKind::Sae], ..Default::default() }.load_sae();
+        assert_eq!(sae.err().map(|e| e.to_string()).as_deref(), Some("--units sae needs --sae DIR"));
+    }
 }

@@ -217,3 +217,150 @@ impl TrainOutput {
         o
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bound::Divergence;
+    use crate::interventions::{CartRun, HeadTailMetrics};
+    use crate::vulnerability::{CircuitVulnerability, VulnerabilityOptions};
+
+    fn field_rule() -> SplitRule {
+        SplitRule::Field { field: "subset".into(), tail_values: vec!["safety".into(), "sycophancy".into()] }
+    }
+
+    #[test]
+    fn discovery_summary() {
+        // The golden `cart discover` report of the fixture Llama.
+        let json = include_str!("../../../tests/golden/cart-discover-llama.json");
+        let r: DiscoveryReport = serde_json::from_str(json).unwrap();
+        let s = r.summary();
+        let lines: Vec<&str> = s.lines().collect();
+        assert_eq!(lines[0], "20 pairs: N_head 15, N_tail 5 (tail: `subset` ∈ {safety, sycophancy})");
+        assert!(lines[1].starts_with("184 candidate units (") && lines[1].contains("τ = 2.484 (maxT over"), "{s}");
+        assert!(lines[2].starts_with("clean accuracy: head "), "{s}");
+        assert_eq!(s.lines().filter(|l| l.starts_with("circuit ")).count(), r.circuits.len());
+        assert!(s.ends_with('\n'));
+    }
+
+    #[test]
+    fn vulnerability_summary() {
+        let row = CircuitVulnerability {
+            circuit: 0,
+            units: vec!["mlp.2.5".into(), "head.1.0".into()],
+            consistency: Some(0.9),
+            within_variance: 0.1,
+            between_variance: 0.9,
+            mean_abs_contribution_change: None,
+            activation_cosine: None,
+            sensitivity_ablation: 0.25,
+            mean_margin_contribution: 0.1,
+            sensitivity_gradient: 0.0,
+            sensitivity_perturbation: None,
+            coverage: 0.4,
+            coverage_threshold: 1.0,
+            covered: 2,
+            n_train_tail: 5,
+            score: 3.0,
+            vulnerable: true,
+        };
+        let v = VulnerabilityReport {
+            formula: "V_C = …".into(),
+            train_rule: field_rule(),
+            options: VulnerabilityOptions::default(),
+            n_tail: 5,
+            n_perturbed: 12,
+            circuits: vec![row],
+        };
+        let s = v.summary();
+        assert_eq!(
+            s,
+            "5 tail pairs, 12 perturbed copies · V_C = …\n\
+             circuit  units  consistency   sensitivity  coverage    V_C  vulnerable\n      \
+             0      2        0.900        0.2500     40.0%    3.0  yes\n"
+        );
+    }
+
+    #[test]
+    fn bound_summary() {
+        let b = BoundReport {
+            formula: "L_tail ≤ …".into(),
+            train_rule: field_rule(),
+            eval_rule: field_rule(),
+            c_tail: 2,
+            c_tail_validated: Some(1),
+            n_tail: 5,
+            n_head: 15,
+            delta: 0.05,
+            complexity_term: 2.6797,
+            complexity_term_validated: None,
+            complexity_term_sqrt_form: 1.5,
+            div_units: vec![],
+            divergence: Divergence {
+                units: 3,
+                n_head: 15,
+                n_tail: 5,
+                standardised_mean_distance: Some(0.5),
+                linear_mmd2: None,
+                one_minus_cka: Some(0.25),
+            },
+            l_tail: 0.7,
+            l_head: 0.5,
+            l_gap: 0.2,
+            accuracy_tail: 0.6,
+            accuracy_head: 0.8,
+        };
+        let s = b.summary();
+        let lines: Vec<&str> = s.lines().collect();
+        assert_eq!(lines[0], "L_tail ≤ …");
+        assert_eq!(lines[1], "|C_tail| 2 (1 validated) · N_tail 5 · N_head 15 · δ 0.05");
+        assert_eq!(lines[2], "complexity |C|·ln(1/δ)/√N_tail = 2.6797 (√ form 1.5000)");
+        assert_eq!(
+            lines[3],
+            "Div over 3 units: standardised mean distance +0.5000, linear MMD² undefined, 1 − CKA +0.2500"
+        );
+        assert_eq!(lines[4], "L_tail 0.7000 − L_head 0.5000 = +0.2000 (accuracy tail 60.0%, head 80.0%)");
+    }
+
+    #[test]
+    fn train_summary() {
+        let held_out = HeadTailMetrics::of(&[1.0, -1.0, 2.0, 0.5], &[false, false, true, true]);
+        let run = CartRun {
+            options: Default::default(),
+            n_train: 4,
+            n_train_tail: 2,
+            n_held_out: 4,
+            steps: 1,
+            targets: None,
+            augmentation: None,
+            members: vec![],
+            ensemble: None,
+            held_out,
+        };
+        let probes = [("caution".to_string(), Some(1.234)), ("length".to_string(), None)].into_iter().collect();
+        let out = TrainOutput {
+            source: "organism tail".into(),
+            head_accuracy: None,
+            tail_accuracy: None,
+            tail_margin: None,
+            head_margin: None,
+            probe_effect_sizes: Some(probes),
+            models: vec![],
+            run,
+        };
+        let s = out.summary();
+        let lines: Vec<&str> = s.lines().collect();
+        assert_eq!(lines.len(), 2, "{s}");
+        assert!(lines[0].starts_with("organism tail: head accuracy 50.0% (n 2), tail accuracy 100.0% (n 2)"), "{s}");
+        assert_eq!(lines[1], "probe effect sizes (Cohen's d): caution +1.23, length undefined");
+    }
+
+    #[test]
+    fn formats() {
+        assert_eq!(fmt_opt(None, 3), "undefined");
+        assert_eq!(fmt_opt(Some(0.5), 2), "+0.50");
+        let e = Estimate { mean: Some(0.1), ci_low: Some(-0.2), ci_high: Some(0.3) };
+        assert_eq!(fmt_est(&e), "+0.1000 [-0.2000, +0.3000]");
+        assert_eq!(describe_rule(&SplitRule::Random { n_tail: 4, seed: 7 }), "random (4 tail, seed 7)");
+    }
+}

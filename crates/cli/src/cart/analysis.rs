@@ -26,11 +26,13 @@ pub struct DiscoverFlags {
     /// Preference pairs, JSONL (prompt, chosen, rejected, subset, …).
     #[arg(long, value_name = "FILE.jsonl")]
     pub pairs: PathBuf,
-    /// How the tail is defined (recorded in every output): `field`, pairs whose --field value is
-    /// one of --tail-subsets; `frequency`, scenario frequency: k-means on the model's pooled
-    /// representations, the smallest clusters (≤ 1 − α of the pairs) are the tail; `rarity`, token
-    /// rarity: the 1 − α share of pairs with the rarest tokens (mean log unigram frequency);
-    /// `random`, a seeded random split with (1 − α)·N tail pairs: the null, for calibration.
+    /// How the tail is defined (recorded in every output).
+    ///
+    /// `field`: pairs whose --field value is one of --tail-subsets; `frequency`: scenario
+    /// frequency, k-means on the model's pooled representations, the smallest clusters (≤ 1 − α of
+    /// the pairs) are the tail; `rarity`: token rarity, the 1 − α share of pairs with the rarest
+    /// tokens (mean log unigram frequency); `random`: a seeded random split with (1 − α)·N tail
+    /// pairs, the null, for calibration.
     #[arg(long, value_parser = choice::<SplitKind>(&SplitKind::NAMES), default_value = "field")]
     pub split: SplitKind,
     /// The pair field the `field` split reads.
@@ -45,9 +47,10 @@ pub struct DiscoverFlags {
     /// k-means clusters of the frequency split.
     #[arg(long, default_value_t = 20)]
     pub clusters: usize,
-    /// Candidate unit kinds (comma-separated): `mlp`, MLP neurons (blocks.{l}.mlp.hook_post) of
-    /// --mlp-layers; `heads`, attention heads (‖hook_z‖ per head) of --head-layers; `sae`, the
-    /// latents of the SAE given with --sae.
+    /// Candidate unit kinds (comma-separated).
+    ///
+    /// `mlp`: MLP neurons (blocks.{l}.mlp.hook_post) of --mlp-layers; `heads`: attention heads
+    /// (‖hook_z‖ per head) of --head-layers; `sae`: the latents of the SAE given with --sae.
     #[arg(long, value_parser = choice::<CandidateKind>(&CandidateKind::NAMES), value_delimiter = ',', default_value = "mlp,heads")]
     pub units: Vec<CandidateKind>,
     /// Layers whose MLP neurons are candidates: `last`, `all` or a list like `0,2`.
@@ -208,7 +211,6 @@ pub(super) fn run_vulnerability(a: VulnerabilityArgs) -> Result<()> {
         vulnerable_share: a.vulnerable_share,
         batch_size: a.flags.batch_size,
     };
-    let train = train.as_ref().map(|(p, f)| (p.as_slice(), *f));
     let v = l.vulnerability(&report, &kinds, train, &opts, &mut |e| bars.update(e))?;
     print!("{}", v.summary());
     a.out.map_or(Ok(()), |out| write_json(&out, &v))
@@ -247,7 +249,7 @@ pub(super) fn run_bound(a: BoundArgs) -> Result<()> {
     let report = l.discovery(a.discovery.as_deref(), &mut |e| bars.update(e))?;
     let held_out = other_pairs(a.held_out.as_deref())?;
     let opts = BoundOptions { delta: a.delta, batch_size: a.flags.batch_size };
-    let b = l.bound(&report, held_out.as_ref().map(|(p, f)| (p.as_slice(), *f)), &opts)?;
+    let b = l.bound(&report, held_out, &opts)?;
     print!("{}", b.summary());
     a.out.map_or(Ok(()), |out| write_json(&out, &b))
 }
