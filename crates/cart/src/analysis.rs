@@ -22,8 +22,9 @@ use crate::headtail::{
 };
 use crate::progress::Event;
 use crate::vulnerability::perturb::PerturbKind;
-use crate::vulnerability::VulnerabilityReport;
-use crate::vulnerability::{assess, model_encoder, perturbed_pairs, VulnerabilityInputs, VulnerabilityOptions};
+use crate::vulnerability::{
+    assess, model_encoder, perturbed_pairs, VulnerabilityInputs, VulnerabilityOptions, VulnerabilityReport,
+};
 
 fn invalid(msg: impl Into<String>) -> AnalysisError {
     AnalysisError::Invalid(msg.into())
