@@ -162,6 +162,24 @@ impl Layers {
     }
 }
 
+/// `last`, `all`, `none` or a list like `0,2`; the error starts with the text given.
+impl std::str::FromStr for Layers {
+    type Err = AnalysisError;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "last" => Layers::Last,
+            "all" => Layers::All,
+            "none" => Layers::None,
+            _ => Layers::List(
+                s.split(',')
+                    .map(|x| x.trim().parse::<usize>())
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(|_| invalid(format!("{s}: expected `last`, `all`, `none` or layers like `0,2`")))?,
+            ),
+        })
+    }
+}
+
 /// How a pair's two sequences make one value per unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -173,6 +191,21 @@ pub enum PairReadout {
     Rejected,
     /// `|a(chosen) − a(rejected)|` (heads: the norm of the difference).
     Difference,
+}
+
+impl PairReadout {
+    pub const NAMES: [&'static str; 4] = ["mean", "chosen", "rejected", "difference"];
+}
+
+impl std::str::FromStr for PairReadout {
+    type Err = AnalysisError;
+    fn from_str(s: &str) -> Result<Self> {
+        let all = [PairReadout::Mean, PairReadout::Chosen, PairReadout::Rejected, PairReadout::Difference];
+        match Self::NAMES.iter().position(|n| *n == s) {
+            Some(i) => Ok(all[i]),
+            None => Err(invalid(format!("unknown read-out `{s}`: expected {}", Self::NAMES.join(", ")))),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

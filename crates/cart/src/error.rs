@@ -21,6 +21,21 @@ pub enum AnalysisError {
     Organism(#[from] OrganismError),
     #[error("{0}")]
     Invalid(String),
+    /// `source` with where it happened (a file, a step) in front; shown as `at: source` in an
+    /// error chain, as `anyhow`'s context is.
+    #[error("{at}")]
+    At {
+        at: String,
+        #[source]
+        source: Box<AnalysisError>,
+    },
+}
+
+impl AnalysisError {
+    /// This error with `at` (a file, a step) in front.
+    pub fn at(self, at: impl std::fmt::Display) -> Self {
+        AnalysisError::At { at: at.to_string(), source: Box::new(self) }
+    }
 }
 
 pub type Result<T, E = AnalysisError> = std::result::Result<T, E>;

@@ -2,6 +2,7 @@
 //! bound's ingredients, the training-time interventions, and the CART table on model organisms.
 //! The Bradley–Terry trainer itself lives in `reward-lens-train` (re-exported as [`trainer`]).
 
+pub mod analysis;
 pub mod bound;
 pub mod discover;
 mod error;
@@ -11,6 +12,7 @@ pub mod light;
 pub mod organism_runs;
 pub mod progress;
 pub mod table;
+pub mod text;
 pub mod training;
 pub mod vulnerability;
 

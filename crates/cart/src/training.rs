@@ -66,6 +66,18 @@ pub fn parse_curriculum(s: &str) -> std::result::Result<(Share, Share), String> 
     Ok((p(v[0])?, p(v[1])?))
 }
 
+/// `λ_div,λ_stab`, the regulariser's two weights (`--regularise 0.1,0.1`).
+pub fn parse_regularise(s: &str) -> Result<(f64, f64)> {
+    let v: Vec<&str> = s.split(',').collect();
+    if v.len() != 2 {
+        return Err(AnalysisError::Invalid(format!("--regularise {s}: expected two numbers separated by a comma")));
+    }
+    let p = |x: &str| {
+        x.trim().parse::<f64>().map_err(|_| AnalysisError::Invalid(format!("--regularise {s}: `{x}` is not a number")))
+    };
+    Ok((p(v[0])?, p(v[1])?))
+}
+
 /// Everything `cart train` takes.
 #[derive(Debug, Clone)]
 pub struct TrainRequest {

@@ -88,17 +88,3 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     eprintln!("wrote {}", path.display());
     Ok(())
 }
-
-fn fmt_opt(x: Option<f64>, digits: usize) -> String {
-    x.map_or("undefined".into(), |v| format!("{v:+.digits$}"))
-}
-
-/// `A,B` as two numbers (`--regularise 0.1,0.1`).
-fn parse_pair_f64(s: &str, flag: &str) -> Result<(f64, f64)> {
-    let v: Vec<&str> = s.split(',').collect();
-    if v.len() != 2 {
-        anyhow::bail!("{flag} {s}: expected two numbers separated by a comma");
-    }
-    let p = |x: &str| x.trim().parse::<f64>().map_err(|_| anyhow::anyhow!("{flag} {s}: `{x}` is not a number"));
-    Ok((p(v[0])?, p(v[1])?))
-}

@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use reward_lens_cart::organism_runs::Scale;
 use reward_lens_cart::table::{markdown, run_table, Arm, TableOptions};
+use reward_lens_cart::training::parse_regularise;
 
 use crate::progress::CartBars;
 
@@ -76,7 +77,7 @@ pub struct TableArgs {
 }
 
 pub fn run(a: TableArgs) -> Result<()> {
-    let (d, s) = super::parse_pair_f64(&a.regularise, "--regularise")?;
+    let (d, s) = parse_regularise(&a.regularise)?;
     let mut o = TableOptions::beside(&a.out);
     o.presets = a.preset;
     o.seeds = a.seeds;

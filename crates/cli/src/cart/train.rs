@@ -5,11 +5,11 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use reward_lens_cart::discover::DiscoveryReport;
 use reward_lens_cart::interventions::CircuitTargets;
 use reward_lens_cart::trainer::Trainable;
-use reward_lens_cart::training::{parse_curriculum, train, TrainData, TrainRequest};
+use reward_lens_cart::training::{parse_curriculum, parse_regularise, train, TrainData, TrainRequest};
 
-use super::fmt_opt;
 use crate::args::read_pairs;
 use crate::progress::CartBars;
 
@@ -107,15 +107,12 @@ pub struct TrainArgs {
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
-    let data = match (&a.preset, &a.model, &a.pairs) {
-        (Some(preset), _, _) => TrainData::Organism {
-            preset: preset.clone(),
-            n_train: a.n_train,
-            n_test: a.n_test,
-            reference: a.reference.clone(),
-        },
+    let data = match (a.preset, a.model, &a.pairs) {
+        (Some(preset), _, _) => {
+            TrainData::Organism { preset, n_train: a.n_train, n_test: a.n_test, reference: a.reference }
+        }
         (None, Some(dir), Some(pairs)) => TrainData::Model {
-            dir: dir.clone(),
+            dir,
             train: read_pairs(pairs)?,
             held_out: a.held_out.as_deref().map(read_pairs).transpose()?.unwrap_or_default(),
             name: pairs.display().to_string(),
@@ -123,20 +120,21 @@ pub fn run(a: TrainArgs) -> Result<()> {
         },
         _ => unreachable!("clap requires --preset or --model with --pairs"),
     };
-    let targets = match &a.discovery {
-        Some(f) => Some(CircuitTargets::from_report(&super::analysis::read_discovery(f)?, None, 16)),
-        None => None,
-    };
     let request = TrainRequest {
         data,
-        tail_subsets: a.tail_subsets.clone(),
+        tail_subsets: a.tail_subsets,
         augment_per_pair: a.augment.then_some(a.augment_per_pair),
-        regularise: a.regularise.as_deref().map(|s| super::parse_pair_f64(s, "--regularise")).transpose()?,
+        regularise: a.regularise.as_deref().map(parse_regularise).transpose()?,
         reg_pairs: a.reg_pairs,
         curriculum: a.curriculum.as_deref().map(parse_curriculum).transpose().map_err(anyhow::Error::msg)?,
         ensemble: a.ensemble,
         kappa: a.kappa,
-        targets,
+        targets: a
+            .discovery
+            .as_deref()
+            .map(DiscoveryReport::read)
+            .transpose()?
+            .map(|r| CircuitTargets::from_report(&r, None, 16)),
         epochs: a.epochs,
         lr: a.lr,
         batch_size: a.batch_size,
@@ -147,31 +145,6 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let mut bars = CartBars::default();
     let report =
         train(&request, &mut |e| bars.update(e)).with_context(|| format!("cart train → {}", a.out.display()))?;
-    let h = &report.run.held_out;
-    let pct = |x: Option<f64>| x.map_or("n/a".to_string(), |v| format!("{:.1}%", 100.0 * v));
-    println!(
-        "{}: head accuracy {} (n {}), tail accuracy {} (n {}), tail margin {}",
-        report.source,
-        pct(h.head_accuracy),
-        h.n_head,
-        pct(h.tail_accuracy),
-        h.n_tail,
-        fmt_opt(h.tail_margin, 3)
-    );
-    if let Some(e) = &report.run.ensemble {
-        println!(
-            "ensemble of {}: weights {:?}; disagreement head {} tail {} (tail higher: {}), AUROC tail vs head {}",
-            e.members,
-            e.weights.iter().map(|w| (w * 1000.0).round() / 1000.0).collect::<Vec<_>>(),
-            fmt_opt(e.disagreement_head, 3),
-            fmt_opt(e.disagreement_tail, 3),
-            e.tail_higher.map_or("undefined".into(), |b| b.to_string()),
-            fmt_opt(e.auroc_tail_vs_head, 3)
-        );
-    }
-    if let Some(p) = &report.probe_effect_sizes {
-        let s: Vec<String> = p.iter().map(|(k, d)| format!("{k} {}", fmt_opt(*d, 2))).collect();
-        println!("probe effect sizes (Cohen's d): {}", s.join(", "));
-    }
+    print!("{}", report.summary());
     Ok(())
 }
