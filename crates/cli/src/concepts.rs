@@ -1,12 +1,11 @@
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 use serde::Serialize;
 
-use reward_lens_engine::{RewardModel, Truncation};
-use reward_lens_instruments::concepts::{concepts, steer, ConceptInput, ConceptOptions, ConceptReport, DoseResponse};
-use reward_lens_report::ConceptText;
+use reward_lens_engine::Truncation;
+use reward_lens_instruments::concepts::{concepts, steer, ConceptOptions, ConceptReport, DoseResponse};
 
 use crate::args::PairInput;
 use crate::{output, ModelArgs};
@@ -48,24 +47,6 @@ pub struct ConceptsArgs {
     pub run: crate::args::RunArgs,
 }
 
-fn encode(model: &RewardModel, c: &ConceptText) -> Result<ConceptInput> {
-    let pairs = c
-        .items
-        .iter()
-        .enumerate()
-        .map(|(i, (p, pos, neg))| {
-            let e = |r: &str| {
-                model
-                    .encode(p, r, Truncation::Error)
-                    .map(|x| x.ids)
-                    .with_context(|| format!("concept {} pair {}", c.name, i + 1))
-            };
-            Ok((e(pos)?, e(neg)?))
-        })
-        .collect::<Result<_>>()?;
-    Ok(ConceptInput { name: c.name.clone(), pairs })
-}
-
 #[derive(Serialize)]
 struct Output {
     concepts: ConceptReport,
@@ -76,30 +57,13 @@ struct Output {
 pub fn run(a: ConceptsArgs) -> Result<()> {
     let model = a.model.load()?;
     let texts = reward_lens_report::datasets::read_concepts(&a.paths)?;
-    let inputs = texts.iter().map(|c| encode(&model, c)).collect::<Result<Vec<_>>>()?;
+    let inputs = texts.iter().map(|c| c.encode(&model, Truncation::Error)).collect::<Result<Vec<_>, _>>()?;
     let rep = concepts(
         &model,
         &inputs,
         &ConceptOptions { layer: a.layer, v1_compat: a.v1_compat, batch_size: a.run.batch_size },
     )?;
-    println!("concept vectors at block {} (d_model {}), alignment with {}:", rep.layer, rep.d_model, rep.reference);
-    println!(
-        "{:<16} {:>5} {:>10} {:>8} {:>12} {:>12} {:>12}",
-        "concept", "pairs", "alignment", "p", "consistency", "reward shift", "÷ reward SD"
-    );
-    for c in &rep.concepts {
-        let p = c.p_value.map_or("—".into(), |p| format!("{p:.3}"));
-        println!(
-            "{:<16} {:>5} {:>+10.3} {:>8} {:>11.0}% {:>+12.4} {:>12}",
-            c.name,
-            c.n_pairs,
-            c.alignment,
-            p,
-            100.0 * c.consistency,
-            c.mean_reward_shift,
-            c.relative_reward_shift.map_or("—".into(), |r| format!("{r:+.3}"))
-        );
-    }
+    print!("{}", reward_lens_report::text::concepts_table(&rep));
     let steering = match &a.steer {
         None => None,
         Some(name) => {
@@ -114,21 +78,9 @@ pub fn run(a: ConceptsArgs) -> Result<()> {
             } else {
                 inputs[i].pairs.iter().map(|p| p.1.clone()).collect()
             };
-            let positions = a.positions;
-            let dr = steer(
-                &model,
-                &seqs,
-                &rep.concepts[i].vector,
-                Some(rep.layer),
-                &a.strengths,
-                positions,
-                a.run.batch_size,
-            )?;
-            println!("steering along `{name}` at block {} ({} texts):", dr.layer, seqs.len());
-            for (s, d) in dr.strengths.iter().zip(&dr.mean_delta) {
-                println!("  strength {s:+6.2}  mean Δreward {d:+.4}");
-            }
-            println!("  slope {}", dr.slope.map_or("—".into(), |s| format!("{s:+.4} per unit strength")));
+            let v = &rep.concepts[i].vector;
+            let dr = steer(&model, &seqs, v, Some(rep.layer), &a.strengths, a.positions, a.run.batch_size)?;
+            print!("{}", reward_lens_report::text::steering_text(name, seqs.len(), &dr));
             Some(dr)
         }
     };

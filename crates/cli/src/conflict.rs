@@ -2,7 +2,10 @@ use anyhow::{bail, Result};
 use clap::Args;
 use serde::Serialize;
 
-use reward_lens_instruments::conflict::{analyze, learn_term_directions, objective_terms, ConflictReport, Thresholds};
+use reward_lens_instruments::conflict::{
+    analyze, group_pairs, learn_term_directions, objective_terms, ConflictReport, Thresholds,
+};
+use reward_lens_report::text::conflict_text;
 
 use crate::args::PairInput;
 use crate::{output, ModelArgs};
@@ -43,48 +46,16 @@ struct Output {
     objectives: Option<ConflictReport>,
 }
 
-fn print(r: &ConflictReport, title: &str) {
-    println!(
-        "{title}: {} terms, conflict score {:.3}, monitorability risk {:.3}",
-        r.term_names.len(),
-        r.overall_conflict_score,
-        r.monitorability_risk
-    );
-    let mut pairs: Vec<_> = r.pairs.iter().collect();
-    pairs.sort_by(|a, b| a.cosine.total_cmp(&b.cosine));
-    for p in pairs.iter().take(5) {
-        let pv = p.p_value.map_or("—".into(), |v| format!("{v:.3}"));
-        println!("  {:<14} {:<14} cos {:+.3}  p {pv:<6} {:?}", p.term1, p.term2, p.cosine, p.relationship);
-    }
-    if let Some(e) = &r.effective_direction_cosines {
-        println!("  mean cosine with the per-input effective direction:");
-        for (n, c) in r.term_names.iter().zip(e) {
-            println!("    {n:<32} {c:+.3}");
-        }
-    }
-}
-
 pub fn run(a: ConflictArgs) -> Result<()> {
     let model = a.model.load()?;
     let (pairs, ids) = a.input.encode(&model)?;
-    let mut groups: Vec<reward_lens_instruments::Group> = Vec::new();
-    for (p, pair) in pairs.iter().zip(ids.iter()) {
-        let key = match p.field(&a.group_by) {
-            Some(serde_json::Value::String(s)) => s.clone(),
-            Some(serde_json::Value::Null) | None => "(none)".to_string(),
-            Some(v) => v.to_string(),
-        };
-        match groups.iter_mut().find(|g| g.0 == key) {
-            Some(g) => g.1.push(pair.clone()),
-            None => groups.push((key, vec![pair.clone()])),
-        }
-    }
+    let groups = group_pairs(&pairs, &ids, &a.group_by);
     if groups.len() < 2 && objective_terms(&model, &[], 1)?.is_none() {
         bail!("--group-by {}: found {} group(s); conflicts need at least two terms", a.group_by, groups.len());
     }
     let t = Thresholds { aligned: a.aligned, orthogonal: a.orthogonal, conflict: a.conflict };
     let terms = analyze(&learn_term_directions(&model, &groups, a.layer, a.run.batch_size)?, &t);
-    print(&terms, &format!("terms grouped by `{}`", a.group_by));
+    print!("{}", conflict_text(&terms, &format!("terms grouped by `{}`", a.group_by)));
     let inputs: Vec<Vec<u32>> = ids.iter().map(|p| p.chosen.clone()).collect();
     let objectives = objective_terms(&model, &inputs, a.run.batch_size)?.map(|o| {
         let mut r = analyze(&o.terms, &t);
@@ -92,7 +63,7 @@ pub fn run(a: ConflictArgs) -> Result<()> {
         r
     });
     if let Some(o) = &objectives {
-        print(o, "ArmoRM objectives");
+        print!("{}", conflict_text(o, "ArmoRM objectives"));
     }
     output::write(a.run.out.as_deref(), "conflict", &a.model.name(), &pairs, &Output { terms, objectives })
 }

@@ -15,7 +15,7 @@
 
 use serde::Serialize;
 
-use reward_lens_engine::{RewardHead, RewardModel};
+use reward_lens_engine::{EncodedPair, PairText, RewardHead, RewardModel};
 
 use crate::concepts::{cosine, normalise};
 use crate::stats::random_cosine_p_value;
@@ -216,9 +216,43 @@ pub fn objective_terms(model: &RewardModel, inputs: &[Vec<u32>], batch_size: usi
     Ok(Some(ObjectiveTerms { terms, effective_direction_cosines: eff }))
 }
 
+/// Pairs grouped into reward terms by a field's value (in first-seen order): a string is its
+/// own name, a missing or null field is `(none)`, any other value its JSON text.
+pub fn group_pairs(pairs: &[PairText], encoded: &[EncodedPair], field: &str) -> Vec<Group> {
+    let mut groups: Vec<Group> = Vec::new();
+    for (p, pair) in pairs.iter().zip(encoded) {
+        let key = match p.field(field) {
+            Some(serde_json::Value::String(s)) => s,
+            Some(serde_json::Value::Null) | None => "(none)".to_string(),
+            Some(v) => v.to_string(),
+        };
+        match groups.iter_mut().find(|g| g.0 == key) {
+            Some(g) => g.1.push(pair.clone()),
+            None => groups.push((key, vec![pair.clone()])),
+        }
+    }
+    groups
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pairs_group_by_any_field_in_first_seen_order() {
+        use reward_lens_engine::{EncodedPair, PairText};
+        let mut texts: Vec<PairText> =
+            ["b", "a", "b"].iter().map(|s| PairText::new("p", "c", "r").with_subset(*s)).collect();
+        texts.push(PairText::new("p", "c", "r"));
+        texts[0].extra.insert("n".into(), serde_json::json!(2));
+        let enc: Vec<EncodedPair> = (0..4).map(|i| EncodedPair::from_ids(vec![i], vec![i + 10])).collect();
+        let g = group_pairs(&texts, &enc, "subset");
+        let names: Vec<&str> = g.iter().map(|x| x.0.as_str()).collect();
+        assert_eq!(names, ["b", "a", "(none)"]);
+        assert_eq!(g[0].1.iter().map(|p| p.chosen[0]).collect::<Vec<_>>(), [0, 2]);
+        let by_n = group_pairs(&texts, &enc, "n");
+        assert_eq!(by_n.iter().map(|x| x.0.as_str()).collect::<Vec<_>>(), ["2", "(none)"]);
+    }
 
     #[test]
     fn classification_on_known_vectors() {

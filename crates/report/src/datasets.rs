@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use reward_lens_engine::{Origin, PairText};
+use reward_lens_engine::{Origin, PairText, RewardModel, Truncation};
+use reward_lens_instruments::concepts::ConceptInput;
 use reward_lens_instruments::rewardbench2::{is_rewardbench2_line, parse_rows, Rb2Error, Rb2Row};
 
 /// What went wrong reading a dataset; every message names the file (and line).
@@ -278,6 +279,25 @@ const BUILTIN_CONCEPTS: &[(&str, &str)] = &[
 pub struct ConceptText {
     pub name: String,
     pub items: Vec<(String, String, String)>,
+}
+
+impl ConceptText {
+    /// Its (positive, negative) pairs encoded; an error names the concept and the pair (1-based).
+    pub fn encode(&self, model: &RewardModel, truncation: Truncation) -> Result<ConceptInput, crate::ReportError> {
+        let enc = |i: usize, prompt: &str, response: &str| {
+            model.encode(prompt, response, truncation).map(|e| e.ids).map_err(|source| crate::ReportError::Encode {
+                what: format!("concept {} pair {}", self.name, i + 1),
+                source,
+            })
+        };
+        let pairs = self
+            .items
+            .iter()
+            .enumerate()
+            .map(|(i, (p, pos, neg))| Ok((enc(i, p, pos)?, enc(i, p, neg)?)))
+            .collect::<Result<_, crate::ReportError>>()?;
+        Ok(ConceptInput { name: self.name.clone(), pairs })
+    }
 }
 
 /// Parses one concept file's lines (`prompt`, `positive`, `negative`).

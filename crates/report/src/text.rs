@@ -3,6 +3,8 @@
 
 use std::fmt::Write;
 
+use reward_lens_instruments::concepts::{ConceptReport, DoseResponse};
+use reward_lens_instruments::conflict::ConflictReport;
 use reward_lens_instruments::diagnose::DiagnoseReport;
 use reward_lens_instruments::evaluation::ModelEval;
 use reward_lens_instruments::probes::{ProbeReport, Verdict, ALPHA, MIN_EFFECT, MIN_RELATIVE_EFFECT};
@@ -146,6 +148,73 @@ pub fn diagnose_table(r: &DiagnoseReport) -> String {
         }
         Err(e) => {
             let _ = writeln!(s, "cascade: not computed — {e}");
+        }
+    }
+    s
+}
+
+/// `concepts`' table: each concept's alignment with the reward direction and its reward shift.
+pub fn concepts_table(rep: &ConceptReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "concept vectors at block {} (d_model {}), alignment with {}:",
+        rep.layer, rep.d_model, rep.reference
+    );
+    let _ = writeln!(
+        s,
+        "{:<16} {:>5} {:>10} {:>8} {:>12} {:>12} {:>12}",
+        "concept", "pairs", "alignment", "p", "consistency", "reward shift", "÷ reward SD"
+    );
+    for c in &rep.concepts {
+        let p = c.p_value.map_or("—".into(), |p| format!("{p:.3}"));
+        let rel = c.relative_reward_shift.map_or("—".into(), |r| format!("{r:+.3}"));
+        let _ = writeln!(
+            s,
+            "{:<16} {:>5} {:>+10.3} {:>8} {:>11.0}% {:>+12.4} {:>12}",
+            c.name,
+            c.n_pairs,
+            c.alignment,
+            p,
+            100.0 * c.consistency,
+            c.mean_reward_shift,
+            rel
+        );
+    }
+    s
+}
+
+/// A steering dose–response curve: mean reward change per strength and its slope.
+pub fn steering_text(name: &str, n_texts: usize, dr: &DoseResponse) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "steering along `{name}` at block {} ({n_texts} texts):", dr.layer);
+    for (x, d) in dr.strengths.iter().zip(&dr.mean_delta) {
+        let _ = writeln!(s, "  strength {x:+6.2}  mean Δreward {d:+.4}");
+    }
+    let _ = writeln!(s, "  slope {}", dr.slope.map_or("—".into(), |x| format!("{x:+.4} per unit strength")));
+    s
+}
+
+/// `conflict`'s summary: the most opposed term pairs, and ArmoRM's effective-direction cosines.
+pub fn conflict_text(r: &ConflictReport, title: &str) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{title}: {} terms, conflict score {:.3}, monitorability risk {:.3}",
+        r.term_names.len(),
+        r.overall_conflict_score,
+        r.monitorability_risk
+    );
+    let mut pairs: Vec<_> = r.pairs.iter().collect();
+    pairs.sort_by(|a, b| a.cosine.total_cmp(&b.cosine));
+    for p in pairs.iter().take(5) {
+        let pv = p.p_value.map_or("—".into(), |v| format!("{v:.3}"));
+        let _ = writeln!(s, "  {:<14} {:<14} cos {:+.3}  p {pv:<6} {:?}", p.term1, p.term2, p.cosine, p.relationship);
+    }
+    if let Some(e) = &r.effective_direction_cosines {
+        let _ = writeln!(s, "  mean cosine with the per-input effective direction:");
+        for (n, c) in r.term_names.iter().zip(e) {
+            let _ = writeln!(s, "    {n:<32} {c:+.3}");
         }
     }
     s

@@ -330,14 +330,7 @@ pub fn run_audit(inputs: &AuditInputs, progress: &mut dyn Progress) -> Result<Au
 
     // 8. Conflicts between subsets (and ArmoRM objectives).
     stage(8, &mut timings);
-    let mut groups: Vec<reward_lens_instruments::Group> = Vec::new();
-    for (p, pair) in pairs.iter().zip(&encoded) {
-        let key = p.subset.clone().unwrap_or_else(|| "(none)".into());
-        match groups.iter_mut().find(|g| g.0 == key) {
-            Some(g) => g.1.push(pair.clone()),
-            None => groups.push((key, vec![pair.clone()])),
-        }
-    }
+    let groups = reward_lens_instruments::conflict::group_pairs(&pairs, &encoded, "subset");
     let t = Thresholds::default();
     let (terms, note) = if groups.len() >= 2 {
         (Some(analyze(&learn_term_directions(&model, &groups, None, o.batch_size)?, &t)), None)
