@@ -1,7 +1,7 @@
 use anyhow::Result;
 use clap::Args;
 
-use reward_lens_instruments::attribution::{attribute, AttributionOptions, RankBy};
+use reward_lens_instruments::attribution::{attribute, AttributionOptions};
 
 use crate::args::PairInput;
 use crate::{output, ModelArgs};
@@ -46,30 +46,6 @@ pub fn run(a: AttributeArgs) -> Result<()> {
         seed: a.run.seed,
     };
     let rep = attribute(&model, &ids, &opts)?;
-    let worst =
-        rep.pairs.iter().flat_map(|p| [p.chosen.residual, p.rejected.residual]).fold(0.0f64, |m, r| m.max(r.abs()));
-    println!(
-        "{} pairs, {} components; max |Σ contributions + bias − reward| = {worst:.2e}{}",
-        rep.pairs.len(),
-        rep.components.len(),
-        if a.v1_compat { " (v1-compat: pre-norm, does not add up)" } else { "" }
-    );
-    println!("top {} components by |mean chosen − rejected| [95% CI]:", a.top_k);
-    let top = rep.top_k(if rep.pairs.len() == 1 { Some(0) } else { None }, a.top_k, RankBy::Differential);
-    let max = top.iter().map(|t| t.1.abs()).fold(0.0, f64::max);
-    for (name, v) in &top {
-        let i = rep.components.iter().position(|c| &c.name == name).expect("listed component");
-        println!(
-            "  {name:<14} {:<36} {}",
-            reward_lens_report::text::mean_ci(&rep.mean_differential[i]),
-            output::bar(*v, max, 20)
-        );
-    }
-    if !rep.top_neurons.is_empty() {
-        println!("top MLP neurons by |mean chosen − rejected|:");
-        for n in &rep.top_neurons {
-            println!("  {:<18} {:+.4}", n.name, n.mean_differential);
-        }
-    }
+    print!("{}", reward_lens_report::text::attribution_table(&rep, a.top_k));
     output::write(a.run.out.as_deref(), "attribution", &a.model.name(), &pairs, &rep)
 }

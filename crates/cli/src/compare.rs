@@ -45,30 +45,7 @@ pub fn run(a: CompareArgs) -> Result<()> {
         inputs.push(CompareInput { name: path.display().to_string(), model, pairs: ids });
     }
     let rep = compare(&inputs, LensKind::Normed, a.run.batch_size, a.run.seed)?;
-    println!("{:<40} {:>6} {:>9} {:>26}", "model", "layers", "accuracy", "crystallization fraction");
-    for m in &rep.models {
-        println!(
-            "{:<40} {:>6} {:>8.1}% {:>26}",
-            m.name,
-            m.n_layers,
-            100.0 * m.accuracy,
-            reward_lens_report::text::mean_ci(&m.crystallization_fraction)
-        );
-    }
-    let f = |v: Option<f64>| v.map_or("—".to_string(), |x| format!("{x:+.3}"));
-    for p in &rep.pairwise {
-        println!(
-            "{} vs {}: formation r {}, margin sign agreement {:.0}%, margin ρ {}, component ρ {}, w_r cos {}, CKA {}",
-            p.a,
-            p.b,
-            f(p.formation_correlation),
-            100.0 * p.margin_sign_agreement,
-            f(p.margin_spearman),
-            f(p.component_spearman),
-            f(p.w_r_cosine),
-            f(p.linear_cka)
-        );
-    }
+    print!("{}", reward_lens_report::text::compare_table(&rep));
     output::write(
         a.run.out.as_deref(),
         "compare",

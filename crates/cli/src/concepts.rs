@@ -57,7 +57,8 @@ struct Output {
 pub fn run(a: ConceptsArgs) -> Result<()> {
     let model = a.model.load()?;
     let texts = reward_lens_report::datasets::read_concepts(&a.paths)?;
-    let inputs = texts.iter().map(|c| c.encode(&model, Truncation::Error)).collect::<Result<Vec<_>, _>>()?;
+    let inputs: Vec<_> =
+        texts.iter().map(|c| c.encode(&model, Truncation::Error).map_err(Box::new)).collect::<Result<_, _>>()?;
     let rep = concepts(
         &model,
         &inputs,

@@ -1,17 +1,10 @@
 use anyhow::Result;
-use clap::{Args, ValueEnum};
+use clap::Args;
 
 use reward_lens_instruments::lens::{lens, LensKind, LensOptions};
 
 use crate::args::PairInput;
 use crate::{output, ModelArgs};
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum KindArg {
-    Normed,
-    Frozen,
-    Raw,
-}
 
 #[derive(Args)]
 #[command(
@@ -28,8 +21,8 @@ pub struct LensArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub input: PairInput,
-    #[arg(long, value_enum, default_value = "normed")]
-    pub kind: KindArg,
+    #[arg(long, value_parser = crate::args::choice::<LensKind>(&["normed", "frozen", "raw"]), default_value = "normed")]
+    pub kind: LensKind,
     /// reward-lens 1.0 semantics: raw projection, v1.0 crystallization rule.
     #[arg(long)]
     pub v1_compat: bool,
@@ -40,32 +33,8 @@ pub struct LensArgs {
 pub fn run(a: LensArgs) -> Result<()> {
     let model = a.model.load()?;
     let (pairs, ids) = a.input.encode(&model)?;
-    let kind = match a.kind {
-        KindArg::Normed => LensKind::Normed,
-        KindArg::Frozen => LensKind::Frozen,
-        KindArg::Raw => LensKind::Raw,
-    };
-    let opts = LensOptions { kind, v1_compat: a.v1_compat, batch_size: a.run.batch_size, seed: a.run.seed };
+    let opts = LensOptions { kind: a.kind, v1_compat: a.v1_compat, batch_size: a.run.batch_size, seed: a.run.seed };
     let rep = lens(&model, &ids, &opts)?;
-    println!(
-        "reward lens ({:?}{}), {} pairs, mean over pairs:",
-        rep.kind,
-        if rep.v1_compat { ", v1-compat" } else { "" },
-        rep.pairs.len()
-    );
-    println!("{:>6} {:>10} {:>10}  {:<36} ", "layer", "chosen", "rejected", "chosen − rejected [95% CI]");
-    let max = rep.mean_differential.iter().filter_map(|m| m.mean).fold(0.0f64, |a, b| a.max(b.abs()));
-    for (i, l) in rep.layers.iter().enumerate() {
-        let label = if *l < 0 { "embed".to_string() } else { l.to_string() };
-        let m = &rep.mean_differential[i];
-        println!(
-            "{label:>6} {:>10.4} {:>10.4}  {:<36} {}",
-            rep.mean_chosen[i],
-            rep.mean_rejected[i],
-            reward_lens_report::text::mean_ci(m),
-            output::bar(m.mean.unwrap_or(f64::NAN), max, 20)
-        );
-    }
-    println!("crystallization depth fraction: {}", reward_lens_report::text::mean_ci(&rep.crystallization_fraction));
+    print!("{}", reward_lens_report::text::lens_table(&rep));
     output::write(a.run.out.as_deref(), "lens", &a.model.name(), &pairs, &rep)
 }

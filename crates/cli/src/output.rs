@@ -41,16 +41,6 @@ pub fn write<T: Serialize>(
     Ok(())
 }
 
-/// A one-line bar for a signed value, scaled to `max_abs`.
-pub fn bar(v: f64, max_abs: f64, width: usize) -> String {
-    if !v.is_finite() || max_abs <= 0.0 {
-        return String::new();
-    }
-    let n = ((v.abs() / max_abs) * width as f64).round() as usize;
-    let s = if v >= 0.0 { "█" } else { "░" };
-    s.repeat(n.min(width))
-}
-
 /// Runs `f` on every pair not yet in `out` (see [`PerPairFile`]), appending its line with a
 /// progress bar; returns every line, old and new.
 pub fn per_pair(
@@ -110,6 +100,10 @@ pub fn summarize(lines: &[Value], names: &[String], field: &str, seed: u64) {
     let max = rows.first().and_then(|r| r.1.mean).unwrap_or(0.0).abs();
     println!("{} pairs; top components by |mean {field}| [95% CI]:", lines.len());
     for (n, m) in rows.iter().take(10) {
-        println!("  {n:<14} {:<36} {}", reward_lens_report::text::mean_ci(m), bar(m.mean.unwrap_or(f64::NAN), max, 20));
+        println!(
+            "  {n:<14} {:<36} {}",
+            reward_lens_report::text::mean_ci(m),
+            reward_lens_report::text::bar(m.mean.unwrap_or(f64::NAN), max, 20)
+        );
     }
 }

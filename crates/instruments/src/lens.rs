@@ -26,6 +26,13 @@ use crate::stats::{bootstrap_mean, MeanCi};
 use crate::trace::{trace, Trace, TraceOptions};
 use crate::Result;
 
+impl std::str::FromStr for LensKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        reward_lens_engine::from_name(s, "lens kind (expected normed, frozen or raw)")
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LensKind {

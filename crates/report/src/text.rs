@@ -3,10 +3,13 @@
 
 use std::fmt::Write;
 
+use reward_lens_instruments::attribution::{AttributionReport, RankBy};
+use reward_lens_instruments::compare::ComparisonReport;
 use reward_lens_instruments::concepts::{ConceptReport, DoseResponse};
 use reward_lens_instruments::conflict::ConflictReport;
 use reward_lens_instruments::diagnose::DiagnoseReport;
 use reward_lens_instruments::evaluation::ModelEval;
+use reward_lens_instruments::lens::LensReport;
 use reward_lens_instruments::probes::{ProbeReport, Verdict, ALPHA, MIN_EFFECT, MIN_RELATIVE_EFFECT};
 use reward_lens_instruments::stats::MeanCi;
 
@@ -216,6 +219,89 @@ pub fn conflict_text(r: &ConflictReport, title: &str) -> String {
         for (n, c) in r.term_names.iter().zip(e) {
             let _ = writeln!(s, "    {n:<32} {c:+.3}");
         }
+    }
+    s
+}
+
+/// A bar of up to `width` blocks for `v` on a scale of ±`max_abs` (█ positive, ░ negative).
+pub fn bar(v: f64, max_abs: f64, width: usize) -> String {
+    if !v.is_finite() || max_abs <= 0.0 {
+        return String::new();
+    }
+    let n = ((v.abs() / max_abs) * width as f64).round() as usize;
+    let s = if v >= 0.0 { "█" } else { "░" };
+    s.repeat(n.min(width))
+}
+
+/// `lens`' table: the reward at every depth, chosen, rejected and their difference with a bar.
+pub fn lens_table(rep: &LensReport) -> String {
+    let mut s = String::new();
+    let v1 = if rep.v1_compat { ", v1-compat" } else { "" };
+    let _ = writeln!(s, "reward lens ({:?}{v1}), {} pairs, mean over pairs:", rep.kind, rep.pairs.len());
+    let _ = writeln!(s, "{:>6} {:>10} {:>10}  {:<36} ", "layer", "chosen", "rejected", "chosen − rejected [95% CI]");
+    let max = rep.mean_differential.iter().filter_map(|m| m.mean).fold(0.0f64, |a, b| a.max(b.abs()));
+    for (i, l) in rep.layers.iter().enumerate() {
+        let label = if *l < 0 { "embed".to_string() } else { l.to_string() };
+        let m = &rep.mean_differential[i];
+        let (c, r) = (rep.mean_chosen[i], rep.mean_rejected[i]);
+        let _ = writeln!(
+            s,
+            "{label:>6} {c:>10.4} {r:>10.4}  {:<36} {}",
+            mean_ci(m),
+            bar(m.mean.unwrap_or(f64::NAN), max, 20)
+        );
+    }
+    let _ = writeln!(s, "crystallization depth fraction: {}", mean_ci(&rep.crystallization_fraction));
+    s
+}
+
+/// `attribute`'s summary: how exactly the parts add up, the top components and neurons.
+pub fn attribution_table(rep: &AttributionReport, top_k: usize) -> String {
+    let mut s = String::new();
+    let worst =
+        rep.pairs.iter().flat_map(|p| [p.chosen.residual, p.rejected.residual]).fold(0.0f64, |m, r| m.max(r.abs()));
+    let v1 = if rep.v1_compat { " (v1-compat: pre-norm, does not add up)" } else { "" };
+    let (n, k) = (rep.pairs.len(), rep.components.len());
+    let _ = writeln!(s, "{n} pairs, {k} components; max |Σ contributions + bias − reward| = {worst:.2e}{v1}");
+    let _ = writeln!(s, "top {top_k} components by |mean chosen − rejected| [95% CI]:");
+    let top = rep.top_k(if rep.pairs.len() == 1 { Some(0) } else { None }, top_k, RankBy::Differential);
+    let max = top.iter().map(|t| t.1.abs()).fold(0.0, f64::max);
+    for (name, v) in &top {
+        let i = rep.components.iter().position(|c| &c.name == name).expect("listed component");
+        let _ = writeln!(s, "  {name:<14} {:<36} {}", mean_ci(&rep.mean_differential[i]), bar(*v, max, 20));
+    }
+    if !rep.top_neurons.is_empty() {
+        let _ = writeln!(s, "top MLP neurons by |mean chosen − rejected|:");
+        for n in &rep.top_neurons {
+            let _ = writeln!(s, "  {:<18} {:+.4}", n.name, n.mean_differential);
+        }
+    }
+    s
+}
+
+/// `compare`'s table: each model's accuracy and crystallization, then every pair of models.
+pub fn compare_table(rep: &ComparisonReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "{:<40} {:>6} {:>9} {:>26}", "model", "layers", "accuracy", "crystallization fraction");
+    for m in &rep.models {
+        let acc = 100.0 * m.accuracy;
+        let _ =
+            writeln!(s, "{:<40} {:>6} {acc:>8.1}% {:>26}", m.name, m.n_layers, mean_ci(&m.crystallization_fraction));
+    }
+    let f = |v: Option<f64>| v.map_or("—".to_string(), |x| format!("{x:+.3}"));
+    for p in &rep.pairwise {
+        let _ = writeln!(
+            s,
+            "{} vs {}: formation r {}, margin sign agreement {:.0}%, margin ρ {}, component ρ {}, w_r cos {}, CKA {}",
+            p.a,
+            p.b,
+            f(p.formation_correlation),
+            100.0 * p.margin_sign_agreement,
+            f(p.margin_spearman),
+            f(p.component_spearman),
+            f(p.w_r_cosine),
+            f(p.linear_cka)
+        );
     }
     s
 }
