@@ -693,10 +693,7 @@ pub fn specialisation(
                     let mut rng =
                         Rng::new(seed ^ SEED_PERMUTATION ^ (pi as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
                     let mut idx: Vec<usize> = (0..n_sub).collect();
-                    for i in 0..nt {
-                        let j = i + (rng.next_u64() % (n_sub - i) as u64) as usize;
-                        idx.swap(i, j);
-                    }
+                    rng.partial_shuffle(&mut idx, nt);
                     ctx.z(&idx[..nt]).into_iter().flatten().fold(0.0f64, |m, v| m.max(v.abs()))
                 })
                 .collect();
@@ -1196,9 +1193,8 @@ pub fn difference_of_means(a: &[f64], b: &[f64], level: f64, resamples: usize, s
         return Estimate { mean: Some(est), ci_low: None, ci_high: None };
     }
     let mut rng = Rng::new(seed);
-    let mut draw = |xs: &[f64]| -> f64 {
-        (0..xs.len()).map(|_| xs[(rng.next_u64() % xs.len() as u64) as usize]).sum::<f64>() / xs.len() as f64
-    };
+    let mut draw =
+        |xs: &[f64]| -> f64 { (0..xs.len()).map(|_| xs[rng.below(xs.len())]).sum::<f64>() / xs.len() as f64 };
     let v: Vec<f64> = (0..resamples).map(|_| draw(a) - draw(b)).collect();
     let alpha = (1.0 - level) / 2.0;
     Estimate { mean: Some(est), ci_low: Some(quantile(&v, alpha)), ci_high: Some(quantile(&v, 1.0 - alpha)) }
@@ -1419,10 +1415,7 @@ fn random_like(all: &[Unit], circuit: &[usize], rng: &mut Rng) -> Vec<usize> {
         let pool_all: Vec<usize> = (0..all.len()).filter(|&k| all[k].kind == kind && all[k].site == site).collect();
         let outside: Vec<usize> = pool_all.iter().copied().filter(|k| !circuit.contains(k)).collect();
         let mut pool = if outside.len() >= m { outside } else { pool_all };
-        for i in 0..m.min(pool.len()) {
-            let j = i + (rng.next_u64() % (pool.len() - i) as u64) as usize;
-            pool.swap(i, j);
-        }
+        rng.partial_shuffle(&mut pool, m);
         out.extend_from_slice(&pool[..m.min(pool.len())]);
     }
     out
@@ -1485,10 +1478,7 @@ pub fn discover_from(
                 let draws: Vec<f64> = (0..copts.null_groups)
                     .map(|_| {
                         let mut pool = varying.clone();
-                        for i in 0..m {
-                            let j = i + (crng.next_u64() % (pool.len() - i) as u64) as usize;
-                            pool.swap(i, j);
-                        }
+                        crng.partial_shuffle(&mut pool, m);
                         mean_offdiag(&pool[..m], &cols).unwrap_or(0.0)
                     })
                     .collect();

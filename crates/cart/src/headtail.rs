@@ -155,10 +155,7 @@ pub fn split_random(n: usize, n_tail: usize, seed: u64) -> Result<HeadTailSplit>
     }
     let mut idx: Vec<usize> = (0..n).collect();
     let mut rng = Rng::new(seed);
-    for i in 0..n_tail {
-        let j = i + (rng.next_u64() % (n - i) as u64) as usize;
-        idx.swap(i, j);
-    }
+    rng.partial_shuffle(&mut idx, n_tail);
     let mut labels = vec![false; n];
     for &i in &idx[..n_tail] {
         labels[i] = true;
@@ -366,7 +363,7 @@ pub fn kmeans(points: &[Vec<f64>], k: usize, seed: u64, max_iterations: usize) -
     }
     let k = k.min(n);
     let mut rng = Rng::new(seed);
-    let mut centroids: Vec<Vec<f64>> = vec![points[(rng.next_u64() % n as u64) as usize].clone()];
+    let mut centroids: Vec<Vec<f64>> = vec![points[rng.below(n)].clone()];
     let mut best: Vec<f64> = points.iter().map(|p| sq_dist(p, &centroids[0])).collect();
     while centroids.len() < k {
         let total: f64 = best.iter().sum();

@@ -585,10 +585,7 @@ impl Stream {
             self.pass += 1;
             let mut rng = Rng::new(self.seed ^ self.pass.wrapping_mul(GOLDEN));
             self.order = self.items.clone();
-            for i in (1..self.order.len()).rev() {
-                let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-                self.order.swap(i, j);
-            }
+            rng.shuffle(&mut self.order);
             self.pos = 0;
         }
         self.pos += 1;

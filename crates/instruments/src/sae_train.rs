@@ -215,7 +215,7 @@ mod tests {
         for _ in 0..n {
             let mut x = vec![0f32; d];
             for _ in 0..3 {
-                let j = (rng.next_u64() % m as u64) as usize;
+                let j = rng.below(m);
                 let c = 1.0 + rng.uniform() as f32;
                 x.iter_mut().zip(&dirs[j]).for_each(|(a, b)| *a += c * b);
             }

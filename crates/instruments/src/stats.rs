@@ -24,9 +24,8 @@ pub fn bootstrap_mean(xs: &[f64], level: f64, resamples: usize, seed: u64) -> Me
         return MeanCi { n, mean: m, ci_low: None, ci_high: None };
     }
     let mut rng = Rng::new(seed);
-    let mut means: Vec<f64> = (0..resamples)
-        .map(|_| (0..n).map(|_| xs[(rng.next_u64() % n as u64) as usize]).sum::<f64>() / n as f64)
-        .collect();
+    let mut means: Vec<f64> =
+        (0..resamples).map(|_| (0..n).map(|_| xs[rng.below(n)]).sum::<f64>() / n as f64).collect();
     means.sort_by(|a, b| a.total_cmp(b));
     let q = |p: f64| means[((p * (resamples - 1) as f64).round() as usize).min(resamples - 1)];
     let alpha = (1.0 - level) / 2.0;
@@ -334,7 +333,7 @@ pub fn bootstrap_ci(
     let mut vals: Vec<f64> = Vec::with_capacity(resamples);
     for _ in 0..resamples {
         for b in buf.iter_mut() {
-            *b = xs[(rng.next_u64() % n as u64) as usize];
+            *b = xs[rng.below(n)];
         }
         if let Some(v) = stat(&buf) {
             vals.push(v);
