@@ -90,9 +90,7 @@ fn patch_bench(a: &BenchArgs) -> Result<()> {
 fn sae_bench(a: &BenchArgs) -> Result<()> {
     use reward_lens_instruments::sae_train::{bench, bench_options};
     let model = generated(a, a.d_mlp)?;
-    let t = bench(&model, Site::ResidPost(a.layers / 2), a.iters, |m| {
-        eprintln!("epoch {}: FVU {:.3}, L0 {:.1}, dead {:.1}%", m.epoch, m.fvu, m.l0, 100.0 * m.dead_fraction)
-    })?;
+    let t = bench(&model, Site::ResidPost(a.layers / 2), a.iters, |m| eprintln!("epoch {}: {}", m.epoch, m.summary()))?;
     print!("{}", t.markdown(&bench_options(a.iters)));
     Ok(())
 }

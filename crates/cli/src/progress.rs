@@ -33,12 +33,15 @@ pub fn step_bar(label: &str, total: u64, done: u64) -> ProgressBar {
 /// A bar over `total` pairs labelled `label`.
 #[allow(dead_code)] // for the scoring commands, which move onto it
 pub fn pair_bar(label: &str, total: u64) -> ProgressBar {
+    count_bar(label, total, "pairs")
+}
+
+/// A bar over `total` things called `unit` (texts, epochs) labelled `label`; the message
+/// follows the count.
+pub fn count_bar(label: &str, total: u64, unit: &str) -> ProgressBar {
     let bar = ProgressBar::new(total);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} {prefix} [{bar:30}] {pos}/{len} pairs eta {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
+    let template = format!("{{spinner}} {{prefix}} [{{bar:30}}] {{pos}}/{{len}} {unit} {{msg}} eta {{eta}}");
+    bar.set_style(ProgressStyle::with_template(&template).expect("valid template").progress_chars("=> "));
     bar.set_prefix(label.to_string());
     bar
 }

@@ -63,6 +63,13 @@ pub struct EpochMetrics {
     pub dead_fraction: f64,
 }
 
+impl EpochMetrics {
+    /// "FVU 0.123, L0 32.0, dead 1.5%".
+    pub fn summary(&self) -> String {
+        format!("FVU {:.3}, L0 {:.1}, dead {:.1}%", self.fvu, self.l0, 100.0 * self.dead_fraction)
+    }
+}
+
 fn err(m: impl Into<String>) -> InstrumentError {
     InstrumentError::Invalid(m.into())
 }
@@ -195,6 +202,19 @@ pub fn train(
     Ok((sae, history))
 }
 
+/// [`train`] on every activation of a `sae collect` directory, the SAE hooked at the collected
+/// site (`opts.hook_name` is overridden); returns the collection's manifest too.
+pub fn train_collection(
+    acts: &std::path::Path,
+    opts: &TrainOptions,
+    on_epoch: impl FnMut(&EpochMetrics),
+) -> Result<(crate::collect::Manifest, Sae, Vec<EpochMetrics>)> {
+    let (m, data) = crate::collect::load_all(acts)?;
+    let opts = TrainOptions { hook_name: m.site.clone(), ..opts.clone() };
+    let (sae, hist) = train(&data, &opts, on_epoch)?;
+    Ok((m, sae, hist))
+}
+
 /// How fast [`train`] ran: the figure of `reward-lens bench --sae`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Throughput {
@@ -302,6 +322,35 @@ mod tests {
     }
 
     #[test]
+    fn trains_on_a_collection_hooked_at_its_site() {
+        let (data, _) = synthetic(100, 4);
+        let dir = std::env::temp_dir().join(format!("rl-sae-collection-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let shard = std::collections::HashMap::from([("activations".to_string(), data)]);
+        candle_core::safetensors::save(&shard, dir.join("acts-00000.safetensors")).unwrap();
+        let m = crate::collect::Manifest {
+            site: "blocks.1.hook_resid_post".into(),
+            d: 24,
+            shards: vec!["acts-00000.safetensors".into()],
+            sequences_done: 10,
+            activations: 100,
+        };
+        std::fs::write(dir.join("manifest.json"), serde_json::to_string(&m).unwrap()).unwrap();
+        let opts = TrainOptions {
+            d_sae: 8,
+            k: 2,
+            epochs: 2,
+            batch_size: 32,
+            hook_name: "ignored".into(),
+            ..Default::default()
+        };
+        let (m, sae, hist) = train_collection(&dir, &opts, |_| {}).unwrap();
+        assert_eq!((m.activations, sae.hook_name.as_str(), hist.len()), (100, "blocks.1.hook_resid_post", 2));
+        assert_eq!((sae.d_in, sae.d_sae), (24, 8));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn throughput_counts_every_epoch_and_reports_the_last() {
         let (data, _) = synthetic(200, 3);
         let opts = TrainOptions { d_sae: 16, k: 3, epochs: 2, batch_size: 64, seed: 1, ..Default::default() };
@@ -309,6 +358,8 @@ mod tests {
         let t = throughput("toy data", &data, &opts, |m| seen.push(m.fvu)).unwrap();
         assert_eq!((t.activations, t.epochs, seen.len()), (200, 2, 2));
         assert_eq!(t.last.fvu, seen[1]);
+        let m = EpochMetrics { epoch: 0, mse: 0.0, fvu: 0.1234, l0: 3.0, dead_fraction: 0.015 };
+        assert_eq!(m.summary(), "FVU 0.123, L0 3.0, dead 1.5%");
         assert!((t.activations_per_second() * t.seconds - 400.0).abs() < 1e-6);
         let text = t.markdown(&opts);
         let rows: Vec<&str> = text.lines().collect::<Vec<_>>();
