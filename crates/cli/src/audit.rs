@@ -5,13 +5,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
 
 use reward_lens_report::audit::{AuditInputs, AuditOptions, AuditResults, PairSource, STAGES};
 
 use crate::args::{parse_device, ModelArgs};
 use crate::default_model;
+use crate::progress::{ensure_organism, stage_bar};
 
 #[derive(Args)]
 #[command(after_help = "Runs every instrument on one model and writes two files into --out:\n  \
@@ -81,7 +81,7 @@ pub struct AuditArgs {
 pub fn run(a: AuditArgs) -> Result<()> {
     let organism = match (&a.model.model, &a.preset) {
         (Some(_), _) => None,
-        (None, preset) => Some(crate::organism::ensure(preset.as_deref().unwrap_or("default"))?),
+        (None, preset) => Some(ensure_organism(preset.as_deref().unwrap_or("default"))?),
     };
     if let Some(o) = &organism {
         eprintln!(
@@ -130,11 +130,7 @@ pub fn run(a: AuditArgs) -> Result<()> {
         answer_key,
         tail_subsets: a.tail_subsets.clone(),
     };
-    let bar = ProgressBar::with_draw_target(Some(STAGES.len() as u64), ProgressDrawTarget::stderr());
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} audit [{bar:30}] {pos}/{len} {msg} ({elapsed})")?.progress_chars("=> "),
-    );
-    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    let bar = stage_bar("audit", STAGES.len() as u64);
     let res = reward_lens_report::run_audit(&inputs, &mut |i: usize, _: usize, name: &str| {
         bar.set_position(i as u64);
         bar.set_message(name.to_string());

@@ -1,13 +1,11 @@
 //! `reward-lens organism`: build a model organism (generate its data, train it, save it as a
-//! HuggingFace directory with its answer key), and the cached organisms `audit` uses.
+//! HuggingFace directory with its answer key).
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
-use reward_lens_organisms::{
-    build, cache_root, load_or_build, BuildOptions, BuildProgress, OrganismReport, OrganismSpec,
-};
+use reward_lens_organisms::{build, BuildOptions, OrganismSpec};
 
 use crate::progress::BuildBars;
 
@@ -37,57 +35,13 @@ pub struct OrganismArgs {
     pub epochs: Option<usize>,
 }
 
-/// A built organism on disk.
-pub struct OrganismDir {
-    pub preset: String,
-    pub dir: PathBuf,
-    pub report: OrganismReport,
-}
-
-fn spec(preset: &str, seed: Option<u64>) -> Result<OrganismSpec> {
-    let mut spec = OrganismSpec::try_preset(preset)?;
-    if let Some(s) = seed {
-        spec.seed = s;
-    }
-    Ok(spec)
-}
-
-/// The cached organism `preset` (built with default options, with a progress bar, if missing).
-pub fn ensure(preset: &str) -> Result<OrganismDir> {
-    let spec = spec(preset, None)?;
-    let opts = BuildOptions::default();
-    let root = cache_root();
-    let mut bars = BuildBars::default();
-    let (dir, report) = load_or_build(&spec, &opts, &root, |p| {
-        if let BuildProgress::Preparing = p {
-            eprintln!("training the `{preset}` model organism once (cached in {})", root.display());
-        }
-        bars.update(p);
-    })
-    .with_context(|| format!("building the `{preset}` model organism in {}", root.display()))?;
-    bars.finish();
-    Ok(OrganismDir { preset: preset.to_string(), dir, report })
-}
-
 pub fn run(a: OrganismArgs) -> Result<()> {
-    let spec = spec(&a.preset, a.seed)?;
+    let spec = OrganismSpec::try_preset_seeded(&a.preset, a.seed)?;
     let mut opts = BuildOptions::default();
-    if let Some(e) = a.epochs {
-        opts.train.epochs = e;
-    }
+    opts.train.epochs = a.epochs.unwrap_or(opts.train.epochs);
     let mut bars = BuildBars::default();
     let (report, _) = build(&spec, &a.out, &opts, |p| bars.update(p))?;
     bars.finish();
-    let pct = |x: Option<f64>| x.map_or("n/a".to_string(), |v| format!("{:.1}%", 100.0 * v));
-    println!(
-        "organism `{}` (seed {}): held-out accuracy {:.1}% (head {}, tail {}), trained in {:.0} s → {}",
-        report.organism,
-        report.seed,
-        100.0 * report.test_accuracy,
-        pct(report.head_accuracy),
-        pct(report.tail_accuracy),
-        report.seconds,
-        a.out.display()
-    );
+    println!("{}", report.summary(&a.out));
     Ok(())
 }

@@ -4,9 +4,10 @@
 
 use std::time::Duration;
 
+use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use reward_lens_cart::progress::Event;
-use reward_lens_organisms::BuildProgress;
+use reward_lens_organisms::{cache_root, BuildProgress, CachedOrganism};
 
 /// A spinner with a message and the elapsed time.
 pub fn spinner(msg: &str) -> ProgressBar {
@@ -33,13 +34,29 @@ pub fn step_bar(label: &str, total: u64, done: u64) -> ProgressBar {
 /// A bar over `total` pairs labelled `label`.
 #[allow(dead_code)] // for the scoring commands, which move onto it
 pub fn pair_bar(label: &str, total: u64) -> ProgressBar {
+    count_bar(label, total, "pairs")
+}
+
+/// A bar over `total` things called `unit` (texts, epochs) labelled `label`; the message
+/// follows the count.
+pub fn count_bar(label: &str, total: u64, unit: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    let template = format!("{{spinner}} {{prefix}} [{{bar:30}}] {{pos}}/{{len}} {unit} {{msg}} eta {{eta}}");
+    bar.set_style(ProgressStyle::with_template(&template).expect("valid template").progress_chars("=> "));
+    bar.set_prefix(label.to_string());
+    bar
+}
+
+/// A ticking bar over `total` named stages labelled `label`; the message names the stage.
+pub fn stage_bar(label: &str, total: u64) -> ProgressBar {
     let bar = ProgressBar::new(total);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} {prefix} [{bar:30}] {pos}/{len} pairs eta {eta}")
+        ProgressStyle::with_template("{spinner} {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
             .expect("valid template")
             .progress_chars("=> "),
     );
     bar.set_prefix(label.to_string());
+    bar.enable_steady_tick(Duration::from_millis(120));
     bar
 }
 
@@ -77,6 +94,20 @@ impl BuildBars {
             b.finish_and_clear();
         }
     }
+}
+
+/// The cached organism `preset`, built under bars (saying so once) if missing.
+pub fn ensure_organism(preset: &str) -> Result<CachedOrganism> {
+    let root = cache_root();
+    let mut bars = BuildBars::default();
+    let organism = reward_lens_organisms::ensure(preset, &root, |p| {
+        if let BuildProgress::Preparing = p {
+            eprintln!("training the `{preset}` model organism once (cached in {})", root.display());
+        }
+        bars.update(p);
+    });
+    bars.finish();
+    Ok(organism?)
 }
 
 /// Draws CART's events: a step bar per training run (running loss, Div, ensemble member), a

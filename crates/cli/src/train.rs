@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use reward_lens_engine::synth::LlamaShape;
-use reward_lens_engine::ChatTokenizer;
-use reward_lens_train::{tokenize, TokenizedPair, TrainOptions, TrainReport, Trainable, Trainer};
+use reward_lens_train::{
+    tokenize, Base, ScratchShape, Smoothed, Start, TokenizedPair, TrainOptions, Trainable, Trainer,
+};
 
+use crate::args::read_pairs;
 use crate::progress::step_bar;
 
 #[derive(Args)]
@@ -75,119 +76,44 @@ pub struct TrainArgs {
     pub resume: bool,
 }
 
-/// Reads and tokenizes a pairs file; errors name the file and line.
-fn tokenize_file(tok: &ChatTokenizer, path: &Path) -> Result<Vec<TokenizedPair>> {
-    Ok(tokenize(tok, &crate::args::read_pairs(path)?)?)
-}
-
 pub fn run(a: TrainArgs) -> Result<()> {
-    let (config_json, weights, tok_dir, default_trainable) = if a.from_scratch {
-        let dir = a.tokenizer.clone().expect("clap requires --tokenizer");
-        let tok = ChatTokenizer::from_dir(&dir, 4096, None)?;
-        let vocab = tok.tokenizer.get_vocab_size(true);
-        if a.heads == 0 || !a.d_model.is_multiple_of(a.heads) {
-            bail!("--d-model {} is not divisible by --heads {}", a.d_model, a.heads);
-        }
-        let shape = LlamaShape {
-            n_layers: a.layers,
-            d_model: a.d_model,
-            n_heads: a.heads,
-            n_kv_heads: a.heads,
-            d_mlp: a.d_mlp,
-            vocab_size: vocab,
-            max_positions: 4096,
-        };
-        let mut cfg = shape.config_json();
-        for (field, names) in [
-            ("pad_token_id", ["[PAD]", "<pad>", "<|pad|>"]),
-            ("bos_token_id", ["[BOS]", "<s>", "<|begin_of_text|>"]),
-            ("eos_token_id", ["[EOS]", "</s>", "<|end_of_text|>"]),
-        ] {
-            if let Some(id) = names.iter().find_map(|n| tok.tokenizer.token_to_id(n)) {
-                cfg[field] = id.into();
-            }
-        }
-        let weights = shape.random_weights(a.seed, &reward_lens_engine::Device::Cpu)?;
-        (cfg, weights, dir, Trainable::All)
-    } else {
-        let dir = a.model.clone().expect("clap requires --model");
-        let (cfg, w) = Trainer::load_weights(&dir)?;
-        (cfg, w, dir, Trainable::Head)
+    let shape = ScratchShape { layers: a.layers, d_model: a.d_model, heads: a.heads, d_mlp: a.d_mlp };
+    let start = match &a.tokenizer {
+        Some(dir) if a.from_scratch => Start::Scratch { tokenizer_dir: dir.clone(), shape, seed: a.seed },
+        _ => Start::Pretrained(a.model.clone().expect("clap requires --model")),
     };
-    let max = config_json["max_position_embeddings"].as_u64().unwrap_or(4096) as usize;
-    let model_type = config_json["model_type"].as_str().map(str::to_string);
-    let tok = ChatTokenizer::from_dir(&tok_dir, max, model_type.as_deref())?;
-    let train = tokenize_file(&tok, &a.pairs)?;
-    let held = match &a.held_out {
-        Some(p) => tokenize_file(&tok, p)?,
-        None => Vec::new(),
-    };
-    let opts = TrainOptions {
-        epochs: a.epochs,
-        batch_size: a.batch_size,
-        lr: a.lr,
-        weight_decay: a.weight_decay,
-        warmup_steps: a.warmup_steps,
-        seed: a.seed,
-        trainable: a.trainable.unwrap_or(default_trainable),
-        checkpoint_every: a.checkpoint_every,
-        ..Default::default()
-    };
-    let mut trainer = Trainer::new(config_json, weights, opts)?;
+    if a.from_scratch && (a.heads == 0 || !a.d_model.is_multiple_of(a.heads)) {
+        bail!("--d-model {} is not divisible by --heads {}", a.d_model, a.heads);
+    }
+    let base = Base::load(&start)?;
+    let read = |p: &Path| -> Result<Vec<TokenizedPair>> { Ok(tokenize(&base.tokenizer, &read_pairs(p)?)?) };
+    let (train, held) = (read(&a.pairs)?, a.held_out.as_deref().map(read).transpose()?.unwrap_or_default());
+    let TrainArgs { epochs, batch_size, lr, weight_decay, warmup_steps, seed, checkpoint_every, .. } = a;
+    let mut opts = TrainOptions { epochs, batch_size, lr, weight_decay, warmup_steps, seed, ..Default::default() };
+    (opts.trainable, opts.checkpoint_every) = (a.trainable.unwrap_or(base.default_trainable), checkpoint_every);
+    let mut trainer = base.trainer(opts)?;
     let ck = a.out.join("checkpoint");
-    if a.resume {
-        if !Trainer::has_checkpoint(&ck) {
-            bail!("--resume: no checkpoint in {}", ck.display());
-        }
-        trainer.resume(&ck)?;
-    } else if Trainer::has_checkpoint(&ck) {
-        bail!(
+    match (a.resume, Trainer::has_checkpoint(&ck)) {
+        (true, true) => trainer.resume(&ck)?,
+        (true, false) => bail!("--resume: no checkpoint in {}", ck.display()),
+        (false, true) => bail!(
             "{} holds a checkpoint of an earlier run: pass --resume to continue it, or choose another --out",
             ck.display()
-        );
+        ),
+        (false, false) => {}
     }
-    let report = run_trainer(&mut trainer, &train, &held, Some(&ck))?;
-    trainer.save_pretrained(&a.out, Some(&tok_dir))?;
-    std::fs::write(a.out.join("train_report.json"), serde_json::to_string_pretty(&report)?)
-        .with_context(|| format!("writing {}", a.out.join("train_report.json").display()))?;
-    print_report(&report, &a.out);
-    Ok(())
-}
-
-/// Runs the trainer under a step progress bar.
-fn run_trainer(
-    trainer: &mut Trainer,
-    train: &[TokenizedPair],
-    held: &[TokenizedPair],
-    ck: Option<&Path>,
-) -> Result<TrainReport> {
-    let total = train.len().div_ceil(trainer.options().batch_size) * trainer.options().epochs;
-    let bar = step_bar("training", total as u64, trainer.step() as u64);
-    let mut ema: Option<(f64, f64)> = None;
-    let report = trainer.train(train, held, ck, |s| {
-        let (l, acc) =
-            ema.map_or((s.loss, s.accuracy), |(l, acc)| (0.9 * l + 0.1 * s.loss, 0.9 * acc + 0.1 * s.accuracy));
-        ema = Some((l, acc));
+    let bar = step_bar("training", trainer.total_steps(train.len()) as u64, trainer.step() as u64);
+    let mut smoothed = Smoothed::default();
+    let report = trainer.train(&train, &held, Some(&ck), |s| {
+        let (l, acc) = smoothed.update(s.loss, s.accuracy);
         bar.set_message(format!("loss {l:.3} acc {:.1}%", 100.0 * acc));
         bar.set_position(s.step as u64);
-    })?;
+    });
     bar.finish_and_clear();
-    Ok(report)
-}
-
-fn print_report(report: &TrainReport, out: &Path) {
-    for e in &report.epochs {
-        let held = e.held_out.as_ref().map_or(String::new(), |h| {
-            let subsets: Vec<String> =
-                h.per_subset.iter().map(|(k, s)| format!("{k} {:.1}% (n {})", 100.0 * s.accuracy, s.n)).collect();
-            format!("  held-out {:.1}% [{}]", 100.0 * h.accuracy, subsets.join(", "))
-        });
-        println!(
-            "epoch {}: train loss {:.4}, train acc {:.1}%{held}",
-            e.epoch + 1,
-            e.train_loss,
-            100.0 * e.train_accuracy
-        );
-    }
-    println!("{} trainable parameters, {} steps → {}", report.trainable_parameters, report.steps, out.display());
+    let report = report?;
+    trainer.save_pretrained(&a.out, Some(&base.tokenizer_dir))?;
+    std::fs::write(a.out.join("train_report.json"), serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", a.out.join("train_report.json").display()))?;
+    print!("{}", report.summary(&a.out));
+    Ok(())
 }

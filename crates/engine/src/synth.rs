@@ -23,6 +23,21 @@ pub struct LlamaShape {
 }
 
 impl LlamaShape {
+    /// A shape with a 2048-token context (see [`LlamaShape::max_positions`] to change it).
+    pub fn new(n_layers: usize, d_model: usize, n_heads: usize, n_kv_heads: usize, d_mlp: usize, vocab: usize) -> Self {
+        LlamaShape { n_layers, d_model, n_heads, n_kv_heads, d_mlp, vocab_size: vocab, max_positions: 2048 }
+    }
+
+    /// Why this shape cannot be built, if it cannot: heads must divide d_model and be a
+    /// multiple of the kv heads.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let (h, kv) = (self.n_heads, self.n_kv_heads);
+        if h == 0 || kv == 0 || !h.is_multiple_of(kv) || !self.d_model.is_multiple_of(h) {
+            return Err(format!("{h} heads must divide d_model {} and be a multiple of {kv} kv heads", self.d_model));
+        }
+        Ok(())
+    }
+
     pub fn config_json(&self) -> Value {
         json!({
             "architectures": ["LlamaForSequenceClassification"],
@@ -113,6 +128,10 @@ mod tests {
             m["model.layers.0.mlp.up_proj.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap()
         };
         assert_eq!(v(&a), v(&b));
+        assert!(s.check().is_ok());
+        assert!(LlamaShape::new(1, 8, 3, 1, 16, 10).check().is_err());
+        assert!(LlamaShape { n_kv_heads: 0, ..s }.check().is_err());
+        assert_eq!(LlamaShape::new(1, 8, 2, 1, 16, 10).max_positions, 2048);
         assert_ne!(v(&a), v(&c));
         let mut r = Rng::new(1);
         let xs: Vec<f64> = (0..20000).map(|_| r.normal()).collect();

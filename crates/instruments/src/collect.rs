@@ -119,6 +119,15 @@ pub fn collect(
     Ok(m)
 }
 
+/// The sequences [`collect`] takes from encoded pairs, in collection order: each pair's chosen,
+/// then its rejected side, with its response start.
+pub fn sequences(pairs: &[reward_lens_engine::EncodedPair]) -> Vec<(Vec<u32>, usize)> {
+    pairs
+        .iter()
+        .flat_map(|p| [(p.chosen.clone(), p.response_start.0), (p.rejected.clone(), p.response_start.1)])
+        .collect()
+}
+
 /// Reads every shard of a collection back as one `[N, d]` tensor (for training sets that fit).
 pub fn load_all(dir: &Path) -> Result<(Manifest, Tensor)> {
     let mpath = dir.join("manifest.json");
@@ -153,4 +162,19 @@ pub fn load_index(dir: &Path) -> Result<Vec<(u32, u32)>> {
         out.extend(get("sequence")?.into_iter().zip(get("position")?));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequences_take_chosen_then_rejected_with_their_starts() {
+        let pairs = [
+            reward_lens_engine::EncodedPair::new(vec![1, 2, 3], vec![1, 4], (2, 1)),
+            reward_lens_engine::EncodedPair::new(vec![5], vec![6, 7], (0, 1)),
+        ];
+        let s = sequences(&pairs);
+        assert_eq!(s, vec![(vec![1, 2, 3], 2), (vec![1, 4], 1), (vec![5], 0), (vec![6, 7], 1)]);
+    }
 }

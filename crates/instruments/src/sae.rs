@@ -185,6 +185,27 @@ pub struct SaeDecomposition {
     pub residual: f64,
 }
 
+impl SaeDecomposition {
+    /// One line: the reward and each term of its split, then the rounding residual.
+    pub fn summary(&self) -> String {
+        format!(
+            "reward {:+.4} = latents {:+.4} + decoder bias {:+.4} + error {:+.4} + rest {:+.4} + bias {:+.4} (residual {:.1e})",
+            self.reward, self.latent_sum, self.decoder_bias, self.reconstruction_error, self.rest, self.bias, self.residual
+        )
+    }
+}
+
+/// [`decompose`] of every pair's chosen, then rejected side.
+pub fn decompose_pairs(
+    model: &reward_lens_engine::RewardModel,
+    sae: &Sae,
+    pairs: &[reward_lens_engine::EncodedPair],
+    top: usize,
+) -> Result<Vec<SaeDecomposition>> {
+    let seqs: Vec<Vec<u32>> = pairs.iter().flat_map(|p| [p.chosen.clone(), p.rejected.clone()]).collect();
+    decompose(model, sae, &seqs, top)
+}
+
 /// Each latent's reward alignment `W_dec[i] · w` for a residual-space direction `w`.
 pub fn alignment(sae: &Sae, w: &[f64]) -> Result<Vec<f64>> {
     let wt = Tensor::from_vec(w.iter().map(|&x| x as f32).collect::<Vec<_>>(), (w.len(), 1), &Device::Cpu)?;
@@ -256,6 +277,129 @@ pub fn decompose(
     Ok(out)
 }
 
+/// One latent in a features report: its reward alignment and, if asked for, its top examples.
+/// (Fields in alphabetical order: the JSON the CLI has always written.)
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LatentEntry {
+    pub alignment: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub examples: Option<Vec<String>>,
+    pub latent: usize,
+}
+
+/// Every latent's reward alignment `W_dec[i]·w` (w the scale-free read-out direction), and the
+/// `top` most aligned and most anti-aligned latents.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FeatureReport {
+    pub alignment: Vec<f64>,
+    /// Most anti-aligned first.
+    pub top_negative: Vec<LatentEntry>,
+    /// Most aligned first.
+    pub top_positive: Vec<LatentEntry>,
+}
+
+impl FeatureReport {
+    /// Two lines: the most reward-aligned and the most anti-aligned latents, `latent(±alignment)`.
+    pub fn summary(&self) -> String {
+        let list = |v: &[LatentEntry]| {
+            v.iter().map(|e| format!("{}({:+.3})", e.latent, e.alignment)).collect::<Vec<_>>().join(" ")
+        };
+        format!(
+            "most reward-aligned latents: {}\nmost anti-aligned latents:   {}",
+            list(&self.top_positive),
+            list(&self.top_negative)
+        )
+    }
+}
+
+/// The model's read-out direction (w_r ⊙ γ, centred for LayerNorm), divided by its scale so it
+/// does not depend on the input it was read from.
+pub fn reward_direction(model: &reward_lens_engine::RewardModel) -> Result<Vec<f64>> {
+    let enc = model.encode("Hello.", "Hi.", reward_lens_engine::Truncation::Error)?;
+    let t = crate::trace::trace(model, &[enc.ids], 1, Default::default())?;
+    let ro = crate::readout::ReadOut::new(model, &t[0])?;
+    Ok(ro.direction.iter().map(|x| x / ro.scale).collect())
+}
+
+/// Where top examples come from: a `sae collect` directory and the pairs it was collected from
+/// (re-encoded in collection order: chosen, then rejected, per pair, the prompt cut from the
+/// left if too long).
+pub struct ExampleSource<'a> {
+    pub acts: &'a Path,
+    pub pairs: &'a [reward_lens_engine::PairText],
+}
+
+/// [`FeatureReport`] of `sae` on `model`, with each top latent's three largest activations in
+/// `examples` if given.
+pub fn features(
+    model: &reward_lens_engine::RewardModel,
+    sae: &Sae,
+    top: usize,
+    examples: Option<ExampleSource<'_>>,
+) -> Result<FeatureReport> {
+    if sae.d_in != model.config.d_model {
+        return Err(err(format!("SAE d_in {} ≠ the model's d_model {}", sae.d_in, model.config.d_model)));
+    }
+    let al = alignment(sae, &reward_direction(model)?)?;
+    let Some(src) = examples else {
+        return Ok(rank_latents(al, top, |_| None));
+    };
+    let (_, data) = crate::collect::load_all(src.acts)?;
+    let index = crate::collect::load_index(src.acts)?;
+    let acts: Vec<Vec<f32>> = sae.encode(&data)?.to_vec2()?;
+    let mut texts = Vec::new();
+    for p in src.pairs {
+        for r in [&p.chosen, &p.rejected] {
+            texts.push(model.encode(&p.prompt, r, reward_lens_engine::Truncation::DropPromptLeft)?.ids);
+        }
+    }
+    let tok = &model.tokenizer()?.tokenizer;
+    let decode = |ids: &[u32]| tok.decode(ids, false).unwrap_or_default();
+    Ok(rank_latents(al, top, |i| Some(latent_examples(&acts, &index, &texts, i, decode))))
+}
+
+/// [`FeatureReport`] from each latent's alignment: the `top` largest and smallest, each with
+/// `examples(latent)`.
+pub fn rank_latents(al: Vec<f64>, top: usize, examples: impl Fn(usize) -> Option<Vec<String>>) -> FeatureReport {
+    let mut idx: Vec<usize> = (0..al.len()).collect();
+    idx.sort_by(|&x, &y| al[y].total_cmp(&al[x]));
+    let entry = |i: usize| LatentEntry { alignment: al[i], examples: examples(i), latent: i };
+    let top_positive = idx.iter().take(top).map(|&i| entry(i)).collect();
+    let top_negative = idx.iter().rev().take(top).map(|&i| entry(i)).collect();
+    FeatureReport { alignment: al, top_positive, top_negative }
+}
+
+/// A latent's three largest activations (`acts[row][latent]`, rows located by `index` as
+/// (text, position)) shown as the text around the token — six tokens before, `⟦token⟧`, three
+/// after — decoded by `decode`.
+pub fn latent_examples(
+    acts: &[Vec<f32>],
+    index: &[(u32, u32)],
+    texts: &[Vec<u32>],
+    latent: usize,
+    decode: impl Fn(&[u32]) -> String,
+) -> Vec<String> {
+    let i = latent;
+    let mut rows: Vec<usize> = (0..acts.len()).filter(|&r| acts[r][i] > 0.0).collect();
+    rows.sort_by(|&x, &y| acts[y][i].total_cmp(&acts[x][i]));
+    rows.iter()
+        .take(3)
+        .filter_map(|&r| {
+            let (s, p) = *index.get(r)?;
+            let ids = texts.get(s as usize)?;
+            let p = p as usize;
+            let dec = |a: usize, b: usize| decode(&ids[a.min(ids.len())..b.min(ids.len())]);
+            Some(format!(
+                "{:.2}: …{}⟦{}⟧{}…",
+                acts[r][i],
+                dec(p.saturating_sub(6), p),
+                dec(p, p + 1),
+                dec(p + 1, p + 4)
+            ))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,6 +422,54 @@ mod tests {
             d_in,
             d_sae,
         }
+    }
+
+    #[test]
+    fn decomposition_summary_names_every_term() {
+        let d = SaeDecomposition {
+            reward: 1.5,
+            latents: vec![],
+            latent_sum: 1.0,
+            decoder_bias: 0.25,
+            reconstruction_error: -0.125,
+            rest: 0.5,
+            bias: -0.125,
+            residual: 1e-7,
+        };
+        assert_eq!(
+            d.summary(),
+            "reward +1.5000 = latents +1.0000 + decoder bias +0.2500 + error -0.1250 + rest +0.5000 + bias -0.1250 (residual 1.0e-7)"
+        );
+    }
+
+    #[test]
+    fn latent_examples_are_the_three_largest_in_context() {
+        let acts = vec![vec![0.5, 0.0], vec![2.0, 1.0], vec![0.0, 0.0], vec![1.0, 0.0], vec![3.0, 0.0]];
+        let index = vec![(0, 7), (0, 2), (1, 0), (1, 1), (5, 0)];
+        let texts = vec![(0..10).collect::<Vec<u32>>(), vec![20, 21, 22]];
+        let dec = |ids: &[u32]| ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+        // Row 4 (3.0) names a text that is not there: it takes one of the three places and is
+        // dropped, as it always was (so 0.5 stays out).
+        let ex = latent_examples(&acts, &index, &texts, 0, dec);
+        assert_eq!(ex, vec!["2.00: …0,1⟦2⟧3,4,5…", "1.00: …20⟦21⟧22…"]);
+        assert_eq!(latent_examples(&acts, &index, &texts, 1, dec), vec!["1.00: …0,1⟦2⟧3,4,5…"]);
+    }
+
+    #[test]
+    fn latents_rank_by_alignment_and_serialise_as_before() {
+        let r = rank_latents(vec![0.1, -0.5, 0.7, 0.0], 2, |i| (i == 2).then(|| vec!["ex".to_string()]));
+        let ids = |v: &[LatentEntry]| v.iter().map(|e| e.latent).collect::<Vec<_>>();
+        assert_eq!((ids(&r.top_positive), ids(&r.top_negative)), (vec![2, 0], vec![1, 3]));
+        assert_eq!(
+            r.summary(),
+            "most reward-aligned latents: 2(+0.700) 0(+0.100)\nmost anti-aligned latents:   1(-0.500) 3(+0.000)"
+        );
+        let j = serde_json::to_string(&r).unwrap();
+        assert!(
+            j.starts_with(r#"{"alignment":[0.1,-0.5,0.7,0.0],"top_negative":[{"alignment":-0.5,"latent":1}"#),
+            "{j}"
+        );
+        assert!(j.contains(r#"{"alignment":0.7,"examples":["ex"],"latent":2}"#), "{j}");
     }
 
     #[test]

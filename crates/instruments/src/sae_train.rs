@@ -63,6 +63,13 @@ pub struct EpochMetrics {
     pub dead_fraction: f64,
 }
 
+impl EpochMetrics {
+    /// "FVU 0.123, L0 32.0, dead 1.5%".
+    pub fn summary(&self) -> String {
+        format!("FVU {:.3}, L0 {:.1}, dead {:.1}%", self.fvu, self.l0, 100.0 * self.dead_fraction)
+    }
+}
+
 fn err(m: impl Into<String>) -> InstrumentError {
     InstrumentError::Invalid(m.into())
 }
@@ -195,6 +202,96 @@ pub fn train(
     Ok((sae, history))
 }
 
+/// [`train`] on every activation of a `sae collect` directory, the SAE hooked at the collected
+/// site (`opts.hook_name` is overridden); returns the collection's manifest too.
+pub fn train_collection(
+    acts: &std::path::Path,
+    opts: &TrainOptions,
+    on_epoch: impl FnMut(&EpochMetrics),
+) -> Result<(crate::collect::Manifest, Sae, Vec<EpochMetrics>)> {
+    let (m, data) = crate::collect::load_all(acts)?;
+    let opts = TrainOptions { hook_name: m.site.clone(), ..opts.clone() };
+    let (sae, hist) = train(&data, &opts, on_epoch)?;
+    Ok((m, sae, hist))
+}
+
+/// How fast [`train`] ran: the figure of `reward-lens bench --sae`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Throughput {
+    /// What was trained on, e.g. "blocks.1.hook_resid_post of the generated 2-layer d_model 64 Llama".
+    pub source: String,
+    pub activations: usize,
+    pub epochs: usize,
+    pub seconds: f64,
+    /// Metrics after the last epoch.
+    pub last: EpochMetrics,
+}
+
+impl Throughput {
+    /// Activations trained on per second, over every epoch.
+    pub fn activations_per_second(&self) -> f64 {
+        (self.activations * self.epochs) as f64 / self.seconds
+    }
+
+    /// The bench's heading (with `opts`' shape and the thread count), then its three-line
+    /// table: rate, FVU reached, dead latents.
+    pub fn markdown(&self, opts: &TrainOptions) -> String {
+        let (n, source, threads) = (self.activations, &self.source, reward_lens_engine::bench::threads_label());
+        format!(
+            "TopK SAE training on {n} activations collected at {source}: d_sae {}, k {}, batch {}, {} epochs, {threads} thread(s)\n\
+             | activations / s | FVU after the last epoch | dead latents |\n|---|---|---|\n| {:.0} | {:.3} | {:.1} % |\n",
+            opts.d_sae,
+            opts.k,
+            opts.batch_size,
+            self.epochs,
+            self.activations_per_second(),
+            self.last.fvu,
+            100.0 * self.last.dead_fraction
+        )
+    }
+}
+
+/// [`train`], timed; the trained SAE is dropped.
+pub fn throughput(
+    source: &str,
+    data: &Tensor,
+    opts: &TrainOptions,
+    on_epoch: impl FnMut(&EpochMetrics),
+) -> Result<Throughput> {
+    let start = std::time::Instant::now();
+    let (_, hist) = train(data, opts, on_epoch)?;
+    let seconds = start.elapsed().as_secs_f64();
+    let last = hist.last().cloned().ok_or_else(|| err("no epochs to time"))?;
+    Ok(Throughput { source: source.to_string(), activations: data.dim(0)?, epochs: hist.len(), seconds, last })
+}
+
+/// Options of `reward-lens bench --sae`: d_sae 4096, k 32, batch 1024, lr 4e-4, seed 1.
+pub fn bench_options(epochs: usize) -> TrainOptions {
+    TrainOptions {
+        d_sae: 4096,
+        k: 32,
+        batch_size: 1024,
+        epochs: epochs.max(1),
+        lr: 4e-4,
+        seed: 1,
+        ..Default::default()
+    }
+}
+
+/// `reward-lens bench --sae`: [`throughput`] with [`bench_options`] on 16,384 activations of
+/// `model` at `site` (128 seeded random sequences × 128 tokens).
+pub fn bench(
+    model: &reward_lens_engine::RewardModel,
+    site: reward_lens_engine::Site,
+    epochs: usize,
+    on_epoch: impl FnMut(&EpochMetrics),
+) -> Result<Throughput> {
+    let data = reward_lens_engine::bench::site_activations(model, site, 16, 8, 128)?;
+    let c = &model.config;
+    let source = format!("{} of the generated {}-layer d_model {} Llama", site.name(), c.n_layers, c.d_model);
+    throughput(&source, &data, &bench_options(epochs), on_epoch)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,6 +319,55 @@ mod tests {
             data.extend(x);
         }
         (Tensor::from_vec(data, (n, d), &Device::Cpu).unwrap(), dirs)
+    }
+
+    #[test]
+    fn trains_on_a_collection_hooked_at_its_site() {
+        let (data, _) = synthetic(100, 4);
+        let dir = std::env::temp_dir().join(format!("rl-sae-collection-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let shard = std::collections::HashMap::from([("activations".to_string(), data)]);
+        candle_core::safetensors::save(&shard, dir.join("acts-00000.safetensors")).unwrap();
+        let m = crate::collect::Manifest {
+            site: "blocks.1.hook_resid_post".into(),
+            d: 24,
+            shards: vec!["acts-00000.safetensors".into()],
+            sequences_done: 10,
+            activations: 100,
+        };
+        std::fs::write(dir.join("manifest.json"), serde_json::to_string(&m).unwrap()).unwrap();
+        let opts = TrainOptions {
+            d_sae: 8,
+            k: 2,
+            epochs: 2,
+            batch_size: 32,
+            hook_name: "ignored".into(),
+            ..Default::default()
+        };
+        let (m, sae, hist) = train_collection(&dir, &opts, |_| {}).unwrap();
+        assert_eq!((m.activations, sae.hook_name.as_str(), hist.len()), (100, "blocks.1.hook_resid_post", 2));
+        assert_eq!((sae.d_in, sae.d_sae), (24, 8));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn throughput_counts_every_epoch_and_reports_the_last() {
+        let (data, _) = synthetic(200, 3);
+        let opts = TrainOptions { d_sae: 16, k: 3, epochs: 2, batch_size: 64, seed: 1, ..Default::default() };
+        let mut seen = Vec::new();
+        let t = throughput("toy data", &data, &opts, |m| seen.push(m.fvu)).unwrap();
+        assert_eq!((t.activations, t.epochs, seen.len()), (200, 2, 2));
+        assert_eq!(t.last.fvu, seen[1]);
+        let m = EpochMetrics { epoch: 0, mse: 0.0, fvu: 0.1234, l0: 3.0, dead_fraction: 0.015 };
+        assert_eq!(m.summary(), "FVU 0.123, L0 3.0, dead 1.5%");
+        assert!((t.activations_per_second() * t.seconds - 400.0).abs() < 1e-6);
+        let text = t.markdown(&opts);
+        let rows: Vec<&str> = text.lines().collect::<Vec<_>>();
+        assert_eq!(rows.len(), 4);
+        assert!(rows[0].starts_with(
+            "TopK SAE training on 200 activations collected at toy data: d_sae 16, k 3, batch 64, 2 epochs, "
+        ));
+        assert!(rows[3].ends_with(&format!("| {:.3} | {:.1} % |", t.last.fvu, 100.0 * t.last.dead_fraction)));
     }
 
     #[test]

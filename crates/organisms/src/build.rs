@@ -77,6 +77,24 @@ pub struct OrganismReport {
     pub seconds: f64,
 }
 
+impl OrganismReport {
+    /// One line: the organism, its seed, held-out accuracy (overall, head, tail), training
+    /// time and where it was saved.
+    pub fn summary(&self, out: &Path) -> String {
+        let pct = |x: Option<f64>| x.map_or("n/a".to_string(), |v| format!("{:.1}%", 100.0 * v));
+        format!(
+            "organism `{}` (seed {}): held-out accuracy {:.1}% (head {}, tail {}), trained in {:.0} s → {}",
+            self.organism,
+            self.seed,
+            100.0 * self.test_accuracy,
+            pct(self.head_accuracy),
+            pct(self.tail_accuracy),
+            self.seconds,
+            out.display()
+        )
+    }
+}
+
 pub const REPORT_FILE: &str = "organism_report.json";
 
 /// Seeded initial weights with matrices at std 1/√fan_in rather than transformers' 0.02: at 0.02
@@ -187,7 +205,7 @@ pub fn load_or_build(
     static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
     let fingerprint = fingerprint(spec, opts);
-    let dir = root.join(format!("organism-{}-{fingerprint:016x}", spec.name));
+    let dir = cache_dir(spec, opts, root);
     let path = dir.join(REPORT_FILE);
     if let Ok(text) = std::fs::read_to_string(&path) {
         if let Ok(report) = serde_json::from_str::<OrganismReport>(&text) {
@@ -214,6 +232,30 @@ pub fn load_or_build(
     Ok((dir, report))
 }
 
+/// Where [`load_or_build`] keeps the organism `spec` built with `opts` under `root`.
+pub fn cache_dir(spec: &OrganismSpec, opts: &BuildOptions, root: &Path) -> PathBuf {
+    root.join(format!("organism-{}-{:016x}", spec.name, fingerprint(spec, opts)))
+}
+
+/// A built organism in the cache.
+#[derive(Debug, Clone)]
+pub struct CachedOrganism {
+    pub preset: String,
+    pub dir: PathBuf,
+    pub report: OrganismReport,
+}
+
+/// The organism `preset` (its own seed, default build options) from the cache under `root`
+/// (e.g. [`cache_root`]), built there first if missing; `progress` sees a build. An unknown
+/// preset is refused before anything is built; a failed build names the preset and the root.
+pub fn ensure(preset: &str, root: &Path, progress: impl FnMut(BuildProgress<'_>)) -> Result<CachedOrganism> {
+    let spec = OrganismSpec::try_preset(preset)?;
+    let (dir, report) = load_or_build(&spec, &BuildOptions::default(), root, progress).map_err(|source| {
+        OrganismError::Build { preset: preset.to_string(), root: root.to_path_buf(), source: Box::new(source) }
+    })?;
+    Ok(CachedOrganism { preset: preset.to_string(), dir, report })
+}
+
 /// FNV-1a over the spec and options as JSON: a cache key that changes when either does.
 fn fingerprint(spec: &OrganismSpec, opts: &BuildOptions) -> u64 {
     let text = serde_json::to_string(&(spec, opts, env!("CARGO_PKG_VERSION"))).expect("spec serialises");
@@ -223,4 +265,57 @@ fn fingerprint(spec: &OrganismSpec, opts: &BuildOptions) -> u64 {
 /// Loads a built organism as a reward model.
 pub fn load(dir: &Path) -> Result<RewardModel> {
     Ok(RewardModel::load(dir, &LoadOptions::default())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(seed: u64) -> OrganismReport {
+        let training = reward_lens_train::TrainReport {
+            options: TrainOptions::default(),
+            n_train: 0,
+            n_held_out: 0,
+            trainable_parameters: 0,
+            steps: 0,
+            epochs: vec![],
+            held_out: None,
+        };
+        let (head_accuracy, tail_accuracy) = (None, None);
+        let options = BuildOptions::default();
+        OrganismReport {
+            organism: "length".into(),
+            seed,
+            options,
+            training,
+            test_accuracy: 0.9,
+            head_accuracy,
+            tail_accuracy,
+            seconds: 1.0,
+        }
+    }
+
+    #[test]
+    fn ensure_finds_a_cached_organism_without_building_and_refuses_unknown_presets() {
+        let root = std::env::temp_dir().join(format!("rl-organism-ensure-{}", std::process::id()));
+        let spec = OrganismSpec::try_preset("length").unwrap();
+        let dir = cache_dir(&spec, &BuildOptions::default(), &root);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(REPORT_FILE), serde_json::to_string(&report(spec.seed)).unwrap()).unwrap();
+        std::fs::write(dir.join("model.safetensors"), b"").unwrap();
+        let mut events = 0;
+        let o = ensure("length", &root, |_| events += 1).unwrap();
+        assert_eq!((o.preset.as_str(), &o.dir, o.report.seed, events), ("length", &dir, spec.seed, 0));
+        assert_eq!(
+            o.report.summary(Path::new("out")),
+            "organism `length` (seed 1): held-out accuracy 90.0% (head n/a, tail n/a), trained in 1 s → out"
+                .replace("seed 1", &format!("seed {}", spec.seed))
+        );
+        let seeded = OrganismSpec::try_preset_seeded("length", Some(99)).unwrap();
+        assert_eq!((seeded.seed, OrganismSpec::try_preset_seeded("length", None).unwrap().seed), (99, spec.seed));
+        let other = std::env::temp_dir().join(format!("rl-organism-none-{}", std::process::id()));
+        assert!(matches!(ensure("nope", &other, |_| {}), Err(OrganismError::UnknownPreset { .. })));
+        assert!(!other.exists(), "nothing is built for an unknown preset");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

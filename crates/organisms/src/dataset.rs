@@ -167,6 +167,13 @@ impl OrganismSpec {
         Self::preset(name).ok_or_else(|| OrganismError::UnknownPreset { name: name.to_string() })
     }
 
+    /// [`try_preset`](Self::try_preset) with its seed replaced by `seed` when one is given.
+    pub fn try_preset_seeded(name: &str, seed: Option<u64>) -> Result<Self> {
+        let mut spec = Self::try_preset(name)?;
+        spec.seed = seed.unwrap_or(spec.seed);
+        Ok(spec)
+    }
+
     /// Refuses what [`generate`] would silently repair: non-finite or zero strengths, a tail
     /// fraction outside `[0, MAX_TAIL_FRACTION]`, an empty training set.
     pub fn validate(&self) -> Result<()> {

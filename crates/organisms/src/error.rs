@@ -22,6 +22,13 @@ pub enum OrganismError {
     Train(#[from] reward_lens_train::TrainError),
     #[error(transparent)]
     Engine(#[from] reward_lens_engine::EngineError),
+    #[error("building the `{preset}` model organism in {}", root.display())]
+    Build {
+        preset: String,
+        root: PathBuf,
+        #[source]
+        source: Box<OrganismError>,
+    },
     #[error("unknown organism preset `{name}`; known: {}", crate::OrganismSpec::presets().join(", "))]
     UnknownPreset { name: String },
 }

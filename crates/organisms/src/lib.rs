@@ -21,7 +21,10 @@ pub mod files;
 pub mod language;
 pub mod perturb;
 
-pub use build::{build, cache_root, load_or_build, BuildOptions, BuildProgress, OrganismReport, OrganismShape};
+pub use build::{
+    build, cache_dir, cache_root, ensure, load_or_build, BuildOptions, BuildProgress, CachedOrganism, OrganismReport,
+    OrganismShape,
+};
 pub use dataset::{
     concepts, generate, label_stats, probes, sample_pairs, try_generate, AnswerKey, ConceptPair, ConceptSet, Counts,
     Dataset, FeatureRates, LabelStats, OrganismSpec, PairRecord, PlantedRules, ProbeRecord, QualityKey, RuleKey,

@@ -20,6 +20,9 @@ use reward_lens_engine::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+mod start;
+pub use start::{Base, ScratchShape, Smoothed, Start};
+
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     #[error(transparent)]
@@ -305,6 +308,11 @@ impl Trainer {
     /// The model as it stands (weights detached from training), for any instrument.
     pub fn model(&self) -> Result<RewardModel> {
         self.build(true)
+    }
+
+    /// Optimizer steps of a whole run over `n_train` pairs (every epoch's, done or not).
+    pub fn total_steps(&self, n_train: usize) -> usize {
+        self.steps_per_epoch(n_train) * self.opts.epochs
     }
 
     fn steps_per_epoch(&self, n: usize) -> usize {

@@ -1,0 +1,411 @@
+//! The engine-level figures of `reward-lens bench`: this machine's matmul rate, seeded generated
+//! models and inputs, batched-scoring throughput and its GFLOP/s, and the tables they print as.
+//! Timing is best-of-N: on a shared machine the fastest run is the least disturbed one.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use serde::Serialize;
+
+use crate::error::{EngineError, Result};
+use crate::synth::LlamaShape;
+use crate::{EncodedPair, Hooks, LoadOptions, MapSource, ModelConfig, PaddingSide, RewardModel, Rng, Site};
+
+/// Seed of every generated benchmark model's weights.
+pub const WEIGHT_SEED: u64 = 7;
+
+/// Best-of-10 rate, in GFLOP/s, of one n³ f32 matmul through candle (the kernels the model uses).
+pub fn matmul_rate(n: usize) -> Result<f64> {
+    let mut rng = Rng::new(1);
+    let v: Vec<f32> = (0..n * n).map(|_| rng.normal() as f32).collect();
+    let a = Tensor::from_vec(v.clone(), (n, n), &Device::Cpu)?;
+    let b = Tensor::from_vec(v, (n, n), &Device::Cpu)?.t()?;
+    a.matmul(&b)?;
+    let mut best = f64::MAX;
+    for _ in 0..10 {
+        let t = Instant::now();
+        let c = a.matmul(&b)?;
+        c.sum_all()?.to_scalar::<f32>()?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(2.0 * (n as f64).powi(3) / best / 1e9)
+}
+
+/// The threads rayon uses: `RAYON_NUM_THREADS` if set, else the machine's parallelism.
+pub fn threads_label() -> String {
+    std::env::var("RAYON_NUM_THREADS")
+        .unwrap_or_else(|_| std::thread::available_parallelism().map_or(1, |n| n.get()).to_string())
+}
+
+/// `n` random token ids, never the three specials (pad, bos, eos) below 3.
+pub fn random_tokens(rng: &mut Rng, n: usize, vocab: usize) -> Vec<u32> {
+    (0..n).map(|_| 3 + (rng.next_u64() % (vocab as u64 - 3)) as u32).collect()
+}
+
+/// Seconds of the fastest of `iters` (≥ 1) timed calls after one warm-up, and the last result.
+pub fn best_of<T, E>(
+    iters: usize,
+    mut f: impl FnMut() -> std::result::Result<T, E>,
+) -> std::result::Result<(f64, T), E> {
+    let mut last = f()?;
+    let mut best = f64::MAX;
+    for _ in 0..iters.max(1) {
+        let t = Instant::now();
+        last = f()?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok((best, last))
+}
+
+/// "8 layers, d_model 512, 8 heads / 2 kv heads, d_mlp 1408, vocab 32000".
+pub fn describe(s: &LlamaShape) -> String {
+    format!(
+        "{} layers, d_model {}, {} heads / {} kv heads, d_mlp {}, vocab {}",
+        s.n_layers, s.d_model, s.n_heads, s.n_kv_heads, s.d_mlp, s.vocab_size
+    )
+}
+
+/// An f32 model of `shape` over the given weights (e.g. [`LlamaShape::random_weights`]).
+pub fn model_from_weights(shape: &LlamaShape, weights: HashMap<String, Tensor>) -> Result<RewardModel> {
+    let config = ModelConfig::from_value(&shape.config_json(), Path::new("(generated config)"))?;
+    RewardModel::from_source(config, &MapSource { tensors: weights, dtype: DType::F32 }, &LoadOptions::default())
+}
+
+/// The benchmark's generated Llama: `shape` with seeded random weights ([`WEIGHT_SEED`]).
+pub fn generated_model(shape: &LlamaShape) -> Result<RewardModel> {
+    model_from_weights(shape, shape.random_weights(WEIGHT_SEED, &Device::Cpu)?)
+}
+
+/// The patch benchmark's 20 pairs: a shared 16-token prompt, responses making 40–60 tokens in all.
+pub fn patch_pairs(vocab: usize) -> Vec<EncodedPair> {
+    let mut rng = Rng::new(5);
+    (0..20)
+        .map(|i| {
+            let prompt = random_tokens(&mut rng, 16, vocab);
+            let (lc, lr) = (24 + (i * 7) % 21, 24 + (i * 11) % 21);
+            let mut c = prompt.clone();
+            c.extend(random_tokens(&mut rng, lc, vocab));
+            let mut r = prompt;
+            r.extend(random_tokens(&mut rng, lr, vocab));
+            EncodedPair::new(c, r, (16, 16))
+        })
+        .collect()
+}
+
+/// Activations at `site`, `[batches × per_batch × seq_len, d_model]`, of seeded random sequences.
+pub fn site_activations(
+    model: &RewardModel,
+    site: Site,
+    batches: usize,
+    per_batch: usize,
+    seq_len: usize,
+) -> Result<Tensor> {
+    let mut rng = Rng::new(3);
+    let vocab = model.config.vocab_size;
+    let mut parts = Vec::new();
+    for _ in 0..batches {
+        let seqs: Vec<Vec<u32>> = (0..per_batch).map(|_| random_tokens(&mut rng, seq_len, vocab)).collect();
+        let fwd = model.forward(&model.batch(&seqs, PaddingSide::Right)?, &Hooks::cache(&[site.name()]))?;
+        let acts = fwd.cache.site(site).ok_or_else(|| EngineError::UnknownSite(site.name()))?;
+        parts.push(acts.flatten_to(1)?);
+    }
+    Ok(Tensor::cat(&parts, 0)?)
+}
+
+/// The patch benchmark's printed table: a heading naming `config`, one row per method
+/// `(label, seconds per pair, forward-equivalents per pair)`, the floor, and the speed-up of the
+/// second method (the sweep) over the first (naive).
+pub fn patch_table(config: &ModelConfig, rows: &[(&str, f64, f64)]) -> String {
+    let c = config;
+    let mut s = format!(
+        "Patch sweep, noising, sublayers: {} layers, d_model {}, {}/{} heads, d_mlp {}; 20 pairs of 40–60 tokens; {} thread(s)\n\n",
+        c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, c.d_mlp, threads_label()
+    );
+    s += "| method | s / pair | forward-equivalents / pair |\n|---|---|---|\n";
+    for (label, secs, fe) in rows {
+        let _ = writeln!(s, "| {label} | {secs:.3} | {fe:.1} |");
+    }
+    s += "\nfloor: 2.0 forward-equivalents per pair (the two clean runs every method needs)\n";
+    if let [naive, sweep, ..] = rows {
+        let _ = writeln!(s, "sweep speed-up over naive: {:.2}×", naive.1 / sweep.1);
+    }
+    s
+}
+
+/// Batched scoring at one batch size.
+#[derive(Debug, Clone, Serialize)]
+pub struct SpeedRow {
+    pub batch: usize,
+    pub seq_len: usize,
+    pub seconds_per_batch: f64,
+    pub tokens_per_s: f64,
+    pub gflops: f64,
+    pub fraction_of_matmul: f64,
+}
+
+/// Peak memory of scoring a model loaded from disk, against its weights' size.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemRow {
+    pub disk_dtype: String,
+    pub compute_dtype: String,
+    pub weights_mib: f64,
+    pub peak_rss_mib: f64,
+    pub ratio: f64,
+}
+
+impl MemRow {
+    /// The row of `n_params` weights stored as `disk`, computed in `compute`, peaking at `peak` bytes.
+    pub fn new(disk: DType, compute: DType, n_params: usize, peak: u64) -> Self {
+        let weights = (n_params * compute.size_in_bytes()) as u64;
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        MemRow {
+            disk_dtype: format!("{disk:?}").to_lowercase(),
+            compute_dtype: format!("{compute:?}").to_lowercase(),
+            weights_mib: mib(weights),
+            peak_rss_mib: mib(peak),
+            ratio: peak as f64 / weights as f64,
+        }
+    }
+}
+
+/// Everything `reward-lens bench` reports on a generated model.
+#[derive(Debug, Clone, Serialize)]
+pub struct SpeedReport {
+    pub shape: String,
+    pub n_params: usize,
+    pub threads: usize,
+    pub matmul_gflops: f64,
+    pub speed: Vec<SpeedRow>,
+    pub memory: Vec<MemRow>,
+}
+
+/// Times batched scoring of `model` (of `shape`) at `seq_len` tokens for each batch size.
+/// `on_matmul` hears the first matmul rate before the timings start. The machine rate is the
+/// better of two measurements around the model timings, so a noisy moment during one of them
+/// cannot flatter the ratio.
+pub fn speed(
+    model: &RewardModel,
+    shape: &LlamaShape,
+    seq_len: usize,
+    batch_sizes: &[usize],
+    iters: usize,
+    on_matmul: impl FnOnce(f64),
+) -> Result<SpeedReport> {
+    let first = matmul_rate(1024)?;
+    on_matmul(first);
+    let mut rng = Rng::new(11);
+    let mut speed = Vec::new();
+    for &bs in batch_sizes {
+        let seqs: Vec<Vec<u32>> = (0..bs).map(|_| random_tokens(&mut rng, seq_len, shape.vocab_size)).collect();
+        let batch = model.batch(&seqs, PaddingSide::Right)?;
+        let (per, _) = best_of(iters, || model.score(&batch))?;
+        let gflops = shape.flops_per_sequence(seq_len) * bs as f64 / per / 1e9;
+        let tokens_per_s = (bs * seq_len) as f64 / per;
+        speed.push(SpeedRow {
+            batch: bs,
+            seq_len,
+            seconds_per_batch: per,
+            tokens_per_s,
+            gflops,
+            fraction_of_matmul: 0.0,
+        });
+    }
+    let matmul = first.max(matmul_rate(1024)?);
+    for r in &mut speed {
+        r.fraction_of_matmul = r.gflops / matmul;
+    }
+    Ok(SpeedReport {
+        shape: describe(shape),
+        n_params: model.n_params,
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        matmul_gflops: matmul,
+        speed,
+        memory: Vec::new(),
+    })
+}
+
+impl SpeedReport {
+    /// The report as printed: a heading, the speed table and, if measured, the memory table.
+    pub fn markdown(&self) -> String {
+        let mut s = format!(
+            "Synthetic Llama: {} ({:.1} M parameters), {} threads\n",
+            self.shape,
+            self.n_params as f64 / 1e6,
+            self.threads
+        );
+        s += &format!("f32 matmul rate (candle, 1024³): {:.1} GFLOP/s\n\n", self.matmul_gflops);
+        s += "| batch × tokens | s / batch | tokens/s | GFLOP/s | of matmul rate |\n|---|---|---|---|---|\n";
+        for r in &self.speed {
+            let _ = writeln!(
+                s,
+                "| {} × {} | {:.3} | {:.0} | {:.1} | {:.0} % |",
+                r.batch,
+                r.seq_len,
+                r.seconds_per_batch,
+                r.tokens_per_s,
+                r.gflops,
+                100.0 * r.fraction_of_matmul
+            );
+        }
+        if !self.memory.is_empty() {
+            s += "\n| on disk → compute | weights (compute dtype) | peak RSS of `score` | ratio |\n|---|---|---|---|\n";
+            for m in &self.memory {
+                let _ = writeln!(
+                    s,
+                    "| {} → {} | {:.1} MiB | {:.1} MiB | {:.2} × |",
+                    m.disk_dtype, m.compute_dtype, m.weights_mib, m.peak_rss_mib, m.ratio
+                );
+            }
+        }
+        s
+    }
+}
+
+/// Writes `config` and `weights` converted to `dtype` as a HuggingFace directory's
+/// config.json and model.safetensors, with the tokenizer files copied from `tokenizer_dir`.
+pub fn save_generated(
+    dir: &Path,
+    config: &serde_json::Value,
+    weights: &HashMap<String, Tensor>,
+    dtype: DType,
+    tokenizer_dir: &Path,
+) -> Result<()> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| EngineError::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let text = serde_json::to_string_pretty(config).expect("a JSON value serialises");
+    std::fs::write(dir.join("config.json"), text).map_err(io(dir))?;
+    for f in ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja"] {
+        std::fs::copy(tokenizer_dir.join(f), dir.join(f)).map_err(io(&tokenizer_dir.join(f)))?;
+    }
+    let converted: HashMap<String, Tensor> =
+        weights.iter().map(|(k, t)| Ok((k.clone(), t.to_dtype(dtype)?))).collect::<Result<_>>()?;
+    candle_core::safetensors::save(&converted, dir.join("model.safetensors"))?;
+    Ok(())
+}
+
+/// The (on disk, compute) dtypes whose peak memory the bench measures.
+pub const MEMORY_CASES: [(DType, DType); 3] =
+    [(DType::F32, DType::F32), (DType::BF16, DType::F32), (DType::BF16, DType::BF16)];
+
+/// Peak memory of scoring the model from disk in each of [`MEMORY_CASES`]: saves it under a
+/// temporary directory `tmp` (removed afterwards) with the tokenizer of `tokenizer_dir` and one
+/// example pair, and asks `peak(model_dir, pairs_file, compute_dtype)` for the peak bytes of a
+/// scoring run (the CLI spawns itself, so the figure is a fresh process's).
+pub fn memory_rows<E: From<EngineError>>(
+    tmp: &Path,
+    config: &serde_json::Value,
+    weights: &HashMap<String, Tensor>,
+    tokenizer_dir: &Path,
+    mut peak: impl FnMut(&Path, &Path, DType) -> std::result::Result<u64, E>,
+) -> std::result::Result<Vec<MemRow>, E> {
+    let pairs = tmp.join("pairs.jsonl");
+    std::fs::create_dir_all(tmp).map_err(|source| EngineError::Io { path: tmp.to_path_buf(), source })?;
+    std::fs::write(&pairs, "{\"prompt\": \"How do I boil an egg?\", \"chosen\": \"Simmer it for nine minutes, then cool it in cold water.\", \"rejected\": \"Eggs are food.\"}\n")
+        .map_err(|source| EngineError::Io { path: pairs.clone(), source })?;
+    let n_params: usize = weights.values().map(|t| t.elem_count()).sum();
+    let mut rows = Vec::new();
+    for (disk, compute) in MEMORY_CASES {
+        let dir = tmp.join(format!("{disk:?}").to_lowercase());
+        save_generated(&dir, config, weights, disk, tokenizer_dir)?;
+        rows.push(MemRow::new(disk, compute, n_params, peak(&dir, &pairs, compute)?));
+    }
+    let _ = std::fs::remove_dir_all(tmp);
+    Ok(rows)
+}
+
+/// Seconds of one call of `f`, and its result.
+pub fn timed<T, E>(f: impl FnOnce() -> std::result::Result<T, E>) -> std::result::Result<(f64, T), E> {
+    let start = Instant::now();
+    let out = f()?;
+    Ok((start.elapsed().as_secs_f64(), out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> LlamaShape {
+        LlamaShape { n_layers: 2, d_model: 16, n_heads: 4, n_kv_heads: 2, d_mlp: 32, vocab_size: 50, max_positions: 64 }
+    }
+
+    #[test]
+    fn tokens_avoid_specials_and_pairs_have_the_stated_lengths() {
+        let mut rng = Rng::new(1);
+        let t = random_tokens(&mut rng, 1000, 50);
+        assert!(t.iter().all(|&x| (3..50).contains(&x)));
+        let pairs = patch_pairs(50);
+        assert_eq!(pairs.len(), 20);
+        for p in &pairs {
+            for s in p.sides() {
+                assert!((40..=60).contains(&s.len()), "{}", s.len());
+            }
+            assert_eq!(p.chosen[..16], p.rejected[..16]);
+        }
+        assert_eq!(patch_pairs(50)[3].chosen, pairs[3].chosen, "seeded");
+    }
+
+    #[test]
+    fn speed_rows_are_consistent_and_the_report_prints_them() {
+        let shape = tiny();
+        let model = generated_model(&shape).unwrap();
+        let mut heard = 0.0;
+        let r = speed(&model, &shape, 8, &[1, 2], 1, |m| heard = m).unwrap();
+        assert!(heard > 0.0 && r.matmul_gflops >= heard);
+        assert_eq!(r.n_params, shape.tensor_shapes().iter().map(|(_, s)| s.iter().product::<usize>()).sum::<usize>());
+        for row in &r.speed {
+            assert!((row.tokens_per_s * row.seconds_per_batch - (row.batch * 8) as f64).abs() < 1e-6);
+            assert!((row.fraction_of_matmul - row.gflops / r.matmul_gflops).abs() < 1e-12);
+        }
+        let text = r.markdown();
+        assert!(text.starts_with("Synthetic Llama: 2 layers, d_model 16, 4 heads / 2 kv heads, d_mlp 32, vocab 50 ("));
+        assert_eq!(text.lines().filter(|l| l.starts_with("| 1 × 8 |") || l.starts_with("| 2 × 8 |")).count(), 2);
+        assert!(!text.contains("peak RSS"));
+        let acts = site_activations(&model, Site::ResidPost(1), 2, 3, 5).unwrap();
+        let t = patch_table(&model.config, &[("naive", 0.4, 6.0), ("sweep", 0.1, 2.9)]);
+        assert!(t.contains("| naive | 0.400 | 6.0 |\n| sweep | 0.100 | 2.9 |\n"), "{t}");
+        assert!(t.ends_with("sweep speed-up over naive: 4.00×\n"), "{t}");
+        assert_eq!(acts.dims(), &[30, 16]);
+    }
+
+    #[test]
+    fn memory_rows_save_each_case_and_clean_up() {
+        let shape = tiny();
+        let weights = shape.random_weights(WEIGHT_SEED, &Device::Cpu).unwrap();
+        let root = std::env::temp_dir().join(format!("rl-bench-test-{}", std::process::id()));
+        let tok = root.join("tok");
+        std::fs::create_dir_all(&tok).unwrap();
+        for f in ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja"] {
+            std::fs::write(tok.join(f), f).unwrap();
+        }
+        let tmp = root.join("run");
+        let mut seen = Vec::new();
+        let rows = memory_rows(&tmp, &shape.config_json(), &weights, &tok, |dir, pairs, compute| {
+            assert!(pairs.exists() && dir.join("tokenizer.json").exists());
+            let st = dir.join("model.safetensors");
+            let loaded = candle_core::safetensors::load(&st, &Device::Cpu).unwrap();
+            seen.push((loaded["score.weight"].dtype(), compute));
+            Ok::<_, EngineError>(1 << 20)
+        })
+        .unwrap();
+        assert_eq!(seen, MEMORY_CASES.to_vec());
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[2].weights_mib * 2.0, rows[0].weights_mib, "bf16 weights are half the f32 ones");
+        assert!(!tmp.exists(), "the temporary directory is removed");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn memory_rows_measure_against_the_compute_dtype() {
+        let m = MemRow::new(DType::BF16, DType::F32, 1 << 20, 8 << 20);
+        assert_eq!((m.disk_dtype.as_str(), m.compute_dtype.as_str()), ("bf16", "f32"));
+        assert_eq!((m.weights_mib, m.peak_rss_mib, m.ratio), (4.0, 8.0, 2.0));
+        let (secs, v) = best_of(3, || Ok::<_, EngineError>(41 + 1)).unwrap();
+        assert!(secs >= 0.0 && v == 42);
+    }
+}
