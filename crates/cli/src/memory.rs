@@ -11,7 +11,3 @@ pub fn peak_rss() -> Option<u64> {
 /// Set in a child's environment to make it print its peak memory on exit.
 pub const REPORT_ENV: &str = "REWARD_LENS_REPORT_PEAK_RSS";
 pub const REPORT_TAG: &str = "reward-lens-peak-rss-bytes";
-
-pub fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1024.0 * 1024.0)
-}
