@@ -11,7 +11,7 @@ use reward_lens_train::{evaluate, StepStats, TokenizedPair, TrainOptions, TrainR
 use serde::{Deserialize, Serialize};
 
 use crate::error::io_err;
-use crate::{try_generate, write_files, Dataset, OrganismError, OrganismSpec, PairRecord, Result, MODEL_MAX_LENGTH};
+use crate::{try_generate, write_files, Dataset, OrganismError, OrganismSpec, PairText, Result, MODEL_MAX_LENGTH};
 
 /// The network shape of an organism.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,12 +115,16 @@ pub fn init_weights(
 }
 
 /// Renders and tokenizes pairs with the organism's own tokenizer.
-pub fn tokenize(tok: &ChatTokenizer, pairs: &[PairRecord]) -> Result<Vec<TokenizedPair>> {
+pub fn tokenize(tok: &ChatTokenizer, pairs: &[PairText]) -> Result<Vec<TokenizedPair>> {
     pairs
         .iter()
         .map(|p| {
             let enc = |r: &str| tok.encode_pair(&p.prompt, r, Truncation::Error).map(|e| e.ids);
-            Ok(TokenizedPair { chosen: enc(&p.chosen)?, rejected: enc(&p.rejected)?, subset: p.subset.clone() })
+            Ok(TokenizedPair {
+                chosen: enc(&p.chosen)?,
+                rejected: enc(&p.rejected)?,
+                subset: p.subset_str().to_string(),
+            })
         })
         .collect()
 }

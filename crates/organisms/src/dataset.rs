@@ -13,6 +13,7 @@
 //! labelled like head pairs, so every organism sees the same kinds of text.
 
 use reward_lens_engine::synth::Rng;
+use reward_lens_engine::PairText;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{OrganismError, Result};
@@ -205,17 +206,6 @@ impl OrganismSpec {
     }
 }
 
-/// One preference pair, written as one JSONL line with our pair files' field names.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PairRecord {
-    pub id: usize,
-    pub prompt: String,
-    pub chosen: String,
-    pub rejected: String,
-    /// `head` or `tail` (the prompt carries the tail marker).
-    pub subset: String,
-}
-
 /// One single-edit probe, in the format of `data/probes/*.jsonl`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProbeRecord {
@@ -331,8 +321,8 @@ pub struct AnswerKey {
 /// The organism's data: pairs, answer key, probes and concept sets.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dataset {
-    pub train: Vec<PairRecord>,
-    pub test: Vec<PairRecord>,
+    pub train: Vec<PairText>,
+    pub test: Vec<PairText>,
     pub key: AnswerKey,
     pub probes: Vec<ProbeRecord>,
     pub concepts: Vec<ConceptSet>,
@@ -346,7 +336,7 @@ fn stream(seed: u64, purpose: u64) -> Rng {
 }
 
 /// `n` pairs, of which `n_tail` (at random positions) have a tail prompt; ids from `first_id`.
-pub fn sample_pairs(rules: &PlantedRules, n: usize, n_tail: usize, first_id: usize, rng: &mut Rng) -> Vec<PairRecord> {
+pub fn sample_pairs(rules: &PlantedRules, n: usize, n_tail: usize, first_id: usize, rng: &mut Rng) -> Vec<PairText> {
     let rules = rules.sanitized();
     let sampling = Sampling::default();
     let mut is_tail = vec![false; n];
@@ -369,19 +359,18 @@ pub fn sample_pairs(rules: &PlantedRules, n: usize, n_tail: usize, first_id: usi
                     break if sa > sb { (a, b) } else { (b, a) };
                 }
             };
-            PairRecord {
-                id: first_id + i,
-                prompt,
-                chosen: chosen.render(),
-                rejected: rejected.render(),
-                subset: if tail { "tail" } else { "head" }.to_string(),
-            }
+            // `subset` is `head` or `tail` (the prompt carries the tail marker).
+            PairText::new(prompt, chosen.render(), rejected.render()).with_id(first_id + i).with_subset(if tail {
+                "tail"
+            } else {
+                "head"
+            })
         })
         .collect()
 }
 
 /// Feature rates of chosen vs rejected, by subset, from the texts alone.
-pub fn label_stats(pairs: &[PairRecord]) -> LabelStats {
+pub fn label_stats(pairs: &[PairText]) -> LabelStats {
     #[derive(Default)]
     struct Acc {
         n: usize,
@@ -513,8 +502,8 @@ fn rule_key(name: &str, s: Option<f32>, feature: &str, applies_to: &str, probe: 
     }
 }
 
-fn tail_ids(pairs: &[PairRecord]) -> Vec<usize> {
-    pairs.iter().filter(|p| p.subset == "tail").map(|p| p.id).collect()
+fn tail_ids(pairs: &[PairText]) -> Vec<usize> {
+    pairs.iter().filter(|p| p.subset_str() == "tail").filter_map(|p| p.id.as_u64()).map(|id| id as usize).collect()
 }
 
 /// Generates an organism. Bad strengths or fractions are repaired as [`PlantedRules::sanitized`]
@@ -617,7 +606,7 @@ mod tests {
             let ds = generate(&spec);
             for p in ds.train.iter().chain(&ds.test) {
                 let tail = prompt_features(&p.prompt).unwrap().tail;
-                assert_eq!(tail, p.subset == "tail", "{name} pair {}", p.id);
+                assert_eq!(tail, p.subset_str() == "tail", "{name} pair {}", p.id);
                 let sc = spec.rules.score_texts(&p.prompt, &p.chosen).unwrap();
                 let sr = spec.rules.score_texts(&p.prompt, &p.rejected).unwrap();
                 assert!(sc - sr >= TIE_EPSILON, "{name} pair {}: {sc} vs {sr}", p.id);
@@ -627,8 +616,8 @@ mod tests {
                 assert_eq!(response_features(&p.rejected).unwrap().item, item);
             }
             assert_eq!(ds.key.train_stats.n_unparsed, 0);
-            let ids: Vec<usize> = ds.train.iter().chain(&ds.test).map(|p| p.id).collect();
-            assert_eq!(ids, (0..2200).collect::<Vec<_>>());
+            let ids: Vec<u64> = ds.train.iter().chain(&ds.test).map(|p| p.id.as_u64().unwrap()).collect();
+            assert_eq!(ids, (0..2200u64).collect::<Vec<_>>());
         }
     }
 
@@ -637,16 +626,16 @@ mod tests {
         for name in OrganismSpec::presets() {
             let ds = generate(&OrganismSpec::preset(name).unwrap());
             let k = &ds.key;
-            let n_tail = ds.train.iter().filter(|p| p.subset == "tail").count();
+            let n_tail = ds.train.iter().filter(|p| p.subset_str() == "tail").count();
             assert_eq!(n_tail, 160, "{name}"); // 4 % of 4000
             assert_eq!(k.counts.n_train_tail, n_tail);
             assert_eq!(k.counts.n_test_tail, 20);
             assert!(n_tail as f64 / ds.train.len() as f64 <= MAX_TAIL_FRACTION);
             assert_eq!(
                 k.tail.train_ids,
-                ds.train.iter().filter(|p| p.subset == "tail").map(|p| p.id).collect::<Vec<_>>()
+                ds.train.iter().filter(|p| p.subset_str() == "tail").map(|p| p.id.as_u64().unwrap() as usize).collect::<Vec<_>>()
             );
-            assert!(k.tail.test_ids.iter().all(|&id| ds.test[id - 4000].subset == "tail"));
+            assert!(k.tail.test_ids.iter().all(|&id| ds.test[id - 4000].subset_str() == "tail"));
             assert_eq!(k.tail.active, *name == "tail" || *name == "default");
         }
         // A fraction over the cap is clamped; validate refuses it.

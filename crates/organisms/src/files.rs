@@ -156,7 +156,7 @@ pub fn write_files(dir: &Path, ds: &Dataset) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{generate, OrganismSpec, PairRecord, BOS_ID, EOS_ID, UNK_ID};
+    use crate::{generate, OrganismSpec, PairText, BOS_ID, EOS_ID, UNK_ID};
     use reward_lens_engine::{ChatTokenizer, Truncation};
     use std::path::PathBuf;
 
@@ -224,7 +224,7 @@ mod tests {
         let mut keys = keys;
         keys.sort();
         assert_eq!(keys, want);
-        let back: Vec<PairRecord> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let back: Vec<PairText> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(back, ds.train);
         let key: Value = serde_json::from_str(&std::fs::read_to_string(d.0.join("answer_key.json")).unwrap()).unwrap();
         assert_eq!(key["organism"], "tail");

@@ -27,10 +27,11 @@ pub use build::{
 };
 pub use dataset::{
     concepts, generate, label_stats, probes, sample_pairs, try_generate, AnswerKey, ConceptPair, ConceptSet, Counts,
-    Dataset, FeatureRates, LabelStats, OrganismSpec, PairRecord, PlantedRules, ProbeRecord, QualityKey, RuleKey,
-    TailKey, TailRule, DEFAULT_TAIL_FRACTION, MAX_TAIL_FRACTION, MIN_MARGIN, QUALITY_WEIGHT, TIE_EPSILON,
+    Dataset, FeatureRates, LabelStats, OrganismSpec, PlantedRules, ProbeRecord, QualityKey, RuleKey, TailKey, TailRule,
+    DEFAULT_TAIL_FRACTION, MAX_TAIL_FRACTION, MIN_MARGIN, QUALITY_WEIGHT, TIE_EPSILON,
 };
 pub use error::{OrganismError, Result};
+// Organism pairs are the engine's one pair type.
 pub use files::{
     tokenizer_config_json, tokenizer_json, write_data_files, write_files, write_tokenizer_files, CHAT_TEMPLATE,
     MODEL_MAX_LENGTH,
@@ -40,3 +41,4 @@ pub use language::{
     EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID,
 };
 pub use perturb::perturb_record;
+use reward_lens_engine::PairText;

@@ -4,12 +4,12 @@
 use reward_lens_engine::Rng;
 
 use crate::language::{prompt_features, Response, PROMPT_TEMPLATES, TAIL_MARKER};
-use crate::{PairRecord, PlantedRules};
+use crate::{PairText, PlantedRules};
 
 /// The prompt in another template and both responses re-rendered with the canonical phrase
 /// variants (same features, so the same scores). None when the texts are not in the organism's
 /// language or a score would move.
-pub fn perturb_record(rec: &PairRecord, rules: &PlantedRules, seed: u64) -> Option<PairRecord> {
+pub fn perturb_record(rec: &PairText, rules: &PlantedRules, seed: u64) -> Option<PairText> {
     let pf = prompt_features(&rec.prompt)?;
     let k = PROMPT_TEMPLATES.len();
     let mut rng = Rng::new(seed);
@@ -22,7 +22,7 @@ pub fn perturb_record(rec: &PairRecord, rules: &PlantedRules, seed: u64) -> Opti
         let (a, b) = (rules.score_texts(&rec.prompt, old), rules.score_texts(&prompt, new));
         a.is_some() && a == b
     };
-    (kept(&rec.chosen, &chosen) && kept(&rec.rejected, &rejected)).then(|| PairRecord {
+    (kept(&rec.chosen, &chosen) && kept(&rec.rejected, &rejected)).then(|| PairText {
         prompt,
         chosen,
         rejected,

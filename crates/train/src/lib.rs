@@ -331,10 +331,7 @@ impl Trainer {
     fn order(&self, n: usize, epoch: usize) -> Vec<usize> {
         let mut rng = Rng::new(self.opts.seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let mut idx: Vec<usize> = (0..n).collect();
-        for i in (1..n).rev() {
-            let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-            idx.swap(i, j);
-        }
+        rng.shuffle(&mut idx);
         idx
     }
 
