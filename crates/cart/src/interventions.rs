@@ -832,17 +832,9 @@ pub struct CartOutcome {
 // ---------------------------------------------------------------------------------------------
 // Training
 
-/// `r_chosen − r_rejected` of every pair, scored in chunks without gradients.
+/// `r_chosen − r_rejected` of every pair, scored in chunks without gradients (the trainer's).
 pub fn margins(model: &RewardModel, pairs: &[TokenizedPair], batch: usize) -> Result<Vec<f64>> {
-    let mut out = Vec::with_capacity(pairs.len());
-    for chunk in pairs.chunks(batch.max(1)) {
-        let n = chunk.len();
-        let seqs: Vec<Vec<u32>> =
-            chunk.iter().map(|p| p.chosen.clone()).chain(chunk.iter().map(|p| p.rejected.clone())).collect();
-        let s = model.score(&model.batch(&seqs, PaddingSide::Right)?)?.scores;
-        out.extend((0..n).map(|i| (s[i] - s[n + i]) as f64));
-    }
-    Ok(out)
+    Ok(reward_lens_train::margins(model, pairs, batch)?)
 }
 
 /// Weighted ensemble margins and the per-pair disagreement (population SD of member margins).

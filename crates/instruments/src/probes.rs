@@ -13,7 +13,7 @@
 
 use serde::Serialize;
 
-use reward_lens_engine::{PaddingSide, RewardModel};
+use reward_lens_engine::{EncodedPair, PaddingSide, RewardModel, ScoreOptions};
 
 use crate::stats::{
     benjamini_hochberg, bootstrap_ci, bootstrap_mean, cohens_d, ols_slope, sample_sd, sign_flip_p, MeanCi,
@@ -155,21 +155,23 @@ pub fn analyze(probes: Vec<ProbeScore>, opts: &ProbeOptions) -> ProbeReport {
 
 /// Scores every probe (batched) and analyses the deltas.
 pub fn probe(model: &RewardModel, inputs: &[ProbeInput], opts: &ProbeOptions) -> Result<ProbeReport> {
-    let mut scores = Vec::with_capacity(inputs.len());
-    for chunk in inputs.chunks((opts.batch_size / 2).max(1)) {
-        let seqs: Vec<Vec<u32>> = chunk.iter().flat_map(|p| [p.neutral.clone(), p.biased.clone()]).collect();
-        let out = model.score(&model.batch(&seqs, PaddingSide::Right)?)?.scores;
-        for (p, s) in chunk.iter().zip(out.chunks(2)) {
-            scores.push(ProbeScore {
-                id: p.id.clone(),
-                dimension: p.dimension.clone(),
-                neutral_score: s[0] as f64,
-                biased_score: s[1] as f64,
-                delta: s[1] as f64 - s[0] as f64,
-                added_tokens: p.biased.len() as i64 - p.neutral.len() as i64,
-            });
-        }
-    }
+    // (neutral, biased) share a batch exactly as (chosen, rejected) do.
+    let pairs: Vec<EncodedPair> =
+        inputs.iter().map(|p| EncodedPair::from_ids(p.neutral.clone(), p.biased.clone())).collect();
+    let sopts = ScoreOptions { batch_size: opts.batch_size, padding: PaddingSide::Right };
+    let out = model.score_pairs(&pairs, &sopts, &mut |_| {})?;
+    let scores = inputs
+        .iter()
+        .zip(&out)
+        .map(|(p, s)| ProbeScore {
+            id: p.id.clone(),
+            dimension: p.dimension.clone(),
+            neutral_score: s.chosen as f64,
+            biased_score: s.rejected as f64,
+            delta: s.rejected as f64 - s.chosen as f64,
+            added_tokens: p.biased.len() as i64 - p.neutral.len() as i64,
+        })
+        .collect();
     Ok(analyze(scores, opts))
 }
 

@@ -633,7 +633,11 @@ mod tests {
             assert!(n_tail as f64 / ds.train.len() as f64 <= MAX_TAIL_FRACTION);
             assert_eq!(
                 k.tail.train_ids,
-                ds.train.iter().filter(|p| p.subset_str() == "tail").map(|p| p.id.as_u64().unwrap() as usize).collect::<Vec<_>>()
+                ds.train
+                    .iter()
+                    .filter(|p| p.subset_str() == "tail")
+                    .map(|p| p.id.as_u64().unwrap() as usize)
+                    .collect::<Vec<_>>()
             );
             assert!(k.tail.test_ids.iter().all(|&id| ds.test[id - 4000].subset_str() == "tail"));
             assert_eq!(k.tail.active, *name == "tail" || *name == "default");

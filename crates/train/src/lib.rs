@@ -594,16 +594,23 @@ pub fn softplus(x: &Tensor) -> candle_core::Result<Tensor> {
     x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?
 }
 
-/// Accuracy, Bradley–Terry loss and mean margin of `model` on `pairs`, overall and per subset.
-pub fn evaluate(model: &RewardModel, pairs: &[TokenizedPair], batch_size: usize) -> Result<EvalStats> {
-    let mut margins = Vec::with_capacity(pairs.len());
-    for chunk in pairs.chunks(batch_size.max(1)) {
+/// `r_chosen − r_rejected` of every pair, `batch` pairs per forward pass (all chosen rows, then
+/// all rejected rows), without gradients.
+pub fn margins(model: &RewardModel, pairs: &[TokenizedPair], batch: usize) -> Result<Vec<f64>> {
+    let mut out = Vec::with_capacity(pairs.len());
+    for chunk in pairs.chunks(batch.max(1)) {
         let n = chunk.len();
         let seqs: Vec<Vec<u32>> =
             chunk.iter().map(|p| p.chosen.clone()).chain(chunk.iter().map(|p| p.rejected.clone())).collect();
         let s = model.score(&model.batch(&seqs, PaddingSide::Right)?)?.scores;
-        margins.extend((0..n).map(|i| (s[i] - s[n + i]) as f64));
+        out.extend((0..n).map(|i| (s[i] - s[n + i]) as f64));
     }
+    Ok(out)
+}
+
+/// Accuracy, Bradley–Terry loss and mean margin of `model` on `pairs`, overall and per subset.
+pub fn evaluate(model: &RewardModel, pairs: &[TokenizedPair], batch_size: usize) -> Result<EvalStats> {
+    let margins = margins(model, pairs, batch_size)?;
     let n = pairs.len();
     let acc = |it: &mut dyn Iterator<Item = f64>| {
         let (mut k, mut c) = (0usize, 0usize);
