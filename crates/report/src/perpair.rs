@@ -10,21 +10,7 @@ use serde_json::Value;
 
 use reward_lens_engine::PairText;
 
-#[derive(Debug, thiserror::Error)]
-pub enum PerPairError {
-    #[error("{}: {what}", path.display())]
-    Io {
-        path: PathBuf,
-        what: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Json(#[from] serde_json::Error),
-    /// The file's lines are not this input's results.
-    #[error("{0}")]
-    Mismatch(String),
-}
+use crate::ReportError;
 
 /// An output file being filled, one line per pair.
 pub struct PerPairFile {
@@ -37,10 +23,10 @@ pub struct PerPairFile {
 impl PerPairFile {
     /// Opens `out`: with `resume`, keeps its complete lines whose ids match `pairs` in order
     /// (cutting off the rest); else starts it empty.
-    pub fn open(out: &Path, resume: bool, pairs: &[PairText]) -> Result<Self, PerPairError> {
+    pub fn open(out: &Path, resume: bool, pairs: &[PairText]) -> Result<Self, ReportError> {
         let io = |what: &'static str| {
             let path = out.to_path_buf();
-            move |source| PerPairError::Io { path, what, source }
+            move |source| ReportError::Io { path, what, source }
         };
         let mut lines: Vec<Value> = Vec::new();
         let resumed = resume && out.exists();
@@ -53,13 +39,13 @@ impl PerPairFile {
                 }
                 let Ok(v) = serde_json::from_str::<Value>(line) else { break };
                 let Some(p) = pairs.get(lines.len()) else {
-                    return Err(PerPairError::Mismatch(format!(
+                    return Err(ReportError::Invalid(format!(
                         "{}: has more results than there are pairs",
                         out.display()
                     )));
                 };
                 if v.get("id") != Some(&p.id) {
-                    return Err(PerPairError::Mismatch(format!(
+                    return Err(ReportError::Invalid(format!(
                         "{}: line {} has id {} but the input's pair {} has id {}",
                         out.display(),
                         lines.len() + 1,
@@ -93,7 +79,7 @@ impl PerPairFile {
     }
 
     /// Appends `v` (an object gets `id` and `subset` of `p` first) and flushes.
-    pub fn push(&mut self, p: &PairText, mut v: Value) -> Result<(), PerPairError> {
+    pub fn push(&mut self, p: &PairText, mut v: Value) -> Result<(), ReportError> {
         if let Value::Object(m) = &mut v {
             let mut head = serde_json::Map::new();
             head.insert("id".into(), p.id.clone());
@@ -103,7 +89,7 @@ impl PerPairFile {
         }
         serde_json::to_writer(&mut self.writer, &v)?;
         let path = &self.path;
-        let io = |source| PerPairError::Io { path: path.clone(), what: "cannot write", source };
+        let io = |source| ReportError::Io { path: path.clone(), what: "cannot write", source };
         self.writer.write_all(b"\n").map_err(io)?;
         self.writer.flush().map_err(io)?;
         self.lines.push(v);
