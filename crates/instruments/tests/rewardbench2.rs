@@ -6,37 +6,23 @@
 
 mod common;
 
-use reward_lens_engine::{PaddingSide, Truncation};
+use reward_lens_engine::{PaddingSide, PairText, Truncation};
 use reward_lens_instruments::rewardbench2::{parse_rows, row_correct, score_rows, summarise, Rb2Row};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Map};
 
 const SUBSETS: [&str; 5] = ["Factuality", "Precise IF", "Math", "Safety", "Focus"];
 
-struct Pair {
-    prompt: String,
-    chosen: String,
-    rejected: String,
-    dimension: String,
-}
-
-fn pairs() -> Vec<Pair> {
+fn pairs() -> Vec<PairText> {
     let text = std::fs::read_to_string(common::fixtures().join("pairs.jsonl")).unwrap();
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap();
-            let s = |k: &str| v[k].as_str().unwrap().to_string();
-            Pair { prompt: s("prompt"), chosen: s("chosen"), rejected: s("rejected"), dimension: s("subset") }
-        })
-        .collect()
+    text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
-fn row(id: &str, subset: &str, pair: usize, p: &[Pair], chosen: Vec<String>, rejected: Vec<String>) -> Rb2Row {
+fn row(id: &str, subset: &str, pair: usize, p: &[PairText], chosen: Vec<String>, rejected: Vec<String>) -> Rb2Row {
     let mut extra = Map::new();
     extra.insert("num_correct".into(), json!(chosen.len()));
     extra.insert("num_incorrect".into(), json!(rejected.len()));
     extra.insert("total_completions".into(), json!(chosen.len() + rejected.len()));
-    extra.insert("additional_metadata".into(), json!({"pair": pair, "dimension": p[pair].dimension}));
+    extra.insert("additional_metadata".into(), json!({"pair": pair, "dimension": p[pair].subset_str()}));
     Rb2Row { id: json!(id), prompt: p[pair].prompt.clone(), chosen, rejected, subset: subset.into(), extra }
 }
 
