@@ -32,7 +32,6 @@ pub fn step_bar(label: &str, total: u64, done: u64) -> ProgressBar {
 }
 
 /// A bar over `total` pairs labelled `label`.
-#[allow(dead_code)] // for the scoring commands, which move onto it
 pub fn pair_bar(label: &str, total: u64) -> ProgressBar {
     count_bar(label, total, "pairs")
 }

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 
 use reward_lens_engine::{RewardModel, ScoreOptions, Truncation};
 use reward_lens_instruments::rewardbench2::{score_rows, summarise, Rb2Row, RowScores};
@@ -96,11 +95,7 @@ pub fn run(a: ScoreArgs) -> Result<()> {
     let mut sink = sink(&a)?;
 
     let todo = &pairs[done..];
-    let bar = ProgressBar::new(todo.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} scoring [{bar:30}] {pos}/{len} pairs {per_sec} eta {eta}")?
-            .progress_chars("=> "),
-    );
+    let bar = crate::progress::pair_bar("scoring", todo.len() as u64);
     // One batch at a time: each is written (and flushed) as it finishes.
     let opts = ScoreOptions { batch_size: a.batch_size, padding: a.padding };
     for chunk in todo.chunks(pairs_per_batch) {
@@ -142,7 +137,7 @@ fn run_rows(a: &ScoreArgs, rows: &[Rb2Row], model: &RewardModel, truncation: Tru
         eprintln!("resuming: {done} of {} rows already scored", rows.len());
     }
     let mut sink = sink(a)?;
-    let bar = crate::progress::pair_bar("scoring rows", (rows.len() - scores.len()) as u64);
+    let bar = crate::progress::count_bar("scoring", (rows.len() - scores.len()) as u64, "rows");
     for chunk in rows[scores.len()..].chunks(per_chunk) {
         let s = score_rows(model, chunk, truncation, a.batch_size, a.padding, &mut |_| {})?;
         for (row, rs) in chunk.iter().zip(&s) {
