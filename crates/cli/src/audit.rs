@@ -10,7 +10,6 @@ use serde_json::Value;
 use reward_lens_report::audit::{AuditInputs, AuditOptions, AuditResults, PairSource, STAGES};
 
 use crate::args::{parse_device, ModelArgs};
-use crate::default_model;
 use crate::progress::{ensure_organism, stage_bar};
 
 #[derive(Args)]
@@ -79,57 +78,44 @@ pub struct AuditArgs {
 
 /// `reward-lens audit`.
 pub fn run(a: AuditArgs) -> Result<()> {
-    let organism = match (&a.model.model, &a.preset) {
-        (Some(_), _) => None,
-        (None, preset) => Some(ensure_organism(preset.as_deref().unwrap_or("default"))?),
+    let options = AuditOptions {
+        seed: a.seed,
+        max_pairs: a.max_pairs,
+        batch_size: a.batch_size,
+        permutations: a.permutations,
+        truncate_prompt: a.truncate_prompt,
+        dtype: a.model.dtype.into(),
+        device: parse_device(&a.model.device)?,
     };
-    if let Some(o) = &organism {
-        eprintln!(
-            "auditing the `{}` model organism ({}; held-out accuracy {:.1}%)",
-            o.preset,
-            o.dir.display(),
-            100.0 * o.report.test_accuracy
-        );
-    }
-    let (model_dir, model_name) = match (&a.model.model, &organism) {
-        (Some(d), _) => (d.clone(), d.display().to_string()),
-        (None, Some(o)) => (o.dir.clone(), format!("model organism `{}` ({})", o.preset, o.dir.display())),
-        (None, None) => (default_model::dir()?, default_model::DESCRIPTION.to_string()),
-    };
-    let pairs = match (&a.pairs, &organism) {
-        (Some(p), _) => PairSource::File(p.clone()),
-        (None, Some(o)) => PairSource::File(o.dir.join("test.jsonl")),
-        (None, None) => PairSource::examples()?,
-    };
-    let answer_key = match (&a.answer_key, &organism) {
-        (Some(p), _) => Some(read_json(p)?),
-        (None, Some(o)) => Some(read_json(&o.dir.join("answer_key.json"))?),
-        (None, None) => None,
-    };
-    let (probes, concepts) = match &organism {
-        Some(o) if a.probes.is_empty() && a.concepts.is_empty() => {
-            (vec![o.dir.join("probes")], vec![o.dir.join("concepts")])
-        }
-        _ => (a.probes.clone(), a.concepts.clone()),
-    };
-    let inputs = AuditInputs {
-        model_dir,
-        model_name,
-        pairs,
-        probes,
-        concepts,
-        options: AuditOptions {
-            seed: a.seed,
-            max_pairs: a.max_pairs,
-            batch_size: a.batch_size,
-            permutations: a.permutations,
-            truncate_prompt: a.truncate_prompt,
-            dtype: a.model.dtype.into(),
-            device: parse_device(&a.model.device)?,
+    let mut inputs = match &a.model.model {
+        Some(d) => AuditInputs {
+            model_dir: d.clone(),
+            model_name: d.display().to_string(),
+            pairs: PairSource::examples()?,
+            probes: Vec::new(),
+            concepts: Vec::new(),
+            options,
+            answer_key: None,
+            tail_subsets: Vec::new(),
         },
-        answer_key,
-        tail_subsets: a.tail_subsets.clone(),
+        None => {
+            let o = ensure_organism(a.preset.as_deref().unwrap_or("default"))?;
+            let (preset, dir, acc) = (&o.preset, o.dir.display(), 100.0 * o.report.test_accuracy);
+            eprintln!("auditing the `{preset}` model organism ({dir}; held-out accuracy {acc:.1}%)");
+            AuditInputs::organism(&o.dir, format!("model organism `{preset}` ({dir})"), options)?
+        }
     };
+    // What the user names replaces the organism's own inputs.
+    if let Some(p) = &a.pairs {
+        inputs.pairs = PairSource::File(p.clone());
+    }
+    if let Some(p) = &a.answer_key {
+        inputs.answer_key = Some(read_json(p)?);
+    }
+    if !a.probes.is_empty() || !a.concepts.is_empty() {
+        (inputs.probes, inputs.concepts) = (a.probes.clone(), a.concepts.clone());
+    }
+    inputs.tail_subsets = a.tail_subsets.clone();
     let bar = stage_bar("audit", STAGES.len() as u64);
     let res = reward_lens_report::run_audit(&inputs, &mut |i: usize, _: usize, name: &str| {
         bar.set_position(i as u64);

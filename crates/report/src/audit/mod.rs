@@ -142,6 +142,31 @@ pub struct AuditInputs {
     pub tail_subsets: Vec<String>,
 }
 
+impl AuditInputs {
+    /// An audit of a built model organism in `dir`: its model, held-out pairs (`test.jsonl`),
+    /// its own probes and concepts, and its answer key beside what the audit finds.
+    pub fn organism(dir: &Path, model_name: String, options: AuditOptions) -> Result<Self> {
+        let key = dir.join("answer_key.json");
+        let text = std::fs::read_to_string(&key).map_err(|source| ReportError::Io {
+            path: key.clone(),
+            what: "cannot read",
+            source,
+        })?;
+        let answer_key: Value = serde_json::from_str(&text)
+            .map_err(|e| ReportError::Invalid(format!("{}: not valid JSON: {e}", key.display())))?;
+        Ok(Self {
+            model_dir: dir.to_path_buf(),
+            model_name,
+            pairs: PairSource::File(dir.join("test.jsonl")),
+            probes: vec![dir.join("probes")],
+            concepts: vec![dir.join("concepts")],
+            options,
+            answer_key: Some(answer_key),
+            tail_subsets: vec!["tail".into()],
+        })
+    }
+}
+
 /// The stages, in order, as the progress display names them.
 pub const STAGES: &[&str] = &[
     "loading model",
@@ -544,6 +569,21 @@ fn cart_section(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_organism_brings_its_own_inputs_and_a_missing_key_is_named() {
+        let dir = std::env::temp_dir().join(format!("rl-organism-inputs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let e = AuditInputs::organism(&dir, "o".into(), AuditOptions::default()).unwrap_err().to_string();
+        assert!(e.contains("answer_key.json") && e.contains("cannot read"), "{e}");
+        std::fs::write(dir.join("answer_key.json"), r#"{"rules": []}"#).unwrap();
+        let i = AuditInputs::organism(&dir, "o".into(), AuditOptions::default()).unwrap();
+        assert_eq!(i.pairs.name(), dir.join("test.jsonl").display().to_string());
+        assert_eq!((i.probes, i.concepts), (vec![dir.join("probes")], vec![dir.join("concepts")]));
+        assert_eq!(i.answer_key, Some(serde_json::json!({"rules": []})));
+        assert_eq!(i.tail_subsets, ["tail"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn sample_is_seeded_ordered_and_bounded() {
