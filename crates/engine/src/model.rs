@@ -266,20 +266,19 @@ impl RewardModel {
     /// Where transformers reads each row's reward: the rightmost token whose id is not the pad
     /// id (ArmoRM: the first pad − 1, modulo the length). Without a pad id: the last real token.
     pub fn pooled_index(&self, batch: &Batch) -> Vec<usize> {
-        let t = batch.seq_len();
-        (0..batch.len())
-            .map(|b| {
-                let row = &batch.ids[b];
-                match (self.config.pad_token_id, &self.head) {
-                    (None, _) => batch.offset(b) + batch.lengths[b] - 1,
-                    (Some(p), RewardHead::Linear(_)) => row.iter().rposition(|&id| id != p).unwrap_or(0),
-                    (Some(p), RewardHead::Gated(_)) => {
-                        let first = row.iter().position(|&id| id == p).unwrap_or(0);
-                        (first + t - 1) % t
-                    }
-                }
-            })
-            .collect()
+        (0..batch.len()).map(|b| self.pooled_in_row(&batch.ids[b], batch.offset(b) + batch.lengths[b] - 1)).collect()
+    }
+
+    /// The pooling rule on one (possibly padded) row whose last real token is at `last`.
+    pub(crate) fn pooled_in_row(&self, row: &[u32], last: usize) -> usize {
+        match (self.config.pad_token_id, &self.head) {
+            (None, _) => last,
+            (Some(p), RewardHead::Linear(_)) => row.iter().rposition(|&id| id != p).unwrap_or(0),
+            (Some(p), RewardHead::Gated(_)) => {
+                let first = row.iter().position(|&id| id == p).unwrap_or(0);
+                (first + row.len() - 1) % row.len()
+            }
+        }
     }
 
     /// The reward of each row, nothing cached.

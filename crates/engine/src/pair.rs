@@ -238,7 +238,10 @@ impl RewardModel {
     /// Where the reward of one unpadded sequence is read (transformers' pooling rule: with
     /// pad = eos, the rightmost token that is not the pad id, which need not be the last).
     pub fn pooled_alone(&self, ids: &[u32]) -> Result<usize> {
-        Ok(self.pooled_index(&self.batch(&[ids.to_vec()], PaddingSide::Right)?)[0])
+        if ids.is_empty() {
+            return Err(EngineError::Invalid("a sequence with no tokens has no pooled token".into()));
+        }
+        Ok(self.pooled_in_row(ids, ids.len() - 1))
     }
 
     /// Chosen and rejected rewards of every pair, `opts.batch_size` sequences per forward pass

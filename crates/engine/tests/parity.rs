@@ -187,3 +187,26 @@ fn other_compute_dtypes() {
         }
     }
 }
+
+/// `encode_pairs` pools each side exactly where a batch of that side alone would, and
+/// `score_pairs` (any batch size, either padding) gives the one-by-one rewards.
+#[test]
+fn encoded_pairs_pool_and_score_as_single_sequences() {
+    use reward_lens_engine::{PairText, ScoreOptions};
+    for name in ["llama", "gemma2", "gpt2", "armorm"] {
+        let model = load(name);
+        let texts: Vec<PairText> = pairs().into_iter().map(|v| serde_json::from_value(v).unwrap()).collect();
+        let enc = model.encode_pairs(&texts, Truncation::Error).unwrap();
+        for e in &enc {
+            for (ids, pooled) in [(&e.chosen, e.pooled.0), (&e.rejected, e.pooled.1)] {
+                let alone = model.batch(std::slice::from_ref(ids), PaddingSide::Right).unwrap();
+                assert_eq!(pooled, model.pooled_index(&alone)[0], "{name}");
+            }
+        }
+        let one = model.score_pairs(&enc, &ScoreOptions { batch_size: 2, padding: PaddingSide::Right }, &mut |_| {});
+        let many = model.score_pairs(&enc, &ScoreOptions { batch_size: 16, padding: PaddingSide::Left }, &mut |_| {});
+        for (a, b) in one.unwrap().iter().zip(many.unwrap().iter()) {
+            assert!((a.chosen - b.chosen).abs() < 1e-4 && (a.rejected - b.rejected).abs() < 1e-4, "{name}");
+        }
+    }
+}
