@@ -52,8 +52,8 @@ impl ModelArgs {
         let dir = match &self.model {
             Some(d) => d.clone(),
             None => {
-                eprintln!("using the {}", crate::default_model::DESCRIPTION);
-                crate::default_model::dir()?
+                eprintln!("using the {}", reward_lens_report::example_model::DESCRIPTION);
+                reward_lens_report::example_model::dir()?
             }
         };
         let opts = LoadOptions { dtype: self.dtype.into(), device: parse_device(&self.device)? };

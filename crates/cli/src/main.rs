@@ -10,7 +10,6 @@ mod cart;
 mod compare;
 mod concepts;
 mod conflict;
-mod default_model;
 mod diagnose;
 mod eval;
 mod faithfulness;
