@@ -257,7 +257,8 @@ impl DiscoveryReport {
 /// `discover`, `vulnerability` and `bound` work on.
 pub struct Analysis {
     pub spec: DiscoverSpec,
-    pub model: RewardModel,
+    /// Shared, so a caller that keeps the model (the Python package) need not reload it.
+    pub model: std::sync::Arc<RewardModel>,
     pub pairs: Vec<PairText>,
     pub inputs: Vec<EncodedPair>,
     pub split: HeadTailSplit,
@@ -268,7 +269,13 @@ pub struct Analysis {
 
 impl Analysis {
     /// Encodes `pairs` (read from `source`), splits them and loads the SAE.
-    pub fn new(spec: DiscoverSpec, model: RewardModel, pairs: Vec<PairText>, source: &Path) -> Result<Self> {
+    pub fn new(
+        spec: DiscoverSpec,
+        model: impl Into<std::sync::Arc<RewardModel>>,
+        pairs: Vec<PairText>,
+        source: &Path,
+    ) -> Result<Self> {
+        let model = model.into();
         let (inputs, split) = encode_and_split(&spec, &model, &pairs, source)?;
         let sae = spec.load_sae()?;
         Ok(Self { spec, model, pairs, inputs, split, sae, source: source.to_path_buf() })

@@ -79,22 +79,9 @@ impl ModelArgs {
     }
 }
 
+/// `--device`: the library's names (`cpu`, `cuda`, `cuda:N`), the flag named in the error.
 pub fn parse_device(s: &str) -> Result<Device> {
-    if s == "cpu" {
-        return Ok(Device::Cpu);
-    }
-    if let Some(rest) = s.strip_prefix("cuda") {
-        let ordinal = match rest.strip_prefix(':') {
-            Some(n) => n.parse().map_err(|_| anyhow::anyhow!("--device {s}: expected cuda:N"))?,
-            None if rest.is_empty() => 0,
-            None => bail!("--device {s}: expected cpu, cuda or cuda:N"),
-        };
-        if !cfg!(feature = "cuda") {
-            bail!("--device {s}: this build has no CUDA support (rebuild with --features cuda)");
-        }
-        return Ok(Device::new_cuda(ordinal)?);
-    }
-    bail!("--device {s}: expected cpu, cuda or cuda:N")
+    reward_lens_engine::runtime::parse_device(s).map_err(|e| anyhow::anyhow!("--{e}"))
 }
 
 /// Where a command's preference pairs come from: a JSONL file or one pair on the command line.

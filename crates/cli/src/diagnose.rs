@@ -10,7 +10,6 @@ use crate::ModelArgs;
 use reward_lens_engine::PairText;
 
 /// The built-in diagnostic set: 10 seed prompts × 12 dimensions, matched (data/diagnostic).
-const BUILTIN: &str = include_str!("../../../data/diagnostic/pairs.jsonl");
 
 #[derive(Args)]
 #[command(after_help = "Scores a diagnostic pair set (default: the built-in one, 10 seed prompts × 12 dimensions, \
@@ -41,7 +40,7 @@ pub fn run(a: DiagnoseArgs) -> Result<()> {
     let model = a.model.load()?;
     let pairs: Vec<PairText> = match &a.pairs {
         Some(p) => crate::args::read_pairs(p)?,
-        None => reward_lens_report::datasets::parse_pairs(BUILTIN, std::path::Path::new("built-in diagnostic set"))?,
+        None => reward_lens_report::datasets::diagnostic_pairs()?,
     };
     let truncation = if a.truncate_prompt { Truncation::DropPromptLeft } else { Truncation::Error };
     let scores = crate::output::score_with_bar(&model, &pairs, truncation, a.run.batch_size, PaddingSide::Right)?;

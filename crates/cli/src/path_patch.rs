@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Args;
 use serde_json::{json, Map, Value};
 
@@ -42,29 +42,13 @@ pub struct PathPatchArgs {
     pub seed: u64,
 }
 
-fn parse_receiver(s: &str) -> Result<Receiver> {
-    let parts: Vec<&str> = s.split('.').collect();
-    let num = |x: &str| x.parse::<usize>().map_err(|_| anyhow::anyhow!("--receivers {s}: `{x}` is not a number"));
-    Ok(match parts.as_slice() {
-        ["attn", l] => Receiver::Attn { layer: num(l)? },
-        ["mlp", l] => Receiver::Mlp { layer: num(l)? },
-        ["head", l, h] => Receiver::Head { layer: num(l)?, head: num(h)? },
-        ["downstream"] => Receiver::Downstream,
-        _ => bail!("--receivers {s}: expected attn.L, mlp.L, head.L.H, downstream or all"),
-    })
-}
-
 pub fn run(a: PathPatchArgs) -> Result<()> {
     let model = a.model.load()?;
-    let Some((l, h)) = a.sender.split_once('.') else { bail!("--sender {}: expected LAYER.HEAD, e.g. 0.1", a.sender) };
-    let sender = (
-        l.parse().map_err(|_| anyhow::anyhow!("--sender {}: bad layer", a.sender))?,
-        h.parse().map_err(|_| anyhow::anyhow!("--sender {}: bad head", a.sender))?,
-    );
+    let sender = reward_lens_instruments::path::parse_sender(&a.sender).map_err(|e| anyhow::anyhow!("--{e}"))?;
     let receivers = if a.receivers.iter().any(|r| r == "all") {
         Receiver::all_after(&model, sender.0)
     } else {
-        a.receivers.iter().map(|r| parse_receiver(r)).collect::<Result<_>>()?
+        a.receivers.iter().map(|r| r.parse()).collect::<Result<_, String>>().map_err(|e| anyhow::anyhow!("--{e}"))?
     };
     let (mode, align) = (a.mode, a.align);
     let pairs = a.input.read()?;

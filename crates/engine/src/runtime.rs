@@ -17,3 +17,33 @@ pub fn tune_allocator() {
         libc::mallopt(libc::M_TOP_PAD, 64 << 20);
     }
 }
+
+/// A device by name: `cpu`, `cuda` or `cuda:N` (CUDA only in builds with the `cuda` feature).
+pub fn parse_device(s: &str) -> crate::Result<candle_core::Device> {
+    use crate::EngineError::Invalid;
+    if s == "cpu" {
+        return Ok(candle_core::Device::Cpu);
+    }
+    if let Some(rest) = s.strip_prefix("cuda") {
+        let ordinal = match rest.strip_prefix(':') {
+            Some(n) => n.parse().map_err(|_| Invalid(format!("device `{s}`: expected cuda:N")))?,
+            None if rest.is_empty() => 0,
+            None => return Err(Invalid(format!("device `{s}`: expected cpu, cuda or cuda:N"))),
+        };
+        if !cfg!(feature = "cuda") {
+            return Err(Invalid(format!("device `{s}`: this build has no CUDA support (rebuild with --features cuda)")));
+        }
+        return Ok(candle_core::Device::new_cuda(ordinal)?);
+    }
+    Err(Invalid(format!("device `{s}`: expected cpu, cuda or cuda:N")))
+}
+
+/// A compute dtype by name: `f32`, `bf16` or `f16`.
+pub fn parse_dtype(s: &str) -> crate::Result<candle_core::DType> {
+    match s {
+        "f32" => Ok(candle_core::DType::F32),
+        "bf16" => Ok(candle_core::DType::BF16),
+        "f16" => Ok(candle_core::DType::F16),
+        _ => Err(crate::EngineError::Invalid(format!("dtype `{s}`: expected f32, bf16 or f16"))),
+    }
+}

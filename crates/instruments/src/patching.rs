@@ -397,6 +397,16 @@ fn component_positions(c: &PatchComponent, positions: &[bool], pooled: usize) ->
 }
 
 pub fn patch(model: &RewardModel, pairs: &[EncodedPair], opts: &PatchOptions) -> Result<PatchingReport> {
+    patch_with_progress(model, pairs, opts, &mut |_| {})
+}
+
+/// [`patch`], telling `progress` how many pairs are done after each one.
+pub fn patch_with_progress(
+    model: &RewardModel,
+    pairs: &[EncodedPair],
+    opts: &PatchOptions,
+    progress: &mut dyn FnMut(usize),
+) -> Result<PatchingReport> {
     let heads = opts.granularity == Granularity::Head;
     let align = if opts.v1_compat { Align::Prefix } else { opts.align };
     let window = if opts.granularity == Granularity::Residual { residual_window(model, pairs, opts)? } else { 0 };
@@ -443,6 +453,7 @@ pub fn patch(model: &RewardModel, pairs: &[EncodedPair], opts: &PatchOptions) ->
             })
             .collect();
         out.push(PairPatching::new(i, pin, delta, effects));
+        progress(i + 1);
     }
     Ok(PatchingReport::new(opts, align, comps, out, layer_passes as f64 / n_layers as f64 / pairs.len().max(1) as f64))
 }
@@ -602,6 +613,16 @@ fn sweep(
 /// (denoising; the patched run is rejected, whose reward enters the margin with a minus sign).
 /// It uses exactly the replacements `patch` would, so the two are comparable term by term.
 pub fn atp(model: &RewardModel, pairs: &[EncodedPair], opts: &PatchOptions) -> Result<PatchingReport> {
+    atp_with_progress(model, pairs, opts, &mut |_| {})
+}
+
+/// [`atp`], telling `progress` how many pairs are done after each one.
+pub fn atp_with_progress(
+    model: &RewardModel,
+    pairs: &[EncodedPair],
+    opts: &PatchOptions,
+    progress: &mut dyn FnMut(usize),
+) -> Result<PatchingReport> {
     let heads = opts.granularity == Granularity::Head;
     let align = if opts.v1_compat { Align::Prefix } else { opts.align };
     let window = if opts.granularity == Granularity::Residual { residual_window(model, pairs, opts)? } else { 0 };
@@ -659,6 +680,7 @@ pub fn atp(model: &RewardModel, pairs: &[EncodedPair], opts: &PatchOptions) -> R
             })
             .collect::<Result<Vec<f64>>>()?;
         out.push(PairPatching::new(i, pin, delta, effects));
+        progress(i + 1);
     }
     Ok(PatchingReport::new(opts, align, comps, out, passes / pairs.len().max(1) as f64))
 }

@@ -33,6 +33,29 @@ pub enum Receiver {
     Downstream,
 }
 
+impl std::str::FromStr for Receiver {
+    type Err = String;
+    /// `attn.L`, `mlp.L`, `head.L.H` or `downstream`.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let parts: Vec<&str> = s.split('.').collect();
+        let num = |x: &str| x.parse::<usize>().map_err(|_| format!("receiver `{s}`: `{x}` is not a number"));
+        Ok(match parts.as_slice() {
+            ["attn", l] => Receiver::Attn { layer: num(l)? },
+            ["mlp", l] => Receiver::Mlp { layer: num(l)? },
+            ["head", l, h] => Receiver::Head { layer: num(l)?, head: num(h)? },
+            ["downstream"] => Receiver::Downstream,
+            _ => return Err(format!("receiver `{s}`: expected attn.L, mlp.L, head.L.H, downstream or all")),
+        })
+    }
+}
+
+/// A sender head written `LAYER.HEAD` (e.g. `0.1`).
+pub fn parse_sender(s: &str) -> std::result::Result<(usize, usize), String> {
+    let bad = || format!("sender `{s}`: expected LAYER.HEAD, e.g. 0.1");
+    let (l, h) = s.split_once('.').ok_or_else(bad)?;
+    Ok((l.parse().map_err(|_| bad())?, h.parse().map_err(|_| bad())?))
+}
+
 impl Receiver {
     pub fn name(&self) -> String {
         match self {

@@ -65,6 +65,14 @@ pub fn example_pairs() -> Result<Vec<PairText>> {
     parse_pairs(EXAMPLE_PAIRS, Path::new(EXAMPLE_PAIRS_NAME))
 }
 
+/// What the built-in diagnostic set is called in reports and errors.
+pub const DIAGNOSTIC_PAIRS_NAME: &str = "built-in diagnostic set";
+
+/// The pairs `diagnose` reads by default (data/diagnostic/pairs.jsonl, compiled in).
+pub fn diagnostic_pairs() -> Result<Vec<PairText>> {
+    parse_pairs(include_str!("../../../data/diagnostic/pairs.jsonl"), Path::new(DIAGNOSTIC_PAIRS_NAME))
+}
+
 /// Parses pairs JSONL text; `source` names it in errors and origins (a file path, or e.g.
 /// "built-in examples").
 pub fn parse_pairs(text: &str, source: &Path) -> Result<Vec<PairText>> {

@@ -1,0 +1,200 @@
+//! Data across the boundary: reports (serde) become dicts and lists with every list of numbers
+//! a numpy array; tensors become float32 numpy arrays with one copy; pairs come in as a path,
+//! a list of dicts or a DataFrame.
+
+use std::path::PathBuf;
+
+use numpy::{IxDyn, PyArray1, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyString};
+use reward_lens_engine::{DType, Device, PairText, Tensor};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::errors::{input, OrRaise};
+
+/// A serde value as Python objects; with `arrays`, every non-empty list of numbers becomes a
+/// numpy array (int64 when all are integers, else float64) and a list of equal-length number
+/// lists a 2-D array. Lists holding nulls (NaN in JSON) stay lists.
+pub fn value_to_py<'py>(py: Python<'py>, v: &Value, arrays: bool) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match v {
+        Value::Null => py.None().into_bound(py),
+        Value::Bool(b) => b.into_pyobject(py)?.to_owned().into_any(),
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => i.into_pyobject(py)?.into_any(),
+            (None, Some(u)) => u.into_pyobject(py)?.into_any(),
+            _ => n.as_f64().unwrap_or(f64::NAN).into_pyobject(py)?.into_any(),
+        },
+        Value::String(s) => PyString::new(py, s).into_any(),
+        Value::Array(xs) => {
+            if arrays {
+                if let Some(a) = numeric_array(py, xs)? {
+                    return Ok(a);
+                }
+            }
+            let list = PyList::empty(py);
+            for x in xs {
+                list.append(value_to_py(py, x, arrays)?)?;
+            }
+            list.into_any()
+        }
+        Value::Object(m) => {
+            let d = PyDict::new(py);
+            for (k, x) in m {
+                d.set_item(k, value_to_py(py, x, arrays)?)?;
+            }
+            d.into_any()
+        }
+    })
+}
+
+fn numbers(xs: &[Value]) -> Option<(Vec<f64>, bool)> {
+    let mut ints = true;
+    let mut out = Vec::with_capacity(xs.len());
+    for x in xs {
+        let Value::Number(n) = x else { return None };
+        ints &= n.is_i64() || n.is_u64();
+        out.push(n.as_f64()?);
+    }
+    Some((out, ints))
+}
+
+fn numeric_array<'py>(py: Python<'py>, xs: &[Value]) -> PyResult<Option<Bound<'py, PyAny>>> {
+    if xs.is_empty() {
+        return Ok(None);
+    }
+    if let Some((v, ints)) = numbers(xs) {
+        return Ok(Some(if ints {
+            PyArray1::from_vec(py, v.iter().map(|&x| x as i64).collect()).into_any()
+        } else {
+            PyArray1::from_vec(py, v).into_any()
+        }));
+    }
+    // A matrix: every row a number list of one length.
+    let mut flat = Vec::new();
+    let mut all_ints = true;
+    let mut width = None;
+    for x in xs {
+        let Value::Array(row) = x else { return Ok(None) };
+        let Some((r, ints)) = numbers(row) else { return Ok(None) };
+        if row.is_empty() || *width.get_or_insert(r.len()) != r.len() {
+            return Ok(None);
+        }
+        all_ints &= ints;
+        flat.extend(r);
+    }
+    let shape = [xs.len(), width.unwrap_or(0)];
+    Ok(Some(if all_ints {
+        PyArray1::from_vec(py, flat.iter().map(|&x| x as i64).collect()).reshape(shape)?.into_any()
+    } else {
+        PyArray1::from_vec(py, flat).reshape(shape)?.into_any()
+    }))
+}
+
+/// A report as Python data (numpy arrays for number lists).
+pub fn report<'py, T: Serialize>(py: Python<'py>, r: &T) -> PyResult<Bound<'py, PyAny>> {
+    let v = serde_json::to_value(r).or_raise()?;
+    value_to_py(py, &v, true)
+}
+
+/// Plain Python data, no numpy (info, score lines).
+pub fn plain<'py, T: Serialize>(py: Python<'py>, r: &T) -> PyResult<Bound<'py, PyAny>> {
+    let v = serde_json::to_value(r).or_raise()?;
+    value_to_py(py, &v, false)
+}
+
+/// A tensor as a float32 numpy array of the same shape. One copy: the tensor's storage into a
+/// Vec that numpy then owns (no second copy on the numpy side).
+pub fn tensor_to_numpy<'py>(py: Python<'py>, t: &Tensor) -> PyResult<Bound<'py, PyAny>> {
+    let t = t.to_device(&Device::Cpu).or_raise()?.to_dtype(DType::F32).or_raise()?;
+    let dims = t.dims().to_vec();
+    let v = t.flatten_all().or_raise()?.to_vec1::<f32>().or_raise()?;
+    Ok(PyArray1::from_vec(py, v).reshape(IxDyn(&dims))?.into_any())
+}
+
+/// Anything numpy can read as float32 (an array, a list, a scalar) as a tensor on `device`.
+pub fn numpy_to_tensor(py: Python<'_>, obj: &Bound<'_, PyAny>, device: &Device, what: &str) -> PyResult<Tensor> {
+    let np = py.import("numpy")?;
+    let arr = np
+        .call_method1("ascontiguousarray", (obj, "float32"))
+        .map_err(|e| input(format!("{what}: expected an array of numbers ({e})")))?;
+    let arr: PyReadonlyArrayDyn<f32> = arr.extract()?;
+    let shape = arr.shape().to_vec();
+    let data = arr.as_slice().map_err(|e| input(format!("{what}: {e}")))?;
+    Tensor::from_slice(data, shape, device).or_raise()
+}
+
+/// What a `pairs` argument names: a JSONL file (read by the library, so errors carry its
+/// file:line), or pairs in memory (dicts with prompt/chosen/rejected, or a DataFrame).
+pub enum PairArg {
+    File(PathBuf),
+    Inline(Vec<PairText>),
+}
+
+impl PairArg {
+    pub fn from_py(obj: &Bound<'_, PyAny>) -> PyResult<Self> {
+        if let Ok(p) = obj.extract::<PathBuf>() {
+            return Ok(PairArg::File(p));
+        }
+        // A pandas DataFrame: its rows as dicts.
+        let rows = if obj.hasattr("to_dict")? && obj.hasattr("columns")? {
+            obj.call_method1("to_dict", ("records",))?
+        } else {
+            obj.clone()
+        };
+        let list = rows
+            .try_iter()
+            .map_err(|_| input("pairs: expected a path to a JSONL file, a list of dicts or a pandas DataFrame"))?;
+        let mut pairs = Vec::new();
+        for (i, row) in list.enumerate() {
+            let row = clean_row(&row?)?;
+            let mut p: PairText = pythonize::depythonize(&row).map_err(|e| {
+                input(format!("pairs[{i}]: {e} (expected a dict with prompt, chosen, rejected; optional id, subset)"))
+            })?;
+            if p.id.is_null() {
+                p.id = Value::from(i);
+            }
+            pairs.push(p);
+        }
+        if pairs.is_empty() {
+            return Err(input("pairs: empty"));
+        }
+        Ok(PairArg::Inline(pairs))
+    }
+
+    /// The pairs (reading the file if one was named).
+    pub fn load(self) -> PyResult<Vec<PairText>> {
+        match self {
+            PairArg::File(p) => reward_lens_report::datasets::read_pairs(&p).or_raise(),
+            PairArg::Inline(v) => Ok(v),
+        }
+    }
+}
+
+/// A DataFrame row as a plain dict: missing cells (None, NaN) dropped, numpy scalars made
+/// Python numbers, so optional fields stay optional.
+fn clean_row<'py>(row: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let Ok(d) = row.cast::<PyDict>() else { return Ok(row.clone()) };
+    let out = PyDict::new(row.py());
+    for (k, v) in d.iter() {
+        if v.is_none() || v.extract::<f64>().is_ok_and(f64::is_nan) {
+            continue;
+        }
+        let v = if v.hasattr("item")? && v.hasattr("dtype")? { v.call_method0("item")? } else { v };
+        out.set_item(k, v)?;
+    }
+    Ok(out.into_any())
+}
+
+/// `pairs` as loaded pairs.
+pub fn pairs(obj: &Bound<'_, PyAny>) -> PyResult<Vec<PairText>> {
+    PairArg::from_py(obj)?.load()
+}
+
+/// A library enum from its JSON name (`"noising"`), with the names allowed in the error.
+pub fn choice<T: std::str::FromStr>(value: &str, what: &str) -> PyResult<T>
+where
+    T::Err: std::fmt::Display,
+{
+    value.parse::<T>().map_err(|e| input(format!("{what}={value:?}: {e}")))
+}

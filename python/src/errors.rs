@@ -1,0 +1,133 @@
+//! Rust errors → the Python `RewardLensError` hierarchy (defined in `reward_lens_rs/_errors.py`,
+//! where multiple inheritance lets `InputError` also be a `ValueError`). The message is the
+//! whole chain of causes, so the file, field, tensor or line the library named reaches the user.
+
+use std::error::Error as StdError;
+
+use pyo3::prelude::*;
+use reward_lens_engine::EngineError;
+
+/// Which Python class an error becomes.
+#[derive(Clone, Copy)]
+pub enum Kind {
+    /// Base class only.
+    Other,
+    /// The model directory: config, weights, tokenizer, template.
+    Model,
+    /// The user's data or arguments.
+    Input,
+    /// An activation site name or an intervention at it.
+    Site,
+    /// A file that cannot be read or written.
+    File,
+}
+
+impl Kind {
+    fn class(self) -> &'static str {
+        match self {
+            Kind::Other => "RewardLensError",
+            Kind::Model => "ModelError",
+            Kind::Input => "InputError",
+            Kind::Site => "SiteError",
+            Kind::File => "FileError",
+        }
+    }
+}
+
+fn engine_kind(e: &EngineError) -> Kind {
+    use EngineError::*;
+    match e {
+        Io { .. } => Kind::File,
+        Json { .. }
+        | ConfigField { .. }
+        | UnsupportedArchitecture { .. }
+        | NoWeights { .. }
+        | Safetensors { .. }
+        | MissingTensor { .. }
+        | ShapeMismatch { .. }
+        | UnsupportedDtype { .. }
+        | NonFinite { .. }
+        | Tokenizer { .. }
+        | Template { .. } => Kind::Model,
+        UnknownSite(_) | Intervention { .. } => Kind::Site,
+        Pair { source, .. } => match engine_kind(source) {
+            Kind::Other => Kind::Input,
+            k => k,
+        },
+        EmptyText { .. } | TooLong { .. } | ResponseTooLong { .. } | TokenOutOfRange { .. } | Invalid(_) => {
+            Kind::Input
+        }
+        GatingPatternMissing { .. } => Kind::Input,
+        Candle(_) => Kind::Other,
+    }
+}
+
+/// The first classifiable cause in the chain decides the class.
+fn kind_of(e: &(dyn StdError + 'static)) -> Kind {
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
+    while let Some(x) = cur {
+        if let Some(ee) = x.downcast_ref::<EngineError>() {
+            return engine_kind(ee);
+        }
+        if x.downcast_ref::<reward_lens_report::DatasetError>().is_some() {
+            return Kind::Input;
+        }
+        if x.downcast_ref::<std::io::Error>().is_some() {
+            return Kind::File;
+        }
+        cur = x.source();
+    }
+    Kind::Other
+}
+
+/// `outer: inner: innermost`, skipping causes whose text the outer message already holds
+/// (`#[error(transparent)]` and `{source}` in a format string).
+pub fn chain(e: &(dyn StdError + 'static)) -> String {
+    let mut msg = e.to_string();
+    let mut cur = e.source();
+    while let Some(x) = cur {
+        let s = x.to_string();
+        if !msg.contains(&s) {
+            msg.push_str(": ");
+            msg.push_str(&s);
+        }
+        cur = x.source();
+    }
+    msg
+}
+
+/// A Python exception of class `kind` with `message`.
+pub fn raise(kind: Kind, message: impl Into<String>) -> PyErr {
+    let message = message.into();
+    Python::attach(|py| {
+        let made = py
+            .import("reward_lens_rs._errors")
+            .and_then(|m| m.getattr(kind.class()))
+            .and_then(|c| c.call1((message.clone(),)));
+        match made {
+            Ok(obj) => PyErr::from_value(obj),
+            Err(e) => e,
+        }
+    })
+}
+
+/// Any library error as a Python exception.
+pub fn py_err<E: StdError + 'static>(e: E) -> PyErr {
+    raise(kind_of(&e), chain(&e))
+}
+
+/// A bad argument value (an unknown mode name, an empty list).
+pub fn input(message: impl Into<String>) -> PyErr {
+    raise(Kind::Input, message)
+}
+
+/// `?` on library results inside bindings.
+pub trait OrRaise<T> {
+    fn or_raise(self) -> PyResult<T>;
+}
+
+impl<T, E: StdError + 'static> OrRaise<T> for Result<T, E> {
+    fn or_raise(self) -> PyResult<T> {
+        self.map_err(py_err)
+    }
+}
