@@ -438,7 +438,7 @@ pub fn probe<'py>(
 /// Diagnosis: coverage disparity, per-dimension distortion and the failure cascade, from the
 /// margins of `pairs` (None: the built-in diagnostic set).
 #[pyfunction]
-#[pyo3(signature = (model, pairs=None, threshold=0.0, batch_size=16, seed=0, truncate_prompt=false, progress=None))]
+#[pyo3(signature = (model, pairs=None, threshold=0.5, batch_size=16, seed=0, truncate_prompt=false, progress=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn diagnose<'py>(
     py: Python<'py>,

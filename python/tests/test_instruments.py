@@ -1,0 +1,160 @@
+"""Every instrument equals the command's output on the same inputs (to float rounding), and
+the properties the numbers must have: decompositions add up, patching matches AtP's target."""
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+
+import reward_lens_rs as rl
+from conftest import MODELS, PAIRS, FIXTURES, close
+
+LLAMA = MODELS / "llama"
+
+
+def run_cli(cli, *args):
+    subprocess.run([str(cli), *map(str, args)], check=True, capture_output=True, text=True)
+
+
+def cli_json(cli, tmp_path, command, *args):
+    out = tmp_path / f"{command}.json"
+    run_cli(cli, command, "--model", LLAMA, *args, "--out", out)
+    return json.loads(out.read_text())
+
+
+def cli_lines(path):
+    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+
+
+@pytest.fixture(scope="module")
+def model():
+    # Named as the command names it, so the envelopes' "model" fields agree.
+    return rl.load(str(LLAMA))
+
+
+@pytest.mark.parametrize(
+    "command,call",
+    [
+        ("lens", lambda m: rl.lens(m, PAIRS)),
+        ("attribute", lambda m: rl.attribute(m, PAIRS, heads=True)),
+        ("probe", lambda m: rl.probe(m, permutations=2000)),
+        ("concepts", lambda m: rl.concepts(m, steer="verbosity")),
+        ("conflict", lambda m: rl.conflict(m, PAIRS)),
+        ("diagnose", lambda m: rl.diagnose(m, truncate_prompt=True, progress=False)),
+    ],
+)
+def test_instrument_equals_command(cli, tmp_path, model, command, call):
+    extra = {
+        "lens": ["--pairs", PAIRS],
+        "attribute": ["--pairs", PAIRS, "--heads"],
+        "probe": ["--permutations", "2000"],
+        "concepts": ["--steer", "verbosity"],
+        "conflict": ["--pairs", PAIRS],
+        "diagnose": ["--truncate-prompt"],
+    }[command]
+    want = cli_json(cli, tmp_path, command, *extra)
+    got = rl.to_json(call(model))
+    close(got, want)
+
+
+def test_eval_and_score_equal_command(cli, tmp_path, model):
+    out = tmp_path / "eval.json"
+    run_cli(cli, "eval", "--model", LLAMA, "--pairs", PAIRS, "--out", out)
+    close(rl.to_json(rl.eval(model, PAIRS, progress=False)), json.loads(out.read_text()))
+    lines = tmp_path / "score.jsonl"
+    run_cli(cli, "score", "--model", LLAMA, "--pairs", PAIRS, "--out", lines)
+    close(model.score_pairs(PAIRS, progress=False), cli_lines(lines))
+    rb2 = FIXTURES.parents[0] / "fixtures" / "rewardbench2" / "rows.jsonl"
+    run_cli(cli, "eval", "--model", LLAMA, "--pairs", rb2, "--out", out)
+    close(rl.to_json(rl.eval(model, rb2, progress=False)), json.loads(out.read_text()))
+
+
+@pytest.mark.parametrize("command", ["patch", "atp"])
+def test_patching_equals_command(cli, tmp_path, model, command):
+    out = tmp_path / f"{command}.jsonl"
+    run_cli(cli, command, "--model", LLAMA, "--pairs", PAIRS, "--granularity", "head", "--out", out)
+    want = cli_lines(out)
+    fn = rl.patch if command == "patch" else rl.atp
+    rep = fn(model, PAIRS, granularity="head", progress=False)["report"]
+    names = [c["name"] for c in rep["components"]]
+    assert len(rep["pairs"]) == len(want)
+    for p, line in zip(rep["pairs"], want):
+        close(dict(zip(names, p["effects"].tolist())), line["effects"])
+        close(dict(zip(names, p["normalized"].tolist())), line["normalized"])
+        close(p["original_margin"], line["original_margin"])
+
+
+def test_path_patch_and_faithfulness_equal_command(cli, tmp_path, model):
+    out = tmp_path / "paths.jsonl"
+    run_cli(cli, "path-patch", "--model", LLAMA, "--pairs", PAIRS, "--sender", "0.1", "--out", out)
+    rep = rl.path_patch(model, PAIRS, sender="0.1")["report"]
+    for p, line in zip(rep["pairs"], cli_lines(out)):
+        close({e["receiver"]: e["effect"] for e in p["paths"]}, line["effects"])
+    out = tmp_path / "faith.jsonl"
+    run_cli(cli, "faithfulness", "--model", LLAMA, "--pairs", PAIRS, "--out", out)
+    rep = rl.faithfulness(model, PAIRS)["report"]
+    for p, line in zip(rep["pairs"], cli_lines(out)):
+        for k in ("dla_vs_patch", "atp_vs_patch"):
+            close(p[k], line[k])
+
+
+def test_compare_equals_command(cli, tmp_path):
+    a, b = rl.load(str(MODELS / "llama")), rl.load(str(MODELS / "mistral"))
+    out = tmp_path / "compare.json"
+    run_cli(cli, "compare", "--model", MODELS / "llama", "--model", MODELS / "mistral", "--pairs", PAIRS, "--out", out)
+    close(rl.to_json(rl.compare([a, b], PAIRS)), json.loads(out.read_text()))
+
+
+def test_attribution_adds_up(model):
+    rep = rl.attribute(model, PAIRS)["report"]
+    for p in rep["pairs"]:
+        for side in ("chosen", "rejected"):
+            s = p[side]
+            total = float(np.sum(s["contributions"])) + s["bias"]
+            assert abs(total - s["reward"]) <= 1e-5 * max(1.0, abs(s["reward"]))
+        np.testing.assert_allclose(p["differential"], p["chosen"]["contributions"] - p["rejected"]["contributions"], atol=1e-6)
+
+
+def test_lens_ends_at_the_reward(model):
+    rep = rl.lens(model, PAIRS)["report"]
+    scores = model.score_pairs(PAIRS, progress=False)
+    for p, s in zip(rep["pairs"], scores):
+        for side in ("chosen", "rejected"):
+            lens = p[side]
+            assert abs(lens["normed"][-1] - s[f"{side}_score"]) <= 1e-5
+            assert abs(lens["frozen"][-1] - s[f"{side}_score"]) <= 1e-5
+            assert abs(lens["reward"] - s[f"{side}_score"]) <= 1e-5
+
+
+def test_patch_report_types_and_normalisation(model):
+    rep = rl.patch(model, rl.example_pairs()[:3], progress=False)["report"]
+    assert isinstance(rep["pairs"][0]["effects"], np.ndarray) and rep["pairs"][0]["effects"].dtype == np.float64
+    assert isinstance(rep["components"], list) and isinstance(rep["components"][0]["name"], str)
+    for p in rep["pairs"]:
+        assert p["effects"].shape == (len(rep["components"]),)
+        # normalized = effect / original margin.
+        np.testing.assert_allclose(p["normalized"] * p["original_margin"], p["effects"], rtol=1e-9, atol=1e-12)
+
+
+def test_zero_ablation_patch_equals_a_hook(model):
+    """A `zero` patch of one component is a run_with_hooks with that site zeroed."""
+    pair = rl.example_pairs()[0]
+    rep = rl.patch(model, [pair], mode="zero", progress=False)["report"]
+    names = [c["name"] for c in rep["components"]]
+    effect = dict(zip(names, rep["pairs"][0]["effects"]))
+    chosen = model.score(pair["prompt"], pair["chosen"])
+    rejected = model.score(pair["prompt"], pair["rejected"])
+    zeroed = model.run_with_hooks(pair["prompt"], pair["chosen"], hooks=[("blocks.1.hook_mlp_out", "zero")])
+    want = (chosen - rejected) - (zeroed - rejected)
+    key = next(n for n in names if "mlp" in n and "1" in n)
+    assert abs(effect[key] - want) <= 1e-5, (key, effect[key], want)
+
+
+def test_batched_equals_one_by_one(model):
+    pairs = rl.example_pairs()[:5]
+    many = rl.lens(model, pairs)["report"]["pairs"]
+    for i, p in enumerate(pairs):
+        one = rl.lens(model, [p])["report"]["pairs"][0]
+        np.testing.assert_allclose(one["chosen"]["normed"], many[i]["chosen"]["normed"], atol=1e-5)
+        np.testing.assert_allclose(one["differential"], many[i]["differential"], atol=1e-5)
