@@ -1,0 +1,89 @@
+"""The long workflows through Python: the audit, CART, SAEs and model organisms, checked
+against the command's files and the properties their numbers must have."""
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+
+import reward_lens_rs as rl
+from conftest import MODELS, REPO, close
+
+LLAMA = MODELS / "llama"
+EXAMPLES = REPO / "examples" / "pairs.jsonl"
+
+# Runtime figures that differ between any two runs.
+VOLATILE = {"timings", "total_seconds", "seconds"}
+
+
+def strip(x):
+    if isinstance(x, dict):
+        return {k: strip(v) for k, v in x.items() if k not in VOLATILE}
+    if isinstance(x, list):
+        return [strip(v) for v in x]
+    return x
+
+
+def test_audit_equals_command_and_writes_the_report(cli, tmp_path):
+    m = rl.load(str(LLAMA))
+    res = rl.audit(m, pairs=EXAMPLES, out=tmp_path / "py", permutations=2000, progress=False)
+    assert (tmp_path / "py" / "report.html").stat().st_size > 10_000
+    written = json.loads((tmp_path / "py" / "results.json").read_text())
+    close(strip(rl.to_json(res)), strip(written))
+    subprocess.run(
+        [str(cli), "audit", "--model", str(LLAMA), "--pairs", str(EXAMPLES), "--permutations", "2000", "--out", str(tmp_path / "cli")],
+        check=True, capture_output=True,
+    )
+    close(strip(written), strip(json.loads((tmp_path / "cli" / "results.json").read_text())))
+    assert res["findings"], "an audit states findings"
+
+
+def test_cart_discover_equals_command(cli, tmp_path):
+    m = rl.load(str(LLAMA))
+    opts = dict(tail_subsets=["safety", "sycophancy"], permutations=200, random_sets=5, bootstrap=200)
+    got = rl.cart.discover(m, EXAMPLES, progress=False, **opts)
+    out = tmp_path / "d.json"
+    subprocess.run(
+        [str(cli), "cart", "discover", "--model", str(LLAMA), "--pairs", str(EXAMPLES), "--tail-subsets", "safety,sycophancy",
+         "--permutations", "200", "--random-sets", "5", "--bootstrap", "200", "--out", str(out)],
+        check=True, capture_output=True,
+    )
+    close(rl.to_json(got), json.loads(out.read_text()))
+    assert got["n_pairs"] == 20
+    with pytest.raises(rl.InputError, match="unknown option `permutation`"):
+        rl.cart.discover(m, EXAMPLES, permutation=10)
+
+
+def test_sae_round_trip(cli, tmp_path):
+    m = rl.load(str(LLAMA))
+    man = rl.sae.collect(m, EXAMPLES, "blocks.1.hook_resid_post", tmp_path / "acts", progress=False)
+    assert man["d"] == 64 and man["sequences_done"] == 40 and man["activations"] > 40
+    hist = rl.sae.train(tmp_path / "acts", tmp_path / "sae", d_sae=128, k=8, epochs=3, batch_size=64, progress=False)
+    assert [h["epoch"] for h in hist] == [0, 1, 2] and all(h["l0"] == 8.0 for h in hist)
+    assert hist[-1]["fvu"] < hist[0]["fvu"]
+    feats = rl.sae.features(m, tmp_path / "sae", top=5, acts=tmp_path / "acts", pairs=EXAMPLES)
+    out = tmp_path / "f.json"
+    subprocess.run(
+        [str(cli), "sae", "features", "--model", str(LLAMA), "--sae", str(tmp_path / "sae"), "--top", "5",
+         "--acts", str(tmp_path / "acts"), "--pairs", str(EXAMPLES), "--out", str(out)],
+        check=True, capture_output=True,
+    )
+    close(rl.to_json(feats), json.loads(out.read_text()))
+    # A reward decomposed over latents adds back up to the reward.
+    for d in rl.sae.decompose(m, tmp_path / "sae", EXAMPLES, top=5):
+        total = d["latent_sum"] + d["decoder_bias"] + d["reconstruction_error"] + d["rest"] + d["bias"]
+        assert abs(total - d["reward"]) <= 1e-5 * max(1, abs(d["reward"]))
+
+
+def test_organism_and_cart_train(tmp_path):
+    o = rl.organism("control", out=tmp_path / "org", epochs=1, progress=False)
+    assert o["report"]["organism"] == "control"
+    m = rl.load(o["dir"])
+    # The build's held-out accuracy is what eval measures on its test pairs.
+    ev = rl.eval(m, o["dir"] / "test.jsonl", progress=False)[0]
+    assert ev["n"] == 500 and abs(ev["accuracy"] - o["report"]["test_accuracy"]) <= 1e-9
+    rep = rl.cart.train(tmp_path / "cart", preset="tail", n_train=400, n_test=100, epochs=1, regularise=(0.1, 0.1), progress=False)
+    assert 0.0 <= rep["tail_accuracy"] <= 1.0 and rep["models"] == [str(tmp_path / "cart")]
+    written = json.loads((tmp_path / "cart" / "cart_report.json").read_text())
+    close(rl.to_json(rep), written)
