@@ -21,8 +21,8 @@ class _Tqdm:
             bar.reset(total=total)
         if message:
             bar.set_description_str(f"{self._desc}: {message}", refresh=False)
-        bar.n = done
-        bar.refresh()
+        # update() redraws at most every mininterval, however often the engine reports.
+        bar.update(done - bar.n)
 
     def close(self):
         if self._bar is not None:
@@ -37,7 +37,12 @@ def bar(desc, progress):
         return None
     if progress is None or progress is True:
         try:
-            from tqdm.auto import tqdm
+            import warnings
+
+            with warnings.catch_warnings():
+                # Without ipywidgets, tqdm.auto falls back to the text bar with a warning.
+                warnings.simplefilter("ignore")
+                from tqdm.auto import tqdm
         except ImportError:
             return None
         return _Tqdm(desc, tqdm)
