@@ -17,6 +17,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<model::Model>()?;
     m.add_class::<model::Cache>()?;
     m.add_function(wrap_pyfunction!(model::load, m)?)?;
+    m.add_function(wrap_pyfunction!(model::_bench_score, m)?)?;
     for f in [
         wrap_pyfunction!(instruments::example_pairs, m)?,
         wrap_pyfunction!(instruments::lens, m)?,

@@ -552,3 +552,19 @@ impl Cache {
         tensor_to_numpy(py, &Tensor::stack(&picked, 0).or_raise()?)
     }
 }
+
+/// Benchmark support (python/bench.py): seconds per `score` call measured inside Rust over
+/// `iters` calls (encode, batch, forward), to set against the same call made from Python.
+#[pyfunction]
+pub fn _bench_score(py: Python<'_>, model: &Model, prompt: &str, response: &str, iters: usize) -> PyResult<f64> {
+    let m = &model.inner;
+    detached(py, || {
+        let start = std::time::Instant::now();
+        for _ in 0..iters.max(1) {
+            let enc = m.encode(prompt, response, Truncation::Error).or_raise()?;
+            let batch = m.batch(std::slice::from_ref(&enc.ids), PaddingSide::Right).or_raise()?;
+            std::hint::black_box(m.score(&batch).or_raise()?.scores[0]);
+        }
+        Ok(start.elapsed().as_secs_f64() / iters.max(1) as f64)
+    })
+}
