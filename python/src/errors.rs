@@ -54,9 +54,7 @@ fn engine_kind(e: &EngineError) -> Kind {
             Kind::Other => Kind::Input,
             k => k,
         },
-        EmptyText { .. } | TooLong { .. } | ResponseTooLong { .. } | TokenOutOfRange { .. } | Invalid(_) => {
-            Kind::Input
-        }
+        EmptyText { .. } | TooLong { .. } | ResponseTooLong { .. } | TokenOutOfRange { .. } | Invalid(_) => Kind::Input,
         GatingPatternMissing { .. } => Kind::Input,
         Candle(_) => Kind::Other,
     }

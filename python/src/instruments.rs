@@ -14,7 +14,9 @@ use reward_lens_instruments::diagnose::diagnose as diagnose_fn;
 use reward_lens_instruments::evaluation::evaluate;
 use reward_lens_instruments::faithfulness::faithfulness as faithfulness_fn;
 use reward_lens_instruments::lens::{lens as lens_fn, LensKind, LensOptions};
-use reward_lens_instruments::patching::{atp_with_progress, patch_with_progress, Align, Granularity, PatchMode, PatchOptions};
+use reward_lens_instruments::patching::{
+    atp_with_progress, patch_with_progress, Align, Granularity, PatchMode, PatchOptions,
+};
 use reward_lens_instruments::path::{parse_sender, path_patch as path_patch_fn, Receiver};
 use reward_lens_instruments::probes::{probe as probe_fn, ProbeInput, ProbeOptions};
 use reward_lens_instruments::rewardbench2::{n_completions, score_rows, summarise};
@@ -43,7 +45,12 @@ fn batch_size_ok(b: usize) -> PyResult<usize> {
 }
 
 /// Pairs read and encoded with the model's template; errors name the file:line or pair.
-fn encoded(py: Python<'_>, m: &RewardModel, pairs: &Bound<'_, PyAny>, t: bool) -> PyResult<(Vec<PairText>, Vec<EncodedPair>)> {
+fn encoded(
+    py: Python<'_>,
+    m: &RewardModel,
+    pairs: &Bound<'_, PyAny>,
+    t: bool,
+) -> PyResult<(Vec<PairText>, Vec<EncodedPair>)> {
     let pairs = convert::pairs(pairs)?;
     let enc = detached(py, || m.encode_pairs(&pairs, truncation(t)).or_raise())?;
     Ok((pairs, enc))
@@ -134,7 +141,9 @@ fn patch_options(
             let refs = convert::pairs(r)?;
             detached(py, || {
                 refs.iter()
-                    .map(|p| m.encode(&p.prompt, &p.chosen, Truncation::Error).map(|e| e.ids).map_err(|e| e.to_string()))
+                    .map(|p| {
+                        m.encode(&p.prompt, &p.chosen, Truncation::Error).map(|e| e.ids).map_err(|e| e.to_string())
+                    })
                     .collect::<Result<Vec<_>, String>>()
                     .map_err(|e| input(format!("mean_reference: {e}")))
             })?
@@ -161,8 +170,8 @@ macro_rules! patch_like {
         #[doc = $doc]
         #[pyfunction]
         #[pyo3(signature = (model, pairs, mode="noising", granularity="sublayer", align="anchored", positions="all",
-            mean_reference=None, v1_compat=false, naive=false, batch_size=16, seed=0, truncate_prompt=false,
-            progress=None))]
+                    mean_reference=None, v1_compat=false, naive=false, batch_size=16, seed=0, truncate_prompt=false,
+                    progress=None))]
         #[allow(clippy::too_many_arguments)]
         pub fn $name<'py>(
             py: Python<'py>,
@@ -182,7 +191,17 @@ macro_rules! patch_like {
         ) -> PyResult<Bound<'py, PyAny>> {
             let m = &model.inner;
             let opts = patch_options(
-                py, m, mode, granularity, align, positions, mean_reference, v1_compat, naive, batch_size, seed,
+                py,
+                m,
+                mode,
+                granularity,
+                align,
+                positions,
+                mean_reference,
+                v1_compat,
+                naive,
+                batch_size,
+                seed,
             )?;
             let (pairs, ids) = encoded(py, m, pairs, truncate_prompt)?;
             let bar = Bar::new(py, $label, progress.as_ref())?;
@@ -300,7 +319,8 @@ pub fn concepts<'py>(
     let steer_pairs = pairs.map(|p| encoded(py, m, p, false)).transpose()?;
     let batch_size = batch_size_ok(batch_size)?;
     let (rep, steering) = detached(py, || {
-        let inputs: Vec<_> = texts.iter().map(|c| c.encode(m, Truncation::Error)).collect::<Result<_, _>>().or_raise()?;
+        let inputs: Vec<_> =
+            texts.iter().map(|c| c.encode(m, Truncation::Error).or_raise()).collect::<PyResult<_>>()?;
         let rep = concepts_fn(m, &inputs, &ConceptOptions { layer, v1_compat, batch_size }).or_raise()?;
         let steering = match &steer {
             None => None,
@@ -314,7 +334,18 @@ pub fn concepts<'py>(
                     None => inputs[i].pairs.iter().map(|p| p.1.clone()).collect(),
                 };
                 let v = &rep.concepts[i].vector;
-                Some(reward_lens_instruments::concepts::steer(m, &seqs, v, Some(rep.layer), &strengths, positions, batch_size).or_raise()?)
+                Some(
+                    reward_lens_instruments::concepts::steer(
+                        m,
+                        &seqs,
+                        v,
+                        Some(rep.layer),
+                        &strengths,
+                        positions,
+                        batch_size,
+                    )
+                    .or_raise()?,
+                )
             }
         };
         Ok((rep, steering))
@@ -388,7 +419,8 @@ pub fn compare<'py>(
         return Err(input("compare needs at least two models"));
     }
     let texts = convert::pairs(pairs)?;
-    let loaded: Vec<(String, std::sync::Arc<RewardModel>)> = models.iter().map(|m| (m.name.clone(), m.inner.clone())).collect();
+    let loaded: Vec<(String, std::sync::Arc<RewardModel>)> =
+        models.iter().map(|m| (m.name.clone(), m.inner.clone())).collect();
     let mut inputs = Vec::new();
     for (name, m) in &loaded {
         let ids = detached(py, || m.encode_pairs(&texts, truncation(truncate_prompt)).or_raise())?;
@@ -426,8 +458,17 @@ pub fn probe<'py>(
         let inputs = texts
             .iter()
             .map(|p| {
-                let e = |r: &str| m.encode(&p.prompt, r, Truncation::Error).map(|x| x.ids).map_err(|e| input(format!("probe {}: {e}", p.id)));
-                Ok(ProbeInput { id: p.id.clone(), dimension: p.dimension.clone(), neutral: e(&p.neutral)?, biased: e(&p.biased)? })
+                let e = |r: &str| {
+                    m.encode(&p.prompt, r, Truncation::Error)
+                        .map(|x| x.ids)
+                        .map_err(|e| input(format!("probe {}: {e}", p.id)))
+                };
+                Ok(ProbeInput {
+                    id: p.id.clone(),
+                    dimension: p.dimension.clone(),
+                    neutral: e(&p.neutral)?,
+                    biased: e(&p.biased)?,
+                })
             })
             .collect::<PyResult<Vec<_>>>()?;
         probe_fn(m, &inputs, &opts).or_raise()
@@ -509,7 +550,15 @@ pub fn eval<'py>(
         Preferences::Pairs(pairs) => {
             let mut evals = Vec::new();
             for m in &models {
-                let scores = scored(py, &m.inner, &pairs, batch_size, padding, truncate_prompt, progress.as_ref().map(|p| p.clone_ref(py)))?;
+                let scores = scored(
+                    py,
+                    &m.inner,
+                    &pairs,
+                    batch_size,
+                    padding,
+                    truncate_prompt,
+                    progress.as_ref().map(|p| p.clone_ref(py)),
+                )?;
                 let margins: Vec<f64> = scores.iter().map(|s| s.margin() as f64).collect();
                 let subsets: Vec<Option<String>> = pairs.iter().map(|p| p.subset.clone()).collect();
                 evals.push(evaluate(&m.name, &margins, &subsets, seed));
@@ -525,7 +574,10 @@ pub fn eval<'py>(
                 let total = n_completions(&rows);
                 let inner = &inner;
                 let scores = detached(py, || {
-                    score_rows(inner, &rows, truncation(truncate_prompt), bs, padding, &mut |d| bar.update(d, total, None)).or_raise()
+                    score_rows(inner, &rows, truncation(truncate_prompt), bs, padding, &mut |d| {
+                        bar.update(d, total, None)
+                    })
+                    .or_raise()
                 })?;
                 evals.push(Rb2Eval::new(m.name.clone(), summarise(&rows, &scores).or_raise()?));
             }

@@ -104,7 +104,8 @@ fn parse_hooks(py: Python<'_>, hooks: Option<&Bound<'_, PyAny>>, device: &Device
             return Err(input(format!("{what}: expected a dict or a (site, action[, value]) tuple")));
         };
         let site_name: String = site.extract().map_err(|_| input(format!("{what}: site must be a string")))?;
-        let site = Site::parse(&site_name).ok_or_else(|| raise(Kind::Site, format!("{what}: unknown site `{site_name}`")))?;
+        let site =
+            Site::parse(&site_name).ok_or_else(|| raise(Kind::Site, format!("{what}: unknown site `{site_name}`")))?;
         let value_of = |name: &str| -> PyResult<Tensor> {
             let v = value.as_ref().ok_or_else(|| input(format!("{what}: action \"{name}\" needs a value")))?;
             numpy_to_tensor(py, v, device, &format!("{what} value"))
@@ -112,7 +113,8 @@ fn parse_hooks(py: Python<'_>, hooks: Option<&Bound<'_, PyAny>>, device: &Device
         let action = if action.is_callable() && !action.is_instance_of::<pyo3::types::PyString>() {
             HookAction::Call(action.unbind())
         } else {
-            let name: String = action.extract().map_err(|_| input(format!("{what}: action must be a name or a callable")))?;
+            let name: String =
+                action.extract().map_err(|_| input(format!("{what}: action must be a name or a callable")))?;
             match name.as_str() {
                 "replace" | "mean" => HookAction::Replace(value_of(&name)?),
                 "add" => HookAction::Add(value_of(&name)?),
@@ -160,7 +162,10 @@ fn interventions<'a>(specs: &'a [HookSpec], failed: &'a Mutex<Option<PyErr>>) ->
                             let out = f.call1(py, (arr.clone(), name.as_str()))?;
                             let out = if out.is_none(py) { arr } else { out.into_bound(py) };
                             let t = numpy_to_tensor(py, &out, x.device(), &format!("hook at {name}"))?;
-                            t.unsqueeze(0).map_err(crate::errors::py_err)?.to_dtype(x.dtype()).map_err(crate::errors::py_err)
+                            t.unsqueeze(0)
+                                .map_err(crate::errors::py_err)?
+                                .to_dtype(x.dtype())
+                                .map_err(crate::errors::py_err)
                         })
                         .map_err(|e| {
                             let msg = e.to_string();
@@ -297,10 +302,17 @@ impl Model {
     /// Tokenises (prompt, response) through the chat template as every instrument does.
     /// Returns {"ids": int64 array, "tokens": [str], "response_start": int, "pooled_index": int}.
     #[pyo3(signature = (prompt, response, truncate_prompt=false))]
-    fn encode<'py>(&self, py: Python<'py>, prompt: &str, response: &str, truncate_prompt: bool) -> PyResult<Bound<'py, PyAny>> {
+    fn encode<'py>(
+        &self,
+        py: Python<'py>,
+        prompt: &str,
+        response: &str,
+        truncate_prompt: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let enc = self.encode_one(prompt, response, truncate_prompt)?;
         let tok = self.inner.tokenizer().or_raise()?;
-        let tokens: Vec<String> = enc.ids.iter().map(|&i| tok.tokenizer.id_to_token(i).unwrap_or_else(|| format!("<{i}>"))).collect();
+        let tokens: Vec<String> =
+            enc.ids.iter().map(|&i| tok.tokenizer.id_to_token(i).unwrap_or_else(|| format!("<{i}>"))).collect();
         let pooled = self.inner.pooled_alone(&enc.ids).or_raise()?;
         let d = PyDict::new(py);
         d.set_item("ids", numpy::PyArray1::from_vec(py, enc.ids.iter().map(|&i| i as i64).collect()))?;

@@ -43,9 +43,13 @@ impl<'py> Opts<'py> {
     fn get<T: for<'a> FromPyObject<'a, 'py>>(&mut self, key: &'static str, default: T) -> PyResult<T> {
         self.known.push(key);
         match self.dict.as_ref().map(|d| d.get_item(key)).transpose()?.flatten() {
-            Some(v) if !v.is_none() => {
-                v.extract().map_err(|_| input(format!("{}: option {key} has the wrong type ({})", self.what, v.repr().map(|r| r.to_string()).unwrap_or_default())))
-            }
+            Some(v) if !v.is_none() => v.extract().map_err(|_| {
+                input(format!(
+                    "{}: option {key} has the wrong type ({})",
+                    self.what,
+                    v.repr().map(|r| r.to_string()).unwrap_or_default()
+                ))
+            }),
             _ => Ok(default),
         }
     }
@@ -159,10 +163,11 @@ pub fn sae_train<'py>(
     let opts = TrainOptions { d_sae, k, epochs, batch_size, lr, seed, ..Default::default() };
     let bar = Bar::new(py, "training SAE", progress.as_ref())?;
     let hist = detached(py, || {
-        let (_, sae, hist) = train_collection(&acts, &opts, |e| bar.update(e.epoch + 1, epochs, Some(&e.summary()))).or_raise()?;
+        let (_, sae, hist) =
+            train_collection(&acts, &opts, |e| bar.update(e.epoch + 1, epochs, Some(&e.summary()))).or_raise()?;
         sae.save(&out).or_raise()?;
         let text = serde_json::to_string_pretty(&hist).or_raise()?;
-        std::fs::write(out.join("training.json"), text).map_err(|e| crate::errors::py_err(e))?;
+        std::fs::write(out.join("training.json"), text).map_err(crate::errors::py_err)?;
         Ok(hist)
     })?;
     report(py, &hist)
@@ -343,8 +348,7 @@ pub fn cart_vulnerability<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let mut o = Opts::new("cart_vulnerability", options);
     let spec = discover_spec(&mut o)?;
-    let kinds: Vec<PerturbKind> =
-        o.list("kinds", &["whitespace", "casing", "markdown", "list-order", "synonym"])?;
+    let kinds: Vec<PerturbKind> = o.list("kinds", &["whitespace", "casing", "markdown", "list-order", "synonym"])?;
     let vo = VulnerabilityOptions {
         coverage_quantile: o.get("coverage_quantile", 0.95)?,
         vulnerable_share: o.get("vulnerable_share", 0.2)?,

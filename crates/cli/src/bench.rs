@@ -138,8 +138,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
     })?;
     if !a.no_memory {
         let tmp = std::env::temp_dir().join(format!("reward-lens-bench-{}", std::process::id()));
-        report.memory =
-            bench::memory_rows(&tmp, &shape.config_json(), &weights, &reward_lens_report::example_model::dir()?, child_peak)?;
+        report.memory = bench::memory_rows(
+            &tmp,
+            &shape.config_json(),
+            &weights,
+            &reward_lens_report::example_model::dir()?,
+            child_peak,
+        )?;
     }
     match a.json {
         true => println!("{}", serde_json::to_string_pretty(&report)?),

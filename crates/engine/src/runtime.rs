@@ -31,7 +31,9 @@ pub fn parse_device(s: &str) -> crate::Result<candle_core::Device> {
             None => return Err(Invalid(format!("device `{s}`: expected cpu, cuda or cuda:N"))),
         };
         if !cfg!(feature = "cuda") {
-            return Err(Invalid(format!("device `{s}`: this build has no CUDA support (rebuild with --features cuda)")));
+            return Err(Invalid(format!(
+                "device `{s}`: this build has no CUDA support (rebuild with --features cuda)"
+            )));
         }
         return Ok(candle_core::Device::new_cuda(ordinal)?);
     }
