@@ -85,11 +85,11 @@ def example_pairs() -> list[dict[str, Any]]: ...
 def to_json(obj: Any) -> Any: ...
 def lens(
     model: Model, pairs: Pairs, kind: str = "normed", v1_compat: bool = False, batch_size: int = 16, seed: int = 0,
-    truncate_prompt: bool = False,
+    truncate_prompt: bool = False, progress: Progress = None,
 ) -> Report: ...
 def attribute(
     model: Model, pairs: Pairs, heads: bool = False, neurons: int = 0, v1_compat: bool = False, batch_size: int = 16,
-    seed: int = 0, truncate_prompt: bool = False,
+    seed: int = 0, truncate_prompt: bool = False, progress: Progress = None,
 ) -> Report: ...
 def patch(
     model: Model, pairs: Pairs, mode: str = "noising", granularity: str = "sublayer", align: str = "anchored",

@@ -6,14 +6,14 @@ use std::path::PathBuf;
 
 use pyo3::prelude::*;
 use reward_lens_engine::{EncodedPair, PaddingSide, PairText, Positions, RewardModel, ScoreOptions, Truncation};
-use reward_lens_instruments::attribution::{attribute as attribute_fn, AttributionOptions};
+use reward_lens_instruments::attribution::{attribute_with_progress, AttributionOptions};
 use reward_lens_instruments::compare::{compare as compare_fn, CompareInput};
 use reward_lens_instruments::concepts::{concepts as concepts_fn, ConceptOptions};
 use reward_lens_instruments::conflict::{analyze, group_pairs, learn_term_directions, objective_terms, Thresholds};
 use reward_lens_instruments::diagnose::diagnose as diagnose_fn;
 use reward_lens_instruments::evaluation::evaluate;
 use reward_lens_instruments::faithfulness::faithfulness as faithfulness_fn;
-use reward_lens_instruments::lens::{lens as lens_fn, LensKind, LensOptions};
+use reward_lens_instruments::lens::{lens_with_progress, LensKind, LensOptions};
 use reward_lens_instruments::patching::{
     atp_with_progress, patch_with_progress, Align, Granularity, PatchMode, PatchOptions,
 };
@@ -76,7 +76,7 @@ fn envelope<'py, T: serde::Serialize>(
 /// from the real run: exact layer contributions) or "raw" (reward-lens 1.0's w_r · h_l + b).
 /// Returns the `lens` command's JSON: {"instrument", "model", "inputs", "report"}.
 #[pyfunction]
-#[pyo3(signature = (model, pairs, kind="normed", v1_compat=false, batch_size=16, seed=0, truncate_prompt=false))]
+#[pyo3(signature = (model, pairs, kind="normed", v1_compat=false, batch_size=16, seed=0, truncate_prompt=false, progress=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn lens<'py>(
     py: Python<'py>,
@@ -87,12 +87,15 @@ pub fn lens<'py>(
     batch_size: usize,
     seed: u64,
     truncate_prompt: bool,
+    progress: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let m = &model.inner;
     let kind: LensKind = choice(kind, "kind")?;
     let (pairs, ids) = encoded(py, m, pairs, truncate_prompt)?;
     let opts = LensOptions { kind, v1_compat, batch_size: batch_size_ok(batch_size)?, seed };
-    let rep = detached(py, || lens_fn(m, &ids, &opts).or_raise())?;
+    let bar = Bar::new(py, "lens", progress.as_ref())?;
+    let n = 2 * ids.len();
+    let rep = detached(py, || lens_with_progress(m, &ids, &opts, &mut |d| bar.update(d, n, None)).or_raise())?;
     envelope(py, "lens", &model.name, &pairs, &rep)
 }
 
@@ -100,7 +103,7 @@ pub fn lens<'py>(
 /// attention and MLP outputs (heads=True: per head; neurons=True: per MLP neuron). The
 /// contributions plus the bias add up to the reward.
 #[pyfunction]
-#[pyo3(signature = (model, pairs, heads=false, neurons=0, v1_compat=false, batch_size=16, seed=0, truncate_prompt=false))]
+#[pyo3(signature = (model, pairs, heads=false, neurons=0, v1_compat=false, batch_size=16, seed=0, truncate_prompt=false, progress=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn attribute<'py>(
     py: Python<'py>,
@@ -112,11 +115,14 @@ pub fn attribute<'py>(
     batch_size: usize,
     seed: u64,
     truncate_prompt: bool,
+    progress: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let m = &model.inner;
     let (pairs, ids) = encoded(py, m, pairs, truncate_prompt)?;
     let opts = AttributionOptions { heads, neurons, v1_compat, batch_size: batch_size_ok(batch_size)?, seed };
-    let rep = detached(py, || attribute_fn(m, &ids, &opts).or_raise())?;
+    let bar = Bar::new(py, "attribution", progress.as_ref())?;
+    let n = 2 * ids.len();
+    let rep = detached(py, || attribute_with_progress(m, &ids, &opts, &mut |d| bar.update(d, n, None)).or_raise())?;
     envelope(py, "attribution", &model.name, &pairs, &rep)
 }
 

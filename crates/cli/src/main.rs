@@ -124,7 +124,23 @@ fn main() {
         eprintln!("{} {}", memory::REPORT_TAG, memory::peak_rss().unwrap_or(0));
     }
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", message(&e));
         std::process::exit(1);
     }
+}
+
+/// The error and its causes, `outer: inner`, each said once: library errors that quote their
+/// source in their own message (`file:line: chosen: …`) would otherwise repeat it.
+fn message(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if !msg.contains(&s) {
+            if !msg.is_empty() {
+                msg.push_str(": ");
+            }
+            msg.push_str(&s);
+        }
+    }
+    msg
 }

@@ -22,7 +22,7 @@ use reward_lens_engine::{EncodedPair, LinearParams, NormParams, RewardModel};
 
 use crate::readout::{dot, ReadOut};
 use crate::stats::{bootstrap_mean, MeanCi};
-use crate::trace::{trace, Trace, TraceOptions};
+use crate::trace::{trace_with_progress, Trace, TraceOptions};
 use crate::Result;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -269,10 +269,21 @@ fn neuron_split(t: &Trace, ro: &ReadOut, w: &LayerWeights, l: usize) -> Result<(
 
 /// Attribution over (chosen, rejected) token-id pairs.
 pub fn attribute(model: &RewardModel, pairs: &[EncodedPair], opts: &AttributionOptions) -> Result<AttributionReport> {
+    attribute_with_progress(model, pairs, opts, &mut |_| {})
+}
+
+/// [`attribute`], telling `progress` how many sequences (two per pair) are traced after each batch.
+pub fn attribute_with_progress(
+    model: &RewardModel,
+    pairs: &[EncodedPair],
+    opts: &AttributionOptions,
+    progress: &mut dyn FnMut(usize),
+) -> Result<AttributionReport> {
     let heads = opts.heads && !opts.v1_compat;
     let neurons = if opts.v1_compat { 0 } else { opts.neurons };
     let seqs: Vec<Vec<u32>> = pairs.iter().flat_map(|p| [p.chosen.clone(), p.rejected.clone()]).collect();
-    let traces = trace(model, &seqs, opts.batch_size, TraceOptions { heads, neurons: neurons > 0 })?;
+    let traces =
+        trace_with_progress(model, &seqs, opts.batch_size, TraceOptions { heads, neurons: neurons > 0 }, progress)?;
     let weights: Vec<LayerWeights> = if heads || neurons > 0 {
         (0..model.config.n_layers)
             .map(|l| {

@@ -23,7 +23,7 @@ use reward_lens_engine::{EncodedPair, RewardModel};
 
 use crate::readout::ReadOut;
 use crate::stats::{bootstrap_mean, MeanCi};
-use crate::trace::{trace, Trace, TraceOptions};
+use crate::trace::{trace_with_progress, Trace, TraceOptions};
 use crate::Result;
 
 impl std::str::FromStr for LensKind {
@@ -136,9 +136,19 @@ pub fn crystallization_layer(d: &[f64], v1_rule: bool) -> i64 {
 
 /// The lens over (chosen, rejected) token-id pairs.
 pub fn lens(model: &RewardModel, pairs: &[EncodedPair], opts: &LensOptions) -> Result<LensReport> {
+    lens_with_progress(model, pairs, opts, &mut |_| {})
+}
+
+/// [`lens`], telling `progress` how many sequences (two per pair) are traced after each batch.
+pub fn lens_with_progress(
+    model: &RewardModel,
+    pairs: &[EncodedPair],
+    opts: &LensOptions,
+    progress: &mut dyn FnMut(usize),
+) -> Result<LensReport> {
     let kind = if opts.v1_compat { LensKind::Raw } else { opts.kind };
     let seqs: Vec<Vec<u32>> = pairs.iter().flat_map(|p| [p.chosen.clone(), p.rejected.clone()]).collect();
-    let traces = trace(model, &seqs, opts.batch_size, TraceOptions::default())?;
+    let traces = trace_with_progress(model, &seqs, opts.batch_size, TraceOptions::default(), progress)?;
     let n_layers = model.config.n_layers;
     let mut out = Vec::with_capacity(pairs.len());
     for (i, tr) in traces.chunks(2).enumerate() {

@@ -41,6 +41,17 @@ fn row_at(t: &Tensor, b: usize, p: usize) -> Result<Vec<f32>> {
 
 /// Runs `seqs` in batches of `batch_size` and extracts each row's trace.
 pub fn trace(model: &RewardModel, seqs: &[Vec<u32>], batch_size: usize, opts: TraceOptions) -> Result<Vec<Trace>> {
+    trace_with_progress(model, seqs, batch_size, opts, &mut |_| {})
+}
+
+/// [`trace`], telling `progress` how many sequences are done after each batch.
+pub fn trace_with_progress(
+    model: &RewardModel,
+    seqs: &[Vec<u32>],
+    batch_size: usize,
+    opts: TraceOptions,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Vec<Trace>> {
     let n_layers = model.config.n_layers;
     let has_pos = model.sites().contains(&Site::PosEmbed);
     let mut names: Vec<String> = vec![
@@ -90,6 +101,7 @@ pub fn trace(model: &RewardModel, seqs: &[Vec<u32>], batch_size: usize, opts: Tr
                 gating,
             });
         }
+        progress(out.len());
     }
     Ok(out)
 }
