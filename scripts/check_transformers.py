@@ -1,5 +1,6 @@
 """Scores a model directory's pairs with HuggingFace transformers and compares them with
-`reward-lens score` output: `python scripts/check_transformers.py MODEL_DIR PAIRS.jsonl SCORES.jsonl`.
+`reward-lens score` output: `python scripts/check_transformers.py MODEL_DIR PAIRS.jsonl SCORES.jsonl [DEVICE]`
+(DEVICE: cpu by default, or cuda).
 
 Used to check that directories written by `reward-lens train` / `reward-lens organism` load in
 transformers with the same scores (not part of `cargo test`: it needs torch)."""
@@ -10,18 +11,21 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 model_dir, pairs_path, scores_path = sys.argv[1:4]
+device = sys.argv[4] if len(sys.argv) > 4 else "cpu"
 tok = AutoTokenizer.from_pretrained(model_dir)
-model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32).eval()
+model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
 pairs = [json.loads(l) for l in open(pairs_path) if l.strip()]
 ours = [json.loads(l) for l in open(scores_path) if l.strip()]
-worst = 0.0
+worst = worst_rel = 0.0
 with torch.no_grad():
     for p, o in zip(pairs, ours):
         for side in ("chosen", "rejected"):
             msgs = [{"role": "user", "content": p["prompt"]}, {"role": "assistant", "content": p[side]}]
             text = tok.apply_chat_template(msgs, tokenize=False)
-            ids = tok(text, add_special_tokens=False, return_tensors="pt")
+            ids = tok(text, add_special_tokens=False, return_tensors="pt").to(device)
             r = model(**ids).logits[0, 0].item()
-            worst = max(worst, abs(r - o[f"{side}_score"]))
-print(f"{len(pairs)} pairs, worst |transformers - reward-lens| = {worst:.2e}")
-sys.exit(0 if worst <= 1e-4 else 1)
+            d = abs(r - o[f"{side}_score"])
+            worst, worst_rel = max(worst, d), max(worst_rel, d / max(1.0, abs(r)))
+# Relative beyond 1: real checkpoints' rewards (and activations) can be large.
+print(f"{len(pairs)} pairs, worst |transformers - reward-lens| = {worst:.2e} ({worst_rel:.2e} relative)")
+sys.exit(0 if worst_rel <= 1e-4 else 1)

@@ -12,6 +12,7 @@ use reward_lens_engine::bench;
 use reward_lens_engine::synth::LlamaShape;
 use reward_lens_engine::{DType, Device, Site};
 
+use crate::args::{parse_device, DtypeArg};
 use crate::memory;
 
 #[derive(Args)]
@@ -62,6 +63,17 @@ pub struct BenchArgs {
     /// 160 training pairs, 1 epoch, 2 ensemble members) and its resume, which retrains nothing.
     #[arg(long)]
     pub cart: bool,
+    /// Device of the timed model: `cpu`, or `cuda` / `cuda:N` in builds with the `cuda` feature.
+    /// The matmul rate is then the GPU's own (cuBLAS, 8192³, in --dtype).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Compute dtype of the timed model (and of the matmul rate it is compared with).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: DtypeArg,
+    /// Instead: write the generated model (bf16 on disk, the example model's tokenizer) to DIR as a
+    /// HuggingFace directory, for `scripts/bench_transformers.py` and `scripts/check_transformers.py`.
+    #[arg(long, value_name = "DIR")]
+    pub save_model: Option<std::path::PathBuf>,
 }
 
 /// Seconds per pair and forward-equivalents of patching on a generated model.
@@ -132,11 +144,21 @@ pub fn run(a: BenchArgs) -> Result<()> {
     shape.max_positions = a.seq_len.max(2048);
     shape.check().map_err(|_| anyhow!("--heads must divide --d-model and be a multiple of --kv-heads"))?;
     let weights = shape.random_weights(bench::WEIGHT_SEED, &Device::Cpu)?;
-    let model = bench::model_from_weights(&shape, weights.clone())?;
+    if let Some(dir) = &a.save_model {
+        let tokenizer = reward_lens_report::example_model::dir()?;
+        bench::save_generated(dir, &shape.config_json(), &weights, DType::BF16, &tokenizer)?;
+        eprintln!("wrote {} ({}, bf16 on disk)", dir.display(), bench::describe(&shape));
+        return Ok(());
+    }
+    let device = parse_device(&a.device)?;
+    let opts = reward_lens_engine::LoadOptions { dtype: a.dtype.into(), device: device.clone() };
+    let model = bench::model_from_weights_on(&shape, weights.clone(), &opts)?;
     let mut report = bench::speed(&model, &shape, a.seq_len, &a.batch_sizes, a.iters, |m| {
         eprintln!("matmul rate {m:.1} GFLOP/s; timing {} batch sizes…", a.batch_sizes.len())
     })?;
-    if !a.no_memory {
+    // Peak memory is a child process's RSS: a CPU figure. On a GPU, scripts/gpu-check.sh samples
+    // the GPU's own memory counter instead.
+    if !a.no_memory && device.is_cpu() {
         let tmp = std::env::temp_dir().join(format!("reward-lens-bench-{}", std::process::id()));
         report.memory = bench::memory_rows(
             &tmp,

@@ -19,16 +19,25 @@ pub const WEIGHT_SEED: u64 = 7;
 
 /// Best-of-10 rate, in GFLOP/s, of one n³ f32 matmul through candle (the kernels the model uses).
 pub fn matmul_rate(n: usize) -> Result<f64> {
+    matmul_rate_on(n, &Device::Cpu, DType::F32)
+}
+
+/// Best-of-10 rate, in GFLOP/s, of one n³ matmul in `dtype` on `device` (cuBLAS on a GPU: the
+/// kernels the model's linear layers use, so the fraction below compares like with like).
+pub fn matmul_rate_on(n: usize, device: &Device, dtype: DType) -> Result<f64> {
     let mut rng = Rng::new(1);
     let v: Vec<f32> = (0..n * n).map(|_| rng.normal() as f32).collect();
-    let a = Tensor::from_vec(v.clone(), (n, n), &Device::Cpu)?;
-    let b = Tensor::from_vec(v, (n, n), &Device::Cpu)?.t()?;
+    let a = Tensor::from_vec(v.clone(), (n, n), &Device::Cpu)?.to_dtype(dtype)?.to_device(device)?;
+    let b = Tensor::from_vec(v, (n, n), &Device::Cpu)?.to_dtype(dtype)?.to_device(device)?.t()?;
     a.matmul(&b)?;
+    device.synchronize()?;
     let mut best = f64::MAX;
     for _ in 0..10 {
         let t = Instant::now();
         let c = a.matmul(&b)?;
-        c.sum_all()?.to_scalar::<f32>()?;
+        // A GPU queues work: wait for it. On the CPU the product is done on return.
+        device.synchronize()?;
+        drop(c);
         best = best.min(t.elapsed().as_secs_f64());
     }
     Ok(2.0 * (n as f64).powi(3) / best / 1e9)
@@ -70,8 +79,17 @@ pub fn describe(s: &LlamaShape) -> String {
 
 /// An f32 model of `shape` over the given weights (e.g. [`LlamaShape::random_weights`]).
 pub fn model_from_weights(shape: &LlamaShape, weights: HashMap<String, Tensor>) -> Result<RewardModel> {
+    model_from_weights_on(shape, weights, &LoadOptions::default())
+}
+
+/// A model of `shape` over `weights` (f32 on the CPU), in `opts`' compute dtype on its device.
+pub fn model_from_weights_on(
+    shape: &LlamaShape,
+    weights: HashMap<String, Tensor>,
+    opts: &LoadOptions,
+) -> Result<RewardModel> {
     let config = ModelConfig::from_value(&shape.config_json(), Path::new("(generated config)"))?;
-    RewardModel::from_source(config, &MapSource { tensors: weights, dtype: DType::F32 }, &LoadOptions::default())
+    RewardModel::from_source(config, &MapSource { tensors: weights, dtype: DType::F32 }, opts)
 }
 
 /// The benchmark's generated Llama: `shape` with seeded random weights ([`WEIGHT_SEED`]).
@@ -177,6 +195,12 @@ pub struct SpeedReport {
     pub shape: String,
     pub n_params: usize,
     pub threads: usize,
+    /// `cpu` or `cuda:N`.
+    pub device: String,
+    /// The compute dtype of the model and of the matmul rate.
+    pub dtype: String,
+    /// The side of the square matmul the rate was measured on.
+    pub matmul_n: usize,
     pub matmul_gflops: f64,
     pub speed: Vec<SpeedRow>,
     pub memory: Vec<MemRow>,
@@ -194,7 +218,11 @@ pub fn speed(
     iters: usize,
     on_matmul: impl FnOnce(f64),
 ) -> Result<SpeedReport> {
-    let first = matmul_rate(1024)?;
+    // The device's own matmul rate in the model's dtype: n = 1024 on the CPU, 8192 on a GPU
+    // (which a 1024³ product leaves mostly idle).
+    let (device, dtype) = (&model.device, model.dtype);
+    let n = if device.is_cpu() { 1024 } else { 8192 };
+    let first = matmul_rate_on(n, device, dtype)?;
     on_matmul(first);
     let mut rng = Rng::new(11);
     let mut speed = Vec::new();
@@ -213,7 +241,7 @@ pub fn speed(
             fraction_of_matmul: 0.0,
         });
     }
-    let matmul = first.max(matmul_rate(1024)?);
+    let matmul = first.max(matmul_rate_on(n, device, dtype)?);
     for r in &mut speed {
         r.fraction_of_matmul = r.gflops / matmul;
     }
@@ -221,6 +249,9 @@ pub fn speed(
         shape: describe(shape),
         n_params: model.n_params,
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        device: device_name(device),
+        dtype: format!("{dtype:?}").to_lowercase(),
+        matmul_n: n,
         matmul_gflops: matmul,
         speed,
         memory: Vec::new(),
@@ -236,7 +267,13 @@ impl SpeedReport {
             self.n_params as f64 / 1e6,
             self.threads
         );
-        s += &format!("f32 matmul rate (candle, 1024³): {:.1} GFLOP/s\n\n", self.matmul_gflops);
+        s += &format!(
+            "{} matmul rate on {} (candle, {n}³): {:.1} GFLOP/s\n\n",
+            self.dtype,
+            self.device,
+            self.matmul_gflops,
+            n = self.matmul_n
+        );
         s += "| batch × tokens | s / batch | tokens/s | GFLOP/s | of matmul rate |\n|---|---|---|---|---|\n";
         for r in &self.speed {
             let _ = writeln!(
@@ -317,6 +354,15 @@ pub fn memory_rows<E: From<EngineError>>(
     }
     let _ = std::fs::remove_dir_all(tmp);
     Ok(rows)
+}
+
+/// `cpu`, `cuda:0`, … as the command line spells devices.
+pub fn device_name(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
 }
 
 /// Seconds of one call of `f`, and its result.

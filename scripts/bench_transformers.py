@@ -1,0 +1,48 @@
+"""Times HuggingFace transformers scoring a model directory the way `reward-lens bench` times
+ours: batches of random token ids (never the ids below 3), `--seq-len` tokens each, best of
+`--iters` after one warm-up, and prints one JSON object.
+
+    python scripts/bench_transformers.py MODEL_DIR --device cuda --dtype bf16 --batch-sizes 1,8,16
+
+Used by scripts/gpu-check.sh for the side-by-side figure (it needs torch and transformers; not
+part of the tests). `--attn` picks transformers' attention implementation (sdpa by default, its
+fastest built-in one)."""
+import argparse
+import json
+import time
+
+import torch
+from transformers import AutoModelForSequenceClassification
+
+ap = argparse.ArgumentParser()
+ap.add_argument("model_dir")
+ap.add_argument("--device", default="cuda")
+ap.add_argument("--dtype", default="bf16", choices=["f32", "bf16", "f16"])
+ap.add_argument("--seq-len", type=int, default=128)
+ap.add_argument("--batch-sizes", default="1,8,32")
+ap.add_argument("--iters", type=int, default=3)
+ap.add_argument("--attn", default="sdpa")
+a = ap.parse_args()
+
+dtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[a.dtype]
+model = AutoModelForSequenceClassification.from_pretrained(a.model_dir, dtype=dtype, attn_implementation=a.attn)
+model = model.to(a.device).eval()
+vocab = model.config.vocab_size
+gen = torch.Generator().manual_seed(11)
+rows = []
+with torch.no_grad():
+    for bs in [int(b) for b in a.batch_sizes.split(",")]:
+        ids = torch.randint(3, vocab, (bs, a.seq_len), generator=gen).to(a.device)
+        mask = torch.ones_like(ids)
+        best = float("inf")
+        for i in range(a.iters + 1):
+            if a.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            model(input_ids=ids, attention_mask=mask).logits.float().cpu()
+            if i > 0:  # the first is the warm-up
+                best = min(best, time.perf_counter() - t)
+        rows.append({"batch": bs, "seq_len": a.seq_len, "seconds_per_batch": best, "tokens_per_s": bs * a.seq_len / best})
+peak = torch.cuda.max_memory_allocated() if a.device.startswith("cuda") else None
+print(json.dumps({"transformers": __import__("transformers").__version__, "torch": torch.__version__,
+                  "device": a.device, "dtype": a.dtype, "attn": a.attn, "speed": rows, "peak_gpu_bytes": peak}))

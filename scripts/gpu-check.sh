@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# The GPU checks in one go, for a person (or a lent machine) with an NVIDIA GPU.
+#
+#   scripts/gpu-check.sh --prepare   # on the build machine (Rust, no GPU needed): builds the CUDA
+#                                    # binary (scripts/build-cuda.sh) and the GPU test program, and
+#                                    # puts both under dist/gpu-check/ (carry it with the repo)
+#   scripts/gpu-check.sh             # on the GPU machine (no Rust needed), from the repository root
+#
+# On the GPU machine it runs, writing everything to $OUT (default gpu-check-out/):
+#   1. the GPU tests (crates/cli/tests/cuda.rs): every fixture architecture's scores on cuda against
+#      the cpu (f32, ≤ 1e-4) and every instrument's output on cuda against the cpu;
+#   2. `bench --device cuda --dtype bf16` on a generated Llama with the 8B widths (d 4096, 32/8 heads,
+#      d_mlp 14336, vocab 128256; GPU_CHECK_LAYERS layers, 32 for the full 8B): tokens/s and the
+#      fraction of this GPU's own measured bf16 matmul rate, with the GPU's peak memory sampled
+#      by nvidia-smi against the weights;
+#   3. where torch and transformers are installed: the same model scored by transformers (sdpa,
+#      bf16) side by side, and both scoring the same text pairs in f32 (parity).
+# Nothing is downloaded: the model is generated from a seed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+CAP="${CUDA_COMPUTE_CAP:-90}"
+PKG="dist/gpu-check"
+
+if [ "${1:-}" = "--prepare" ]; then
+    set -e
+    scripts/build-cuda.sh --caps "$CAP"
+    mkdir -p "$PKG"
+    rm -rf "$PKG/reward-lens-cuda"
+    cp -r "dist/reward-lens-cuda-sm$CAP" "$PKG/reward-lens-cuda"
+    exe="$(cargo test -p reward-lens-cli --test cuda --no-run --message-format=json 2>/dev/null |
+        python3 -c 'import json,sys; print([j["executable"] for j in map(json.loads, sys.stdin) if j.get("executable") and j["target"]["name"] == "cuda"][-1])')"
+    cp "$exe" "$PKG/cuda-tests"
+    strip "$PKG/cuda-tests" 2>/dev/null || true
+    du -sh "$PKG"/*
+    echo "carry $PKG with the repository; on the GPU machine run scripts/gpu-check.sh"
+    exit 0
+fi
+
+OUT="${OUT:-gpu-check-out}"
+mkdir -p "$OUT"
+BIN="$PWD/$PKG/reward-lens-cuda/run"
+[ -x "$BIN" ] || { echo "gpu-check.sh: $BIN missing: run scripts/gpu-check.sh --prepare on the build machine" >&2; exit 2; }
+LAYERS="${GPU_CHECK_LAYERS:-4}"
+SEQ="${GPU_CHECK_SEQ_LEN:-256}"
+BATCHES="${GPU_CHECK_BATCHES:-1,8,16,32}"
+failed=0
+step() { printf '\n== %s (%s)\n' "$1" "$(date +%H:%M:%S)" | tee -a "$OUT/summary.md"; }
+: >"$OUT/summary.md"
+
+step "GPU"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$OUT/summary.md"
+"$BIN" --version | tee -a "$OUT/summary.md"
+
+step "GPU tests: cuda against cpu on every architecture and instrument"
+if REWARD_LENS_CUDA_TESTS=1 REWARD_LENS_BIN="$BIN" REWARD_LENS_REPO="$PWD" REWARD_LENS_TEST_TMP="$OUT/tests" \
+    RUST_TEST_THREADS=1 "$PKG/cuda-tests" --nocapture >"$OUT/tests.log" 2>&1; then
+    echo "passed" | tee -a "$OUT/summary.md"
+else
+    echo "FAILED (see $OUT/tests.log)" | tee -a "$OUT/summary.md"
+    failed=1
+fi
+grep -E "max \|Δ\|" "$OUT/tests.log" | tee -a "$OUT/summary.md"
+
+# Peak GPU memory of a command: nvidia-smi's used-memory counter sampled every 50 ms, minus what
+# was in use before it started.
+peak_of() {
+    local log="$1"; shift
+    local base; base="$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0)"
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 -lms 50 >"$log.mem" &
+    local sampler=$!
+    "$@" >"$log" 2>"$log.err"
+    local rc=$?
+    kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null
+    echo "$(( $(sort -n "$log.mem" | tail -1) - base ))" >"$log.peak_mib"
+    return $rc
+}
+
+SHAPE=(--layers "$LAYERS" --d-model 4096 --heads 32 --kv-heads 8 --d-mlp 14336 --vocab 128256 --seq-len "$SEQ")
+step "bench --device cuda --dtype bf16 ($LAYERS layers of the 8B widths, $SEQ tokens, batches $BATCHES)"
+if peak_of "$OUT/bench.json" "$BIN" bench "${SHAPE[@]}" --batch-sizes "$BATCHES" --device cuda --dtype bf16 --json; then
+    python3 - "$OUT/bench.json" "$(cat "$OUT/bench.json.peak_mib")" <<'EOF' | tee -a "$OUT/summary.md"
+import json, sys
+r = json.load(open(sys.argv[1])); peak = float(sys.argv[2])
+weights_mib = r["n_params"] * 2 / 2**20
+print(f"{r['shape']}: {r['n_params']/1e9:.2f} B parameters; bf16 matmul rate {r['matmul_gflops']/1e3:.0f} TFLOP/s")
+for s in r["speed"]:
+    print(f"  batch {s['batch']} x {s['seq_len']}: {s['tokens_per_s']:.0f} tokens/s, {s['gflops']/1e3:.0f} TFLOP/s = {100*s['fraction_of_matmul']:.0f} % of matmul")
+print(f"  peak GPU memory {peak:.0f} MiB = {peak/weights_mib:.2f} x the bf16 weights ({weights_mib:.0f} MiB)")
+EOF
+else
+    echo "FAILED: $(tail -3 "$OUT/bench.json.err")" | tee -a "$OUT/summary.md"
+    failed=1
+fi
+
+if python3 -c 'import torch, transformers' 2>/dev/null; then
+    MODEL="$OUT/model-8b-shape"
+    step "transformers side by side on the same generated model"
+    "$BIN" bench "${SHAPE[@]}" --save-model "$MODEL" 2>>"$OUT/summary.md"
+    if peak_of "$OUT/transformers.json" python3 scripts/bench_transformers.py "$MODEL" --device cuda --dtype bf16 \
+        --seq-len "$SEQ" --batch-sizes "$BATCHES"; then
+        python3 - "$OUT/bench.json" "$OUT/transformers.json" <<'EOF' | tee -a "$OUT/summary.md"
+import json, sys
+ours, theirs = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+print(f"transformers {theirs['transformers']} (torch {theirs['torch']}, {theirs['attn']}), bf16:")
+for o, t in zip(ours["speed"], theirs["speed"]):
+    print(f"  batch {o['batch']}: reward-lens {o['tokens_per_s']:.0f} tokens/s, transformers {t['tokens_per_s']:.0f}: {o['tokens_per_s']/t['tokens_per_s']:.2f} x")
+EOF
+    else
+        echo "transformers bench FAILED: $(tail -3 "$OUT/transformers.json.err")" | tee -a "$OUT/summary.md"
+    fi
+    step "parity: f32 scores of the same pairs, reward-lens cuda against transformers cuda"
+    "$BIN" score --model "$MODEL" --pairs tests/fixtures/pairs.jsonl --device cuda --dtype f32 --out "$OUT/scores.jsonl" 2>>"$OUT/summary.md"
+    python3 scripts/check_transformers.py "$MODEL" tests/fixtures/pairs.jsonl "$OUT/scores.jsonl" cuda | tee -a "$OUT/summary.md" || failed=1
+    rm -rf "$MODEL"
+else
+    step "transformers: not installed here, side-by-side skipped"
+fi
+
+step "done: $([ $failed = 0 ] && echo all checks passed || echo SOME CHECKS FAILED)"
+exit $failed
