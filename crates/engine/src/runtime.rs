@@ -35,7 +35,15 @@ pub fn parse_device(s: &str) -> crate::Result<candle_core::Device> {
                 "device `{s}`: this build has no CUDA support (rebuild with --features cuda)"
             )));
         }
-        return Ok(candle_core::Device::new_cuda(ordinal)?);
+        return candle_core::Device::new_cuda(ordinal).map_err(|e| {
+            // candle appends a backtrace to driver errors; the first line is the message.
+            let msg = e.to_string();
+            let first = msg.lines().next().unwrap_or_default();
+            Invalid(format!(
+                "device `{s}`: cannot open CUDA device {ordinal}: {first} (needs the NVIDIA driver, 580 or \
+                 newer for CUDA 13, and a visible GPU: `nvidia-smi` should list it)"
+            ))
+        });
     }
     Err(Invalid(format!("device `{s}`: expected cpu, cuda or cuda:N")))
 }
