@@ -25,8 +25,9 @@ if [ "${1:-}" = "--prepare" ]; then
     set -e
     scripts/build-cuda.sh --caps "$CAP"
     mkdir -p "$PKG"
-    rm -rf "$PKG/reward-lens-cuda"
-    cp -r "dist/reward-lens-cuda-sm$CAP" "$PKG/reward-lens-cuda"
+    rm -rf "$PKG/reward-lens-cuda" "$PKG/reward-lens-cuda.tar.xz"
+    # Packed (9 MiB rather than 64): small enough to carry to a lent machine with the repository.
+    cp "dist/reward-lens-cuda-sm$CAP.tar.xz" "$PKG/reward-lens-cuda.tar.xz"
     exe="$(cargo test -p reward-lens-cli --test cuda --no-run --message-format=json 2>/dev/null |
         python3 -c 'import json,sys; print([j["executable"] for j in map(json.loads, sys.stdin) if j.get("executable") and j["target"]["name"] == "cuda"][-1])')"
     cp "$exe" "$PKG/cuda-tests"
@@ -39,6 +40,10 @@ fi
 OUT="${OUT:-gpu-check-out}"
 mkdir -p "$OUT"
 BIN="$PWD/$PKG/reward-lens-cuda/run"
+if [ ! -x "$BIN" ] && [ -f "$PKG/reward-lens-cuda.tar.xz" ]; then
+    mkdir -p "$PKG/reward-lens-cuda"
+    tar -C "$PKG/reward-lens-cuda" --strip-components=1 -xJf "$PKG/reward-lens-cuda.tar.xz"
+fi
 [ -x "$BIN" ] || { echo "gpu-check.sh: $BIN missing: run scripts/gpu-check.sh --prepare on the build machine" >&2; exit 2; }
 LAYERS="${GPU_CHECK_LAYERS:-4}"
 SEQ="${GPU_CHECK_SEQ_LEN:-256}"
