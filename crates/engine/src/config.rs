@@ -259,8 +259,25 @@ impl ModelConfig {
         let d_model = f.usize_any(&["hidden_size", "n_embd"])?;
         let n_layers = f.usize_any(&["num_hidden_layers", "n_layer"])?;
         let n_heads = f.usize_any(&["num_attention_heads", "n_head"])?;
-        if n_heads == 0 || n_layers == 0 || d_model == 0 {
-            return Err(f.err("num_attention_heads", "layers, heads and hidden size must be positive"));
+        // Checked before anything is sized from it (the per-layer window list below); every other
+        // range is checked by `validate` once the whole config is read.
+        let max_layers = LIMITS[0].1;
+        if n_layers > max_layers {
+            let key = if f.get("num_hidden_layers").is_some() { "num_hidden_layers" } else { "n_layer" };
+            return Err(f.err(
+                key,
+                format!("{n_layers} is beyond the largest layers we accept ({max_layers}); is the config corrupt?"),
+            ));
+        }
+        for (keys, n) in [
+            (["num_hidden_layers", "n_layer"], n_layers),
+            (["num_attention_heads", "n_head"], n_heads),
+            (["hidden_size", "n_embd"], d_model),
+        ] {
+            if n == 0 {
+                let key = keys.iter().find(|k| f.get(k).is_some()).unwrap_or(&keys[0]);
+                return Err(f.err(key, "must be positive, found 0"));
+            }
         }
         let n_kv_heads = if is_gpt2 { n_heads } else { f.usize_opt("num_key_value_heads")?.unwrap_or(n_heads) };
         if n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
@@ -361,7 +378,7 @@ impl ModelConfig {
             _ => f.usize_opt("num_labels")?.unwrap_or(1),
         };
 
-        Ok(ModelConfig {
+        let config = ModelConfig {
             architecture,
             class_name,
             model_type: f.str_opt("model_type")?.map(str::to_string),
@@ -394,12 +411,128 @@ impl ModelConfig {
             tie_word_embeddings: f.bool_opt("tie_word_embeddings")?.unwrap_or(is_gpt2),
             gating,
             declared_dtype: f.str_opt("torch_dtype")?.or(f.str_opt("dtype")?).map(str::to_string),
-        })
+        };
+        validate(&f, &config)?;
+        Ok(config)
     }
 
     pub fn path_hint(dir: &Path) -> PathBuf {
         dir.join("config.json")
     }
+}
+
+/// Largest sizes we accept: beyond any published reward model by an order of magnitude, and small
+/// enough that nothing sized from them can exhaust memory before the weights are checked.
+pub const LIMITS: &[(&str, usize)] = &[
+    ("layers", 1024),
+    ("hidden size", 65_536),
+    ("attention heads", 1024),
+    ("head dimension", 4096),
+    ("MLP width", 1 << 20),
+    ("vocabulary", 1 << 22),
+    ("context length", 1 << 24),
+    ("labels", 1 << 16),
+];
+
+/// Ranges, not just types: every number the forward divides by, takes a root or a log of, or
+/// sizes memory from. A value outside its range would not fail loudly later — it would make
+/// every score NaN (a zero RoPE base, a negative epsilon, a zero soft-cap or temperature) or
+/// abort in the allocator (an absurd layer count) — so it is refused here, by field.
+fn validate(f: &Fields, c: &ModelConfig) -> Result<()> {
+    let key =
+        |keys: &[&'static str]| -> String { keys.iter().find(|k| f.get(k).is_some()).unwrap_or(&keys[0]).to_string() };
+    let sizes: [(String, usize, &str); 8] = [
+        (key(&["num_hidden_layers", "n_layer"]), c.n_layers, "layers"),
+        (key(&["hidden_size", "n_embd"]), c.d_model, "hidden size"),
+        (key(&["num_attention_heads", "n_head"]), c.n_heads, "attention heads"),
+        (key(&["head_dim", "hidden_size", "n_embd"]), c.head_dim, "head dimension"),
+        (key(&["intermediate_size", "n_inner"]), c.d_mlp, "MLP width"),
+        ("vocab_size".into(), c.vocab_size, "vocabulary"),
+        (key(&["max_position_embeddings", "n_positions"]), c.max_position_embeddings, "context length"),
+        (key(&["id2label", "num_labels"]), c.num_labels, "labels"),
+    ];
+    for (field, n, what) in sizes {
+        let limit = LIMITS.iter().find(|l| l.0 == what).map_or(usize::MAX, |l| l.1);
+        if n == 0 {
+            return Err(f.err(&field, format!("the {what} must be positive, found 0")));
+        }
+        if n > limit {
+            return Err(
+                f.err(&field, format!("{n} is beyond the largest {what} we accept ({limit}); is the config corrupt?"))
+            );
+        }
+    }
+    let positive = |field: &str, x: f64| -> Result<()> {
+        if x.is_finite() && x > 0.0 {
+            Ok(())
+        } else {
+            Err(f.err(field, format!("must be a finite number > 0, found {x}")))
+        }
+    };
+    let eps_key = if c.architecture == Architecture::Gpt2 { "layer_norm_epsilon" } else { "rms_norm_eps" };
+    positive(eps_key, c.norm.eps())?;
+    if c.norm.eps() >= 1.0 {
+        return Err(f.err(
+            eps_key,
+            format!("{} is not a norm epsilon (expected a small positive number such as 1e-6)", c.norm.eps()),
+        ));
+    }
+    if let Some(rope) = &c.rope {
+        let theta_key = if f.get("rope_parameters").and_then(|p| p.get("rope_theta")).is_some() {
+            "rope_parameters.rope_theta"
+        } else {
+            "rope_theta"
+        };
+        positive(theta_key, rope.theta)?;
+        let block = if f.get("rope_parameters").is_some_and(|p| p.get("factor").is_some()) {
+            "rope_parameters"
+        } else {
+            "rope_scaling"
+        };
+        match rope.scaling {
+            RopeScaling::Default => {}
+            RopeScaling::Linear { factor } => positive(&format!("{block}.factor"), factor)?,
+            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
+                positive(&format!("{block}.factor"), factor)?;
+                positive(&format!("{block}.low_freq_factor"), low_freq_factor)?;
+                positive(&format!("{block}.original_max_position_embeddings"), original_max_position_embeddings)?;
+                // The smoothing divides by (high − low).
+                if !(high_freq_factor.is_finite() && high_freq_factor > low_freq_factor) {
+                    return Err(f.err(
+                        &format!("{block}.high_freq_factor"),
+                        format!("must be finite and greater than low_freq_factor ({low_freq_factor}), found {high_freq_factor}"),
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(s) = f.get("query_pre_attn_scalar").filter(|_| c.architecture == Architecture::Gemma2) {
+        positive("query_pre_attn_scalar", s.as_f64().unwrap_or(f64::NAN))?;
+    }
+    if let Some(cap) = c.attn_softcap {
+        positive("attn_logit_softcapping", cap)?;
+    }
+    if let Some(cap) = f.get("final_logit_softcapping").filter(|_| c.architecture == Architecture::Gemma2) {
+        positive("final_logit_softcapping", cap.as_f64().unwrap_or(f64::NAN))?;
+    }
+    if c.sliding_window.iter().any(|w| *w == Some(0)) {
+        return Err(f.err("sliding_window", "must be positive: a window of 0 lets a token attend to nothing"));
+    }
+    if let Some(g) = &c.gating {
+        positive("gating_temperature", g.temperature)?;
+        for (field, n) in [("num_objectives", g.num_objectives), ("gating_hidden_dim", g.hidden_dim)] {
+            if n == 0 || n > 1 << 16 {
+                return Err(f.err(field, format!("must be between 1 and 65536, found {n}")));
+            }
+        }
+        if g.n_hidden > 64 {
+            return Err(f.err("gating_n_hidden", format!("must be at most 64, found {}", g.n_hidden)));
+        }
+    }
+    if let Some(pad) = c.pad_token_id.filter(|&p| p as usize >= c.vocab_size) {
+        return Err(f.err("pad_token_id", format!("{pad} is outside the vocabulary (vocab_size {})", c.vocab_size)));
+    }
+    Ok(())
 }
 
 /// RoPE settings from either transformers 5's `rope_parameters` block or the older top-level
@@ -542,5 +675,85 @@ mod tests {
         let mut v = llama();
         v["num_key_value_heads"] = json!(3);
         assert!(parse(v).unwrap_err().to_string().contains("num_key_value_heads"));
+    }
+
+    /// Each degenerate value is refused by name: none of them may reach the forward pass, where
+    /// it would make every score NaN or abort in the allocator.
+    #[test]
+    fn degenerate_values_are_refused_by_field() {
+        let gemma = || {
+            json!({"architectures": ["Gemma2ForSequenceClassification"], "hidden_size": 64, "num_hidden_layers": 2,
+                   "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 100, "head_dim": 16,
+                   "max_position_embeddings": 128, "vocab_size": 50, "query_pre_attn_scalar": 16,
+                   "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0, "sliding_window": 64})
+        };
+        let armo = || {
+            let mut v = llama();
+            v["architectures"] = json!(["LlamaForRewardModelWithGating"]);
+            v["gating_temperature"] = json!(10.0);
+            v
+        };
+        let gpt2 = || {
+            json!({"architectures": ["GPT2ForSequenceClassification"], "n_embd": 64, "n_layer": 2, "n_head": 4,
+                   "n_positions": 128, "vocab_size": 50})
+        };
+        let cases: Vec<(Value, &str, Value, &str)> = vec![
+            (llama(), "rope_theta", json!(0), "rope_theta"),
+            (llama(), "rope_theta", json!(-10000.0), "rope_theta"),
+            (llama(), "rms_norm_eps", json!(-1e-6), "rms_norm_eps"),
+            (llama(), "rms_norm_eps", json!(0.0), "rms_norm_eps"),
+            (llama(), "rms_norm_eps", json!(5.0), "rms_norm_eps"),
+            (llama(), "num_hidden_layers", json!(1u64 << 40), "num_hidden_layers"),
+            (llama(), "hidden_size", json!(1u64 << 20), "hidden_size"),
+            (llama(), "vocab_size", json!(0), "vocab_size"),
+            (llama(), "max_position_embeddings", json!(0), "max_position_embeddings"),
+            (llama(), "intermediate_size", json!(0), "intermediate_size"),
+            (llama(), "head_dim", json!(0), "head_dim"),
+            (llama(), "num_labels", json!(0), "num_labels"),
+            (llama(), "pad_token_id", json!(50), "pad_token_id"),
+            (llama(), "rope_scaling", json!({"rope_type": "linear", "factor": 0.0}), "rope_scaling.factor"),
+            (
+                llama(),
+                "rope_scaling",
+                json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 4.0,
+                       "original_max_position_embeddings": 8192}),
+                "rope_scaling.high_freq_factor",
+            ),
+            (gemma(), "query_pre_attn_scalar", json!(0), "query_pre_attn_scalar"),
+            (gemma(), "attn_logit_softcapping", json!(0.0), "attn_logit_softcapping"),
+            (gemma(), "final_logit_softcapping", json!(-1.0), "final_logit_softcapping"),
+            (gemma(), "sliding_window", json!(0), "sliding_window"),
+            (armo(), "gating_temperature", json!(0.0), "gating_temperature"),
+            (armo(), "num_objectives", json!(0), "num_objectives"),
+            (gpt2(), "layer_norm_epsilon", json!(-1e-5), "layer_norm_epsilon"),
+            (gpt2(), "n_layer", json!(100_000), "n_layer"),
+        ];
+        for (mut v, key, value, named) in cases {
+            assert!(parse(v.clone()).is_ok(), "the base config for {key} must load");
+            v[key] = value.clone();
+            let e = parse(v).expect_err(&format!("{key} = {value} must be refused")).to_string();
+            assert!(e.starts_with("config.json: field `") && e.contains(&format!("`{named}`")), "{key} = {value}: {e}");
+        }
+    }
+
+    #[test]
+    fn integer_rope_theta_and_large_real_shapes_still_load() {
+        let mut v = llama();
+        v["rope_theta"] = json!(500000);
+        assert_eq!(parse(v).unwrap().rope.unwrap().theta, 5e5);
+        // Llama-3.1-8B's widths.
+        let mut v = llama();
+        for (k, n) in [
+            ("hidden_size", 4096),
+            ("num_hidden_layers", 32),
+            ("num_attention_heads", 32),
+            ("num_key_value_heads", 8),
+            ("intermediate_size", 14336),
+            ("vocab_size", 128256),
+            ("max_position_embeddings", 131072),
+        ] {
+            v[k] = json!(n);
+        }
+        assert!(parse(v).is_ok());
     }
 }
