@@ -47,6 +47,7 @@ fn engine_kind(e: &EngineError) -> Kind {
         | ShapeMismatch { .. }
         | UnsupportedDtype { .. }
         | NonFinite { .. }
+        | NonFiniteReward { .. }
         | Tokenizer { .. }
         | Template { .. } => Kind::Model,
         UnknownSite(_) | Intervention { .. } => Kind::Site,

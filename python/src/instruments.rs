@@ -521,7 +521,7 @@ fn scored(
     let n = pairs.len();
     detached(py, || {
         let enc = m.encode_pairs(pairs, truncation(truncate_prompt)).or_raise()?;
-        m.score_pairs(&enc, &opts, &mut |d| bar.update(d, n, None)).or_raise()
+        m.score_pair_texts(pairs, &enc, &opts, &mut |d| bar.update(d, n, None)).or_raise()
     })
 }
 

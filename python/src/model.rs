@@ -359,7 +359,9 @@ impl Model {
         let (encoded, scores) = detached(py, || {
             let encoded = model.encode_pairs(&pairs, truncation(truncate_prompt)).or_raise()?;
             let scores = model
-                .score_pairs(&encoded, &ScoreOptions { batch_size, padding }, &mut |done| bar.update(done, n, None))
+                .score_pair_texts(&pairs, &encoded, &ScoreOptions { batch_size, padding }, &mut |done| {
+                    bar.update(done, n, None)
+                })
                 .or_raise()?;
             Ok((encoded, scores))
         })?;

@@ -82,8 +82,9 @@ pub fn score_with_bar(
     bar.set_style(
         ProgressStyle::with_template("{spinner} scoring [{bar:30}] {pos}/{len} pairs eta {eta}")?.progress_chars("=> "),
     );
-    let scores =
-        model.score_pairs(&encoded, &ScoreOptions { batch_size, padding }, &mut |done| bar.set_position(done as u64));
+    let scores = model.score_pair_texts(pairs, &encoded, &ScoreOptions { batch_size, padding }, &mut |done| {
+        bar.set_position(done as u64)
+    });
     bar.finish_and_clear();
     Ok(scores?)
 }

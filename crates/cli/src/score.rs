@@ -100,7 +100,7 @@ pub fn run(a: ScoreArgs) -> Result<()> {
     let opts = ScoreOptions { batch_size: a.batch_size, padding: a.padding };
     for chunk in todo.chunks(pairs_per_batch) {
         let encoded = model.encode_pairs(chunk, truncation)?;
-        let scores = model.score_pairs(&encoded, &opts, &mut |_| {})?;
+        let scores = model.score_pair_texts(chunk, &encoded, &opts, &mut |_| {})?;
         for ((p, e), s) in chunk.iter().zip(&encoded).zip(&scores) {
             let line = ScoreLine::new(p, e, s);
             serde_json::to_writer(&mut sink, &line)?;

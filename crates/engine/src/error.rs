@@ -45,8 +45,14 @@ pub enum EngineError {
          tokens, more than the model's context of {max_tokens}: refusing to cut the response"
     )]
     ResponseTooLong { n_tokens: usize, needed: usize, max_tokens: usize },
-    #[error("token id {id} is outside the vocabulary (size {vocab})")]
-    TokenOutOfRange { id: u32, vocab: usize },
+    #[error(
+        "the reward of sequence {row} of the batch ({seq_len} tokens) is {value}, not a number: the \
+         weights or an intervention made the activations overflow (try --dtype f32, and check the \
+         checkpoint's values and config)"
+    )]
+    NonFiniteReward { row: usize, seq_len: usize, value: f32 },
+    #[error("token id {id} ({at}) is outside the model's vocabulary: config.json has vocab_size {vocab}")]
+    TokenOutOfRange { id: u32, vocab: usize, at: String },
     #[error("unknown activation site `{0}` (see the site list in the README; e.g. blocks.0.hook_resid_post)")]
     UnknownSite(String),
     #[error("intervention at `{site}`: {message}")]

@@ -251,7 +251,18 @@ impl RewardModel {
 
     /// Renders and encodes one (prompt, response) conversation.
     pub fn encode(&self, prompt: &str, response: &str, truncation: Truncation) -> Result<Encoded> {
-        self.tokenizer()?.encode_pair(prompt, response, truncation)
+        let enc = self.tokenizer()?.encode_pair(prompt, response, truncation)?;
+        // A tokenizer from another model: say so here, where the cause is plain.
+        if let Some((pos, &id)) = enc.ids.iter().enumerate().find(|(_, &id)| id as usize >= self.config.vocab_size) {
+            return Err(EngineError::TokenOutOfRange {
+                id,
+                vocab: self.config.vocab_size,
+                at: format!(
+                    "made by tokenizer.json at position {pos}: the tokenizer does not belong to this model's weights"
+                ),
+            });
+        }
+        Ok(enc)
     }
 
     /// The id used to pad batches (config.json's pad_token_id, else 0 with pooling by mask).
@@ -355,9 +366,10 @@ impl RewardModel {
 
     fn check(&self, batch: &Batch) -> Result<Tensor> {
         let vocab = self.config.vocab_size;
-        for row in &batch.ids {
-            if let Some(&id) = row.iter().find(|&&id| id as usize >= vocab) {
-                return Err(EngineError::TokenOutOfRange { id, vocab });
+        for (row, ids) in batch.ids.iter().enumerate() {
+            if let Some((pos, &id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
+                let at = format!("sequence {row} of the batch, position {pos}");
+                return Err(EngineError::TokenOutOfRange { id, vocab, at });
             }
         }
         // Learned position tables end at max_position_embeddings; RoPE models extrapolate.
@@ -411,6 +423,11 @@ impl RewardModel {
         let out = self.head.forward(&pooled, gate_in.as_ref().map(|(t, i)| (t, i.clone())))?;
         let scores = out.logits.narrow(1, 0, 1)?.squeeze(1)?;
         let output = RewardOutput { scores: scores.detach().to_vec1()?, pooled_index, objectives: out.objectives };
+        // A NaN reward is never an answer: it would print as null, count as a wrong pair and
+        // feed every statistic downstream. Callers that know the pair add its file and line.
+        if let Some((row, &value)) = output.scores.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(EngineError::NonFiniteReward { row, seq_len: batch.lengths[row], value });
+        }
         Ok((output, scores))
     }
 

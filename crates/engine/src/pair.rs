@@ -247,17 +247,51 @@ impl RewardModel {
     /// Chosen and rejected rewards of every pair, `opts.batch_size` sequences per forward pass
     /// (rows interleaved chosen, rejected, chosen, …). `progress(done)` is called after each
     /// batch with the number of pairs scored so far.
+    /// An error in one sequence (a non-finite reward, a missing gating pattern) names the pair by
+    /// its index; [`score_pair_texts`](Self::score_pair_texts) names its file and line.
     pub fn score_pairs(
         &self,
         pairs: &[EncodedPair],
         opts: &ScoreOptions,
         progress: &mut dyn FnMut(usize),
     ) -> Result<Vec<PairScore>> {
+        self.score_pairs_located(pairs, opts, progress, &|i| format!("pair {}", i + 1))
+    }
+
+    /// [`score_pairs`](Self::score_pairs) of `encoded`, encoded from `texts` (same order): an
+    /// error in one sequence names its pair's file and line and the side.
+    pub fn score_pair_texts(
+        &self,
+        texts: &[PairText],
+        encoded: &[EncodedPair],
+        opts: &ScoreOptions,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Vec<PairScore>> {
+        self.score_pairs_located(encoded, opts, progress, &|i| {
+            texts.get(i).map_or_else(|| format!("pair {}", i + 1), PairText::location)
+        })
+    }
+
+    fn score_pairs_located(
+        &self,
+        pairs: &[EncodedPair],
+        opts: &ScoreOptions,
+        progress: &mut dyn FnMut(usize),
+        locate: &dyn Fn(usize) -> String,
+    ) -> Result<Vec<PairScore>> {
         let per_batch = (opts.batch_size / 2).max(1);
         let mut out = Vec::with_capacity(pairs.len());
         for chunk in pairs.chunks(per_batch) {
             let seqs: Vec<Vec<u32>> = chunk.iter().flat_map(|p| [p.chosen.clone(), p.rejected.clone()]).collect();
-            let res = self.score(&self.batch(&seqs, opts.padding)?)?;
+            let first = out.len();
+            let res = self.score(&self.batch(&seqs, opts.padding)?).map_err(|e| {
+                let row = match &e {
+                    EngineError::NonFiniteReward { row, .. } | EngineError::GatingPatternMissing { row, .. } => *row,
+                    _ => return e,
+                };
+                let side = if row % 2 == 0 { "chosen" } else { "rejected" };
+                EngineError::Pair { at: locate(first + row / 2), side, source: Box::new(e) }
+            })?;
             let objectives = |row: usize| -> Option<SideObjectives> {
                 let o = res.objectives.as_ref()?;
                 let RewardHead::Gated(h) = &self.head else { return None };

@@ -344,8 +344,8 @@ fn token_ids_outside_the_vocabulary() {
         for bad in [1024u32, 5000, u32::MAX] {
             let batch = model.batch(&[vec![1, 10, 20], vec![1, bad, 6]], PaddingSide::Right).unwrap();
             let e = model.score(&batch).unwrap_err();
-            assert!(matches!(e, EngineError::TokenOutOfRange { id, vocab: 1024 } if id == bad), "{e}");
-            has(&e.to_string(), &[&bad.to_string(), "1024"]);
+            assert!(matches!(e, EngineError::TokenOutOfRange { id, vocab: 1024, .. } if id == bad), "{e}");
+            has(&e.to_string(), &[&bad.to_string(), "1024", "vocab_size", "sequence 1 of the batch, position 1"]);
             // Gradients check too.
             let e = model
                 .gradients(
@@ -468,4 +468,73 @@ fn learned_positions_bound_the_sequence_length() {
     let ids = vec![5u32; model.config.max_position_embeddings + 1];
     let e = model.score(&model.batch(&[ids], reward_lens_engine::PaddingSide::Right).unwrap()).expect_err("too long");
     assert!(matches!(e, EngineError::TooLong { n_tokens: 257, max_tokens: 256 }), "{e}");
+}
+
+/// A degenerate config value is refused at load, naming the file and the field (class: values
+/// that would make every score NaN).
+#[test]
+fn degenerate_config_values_name_file_and_field() {
+    let llama_theta = serde_json::json!({"rope_theta": 0, "rope_type": "default"});
+    for (fixture, field, value) in [
+        ("llama", "rope_parameters", llama_theta),
+        ("llama", "rms_norm_eps", serde_json::json!(-1e-6)),
+        ("gemma2", "query_pre_attn_scalar", serde_json::json!(0)),
+        ("gemma2", "attn_logit_softcapping", serde_json::json!(0.0)),
+        ("armorm", "gating_temperature", serde_json::json!(0.0)),
+        ("gpt2", "layer_norm_epsilon", serde_json::json!(-1.0)),
+        ("qwen2", "num_hidden_layers", serde_json::json!(1u64 << 40)),
+    ] {
+        let s = Scratch::copy_of(fixture);
+        let mut v = s.config();
+        v[field] = value;
+        s.write_config(&v);
+        let e = load_err(&s.0);
+        assert!(matches!(e, EngineError::ConfigField { .. }), "{fixture} {field}: {e}");
+        let named = if field == "rope_parameters" { "rope_parameters.rope_theta" } else { field };
+        has(&e.to_string(), &["config.json", &format!("`{named}`")]);
+    }
+}
+
+/// A reward that overflows is an error naming the pair's file and line and the side, never a
+/// NaN or infinity in the output.
+#[test]
+fn non_finite_reward_names_the_pair() {
+    use reward_lens_engine::{PairText, ScoreOptions};
+    let s = Scratch::copy_of("llama");
+    let mut t = s.tensors();
+    // Each finite on its own (the load-time scan accepts them); their product overflows f32.
+    for name in ["score.weight", "model.norm.weight"] {
+        let w = t[name].clone();
+        t.insert(name.into(), (w * 1e30).unwrap());
+    }
+    s.write_tensors(&t);
+    let model = RewardModel::load(&s.0, &LoadOptions::default()).unwrap();
+    let mut texts: Vec<PairText> = pairs().into_iter().map(|v| serde_json::from_value(v).unwrap()).collect();
+    texts.truncate(3);
+    for (i, p) in texts.iter_mut().enumerate() {
+        p.origin = Some(reward_lens_engine::Origin { file: std::path::Path::new("pairs.jsonl").into(), line: 10 + i });
+    }
+    let enc = model.encode_pairs(&texts, Truncation::Error).unwrap();
+    let e = model.score_pair_texts(&texts, &enc, &ScoreOptions::default(), &mut |_| {}).unwrap_err();
+    has(&e.to_string(), &["pairs.jsonl:10", "chosen", "not a number"]);
+    let batch = model.batch(&[enc[0].chosen.clone()], PaddingSide::Right).unwrap();
+    assert!(matches!(model.score(&batch).unwrap_err(), EngineError::NonFiniteReward { row: 0, .. }));
+}
+
+/// A tokenizer whose ids exceed the config's vocabulary is named at encoding time.
+#[test]
+fn tokenizer_from_another_model_is_named() {
+    let s = Scratch::copy_of("llama");
+    let mut v = s.config();
+    v["vocab_size"] = serde_json::json!(100);
+    s.write_config(&v);
+    let mut t = s.tensors();
+    for name in ["model.embed_tokens.weight"] {
+        let w = t[name].narrow(0, 0, 100).unwrap();
+        t.insert(name.into(), w);
+    }
+    s.write_tensors(&t);
+    let model = RewardModel::load(&s.0, &LoadOptions::default()).unwrap();
+    let e = model.encode("How do I boil an egg?", "Simmer it for nine minutes.", Truncation::Error).unwrap_err();
+    has(&e.to_string(), &["tokenizer.json", "vocab_size 100"]);
 }

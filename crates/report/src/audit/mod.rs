@@ -273,7 +273,7 @@ pub fn run_audit(inputs: &AuditInputs, progress: &mut dyn Progress) -> Result<Au
     stage(2, &mut timings);
     let score_opts = ScoreOptions { batch_size: o.batch_size, padding: PaddingSide::Right };
     let scores: Vec<PairScore> = model
-        .score_pairs(&encoded, &score_opts, &mut |_| {})?
+        .score_pair_texts(&pairs, &encoded, &score_opts, &mut |_| {})?
         .into_iter()
         .zip(&pairs)
         .map(|(s, p)| {
