@@ -515,7 +515,7 @@ fn validate(f: &Fields, c: &ModelConfig) -> Result<()> {
     if let Some(cap) = f.get("final_logit_softcapping").filter(|_| c.architecture == Architecture::Gemma2) {
         positive("final_logit_softcapping", cap.as_f64().unwrap_or(f64::NAN))?;
     }
-    if c.sliding_window.iter().any(|w| *w == Some(0)) {
+    if c.sliding_window.contains(&Some(0)) {
         return Err(f.err("sliding_window", "must be positive: a window of 0 lets a token attend to nothing"));
     }
     if let Some(g) = &c.gating {

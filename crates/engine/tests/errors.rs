@@ -529,10 +529,8 @@ fn tokenizer_from_another_model_is_named() {
     v["vocab_size"] = serde_json::json!(100);
     s.write_config(&v);
     let mut t = s.tensors();
-    for name in ["model.embed_tokens.weight"] {
-        let w = t[name].narrow(0, 0, 100).unwrap();
-        t.insert(name.into(), w);
-    }
+    let embed = t["model.embed_tokens.weight"].narrow(0, 0, 100).unwrap();
+    t.insert("model.embed_tokens.weight".into(), embed);
     s.write_tensors(&t);
     let model = RewardModel::load(&s.0, &LoadOptions::default()).unwrap();
     let e = model.encode("How do I boil an egg?", "Simmer it for nine minutes.", Truncation::Error).unwrap_err();
