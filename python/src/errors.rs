@@ -48,6 +48,7 @@ fn engine_kind(e: &EngineError) -> Kind {
         | UnsupportedDtype { .. }
         | NonFinite { .. }
         | NonFiniteReward { .. }
+        | UnexpectedTensor { .. }
         | Tokenizer { .. }
         | Template { .. } => Kind::Model,
         UnknownSite(_) | Intervention { .. } => Kind::Site,

@@ -49,6 +49,11 @@ pub fn load(py: Python<'_>, path: Option<PathBuf>, dtype: &str, device: &str) ->
         device: reward_lens_engine::runtime::parse_device(device).or_raise()?,
     };
     let model = detached(py, || RewardModel::load(&dir, &opts).or_raise())?;
+    // What loading accepted but noticed (an unused lm_head, …) reaches the user as a Python warning.
+    for w in &model.warnings {
+        let category = py.get_type::<pyo3::exceptions::PyUserWarning>();
+        PyErr::warn(py, &category, &std::ffi::CString::new(w.as_str()).unwrap_or_default(), 1)?;
+    }
     Ok(Model { inner: Arc::new(model), dir, name, dtype: dtype.into(), device: device.into() })
 }
 

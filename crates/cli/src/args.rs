@@ -75,7 +75,11 @@ impl ModelArgs {
         };
         let model = RewardModel::load_with_progress(&dir, &opts, Some(&progress));
         bar.finish_and_clear();
-        Ok(model?)
+        let model = model?;
+        for w in &model.warnings {
+            eprintln!("warning: {w}");
+        }
+        Ok(model)
     }
 }
 

@@ -462,6 +462,18 @@ fn validate(f: &Fields, c: &ModelConfig) -> Result<()> {
             );
         }
     }
+    // One reward per sequence: a head with more outputs is a multi-label classifier, whose first
+    // logit is not a reward. ArmoRM's multi-objective head is read by its own rules.
+    if c.num_labels != 1 && c.architecture != Architecture::ArmoRm {
+        return Err(f.err(
+            &key(&["id2label", "num_labels"]),
+            format!(
+                "{} labels: a reward model has exactly one output (score.weight of shape [1, hidden_size]); \
+                 a multi-label classifier is not a reward model",
+                c.num_labels
+            ),
+        ));
+    }
     let positive = |field: &str, x: f64| -> Result<()> {
         if x.is_finite() && x > 0.0 {
             Ok(())
@@ -710,6 +722,7 @@ mod tests {
             (llama(), "intermediate_size", json!(0), "intermediate_size"),
             (llama(), "head_dim", json!(0), "head_dim"),
             (llama(), "num_labels", json!(0), "num_labels"),
+            (llama(), "num_labels", json!(3), "num_labels"),
             (llama(), "pad_token_id", json!(50), "pad_token_id"),
             (llama(), "rope_scaling", json!({"rope_type": "linear", "factor": 0.0}), "rope_scaling.factor"),
             (

@@ -25,6 +25,8 @@ pub enum EngineError {
     MissingTensor { name: String, files: String },
     #[error("tensor `{name}` in {file} has shape {found:?}, expected {expected:?}")]
     ShapeMismatch { name: String, file: String, expected: Vec<usize>, found: Vec<usize> },
+    #[error("tensor `{name}` in {file} is not part of the model: {why}")]
+    UnexpectedTensor { name: String, file: String, why: String },
     #[error("tensor `{name}` has unsupported dtype {dtype} (supported on disk: f32, bf16, f16, f64)")]
     UnsupportedDtype { name: String, dtype: String },
     #[error("tensor `{name}` in {file} contains non-finite values (NaN or infinity)")]

@@ -89,6 +89,9 @@ pub struct RewardModel {
     pub dtype: DType,
     pub disk_dtype: Option<DType>,
     pub device: Device,
+    /// What loading noticed but accepted (e.g. an unused `lm_head.weight`), one line each, for
+    /// the caller to show.
+    pub warnings: Vec<String>,
     sites: Vec<Site>,
 }
 
@@ -101,10 +104,13 @@ struct Counting<'a> {
     n: Cell<usize>,
     total: usize,
     progress: Option<LoadProgress<'a>>,
+    /// Every name the loaders asked for (read or probed).
+    asked: std::cell::RefCell<std::collections::HashSet<String>>,
 }
 
 impl TensorSource for Counting<'_> {
     fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.asked.borrow_mut().insert(name.to_string());
         let t = self.inner.get(name, shape)?;
         self.n.set(self.n.get() + t.elem_count());
         if let Some(p) = self.progress {
@@ -113,8 +119,46 @@ impl TensorSource for Counting<'_> {
         Ok(t)
     }
     fn contains(&self, name: &str) -> bool {
+        self.asked.borrow_mut().insert(name.to_string());
         self.inner.contains(name)
     }
+}
+
+/// Stored tensors that no part of the architecture read are harmless only when they are known
+/// leftovers of training or of transformers' buffers; those become warnings. A layer beyond
+/// `num_hidden_layers`, or any other unread tensor, means the checkpoint is not the network its
+/// config describes — scoring it anyway would silently drop part of the model.
+fn check_unread(config: &ModelConfig, src: &Counting) -> Result<Vec<String>> {
+    const HARMLESS: &[&str] =
+        &["lm_head.weight", "lm_head.bias", "rotary_emb.inv_freq", "attn.bias", "attn.masked_bias", "position_ids"];
+    let asked = src.asked.borrow();
+    let mut stored = src.inner.stored();
+    stored.sort();
+    let mut warnings = Vec::new();
+    for (name, file) in stored.into_iter().filter(|(n, _)| !asked.contains(n)) {
+        let parts: Vec<&str> = name.split('.').collect();
+        let layer = parts.windows(2).find(|w| matches!(w[0], "layers" | "h")).and_then(|w| w[1].parse::<usize>().ok());
+        if let Some(l) = layer.filter(|&l| l >= config.n_layers) {
+            return Err(EngineError::UnexpectedTensor {
+                name,
+                file,
+                why: format!("it belongs to layer {l}, but config.json has num_hidden_layers = {}", config.n_layers),
+            });
+        }
+        if HARMLESS.iter().any(|h| name == *h || name.ends_with(&format!(".{h}"))) {
+            warnings.push(format!("{file}: tensor `{name}` is not used by a reward model; ignored"));
+            continue;
+        }
+        return Err(EngineError::UnexpectedTensor {
+            name,
+            file,
+            why: format!(
+                "{} (config.json) has no such weight: the checkpoint does not match its config",
+                config.class_name
+            ),
+        });
+    }
+    Ok(warnings)
 }
 
 /// The first 19 objective names of RLHFlow's ArmoRM (its config does not store them).
@@ -150,9 +194,16 @@ impl RewardModel {
     /// [`RewardModel::load`], calling `progress(loaded, total)` (in parameters) after each tensor.
     pub fn load_with_progress(dir: &Path, opts: &LoadOptions, progress: Option<LoadProgress>) -> Result<Self> {
         if !dir.is_dir() {
+            let what = if dir.exists() {
+                "is a file, expected a model folder (config.json, model.safetensors, tokenizer.json)"
+            } else if dir.symlink_metadata().is_ok() {
+                "is a broken or looping symbolic link, expected a model folder"
+            } else {
+                "model directory not found"
+            };
             return Err(EngineError::Io {
                 path: dir.to_path_buf(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "model directory not found"),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, what),
             });
         }
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
@@ -185,13 +236,15 @@ impl RewardModel {
         progress: Option<LoadProgress>,
     ) -> Result<Self> {
         let total = source.total_elements().unwrap_or(0);
-        let src = Counting { inner: source, n: Cell::new(0), total, progress };
+        let src = Counting { inner: source, n: Cell::new(0), total, progress, asked: Default::default() };
         let (net, head) = match config.architecture {
             Architecture::Gpt2 => load_gpt2(&config, &src, &opts.device)?,
             _ => load_llama_family(&config, &src, &opts.device, pattern)?,
         };
+        let warnings = check_unread(&config, &src)?;
         let sites = net.sites();
         Ok(Self {
+            warnings,
             n_params: src.n.get(),
             config,
             net,

@@ -19,6 +19,11 @@ pub trait TensorSource {
     fn total_elements(&self) -> Option<usize> {
         None
     }
+    /// Every stored tensor with the file holding it, when the source can list them (so that a
+    /// checkpoint holding tensors its config does not describe is caught); empty otherwise.
+    fn stored(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
 }
 
 /// Weights read from `model.safetensors` or a sharded `model.safetensors.index.json`, through
@@ -141,6 +146,17 @@ impl TensorSource for SafetensorsSource {
 
     fn total_elements(&self) -> Option<usize> {
         Some(self.st.tensors().iter().map(|(_, v)| v.shape().iter().product::<usize>()).sum())
+    }
+
+    fn stored(&self) -> Vec<(String, String)> {
+        self.st
+            .tensors()
+            .into_iter()
+            .map(|(name, _)| {
+                let file = self.file_of(&name);
+                (name, file)
+            })
+            .collect()
     }
 }
 

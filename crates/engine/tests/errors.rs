@@ -536,3 +536,52 @@ fn tokenizer_from_another_model_is_named() {
     let e = model.encode("How do I boil an egg?", "Simmer it for nine minutes.", Truncation::Error).unwrap_err();
     has(&e.to_string(), &["tokenizer.json", "vocab_size 100"]);
 }
+
+/// The checkpoint must be the network its config describes: an extra layer or an unknown tensor
+/// is an error naming the tensor and file; a known harmless extra is a named warning.
+#[test]
+fn checkpoint_must_match_its_config() {
+    let s = Scratch::copy_of("llama");
+    let clean = s.tensors();
+    let extra = |name: &str| {
+        let mut t = clean.clone();
+        t.insert(name.into(), Tensor::zeros((4, 4), DType::F32, &Device::Cpu).unwrap());
+        s.write_tensors(&t);
+    };
+    extra("model.layers.3.mlp.up_proj.weight");
+    let e = load_err(&s.0);
+    assert!(matches!(e, EngineError::UnexpectedTensor { .. }), "{e}");
+    has(
+        &e.to_string(),
+        &["model.layers.3.mlp.up_proj.weight", "model.safetensors", "layer 3", "num_hidden_layers = 3"],
+    );
+    extra("classifier.dense.weight");
+    has(&load_err(&s.0).to_string(), &["classifier.dense.weight", "LlamaForSequenceClassification", "does not match"]);
+    extra("lm_head.weight");
+    let m = RewardModel::load(&s.0, &LoadOptions::default()).unwrap();
+    assert_eq!(m.warnings.len(), 1, "{:?}", m.warnings);
+    has(&m.warnings[0], &["lm_head.weight", "model.safetensors", "ignored"]);
+    // And the clean checkpoint loads without warnings.
+    s.write_tensors(&clean);
+    assert!(RewardModel::load(&s.0, &LoadOptions::default()).unwrap().warnings.is_empty());
+}
+
+/// A multi-label classifier is not a reward model: refused by the label count.
+#[test]
+fn multi_label_head_is_refused() {
+    let s = Scratch::copy_of("qwen2");
+    let mut v = s.config();
+    v["id2label"] = serde_json::json!({"0": "bad", "1": "good"});
+    s.write_config(&v);
+    let mut t = s.tensors();
+    let w = t["score.weight"].clone();
+    t.insert("score.weight".into(), Tensor::cat(&[&w, &w], 0).unwrap());
+    s.write_tensors(&t);
+    has(&load_err(&s.0).to_string(), &["config.json", "`id2label`", "2 labels", "multi-label"]);
+}
+
+#[test]
+fn a_file_given_as_the_model_folder_says_so() {
+    let s = Scratch::copy_of("llama");
+    has(&load_err(&s.path("config.json")).to_string(), &["config.json", "is a file, expected a model folder"]);
+}
