@@ -76,6 +76,27 @@ fn qwen2_pretokenizer(tokenizer: &mut Tokenizer, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Instructions one rendering may run (a real chat template needs a few thousand for a pair).
+const TEMPLATE_FUEL: u64 = 5_000_000;
+/// Bytes one rendering may write (the conversation itself plus the template's text).
+const TEMPLATE_MAX_OUTPUT: usize = 64 << 20;
+
+/// Collects rendered output up to [`TEMPLATE_MAX_OUTPUT`], then fails the write.
+struct CappedWriter(Vec<u8>);
+
+impl std::io::Write for CappedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > TEMPLATE_MAX_OUTPUT {
+            return Err(std::io::Error::other("template output limit"));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 const SENTINEL_PROMPT: &str = "\u{E000}";
 const SENTINEL_RESPONSE: &str = "\u{E001}";
 
@@ -105,15 +126,45 @@ impl ChatTokenizer {
         let template = if jinja.exists() {
             Some((std::fs::read_to_string(&jinja).map_err(io_err(&jinja))?, jinja.display().to_string()))
         } else {
+            let field = |message: String| EngineError::ConfigField {
+                path: cfg_path.clone(),
+                field: "chat_template".into(),
+                message,
+            };
             match cfg.get("chat_template") {
+                None | Some(Value::Null) => None,
                 Some(Value::String(s)) => Some((s.clone(), format!("{}: chat_template", cfg_path.display()))),
                 // A list of named templates: take "default".
-                Some(Value::Array(list)) => list
-                    .iter()
-                    .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
-                    .and_then(|t| t.get("template")?.as_str())
-                    .map(|s| (s.to_string(), format!("{}: chat_template[default]", cfg_path.display()))),
-                _ => None,
+                Some(Value::Array(list)) => {
+                    fn named(t: &Value) -> Option<(&str, &str)> {
+                        Some((t.get("name")?.as_str()?, t.get("template")?.as_str()?))
+                    }
+                    let entries = list.iter().map(named).collect::<Option<Vec<_>>>().ok_or_else(|| {
+                        field("expected a list of {\"name\": …, \"template\": …} objects with string values".into())
+                    })?;
+                    match entries.iter().find(|(n, _)| *n == "default") {
+                        Some((_, t)) => {
+                            Some((t.to_string(), format!("{}: chat_template[default]", cfg_path.display())))
+                        }
+                        None => {
+                            let names: Vec<&str> = entries.iter().map(|e| e.0).collect();
+                            return Err(field(format!(
+                                "a list of named templates without one named \"default\" (found: {})",
+                                names.join(", ")
+                            )));
+                        }
+                    }
+                }
+                Some(other) => {
+                    let kind = match other {
+                        Value::Bool(_) => "a boolean",
+                        Value::Number(_) => "a number",
+                        _ => "an object",
+                    };
+                    return Err(field(format!(
+                        "expected a Jinja template string or a list of named templates, found {kind}"
+                    )));
+                }
             }
         };
         let mut max = max_tokens;
@@ -127,9 +178,24 @@ impl ChatTokenizer {
             eos_token: token_string(cfg.get("eos_token")),
             max_tokens: max,
         };
-        // Fail at load, not on the first pair, when the template cannot render.
+        // Fail at load, not on the first pair, when the template cannot render — or renders a
+        // text without the prompt or the response, which would score something else entirely.
         if me.template.is_some() {
-            me.render("hello", "hi")?;
+            let text = me.render(SENTINEL_PROMPT, SENTINEL_RESPONSE)?;
+            let missing = match (text.find(SENTINEL_PROMPT), text.find(SENTINEL_RESPONSE)) {
+                (None, _) => Some("the user's prompt (messages[0].content)"),
+                (_, None) => Some("the assistant's response (messages[1].content)"),
+                (Some(p), Some(r)) if p > r => Some("the prompt before the response"),
+                _ => None,
+            };
+            if let Some(what) = missing {
+                return Err(EngineError::Template {
+                    source_name: me.template_source(),
+                    message: format!(
+                        "the rendered conversation does not contain {what}; a reward model's template must render both"
+                    ),
+                });
+            }
         }
         Ok(me)
     }
@@ -149,6 +215,9 @@ impl ChatTokenizer {
             return Ok(PLAIN_FORMAT.replace("{prompt}", prompt).replace("{response}", response));
         };
         let mut env = Environment::new();
+        // Bounded work: a template is data from the model folder, and a loop that never ends (or
+        // runs for hours) must end in an error naming the template, not hang the run.
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
@@ -162,13 +231,27 @@ impl ChatTokenizer {
         let tmpl = env.get_template("chat").map_err(terr)?;
         let messages =
             vec![context! { role => "user", content => prompt }, context! { role => "assistant", content => response }];
-        tmpl.render(context! {
-            messages => messages,
-            bos_token => self.bos_token.clone().unwrap_or_default(),
-            eos_token => self.eos_token.clone().unwrap_or_default(),
-            add_generation_prompt => false,
+        let mut out = CappedWriter(Vec::new());
+        tmpl.render_captured_to(
+            context! {
+                messages => messages,
+                bos_token => self.bos_token.clone().unwrap_or_default(),
+                eos_token => self.eos_token.clone().unwrap_or_default(),
+                add_generation_prompt => false,
+            },
+            &mut out,
+        )
+        .map_err(|e| match e.kind() {
+            ErrorKind::WriteFailure => EngineError::Template {
+                source_name: name.clone(),
+                message: format!("renders more than {} MiB for one conversation; refusing", TEMPLATE_MAX_OUTPUT >> 20),
+            },
+            _ => terr(e),
+        })?;
+        String::from_utf8(out.0).map_err(|_| EngineError::Template {
+            source_name: name.clone(),
+            message: "rendered text is not valid UTF-8".into(),
         })
-        .map_err(terr)
     }
 
     /// The template text between the end of the prompt and the start of the response, e.g.

@@ -63,11 +63,11 @@ fn python_string_methods_work() {
 
 #[test]
 fn jinja_file_wins_and_named_template_lists_are_read() {
-    let list = json!({"chat_template": [{"name": "tool_use", "template": "TOOLS"}, {"name": "default", "template": "D:{{ messages[1]['content'] }}"}]});
+    let list = json!({"chat_template": [{"name": "tool_use", "template": "TOOLS"}, {"name": "default", "template": "D:{{ messages[0]['content'] }}|{{ messages[1]['content'] }}"}]});
     let d = dir_with("named", list.clone(), None);
-    assert_eq!(ChatTokenizer::from_dir(&d, 512, None).unwrap().render("p", "r").unwrap(), "D:r");
-    let d = dir_with("file-wins", list, Some("F:{{ messages[0]['content'] }}"));
-    assert_eq!(ChatTokenizer::from_dir(&d, 512, None).unwrap().render("p", "r").unwrap(), "F:p");
+    assert_eq!(ChatTokenizer::from_dir(&d, 512, None).unwrap().render("p", "r").unwrap(), "D:p|r");
+    let d = dir_with("file-wins", list, Some("F:{{ messages[0]['content'] }}/{{ messages[1]['content'] }}"));
+    assert_eq!(ChatTokenizer::from_dir(&d, 512, None).unwrap().render("p", "r").unwrap(), "F:p/r");
 }
 
 #[test]
@@ -96,4 +96,57 @@ fn response_start_marks_the_response_in_the_fixture_template() {
     let resp = t.tokenizer.decode(&enc.ids[enc.response_start..], false).unwrap();
     assert_eq!(resp, "12 times 12 is 144.<|end|>");
     assert_eq!(t.boundary_ids().unwrap(), vec![6, 4, 205]);
+}
+
+/// Templates are data from the model folder: one that drops the response, has the wrong type,
+/// loops for ever or writes without end is a named error at load, never a hang or a silent
+/// reward of some other text.
+#[test]
+fn hostile_or_wrong_templates_are_named_errors() {
+    let both = "{% for m in messages %}{{ m['content'] }}{% endfor %}";
+    let cases: Vec<(&str, serde_json::Value, Option<&str>, Vec<&str>)> = vec![
+        ("no-response", json!({}), Some("{{ messages[0]['content'] }}"), vec!["chat_template.jinja", "response"]),
+        ("no-prompt", json!({}), Some("{{ messages[1]['content'] }}"), vec!["chat_template.jinja", "prompt"]),
+        (
+            "reversed",
+            json!({}),
+            Some("{{ messages[1]['content'] }}{{ messages[0]['content'] }}"),
+            vec!["prompt before the response"],
+        ),
+        ("wrong-type", json!({"chat_template": 42}), None, vec!["tokenizer_config.json", "`chat_template`", "a number"]),
+        (
+            "bad-list",
+            json!({"chat_template": [{"name": "default"}]}),
+            None,
+            vec!["tokenizer_config.json", "`chat_template`", "list of"],
+        ),
+        (
+            "no-default",
+            json!({"chat_template": [{"name": "tool_use", "template": both}]}),
+            None,
+            vec!["`chat_template`", "\"default\"", "tool_use"],
+        ),
+        (
+            "endless",
+            json!({}),
+            Some("{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}{{ messages[0]['content'] }}{{ messages[1]['content'] }}"),
+            vec!["chat_template.jinja", "fuel"],
+        ),
+        (
+            "huge",
+            json!({}),
+            Some("{% for i in range(10000) %}{{ 'x' * 10000 }}{% endfor %}{{ messages[0]['content'] }}{{ messages[1]['content'] }}"),
+            vec!["chat_template.jinja", "MiB"],
+        ),
+    ];
+    for (name, cfg, jinja, parts) in cases {
+        let d = dir_with(name, cfg, jinja);
+        let start = std::time::Instant::now();
+        let e = ChatTokenizer::from_dir(&d, 512, None).err().unwrap_or_else(|| panic!("{name}: loaded"));
+        let s = e.to_string();
+        for p in parts {
+            assert!(s.contains(p), "{name}: `{p}` missing from: {s}");
+        }
+        assert!(start.elapsed().as_secs() < 20, "{name}: took {:?}", start.elapsed());
+    }
 }
