@@ -37,7 +37,7 @@ impl Kind {
 fn engine_kind(e: &EngineError) -> Kind {
     use EngineError::*;
     match e {
-        Io { .. } => Kind::File,
+        Io { .. } | BadPath { .. } => Kind::File,
         Json { .. }
         | ConfigField { .. }
         | UnsupportedArchitecture { .. }

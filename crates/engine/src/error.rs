@@ -17,6 +17,8 @@ pub enum EngineError {
     ConfigField { path: PathBuf, field: String, message: String },
     #[error("{path}: unsupported architecture `{found}`; supported: {}", supported.join(", "))]
     UnsupportedArchitecture { path: PathBuf, found: String, supported: &'static [&'static str] },
+    #[error("{path}: {message}")]
+    BadPath { path: PathBuf, message: String },
     #[error("{dir}: no weights found (expected model.safetensors or model.safetensors.index.json)")]
     NoWeights { dir: PathBuf },
     #[error("{file}: invalid safetensors file: {message}")]

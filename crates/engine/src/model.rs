@@ -206,6 +206,14 @@ impl RewardModel {
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, what),
             });
         }
+        // Every file we read must be a regular file (links followed): a FIFO would block the read.
+        for f in ["config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "modeling_custom.py"]
+        {
+            let p = dir.join(f);
+            if p.symlink_metadata().is_ok() {
+                crate::weights::regular_file(&p)?;
+            }
+        }
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
         let tokenizer = ChatTokenizer::from_dir(dir, config.max_position_embeddings, config.model_type.as_deref())?;
         let source = SafetensorsSource::open(dir, opts.dtype, &opts.device)?;

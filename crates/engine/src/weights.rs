@@ -60,7 +60,7 @@ impl SafetensorsSource {
                     field: format!("weight_map.{name}"),
                     message: "expected a file name".into(),
                 })?;
-                let p = dir.join(file);
+                let p = confined(dir, &index, name, file)?;
                 shard_of.insert(name.clone(), p.clone());
                 if !files.contains(&p) {
                     files.push(p);
@@ -68,18 +68,13 @@ impl SafetensorsSource {
             }
             files.sort();
             files
-        } else if single.exists() {
+        } else if single.symlink_metadata().is_ok() {
             vec![single]
         } else {
             return Err(EngineError::NoWeights { dir: dir.to_path_buf() });
         };
         for f in &files {
-            if !f.exists() {
-                return Err(EngineError::Io {
-                    path: f.clone(),
-                    source: std::io::Error::new(std::io::ErrorKind::NotFound, "shard named in the index is missing"),
-                });
-            }
+            regular_file(f)?;
         }
         // SAFETY: the files are mapped read-only; we assume nobody rewrites them while loading,
         // which is the same contract every safetensors loader has.
@@ -157,6 +152,45 @@ impl TensorSource for SafetensorsSource {
                 (name, file)
             })
             .collect()
+    }
+}
+
+/// A shard file named by the index: a plain relative path inside the model folder. An absolute
+/// path or one climbing out with `..` could read any file on the machine (`/dev/zero`,
+/// `../../etc/passwd`), so it is refused before anything is opened.
+fn confined(dir: &Path, index: &Path, tensor: &str, file: &str) -> Result<PathBuf> {
+    use std::path::Component;
+    let rel = Path::new(file);
+    let inside = !file.is_empty() && rel.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+    if !inside {
+        return Err(EngineError::BadPath {
+            path: index.to_path_buf(),
+            message: format!(
+                "weight_map.{tensor} names `{file}`: expected a file name inside the model folder (no absolute \
+                 path, no `..`)"
+            ),
+        });
+    }
+    Ok(dir.join(rel))
+}
+
+/// A weight file must be a regular file once symbolic links are followed (the HuggingFace cache
+/// links `snapshots/<rev>/model.safetensors` to `../../blobs/<hash>`, which is fine). A FIFO, a
+/// device or a directory is refused from its metadata, without opening it: opening a FIFO
+/// would block for ever and a device could be endless.
+pub(crate) fn regular_file(f: &Path) -> Result<()> {
+    let bad = |message: String| EngineError::BadPath { path: f.to_path_buf(), message };
+    match std::fs::metadata(f) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(m) if m.is_dir() => Err(bad("is a directory, expected a safetensors file".into())),
+        Ok(_) => Err(bad("is not a regular file (a pipe, socket or device); expected a safetensors file".into())),
+        Err(e) if f.symlink_metadata().is_ok() => {
+            Err(bad(format!("is a symbolic link that does not resolve ({e}); a broken link or a loop")))
+        }
+        Err(_) => Err(EngineError::Io {
+            path: f.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "weight file named in the index is missing"),
+        }),
     }
 }
 

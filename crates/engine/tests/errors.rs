@@ -585,3 +585,69 @@ fn a_file_given_as_the_model_folder_says_so() {
     let s = Scratch::copy_of("llama");
     has(&load_err(&s.path("config.json")).to_string(), &["config.json", "is a file, expected a model folder"]);
 }
+
+/// Weight files must be regular files inside the model folder: escapes, devices, FIFOs and
+/// broken or looping links are refused without being opened; HuggingFace-cache symlinks load.
+#[test]
+fn weight_paths_are_confined_and_regular() {
+    use std::os::unix::fs::symlink;
+    let s = Scratch::copy_of("llama");
+    let names: Vec<String> = s.tensors().keys().cloned().collect();
+    let index = |bad: &str| {
+        let mut map: serde_json::Map<String, serde_json::Value> =
+            names.iter().map(|n| (n.clone(), serde_json::json!("model.safetensors"))).collect();
+        map.insert("score.weight".into(), serde_json::json!(bad));
+        let v = serde_json::json!({"metadata": {}, "weight_map": map});
+        std::fs::write(s.path("model.safetensors.index.json"), v.to_string()).unwrap();
+    };
+    for bad in ["../../etc/passwd", "/dev/zero", "/etc/passwd", "", "sub/../../x.safetensors"] {
+        index(bad);
+        let e = load_err(&s.0);
+        assert!(matches!(e, EngineError::BadPath { .. }), "{bad}: {e}");
+        has(&e.to_string(), &["model.safetensors.index.json", "weight_map.score.weight", "inside the model folder"]);
+    }
+    std::fs::remove_file(s.path("model.safetensors.index.json")).unwrap();
+
+    // A FIFO where the weights should be: refused at once, not a blocked read.
+    let weights = s.path("model.safetensors");
+    let saved = s.path("weights.bak");
+    std::fs::rename(&weights, &saved).unwrap();
+    assert!(std::process::Command::new("mkfifo").arg(&weights).status().unwrap().success());
+    has(&load_err(&s.0).to_string(), &["model.safetensors", "not a regular file"]);
+    std::fs::remove_file(&weights).unwrap();
+    // Also a FIFO as config.json.
+    let config = s.path("config.json");
+    let config_bak = s.path("config.bak");
+    std::fs::rename(&config, &config_bak).unwrap();
+    assert!(std::process::Command::new("mkfifo").arg(&config).status().unwrap().success());
+    std::fs::rename(&saved, &weights).unwrap();
+    has(&load_err(&s.0).to_string(), &["config.json", "not a regular file"]);
+    std::fs::remove_file(&config).unwrap();
+    std::fs::rename(&config_bak, &config).unwrap();
+
+    // A symlink loop and a dangling link say so, instead of "no weights found".
+    std::fs::rename(&weights, &saved).unwrap();
+    symlink("model.safetensors", &weights).unwrap();
+    has(&load_err(&s.0).to_string(), &["model.safetensors", "symbolic link", "loop"]);
+    std::fs::remove_file(&weights).unwrap();
+
+    // The HuggingFace cache layout: snapshots/<rev>/* are links into ../../blobs.
+    let hub = s.path("hub");
+    std::fs::create_dir_all(hub.join("blobs")).unwrap();
+    std::fs::create_dir_all(hub.join("snapshots/abc123")).unwrap();
+    std::fs::rename(&saved, &weights).unwrap();
+    for entry in std::fs::read_dir(&s.0).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_file() {
+            let name = p.file_name().unwrap().to_owned();
+            let blob = hub.join("blobs").join(format!("blob-{}", name.to_string_lossy()));
+            std::fs::copy(&p, &blob).unwrap();
+            symlink(Path::new("../../blobs").join(blob.file_name().unwrap()), hub.join("snapshots/abc123").join(&name))
+                .unwrap();
+        }
+    }
+    let linked = RewardModel::load(&hub.join("snapshots/abc123"), &LoadOptions::default()).unwrap();
+    let direct = RewardModel::load(&s.0, &LoadOptions::default()).unwrap();
+    let b = direct.batch(&[vec![1, 10, 20, 30]], PaddingSide::Right).unwrap();
+    assert_eq!(linked.score(&b).unwrap().scores, direct.score(&b).unwrap().scores);
+}
