@@ -83,6 +83,29 @@ impl ModelArgs {
     }
 }
 
+/// Before a resumable command writes `out`: records what made the output (`<out>.meta.json`)
+/// — or, with `--resume`, checks that the existing output was made by the same model, options
+/// and input files. (That `out` is none of the inputs is checked for every command in `main`.)
+pub fn guard_out(
+    command: &str,
+    out: &std::path::Path,
+    resume: bool,
+    model: Option<&ModelArgs>,
+    inputs: &[&std::path::Path],
+) -> Result<()> {
+    use reward_lens_report::fingerprint;
+    // The options are the command line as given, less --resume: every flag can change the output.
+    let options: Vec<String> = std::env::args().skip(1).filter(|a| a != "--resume").collect();
+    let fp = fingerprint::Fingerprint {
+        command: command.to_string(),
+        model: fingerprint::model(model.and_then(|m| m.model.as_deref()))?,
+        options: serde_json::json!(options),
+        input: fingerprint::files(inputs)?,
+    };
+    fingerprint::guard(out, &fp, resume)?;
+    Ok(())
+}
+
 /// `--device`: the library's names (`cpu`, `cuda`, `cuda:N`), the flag named in the error.
 pub fn parse_device(s: &str) -> Result<Device> {
     reward_lens_engine::runtime::parse_device(s).map_err(|e| anyhow::anyhow!("--{e}"))
@@ -107,6 +130,11 @@ pub struct PairInput {
 }
 
 impl PairInput {
+    /// The input file, for fingerprints (none for a pair given on the command line).
+    pub fn paths(&self) -> Vec<&std::path::Path> {
+        self.pairs.as_deref().into_iter().collect()
+    }
+
     pub fn read(&self) -> Result<Vec<PairText>> {
         match (&self.pairs, &self.prompt, &self.chosen, &self.rejected) {
             (Some(p), ..) => read_pairs(p),
@@ -217,6 +245,14 @@ pub struct PatchArgs {
 }
 
 impl PatchArgs {
+    /// Records or checks `--out`'s fingerprint (see [`guard_out`]).
+    pub fn guard(&self, command: &str) -> Result<()> {
+        let mut inputs = self.input.paths();
+        inputs.extend(self.mean_reference.as_deref());
+        inputs.extend(self.divergence_reference.as_deref());
+        guard_out(command, &self.out, self.resume, Some(&self.model), &inputs)
+    }
+
     pub fn options(&self, model: &RewardModel) -> Result<PatchOptions> {
         let mean_reference = match &self.mean_reference {
             None => Vec::new(),

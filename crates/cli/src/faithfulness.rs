@@ -22,6 +22,7 @@ pub struct FaithfulnessArgs {
 
 pub fn run(a: FaithfulnessArgs) -> Result<()> {
     let a = a.patch;
+    a.guard("faithfulness")?;
     let model = a.model.load()?;
     let opts = a.options(&model)?;
     let pairs = a.input.read()?;

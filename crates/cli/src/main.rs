@@ -96,6 +96,10 @@ enum Command {
 fn main() {
     reward_lens_engine::runtime::tune_allocator();
     let cli = Cli::parse();
+    if let Err(e) = outputs_are_not_inputs(&std::env::args().skip(1).collect::<Vec<_>>()) {
+        eprintln!("error: {}", message(&e));
+        std::process::exit(1);
+    }
     let result = match cli.command {
         Command::Audit(a) => audit::run(a),
         Command::Info(a) => info::run(a),
@@ -127,6 +131,56 @@ fn main() {
         eprintln!("error: {}", message(&e));
         std::process::exit(1);
     }
+}
+
+/// Flags whose value is a path the command writes.
+const OUTPUT_FLAGS: &[&str] = &["--out", "--summary", "--markdown"];
+
+/// Refuses, before any work, an output path that is also one of the command's inputs (any other
+/// path on the command line, or a file of a model folder named there): writing it would destroy
+/// what is being read. One rule for every command, so no command can forget it.
+fn outputs_are_not_inputs(args: &[String]) -> anyhow::Result<()> {
+    let mut outs: Vec<std::path::PathBuf> = Vec::new();
+    let mut others: Vec<std::path::PathBuf> = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let (flag, value, step) = match args[i].split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string()), 1),
+            _ => (args[i].as_str(), args.get(i + 1).cloned(), 2),
+        };
+        if OUTPUT_FLAGS.contains(&flag) {
+            if let Some(v) = value {
+                outs.push(v.into());
+            }
+            i += step;
+            continue;
+        }
+        if !args[i].starts_with("--") || step == 1 {
+            let v = if step == 1 { value.unwrap_or_default() } else { args[i].clone() };
+            let p = std::path::PathBuf::from(v);
+            if p.exists() {
+                if p.join("config.json").is_file() {
+                    for f in [
+                        "config.json",
+                        "model.safetensors",
+                        "model.safetensors.index.json",
+                        "tokenizer.json",
+                        "tokenizer_config.json",
+                        "chat_template.jinja",
+                    ] {
+                        others.push(p.join(f));
+                    }
+                }
+                others.push(p);
+            }
+        }
+        i += 1;
+    }
+    let inputs: Vec<(&str, &std::path::Path)> = others.iter().map(|p| ("input", p.as_path())).collect();
+    for o in &outs {
+        reward_lens_report::fingerprint::not_an_input(o, &inputs)?;
+    }
+    Ok(())
 }
 
 /// The error and its causes, `outer: inner`, each said once: library errors that quote their

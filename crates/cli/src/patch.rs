@@ -9,6 +9,7 @@ pub use crate::args::PatchArgs;
 use crate::output::{self, named, summarize};
 
 fn run_kind(a: PatchArgs, attribution_patching: bool) -> Result<()> {
+    a.guard(if attribution_patching { "atp" } else { "patch" })?;
     let model = a.model.load()?;
     let opts = a.options(&model)?;
     let pairs = a.input.read()?;

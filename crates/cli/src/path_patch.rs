@@ -43,6 +43,7 @@ pub struct PathPatchArgs {
 }
 
 pub fn run(a: PathPatchArgs) -> Result<()> {
+    crate::args::guard_out("path-patch", &a.out, a.resume, Some(&a.model), &a.input.paths())?;
     let model = a.model.load()?;
     let sender = reward_lens_instruments::path::parse_sender(&a.sender).map_err(|e| anyhow::anyhow!("--{e}"))?;
     let receivers = if a.receivers.iter().any(|r| r == "all") {

@@ -114,6 +114,7 @@ pub fn run(a: SaeArgs) -> Result<()> {
 }
 
 fn run_collect(a: CollectArgs) -> Result<()> {
+    crate::args::guard_out("sae collect", &a.out, a.resume, Some(&a.model), &a.input.paths())?;
     let model = a.model.load()?;
     let seqs = collect::sequences(&a.input.encode(&model)?.1);
     let bar = count_bar("collecting", seqs.len() as u64, "texts");

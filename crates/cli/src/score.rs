@@ -57,6 +57,9 @@ pub fn run(a: ScoreArgs) -> Result<()> {
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
+    if let Some(out) = &a.out {
+        crate::args::guard_out("score", out, a.resume, Some(&a.model), &[a.pairs.as_path()])?;
+    }
     let prefs = read_preferences(&a.pairs)?;
     let model = a.model.load()?;
     let truncation = if a.truncate_prompt { Truncation::DropPromptLeft } else { Truncation::Error };

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod datasets;
 pub mod error;
 pub mod example_model;
+pub mod fingerprint;
 pub mod model_info;
 pub mod perpair;
 pub mod scoring;

@@ -85,6 +85,8 @@ pub fn run(a: TableArgs) -> Result<()> {
     o.runs = a.runs.unwrap_or(o.runs);
     o.work = a.work.unwrap_or(o.work);
     o.resume = a.resume;
+    // The organisms are built from the options and seeds: those are the whole fingerprint.
+    crate::args::guard_out("cart table", &o.runs, a.resume, None, &[])?;
     o.lambda_div = a.lambda_div.unwrap_or(d);
     o.lambda_stab = a.lambda_stab.unwrap_or(s);
     o.curriculum_end = a.curriculum_end;

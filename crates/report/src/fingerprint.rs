@@ -1,0 +1,198 @@
+//! What made an output: a fingerprint of the model, the options and the input, kept beside the
+//! output as `<out>.meta.json`. `--resume` continues a file only when all three match; matching
+//! pair ids alone would let a run made with another model or other options be silently extended.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ReportError;
+
+/// The three things an output depends on, each as a short stable hash (FNV-1a 64) — except
+/// the options, kept verbatim so a mismatch can say what changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    /// The command that wrote the output (`score`, `patch`, …).
+    pub command: String,
+    pub model: String,
+    /// Every option that can change the output, as the run saw them.
+    pub options: serde_json::Value,
+    pub input: String,
+}
+
+/// FNV-1a, 64 bits: stable across platforms and releases (unlike std's hasher), and enough to
+/// tell runs apart (this is not a security boundary).
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    fn eat(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= b as u64;
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    fn hex(&self) -> String {
+        format!("{:016x}", self.0)
+    }
+}
+
+fn io(path: &Path, what: &'static str) -> impl FnOnce(std::io::Error) -> ReportError {
+    let path = path.to_path_buf();
+    move |source| ReportError::Io { path, what, source }
+}
+
+/// A model folder's fingerprint: its config, tokenizer files and chat template in full, and for
+/// each safetensors file its size, its header (names, dtypes, shapes, offsets) and 16 blocks of
+/// 4 KiB spread over the data — a fine-tuned copy with the same shapes differs there, and the
+/// cost stays milliseconds for a 16 GB checkpoint. `None` is the embedded example model.
+pub fn model(dir: Option<&Path>) -> Result<String, ReportError> {
+    let Some(dir) = dir else { return Ok(format!("embedded-example-model-{}", env!("CARGO_PKG_VERSION"))) };
+    let mut h = Fnv::new();
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"] {
+        let p = dir.join(f);
+        if p.is_file() {
+            h.eat(f.as_bytes());
+            h.eat(&std::fs::read(&p).map_err(io(&p, "cannot read"))?);
+        }
+    }
+    let mut weights: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io(dir, "cannot list the model folder"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors") && p.is_file())
+        .collect();
+    weights.sort();
+    for p in weights {
+        let mut f = std::fs::File::open(&p).map_err(io(&p, "cannot read"))?;
+        let len = f.metadata().map_err(io(&p, "cannot read"))?.len();
+        h.eat(p.file_name().unwrap_or_default().as_encoded_bytes());
+        h.eat(&len.to_le_bytes());
+        let mut n = [0u8; 8];
+        f.read_exact(&mut n).map_err(io(&p, "cannot read the safetensors header"))?;
+        let header_len = u64::from_le_bytes(n).min(len.saturating_sub(8)).min(100 << 20);
+        let mut header = vec![0u8; header_len as usize];
+        f.read_exact(&mut header).map_err(io(&p, "cannot read the safetensors header"))?;
+        h.eat(&header);
+        let data_start = 8 + header_len;
+        let span = len.saturating_sub(data_start);
+        let mut block = vec![0u8; 4096];
+        for k in 0..16u64 {
+            let at = data_start + span * k / 16;
+            f.seek(SeekFrom::Start(at)).map_err(io(&p, "cannot read"))?;
+            let got = f.read(&mut block).map_err(io(&p, "cannot read"))?;
+            h.eat(&block[..got]);
+        }
+    }
+    Ok(h.hex())
+}
+
+/// The fingerprint of input files' bytes, in order (a missing optional input hashes as its name).
+pub fn files(paths: &[&Path]) -> Result<String, ReportError> {
+    let mut h = Fnv::new();
+    for p in paths {
+        h.eat(p.as_os_str().as_encoded_bytes().rsplit(|&b| b == b'/').next().unwrap_or_default());
+        if p.is_file() {
+            h.eat(&std::fs::read(p).map_err(io(p, "cannot read"))?);
+        }
+    }
+    Ok(h.hex())
+}
+
+/// Where the fingerprint of `out` lives: `<out>.meta.json`, beside it.
+pub fn sidecar(out: &Path) -> PathBuf {
+    // `acts/` and `acts` are one output: the sidecar goes beside it, not inside.
+    let out: PathBuf = out.components().collect();
+    let mut s = out.as_os_str().to_owned();
+    s.push(".meta.json");
+    PathBuf::from(s)
+}
+
+/// Call before opening `out`. Fresh runs (no `resume`, or nothing to resume) record `fp`; a
+/// resumed run must find the same fingerprint, else an error says which part differs.
+pub fn guard(out: &Path, fp: &Fingerprint, resume: bool) -> Result<(), ReportError> {
+    let meta = sidecar(out);
+    if resume && out.exists() {
+        let text = match std::fs::read_to_string(&meta) {
+            Ok(t) => t,
+            Err(_) => {
+                return Err(ReportError::Invalid(format!(
+                    "{}: cannot resume: {} is missing, so nothing says which model, options and input made \
+                     this output; run without --resume to start again (the file is replaced)",
+                    out.display(),
+                    meta.display()
+                )))
+            }
+        };
+        let old: Fingerprint = serde_json::from_str(&text)
+            .map_err(|e| ReportError::Invalid(format!("{}: not a reward-lens fingerprint: {e}", meta.display())))?;
+        let mut differs = Vec::new();
+        if old.command != fp.command {
+            differs.push(format!("the command (`{}` then, `{}` now)", old.command, fp.command));
+        }
+        if old.model != fp.model {
+            differs.push("the model (its config, tokenizer or weights)".to_string());
+        }
+        if old.options != fp.options {
+            differs.push(format!("the options (then: {}; now: {})", old.options, fp.options));
+        }
+        if old.input != fp.input {
+            differs.push("the input file's contents".to_string());
+        }
+        if !differs.is_empty() {
+            return Err(ReportError::Invalid(format!(
+                "{}: cannot resume: it was made with different {} (recorded in {}); run without --resume to \
+                 start again, or choose another --out",
+                out.display(),
+                differs.join(", "),
+                meta.display()
+            )));
+        }
+        return Ok(());
+    }
+    let text = serde_json::to_string_pretty(fp)?;
+    std::fs::write(&meta, text + "\n").map_err(io(&meta, "cannot write the run's fingerprint"))
+}
+
+/// Refuses an output path that is one of the inputs (writing would destroy what is being read).
+/// Paths are compared after resolving links; an output that does not exist yet is compared by
+/// its resolved parent folder and name.
+pub fn not_an_input(out: &Path, inputs: &[(&str, &Path)]) -> Result<(), ReportError> {
+    let resolve = |p: &Path| -> Option<PathBuf> {
+        if let Ok(c) = p.canonicalize() {
+            return Some(c);
+        }
+        let parent = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.canonicalize().ok()?,
+            _ => std::env::current_dir().ok()?,
+        };
+        Some(parent.join(p.file_name()?))
+    };
+    let Some(o) = resolve(out) else { return Ok(()) };
+    for (what, p) in inputs {
+        if resolve(p).is_some_and(|i| i == o) {
+            return Err(ReportError::Invalid(format!(
+                "--out {} is the {what} ({}): writing there would destroy the input; choose another path",
+                out.display(),
+                p.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv_is_the_published_function() {
+        // FNV-1a 64 test vectors.
+        let mut h = Fnv::new();
+        assert_eq!(h.hex(), "cbf29ce484222325");
+        h.eat(b"a");
+        assert_eq!(h.hex(), "af63dc4c8601ec8c");
+    }
+}
