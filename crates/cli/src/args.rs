@@ -28,7 +28,7 @@ impl From<DtypeArg> for DType {
 }
 
 /// Options every command that loads a model shares.
-#[derive(Args, Clone)]
+#[derive(Args, Clone, Debug)]
 pub struct ModelArgs {
     /// HuggingFace model directory (config.json, *.safetensors, tokenizer.json). Default: the
     /// embedded example model.
@@ -92,10 +92,9 @@ pub fn guard_out(
     resume: bool,
     model: Option<&ModelArgs>,
     inputs: &[&std::path::Path],
+    options: String,
 ) -> Result<()> {
     use reward_lens_report::fingerprint;
-    // The options are the command line as given, less --resume: every flag can change the output.
-    let options: Vec<String> = std::env::args().skip(1).filter(|a| a != "--resume").collect();
     let fp = fingerprint::Fingerprint {
         command: command.to_string(),
         model: fingerprint::model(model.and_then(|m| m.model.as_deref()))?,
@@ -112,7 +111,7 @@ pub fn parse_device(s: &str) -> Result<Device> {
 }
 
 /// Where a command's preference pairs come from: a JSONL file or one pair on the command line.
-#[derive(clap::Args, Clone)]
+#[derive(clap::Args, Clone, Debug)]
 pub struct PairInput {
     /// Preference pairs, JSONL (prompt, chosen, rejected, optional subset and id).
     #[arg(long, value_name = "FILE.jsonl", conflicts_with_all = ["prompt", "chosen", "rejected"])]
@@ -186,7 +185,7 @@ pub fn read_pairs(path: &std::path::Path) -> Result<Vec<PairText>> {
 }
 
 /// Options every instrument command shares: batching, the bootstrap seed, the JSON output.
-#[derive(clap::Args, Clone)]
+#[derive(clap::Args, Clone, Debug)]
 pub struct RunArgs {
     /// Sequences per forward pass.
     #[arg(long, default_value_t = 16)]
@@ -200,7 +199,7 @@ pub struct RunArgs {
 }
 
 /// Options `patch`, `atp` and `faithfulness` share.
-#[derive(Args, Clone)]
+#[derive(Args, Clone, Debug)]
 pub struct PatchArgs {
     #[command(flatten)]
     pub model: ModelArgs,
@@ -250,7 +249,9 @@ impl PatchArgs {
         let mut inputs = self.input.paths();
         inputs.extend(self.mean_reference.as_deref());
         inputs.extend(self.divergence_reference.as_deref());
-        guard_out(command, &self.out, self.resume, Some(&self.model), &inputs)
+        // Every parsed option (aliases resolved), less --resume and the output path itself.
+        let options = format!("{:?}", PatchArgs { resume: false, out: PathBuf::new(), ..self.clone() });
+        guard_out(command, &self.out, self.resume, Some(&self.model), &inputs, options)
     }
 
     pub fn options(&self, model: &RewardModel) -> Result<PatchOptions> {

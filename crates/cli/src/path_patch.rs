@@ -12,7 +12,7 @@ use crate::args::PairInput;
 use crate::output::summarize;
 use crate::{output, ModelArgs};
 
-#[derive(Args)]
+#[derive(Args, Debug, Clone)]
 #[command(after_help = "One hop of path patching: the sender head's change under the patch (its write into the \
 residual stream) reaches only the receiver, whose recomputed output is patched into the clean run. Receivers: \
 attn.L, mlp.L, head.L.H (later layers; an MLP may be the sender's own layer), or `all` for every receiver after \
@@ -43,7 +43,8 @@ pub struct PathPatchArgs {
 }
 
 pub fn run(a: PathPatchArgs) -> Result<()> {
-    crate::args::guard_out("path-patch", &a.out, a.resume, Some(&a.model), &a.input.paths())?;
+    let options = format!("{:?}", PathPatchArgs { resume: false, out: Default::default(), ..a.clone() });
+    crate::args::guard_out("path-patch", &a.out, a.resume, Some(&a.model), &a.input.paths(), options)?;
     let model = a.model.load()?;
     let sender = reward_lens_instruments::path::parse_sender(&a.sender).map_err(|e| anyhow::anyhow!("--{e}"))?;
     let receivers = if a.receivers.iter().any(|r| r == "all") {

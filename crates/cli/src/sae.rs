@@ -11,13 +11,13 @@ use crate::args::PairInput;
 use crate::progress::count_bar;
 use crate::ModelArgs;
 
-#[derive(Args)]
+#[derive(Args, Debug, Clone)]
 pub struct SaeArgs {
     #[command(subcommand)]
     pub command: SaeCommand,
 }
 
-#[derive(Subcommand)]
+#[derive(Subcommand, Debug, Clone)]
 pub enum SaeCommand {
     /// Collect a site's activations over pair texts into resumable safetensors shards.
     Collect(CollectArgs),
@@ -29,7 +29,7 @@ pub enum SaeCommand {
     Decompose(DecomposeArgs),
 }
 
-#[derive(Args)]
+#[derive(Args, Debug, Clone)]
 pub struct CollectArgs {
     #[command(flatten)]
     pub model: ModelArgs,
@@ -50,7 +50,7 @@ pub struct CollectArgs {
     pub resume: bool,
 }
 
-#[derive(Args)]
+#[derive(Args, Debug, Clone)]
 pub struct TrainArgs {
     /// A directory written by `sae collect`.
     #[arg(long)]
@@ -72,7 +72,7 @@ pub struct TrainArgs {
     pub out: PathBuf,
 }
 
-#[derive(Args)]
+#[derive(Args, Debug, Clone)]
 pub struct FeaturesArgs {
     #[command(flatten)]
     pub model: ModelArgs,
@@ -90,7 +90,7 @@ pub struct FeaturesArgs {
     pub out: Option<PathBuf>,
 }
 
-#[derive(Args)]
+#[derive(Args, Debug, Clone)]
 pub struct DecomposeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
@@ -114,7 +114,8 @@ pub fn run(a: SaeArgs) -> Result<()> {
 }
 
 fn run_collect(a: CollectArgs) -> Result<()> {
-    crate::args::guard_out("sae collect", &a.out, a.resume, Some(&a.model), &a.input.paths())?;
+    let options = format!("{:?}", CollectArgs { resume: false, out: Default::default(), ..a.clone() });
+    crate::args::guard_out("sae collect", &a.out, a.resume, Some(&a.model), &a.input.paths(), options)?;
     let model = a.model.load()?;
     let seqs = collect::sequences(&a.input.encode(&model)?.1);
     let bar = count_bar("collecting", seqs.len() as u64, "texts");

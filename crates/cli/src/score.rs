@@ -16,7 +16,7 @@ use serde_json::Value;
 use crate::ModelArgs;
 use reward_lens_engine::PaddingSide;
 
-#[derive(Args)]
+#[derive(Args, Debug, Clone)]
 #[command(
     after_help = "Input: one JSON object per line with `prompt`, `chosen`, `rejected` and optional `subset`, `id` \
 (RewardBench's field names).\nOutput: one JSON line per pair with `id`, `subset`, `chosen_score`, `rejected_score`, \
@@ -58,7 +58,8 @@ pub fn run(a: ScoreArgs) -> Result<()> {
         bail!("--batch-size must be at least 1");
     }
     if let Some(out) = &a.out {
-        crate::args::guard_out("score", out, a.resume, Some(&a.model), &[a.pairs.as_path()])?;
+        let options = format!("{:?}", ScoreArgs { resume: false, out: None, summary: None, ..a.clone() });
+        crate::args::guard_out("score", out, a.resume, Some(&a.model), &[a.pairs.as_path()], options)?;
     }
     let prefs = read_preferences(&a.pairs)?;
     let model = a.model.load()?;

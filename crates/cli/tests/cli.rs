@@ -107,6 +107,7 @@ fn resume_after_interruption_gives_identical_output() {
     let cut: usize = text.split_inclusive('\n').take(7).map(str::len).sum::<usize>() + 20;
     let partial = d.join("partial.jsonl");
     std::fs::write(&partial, &text[..cut]).unwrap();
+    interrupted_copy(&full, &partial);
     let out =
         run(exe().args(["score", "--model"]).arg(&model).arg("--pairs").arg(&pairs).arg("--out").arg(&partial).args([
             "--batch-size",
@@ -334,6 +335,7 @@ fn patch_atp_and_faithfulness_append_per_pair_and_resume() {
     let cut: usize = text.split_inclusive('\n').take(5).map(str::len).sum::<usize>() + 30;
     let part = d.join("part.jsonl");
     std::fs::write(&part, &text[..cut]).unwrap();
+    interrupted_copy(&full, &part);
     let o = run(exe()
         .args(["patch", "--model"])
         .arg(&model)
@@ -586,6 +588,7 @@ fn rewardbench2_rows_score_eval_and_resume() {
     let cut: usize = text.split_inclusive('\n').take(5).map(str::len).sum::<usize>() + 10;
     let partial = d.join("partial.jsonl");
     std::fs::write(&partial, &text[..cut]).unwrap();
+    interrupted_copy(&full, &partial);
     let out = run_score(&partial, true);
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("resuming: 5 of 19 rows"),
@@ -607,4 +610,85 @@ fn rewardbench2_rows_score_eval_and_resume() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("mixed.jsonl:2"), "{err}");
+}
+
+/// An interrupted run leaves its output and the fingerprint written when it started.
+fn interrupted_copy(full: &std::path::Path, partial: &std::path::Path) {
+    let meta = |p: &std::path::Path| std::path::PathBuf::from(format!("{}.meta.json", p.display()));
+    std::fs::copy(meta(full), meta(partial)).unwrap();
+}
+
+/// `--resume` continues only what the same model, options and input started; the fingerprint
+/// beside the output says which differs.
+#[test]
+fn resume_checks_model_options_and_input() {
+    let d = tmp("fingerprint");
+    let pairs = d.join("pairs.jsonl");
+    std::fs::copy(fixtures().join("pairs.jsonl"), &pairs).unwrap();
+    let (llama, qwen) = (fixtures().join("models/llama"), fixtures().join("models/qwen2"));
+    let out = d.join("scores.jsonl");
+    let score = |model: &std::path::Path, extra: &[&str]| {
+        exe()
+            .args(["score", "--model"])
+            .arg(model)
+            .arg("--pairs")
+            .arg(&pairs)
+            .arg("--out")
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    assert!(score(&llama, &["--batch-size", "4"]).status.success());
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("scores.jsonl.meta.json")).unwrap()).unwrap();
+    assert_eq!(meta["command"], "score");
+    let refused = |o: std::process::Output, needle: &str| {
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(!o.status.success() && err.contains("cannot resume") && err.contains(needle), "{needle}: {err}");
+    };
+    // The same run resumes (nothing left to do).
+    assert!(score(&llama, &["--batch-size", "4", "--resume"]).status.success());
+    refused(score(&llama, &["--batch-size", "8", "--resume"]), "the options");
+    refused(score(&qwen, &["--batch-size", "4", "--resume"]), "the model");
+    let text = std::fs::read_to_string(&pairs).unwrap();
+    std::fs::write(&pairs, text.replacen("\"prompt\"", "\"prompt\" ", 1)).unwrap();
+    refused(score(&llama, &["--batch-size", "4", "--resume"]), "the input file");
+    std::fs::write(&pairs, &text).unwrap();
+    std::fs::remove_file(d.join("scores.jsonl.meta.json")).unwrap();
+    refused(score(&llama, &["--batch-size", "4", "--resume"]), "is missing");
+    // Starting afresh writes a new fingerprint.
+    assert!(score(&llama, &["--batch-size", "4"]).status.success());
+    assert!(score(&llama, &["--batch-size", "4", "--resume"]).status.success());
+}
+
+/// An output path that is one of the inputs is refused before anything is read or written.
+#[test]
+fn out_equal_to_an_input_is_refused() {
+    let d = tmp("out-is-input");
+    let pairs = d.join("pairs.jsonl");
+    std::fs::copy(fixtures().join("pairs.jsonl"), &pairs).unwrap();
+    let before = std::fs::read(&pairs).unwrap();
+    let model = fixtures().join("models/llama");
+    for (cmd, flag) in [("score", "--out"), ("score", "--summary"), ("patch", "--out"), ("lens", "--out")] {
+        let o =
+            exe().args([cmd, "--model"]).arg(&model).arg("--pairs").arg(&pairs).arg(flag).arg(&pairs).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains("would destroy the input"), "{cmd} {flag}: {err}");
+    }
+    // Also through another spelling of the same file, and a model's own files.
+    let other = d.join(".").join("pairs.jsonl");
+    let o = exe().args(["score", "--pairs"]).arg(&pairs).arg("--out").arg(&other).output().unwrap();
+    assert!(!o.status.success());
+    let o = exe()
+        .args(["score", "--model"])
+        .arg(&model)
+        .arg("--pairs")
+        .arg(&pairs)
+        .arg("--summary")
+        .arg(model.join("config.json"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("config.json"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read(&pairs).unwrap(), before);
 }

@@ -86,7 +86,16 @@ pub fn run(a: TableArgs) -> Result<()> {
     o.work = a.work.unwrap_or(o.work);
     o.resume = a.resume;
     // The organisms are built from the options and seeds: those are the whole fingerprint.
-    crate::args::guard_out("cart table", &o.runs, a.resume, None, &[])?;
+    let options = format!(
+        "{:?}",
+        reward_lens_cart::table::TableOptions {
+            resume: false,
+            runs: Default::default(),
+            work: Default::default(),
+            ..o.clone()
+        }
+    );
+    crate::args::guard_out("cart table", &o.runs, a.resume, None, &[], options)?;
     o.lambda_div = a.lambda_div.unwrap_or(d);
     o.lambda_stab = a.lambda_stab.unwrap_or(s);
     o.curriculum_end = a.curriculum_end;
