@@ -41,8 +41,21 @@ fn invalid(at: impl Into<String>, message: impl Into<String>) -> DatasetError {
     DatasetError::Invalid { at: at.into(), message: message.into() }
 }
 
+/// A text file as a string: a UTF-8 byte-order mark (which editors on Windows write) is dropped,
+/// CRLF line ends are read as LF by the line readers, and invalid UTF-8 is an error naming the
+/// line, so one bad byte does not read as "cannot read file".
 fn read_text(path: &Path, what: &'static str) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|source| DatasetError::Io { path: path.to_path_buf(), what, source })
+    let bytes = std::fs::read(path).map_err(|source| DatasetError::Io { path: path.to_path_buf(), what, source })?;
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").map(<[u8]>::to_vec).unwrap_or(bytes);
+    String::from_utf8(bytes).map_err(|e| {
+        let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = good.iter().filter(|&&b| b == b'\n').count() + 1;
+        let column = good.len() - good.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1) + 1;
+        invalid(
+            format!("{}:{line}", path.display()),
+            format!("not valid UTF-8 at byte {column} of the line; save the file as UTF-8"),
+        )
+    })
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -346,6 +359,27 @@ pub fn read_concepts(paths: &[PathBuf]) -> Result<Vec<ConceptText>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bom_crlf_and_invalid_utf8() {
+        let dir = std::env::temp_dir().join(format!("reward-lens-datasets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("pairs.jsonl");
+        let line = |p: &str| format!("{{\"prompt\": \"{p}\", \"chosen\": \"a\", \"rejected\": \"b\"}}");
+        let body = format!("\u{FEFF}{}\r\n{}\r\n", line("x"), line("y"));
+        std::fs::write(&f, body).unwrap();
+        let pairs = read_pairs(&f).unwrap();
+        assert_eq!(pairs.len(), 2);
+        assert_eq!((pairs[0].prompt.as_str(), pairs[1].prompt.as_str()), ("x", "y"));
+        assert_eq!(pairs[1].line(), 2);
+        let mut bad = format!("{}\n{}\n", line("x"), line("y")).into_bytes();
+        let at = bad.len() - 10;
+        bad[at] = 0xff;
+        std::fs::write(&f, bad).unwrap();
+        let e = read_pairs(&f).unwrap_err().to_string();
+        assert!(e.contains("pairs.jsonl:2") && e.contains("not valid UTF-8"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn pairs_keep_ids_subsets_extra_fields_and_lines() {
