@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use reward_lens_engine::Truncation;
@@ -65,7 +65,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
     }
     print!("{}", reward_lens_report::text::eval_table(&evals, pairs.len()));
     if let Some(p) = &a.out {
-        std::fs::write(p, serde_json::to_string_pretty(&evals)?)?;
+        std::fs::write(p, serde_json::to_string_pretty(&evals)?)
+            .with_context(|| format!("{}: cannot write", p.display()))?;
         eprintln!("wrote {}", p.display());
     }
     Ok(())
@@ -86,7 +87,8 @@ fn run_rows(a: &EvalArgs, models: &[Option<PathBuf>], rows: &[Rb2Row], truncatio
     println!("score % on {} RewardBench 2 rows", rows.len());
     print!("{}", rewardbench2_table(&evals));
     if let Some(p) = &a.out {
-        std::fs::write(p, serde_json::to_string_pretty(&evals)?)?;
+        std::fs::write(p, serde_json::to_string_pretty(&evals)?)
+            .with_context(|| format!("{}: cannot write", p.display()))?;
         eprintln!("wrote {}", p.display());
     }
     Ok(())

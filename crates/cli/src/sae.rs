@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
 use reward_lens_instruments::collect::{self, CollectOptions};
@@ -138,7 +138,9 @@ fn run_train(a: TrainArgs) -> Result<()> {
     })?;
     bar.finish_and_clear();
     sae.save(&a.out)?;
-    std::fs::write(a.out.join("training.json"), serde_json::to_string_pretty(&hist)?)?;
+    let f = a.out.join("training.json");
+    std::fs::write(&f, serde_json::to_string_pretty(&hist)?)
+        .with_context(|| format!("{}: cannot write", f.display()))?;
     let last = hist.last().expect("epochs ≥ 1");
     println!("trained on {} activations: {} → {}", m.activations, last.summary(), a.out.display());
     Ok(())
@@ -151,7 +153,8 @@ fn run_features(a: FeaturesArgs) -> Result<()> {
     let report = features(&model, &Sae::load(&a.sae)?, a.top, examples)?;
     println!("{}", report.summary());
     if let Some(p) = &a.out {
-        std::fs::write(p, serde_json::to_string_pretty(&report)?)?;
+        std::fs::write(p, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("{}: cannot write", p.display()))?;
     }
     Ok(())
 }
@@ -166,7 +169,8 @@ fn run_decompose(a: DecomposeArgs) -> Result<()> {
         }
     }
     if let Some(o) = &a.out {
-        std::fs::write(o, serde_json::to_string_pretty(&decs)?)?;
+        std::fs::write(o, serde_json::to_string_pretty(&decs)?)
+            .with_context(|| format!("{}: cannot write", o.display()))?;
     }
     Ok(())
 }

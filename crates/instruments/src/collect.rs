@@ -82,7 +82,9 @@ pub fn collect(
                 t.insert("activations".to_string(), Tensor::from_vec(std::mem::take(rows), (n, m.d), &Device::Cpu)?);
                 t.insert("sequence".to_string(), Tensor::from_vec(std::mem::take(si), n, &Device::Cpu)?);
                 t.insert("position".to_string(), Tensor::from_vec(std::mem::take(pi), n, &Device::Cpu)?);
-                candle_core::safetensors::save(&t, dir.join(&name))?;
+                let shard = dir.join(&name);
+                candle_core::safetensors::save(&t, &shard)
+                    .map_err(|e| crate::InstrumentError::Invalid(format!("{}: cannot write: {e}", shard.display())))?;
                 m.shards.push(name);
                 m.activations += n;
             }

@@ -77,7 +77,9 @@ impl Sae {
                 ("jumprelu", json!({}))
             }
         };
-        candle_core::safetensors::save(&t, dir.join("sae_weights.safetensors"))?;
+        let weights = dir.join("sae_weights.safetensors");
+        candle_core::safetensors::save(&t, &weights)
+            .map_err(|e| err(format!("{}: cannot write: {e}", weights.display())))?;
         let mut cfg = json!({
             "architecture": arch,
             "d_in": self.d_in,
