@@ -1,4 +1,6 @@
 //! Small, honest statistics: seeded bootstrap intervals; undefined (None) rather than ±inf.
+//! Every statistic of data holding a NaN or an infinity is undefined too: a NaN must never
+//! come out as a number (ranks would otherwise turn all-NaN inputs into ρ = +1).
 
 use reward_lens_engine::synth::Rng;
 use serde::Serialize;
@@ -12,15 +14,20 @@ pub struct MeanCi {
     pub ci_high: Option<f64>,
 }
 
+/// Whether every value is a finite number.
+pub fn all_finite(xs: &[f64]) -> bool {
+    xs.iter().all(|x| x.is_finite())
+}
+
 pub fn mean(xs: &[f64]) -> Option<f64> {
-    (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
+    (!xs.is_empty() && all_finite(xs)).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
 }
 
 /// Mean and a `level` (e.g. 0.95) percentile bootstrap interval from `resamples` resamples.
 pub fn bootstrap_mean(xs: &[f64], level: f64, resamples: usize, seed: u64) -> MeanCi {
     let n = xs.len();
     let m = mean(xs);
-    if n < 2 {
+    if n < 2 || m.is_none() {
         return MeanCi { n, mean: m, ci_low: None, ci_high: None };
     }
     let mut rng = Rng::new(seed);
@@ -52,7 +59,7 @@ pub fn t_975(df: f64) -> f64 {
 /// values. For a handful of values (seeds), where a bootstrap interval would be degenerate.
 pub fn t_interval(xs: &[f64]) -> MeanCi {
     let n = xs.len();
-    if n == 0 {
+    if n == 0 || !all_finite(xs) {
         return MeanCi { n, mean: None, ci_low: None, ci_high: None };
     }
     let m = xs.iter().sum::<f64>() / n as f64;
@@ -247,7 +254,7 @@ mod null_tests {
 
 /// Pearson correlation; None when either side has no spread.
 pub fn pearson(x: &[f64], y: &[f64]) -> Option<f64> {
-    if x.len() != y.len() || x.len() < 2 {
+    if x.len() != y.len() || x.len() < 2 || !all_finite(x) || !all_finite(y) {
         return None;
     }
     let (mx, my) = (mean(x)?, mean(y)?);
@@ -279,6 +286,9 @@ pub fn ranks(x: &[f64]) -> Vec<f64> {
 
 /// Spearman rank correlation (Pearson of average ranks).
 pub fn spearman(x: &[f64], y: &[f64]) -> Option<f64> {
+    if !all_finite(x) || !all_finite(y) {
+        return None;
+    }
     pearson(&ranks(x), &ranks(y))
 }
 
@@ -325,7 +335,7 @@ pub fn bootstrap_ci(
     seed: u64,
 ) -> Option<(f64, f64)> {
     let n = xs.len();
-    if n < 2 {
+    if n < 2 || !all_finite(xs) {
         return None;
     }
     let mut rng = Rng::new(seed);
@@ -353,7 +363,7 @@ pub fn bootstrap_ci(
 /// n ≤ 16, otherwise `permutations` seeded random ones with the +1 correction. None when n < 1.
 pub fn sign_flip_p(xs: &[f64], permutations: usize, seed: u64) -> Option<f64> {
     let n = xs.len();
-    if n == 0 {
+    if n == 0 || !all_finite(xs) {
         return None;
     }
     let observed = xs.iter().sum::<f64>().abs();
@@ -380,7 +390,7 @@ pub fn sign_flip_p(xs: &[f64], permutations: usize, seed: u64) -> Option<f64> {
 /// Benjamini–Hochberg adjusted p-values (q-values), in input order; None stays None and does
 /// not count towards m.
 pub fn benjamini_hochberg(ps: &[Option<f64>]) -> Vec<Option<f64>> {
-    let mut idx: Vec<usize> = (0..ps.len()).filter(|&i| ps[i].is_some()).collect();
+    let mut idx: Vec<usize> = (0..ps.len()).filter(|&i| ps[i].is_some_and(f64::is_finite)).collect();
     let m = idx.len();
     idx.sort_by(|&a, &b| ps[a].unwrap().total_cmp(&ps[b].unwrap()));
     let mut q = vec![None; ps.len()];
@@ -441,5 +451,32 @@ mod inference_tests {
         assert!(lo < d && d < hi);
         assert_eq!(bootstrap_ci(&xs, cohens_d, 0.95, 2000, 1), Some((lo, hi)), "seeded");
         assert!(bootstrap_ci(&[1.0], cohens_d, 0.95, 100, 1).is_none());
+    }
+
+    /// No statistic turns a NaN or an infinity into a number — least of all into a perfect
+    /// correlation (all-NaN inputs rank as 1, 2, 3, … and would give ρ = +1).
+    #[test]
+    fn non_finite_inputs_give_undefined_statistics() {
+        let nan = [f64::NAN, f64::NAN, f64::NAN, f64::NAN];
+        let ok = [1.0, 2.0, 3.0, 4.0];
+        let inf = [1.0, f64::INFINITY, 3.0, 4.0];
+        for bad in [&nan, &inf] {
+            assert_eq!(mean(bad), None);
+            assert_eq!(spearman(bad, bad), None);
+            assert_eq!(spearman(&ok, bad), None);
+            assert_eq!(pearson(bad, &ok), None);
+            assert_eq!(ols_slope(&ok, bad), None);
+            assert_eq!(cohens_d(bad), None);
+            assert_eq!(sign_flip_p(bad, 10, 1), None);
+            assert_eq!(bootstrap_ci(bad, mean, 0.95, 100, 1), None);
+            let m = bootstrap_mean(bad, 0.95, 100, 1);
+            assert!(m.mean.is_none() && m.ci_low.is_none());
+            assert!(t_interval(bad).mean.is_none());
+            let c = spearman_permutation(bad, &ok, 50, 1);
+            assert!(c.spearman.is_none() && c.p_value.is_none());
+        }
+        // A constant vector has no correlation either.
+        assert_eq!(spearman(&[2.0; 4], &ok), None);
+        assert_eq!(benjamini_hochberg(&[Some(f64::NAN), Some(0.01)]), vec![None, Some(0.01)]);
     }
 }
