@@ -279,8 +279,14 @@ struct Run {
 fn clean_run(model: &RewardModel, ids: &[u32], heads: bool) -> Result<Run> {
     let batch = model.batch(&[ids.to_vec()], PaddingSide::Right)?;
     let k = if model.config.rope.is_some() { "blocks.*.attn.hook_rot_k" } else { "blocks.*.attn.hook_k" };
-    let mut names =
-        vec!["blocks.*.hook_resid_pre", "blocks.*.hook_attn_out", "blocks.*.hook_mlp_out", k, "blocks.*.attn.hook_v"];
+    let mut names = vec![
+        "blocks.*.hook_resid_pre",
+        "blocks.*.hook_resid_mid",
+        "blocks.*.hook_attn_out",
+        "blocks.*.hook_mlp_out",
+        k,
+        "blocks.*.attn.hook_v",
+    ];
     if heads {
         names.push("blocks.*.attn.hook_z");
     }
@@ -496,13 +502,32 @@ fn sweep(
         .zip(reps)
         .map(|(c, r)| first_change(r, target.cache.require(&site_of(c).name())?))
         .collect::<Result<Vec<_>>>()?;
+    // An MLP patch at layer l changes nothing inside layer l but its output: the block's result
+    // is resid_mid + mlp_out, so the patched run starts at layer l + 1 from the cached resid_mid
+    // plus the replacement (the same addition the block does). Rows join at this layer.
+    let joins_at = |k: usize| comps[k].layer + usize::from(comps[k].kind == ComponentKind::Mlp);
+    let mlp_input = |k: usize, from: usize, len: usize| -> Result<Tensor> {
+        let mid = target.cache.require(&Site::ResidMid(comps[k].layer).name())?;
+        Ok((mid.narrow(1, from, len)? + reps[k].narrow(1, from, len)?)?)
+    };
+    let mut scores = vec![0.0; comps.len()];
+    // MLP patches of the last layer need only the head.
+    let last_mlp: Vec<usize> = (0..comps.len()).filter(|&k| joins_at(k) == n_layers).collect();
+    if !last_mlp.is_empty() {
+        let rows = last_mlp.len();
+        let whole = Tensor::cat(&last_mlp.iter().map(|&k| mlp_input(k, 0, t)).collect::<Result<Vec<_>>>()?, 0)?;
+        let prep = model.prepare(&model.batch(&vec![ids.to_vec(); rows], PaddingSide::Right)?)?;
+        let (out, _) = prep.head(&whole, &Hooks::none())?;
+        for (row, &k) in last_mlp.iter().enumerate() {
+            scores[k] = out.scores[row] as f64;
+        }
+    }
     // Group by first changed position; within a group, rows ordered by layer join one growing
     // batch as the sweep reaches their layer, so each layer runs one larger matmul (at one
     // thread, gemm's packing cost makes small batches slow).
     let mut distinct: Vec<usize> = starts.clone();
     distinct.sort();
     distinct.dedup();
-    let mut scores = vec![0.0; comps.len()];
     let mut passes = 0.0;
     let final_resid = target.cache.require(&Site::ResidPost(n_layers - 1).name())?;
     let linear_head = matches!(model.head, reward_lens_engine::RewardHead::Linear(_));
@@ -514,16 +539,16 @@ fn sweep(
     let mlp = (if c.gated_mlp { 3.0 } else { 2.0 }) * (c.d_model * c.d_mlp) as f64;
     let kv_share = kv / (kv + qo + mlp);
     for start in distinct {
-        let mut idx: Vec<usize> = (0..comps.len()).filter(|&k| starts[k] == start).collect();
-        idx.sort_by_key(|&k| comps[k].layer);
+        let mut idx: Vec<usize> = (0..comps.len()).filter(|&k| starts[k] == start && joins_at(k) < n_layers).collect();
+        idx.sort_by_key(|&k| joins_at(k));
         let s = t - start;
         for chunk in idx.chunks(batch_size.max(1)) {
-            let first = comps[chunk[0]].layer;
+            let first = joins_at(chunk[0]);
             let mut active: Vec<usize> = Vec::new();
             let mut x: Option<Tensor> = None;
             let mut x_from = start;
             for l in first..n_layers {
-                let joiners: Vec<usize> = chunk.iter().copied().filter(|&k| comps[k].layer == l).collect();
+                let joiners: Vec<usize> = chunk.iter().copied().filter(|&k| joins_at(k) == l).collect();
                 if !joiners.is_empty() {
                     // Rows join with the clean input of their layer — or, for residual patches,
                     // with the patched one (set here rather than by a hook, so that the last
@@ -531,14 +556,12 @@ fn sweep(
                     let clean = target.cache.require(&Site::ResidPre(l).name())?.narrow(1, start, s)?;
                     let rows_in = joiners
                         .iter()
-                        .map(|&k| {
-                            if comps[k].kind == ComponentKind::Resid {
-                                reps[k].narrow(1, start, s)
-                            } else {
-                                Ok(clean.clone())
-                            }
+                        .map(|&k| match comps[k].kind {
+                            ComponentKind::Resid => Ok(reps[k].narrow(1, start, s)?),
+                            ComponentKind::Mlp => mlp_input(k, start, s),
+                            _ => Ok(clean.clone()),
                         })
-                        .collect::<candle_core::Result<Vec<_>>>()?;
+                        .collect::<Result<Vec<_>>>()?;
                     let new = Tensor::cat(&rows_in, 0)?.contiguous()?;
                     x = Some(match x {
                         Some(prev) => Tensor::cat(&[&prev, &new], 0)?,
@@ -577,7 +600,8 @@ fn sweep(
                 };
                 let width = t - from;
                 let mut hooks = Hooks::none();
-                for (j, &k) in joiners.iter().enumerate().filter(|(_, &k)| comps[k].kind != ComponentKind::Resid) {
+                let hooked = |k: usize| !matches!(comps[k].kind, ComponentKind::Resid | ComponentKind::Mlp);
+                for (j, &k) in joiners.iter().enumerate().filter(|(_, &k)| hooked(k)) {
                     let rep = reps[k].narrow(1, from, width)?;
                     hooks = hooks
                         .with(Intervention::new(site_of(&comps[k]), Action::Replace(rep)).rows(vec![rows_before + j]));
