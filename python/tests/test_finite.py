@@ -45,11 +45,18 @@ CALLS = {
 }
 
 
+# The GPT-2 fixture's 256-token context is shorter than some built-in concept, probe and diagnostic texts
+# (an error naming them, tested elsewhere); its other instruments are checked.
+SHORT_CONTEXT = {"concepts", "probe", "diagnose"}
+
+
 @pytest.mark.parametrize("arch", ["llama", "gemma2", "gpt2", "armorm"])
 def test_every_instrument_report_is_finite(arch):
     m = rl.load(MODELS / arch)
     bad = {}
     for name, call in CALLS.items():
+        if arch == "gpt2" and name in SHORT_CONTEXT:
+            continue
         found = non_finite(call(m), name)
         if found:
             bad[name] = found[:5]
