@@ -261,7 +261,10 @@ fn activate(act: Activation, x: &Tensor) -> Result<Tensor> {
 }
 
 /// Causal (optionally windowed) attention mask with padded keys removed: 1 = may attend.
-/// Shape `[B, 1, T, T]`.
+/// Shape `[B, 1, T, T]`. A padding query also sees itself, so no row is empty: masked scores
+/// can then be −∞ (whose exp is a fast exact 0; a finite stand-in such as `f32::MIN` sends
+/// every masked entry through libm's underflow path, ~3 % of a forward pass), and padding rows
+/// stay finite. Real tokens never attend to padding, so their values do not change.
 fn attention_mask(mask: &[Vec<u8>], window: Option<usize>, device: &Device) -> Result<Tensor> {
     let b = mask.len();
     let t = mask.first().map_or(0, |m| m.len());
@@ -272,6 +275,7 @@ fn attention_mask(mask: &[Vec<u8>], window: Option<usize>, device: &Device) -> R
             for k in lo..=q {
                 data[(bi * t + q) * t + k] = row[k];
             }
+            data[(bi * t + q) * t + q] = 1;
         }
     }
     Ok(Tensor::from_vec(data, (b, 1, t, t), device)?)
@@ -503,7 +507,7 @@ impl Network {
         }
         let scores = hs.fire(Site::AttnScores(l), scores)?;
         let shape = scores.shape().clone();
-        let neg = Tensor::new(f32::MIN, scores.device())?.broadcast_as(&shape)?;
+        let neg = Tensor::new(f32::NEG_INFINITY, scores.device())?.broadcast_as(&shape)?;
         let masked = mask.broadcast_as(&shape)?.where_cond(&scores, &neg)?;
         let pattern = if fused {
             candle_nn::ops::softmax_last_dim(&masked)?
