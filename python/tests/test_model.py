@@ -207,8 +207,48 @@ def test_errors_name_what_is_wrong(tmp_path, llama):
     (cfg / "config.json").write_text(json.dumps(c))
     with pytest.raises(rl.ModelError):
         rl.load(cfg)
+    c["hidden_size"] = 64
+    c["rope_parameters"]["rope_theta"] = 0
+    (cfg / "config.json").write_text(json.dumps(c))
+    with pytest.raises(rl.ModelError, match=r"config.json: field `rope_parameters.rope_theta`"):
+        rl.load(cfg)
+    c["rope_parameters"]["rope_theta"] = 500000.0
+    (cfg / "config.json").write_text(json.dumps(c))
+    # A shard index naming a file outside the folder is a FileError naming the entry.
+    index = {"metadata": {}, "weight_map": {"score.weight": "../../etc/passwd"}}
+    (cfg / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(rl.FileError, match=r"weight_map.score.weight"):
+        rl.load(cfg)
+    (cfg / "model.safetensors.index.json").unlink()
     # Every class is a RewardLensError; InputError is also a ValueError.
     assert issubclass(rl.InputError, ValueError) and issubclass(rl.ModelError, rl.RewardLensError)
+
+
+def test_harmless_extra_tensors_warn_and_mismatched_ones_fail(tmp_path):
+    import struct
+
+    def add_tensor(path, name, rows):
+        # Append one f32 tensor to a safetensors file (header rewritten, data appended).
+        data = path.read_bytes()
+        n = struct.unpack("<Q", data[:8])[0]
+        header = json.loads(data[8 : 8 + n])
+        body = data[8 + n :]
+        header[name] = {"dtype": "F32", "shape": [rows, 64], "data_offsets": [len(body), len(body) + rows * 64 * 4]}
+        h = json.dumps(header).encode()
+        h += b" " * (-len(h) % 8)
+        path.write_bytes(struct.pack("<Q", len(h)) + h + body + b"\0" * (rows * 64 * 4))
+
+    d = tmp_path / "m"
+    d.mkdir()
+    for f in (MODELS / "llama").iterdir():
+        (d / f.name).write_bytes(f.read_bytes())
+    add_tensor(d / "model.safetensors", "lm_head.weight", 4)
+    with pytest.warns(UserWarning, match="lm_head.weight"):
+        m = rl.load(d)
+    assert m.score(PROMPT, RESPONSE) == rl.load(MODELS / "llama").score(PROMPT, RESPONSE)
+    add_tensor(d / "model.safetensors", "model.layers.7.mlp.up_proj.weight", 4)
+    with pytest.raises(rl.ModelError, match="layer 7"):
+        rl.load(d)
 
 
 def test_gil_is_released_during_compute(llama):
