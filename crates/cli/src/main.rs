@@ -187,13 +187,18 @@ fn outputs_are_not_inputs(args: &[String]) -> anyhow::Result<()> {
 /// source in their own message (`file:line: chosen: …`) would otherwise repeat it.
 fn message(e: &anyhow::Error) -> String {
     let mut msg = String::new();
-    for cause in e.chain() {
-        let s = cause.to_string();
-        if !msg.contains(&s) {
+    let causes: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+    for (i, s) in causes.iter().enumerate() {
+        // A context that a deeper cause already states (`pairs.jsonl:3` before
+        // `pairs.jsonl:3: chosen: …`) is said by that cause.
+        if causes[i + 1..].iter().any(|later| later.starts_with(s.as_str())) {
+            continue;
+        }
+        if !msg.contains(s.as_str()) {
             if !msg.is_empty() {
                 msg.push_str(": ");
             }
-            msg.push_str(&s);
+            msg.push_str(s);
         }
     }
     msg

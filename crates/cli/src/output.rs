@@ -60,7 +60,8 @@ pub fn per_pair(
             .progress_chars("=> "),
     );
     for p in &pairs[file.done()..] {
-        let v = f(p)?;
+        // Whatever goes wrong on one pair (a non-finite reward, a bad intervention) names it.
+        let v = f(p).with_context(|| p.location())?;
         file.push(p, v)?;
         bar.inc(1);
     }

@@ -692,3 +692,44 @@ fn out_equal_to_an_input_is_refused() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("config.json"), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(std::fs::read(&pairs).unwrap(), before);
 }
+
+/// A model whose rewards overflow: every command stops with the pair's file and line instead of
+/// writing `null` scores or findings computed from NaN.
+#[test]
+fn non_finite_rewards_stop_every_command_naming_the_pair() {
+    let d = tmp("nan-model");
+    let model = d.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for f in std::fs::read_dir(fixtures().join("models/llama")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, model.join(f.file_name().unwrap())).unwrap();
+    }
+    let st = model.join("model.safetensors");
+    let mut t = candle_core::safetensors::load(&st, &candle_core::Device::Cpu).unwrap();
+    // Finite weights (the load-time scan accepts them) whose product overflows f32.
+    for name in ["score.weight", "model.norm.weight"] {
+        let w = (t[name].clone() * 1e30).unwrap();
+        t.insert(name.into(), w);
+    }
+    candle_core::safetensors::save(&t, &st).unwrap();
+    let pairs = fixtures().join("pairs.jsonl");
+    for cmd in ["score", "patch", "lens", "audit"] {
+        let out = d.join(format!("{cmd}-out"));
+        let o = exe()
+            .args([cmd, "--model"])
+            .arg(&model)
+            .arg("--pairs")
+            .arg(&pairs)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{cmd} succeeded");
+        assert!(err.contains("pairs.jsonl:1") || err.contains("sequence"), "{cmd}: {err}");
+        assert!(err.contains("not a number"), "{cmd}: {err}");
+        if let Ok(text) = std::fs::read_to_string(&out) {
+            assert!(!text.contains("null") && !text.contains("NaN"), "{cmd} wrote a non-finite result");
+        }
+    }
+}
