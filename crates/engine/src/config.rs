@@ -416,6 +416,18 @@ impl ModelConfig {
         Ok(config)
     }
 
+    /// A lower bound on the parameters the architecture must read: embeddings, every layer's
+    /// attention and MLP matrices, and the head (norms, biases and ArmoRM's gate left out). A
+    /// checkpoint storing far fewer cannot be this network, whatever its tensor names say.
+    pub fn implied_params(&self) -> u128 {
+        let (d, v, f) = (self.d_model as u128, self.vocab_size as u128, self.d_mlp as u128);
+        let (q, kv) = ((self.n_heads * self.head_dim) as u128, (self.n_kv_heads * self.head_dim) as u128);
+        let attn = 2 * d * q + 2 * d * kv;
+        let mlp = if self.gated_mlp { 3 * d * f } else { 2 * d * f };
+        let positions = if self.rope.is_none() { self.max_position_embeddings as u128 * d } else { 0 };
+        v * d + positions + self.n_layers as u128 * (attn + mlp) + d * self.num_labels as u128
+    }
+
     pub fn path_hint(dir: &Path) -> PathBuf {
         dir.join("config.json")
     }

@@ -136,9 +136,7 @@ fn check_unread(config: &ModelConfig, src: &Counting) -> Result<Vec<String>> {
     stored.sort();
     let mut warnings = Vec::new();
     for (name, file) in stored.into_iter().filter(|(n, _)| !asked.contains(n)) {
-        let parts: Vec<&str> = name.split('.').collect();
-        let layer = parts.windows(2).find(|w| matches!(w[0], "layers" | "h")).and_then(|w| w[1].parse::<usize>().ok());
-        if let Some(l) = layer.filter(|&l| l >= config.n_layers) {
+        if let Some(l) = layer_of(&name).filter(|&l| l >= config.n_layers) {
             return Err(EngineError::UnexpectedTensor {
                 name,
                 file,
@@ -159,6 +157,49 @@ fn check_unread(config: &ModelConfig, src: &Counting) -> Result<Vec<String>> {
         });
     }
     Ok(warnings)
+}
+
+/// Refuses a config that describes far more parameters than the weights store, before any
+/// layer is built: such a config is for another (larger) model, and its sizes should not drive
+/// any work. Twice the stored count leaves room for tied or oddly packed tensors.
+fn check_size(dir: &Path, config: &ModelConfig, source: &dyn TensorSource) -> Result<()> {
+    let Some(stored) = source.total_elements() else { return Ok(()) };
+    let implied = config.implied_params();
+    if implied <= 2 * stored as u128 {
+        return Ok(());
+    }
+    let stored_layers = source.stored().iter().filter_map(|(name, _)| layer_of(name)).max().map_or(0, |l| l + 1);
+    let raw: serde_json::Value = std::fs::read_to_string(dir.join("config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let key =
+        |keys: &[&str]| -> String { keys.iter().find(|k| raw.get(**k).is_some()).unwrap_or(&keys[0]).to_string() };
+    let (field, detail) = if stored_layers < config.n_layers {
+        (
+            key(&["num_hidden_layers", "n_layer"]),
+            format!("{} layers, but the weights hold {stored_layers}", config.n_layers),
+        )
+    } else {
+        (
+            [key(&["hidden_size", "n_embd"]), key(&["intermediate_size", "n_inner"]), "vocab_size".into()].join("`, `"),
+            format!("hidden size {}, MLP width {}, vocabulary {}", config.d_model, config.d_mlp, config.vocab_size),
+        )
+    };
+    Err(EngineError::ConfigField {
+        path: dir.join("config.json"),
+        field,
+        message: format!(
+            "describes a network of at least {implied} parameters ({detail}), more than twice the {stored} \
+             stored in the weights: the config does not describe this checkpoint"
+        ),
+    })
+}
+
+/// The layer index in a tensor name such as `model.layers.7.mlp.up_proj.weight` or `h.7.attn…`.
+fn layer_of(name: &str) -> Option<usize> {
+    let parts: Vec<&str> = name.split('.').collect();
+    parts.windows(2).find(|w| matches!(w[0], "layers" | "h")).and_then(|w| w[1].parse::<usize>().ok())
 }
 
 /// The first 19 objective names of RLHFlow's ArmoRM (its config does not store them).
@@ -217,6 +258,7 @@ impl RewardModel {
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
         let tokenizer = ChatTokenizer::from_dir(dir, config.max_position_embeddings, config.model_type.as_deref())?;
         let source = SafetensorsSource::open(dir, opts.dtype, &opts.device)?;
+        check_size(dir, &config, &source)?;
         let disk_dtype = source.disk_dtype();
         let pattern = match &config.gating {
             Some(g) if g.token_pattern.is_none() => Some(match read_custom_pattern(dir) {

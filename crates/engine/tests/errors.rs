@@ -651,3 +651,29 @@ fn weight_paths_are_confined_and_regular() {
     let b = direct.batch(&[vec![1, 10, 20, 30]], PaddingSide::Right).unwrap();
     assert_eq!(linked.score(&b).unwrap().scores, direct.score(&b).unwrap().scores);
 }
+
+/// A config for a far larger network than the weights hold is refused before any layer is built,
+/// naming config.json and the size field that does not match (within the size caps, so only the
+/// comparison with the stored weights can catch it).
+#[test]
+fn config_implying_far_more_parameters_than_stored_is_refused() {
+    for (fixture, field, value, named) in [
+        ("llama", "num_hidden_layers", serde_json::json!(200), "`num_hidden_layers`"),
+        ("gpt2", "n_layer", serde_json::json!(500), "`n_layer`"),
+        ("qwen2", "intermediate_size", serde_json::json!(1 << 18), "intermediate_size"),
+        ("mistral", "vocab_size", serde_json::json!(1 << 21), "vocab_size"),
+    ] {
+        let s = Scratch::copy_of(fixture);
+        let mut v = s.config();
+        let stored = RewardModel::load(&s.0, &LoadOptions::default()).unwrap().n_params;
+        v[field] = value;
+        s.write_config(&v);
+        let e = load_err(&s.0);
+        assert!(matches!(e, EngineError::ConfigField { .. }), "{fixture} {field}: {e}");
+        has(&e.to_string(), &["config.json", named, "more than twice", "does not describe this checkpoint"]);
+        // The stored count in the message is the checkpoint's, not the config's.
+        let msg = e.to_string();
+        let found: u128 = msg.split("more than twice the ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+        assert!(found >= stored as u128, "{fixture}: {found} < {stored}: {msg}");
+    }
+}
