@@ -135,12 +135,14 @@ fn check_unread(config: &ModelConfig, src: &Counting) -> Result<Vec<String>> {
     let mut stored = src.inner.stored();
     stored.sort();
     let mut warnings = Vec::new();
+    // GPT-2 configs spell the layer count `n_layer`.
+    let layers_key = if config.architecture == Architecture::Gpt2 { "n_layer" } else { "num_hidden_layers" };
     for (name, file) in stored.into_iter().filter(|(n, _)| !asked.contains(n)) {
         if let Some(l) = layer_of(&name).filter(|&l| l >= config.n_layers) {
             return Err(EngineError::UnexpectedTensor {
                 name,
                 file,
-                why: format!("it belongs to layer {l}, but config.json has num_hidden_layers = {}", config.n_layers),
+                why: format!("it belongs to layer {l}, but config.json has {layers_key} = {}", config.n_layers),
             });
         }
         if HARMLESS.iter().any(|h| name == *h || name.ends_with(&format!(".{h}"))) {

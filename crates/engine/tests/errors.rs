@@ -677,3 +677,36 @@ fn config_implying_far_more_parameters_than_stored_is_refused() {
         assert!(found >= stored as u128, "{fixture}: {found} < {stored}: {msg}");
     }
 }
+
+/// A two-row score head under a one-label config is refused by the tensor's name, with both
+/// shapes: its first row alone would be a silent wrong reward. ArmoRM's multi-objective
+/// regression layer (many rows) is the supported exception and loads.
+#[test]
+fn multi_row_score_head_is_named_unless_multi_objective() {
+    for fixture in ["llama", "gpt2"] {
+        let s = Scratch::copy_of(fixture);
+        let mut t = s.tensors();
+        let w = t["score.weight"].clone();
+        let d = w.dims()[1];
+        t.insert("score.weight".into(), Tensor::cat(&[&w, &w], 0).unwrap());
+        s.write_tensors(&t);
+        let e = load_err(&s.0);
+        assert!(matches!(e, EngineError::ShapeMismatch { .. }), "{fixture}: {e}");
+        has(&e.to_string(), &["score.weight", "model.safetensors", &format!("[2, {d}]"), &format!("[1, {d}]")]);
+    }
+    // GPT-2's layers are `h.N`: one beyond n_layer is named like Llama's `layers.N`.
+    let s = Scratch::copy_of("gpt2");
+    let n = s.config()["n_layer"].as_u64().unwrap();
+    let mut t = s.tensors();
+    let extra = format!("transformer.h.{n}.mlp.c_fc.weight");
+    t.insert(extra.clone(), Tensor::zeros((4, 4), DType::F32, &Device::Cpu).unwrap());
+    s.write_tensors(&t);
+    let e = load_err(&s.0);
+    assert!(matches!(e, EngineError::UnexpectedTensor { .. }), "{e}");
+    has(&e.to_string(), &[&extra, &format!("layer {n}"), &format!("n_layer = {n}")]);
+
+    let armo = load("armorm");
+    let k = armo.config.gating.as_ref().unwrap().num_objectives;
+    assert!(k > 1, "the ArmoRM fixture has {k} objectives");
+    assert!(armo.warnings.is_empty(), "{:?}", armo.warnings);
+}
