@@ -78,6 +78,8 @@ fn qwen2_pretokenizer(tokenizer: &mut Tokenizer, path: &Path) -> Result<()> {
 
 /// Instructions one rendering may run (a real chat template needs a few thousand for a pair).
 const TEMPLATE_FUEL: u64 = 5_000_000;
+/// Nesting depth one rendering may reach (minijinja counts a macro call as several levels).
+const TEMPLATE_RECURSION: usize = 100;
 /// Bytes one rendering may write (the conversation itself plus the template's text).
 const TEMPLATE_MAX_OUTPUT: usize = 64 << 20;
 
@@ -218,6 +220,10 @@ impl ChatTokenizer {
         // Bounded work: a template is data from the model folder, and a loop that never ends (or
         // runs for hours) must end in an error naming the template, not hang the run.
         env.set_fuel(Some(TEMPLATE_FUEL));
+        // Nesting (macros calling macros, includes) is bounded too: a real chat template nests a
+        // few levels; deep recursion is either a runaway macro or one built to grow output
+        // exponentially, and each level costs stack.
+        env.set_recursion_limit(TEMPLATE_RECURSION);
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
