@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::error::{io_err, EngineError, Result};
+use crate::error::{EngineError, Result};
 
 /// The `architectures` entries we load, in the order the README lists them.
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
@@ -224,7 +224,7 @@ impl<'a> Fields<'a> {
 impl ModelConfig {
     /// Reads and resolves `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+        let text = crate::weights::read_text(path)?;
         let v: Value = serde_json::from_str(&text)
             .map_err(|e| EngineError::Json { path: path.to_path_buf(), message: e.to_string() })?;
         Self::from_value(&v, path)

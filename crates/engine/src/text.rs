@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokenizers::Tokenizer;
 
-use crate::error::{io_err, EngineError, Result};
+use crate::error::{EngineError, Result};
 
 /// The format used when a model ships no chat template (the Python peer's plain format). It is
 /// encoded with the tokenizer's own special tokens (its post-processor may add a BOS).
@@ -113,8 +113,8 @@ impl ChatTokenizer {
         let mut tokenizer = Tokenizer::from_file(&tok_path)
             .map_err(|e| EngineError::Tokenizer { path: tok_path.clone(), message: e.to_string() })?;
         let cfg_path = dir.join("tokenizer_config.json");
-        let cfg: Value = if cfg_path.exists() {
-            let text = std::fs::read_to_string(&cfg_path).map_err(io_err(&cfg_path))?;
+        let cfg: Value = if cfg_path.symlink_metadata().is_ok() {
+            let text = crate::weights::read_text(&cfg_path)?;
             serde_json::from_str(&text)
                 .map_err(|e| EngineError::Json { path: cfg_path.clone(), message: e.to_string() })?
         } else {
@@ -125,8 +125,8 @@ impl ChatTokenizer {
             qwen2_pretokenizer(&mut tokenizer, &tok_path)?;
         }
         let jinja = dir.join("chat_template.jinja");
-        let template = if jinja.exists() {
-            Some((std::fs::read_to_string(&jinja).map_err(io_err(&jinja))?, jinja.display().to_string()))
+        let template = if jinja.symlink_metadata().is_ok() {
+            Some((crate::weights::read_text(&jinja)?, jinja.display().to_string()))
         } else {
             let field = |message: String| EngineError::ConfigField {
                 path: cfg_path.clone(),

@@ -44,8 +44,8 @@ impl SafetensorsSource {
         let single = dir.join("model.safetensors");
         let index = dir.join("model.safetensors.index.json");
         let mut shard_of = HashMap::new();
-        let files = if index.exists() {
-            let text = std::fs::read_to_string(&index).map_err(io_err(&index))?;
+        let files = if index.symlink_metadata().is_ok() {
+            let text = read_text(&index)?;
             let v: serde_json::Value = serde_json::from_str(&text)
                 .map_err(|e| EngineError::Json { path: index.clone(), message: e.to_string() })?;
             let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| EngineError::ConfigField {
@@ -180,18 +180,40 @@ fn confined(dir: &Path, index: &Path, tensor: &str, file: &str) -> Result<PathBu
 /// would block for ever and a device could be endless.
 pub(crate) fn regular_file(f: &Path) -> Result<()> {
     let bad = |message: String| EngineError::BadPath { path: f.to_path_buf(), message };
+    let expected =
+        if f.extension().is_some_and(|e| e == "safetensors") { "a safetensors file" } else { "a regular file" };
     match std::fs::metadata(f) {
         Ok(m) if m.is_file() => Ok(()),
-        Ok(m) if m.is_dir() => Err(bad("is a directory, expected a safetensors file".into())),
-        Ok(_) => Err(bad("is not a regular file (a pipe, socket or device); expected a safetensors file".into())),
+        Ok(m) if m.is_dir() => Err(bad(format!("is a directory, expected {expected}"))),
+        Ok(_) => Err(bad(format!("is not a regular file (a pipe, socket or device); expected {expected}"))),
         Err(e) if f.symlink_metadata().is_ok() => {
             Err(bad(format!("is a symbolic link that does not resolve ({e}); a broken link or a loop")))
         }
-        Err(_) => Err(EngineError::Io {
+        Err(_) if expected == "a safetensors file" => Err(EngineError::Io {
             path: f.to_path_buf(),
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "weight file named in the index is missing"),
         }),
+        Err(e) => Err(EngineError::Io { path: f.to_path_buf(), source: e }),
     }
+}
+
+/// Largest JSON or template file we read whole (config.json is a few KB, a shard index or a
+/// tokenizer_config.json with many added tokens a few MB).
+const MAX_TEXT_FILE: u64 = 64 << 20;
+
+/// Reads a small text file of the model folder: a regular file (checked from metadata, so a
+/// FIFO is never opened) of at most [`MAX_TEXT_FILE`] bytes, so a corrupt or hostile folder
+/// cannot make us read without end.
+pub(crate) fn read_text(f: &Path) -> Result<String> {
+    regular_file(f)?;
+    let len = std::fs::metadata(f).map_err(io_err(f))?.len();
+    if len > MAX_TEXT_FILE {
+        return Err(EngineError::BadPath {
+            path: f.to_path_buf(),
+            message: format!("is {len} bytes; expected a text file of at most {} MiB", MAX_TEXT_FILE >> 20),
+        });
+    }
+    std::fs::read_to_string(f).map_err(io_err(f))
 }
 
 /// Tells the kernel we are done with these mapped pages (they are file-backed and read-only, so

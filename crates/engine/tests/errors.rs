@@ -710,3 +710,39 @@ fn multi_row_score_head_is_named_unless_multi_objective() {
     assert!(k > 1, "the ArmoRM fixture has {k} objectives");
     assert!(armo.warnings.is_empty(), "{:?}", armo.warnings);
 }
+
+/// The small text files of a model folder are read whole only when they are regular files of a
+/// sane size: a huge (here sparse) config.json, a FIFO as the shard index and a dangling
+/// chat_template.jinja link are each refused by name, never read without end or skipped.
+#[test]
+fn text_files_are_bounded_and_regular() {
+    use std::os::unix::fs::symlink;
+    let s = Scratch::copy_of("llama");
+    let config = s.path("config.json");
+    let saved = std::fs::read(&config).unwrap();
+    std::fs::OpenOptions::new().write(true).open(&config).unwrap().set_len(65 << 20).unwrap();
+    let e = load_err(&s.0);
+    assert!(matches!(e, EngineError::BadPath { .. }), "{e}");
+    has(&e.to_string(), &["config.json", &format!("{} bytes", 65u64 << 20), "at most 64 MiB"]);
+    std::fs::write(&config, &saved).unwrap();
+
+    let index = s.path("model.safetensors.index.json");
+    assert!(std::process::Command::new("mkfifo").arg(&index).status().unwrap().success());
+    has(
+        &load_err(&s.0).to_string(),
+        &["model.safetensors.index.json", "not a regular file", "expected a regular file"],
+    );
+    std::fs::remove_file(&index).unwrap();
+
+    let jinja = s.path("chat_template.jinja");
+    let _ = std::fs::remove_file(&jinja);
+    symlink("nowhere.jinja", &jinja).unwrap();
+    has(&load_err(&s.0).to_string(), &["chat_template.jinja", "does not resolve"]);
+    std::fs::remove_file(&jinja).unwrap();
+
+    // A missing config.json keeps its plain "not found" cause (no talk of weight files).
+    std::fs::remove_file(&config).unwrap();
+    let e = load_err(&s.0).to_string();
+    has(&e, &["config.json", "cannot read file"]);
+    assert!(!e.contains("weight file"), "{e}");
+}
