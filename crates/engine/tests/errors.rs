@@ -648,8 +648,14 @@ fn weight_paths_are_confined_and_regular() {
     }
     let linked = RewardModel::load(&hub.join("snapshots/abc123"), &LoadOptions::default()).unwrap();
     let direct = RewardModel::load(&s.0, &LoadOptions::default()).unwrap();
-    let b = direct.batch(&[vec![1, 10, 20, 30]], PaddingSide::Right).unwrap();
-    assert_eq!(linked.score(&b).unwrap().scores, direct.score(&b).unwrap().scores);
+    // Tokenizer, template and weights all come through the links: same ids, same rewards.
+    let seqs = all_pair_ids(&direct);
+    assert_eq!(all_pair_ids(&linked), seqs);
+    let b = direct.batch(&seqs, PaddingSide::Right).unwrap();
+    let (x, y) = (linked.score(&b).unwrap().scores, direct.score(&b).unwrap().scores);
+    assert_eq!(x.len(), seqs.len());
+    assert!(x.iter().all(|r| r.is_finite()));
+    assert_eq!(x, y);
 }
 
 /// A config for a far larger network than the weights hold is refused before any layer is built,
