@@ -48,6 +48,7 @@ fn engine_kind(e: &EngineError) -> Kind {
         | UnsupportedDtype { .. }
         | NonFinite { .. }
         | NonFiniteReward { .. }
+        | NonFiniteGradient { .. }
         | UnexpectedTensor { .. }
         | Tokenizer { .. }
         | Template { .. } => Kind::Model,

@@ -55,6 +55,11 @@ pub enum EngineError {
          checkpoint's values and config)"
     )]
     NonFiniteReward { row: usize, seq_len: usize, value: f32 },
+    #[error(
+        "the gradient at `{site}` contains NaN or infinity (the reward itself was finite): the backward \
+         pass overflowed; try --dtype f32 or smaller gradient weights"
+    )]
+    NonFiniteGradient { site: String },
     #[error("token id {id} ({at}) is outside the model's vocabulary: config.json has vocab_size {vocab}")]
     TokenOutOfRange { id: u32, vocab: usize, at: String },
     #[error("unknown activation site `{0}` (see the site list in the README; e.g. blocks.0.hook_resid_post)")]

@@ -426,6 +426,9 @@ impl RewardModel {
                 weights.len()
             )));
         }
+        if let Some((i, w)) = weights.iter().enumerate().find(|(_, w)| !w.is_finite()) {
+            return Err(EngineError::Invalid(format!("gradients: weight {i} is {w}, expected a finite number")));
+        }
         self.resolve_sites(sites)?;
         let mut hs = HookState::new(hooks, Some(sites));
         let (output, scores) = self.run(batch, &mut hs, false)?;
@@ -441,12 +444,21 @@ impl RewardModel {
                 // The objective does not depend on this site (e.g. a pad-only position).
                 None => var.as_tensor().zeros_like()?,
             };
+            // A finite reward can still overflow on the way back (bf16, huge weights): a NaN
+            // gradient would become a confident attribution downstream.
+            if !crate::weights::is_finite(&g)? {
+                return Err(EngineError::NonFiniteGradient { site: name.clone() });
+            }
             grads.insert(name.clone(), g);
         }
         for (name, t) in hs.cache.iter() {
             values.insert(name.to_string(), t.clone());
         }
-        Ok(Gradients { output, objective: objective.to_scalar::<f32>()?, values, grads })
+        let objective = objective.to_scalar::<f32>()?;
+        if !objective.is_finite() {
+            return Err(EngineError::NonFiniteGradient { site: "objective (Σ weight · reward)".into() });
+        }
+        Ok(Gradients { output, objective, values, grads })
     }
 
     /// The scores as a tensor that still carries its graph, for training: built from weights

@@ -236,7 +236,7 @@ fn release_pages(data: &[u8]) {
     }
 }
 
-fn is_finite(t: &Tensor) -> Result<bool> {
+pub(crate) fn is_finite(t: &Tensor) -> Result<bool> {
     use candle_core::{CpuStorage, Storage};
     let finite = {
         let (storage, _) = t.storage_and_layout();
