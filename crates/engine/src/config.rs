@@ -549,6 +549,18 @@ fn validate(f: &Fields, c: &ModelConfig) -> Result<()> {
                 return Err(f.err(field, format!("must be between 1 and 65536, found {n}")));
             }
         }
+        if let Some(p) = &g.token_pattern {
+            // An empty pattern matches nowhere; an id beyond the vocabulary can never occur.
+            if p.is_empty() {
+                return Err(f.err("gating_token_pattern", "is empty: expected the token ids that mark the gate"));
+            }
+            if let Some(id) = p.iter().find(|&&id| id as usize >= c.vocab_size) {
+                return Err(f.err(
+                    "gating_token_pattern",
+                    format!("token id {id} is outside the vocabulary (vocab_size {})", c.vocab_size),
+                ));
+            }
+        }
         if g.n_hidden > 64 {
             return Err(f.err("gating_n_hidden", format!("must be at most 64, found {}", g.n_hidden)));
         }
@@ -750,6 +762,8 @@ mod tests {
             (gemma(), "sliding_window", json!(0), "sliding_window"),
             (armo(), "gating_temperature", json!(0.0), "gating_temperature"),
             (armo(), "num_objectives", json!(0), "num_objectives"),
+            (armo(), "gating_token_pattern", json!([]), "gating_token_pattern"),
+            (armo(), "gating_token_pattern", json!([1, 50]), "gating_token_pattern"),
             (gpt2(), "layer_norm_epsilon", json!(-1e-5), "layer_norm_epsilon"),
             (gpt2(), "n_layer", json!(100_000), "n_layer"),
         ];

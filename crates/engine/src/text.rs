@@ -170,6 +170,14 @@ impl ChatTokenizer {
             }
         };
         let mut max = max_tokens;
+        // A zero limit would refuse every input with a message that never names its source.
+        if cfg.get("model_max_length").and_then(|m| m.as_u64()) == Some(0) {
+            return Err(EngineError::ConfigField {
+                path: cfg_path.clone(),
+                field: "model_max_length".into(),
+                message: "must be positive, found 0".into(),
+            });
+        }
         if let Some(m) = cfg.get("model_max_length").and_then(|m| m.as_u64()) {
             max = max.min(m as usize);
         }

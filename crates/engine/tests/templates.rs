@@ -144,6 +144,7 @@ fn hostile_or_wrong_templates_are_named_errors() {
             Some("{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}{{ messages[0]['content'] }}{{ messages[1]['content'] }}"),
             vec!["chat_template.jinja", "fuel"],
         ),
+        ("zero-context", json!({"model_max_length": 0}), None, vec!["tokenizer_config.json", "`model_max_length`", "positive"]),
         (
             "runaway-macro",
             json!({}),
