@@ -50,6 +50,7 @@ fn engine_kind(e: &EngineError) -> Kind {
         | NonFiniteReward { .. }
         | NonFiniteGradient { .. }
         | UnexpectedTensor { .. }
+        | DuplicateTensor { .. }
         | Tokenizer { .. }
         | Template { .. } => Kind::Model,
         UnknownSite(_) | Intervention { .. } => Kind::Site,

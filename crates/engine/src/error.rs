@@ -29,6 +29,8 @@ pub enum EngineError {
     ShapeMismatch { name: String, file: String, expected: Vec<usize>, found: Vec<usize> },
     #[error("tensor `{name}` in {file} is not part of the model: {why}")]
     UnexpectedTensor { name: String, file: String, why: String },
+    #[error("tensor `{name}` is stored more than once (in {files}): which copy is the model's is ambiguous")]
+    DuplicateTensor { name: String, files: String },
     #[error("tensor `{name}` has unsupported dtype {dtype} (supported on disk: f32, bf16, f16, f64)")]
     UnsupportedDtype { name: String, dtype: String },
     #[error("tensor `{name}` in {file} contains non-finite values (NaN or infinity)")]

@@ -66,6 +66,13 @@ impl SafetensorsSource {
                     files.push(p);
                 }
             }
+            if files.is_empty() {
+                return Err(EngineError::ConfigField {
+                    path: index.clone(),
+                    field: "weight_map".into(),
+                    message: "is empty: expected each tensor name mapped to its shard file".into(),
+                });
+            }
             files.sort();
             files
         } else if single.symlink_metadata().is_ok() {
@@ -82,7 +89,14 @@ impl SafetensorsSource {
             file: files.first().cloned().unwrap_or_default(),
             message: e.to_string(),
         })?;
-        Ok(Self { st, files, shard_of, dtype, device: device.clone() })
+        let me = Self { st, files, shard_of, dtype, device: device.clone() };
+        // Shards are routed by content, the last file holding a name winning: a tensor stored
+        // twice would silently load whichever copy sorts last.
+        let mut seen = std::collections::HashSet::new();
+        if let Some((name, _)) = me.st.tensors().into_iter().find(|(name, _)| !seen.insert(name.clone())) {
+            return Err(EngineError::DuplicateTensor { name, files: me.files_list() });
+        }
+        Ok(me)
     }
 
     fn file_of(&self, name: &str) -> String {

@@ -752,3 +752,29 @@ fn text_files_are_bounded_and_regular() {
     has(&e, &["config.json", "cannot read file"]);
     assert!(!e.contains("weight file"), "{e}");
 }
+
+/// A shard index must map something, and a tensor stored in two shards is ambiguous (the
+/// loader would otherwise take whichever copy came last): both are named.
+#[test]
+fn empty_index_and_duplicated_tensors_are_named() {
+    let s = Scratch::copy_of("llama");
+    let tensors = s.tensors();
+    std::fs::write(s.path("model.safetensors.index.json"), r#"{"metadata": {}, "weight_map": {}}"#).unwrap();
+    has(&load_err(&s.0).to_string(), &["model.safetensors.index.json", "`weight_map`", "is empty"]);
+
+    // Shard 2 repeats score.weight with other values.
+    let mut second = HashMap::new();
+    second.insert("score.weight".to_string(), (tensors["score.weight"].clone() * 2.0).unwrap());
+    candle_core::safetensors::save(&second, s.path("model-00002-of-00002.safetensors")).unwrap();
+    let mut map: serde_json::Map<String, serde_json::Value> =
+        tensors.keys().map(|n| (n.clone(), serde_json::json!("model.safetensors"))).collect();
+    map.insert("score.weight".into(), serde_json::json!("model-00002-of-00002.safetensors"));
+    let index = serde_json::json!({"metadata": {}, "weight_map": map});
+    std::fs::write(s.path("model.safetensors.index.json"), index.to_string()).unwrap();
+    let e = load_err(&s.0);
+    assert!(matches!(e, EngineError::DuplicateTensor { .. }), "{e}");
+    has(
+        &e.to_string(),
+        &["`score.weight`", "stored more than once", "model.safetensors", "model-00002-of-00002.safetensors"],
+    );
+}
