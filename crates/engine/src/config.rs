@@ -289,7 +289,15 @@ impl ModelConfig {
             Some(h) if !is_gpt2 => h,
             _ => {
                 if d_model % n_heads != 0 {
-                    return Err(f.err("hidden_size", format!("{d_model} is not divisible by {n_heads} heads")));
+                    let (width, heads) = if f.get("n_embd").is_some() {
+                        ("n_embd", "n_head")
+                    } else {
+                        ("hidden_size", "num_attention_heads")
+                    };
+                    return Err(f.err(
+                        width,
+                        format!("{d_model} is not divisible by {heads} = {n_heads} (each head gets an equal share)"),
+                    ));
                 }
                 d_model / n_heads
             }
