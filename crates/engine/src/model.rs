@@ -264,6 +264,17 @@ impl RewardModel {
         let disk_dtype = source.disk_dtype();
         let pattern = match &config.gating {
             Some(g) if g.token_pattern.is_none() => Some(match read_custom_pattern(dir) {
+                // An id the embedding cannot hold would make every sequence miss the gate.
+                Some(p) if p.is_empty() || p.iter().any(|&id| id as usize >= config.vocab_size) => {
+                    return Err(EngineError::ConfigField {
+                        path: dir.join("modeling_custom.py"),
+                        field: "token_pattern".into(),
+                        message: format!(
+                            "{p:?} must be a non-empty list of token ids below vocab_size {}",
+                            config.vocab_size
+                        ),
+                    });
+                }
                 Some(p) => p,
                 None => tokenizer.boundary_ids()?,
             }),
@@ -670,7 +681,7 @@ fn filter_one(pattern: &str, site: &Site) -> bool {
 
 /// `token_pattern = [..]` from an ArmoRM-style `modeling_custom.py`, if the directory has one.
 fn read_custom_pattern(dir: &Path) -> Option<Vec<u32>> {
-    let text = std::fs::read_to_string(dir.join("modeling_custom.py")).ok()?;
+    let text = crate::weights::read_text(&dir.join("modeling_custom.py")).ok()?;
     let line = text.lines().find(|l| l.trim_start().starts_with("token_pattern") && l.contains('['))?;
     let inner = line.split_once('[')?.1.split_once(']')?.0;
     inner.split(',').map(|s| s.trim().parse().ok()).collect()

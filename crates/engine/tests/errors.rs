@@ -797,3 +797,18 @@ fn empty_index_and_duplicated_tensors_are_named() {
         &["`score.weight`", "stored more than once", "model.safetensors", "model-00002-of-00002.safetensors"],
     );
 }
+
+/// ArmoRM's gate position comes from `token_pattern` in modeling_custom.py (read as text, never
+/// run); a pattern with an id beyond the vocabulary could never match, so it is named at load.
+#[test]
+fn armorm_pattern_outside_the_vocabulary_is_named() {
+    let s = Scratch::copy_of("armorm");
+    let vocab = s.config()["vocab_size"].as_u64().unwrap();
+    let path = s.path("modeling_custom.py");
+    let code = std::fs::read_to_string(&path).unwrap();
+    assert!(code.contains("token_pattern = [6, 4, 205]"));
+    std::fs::write(&path, code.replace("token_pattern = [6, 4, 205]", &format!("token_pattern = [6, 4, {vocab}]")))
+        .unwrap();
+    let e = load_err(&s.0);
+    has(&e.to_string(), &["modeling_custom.py", "`token_pattern`", &format!("below vocab_size {vocab}")]);
+}
