@@ -191,8 +191,11 @@ impl ChatTokenizer {
         // Fail at load, not on the first pair, when the template cannot render — or renders a
         // text without the prompt or the response, which would score something else entirely.
         if me.template.is_some() {
-            let text = me.render(SENTINEL_PROMPT, SENTINEL_RESPONSE)?;
-            let missing = match (text.find(SENTINEL_PROMPT), text.find(SENTINEL_RESPONSE)) {
+            // Long markers, so a template that cuts the content short (`content[:200]`) is caught
+            // as well as one that drops it.
+            let (prompt, response) = (SENTINEL_PROMPT.repeat(2048), SENTINEL_RESPONSE.repeat(2048));
+            let text = me.render(&prompt, &response)?;
+            let missing = match (text.find(&prompt), text.find(&response)) {
                 (None, _) => Some("the user's prompt (messages[0].content)"),
                 (_, None) => Some("the assistant's response (messages[1].content)"),
                 (Some(p), Some(r)) if p > r => Some("the prompt before the response"),
@@ -202,7 +205,8 @@ impl ChatTokenizer {
                 return Err(EngineError::Template {
                     source_name: me.template_source(),
                     message: format!(
-                        "the rendered conversation does not contain {what}; a reward model's template must render both"
+                        "the rendered conversation does not contain {what} in full; a reward model's template must \
+                         render both, whole"
                     ),
                 });
             }

@@ -120,6 +120,12 @@ fn hostile_or_wrong_templates_are_named_errors() {
         ("no-response", json!({}), Some("{{ messages[0]['content'] }}"), vec!["chat_template.jinja", "response"]),
         ("no-prompt", json!({}), Some("{{ messages[1]['content'] }}"), vec!["chat_template.jinja", "prompt"]),
         (
+            "cut-response",
+            json!({}),
+            Some("{{ messages[0]['content'] }}{{ messages[1]['content'][:200] }}"),
+            vec!["chat_template.jinja", "response", "in full"],
+        ),
+        (
             "reversed",
             json!({}),
             Some("{{ messages[1]['content'] }}{{ messages[0]['content'] }}"),
