@@ -110,6 +110,7 @@ impl ChatTokenizer {
         if !tok_path.exists() {
             return Err(EngineError::Tokenizer { path: tok_path, message: "file not found".into() });
         }
+        crate::weights::bounded_file(&tok_path, crate::weights::MAX_TOKENIZER_FILE)?;
         let mut tokenizer = Tokenizer::from_file(&tok_path)
             .map_err(|e| EngineError::Tokenizer { path: tok_path.clone(), message: e.to_string() })?;
         let cfg_path = dir.join("tokenizer_config.json");

@@ -219,15 +219,25 @@ const MAX_TEXT_FILE: u64 = 64 << 20;
 /// FIFO is never opened) of at most [`MAX_TEXT_FILE`] bytes, so a corrupt or hostile folder
 /// cannot make us read without end.
 pub(crate) fn read_text(f: &Path) -> Result<String> {
+    bounded_file(f, MAX_TEXT_FILE)?;
+    std::fs::read_to_string(f).map_err(io_err(f))
+}
+
+/// Largest tokenizer.json we hand to the tokenizer library (the largest real vocabularies make
+/// files of a few tens of MB).
+pub(crate) const MAX_TOKENIZER_FILE: u64 = 1 << 30;
+
+/// A regular file of at most `limit` bytes, checked from metadata before anything reads it.
+pub(crate) fn bounded_file(f: &Path, limit: u64) -> Result<()> {
     regular_file(f)?;
     let len = std::fs::metadata(f).map_err(io_err(f))?.len();
-    if len > MAX_TEXT_FILE {
+    if len > limit {
         return Err(EngineError::BadPath {
             path: f.to_path_buf(),
-            message: format!("is {len} bytes; expected a text file of at most {} MiB", MAX_TEXT_FILE >> 20),
+            message: format!("is {len} bytes; expected a text file of at most {} MiB", limit >> 20),
         });
     }
-    std::fs::read_to_string(f).map_err(io_err(f))
+    Ok(())
 }
 
 /// Tells the kernel we are done with these mapped pages (they are file-backed and read-only, so

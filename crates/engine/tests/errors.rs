@@ -750,6 +750,12 @@ fn text_files_are_bounded_and_regular() {
     assert!(matches!(e, EngineError::BadPath { .. }), "{e}");
     has(&e.to_string(), &["config.json", &format!("{} bytes", 65u64 << 20), "at most 64 MiB"]);
     std::fs::write(&config, &saved).unwrap();
+    // tokenizer.json may be larger (big vocabularies) but not without bound.
+    let tok = s.path("tokenizer.json");
+    let tok_saved = std::fs::read(&tok).unwrap();
+    std::fs::OpenOptions::new().write(true).open(&tok).unwrap().set_len((1 << 30) + 1).unwrap();
+    has(&load_err(&s.0).to_string(), &["tokenizer.json", "at most 1024 MiB"]);
+    std::fs::write(&tok, &tok_saved).unwrap();
 
     let index = s.path("model.safetensors.index.json");
     assert!(std::process::Command::new("mkfifo").arg(&index).status().unwrap().success());
