@@ -48,7 +48,9 @@ fn engine_kind(e: &EngineError) -> Kind {
         | UnsupportedDtype { .. }
         | NonFinite { .. }
         | NonFiniteReward { .. }
+        | NonFiniteGradient { .. }
         | UnexpectedTensor { .. }
+        | DuplicateTensor { .. }
         | Tokenizer { .. }
         | Template { .. } => Kind::Model,
         UnknownSite(_) | Intervention { .. } => Kind::Site,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::error::{io_err, EngineError, Result};
+use crate::error::{EngineError, Result};
 
 /// The `architectures` entries we load, in the order the README lists them.
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
@@ -224,7 +224,7 @@ impl<'a> Fields<'a> {
 impl ModelConfig {
     /// Reads and resolves `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+        let text = crate::weights::read_text(path)?;
         let v: Value = serde_json::from_str(&text)
             .map_err(|e| EngineError::Json { path: path.to_path_buf(), message: e.to_string() })?;
         Self::from_value(&v, path)
@@ -289,7 +289,15 @@ impl ModelConfig {
             Some(h) if !is_gpt2 => h,
             _ => {
                 if d_model % n_heads != 0 {
-                    return Err(f.err("hidden_size", format!("{d_model} is not divisible by {n_heads} heads")));
+                    let (width, heads) = if f.get("n_embd").is_some() {
+                        ("n_embd", "n_head")
+                    } else {
+                        ("hidden_size", "num_attention_heads")
+                    };
+                    return Err(f.err(
+                        width,
+                        format!("{d_model} is not divisible by {heads} = {n_heads} (each head gets an equal share)"),
+                    ));
                 }
                 d_model / n_heads
             }
@@ -416,6 +424,18 @@ impl ModelConfig {
         Ok(config)
     }
 
+    /// A lower bound on the parameters the architecture must read: embeddings, every layer's
+    /// attention and MLP matrices, and the head (norms, biases and ArmoRM's gate left out). A
+    /// checkpoint storing far fewer cannot be this network, whatever its tensor names say.
+    pub fn implied_params(&self) -> u128 {
+        let (d, v, f) = (self.d_model as u128, self.vocab_size as u128, self.d_mlp as u128);
+        let (q, kv) = ((self.n_heads * self.head_dim) as u128, (self.n_kv_heads * self.head_dim) as u128);
+        let attn = 2 * d * q + 2 * d * kv;
+        let mlp = if self.gated_mlp { 3 * d * f } else { 2 * d * f };
+        let positions = if self.rope.is_none() { self.max_position_embeddings as u128 * d } else { 0 };
+        v * d + positions + self.n_layers as u128 * (attn + mlp) + d * self.num_labels as u128
+    }
+
     pub fn path_hint(dir: &Path) -> PathBuf {
         dir.join("config.json")
     }
@@ -535,6 +555,18 @@ fn validate(f: &Fields, c: &ModelConfig) -> Result<()> {
         for (field, n) in [("num_objectives", g.num_objectives), ("gating_hidden_dim", g.hidden_dim)] {
             if n == 0 || n > 1 << 16 {
                 return Err(f.err(field, format!("must be between 1 and 65536, found {n}")));
+            }
+        }
+        if let Some(p) = &g.token_pattern {
+            // An empty pattern matches nowhere; an id beyond the vocabulary can never occur.
+            if p.is_empty() {
+                return Err(f.err("gating_token_pattern", "is empty: expected the token ids that mark the gate"));
+            }
+            if let Some(id) = p.iter().find(|&&id| id as usize >= c.vocab_size) {
+                return Err(f.err(
+                    "gating_token_pattern",
+                    format!("token id {id} is outside the vocabulary (vocab_size {})", c.vocab_size),
+                ));
             }
         }
         if g.n_hidden > 64 {
@@ -738,6 +770,8 @@ mod tests {
             (gemma(), "sliding_window", json!(0), "sliding_window"),
             (armo(), "gating_temperature", json!(0.0), "gating_temperature"),
             (armo(), "num_objectives", json!(0), "num_objectives"),
+            (armo(), "gating_token_pattern", json!([]), "gating_token_pattern"),
+            (armo(), "gating_token_pattern", json!([1, 50]), "gating_token_pattern"),
             (gpt2(), "layer_norm_epsilon", json!(-1e-5), "layer_norm_epsilon"),
             (gpt2(), "n_layer", json!(100_000), "n_layer"),
         ];

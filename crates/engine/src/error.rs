@@ -29,6 +29,8 @@ pub enum EngineError {
     ShapeMismatch { name: String, file: String, expected: Vec<usize>, found: Vec<usize> },
     #[error("tensor `{name}` in {file} is not part of the model: {why}")]
     UnexpectedTensor { name: String, file: String, why: String },
+    #[error("tensor `{name}` is stored more than once (in {files}): which copy is the model's is ambiguous")]
+    DuplicateTensor { name: String, files: String },
     #[error("tensor `{name}` has unsupported dtype {dtype} (supported on disk: f32, bf16, f16, f64)")]
     UnsupportedDtype { name: String, dtype: String },
     #[error("tensor `{name}` in {file} contains non-finite values (NaN or infinity)")]
@@ -55,6 +57,11 @@ pub enum EngineError {
          checkpoint's values and config)"
     )]
     NonFiniteReward { row: usize, seq_len: usize, value: f32 },
+    #[error(
+        "the gradient at `{site}` contains NaN or infinity (the reward itself was finite): the backward \
+         pass overflowed; try --dtype f32 or smaller gradient weights"
+    )]
+    NonFiniteGradient { site: String },
     #[error("token id {id} ({at}) is outside the model's vocabulary: config.json has vocab_size {vocab}")]
     TokenOutOfRange { id: u32, vocab: usize, at: String },
     #[error("unknown activation site `{0}` (see the site list in the README; e.g. blocks.0.hook_resid_post)")]

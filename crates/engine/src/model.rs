@@ -135,14 +135,14 @@ fn check_unread(config: &ModelConfig, src: &Counting) -> Result<Vec<String>> {
     let mut stored = src.inner.stored();
     stored.sort();
     let mut warnings = Vec::new();
+    // GPT-2 configs spell the layer count `n_layer`.
+    let layers_key = if config.architecture == Architecture::Gpt2 { "n_layer" } else { "num_hidden_layers" };
     for (name, file) in stored.into_iter().filter(|(n, _)| !asked.contains(n)) {
-        let parts: Vec<&str> = name.split('.').collect();
-        let layer = parts.windows(2).find(|w| matches!(w[0], "layers" | "h")).and_then(|w| w[1].parse::<usize>().ok());
-        if let Some(l) = layer.filter(|&l| l >= config.n_layers) {
+        if let Some(l) = layer_of(&name).filter(|&l| l >= config.n_layers) {
             return Err(EngineError::UnexpectedTensor {
                 name,
                 file,
-                why: format!("it belongs to layer {l}, but config.json has num_hidden_layers = {}", config.n_layers),
+                why: format!("it belongs to layer {l}, but config.json has {layers_key} = {}", config.n_layers),
             });
         }
         if HARMLESS.iter().any(|h| name == *h || name.ends_with(&format!(".{h}"))) {
@@ -159,6 +159,49 @@ fn check_unread(config: &ModelConfig, src: &Counting) -> Result<Vec<String>> {
         });
     }
     Ok(warnings)
+}
+
+/// Refuses a config that describes far more parameters than the weights store, before any
+/// layer is built: such a config is for another (larger) model, and its sizes should not drive
+/// any work. Twice the stored count leaves room for tied or oddly packed tensors.
+fn check_size(dir: &Path, config: &ModelConfig, source: &dyn TensorSource) -> Result<()> {
+    let Some(stored) = source.total_elements() else { return Ok(()) };
+    let implied = config.implied_params();
+    if implied <= 2 * stored as u128 {
+        return Ok(());
+    }
+    let stored_layers = source.stored().iter().filter_map(|(name, _)| layer_of(name)).max().map_or(0, |l| l + 1);
+    let raw: serde_json::Value = std::fs::read_to_string(dir.join("config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let key =
+        |keys: &[&str]| -> String { keys.iter().find(|k| raw.get(**k).is_some()).unwrap_or(&keys[0]).to_string() };
+    let (field, detail) = if stored_layers < config.n_layers {
+        (
+            key(&["num_hidden_layers", "n_layer"]),
+            format!("{} layers, but the weights hold {stored_layers}", config.n_layers),
+        )
+    } else {
+        (
+            [key(&["hidden_size", "n_embd"]), key(&["intermediate_size", "n_inner"]), "vocab_size".into()].join("`, `"),
+            format!("hidden size {}, MLP width {}, vocabulary {}", config.d_model, config.d_mlp, config.vocab_size),
+        )
+    };
+    Err(EngineError::ConfigField {
+        path: dir.join("config.json"),
+        field,
+        message: format!(
+            "describes a network of at least {implied} parameters ({detail}), more than twice the {stored} \
+             stored in the weights: the config does not describe this checkpoint"
+        ),
+    })
+}
+
+/// The layer index in a tensor name such as `model.layers.7.mlp.up_proj.weight` or `h.7.attn…`.
+fn layer_of(name: &str) -> Option<usize> {
+    let parts: Vec<&str> = name.split('.').collect();
+    parts.windows(2).find(|w| matches!(w[0], "layers" | "h")).and_then(|w| w[1].parse::<usize>().ok())
 }
 
 /// The first 19 objective names of RLHFlow's ArmoRM (its config does not store them).
@@ -217,9 +260,21 @@ impl RewardModel {
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
         let tokenizer = ChatTokenizer::from_dir(dir, config.max_position_embeddings, config.model_type.as_deref())?;
         let source = SafetensorsSource::open(dir, opts.dtype, &opts.device)?;
+        check_size(dir, &config, &source)?;
         let disk_dtype = source.disk_dtype();
         let pattern = match &config.gating {
             Some(g) if g.token_pattern.is_none() => Some(match read_custom_pattern(dir) {
+                // An id the embedding cannot hold would make every sequence miss the gate.
+                Some(p) if p.is_empty() || p.iter().any(|&id| id as usize >= config.vocab_size) => {
+                    return Err(EngineError::ConfigField {
+                        path: dir.join("modeling_custom.py"),
+                        field: "token_pattern".into(),
+                        message: format!(
+                            "{p:?} must be a non-empty list of token ids below vocab_size {}",
+                            config.vocab_size
+                        ),
+                    });
+                }
                 Some(p) => p,
                 None => tokenizer.boundary_ids()?,
             }),
@@ -382,6 +437,9 @@ impl RewardModel {
                 weights.len()
             )));
         }
+        if let Some((i, w)) = weights.iter().enumerate().find(|(_, w)| !w.is_finite()) {
+            return Err(EngineError::Invalid(format!("gradients: weight {i} is {w}, expected a finite number")));
+        }
         self.resolve_sites(sites)?;
         let mut hs = HookState::new(hooks, Some(sites));
         let (output, scores) = self.run(batch, &mut hs, false)?;
@@ -397,12 +455,21 @@ impl RewardModel {
                 // The objective does not depend on this site (e.g. a pad-only position).
                 None => var.as_tensor().zeros_like()?,
             };
+            // A finite reward can still overflow on the way back (bf16, huge weights): a NaN
+            // gradient would become a confident attribution downstream.
+            if !crate::weights::is_finite(&g)? {
+                return Err(EngineError::NonFiniteGradient { site: name.clone() });
+            }
             grads.insert(name.clone(), g);
         }
         for (name, t) in hs.cache.iter() {
             values.insert(name.to_string(), t.clone());
         }
-        Ok(Gradients { output, objective: objective.to_scalar::<f32>()?, values, grads })
+        let objective = objective.to_scalar::<f32>()?;
+        if !objective.is_finite() {
+            return Err(EngineError::NonFiniteGradient { site: "objective (Σ weight · reward)".into() });
+        }
+        Ok(Gradients { output, objective, values, grads })
     }
 
     /// The scores as a tensor that still carries its graph, for training: built from weights
@@ -614,7 +681,7 @@ fn filter_one(pattern: &str, site: &Site) -> bool {
 
 /// `token_pattern = [..]` from an ArmoRM-style `modeling_custom.py`, if the directory has one.
 fn read_custom_pattern(dir: &Path) -> Option<Vec<u32>> {
-    let text = std::fs::read_to_string(dir.join("modeling_custom.py")).ok()?;
+    let text = crate::weights::read_text(&dir.join("modeling_custom.py")).ok()?;
     let line = text.lines().find(|l| l.trim_start().starts_with("token_pattern") && l.contains('['))?;
     let inner = line.split_once('[')?.1.split_once(']')?.0;
     inner.split(',').map(|s| s.trim().parse().ok()).collect()

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokenizers::Tokenizer;
 
-use crate::error::{io_err, EngineError, Result};
+use crate::error::{EngineError, Result};
 
 /// The format used when a model ships no chat template (the Python peer's plain format). It is
 /// encoded with the tokenizer's own special tokens (its post-processor may add a BOS).
@@ -78,6 +78,8 @@ fn qwen2_pretokenizer(tokenizer: &mut Tokenizer, path: &Path) -> Result<()> {
 
 /// Instructions one rendering may run (a real chat template needs a few thousand for a pair).
 const TEMPLATE_FUEL: u64 = 5_000_000;
+/// Nesting depth one rendering may reach (minijinja counts a macro call as several levels).
+const TEMPLATE_RECURSION: usize = 100;
 /// Bytes one rendering may write (the conversation itself plus the template's text).
 const TEMPLATE_MAX_OUTPUT: usize = 64 << 20;
 
@@ -108,11 +110,12 @@ impl ChatTokenizer {
         if !tok_path.exists() {
             return Err(EngineError::Tokenizer { path: tok_path, message: "file not found".into() });
         }
+        crate::weights::bounded_file(&tok_path, crate::weights::MAX_TOKENIZER_FILE)?;
         let mut tokenizer = Tokenizer::from_file(&tok_path)
             .map_err(|e| EngineError::Tokenizer { path: tok_path.clone(), message: e.to_string() })?;
         let cfg_path = dir.join("tokenizer_config.json");
-        let cfg: Value = if cfg_path.exists() {
-            let text = std::fs::read_to_string(&cfg_path).map_err(io_err(&cfg_path))?;
+        let cfg: Value = if cfg_path.symlink_metadata().is_ok() {
+            let text = crate::weights::read_text(&cfg_path)?;
             serde_json::from_str(&text)
                 .map_err(|e| EngineError::Json { path: cfg_path.clone(), message: e.to_string() })?
         } else {
@@ -123,8 +126,8 @@ impl ChatTokenizer {
             qwen2_pretokenizer(&mut tokenizer, &tok_path)?;
         }
         let jinja = dir.join("chat_template.jinja");
-        let template = if jinja.exists() {
-            Some((std::fs::read_to_string(&jinja).map_err(io_err(&jinja))?, jinja.display().to_string()))
+        let template = if jinja.symlink_metadata().is_ok() {
+            Some((crate::weights::read_text(&jinja)?, jinja.display().to_string()))
         } else {
             let field = |message: String| EngineError::ConfigField {
                 path: cfg_path.clone(),
@@ -168,6 +171,14 @@ impl ChatTokenizer {
             }
         };
         let mut max = max_tokens;
+        // A zero limit would refuse every input with a message that never names its source.
+        if cfg.get("model_max_length").and_then(|m| m.as_u64()) == Some(0) {
+            return Err(EngineError::ConfigField {
+                path: cfg_path.clone(),
+                field: "model_max_length".into(),
+                message: "must be positive, found 0".into(),
+            });
+        }
         if let Some(m) = cfg.get("model_max_length").and_then(|m| m.as_u64()) {
             max = max.min(m as usize);
         }
@@ -181,8 +192,11 @@ impl ChatTokenizer {
         // Fail at load, not on the first pair, when the template cannot render — or renders a
         // text without the prompt or the response, which would score something else entirely.
         if me.template.is_some() {
-            let text = me.render(SENTINEL_PROMPT, SENTINEL_RESPONSE)?;
-            let missing = match (text.find(SENTINEL_PROMPT), text.find(SENTINEL_RESPONSE)) {
+            // Long markers, so a template that cuts the content short (`content[:200]`) is caught
+            // as well as one that drops it.
+            let (prompt, response) = (SENTINEL_PROMPT.repeat(2048), SENTINEL_RESPONSE.repeat(2048));
+            let text = me.render(&prompt, &response)?;
+            let missing = match (text.find(&prompt), text.find(&response)) {
                 (None, _) => Some("the user's prompt (messages[0].content)"),
                 (_, None) => Some("the assistant's response (messages[1].content)"),
                 (Some(p), Some(r)) if p > r => Some("the prompt before the response"),
@@ -192,7 +206,8 @@ impl ChatTokenizer {
                 return Err(EngineError::Template {
                     source_name: me.template_source(),
                     message: format!(
-                        "the rendered conversation does not contain {what}; a reward model's template must render both"
+                        "the rendered conversation does not contain {what} in full; a reward model's template must \
+                         render both, whole"
                     ),
                 });
             }
@@ -218,6 +233,10 @@ impl ChatTokenizer {
         // Bounded work: a template is data from the model folder, and a loop that never ends (or
         // runs for hours) must end in an error naming the template, not hang the run.
         env.set_fuel(Some(TEMPLATE_FUEL));
+        // Nesting (macros calling macros, includes) is bounded too: a real chat template nests a
+        // few levels; deep recursion is either a runaway macro or one built to grow output
+        // exponentially, and each level costs stack.
+        env.set_recursion_limit(TEMPLATE_RECURSION);
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);

@@ -44,8 +44,8 @@ impl SafetensorsSource {
         let single = dir.join("model.safetensors");
         let index = dir.join("model.safetensors.index.json");
         let mut shard_of = HashMap::new();
-        let files = if index.exists() {
-            let text = std::fs::read_to_string(&index).map_err(io_err(&index))?;
+        let files = if index.symlink_metadata().is_ok() {
+            let text = read_text(&index)?;
             let v: serde_json::Value = serde_json::from_str(&text)
                 .map_err(|e| EngineError::Json { path: index.clone(), message: e.to_string() })?;
             let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| EngineError::ConfigField {
@@ -66,6 +66,13 @@ impl SafetensorsSource {
                     files.push(p);
                 }
             }
+            if files.is_empty() {
+                return Err(EngineError::ConfigField {
+                    path: index.clone(),
+                    field: "weight_map".into(),
+                    message: "is empty: expected each tensor name mapped to its shard file".into(),
+                });
+            }
             files.sort();
             files
         } else if single.symlink_metadata().is_ok() {
@@ -82,7 +89,14 @@ impl SafetensorsSource {
             file: files.first().cloned().unwrap_or_default(),
             message: e.to_string(),
         })?;
-        Ok(Self { st, files, shard_of, dtype, device: device.clone() })
+        let me = Self { st, files, shard_of, dtype, device: device.clone() };
+        // Shards are routed by content, the last file holding a name winning: a tensor stored
+        // twice would silently load whichever copy sorts last.
+        let mut seen = std::collections::HashSet::new();
+        if let Some((name, _)) = me.st.tensors().into_iter().find(|(name, _)| !seen.insert(name.clone())) {
+            return Err(EngineError::DuplicateTensor { name, files: me.files_list() });
+        }
+        Ok(me)
     }
 
     fn file_of(&self, name: &str) -> String {
@@ -180,18 +194,50 @@ fn confined(dir: &Path, index: &Path, tensor: &str, file: &str) -> Result<PathBu
 /// would block for ever and a device could be endless.
 pub(crate) fn regular_file(f: &Path) -> Result<()> {
     let bad = |message: String| EngineError::BadPath { path: f.to_path_buf(), message };
+    let expected =
+        if f.extension().is_some_and(|e| e == "safetensors") { "a safetensors file" } else { "a regular file" };
     match std::fs::metadata(f) {
         Ok(m) if m.is_file() => Ok(()),
-        Ok(m) if m.is_dir() => Err(bad("is a directory, expected a safetensors file".into())),
-        Ok(_) => Err(bad("is not a regular file (a pipe, socket or device); expected a safetensors file".into())),
+        Ok(m) if m.is_dir() => Err(bad(format!("is a directory, expected {expected}"))),
+        Ok(_) => Err(bad(format!("is not a regular file (a pipe, socket or device); expected {expected}"))),
         Err(e) if f.symlink_metadata().is_ok() => {
             Err(bad(format!("is a symbolic link that does not resolve ({e}); a broken link or a loop")))
         }
-        Err(_) => Err(EngineError::Io {
+        Err(_) if expected == "a safetensors file" => Err(EngineError::Io {
             path: f.to_path_buf(),
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "weight file named in the index is missing"),
         }),
+        Err(e) => Err(EngineError::Io { path: f.to_path_buf(), source: e }),
     }
+}
+
+/// Largest JSON or template file we read whole (config.json is a few KB, a shard index or a
+/// tokenizer_config.json with many added tokens a few MB).
+const MAX_TEXT_FILE: u64 = 64 << 20;
+
+/// Reads a small text file of the model folder: a regular file (checked from metadata, so a
+/// FIFO is never opened) of at most [`MAX_TEXT_FILE`] bytes, so a corrupt or hostile folder
+/// cannot make us read without end.
+pub(crate) fn read_text(f: &Path) -> Result<String> {
+    bounded_file(f, MAX_TEXT_FILE)?;
+    std::fs::read_to_string(f).map_err(io_err(f))
+}
+
+/// Largest tokenizer.json we hand to the tokenizer library (the largest real vocabularies make
+/// files of a few tens of MB).
+pub(crate) const MAX_TOKENIZER_FILE: u64 = 1 << 30;
+
+/// A regular file of at most `limit` bytes, checked from metadata before anything reads it.
+pub(crate) fn bounded_file(f: &Path, limit: u64) -> Result<()> {
+    regular_file(f)?;
+    let len = std::fs::metadata(f).map_err(io_err(f))?.len();
+    if len > limit {
+        return Err(EngineError::BadPath {
+            path: f.to_path_buf(),
+            message: format!("is {len} bytes; expected a text file of at most {} MiB", limit >> 20),
+        });
+    }
+    Ok(())
 }
 
 /// Tells the kernel we are done with these mapped pages (they are file-backed and read-only, so
@@ -214,7 +260,7 @@ fn release_pages(data: &[u8]) {
     }
 }
 
-fn is_finite(t: &Tensor) -> Result<bool> {
+pub(crate) fn is_finite(t: &Tensor) -> Result<bool> {
     use candle_core::{CpuStorage, Storage};
     let finite = {
         let (storage, _) = t.storage_and_layout();

@@ -483,6 +483,20 @@ fn degenerate_config_values_name_file_and_field() {
         ("armorm", "gating_temperature", serde_json::json!(0.0)),
         ("gpt2", "layer_norm_epsilon", serde_json::json!(-1.0)),
         ("qwen2", "num_hidden_layers", serde_json::json!(1u64 << 40)),
+        ("mistral", "sliding_window", serde_json::json!(0)),
+        ("mistral", "num_key_value_heads", serde_json::json!(3)),
+        ("qwen3", "rms_norm_eps", serde_json::json!(0.0)),
+        ("qwen3", "vocab_size", serde_json::json!(0)),
+        ("llama", "max_position_embeddings", serde_json::json!(0)),
+        ("llama", "hidden_size", serde_json::json!(1u64 << 20)),
+        ("llama", "intermediate_size", serde_json::json!(1u64 << 30)),
+        ("llama", "num_attention_heads", serde_json::json!(0)),
+        ("gemma2", "final_logit_softcapping", serde_json::json!(-30.0)),
+        ("gemma2", "head_dim", serde_json::json!(0)),
+        ("armorm", "num_objectives", serde_json::json!(0)),
+        ("armorm", "gating_hidden_dim", serde_json::json!(1u64 << 30)),
+        ("gpt2", "n_positions", serde_json::json!(0)),
+        ("gpt2", "n_head", serde_json::json!(5)),
     ] {
         let s = Scratch::copy_of(fixture);
         let mut v = s.config();
@@ -490,7 +504,12 @@ fn degenerate_config_values_name_file_and_field() {
         s.write_config(&v);
         let e = load_err(&s.0);
         assert!(matches!(e, EngineError::ConfigField { .. }), "{fixture} {field}: {e}");
-        let named = if field == "rope_parameters" { "rope_parameters.rope_theta" } else { field };
+        let named = match field {
+            "rope_parameters" => "rope_parameters.rope_theta",
+            // 64 is not divisible by 5 heads: the width is the field at fault.
+            "n_head" => "n_embd",
+            f => f,
+        };
         has(&e.to_string(), &["config.json", &format!("`{named}`")]);
     }
 }
@@ -648,6 +667,154 @@ fn weight_paths_are_confined_and_regular() {
     }
     let linked = RewardModel::load(&hub.join("snapshots/abc123"), &LoadOptions::default()).unwrap();
     let direct = RewardModel::load(&s.0, &LoadOptions::default()).unwrap();
-    let b = direct.batch(&[vec![1, 10, 20, 30]], PaddingSide::Right).unwrap();
-    assert_eq!(linked.score(&b).unwrap().scores, direct.score(&b).unwrap().scores);
+    // Tokenizer, template and weights all come through the links: same ids, same rewards.
+    let seqs = all_pair_ids(&direct);
+    assert_eq!(all_pair_ids(&linked), seqs);
+    let b = direct.batch(&seqs, PaddingSide::Right).unwrap();
+    let (x, y) = (linked.score(&b).unwrap().scores, direct.score(&b).unwrap().scores);
+    assert_eq!(x.len(), seqs.len());
+    assert!(x.iter().all(|r| r.is_finite()));
+    assert_eq!(x, y);
+}
+
+/// A config for a far larger network than the weights hold is refused before any layer is built,
+/// naming config.json and the size field that does not match (within the size caps, so only the
+/// comparison with the stored weights can catch it).
+#[test]
+fn config_implying_far_more_parameters_than_stored_is_refused() {
+    for (fixture, field, value, named) in [
+        ("llama", "num_hidden_layers", serde_json::json!(200), "`num_hidden_layers`"),
+        ("gpt2", "n_layer", serde_json::json!(500), "`n_layer`"),
+        ("qwen2", "intermediate_size", serde_json::json!(1 << 18), "intermediate_size"),
+        ("mistral", "vocab_size", serde_json::json!(1 << 21), "vocab_size"),
+    ] {
+        let s = Scratch::copy_of(fixture);
+        let mut v = s.config();
+        let stored = RewardModel::load(&s.0, &LoadOptions::default()).unwrap().n_params;
+        v[field] = value;
+        s.write_config(&v);
+        let e = load_err(&s.0);
+        assert!(matches!(e, EngineError::ConfigField { .. }), "{fixture} {field}: {e}");
+        has(&e.to_string(), &["config.json", named, "more than twice", "does not describe this checkpoint"]);
+        // The stored count in the message is the checkpoint's, not the config's.
+        let msg = e.to_string();
+        let found: u128 = msg.split("more than twice the ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+        assert!(found >= stored as u128, "{fixture}: {found} < {stored}: {msg}");
+    }
+}
+
+/// A two-row score head under a one-label config is refused by the tensor's name, with both
+/// shapes: its first row alone would be a silent wrong reward. ArmoRM's multi-objective
+/// regression layer (many rows) is the supported exception and loads.
+#[test]
+fn multi_row_score_head_is_named_unless_multi_objective() {
+    for fixture in ["llama", "gpt2"] {
+        let s = Scratch::copy_of(fixture);
+        let mut t = s.tensors();
+        let w = t["score.weight"].clone();
+        let d = w.dims()[1];
+        t.insert("score.weight".into(), Tensor::cat(&[&w, &w], 0).unwrap());
+        s.write_tensors(&t);
+        let e = load_err(&s.0);
+        assert!(matches!(e, EngineError::ShapeMismatch { .. }), "{fixture}: {e}");
+        has(&e.to_string(), &["score.weight", "model.safetensors", &format!("[2, {d}]"), &format!("[1, {d}]")]);
+    }
+    // GPT-2's layers are `h.N`: one beyond n_layer is named like Llama's `layers.N`.
+    let s = Scratch::copy_of("gpt2");
+    let n = s.config()["n_layer"].as_u64().unwrap();
+    let mut t = s.tensors();
+    let extra = format!("transformer.h.{n}.mlp.c_fc.weight");
+    t.insert(extra.clone(), Tensor::zeros((4, 4), DType::F32, &Device::Cpu).unwrap());
+    s.write_tensors(&t);
+    let e = load_err(&s.0);
+    assert!(matches!(e, EngineError::UnexpectedTensor { .. }), "{e}");
+    has(&e.to_string(), &[&extra, &format!("layer {n}"), &format!("n_layer = {n}")]);
+
+    let armo = load("armorm");
+    let k = armo.config.gating.as_ref().unwrap().num_objectives;
+    assert!(k > 1, "the ArmoRM fixture has {k} objectives");
+    assert!(armo.warnings.is_empty(), "{:?}", armo.warnings);
+}
+
+/// The small text files of a model folder are read whole only when they are regular files of a
+/// sane size: a huge (here sparse) config.json, a FIFO as the shard index and a dangling
+/// chat_template.jinja link are each refused by name, never read without end or skipped.
+#[test]
+fn text_files_are_bounded_and_regular() {
+    use std::os::unix::fs::symlink;
+    let s = Scratch::copy_of("llama");
+    let config = s.path("config.json");
+    let saved = std::fs::read(&config).unwrap();
+    std::fs::OpenOptions::new().write(true).open(&config).unwrap().set_len(65 << 20).unwrap();
+    let e = load_err(&s.0);
+    assert!(matches!(e, EngineError::BadPath { .. }), "{e}");
+    has(&e.to_string(), &["config.json", &format!("{} bytes", 65u64 << 20), "at most 64 MiB"]);
+    std::fs::write(&config, &saved).unwrap();
+    // tokenizer.json may be larger (big vocabularies) but not without bound.
+    let tok = s.path("tokenizer.json");
+    let tok_saved = std::fs::read(&tok).unwrap();
+    std::fs::OpenOptions::new().write(true).open(&tok).unwrap().set_len((1 << 30) + 1).unwrap();
+    has(&load_err(&s.0).to_string(), &["tokenizer.json", "at most 1024 MiB"]);
+    std::fs::write(&tok, &tok_saved).unwrap();
+
+    let index = s.path("model.safetensors.index.json");
+    assert!(std::process::Command::new("mkfifo").arg(&index).status().unwrap().success());
+    has(
+        &load_err(&s.0).to_string(),
+        &["model.safetensors.index.json", "not a regular file", "expected a regular file"],
+    );
+    std::fs::remove_file(&index).unwrap();
+
+    let jinja = s.path("chat_template.jinja");
+    let _ = std::fs::remove_file(&jinja);
+    symlink("nowhere.jinja", &jinja).unwrap();
+    has(&load_err(&s.0).to_string(), &["chat_template.jinja", "does not resolve"]);
+    std::fs::remove_file(&jinja).unwrap();
+
+    // A missing config.json keeps its plain "not found" cause (no talk of weight files).
+    std::fs::remove_file(&config).unwrap();
+    let e = load_err(&s.0).to_string();
+    has(&e, &["config.json", "cannot read file"]);
+    assert!(!e.contains("weight file"), "{e}");
+}
+
+/// A shard index must map something, and a tensor stored in two shards is ambiguous (the
+/// loader would otherwise take whichever copy came last): both are named.
+#[test]
+fn empty_index_and_duplicated_tensors_are_named() {
+    let s = Scratch::copy_of("llama");
+    let tensors = s.tensors();
+    std::fs::write(s.path("model.safetensors.index.json"), r#"{"metadata": {}, "weight_map": {}}"#).unwrap();
+    has(&load_err(&s.0).to_string(), &["model.safetensors.index.json", "`weight_map`", "is empty"]);
+
+    // Shard 2 repeats score.weight with other values.
+    let mut second = HashMap::new();
+    second.insert("score.weight".to_string(), (tensors["score.weight"].clone() * 2.0).unwrap());
+    candle_core::safetensors::save(&second, s.path("model-00002-of-00002.safetensors")).unwrap();
+    let mut map: serde_json::Map<String, serde_json::Value> =
+        tensors.keys().map(|n| (n.clone(), serde_json::json!("model.safetensors"))).collect();
+    map.insert("score.weight".into(), serde_json::json!("model-00002-of-00002.safetensors"));
+    let index = serde_json::json!({"metadata": {}, "weight_map": map});
+    std::fs::write(s.path("model.safetensors.index.json"), index.to_string()).unwrap();
+    let e = load_err(&s.0);
+    assert!(matches!(e, EngineError::DuplicateTensor { .. }), "{e}");
+    has(
+        &e.to_string(),
+        &["`score.weight`", "stored more than once", "model.safetensors", "model-00002-of-00002.safetensors"],
+    );
+}
+
+/// ArmoRM's gate position comes from `token_pattern` in modeling_custom.py (read as text, never
+/// run); a pattern with an id beyond the vocabulary could never match, so it is named at load.
+#[test]
+fn armorm_pattern_outside_the_vocabulary_is_named() {
+    let s = Scratch::copy_of("armorm");
+    let vocab = s.config()["vocab_size"].as_u64().unwrap();
+    let path = s.path("modeling_custom.py");
+    let code = std::fs::read_to_string(&path).unwrap();
+    assert!(code.contains("token_pattern = [6, 4, 205]"));
+    std::fs::write(&path, code.replace("token_pattern = [6, 4, 205]", &format!("token_pattern = [6, 4, {vocab}]")))
+        .unwrap();
+    let e = load_err(&s.0);
+    has(&e.to_string(), &["modeling_custom.py", "`token_pattern`", &format!("below vocab_size {vocab}")]);
 }

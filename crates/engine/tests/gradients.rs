@@ -384,6 +384,16 @@ fn gradient_errors() {
     let e =
         model.gradients(&batch, &SiteFilter::new(&["blocks.5.hook_resid_pre"]), &[1.0], &Hooks::none()).err().unwrap();
     assert!(e.to_string().contains("blocks.5.hook_resid_pre"), "{e}");
+    // A NaN weight is refused by position; a weight so large that the backward pass overflows
+    // is a named error, never a gradient of infinities.
+    let site = SiteFilter::new(&["blocks.0.hook_resid_pre"]);
+    let e = model.gradients(&batch, &site, &[f32::NAN], &Hooks::none()).err().unwrap().to_string();
+    assert!(e.contains("weight 0 is NaN, expected a finite number"), "{e}");
+    let e = model.gradients(&batch, &site, &[f32::MAX], &Hooks::none()).err().unwrap();
+    assert!(matches!(e, reward_lens_engine::EngineError::NonFiniteGradient { .. }), "{e}");
+    let e = e.to_string();
+    assert!(e.contains("gradient at `blocks.0.hook_resid_pre`") || e.contains("gradient at `objective"), "{e}");
+    assert!(e.contains("NaN or infinity"), "{e}");
     // No sites: a plain scored run with an empty gradient set.
     let g = model.gradients(&batch, &SiteFilter::default(), &[1.0], &Hooks::none()).unwrap();
     assert!(g.grads.is_empty() && g.values.is_empty());

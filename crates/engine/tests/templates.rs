@@ -53,6 +53,18 @@ fn template_raising_is_a_named_error() {
     assert!(s.contains("chat_template.jinja") && s.contains("no assistant turns, please"), "{s}");
 }
 
+/// The recursion limit leaves room for what real templates do: macros calling macros a few
+/// levels deep inside loops and conditions (tool-call templates nest like this).
+#[test]
+fn nested_macros_within_the_limits_render() {
+    let j = "{% macro c(x) %}[{{ x }}]{% endmacro %}{% macro b(x) %}{% if x %}{{ c(x) }}{% endif %}{% endmacro %}\
+             {% macro a(m) %}{% for k in ['role', 'content'] %}{{ b(m[k]) }}{% endfor %}{% endmacro %}\
+             {% for m in messages %}{% if loop.first %}<s>{% endif %}{{ a(m) }}{% endfor %}";
+    let d = dir_with("nested-macros", json!({}), Some(j));
+    let t = ChatTokenizer::from_dir(&d, 512, None).unwrap();
+    assert_eq!(t.render("p", "r").unwrap(), "<s>[user][p][assistant][r]");
+}
+
 #[test]
 fn python_string_methods_work() {
     let j = "{% for m in messages %}[{{ m['role'].upper() }}]{{ m['content'].strip() }}{% endfor %}";
@@ -108,6 +120,12 @@ fn hostile_or_wrong_templates_are_named_errors() {
         ("no-response", json!({}), Some("{{ messages[0]['content'] }}"), vec!["chat_template.jinja", "response"]),
         ("no-prompt", json!({}), Some("{{ messages[1]['content'] }}"), vec!["chat_template.jinja", "prompt"]),
         (
+            "cut-response",
+            json!({}),
+            Some("{{ messages[0]['content'] }}{{ messages[1]['content'][:200] }}"),
+            vec!["chat_template.jinja", "response", "in full"],
+        ),
+        (
             "reversed",
             json!({}),
             Some("{{ messages[1]['content'] }}{{ messages[0]['content'] }}"),
@@ -130,6 +148,19 @@ fn hostile_or_wrong_templates_are_named_errors() {
             "endless",
             json!({}),
             Some("{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}{{ messages[0]['content'] }}{{ messages[1]['content'] }}"),
+            vec!["chat_template.jinja", "fuel"],
+        ),
+        ("zero-context", json!({"model_max_length": 0}), None, vec!["tokenizer_config.json", "`model_max_length`", "positive"]),
+        (
+            "runaway-macro",
+            json!({}),
+            Some("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}{{ messages[0]['content'] }}{{ messages[1]['content'] }}"),
+            vec!["chat_template.jinja", "recursion"],
+        ),
+        (
+            "exponential-macro",
+            json!({}),
+            Some("{% macro f(n) %}{% if n < 6 %}{% for i in range(20) %}{{ f(n + 1) }}{% endfor %}{% endif %}{% endmacro %}{{ f(0) }}{{ messages[0]['content'] }}{{ messages[1]['content'] }}"),
             vec!["chat_template.jinja", "fuel"],
         ),
         (
