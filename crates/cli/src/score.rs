@@ -106,6 +106,7 @@ pub fn run(a: ScoreArgs) -> Result<()> {
         let encoded = model.encode_pairs(chunk, truncation)?;
         let scores = model.score_pair_texts(chunk, &encoded, &opts, &mut |_| {})?;
         for ((p, e), s) in chunk.iter().zip(&encoded).zip(&scores) {
+            reward_lens_report::scoring::finite_rewards(p, s)?;
             let line = ScoreLine::new(p, e, s);
             serde_json::to_writer(&mut sink, &line)?;
             sink.write_all(b"\n")?;

@@ -692,3 +692,28 @@ fn out_equal_to_an_input_is_refused() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("config.json"), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(std::fs::read(&pairs).unwrap(), before);
 }
+
+/// A model whose arithmetic breaks down on one pair: every command that measures it stops with
+/// an error naming the pair's file and line (never `null` margins with exit 0, never a table
+/// computed from NaN), and writes no half-honest output.
+#[test]
+fn a_nan_reward_is_an_error_naming_the_pair() {
+    let d = tmp("nan-reward");
+    let model = d.join("model");
+    let line = common::poisoned_llama(&model);
+    let at = format!("pairs.jsonl:{line}");
+    let pairs = fixtures().join("pairs.jsonl");
+    for cmd in ["score", "lens", "attribute", "eval", "diagnose", "patch", "audit"] {
+        let out = d.join(format!("{cmd}.out"));
+        let mut c = exe();
+        c.args([cmd, "--model"]).arg(&model).arg("--pairs").arg(&pairs);
+        if cmd != "eval" && cmd != "diagnose" {
+            c.arg("--out").arg(&out);
+        }
+        let o = c.output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{cmd} succeeded: {err}");
+        assert!(err.contains(&at) && err.contains("NaN"), "{cmd}: {err}");
+        assert!(!err.contains("panicked"), "{cmd}: {err}");
+    }
+}

@@ -272,8 +272,12 @@ pub fn run_audit(inputs: &AuditInputs, progress: &mut dyn Progress) -> Result<Au
     // 2. Evaluation.
     stage(2, &mut timings);
     let score_opts = ScoreOptions { batch_size: o.batch_size, padding: PaddingSide::Right };
-    let scores: Vec<PairScore> = model
-        .score_pair_texts(&pairs, &encoded, &score_opts, &mut |_| {})?
+    let raw = model.score_pair_texts(&pairs, &encoded, &score_opts, &mut |_| {})?;
+    // A NaN reward would turn into "worse than chance" findings: name the pair instead.
+    for (p, s) in pairs.iter().zip(&raw) {
+        crate::scoring::finite_rewards(p, s)?;
+    }
+    let scores: Vec<PairScore> = raw
         .into_iter()
         .zip(&pairs)
         .map(|(s, p)| {
