@@ -717,3 +717,70 @@ fn a_nan_reward_is_an_error_naming_the_pair() {
         assert!(!err.contains("panicked"), "{cmd}: {err}");
     }
 }
+
+/// Every resumable command, not only `score`, refuses to continue an output made with another
+/// model, other options or another input, and one whose fingerprint is missing; each error names
+/// the output and its `.meta.json`.
+#[test]
+fn every_resumable_command_checks_its_fingerprint() {
+    let d = tmp("fingerprint-all");
+    let pairs = d.join("pairs.jsonl");
+    let text: String = std::fs::read_to_string(fixtures().join("pairs.jsonl"))
+        .unwrap()
+        .lines()
+        .take(2)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&pairs, &text).unwrap();
+    let (llama, qwen) = (fixtures().join("models/llama"), fixtures().join("models/qwen2"));
+    // (output, command, its options, other options)
+    let commands: [(&str, &[&str], &[&str], &[&str]); 4] = [
+        ("patch.jsonl", &["patch"], &["--granularity", "sublayer"], &["--granularity", "residual"]),
+        ("faith.jsonl", &["faithfulness"], &[], &["--mode", "denoising"]),
+        ("path.jsonl", &["path-patch", "--sender", "0.0"], &["--receivers", "mlp.1"], &["--receivers", "mlp.2"]),
+        (
+            "acts",
+            &["sae", "collect", "--site", "blocks.1.hook_resid_post", "--positions", "pooled"],
+            &[],
+            &["--shard-rows", "7"],
+        ),
+    ];
+    for (name, args, same, other) in commands {
+        let out = d.join(name);
+        let go = |model: &std::path::Path, opts: &[&str], extra: &[&str]| {
+            exe()
+                .args(args)
+                .arg("--model")
+                .arg(model)
+                .arg("--pairs")
+                .arg(&pairs)
+                .arg("--out")
+                .arg(&out)
+                .args(opts)
+                .args(extra)
+                .output()
+                .unwrap()
+        };
+        let o = go(&llama, same, &[]);
+        assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(go(&llama, same, &["--resume"]).status.success(), "{name}: the same run resumes");
+        let meta = format!("{}.meta.json", out.display());
+        let refused = |o: std::process::Output, needle: &str| {
+            let err = String::from_utf8_lossy(&o.stderr).to_string();
+            assert!(!o.status.success(), "{name} {needle}: resumed");
+            assert!(
+                err.contains("cannot resume") && err.contains(needle) && err.contains(&meta),
+                "{name} {needle}: {err}"
+            );
+        };
+        refused(go(&qwen, same, &["--resume"]), "the model");
+        refused(go(&llama, other, &["--resume"]), "the options");
+        std::fs::write(&pairs, text.replacen("\"prompt\"", "\"prompt\" ", 1)).unwrap();
+        refused(go(&llama, same, &["--resume"]), "the input file");
+        std::fs::write(&pairs, &text).unwrap();
+        std::fs::remove_file(&meta).unwrap();
+        let o = go(&llama, same, &["--resume"]);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(!o.status.success() && err.contains("is missing") && err.contains("without --resume"), "{name}: {err}");
+    }
+}
