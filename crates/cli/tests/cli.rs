@@ -734,7 +734,8 @@ fn every_resumable_command_checks_its_fingerprint() {
     std::fs::write(&pairs, &text).unwrap();
     let (llama, qwen) = (fixtures().join("models/llama"), fixtures().join("models/qwen2"));
     // (output, command, its options, other options)
-    let commands: [(&str, &[&str], &[&str], &[&str]); 4] = [
+    type Args<'a> = &'a [&'a str];
+    let commands: [(&str, Args, Args, Args); 4] = [
         ("patch.jsonl", &["patch"], &["--granularity", "sublayer"], &["--granularity", "residual"]),
         ("faith.jsonl", &["faithfulness"], &[], &["--mode", "denoising"]),
         ("path.jsonl", &["path-patch", "--sender", "0.0"], &["--receivers", "mlp.1"], &["--receivers", "mlp.2"]),
@@ -783,4 +784,49 @@ fn every_resumable_command_checks_its_fingerprint() {
         let err = String::from_utf8_lossy(&o.stderr).to_string();
         assert!(!o.status.success() && err.contains("is missing") && err.contains("without --resume"), "{name}: {err}");
     }
+}
+
+/// A write that fails names the path it was writing (and a model folder's every file, shards
+/// included, counts as an input that `--out` may not overwrite).
+#[test]
+fn write_errors_name_the_path() {
+    let d = tmp("write-errors");
+    let pairs = fixtures().join("pairs.jsonl");
+    let llama = fixtures().join("models/llama");
+    let err = |o: std::process::Output| {
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).to_string()
+    };
+    let missing = d.join("no-such-dir").join("scores.jsonl");
+    let e = err(exe().args(["score", "--pairs"]).arg(&pairs).arg("--out").arg(&missing).output().unwrap());
+    assert!(e.contains("no-such-dir/scores.jsonl"), "{e}");
+    if std::path::Path::new("/dev/full").exists() {
+        // A full disk: the report, the summary and standard output each say which failed.
+        let e = err(exe().args(["lens", "--pairs"]).arg(&pairs).args(["--out", "/dev/full"]).output().unwrap());
+        assert!(e.contains("/dev/full: cannot write"), "{e}");
+        let e = err(exe().args(["score", "--pairs"]).arg(&pairs).args(["--summary", "/dev/full"]).output().unwrap());
+        assert!(e.contains("/dev/full: cannot write"), "{e}");
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let e = err(exe().args(["score", "--pairs"]).arg(&pairs).stdout(full).output().unwrap());
+        assert!(e.contains("standard output: cannot write"), "{e}");
+    }
+    // Any file of a model folder, e.g. a weight shard with an unusual name.
+    let model = d.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for f in std::fs::read_dir(&llama).unwrap().flatten() {
+        std::fs::copy(f.path(), model.join(f.file_name())).unwrap();
+    }
+    let shard = model.join("model-00002-of-00002.safetensors");
+    std::fs::write(&shard, b"keep").unwrap();
+    let e = err(exe()
+        .args(["lens", "--model"])
+        .arg(&model)
+        .arg("--pairs")
+        .arg(&pairs)
+        .arg("--out")
+        .arg(&shard)
+        .output()
+        .unwrap());
+    assert!(e.contains("would destroy the input") && e.contains("model-00002-of-00002.safetensors"), "{e}");
+    assert_eq!(std::fs::read(&shard).unwrap(), b"keep");
 }
