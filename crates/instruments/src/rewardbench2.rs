@@ -83,6 +83,8 @@ pub fn is_rewardbench2_line(v: &Value) -> bool {
 
 /// Parses JSON lines (blank lines skipped); `source` names the input in errors.
 pub fn parse_rows(text: &str, source: &str) -> Result<Vec<Rb2Row>> {
+    // A byte-order mark (Windows editors write one) is not part of the first row.
+    let text = text.strip_prefix('\u{FEFF}').unwrap_or(text);
     let mut rows = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         if raw.trim().is_empty() {

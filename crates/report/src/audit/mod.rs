@@ -147,11 +147,7 @@ impl AuditInputs {
     /// its own probes and concepts, and its answer key beside what the audit finds.
     pub fn organism(dir: &Path, model_name: String, options: AuditOptions) -> Result<Self> {
         let key = dir.join("answer_key.json");
-        let text = std::fs::read_to_string(&key).map_err(|source| ReportError::Io {
-            path: key.clone(),
-            what: "cannot read",
-            source,
-        })?;
+        let text = datasets::read_text(&key, "cannot read")?;
         let answer_key: Value = serde_json::from_str(&text)
             .map_err(|e| ReportError::Invalid(format!("{}: not valid JSON: {e}", key.display())))?;
         Ok(Self {
