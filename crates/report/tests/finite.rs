@@ -164,3 +164,29 @@ fn a_nan_on_one_pair_is_an_error_naming_its_line() {
     assert_eq!(first_non_finite(&rep), None);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// An undefined correlation (every pair's ranking constant) is reported as undefined, with the
+/// reason — never as "agrees" with a number, and never silently dropped.
+#[test]
+fn undefined_correlations_make_no_agreement_finding() {
+    let mut res =
+        run_audit(&audit_inputs(repo().join("tests/fixtures/models/llama")), &mut |_: usize, _: usize, _: &str| {})
+            .unwrap();
+    let undefined = reward_lens_instruments::stats::MeanCi { n: 0, mean: None, ci_low: None, ci_high: None };
+    res.faithfulness.overall.dla_vs_patch = undefined.clone();
+    res.faithfulness.overall.atp_vs_patch = undefined;
+    let findings = reward_lens_report::audit::results::findings(&res);
+    for short in ["DLA", "AtP"] {
+        let f: Vec<_> =
+            findings.iter().filter(|f| f.title.starts_with(&format!("{short} vs activation patching"))).collect();
+        assert_eq!(f.len(), 1, "{short}");
+        assert!(f[0].title.ends_with("undefined"), "{}", f[0].title);
+        assert!(
+            f[0].text.contains("undefined") && !f[0].text.contains("agrees") && !f[0].text.contains("ρ ="),
+            "{}",
+            f[0].text
+        );
+        assert_eq!(f[0].evidence[0].value, None);
+    }
+    assert_eq!(first_non_finite(&findings), None);
+}
