@@ -45,7 +45,7 @@ pub fn run(a: AttributeArgs) -> Result<()> {
         batch_size: a.run.batch_size,
         seed: a.run.seed,
     };
-    let rep = attribute(&model, &ids, &opts)?;
+    let rep = attribute(&model, &ids, &opts).map_err(|e| output::locate(e, &pairs))?;
     print!("{}", reward_lens_report::text::attribution_table(&rep, a.top_k));
     output::write(a.run.out.as_deref(), "attribution", &a.model.name(), &pairs, &rep)
 }

@@ -131,7 +131,8 @@ pub fn run(a: AuditArgs) -> Result<()> {
 }
 
 fn read_json(p: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(p).with_context(|| format!("{}: cannot read", p.display()))?;
+    // BOM-tolerant, and invalid UTF-8 names its line.
+    let text = reward_lens_report::datasets::read_text(p, "cannot read")?;
     serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", p.display()))
 }
 

@@ -44,7 +44,8 @@ pub fn run(a: CompareArgs) -> Result<()> {
         pairs = p;
         inputs.push(CompareInput { name: path.display().to_string(), model, pairs: ids });
     }
-    let rep = compare(&inputs, LensKind::Normed, a.run.batch_size, a.run.seed)?;
+    let rep =
+        compare(&inputs, LensKind::Normed, a.run.batch_size, a.run.seed).map_err(|e| output::locate(e, &pairs))?;
     print!("{}", reward_lens_report::text::compare_table(&rep));
     output::write(
         a.run.out.as_deref(),

@@ -34,7 +34,7 @@ pub fn run(a: LensArgs) -> Result<()> {
     let model = a.model.load()?;
     let (pairs, ids) = a.input.encode(&model)?;
     let opts = LensOptions { kind: a.kind, v1_compat: a.v1_compat, batch_size: a.run.batch_size, seed: a.run.seed };
-    let rep = lens(&model, &ids, &opts)?;
+    let rep = lens(&model, &ids, &opts).map_err(|e| output::locate(e, &pairs))?;
     print!("{}", reward_lens_report::text::lens_table(&rep));
     output::write(a.run.out.as_deref(), "lens", &a.model.name(), &pairs, &rep)
 }

@@ -160,15 +160,9 @@ fn outputs_are_not_inputs(args: &[String]) -> anyhow::Result<()> {
             let p = std::path::PathBuf::from(v);
             if p.exists() {
                 if p.join("config.json").is_file() {
-                    for f in [
-                        "config.json",
-                        "model.safetensors",
-                        "model.safetensors.index.json",
-                        "tokenizer.json",
-                        "tokenizer_config.json",
-                        "chat_template.jinja",
-                    ] {
-                        others.push(p.join(f));
+                    // Every file of a model folder (weight shards included), not only the usual names.
+                    if let Ok(entries) = std::fs::read_dir(&p) {
+                        others.extend(entries.flatten().map(|e| e.path()));
                     }
                 }
                 others.push(p);

@@ -11,6 +11,7 @@ use serde_json::{json, Map, Value};
 
 use reward_lens_instruments::patching::PatchingReport;
 use reward_lens_instruments::stats::bootstrap_mean;
+use reward_lens_instruments::InstrumentError;
 
 use reward_lens_engine::{PaddingSide, PairScore, PairText, RewardModel, ScoreOptions, Truncation};
 pub use reward_lens_report::perpair::column;
@@ -41,6 +42,18 @@ pub fn write<T: Serialize>(
     Ok(())
 }
 
+/// An instrument's error, with the file and line of the pair a non-finite value came from in
+/// front (the instrument only knows the pair's index).
+pub fn locate(e: InstrumentError, pairs: &[PairText]) -> anyhow::Error {
+    match &e {
+        InstrumentError::NonFinite { pair: Some(k), .. } if *k < pairs.len() => {
+            let at = pairs[*k].location();
+            anyhow::Error::new(e).context(at)
+        }
+        _ => e.into(),
+    }
+}
+
 /// Runs `f` on every pair not yet in `out` (see [`PerPairFile`]), appending its line with a
 /// progress bar; returns every line, old and new.
 pub fn per_pair(
@@ -60,8 +73,17 @@ pub fn per_pair(
             .progress_chars("=> "),
     );
     for p in &pairs[file.done()..] {
-        // Whatever goes wrong on one pair (a non-finite reward, a bad intervention) names it.
-        let v = f(p).with_context(|| p.location())?;
+        // Whatever goes wrong on one pair (a non-finite value, a bad intervention) names it; an
+        // instrument's non-finite path drops the `pairs[0].` of its one-pair call.
+        let v = f(p).map_err(|e| match e.downcast::<InstrumentError>() {
+            Ok(InstrumentError::NonFinite { instrument, path, value, .. }) => {
+                let path = path.strip_prefix("pairs[0].").unwrap_or(&path).to_string();
+                anyhow::Error::new(InstrumentError::NonFinite { instrument, path, value, pair: None })
+                    .context(p.location())
+            }
+            Ok(e) => anyhow::Error::new(e).context(p.location()),
+            Err(e) => e.context(p.location()),
+        })?;
         file.push(p, v)?;
         bar.inc(1);
     }
@@ -87,7 +109,11 @@ pub fn score_with_bar(
         bar.set_position(done as u64)
     });
     bar.finish_and_clear();
-    Ok(scores?)
+    let scores = scores?;
+    for (p, s) in pairs.iter().zip(&scores) {
+        reward_lens_report::scoring::finite_rewards(p, s)?;
+    }
+    Ok(scores)
 }
 
 pub fn named(rep: &PatchingReport, v: &[f64]) -> Value {

@@ -88,7 +88,11 @@ pub fn run(a: ScoreArgs) -> Result<()> {
             for (p, &margin) in pairs.iter().zip(&r.margins) {
                 tallies.add(p.subset.as_deref(), margin);
             }
-            OpenOptions::new().write(true).open(out)?.set_len(r.keep_bytes as u64)?;
+            OpenOptions::new()
+                .write(true)
+                .open(out)
+                .and_then(|f| f.set_len(r.keep_bytes as u64))
+                .with_context(|| format!("{}: cannot cut off the unfinished batch", out.display()))?;
             eprintln!(
                 "resuming: {done} of {} pairs already scored (same --batch-size as before keeps the output identical)",
                 pairs.len()
@@ -106,12 +110,12 @@ pub fn run(a: ScoreArgs) -> Result<()> {
         let encoded = model.encode_pairs(chunk, truncation)?;
         let scores = model.score_pair_texts(chunk, &encoded, &opts, &mut |_| {})?;
         for ((p, e), s) in chunk.iter().zip(&encoded).zip(&scores) {
+            reward_lens_report::scoring::finite_rewards(p, s)?;
             let line = ScoreLine::new(p, e, s);
-            serde_json::to_writer(&mut sink, &line)?;
-            sink.write_all(b"\n")?;
+            write_line(&mut sink, &line).with_context(|| format!("{}: cannot write", sink_name(&a)))?;
             tallies.add(p.subset.as_deref(), line.margin as f64);
         }
-        sink.flush()?;
+        sink.flush().with_context(|| format!("{}: cannot write", sink_name(&a)))?;
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
@@ -137,7 +141,11 @@ fn run_rows(a: &ScoreArgs, rows: &[Rb2Row], model: &RewardModel, truncation: Tru
         let (input, output) = (a.pairs.display().to_string(), out.display().to_string());
         let (done, bytes, lines) = resume_rows(&text, &ids, per_chunk, &output, &input).map_err(anyhow::Error::msg)?;
         scores = lines.iter().map(RowScoreLine::scores).collect::<Option<_>>().context("unreadable scores")?;
-        OpenOptions::new().write(true).open(out)?.set_len(bytes as u64)?;
+        OpenOptions::new()
+            .write(true)
+            .open(out)
+            .and_then(|f| f.set_len(bytes as u64))
+            .with_context(|| format!("{}: cannot cut off the unfinished chunk", out.display()))?;
         eprintln!("resuming: {done} of {} rows already scored", rows.len());
     }
     let mut sink = sink(a)?;
@@ -145,10 +153,10 @@ fn run_rows(a: &ScoreArgs, rows: &[Rb2Row], model: &RewardModel, truncation: Tru
     for chunk in rows[scores.len()..].chunks(per_chunk) {
         let s = score_rows(model, chunk, truncation, a.batch_size, a.padding, &mut |_| {})?;
         for (row, rs) in chunk.iter().zip(&s) {
-            serde_json::to_writer(&mut sink, &RowScoreLine::new(row, rs))?;
-            sink.write_all(b"\n")?;
+            write_line(&mut sink, &RowScoreLine::new(row, rs))
+                .with_context(|| format!("{}: cannot write", sink_name(a)))?;
         }
-        sink.flush()?;
+        sink.flush().with_context(|| format!("{}: cannot write", sink_name(a)))?;
         scores.extend(s);
         bar.inc(chunk.len() as u64);
     }
@@ -160,6 +168,17 @@ fn run_rows(a: &ScoreArgs, rows: &[Rb2Row], model: &RewardModel, truncation: Tru
             .with_context(|| format!("{}: cannot write", p.display()))?;
     }
     Ok(())
+}
+
+/// One JSON line; an I/O error keeps its kind (disk full, …) for the message.
+fn write_line(sink: &mut dyn Write, v: &impl serde::Serialize) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *sink, v)?;
+    sink.write_all(b"\n")
+}
+
+/// Where the score lines go, for error messages.
+fn sink_name(a: &ScoreArgs) -> String {
+    a.out.as_ref().map_or_else(|| "standard output".to_string(), |p| p.display().to_string())
 }
 
 fn sink(a: &ScoreArgs) -> Result<Box<dyn Write>> {

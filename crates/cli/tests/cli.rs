@@ -733,3 +733,141 @@ fn non_finite_rewards_stop_every_command_naming_the_pair() {
         }
     }
 }
+
+/// A model whose arithmetic breaks down on one pair: every command that measures it stops with
+/// an error naming the pair's file and line (never `null` margins with exit 0, never a table
+/// computed from NaN), and writes no half-honest output.
+#[test]
+fn a_nan_reward_is_an_error_naming_the_pair() {
+    let d = tmp("nan-reward");
+    let model = d.join("model");
+    let line = common::poisoned_llama(&model);
+    let at = format!("pairs.jsonl:{line}");
+    let pairs = fixtures().join("pairs.jsonl");
+    for cmd in ["score", "lens", "attribute", "eval", "diagnose", "patch", "audit"] {
+        let out = d.join(format!("{cmd}.out"));
+        let mut c = exe();
+        c.args([cmd, "--model"]).arg(&model).arg("--pairs").arg(&pairs);
+        if cmd != "eval" && cmd != "diagnose" {
+            c.arg("--out").arg(&out);
+        }
+        let o = c.output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{cmd} succeeded: {err}");
+        assert!(err.contains(&at) && err.contains("NaN"), "{cmd}: {err}");
+        assert!(!err.contains("panicked"), "{cmd}: {err}");
+    }
+}
+
+/// Every resumable command, not only `score`, refuses to continue an output made with another
+/// model, other options or another input, and one whose fingerprint is missing; each error names
+/// the output and its `.meta.json`.
+#[test]
+fn every_resumable_command_checks_its_fingerprint() {
+    let d = tmp("fingerprint-all");
+    let pairs = d.join("pairs.jsonl");
+    let text: String = std::fs::read_to_string(fixtures().join("pairs.jsonl"))
+        .unwrap()
+        .lines()
+        .take(2)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&pairs, &text).unwrap();
+    let (llama, qwen) = (fixtures().join("models/llama"), fixtures().join("models/qwen2"));
+    // (output, command, its options, other options)
+    type Args<'a> = &'a [&'a str];
+    let commands: [(&str, Args, Args, Args); 4] = [
+        ("patch.jsonl", &["patch"], &["--granularity", "sublayer"], &["--granularity", "residual"]),
+        ("faith.jsonl", &["faithfulness"], &[], &["--mode", "denoising"]),
+        ("path.jsonl", &["path-patch", "--sender", "0.0"], &["--receivers", "mlp.1"], &["--receivers", "mlp.2"]),
+        (
+            "acts",
+            &["sae", "collect", "--site", "blocks.1.hook_resid_post", "--positions", "pooled"],
+            &[],
+            &["--shard-rows", "7"],
+        ),
+    ];
+    for (name, args, same, other) in commands {
+        let out = d.join(name);
+        let go = |model: &std::path::Path, opts: &[&str], extra: &[&str]| {
+            exe()
+                .args(args)
+                .arg("--model")
+                .arg(model)
+                .arg("--pairs")
+                .arg(&pairs)
+                .arg("--out")
+                .arg(&out)
+                .args(opts)
+                .args(extra)
+                .output()
+                .unwrap()
+        };
+        let o = go(&llama, same, &[]);
+        assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(go(&llama, same, &["--resume"]).status.success(), "{name}: the same run resumes");
+        let meta = format!("{}.meta.json", out.display());
+        let refused = |o: std::process::Output, needle: &str| {
+            let err = String::from_utf8_lossy(&o.stderr).to_string();
+            assert!(!o.status.success(), "{name} {needle}: resumed");
+            assert!(
+                err.contains("cannot resume") && err.contains(needle) && err.contains(&meta),
+                "{name} {needle}: {err}"
+            );
+        };
+        refused(go(&qwen, same, &["--resume"]), "the model");
+        refused(go(&llama, other, &["--resume"]), "the options");
+        std::fs::write(&pairs, text.replacen("\"prompt\"", "\"prompt\" ", 1)).unwrap();
+        refused(go(&llama, same, &["--resume"]), "the input file");
+        std::fs::write(&pairs, &text).unwrap();
+        std::fs::remove_file(&meta).unwrap();
+        let o = go(&llama, same, &["--resume"]);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(!o.status.success() && err.contains("is missing") && err.contains("without --resume"), "{name}: {err}");
+    }
+}
+
+/// A write that fails names the path it was writing (and a model folder's every file, shards
+/// included, counts as an input that `--out` may not overwrite).
+#[test]
+fn write_errors_name_the_path() {
+    let d = tmp("write-errors");
+    let pairs = fixtures().join("pairs.jsonl");
+    let llama = fixtures().join("models/llama");
+    let err = |o: std::process::Output| {
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).to_string()
+    };
+    let missing = d.join("no-such-dir").join("scores.jsonl");
+    let e = err(exe().args(["score", "--pairs"]).arg(&pairs).arg("--out").arg(&missing).output().unwrap());
+    assert!(e.contains("no-such-dir/scores.jsonl"), "{e}");
+    if std::path::Path::new("/dev/full").exists() {
+        // A full disk: the report, the summary and standard output each say which failed.
+        let e = err(exe().args(["lens", "--pairs"]).arg(&pairs).args(["--out", "/dev/full"]).output().unwrap());
+        assert!(e.contains("/dev/full: cannot write"), "{e}");
+        let e = err(exe().args(["score", "--pairs"]).arg(&pairs).args(["--summary", "/dev/full"]).output().unwrap());
+        assert!(e.contains("/dev/full: cannot write"), "{e}");
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let e = err(exe().args(["score", "--pairs"]).arg(&pairs).stdout(full).output().unwrap());
+        assert!(e.contains("standard output: cannot write"), "{e}");
+    }
+    // Any file of a model folder, e.g. a weight shard with an unusual name.
+    let model = d.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for f in std::fs::read_dir(&llama).unwrap().flatten() {
+        std::fs::copy(f.path(), model.join(f.file_name())).unwrap();
+    }
+    let shard = model.join("model-00002-of-00002.safetensors");
+    std::fs::write(&shard, b"keep").unwrap();
+    let e = err(exe()
+        .args(["lens", "--model"])
+        .arg(&model)
+        .arg("--pairs")
+        .arg(&pairs)
+        .arg("--out")
+        .arg(&shard)
+        .output()
+        .unwrap());
+    assert!(e.contains("would destroy the input") && e.contains("model-00002-of-00002.safetensors"), "{e}");
+    assert_eq!(std::fs::read(&shard).unwrap(), b"keep");
+}

@@ -279,11 +279,23 @@ pub fn attribute_with_progress(
     opts: &AttributionOptions,
     progress: &mut dyn FnMut(usize),
 ) -> Result<AttributionReport> {
+    let report = attribute_with_progress_unchecked(model, pairs, opts, progress)?;
+    crate::finite::ensure_finite("attribution", &report)?;
+    Ok(report)
+}
+
+fn attribute_with_progress_unchecked(
+    model: &RewardModel,
+    pairs: &[EncodedPair],
+    opts: &AttributionOptions,
+    progress: &mut dyn FnMut(usize),
+) -> Result<AttributionReport> {
     let heads = opts.heads && !opts.v1_compat;
     let neurons = if opts.v1_compat { 0 } else { opts.neurons };
     let seqs: Vec<Vec<u32>> = pairs.iter().flat_map(|p| [p.chosen.clone(), p.rejected.clone()]).collect();
     let traces =
-        trace_with_progress(model, &seqs, opts.batch_size, TraceOptions { heads, neurons: neurons > 0 }, progress)?;
+        trace_with_progress(model, &seqs, opts.batch_size, TraceOptions { heads, neurons: neurons > 0 }, progress)
+            .map_err(crate::trace::sequences_are_pairs)?;
     let weights: Vec<LayerWeights> = if heads || neurons > 0 {
         (0..model.config.n_layers)
             .map(|l| {

@@ -123,6 +123,17 @@ struct Run {
 }
 
 pub fn compare(inputs: &[CompareInput], kind: LensKind, batch_size: usize, seed: u64) -> Result<ComparisonReport> {
+    let report = compare_unchecked(inputs, kind, batch_size, seed)?;
+    crate::finite::ensure_finite("compare", &report)?;
+    Ok(report)
+}
+
+fn compare_unchecked(
+    inputs: &[CompareInput],
+    kind: LensKind,
+    batch_size: usize,
+    seed: u64,
+) -> Result<ComparisonReport> {
     let runs: Vec<Run> = inputs
         .iter()
         .map(|inp| {
@@ -130,7 +141,8 @@ pub fn compare(inputs: &[CompareInput], kind: LensKind, batch_size: usize, seed:
             let lens = lens(m, &inp.pairs, &LensOptions { kind, v1_compat: false, batch_size, seed })?;
             let attribution = attribute(m, &inp.pairs, &AttributionOptions { batch_size, seed, ..Default::default() })?;
             let seqs: Vec<Vec<u32>> = inp.pairs.iter().flat_map(|p| [p.chosen.clone(), p.rejected.clone()]).collect();
-            let reps = trace(m, &seqs, batch_size, TraceOptions::default())?
+            let reps = trace(m, &seqs, batch_size, TraceOptions::default())
+                .map_err(crate::trace::sequences_are_pairs)?
                 .into_iter()
                 .map(|t| t.resid.last().cloned().unwrap_or_default())
                 .collect();

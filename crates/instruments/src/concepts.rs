@@ -119,6 +119,12 @@ fn reference(model: &RewardModel, traces: &[crate::trace::Trace], v1: bool) -> R
 
 /// Extracts each concept's vector at a layer and measures it against the reward.
 pub fn concepts(model: &RewardModel, inputs: &[ConceptInput], opts: &ConceptOptions) -> Result<ConceptReport> {
+    let report = concepts_unchecked(model, inputs, opts)?;
+    crate::finite::ensure_finite("concepts", &report)?;
+    Ok(report)
+}
+
+fn concepts_unchecked(model: &RewardModel, inputs: &[ConceptInput], opts: &ConceptOptions) -> Result<ConceptReport> {
     let layer = layer_of(model, opts.layer)?;
     let d = model.config.d_model;
     let mut results = Vec::with_capacity(inputs.len());
@@ -189,6 +195,20 @@ pub struct DoseResponse {
 
 /// Adds `strength × vector` at `layer`'s output and re-scores every input at every strength.
 pub fn steer(
+    model: &RewardModel,
+    seqs: &[Vec<u32>],
+    vector: &[f64],
+    layer: Option<usize>,
+    strengths: &[f64],
+    positions: Positions,
+    batch_size: usize,
+) -> Result<DoseResponse> {
+    let report = steer_unchecked(model, seqs, vector, layer, strengths, positions, batch_size)?;
+    crate::finite::ensure_finite("steering", &report)?;
+    Ok(report)
+}
+
+fn steer_unchecked(
     model: &RewardModel,
     seqs: &[Vec<u32>],
     vector: &[f64],

@@ -159,6 +159,17 @@ pub fn learn_term_directions(
     layer: Option<usize>,
     batch_size: usize,
 ) -> Result<Vec<Term>> {
+    let report = learn_term_directions_unchecked(model, groups, layer, batch_size)?;
+    crate::finite::ensure_finite("conflict", &report)?;
+    Ok(report)
+}
+
+fn learn_term_directions_unchecked(
+    model: &RewardModel,
+    groups: &[Group],
+    layer: Option<usize>,
+    batch_size: usize,
+) -> Result<Vec<Term>> {
     let n = model.config.n_layers;
     let layer = layer.unwrap_or(n - 1);
     if layer >= n {
@@ -190,6 +201,16 @@ pub struct ObjectiveTerms {
 /// ArmoRM's objectives as terms in residual space: row j of `Tᵀ R`, ⊙ γ. With inputs given, also
 /// each objective's mean cosine with the per-input effective direction `w_eff ⊙ γ`.
 pub fn objective_terms(model: &RewardModel, inputs: &[Vec<u32>], batch_size: usize) -> Result<Option<ObjectiveTerms>> {
+    let report = objective_terms_unchecked(model, inputs, batch_size)?;
+    crate::finite::ensure_finite("conflict", &report)?;
+    Ok(report)
+}
+
+fn objective_terms_unchecked(
+    model: &RewardModel,
+    inputs: &[Vec<u32>],
+    batch_size: usize,
+) -> Result<Option<ObjectiveTerms>> {
     let RewardHead::Gated(h) = &model.head else { return Ok(None) };
     let gamma: Vec<f64> = model.final_norm()?.gamma.to_vec1::<f32>()?.into_iter().map(f64::from).collect();
     let rows = h.transform.t()?.matmul(&h.regression)?.to_vec2::<f32>()?;

@@ -245,6 +245,18 @@ pub fn check(
     reference: &Reference,
     v1_compat: bool,
 ) -> Result<DivergenceReport> {
+    let report = check_unchecked(model, report, inputs, reference, v1_compat)?;
+    crate::finite::ensure_finite("divergence", &report)?;
+    Ok(report)
+}
+
+fn check_unchecked(
+    model: &RewardModel,
+    report: &PatchingReport,
+    inputs: &[EncodedPair],
+    reference: &Reference,
+    v1_compat: bool,
+) -> Result<DivergenceReport> {
     let names: Vec<String> = report.components.iter().map(|c| c.name.clone()).collect();
     let sites: Vec<String> = names.iter().map(|n| site_name(n).expect("fitted names are sublayers")).collect();
     let mut pairs = Vec::with_capacity(report.pairs.len());

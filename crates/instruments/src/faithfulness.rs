@@ -67,6 +67,17 @@ pub fn faithfulness(
     subsets: &[Option<String>],
     opts: &PatchOptions,
 ) -> Result<FaithfulnessReport> {
+    let report = faithfulness_unchecked(model, pairs, subsets, opts)?;
+    crate::finite::ensure_finite("faithfulness", &report)?;
+    Ok(report)
+}
+
+fn faithfulness_unchecked(
+    model: &RewardModel,
+    pairs: &[EncodedPair],
+    subsets: &[Option<String>],
+    opts: &PatchOptions,
+) -> Result<FaithfulnessReport> {
     let patching = patch(model, pairs, opts)?;
     let attribution_patching = atp(model, pairs, opts)?;
     let heads = opts.granularity == Granularity::Head;

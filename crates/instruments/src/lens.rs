@@ -146,9 +146,21 @@ pub fn lens_with_progress(
     opts: &LensOptions,
     progress: &mut dyn FnMut(usize),
 ) -> Result<LensReport> {
+    let report = lens_with_progress_unchecked(model, pairs, opts, progress)?;
+    crate::finite::ensure_finite("lens", &report)?;
+    Ok(report)
+}
+
+fn lens_with_progress_unchecked(
+    model: &RewardModel,
+    pairs: &[EncodedPair],
+    opts: &LensOptions,
+    progress: &mut dyn FnMut(usize),
+) -> Result<LensReport> {
     let kind = if opts.v1_compat { LensKind::Raw } else { opts.kind };
     let seqs: Vec<Vec<u32>> = pairs.iter().flat_map(|p| [p.chosen.clone(), p.rejected.clone()]).collect();
-    let traces = trace_with_progress(model, &seqs, opts.batch_size, TraceOptions::default(), progress)?;
+    let traces = trace_with_progress(model, &seqs, opts.batch_size, TraceOptions::default(), progress)
+        .map_err(crate::trace::sequences_are_pairs)?;
     let n_layers = model.config.n_layers;
     let mut out = Vec::with_capacity(pairs.len());
     for (i, tr) in traces.chunks(2).enumerate() {

@@ -16,6 +16,7 @@ pub mod diagnose;
 pub mod divergence;
 pub mod evaluation;
 pub mod faithfulness;
+pub mod finite;
 pub mod lens;
 pub mod patching;
 pub mod path;
@@ -35,6 +36,14 @@ pub enum InstrumentError {
     Candle(#[from] candle_core::Error),
     #[error("{0}")]
     Invalid(String),
+    /// A NaN or an infinity in a report (see [`finite`]); `pair` is its 0-based pair index when
+    /// the path names one, so a caller holding the pairs can name the file and line.
+    #[error(
+        "{instrument}: {path} is {value}{}: a non-finite number cannot be measured (the model's arithmetic broke \
+down on this input: check config.json's epsilons, rope_theta and soft-caps, and the dtype)",
+        pair.map(|k| format!(" (pair {} of the input)", k + 1)).unwrap_or_default()
+    )]
+    NonFinite { instrument: String, path: String, value: f64, pair: Option<usize> },
 }
 
 pub use reward_lens_engine::{EncodedPair, Positions};

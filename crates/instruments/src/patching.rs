@@ -413,6 +413,17 @@ pub fn patch_with_progress(
     opts: &PatchOptions,
     progress: &mut dyn FnMut(usize),
 ) -> Result<PatchingReport> {
+    let report = patch_with_progress_unchecked(model, pairs, opts, progress)?;
+    crate::finite::ensure_finite("patching", &report)?;
+    Ok(report)
+}
+
+fn patch_with_progress_unchecked(
+    model: &RewardModel,
+    pairs: &[EncodedPair],
+    opts: &PatchOptions,
+    progress: &mut dyn FnMut(usize),
+) -> Result<PatchingReport> {
     let heads = opts.granularity == Granularity::Head;
     let align = if opts.v1_compat { Align::Prefix } else { opts.align };
     let window = if opts.granularity == Granularity::Residual { residual_window(model, pairs, opts)? } else { 0 };
@@ -423,8 +434,9 @@ pub fn patch_with_progress(
     let mut layer_passes = 0usize;
     let mut out = Vec::with_capacity(pairs.len());
     for (i, pin) in pairs.iter().enumerate() {
-        let chosen = clean_run(model, &pin.chosen, heads)?;
-        let rejected = clean_run(model, &pin.rejected, heads)?;
+        let on_pair = crate::trace::on_pair;
+        let chosen = clean_run(model, &pin.chosen, heads).map_err(|e| on_pair(e, i, "chosen"))?;
+        let rejected = clean_run(model, &pin.rejected, heads).map_err(|e| on_pair(e, i, "rejected"))?;
         layer_passes += 2 * n_layers;
         let delta = chosen.score - rejected.score;
         let (target, source, t_ids, s_ids, t_rs) = match opts.mode {
@@ -642,6 +654,17 @@ pub fn atp(model: &RewardModel, pairs: &[EncodedPair], opts: &PatchOptions) -> R
 
 /// [`atp`], telling `progress` how many pairs are done after each one.
 pub fn atp_with_progress(
+    model: &RewardModel,
+    pairs: &[EncodedPair],
+    opts: &PatchOptions,
+    progress: &mut dyn FnMut(usize),
+) -> Result<PatchingReport> {
+    let report = atp_with_progress_unchecked(model, pairs, opts, progress)?;
+    crate::finite::ensure_finite("attribution patching", &report)?;
+    Ok(report)
+}
+
+fn atp_with_progress_unchecked(
     model: &RewardModel,
     pairs: &[EncodedPair],
     opts: &PatchOptions,

@@ -115,6 +115,19 @@ pub fn path_patch(
     mode: PatchMode,
     align: Align,
 ) -> Result<PathReport> {
+    let report = path_patch_unchecked(model, pairs, sender, receivers, mode, align)?;
+    crate::finite::ensure_finite("path patching", &report)?;
+    Ok(report)
+}
+
+fn path_patch_unchecked(
+    model: &RewardModel,
+    pairs: &[EncodedPair],
+    sender: (usize, usize),
+    receivers: &[Receiver],
+    mode: PatchMode,
+    align: Align,
+) -> Result<PathReport> {
     let (ls, hs) = sender;
     let n = model.config.n_layers;
     if ls >= n || hs >= model.config.n_heads {
@@ -141,8 +154,9 @@ pub fn path_patch(
         let denoise = mode == PatchMode::Denoising;
         let (t, s) = if denoise { (&p.rejected, &p.chosen) } else { (&p.chosen, &p.rejected) };
         let names = ["blocks.*.attn.hook_z", "blocks.*.hook_attn_out", "blocks.*.hook_mlp_out"];
-        let (r_t, tc) = one(model, t, &Hooks::cache(&names))?;
-        let (r_s, sc) = one(model, s, &Hooks::cache(&names))?;
+        let (t_side, s_side) = if denoise { ("rejected", "chosen") } else { ("chosen", "rejected") };
+        let (r_t, tc) = one(model, t, &Hooks::cache(&names)).map_err(|e| crate::trace::on_pair(e, i, t_side))?;
+        let (r_s, sc) = one(model, s, &Hooks::cache(&names)).map_err(|e| crate::trace::on_pair(e, i, s_side))?;
         let (r_c, r_r) = if denoise { (r_s, r_t) } else { (r_t, r_s) };
         let delta_orig = r_c - r_r;
         let pooled_t = model.pooled_index(&model.batch(std::slice::from_ref(t), PaddingSide::Right)?)[0];

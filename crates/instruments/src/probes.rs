@@ -155,6 +155,12 @@ pub fn analyze(probes: Vec<ProbeScore>, opts: &ProbeOptions) -> ProbeReport {
 
 /// Scores every probe (batched) and analyses the deltas.
 pub fn probe(model: &RewardModel, inputs: &[ProbeInput], opts: &ProbeOptions) -> Result<ProbeReport> {
+    let report = probe_unchecked(model, inputs, opts)?;
+    crate::finite::ensure_finite("probe", &report)?;
+    Ok(report)
+}
+
+fn probe_unchecked(model: &RewardModel, inputs: &[ProbeInput], opts: &ProbeOptions) -> Result<ProbeReport> {
     // (neutral, biased) share a batch exactly as (chosen, rejected) do.
     let pairs: Vec<EncodedPair> =
         inputs.iter().map(|p| EncodedPair::from_ids(p.neutral.clone(), p.biased.clone())).collect();

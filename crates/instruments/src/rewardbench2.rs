@@ -41,6 +41,12 @@ pub enum Rb2Error {
     /// A (prompt, response) that the model could not encode.
     #[error("row {index} (id {id}), {response}: {error}")]
     Encode { index: usize, id: String, response: String, error: Box<reward_lens_engine::EngineError> },
+    /// A completion whose reward is NaN or infinite: summarising it would be a silent wrong answer.
+    #[error(
+        "row {index} (id {id}), {response}: the reward is {value}, not a finite number (the model's arithmetic \
+broke down on this input: check config.json's epsilons, rope_theta and soft-caps, and the dtype)"
+    )]
+    NonFinite { index: usize, id: String, response: String, value: f64 },
     // Boxed: the engine's error is large and would bloat every `Result` here.
     #[error(transparent)]
     Engine(Box<reward_lens_engine::EngineError>),
@@ -77,6 +83,8 @@ pub fn is_rewardbench2_line(v: &Value) -> bool {
 
 /// Parses JSON lines (blank lines skipped); `source` names the input in errors.
 pub fn parse_rows(text: &str, source: &str) -> Result<Vec<Rb2Row>> {
+    // A byte-order mark (Windows editors write one) is not part of the first row.
+    let text = text.strip_prefix('\u{FEFF}').unwrap_or(text);
     let mut rows = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         if raw.trim().is_empty() {
@@ -397,6 +405,23 @@ pub fn score_rows(
         let out = model.score(&model.batch(chunk, padding)?)?;
         flat.extend(out.scores.iter().map(|&x| f64::from(x)));
         progress(flat.len());
+    }
+    // Named by row and completion, in the order they were queued above.
+    let mut k = 0;
+    for (index, r) in rows.iter().enumerate() {
+        for (side, n) in [("chosen", r.chosen.len()), ("rejected", r.rejected.len())] {
+            for j in 0..n {
+                if let Some(&value) = flat.get(k).filter(|v| !v.is_finite()) {
+                    return Err(Rb2Error::NonFinite {
+                        index,
+                        id: id_text(&r.id),
+                        response: format!("{side}[{j}]"),
+                        value,
+                    });
+                }
+                k += 1;
+            }
+        }
     }
     let mut it = flat.into_iter();
     Ok(rows

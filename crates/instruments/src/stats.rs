@@ -475,8 +475,14 @@ mod inference_tests {
             let c = spearman_permutation(bad, &ok, 50, 1);
             assert!(c.spearman.is_none() && c.p_value.is_none());
         }
-        // A constant vector has no correlation either.
+        // A constant vector has no correlation either (not +1, not 0), with or without ties elsewhere.
         assert_eq!(spearman(&[2.0; 4], &ok), None);
+        assert_eq!(spearman(&[2.0; 4], &[2.0; 4]), None);
+        assert_eq!(pearson(&ok, &[5.0; 4]), None);
+        let c = spearman_permutation(&[3.0; 6], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 50, 1);
+        assert!(c.spearman.is_none() && c.p_value.is_none());
+        assert_eq!(ols_slope(&[1.0; 4], &ok), None);
+        assert!(cohens_d(&[0.0; 5]).is_none());
         assert_eq!(benjamini_hochberg(&[Some(f64::NAN), Some(0.01)]), vec![None, Some(0.01)]);
     }
 }

@@ -3,7 +3,7 @@
 
 use reward_lens_engine::{Hooks, PaddingSide, RewardHead, RewardModel, Site, Tensor};
 
-use crate::Result;
+use crate::{InstrumentError, Result};
 
 /// What a sequence's forward pass leaves at its pooled token (f32 vectors of length d).
 #[derive(Debug, Clone)]
@@ -33,6 +33,58 @@ pub struct Trace {
 pub struct TraceOptions {
     pub heads: bool,
     pub neurons: bool,
+}
+
+/// The engine's "non-finite reward in batch row r" as the sequence it came from.
+pub(crate) fn at_sequence(e: reward_lens_engine::EngineError, start: usize) -> InstrumentError {
+    match e {
+        reward_lens_engine::EngineError::NonFiniteReward { row, value, .. } => InstrumentError::NonFinite {
+            instrument: "forward pass".into(),
+            path: format!("sequences[{}].reward", start + row),
+            value: value as f64,
+            pair: None,
+        },
+        e => e.into(),
+    }
+}
+
+/// For instruments that trace each pair as (chosen, rejected): a non-finite value in sequence
+/// `i` is pair `i / 2`'s, on the side `i % 2` says.
+pub(crate) fn sequences_are_pairs(e: InstrumentError) -> InstrumentError {
+    match e {
+        InstrumentError::NonFinite { instrument, path, value, pair: None } if path.starts_with("sequences[") => {
+            let i: Option<usize> = path["sequences[".len()..].split(']').next().and_then(|x| x.parse().ok());
+            match i {
+                Some(i) => {
+                    let side = if i % 2 == 0 { "chosen" } else { "rejected" };
+                    let rest = path.split_once("].").map_or("", |r| r.1);
+                    InstrumentError::NonFinite {
+                        instrument,
+                        path: format!("pairs[{}].{side}.{rest}", i / 2),
+                        value,
+                        pair: Some(i / 2),
+                    }
+                }
+                None => InstrumentError::NonFinite { instrument, path, value, pair: None },
+            }
+        }
+        e => e,
+    }
+}
+
+/// The engine's "non-finite reward" on one side of pair `pair`, as that pair's.
+pub(crate) fn on_pair(e: InstrumentError, pair: usize, side: &str) -> InstrumentError {
+    match e {
+        InstrumentError::Engine(reward_lens_engine::EngineError::NonFiniteReward { value, .. }) => {
+            InstrumentError::NonFinite {
+                instrument: "forward pass".into(),
+                path: format!("pairs[{pair}].{side}.reward"),
+                value: value as f64,
+                pair: Some(pair),
+            }
+        }
+        e => e,
+    }
 }
 
 fn row_at(t: &Tensor, b: usize, p: usize) -> Result<Vec<f32>> {
@@ -74,7 +126,8 @@ pub fn trace_with_progress(
     let mut out = Vec::with_capacity(seqs.len());
     for chunk in seqs.chunks(batch_size.max(1)) {
         let batch = model.batch(chunk, PaddingSide::Right)?;
-        let fwd = model.forward(&batch, &Hooks::cache(&names))?;
+        let start = out.len();
+        let fwd = model.forward(&batch, &Hooks::cache(&names)).map_err(|e| at_sequence(e, start))?;
         let c = &fwd.cache;
         for b in 0..chunk.len() {
             let p = fwd.output.pooled_index[b];

@@ -44,7 +44,7 @@ fn invalid(at: impl Into<String>, message: impl Into<String>) -> DatasetError {
 /// A text file as a string: a UTF-8 byte-order mark (which editors on Windows write) is dropped,
 /// CRLF line ends are read as LF by the line readers, and invalid UTF-8 is an error naming the
 /// line, so one bad byte does not read as "cannot read file".
-fn read_text(path: &Path, what: &'static str) -> Result<String> {
+pub fn read_text(path: &Path, what: &'static str) -> Result<String> {
     let bytes = std::fs::read(path).map_err(|source| DatasetError::Io { path: path.to_path_buf(), what, source })?;
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").map(<[u8]>::to_vec).unwrap_or(bytes);
     String::from_utf8(bytes).map_err(|e| {
@@ -89,6 +89,8 @@ pub fn diagnostic_pairs() -> Result<Vec<PairText>> {
 /// Parses pairs JSONL text; `source` names it in errors and origins (a file path, or e.g.
 /// "built-in examples").
 pub fn parse_pairs(text: &str, source: &Path) -> Result<Vec<PairText>> {
+    // A byte-order mark from a caller that read the file itself.
+    let text = text.strip_prefix('\u{FEFF}').unwrap_or(text);
     let file: Arc<Path> = Arc::from(source);
     let name = source.display().to_string();
     let mut pairs = Vec::new();
@@ -230,6 +232,7 @@ pub struct ProbeText {
 
 /// Parses and validates probe lines: each names exactly one dimension and one edit.
 pub fn parse_probes(source: &str, text: &str) -> Result<Vec<ProbeText>> {
+    let text = text.strip_prefix('\u{FEFF}').unwrap_or(text);
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let at = format!("{source}:{}", i + 1);
@@ -323,6 +326,7 @@ impl ConceptText {
 
 /// Parses one concept file's lines (`prompt`, `positive`, `negative`).
 pub fn parse_concept(name: &str, source: &str, text: &str) -> Result<ConceptText> {
+    let text = text.strip_prefix('\u{FEFF}').unwrap_or(text);
     let mut items = Vec::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let at = format!("{source}:{}", i + 1);
@@ -379,6 +383,62 @@ mod tests {
         let e = read_pairs(&f).unwrap_err().to_string();
         assert!(e.contains("pairs.jsonl:2") && e.contains("not valid UTF-8"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Every reader of the repo's JSONL formats (RewardBench 2 rows, probes, concepts) accepts a
+    /// byte-order mark and CRLF line ends, and names the line of invalid UTF-8.
+    #[test]
+    fn every_jsonl_reader_takes_bom_and_crlf_and_names_bad_utf8() {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let dir = std::env::temp_dir().join(format!("reward-lens-readers-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sources = [
+            ("rb2.jsonl", sources_rb2(&repo)),
+            ("probes.jsonl", jsonl_files(&[repo.join("data/probes")]).unwrap()[0].clone()),
+            ("apology.jsonl", repo.join("data/concepts/apology.jsonl")),
+        ];
+        for (name, src) in sources {
+            let clean = std::fs::read_to_string(&src).unwrap();
+            let lines: Vec<&str> = clean.lines().filter(|l| !l.trim().is_empty()).take(3).collect();
+            assert!(lines.len() >= 2, "{name}");
+            let f = dir.join(name);
+            let count = |f: &Path| -> Result<usize> {
+                Ok(match name {
+                    "rb2.jsonl" => read_rewardbench2(f)?.len(),
+                    "probes.jsonl" => read_probes(&[f.to_path_buf()])?.len(),
+                    _ => read_concepts(&[f.to_path_buf()])?[0].items.len(),
+                })
+            };
+            std::fs::write(&f, format!("{}\n", lines.join("\n"))).unwrap();
+            let want = count(&f).unwrap();
+            std::fs::write(&f, format!("\u{FEFF}{}\r\n", lines.join("\r\n"))).unwrap();
+            assert_eq!(count(&f).unwrap(), want, "{name}: BOM and CRLF");
+            let mut bad = format!("{}\n", lines.join("\n")).into_bytes();
+            let second = lines[0].len() + 1 + 5;
+            bad[second] = 0xff;
+            std::fs::write(&f, bad).unwrap();
+            let e = count(&f).unwrap_err().to_string();
+            assert!(e.contains(&format!("{name}:2")) && e.contains("not valid UTF-8"), "{name}: {e}");
+        }
+        // Strings handed over by a caller that read the file itself.
+        let rows = std::fs::read_to_string(sources_rb2(&repo)).unwrap();
+        let n = reward_lens_instruments::rewardbench2::parse_rows(&rows, "x").unwrap().len();
+        assert_eq!(
+            reward_lens_instruments::rewardbench2::parse_rows(&format!("\u{FEFF}{rows}"), "x").unwrap().len(),
+            n
+        );
+        let p = "{\"prompt\": \"p\", \"chosen\": \"c\", \"rejected\": \"r\"}\r\n";
+        assert_eq!(parse_pairs(&format!("\u{FEFF}{p}{p}"), Path::new("s.jsonl")).unwrap().len(), 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn sources_rb2(repo: &Path) -> PathBuf {
+        std::fs::read_dir(repo.join("tests/fixtures/rewardbench2"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "jsonl"))
+            .unwrap()
     }
 
     #[test]

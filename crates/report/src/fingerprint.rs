@@ -130,20 +130,20 @@ pub fn guard(out: &Path, fp: &Fingerprint, resume: bool) -> Result<(), ReportErr
             .map_err(|e| ReportError::Invalid(format!("{}: not a reward-lens fingerprint: {e}", meta.display())))?;
         let mut differs = Vec::new();
         if old.command != fp.command {
-            differs.push(format!("the command (`{}` then, `{}` now)", old.command, fp.command));
+            differs.push(format!("the command differs (`{}` then, `{}` now)", old.command, fp.command));
         }
         if old.model != fp.model {
-            differs.push("the model (its config, tokenizer or weights)".to_string());
+            differs.push("the model differs (its config, tokenizer or weights)".to_string());
         }
         if old.options != fp.options {
-            differs.push(format!("the options (then: {}; now: {})", old.options, fp.options));
+            differs.push(format!("the options differ (then: {}; now: {})", old.options, fp.options));
         }
         if old.input != fp.input {
-            differs.push("the input file's contents".to_string());
+            differs.push("the input file's contents differ".to_string());
         }
         if !differs.is_empty() {
             return Err(ReportError::Invalid(format!(
-                "{}: cannot resume: it was made with different {} (recorded in {}); run without --resume to \
+                "{}: cannot resume: {} from the run that made it (recorded in {}); run without --resume to \
                  start again, or choose another --out",
                 out.display(),
                 differs.join(", "),

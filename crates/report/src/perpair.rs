@@ -87,9 +87,9 @@ impl PerPairFile {
             head.extend(std::mem::take(m));
             *m = head;
         }
-        serde_json::to_writer(&mut self.writer, &v)?;
         let path = &self.path;
         let io = |source| ReportError::Io { path: path.clone(), what: "cannot write", source };
+        serde_json::to_writer(&mut self.writer, &v).map_err(|e| io(e.into()))?;
         self.writer.write_all(b"\n").map_err(io)?;
         self.writer.flush().map_err(io)?;
         self.lines.push(v);

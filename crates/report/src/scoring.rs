@@ -9,6 +9,21 @@ use serde_json::Value;
 use reward_lens_engine::{EncodedPair, PairScore, PairText};
 use reward_lens_instruments::rewardbench2::{row_correct, row_credit, Rb2Report, Rb2Row, RowScores};
 
+/// An error unless both rewards of a pair are finite, naming the pair's file and line and the
+/// side: a NaN reward would otherwise be written as `null` and counted as a wrong answer.
+pub fn finite_rewards(p: &PairText, s: &PairScore) -> Result<(), crate::ReportError> {
+    for (side, v) in [("chosen", s.chosen), ("rejected", s.rejected)] {
+        if !v.is_finite() {
+            return Err(crate::ReportError::Invalid(format!(
+                "{}: the {side} response's reward is {v}, not a finite number (the model's arithmetic broke down on \
+this pair: check config.json's epsilons, rope_theta and soft-caps, and the dtype)",
+                p.location()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// One pair's line.
 #[derive(Debug, Clone, Serialize)]
 pub struct ScoreLine {

@@ -147,11 +147,7 @@ impl AuditInputs {
     /// its own probes and concepts, and its answer key beside what the audit finds.
     pub fn organism(dir: &Path, model_name: String, options: AuditOptions) -> Result<Self> {
         let key = dir.join("answer_key.json");
-        let text = std::fs::read_to_string(&key).map_err(|source| ReportError::Io {
-            path: key.clone(),
-            what: "cannot read",
-            source,
-        })?;
+        let text = datasets::read_text(&key, "cannot read")?;
         let answer_key: Value = serde_json::from_str(&text)
             .map_err(|e| ReportError::Invalid(format!("{}: not valid JSON: {e}", key.display())))?;
         Ok(Self {
@@ -272,8 +268,12 @@ pub fn run_audit(inputs: &AuditInputs, progress: &mut dyn Progress) -> Result<Au
     // 2. Evaluation.
     stage(2, &mut timings);
     let score_opts = ScoreOptions { batch_size: o.batch_size, padding: PaddingSide::Right };
-    let scores: Vec<PairScore> = model
-        .score_pair_texts(&pairs, &encoded, &score_opts, &mut |_| {})?
+    let raw = model.score_pair_texts(&pairs, &encoded, &score_opts, &mut |_| {})?;
+    // A NaN reward would turn into "worse than chance" findings: name the pair instead.
+    for (p, s) in pairs.iter().zip(&raw) {
+        crate::scoring::finite_rewards(p, s)?;
+    }
+    let scores: Vec<PairScore> = raw
         .into_iter()
         .zip(&pairs)
         .map(|(s, p)| {

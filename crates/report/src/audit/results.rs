@@ -454,7 +454,21 @@ fn faithfulness_findings(r: &AuditResults, out: &mut Vec<Finding>) {
     for (m, what, short) in
         [(&f.dla_vs_patch, "direct attribution (DLA)", "DLA"), (&f.atp_vs_patch, "attribution patching (AtP)", "AtP")]
     {
-        let Some(rho) = m.mean else { continue };
+        let Some(rho) = m.mean else {
+            // No pair gave a defined ρ (a constant ranking, e.g. every effect 0, has none): say
+            // so rather than stay silent or report a number.
+            out.push(Finding {
+                severity: Severity::Notice,
+                title: format!("{short} vs activation patching: undefined"),
+                text: format!(
+                    "Whether {what} ranks components as activation patching does cannot be said: Spearman ρ is undefined on \
+all {} pairs (one of the two rankings is constant, e.g. every effect is 0), and no number is reported.",
+                    r.faithfulness.pairs.len()
+                ),
+                evidence: vec![Evidence::mean_ci(&format!("mean Spearman ρ, {short} vs patching"), m, "undefined")],
+            });
+            continue;
+        };
         let (severity, verdict) = match (m.ci_low, m.ci_high) {
             (Some(lo), _) if lo > 0.5 => (Severity::Info, "agrees well with activation patching"),
             (_, Some(hi)) if hi < 0.0 => (Severity::Warning, "ranks components against activation patching"),
