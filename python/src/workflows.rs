@@ -98,6 +98,7 @@ fn cart_events(bar: &Bar) -> impl FnMut(Event<'_>) + '_ {
             bar.update(step.member * steps_per_member + step.stats.step, total, None);
         }
         Event::Working(msg) => bar.update(0, 0, Some(msg)),
+        Event::Count { label, done, total } => bar.update(done, total, Some(label)),
         Event::Finished { label, summary } => bar.update(0, 0, Some(&format!("{label}: {summary}"))),
         Event::Done | Event::Note(_) | Event::Wrote(_) => bar.update(0, 0, None),
     }

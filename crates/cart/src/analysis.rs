@@ -20,6 +20,7 @@ use crate::headtail::{
     scenario_representations, split_by_field, split_by_scenario, split_by_token_rarity, split_random, HeadTailSplit,
     ScenarioOptions,
 };
+use crate::oracle::{oracle, OracleOptions, OracleReport};
 use crate::progress::Event;
 use crate::vulnerability::perturb::PerturbKind;
 use crate::vulnerability::{
@@ -308,6 +309,12 @@ impl Analysis {
             )));
         }
         Ok(r)
+    }
+
+    /// The ablation oracle on these pairs and this split (every unit of the model).
+    pub fn oracle(&self, opts: &OracleOptions, progress: &mut dyn FnMut(Event<'_>)) -> Result<OracleReport> {
+        oracle(&self.model, &self.inputs, &self.split, opts, progress)
+            .map_err(|e| e.at(format!("the ablation oracle on {}", self.source.display())))
     }
 
     /// Other pairs (training or held-out, read from `source`) encoded and split the same way;
