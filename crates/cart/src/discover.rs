@@ -1383,6 +1383,34 @@ pub struct DiscoveryReport {
     /// Head-specialised units with their ablation values (for the divergence term).
     pub head_units: Vec<CircuitUnit>,
     pub screening: Option<Screening>,
+    /// Discovery scored against the ablation oracle (`cart discover --oracle`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oracle: Option<crate::oracle::OracleComparison>,
+}
+
+impl DiscoveryReport {
+    /// Scores this discovery against `oracle` (made on the same pairs) and keeps the result.
+    pub fn compare_with(&mut self, oracle: &crate::oracle::OracleReport) -> Result<()> {
+        if oracle.n_head != self.split.n_head || oracle.n_tail != self.split.n_tail {
+            return Err(invalid(format!(
+                "the oracle ran on {} head and {} tail pairs, this discovery on {} and {}: use the same pairs and split",
+                oracle.n_head, oracle.n_tail, self.split.n_head, self.split.n_tail
+            )));
+        }
+        let names = |validated_only: bool| -> Vec<String> {
+            let mut v: Vec<String> = self
+                .circuits
+                .iter()
+                .filter(|c| !validated_only || c.causal.as_ref().is_some_and(|v| v.validated))
+                .flat_map(|c| c.units.iter().map(|u| u.unit.name()))
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        self.oracle = Some(crate::oracle::OracleComparison::new(oracle, names(false), names(true)));
+        Ok(())
+    }
 }
 
 /// The whole pipeline: enumerate units, read them on every pair, then [`discover_from`].
@@ -1618,6 +1646,7 @@ pub fn discover_from(
         circuits,
         head_units,
         screening,
+        oracle: None,
     })
 }
 

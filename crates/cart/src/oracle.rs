@@ -28,7 +28,11 @@ use reward_lens_engine::synth::Rng;
 use reward_lens_engine::{EncodedPair, Positions, RewardModel};
 use serde::{Deserialize, Serialize};
 
-use crate::discover::{enumerate_units, extract, pair_margins, CircuitUnit, Layers, PairMetrics, Unit, UnitOptions};
+use reward_lens_instruments::stats::spearman;
+
+use crate::discover::{
+    atp_margin, enumerate_units, extract, pair_margins, CircuitUnit, Layers, PairMetrics, Unit, UnitOptions,
+};
 use crate::error::{AnalysisError, Result};
 use crate::headtail::HeadTailSplit;
 use crate::progress::Event;
@@ -81,6 +85,8 @@ pub struct UnitEffect {
     pub tail_delta_accuracy: f64,
     pub head_delta_margin: f64,
     pub head_delta_accuracy: f64,
+    /// Attribution patching's first-order estimate of `tail_delta_margin`.
+    pub atp_tail_margin: f64,
 }
 
 /// One move of the search and where it left the set (tail: every tail pair; head: the sample).
@@ -126,11 +132,69 @@ pub struct OracleReport {
     pub circuit: OracleCircuit,
     /// The search reached chance with a set that spares the head.
     pub found: bool,
-    /// Sequences run through the model, all stages.
+    /// Spearman ρ of attribution patching's estimate and the exact tail-margin change, over every unit.
+    pub atp_spearman: Option<f64>,
+    /// Sequences run through the model, all stages (a gradient pass counted as one).
     pub forward_sequences: u64,
 }
 
+/// Discovery's units scored against the oracle's circuit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OracleComparison {
+    pub oracle_units: Vec<String>,
+    /// The oracle reached chance with a set that spares the head.
+    pub oracle_found: bool,
+    /// Units of every discovered circuit, and of the validated ones.
+    pub discovered_units: Vec<String>,
+    pub validated_units: Vec<String>,
+    /// Share of discovered units in the oracle's set (None: nothing discovered).
+    pub precision: Option<f64>,
+    /// Share of the oracle's set discovered (None: the oracle's set is empty).
+    pub recall: Option<f64>,
+    pub validated_precision: Option<f64>,
+    pub validated_recall: Option<f64>,
+    /// The oracle's own AtP-against-exact Spearman ρ over every unit.
+    pub atp_spearman_all_units: Option<f64>,
+}
+
+/// Precision and recall of `found` against `truth` (None where the denominator is empty).
+pub fn precision_recall(found: &[String], truth: &[String]) -> (Option<f64>, Option<f64>) {
+    let hits = found.iter().filter(|u| truth.contains(u)).count() as f64;
+    let share = |n: usize| (n > 0).then(|| hits / n as f64);
+    (share(found.len()), share(truth.len()))
+}
+
+impl OracleComparison {
+    /// `discovered` (every circuit's units) and `validated` (the validated circuits' units) against `oracle`.
+    pub fn new(oracle: &OracleReport, discovered: Vec<String>, validated: Vec<String>) -> Self {
+        let truth = oracle.unit_names();
+        let (precision, recall) = precision_recall(&discovered, &truth);
+        let (validated_precision, validated_recall) = precision_recall(&validated, &truth);
+        Self {
+            oracle_units: truth,
+            oracle_found: oracle.found,
+            discovered_units: discovered,
+            validated_units: validated,
+            precision,
+            recall,
+            validated_precision,
+            validated_recall,
+            atp_spearman_all_units: oracle.atp_spearman,
+        }
+    }
+}
+
 impl OracleReport {
+    /// A report `cart oracle --out` wrote.
+    pub fn read(path: &std::path::Path) -> Result<Self> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| invalid(format!("{}: cannot read: {e}", path.display())))?;
+        serde_json::from_str(&text).map_err(|e| {
+            let p = path.display();
+            invalid(format!("{p}: not an oracle report (write one with `reward-lens cart oracle --out`): {e}"))
+        })
+    }
+
     /// The oracle circuit's unit names.
     pub fn unit_names(&self) -> Vec<String> {
         self.circuit.units.iter().map(|c| c.unit.name()).collect()
@@ -231,6 +295,10 @@ pub fn oracle(
     let clean_head = PairMetrics::of(&ev.margins(&split.head, &[])?);
     let chance = 0.5 + opts.chance_z * 0.5 / (tail.len() as f64).sqrt();
 
+    progress(Event::Working("oracle: attribution patching of every unit"));
+    let atp = atp_margin(model, pairs, tail, &units, &means, opts.position, None, opts.batch_size)?;
+    ev.sequences += 2 * tail.len() as u64;
+
     // Single-unit effects.
     let mut effects = Vec::with_capacity(units.len());
     for k in 0..units.len() {
@@ -247,6 +315,7 @@ pub fn oracle(
             tail_delta_accuracy: ta,
             head_delta_margin: hm,
             head_delta_accuracy: ha,
+            atp_tail_margin: atp[k],
         });
     }
     progress(Event::Done);
@@ -336,6 +405,8 @@ pub fn oracle(
     let h = PairMetrics::of(&ev.margins(&split.head, &circuit_units)?);
     let reaches_chance = !circuit_units.is_empty() && at_chance(&t);
     let spares_head = clean_head.accuracy - h.accuracy <= opts.max_head_drop + 1e-12;
+    let (x, y): (Vec<f64>, Vec<f64>) = effects.iter().map(|e| (e.atp_tail_margin, e.tail_delta_margin)).unzip();
+    let atp_spearman = spearman(&x, &y);
     Ok(OracleReport {
         options: opts.clone(),
         ablation: format!(
@@ -354,6 +425,7 @@ pub fn oracle(
         search,
         found: reaches_chance && spares_head,
         circuit: OracleCircuit { units: circuit_units, tail: t, head: h, reaches_chance, spares_head },
+        atp_spearman,
         forward_sequences: ev.sequences,
     })
 }

@@ -8,7 +8,7 @@ use clap::Args;
 use reward_lens_cart::analysis::{Analysis, CandidateKind, DiscoverSpec, SplitKind};
 use reward_lens_cart::bound::BoundOptions;
 use reward_lens_cart::discover::{Layers, PairReadout};
-use reward_lens_cart::oracle::OracleOptions;
+use reward_lens_cart::oracle::{OracleOptions, OracleReport};
 use reward_lens_cart::vulnerability::perturb::PerturbKind;
 use reward_lens_cart::vulnerability::VulnerabilityOptions;
 use reward_lens_engine::{PairText, Positions};
@@ -154,6 +154,10 @@ reward-lens cart discover --model M --pairs pairs.jsonl --split rarity --alpha 0
 pub struct DiscoverArgs {
     #[command(flatten)]
     pub flags: DiscoverFlags,
+    /// An oracle report (`cart oracle --out`) made on the same pairs: the circuits' precision and
+    /// recall against its unit set go into the report.
+    #[arg(long, value_name = "FILE.json")]
+    pub oracle: Option<PathBuf>,
     /// Write the discovery report here.
     #[arg(long, value_name = "FILE.json")]
     pub out: Option<PathBuf>,
@@ -161,7 +165,11 @@ pub struct DiscoverArgs {
 
 pub(super) fn run_discover(a: DiscoverArgs) -> Result<()> {
     let mut bars = CartBars::default();
-    let report = a.flags.analysis()?.discovery(None, &mut |e| bars.update(e))?;
+    let oracle = a.oracle.as_deref().map(OracleReport::read).transpose()?;
+    let mut report = a.flags.analysis()?.discovery(None, &mut |e| bars.update(e))?;
+    if let (Some(o), Some(path)) = (&oracle, &a.oracle) {
+        report.compare_with(o).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    }
     print!("{}", report.summary());
     a.out.map_or(Ok(()), |out| write_json(&out, &report))
 }
