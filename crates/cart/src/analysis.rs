@@ -73,17 +73,20 @@ pub enum CandidateKind {
     Heads,
     /// The latents of [`DiscoverSpec::sae`].
     Sae,
+    /// Attention edges of [`DiscoverSpec::edge_layers`]: a head's attention from the read
+    /// positions to the keys holding one token (tokens in ≥ 10 % of the tail pairs).
+    Edges,
 }
 
 impl CandidateKind {
-    pub const NAMES: [&'static str; 3] = ["mlp", "heads", "sae"];
+    pub const NAMES: [&'static str; 4] = ["mlp", "heads", "sae", "edges"];
 }
 
 impl FromStr for CandidateKind {
     type Err = AnalysisError;
     fn from_str(s: &str) -> Result<Self> {
         use CandidateKind::*;
-        pick(s, &Self::NAMES, &[Mlp, Heads, Sae], "unit kind")
+        pick(s, &Self::NAMES, &[Mlp, Heads, Sae, Edges], "unit kind")
     }
 }
 
@@ -104,6 +107,8 @@ pub struct DiscoverSpec {
     pub units: Vec<CandidateKind>,
     pub mlp_layers: Layers,
     pub head_layers: Layers,
+    /// Layers whose attention edges (a head's attention to one key token) are candidates.
+    pub edge_layers: Layers,
     /// An SAE directory, required exactly when `units` has [`CandidateKind::Sae`].
     pub sae: Option<PathBuf>,
     pub position: Positions,
@@ -134,6 +139,7 @@ impl Default for DiscoverSpec {
             units: vec![CandidateKind::Mlp, CandidateKind::Heads],
             mlp_layers: Layers::Last,
             head_layers: Layers::All,
+            edge_layers: Layers::All,
             sae: None,
             position: Positions::Pooled,
             readout: PairReadout::Mean,
@@ -160,6 +166,7 @@ impl DiscoverSpec {
                 heads: if has(CandidateKind::Heads) { self.head_layers.clone() } else { Layers::None },
                 position: self.position,
                 readout: self.readout,
+                edges: if has(CandidateKind::Edges) { self.edge_layers.clone() } else { Layers::None },
             },
             threshold: match self.fixed_z {
                 Some(z) => Threshold::FixedZ { z },

@@ -412,7 +412,7 @@ pub fn circuit_readouts(model: &RewardModel, seqs: &[Vec<u32>], units: &[Unit]) 
         let ok = match u.kind {
             UnitKind::MlpNeuron => u.layer.is_some_and(|l| l < c.n_layers) && u.index < c.d_mlp,
             UnitKind::AttnHead => u.layer.is_some_and(|l| l < c.n_layers) && u.index < c.n_heads,
-            UnitKind::SaeLatent => false,
+            UnitKind::SaeLatent | UnitKind::AttnEdge => false,
         };
         if !ok {
             return Err(TrainError::Invalid(format!("unit {} cannot be read in this model", u.name())));

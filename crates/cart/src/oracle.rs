@@ -31,7 +31,8 @@ use serde::{Deserialize, Serialize};
 use reward_lens_instruments::stats::spearman;
 
 use crate::discover::{
-    atp_margin, enumerate_units, extract, pair_margins, CircuitUnit, Layers, PairMetrics, Unit, UnitOptions,
+    atp_margin, edge_keys, edge_units, enumerate_units, extract, pair_margins, CircuitUnit, Layers, PairMetrics, Unit,
+    UnitKind, UnitOptions, EDGE_MIN_TAIL_SHARE,
 };
 use crate::error::{AnalysisError, Result};
 use crate::headtail::HeadTailSplit;
@@ -57,6 +58,10 @@ pub struct OracleOptions {
     pub candidates: usize,
     /// The search gives up beyond this many units.
     pub max_size: usize,
+    /// Attention edges (a head's attention to one key token) of these layers join the units.
+    pub edges: Layers,
+    /// The search's goal: tail accuracy at most `clean·(1 − tail_drop)`; None: the chance ceiling.
+    pub tail_drop: Option<f64>,
     /// Pairs per forward pass.
     pub batch_size: usize,
     pub seed: u64,
@@ -71,6 +76,8 @@ impl Default for OracleOptions {
             chance_z: 1.96,
             candidates: 32,
             max_size: 24,
+            edges: Layers::None,
+            tail_drop: None,
             batch_size: 64,
             seed: 0,
         }
@@ -85,8 +92,8 @@ pub struct UnitEffect {
     pub tail_delta_accuracy: f64,
     pub head_delta_margin: f64,
     pub head_delta_accuracy: f64,
-    /// Attribution patching's first-order estimate of `tail_delta_margin`.
-    pub atp_tail_margin: f64,
+    /// Attribution patching's first-order estimate of `tail_delta_margin` (None for edges).
+    pub atp_tail_margin: Option<f64>,
 }
 
 /// One move of the search and where it left the set (tail: every tail pair; head: the sample).
@@ -106,7 +113,7 @@ pub struct OracleCircuit {
     pub units: Vec<CircuitUnit>,
     pub tail: PairMetrics,
     pub head: PairMetrics,
-    /// Ablated tail accuracy at or below the chance ceiling.
+    /// Ablated tail accuracy at or below the target.
     pub reaches_chance: bool,
     /// Head accuracy (all head pairs) dropped by at most `max_head_drop`.
     pub spares_head: bool,
@@ -125,6 +132,8 @@ pub struct OracleReport {
     pub clean_head: PairMetrics,
     pub clean_head_sample: PairMetrics,
     pub chance_ceiling: f64,
+    /// The tail accuracy the search had to reach (the chance ceiling unless `tail_drop` is set).
+    pub target_tail_accuracy: f64,
     /// Every unit's single-ablation effect, in unit order.
     pub effects: Vec<UnitEffect>,
     pub search: Vec<SearchStep>,
@@ -212,16 +221,17 @@ impl OracleReport {
             self.forward_sequences
         );
         s += &format!(
-            "clean: tail {} (margin {:+.2}), head {} (margin {:+.2}); chance ceiling {}\n",
+            "clean: tail {} (margin {:+.2}), head {} (margin {:+.2}); target: tail at most {} (chance ceiling {})\n",
             pct(self.clean_tail.accuracy),
             self.clean_tail.mean_margin,
             pct(self.clean_head.accuracy),
             self.clean_head.mean_margin,
+            pct(self.target_tail_accuracy),
             pct(self.chance_ceiling)
         );
         s += &format!(
             "{} circuit of {} units: {}\n  ablated: tail {} (margin {:+.2}), head {} (margin {:+.2}) on all {} head pairs\n",
-            if self.found { "oracle" } else { "no sparse circuit found; best" },
+            if self.found { "oracle" } else { "no set reached the target; best" },
             c.units.len(),
             self.unit_names().join(", "),
             pct(c.tail.accuracy),
@@ -271,7 +281,14 @@ pub fn oracle(
     if !(0.0..1.0).contains(&opts.max_head_drop) || !opts.chance_z.is_finite() || opts.chance_z < 0.0 {
         return Err(invalid("oracle: max_head_drop must be in [0, 1) and chance_z finite and ≥ 0"));
     }
-    let units = all_units(model)?;
+    if opts.tail_drop.is_some_and(|f| !(f > 0.0 && f < 1.0)) {
+        return Err(invalid("oracle: tail_drop must be in (0, 1)"));
+    }
+    let mut units = all_units(model)?;
+    if opts.edges != Layers::None {
+        let keys = edge_keys(model, pairs, &split.tail, EDGE_MIN_TAIL_SHARE)?;
+        units.extend(edge_units(model, &opts.edges, &keys)?);
+    }
     // The ablation values: each unit's mean read-out over every head pair's two sequences.
     progress(Event::Working("oracle: mean activations on the head pairs"));
     let head_pairs: Vec<EncodedPair> = split.head.iter().map(|&i| pairs[i].clone()).collect();
@@ -293,10 +310,21 @@ pub fn oracle(
     let clean_tail = PairMetrics::of(&ev.margins(tail, &[])?);
     let clean_sample = PairMetrics::of(&ev.margins(&sample, &[])?);
     let clean_head = PairMetrics::of(&ev.margins(&split.head, &[])?);
-    let chance = 0.5 + opts.chance_z * 0.5 / (tail.len() as f64).sqrt();
+    let chance_ceiling = 0.5 + opts.chance_z * 0.5 / (tail.len() as f64).sqrt();
+    let chance = match opts.tail_drop {
+        Some(f) => clean_tail.accuracy * (1.0 - f),
+        None => chance_ceiling,
+    };
 
     progress(Event::Working("oracle: attribution patching of every unit"));
-    let atp = atp_margin(model, pairs, tail, &units, &means, opts.position, None, opts.batch_size)?;
+    let plain: Vec<usize> = (0..units.len()).filter(|&k| units[k].kind != UnitKind::AttnEdge).collect();
+    let plain_units: Vec<Unit> = plain.iter().map(|&k| units[k].clone()).collect();
+    let plain_means: Vec<Vec<f32>> = plain.iter().map(|&k| means[k].clone()).collect();
+    let plain_atp = atp_margin(model, pairs, tail, &plain_units, &plain_means, opts.position, None, opts.batch_size)?;
+    let mut atp: Vec<Option<f64>> = vec![None; units.len()];
+    for (&k, a) in plain.iter().zip(plain_atp) {
+        atp[k] = Some(a);
+    }
     ev.sequences += 2 * tail.len() as u64;
 
     // Single-unit effects.
@@ -405,7 +433,8 @@ pub fn oracle(
     let h = PairMetrics::of(&ev.margins(&split.head, &circuit_units)?);
     let reaches_chance = !circuit_units.is_empty() && at_chance(&t);
     let spares_head = clean_head.accuracy - h.accuracy <= opts.max_head_drop + 1e-12;
-    let (x, y): (Vec<f64>, Vec<f64>) = effects.iter().map(|e| (e.atp_tail_margin, e.tail_delta_margin)).unzip();
+    let (x, y): (Vec<f64>, Vec<f64>) =
+        effects.iter().filter_map(|e| e.atp_tail_margin.map(|a| (a, e.tail_delta_margin))).unzip();
     let atp_spearman = spearman(&x, &y);
     Ok(OracleReport {
         options: opts.clone(),
@@ -420,7 +449,8 @@ pub fn oracle(
         clean_tail,
         clean_head,
         clean_head_sample: clean_sample,
-        chance_ceiling: chance,
+        chance_ceiling,
+        target_tail_accuracy: chance,
         effects,
         search,
         found: reaches_chance && spares_head,

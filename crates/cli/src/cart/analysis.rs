@@ -51,7 +51,8 @@ pub struct DiscoverFlags {
     /// Candidate unit kinds (comma-separated).
     ///
     /// `mlp`: MLP neurons (blocks.{l}.mlp.hook_post) of --mlp-layers; `heads`: attention heads
-    /// (‖hook_z‖ per head) of --head-layers; `sae`: the latents of the SAE given with --sae.
+    /// (‖hook_z‖ per head) of --head-layers; `sae`: the latents of the SAE given with --sae;
+    /// `edges`: attention edges (head → key token) of --edge-layers.
     #[arg(long, value_parser = choice::<CandidateKind>(&CandidateKind::NAMES), value_delimiter = ',', default_value = "mlp,heads")]
     pub units: Vec<CandidateKind>,
     /// Layers whose MLP neurons are candidates: `last`, `all` or a list like `0,2`.
@@ -60,6 +61,11 @@ pub struct DiscoverFlags {
     /// Layers whose heads are candidates: `last`, `all` or a list.
     #[arg(long, default_value = "all")]
     pub head_layers: String,
+    /// Layers whose attention edges are candidates (with `--units …,edges`): a head's attention from
+    /// the read position to the keys holding one token, for tokens in at least 10% of the tail pairs.
+    /// Ablating an edge sets that attention to its head-pair mean and renormalises the rest.
+    #[arg(long, default_value = "all")]
+    pub edge_layers: String,
     /// A SAE directory (cfg.json + weights); its latents become candidate units with `--units …,sae`.
     #[arg(long, value_name = "DIR")]
     pub sae: Option<PathBuf>,
@@ -111,6 +117,7 @@ impl DiscoverFlags {
             units: f.units,
             mlp_layers: layers(&f.mlp_layers, "--mlp-layers")?,
             head_layers: layers(&f.head_layers, "--head-layers")?,
+            edge_layers: layers(&f.edge_layers, "--edge-layers")?,
             sae: f.sae,
             position: f.position,
             readout: f.readout,
@@ -211,6 +218,13 @@ pub struct OracleArgs {
     /// The search gives up beyond this many units.
     #[arg(long, default_value_t = 24)]
     pub max_size: usize,
+    /// Also ablate attention edges (head → key token) of these layers: `none`, `last`, `all` or a list.
+    #[arg(long, default_value = "none")]
+    pub edges: String,
+    /// The goal: tail accuracy at most clean × (1 − FRACTION) instead of the chance ceiling
+    /// (for a model whose tail keeps preferences it shares with the head).
+    #[arg(long, value_name = "FRACTION")]
+    pub tail_drop: Option<f64>,
     /// Pairs per forward pass.
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
@@ -235,6 +249,8 @@ pub(super) fn run_oracle(a: OracleArgs) -> Result<()> {
         max_head_drop: a.max_head_drop,
         candidates: a.candidates,
         max_size: a.max_size,
+        edges: a.edges.parse::<Layers>().map_err(|e| anyhow!("--edges {e}"))?,
+        tail_drop: a.tail_drop,
         batch_size: a.batch_size,
         seed: a.seed,
         ..Default::default()
