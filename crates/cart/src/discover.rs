@@ -1663,8 +1663,26 @@ pub fn discover_from(
     let candidates: Vec<usize> = spec.tail_units.iter().copied().take(copts.max_candidates).collect();
     let left_out = spec.tail_units.len() - candidates.len();
     let cols = standardised_columns(&values, &split.tail, acts.units.len());
-    let clusters = average_linkage(&candidates, &cols, copts.min_correlation);
+    // Edges reading one key token in one layer are one path family: on the tail their masses are
+    // near-constant (a marker draws the same attention in every pair), so co-activation cannot
+    // group them, and heads that read the same token redundantly must be ablated together.
+    let mut key_groups: BTreeMap<(Option<usize>, Option<u32>), Vec<usize>> = BTreeMap::new();
+    let mut others = Vec::new();
+    for &k in &candidates {
+        let u = &acts.units[k];
+        if u.kind == UnitKind::AttnEdge {
+            key_groups.entry((u.layer, u.key_token)).or_default().push(k);
+        } else {
+            others.push(k);
+        }
+    }
+    let mut clusters = average_linkage(&others, &cols, copts.min_correlation);
     let mut groups: Vec<(Vec<usize>, bool)> = Vec::new();
+    let mut edge_groups: Vec<Vec<usize>> = key_groups.into_values().collect();
+    edge_groups.sort_by_key(|c| (std::cmp::Reverse(c.len()), c.iter().min().copied()));
+    for g in &edge_groups {
+        groups.push((g.clone(), false));
+    }
     let mut rest: Vec<usize> = Vec::new();
     let mut sorted_clusters = clusters.clone();
     sorted_clusters.sort_by_key(|c| (std::cmp::Reverse(c.len()), c.iter().min().copied()));
@@ -1676,6 +1694,7 @@ pub fn discover_from(
         }
     }
     let nothing_clustered = groups.is_empty() && !rest.is_empty();
+    clusters.extend(edge_groups);
     if !rest.is_empty() {
         rest.sort_by_key(|k| candidates.iter().position(|c| c == k));
         groups.push((rest, true));
@@ -1845,6 +1864,34 @@ pub fn discover_from(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn edge_ablation_sets_the_mass_and_keeps_the_row_a_distribution() {
+        let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6);
+        let mut row = vec![0.5, 0.3, 0.2];
+        set_edge_mass(&mut row, &[true, false, false], 0.1);
+        assert!(close(&row, &[0.1, 0.54, 0.36]), "{row:?}");
+        let mut row = vec![0.5, 0.3, 0.2];
+        set_edge_mass(&mut row, &[true, false, true], 0.0);
+        assert!(close(&row, &[0.0, 1.0, 0.0]), "{row:?}");
+        // All mass on the key: the rest gets the remainder evenly.
+        let mut row = vec![1.0, 0.0, 0.0];
+        set_edge_mass(&mut row, &[true, false, false], 0.2);
+        assert!(close(&row, &[0.2, 0.4, 0.4]), "{row:?}");
+        // No mass on the key (an absent path), or nothing but keys: left alone.
+        for (keys, r) in [([false, true, false], vec![0.5, 0.0, 0.5]), ([true, true, true], vec![0.2, 0.3, 0.5])] {
+            let mut row = r.clone();
+            set_edge_mass(&mut row, &keys, 0.3);
+            assert_eq!(row, r);
+        }
+        let e = Unit::edge(1, 2, 32, "urgent");
+        assert_eq!(e.name(), "edge.1.2->urgent");
+        // Units without a key serialise as before (no new fields).
+        assert_eq!(
+            serde_json::to_string(&Unit::mlp(0, 3)).unwrap(),
+            r#"{"kind":"mlp_neuron","site":"blocks.0.mlp.hook_post","layer":0,"index":3}"#
+        );
+    }
 
     #[test]
     fn clustering_groups_correlated_units() {

@@ -122,7 +122,13 @@ fn planted_pairs(seed: u64) -> (Vec<EncodedPair>, HeadTailSplit) {
 }
 
 fn unit_options() -> UnitOptions {
-    UnitOptions { mlp: Layers::All, heads: Layers::All, position: Positions::Pooled, readout: PairReadout::Mean }
+    UnitOptions {
+        mlp: Layers::All,
+        heads: Layers::All,
+        position: Positions::Pooled,
+        readout: PairReadout::Mean,
+        edges: Layers::None,
+    }
 }
 
 fn is_planted(u: &Unit) -> bool {

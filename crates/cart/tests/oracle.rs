@@ -3,14 +3,18 @@
 //!
 //! What the oracle shows there, and these tests pin down: no sparse set of MLP neurons or
 //! attention heads carries the rule under mean ablation, because the rule is an attention gate.
-//! The marker draws layer 1's attention at the pooled token away from the answer (so correctness
-//! stops counting), while the caution preference is shared with head prompts. Blocking that
-//! attention removes the rule; ablating the heads that attend removes correctness everywhere
-//! instead, which costs the head and leaves the tail's caution rule standing.
+//! The marker draws the last layer's attention at the pooled token away from the answer (so
+//! correctness stops counting), while the caution preference is shared with head prompts.
+//! Blocking that attention (two attention *edges*) removes the rule; ablating the heads that
+//! attend removes correctness everywhere instead, which costs the head and leaves the tail's
+//! caution rule standing. Discovery with edges among its units finds the same two edges.
 
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Tensor};
+use reward_lens_cart::discover::{
+    discover, DiscoverOptions, Layers, ScreeningOptions, Threshold, UnitKind, UnitOptions, ValidationOptions,
+};
 use reward_lens_cart::headtail::{HeadTailSplit, SplitRule};
 use reward_lens_cart::oracle::{oracle, OracleOptions};
 use reward_lens_engine::{
@@ -94,20 +98,63 @@ fn the_tail_organism_learns_its_rare_rule_on_100_held_out_tail_pairs() {
 }
 
 #[test]
-fn no_sparse_unit_set_carries_the_tail_rule_because_it_is_an_attention_gate() {
+fn the_tail_rule_is_an_attention_gate_that_the_oracle_and_discovery_both_find() {
     let (model, _, _, pairs) = tail_organism();
     let (chosen, enc, split) = subset(&model, &pairs, 40, 60);
-    let opts = OracleOptions { head_sample: 0, candidates: 8, max_size: 6, batch_size: 50, ..Default::default() };
-    let o = oracle(&model, &enc, &split, &opts, &mut |_| {}).unwrap();
     let d = &model.config;
-    assert_eq!(o.n_units, d.n_layers * (d.d_mlp + d.n_heads));
+    let last = d.n_layers - 1;
+    let opts = OracleOptions {
+        head_sample: 0,
+        candidates: 8,
+        max_size: 6,
+        edges: Layers::Last,
+        tail_drop: Some(0.25),
+        batch_size: 50,
+        ..Default::default()
+    };
+    let o = oracle(&model, &enc, &split, &opts, &mut |_| {}).unwrap();
     assert_eq!(o.clean_tail.accuracy, 1.0);
-    // No unit alone moves more than 2 of the 40 tail pairs, and the best small set the search
-    // grows stays far above chance.
-    let worst = o.effects.iter().map(|e| e.tail_delta_accuracy).fold(0.0f64, f64::min);
-    assert!(worst >= -0.05, "a single unit cost the tail {worst}");
-    assert!(!o.found && o.circuit.tail.accuracy >= 0.9, "{}", o.summary());
-    assert!(o.forward_sequences > 2 * 100 * o.n_units as u64);
+    // Neurons and heads: no single one moves more than 2 of the 40 tail pairs.
+    let plain = o.effects.iter().filter(|e| e.unit.kind != UnitKind::AttnEdge);
+    assert_eq!(plain.clone().count(), d.n_layers * (d.d_mlp + d.n_heads));
+    let worst = plain.map(|e| e.tail_delta_accuracy).fold(0.0f64, f64::min);
+    assert!(worst >= -0.05, "a single neuron or head cost the tail {worst}");
+    // The oracle's circuit: last-layer attention to the marker, nothing else; ablated, the tail
+    // loses a quarter of its accuracy and the head nothing.
+    assert!(o.found, "{}", o.summary());
+    for u in &o.circuit.units {
+        assert!(u.unit.kind == UnitKind::AttnEdge && u.unit.key_text.as_deref() == Some("urgent"), "{}", o.summary());
+    }
+    assert!(o.circuit.tail.accuracy <= 0.75 && o.circuit.head.accuracy == o.clean_head.accuracy, "{}", o.summary());
+
+    // Discovery with edges finds and validates it: recall against the oracle.
+    let dopts = DiscoverOptions {
+        units: UnitOptions { mlp: Layers::Last, heads: Layers::All, edges: Layers::Last, ..Default::default() },
+        threshold: Threshold::MaxT { permutations: 200, family_alpha: 0.05 },
+        validation: ValidationOptions { random_sets: 10, ..Default::default() },
+        screening: ScreeningOptions { enabled: false, top: 0 },
+        batch_size: 50,
+        seed: 1,
+        ..Default::default()
+    };
+    let mut r = discover(&model, &enc, &split, &dopts, None).unwrap();
+    r.compare_with(&o).unwrap();
+    let c = r.oracle.clone().unwrap();
+    assert!(c.validated_recall.unwrap() >= 0.8, "{}", r.summary());
+    let edge_circuit = r
+        .circuits
+        .iter()
+        .find(|c| {
+            c.units.iter().any(|u| {
+                u.unit.kind == UnitKind::AttnEdge
+                    && u.unit.key_text.as_deref() == Some("urgent")
+                    && u.unit.layer == Some(last)
+            })
+        })
+        .expect("a circuit holds the last layer's attention to the marker");
+    let v = edge_circuit.causal.as_ref().unwrap();
+    assert!(v.validated && v.tail.delta_accuracy.mean.unwrap() <= -0.25, "{}", r.summary());
+    assert!(v.head.delta_accuracy.mean.unwrap() >= -0.02);
 
     let (tail, head): (Vec<PairText>, Vec<PairText>) = chosen.into_iter().partition(|p| p.subset_str() == "tail");
     let clean = |ps: &[PairText]| accuracy(&margins(&model, ps, &|_| Hooks::none()));
@@ -116,7 +163,6 @@ fn no_sparse_unit_set_carries_the_tail_rule_because_it_is_an_attention_gate() {
     let blocked = accuracy(&margins(&model, &tail, &|p| block_marker_attention(&model, p)));
     assert!(blocked <= clean(&tail) - 0.25, "tail accuracy with the marker's attention blocked: {blocked}");
     // Mean-ablating every layer-1 head instead leaves the tail rule standing and costs the head.
-    let last = d.n_layers - 1;
     let head_enc: Vec<usize> = split.head.clone();
     let mut sum = vec![0f64; d.n_heads * d.head_dim];
     let mut n = 0usize;
