@@ -74,7 +74,8 @@ pub enum CandidateKind {
     /// The latents of [`DiscoverSpec::sae`].
     Sae,
     /// Attention edges of [`DiscoverSpec::edge_layers`]: a head's attention from the read
-    /// positions to the keys holding one token (tokens in ≥ 10 % of the tail pairs).
+    /// positions to the keys holding one token (tokens in ≥ 10 % of the tail pairs and at least
+    /// twice as common there as among head pairs).
     Edges,
 }
 

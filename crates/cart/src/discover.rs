@@ -270,29 +270,36 @@ impl Default for UnitOptions {
     }
 }
 
-/// The key tokens edges are enumerated for: tokens in at least `min_share` of the tail pairs
-/// (in either sequence), in id order, with their text. A token every tail pair holds but no head
-/// pair does (a scenario's marker) is what a tail edge looks at.
+/// The key tokens edges are enumerated for: tokens in at least `min_share` of the tail pairs (in
+/// either sequence) and at least twice as common among tail pairs as among head pairs, in id
+/// order, with their text. A scenario's marker (every tail pair, no head pair) is the kind of
+/// token a tail edge looks at; the frequency filter keeps common words, and with them the unit
+/// count of a large vocabulary, out.
 pub fn edge_keys(
     model: &RewardModel,
     pairs: &[EncodedPair],
     tail: &[usize],
+    head: &[usize],
     min_share: f64,
 ) -> Result<Vec<(u32, String)>> {
-    let mut count: BTreeMap<u32, usize> = BTreeMap::new();
-    for &i in tail {
-        let mut seen: Vec<u32> = pairs[i].chosen.iter().chain(&pairs[i].rejected).copied().collect();
-        seen.sort_unstable();
-        seen.dedup();
-        for t in seen {
-            *count.entry(t).or_default() += 1;
+    let shares = |idx: &[usize]| -> BTreeMap<u32, f64> {
+        let mut count: BTreeMap<u32, usize> = BTreeMap::new();
+        for &i in idx {
+            let mut seen: Vec<u32> = pairs[i].chosen.iter().chain(&pairs[i].rejected).copied().collect();
+            seen.sort_unstable();
+            seen.dedup();
+            for t in seen {
+                *count.entry(t).or_default() += 1;
+            }
         }
-    }
+        let n = idx.len().max(1) as f64;
+        count.into_iter().map(|(t, c)| (t, c as f64 / n)).collect()
+    };
+    let (in_tail, in_head) = (shares(tail), shares(head));
     let tok = model.tokenizer()?;
-    let need = (min_share * tail.len() as f64).ceil().max(1.0) as usize;
-    Ok(count
+    Ok(in_tail
         .into_iter()
-        .filter(|&(_, n)| n >= need)
+        .filter(|&(t, share)| share >= min_share && in_head.get(&t).copied().unwrap_or(0.0) * 2.0 <= share)
         .map(|(t, _)| (t, tok.tokenizer.id_to_token(t).unwrap_or_else(|| format!("#{t}"))))
         .collect())
 }
@@ -342,17 +349,17 @@ pub fn enumerate_units(model: &RewardModel, opts: &UnitOptions, sae: Option<&Sae
 pub const EDGE_MIN_TAIL_SHARE: f64 = 0.1;
 
 /// [`enumerate_units`] and, when the options ask for edges, the edges to the key tokens of
-/// [`edge_keys`] on `pairs`' tail.
+/// [`edge_keys`] on `pairs` split by `split`.
 pub fn candidate_units(
     model: &RewardModel,
     opts: &UnitOptions,
     sae: Option<&Sae>,
     pairs: &[EncodedPair],
-    tail: &[usize],
+    split: &HeadTailSplit,
 ) -> Result<Vec<Unit>> {
     let mut units = enumerate_units(model, opts, sae)?;
     if opts.edges != Layers::None {
-        let keys = edge_keys(model, pairs, tail, EDGE_MIN_TAIL_SHARE)?;
+        let keys = edge_keys(model, pairs, &split.tail, &split.head, EDGE_MIN_TAIL_SHARE)?;
         units.extend(edge_units(model, &opts.edges, &keys)?);
     }
     if units.is_empty() {
@@ -1607,7 +1614,7 @@ pub fn discover(
     sae: Option<&Sae>,
 ) -> Result<DiscoveryReport> {
     split.validate(pairs.len())?;
-    let units = candidate_units(model, &opts.units, sae, pairs, &split.tail)?;
+    let units = candidate_units(model, &opts.units, sae, pairs, split)?;
     let acts = extract(model, pairs, &units, opts.units.position, sae, opts.batch_size)?;
     discover_from(model, pairs, split, &acts, opts, sae)
 }

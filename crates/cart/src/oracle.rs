@@ -286,7 +286,7 @@ pub fn oracle(
     }
     let mut units = all_units(model)?;
     if opts.edges != Layers::None {
-        let keys = edge_keys(model, pairs, &split.tail, EDGE_MIN_TAIL_SHARE)?;
+        let keys = edge_keys(model, pairs, &split.tail, &split.head, EDGE_MIN_TAIL_SHARE)?;
         units.extend(edge_units(model, &opts.edges, &keys)?);
     }
     // The ablation values: each unit's mean read-out over every head pair's two sequences.

@@ -62,7 +62,8 @@ pub struct DiscoverFlags {
     #[arg(long, default_value = "all")]
     pub head_layers: String,
     /// Layers whose attention edges are candidates (with `--units …,edges`): a head's attention from
-    /// the read position to the keys holding one token, for tokens in at least 10% of the tail pairs.
+    /// the read position to the keys holding one token, for tokens in at least 10% of the tail pairs
+    /// and at least twice as common there as among head pairs.
     /// Ablating an edge sets that attention to its head-pair mean and renormalises the rest.
     #[arg(long, default_value = "all")]
     pub edge_layers: String,
