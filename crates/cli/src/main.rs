@@ -16,6 +16,7 @@ mod faithfulness;
 mod info;
 mod lens;
 mod memory;
+mod merge;
 mod organism;
 mod output;
 mod patch;
@@ -39,7 +40,10 @@ pub use args::{DtypeArg, ModelArgs};
 A reward model reads (prompt, response) and returns one number. reward-lens loads HuggingFace reward \
 models (Llama, Mistral, Qwen2, Qwen3, Gemma-2, GPT-2, ArmoRM) from a local directory, scores preference \
 pairs, and exports activations at TransformerLens-named sites.\n\n\
-Every command takes --model DIR; without it, a small example model embedded in the binary is used.",
+Every command takes --model DIR; without it, a small example model embedded in the binary is used.\n\n\
+Large populations: score, eval, lens, attribute, patch, atp and faithfulness take --shard K/N (the K-th of N \
+contiguous ranges of the pairs file); `reward-lens merge` turns the N outputs into exactly what one run writes, \
+`reward-lens status` says which shards are done.",
     after_help = "Examples:\n  reward-lens score --pairs examples/pairs.jsonl\n  reward-lens info --model path/to/Skywork-Reward-Llama-3.1-8B\n  reward-lens cache --prompt 'Hi' --response 'Hello!' --sites 'blocks.*.hook_resid_post' --out acts.safetensors"
 )]
 struct Cli {
@@ -89,6 +93,10 @@ enum Command {
     Train(train::TrainArgs),
     /// CART: circuits that rare (tail) inputs run through, their fragility, and circuit-aware training.
     Cart(cart::CartArgs),
+    /// Combine the outputs of `--shard K/N` runs into exactly what one run writes (aggregates recomputed).
+    Merge(merge::MergeArgs),
+    /// Which shards of a sharded run are done, partial (running or stopped) or missing, from what is on disk.
+    Status(merge::StatusArgs),
     /// Measure scoring throughput (tokens/s, GFLOP/s vs the machine's matmul rate) and peak memory.
     Bench(bench::BenchArgs),
 }
@@ -119,6 +127,8 @@ fn main() {
         Command::PathPatch(a) => path_patch::run(a),
         Command::Faithfulness(a) => faithfulness::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Merge(a) => merge::run(a),
+        Command::Status(a) => merge::status(a),
         Command::Train(a) => train::run(a),
         Command::Organism(a) => organism::run(a),
         Command::Cart(a) => cart::run(a),
