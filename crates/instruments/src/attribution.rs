@@ -76,7 +76,7 @@ pub struct NeuronContribution {
     pub mean_differential: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AttributionReport {
     pub v1_compat: bool,
     pub components: Vec<Component>,

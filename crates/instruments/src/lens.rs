@@ -83,7 +83,7 @@ pub struct PairLens {
     pub crystallization_fraction: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LensReport {
     pub kind: LensKind,
     /// v1.0 semantics: raw projection and v1.0's crystallization rule.
