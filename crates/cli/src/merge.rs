@@ -79,6 +79,7 @@ pub fn run(a: MergeArgs) -> Result<()> {
         "eval" => merge_eval(&a.out, &files)?,
         "lens" => merge_lens(&a.out, &files)?,
         "attribute" => merge_attribution(&a.out, &files)?,
+        "audit" => crate::audit::merge(&a.out, &files)?,
         c => bail!("`{c}` outputs are not merged (no shards of it)"),
     }
     // The merged output is the run's: its fingerprint without a shard, so it resumes as one.

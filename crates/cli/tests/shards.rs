@@ -248,3 +248,64 @@ fn a_resumed_score_shard_equals_an_uninterrupted_one() {
     run(cmd(&["score", "--resume"], &out).args(["--shard", "1/3"]));
     assert!(bytes(&whole) == bytes(&out));
 }
+
+/// Drops wall-clock fields anywhere in the tree.
+fn without_timings(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.retain(|k, _| !matches!(k.as_str(), "timings" | "seconds" | "total_seconds" | "created"));
+            m.values_mut().for_each(without_timings);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(without_timings),
+        _ => {}
+    }
+}
+
+/// results.json without timings, as text; report.html with its seconds blanked.
+fn audit_files(dir: &Path) -> (String, String) {
+    let mut v = common::json(&dir.join("results.json"));
+    without_timings(&mut v);
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    let mut blank = String::new();
+    // "1.23 s" → "# s": the stage table and the header's total.
+    let mut rest = html.as_str();
+    while let Some(i) = rest.find(" s<") {
+        let head = &rest[..i];
+        let cut = head.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.').len();
+        blank.push_str(&head[..cut]);
+        blank.push_str("# s<");
+        rest = &rest[i + 3..];
+    }
+    blank.push_str(rest);
+    (serde_json::to_string_pretty(&v).unwrap(), blank)
+}
+
+#[test]
+fn audit_shards_merge_into_one_runs_results_and_report() {
+    let d = tmp("merge-audit");
+    let audit = |out: &Path| {
+        let mut c = exe();
+        c.args(["audit", "--model"]).arg(llama()).arg("--pairs").arg(pairs()).arg("--out").arg(out);
+        c.args(["--batch-size", "6"]);
+        c
+    };
+    let single = d.join("single");
+    run(&mut audit(&single));
+    let (results, html) = audit_files(&single);
+    assert!(results.contains("\"pairs_used\": 20"));
+    for n in [1usize, 2, 3, 7] {
+        let dir = d.join(format!("n{n}"));
+        for k in 0..n {
+            run(audit(&dir.join(format!("a{k}"))).args(["--shard", &format!("{k}/{n}")]));
+        }
+        let merged = d.join(format!("merged{n}"));
+        let o = run(exe().arg("merge").arg("--out").arg(&merged).arg(&dir));
+        assert!(String::from_utf8_lossy(&o.stdout).contains("audited"), "merge prints the audit's summary");
+        let (r, h) = audit_files(&merged);
+        assert!(r == results, "audit: results.json of {n} merged shards differs from one run's");
+        assert!(h == html, "audit: report.html of {n} merged shards differs from one run's");
+    }
+    // Shard 0 holds the stages over whole sets; without it there is nothing to merge.
+    let e = fails(exe().arg("merge").arg("--out").arg(d.join("m")).arg(d.join("n3/a1")).arg(d.join("n3/a2")));
+    assert!(e.contains("missing shard 0/3"), "{e}");
+}

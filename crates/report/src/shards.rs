@@ -122,6 +122,9 @@ pub enum State {
     },
 }
 
+/// Where an audit shard keeps its part, inside its output directory.
+pub const AUDIT_PART: &str = "audit-part.json";
+
 /// How a command's shard output is laid out: one line per pair, or one file written at the end.
 pub fn lines_per_pair(command: &str) -> bool {
     matches!(command, "score" | "eval" | "patch" | "atp" | "faithfulness")
@@ -158,9 +161,7 @@ impl ShardFile {
             } else {
                 State::Partial { done }
             }
-        } else if self.path.join("results.json").is_file()
-            || (self.path.is_file() && self.fingerprint.command != "audit")
-        {
+        } else if self.path.join(AUDIT_PART).is_file() || (self.path.is_file() && self.fingerprint.command != "audit") {
             State::Done
         } else {
             State::Partial { done: 0 }
@@ -173,6 +174,9 @@ impl ShardFile {
 pub fn find(paths: &[PathBuf]) -> Result<Vec<ShardFile>, ReportError> {
     let mut out = Vec::new();
     for p in paths {
+        if !p.exists() {
+            return Err(ReportError::Invalid(format!("{}: no such file or directory", p.display())));
+        }
         let meta_of_dir = p.is_dir() && !sidecar(p).is_file();
         if meta_of_dir {
             let mut entries: Vec<PathBuf> = std::fs::read_dir(p)
