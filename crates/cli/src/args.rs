@@ -84,6 +84,40 @@ impl ModelArgs {
     }
 }
 
+/// Whether [`ModelArgs::load_shared`] keeps the models it loads, for the life of the process:
+/// a Ray actor runs shard after shard (`reward_lens_rs.cli(..., keep_model=True)`) with one load.
+static KEEP_MODELS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+type ModelKey = (Option<PathBuf>, DtypeArg, String);
+static MODELS: std::sync::Mutex<Vec<(ModelKey, std::sync::Arc<RewardModel>)>> = std::sync::Mutex::new(Vec::new());
+
+/// From now on, [`ModelArgs::load_shared`] keeps each model it loads (or, `false`, forgets them).
+pub fn keep_models(keep: bool) {
+    KEEP_MODELS.store(keep, std::sync::atomic::Ordering::SeqCst);
+    if !keep {
+        MODELS.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+impl ModelArgs {
+    /// [`load`](Self::load), or the model this process already loaded with the same folder,
+    /// dtype and device when [`keep_models`] is on. (The folder's files are assumed unchanged
+    /// while the process lives; the output's fingerprint is still taken from them.)
+    pub fn load_shared(&self) -> Result<std::sync::Arc<RewardModel>> {
+        if !KEEP_MODELS.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(std::sync::Arc::new(self.load()?));
+        }
+        let key: ModelKey = (self.model.clone(), self.dtype, self.device.clone());
+        let mut models = MODELS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, m)) = models.iter().find(|(k, _)| *k == key) {
+            return Ok(m.clone());
+        }
+        let m = std::sync::Arc::new(self.load()?);
+        models.push((key, m.clone()));
+        Ok(m)
+    }
+}
+
 /// Before a resumable command writes `out`: records what made the output (`<out>.meta.json`)
 /// — or, with `--resume`, checks that the existing output was made by the same model, options
 /// and input files. (That `out` is none of the inputs is checked for every command in `main`.)

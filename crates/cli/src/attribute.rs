@@ -45,7 +45,7 @@ pub fn run(a: AttributeArgs) -> Result<()> {
             "--shard with --neurons: the top neurons need every pair's MLP activations at once; run without --shard"
         );
     }
-    let model = a.model.load()?;
+    let model = a.model.load_shared()?;
     let (pairs, ids) = a.input.encode(&model)?;
     let opts = AttributionOptions {
         heads: a.heads,

@@ -67,7 +67,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let mut evals: Vec<ModelEval> = Vec::new();
     for m in &models {
         let args = ModelArgs { model: m.clone(), dtype: a.dtype, device: a.device.clone() };
-        let model = args.load()?;
+        let model = args.load_shared()?;
         let scores = crate::output::score_with_bar(&model, &pairs, truncation, a.batch_size, a.padding)?;
         let margins: Vec<f64> = scores.iter().map(|s| s.margin() as f64).collect();
         let subsets: Vec<Option<String>> = pairs.iter().map(|p| p.subset.clone()).collect();
@@ -105,7 +105,7 @@ fn run_shard(
     let window = shard.window(pairs.len(), (a.batch_size / 2).max(1));
     let mut margins: Vec<Vec<f64>> = Vec::new();
     for m in models {
-        let model = ModelArgs { model: m.clone(), dtype: a.dtype, device: a.device.clone() }.load()?;
+        let model = ModelArgs { model: m.clone(), dtype: a.dtype, device: a.device.clone() }.load_shared()?;
         let scores =
             crate::output::score_with_bar(&model, &pairs[window.clone()], truncation, a.batch_size, a.padding)?;
         margins.push(

@@ -25,7 +25,7 @@ pub fn run(a: FaithfulnessArgs) -> Result<()> {
     let pairs = a.input.read()?;
     a.guard("faithfulness", pairs.len())?;
     let pairs = &pairs[crate::args::shard_of(a.shard, pairs.len()).0];
-    let model = a.model.load()?;
+    let model = a.model.load_shared()?;
     let opts = a.options(&model)?;
     let lines = output::per_pair(&a.out, a.resume, pairs, "faithfulness", |p| {
         let inp = a.input.encode_one(&model, p)?;

@@ -34,7 +34,7 @@ pub struct LensArgs {
 
 pub fn run(a: LensArgs) -> Result<()> {
     let shard = output::shard_start("lens", &a.input, a.shard.shard, a.run.out.as_deref())?;
-    let model = a.model.load()?;
+    let model = a.model.load_shared()?;
     let (pairs, ids) = a.input.encode(&model)?;
     let opts = LensOptions { kind: a.kind, v1_compat: a.v1_compat, batch_size: a.run.batch_size, seed: a.run.seed };
     let Some(shard) = shard else {

@@ -13,7 +13,7 @@ fn run_kind(a: PatchArgs, attribution_patching: bool) -> Result<()> {
     a.guard(if attribution_patching { "atp" } else { "patch" }, pairs.len())?;
     // One pair per call: a shard's pairs are computed exactly as in one run.
     let pairs = &pairs[crate::args::shard_of(a.shard, pairs.len()).0];
-    let model = a.model.load()?;
+    let model = a.model.load_shared()?;
     let opts = a.options(&model)?;
     let mut names: Vec<String> = Vec::new();
     let (mut fe, mut done) = (0.0, 0usize);

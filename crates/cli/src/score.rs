@@ -75,7 +75,7 @@ pub fn run(a: ScoreArgs) -> Result<()> {
         let models = [a.model.model.as_deref()];
         crate::args::guard_shard("score", out, a.resume, &models, &[a.pairs.as_path()], options, shard)?;
     }
-    let model = a.model.load()?;
+    let model = a.model.load_shared()?;
     let truncation = if a.truncate_prompt { Truncation::DropPromptLeft } else { Truncation::Error };
     let all = match prefs {
         Preferences::Pairs(p) => p,
