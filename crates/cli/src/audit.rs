@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::Value;
 
-use reward_lens_report::audit::{AuditInputs, AuditOptions, AuditResults, PairSource, STAGES};
+use reward_lens_report::audit::{AuditInputs, AuditOptions, PairSource, STAGES};
 
 use crate::args::{parse_device, ModelArgs};
 use crate::progress::{ensure_organism, stage_bar};
@@ -136,11 +136,11 @@ pub fn run(a: AuditArgs) -> Result<()> {
         Ok(r)
     });
     bar.finish_and_clear();
-    print_summary(&res?, &a.out);
+    crate::output::audit_summary(&res?, &a.out);
     Ok(())
 }
 
-use reward_lens_report::shards::AUDIT_PART as PART_FILE;
+use reward_lens_report::shards::AUDIT_PART;
 
 /// One shard of an audit: its part, for `merge`.
 fn run_shard(a: &AuditArgs, inputs: &AuditInputs, shard: reward_lens_report::shards::Shard) -> Result<()> {
@@ -160,7 +160,7 @@ fn run_shard(a: &AuditArgs, inputs: &AuditInputs, shard: reward_lens_report::sha
     let aggregate = serde_json::json!({"seed": a.seed});
     std::fs::create_dir_all(&a.out).with_context(|| format!("{}: cannot create", a.out.display()))?;
     crate::args::guard_shard("audit", &a.out, false, &models, &paths, options, Some((record, aggregate)))?;
-    let part_path = a.out.join(PART_FILE);
+    let part_path = a.out.join(AUDIT_PART);
     if part_path.is_file() {
         std::fs::remove_file(&part_path).with_context(|| format!("{}: cannot replace", part_path.display()))?;
     }
@@ -184,38 +184,8 @@ fn run_shard(a: &AuditArgs, inputs: &AuditInputs, shard: reward_lens_report::sha
     Ok(())
 }
 
-/// `merge` of audit shards: results.json and report.html into `out`, as one run writes them.
-pub fn merge(out: &Path, files: &[reward_lens_report::shards::ShardFile]) -> Result<()> {
-    let mut parts = Vec::with_capacity(files.len());
-    for f in files {
-        let p = f.path.join(PART_FILE);
-        let text = std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read", p.display()))?;
-        let part: reward_lens_report::audit::AuditPart =
-            serde_json::from_str(&text).with_context(|| format!("{}: not an audit part", p.display()))?;
-        if part.shard != Some(f.shard) {
-            anyhow::bail!("{}: holds another shard than its fingerprint says ({})", p.display(), f.shard.name());
-        }
-        parts.push(part);
-    }
-    let res = reward_lens_report::audit::assemble(parts)?;
-    reward_lens_report::write_files(&res, out)?;
-    print_summary(&res, out);
-    Ok(())
-}
-
 fn read_json(p: &Path) -> Result<Value> {
     // BOM-tolerant, and invalid UTF-8 names its line.
     let text = reward_lens_report::datasets::read_text(p, "cannot read")?;
     serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", p.display()))
-}
-
-fn print_summary(r: &AuditResults, out: &Path) {
-    println!(
-        "audited {} on {} pairs, {} probes, {} concepts in {:.1} s",
-        r.inputs.model, r.inputs.pairs_used, r.inputs.n_probes, r.inputs.n_concepts, r.total_seconds
-    );
-    for f in &r.findings {
-        println!("[{:?}] {}: {}", f.severity, f.title, f.text);
-    }
-    println!("wrote {} and {}", out.join("results.json").display(), out.join("report.html").display());
 }

@@ -79,7 +79,7 @@ pub fn run(a: MergeArgs) -> Result<()> {
         "eval" => merge_eval(&a.out, &files)?,
         "lens" => merge_lens(&a.out, &files)?,
         "attribute" => merge_attribution(&a.out, &files)?,
-        "audit" => crate::audit::merge(&a.out, &files)?,
+        "audit" => merge_audit(&a.out, &files)?,
         c => bail!("`{c}` outputs are not merged (no shards of it)"),
     }
     // The merged output is the run's: its fingerprint without a shard, so it resumes as one.
@@ -269,4 +269,23 @@ fn merge_attribution(out: &Path, files: &[ShardFile]) -> Result<()> {
     let rep = summarise(v1, components, pairs, Vec::new(), r.seed);
     print!("{}", reward_lens_report::text::attribution_table(&rep, 10));
     crate::output::write_inputs(out, "attribution", &r.model, r.inputs, &rep)
+}
+
+/// Audit shards: results.json and report.html into `out`, as one run writes them.
+fn merge_audit(out: &Path, files: &[reward_lens_report::shards::ShardFile]) -> Result<()> {
+    let mut parts = Vec::with_capacity(files.len());
+    for f in files {
+        let p = f.path.join(reward_lens_report::shards::AUDIT_PART);
+        let text = std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read", p.display()))?;
+        let part: reward_lens_report::audit::AuditPart =
+            serde_json::from_str(&text).with_context(|| format!("{}: not an audit part", p.display()))?;
+        if part.shard != Some(f.shard) {
+            anyhow::bail!("{}: holds another shard than its fingerprint says ({})", p.display(), f.shard.name());
+        }
+        parts.push(part);
+    }
+    let res = reward_lens_report::audit::assemble(parts)?;
+    reward_lens_report::write_files(&res, out)?;
+    crate::output::audit_summary(&res, out);
+    Ok(())
 }

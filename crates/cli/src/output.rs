@@ -206,3 +206,15 @@ pub fn write_inputs<T: Serialize>(
     eprintln!("wrote {}", path.display());
     Ok(())
 }
+
+/// What `audit` (and `merge` of audit shards) prints when done.
+pub fn audit_summary(r: &reward_lens_report::AuditResults, out: &Path) {
+    println!(
+        "audited {} on {} pairs, {} probes, {} concepts in {:.1} s",
+        r.inputs.model, r.inputs.pairs_used, r.inputs.n_probes, r.inputs.n_concepts, r.total_seconds
+    );
+    for f in &r.findings {
+        println!("[{:?}] {}: {}", f.severity, f.title, f.text);
+    }
+    println!("wrote {} and {}", out.join("results.json").display(), out.join("report.html").display());
+}
