@@ -96,8 +96,9 @@ pub fn status(a: StatusArgs) -> Result<()> {
     let files = shards::find(&a.shards)?;
     let f0 = &files[0];
     let n = f0.shard.count;
+    let mut text = String::new();
     for p in shards::mismatches(&files).iter().filter(|p| !p.starts_with("missing")) {
-        println!("warning: {p}");
+        text.push_str(&format!("warning: {p}\n"));
     }
     let (mut done, mut partial) = (0, 0);
     let mut rows = Vec::new();
@@ -122,16 +123,21 @@ pub fn status(a: StatusArgs) -> Result<()> {
             }
         });
     }
-    println!(
-        "`{}` over {} pairs in {n} shards: {done} done, {partial} partial, {} missing",
+    text.push_str(&format!(
+        "`{}` over {} pairs in {n} shards: {done} done, {partial} partial, {} missing\n",
         f0.fingerprint.command,
         f0.shard.total,
         n - done - partial
-    );
+    ));
     for r in rows {
-        println!("{r}");
+        text.push_str(&r);
+        text.push('\n');
     }
-    Ok(())
+    // Often piped (`| grep partial`, `| head`): a reader that stops early is not an error.
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("standard output: cannot write"),
+        _ => Ok(()),
+    }
 }
 
 /// The shards' bytes, in order.

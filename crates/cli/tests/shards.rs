@@ -309,3 +309,22 @@ fn audit_shards_merge_into_one_runs_results_and_report() {
     let e = fails(exe().arg("merge").arg("--out").arg(d.join("m")).arg(d.join("n3/a1")).arg(d.join("n3/a2")));
     assert!(e.contains("missing shard 0/3"), "{e}");
 }
+
+#[test]
+fn more_shards_than_pairs_leave_some_empty_and_still_merge_exactly() {
+    // 5 audited pairs in 7 shards: shards 0 and 3 hold none (shard 0 still runs the whole-set stages).
+    let d = tmp("merge-empty-shards");
+    let audit = |out: &Path| {
+        let mut c = exe();
+        c.args(["audit", "--max-pairs", "5", "--model"]).arg(llama()).arg("--pairs").arg(pairs()).arg("--out").arg(out);
+        c
+    };
+    run(&mut audit(&d.join("single")));
+    for k in 0..7 {
+        run(audit(&d.join(format!("shards/a{k}"))).args(["--shard", &format!("{k}/7")]));
+    }
+    let s = String::from_utf8_lossy(&run(exe().arg("status").arg(d.join("shards"))).stdout).into_owned();
+    assert!(s.contains("`audit` over 5 pairs in 7 shards: 7 done") && s.contains("0/7  done     pairs [0, 0)"), "{s}");
+    run(exe().arg("merge").arg("--out").arg(d.join("merged")).arg(d.join("shards")));
+    assert!(audit_files(&d.join("single")).0 == audit_files(&d.join("merged")).0);
+}
