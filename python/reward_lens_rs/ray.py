@@ -46,6 +46,7 @@ SHARDED = {
     "attribute": ".json",
     "patch": ".jsonl",
     "atp": ".jsonl",
+    "path-patch": ".jsonl",
     "faithfulness": ".jsonl",
     "audit": "",
 }

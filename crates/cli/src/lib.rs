@@ -43,7 +43,7 @@ A reward model reads (prompt, response) and returns one number. reward-lens load
 models (Llama, Mistral, Qwen2, Qwen3, Gemma-2, GPT-2, ArmoRM) from a local directory, scores preference \
 pairs, and exports activations at TransformerLens-named sites.\n\n\
 Every command takes --model DIR; without it, a small example model embedded in the binary is used.\n\n\
-Large populations: score, eval, lens, attribute, patch, atp and faithfulness take --shard K/N (the K-th of N \
+Large populations: score, eval, lens, attribute, patch, atp, path-patch, faithfulness and audit take --shard K/N (the K-th of N \
 contiguous ranges of the pairs file); `reward-lens merge` turns the N outputs into exactly what one run writes, \
 `reward-lens status` says which shards are done.",
     after_help = "Examples:\n  reward-lens score --pairs examples/pairs.jsonl\n  reward-lens info --model path/to/Skywork-Reward-Llama-3.1-8B\n  reward-lens cache --prompt 'Hi' --response 'Hello!' --sites 'blocks.*.hook_resid_post' --out acts.safetensors"

@@ -16,7 +16,7 @@ use reward_lens_report::shards::{self, ShardFile, State};
 #[command(after_help = "Each shard's output has its fingerprint beside it (<out>.meta.json: command, model, options, \
 input, shard K/N and its pairs). merge refuses shards of different runs (another model, other options, another \
 input, another N), a shard given twice, missing shards and unfinished ones, naming each.\n\n\
-score, patch, atp, faithfulness: the per-pair lines, concatenated in shard order. eval: the evaluation of every \
+score, patch, atp, path-patch, faithfulness: the per-pair lines, concatenated in shard order. eval: the evaluation of every \
 model from the shards' margins. lens, attribute: one report over all pairs, its means and bootstrap intervals \
 recomputed with the run's seed. audit: results.json and report.html from the shards' per-pair stages.\n\n\
 Examples:\n  reward-lens score --pairs big.jsonl --shard 0/2 --out shards/scores.0.jsonl   (and 1/2, anywhere)\n  \
@@ -73,7 +73,7 @@ pub fn run(a: MergeArgs) -> Result<()> {
     }
     match fp.command.as_str() {
         "score" => merge_score(&a, &files)?,
-        "patch" | "atp" | "faithfulness" => {
+        "patch" | "atp" | "path-patch" | "faithfulness" => {
             concat(&a.out, &files)?;
         }
         "eval" => merge_eval(&a.out, &files)?,

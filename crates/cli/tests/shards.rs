@@ -128,10 +128,11 @@ fn attribute_shards_merge_into_one_runs_bytes() {
 }
 
 #[test]
-fn patch_atp_and_faithfulness_shards_merge_into_one_runs_bytes() {
+fn patch_atp_faithfulness_and_path_patch_shards_merge_into_one_runs_bytes() {
     check_merge("patch", &["patch", "--granularity", "head"], "jsonl");
     check_merge("atp", &["atp"], "jsonl");
     check_merge("faithfulness", &["faithfulness"], "jsonl");
+    check_merge("path-patch", &["path-patch", "--sender", "1.0"], "jsonl");
 }
 
 #[test]

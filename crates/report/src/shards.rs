@@ -127,7 +127,7 @@ pub const AUDIT_PART: &str = "audit-part.json";
 
 /// How a command's shard output is laid out: one line per pair, or one file written at the end.
 pub fn lines_per_pair(command: &str) -> bool {
-    matches!(command, "score" | "eval" | "patch" | "atp" | "faithfulness")
+    matches!(command, "score" | "eval" | "patch" | "atp" | "path-patch" | "faithfulness")
 }
 
 impl ShardFile {
