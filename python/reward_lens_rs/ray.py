@@ -194,7 +194,9 @@ def run(
             f"{workdir}: run again to compute only the failed ones",
             failed,
         )
-    _cli(["merge", "--out", str(out), *[str(a) for a in merge_args], str(workdir)])
+    # This run's parts by name: a workdir may also hold another N's.
+    parts = [str(workdir / part_name(name, k, shards)) for k in range(shards)]
+    _cli(["merge", "--out", str(out), *[str(a) for a in merge_args], *parts])
     return out
 
 
