@@ -147,7 +147,11 @@ pub fn guard_shard(
     use reward_lens_report::fingerprint;
     let (shard, aggregate) = shard.map_or((None, serde_json::Value::Null), |(s, a)| (Some(s), a));
     // Several models (`eval`): their fingerprints in order.
-    let model = models.iter().map(|m| fingerprint::model(*m)).collect::<Result<Vec<_>, _>>()?.join("+");
+    let mut fingerprints = Vec::with_capacity(models.len());
+    for m in models {
+        fingerprints.push(fingerprint::model(*m)?);
+    }
+    let model = fingerprints.join("+");
     let fp = fingerprint::Fingerprint {
         command: command.to_string(),
         model,

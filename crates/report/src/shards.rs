@@ -73,7 +73,7 @@ impl Shard {
 /// smallest number of pairs whose sequences fill whole batches.
 pub fn pairs_per_trace_block(batch_size: usize) -> usize {
     let b = batch_size.max(1);
-    if b % 2 == 0 {
+    if b.is_multiple_of(2) {
         b / 2
     } else {
         b
