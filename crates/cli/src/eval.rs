@@ -57,7 +57,11 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let pairs = match read_preferences(&a.pairs)? {
         Preferences::Pairs(p) => p,
         Preferences::RewardBench2(_) if a.shard.is_some() => {
-            bail!("--shard: {}: RewardBench 2 files are not sharded yet; run them whole", a.pairs.display())
+            bail!(
+                "--shard: {}: a RewardBench 2 file: eval batches completions across rows, so shards cannot \
+                 reproduce its batches; shard `score` on it (merge --summary gives the subset scores), or run eval whole",
+                a.pairs.display()
+            )
         }
         Preferences::RewardBench2(rows) => return run_rows(&a, &models, &rows, truncation),
     };

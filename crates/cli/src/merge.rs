@@ -169,6 +169,9 @@ fn aggregate<'a>(f: &'a ShardFile, key: &str) -> Result<&'a Value> {
 
 fn merge_score(a: &MergeArgs, files: &[ShardFile]) -> Result<()> {
     let lines = concat(&a.out, files)?;
+    if lines.first().is_some_and(|l| l.get("chosen_scores").is_some()) {
+        return merge_score_rows(a, files, &lines);
+    }
     let mut tallies = reward_lens_report::scoring::Tallies::default();
     for l in &lines {
         let margin = reward_lens_report::scoring::line_margin(l).context("a score line without a margin")?;
@@ -179,6 +182,35 @@ fn merge_score(a: &MergeArgs, files: &[ShardFile]) -> Result<()> {
     eprint!("{}", reward_lens_report::text::score_summary(&summary));
     if let Some(p) = &a.summary {
         std::fs::write(p, serde_json::to_string_pretty(&summary)?)
+            .with_context(|| format!("{}: cannot write", p.display()))?;
+    }
+    Ok(())
+}
+
+/// `score` shards of a RewardBench 2 file: its subset scores from the rows' lines. What the
+/// scoring reads of a row is its id, subset and completion counts, which the lines hold.
+fn merge_score_rows(a: &MergeArgs, files: &[ShardFile], lines: &[Value]) -> Result<()> {
+    use reward_lens_instruments::rewardbench2::{summarise, Rb2Row};
+    use reward_lens_report::scoring::{rewardbench2_table, Rb2Eval, RowScoreLine};
+    let mut rows = Vec::with_capacity(lines.len());
+    let mut scores = Vec::with_capacity(lines.len());
+    for (i, l) in lines.iter().enumerate() {
+        let s = RowScoreLine::scores(l).with_context(|| format!("merged line {}: unreadable scores", i + 1))?;
+        rows.push(Rb2Row {
+            id: l["id"].clone(),
+            prompt: String::new(),
+            chosen: vec![String::new(); s.chosen.len()],
+            rejected: vec![String::new(); s.rejected.len()],
+            subset: l["subset"].as_str().unwrap_or_default().to_string(),
+            extra: Default::default(),
+        });
+        scores.push(s);
+    }
+    let model = aggregate(&files[0], "model")?.as_str().unwrap_or_default().to_string();
+    let eval = Rb2Eval::new(model, summarise(&rows, &scores)?);
+    eprint!("{}", rewardbench2_table(std::slice::from_ref(&eval)));
+    if let Some(p) = &a.summary {
+        std::fs::write(p, serde_json::to_string_pretty(&eval)?)
             .with_context(|| format!("{}: cannot write", p.display()))?;
     }
     Ok(())

@@ -62,9 +62,6 @@ pub fn run(a: ScoreArgs) -> Result<()> {
     let prefs = read_preferences(&a.pairs)?;
     let total = match &prefs {
         Preferences::Pairs(p) => p.len(),
-        Preferences::RewardBench2(_) if a.shard.is_some() => {
-            bail!("--shard: {}: RewardBench 2 files are not sharded yet; run them whole", a.pairs.display())
-        }
         Preferences::RewardBench2(r) => r.len(),
     };
     if let Some(out) = &a.out {
@@ -153,34 +150,45 @@ pub fn run(a: ScoreArgs) -> Result<()> {
 /// chunk of rows at a time (the same chunks on a resumed run, so the bytes are the same).
 fn run_rows(a: &ScoreArgs, rows: &[Rb2Row], model: &RewardModel, truncation: Truncation) -> Result<()> {
     let per_chunk = (a.batch_size / 4).max(1);
-    let ids: Vec<&Value> = rows.iter().map(|r| &r.id).collect();
+    let (range, _) = crate::args::shard_of(a.shard, rows.len());
+    let mine = &rows[range.clone()];
+    let ids: Vec<&Value> = mine.iter().map(|r| &r.id).collect();
     let mut scores: Vec<RowScores> = Vec::new();
     if let (true, Some(out)) = (a.resume, a.out.as_ref().filter(|o| o.exists())) {
         let text = std::fs::read_to_string(out).with_context(|| format!("{}: cannot read", out.display()))?;
         let (input, output) = (a.pairs.display().to_string(), out.display().to_string());
-        let (done, bytes, lines) = resume_rows(&text, &ids, per_chunk, &output, &input).map_err(anyhow::Error::msg)?;
+        // Chunks follow the whole file's (see below), so a shard resumes after any line.
+        let cut = if a.shard.is_some() { 1 } else { per_chunk };
+        let (done, bytes, lines) = resume_rows(&text, &ids, cut, &output, &input).map_err(anyhow::Error::msg)?;
         scores = lines.iter().map(RowScoreLine::scores).collect::<Option<_>>().context("unreadable scores")?;
         OpenOptions::new()
             .write(true)
             .open(out)
             .and_then(|f| f.set_len(bytes as u64))
             .with_context(|| format!("{}: cannot cut off the unfinished chunk", out.display()))?;
-        eprintln!("resuming: {done} of {} rows already scored", rows.len());
+        eprintln!("resuming: {done} of {} rows already scored", mine.len());
     }
     let mut sink = sink(a)?;
-    let bar = crate::progress::count_bar("scoring", (rows.len() - scores.len()) as u64, "rows");
-    for chunk in rows[scores.len()..].chunks(per_chunk) {
-        let s = score_rows(model, chunk, truncation, a.batch_size, a.padding, &mut |_| {})?;
-        for (row, rs) in chunk.iter().zip(&s) {
-            write_line(&mut sink, &RowScoreLine::new(row, rs))
+    let bar = crate::progress::count_bar("scoring", (mine.len() - scores.len()) as u64, "rows");
+    // Chunks of the whole file (per_chunk rows from the first): a completion's reward depends on
+    // its batch in the last bits, so a shard or a resumed run scores whole chunks and keeps its rows.
+    let mut at = range.start + scores.len();
+    while at < range.end {
+        let block = (at / per_chunk * per_chunk)..((at / per_chunk + 1) * per_chunk).min(rows.len());
+        let s = score_rows(model, &rows[block.clone()], truncation, a.batch_size, a.padding, &mut |_| {})?;
+        let keep = at..block.end.min(range.end);
+        for i in keep.clone() {
+            let rs = &s[i - block.start];
+            write_line(&mut sink, &RowScoreLine::new(&rows[i], rs))
                 .with_context(|| format!("{}: cannot write", sink_name(a)))?;
+            scores.push(rs.clone());
         }
         sink.flush().with_context(|| format!("{}: cannot write", sink_name(a)))?;
-        scores.extend(s);
-        bar.inc(chunk.len() as u64);
+        bar.inc(keep.len() as u64);
+        at = keep.end;
     }
     bar.finish_and_clear();
-    let eval = Rb2Eval::new(a.model.name(), summarise(rows, &scores)?);
+    let eval = Rb2Eval::new(a.model.name(), summarise(mine, &scores)?);
     eprint!("{}", rewardbench2_table(std::slice::from_ref(&eval)));
     if let Some(p) = &a.summary {
         std::fs::write(p, serde_json::to_string_pretty(&eval)?)

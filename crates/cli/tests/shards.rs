@@ -85,6 +85,31 @@ fn score_shards_merge_into_one_runs_bytes_and_summary() {
 }
 
 #[test]
+fn rewardbench2_score_shards_merge_into_one_runs_bytes_and_subset_scores() {
+    let d = tmp("merge-rb2");
+    let rows = fixtures().join("rewardbench2/rows.jsonl");
+    // 3 rows a chunk at --batch-size 12: shard edges fall inside chunks.
+    let score = |out: &Path| {
+        let mut c = exe();
+        c.args(["score", "--batch-size", "12", "--model"]).arg(llama()).arg("--pairs").arg(&rows).arg("--out").arg(out);
+        c
+    };
+    run(score(&d.join("single.jsonl")).arg("--summary").arg(d.join("single.json")));
+    for n in [2usize, 3, 7] {
+        let dir = d.join(format!("n{n}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for k in 0..n {
+            run(score(&dir.join(format!("s.{k}.jsonl"))).args(["--shard", &format!("{k}/{n}")]));
+        }
+        let (merged, summary) = (d.join(format!("m{n}.jsonl")), d.join(format!("m{n}.json")));
+        run(exe().arg("merge").arg("--out").arg(&merged).arg("--summary").arg(&summary).arg(&dir));
+        assert!(bytes(&d.join("single.jsonl")) == bytes(&merged), "{n} shards");
+        assert!(bytes(&d.join("single.json")) == bytes(&summary), "subset scores of {n} shards");
+    }
+    assert!(std::fs::read_to_string(d.join("single.json")).unwrap().contains("\"format\": \"rewardbench2\""));
+}
+
+#[test]
 fn score_shards_with_odd_batches_merge_exactly() {
     // 3 pairs a batch: shard edges (6, 13 of 20) fall inside batches, which shards recompute.
     check_merge("score-b7", &["score", "--batch-size", "7"], "jsonl");
