@@ -38,6 +38,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         wrap_pyfunction!(workflows::sae_decompose, m)?,
         wrap_pyfunction!(workflows::organism, m)?,
         wrap_pyfunction!(workflows::cart_discover, m)?,
+        wrap_pyfunction!(workflows::cart_oracle, m)?,
         wrap_pyfunction!(workflows::cart_vulnerability, m)?,
         wrap_pyfunction!(workflows::cart_bound, m)?,
         wrap_pyfunction!(workflows::cart_train, m)?,

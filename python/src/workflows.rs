@@ -10,6 +10,7 @@ use reward_lens_cart::analysis::{Analysis, CandidateKind, DiscoverSpec, SplitKin
 use reward_lens_cart::bound::BoundOptions;
 use reward_lens_cart::discover::{DiscoveryReport, Layers, PairReadout};
 use reward_lens_cart::interventions::CircuitTargets;
+use reward_lens_cart::oracle::{OracleOptions, OracleReport};
 use reward_lens_cart::progress::Event;
 use reward_lens_cart::table::{run_table, Arm, TableOptions};
 use reward_lens_cart::training::{parse_curriculum, parse_regularise, train as cart_train_fn, TrainData, TrainRequest};
@@ -98,6 +99,7 @@ fn cart_events(bar: &Bar) -> impl FnMut(Event<'_>) + '_ {
             bar.update(step.member * steps_per_member + step.stats.step, total, None);
         }
         Event::Working(msg) => bar.update(0, 0, Some(msg)),
+        Event::Count { label, done, total } => bar.update(done, total, Some(label)),
         Event::Finished { label, summary } => bar.update(0, 0, Some(&format!("{label}: {summary}"))),
         Event::Done | Event::Note(_) | Event::Wrote(_) => bar.update(0, 0, None),
     }
@@ -275,6 +277,7 @@ fn discover_spec(o: &mut Opts<'_>) -> PyResult<DiscoverSpec> {
         units: o.list::<CandidateKind>("units", &["mlp", "heads"])?,
         mlp_layers: layers(o.get("mlp_layers", "last".to_string())?, "mlp_layers")?,
         head_layers: layers(o.get("head_layers", "all".to_string())?, "head_layers")?,
+        edge_layers: layers(o.get("edge_layers", "all".to_string())?, "edge_layers")?,
         sae: o.get("sae", d.sae)?,
         position: o.parsed::<Positions>("position", "pooled")?,
         readout: o.parsed::<PairReadout>("readout", "mean")?,
@@ -312,22 +315,71 @@ fn other_pairs(p: Option<&Bound<'_, PyAny>>) -> PyResult<Option<(Vec<PairText>, 
 /// (co-activation clusters) and causal validation by mean ablation. Options are the `cart
 /// discover` flags in snake_case (split, field, tail_subsets, alpha, clusters, units,
 /// mlp_layers, head_layers, sae, position, readout, permutations, family_alpha, fixed_z,
-/// min_correlation, random_sets, bootstrap, screen_top, batch_size, seed).
+/// min_correlation, random_sets, bootstrap, screen_top, batch_size, seed; units may include
+/// "edges", with edge_layers). oracle: a `cart_oracle` JSON file made on the same pairs, to score
+/// the circuits against (the report's `oracle` field).
 #[pyfunction]
-#[pyo3(signature = (model, pairs, progress=None, **options))]
+#[pyo3(signature = (model, pairs, oracle=None, progress=None, **options))]
 pub fn cart_discover<'py>(
     py: Python<'py>,
     model: &Model,
     pairs: &Bound<'py, PyAny>,
+    oracle: Option<PathBuf>,
     progress: Option<Py<PyAny>>,
     options: Option<&Bound<'py, PyDict>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let mut o = Opts::new("cart_discover", options);
     let spec = discover_spec(&mut o)?;
     o.finish()?;
+    let oracle = oracle.as_deref().map(OracleReport::read).transpose().or_raise()?;
     let a = analysis(py, model, pairs, spec)?;
     let bar = Bar::new(py, "CART discovery", progress.as_ref())?;
-    let rep = detached(py, || a.discovery(None, &mut cart_events(&bar)).or_raise())?;
+    let mut rep = detached(py, || a.discovery(None, &mut cart_events(&bar)).or_raise())?;
+    if let Some(o) = &oracle {
+        rep.compare_with(o).or_raise()?;
+    }
+    report(py, &rep)
+}
+
+/// The ablation oracle: every unit's exact mean-ablation effect on tail and head margins and the
+/// smallest set whose ablation takes the tail to chance (or, with tail_drop, to (1 − tail_drop)
+/// of its clean accuracy) while the head loses at most max_head_drop. Options: field,
+/// tail_subsets, head_sample, max_head_drop, candidates, max_size, edges ("none", "last", "all"
+/// or "0,1"), tail_drop, batch_size, seed.
+#[pyfunction]
+#[pyo3(signature = (model, pairs, progress=None, **options))]
+pub fn cart_oracle<'py>(
+    py: Python<'py>,
+    model: &Model,
+    pairs: &Bound<'py, PyAny>,
+    progress: Option<Py<PyAny>>,
+    options: Option<&Bound<'py, PyDict>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let mut o = Opts::new("cart_oracle", options);
+    let d = OracleOptions::default();
+    let spec = DiscoverSpec {
+        field: o.get("field", "subset".to_string())?,
+        tail_values: o.get("tail_subsets", vec!["tail".to_string()])?,
+        batch_size: o.get("batch_size", d.batch_size)?,
+        seed: o.get("seed", d.seed)?,
+        ..Default::default()
+    };
+    let edges: String = o.get("edges", "none".to_string())?;
+    let opts = OracleOptions {
+        head_sample: o.get("head_sample", d.head_sample)?,
+        max_head_drop: o.get("max_head_drop", d.max_head_drop)?,
+        candidates: o.get("candidates", d.candidates)?,
+        max_size: o.get("max_size", d.max_size)?,
+        edges: edges.parse::<Layers>().map_err(|e| input(format!("edges: {e}")))?,
+        tail_drop: o.get("tail_drop", d.tail_drop)?,
+        batch_size: spec.batch_size,
+        seed: spec.seed,
+        ..d
+    };
+    o.finish()?;
+    let a = analysis(py, model, pairs, spec)?;
+    let bar = Bar::new(py, "CART oracle", progress.as_ref())?;
+    let rep = detached(py, || a.oracle(&opts, &mut cart_events(&bar)).or_raise())?;
     report(py, &rep)
 }
 

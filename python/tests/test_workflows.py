@@ -55,6 +55,32 @@ def test_cart_discover_equals_command(cli, tmp_path):
         rl.cart.discover(m, EXAMPLES, permutation=10)
 
 
+def test_cart_oracle_equals_command_and_scores_discovery(cli, tmp_path):
+    m = rl.load(str(LLAMA))
+    opts = dict(tail_subsets=["safety", "sycophancy"], candidates=4, max_size=3, edges="last")
+    got = rl.cart.oracle(m, EXAMPLES, progress=False, **opts)
+    out = tmp_path / "o.json"
+    subprocess.run(
+        [str(cli), "cart", "oracle", "--model", str(LLAMA), "--pairs", str(EXAMPLES), "--tail-subsets", "safety,sycophancy",
+         "--candidates", "4", "--max-size", "3", "--edges", "last", "--out", str(out)],
+        check=True, capture_output=True,
+    )
+    close(rl.to_json(got), json.loads(out.read_text()))
+    cfg = m.info()
+    n_plain = sum(1 for e in got["effects"] if e["unit"]["kind"] != "attn_edge")
+    assert n_plain == cfg["n_layers"] * (cfg["d_mlp"] + cfg["n_heads"])
+    assert all(e["atp_tail_margin"] is None for e in got["effects"] if e["unit"]["kind"] == "attn_edge")
+    assert got["n_tail"] + got["n_head"] == 20 and 0.5 < got["chance_ceiling"] < 1.0
+    d = rl.cart.discover(m, EXAMPLES, oracle=out, progress=False, tail_subsets=["safety", "sycophancy"],
+                         permutations=200, random_sets=0, screen_top=0)
+    c = d["oracle"]
+    assert len(c["oracle_units"]) == len(got["circuit"]["units"]) and c["oracle_found"] == got["found"]
+    for k in ("precision", "recall", "validated_precision", "validated_recall"):
+        assert c[k] is None or 0.0 <= c[k] <= 1.0
+    with pytest.raises(rl.InputError, match="edges"):
+        rl.cart.oracle(m, EXAMPLES, edges="sideways")
+
+
 def test_sae_round_trip(cli, tmp_path):
     m = rl.load(str(LLAMA))
     man = rl.sae.collect(m, EXAMPLES, "blocks.1.hook_resid_post", tmp_path / "acts", progress=False)

@@ -20,6 +20,7 @@ use crate::headtail::{
     scenario_representations, split_by_field, split_by_scenario, split_by_token_rarity, split_random, HeadTailSplit,
     ScenarioOptions,
 };
+use crate::oracle::{oracle, OracleOptions, OracleReport};
 use crate::progress::Event;
 use crate::vulnerability::perturb::PerturbKind;
 use crate::vulnerability::{
@@ -72,17 +73,21 @@ pub enum CandidateKind {
     Heads,
     /// The latents of [`DiscoverSpec::sae`].
     Sae,
+    /// Attention edges of [`DiscoverSpec::edge_layers`]: a head's attention from the read
+    /// positions to the keys holding one token (tokens in ≥ 10 % of the tail pairs and at least
+    /// twice as common there as among head pairs).
+    Edges,
 }
 
 impl CandidateKind {
-    pub const NAMES: [&'static str; 3] = ["mlp", "heads", "sae"];
+    pub const NAMES: [&'static str; 4] = ["mlp", "heads", "sae", "edges"];
 }
 
 impl FromStr for CandidateKind {
     type Err = AnalysisError;
     fn from_str(s: &str) -> Result<Self> {
         use CandidateKind::*;
-        pick(s, &Self::NAMES, &[Mlp, Heads, Sae], "unit kind")
+        pick(s, &Self::NAMES, &[Mlp, Heads, Sae, Edges], "unit kind")
     }
 }
 
@@ -103,6 +108,8 @@ pub struct DiscoverSpec {
     pub units: Vec<CandidateKind>,
     pub mlp_layers: Layers,
     pub head_layers: Layers,
+    /// Layers whose attention edges (a head's attention to one key token) are candidates.
+    pub edge_layers: Layers,
     /// An SAE directory, required exactly when `units` has [`CandidateKind::Sae`].
     pub sae: Option<PathBuf>,
     pub position: Positions,
@@ -133,6 +140,7 @@ impl Default for DiscoverSpec {
             units: vec![CandidateKind::Mlp, CandidateKind::Heads],
             mlp_layers: Layers::Last,
             head_layers: Layers::All,
+            edge_layers: Layers::All,
             sae: None,
             position: Positions::Pooled,
             readout: PairReadout::Mean,
@@ -159,6 +167,7 @@ impl DiscoverSpec {
                 heads: if has(CandidateKind::Heads) { self.head_layers.clone() } else { Layers::None },
                 position: self.position,
                 readout: self.readout,
+                edges: if has(CandidateKind::Edges) { self.edge_layers.clone() } else { Layers::None },
             },
             threshold: match self.fixed_z {
                 Some(z) => Threshold::FixedZ { z },
@@ -308,6 +317,12 @@ impl Analysis {
             )));
         }
         Ok(r)
+    }
+
+    /// The ablation oracle on these pairs and this split (every unit of the model).
+    pub fn oracle(&self, opts: &OracleOptions, progress: &mut dyn FnMut(Event<'_>)) -> Result<OracleReport> {
+        oracle(&self.model, &self.inputs, &self.split, opts, progress)
+            .map_err(|e| e.at(format!("the ablation oracle on {}", self.source.display())))
     }
 
     /// Other pairs (training or held-out, read from `source`) encoded and split the same way;

@@ -97,9 +97,12 @@ pub enum UnitKind {
     MlpNeuron,
     AttnHead,
     SaeLatent,
+    /// The attention a head pays to one key token: a path, not an activation.
+    AttnEdge,
 }
 
-/// One candidate unit: a neuron, a head or an SAE latent.
+/// One candidate unit: a neuron, a head, an SAE latent, or an attention edge (a head's attention
+/// from the read positions to the keys holding one token).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Unit {
     pub kind: UnitKind,
@@ -108,26 +111,54 @@ pub struct Unit {
     pub layer: Option<usize>,
     /// Neuron, head or latent index at the site.
     pub index: usize,
+    /// An edge's key token id, and its text (for names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_token: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_text: Option<String>,
 }
 
 impl Unit {
     pub fn mlp(layer: usize, index: usize) -> Self {
-        Self { kind: UnitKind::MlpNeuron, site: Site::MlpPost(layer).name(), layer: Some(layer), index }
+        let site = Site::MlpPost(layer).name();
+        Self { kind: UnitKind::MlpNeuron, site, layer: Some(layer), index, key_token: None, key_text: None }
     }
     pub fn head(layer: usize, index: usize) -> Self {
-        Self { kind: UnitKind::AttnHead, site: Site::Z(layer).name(), layer: Some(layer), index }
+        Self {
+            kind: UnitKind::AttnHead,
+            site: Site::Z(layer).name(),
+            layer: Some(layer),
+            index,
+            key_token: None,
+            key_text: None,
+        }
     }
     pub fn sae(site: &str, index: usize) -> Self {
         let layer = Site::parse(site).and_then(|s| s.layer());
-        Self { kind: UnitKind::SaeLatent, site: site.to_string(), layer, index }
+        Self { kind: UnitKind::SaeLatent, site: site.to_string(), layer, index, key_token: None, key_text: None }
     }
-    /// `mlp.{l}.{i}`, `head.{l}.{h}` or `sae.{site}.{i}`.
+    /// Head `head` of `layer`'s attention to the keys holding `token` (named by `text`).
+    pub fn edge(layer: usize, head: usize, token: u32, text: &str) -> Self {
+        Self {
+            kind: UnitKind::AttnEdge,
+            site: Site::Pattern(layer).name(),
+            layer: Some(layer),
+            index: head,
+            key_token: Some(token),
+            key_text: Some(text.to_string()),
+        }
+    }
+    /// `mlp.{l}.{i}`, `head.{l}.{h}`, `sae.{site}.{i}` or `edge.{l}.{h}->{token}`.
     pub fn name(&self) -> String {
         let l = self.layer.map_or("-".to_string(), |l| l.to_string());
         match self.kind {
             UnitKind::MlpNeuron => format!("mlp.{l}.{}", self.index),
             UnitKind::AttnHead => format!("head.{l}.{}", self.index),
             UnitKind::SaeLatent => format!("sae.{}.{}", self.site, self.index),
+            UnitKind::AttnEdge => {
+                let key = self.key_text.clone().unwrap_or_else(|| format!("#{}", self.key_token.unwrap_or(0)));
+                format!("edge.{l}.{}->{key}", self.index)
+            }
         }
     }
 }
@@ -214,12 +245,75 @@ pub struct UnitOptions {
     pub heads: Layers,
     pub position: Positions,
     pub readout: PairReadout,
+    /// Layers whose attention edges are candidates (to the key tokens of [`edge_keys`]).
+    #[serde(default = "no_layers", skip_serializing_if = "is_no_layers")]
+    pub edges: Layers,
+}
+
+fn no_layers() -> Layers {
+    Layers::None
+}
+
+fn is_no_layers(l: &Layers) -> bool {
+    *l == Layers::None
 }
 
 impl Default for UnitOptions {
     fn default() -> Self {
-        Self { mlp: Layers::Last, heads: Layers::All, position: Positions::Pooled, readout: PairReadout::Mean }
+        Self {
+            mlp: Layers::Last,
+            heads: Layers::All,
+            position: Positions::Pooled,
+            readout: PairReadout::Mean,
+            edges: Layers::None,
+        }
     }
+}
+
+/// The key tokens edges are enumerated for: tokens in at least `min_share` of the tail pairs (in
+/// either sequence) and at least twice as common among tail pairs as among head pairs, in id
+/// order, with their text. A scenario's marker (every tail pair, no head pair) is the kind of
+/// token a tail edge looks at; the frequency filter keeps common words, and with them the unit
+/// count of a large vocabulary, out.
+pub fn edge_keys(
+    model: &RewardModel,
+    pairs: &[EncodedPair],
+    tail: &[usize],
+    head: &[usize],
+    min_share: f64,
+) -> Result<Vec<(u32, String)>> {
+    let shares = |idx: &[usize]| -> BTreeMap<u32, f64> {
+        let mut count: BTreeMap<u32, usize> = BTreeMap::new();
+        for &i in idx {
+            let mut seen: Vec<u32> = pairs[i].chosen.iter().chain(&pairs[i].rejected).copied().collect();
+            seen.sort_unstable();
+            seen.dedup();
+            for t in seen {
+                *count.entry(t).or_default() += 1;
+            }
+        }
+        let n = idx.len().max(1) as f64;
+        count.into_iter().map(|(t, c)| (t, c as f64 / n)).collect()
+    };
+    let (in_tail, in_head) = (shares(tail), shares(head));
+    let tok = model.tokenizer()?;
+    Ok(in_tail
+        .into_iter()
+        .filter(|&(t, share)| share >= min_share && in_head.get(&t).copied().unwrap_or(0.0) * 2.0 <= share)
+        .map(|(t, _)| (t, tok.tokenizer.id_to_token(t).unwrap_or_else(|| format!("#{t}"))))
+        .collect())
+}
+
+/// Every edge of `layers` to the `keys`: layer by layer, head by head, key by key.
+pub fn edge_units(model: &RewardModel, layers: &Layers, keys: &[(u32, String)]) -> Result<Vec<Unit>> {
+    let c = &model.config;
+    let mut units = Vec::new();
+    for l in layers.resolve(c.n_layers)? {
+        for h in 0..c.n_heads {
+            units.extend(keys.iter().map(|(t, text)| Unit::edge(l, h, *t, text)));
+        }
+    }
+    Ok(units)
 }
 
 fn sae_site(sae: &Sae, model: &RewardModel) -> Result<Site> {
@@ -245,8 +339,31 @@ pub fn enumerate_units(model: &RewardModel, opts: &UnitOptions, sae: Option<&Sae
         sae_site(sae, model)?;
         units.extend((0..sae.d_sae).map(|i| Unit::sae(&sae.hook_name, i)));
     }
+    if units.is_empty() && opts.edges == Layers::None {
+        return Err(invalid("no candidate units: select MLP layers, head layers, edge layers or give an SAE"));
+    }
+    Ok(units)
+}
+
+/// Key tokens an edge may look at: those in at least this share of the tail pairs.
+pub const EDGE_MIN_TAIL_SHARE: f64 = 0.1;
+
+/// [`enumerate_units`] and, when the options ask for edges, the edges to the key tokens of
+/// [`edge_keys`] on `pairs` split by `split`.
+pub fn candidate_units(
+    model: &RewardModel,
+    opts: &UnitOptions,
+    sae: Option<&Sae>,
+    pairs: &[EncodedPair],
+    split: &HeadTailSplit,
+) -> Result<Vec<Unit>> {
+    let mut units = enumerate_units(model, opts, sae)?;
+    if opts.edges != Layers::None {
+        let keys = edge_keys(model, pairs, &split.tail, &split.head, EDGE_MIN_TAIL_SHARE)?;
+        units.extend(edge_units(model, &opts.edges, &keys)?);
+    }
     if units.is_empty() {
-        return Err(invalid("no candidate units: select MLP layers, head layers or give an SAE"));
+        return Err(invalid("no candidate units: the tail pairs share no key token for the edges"));
     }
     Ok(units)
 }
@@ -271,6 +388,11 @@ fn check_unit(model: &RewardModel, u: &Unit, sae: Option<&Sae>) -> Result<()> {
             None => return Err(invalid(format!("unit {} is an SAE latent but no SAE was given", u.name()))),
             Some(s) => s.hook_name == u.site && u.index < s.d_sae,
         },
+        UnitKind::AttnEdge => {
+            u.layer.is_some_and(|l| l < c.n_layers && u.site == Site::Pattern(l).name())
+                && u.index < c.n_heads
+                && u.key_token.is_some_and(|t| (t as usize) < c.vocab_size)
+        }
     };
     if ok {
         Ok(())
@@ -462,9 +584,25 @@ pub fn extract(
             for (b, (_, rs)) in chunk.iter().enumerate() {
                 let (p0, p1) = read_range(position, *rs, fwd.output.pooled_index[b])
                     .map_err(|e| invalid(format!("sequence {}: {e}", first_row + b)))?;
-                let x = t.get(b)?.narrow(0, p0, p1 - p0 + 1)?.to_dtype(DType::F32)?;
                 let row = &mut rows[first_row + b];
+                if kind == UnitKind::AttnEdge {
+                    // [nh, T, T]: the mass each read query puts on the keys holding the token.
+                    let pat: Vec<Vec<Vec<f32>>> = t.get(b)?.to_dtype(DType::F32)?.to_vec3()?;
+                    let ids_b = &batch.ids[b];
+                    let nq = (p1 - p0 + 1) as f32;
+                    for &(k, h) in members {
+                        let tok = units[k].key_token.unwrap_or(u32::MAX);
+                        let mut mass = 0f32;
+                        for q in p0..=p1 {
+                            mass += (0..=q).filter(|&j| ids_b[j] == tok).map(|j| pat[h][q][j]).sum::<f32>();
+                        }
+                        row[off[k]] = mass / nq;
+                    }
+                    continue;
+                }
+                let x = t.get(b)?.narrow(0, p0, p1 - p0 + 1)?.to_dtype(DType::F32)?;
                 match kind {
+                    UnitKind::AttnEdge => {} // read above
                     UnitKind::MlpNeuron => {
                         let m: Vec<f32> = x.mean(0)?.to_vec1()?;
                         for &(k, i) in members {
@@ -1017,6 +1155,31 @@ fn position_mask(batch: &Batch, pooled: &[usize], starts: &[usize], position: Po
     Ok(m)
 }
 
+/// One query's attention row over the keys it sees: the keys marked in `is_key` get `target` of
+/// the mass in all (in their old proportions), the others the rest (in theirs; evenly when they
+/// had none). A row that puts nothing on the keys is left alone: an absent path cannot be set.
+fn set_edge_mass(row: &mut [f32], is_key: &[bool], target: f32) {
+    let target = target.clamp(0.0, 1.0);
+    let on: f32 = row.iter().zip(is_key).filter(|(_, &k)| k).map(|(v, _)| *v).sum();
+    if on <= 0.0 {
+        return;
+    }
+    let off: f32 = row.iter().zip(is_key).filter(|(_, &k)| !k).map(|(v, _)| *v).sum();
+    let n_off = is_key.iter().take(row.len()).filter(|&&k| !k).count();
+    if n_off == 0 {
+        return;
+    }
+    for (v, &k) in row.iter_mut().zip(is_key) {
+        *v = if k {
+            *v * target / on
+        } else if off > 1e-9 {
+            *v * (1.0 - target) / off
+        } else {
+            (1.0 - target) / n_off as f32
+        };
+    }
+}
+
 /// Hooks that mean-ablate `units` (each to its `ablate_to`) at the read positions of `batch`.
 pub fn ablation_hooks<'a>(
     model: &RewardModel,
@@ -1068,6 +1231,31 @@ pub fn ablation_hooks<'a>(
                 Action::Apply(Box::new(move |x: &Tensor| {
                     let m = mean.to_dtype(x.dtype())?.broadcast_as(x.shape())?;
                     mask.broadcast_as(x.shape())?.where_cond(&m, x)
+                }))
+            }
+            UnitKind::AttnEdge => {
+                let edges: Vec<(usize, u32, f32)> = members
+                    .iter()
+                    .map(|&(k, h)| (h, units[k].unit.key_token.unwrap_or(u32::MAX), units[k].ablate_to[0]))
+                    .collect();
+                let ids = batch.ids.clone();
+                let read = pos.clone();
+                Action::Apply(Box::new(move |x: &Tensor| {
+                    let (b, nh, tq, tk) = x.dims4()?;
+                    let mut a: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+                    for (bi, ids_b) in ids.iter().enumerate().take(b) {
+                        for &(h, tok, target) in &edges {
+                            let is_key: Vec<bool> = (0..tk).map(|j| ids_b.get(j) == Some(&tok)).collect();
+                            if !is_key.contains(&true) {
+                                continue;
+                            }
+                            for q in (0..tq).filter(|&q| read[bi * tq + q] > 0.5) {
+                                let at = ((bi * nh + h) * tq + q) * tk;
+                                set_edge_mass(&mut a[at..at + q.min(tk - 1) + 1], &is_key, target);
+                            }
+                        }
+                    }
+                    Tensor::from_vec(a, (b, nh, tq, tk), x.device())?.to_dtype(x.dtype())
                 }))
             }
             UnitKind::SaeLatent => {
@@ -1222,6 +1410,9 @@ pub fn atp_margin(
     if ablate_to.len() != units.len() {
         return Err(invalid("attribution patching: one ablation value per unit"));
     }
+    if let Some(u) = units.iter().find(|u| u.kind == UnitKind::AttnEdge) {
+        return Err(invalid(format!("attribution patching does not cover attention edges ({})", u.name())));
+    }
     for (u, a) in units.iter().zip(ablate_to) {
         check_unit(model, u, sae)?;
         check_width(model, u, a)?;
@@ -1280,6 +1471,7 @@ pub fn atp_margin(
                     let p = Tensor::from_vec(pos.clone(), (bn * t, 1), sae.w_dec.device())?;
                     mean.broadcast_sub(&f)?.mul(&gl)?.broadcast_mul(&p)?.sum(0)?.to_vec1()?
                 }
+                UnitKind::AttnEdge => return Err(invalid("attribution patching does not cover attention edges")),
             };
             for &(k, i) in members {
                 out[k] += per_index[i] as f64;
@@ -1383,6 +1575,34 @@ pub struct DiscoveryReport {
     /// Head-specialised units with their ablation values (for the divergence term).
     pub head_units: Vec<CircuitUnit>,
     pub screening: Option<Screening>,
+    /// Discovery scored against the ablation oracle (`cart discover --oracle`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oracle: Option<crate::oracle::OracleComparison>,
+}
+
+impl DiscoveryReport {
+    /// Scores this discovery against `oracle` (made on the same pairs) and keeps the result.
+    pub fn compare_with(&mut self, oracle: &crate::oracle::OracleReport) -> Result<()> {
+        if oracle.n_head != self.split.n_head || oracle.n_tail != self.split.n_tail {
+            return Err(invalid(format!(
+                "the oracle ran on {} head and {} tail pairs, this discovery on {} and {}: use the same pairs and split",
+                oracle.n_head, oracle.n_tail, self.split.n_head, self.split.n_tail
+            )));
+        }
+        let names = |validated_only: bool| -> Vec<String> {
+            let mut v: Vec<String> = self
+                .circuits
+                .iter()
+                .filter(|c| !validated_only || c.causal.as_ref().is_some_and(|v| v.validated))
+                .flat_map(|c| c.units.iter().map(|u| u.unit.name()))
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        self.oracle = Some(crate::oracle::OracleComparison::new(oracle, names(false), names(true)));
+        Ok(())
+    }
 }
 
 /// The whole pipeline: enumerate units, read them on every pair, then [`discover_from`].
@@ -1394,7 +1614,7 @@ pub fn discover(
     sae: Option<&Sae>,
 ) -> Result<DiscoveryReport> {
     split.validate(pairs.len())?;
-    let units = enumerate_units(model, &opts.units, sae)?;
+    let units = candidate_units(model, &opts.units, sae, pairs, split)?;
     let acts = extract(model, pairs, &units, opts.units.position, sae, opts.batch_size)?;
     discover_from(model, pairs, split, &acts, opts, sae)
 }
@@ -1450,8 +1670,26 @@ pub fn discover_from(
     let candidates: Vec<usize> = spec.tail_units.iter().copied().take(copts.max_candidates).collect();
     let left_out = spec.tail_units.len() - candidates.len();
     let cols = standardised_columns(&values, &split.tail, acts.units.len());
-    let clusters = average_linkage(&candidates, &cols, copts.min_correlation);
+    // Edges reading one key token in one layer are one path family: on the tail their masses are
+    // near-constant (a marker draws the same attention in every pair), so co-activation cannot
+    // group them, and heads that read the same token redundantly must be ablated together.
+    let mut key_groups: BTreeMap<(Option<usize>, Option<u32>), Vec<usize>> = BTreeMap::new();
+    let mut others = Vec::new();
+    for &k in &candidates {
+        let u = &acts.units[k];
+        if u.kind == UnitKind::AttnEdge {
+            key_groups.entry((u.layer, u.key_token)).or_default().push(k);
+        } else {
+            others.push(k);
+        }
+    }
+    let mut clusters = average_linkage(&others, &cols, copts.min_correlation);
     let mut groups: Vec<(Vec<usize>, bool)> = Vec::new();
+    let mut edge_groups: Vec<Vec<usize>> = key_groups.into_values().collect();
+    edge_groups.sort_by_key(|c| (std::cmp::Reverse(c.len()), c.iter().min().copied()));
+    for g in &edge_groups {
+        groups.push((g.clone(), false));
+    }
     let mut rest: Vec<usize> = Vec::new();
     let mut sorted_clusters = clusters.clone();
     sorted_clusters.sort_by_key(|c| (std::cmp::Reverse(c.len()), c.iter().min().copied()));
@@ -1463,6 +1701,7 @@ pub fn discover_from(
         }
     }
     let nothing_clustered = groups.is_empty() && !rest.is_empty();
+    clusters.extend(edge_groups);
     if !rest.is_empty() {
         rest.sort_by_key(|k| candidates.iter().position(|c| c == k));
         groups.push((rest, true));
@@ -1577,11 +1816,18 @@ pub fn discover_from(
 
     // Screening.
     let screening = if opts.screening.enabled {
-        let atp = atp_margin(model, pairs, &split.tail, &acts.units, &means, pos, sae, bs)?;
-        for (st, a) in spec.stats.iter_mut().zip(&atp) {
-            st.atp_tail_margin = Some(*a);
+        // Edges are screened by their exact ablation only (no gradient form here).
+        let screenable: Vec<usize> =
+            (0..acts.units.len()).filter(|&k| acts.units[k].kind != UnitKind::AttnEdge).collect();
+        let sub_units: Vec<Unit> = screenable.iter().map(|&k| acts.units[k].clone()).collect();
+        let sub_means: Vec<Vec<f32>> = screenable.iter().map(|&k| means[k].clone()).collect();
+        let sub_atp = atp_margin(model, pairs, &split.tail, &sub_units, &sub_means, pos, sae, bs)?;
+        let mut atp = vec![0f64; acts.units.len()];
+        for (&k, a) in screenable.iter().zip(&sub_atp) {
+            atp[k] = *a;
+            spec.stats[k].atp_tail_margin = Some(*a);
         }
-        let mut order: Vec<usize> = (0..atp.len()).collect();
+        let mut order: Vec<usize> = screenable.clone();
         order.sort_by(|&a, &b| atp[b].abs().total_cmp(&atp[a].abs()).then(a.cmp(&b)));
         let mut screened = Vec::new();
         for &k in order.iter().take(opts.screening.top) {
@@ -1618,12 +1864,41 @@ pub fn discover_from(
         circuits,
         head_units,
         screening,
+        oracle: None,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn edge_ablation_sets_the_mass_and_keeps_the_row_a_distribution() {
+        let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6);
+        let mut row = vec![0.5, 0.3, 0.2];
+        set_edge_mass(&mut row, &[true, false, false], 0.1);
+        assert!(close(&row, &[0.1, 0.54, 0.36]), "{row:?}");
+        let mut row = vec![0.5, 0.3, 0.2];
+        set_edge_mass(&mut row, &[true, false, true], 0.0);
+        assert!(close(&row, &[0.0, 1.0, 0.0]), "{row:?}");
+        // All mass on the key: the rest gets the remainder evenly.
+        let mut row = vec![1.0, 0.0, 0.0];
+        set_edge_mass(&mut row, &[true, false, false], 0.2);
+        assert!(close(&row, &[0.2, 0.4, 0.4]), "{row:?}");
+        // No mass on the key (an absent path), or nothing but keys: left alone.
+        for (keys, r) in [([false, true, false], vec![0.5, 0.0, 0.5]), ([true, true, true], vec![0.2, 0.3, 0.5])] {
+            let mut row = r.clone();
+            set_edge_mass(&mut row, &keys, 0.3);
+            assert_eq!(row, r);
+        }
+        let e = Unit::edge(1, 2, 32, "urgent");
+        assert_eq!(e.name(), "edge.1.2->urgent");
+        // Units without a key serialise as before (no new fields).
+        assert_eq!(
+            serde_json::to_string(&Unit::mlp(0, 3)).unwrap(),
+            r#"{"kind":"mlp_neuron","site":"blocks.0.mlp.hook_post","layer":0,"index":3}"#
+        );
+    }
 
     #[test]
     fn clustering_groups_correlated_units() {

@@ -318,6 +318,38 @@ impl CircuitTargets {
         Self { circuits, head_units: head, source: "given units".into(), dropped_sae_latents: 0 }
     }
 
+    /// The same circuits with every unit replaced by a seeded random unit of the same kind and site
+    /// (drawn without replacement from `model`'s units outside all targets when there are enough):
+    /// the control for "does guidance by *these* units matter".
+    pub fn randomised(&self, model: &RewardModel, seed: u64) -> Result<Self> {
+        let all = crate::oracle::all_units(model)?;
+        let used: std::collections::BTreeSet<Unit> =
+            self.tail_units().into_iter().chain(self.head_units.iter().cloned()).collect();
+        let mut rng = reward_lens_engine::synth::Rng::new(seed);
+        let mut taken = std::collections::BTreeSet::new();
+        let mut swap = |units: &[Unit]| -> Vec<Unit> {
+            units
+                .iter()
+                .map(|u| {
+                    let same = |v: &&Unit| v.kind == u.kind && v.site == u.site && !taken.contains(*v);
+                    let outside: Vec<&Unit> = all.iter().filter(same).filter(|v| !used.contains(*v)).collect();
+                    let pool = if outside.is_empty() { all.iter().filter(same).collect() } else { outside };
+                    let pick = if pool.is_empty() { u.clone() } else { pool[rng.below(pool.len())].clone() };
+                    taken.insert(pick.clone());
+                    pick
+                })
+                .collect()
+        };
+        let circuits = self.circuits.iter().map(|c| TargetCircuit { units: swap(&c.units), ..c.clone() }).collect();
+        let head_units = swap(&self.head_units);
+        Ok(Self {
+            circuits,
+            head_units,
+            source: format!("random units in place of ({}), seed {seed}", self.source),
+            dropped_sae_latents: self.dropped_sae_latents,
+        })
+    }
+
     /// Every tail-circuit unit once, in circuit order.
     pub fn tail_units(&self) -> Vec<Unit> {
         dedup_units(self.circuits.iter().flat_map(|c| c.units.iter().cloned()))
@@ -380,7 +412,7 @@ pub fn circuit_readouts(model: &RewardModel, seqs: &[Vec<u32>], units: &[Unit]) 
         let ok = match u.kind {
             UnitKind::MlpNeuron => u.layer.is_some_and(|l| l < c.n_layers) && u.index < c.d_mlp,
             UnitKind::AttnHead => u.layer.is_some_and(|l| l < c.n_layers) && u.index < c.n_heads,
-            UnitKind::SaeLatent => false,
+            UnitKind::SaeLatent | UnitKind::AttnEdge => false,
         };
         if !ok {
             return Err(TrainError::Invalid(format!("unit {} cannot be read in this model", u.name())));

@@ -9,6 +9,7 @@ mod error;
 pub mod headtail;
 pub mod interventions;
 pub mod light;
+pub mod oracle;
 pub mod organism_runs;
 pub mod progress;
 pub mod table;

@@ -13,6 +13,8 @@ pub enum Event<'a> {
     Step { step: &'a CartStep, steps_per_member: usize },
     /// Work of unknown length starts.
     Working(&'a str),
+    /// Work of known length: `done` of `total` items.
+    Count { label: &'a str, done: usize, total: usize },
     /// The current training run or work is over.
     Done,
     /// Something the user should know (e.g. where a reference model was saved).

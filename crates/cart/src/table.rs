@@ -23,6 +23,8 @@ use crate::light::{bound_point, find_targets, Light};
 use crate::organism_runs::{organism_data, probe_effects, OrganismData, Scale};
 use crate::progress::Event;
 
+const SEED_RANDOM_GUIDE: u64 = 0x5241_4E44;
+
 /// One intervention arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -39,10 +41,29 @@ pub enum Arm {
     Ensemble,
     /// All four together.
     All,
+    /// Augmentation with as many extra tail pairs, kept without looking at any circuit.
+    AugmentUnguided,
+    /// Augmentation guided by random units (same kinds and sites as the tail circuits).
+    AugmentRandom,
+    /// The regulariser on random units (same kinds and sites as the circuits).
+    RegulariseRandom,
 }
 
 impl Arm {
-    pub const ALL: [Arm; 6] = [Arm::Plain, Arm::Augment, Arm::Regularise, Arm::Curriculum, Arm::Ensemble, Arm::All];
+    pub const ALL: [Arm; 9] = [
+        Arm::Plain,
+        Arm::Augment,
+        Arm::Regularise,
+        Arm::Curriculum,
+        Arm::Ensemble,
+        Arm::All,
+        Arm::AugmentUnguided,
+        Arm::AugmentRandom,
+        Arm::RegulariseRandom,
+    ];
+    /// The arms of the original table (the guidance controls are asked for by name).
+    pub const INTERVENTIONS: [Arm; 6] =
+        [Arm::Plain, Arm::Augment, Arm::Regularise, Arm::Curriculum, Arm::Ensemble, Arm::All];
     pub fn name(&self) -> &'static str {
         match self {
             Arm::Plain => "plain",
@@ -51,7 +72,15 @@ impl Arm {
             Arm::Curriculum => "curriculum",
             Arm::Ensemble => "ensemble",
             Arm::All => "all",
+            Arm::AugmentUnguided => "augment-unguided",
+            Arm::AugmentRandom => "augment-random",
+            Arm::RegulariseRandom => "regularise-random",
         }
+    }
+
+    /// Guided by random units instead of the discovered circuits.
+    pub fn random_guide(&self) -> bool {
+        matches!(self, Arm::AugmentRandom | Arm::RegulariseRandom)
     }
 }
 
@@ -96,7 +125,7 @@ impl TableOptions {
         Self {
             presets: vec!["tail".into(), "control".into()],
             seeds: 3,
-            arms: Arm::ALL.to_vec(),
+            arms: Arm::INTERVENTIONS.to_vec(),
             runs: beside(out, ".runs.jsonl"),
             work: beside(out, ".work"),
             resume: false,
@@ -291,7 +320,12 @@ pub fn run_table(o: &TableOptions, progress: &mut dyn FnMut(Event<'_>)) -> Resul
                     (_, keep) => {
                         plain_outcome = keep;
                         let opts = arm_options(arm, &data, o);
-                        let out = data.train_reported(&opts, Some(&targets), Some(&reference), &label, progress)?;
+                        let guide = if arm.random_guide() {
+                            targets.randomised(&reference, seed ^ SEED_RANDOM_GUIDE)?
+                        } else {
+                            targets.clone()
+                        };
+                        let out = data.train_reported(&opts, Some(&guide), Some(&reference), &label, progress)?;
                         (out, start.elapsed().as_secs_f64())
                     }
                 };
@@ -320,8 +354,10 @@ pub fn arm_options(arm: Arm, data: &OrganismData, o: &TableOptions) -> CartTrain
     let mut c = CartTrainOptions { base: data.base.clone(), tail_subsets: vec!["tail".into()], ..Default::default() };
     match arm {
         Arm::Plain => {}
-        Arm::Augment => c.augmentation = Some(aug),
-        Arm::Regularise => c.regulariser = Some(reg),
+        Arm::Augment | Arm::AugmentRandom => c.augmentation = Some(aug),
+        // One candidate per kept pair: the same number of extra tail pairs, none chosen by a circuit.
+        Arm::AugmentUnguided => c.augmentation = Some(Augmentation { oversample: 1, ..aug }),
+        Arm::Regularise | Arm::RegulariseRandom => c.regulariser = Some(reg),
         Arm::Curriculum => c.curriculum = Some(cur),
         Arm::Ensemble => c.ensemble = Some(ens),
         Arm::All => {

@@ -109,6 +109,23 @@ impl DiscoveryReport {
                 sc.spearman.map_or("undefined".into(), |x| format!("{x:.2}"))
             );
         }
+        if let Some(c) = &r.oracle {
+            let f = |x: Option<f64>| x.map_or("undefined".to_string(), |v| format!("{v:.2}"));
+            let _ = writeln!(
+                o,
+                "against the ablation oracle ({}): precision {} recall {} (validated circuits: {} / {}); AtP vs exact over every unit ρ {}",
+                if c.oracle_found {
+                    format!("{} units", c.oracle_units.len())
+                } else {
+                    "no sparse circuit found".to_string()
+                },
+                f(c.precision),
+                f(c.recall),
+                f(c.validated_precision),
+                f(c.validated_recall),
+                f(c.atp_spearman_all_units)
+            );
+        }
         o
     }
 }

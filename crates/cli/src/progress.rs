@@ -136,6 +136,14 @@ impl CartBars {
                 }
             }
             Event::Working(msg) => self.replace(Some(spinner(msg))),
+            Event::Count { label, done, total } => {
+                if self.bar.as_ref().is_none_or(|b| b.length() != Some(total as u64) || b.prefix() != label) {
+                    self.replace(Some(step_bar(label, total as u64, 0)));
+                }
+                if let Some(b) = &self.bar {
+                    b.set_position(done as u64);
+                }
+            }
             Event::Done => self.replace(None),
             Event::Note(msg) => self.println(msg),
             Event::Wrote(path) => self.println(&format!("wrote {}", path.display())),

@@ -8,6 +8,7 @@ use clap::Args;
 use reward_lens_cart::analysis::{Analysis, CandidateKind, DiscoverSpec, SplitKind};
 use reward_lens_cart::bound::BoundOptions;
 use reward_lens_cart::discover::{Layers, PairReadout};
+use reward_lens_cart::oracle::{OracleOptions, OracleReport};
 use reward_lens_cart::vulnerability::perturb::PerturbKind;
 use reward_lens_cart::vulnerability::VulnerabilityOptions;
 use reward_lens_engine::{PairText, Positions};
@@ -50,7 +51,8 @@ pub struct DiscoverFlags {
     /// Candidate unit kinds (comma-separated).
     ///
     /// `mlp`: MLP neurons (blocks.{l}.mlp.hook_post) of --mlp-layers; `heads`: attention heads
-    /// (‖hook_z‖ per head) of --head-layers; `sae`: the latents of the SAE given with --sae.
+    /// (‖hook_z‖ per head) of --head-layers; `sae`: the latents of the SAE given with --sae;
+    /// `edges`: attention edges (head → key token) of --edge-layers.
     #[arg(long, value_parser = choice::<CandidateKind>(&CandidateKind::NAMES), value_delimiter = ',', default_value = "mlp,heads")]
     pub units: Vec<CandidateKind>,
     /// Layers whose MLP neurons are candidates: `last`, `all` or a list like `0,2`.
@@ -59,6 +61,12 @@ pub struct DiscoverFlags {
     /// Layers whose heads are candidates: `last`, `all` or a list.
     #[arg(long, default_value = "all")]
     pub head_layers: String,
+    /// Layers whose attention edges are candidates (with `--units …,edges`): a head's attention from
+    /// the read position to the keys holding one token, for tokens in at least 10% of the tail pairs
+    /// and at least twice as common there as among head pairs.
+    /// Ablating an edge sets that attention to its head-pair mean and renormalises the rest.
+    #[arg(long, default_value = "all")]
+    pub edge_layers: String,
     /// A SAE directory (cfg.json + weights); its latents become candidate units with `--units …,sae`.
     #[arg(long, value_name = "DIR")]
     pub sae: Option<PathBuf>,
@@ -110,6 +118,7 @@ impl DiscoverFlags {
             units: f.units,
             mlp_layers: layers(&f.mlp_layers, "--mlp-layers")?,
             head_layers: layers(&f.head_layers, "--head-layers")?,
+            edge_layers: layers(&f.edge_layers, "--edge-layers")?,
             sae: f.sae,
             position: f.position,
             readout: f.readout,
@@ -153,6 +162,10 @@ reward-lens cart discover --model M --pairs pairs.jsonl --split rarity --alpha 0
 pub struct DiscoverArgs {
     #[command(flatten)]
     pub flags: DiscoverFlags,
+    /// An oracle report (`cart oracle --out`) made on the same pairs: the circuits' precision and
+    /// recall against its unit set go into the report.
+    #[arg(long, value_name = "FILE.json")]
+    pub oracle: Option<PathBuf>,
     /// Write the discovery report here.
     #[arg(long, value_name = "FILE.json")]
     pub out: Option<PathBuf>,
@@ -160,8 +173,94 @@ pub struct DiscoverArgs {
 
 pub(super) fn run_discover(a: DiscoverArgs) -> Result<()> {
     let mut bars = CartBars::default();
-    let report = a.flags.analysis()?.discovery(None, &mut |e| bars.update(e))?;
+    let oracle = a.oracle.as_deref().map(OracleReport::read).transpose()?;
+    let mut report = a.flags.analysis()?.discovery(None, &mut |e| bars.update(e))?;
+    if let (Some(o), Some(path)) = (&oracle, &a.oracle) {
+        report.compare_with(o).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    }
     print!("{}", report.summary());
+    a.out.map_or(Ok(()), |out| write_json(&out, &report))
+}
+
+// ---------------------------------------------------------------------------------------------
+// oracle
+
+#[derive(Args)]
+#[command(after_help = "Ground truth for circuit discovery that does not come from discovery. Every unit (each MLP \
+neuron of every layer, each attention head) is mean-ablated alone, at every token, to its mean over the head pairs, \
+and its exact effect on the tail and head margins is measured. A greedy search then grows the smallest set whose \
+joint ablation takes tail accuracy to chance (0.5 + z·0.5/√N_tail) while head accuracy drops by at most \
+--max-head-drop, prunes units it can do without, and confirms the set on every head pair.\n\n\
+The scan and search use a seeded sample of --head-sample head pairs; the cost is reported in sequences run.\n\n\
+Examples:\n  reward-lens organism --preset tail --out organisms/tail\n  \
+reward-lens cart oracle --model organisms/tail --pairs organisms/tail/test.jsonl --out oracle.json\n  \
+reward-lens cart discover --model organisms/tail --pairs organisms/tail/test.jsonl --oracle oracle.json")]
+pub struct OracleArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Preference pairs, JSONL, with the field that marks the tail.
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub pairs: PathBuf,
+    /// The pair field that marks the tail.
+    #[arg(long, default_value = "subset")]
+    pub field: String,
+    /// Field values that are the tail (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "tail")]
+    pub tail_subsets: Vec<String>,
+    /// Head pairs the scan and the search use (a seeded sample; 0: all).
+    #[arg(long, default_value_t = 400)]
+    pub head_sample: usize,
+    /// The most head accuracy (a fraction) the circuit's ablation may cost.
+    #[arg(long, default_value_t = 0.02)]
+    pub max_head_drop: f64,
+    /// Units (largest single-unit tail effect first) the search may add.
+    #[arg(long, default_value_t = 32)]
+    pub candidates: usize,
+    /// The search gives up beyond this many units.
+    #[arg(long, default_value_t = 24)]
+    pub max_size: usize,
+    /// Also ablate attention edges (head → key token) of these layers: `none`, `last`, `all` or a list.
+    #[arg(long, default_value = "none")]
+    pub edges: String,
+    /// The goal: tail accuracy at most clean × (1 − FRACTION) instead of the chance ceiling
+    /// (for a model whose tail keeps preferences it shares with the head).
+    #[arg(long, value_name = "FRACTION")]
+    pub tail_drop: Option<f64>,
+    /// Pairs per forward pass.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Write the oracle report here.
+    #[arg(long, value_name = "FILE.json")]
+    pub out: Option<PathBuf>,
+}
+
+pub(super) fn run_oracle(a: OracleArgs) -> Result<()> {
+    let spec = DiscoverSpec {
+        field: a.field.clone(),
+        tail_values: a.tail_subsets.clone(),
+        batch_size: a.batch_size,
+        seed: a.seed,
+        ..Default::default()
+    };
+    let l = Analysis::new(spec, a.model.load()?, read_pairs(&a.pairs)?, &a.pairs)?;
+    let opts = OracleOptions {
+        head_sample: a.head_sample,
+        max_head_drop: a.max_head_drop,
+        candidates: a.candidates,
+        max_size: a.max_size,
+        edges: a.edges.parse::<Layers>().map_err(|e| anyhow!("--edges {e}"))?,
+        tail_drop: a.tail_drop,
+        batch_size: a.batch_size,
+        seed: a.seed,
+        ..Default::default()
+    };
+    let mut bars = CartBars::default();
+    let start = std::time::Instant::now();
+    let report = l.oracle(&opts, &mut |e| bars.update(e))?;
+    print!("{}", report.summary());
+    println!("took {:.1} s", start.elapsed().as_secs_f64());
     a.out.map_or(Ok(()), |out| write_json(&out, &report))
 }
 

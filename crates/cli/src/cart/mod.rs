@@ -45,6 +45,8 @@ pub struct CartArgs {
 pub enum CartCommand {
     /// Find the circuits tail pairs run through: specialised units, co-activating groups, causal validation.
     Discover(analysis::DiscoverArgs),
+    /// Ground truth for discovery: every unit's exact ablation effect, and the smallest set whose ablation takes the tail to chance.
+    Oracle(analysis::OracleArgs),
     /// How fragile each circuit is: consistency, sensitivity, coverage and the combined score V_C.
     Vulnerability(analysis::VulnerabilityArgs),
     /// The ingredients of the long-tail bound: |C_tail|, N_tail, Div(C_tail, C_head), L_tail − L_head.
@@ -66,12 +68,13 @@ fn single_threaded_for_tiny_models() {
 
 pub fn run(a: CartArgs) -> Result<()> {
     match &a.command {
-        CartCommand::Table(_) => single_threaded_for_tiny_models(),
+        CartCommand::Table(_) | CartCommand::Oracle(_) => single_threaded_for_tiny_models(),
         CartCommand::Train(t) if t.preset.is_some() => single_threaded_for_tiny_models(),
         _ => {}
     }
     match a.command {
         CartCommand::Discover(a) => analysis::run_discover(a),
+        CartCommand::Oracle(a) => analysis::run_oracle(a),
         CartCommand::Vulnerability(a) => analysis::run_vulnerability(a),
         CartCommand::Bound(a) => analysis::run_bound(a),
         CartCommand::Train(a) => train::run(a),

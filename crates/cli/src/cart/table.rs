@@ -30,7 +30,9 @@ pub struct TableArgs {
     /// Seeds per organism (seed k uses data and initialisation seed 2024 + k).
     #[arg(long, default_value_t = 3)]
     pub seeds: usize,
-    /// Arms (comma-separated): plain, augment, regularise, curriculum, ensemble, all.
+    /// Arms (comma-separated): plain, augment, regularise, curriculum, ensemble, all; and the guidance
+    /// controls augment-unguided (as many extra tail pairs, none chosen by a circuit), augment-random and
+    /// regularise-random (random units of the same kinds and sites in place of the circuits).
     #[arg(long, value_delimiter = ',', default_value = "plain,augment,regularise,curriculum,ensemble,all")]
     pub arms: Vec<Arm>,
     /// The aggregate, as JSON.

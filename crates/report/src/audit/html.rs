@@ -1042,6 +1042,43 @@ fn opt3(x: Option<f64>) -> String {
     x.map_or("undefined".into(), |v| format!("{v:.3}"))
 }
 
+/// One plain sentence on what causal validation found: the validated circuits and what ablating
+/// each costs, or that none validated and which test each failed.
+fn validation_verdict(d: &reward_lens_cart::discover::DiscoveryReport) -> String {
+    let tested: Vec<_> = d.circuits.iter().filter_map(|c| c.causal.as_ref().map(|v| (c, v))).collect();
+    if tested.is_empty() {
+        return "Causal validation was not run: no circuit was ablated.".into();
+    }
+    let pts = |e: &reward_lens_cart::discover::Estimate| e.mean.map_or("—".into(), |m| format!("{:+.1}", 100.0 * m));
+    let ok: Vec<String> = tested
+        .iter()
+        .filter(|(_, v)| v.validated)
+        .map(|(c, v)| {
+            let names: Vec<String> = c.units.iter().take(4).map(|u| u.unit.name()).collect();
+            format!(
+                "C{} ({}{}): ablating it moves tail accuracy {} points and head accuracy {} points",
+                c.id,
+                names.join(", "),
+                if c.units.len() > 4 { ", …" } else { "" },
+                pts(&v.tail.delta_accuracy),
+                pts(&v.head.delta_accuracy)
+            )
+        })
+        .collect();
+    if !ok.is_empty() {
+        return format!("Validated: {}.", ok.join("; "));
+    }
+    let no_gap = tested.iter().filter(|(_, v)| !v.tail_minus_head_loss.ci_low.is_some_and(|l| l > 0.0)).count();
+    let no_null = tested.iter().filter(|(_, v)| !v.loss_percentile.is_some_and(|p| p >= 0.95)).count();
+    format!(
+        "No circuit validated: of {} circuits, {no_gap} hurt the tail no more than the head when ablated (tail − head ΔBT \
+interval reaches 0) and {no_null} beat fewer than 95 % of random same-size sets. The tail's rule may be carried by \
+units discovery did not test (attention edges: `reward-lens cart discover --units mlp,heads,edges`) or spread too \
+thinly for any small set; `reward-lens cart oracle` checks that against every unit's exact ablation.",
+        tested.len()
+    )
+}
+
 fn cart(h: &mut String, r: &AuditResults) {
     open(
         h,
@@ -1077,22 +1114,26 @@ units; clean accuracy head {:.1} %, tail {:.1} %.</p>",
             .map(|ci| {
                 let names: Vec<String> = ci.units.iter().take(6).map(|u| u.unit.name()).collect();
                 let more = if ci.units.len() > 6 { format!(" … (+{})", ci.units.len() - 6) } else { String::new() };
-                let (tail, head, pct) = match &ci.causal {
+                let (tail_acc, tail, head, pct, ok) = match &ci.causal {
                     Some(v) => (
+                        est(&v.tail.delta_accuracy),
                         est(&v.tail.delta_margin),
                         est(&v.head.delta_margin),
                         v.margin_percentile.map_or("—".into(), |p| format!("{:.0} %", 100.0 * p)),
+                        if v.validated { "yes" } else { "no" },
                     ),
-                    None => ("—".into(), "—".into(), "—".into()),
+                    None => ("—".into(), "—".into(), "—".into(), "—".into(), "—"),
                 };
                 vec![
                     format!("C{}{}", ci.id, if ci.distributed { " (distributed)" } else { "" }),
                     ci.units.len().to_string(),
                     esc(&format!("{}{more}", names.join(", "))),
                     opt3(ci.coherence),
+                    tail_acc,
                     tail,
                     head,
                     pct,
+                    ok.into(),
                 ]
             })
             .collect();
@@ -1102,11 +1143,22 @@ units; clean accuracy head {:.1} %, tail {:.1} %.</p>",
             h.push_str("<h3>Tail circuits</h3>");
             table(
                 h,
-                &["circuit", "units", "members", "coherence", "tail Δmargin", "head Δmargin", "beats random sets"],
-                &[false, true, false, true, true, true, true],
+                &[
+                    "circuit",
+                    "units",
+                    "members",
+                    "coherence",
+                    "tail Δaccuracy",
+                    "tail Δmargin",
+                    "head Δmargin",
+                    "beats random sets",
+                    "validated",
+                ],
+                &[false, true, false, true, true, true, true, true, false],
                 &rows,
                 &[],
             );
+            let _ = write!(h, "<p>{}</p>", esc(&validation_verdict(d)));
         }
     }
     if let Some(b) = &c.bound {
