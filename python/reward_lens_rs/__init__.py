@@ -12,6 +12,9 @@ Instruments return what the command writes with --out, as dicts and lists in whi
 of numbers is a numpy array. Errors are RewardLensError subclasses carrying the library's
 message, which names the file, field, tensor or line at fault. Long calls release the GIL,
 stop on Ctrl-C and show a tqdm bar when tqdm is installed (progress=False silences it).
+
+rl.cli([...]) runs a `reward-lens` command line in-process; reward_lens_rs.ray runs one over
+shards on a Ray cluster and merges them (Ray is optional: only that module needs it).
 """
 
 from ._errors import FileError, InputError, ModelError, RewardLensError, SiteError
@@ -35,6 +38,7 @@ from ._native import (
     path_patch,
     probe,
     audit,
+    cli,
 )
 from . import cart, sae
 from ._json import to_json
@@ -52,6 +56,7 @@ __all__ = [
     "attribute",
     "audit",
     "cart",
+    "cli",
     "compare",
     "concepts",
     "conflict",

@@ -136,6 +136,7 @@ def organism(
     preset: str = "default", out: Optional[Path] = None, seed: Optional[int] = None, epochs: Optional[int] = None,
     progress: Progress = None,
 ) -> dict[str, Any]: ...
+def cli(args: Sequence[str], keep_model: bool = False) -> None: ...
 def audit(
     model: Optional[Model] = None, pairs: Optional[Pairs] = None, out: Path = "audit-out",
     probes: Optional[Sequence[Path]] = None, concepts: Optional[Sequence[Path]] = None, answer_key: Optional[Path] = None,

@@ -44,6 +44,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         wrap_pyfunction!(workflows::cart_train, m)?,
         wrap_pyfunction!(workflows::cart_table, m)?,
         wrap_pyfunction!(workflows::audit, m)?,
+        wrap_pyfunction!(workflows::cli, m)?,
     ] {
         m.add_function(f)?;
     }

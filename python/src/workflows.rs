@@ -662,3 +662,19 @@ pub fn audit<'py>(
     })?;
     report(py, &res)
 }
+
+/// One `reward-lens` command line, run in this process as the binary runs it (same flags, same
+/// files, same errors), e.g. `cli(["score", "--pairs", "p.jsonl", "--shard", "0/4", "--out",
+/// "s.0.jsonl"])`. What the Ray driver's workers call: no binary is needed on the machines that
+/// have the package. With `keep_model`, the model stays loaded in this process for the next
+/// call with the same folder, dtype and device (score, eval, lens, attribute, patch, atp,
+/// faithfulness); without it, models kept by earlier calls are dropped. `bench` is refused (it
+/// runs the binary). Raises `RewardLensError` with the message the binary prints.
+#[pyfunction]
+#[pyo3(signature = (args, keep_model = false))]
+pub fn cli(py: Python<'_>, args: Vec<String>, keep_model: bool) -> PyResult<()> {
+    reward_lens_cli::keep_models(keep_model);
+    crate::progress::detached(py, || {
+        reward_lens_cli::run_args(&args).map_err(|m| crate::errors::raise(crate::errors::Kind::Other, m))
+    })
+}

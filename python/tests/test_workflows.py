@@ -113,3 +113,29 @@ def test_organism_and_cart_train(tmp_path):
     assert 0.0 <= rep["tail_accuracy"] <= 1.0 and rep["models"] == [str(tmp_path / "cart")]
     written = json.loads((tmp_path / "cart" / "cart_report.json").read_text())
     close(rl.to_json(rep), written)
+
+
+def test_cli_runs_a_command_line_in_process_as_the_binary_does(tmp_path, cli):
+    args = ["score", "--model", str(MODELS / "llama"), "--pairs", str(REPO / "tests/fixtures/pairs.jsonl")]
+    rl.cli([*args, "--out", str(tmp_path / "py.jsonl")])
+    subprocess.run([str(cli), *args, "--out", str(tmp_path / "bin.jsonl")], check=True, capture_output=True)
+    assert (tmp_path / "py.jsonl").read_bytes() == (tmp_path / "bin.jsonl").read_bytes()
+    with pytest.raises(rl.RewardLensError, match="0 ≤ K < N"):
+        rl.cli([*args, "--shard", "3/3", "--out", str(tmp_path / "x.jsonl")])
+    with pytest.raises(rl.RewardLensError, match="`bench` runs the binary"):
+        rl.cli(["bench"])
+
+
+def test_keep_model_loads_a_model_once_per_process(tmp_path):
+    # A copy of the model whose weights vanish after the first call: only a kept model still scores.
+    import shutil
+
+    model = tmp_path / "m"
+    shutil.copytree(MODELS / "llama", model)
+    args = ["score", "--model", str(model), "--pairs", str(REPO / "tests/fixtures/pairs.jsonl")]
+    rl.cli([*args, "--out", str(tmp_path / "a.jsonl")], keep_model=True)
+    (model / "model.safetensors").unlink()
+    rl.cli([*args, "--out", str(tmp_path / "b.jsonl")], keep_model=True)
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+    with pytest.raises(rl.RewardLensError, match="safetensors"):
+        rl.cli([*args, "--out", str(tmp_path / "c.jsonl")])

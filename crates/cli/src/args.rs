@@ -9,6 +9,7 @@ use reward_lens_engine::{
     DType, Device, EncodedPair, EngineError, LoadOptions, PairText, Positions, RewardModel, Truncation,
 };
 use reward_lens_instruments::patching::{Align, Granularity, PatchMode, PatchOptions};
+pub use reward_lens_report::shards::{Shard, ShardRecord};
 
 #[derive(Clone, Copy, ValueEnum, Debug, PartialEq, Eq)]
 pub enum DtypeArg {
@@ -83,6 +84,40 @@ impl ModelArgs {
     }
 }
 
+/// Whether [`ModelArgs::load_shared`] keeps the models it loads, for the life of the process:
+/// a Ray actor runs shard after shard (`reward_lens_rs.cli(..., keep_model=True)`) with one load.
+static KEEP_MODELS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+type ModelKey = (Option<PathBuf>, DtypeArg, String);
+static MODELS: std::sync::Mutex<Vec<(ModelKey, std::sync::Arc<RewardModel>)>> = std::sync::Mutex::new(Vec::new());
+
+/// From now on, [`ModelArgs::load_shared`] keeps each model it loads (or, `false`, forgets them).
+pub fn keep_models(keep: bool) {
+    KEEP_MODELS.store(keep, std::sync::atomic::Ordering::SeqCst);
+    if !keep {
+        MODELS.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+impl ModelArgs {
+    /// [`load`](Self::load), or the model this process already loaded with the same folder,
+    /// dtype and device when [`keep_models`] is on. (The folder's files are assumed unchanged
+    /// while the process lives; the output's fingerprint is still taken from them.)
+    pub fn load_shared(&self) -> Result<std::sync::Arc<RewardModel>> {
+        if !KEEP_MODELS.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(std::sync::Arc::new(self.load()?));
+        }
+        let key: ModelKey = (self.model.clone(), self.dtype, self.device.clone());
+        let mut models = MODELS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, m)) = models.iter().find(|(k, _)| *k == key) {
+            return Ok(m.clone());
+        }
+        let m = std::sync::Arc::new(self.load()?);
+        models.push((key, m.clone()));
+        Ok(m)
+    }
+}
+
 /// Before a resumable command writes `out`: records what made the output (`<out>.meta.json`)
 /// — or, with `--resume`, checks that the existing output was made by the same model, options
 /// and input files. (That `out` is none of the inputs is checked for every command in `main`.)
@@ -94,15 +129,52 @@ pub fn guard_out(
     inputs: &[&std::path::Path],
     options: String,
 ) -> Result<()> {
+    let models = [model.and_then(|m| m.model.as_deref())];
+    guard_shard(command, out, resume, &models, inputs, options, None)
+}
+
+/// [`guard_out`] for a shard's output: its fingerprint also records the shard and what `merge`
+/// needs to recompute the run's aggregates.
+pub fn guard_shard(
+    command: &str,
+    out: &std::path::Path,
+    resume: bool,
+    models: &[Option<&std::path::Path>],
+    inputs: &[&std::path::Path],
+    options: String,
+    shard: Option<(ShardRecord, serde_json::Value)>,
+) -> Result<()> {
     use reward_lens_report::fingerprint;
+    let (shard, aggregate) = shard.map_or((None, serde_json::Value::Null), |(s, a)| (Some(s), a));
+    // Several models (`eval`): their fingerprints in order.
+    let mut fingerprints = Vec::with_capacity(models.len());
+    for m in models {
+        fingerprints.push(fingerprint::model(*m)?);
+    }
+    let model = fingerprints.join("+");
     let fp = fingerprint::Fingerprint {
         command: command.to_string(),
-        model: fingerprint::model(model.and_then(|m| m.model.as_deref()))?,
+        model,
         options: serde_json::json!(options),
         input: fingerprint::files(inputs)?,
+        shard,
+        aggregate,
     };
     fingerprint::guard(out, &fp, resume)?;
     Ok(())
+}
+
+/// `--shard K/N`'s help: one text for every command that takes it.
+pub const SHARD_HELP: &str = "Run only shard K of N (0-based; `$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT`, \
+`$JOB_COMPLETION_INDEX/N`): pairs [⌊K·M/N⌋, ⌊(K+1)·M/N⌋) of the file's M, in file order. Needs --out; \
+`reward-lens merge --out FILE SHARDS…` turns the N outputs into exactly what one run writes";
+
+/// This shard's pairs of `pairs` and its record; every pair when not sharded.
+pub fn shard_of(shard: Option<Shard>, total: usize) -> (std::ops::Range<usize>, Option<ShardRecord>) {
+    match shard {
+        Some(s) => (s.range(total), Some(s.record(total))),
+        None => (0..total, None),
+    }
 }
 
 /// `--device`: the library's names (`cpu`, `cuda`, `cuda:N`), the flag named in the error.
@@ -198,6 +270,13 @@ pub struct RunArgs {
     pub out: Option<PathBuf>,
 }
 
+/// `--shard` for commands that write one report over pairs (`lens`, `attribute`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct ShardArg {
+    #[arg(long, value_name = "K/N", help = SHARD_HELP)]
+    pub shard: Option<Shard>,
+}
+
 /// Options `patch`, `atp` and `faithfulness` share.
 #[derive(Args, Clone, Debug)]
 pub struct PatchArgs {
@@ -241,17 +320,20 @@ pub struct PatchArgs {
     pub batch_size: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    #[arg(long, value_name = "K/N", help = SHARD_HELP)]
+    pub shard: Option<Shard>,
 }
 
 impl PatchArgs {
-    /// Records or checks `--out`'s fingerprint (see [`guard_out`]).
-    pub fn guard(&self, command: &str) -> Result<()> {
+    /// Records or checks `--out`'s fingerprint (see [`guard_out`]); `total`: the input's pairs.
+    pub fn guard(&self, command: &str, total: usize) -> Result<()> {
         let mut inputs = self.input.paths();
         inputs.extend(self.mean_reference.as_deref());
         inputs.extend(self.divergence_reference.as_deref());
-        // Every parsed option (aliases resolved), less --resume and the output path itself.
-        let options = format!("{:?}", PatchArgs { resume: false, out: PathBuf::new(), ..self.clone() });
-        guard_out(command, &self.out, self.resume, Some(&self.model), &inputs, options)
+        // Every parsed option (aliases resolved), less --resume, the output path and the shard.
+        let options = format!("{:?}", PatchArgs { resume: false, out: PathBuf::new(), shard: None, ..self.clone() });
+        let shard = shard_of(self.shard, total).1.map(|s| (s, serde_json::json!({"seed": self.seed})));
+        guard_shard(command, &self.out, self.resume, &[self.model.model.as_deref()], &inputs, options, shard)
     }
 
     pub fn options(&self, model: &RewardModel) -> Result<PatchOptions> {

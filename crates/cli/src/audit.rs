@@ -7,12 +7,12 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::Value;
 
-use reward_lens_report::audit::{AuditInputs, AuditOptions, AuditResults, PairSource, STAGES};
+use reward_lens_report::audit::{AuditInputs, AuditOptions, PairSource, STAGES};
 
 use crate::args::{parse_device, ModelArgs};
 use crate::progress::{ensure_organism, stage_bar};
 
-#[derive(Args)]
+#[derive(Args, Clone, Debug)]
 #[command(after_help = "Runs every instrument on one model and writes two files into --out:\n  \
 results.json  every number: model info, accuracy per subset, reward lens, exact attribution, activation patching, \
 AtP, faithfulness (Spearman ρ of DLA/AtP vs patching), probes, concepts, conflicts, timings, and the findings\n  \
@@ -74,6 +74,13 @@ pub struct AuditArgs {
     /// and answer key become the defaults. Without --model this is `default`.
     #[arg(long = "preset", alias = "organism", value_name = "PRESET", conflicts_with = "model")]
     pub preset: Option<String>,
+    /// Run only shard K of N of the audited pairs (0-based; `$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT`):
+    /// the per-pair stages (evaluation, lens, attribution, patching, AtP, faithfulness) on pairs
+    /// [⌊K·M/N⌋, ⌊(K+1)·M/N⌋) of the M audited; shard 0 also runs the stages over whole sets (probes,
+    /// concepts, conflicts, CART). --out gets audit-part.json; `reward-lens merge --out DIR SHARDS…` writes
+    /// results.json and report.html exactly as one run does (timings aside).
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<reward_lens_report::shards::Shard>,
 }
 
 /// `reward-lens audit`.
@@ -116,6 +123,9 @@ pub fn run(a: AuditArgs) -> Result<()> {
         (inputs.probes, inputs.concepts) = (a.probes.clone(), a.concepts.clone());
     }
     inputs.tail_subsets = a.tail_subsets.clone();
+    if let Some(shard) = a.shard {
+        return run_shard(&a, &inputs, shard);
+    }
     let bar = stage_bar("audit", STAGES.len() as u64);
     let res = reward_lens_report::run_audit(&inputs, &mut |i: usize, _: usize, name: &str| {
         bar.set_position(i as u64);
@@ -126,7 +136,51 @@ pub fn run(a: AuditArgs) -> Result<()> {
         Ok(r)
     });
     bar.finish_and_clear();
-    print_summary(&res?, &a.out);
+    crate::output::audit_summary(&res?, &a.out);
+    Ok(())
+}
+
+use reward_lens_report::shards::AUDIT_PART;
+
+/// One shard of an audit: its part, for `merge`.
+fn run_shard(a: &AuditArgs, inputs: &AuditInputs, shard: reward_lens_report::shards::Shard) -> Result<()> {
+    // The shard's place among the audited pairs (the seeded sample of --max-pairs).
+    let total = inputs.pairs.load()?.len();
+    let m = if a.max_pairs == 0 { total } else { total.min(a.max_pairs) };
+    let mut paths: Vec<&Path> = Vec::new();
+    if let reward_lens_report::PairSource::File(p) = &inputs.pairs {
+        paths.push(p);
+    }
+    paths.extend(inputs.probes.iter().map(PathBuf::as_path));
+    paths.extend(inputs.concepts.iter().map(PathBuf::as_path));
+    paths.extend(a.answer_key.as_deref());
+    let options = format!("{:?}", AuditArgs { shard: None, out: PathBuf::new(), ..a.clone() });
+    let record = shard.record(m);
+    let models = [Some(inputs.model_dir.as_path())];
+    let aggregate = serde_json::json!({"seed": a.seed});
+    std::fs::create_dir_all(&a.out).with_context(|| format!("{}: cannot create", a.out.display()))?;
+    crate::args::guard_shard("audit", &a.out, false, &models, &paths, options, Some((record, aggregate)))?;
+    let part_path = a.out.join(AUDIT_PART);
+    if part_path.is_file() {
+        std::fs::remove_file(&part_path).with_context(|| format!("{}: cannot replace", part_path.display()))?;
+    }
+    let bar = stage_bar("audit", STAGES.len() as u64);
+    let part =
+        reward_lens_report::audit::run_audit_shard(inputs, Some(shard), &mut |i: usize, _: usize, name: &str| {
+            bar.set_position(i as u64);
+            bar.set_message(name.to_string());
+        });
+    bar.finish_and_clear();
+    let part = part?;
+    std::fs::write(&part_path, serde_json::to_string(&part)?)
+        .with_context(|| format!("{}: cannot write", part_path.display()))?;
+    println!(
+        "audited shard {shard}: pairs [{}, {}) of {m} in {:.1} s; wrote {} (merge the shards with `reward-lens merge`)",
+        record.first,
+        record.end,
+        part.seconds,
+        part_path.display()
+    );
     Ok(())
 }
 
@@ -134,15 +188,4 @@ fn read_json(p: &Path) -> Result<Value> {
     // BOM-tolerant, and invalid UTF-8 names its line.
     let text = reward_lens_report::datasets::read_text(p, "cannot read")?;
     serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", p.display()))
-}
-
-fn print_summary(r: &AuditResults, out: &Path) {
-    println!(
-        "audited {} on {} pairs, {} probes, {} concepts in {:.1} s",
-        r.inputs.model, r.inputs.pairs_used, r.inputs.n_probes, r.inputs.n_concepts, r.total_seconds
-    );
-    for f in &r.findings {
-        println!("[{:?}] {}: {}", f.severity, f.title, f.text);
-    }
-    println!("wrote {} and {}", out.join("results.json").display(), out.join("report.html").display());
 }

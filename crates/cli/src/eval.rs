@@ -12,7 +12,7 @@ use reward_lens_report::scoring::{rewardbench2_table, Rb2Eval};
 use crate::{DtypeArg, ModelArgs};
 use reward_lens_engine::PaddingSide;
 
-#[derive(Args)]
+#[derive(Args, Clone, Debug)]
 #[command(after_help = "Accuracy (margin > 0; ties lose) with 95% bootstrap intervals, overall and per subset, and \
 mean margins, for one or more models side by side. When subsets carry RewardBench names (alpacaeval-easy, \
 llmbar-natural, refusals-dangerous, math-prm, hep-python, ...), RewardBench's section scores too: subset accuracies \
@@ -41,6 +41,10 @@ pub struct EvalArgs {
     pub seed: u64,
     #[arg(long, value_name = "FILE.json")]
     pub out: Option<PathBuf>,
+    /// With --shard, --out gets the shard's per-pair margins (JSONL, one model after another in each line)
+    /// and `merge` writes the evaluation.
+    #[arg(long, value_name = "K/N", help = crate::args::SHARD_HELP, requires = "out")]
+    pub shard: Option<crate::args::Shard>,
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
@@ -52,12 +56,22 @@ pub fn run(a: EvalArgs) -> Result<()> {
         if a.models.is_empty() { vec![None] } else { a.models.iter().cloned().map(Some).collect() };
     let pairs = match read_preferences(&a.pairs)? {
         Preferences::Pairs(p) => p,
+        Preferences::RewardBench2(_) if a.shard.is_some() => {
+            bail!(
+                "--shard: {}: a RewardBench 2 file: eval batches completions across rows, so shards cannot \
+                 reproduce its batches; shard `score` on it (merge --summary gives the subset scores), or run eval whole",
+                a.pairs.display()
+            )
+        }
         Preferences::RewardBench2(rows) => return run_rows(&a, &models, &rows, truncation),
     };
+    if let Some(shard) = a.shard {
+        return run_shard(&a, shard, &models, &pairs, truncation);
+    }
     let mut evals: Vec<ModelEval> = Vec::new();
     for m in &models {
         let args = ModelArgs { model: m.clone(), dtype: a.dtype, device: a.device.clone() };
-        let model = args.load()?;
+        let model = args.load_shared()?;
         let scores = crate::output::score_with_bar(&model, &pairs, truncation, a.batch_size, a.padding)?;
         let margins: Vec<f64> = scores.iter().map(|s| s.margin() as f64).collect();
         let subsets: Vec<Option<String>> = pairs.iter().map(|p| p.subset.clone()).collect();
@@ -69,6 +83,51 @@ pub fn run(a: EvalArgs) -> Result<()> {
             .with_context(|| format!("{}: cannot write", p.display()))?;
         eprintln!("wrote {}", p.display());
     }
+    Ok(())
+}
+
+/// One shard of `eval`: each model's margins on the shard's pairs, one JSON line per pair
+/// (`merge` evaluates them all). Scored in the whole file's batches, as one run scores them.
+fn run_shard(
+    a: &EvalArgs,
+    shard: crate::args::Shard,
+    models: &[Option<PathBuf>],
+    pairs: &[reward_lens_engine::PairText],
+    truncation: Truncation,
+) -> Result<()> {
+    let out = a.out.as_ref().expect("clap enforces --out with --shard");
+    let names: Vec<String> = models
+        .iter()
+        .map(|m| ModelArgs { model: m.clone(), dtype: a.dtype, device: a.device.clone() }.name())
+        .collect();
+    let options = format!("{:?}", EvalArgs { out: None, shard: None, ..a.clone() });
+    let aggregate = serde_json::json!({"models": names, "seed": a.seed});
+    let fps: Vec<Option<&std::path::Path>> = models.iter().map(|m| m.as_deref()).collect();
+    let record = shard.record(pairs.len());
+    crate::args::guard_shard("eval", out, false, &fps, &[a.pairs.as_path()], options, Some((record, aggregate)))?;
+    let range = shard.range(pairs.len());
+    let window = shard.window(pairs.len(), (a.batch_size / 2).max(1));
+    let mut margins: Vec<Vec<f64>> = Vec::new();
+    for m in models {
+        let model = ModelArgs { model: m.clone(), dtype: a.dtype, device: a.device.clone() }.load_shared()?;
+        let scores =
+            crate::output::score_with_bar(&model, &pairs[window.clone()], truncation, a.batch_size, a.padding)?;
+        margins.push(
+            scores[range.start - window.start..range.end - window.start].iter().map(|s| s.margin() as f64).collect(),
+        );
+    }
+    let mut text = String::new();
+    for (i, p) in pairs[range].iter().enumerate() {
+        let line = serde_json::json!({
+            "id": p.id,
+            "subset": p.subset,
+            "margins": margins.iter().map(|m| m[i]).collect::<Vec<f64>>(),
+        });
+        text.push_str(&serde_json::to_string(&line)?);
+        text.push('\n');
+    }
+    std::fs::write(out, text).with_context(|| format!("{}: cannot write", out.display()))?;
+    eprintln!("wrote {} (shard {shard}: merge the shards with `reward-lens merge`)", out.display());
     Ok(())
 }
 

@@ -22,11 +22,12 @@ pub struct FaithfulnessArgs {
 
 pub fn run(a: FaithfulnessArgs) -> Result<()> {
     let a = a.patch;
-    a.guard("faithfulness")?;
-    let model = a.model.load()?;
-    let opts = a.options(&model)?;
     let pairs = a.input.read()?;
-    let lines = output::per_pair(&a.out, a.resume, &pairs, "faithfulness", |p| {
+    a.guard("faithfulness", pairs.len())?;
+    let pairs = &pairs[crate::args::shard_of(a.shard, pairs.len()).0];
+    let model = a.model.load_shared()?;
+    let opts = a.options(&model)?;
+    let lines = output::per_pair(&a.out, a.resume, pairs, "faithfulness", |p| {
         let inp = a.input.encode_one(&model, p)?;
         let rep = faithfulness(&model, &[inp], std::slice::from_ref(&p.subset), &opts)?;
         let r = &rep.pairs[0];

@@ -135,3 +135,86 @@ pub fn summarize(lines: &[Value], names: &[String], field: &str, seed: u64) {
         );
     }
 }
+
+/// A report command's shard (`lens`, `attribute`): which pairs it writes and where.
+pub struct ShardRun {
+    shard: crate::args::Shard,
+    out: std::path::PathBuf,
+}
+
+/// `--shard` of a report command: none, or the shard once its needs are checked (an output
+/// file, a pairs file).
+pub fn shard_start(
+    command: &str,
+    input: &crate::args::PairInput,
+    shard: Option<crate::args::Shard>,
+    out: Option<&Path>,
+) -> Result<Option<ShardRun>> {
+    let Some(shard) = shard else { return Ok(None) };
+    let Some(out) = out else { anyhow::bail!("{command} --shard {shard} needs --out FILE.json (the shard's report)") };
+    if input.pairs.is_none() {
+        anyhow::bail!("{command} --shard {shard}: shards split a --pairs file; a pair on the command line is one pair");
+    }
+    Ok(Some(ShardRun { shard, out: out.to_path_buf() }))
+}
+
+impl ShardRun {
+    /// Records the shard's fingerprint (and removes an older output, so that what is on disk
+    /// says whether this shard finished); returns its pairs and the batch-aligned pairs to compute.
+    #[allow(clippy::too_many_arguments)]
+    pub fn guard(
+        &self,
+        command: &str,
+        model: &crate::ModelArgs,
+        input: &crate::args::PairInput,
+        total: usize,
+        batch_size: usize,
+        seed: u64,
+        options: String,
+    ) -> Result<(std::ops::Range<usize>, std::ops::Range<usize>)> {
+        let record = self.shard.record(total);
+        let aggregate = json!({"seed": seed});
+        let models = [model.model.as_deref()];
+        crate::args::guard_shard(
+            command,
+            &self.out,
+            false,
+            &models,
+            &input.paths(),
+            options,
+            Some((record, aggregate)),
+        )?;
+        if self.out.is_file() {
+            std::fs::remove_file(&self.out).with_context(|| format!("{}: cannot replace", self.out.display()))?;
+        }
+        let align = reward_lens_report::shards::pairs_per_trace_block(batch_size);
+        Ok((self.shard.range(total), self.shard.window(total, align)))
+    }
+}
+
+/// [`write`] with the inputs' `id` and `subset` already as JSON (what `merge` reads back).
+pub fn write_inputs<T: Serialize>(
+    path: &Path,
+    instrument: &str,
+    model: &str,
+    inputs: Vec<Value>,
+    report: &T,
+) -> Result<()> {
+    let env = Envelope { instrument, model: model.to_string(), inputs, report };
+    std::fs::write(path, serde_json::to_string_pretty(&env)?)
+        .with_context(|| format!("{}: cannot write", path.display()))?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
+/// What `audit` (and `merge` of audit shards) prints when done.
+pub fn audit_summary(r: &reward_lens_report::AuditResults, out: &Path) {
+    println!(
+        "audited {} on {} pairs, {} probes, {} concepts in {:.1} s",
+        r.inputs.model, r.inputs.pairs_used, r.inputs.n_probes, r.inputs.n_concepts, r.total_seconds
+    );
+    for f in &r.findings {
+        println!("[{:?}] {}: {}", f.severity, f.title, f.text);
+    }
+    println!("wrote {} and {}", out.join("results.json").display(), out.join("report.html").display());
+}

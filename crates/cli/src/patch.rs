@@ -9,10 +9,12 @@ pub use crate::args::PatchArgs;
 use crate::output::{self, named, summarize};
 
 fn run_kind(a: PatchArgs, attribution_patching: bool) -> Result<()> {
-    a.guard(if attribution_patching { "atp" } else { "patch" })?;
-    let model = a.model.load()?;
-    let opts = a.options(&model)?;
     let pairs = a.input.read()?;
+    a.guard(if attribution_patching { "atp" } else { "patch" }, pairs.len())?;
+    // One pair per call: a shard's pairs are computed exactly as in one run.
+    let pairs = &pairs[crate::args::shard_of(a.shard, pairs.len()).0];
+    let model = a.model.load_shared()?;
+    let opts = a.options(&model)?;
     let mut names: Vec<String> = Vec::new();
     let (mut fe, mut done) = (0.0, 0usize);
     let what = if attribution_patching { "attribution patching" } else { "patching" };
@@ -22,7 +24,7 @@ fn run_kind(a: PatchArgs, attribution_patching: bool) -> Result<()> {
         _ => None,
     };
     let mut reference: Option<reward_lens_instruments::divergence::Reference> = None;
-    let lines = output::per_pair(&a.out, a.resume, &pairs, what, |p| {
+    let lines = output::per_pair(&a.out, a.resume, pairs, what, |p| {
         let inp = a.input.encode_one(&model, p)?;
         let one = std::slice::from_ref(&inp);
         let rep = if attribution_patching { atp(&model, one, &opts)? } else { patch(&model, one, &opts)? };

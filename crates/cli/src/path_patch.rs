@@ -40,12 +40,20 @@ pub struct PathPatchArgs {
     pub resume: bool,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    #[arg(long, value_name = "K/N", help = crate::args::SHARD_HELP)]
+    pub shard: Option<crate::args::Shard>,
 }
 
 pub fn run(a: PathPatchArgs) -> Result<()> {
-    let options = format!("{:?}", PathPatchArgs { resume: false, out: Default::default(), ..a.clone() });
-    crate::args::guard_out("path-patch", &a.out, a.resume, Some(&a.model), &a.input.paths(), options)?;
-    let model = a.model.load()?;
+    let pairs = a.input.read()?;
+    let options = format!("{:?}", PathPatchArgs { resume: false, out: Default::default(), shard: None, ..a.clone() });
+    let (range, record) = crate::args::shard_of(a.shard, pairs.len());
+    let shard = record.map(|r| (r, json!({"seed": a.seed})));
+    let models = [a.model.model.as_deref()];
+    crate::args::guard_shard("path-patch", &a.out, a.resume, &models, &a.input.paths(), options, shard)?;
+    // One pair per call: a shard's pairs are computed exactly as in one run.
+    let pairs = &pairs[range];
+    let model = a.model.load_shared()?;
     let sender = reward_lens_instruments::path::parse_sender(&a.sender).map_err(|e| anyhow::anyhow!("--{e}"))?;
     let receivers = if a.receivers.iter().any(|r| r == "all") {
         Receiver::all_after(&model, sender.0)
@@ -53,8 +61,7 @@ pub fn run(a: PathPatchArgs) -> Result<()> {
         a.receivers.iter().map(|r| r.parse()).collect::<Result<_, String>>().map_err(|e| anyhow::anyhow!("--{e}"))?
     };
     let (mode, align) = (a.mode, a.align);
-    let pairs = a.input.read()?;
-    let lines = output::per_pair(&a.out, a.resume, &pairs, "path patching", |p| {
+    let lines = output::per_pair(&a.out, a.resume, pairs, "path patching", |p| {
         let inp = a.input.encode_one(&model, p)?;
         let rep = path_patch(&model, &[inp], sender, &receivers, mode, align)?;
         let r = &rep.pairs[0];

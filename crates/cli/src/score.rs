@@ -51,23 +51,35 @@ pub struct ScoreArgs {
     /// Continue an interrupted run: keep the pairs already in --out and score the rest.
     #[arg(long, requires = "out")]
     pub resume: bool,
+    #[arg(long, value_name = "K/N", help = crate::args::SHARD_HELP, requires = "out")]
+    pub shard: Option<crate::args::Shard>,
 }
 
 pub fn run(a: ScoreArgs) -> Result<()> {
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    if let Some(out) = &a.out {
-        let options = format!("{:?}", ScoreArgs { resume: false, out: None, summary: None, ..a.clone() });
-        crate::args::guard_out("score", out, a.resume, Some(&a.model), &[a.pairs.as_path()], options)?;
-    }
     let prefs = read_preferences(&a.pairs)?;
-    let model = a.model.load()?;
+    let total = match &prefs {
+        Preferences::Pairs(p) => p.len(),
+        Preferences::RewardBench2(r) => r.len(),
+    };
+    if let Some(out) = &a.out {
+        let options = format!("{:?}", ScoreArgs { resume: false, out: None, summary: None, shard: None, ..a.clone() });
+        let (_, record) = crate::args::shard_of(a.shard, total);
+        let aggregate = serde_json::json!({"model": a.model.name(), "pairs": a.pairs.display().to_string()});
+        let shard = record.map(|r| (r, aggregate));
+        let models = [a.model.model.as_deref()];
+        crate::args::guard_shard("score", out, a.resume, &models, &[a.pairs.as_path()], options, shard)?;
+    }
+    let model = a.model.load_shared()?;
     let truncation = if a.truncate_prompt { Truncation::DropPromptLeft } else { Truncation::Error };
-    let pairs = match prefs {
+    let all = match prefs {
         Preferences::Pairs(p) => p,
         Preferences::RewardBench2(rows) => return run_rows(&a, &rows, &model, truncation),
     };
+    let (range, _) = crate::args::shard_of(a.shard, all.len());
+    let pairs = &all[range.clone()];
     let mut tallies = Tallies::default();
 
     let pairs_per_batch = (a.batch_size / 2).max(1);
@@ -76,14 +88,10 @@ pub fn run(a: ScoreArgs) -> Result<()> {
         let out = a.out.as_ref().expect("clap enforces --out with --resume");
         if out.exists() {
             let text = std::fs::read_to_string(out).with_context(|| format!("{}: cannot read", out.display()))?;
-            let r = resume_point(
-                &text,
-                &pairs,
-                pairs_per_batch,
-                &out.display().to_string(),
-                &a.pairs.display().to_string(),
-            )
-            .map_err(anyhow::Error::msg)?;
+            // Batches follow the whole file's (see below), so a shard resumes after any line.
+            let cut = if a.shard.is_some() { 1 } else { pairs_per_batch };
+            let r = resume_point(&text, pairs, cut, &out.display().to_string(), &a.pairs.display().to_string())
+                .map_err(anyhow::Error::msg)?;
             done = r.done;
             for (p, &margin) in pairs.iter().zip(&r.margins) {
                 tallies.add(p.subset.as_deref(), margin);
@@ -102,21 +110,29 @@ pub fn run(a: ScoreArgs) -> Result<()> {
 
     let mut sink = sink(&a)?;
 
-    let todo = &pairs[done..];
-    let bar = crate::progress::pair_bar("scoring", todo.len() as u64);
-    // One batch at a time: each is written (and flushed) as it finishes.
+    let bar = crate::progress::pair_bar("scoring", (pairs.len() - done) as u64);
+    // One batch at a time, each written (and flushed) as it finishes. Batches are the whole
+    // file's (pairs_per_batch pairs from the first): a pair's reward depends on its batch in the
+    // last bits, so a shard or a resumed run scores the whole batch of its first and last pairs.
     let opts = ScoreOptions { batch_size: a.batch_size, padding: a.padding };
-    for chunk in todo.chunks(pairs_per_batch) {
+    let mut at = range.start + done;
+    while at < range.end {
+        let block =
+            (at / pairs_per_batch * pairs_per_batch)..((at / pairs_per_batch + 1) * pairs_per_batch).min(all.len());
+        let chunk = &all[block.clone()];
         let encoded = model.encode_pairs(chunk, truncation)?;
         let scores = model.score_pair_texts(chunk, &encoded, &opts, &mut |_| {})?;
-        for ((p, e), s) in chunk.iter().zip(&encoded).zip(&scores) {
+        let keep = at..block.end.min(range.end);
+        for i in keep.clone() {
+            let (p, e, s) = (&all[i], &encoded[i - block.start], &scores[i - block.start]);
             reward_lens_report::scoring::finite_rewards(p, s)?;
             let line = ScoreLine::new(p, e, s);
             write_line(&mut sink, &line).with_context(|| format!("{}: cannot write", sink_name(&a)))?;
             tallies.add(p.subset.as_deref(), line.margin as f64);
         }
         sink.flush().with_context(|| format!("{}: cannot write", sink_name(&a)))?;
-        bar.inc(chunk.len() as u64);
+        bar.inc(keep.len() as u64);
+        at = keep.end;
     }
     bar.finish_and_clear();
     drop(sink);
@@ -134,34 +150,45 @@ pub fn run(a: ScoreArgs) -> Result<()> {
 /// chunk of rows at a time (the same chunks on a resumed run, so the bytes are the same).
 fn run_rows(a: &ScoreArgs, rows: &[Rb2Row], model: &RewardModel, truncation: Truncation) -> Result<()> {
     let per_chunk = (a.batch_size / 4).max(1);
-    let ids: Vec<&Value> = rows.iter().map(|r| &r.id).collect();
+    let (range, _) = crate::args::shard_of(a.shard, rows.len());
+    let mine = &rows[range.clone()];
+    let ids: Vec<&Value> = mine.iter().map(|r| &r.id).collect();
     let mut scores: Vec<RowScores> = Vec::new();
     if let (true, Some(out)) = (a.resume, a.out.as_ref().filter(|o| o.exists())) {
         let text = std::fs::read_to_string(out).with_context(|| format!("{}: cannot read", out.display()))?;
         let (input, output) = (a.pairs.display().to_string(), out.display().to_string());
-        let (done, bytes, lines) = resume_rows(&text, &ids, per_chunk, &output, &input).map_err(anyhow::Error::msg)?;
+        // Chunks follow the whole file's (see below), so a shard resumes after any line.
+        let cut = if a.shard.is_some() { 1 } else { per_chunk };
+        let (done, bytes, lines) = resume_rows(&text, &ids, cut, &output, &input).map_err(anyhow::Error::msg)?;
         scores = lines.iter().map(RowScoreLine::scores).collect::<Option<_>>().context("unreadable scores")?;
         OpenOptions::new()
             .write(true)
             .open(out)
             .and_then(|f| f.set_len(bytes as u64))
             .with_context(|| format!("{}: cannot cut off the unfinished chunk", out.display()))?;
-        eprintln!("resuming: {done} of {} rows already scored", rows.len());
+        eprintln!("resuming: {done} of {} rows already scored", mine.len());
     }
     let mut sink = sink(a)?;
-    let bar = crate::progress::count_bar("scoring", (rows.len() - scores.len()) as u64, "rows");
-    for chunk in rows[scores.len()..].chunks(per_chunk) {
-        let s = score_rows(model, chunk, truncation, a.batch_size, a.padding, &mut |_| {})?;
-        for (row, rs) in chunk.iter().zip(&s) {
-            write_line(&mut sink, &RowScoreLine::new(row, rs))
+    let bar = crate::progress::count_bar("scoring", (mine.len() - scores.len()) as u64, "rows");
+    // Chunks of the whole file (per_chunk rows from the first): a completion's reward depends on
+    // its batch in the last bits, so a shard or a resumed run scores whole chunks and keeps its rows.
+    let mut at = range.start + scores.len();
+    while at < range.end {
+        let block = (at / per_chunk * per_chunk)..((at / per_chunk + 1) * per_chunk).min(rows.len());
+        let s = score_rows(model, &rows[block.clone()], truncation, a.batch_size, a.padding, &mut |_| {})?;
+        let keep = at..block.end.min(range.end);
+        for i in keep.clone() {
+            let rs = &s[i - block.start];
+            write_line(&mut sink, &RowScoreLine::new(&rows[i], rs))
                 .with_context(|| format!("{}: cannot write", sink_name(a)))?;
+            scores.push(rs.clone());
         }
         sink.flush().with_context(|| format!("{}: cannot write", sink_name(a)))?;
-        scores.extend(s);
-        bar.inc(chunk.len() as u64);
+        bar.inc(keep.len() as u64);
+        at = keep.end;
     }
     bar.finish_and_clear();
-    let eval = Rb2Eval::new(a.model.name(), summarise(rows, &scores)?);
+    let eval = Rb2Eval::new(a.model.name(), summarise(mine, &scores)?);
     eprint!("{}", rewardbench2_table(std::slice::from_ref(&eval)));
     if let Some(p) = &a.summary {
         std::fs::write(p, serde_json::to_string_pretty(&eval)?)

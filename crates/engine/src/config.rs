@@ -20,7 +20,7 @@ pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
     "LlamaForRewardModelWithGating",
 ];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Architecture {
     Llama,

@@ -58,7 +58,7 @@ pub struct Gradients {
 }
 
 /// What `reward-lens info` prints.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ModelInfo {
     pub architecture: Architecture,
     pub class_name: String,

@@ -16,7 +16,7 @@
 //! no bias), components `embed`, `attn_L{l}`, `mlp_L{l}`. Those do not add up to the reward.
 
 use candle_core::{Device, Tensor};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use reward_lens_engine::{EncodedPair, LinearParams, NormParams, RewardModel};
 
@@ -25,7 +25,7 @@ use crate::stats::{bootstrap_mean, MeanCi};
 use crate::trace::{trace_with_progress, Trace, TraceOptions};
 use crate::Result;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ComponentKind {
     Embed,
@@ -38,7 +38,7 @@ pub enum ComponentKind {
     Resid,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Component {
     pub name: String,
     pub kind: ComponentKind,
@@ -47,7 +47,7 @@ pub struct Component {
 }
 
 /// One side's split of its reward.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SideAttribution {
     pub contributions: Vec<f64>,
     pub bias: f64,
@@ -56,7 +56,7 @@ pub struct SideAttribution {
     pub residual: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PairAttribution {
     pub pair: usize,
     pub chosen: SideAttribution,
@@ -66,7 +66,7 @@ pub struct PairAttribution {
 }
 
 /// One MLP neuron's share of its layer's contribution, averaged over pairs.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NeuronContribution {
     pub name: String,
     pub layer: usize,
@@ -76,7 +76,7 @@ pub struct NeuronContribution {
     pub mean_differential: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AttributionReport {
     pub v1_compat: bool,
     pub components: Vec<Component>,
@@ -321,11 +321,24 @@ fn attribute_with_progress_unchecked(
         let differential = chosen.contributions.iter().zip(&rejected.contributions).map(|(a, b)| a - b).collect();
         out.push(PairAttribution { pair: i, chosen, rejected, differential });
     }
-    let mean_differential = (0..comps.len())
-        .map(|c| bootstrap_mean(&out.iter().map(|p| p.differential[c]).collect::<Vec<_>>(), 0.95, 2000, opts.seed))
-        .collect();
     let top_neurons = if neurons > 0 { top_neurons(model, &traces, &weights, neurons)? } else { Vec::new() };
-    Ok(AttributionReport { v1_compat: opts.v1_compat, components: comps, pairs: out, mean_differential, top_neurons })
+    Ok(summarise(opts.v1_compat, comps, out, top_neurons, opts.seed))
+}
+
+/// The report of per-pair attributions: the means are a function of `pairs` and `seed` alone, so
+/// shards of a run merge into the bytes one run writes. (`top_neurons` needs every pair's MLP
+/// activations, which the per-pair records do not keep: it is passed through.)
+pub fn summarise(
+    v1_compat: bool,
+    components: Vec<Component>,
+    pairs: Vec<PairAttribution>,
+    top_neurons: Vec<NeuronContribution>,
+    seed: u64,
+) -> AttributionReport {
+    let mean_differential = (0..components.len())
+        .map(|c| bootstrap_mean(&pairs.iter().map(|p| p.differential[c]).collect::<Vec<_>>(), 0.95, 2000, seed))
+        .collect();
+    AttributionReport { v1_compat, components, pairs, mean_differential, top_neurons }
 }
 
 /// Per layer, the `k` neurons of largest |mean differential| over the pairs.

@@ -14,7 +14,7 @@
 //! re-scores, and returns the dose–response curve and its least-squares slope.
 
 use candle_core::{Device, Tensor};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use reward_lens_engine::{Hooks, Intervention, Positions, RewardModel, Site};
 
@@ -30,7 +30,7 @@ pub struct ConceptInput {
     pub pairs: Vec<(Vec<u32>, Vec<u32>)>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConceptResult {
     pub name: String,
     pub n_pairs: usize,
@@ -56,13 +56,13 @@ pub struct ConceptResult {
     pub hacking_risk: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConceptReport {
     /// The block whose output the vectors live in.
     pub layer: usize,
     pub d_model: usize,
     /// "readout" (w_r ⊙ γ) or "w_r" (v1-compat).
-    pub reference: &'static str,
+    pub reference: String,
     pub concepts: Vec<ConceptResult>,
     /// Cosine between every two concept vectors.
     pub similarity: Vec<Vec<f64>>,
@@ -173,13 +173,13 @@ fn concepts_unchecked(model: &RewardModel, inputs: &[ConceptInput], opts: &Conce
     Ok(ConceptReport {
         layer,
         d_model: d,
-        reference: if opts.v1_compat { "w_r" } else { "readout" },
+        reference: if opts.v1_compat { "w_r" } else { "readout" }.to_string(),
         concepts: results,
         similarity,
     })
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DoseResponse {
     pub layer: usize,
     pub positions: Positions,

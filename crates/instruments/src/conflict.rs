@@ -13,7 +13,7 @@
 //! row j of `Tᵀ R` (after the reward transform matrix), i.e. the residual stream along that row
 //! ⊙ γ, which is how they are compared here.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use reward_lens_engine::{EncodedPair, PairText, RewardHead, RewardModel};
 
@@ -22,7 +22,7 @@ use crate::stats::random_cosine_p_value;
 use crate::trace::{trace, TraceOptions};
 use crate::{Group, InstrumentError, Result, Term};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Relationship {
     Aligned,
@@ -41,7 +41,7 @@ impl Relationship {
     }
 }
 
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct Thresholds {
     pub aligned: f64,
     pub orthogonal: f64,
@@ -69,7 +69,7 @@ pub fn classify(cos: f64, t: &Thresholds) -> (Relationship, f64) {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TermPair {
     pub term1: String,
     pub term2: String,
@@ -80,7 +80,7 @@ pub struct TermPair {
     pub p_value: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConflictReport {
     pub term_names: Vec<String>,
     /// Unnormalised term directions (mean differences).
@@ -192,7 +192,7 @@ fn learn_term_directions_unchecked(
 }
 
 /// ArmoRM's objectives as terms, and how each lines up with the per-input effective direction.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ObjectiveTerms {
     pub terms: Vec<Term>,
     pub effective_direction_cosines: Option<Vec<f64>>,

@@ -5,7 +5,7 @@
 //! weighs as much as the six code subsets together), and the final score is the mean of the four
 //! sections. Sections with no subset in the file are left out, and the report says so.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::stats::{bootstrap_ci, mean};
 
@@ -56,7 +56,7 @@ pub const REWARDBENCH_SECTIONS: &[(&str, &[(&str, f64)])] = &[
     ),
 ];
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SubsetEval {
     pub subset: String,
     pub n: usize,
@@ -66,7 +66,7 @@ pub struct SubsetEval {
     pub mean_margin: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SectionScore {
     pub section: String,
     pub score: f64,
@@ -74,7 +74,7 @@ pub struct SectionScore {
     pub subsets_missing: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RewardBenchScore {
     pub sections: Vec<SectionScore>,
     /// Mean of the sections present.
@@ -83,7 +83,7 @@ pub struct RewardBenchScore {
     pub complete: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModelEval {
     pub model: String,
     pub n: usize,

@@ -7,16 +7,16 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use reward_lens_engine::{EncodedPair, RewardModel};
 
-use crate::attribution::{attribute, AttributionOptions};
+use crate::attribution::{attribute, AttributionOptions, AttributionReport};
 use crate::patching::{atp, patch, Granularity, PatchOptions, PatchingReport};
 use crate::stats::{bootstrap_mean, spearman, MeanCi};
 use crate::Result;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PairFaithfulness {
     pub pair: usize,
     pub subset: Option<String>,
@@ -26,7 +26,7 @@ pub struct PairFaithfulness {
     pub atp_vs_patch_abs: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Agreement {
     pub dla_vs_patch: MeanCi,
     pub dla_vs_patch_abs: MeanCi,
@@ -34,7 +34,7 @@ pub struct Agreement {
     pub atp_vs_patch_abs: MeanCi,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FaithfulnessReport {
     /// The components ranked (patching's list).
     pub components: Vec<String>,
@@ -86,20 +86,32 @@ fn faithfulness_unchecked(
         pairs,
         &AttributionOptions { heads, batch_size: opts.batch_size, seed: opts.seed, ..Default::default() },
     )?;
+    Ok(combine(patching, attribution_patching, &dla_rep, subsets, opts.seed))
+}
+
+/// The faithfulness of patching, AtP and attribution reports on the same pairs (in the same
+/// order): per pair the four Spearman ρ, then [`summarise`].
+pub fn combine(
+    patching: PatchingReport,
+    attribution_patching: PatchingReport,
+    dla_rep: &AttributionReport,
+    subsets: &[Option<String>],
+    seed: u64,
+) -> FaithfulnessReport {
     let names: Vec<String> = patching.components.iter().map(|c| c.name.clone()).collect();
     let index: Vec<usize> = names
         .iter()
         .map(|n| dla_rep.components.iter().position(|c| &c.name == n).expect("patched components are attributed"))
         .collect();
     let abs = |v: &[f64]| v.iter().map(|x| x.abs()).collect::<Vec<_>>();
-    let mut rows = Vec::with_capacity(pairs.len());
-    let mut dla = Vec::with_capacity(pairs.len());
-    for i in 0..pairs.len() {
+    let mut rows = Vec::with_capacity(patching.pairs.len());
+    let mut dla = Vec::with_capacity(patching.pairs.len());
+    for i in 0..patching.pairs.len() {
         let d: Vec<f64> = index.iter().map(|&k| dla_rep.pairs[i].differential[k]).collect();
         let p = &patching.pairs[i].effects;
         let a = &attribution_patching.pairs[i].effects;
         rows.push(PairFaithfulness {
-            pair: i,
+            pair: patching.pairs[i].pair,
             subset: subsets.get(i).cloned().flatten(),
             dla_vs_patch: spearman(&d, p),
             dla_vs_patch_abs: spearman(&abs(&d), &abs(p)),
@@ -108,13 +120,26 @@ fn faithfulness_unchecked(
         });
         dla.push(d);
     }
-    let overall = agreement(&rows.iter().collect::<Vec<_>>(), opts.seed);
+    summarise(names, rows, patching, attribution_patching, dla, seed)
+}
+
+/// The report of per-pair records: the agreements (overall and per subset) are a function of
+/// `pairs` and `seed` alone, so shards of a run merge into the bytes one run writes.
+pub fn summarise(
+    components: Vec<String>,
+    pairs: Vec<PairFaithfulness>,
+    patching: PatchingReport,
+    attribution_patching: PatchingReport,
+    dla: Vec<Vec<f64>>,
+    seed: u64,
+) -> FaithfulnessReport {
+    let overall = agreement(&pairs.iter().collect::<Vec<_>>(), seed);
     let mut groups: BTreeMap<String, Vec<&PairFaithfulness>> = BTreeMap::new();
-    for r in &rows {
+    for r in &pairs {
         if let Some(s) = &r.subset {
             groups.entry(s.clone()).or_default().push(r);
         }
     }
-    let subsets = groups.into_iter().map(|(k, v)| (k, agreement(&v, opts.seed))).collect();
-    Ok(FaithfulnessReport { components: names, pairs: rows, overall, subsets, patching, attribution_patching, dla })
+    let subsets = groups.into_iter().map(|(k, v)| (k, agreement(&v, seed))).collect();
+    FaithfulnessReport { components, pairs, overall, subsets, patching, attribution_patching, dla }
 }

@@ -43,7 +43,7 @@ pub enum LensKind {
 }
 
 /// One sequence's lens values at each point (length L + 1).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LensCurves {
     pub normed: Vec<f64>,
     pub frozen: Vec<f64>,
@@ -70,7 +70,7 @@ impl LensCurves {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PairLens {
     pub pair: usize,
     pub chosen: LensCurves,
@@ -83,7 +83,7 @@ pub struct PairLens {
     pub crystallization_fraction: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LensReport {
     pub kind: LensKind,
     /// v1.0 semantics: raw projection and v1.0's crystallization rule.
@@ -179,24 +179,30 @@ fn lens_with_progress_unchecked(
             crystallization_fraction: (layer + 1) as f64 / n_layers as f64,
         });
     }
+    Ok(summarise(kind, opts.v1_compat, n_layers, out, opts.seed))
+}
+
+/// The report of per-pair lens records: every aggregate is a function of `pairs` and `seed`
+/// alone, so shards of a run merge into the bytes one run writes.
+pub fn summarise(kind: LensKind, v1_compat: bool, n_layers: usize, pairs: Vec<PairLens>, seed: u64) -> LensReport {
     let points = n_layers + 1;
-    let column = |f: &dyn Fn(&PairLens) -> f64| -> Vec<f64> { out.iter().map(f).collect() };
+    let column = |f: &dyn Fn(&PairLens) -> f64| -> Vec<f64> { pairs.iter().map(f).collect() };
     let mean_differential =
-        (0..points).map(|p| bootstrap_mean(&column(&|x| x.differential[p]), 0.95, 2000, opts.seed)).collect();
+        (0..points).map(|p| bootstrap_mean(&column(&|x| x.differential[p]), 0.95, 2000, seed)).collect();
     let mean = |xs: Vec<f64>| xs.iter().sum::<f64>() / xs.len().max(1) as f64;
     let mean_chosen = (0..points).map(|p| mean(column(&|x| x.chosen.get(kind)[p]))).collect();
     let mean_rejected = (0..points).map(|p| mean(column(&|x| x.rejected.get(kind)[p]))).collect();
-    let crystallization_fraction = bootstrap_mean(&column(&|x| x.crystallization_fraction), 0.95, 2000, opts.seed);
-    Ok(LensReport {
+    let crystallization_fraction = bootstrap_mean(&column(&|x| x.crystallization_fraction), 0.95, 2000, seed);
+    LensReport {
         kind,
-        v1_compat: opts.v1_compat,
+        v1_compat,
         layers: (-1..n_layers as i64).collect(),
-        pairs: out,
+        pairs,
         mean_differential,
         mean_chosen,
         mean_rejected,
         crystallization_fraction,
-    })
+    }
 }
 
 #[cfg(test)]

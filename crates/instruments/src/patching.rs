@@ -117,7 +117,7 @@ impl Default for PatchOptions {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PatchComponent {
     pub name: String,
     pub kind: ComponentKind,
@@ -127,7 +127,7 @@ pub struct PatchComponent {
     pub offset: Option<usize>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PairPatching {
     pub pair: usize,
     pub original_margin: f64,
@@ -137,7 +137,7 @@ pub struct PairPatching {
     pub len_rejected: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PatchingReport {
     pub mode: PatchMode,
     pub granularity: Granularity,
@@ -173,19 +173,28 @@ impl PatchingReport {
         pairs: Vec<PairPatching>,
         fe: f64,
     ) -> Self {
-        let mean_effect = (0..components.len())
-            .map(|c| bootstrap_mean(&pairs.iter().map(|p| p.effects[c]).collect::<Vec<_>>(), 0.95, 2000, opts.seed))
-            .collect();
-        Self {
+        let mut r = Self {
             mode: opts.mode,
             granularity: opts.granularity,
             align,
             positions: opts.positions,
             components,
-            pairs,
-            mean_effect,
+            pairs: Vec::new(),
+            mean_effect: Vec::new(),
             forward_equivalents_per_pair: fe,
-        }
+        };
+        r.summarise(pairs, fe, opts.seed);
+        r
+    }
+
+    /// This report's frame (mode, components, …) over `pairs`: the means are a function of the
+    /// per-pair records and `seed` alone, so shards of a run merge into the bytes one run writes.
+    pub fn summarise(&mut self, pairs: Vec<PairPatching>, forward_equivalents_per_pair: f64, seed: u64) {
+        self.mean_effect = (0..self.components.len())
+            .map(|c| bootstrap_mean(&pairs.iter().map(|p| p.effects[c]).collect::<Vec<_>>(), 0.95, 2000, seed))
+            .collect();
+        self.pairs = pairs;
+        self.forward_equivalents_per_pair = forward_equivalents_per_pair;
     }
 }
 

@@ -11,7 +11,7 @@
 //! and d ≥ 0.5 (the model reliably pays for the bias, by at least a medium effect), `penalized`
 //! when q < 0.05 and d ≤ −0.5, `no_evidence` otherwise, `undefined` when d is.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use reward_lens_engine::{EncodedPair, PaddingSide, RewardModel, ScoreOptions};
 
@@ -38,7 +38,7 @@ pub struct ProbeInput {
     pub biased: Vec<u32>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     Exploitable,
@@ -47,7 +47,7 @@ pub enum Verdict {
     Undefined,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProbeScore {
     pub id: String,
     pub dimension: String,
@@ -57,7 +57,7 @@ pub struct ProbeScore {
     pub added_tokens: i64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DimensionResult {
     pub dimension: String,
     pub n: usize,
@@ -76,7 +76,7 @@ pub struct DimensionResult {
     pub slope_per_100_tokens: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProbeReport {
     pub alpha: f64,
     pub min_effect: f64,

@@ -3,10 +3,10 @@
 //! come out as a number (ranks would otherwise turn all-NaN inputs into ρ = +1).
 
 use reward_lens_engine::synth::Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A mean with a percentile bootstrap interval. `ci` is None when n < 2.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MeanCi {
     pub n: usize,
     pub mean: Option<f64>,
@@ -72,7 +72,7 @@ pub fn t_interval(xs: &[f64]) -> MeanCi {
 }
 
 /// A rank correlation with its permutation p-value.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Correlation {
     pub n: usize,
     pub spearman: Option<f64>,

@@ -19,6 +19,13 @@ pub struct Fingerprint {
     /// Every option that can change the output, as the run saw them.
     pub options: serde_json::Value,
     pub input: String,
+    /// With `--shard K/N`: which pairs of the input this output holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<crate::shards::ShardRecord>,
+    /// What `merge` needs to recompute the run's aggregates from its shards (the names and seed
+    /// the single run's summary uses); null when the output is complete in itself.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub aggregate: serde_json::Value,
 }
 
 /// FNV-1a, 64 bits: stable across platforms and releases (unlike std's hasher), and enough to
@@ -140,6 +147,10 @@ pub fn guard(out: &Path, fp: &Fingerprint, resume: bool) -> Result<(), ReportErr
         }
         if old.input != fp.input {
             differs.push("the input file's contents differ".to_string());
+        }
+        if old.shard != fp.shard {
+            let name = |s: &Option<crate::shards::ShardRecord>| s.map_or("none".to_string(), |s| s.name());
+            differs.push(format!("the shard differs ({} then, {} now)", name(&old.shard), name(&fp.shard)));
         }
         if !differs.is_empty() {
             return Err(ReportError::Invalid(format!(

@@ -10,6 +10,7 @@ pub mod fingerprint;
 pub mod model_info;
 pub mod perpair;
 pub mod scoring;
+pub mod shards;
 pub mod text;
 
 pub use audit::{

@@ -73,6 +73,11 @@ impl ScoreLine {
     }
 }
 
+/// A score line's margin as the run tallied it (the f32 it printed, widened).
+pub fn line_margin(v: &Value) -> Option<f64> {
+    v.get("margin").and_then(Value::as_f64).map(|m| m as f32 as f64)
+}
+
 /// Accuracy of a set of pairs (ties count as incorrect).
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Accuracy {
@@ -251,7 +256,9 @@ pub fn resume_point(
                 p.id
             ));
         }
-        kept.push((line.len(), v.get("margin").and_then(Value::as_f64).unwrap_or(0.0)));
+        // The line's margin is an f32: read it back as one, so the tallies equal a run's that
+        // added `margin as f64` (the f64 nearest the printed digits is not that value).
+        kept.push((line.len(), line_margin(&v).unwrap_or(0.0)));
     }
     let done = if kept.len() == pairs.len() { kept.len() } else { kept.len() - kept.len() % pairs_per_batch.max(1) };
     Ok(ResumePoint {

@@ -19,19 +19,20 @@ use candle_core::DeviceLocation;
 use reward_lens_engine::{
     DType, Device, EngineError, LoadOptions, PaddingSide, PairText, RewardModel, Rng, ScoreOptions, Truncation,
 };
-use reward_lens_instruments::attribution::{attribute, AttributionOptions};
+use reward_lens_instruments::attribution::{attribute, summarise as attribution_summary, AttributionOptions};
 use reward_lens_instruments::concepts::{concepts, ConceptInput, ConceptOptions};
 use reward_lens_instruments::conflict::{analyze, learn_term_directions, objective_terms, Thresholds};
 use reward_lens_instruments::evaluation::evaluate;
-use reward_lens_instruments::faithfulness::faithfulness;
-use reward_lens_instruments::lens::{lens, LensKind, LensOptions};
-use reward_lens_instruments::patching::{PatchOptions, PatchingReport};
+use reward_lens_instruments::lens::{lens, summarise as lens_summary, LensKind, LensOptions};
+use reward_lens_instruments::patching::{atp, patch, PatchOptions, PatchingReport};
 use reward_lens_instruments::probes::{probe, ProbeInput, ProbeOptions};
 use reward_lens_instruments::stats::{benjamini_hochberg, bootstrap_mean, MeanCi};
 
 use crate::datasets;
 use crate::error::{ReportError, Result};
+use crate::shards::Shard;
 pub use html::SECTION_IDS;
+pub use results::{AuditPart, WholeRun};
 pub use results::{AuditResults, Finding, Severity};
 use results::{AuditSetup, Conflicts, LayerGrid, LensBands, PairExample, PairScore, StageTiming};
 
@@ -180,6 +181,18 @@ pub const STAGES: &[&str] = &[
 
 /// Runs the audit: every stage of [`STAGES`], `progress` told as each starts.
 pub fn run_audit(inputs: &AuditInputs, progress: &mut dyn Progress) -> Result<AuditResults> {
+    let start = Instant::now();
+    let part = run_audit_shard(inputs, None, progress)?;
+    let mut res = assemble(vec![part])?;
+    res.total_seconds = start.elapsed().as_secs_f64();
+    Ok(res)
+}
+
+/// One shard's audit (`None`: the whole audit as one part): the per-pair stages (evaluation,
+/// lens, attribution, patching, AtP, faithfulness) on the shard's range of the audited pairs,
+/// and — in shard 0 only — the stages over whole input sets (probes, concepts, conflicts, CART),
+/// which do not split by pair. [`assemble`] turns the parts into the results.
+pub fn run_audit_shard(inputs: &AuditInputs, shard: Option<Shard>, progress: &mut dyn Progress) -> Result<AuditPart> {
     let o = &inputs.options;
     if o.batch_size == 0 {
         return Err(ReportError::Invalid("--batch-size must be at least 1".into()));
@@ -202,7 +215,6 @@ pub fn run_audit(inputs: &AuditInputs, progress: &mut dyn Progress) -> Result<Au
     let opts = LoadOptions { dtype: o.dtype, device: o.device.clone() };
     let model = RewardModel::load(&inputs.model_dir, &opts)
         .map_err(|source| ReportError::Model { dir: inputs.model_dir.clone(), source })?;
-    let info = model.info();
     let n_layers = model.config.n_layers;
 
     // Inputs: pairs (seeded sample), probes, concepts.
@@ -210,16 +222,209 @@ pub fn run_audit(inputs: &AuditInputs, progress: &mut dyn Progress) -> Result<Au
     let source = inputs.pairs.name();
     let all_pairs = inputs.pairs.load()?;
     let pairs = sample(&all_pairs, o.max_pairs, o.seed);
+    let m = pairs.len();
+    let whole_run_stages = shard.is_none_or(|s| s.index == 0);
+    // A shard computes its range widened to the batches one run forms (scoring: batch/2 pairs;
+    // traces: batch sequences), so that every number it keeps has the same bits.
+    let align = lcm((o.batch_size / 2).max(1), crate::shards::pairs_per_trace_block(o.batch_size));
+    let (range, window) = shard.map_or((0..m, 0..m), |s| (s.range(m), s.window(m, align)));
     let truncation = if o.truncate_prompt { Truncation::DropPromptLeft } else { Truncation::Error };
-    let encoded = model.encode_pairs(&pairs, truncation)?;
-    let subsets: Vec<Option<String>> = pairs.iter().map(|p| p.subset.clone()).collect();
+    // Conflicts (a whole-run stage) read every pair; the per-pair stages only the window.
+    let (all_encoded, encoded) = if whole_run_stages {
+        let all = model.encode_pairs(&pairs, truncation)?;
+        let window_part = all[window.clone()].to_vec();
+        (all, window_part)
+    } else {
+        (Vec::new(), model.encode_pairs(&pairs[window.clone()], truncation)?)
+    };
+    let in_range = range.start - window.start..range.end - window.start;
+    let subsets: Vec<Option<String>> = pairs[range.clone()].iter().map(|p| p.subset.clone()).collect();
+    let mut skipped: Vec<String> = Vec::new();
+    let (probe_inputs, concept_inputs) =
+        if whole_run_stages { whole_run_inputs(inputs, &model, truncation, &mut skipped)? } else { Default::default() };
+
+    // 2. Evaluation.
+    stage(2, &mut timings);
+    let score_opts = ScoreOptions { batch_size: o.batch_size, padding: PaddingSide::Right };
+    let raw = model.score_pair_texts(&pairs[window.clone()], &encoded, &score_opts, &mut |_| {})?;
+    // A NaN reward would turn into "worse than chance" findings: name the pair instead.
+    for (p, s) in pairs[range.clone()].iter().zip(&raw[in_range.clone()]) {
+        crate::scoring::finite_rewards(p, s)?;
+    }
+    let scores: Vec<PairScore> = raw[in_range.clone()]
+        .iter()
+        .zip(&pairs[range.clone()])
+        .map(|(s, p)| {
+            let (c, r) = (s.chosen as f64, s.rejected as f64);
+            PairScore { id: p.id.clone(), subset: p.subset.clone(), chosen: c, rejected: r, margin: c - r }
+        })
+        .collect();
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[a].margin.total_cmp(&scores[b].margin));
+    let worst_candidates: Vec<(usize, PairExample)> = order
+        .iter()
+        .take(WORST_PAIRS)
+        .map(|&i| {
+            let p = &pairs[range.start + i];
+            let example = PairExample {
+                id: p.id.clone(),
+                subset: p.subset.clone(),
+                prompt: shorten(&p.prompt, 240),
+                chosen: shorten(&p.chosen, 240),
+                rejected: shorten(&p.rejected, 240),
+                margin: scores[i].margin,
+            };
+            (range.start + i, example)
+        })
+        .collect();
+
+    // 3. Reward lens.
+    stage(3, &mut timings);
+    let lens_window = lens(
+        &model,
+        &encoded,
+        &LensOptions { kind: LensKind::Normed, v1_compat: false, batch_size: o.batch_size, seed: o.seed },
+    )?;
+    let lens_pairs = keep(lens_window.pairs, &in_range, |p| &mut p.pair, window.start);
+    let lens_rep = lens_summary(lens_window.kind, false, n_layers, lens_pairs, o.seed);
+
+    // 4. Exact attribution (sublayers, the components patching uses).
+    stage(4, &mut timings);
+    let attribution_window = attribute(
+        &model,
+        &encoded,
+        &AttributionOptions { heads: false, neurons: 0, v1_compat: false, batch_size: o.batch_size, seed: o.seed },
+    )?;
+    let attribution_pairs = keep(attribution_window.pairs, &in_range, |p| &mut p.pair, window.start);
+    let attribution = attribution_summary(false, attribution_window.components, attribution_pairs, Vec::new(), o.seed);
+
+    // 5. Activation patching, AtP and their faithfulness. Patching goes pair by pair; its DLA is
+    // the attribution above (the same options, so the same numbers).
+    stage(5, &mut timings);
+    let popts = PatchOptions { batch_size: o.batch_size, seed: o.seed, ..Default::default() };
+    let mine = &encoded[in_range.clone()];
+    let renumber = |mut r: PatchingReport| {
+        r.pairs.iter_mut().for_each(|p| p.pair += range.start);
+        r
+    };
+    let patching = renumber(patch(&model, mine, &popts)?);
+    let attribution_patching = renumber(atp(&model, mine, &popts)?);
+    let faith =
+        reward_lens_instruments::faithfulness::combine(patching, attribution_patching, &attribution, &subsets, o.seed);
+    reward_lens_instruments::finite::ensure_finite("faithfulness", &faith)?;
+
+    let whole_run = if whole_run_stages {
+        Some(whole_run_part(
+            inputs,
+            &model,
+            (&all_pairs, &pairs, &all_encoded),
+            (probe_inputs, concept_inputs),
+            &mut |i| stage(i, &mut timings),
+            truncation,
+        )?)
+    } else {
+        for i in 6..10 {
+            stage(i, &mut timings);
+        }
+        None
+    };
+    stage(10, &mut timings);
+    let setup = whole_run.as_ref().map(|_| AuditSetup {
+        model: inputs.model_name.clone(),
+        model_dir: inputs.model_dir.display().to_string(),
+        pairs_source: source,
+        pairs_total: all_pairs.len(),
+        pairs_used: m,
+        probes_source: if inputs.probes.is_empty() {
+            "built-in (data/probes)".into()
+        } else {
+            paths_text(&inputs.probes)
+        },
+        n_probes: 0,
+        concepts_source: if inputs.concepts.is_empty() {
+            "built-in (data/concepts)".into()
+        } else {
+            paths_text(&inputs.concepts)
+        },
+        n_concepts: 0,
+        skipped,
+        seed: o.seed,
+        max_pairs: o.max_pairs,
+        batch_size: o.batch_size,
+        permutations: o.permutations,
+        dtype: format!("{:?}", o.dtype).to_lowercase(),
+        device: device_name(&o.device),
+        patching: format!(
+            "{:?} mode, {:?} granularity, {:?} alignment, {:?} positions",
+            faith.patching.mode, faith.patching.granularity, faith.patching.align, faith.patching.positions
+        )
+        .to_lowercase(),
+        bootstrap_resamples: BOOTSTRAP_RESAMPLES,
+    });
+    let whole_run = whole_run.zip(setup).map(|(mut w, mut setup)| {
+        (setup.n_probes, setup.n_concepts) = (w.n_probes, w.n_concepts);
+        w.setup = Some(setup);
+        w.model = Some(model.info());
+        w
+    });
+    Ok(AuditPart {
+        shard: shard.map(|s| s.record(m)),
+        scores,
+        worst_candidates,
+        lens: lens_rep,
+        attribution,
+        faithfulness: faith,
+        whole_run,
+        timings,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// The pairs shown as the model's worst mistakes.
+const WORST_PAIRS: usize = 5;
+
+fn lcm(a: usize, b: usize) -> usize {
+    fn gcd(a: usize, b: usize) -> usize {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    a / gcd(a, b).max(1) * b
+}
+
+/// The records of `range` (indices into a window starting at pair `first`), numbered by their
+/// place in the whole run.
+fn keep<T>(
+    records: Vec<T>,
+    range: &std::ops::Range<usize>,
+    pair: impl Fn(&mut T) -> &mut usize,
+    first: usize,
+) -> Vec<T> {
+    records
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| range.contains(i))
+        .map(|(_, mut r)| {
+            *pair(&mut r) += first;
+            r
+        })
+        .collect()
+}
+
+/// Probes and concepts, encoded; those that do not fit the model's context (after
+/// --truncate-prompt) are left out and listed in `skipped`; anything else wrong is an error.
+fn whole_run_inputs(
+    inputs: &AuditInputs,
+    model: &RewardModel,
+    truncation: Truncation,
+    skipped: &mut Vec<String>,
+) -> Result<(Vec<ProbeInput>, Vec<ConceptInput>)> {
     let probe_texts = datasets::read_probes(&inputs.probes)?;
     if probe_texts.is_empty() {
         return Err(ReportError::Invalid(format!("no probes found in {}", paths_text(&inputs.probes))));
     }
-    // Probes and concept pairs that do not fit the model's context (after --truncate-prompt) are
-    // left out and listed in the results; anything else wrong with them is an error.
-    let mut skipped: Vec<String> = Vec::new();
     let mut fit = |prompt: &str, response: &str, what: &str| -> Result<Option<Vec<u32>>> {
         match model.encode(prompt, response, truncation) {
             Ok(e) => Ok(Some(e.ids)),
@@ -264,101 +469,40 @@ pub fn run_audit(inputs: &AuditInputs, progress: &mut dyn Progress) -> Result<Au
             skipped.len()
         )));
     }
+    Ok((probe_inputs, concept_inputs))
+}
 
-    // 2. Evaluation.
-    stage(2, &mut timings);
-    let score_opts = ScoreOptions { batch_size: o.batch_size, padding: PaddingSide::Right };
-    let raw = model.score_pair_texts(&pairs, &encoded, &score_opts, &mut |_| {})?;
-    // A NaN reward would turn into "worse than chance" findings: name the pair instead.
-    for (p, s) in pairs.iter().zip(&raw) {
-        crate::scoring::finite_rewards(p, s)?;
-    }
-    let scores: Vec<PairScore> = raw
-        .into_iter()
-        .zip(&pairs)
-        .map(|(s, p)| {
-            let (c, r) = (s.chosen as f64, s.rejected as f64);
-            PairScore { id: p.id.clone(), subset: p.subset.clone(), chosen: c, rejected: r, margin: c - r }
-        })
-        .collect();
-    let margins: Vec<f64> = scores.iter().map(|s| s.margin).collect();
-    let mut order: Vec<usize> = (0..pairs.len()).collect();
-    order.sort_by(|&a, &b| margins[a].total_cmp(&margins[b]));
-    let worst_pairs: Vec<PairExample> = order
-        .iter()
-        .take(5)
-        .map(|&i| PairExample {
-            id: pairs[i].id.clone(),
-            subset: pairs[i].subset.clone(),
-            prompt: shorten(&pairs[i].prompt, 240),
-            chosen: shorten(&pairs[i].chosen, 240),
-            rejected: shorten(&pairs[i].rejected, 240),
-            margin: margins[i],
-        })
-        .collect();
-    let evaluation = evaluate(&inputs.model_name, &margins, &subsets, o.seed);
-    let mean_margin = bootstrap_mean(&margins, 0.95, BOOTSTRAP_RESAMPLES, o.seed);
-
-    // 3. Reward lens.
-    stage(3, &mut timings);
-    let lens_rep = lens(
-        &model,
-        &encoded,
-        &LensOptions { kind: LensKind::Normed, v1_compat: false, batch_size: o.batch_size, seed: o.seed },
-    )?;
-
-    let column = |f: &dyn Fn(&reward_lens_instruments::lens::PairLens) -> f64| -> Vec<f64> {
-        lens_rep.pairs.iter().map(f).collect()
-    };
-    let lens_bands = LensBands {
-        chosen: (0..=n_layers)
-            .map(|k| bootstrap_mean(&column(&|p| p.chosen.normed[k]), 0.95, BOOTSTRAP_RESAMPLES, o.seed))
-            .collect(),
-        rejected: (0..=n_layers)
-            .map(|k| bootstrap_mean(&column(&|p| p.rejected.normed[k]), 0.95, BOOTSTRAP_RESAMPLES, o.seed))
-            .collect(),
-    };
-
-    // 4. Exact attribution (sublayers, the components patching uses).
-    stage(4, &mut timings);
-    let attribution = attribute(
-        &model,
-        &encoded,
-        &AttributionOptions { heads: false, neurons: 0, v1_compat: false, batch_size: o.batch_size, seed: o.seed },
-    )?;
-
-    // 5. Activation patching, AtP and their faithfulness (one call runs all three).
-    stage(5, &mut timings);
-    let popts = PatchOptions { batch_size: o.batch_size, seed: o.seed, ..Default::default() };
-    let faith = faithfulness(&model, &encoded, &subsets, &popts)?;
-    let patching_by_layer = grid(&faith.patching, n_layers);
-    let atp_by_layer = grid(&faith.attribution_patching, n_layers);
-    let dla_by_layer = LayerGrid {
-        layers: (0..n_layers).collect(),
-        attention: (0..n_layers).map(|l| component_mean(&attribution, &format!("attn.{l}"))).collect(),
-        mlp: (0..n_layers).map(|l| component_mean(&attribution, &format!("mlp.{l}"))).collect(),
-    };
-
+/// Stages 6–9, over whole input sets: probes, concepts, conflicts between subsets (and ArmoRM
+/// objectives), CART's tail circuits.
+fn whole_run_part(
+    inputs: &AuditInputs,
+    model: &RewardModel,
+    (all_pairs, pairs, encoded): (&[PairText], &[PairText], &[reward_lens_engine::EncodedPair]),
+    (probe_inputs, concept_inputs): (Vec<ProbeInput>, Vec<ConceptInput>),
+    stage: &mut dyn FnMut(usize),
+    truncation: Truncation,
+) -> Result<WholeRun> {
+    let o = &inputs.options;
     // 6. Probes.
-    stage(6, &mut timings);
+    stage(6);
     let probes = probe(
-        &model,
+        model,
         &probe_inputs,
         &ProbeOptions { batch_size: o.batch_size, seed: o.seed, permutations: o.permutations },
     )?;
 
     // 7. Concepts.
-    stage(7, &mut timings);
+    stage(7);
     let concept_rep =
-        concepts(&model, &concept_inputs, &ConceptOptions { layer: None, v1_compat: false, batch_size: o.batch_size })?;
+        concepts(model, &concept_inputs, &ConceptOptions { layer: None, v1_compat: false, batch_size: o.batch_size })?;
     let concept_q_values = benjamini_hochberg(&concept_rep.concepts.iter().map(|c| c.p_value).collect::<Vec<_>>());
 
     // 8. Conflicts between subsets (and ArmoRM objectives).
-    stage(8, &mut timings);
-    let groups = reward_lens_instruments::conflict::group_pairs(&pairs, &encoded, "subset");
+    stage(8);
+    let groups = reward_lens_instruments::conflict::group_pairs(pairs, encoded, "subset");
     let t = Thresholds::default();
     let (terms, note) = if groups.len() >= 2 {
-        (Some(analyze(&learn_term_directions(&model, &groups, None, o.batch_size)?, &t)), None)
+        (Some(analyze(&learn_term_directions(model, &groups, None, o.batch_size)?, &t)), None)
     } else {
         (None, Some(format!("{} subset(s) in the pairs; conflicts need at least two", groups.len())))
     };
@@ -366,7 +510,7 @@ pub fn run_audit(inputs: &AuditInputs, progress: &mut dyn Progress) -> Result<Au
         .as_ref()
         .map_or(Vec::new(), |t| benjamini_hochberg(&t.pairs.iter().map(|p| p.p_value).collect::<Vec<_>>()));
     let chosen: Vec<Vec<u32>> = encoded.iter().map(|p| p.chosen.clone()).collect();
-    let objectives = objective_terms(&model, &chosen, o.batch_size)?.map(|ot| {
+    let objectives = objective_terms(model, &chosen, o.batch_size)?.map(|ot| {
         let mut r = analyze(&ot.terms, &t);
         r.effective_direction_cosines = ot.effective_direction_cosines;
         r
@@ -374,48 +518,113 @@ pub fn run_audit(inputs: &AuditInputs, progress: &mut dyn Progress) -> Result<Au
     let conflicts = Conflicts { group_by: "subset".into(), terms, q_values, objectives, note };
 
     // 9. CART: the circuits the tail pairs run through, and the bound's ingredients.
-    stage(9, &mut timings);
-    let cart = cart_section(&model, &all_pairs, &inputs.tail_subsets, o, truncation)?;
-
-    // Results, findings, files.
-    stage(10, &mut timings);
-    let setup = AuditSetup {
-        model: inputs.model_name.clone(),
-        model_dir: inputs.model_dir.display().to_string(),
-        pairs_source: source,
-        pairs_total: all_pairs.len(),
-        pairs_used: pairs.len(),
-        probes_source: if inputs.probes.is_empty() {
-            "built-in (data/probes)".into()
-        } else {
-            paths_text(&inputs.probes)
-        },
+    stage(9);
+    let cart = cart_section(model, all_pairs, &inputs.tail_subsets, o, truncation)?;
+    Ok(WholeRun {
+        setup: None,
+        model: None,
         n_probes: probe_inputs.len(),
-        concepts_source: if inputs.concepts.is_empty() {
-            "built-in (data/concepts)".into()
-        } else {
-            paths_text(&inputs.concepts)
-        },
         n_concepts: concept_inputs.len(),
-        skipped,
-        seed: o.seed,
-        max_pairs: o.max_pairs,
-        batch_size: o.batch_size,
-        permutations: o.permutations,
-        dtype: format!("{:?}", o.dtype).to_lowercase(),
-        device: device_name(&o.device),
-        patching: format!(
-            "{:?} mode, {:?} granularity, {:?} alignment, {:?} positions",
-            faith.patching.mode, faith.patching.granularity, faith.patching.align, faith.patching.positions
-        )
-        .to_lowercase(),
-        bootstrap_resamples: BOOTSTRAP_RESAMPLES,
+        probes,
+        concepts: concept_rep,
+        concept_q_values,
+        conflicts,
+        cart,
+        answer_key: inputs.answer_key.clone(),
+    })
+}
+
+/// The results of an audit's parts (shards in index order, or the one part of a whole run):
+/// every aggregate recomputed from the per-pair records with the run's seed, then the findings.
+/// Timings: each stage's seconds summed over the parts.
+pub fn assemble(parts: Vec<AuditPart>) -> Result<AuditResults> {
+    let missing = || ReportError::Invalid("the first part of an audit lacks its whole-run stages (shard 0)".into());
+    let mut parts = parts.into_iter();
+    let mut first = parts.next().ok_or_else(missing)?;
+    let whole = first.whole_run.take().ok_or_else(missing)?;
+    let (setup, info) = (whole.setup.ok_or_else(missing)?, whole.model.ok_or_else(missing)?);
+    let seed = setup.seed;
+    let n_layers = info.n_layers;
+    let mut scores = Vec::new();
+    let mut worst = Vec::new();
+    let mut lens_pairs = Vec::new();
+    let mut attribution_pairs = Vec::new();
+    let (mut rows, mut patch_pairs, mut atp_pairs, mut dla) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // Compute per pair: layer passes (patching) and forward passes (AtP), whole numbers that
+    // each part's mean over its pairs gives back exactly.
+    let (mut patch_passes, mut atp_passes) = (0.0f64, 0.0f64);
+    let mut timings: Vec<StageTiming> = Vec::new();
+    let mut seconds = 0.0;
+    let (patching_frame, atp_frame, components) = (
+        first.faithfulness.patching.clone(),
+        first.faithfulness.attribution_patching.clone(),
+        first.attribution.components.clone(),
+    );
+    for p in std::iter::once(first).chain(parts) {
+        if p.whole_run.is_some() {
+            return Err(ReportError::Invalid("two parts of one audit hold the whole-run stages".into()));
+        }
+        let n = p.scores.len() as f64;
+        let f = p.faithfulness;
+        patch_passes += (f.patching.forward_equivalents_per_pair * n_layers as f64 * n).round();
+        atp_passes += (f.attribution_patching.forward_equivalents_per_pair * n).round();
+        scores.extend(p.scores);
+        worst.extend(p.worst_candidates);
+        lens_pairs.extend(p.lens.pairs);
+        attribution_pairs.extend(p.attribution.pairs);
+        rows.extend(f.pairs);
+        patch_pairs.extend(f.patching.pairs);
+        atp_pairs.extend(f.attribution_patching.pairs);
+        dla.extend(f.dla);
+        for t in p.timings {
+            match timings.iter_mut().find(|x| x.stage == t.stage) {
+                Some(x) => x.seconds += t.seconds,
+                None => timings.push(t),
+            }
+        }
+        seconds += p.seconds;
+    }
+    let m = scores.len();
+    let margins: Vec<f64> = scores.iter().map(|s| s.margin).collect();
+    let subsets: Vec<Option<String>> = scores.iter().map(|s| s.subset.clone()).collect();
+    // Stable: equal margins keep file order, as a sort over all pairs does.
+    worst.sort_by(|a, b| a.1.margin.total_cmp(&b.1.margin));
+    let worst_pairs: Vec<PairExample> = worst.into_iter().take(WORST_PAIRS).map(|w| w.1).collect();
+    let evaluation = evaluate(&setup.model, &margins, &subsets, seed);
+    let mean_margin = bootstrap_mean(&margins, 0.95, BOOTSTRAP_RESAMPLES, seed);
+    let lens_rep = lens_summary(LensKind::Normed, false, n_layers, lens_pairs, seed);
+    let column = |f: &dyn Fn(&reward_lens_instruments::lens::PairLens) -> f64| -> Vec<f64> {
+        lens_rep.pairs.iter().map(f).collect()
+    };
+    let lens_bands = LensBands {
+        chosen: (0..=n_layers)
+            .map(|k| bootstrap_mean(&column(&|p| p.chosen.normed[k]), 0.95, BOOTSTRAP_RESAMPLES, seed))
+            .collect(),
+        rejected: (0..=n_layers)
+            .map(|k| bootstrap_mean(&column(&|p| p.rejected.normed[k]), 0.95, BOOTSTRAP_RESAMPLES, seed))
+            .collect(),
+    };
+    let attribution = attribution_summary(false, components, attribution_pairs, Vec::new(), seed);
+    // The instruments' own arithmetic: layer passes / n_layers / pairs, and passes / pairs.
+    let mut patching = patching_frame;
+    patching.summarise(patch_pairs, patch_passes / n_layers as f64 / m.max(1) as f64, seed);
+    let mut attribution_patching = atp_frame;
+    attribution_patching.summarise(atp_pairs, atp_passes / m.max(1) as f64, seed);
+    let names: Vec<String> = patching.components.iter().map(|c| c.name.clone()).collect();
+    let faith =
+        reward_lens_instruments::faithfulness::summarise(names, rows, patching, attribution_patching, dla, seed);
+    let patching_by_layer = grid(&faith.patching, n_layers);
+    let atp_by_layer = grid(&faith.attribution_patching, n_layers);
+    let dla_by_layer = LayerGrid {
+        layers: (0..n_layers).collect(),
+        attention: (0..n_layers).map(|l| component_mean(&attribution, &format!("attn.{l}"))).collect(),
+        mlp: (0..n_layers).map(|l| component_mean(&attribution, &format!("mlp.{l}"))).collect(),
     };
     let mut res = AuditResults {
         reward_lens_version: env!("CARGO_PKG_VERSION").into(),
         inputs: setup,
         timings: Vec::new(),
-        total_seconds: 0.0,
+        total_seconds: seconds,
         findings: Vec::new(),
         model: info,
         scores,
@@ -429,17 +638,16 @@ pub fn run_audit(inputs: &AuditInputs, progress: &mut dyn Progress) -> Result<Au
         patching_by_layer,
         atp_by_layer,
         dla_by_layer,
-        probes,
-        concepts: concept_rep,
-        concept_q_values,
-        cart,
-        conflicts,
-        answer_key: inputs.answer_key.clone(),
+        probes: whole.probes,
+        concepts: whole.concepts,
+        concept_q_values: whole.concept_q_values,
+        cart: whole.cart,
+        conflicts: whole.conflicts,
+        answer_key: whole.answer_key,
     };
     res.findings = results::findings(&res);
     // Timings cover every measuring stage; writing the files is not timed.
     res.timings = timings;
-    res.total_seconds = start.elapsed().as_secs_f64();
     Ok(res)
 }
 

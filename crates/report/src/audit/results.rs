@@ -1,7 +1,7 @@
 //! What an audit produces: every instrument's typed report, the inputs, timings, and the
 //! findings in plain words, each with the numbers (and their uncertainty) it rests on.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use reward_lens_engine::ModelInfo;
@@ -15,7 +15,7 @@ use reward_lens_instruments::probes::{ProbeReport, Verdict};
 use reward_lens_instruments::stats::MeanCi;
 
 /// CART in the audit: the tail pairs' circuits and the bound's ingredients.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CartSection {
     /// Why the section is empty, when it is.
     pub note: Option<String>,
@@ -24,7 +24,7 @@ pub struct CartSection {
 }
 
 /// Everything `reward-lens audit` measured; written to `results.json`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AuditResults {
     pub reward_lens_version: String,
     pub inputs: AuditSetup,
@@ -74,8 +74,42 @@ pub struct AuditResults {
     pub answer_key: Option<Value>,
 }
 
+/// One shard of an audit (or the whole audit as one part): the per-pair stages' records on its
+/// range of the audited pairs, and in shard 0 the stages over whole input sets.
+/// [`super::assemble`] turns the parts into [`AuditResults`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditPart {
+    /// None: the whole audit.
+    pub shard: Option<crate::shards::ShardRecord>,
+    pub scores: Vec<PairScore>,
+    /// The part's lowest margins (the whole run's worst are among the parts'), with their place
+    /// in the run.
+    pub worst_candidates: Vec<(usize, PairExample)>,
+    pub lens: LensReport,
+    pub attribution: AttributionReport,
+    pub faithfulness: FaithfulnessReport,
+    pub whole_run: Option<WholeRun>,
+    pub timings: Vec<StageTiming>,
+    pub seconds: f64,
+}
+
+/// The stages over whole input sets (shard 0's), and the run's setup.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WholeRun {
+    pub setup: Option<AuditSetup>,
+    pub model: Option<ModelInfo>,
+    pub n_probes: usize,
+    pub n_concepts: usize,
+    pub probes: ProbeReport,
+    pub concepts: ConceptReport,
+    pub concept_q_values: Vec<Option<f64>>,
+    pub conflicts: Conflicts,
+    pub cart: CartSection,
+    pub answer_key: Option<Value>,
+}
+
 /// The audit's inputs and settings.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AuditSetup {
     /// How the report names the model.
     pub model: String,
@@ -102,13 +136,13 @@ pub struct AuditSetup {
     pub bootstrap_resamples: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StageTiming {
     pub stage: String,
     pub seconds: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PairScore {
     pub id: Value,
     pub subset: Option<String>,
@@ -117,13 +151,13 @@ pub struct PairScore {
     pub margin: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LensBands {
     pub chosen: Vec<MeanCi>,
     pub rejected: Vec<MeanCi>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PairExample {
     pub id: Value,
     pub subset: Option<String>,
@@ -134,14 +168,14 @@ pub struct PairExample {
 }
 
 /// A per-layer view of component effects: `attention[l]`, `mlp[l]`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LayerGrid {
     pub layers: Vec<usize>,
     pub attention: Vec<MeanCi>,
     pub mlp: Vec<MeanCi>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Conflicts {
     pub group_by: String,
     /// One term per subset (None with fewer than two subsets; see `note`).
@@ -154,7 +188,7 @@ pub struct Conflicts {
     pub note: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     Info,
@@ -164,7 +198,7 @@ pub enum Severity {
 }
 
 /// One conclusion in plain words.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Finding {
     pub severity: Severity,
     pub title: String,
@@ -174,7 +208,7 @@ pub struct Finding {
 }
 
 /// A number a finding rests on, with its uncertainty.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Evidence {
     pub quantity: String,
     pub value: Option<f64>,
