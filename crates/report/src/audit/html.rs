@@ -1084,8 +1084,8 @@ fn cart(h: &mut String, r: &AuditResults) {
         h,
         "cart",
         "Circuit-aware reward training (CART) starts from the circuits rare inputs run through. Tail pairs are those \
-whose subset is a tail subset (<code>--tail-subsets</code>); every MLP neuron and attention head is read at the pooled \
-token, units whose tail-vs-head difference beats a label-permutation null (maxT, family-wise 5 %) are tail-specialised, \
+whose subset is a tail subset (<code>--tail-subsets</code>); the last layer's MLP neurons, every attention head and the \
+last layer's attention edges to tokens typical of the tail pairs are read at the pooled token, units whose tail-vs-head difference beats a label-permutation null (maxT, family-wise 5 %) are tail-specialised, \
 co-activating ones are clustered into circuits, and each circuit is mean-ablated on head and tail pairs and compared \
 with random unit sets of the same size. The bound's ingredients follow: <code>L_tail ≤ L_head + C·|C_tail|·log(1/δ)/√N_tail \
 + β·Div(C_tail, C_head)</code>.",

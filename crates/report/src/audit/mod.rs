@@ -760,6 +760,10 @@ fn cart_section(
     let mut opts = DiscoverOptions { seed: o.seed, batch_size: o.batch_size.max(32), ..Default::default() };
     opts.validation.random_sets = 10;
     opts.screening.enabled = false;
+    // A trained rare rule can live in where the last layer looks (an attention gate on a marker
+    // token) rather than in any neuron or head: the last layer's edges to tail-typical tokens are
+    // candidates too (see `reward-lens cart oracle`).
+    opts.units.edges = reward_lens_cart::discover::Layers::Last;
     let discovery = discover(model, &inputs, &split, &opts, None)?;
     let bound = bound_report(
         model,
