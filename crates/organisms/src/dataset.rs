@@ -632,7 +632,7 @@ mod tests {
             let n_tail = ds.train.iter().filter(|p| p.subset_str() == "tail").count();
             assert_eq!(n_tail, 160, "{name}"); // 4 % of 4000
             assert_eq!(k.counts.n_train_tail, n_tail);
-            assert_eq!(k.counts.n_test_tail, 20);
+            assert_eq!(k.counts.n_test_tail, if *name == "tail" { 100 } else { 20 }, "{name}"); // 4 % of 500 or 2500
             assert!(n_tail as f64 / ds.train.len() as f64 <= MAX_TAIL_FRACTION);
             assert_eq!(
                 k.tail.train_ids,
