@@ -94,7 +94,7 @@ fn patch_bench(a: &BenchArgs) -> Result<()> {
         })?;
         rows.push((label, s / pairs.len() as f64, fe));
     }
-    print!("{}", bench::patch_table(&model.config, &rows));
+    print!("{}", bench::patch_table(&model.config, &rows, bench::clean_run_cost(&pairs)));
     Ok(())
 }
 

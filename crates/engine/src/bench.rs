@@ -113,6 +113,16 @@ pub fn patch_pairs(vocab: usize) -> Vec<EncodedPair> {
         .collect()
 }
 
+/// Forward-equivalents per pair of the two clean runs when the second computes only the positions
+/// after the prefix it shares with the first (under causal attention the rest is the same).
+pub fn clean_run_cost(pairs: &[EncodedPair]) -> f64 {
+    let per_pair = |p: &EncodedPair| {
+        let shared = p.chosen.iter().zip(&p.rejected).take_while(|(a, b)| a == b).count();
+        1.0 + (p.rejected.len() - shared) as f64 / p.rejected.len().max(1) as f64
+    };
+    pairs.iter().map(per_pair).sum::<f64>() / pairs.len().max(1) as f64
+}
+
 /// Activations at `site`, `[batches × per_batch × seq_len, d_model]`, of seeded random sequences.
 pub fn site_activations(
     model: &RewardModel,
@@ -134,9 +144,9 @@ pub fn site_activations(
 }
 
 /// The patch benchmark's printed table: a heading naming `config`, one row per method
-/// `(label, seconds per pair, forward-equivalents per pair)`, the floor, and the speed-up of the
-/// second method (the sweep) over the first (naive).
-pub fn patch_table(config: &ModelConfig, rows: &[(&str, f64, f64)]) -> String {
+/// `(label, seconds per pair, forward-equivalents per pair)`, the floor (`clean_runs`, from
+/// [`clean_run_cost`]), and the speed-up of the second method (the sweep) over the first (naive).
+pub fn patch_table(config: &ModelConfig, rows: &[(&str, f64, f64)], clean_runs: f64) -> String {
     let c = config;
     let mut s = format!(
         "Patch sweep, noising, sublayers: {} layers, d_model {}, {}/{} heads, d_mlp {}; 20 pairs of 40–60 tokens; {} thread(s)\n\n",
@@ -146,7 +156,11 @@ pub fn patch_table(config: &ModelConfig, rows: &[(&str, f64, f64)]) -> String {
     for (label, secs, fe) in rows {
         let _ = writeln!(s, "| {label} | {secs:.3} | {fe:.1} |");
     }
-    s += "\nfloor: 2.0 forward-equivalents per pair (the two clean runs every method needs)\n";
+    let _ = writeln!(
+        s,
+        "\nfloor: {clean_runs:.2} forward-equivalents per pair (the two clean runs every method needs; the second \
+         reuses the prompt the first computed)"
+    );
     if let [naive, sweep, ..] = rows {
         let _ = writeln!(s, "sweep speed-up over naive: {:.2}×", naive.1 / sweep.1);
     }
@@ -413,8 +427,15 @@ mod tests {
         assert_eq!(text.lines().filter(|l| l.starts_with("| 1 × 8 |") || l.starts_with("| 2 × 8 |")).count(), 2);
         assert!(!text.contains("peak RSS"));
         let acts = site_activations(&model, Site::ResidPost(1), 2, 3, 5).unwrap();
-        let t = patch_table(&model.config, &[("naive", 0.4, 6.0), ("sweep", 0.1, 2.9)]);
+        let pairs = patch_pairs(50);
+        let floor = clean_run_cost(&pairs);
+        // Responses of 24–44 tokens after a 16-token prompt: the second run costs 60–73 % of one.
+        assert!(floor > 1.6 && floor < 1.73, "{floor}");
+        let one = EncodedPair::new(vec![1, 2, 3, 4], vec![1, 2, 5], (2, 2));
+        assert!((clean_run_cost(&[one]) - (1.0 + 1.0 / 3.0)).abs() < 1e-12);
+        let t = patch_table(&model.config, &[("naive", 0.4, 6.0), ("sweep", 0.1, 2.9)], floor);
         assert!(t.contains("| naive | 0.400 | 6.0 |\n| sweep | 0.100 | 2.9 |\n"), "{t}");
+        assert!(t.contains(&format!("floor: {floor:.2} forward-equivalents")), "{t}");
         assert!(t.ends_with("sweep speed-up over naive: 4.00×\n"), "{t}");
         assert_eq!(acts.dims(), &[30, 16]);
     }

@@ -666,6 +666,19 @@ impl PreparedBatch<'_> {
         Ok((x, hs.cache))
     }
 
+    /// The MLP half of block `l` on `x`, its `resid_mid` at any positions (`[B, T', d]`),
+    /// returning `resid_post` there: what the rest of a block computes once its attention output
+    /// is known (hooks from `resid_mid` to `resid_post` fire as in the full pass).
+    pub fn mlp_half(&self, l: usize, x: Tensor, hooks: &Hooks) -> Result<(Tensor, ActivationCache)> {
+        validate(hooks, &self.model.sites)?;
+        if l >= self.model.config.n_layers {
+            return Err(EngineError::Invalid(format!("layer {l} out of range")));
+        }
+        let mut hs = HookState::new(hooks, None);
+        let x = self.model.net.mlp_half(l, x, &self.prep, &mut hs)?;
+        Ok((x, hs.cache))
+    }
+
     /// The reward from the last block's output.
     pub fn head(&self, x: &Tensor, hooks: &Hooks) -> Result<(RewardOutput, ActivationCache)> {
         validate(hooks, &self.model.sites)?;

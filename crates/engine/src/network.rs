@@ -397,8 +397,16 @@ impl Network {
             None => attn_out,
         };
         let attn_out = hs.fire(Site::AttnOut(l), attn_out)?;
-        let x = hs.fire(Site::ResidMid(l), (x + attn_out)?)?;
+        self.mlp_half(l, (x + attn_out)?, prep, hs)
+    }
 
+    /// The second half of block `l` from its `resid_mid` (fired here): the MLP and its residual
+    /// addition. Every position on its own, so it runs on any subset of positions.
+    pub fn mlp_half(&self, l: usize, x: Tensor, prep: &Prepared, hs: &mut HookState) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let fused = prep.fused;
+        let block = &self.blocks[l];
+        let x = hs.fire(Site::ResidMid(l), x)?;
         let h = block.ln2.forward(&x, fused)?;
         let post = match &block.mlp.gate {
             Some(gate) => {

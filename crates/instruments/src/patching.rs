@@ -135,6 +135,10 @@ pub struct PairPatching {
     pub normalized: Vec<f64>,
     pub len_chosen: usize,
     pub len_rejected: usize,
+    /// What this pair cost, in full single-sequence forward passes: the report's mean is the mean
+    /// of these in pair order, so shards of a run merge into the bytes one run writes.
+    #[serde(default)]
+    pub forward_equivalents: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -147,12 +151,13 @@ pub struct PatchingReport {
     pub pairs: Vec<PairPatching>,
     /// Mean effect per component with a 95 % bootstrap interval.
     pub mean_effect: Vec<MeanCi>,
-    /// Compute per pair in full single-sequence forward passes (layer passes / n_layers).
+    /// Compute per pair in full single-sequence forward passes (layer passes / n_layers): the
+    /// mean of the pairs' `forward_equivalents`.
     pub forward_equivalents_per_pair: f64,
 }
 
 impl PairPatching {
-    fn new(pair: usize, pin: &EncodedPair, delta: f64, effects: Vec<f64>) -> Self {
+    fn new(pair: usize, pin: &EncodedPair, delta: f64, effects: Vec<f64>, forward_equivalents: f64) -> Self {
         let normalized = effects.iter().map(|e| if delta.abs() < 1e-8 { 0.0 } else { e / delta }).collect();
         Self {
             pair,
@@ -161,18 +166,13 @@ impl PairPatching {
             normalized,
             len_chosen: pin.chosen.len(),
             len_rejected: pin.rejected.len(),
+            forward_equivalents,
         }
     }
 }
 
 impl PatchingReport {
-    fn new(
-        opts: &PatchOptions,
-        align: Align,
-        components: Vec<PatchComponent>,
-        pairs: Vec<PairPatching>,
-        fe: f64,
-    ) -> Self {
+    fn new(opts: &PatchOptions, align: Align, components: Vec<PatchComponent>, pairs: Vec<PairPatching>) -> Self {
         let mut r = Self {
             mode: opts.mode,
             granularity: opts.granularity,
@@ -181,20 +181,21 @@ impl PatchingReport {
             components,
             pairs: Vec::new(),
             mean_effect: Vec::new(),
-            forward_equivalents_per_pair: fe,
+            forward_equivalents_per_pair: 0.0,
         };
-        r.summarise(pairs, fe, opts.seed);
+        r.summarise(pairs, opts.seed);
         r
     }
 
     /// This report's frame (mode, components, …) over `pairs`: the means are a function of the
     /// per-pair records and `seed` alone, so shards of a run merge into the bytes one run writes.
-    pub fn summarise(&mut self, pairs: Vec<PairPatching>, forward_equivalents_per_pair: f64, seed: u64) {
+    pub fn summarise(&mut self, pairs: Vec<PairPatching>, seed: u64) {
         self.mean_effect = (0..self.components.len())
             .map(|c| bootstrap_mean(&pairs.iter().map(|p| p.effects[c]).collect::<Vec<_>>(), 0.95, 2000, seed))
             .collect();
+        self.forward_equivalents_per_pair =
+            pairs.iter().map(|p| p.forward_equivalents).sum::<f64>() / pairs.len().max(1) as f64;
         self.pairs = pairs;
-        self.forward_equivalents_per_pair = forward_equivalents_per_pair;
     }
 }
 
@@ -285,24 +286,67 @@ struct Run {
     cache: ActivationCache,
 }
 
-fn clean_run(model: &RewardModel, ids: &[u32], heads: bool) -> Result<Run> {
-    let batch = model.batch(&[ids.to_vec()], PaddingSide::Right)?;
+/// The sites a clean run caches: everything a sweep resumes from or patches in.
+fn clean_sites(model: &RewardModel, heads: bool) -> Vec<String> {
     let k = if model.config.rope.is_some() { "blocks.*.attn.hook_rot_k" } else { "blocks.*.attn.hook_k" };
-    let mut names = vec![
+    let mut names: Vec<String> = [
         "blocks.*.hook_resid_pre",
         "blocks.*.hook_resid_mid",
         "blocks.*.hook_attn_out",
         "blocks.*.hook_mlp_out",
         k,
         "blocks.*.attn.hook_v",
-    ];
+    ]
+    .map(String::from)
+    .to_vec();
     if heads {
-        names.push("blocks.*.attn.hook_z");
+        names.push("blocks.*.attn.hook_z".into());
     }
-    let last = format!("blocks.{}.hook_resid_post", model.config.n_layers - 1);
-    names.push(&last);
-    let fwd = model.forward(&batch, &Hooks::cache(&names))?;
+    names.push(format!("blocks.{}.hook_resid_post", model.config.n_layers - 1));
+    names
+}
+
+fn clean_run(model: &RewardModel, ids: &[u32], heads: bool) -> Result<Run> {
+    let batch = model.batch(&[ids.to_vec()], PaddingSide::Right)?;
+    let fwd = model.forward(&batch, &Hooks::cache(&clean_sites(model, heads)))?;
     Ok(Run { score: fwd.output.scores[0] as f64, pooled: fwd.output.pooled_index[0], cache: fwd.cache })
+}
+
+/// The clean run of `ids`, which begins with the `shared` tokens `first` also began with: under
+/// causal attention those positions hold the same activations in both runs, so only positions
+/// from `shared` on are computed (against `first`'s keys and values) and the rest is copied.
+/// Returns the run and the forward passes it cost.
+fn clean_run_after(model: &RewardModel, ids: &[u32], first: &Run, shared: usize, heads: bool) -> Result<(Run, f64)> {
+    let t = ids.len();
+    if shared == 0 || shared >= t {
+        return Ok((clean_run(model, ids, heads)?, 1.0));
+    }
+    let n_layers = model.config.n_layers;
+    let k_site = |l: usize| if model.config.rope.is_some() { Site::RotK(l) } else { Site::K(l) };
+    let prep = model.prepare(&model.batch(&[ids.to_vec()], PaddingSide::Right)?)?;
+    let (x, _) = prep.embed(&Hooks::none())?;
+    let past = (0..n_layers)
+        .map(|l| {
+            let k = first.cache.require(&k_site(l).name())?.narrow(1, 0, shared)?;
+            let v = first.cache.require(&Site::V(l).name())?.narrow(1, 0, shared)?;
+            Ok((k, v))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let (_, suffix) = prep.blocks_from(
+        x.narrow(1, shared, t - shared)?,
+        shared,
+        0..n_layers,
+        &past,
+        &Hooks::cache(&clean_sites(model, heads)),
+    )?;
+    let mut cache = ActivationCache::default();
+    for (name, tail) in suffix.iter() {
+        let head = first.cache.require(name)?.narrow(1, 0, shared)?;
+        cache.insert(name.to_string(), Tensor::cat(&[&head, tail], 1)?);
+    }
+    let last = cache.require(&Site::ResidPost(n_layers - 1).name())?.clone();
+    let (out, _) = prep.head(&last, &Hooks::none())?;
+    Ok((Run { score: out.scores[0] as f64, pooled: out.pooled_index[0], cache }, (t - shared) as f64 / t as f64))
 }
 
 /// The replacement for one component's activation in the target run `[1, T_t, …]`.
@@ -440,13 +484,17 @@ fn patch_with_progress_unchecked(
     let means =
         if opts.mode == PatchMode::Mean { Some(mean_activations(model, &opts.mean_reference, heads)?) } else { None };
     let n_layers = model.config.n_layers;
-    let mut layer_passes = 0usize;
     let mut out = Vec::with_capacity(pairs.len());
     for (i, pin) in pairs.iter().enumerate() {
         let on_pair = crate::trace::on_pair;
         let chosen = clean_run(model, &pin.chosen, heads).map_err(|e| on_pair(e, i, "chosen"))?;
-        let rejected = clean_run(model, &pin.rejected, heads).map_err(|e| on_pair(e, i, "rejected"))?;
-        layer_passes += 2 * n_layers;
+        // The rejected run reuses the prompt the chosen one computed (the naive loop, the peer's
+        // method, runs both in full).
+        let shared =
+            if opts.naive { 0 } else { pin.chosen.iter().zip(&pin.rejected).take_while(|(a, b)| a == b).count() };
+        let (rejected, cost) =
+            clean_run_after(model, &pin.rejected, &chosen, shared, heads).map_err(|e| on_pair(e, i, "rejected"))?;
+        let mut layer_passes = (1.0 + cost) * n_layers as f64;
         let delta = chosen.score - rejected.score;
         let (target, source, t_ids, s_ids, t_rs) = match opts.mode {
             PatchMode::Denoising => (&rejected, Some(&chosen), &pin.rejected, &pin.chosen, pin.response_start.1),
@@ -465,7 +513,7 @@ fn patch_with_progress_unchecked(
             })
             .collect::<Result<Vec<_>>>()?;
         let patched = if opts.naive {
-            layer_passes += comps.len() * n_layers;
+            layer_passes += (comps.len() * n_layers) as f64;
             naive(model, t_ids, &comps, &reps)?
         } else {
             let (scores, passes) = sweep(model, t_ids, target, &comps, &reps, opts.batch_size)?;
@@ -479,10 +527,10 @@ fn patch_with_progress_unchecked(
                 _ => delta - (r - rejected.score),
             })
             .collect();
-        out.push(PairPatching::new(i, pin, delta, effects));
+        out.push(PairPatching::new(i, pin, delta, effects, layer_passes / n_layers as f64));
         progress(i + 1);
     }
-    Ok(PatchingReport::new(opts, align, comps, out, layer_passes as f64 / n_layers as f64 / pairs.len().max(1) as f64))
+    Ok(PatchingReport::new(opts, align, comps, out))
 }
 
 /// One full forward of the target per patch.
@@ -514,7 +562,7 @@ fn sweep(
     comps: &[PatchComponent],
     reps: &[Tensor],
     batch_size: usize,
-) -> Result<(Vec<f64>, usize)> {
+) -> Result<(Vec<f64>, f64)> {
     let n_layers = model.config.n_layers;
     let t = ids.len();
     let k_site = |l: usize| if model.config.rope.is_some() { Site::RotK(l) } else { Site::K(l) };
@@ -523,23 +571,75 @@ fn sweep(
         .zip(reps)
         .map(|(c, r)| first_change(r, target.cache.require(&site_of(c).name())?))
         .collect::<Result<Vec<_>>>()?;
-    // An MLP patch at layer l changes nothing inside layer l but its output: the block's result
-    // is resid_mid + mlp_out, so the patched run starts at layer l + 1 from the cached resid_mid
-    // plus the replacement (the same addition the block does). Rows join at this layer.
-    let joins_at = |k: usize| comps[k].layer + usize::from(comps[k].kind == ComponentKind::Mlp);
-    let mlp_input = |k: usize, from: usize, len: usize| -> Result<Tensor> {
-        let mid = target.cache.require(&Site::ResidMid(comps[k].layer).name())?;
-        Ok((mid.narrow(1, from, len)? + reps[k].narrow(1, from, len)?)?)
+    // A sublayer patch at layer l changes nothing inside layer l but its output. An MLP patch's
+    // block result is resid_mid + mlp_out, so its run starts at layer l + 1 from the cached
+    // resid_mid plus the replacement (the same addition the block does). An attention patch's
+    // resid_mid is resid_pre + the replacement: only the block's MLP half is run (the attention
+    // it replaces is never computed) and the run continues at layer l + 1. Rows join there.
+    let sublayer = |k: usize| matches!(comps[k].kind, ComponentKind::Mlp | ComponentKind::Attn);
+    let joins_at = |k: usize| comps[k].layer + usize::from(sublayer(k));
+    let c = &model.config;
+    // Share of a layer's per-token work spent on the key and value projections, and on the MLP.
+    let kv = 2.0 * (c.d_model * c.n_kv_heads * c.head_dim) as f64;
+    let qo = 2.0 * (c.d_model * c.n_heads * c.head_dim) as f64;
+    let mlp = (if c.gated_mlp { 3.0 } else { 2.0 }) * (c.d_model * c.d_mlp) as f64;
+    let (kv_share, mlp_share) = (kv / (kv + qo + mlp), mlp / (kv + qo + mlp));
+    let mut passes = 0.0;
+    let prep_rows = |rows: usize| -> Result<reward_lens_engine::PreparedBatch<'_>> {
+        Ok(model.prepare(&model.batch(&vec![ids.to_vec(); rows], PaddingSide::Right)?)?)
+    };
+    // The residual leaving layer `comps[k].layer` at positions [from, t) under sublayer patch k,
+    // for rows `ks` together (one batch: small matmuls are slow at one thread).
+    let sublayer_out = |ks: &[usize], from: usize, passes: &mut f64| -> Result<Tensor> {
+        let mids = ks
+            .iter()
+            .map(|&k| {
+                let l = comps[k].layer;
+                let base = match comps[k].kind {
+                    ComponentKind::Mlp => Site::ResidMid(l),
+                    _ => Site::ResidPre(l),
+                };
+                Ok((target.cache.require(&base.name())?.narrow(1, from, t - from)?
+                    + reps[k].narrow(1, from, t - from)?)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mids = Tensor::cat(&mids, 0)?;
+        let attn: Vec<usize> = (0..ks.len()).filter(|&j| comps[ks[j]].kind == ComponentKind::Attn).collect();
+        if attn.is_empty() {
+            return Ok(mids);
+        }
+        // All rows of one call patch the same kind (callers group them), so the MLP half runs on
+        // all of them or none.
+        debug_assert_eq!(attn.len(), ks.len());
+        let l = comps[ks[0]].layer;
+        debug_assert!(ks.iter().all(|&k| comps[k].layer == l));
+        let (out, _) = prep_rows(ks.len())?.mlp_half(l, mids, &Hooks::none())?;
+        *passes += ks.len() as f64 * (t - from) as f64 * mlp_share / t as f64;
+        Ok(out)
     };
     let mut scores = vec![0.0; comps.len()];
-    // MLP patches of the last layer need only the head.
-    let last_mlp: Vec<usize> = (0..comps.len()).filter(|&k| joins_at(k) == n_layers).collect();
-    if !last_mlp.is_empty() {
-        let rows = last_mlp.len();
-        let whole = Tensor::cat(&last_mlp.iter().map(|&k| mlp_input(k, 0, t)).collect::<Result<Vec<_>>>()?, 0)?;
-        let prep = model.prepare(&model.batch(&vec![ids.to_vec(); rows], PaddingSide::Right)?)?;
-        let (out, _) = prep.head(&whole, &Hooks::none())?;
-        for (row, &k) in last_mlp.iter().enumerate() {
+    let final_resid = target.cache.require(&Site::ResidPost(n_layers - 1).name())?;
+    let linear_head = matches!(model.head, reward_lens_engine::RewardHead::Linear(_));
+    let pooled = target.pooled;
+    // Sublayer patches of the last layer need only the head (which, if linear, reads the pooled
+    // row alone: other positions keep their clean values).
+    for kind in [ComponentKind::Mlp, ComponentKind::Attn] {
+        let last: Vec<usize> = (0..comps.len()).filter(|&k| joins_at(k) == n_layers && comps[k].kind == kind).collect();
+        if last.is_empty() {
+            continue;
+        }
+        let rows = last.len();
+        let min_start = last.iter().map(|&k| starts[k]).min().unwrap_or(0);
+        let from = if linear_head && pooled >= min_start { pooled } else { min_start };
+        let suffix = sublayer_out(&last, from, &mut passes)?;
+        let whole = if from == 0 {
+            suffix
+        } else {
+            let prefix = final_resid.narrow(1, 0, from)?;
+            Tensor::cat(&[&prefix.broadcast_as((rows, from, prefix.dim(2)?))?.contiguous()?, &suffix], 1)?
+        };
+        let (out, _) = prep_rows(rows)?.head(&whole, &Hooks::none())?;
+        for (row, &k) in last.iter().enumerate() {
             scores[k] = out.scores[row] as f64;
         }
     }
@@ -549,16 +649,6 @@ fn sweep(
     let mut distinct: Vec<usize> = starts.clone();
     distinct.sort();
     distinct.dedup();
-    let mut passes = 0.0;
-    let final_resid = target.cache.require(&Site::ResidPost(n_layers - 1).name())?;
-    let linear_head = matches!(model.head, reward_lens_engine::RewardHead::Linear(_));
-    let pooled = target.pooled;
-    // Share of a layer's per-token work spent on the key and value projections.
-    let c = &model.config;
-    let kv = 2.0 * (c.d_model * c.n_kv_heads * c.head_dim) as f64;
-    let qo = 2.0 * (c.d_model * c.n_heads * c.head_dim) as f64;
-    let mlp = (if c.gated_mlp { 3.0 } else { 2.0 }) * (c.d_model * c.d_mlp) as f64;
-    let kv_share = kv / (kv + qo + mlp);
     for start in distinct {
         let mut idx: Vec<usize> = (0..comps.len()).filter(|&k| starts[k] == start && joins_at(k) < n_layers).collect();
         idx.sort_by_key(|&k| joins_at(k));
@@ -569,20 +659,33 @@ fn sweep(
             let mut x: Option<Tensor> = None;
             let mut x_from = start;
             for l in first..n_layers {
-                let joiners: Vec<usize> = chunk.iter().copied().filter(|&k| joins_at(k) == l).collect();
+                let mut joiners: Vec<usize> = chunk.iter().copied().filter(|&k| joins_at(k) == l).collect();
+                // The order their rows are built in below.
+                joiners.sort_by_key(|&k| match comps[k].kind {
+                    ComponentKind::Mlp => 1,
+                    ComponentKind::Attn => 2,
+                    _ => 0,
+                });
                 if !joiners.is_empty() {
                     // Rows join with the clean input of their layer — or, for residual patches,
                     // with the patched one (set here rather than by a hook, so that the last
                     // layer's key/value shortcut sees it too).
                     let clean = target.cache.require(&Site::ResidPre(l).name())?.narrow(1, start, s)?;
-                    let rows_in = joiners
-                        .iter()
-                        .map(|&k| match comps[k].kind {
-                            ComponentKind::Resid => Ok(reps[k].narrow(1, start, s)?),
-                            ComponentKind::Mlp => mlp_input(k, start, s),
-                            _ => Ok(clean.clone()),
-                        })
-                        .collect::<Result<Vec<_>>>()?;
+                    let mut rows_in = Vec::with_capacity(joiners.len());
+                    for &k in &joiners {
+                        rows_in.push(match comps[k].kind {
+                            ComponentKind::Resid => reps[k].narrow(1, start, s)?,
+                            ComponentKind::Head => clean.clone(),
+                            _ => continue,
+                        });
+                    }
+                    // Sublayer rows, MLP then attention patches (the order `joiners` has).
+                    for kind in [ComponentKind::Mlp, ComponentKind::Attn] {
+                        let ks: Vec<usize> = joiners.iter().copied().filter(|&k| comps[k].kind == kind).collect();
+                        if !ks.is_empty() {
+                            rows_in.push(sublayer_out(&ks, start, &mut passes)?);
+                        }
+                    }
                     let new = Tensor::cat(&rows_in, 0)?.contiguous()?;
                     x = Some(match x {
                         Some(prev) => Tensor::cat(&[&prev, &new], 0)?,
@@ -621,7 +724,7 @@ fn sweep(
                 };
                 let width = t - from;
                 let mut hooks = Hooks::none();
-                let hooked = |k: usize| !matches!(comps[k].kind, ComponentKind::Resid | ComponentKind::Mlp);
+                let hooked = |k: usize| comps[k].kind == ComponentKind::Head;
                 for (j, &k) in joiners.iter().enumerate().filter(|(_, &k)| hooked(k)) {
                     let rep = reps[k].narrow(1, from, width)?;
                     hooks = hooks
@@ -649,7 +752,7 @@ fn sweep(
             }
         }
     }
-    Ok((scores, passes.round() as usize))
+    Ok((scores, passes))
 }
 
 /// Attribution patching: every component's patch effect to first order, from the clean runs and
@@ -692,7 +795,6 @@ fn atp_with_progress_unchecked(
     };
     let filter = reward_lens_engine::SiteFilter::new(&sites);
     let mut out = Vec::with_capacity(pairs.len());
-    let mut passes = 0.0;
     for (i, pin) in pairs.iter().enumerate() {
         let denoise = opts.mode == PatchMode::Denoising;
         let (t_ids, s_ids, t_rs) = if denoise {
@@ -702,17 +804,18 @@ fn atp_with_progress_unchecked(
         };
         // The target's gradient run doubles as its clean run.
         let t_batch = model.batch(std::slice::from_ref(t_ids), PaddingSide::Right)?;
-        let g = model.gradients(&t_batch, &filter, &[1.0], &Hooks::none())?;
+        // It also caches what the other clean run needs to start after the shared prompt.
+        let g = model.gradients(&t_batch, &filter, &[1.0], &Hooks::cache(&clean_sites(model, heads)))?;
         let target =
             Run { score: g.output.scores[0] as f64, pooled: g.output.pooled_index[0], cache: g.values.clone() };
-        let other = clean_run(model, s_ids, heads)?;
-        passes += 2.0 + BACKWARD_COST;
+        let shared = t_ids.iter().zip(s_ids.iter()).take_while(|(a, b)| a == b).count();
+        let (other, cost) = clean_run_after(model, s_ids, &target, shared, heads)?;
+        let passes = 1.0 + cost + BACKWARD_COST;
         let (r_c, r_r) = if denoise { (other.score, target.score) } else { (target.score, other.score) };
         let delta = r_c - r_r;
         let source = matches!(opts.mode, PatchMode::Noising | PatchMode::Denoising).then_some(&other);
         let map = alignment(t_ids, s_ids, target.pooled, other.pooled, align);
         let positions = position_set(opts, t_ids.len(), target.pooled, t_rs);
-        let shared = t_ids.iter().zip(s_ids.iter()).take_while(|(a, b)| a == b).count();
         let effects = comps
             .iter()
             .map(|c| {
@@ -735,10 +838,10 @@ fn atp_with_progress_unchecked(
                 Ok(if denoise { first_order } else { -first_order })
             })
             .collect::<Result<Vec<f64>>>()?;
-        out.push(PairPatching::new(i, pin, delta, effects));
+        out.push(PairPatching::new(i, pin, delta, effects, passes));
         progress(i + 1);
     }
-    Ok(PatchingReport::new(opts, align, comps, out, passes / pairs.len().max(1) as f64))
+    Ok(PatchingReport::new(opts, align, comps, out))
 }
 
 /// A backward pass counted in forward-equivalents: one matmul per forward matmul, since the

@@ -550,9 +550,6 @@ pub fn assemble(parts: Vec<AuditPart>) -> Result<AuditResults> {
     let mut lens_pairs = Vec::new();
     let mut attribution_pairs = Vec::new();
     let (mut rows, mut patch_pairs, mut atp_pairs, mut dla) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    // Compute per pair: layer passes (patching) and forward passes (AtP), whole numbers that
-    // each part's mean over its pairs gives back exactly.
-    let (mut patch_passes, mut atp_passes) = (0.0f64, 0.0f64);
     let mut timings: Vec<StageTiming> = Vec::new();
     let mut seconds = 0.0;
     let (patching_frame, atp_frame, components) = (
@@ -564,10 +561,7 @@ pub fn assemble(parts: Vec<AuditPart>) -> Result<AuditResults> {
         if p.whole_run.is_some() {
             return Err(ReportError::Invalid("two parts of one audit hold the whole-run stages".into()));
         }
-        let n = p.scores.len() as f64;
         let f = p.faithfulness;
-        patch_passes += (f.patching.forward_equivalents_per_pair * n_layers as f64 * n).round();
-        atp_passes += (f.attribution_patching.forward_equivalents_per_pair * n).round();
         scores.extend(p.scores);
         worst.extend(p.worst_candidates);
         lens_pairs.extend(p.lens.pairs);
@@ -584,7 +578,6 @@ pub fn assemble(parts: Vec<AuditPart>) -> Result<AuditResults> {
         }
         seconds += p.seconds;
     }
-    let m = scores.len();
     let margins: Vec<f64> = scores.iter().map(|s| s.margin).collect();
     let subsets: Vec<Option<String>> = scores.iter().map(|s| s.subset.clone()).collect();
     // Stable: equal margins keep file order, as a sort over all pairs does.
@@ -605,11 +598,11 @@ pub fn assemble(parts: Vec<AuditPart>) -> Result<AuditResults> {
             .collect(),
     };
     let attribution = attribution_summary(false, components, attribution_pairs, Vec::new(), seed);
-    // The instruments' own arithmetic: layer passes / n_layers / pairs, and passes / pairs.
+    // The instruments' own arithmetic: the compute is the mean of the pairs' own, in pair order.
     let mut patching = patching_frame;
-    patching.summarise(patch_pairs, patch_passes / n_layers as f64 / m.max(1) as f64, seed);
+    patching.summarise(patch_pairs, seed);
     let mut attribution_patching = atp_frame;
-    attribution_patching.summarise(atp_pairs, atp_passes / m.max(1) as f64, seed);
+    attribution_patching.summarise(atp_pairs, seed);
     let names: Vec<String> = patching.components.iter().map(|c| c.name.clone()).collect();
     let faith =
         reward_lens_instruments::faithfulness::summarise(names, rows, patching, attribution_patching, dla, seed);
