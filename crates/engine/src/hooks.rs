@@ -213,6 +213,15 @@ impl<'h, 'a> HookState<'h, 'a> {
         }
     }
 
+    /// Whether firing `site` can do anything (intervene, mark for gradients, cache): where it
+    /// cannot, the forward pass may fuse the operations around it.
+    pub fn touches(&self, site: Site) -> bool {
+        self.active
+            && (self.hooks.interventions.iter().any(|iv| iv.site == site)
+                || self.grad.is_some_and(|g| g.matches(&site))
+                || self.hooks.cache.matches(&site))
+    }
+
     /// Called by the forward pass at `site` with its activation: applies the interventions at
     /// this site in order, marks it for gradients, and caches it (after the interventions).
     #[inline]

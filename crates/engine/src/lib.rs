@@ -23,6 +23,7 @@ pub mod config;
 pub mod error;
 pub mod head;
 pub mod hooks;
+mod kernels;
 pub mod model;
 mod network;
 pub mod pair;

@@ -77,7 +77,7 @@ impl Linear {
         let mut y = if x2.track_op() && !self.w.track_op() {
             x2.contiguous()?.apply_op2(&self.w, FrozenLinear)?
         } else {
-            x2.matmul(&self.w.t()?)?
+            crate::kernels::linear(&x2, &self.w)?
         };
         if let Some(b) = &self.b {
             y = y.broadcast_add(b)?;
@@ -412,7 +412,10 @@ impl Network {
             Some(gate) => {
                 let pre = hs.fire(Site::MlpPre(l), gate.forward(&h)?)?;
                 let lin = hs.fire(Site::MlpPreLinear(l), block.mlp.up.forward(&h)?)?;
-                (activate(cfg.activation, &pre)? * lin)?
+                match cfg.activation {
+                    Activation::Silu if fused => crate::kernels::silu_mul(&pre, &lin)?,
+                    act => (activate(act, &pre)? * lin)?,
+                }
             }
             None => {
                 let pre = hs.fire(Site::MlpPre(l), block.mlp.up.forward(&h)?)?;
@@ -509,18 +512,26 @@ impl Network {
         if cfg.attn_scale_by_layer {
             scale /= (l + 1) as f64;
         }
-        let mut scores = (q.matmul(&k.t()?)? * scale)?.reshape((b, nh, t, tk))?.to_dtype(DType::F32)?;
-        if let Some(c) = cfg.attn_softcap {
-            scores = ((scores / c)?.tanh()? * c)?;
-        }
-        let scores = hs.fire(Site::AttnScores(l), scores)?;
-        let shape = scores.shape().clone();
-        let neg = Tensor::new(f32::NEG_INFINITY, scores.device())?.broadcast_as(&shape)?;
-        let masked = mask.broadcast_as(&shape)?.where_cond(&scores, &neg)?;
-        let pattern = if fused {
-            candle_nn::ops::softmax_last_dim(&masked)?
-        } else {
-            candle_nn::ops::softmax(&masked, D::Minus1)?
+        let raw = q.matmul(&k.t()?)?.reshape((b, nh, t, tk))?;
+        // Scaling, masking and softmax in one pass where nothing reads the scores between them.
+        let one_pass = fused && cfg.attn_softcap.is_none() && !hs.touches(Site::AttnScores(l));
+        let pattern = match one_pass.then(|| crate::kernels::masked_softmax(&raw, mask, scale)).transpose()?.flatten() {
+            Some(p) => p,
+            None => {
+                let mut scores = (raw * scale)?.to_dtype(DType::F32)?;
+                if let Some(c) = cfg.attn_softcap {
+                    scores = ((scores / c)?.tanh()? * c)?;
+                }
+                let scores = hs.fire(Site::AttnScores(l), scores)?;
+                let shape = scores.shape().clone();
+                let neg = Tensor::new(f32::NEG_INFINITY, scores.device())?.broadcast_as(&shape)?;
+                let masked = mask.broadcast_as(&shape)?.where_cond(&scores, &neg)?;
+                if fused {
+                    candle_nn::ops::softmax_last_dim(&masked)?
+                } else {
+                    candle_nn::ops::softmax(&masked, D::Minus1)?
+                }
+            }
         };
         let pattern = hs.fire(Site::Pattern(l), pattern.to_dtype(v.dtype())?)?;
         let z = pattern
