@@ -113,13 +113,22 @@ impl CustomOp2 for SiluMul {
         let (g, u) = (&g[g0..g1], &u[u0..u1]);
         let mut dst: Vec<f32> = Vec::with_capacity(g.len());
         const CHUNK: usize = 1 << 14;
-        dst.spare_capacity_mut().par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).zip(u.par_chunks(CHUNK)).for_each(
-            |((d, g), u)| {
-                for ((d, &g), &u) in d.iter_mut().zip(g).zip(u) {
-                    d.write((g / (1.0 + (-g).exp())) * u);
-                }
-            },
-        );
+        let run = |(d, g, u): (&mut [std::mem::MaybeUninit<f32>], &[f32], &[f32])| {
+            for ((d, &g), &u) in d.iter_mut().zip(g).zip(u) {
+                d.write((g / (1.0 + (-g).exp())) * u);
+            }
+        };
+        let spare = &mut dst.spare_capacity_mut()[..g.len()];
+        // Handing work to rayon costs more than it saves on one thread or one chunk.
+        if g.len() <= CHUNK || candle_core::utils::get_num_threads() == 1 {
+            run((spare, g, u));
+        } else {
+            spare
+                .par_chunks_mut(CHUNK)
+                .zip(g.par_chunks(CHUNK))
+                .zip(u.par_chunks(CHUNK))
+                .for_each(|((d, g), u)| run((d, g, u)));
+        }
         // SAFETY: the chunks above cover the whole spare capacity, g.len() elements, each written.
         unsafe { dst.set_len(g.len()) };
         Ok((CpuStorage::F32(dst), lg.shape().clone()))
@@ -169,7 +178,7 @@ impl CustomOp2 for MaskedSoftmax {
         let (s, m) = (&s[s0..s1], &m[m0..m1]);
         let (scale, add) = (self.scale, 0.0f32);
         let mut dst: Vec<f32> = vec![0.0; s.len()];
-        dst.par_chunks_mut(tk).zip(s.par_chunks(tk)).enumerate().for_each(|(r, (d, s))| {
+        let row = |(r, (d, s)): (usize, (&mut [f32], &[f32]))| {
             let (bi, i) = (r / (h * t), r % t);
             let mask = &m[(bi * t + i) * tk..][..tk];
             for ((d, &v), &keep) in d.iter_mut().zip(s).zip(mask) {
@@ -186,7 +195,12 @@ impl CustomOp2 for MaskedSoftmax {
             for d in d.iter_mut() {
                 *d /= sum;
             }
-        });
+        };
+        if candle_core::utils::get_num_threads() == 1 {
+            dst.chunks_mut(tk).zip(s.chunks(tk)).enumerate().for_each(row);
+        } else {
+            dst.par_chunks_mut(tk).zip(s.par_chunks(tk)).enumerate().for_each(row);
+        }
         Ok((CpuStorage::F32(dst), ls.shape().clone()))
     }
 }
