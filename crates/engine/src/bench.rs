@@ -117,7 +117,7 @@ pub fn patch_pairs(vocab: usize) -> Vec<EncodedPair> {
 /// after the prefix it shares with the first (under causal attention the rest is the same).
 pub fn clean_run_cost(pairs: &[EncodedPair]) -> f64 {
     let per_pair = |p: &EncodedPair| {
-        let shared = p.chosen.iter().zip(&p.rejected).take_while(|(a, b)| a == b).count();
+        let shared = p.shared_prefix();
         1.0 + (p.rejected.len() - shared) as f64 / p.rejected.len().max(1) as f64
     };
     pairs.iter().map(per_pair).sum::<f64>() / pairs.len().max(1) as f64

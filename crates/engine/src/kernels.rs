@@ -12,6 +12,19 @@ fn applies(xs: &[&Tensor]) -> bool {
     xs.iter().all(|x| matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 && !x.track_op())
 }
 
+/// The elements of a contiguous tensor (the ops below are applied to contiguous inputs only).
+fn elements<'a, T>(data: &'a [T], layout: &Layout, op: &str) -> candle_core::Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{op} takes contiguous tensors"),
+    }
+}
+
+/// Whether to hand work to rayon: on one thread it costs more than it saves.
+fn parallel() -> bool {
+    candle_core::utils::get_num_threads() > 1
+}
+
 /// `x @ wᵀ` for `x` `[m, k]` and `w` `[n, k]`: the gemm call candle's matmul makes, into an
 /// uninitialised output. candle zero-fills the output first although gemm overwrites it
 /// (`read_dst = false`): a pass over memory as large as the output, ~5 % of a projection whose
@@ -33,17 +46,17 @@ impl CustomOp2 for Gemm {
         let (CpuStorage::F32(x), CpuStorage::F32(w)) = (x, w) else {
             candle_core::bail!("gemm-f32 takes f32 tensors");
         };
-        let (Some((x0, x1)), Some((w0, w1))) = (lx.contiguous_offsets(), lw.contiguous_offsets()) else {
-            candle_core::bail!("gemm-f32 takes contiguous tensors");
-        };
+        let (x, w) = (elements(x, lx, self.name())?, elements(w, lw, self.name())?);
         let (m, k) = lx.shape().dims2()?;
         let (n, k2) = lw.shape().dims2()?;
         if k != k2 {
             candle_core::bail!("gemm-f32: inner dimensions {k} and {k2} differ");
         }
-        let (x, w) = (&x[x0..x1], &w[w0..w1]);
-        let threads = candle_core::utils::get_num_threads();
-        let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+        let parallelism = if parallel() {
+            gemm::Parallelism::Rayon(candle_core::utils::get_num_threads())
+        } else {
+            gemm::Parallelism::None
+        };
         let mut dst: Vec<f32> = Vec::with_capacity(m * n);
         // SAFETY: x is m × k row-major and w is n × k row-major (so wᵀ has column stride k), both
         // in bounds; dst has room for m × n, gemm writes every element without reading any
@@ -104,13 +117,10 @@ impl CustomOp2 for SiluMul {
         let (CpuStorage::F32(g), CpuStorage::F32(u)) = (g, u) else {
             candle_core::bail!("silu-mul-f32 takes f32 tensors");
         };
-        let (Some((g0, g1)), Some((u0, u1))) = (lg.contiguous_offsets(), lu.contiguous_offsets()) else {
-            candle_core::bail!("silu-mul-f32 takes contiguous tensors");
-        };
+        let (g, u) = (elements(g, lg, self.name())?, elements(u, lu, self.name())?);
         if lg.shape() != lu.shape() {
             candle_core::bail!("silu-mul-f32: shapes {:?} and {:?} differ", lg.shape(), lu.shape());
         }
-        let (g, u) = (&g[g0..g1], &u[u0..u1]);
         let mut dst: Vec<f32> = Vec::with_capacity(g.len());
         const CHUNK: usize = 1 << 14;
         let run = |(d, g, u): (&mut [std::mem::MaybeUninit<f32>], &[f32], &[f32])| {
@@ -119,8 +129,7 @@ impl CustomOp2 for SiluMul {
             }
         };
         let spare = &mut dst.spare_capacity_mut()[..g.len()];
-        // Handing work to rayon costs more than it saves on one thread or one chunk.
-        if g.len() <= CHUNK || candle_core::utils::get_num_threads() == 1 {
+        if g.len() <= CHUNK || !parallel() {
             run((spare, g, u));
         } else {
             spare
@@ -168,14 +177,11 @@ impl CustomOp2 for MaskedSoftmax {
         let (CpuStorage::F32(s), CpuStorage::U8(m)) = (s, m) else {
             candle_core::bail!("masked-softmax-f32 takes f32 scores and a u8 mask");
         };
-        let (Some((s0, s1)), Some((m0, m1))) = (ls.contiguous_offsets(), lm.contiguous_offsets()) else {
-            candle_core::bail!("masked-softmax-f32 takes contiguous tensors");
-        };
+        let (s, m) = (elements(s, ls, self.name())?, elements(m, lm, self.name())?);
         let (b, h, t, tk) = ls.shape().dims4()?;
         if lm.shape().dims4()? != (b, 1, t, tk) || tk == 0 {
             candle_core::bail!("masked-softmax-f32: mask {:?} for scores {:?}", lm.shape(), ls.shape());
         }
-        let (s, m) = (&s[s0..s1], &m[m0..m1]);
         let (scale, add) = (self.scale, 0.0f32);
         let mut dst: Vec<f32> = vec![0.0; s.len()];
         let row = |(r, (d, s)): (usize, (&mut [f32], &[f32]))| {
@@ -196,10 +202,10 @@ impl CustomOp2 for MaskedSoftmax {
                 *d /= sum;
             }
         };
-        if candle_core::utils::get_num_threads() == 1 {
-            dst.chunks_mut(tk).zip(s.chunks(tk)).enumerate().for_each(row);
-        } else {
+        if parallel() {
             dst.par_chunks_mut(tk).zip(s.par_chunks(tk)).enumerate().for_each(row);
+        } else {
+            dst.chunks_mut(tk).zip(s.chunks(tk)).enumerate().for_each(row);
         }
         Ok((CpuStorage::F32(dst), ls.shape().clone()))
     }

@@ -44,7 +44,9 @@ pub use model::{
     Forward, Gradients, LinearParams, LoadOptions, LoadProgress, ModelInfo, NormParams, PreparedBatch, RewardModel,
     RewardOutput,
 };
-pub use pair::{from_name, EncodedPair, Origin, PairScore, PairText, Positions, ScoreOptions, SideObjectives};
+pub use pair::{
+    from_name, shared_prefix, EncodedPair, Origin, PairScore, PairText, Positions, ScoreOptions, SideObjectives,
+};
 pub use random::Rng;
 pub use site::{Site, SiteFilter};
 pub use text::{ChatTokenizer, Encoded, Truncation, PLAIN_FORMAT};

@@ -158,6 +158,12 @@ pub struct EncodedPair {
     pub pooled: (usize, usize),
 }
 
+/// How many leading tokens `a` and `b` share. Under causal attention those positions hold the
+/// same activations in both sequences (the prompt of a chosen/rejected pair).
+pub fn shared_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
 impl EncodedPair {
     /// From bare ids (no template boundary known): the response starts at token 0.
     pub fn from_ids(chosen: Vec<u32>, rejected: Vec<u32>) -> Self {
@@ -169,6 +175,10 @@ impl EncodedPair {
     pub fn new(chosen: Vec<u32>, rejected: Vec<u32>, response_start: (usize, usize)) -> Self {
         let pooled = (chosen.len().saturating_sub(1), rejected.len().saturating_sub(1));
         Self { chosen, rejected, response_start, pooled }
+    }
+    /// Leading tokens chosen and rejected share (see [`shared_prefix`]).
+    pub fn shared_prefix(&self) -> usize {
+        shared_prefix(&self.chosen, &self.rejected)
     }
     /// `[chosen, rejected]`: the order a pair's rows take in every batch.
     pub fn sides(&self) -> [&Vec<u32>; 2] {

@@ -262,7 +262,7 @@ pub fn alignment(target: &[u32], source: &[u32], pooled_t: usize, pooled_s: usiz
     match align {
         Align::Prefix => (0..tt).map(|p| (p < ts).then_some(p)).collect(),
         Align::Anchored => {
-            let shared = target.iter().zip(source).take_while(|(a, b)| a == b).count();
+            let shared = reward_lens_engine::shared_prefix(target, source);
             (0..tt)
                 .map(|p| {
                     if p == pooled_t {
@@ -490,10 +490,10 @@ fn patch_with_progress_unchecked(
         let chosen = clean_run(model, &pin.chosen, heads).map_err(|e| on_pair(e, i, "chosen"))?;
         // The rejected run reuses the prompt the chosen one computed (the naive loop, the peer's
         // method, runs both in full).
-        let shared =
-            if opts.naive { 0 } else { pin.chosen.iter().zip(&pin.rejected).take_while(|(a, b)| a == b).count() };
+        let shared = pin.shared_prefix();
+        let skip = if opts.naive { 0 } else { shared };
         let (rejected, cost) =
-            clean_run_after(model, &pin.rejected, &chosen, shared, heads).map_err(|e| on_pair(e, i, "rejected"))?;
+            clean_run_after(model, &pin.rejected, &chosen, skip, heads).map_err(|e| on_pair(e, i, "rejected"))?;
         let mut layer_passes = (1.0 + cost) * n_layers as f64;
         let delta = chosen.score - rejected.score;
         let (target, source, t_ids, s_ids, t_rs) = match opts.mode {
@@ -504,7 +504,6 @@ fn patch_with_progress_unchecked(
         let map = alignment(t_ids, s_ids, target.pooled, source.map_or(0, |s| s.pooled), align);
         let positions = position_set(opts, t_ids.len(), target.pooled, t_rs);
         let v1_heads = opts.v1_compat && heads;
-        let shared = t_ids.iter().zip(s_ids).take_while(|(a, b)| a == b).count();
         let reps = comps
             .iter()
             .map(|c| {
@@ -808,7 +807,7 @@ fn atp_with_progress_unchecked(
         let g = model.gradients(&t_batch, &filter, &[1.0], &Hooks::cache(&clean_sites(model, heads)))?;
         let target =
             Run { score: g.output.scores[0] as f64, pooled: g.output.pooled_index[0], cache: g.values.clone() };
-        let shared = t_ids.iter().zip(s_ids.iter()).take_while(|(a, b)| a == b).count();
+        let shared = pin.shared_prefix();
         let (other, cost) = clean_run_after(model, s_ids, &target, shared, heads)?;
         let passes = 1.0 + cost + BACKWARD_COST;
         let (r_c, r_r) = if denoise { (other.score, target.score) } else { (target.score, other.score) };

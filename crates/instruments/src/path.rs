@@ -162,7 +162,7 @@ fn path_patch_unchecked(
         let pooled_t = model.pooled_index(&model.batch(std::slice::from_ref(t), PaddingSide::Right)?)[0];
         let pooled_s = model.pooled_index(&model.batch(std::slice::from_ref(s), PaddingSide::Right)?)[0];
         let map = alignment(t, s, pooled_t, pooled_s, align);
-        let shared = t.iter().zip(s.iter()).take_while(|(a, b)| a == b).count();
+        let shared = reward_lens_engine::shared_prefix(t, s);
         // The sender head's z from the source, aligned; everything else the target's own.
         let zt = tc.site(Site::Z(ls)).expect("cached").get(0)?;
         let zs = sc.site(Site::Z(ls)).expect("cached").get(0)?;
