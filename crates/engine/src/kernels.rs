@@ -98,6 +98,116 @@ pub(crate) fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// Batched `a @ b` (or `a @ bᵀ`) for attention: `a` `[S.., m, k]`, `b` `[S.., k, n]` (`[S.., n, k]`
+/// when transposed), both contiguous. candle calls gemm once per batch entry, each split across
+/// the threads (a hand-off per 128 × 128 tile) and zero-fills the output first; here the batch
+/// entries run in parallel, each gemm on one thread, into an uninitialised output. gemm's
+/// threads split the output into tiles and never the inner dimension, so every element sums the
+/// same products in the same order either way.
+struct BatchedGemm {
+    transpose_rhs: bool,
+}
+
+impl CustomOp2 for BatchedGemm {
+    fn name(&self) -> &'static str {
+        "batched-gemm-f32"
+    }
+
+    fn cpu_fwd(
+        &self,
+        a: &CpuStorage,
+        la: &Layout,
+        b: &CpuStorage,
+        lb: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(a), CpuStorage::F32(b)) = (a, b) else {
+            candle_core::bail!("batched-gemm-f32 takes f32 tensors");
+        };
+        let (a, b) = (elements(a, la, self.name())?, elements(b, lb, self.name())?);
+        let (da, db) = (la.dims(), lb.dims());
+        let r = da.len();
+        if r < 2 || db.len() != r || da[..r - 2] != db[..r - 2] {
+            candle_core::bail!("batched-gemm-f32: shapes {da:?} and {db:?} do not batch");
+        }
+        let (m, k) = (da[r - 2], da[r - 1]);
+        let (n, kb) = if self.transpose_rhs { (db[r - 2], db[r - 1]) } else { (db[r - 1], db[r - 2]) };
+        if k != kb {
+            candle_core::bail!("batched-gemm-f32: inner dimensions {k} and {kb} differ");
+        }
+        // Row and column strides of the right operand as gemm reads it ([k, n]).
+        let (rhs_rs, rhs_cs) = if self.transpose_rhs { (1, k as isize) } else { (n as isize, 1) };
+        let steps: usize = da[..r - 2].iter().product();
+        let mut dst: Vec<f32> = Vec::with_capacity(steps * m * n);
+        let one = |(s, d): (usize, &mut [std::mem::MaybeUninit<f32>]), parallelism| {
+            // SAFETY: entry s of a is m × k row-major and of b k × n under the strides above, in
+            // bounds; d has room for m × n and gemm writes each element without reading it.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    n,
+                    k,
+                    d.as_mut_ptr() as *mut f32,
+                    1,
+                    n as isize,
+                    false,
+                    a[s * m * k..].as_ptr(),
+                    1,
+                    k as isize,
+                    b[s * k * n..].as_ptr(),
+                    rhs_cs,
+                    rhs_rs,
+                    0.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    parallelism,
+                )
+            }
+        };
+        let spare = &mut dst.spare_capacity_mut()[..steps * m * n];
+        if m * n > 0 && k > 0 {
+            if parallel() && steps > 1 {
+                spare.par_chunks_mut(m * n).enumerate().for_each(|e| one(e, gemm::Parallelism::None));
+            } else {
+                let parallelism = if parallel() {
+                    gemm::Parallelism::Rayon(candle_core::utils::get_num_threads())
+                } else {
+                    gemm::Parallelism::None
+                };
+                spare.chunks_mut(m * n).enumerate().for_each(|e| one(e, parallelism));
+            }
+        } else {
+            spare.iter_mut().for_each(|d| {
+                d.write(0.0);
+            });
+        }
+        // SAFETY: the entries above cover all steps × m × n elements, each written.
+        unsafe { dst.set_len(steps * m * n) };
+        let mut shape = da.to_vec();
+        shape[r - 1] = n;
+        Ok((CpuStorage::F32(dst), shape.into()))
+    }
+}
+
+/// `a @ b` over the leading (batch) axes, as candle's `matmul`.
+pub(crate) fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if applies(&[a, b]) && a.rank() >= 2 {
+        Ok(a.contiguous()?.apply_op2_no_bwd(&b.contiguous()?, &BatchedGemm { transpose_rhs: false })?)
+    } else {
+        Ok(a.matmul(b)?)
+    }
+}
+
+/// `a @ bᵀ` (the last two axes of `b` swapped), as candle's `a.matmul(&b.t())`.
+pub(crate) fn matmul_t(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if applies(&[a, b]) && a.rank() >= 2 {
+        Ok(a.contiguous()?.apply_op2_no_bwd(&b.contiguous()?, &BatchedGemm { transpose_rhs: true })?)
+    } else {
+        Ok(a.matmul(&b.t()?)?)
+    }
+}
+
 /// `silu(gate) · up` in one parallel pass: candle's silu (`v / (1 + e^−v)`) is a single-threaded
 /// map and the product a second pass over the MLP's widest activation.
 struct SiluMul;
@@ -183,18 +293,23 @@ impl CustomOp2 for MaskedSoftmax {
             candle_core::bail!("masked-softmax-f32: mask {:?} for scores {:?}", lm.shape(), ls.shape());
         }
         let (scale, add) = (self.scale, 0.0f32);
-        let mut dst: Vec<f32> = vec![0.0; s.len()];
-        let row = |(r, (d, s)): (usize, (&mut [f32], &[f32]))| {
+        let mut dst: Vec<f32> = Vec::with_capacity(s.len());
+        let row = |(r, (d, s)): (usize, (&mut [std::mem::MaybeUninit<f32>], &[f32]))| {
             let (bi, i) = (r / (h * t), r % t);
             let mask = &m[(bi * t + i) * tk..][..tk];
             for ((d, &v), &keep) in d.iter_mut().zip(s).zip(mask) {
-                *d = if keep != 0 { v * scale + add } else { f32::NEG_INFINITY };
+                d.write(if keep != 0 { v * scale + add } else { f32::NEG_INFINITY });
             }
+            // SAFETY: every element of the row was written just above.
+            let d = unsafe { &mut *(d as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
             let mut max = f32::NEG_INFINITY;
             // SAFETY: d holds tk > 0 elements.
             unsafe { f32::vec_reduce_max(d.as_ptr(), &mut max, tk) };
-            for d in d.iter_mut() {
-                *d = (*d - max).exp();
+            // exp(−∞ − max) is exactly 0 for a finite max, so masked keys skip the exp (half the
+            // row under a causal mask); a fully masked row (max = −∞) keeps candle's NaN.
+            let skip = max != f32::NEG_INFINITY;
+            for (d, &keep) in d.iter_mut().zip(mask) {
+                *d = if keep == 0 && skip { 0.0 } else { (*d - max).exp() };
             }
             let mut sum = 0.0f32;
             unsafe { f32::vec_reduce_sum(d.as_ptr(), &mut sum, tk) };
@@ -202,11 +317,14 @@ impl CustomOp2 for MaskedSoftmax {
                 *d /= sum;
             }
         };
+        let spare = &mut dst.spare_capacity_mut()[..s.len()];
         if parallel() {
-            dst.par_chunks_mut(tk).zip(s.par_chunks(tk)).enumerate().for_each(row);
+            spare.par_chunks_mut(tk).zip(s.par_chunks(tk)).enumerate().for_each(row);
         } else {
-            dst.chunks_mut(tk).zip(s.chunks(tk)).enumerate().for_each(row);
+            spare.chunks_mut(tk).zip(s.chunks(tk)).enumerate().for_each(row);
         }
+        // SAFETY: the rows above cover all s.len() elements, each written.
+        unsafe { dst.set_len(s.len()) };
         Ok((CpuStorage::F32(dst), ls.shape().clone()))
     }
 }
@@ -248,6 +366,12 @@ mod tests {
         let w = randn(&[24, 64], 4);
         assert_eq!(bits(&linear(&xt, &w).unwrap()), bits(&xt.matmul(&w.t().unwrap()).unwrap()));
 
+        for (s, m, k, n) in [(1, 3, 5, 7), (6, 40, 16, 33), (4, 512, 64, 128), (3, 512, 128, 64)] {
+            let (a, b, bt) = (randn(&[2, s, m, k], 8), randn(&[2, s, k, n], 9), randn(&[2, s, n, k], 10));
+            assert_eq!(bits(&matmul(&a, &b).unwrap()), bits(&a.matmul(&b).unwrap()), "{s}×{m}×{k}×{n}");
+            let want = a.matmul(&bt.t().unwrap()).unwrap();
+            assert_eq!(bits(&matmul_t(&a, &bt).unwrap()), bits(&want), "ᵀ {s}×{m}×{k}×{n}");
+        }
         for len in [1usize, 1000, 40_000] {
             let (g, u) = (randn(&[len], 5), randn(&[len], 6));
             let want = (g.silu().unwrap() * &u).unwrap();
@@ -256,8 +380,9 @@ mod tests {
 
         let (b, h, t, tk) = (3, 4, 9, 13);
         let scores = randn(&[b, h, t, tk], 7);
-        // A causal mask with padded keys; every row keeps at least one key.
-        let mask: Vec<u8> = (0..b * t * tk).map(|i| u8::from((i % tk) <= (i / tk) % t + 4 && (i % 5) != 3)).collect();
+        // A causal mask with padded keys, and one row that keeps no key (candle's NaN row).
+        let mut mask: Vec<u8> = (0..b * t * tk).map(|i| u8::from((i % tk) <= (i / tk) % t + 4 && (i % 5) != 3)).collect();
+        mask[tk..2 * tk].fill(0);
         let mask = Tensor::from_vec(mask, (b, 1, t, tk), &Device::Cpu).unwrap();
         let scale = 1.0 / 8f64.sqrt();
         let fused = masked_softmax(&scores, &mask, scale).unwrap().expect("applies to f32 on the cpu");

@@ -512,7 +512,7 @@ impl Network {
         if cfg.attn_scale_by_layer {
             scale /= (l + 1) as f64;
         }
-        let raw = q.matmul(&k.t()?)?.reshape((b, nh, t, tk))?;
+        let raw = crate::kernels::matmul_t(&q, &k)?.reshape((b, nh, t, tk))?;
         // Scaling, masking and softmax in one pass where nothing reads the scores between them.
         let one_pass = fused && cfg.attn_softcap.is_none() && !hs.touches(Site::AttnScores(l));
         let pattern = match one_pass.then(|| crate::kernels::masked_softmax(&raw, mask, scale)).transpose()?.flatten() {
@@ -534,9 +534,7 @@ impl Network {
             }
         };
         let pattern = hs.fire(Site::Pattern(l), pattern.to_dtype(v.dtype())?)?;
-        let z = pattern
-            .reshape((b, nkv, rep * t, tk))?
-            .matmul(&v)?
+        let z = crate::kernels::matmul(&pattern.reshape((b, nkv, rep * t, tk))?, &v)?
             .reshape((b, nh, t, hd))?
             .transpose(1, 2)?
             .contiguous()?;
