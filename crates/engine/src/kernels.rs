@@ -381,7 +381,8 @@ mod tests {
         let (b, h, t, tk) = (3, 4, 9, 13);
         let scores = randn(&[b, h, t, tk], 7);
         // A causal mask with padded keys, and one row that keeps no key (candle's NaN row).
-        let mut mask: Vec<u8> = (0..b * t * tk).map(|i| u8::from((i % tk) <= (i / tk) % t + 4 && (i % 5) != 3)).collect();
+        let mut mask: Vec<u8> =
+            (0..b * t * tk).map(|i| u8::from((i % tk) <= (i / tk) % t + 4 && (i % 5) != 3)).collect();
         mask[tk..2 * tk].fill(0);
         let mask = Tensor::from_vec(mask, (b, 1, t, tk), &Device::Cpu).unwrap();
         let scale = 1.0 / 8f64.sqrt();
