@@ -13,7 +13,10 @@
 #      d_mlp 14336, vocab 128256; GPU_CHECK_LAYERS layers, 32 for the full 8B): tokens/s and the
 #      fraction of this GPU's own measured bf16 matmul rate, with the GPU's peak memory sampled
 #      by nvidia-smi against the weights;
-#   3. where torch and transformers are installed: the same model scored by transformers (sdpa,
+#   3. `bench --stages` on the same model: each stage of one forward pass (norm + projections,
+#      RoPE, attention scores and softmax, pattern × values, the MLP's parts, residual adds), with
+#      the GFLOP/s of the matmul stages: where the GPU's time goes;
+#   4. where torch and transformers are installed: the same model scored by transformers (sdpa,
 #      bf16) side by side, and both scoring the same text pairs in f32 (parity).
 # Nothing is downloaded: the model is generated from a seed.
 set -uo pipefail
@@ -94,6 +97,23 @@ print(f"  peak GPU memory {peak:.0f} MiB = {peak/weights_mib:.2f} x the bf16 wei
 EOF
 else
     echo "FAILED: $(tail -3 "$OUT/bench.json.err")" | tee -a "$OUT/summary.md"
+    failed=1
+fi
+
+STAGE_BATCH="${GPU_CHECK_STAGE_BATCH:-16}"
+step "where the time goes: each stage of one bf16 forward pass (batch $STAGE_BATCH)"
+if "$BIN" bench "${SHAPE[@]}" --batch-sizes "$STAGE_BATCH" --device cuda --dtype bf16 --stages --json \
+    >"$OUT/stages.json" 2>"$OUT/stages.err"; then
+    python3 - "$OUT/stages.json" <<'EOF' | tee -a "$OUT/summary.md"
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f"plain forward {1e3*r['plain_seconds']:.1f} ms, staged {1e3*r['staged_seconds']:.1f} ms; |Δ score| {r['scores_max_abs_diff']:.2g}")
+for s in r["stages"]:
+    rate = f", {s['gflops']/1e3:.0f} TFLOP/s = {100*s['fraction_of_matmul']:.0f} % of matmul" if s["gflops"] else ""
+    print(f"  {s['stage']}: {1e3*s['seconds']:.2f} ms ({100*s['share']:.1f} %){rate}")
+EOF
+else
+    echo "FAILED: $(tail -3 "$OUT/stages.err")" | tee -a "$OUT/summary.md"
     failed=1
 fi
 

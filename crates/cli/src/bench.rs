@@ -63,6 +63,12 @@ pub struct BenchArgs {
     /// 160 training pairs, 1 epoch, 2 ensemble members) and its resume, which retrains nothing.
     #[arg(long)]
     pub cart: bool,
+    /// Instead: time each stage of one forward pass (norm + projections, RoPE, attention scores
+    /// and softmax, pattern × values, the MLP's parts, residual adds, head) at the largest
+    /// --batch-sizes, waiting for the device at every stage boundary; matmul stages get their
+    /// GFLOP/s. Where the time goes, before optimising (any --device and --dtype).
+    #[arg(long)]
+    pub stages: bool,
     /// Device of the timed model: `cpu`, or `cuda` / `cuda:N` in builds with the `cuda` feature.
     /// The matmul rate is then the GPU's own (cuBLAS, 8192³, in --dtype).
     #[arg(long, default_value = "cpu")]
@@ -153,6 +159,15 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let device = parse_device(&a.device)?;
     let opts = reward_lens_engine::LoadOptions { dtype: a.dtype.into(), device: device.clone() };
     let model = bench::model_from_weights_on(&shape, weights.clone(), &opts)?;
+    if a.stages {
+        let batch = a.batch_sizes.iter().copied().max().context("--batch-sizes is empty")?;
+        let r = reward_lens_engine::profile::stage_times(&model, &shape, batch, a.seq_len, a.iters)?;
+        match a.json {
+            true => println!("{}", serde_json::to_string_pretty(&r)?),
+            false => print!("{}", r.markdown()),
+        }
+        return Ok(());
+    }
     let mut report = bench::speed(&model, &shape, a.seq_len, &a.batch_sizes, a.iters, |m| {
         eprintln!("matmul rate {m:.1} GFLOP/s; timing {} batch sizes…", a.batch_sizes.len())
     })?;

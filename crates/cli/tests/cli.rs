@@ -871,3 +871,34 @@ fn write_errors_name_the_path() {
     assert!(e.contains("would destroy the input") && e.contains("model-00002-of-00002.safetensors"), "{e}");
     assert_eq!(std::fs::read(&shard).unwrap(), b"keep");
 }
+
+/// `bench --stages --json`: every stage of a tiny generated model's forward pass, summing to the
+/// staged pass, with GFLOP/s on the seven matmul stages only.
+#[test]
+fn bench_stages_add_up() {
+    let out =
+        run(exe().args(["bench", "--stages", "--json", "--layers", "2", "--d-model", "64", "--heads", "4"]).args([
+            "--kv-heads",
+            "2",
+            "--d-mlp",
+            "96",
+            "--vocab",
+            "100",
+            "--seq-len",
+            "16",
+            "--batch-sizes",
+            "1,3",
+            "--iters",
+            "1",
+        ]));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((r["batch"].as_u64(), r["seq_len"].as_u64()), (Some(3), Some(16)), "the largest batch");
+    assert_eq!(r["scores_max_abs_diff"].as_f64(), Some(0.0));
+    let stages = r["stages"].as_array().unwrap();
+    assert_eq!(stages.len(), 13);
+    let sum: f64 = stages.iter().map(|s| s["seconds"].as_f64().unwrap()).sum();
+    let staged = r["staged_seconds"].as_f64().unwrap();
+    assert!((sum - staged).abs() < 1e-9 * staged.max(1.0), "{sum} vs {staged}");
+    assert_eq!(stages.iter().filter(|s| s["gflops"].is_number()).count(), 7);
+    assert_eq!(stages[7]["stage"], "up projection");
+}

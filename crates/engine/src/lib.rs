@@ -27,6 +27,7 @@ mod kernels;
 pub mod model;
 mod network;
 pub mod pair;
+pub mod profile;
 pub mod random;
 pub mod runtime;
 pub mod site;
