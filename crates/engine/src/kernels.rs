@@ -25,85 +25,14 @@ fn parallel() -> bool {
     candle_core::utils::get_num_threads() > 1
 }
 
-/// `x @ wᵀ` for `x` `[m, k]` and `w` `[n, k]`: the gemm call candle's matmul makes, into an
-/// uninitialised output. candle zero-fills the output first although gemm overwrites it
-/// (`read_dst = false`): a pass over memory as large as the output, ~5 % of a projection whose
-/// inner dimension is 512.
-struct Gemm;
-
-impl CustomOp2 for Gemm {
-    fn name(&self) -> &'static str {
-        "gemm-f32"
-    }
-
-    fn cpu_fwd(
-        &self,
-        x: &CpuStorage,
-        lx: &Layout,
-        w: &CpuStorage,
-        lw: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(x), CpuStorage::F32(w)) = (x, w) else {
-            candle_core::bail!("gemm-f32 takes f32 tensors");
-        };
-        let (x, w) = (elements(x, lx, self.name())?, elements(w, lw, self.name())?);
-        let (m, k) = lx.shape().dims2()?;
-        let (n, k2) = lw.shape().dims2()?;
-        if k != k2 {
-            candle_core::bail!("gemm-f32: inner dimensions {k} and {k2} differ");
-        }
-        let parallelism = if parallel() {
-            gemm::Parallelism::Rayon(candle_core::utils::get_num_threads())
-        } else {
-            gemm::Parallelism::None
-        };
-        let mut dst: Vec<f32> = Vec::with_capacity(m * n);
-        // SAFETY: x is m × k row-major and w is n × k row-major (so wᵀ has column stride k), both
-        // in bounds; dst has room for m × n, gemm writes every element without reading any
-        // (read_dst = false), and only then is the length set.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                dst.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                x.as_ptr(),
-                1,
-                k as isize,
-                w.as_ptr(),
-                k as isize,
-                1,
-                0.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                parallelism,
-            );
-            dst.set_len(m * n);
-        }
-        Ok((CpuStorage::F32(dst), (m, n).into()))
-    }
-}
-
-/// `x @ wᵀ` for `x` `[m, k]`, `w` `[n, k]` (the `nn.Linear` layout).
-pub(crate) fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    if applies(&[x, w]) {
-        Ok(x.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &Gemm)?)
-    } else {
-        Ok(x.matmul(&w.t()?)?)
-    }
-}
-
-/// Batched `a @ b` (or `a @ bᵀ`) for attention: `a` `[S.., m, k]`, `b` `[S.., k, n]` (`[S.., n, k]`
-/// when transposed), both contiguous. candle calls gemm once per batch entry, each split across
-/// the threads (a hand-off per 128 × 128 tile) and zero-fills the output first; here the batch
-/// entries run in parallel, each gemm on one thread, into an uninitialised output. gemm's
-/// threads split the output into tiles and never the inner dimension, so every element sums the
-/// same products in the same order either way.
+/// `a @ b` (or `a @ bᵀ`) over leading batch axes: `a` `[S.., m, k]`, `b` `[S.., k, n]`
+/// (`[S.., n, k]` when transposed), both contiguous; the projections are the unbatched case.
+/// candle makes the same gemm calls but zero-fills the output first although gemm overwrites it
+/// (`read_dst = false`): a pass as large as the output, ~5 % of a projection whose inner
+/// dimension is 512. With batch axes (attention), candle also splits each entry's small gemm
+/// across the threads, a hand-off per entry; here the entries run in parallel instead, each gemm
+/// on one thread. gemm's threads split the output into tiles and never the inner dimension, so
+/// every element sums the same products in the same order either way.
 struct BatchedGemm {
     transpose_rhs: bool,
 }
@@ -170,6 +99,7 @@ impl CustomOp2 for BatchedGemm {
             if parallel() && steps > 1 {
                 spare.par_chunks_mut(m * n).enumerate().for_each(|e| one(e, gemm::Parallelism::None));
             } else {
+                // candle's own choice for a single product.
                 let parallelism = if parallel() {
                     gemm::Parallelism::Rayon(candle_core::utils::get_num_threads())
                 } else {
@@ -187,6 +117,15 @@ impl CustomOp2 for BatchedGemm {
         let mut shape = da.to_vec();
         shape[r - 1] = n;
         Ok((CpuStorage::F32(dst), shape.into()))
+    }
+}
+
+/// `x @ wᵀ` for `x` `[m, k]`, `w` `[n, k]` (the `nn.Linear` layout).
+pub(crate) fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if applies(&[x, w]) && x.rank() == 2 && w.rank() == 2 {
+        Ok(x.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &BatchedGemm { transpose_rhs: true })?)
+    } else {
+        Ok(x.matmul(&w.t()?)?)
     }
 }
 
