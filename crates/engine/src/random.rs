@@ -7,12 +7,21 @@
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
 
+/// SplitMix64's increment: the state after n draws is `seed + n · GAMMA`.
+const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
 impl Rng {
     pub fn new(seed: u64) -> Self {
         Self(seed)
     }
+    /// The generator `Rng::new(seed)` becomes after `draws` calls of `next_u64` (one `normal` is
+    /// two), reached in one step because SplitMix64's state is a counter: parallel chunks of a
+    /// stream reproduce the serial stream to the byte.
+    pub fn at(seed: u64, draws: u64) -> Self {
+        Self(seed.wrapping_add(draws.wrapping_mul(GAMMA)))
+    }
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        self.0 = self.0.wrapping_add(GAMMA);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -76,6 +85,12 @@ mod tests {
         assert_eq!(xs, (0..4).map(|_| b.next_u64()).collect::<Vec<_>>());
         // SplitMix64's published first output for seed 0.
         assert_eq!(Rng::new(0).next_u64(), 0xE220_A839_7B1D_CDAF);
+        // Skipping ahead lands where drawing would.
+        let mut c = Rng::new(7);
+        for _ in 0..1001 {
+            c.next_u64();
+        }
+        assert_eq!(Rng::at(7, 1001).next_u64(), c.next_u64());
     }
 
     #[test]

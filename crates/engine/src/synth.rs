@@ -82,14 +82,23 @@ impl LlamaShape {
 
     /// Seeded weights: norms 1 + N(0, 0.1²), matrices N(0, 0.02²) (transformers' init).
     pub fn random_weights(&self, seed: u64, device: &Device) -> Result<HashMap<String, Tensor>> {
-        let mut rng = Rng::new(seed);
+        use rayon::prelude::*;
+        // One normal stream over the tensors in order, drawn in parallel chunks that each start
+        // where the serial stream would be (an 8B-width model is billions of draws).
+        const CHUNK: usize = 1 << 16;
+        let mut drawn = 0u64;
         let mut out = HashMap::new();
         for (name, shape) in self.tensor_shapes() {
             let n: usize = shape.iter().product();
             let norm = name.ends_with("norm.weight");
-            let data: Vec<f32> = (0..n)
-                .map(|_| if norm { 1.0 + 0.1 * rng.normal() as f32 } else { 0.02 * rng.normal() as f32 })
-                .collect();
+            let mut data = vec![0f32; n];
+            data.par_chunks_mut(CHUNK).enumerate().for_each(|(c, xs)| {
+                let mut rng = Rng::at(seed, 2 * (drawn + (c * CHUNK) as u64));
+                for x in xs {
+                    *x = if norm { 1.0 + 0.1 * rng.normal() as f32 } else { 0.02 * rng.normal() as f32 };
+                }
+            });
+            drawn += n as u64;
             out.insert(name, Tensor::from_vec(data, shape, device)?);
         }
         Ok(out)
@@ -121,6 +130,19 @@ mod tests {
             vocab_size: 10,
             max_positions: 16,
         };
+        // The parallel chunks give the serial stream: tensors in order, one normal per element,
+        // on a shape whose embedding spans several chunks.
+        let wide = LlamaShape { d_model: 64, n_heads: 4, n_kv_heads: 2, d_mlp: 96, vocab_size: 3000, ..s };
+        let got = wide.random_weights(5, &Device::Cpu).unwrap();
+        let mut rng = Rng::new(5);
+        for (name, _) in wide.tensor_shapes() {
+            let norm = name.ends_with("norm.weight");
+            let have = got[&name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for (i, x) in have.iter().enumerate() {
+                let want = if norm { 1.0 + 0.1 * rng.normal() as f32 } else { 0.02 * rng.normal() as f32 };
+                assert_eq!(x.to_bits(), want.to_bits(), "{name}[{i}]");
+            }
+        }
         let a = s.random_weights(3, &Device::Cpu).unwrap();
         let b = s.random_weights(3, &Device::Cpu).unwrap();
         let c = s.random_weights(4, &Device::Cpu).unwrap();
