@@ -16,7 +16,9 @@
 #   3. `bench --stages` on the same model: each stage of one forward pass (norm + projections,
 #      RoPE, attention scores and softmax, pattern × values, the MLP's parts, residual adds), with
 #      the GFLOP/s of the matmul stages: where the GPU's time goes;
-#   4. where torch and transformers are installed: the same model scored by transformers (sdpa,
+#   4. `bench --patch` on cuda: the sublayer patch sweep (naive, sweep, attribution patching) on the
+#      32-layer 8B shape, beside the Python peer's recorded time;
+#   5. where torch and transformers are installed: the same model scored by transformers (sdpa,
 #      bf16) side by side, and both scoring the same text pairs in f32 (parity).
 # Nothing is downloaded: the model is generated from a seed.
 set -uo pipefail
@@ -114,6 +116,20 @@ for s in r["stages"]:
 EOF
 else
     echo "FAILED: $(tail -3 "$OUT/stages.err")" | tee -a "$OUT/summary.md"
+    failed=1
+fi
+
+SWEEP_LAYERS="${GPU_CHECK_SWEEP_LAYERS:-32}"
+SWEEP_PAIRS="${GPU_CHECK_SWEEP_PAIRS:-4}"
+step "patch sweep on cuda, bf16 ($SWEEP_LAYERS layers of the 8B widths, $SWEEP_PAIRS pairs of 40–60 tokens)"
+if "$BIN" bench --patch --patch-pairs "$SWEEP_PAIRS" --iters 1 --device cuda --dtype bf16 \
+    --layers "$SWEEP_LAYERS" --d-model 4096 --heads 32 --kv-heads 8 --d-mlp 14336 --vocab 128256 \
+    >"$OUT/sweep.md" 2>"$OUT/sweep.err"; then
+    tee -a "$OUT/summary.md" <"$OUT/sweep.md"
+    echo "(reward-lens 1.0, the Python peer, needed 1.83 s per pair for this sweep on an H200 with the 32-layer 8B model and the audit's pairs)" |
+        tee -a "$OUT/summary.md"
+else
+    echo "FAILED: $(tail -3 "$OUT/sweep.err")" | tee -a "$OUT/summary.md"
     failed=1
 fi
 

@@ -51,10 +51,13 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
     /// Instead: time a full sublayer patch sweep (noising) on 20 generated pairs of 40–60 tokens
-    /// (default shape then d_mlp 1376), naive vs sweep vs attribution patching. Set
-    /// RAYON_NUM_THREADS=1 for one thread.
+    /// (default shape then d_mlp 1376), naive vs sweep vs attribution patching, on --device in
+    /// --dtype. Set RAYON_NUM_THREADS=1 for one thread.
     #[arg(long)]
     pub patch: bool,
+    /// With --patch: how many of the 20 generated pairs to time (fewer for a large model).
+    #[arg(long, default_value_t = 20)]
+    pub patch_pairs: usize,
     /// Instead: time TopK SAE training (d_in = --d-model, d_sae 4096, k 32, batch 1024) on
     /// generated sparse data and report activations per second and the FVU reached.
     #[arg(long)]
@@ -85,8 +88,11 @@ pub struct BenchArgs {
 /// Seconds per pair and forward-equivalents of patching on a generated model.
 fn patch_bench(a: &BenchArgs) -> Result<()> {
     use reward_lens_instruments::patching::{atp, patch, PatchOptions};
-    let model = generated(a, if a.d_mlp == 1408 { 1376 } else { a.d_mlp })?;
-    let pairs = bench::patch_pairs(a.vocab);
+    let shape = shape(a, if a.d_mlp == 1408 { 1376 } else { a.d_mlp })?;
+    let opts = reward_lens_engine::LoadOptions { dtype: a.dtype.into(), device: parse_device(&a.device)? };
+    let model = bench::model_from_weights_on(&shape, shape.random_weights(bench::WEIGHT_SEED, &Device::Cpu)?, &opts)?;
+    let mut pairs = bench::patch_pairs(a.vocab);
+    pairs.truncate(a.patch_pairs.max(1));
     let (opts, mut rows) = (PatchOptions::default(), Vec::new());
     let naive = PatchOptions { naive: true, ..opts.clone() };
     for (label, atp_run, o) in [
@@ -100,7 +106,7 @@ fn patch_bench(a: &BenchArgs) -> Result<()> {
         })?;
         rows.push((label, s / pairs.len() as f64, fe));
     }
-    print!("{}", bench::patch_table(&model.config, &rows, bench::clean_run_cost(&pairs)));
+    print!("{}", bench::patch_table(&model, pairs.len(), &rows, bench::clean_run_cost(&pairs)));
     Ok(())
 }
 
@@ -113,8 +119,14 @@ fn sae_bench(a: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+fn shape(a: &BenchArgs, d_mlp: usize) -> Result<LlamaShape> {
+    let shape = LlamaShape::new(a.layers, a.d_model, a.heads, a.kv_heads, d_mlp, a.vocab);
+    shape.check().map_err(|_| anyhow!("--heads must divide --d-model and be a multiple of --kv-heads"))?;
+    Ok(shape)
+}
+
 fn generated(a: &BenchArgs, d_mlp: usize) -> Result<reward_lens_engine::RewardModel> {
-    Ok(bench::generated_model(&LlamaShape::new(a.layers, a.d_model, a.heads, a.kv_heads, d_mlp, a.vocab))?)
+    Ok(bench::generated_model(&shape(a, d_mlp)?)?)
 }
 
 /// Seconds of the tiny CART table, fresh and resumed, in a temporary directory.
@@ -146,9 +158,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         (.., true) => return patch_bench(&a),
         _ => {}
     }
-    let mut shape = LlamaShape::new(a.layers, a.d_model, a.heads, a.kv_heads, a.d_mlp, a.vocab);
+    let mut shape = shape(&a, a.d_mlp)?;
     shape.max_positions = a.seq_len.max(2048);
-    shape.check().map_err(|_| anyhow!("--heads must divide --d-model and be a multiple of --kv-heads"))?;
     let weights = shape.random_weights(bench::WEIGHT_SEED, &Device::Cpu)?;
     if let Some(dir) = &a.save_model {
         let tokenizer = reward_lens_report::example_model::dir()?;

@@ -146,11 +146,19 @@ pub fn site_activations(
 /// The patch benchmark's printed table: a heading naming `config`, one row per method
 /// `(label, seconds per pair, forward-equivalents per pair)`, the floor (`clean_runs`, from
 /// [`clean_run_cost`]), and the speed-up of the second method (the sweep) over the first (naive).
-pub fn patch_table(config: &ModelConfig, rows: &[(&str, f64, f64)], clean_runs: f64) -> String {
-    let c = config;
+pub fn patch_table(model: &RewardModel, n_pairs: usize, rows: &[(&str, f64, f64)], clean_runs: f64) -> String {
+    let c = &model.config;
     let mut s = format!(
-        "Patch sweep, noising, sublayers: {} layers, d_model {}, {}/{} heads, d_mlp {}; 20 pairs of 40–60 tokens; {} thread(s)\n\n",
-        c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, c.d_mlp, threads_label()
+        "Patch sweep, noising, sublayers: {} layers, d_model {}, {}/{} heads, d_mlp {}; {n_pairs} pairs of 40–60 tokens; \
+         {} {}, {} thread(s)\n\n",
+        c.n_layers,
+        c.d_model,
+        c.n_heads,
+        c.n_kv_heads,
+        c.d_mlp,
+        device_name(&model.device),
+        format!("{:?}", model.dtype).to_lowercase(),
+        threads_label()
     );
     s += "| method | s / pair | forward-equivalents / pair |\n|---|---|---|\n";
     for (label, secs, fe) in rows {
@@ -433,7 +441,8 @@ mod tests {
         assert!(floor > 1.6 && floor < 1.73, "{floor}");
         let one = EncodedPair::new(vec![1, 2, 3, 4], vec![1, 2, 5], (2, 2));
         assert!((clean_run_cost(&[one]) - (1.0 + 1.0 / 3.0)).abs() < 1e-12);
-        let t = patch_table(&model.config, &[("naive", 0.4, 6.0), ("sweep", 0.1, 2.9)], floor);
+        let t = patch_table(&model, 20, &[("naive", 0.4, 6.0), ("sweep", 0.1, 2.9)], floor);
+        assert!(t.contains("; 20 pairs of 40–60 tokens; cpu f32, "), "{t}");
         assert!(t.contains("| naive | 0.400 | 6.0 |\n| sweep | 0.100 | 2.9 |\n"), "{t}");
         assert!(t.contains(&format!("floor: {floor:.2} forward-equivalents")), "{t}");
         assert!(t.ends_with("sweep speed-up over naive: 4.00×\n"), "{t}");
