@@ -44,37 +44,64 @@ fi
 
 OUT="${OUT:-gpu-check-out}"
 mkdir -p "$OUT"
-BIN="$PWD/$PKG/reward-lens-cuda/run"
-if [ ! -x "$BIN" ] && [ -f "$PKG/reward-lens-cuda.tar.xz" ]; then
-    mkdir -p "$PKG/reward-lens-cuda"
-    tar -C "$PKG/reward-lens-cuda" --strip-components=1 -xJf "$PKG/reward-lens-cuda.tar.xz"
+# GPU_CHECK_DRY_RUN=1 runs every step but the GPU tests on the CPU, with this build's binary
+# (REWARD_LENS_BIN) and a tiny model: how the script is kept working without a GPU (a CLI test
+# runs it so).
+DRY="${GPU_CHECK_DRY_RUN:-0}"
+if [ "$DRY" = 1 ]; then
+    BIN="${REWARD_LENS_BIN:-$PWD/target/release/reward-lens}"
+    DEVICE=cpu
+    WIDTHS=(--d-model 64 --heads 4 --kv-heads 2 --d-mlp 96 --vocab 1000)
+    LAYERS=2 SEQ=16 BATCHES=1,2 STAGE_BATCH=2 SWEEP_LAYERS=2 SWEEP_PAIRS=1
+else
+    BIN="$PWD/$PKG/reward-lens-cuda/run"
+    if [ ! -x "$BIN" ] && [ -f "$PKG/reward-lens-cuda.tar.xz" ]; then
+        mkdir -p "$PKG/reward-lens-cuda"
+        tar -C "$PKG/reward-lens-cuda" --strip-components=1 -xJf "$PKG/reward-lens-cuda.tar.xz"
+    fi
+    DEVICE=cuda
+    WIDTHS=(--d-model 4096 --heads 32 --kv-heads 8 --d-mlp 14336 --vocab 128256)
+    LAYERS="${GPU_CHECK_LAYERS:-4}"
+    SEQ="${GPU_CHECK_SEQ_LEN:-256}"
+    BATCHES="${GPU_CHECK_BATCHES:-1,8,16,32}"
+    STAGE_BATCH="${GPU_CHECK_STAGE_BATCH:-16}"
+    SWEEP_LAYERS="${GPU_CHECK_SWEEP_LAYERS:-32}"
+    SWEEP_PAIRS="${GPU_CHECK_SWEEP_PAIRS:-4}"
 fi
 [ -x "$BIN" ] || { echo "gpu-check.sh: $BIN missing: run scripts/gpu-check.sh --prepare on the build machine" >&2; exit 2; }
-LAYERS="${GPU_CHECK_LAYERS:-4}"
-SEQ="${GPU_CHECK_SEQ_LEN:-256}"
-BATCHES="${GPU_CHECK_BATCHES:-1,8,16,32}"
 failed=0
 step() { printf '\n== %s (%s)\n' "$1" "$(date +%H:%M:%S)" | tee -a "$OUT/summary.md"; }
 : >"$OUT/summary.md"
 
 step "GPU"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$OUT/summary.md"
+if [ "$DRY" = 1 ]; then
+    echo "dry run on the cpu: no GPU, GPU tests skipped" | tee -a "$OUT/summary.md"
+else
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$OUT/summary.md"
+fi
 "$BIN" --version | tee -a "$OUT/summary.md"
 
-step "GPU tests: cuda against cpu on every architecture and instrument"
-if REWARD_LENS_CUDA_TESTS=1 REWARD_LENS_BIN="$BIN" REWARD_LENS_REPO="$PWD" REWARD_LENS_TEST_TMP="$OUT/tests" \
+[ "$DRY" = 1 ] || step "GPU tests: cuda against cpu on every architecture and instrument"
+if [ "$DRY" = 1 ]; then
+    :
+elif REWARD_LENS_CUDA_TESTS=1 REWARD_LENS_BIN="$BIN" REWARD_LENS_REPO="$PWD" REWARD_LENS_TEST_TMP="$OUT/tests" \
     RUST_TEST_THREADS=1 "$PKG/cuda-tests" --nocapture >"$OUT/tests.log" 2>&1; then
     echo "passed" | tee -a "$OUT/summary.md"
 else
     echo "FAILED (see $OUT/tests.log)" | tee -a "$OUT/summary.md"
     failed=1
 fi
-grep -E "max \|Δ\|" "$OUT/tests.log" | tee -a "$OUT/summary.md"
+[ "$DRY" = 1 ] || grep -E "max \|Δ\|" "$OUT/tests.log" | tee -a "$OUT/summary.md"
 
 # Peak GPU memory of a command: nvidia-smi's used-memory counter sampled every 50 ms, minus what
 # was in use before it started.
 peak_of() {
     local log="$1"; shift
+    if [ "$DRY" = 1 ]; then
+        echo n/a >"$log.peak_mib"
+        "$@" >"$log" 2>"$log.err"
+        return
+    fi
     local base; base="$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0)"
     nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 -lms 50 >"$log.mem" &
     local sampler=$!
@@ -85,26 +112,28 @@ peak_of() {
     return $rc
 }
 
-SHAPE=(--layers "$LAYERS" --d-model 4096 --heads 32 --kv-heads 8 --d-mlp 14336 --vocab 128256 --seq-len "$SEQ")
-step "bench --device cuda --dtype bf16 ($LAYERS layers of the 8B widths, $SEQ tokens, batches $BATCHES)"
-if peak_of "$OUT/bench.json" "$BIN" bench "${SHAPE[@]}" --batch-sizes "$BATCHES" --device cuda --dtype bf16 --json; then
+SHAPE=(--layers "$LAYERS" "${WIDTHS[@]}" --seq-len "$SEQ")
+step "bench --device $DEVICE --dtype bf16 ($LAYERS layers, ${WIDTHS[*]}, $SEQ tokens, batches $BATCHES)"
+if peak_of "$OUT/bench.json" "$BIN" bench "${SHAPE[@]}" --batch-sizes "$BATCHES" --device "$DEVICE" --dtype bf16 --no-memory --json; then
     python3 - "$OUT/bench.json" "$(cat "$OUT/bench.json.peak_mib")" <<'EOF' | tee -a "$OUT/summary.md"
 import json, sys
-r = json.load(open(sys.argv[1])); peak = float(sys.argv[2])
+r = json.load(open(sys.argv[1])); peak = sys.argv[2]
 weights_mib = r["n_params"] * 2 / 2**20
 print(f"{r['shape']}: {r['n_params']/1e9:.2f} B parameters; bf16 matmul rate {r['matmul_gflops']/1e3:.0f} TFLOP/s")
 for s in r["speed"]:
     print(f"  batch {s['batch']} x {s['seq_len']}: {s['tokens_per_s']:.0f} tokens/s, {s['gflops']/1e3:.0f} TFLOP/s = {100*s['fraction_of_matmul']:.0f} % of matmul")
-print(f"  peak GPU memory {peak:.0f} MiB = {peak/weights_mib:.2f} x the bf16 weights ({weights_mib:.0f} MiB)")
+if peak == "n/a":
+    print(f"  peak GPU memory: not sampled (no GPU); bf16 weights {weights_mib:.1f} MiB")
+else:
+    print(f"  peak GPU memory {float(peak):.0f} MiB = {float(peak)/weights_mib:.2f} x the bf16 weights ({weights_mib:.0f} MiB)")
 EOF
 else
     echo "FAILED: $(tail -3 "$OUT/bench.json.err")" | tee -a "$OUT/summary.md"
     failed=1
 fi
 
-STAGE_BATCH="${GPU_CHECK_STAGE_BATCH:-16}"
 step "where the time goes: each stage of one bf16 forward pass (batch $STAGE_BATCH)"
-if "$BIN" bench "${SHAPE[@]}" --batch-sizes "$STAGE_BATCH" --device cuda --dtype bf16 --stages --json \
+if "$BIN" bench "${SHAPE[@]}" --batch-sizes "$STAGE_BATCH" --device "$DEVICE" --dtype bf16 --stages --json \
     >"$OUT/stages.json" 2>"$OUT/stages.err"; then
     python3 - "$OUT/stages.json" <<'EOF' | tee -a "$OUT/summary.md"
 import json, sys
@@ -119,12 +148,9 @@ else
     failed=1
 fi
 
-SWEEP_LAYERS="${GPU_CHECK_SWEEP_LAYERS:-32}"
-SWEEP_PAIRS="${GPU_CHECK_SWEEP_PAIRS:-4}"
-step "patch sweep on cuda, bf16 ($SWEEP_LAYERS layers of the 8B widths, $SWEEP_PAIRS pairs of 40–60 tokens)"
-if "$BIN" bench --patch --patch-pairs "$SWEEP_PAIRS" --iters 1 --device cuda --dtype bf16 \
-    --layers "$SWEEP_LAYERS" --d-model 4096 --heads 32 --kv-heads 8 --d-mlp 14336 --vocab 128256 \
-    >"$OUT/sweep.md" 2>"$OUT/sweep.err"; then
+step "patch sweep on $DEVICE, bf16 ($SWEEP_LAYERS layers, ${WIDTHS[*]}, $SWEEP_PAIRS pairs of 40–60 tokens)"
+if "$BIN" bench --patch --patch-pairs "$SWEEP_PAIRS" --iters 1 --device "$DEVICE" --dtype bf16 \
+    --layers "$SWEEP_LAYERS" "${WIDTHS[@]}" >"$OUT/sweep.md" 2>"$OUT/sweep.err"; then
     tee -a "$OUT/summary.md" <"$OUT/sweep.md"
     echo "(reward-lens 1.0, the Python peer, needed 1.83 s per pair for this sweep on an H200 with the 32-layer 8B model and the audit's pairs)" |
         tee -a "$OUT/summary.md"
@@ -137,7 +163,7 @@ if python3 -c 'import torch, transformers' 2>/dev/null; then
     MODEL="$OUT/model-8b-shape"
     step "transformers side by side on the same generated model"
     "$BIN" bench "${SHAPE[@]}" --save-model "$MODEL" 2>>"$OUT/summary.md"
-    if peak_of "$OUT/transformers.json" python3 scripts/bench_transformers.py "$MODEL" --device cuda --dtype bf16 \
+    if peak_of "$OUT/transformers.json" python3 scripts/bench_transformers.py "$MODEL" --device "$DEVICE" --dtype bf16 \
         --seq-len "$SEQ" --batch-sizes "$BATCHES"; then
         python3 - "$OUT/bench.json" "$OUT/transformers.json" <<'EOF' | tee -a "$OUT/summary.md"
 import json, sys
@@ -149,9 +175,9 @@ EOF
     else
         echo "transformers bench FAILED: $(tail -3 "$OUT/transformers.json.err")" | tee -a "$OUT/summary.md"
     fi
-    step "parity: f32 scores of the same pairs, reward-lens cuda against transformers cuda"
-    "$BIN" score --model "$MODEL" --pairs tests/fixtures/pairs.jsonl --device cuda --dtype f32 --out "$OUT/scores.jsonl" 2>>"$OUT/summary.md"
-    python3 scripts/check_transformers.py "$MODEL" tests/fixtures/pairs.jsonl "$OUT/scores.jsonl" cuda | tee -a "$OUT/summary.md" || failed=1
+    step "parity: f32 scores of the same pairs, reward-lens $DEVICE against transformers $DEVICE"
+    "$BIN" score --model "$MODEL" --pairs tests/fixtures/pairs.jsonl --device "$DEVICE" --dtype f32 --out "$OUT/scores.jsonl" 2>>"$OUT/summary.md"
+    python3 scripts/check_transformers.py "$MODEL" tests/fixtures/pairs.jsonl "$OUT/scores.jsonl" "$DEVICE" | tee -a "$OUT/summary.md" || failed=1
     rm -rf "$MODEL"
 else
     step "transformers: not installed here, side-by-side skipped"

@@ -4,6 +4,7 @@
 mod common;
 
 use std::path::Path;
+use std::process::Command;
 
 use serde_json::Value;
 
@@ -901,4 +902,28 @@ fn bench_stages_add_up() {
     assert!((sum - staged).abs() < 1e-9 * staged.max(1.0), "{sum} vs {staged}");
     assert_eq!(stages.iter().filter(|s| s["gflops"].is_number()).count(), 7);
     assert_eq!(stages[7]["stage"], "up projection");
+}
+
+/// `scripts/gpu-check.sh` in its dry run (`GPU_CHECK_DRY_RUN=1`: every step but the GPU tests, on
+/// the CPU, with this binary and a tiny model): the script a lent GPU machine runs once must not
+/// rot where no GPU is.
+#[test]
+fn gpu_check_script_runs_dry_on_the_cpu() {
+    let d = tmp("gpu-check-dry");
+    let out = Command::new("bash")
+        .arg(common::repo().join("scripts/gpu-check.sh"))
+        .env("GPU_CHECK_DRY_RUN", "1")
+        .env("REWARD_LENS_BIN", env!("CARGO_BIN_EXE_reward-lens"))
+        .env("OUT", &d)
+        .output()
+        .unwrap();
+    let summary = std::fs::read_to_string(d.join("summary.md")).unwrap_or_default();
+    assert!(out.status.success(), "{summary}\n{}", String::from_utf8_lossy(&out.stderr));
+    for want in ["dry run on the cpu", "batch 2 x 16: ", "plain forward ", "| sweep (resume", "done: all checks passed"]
+    {
+        assert!(summary.contains(want), "{want:?} missing from:\n{summary}");
+    }
+    let bench = json(&d.join("bench.json"));
+    assert_eq!(bench["speed"].as_array().unwrap().len(), 2);
+    assert_eq!(json(&d.join("stages.json"))["stages"].as_array().unwrap().len(), 13);
 }
