@@ -12,6 +12,8 @@ import json
 import time
 
 import torch
+import transformers
+from packaging.version import Version
 from transformers import AutoModelForSequenceClassification
 
 ap = argparse.ArgumentParser()
@@ -25,8 +27,12 @@ ap.add_argument("--attn", default="sdpa")
 a = ap.parse_args()
 
 dtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[a.dtype]
-model = AutoModelForSequenceClassification.from_pretrained(a.model_dir, dtype=dtype, attn_implementation=a.attn)
+# transformers 4.56 renamed `torch_dtype` to `dtype`; an older one would take `dtype` as a config
+# field and silently load f32 weights, so pick the name by version and check the result.
+key = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+model = AutoModelForSequenceClassification.from_pretrained(a.model_dir, attn_implementation=a.attn, **{key: dtype})
 model = model.to(a.device).eval()
+assert next(model.parameters()).dtype == dtype, f"loaded {next(model.parameters()).dtype}, asked for {dtype}"
 vocab = model.config.vocab_size
 gen = torch.Generator().manual_seed(11)
 rows = []
@@ -44,5 +50,5 @@ with torch.no_grad():
                 best = min(best, time.perf_counter() - t)
         rows.append({"batch": bs, "seq_len": a.seq_len, "seconds_per_batch": best, "tokens_per_s": bs * a.seq_len / best})
 peak = torch.cuda.max_memory_allocated() if a.device.startswith("cuda") else None
-print(json.dumps({"transformers": __import__("transformers").__version__, "torch": torch.__version__,
+print(json.dumps({"transformers": transformers.__version__, "torch": torch.__version__,
                   "device": a.device, "dtype": a.dtype, "attn": a.attn, "speed": rows, "peak_gpu_bytes": peak}))

@@ -8,14 +8,22 @@ import json
 import sys
 
 import torch
+import transformers
+from packaging.version import Version
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 model_dir, pairs_path, scores_path = sys.argv[1:4]
 device = sys.argv[4] if len(sys.argv) > 4 else "cpu"
 tok = AutoTokenizer.from_pretrained(model_dir)
-model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+# transformers 4.56 renamed `torch_dtype` to `dtype` (an older one would take `dtype` as a config
+# field), and 5 loads the checkpoint's own dtype by default: ask for f32 by the right name, check.
+key = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+model = AutoModelForSequenceClassification.from_pretrained(model_dir, **{key: torch.float32}).to(device).eval()
+assert next(model.parameters()).dtype == torch.float32
 pairs = [json.loads(l) for l in open(pairs_path) if l.strip()]
 ours = [json.loads(l) for l in open(scores_path) if l.strip()]
+if len(ours) != len(pairs) or not pairs:
+    sys.exit(f"{scores_path} has {len(ours)} scored pairs, {pairs_path} {len(pairs)}: nothing to compare")
 worst = worst_rel = 0.0
 with torch.no_grad():
     for p, o in zip(pairs, ours):

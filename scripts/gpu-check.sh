@@ -51,7 +51,8 @@ DRY="${GPU_CHECK_DRY_RUN:-0}"
 if [ "$DRY" = 1 ]; then
     BIN="${REWARD_LENS_BIN:-$PWD/target/release/reward-lens}"
     DEVICE=cpu
-    WIDTHS=(--d-model 64 --heads 4 --kv-heads 2 --d-mlp 96 --vocab 1000)
+    # The vocabulary covers the example tokenizer's 1031 ids, which --save-model writes.
+    WIDTHS=(--d-model 64 --heads 4 --kv-heads 2 --d-mlp 96 --vocab 1100)
     LAYERS=2 SEQ=16 BATCHES=1,2 STAGE_BATCH=2 SWEEP_LAYERS=2 SWEEP_PAIRS=1
 else
     BIN="$PWD/$PKG/reward-lens-cuda/run"
@@ -162,7 +163,7 @@ fi
 if python3 -c 'import torch, transformers' 2>/dev/null; then
     MODEL="$OUT/model-8b-shape"
     step "transformers side by side on the same generated model"
-    "$BIN" bench "${SHAPE[@]}" --save-model "$MODEL" 2>>"$OUT/summary.md"
+    "$BIN" bench "${SHAPE[@]}" --save-model "$MODEL" 2>>"$OUT/summary.md" || failed=1
     if peak_of "$OUT/transformers.json" python3 scripts/bench_transformers.py "$MODEL" --device "$DEVICE" --dtype bf16 \
         --seq-len "$SEQ" --batch-sizes "$BATCHES"; then
         python3 - "$OUT/bench.json" "$OUT/transformers.json" <<'EOF' | tee -a "$OUT/summary.md"
@@ -174,10 +175,18 @@ for o, t in zip(ours["speed"], theirs["speed"]):
 EOF
     else
         echo "transformers bench FAILED: $(tail -3 "$OUT/transformers.json.err")" | tee -a "$OUT/summary.md"
+        failed=1
     fi
     step "parity: f32 scores of the same pairs, reward-lens $DEVICE against transformers $DEVICE"
-    "$BIN" score --model "$MODEL" --pairs tests/fixtures/pairs.jsonl --device "$DEVICE" --dtype f32 --out "$OUT/scores.jsonl" 2>>"$OUT/summary.md"
-    python3 scripts/check_transformers.py "$MODEL" tests/fixtures/pairs.jsonl "$OUT/scores.jsonl" "$DEVICE" | tee -a "$OUT/summary.md" || failed=1
+    if "$BIN" score --model "$MODEL" --pairs tests/fixtures/pairs.jsonl --device "$DEVICE" --dtype f32 \
+        --out "$OUT/scores.jsonl" 2>"$OUT/scores.err"; then
+        python3 scripts/check_transformers.py "$MODEL" tests/fixtures/pairs.jsonl "$OUT/scores.jsonl" "$DEVICE" \
+            2>"$OUT/check.err" | tee -a "$OUT/summary.md"
+        [ "${PIPESTATUS[0]}" = 0 ] || { echo "FAILED: $(tail -3 "$OUT/check.err")" | tee -a "$OUT/summary.md"; failed=1; }
+    else
+        echo "FAILED: $(tail -3 "$OUT/scores.err")" | tee -a "$OUT/summary.md"
+        failed=1
+    fi
     rm -rf "$MODEL"
 else
     step "transformers: not installed here, side-by-side skipped"
