@@ -90,7 +90,7 @@ fn patch_bench(a: &BenchArgs) -> Result<()> {
     use reward_lens_instruments::patching::{atp, patch, PatchOptions};
     let shape = shape(a, if a.d_mlp == 1408 { 1376 } else { a.d_mlp })?;
     let opts = reward_lens_engine::LoadOptions { dtype: a.dtype.into(), device: parse_device(&a.device)? };
-    let model = bench::model_from_weights_on(&shape, shape.random_weights(bench::WEIGHT_SEED, &Device::Cpu)?, &opts)?;
+    let model = bench::generated_model_on(&shape, &opts)?;
     let mut pairs = bench::patch_pairs(a.vocab);
     pairs.truncate(a.patch_pairs.max(1));
     let (opts, mut rows) = (PatchOptions::default(), Vec::new());

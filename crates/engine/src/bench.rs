@@ -11,6 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
 use crate::error::{EngineError, Result};
+use crate::runtime::{device_name, dtype_name};
 use crate::synth::LlamaShape;
 use crate::{EncodedPair, Hooks, LoadOptions, MapSource, ModelConfig, PaddingSide, RewardModel, Rng, Site};
 
@@ -77,12 +78,8 @@ pub fn describe(s: &LlamaShape) -> String {
     )
 }
 
-/// An f32 model of `shape` over the given weights (e.g. [`LlamaShape::random_weights`]).
-pub fn model_from_weights(shape: &LlamaShape, weights: HashMap<String, Tensor>) -> Result<RewardModel> {
-    model_from_weights_on(shape, weights, &LoadOptions::default())
-}
-
-/// A model of `shape` over `weights` (f32 on the CPU), in `opts`' compute dtype on its device.
+/// A model of `shape` over `weights` (f32 on the CPU, e.g. [`LlamaShape::random_weights`]), in
+/// `opts`' compute dtype on its device.
 pub fn model_from_weights_on(
     shape: &LlamaShape,
     weights: HashMap<String, Tensor>,
@@ -94,7 +91,12 @@ pub fn model_from_weights_on(
 
 /// The benchmark's generated Llama: `shape` with seeded random weights ([`WEIGHT_SEED`]).
 pub fn generated_model(shape: &LlamaShape) -> Result<RewardModel> {
-    model_from_weights(shape, shape.random_weights(WEIGHT_SEED, &Device::Cpu)?)
+    generated_model_on(shape, &LoadOptions::default())
+}
+
+/// [`generated_model`] in `opts`' compute dtype on its device.
+pub fn generated_model_on(shape: &LlamaShape, opts: &LoadOptions) -> Result<RewardModel> {
+    model_from_weights_on(shape, shape.random_weights(WEIGHT_SEED, &Device::Cpu)?, opts)
 }
 
 /// The patch benchmark's 20 pairs: a shared 16-token prompt, responses making 40–60 tokens in all.
@@ -157,7 +159,7 @@ pub fn patch_table(model: &RewardModel, n_pairs: usize, rows: &[(&str, f64, f64)
         c.n_kv_heads,
         c.d_mlp,
         device_name(&model.device),
-        format!("{:?}", model.dtype).to_lowercase(),
+        dtype_name(model.dtype),
         threads_label()
     );
     s += "| method | s / pair | forward-equivalents / pair |\n|---|---|---|\n";
@@ -272,7 +274,7 @@ pub fn speed(
         n_params: model.n_params,
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         device: device_name(device),
-        dtype: format!("{dtype:?}").to_lowercase(),
+        dtype: dtype_name(dtype),
         matmul_n: n,
         matmul_gflops: matmul,
         speed,
@@ -376,15 +378,6 @@ pub fn memory_rows<E: From<EngineError>>(
     }
     let _ = std::fs::remove_dir_all(tmp);
     Ok(rows)
-}
-
-/// `cpu`, `cuda:0`, … as the command line spells devices.
-pub fn device_name(device: &Device) -> String {
-    match device.location() {
-        candle_core::DeviceLocation::Cpu => "cpu".into(),
-        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
-        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
-    }
 }
 
 /// Seconds of one call of `f`, and its result.

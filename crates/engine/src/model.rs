@@ -334,7 +334,7 @@ impl RewardModel {
             vocab_size: c.vocab_size,
             max_position_embeddings: c.max_position_embeddings,
             n_params: self.n_params,
-            compute_dtype: format!("{:?}", self.dtype).to_lowercase(),
+            compute_dtype: crate::runtime::dtype_name(self.dtype),
             disk_dtype: self.disk_dtype.map(|d| format!("{d:?}").to_lowercase()),
             head: self.head.kind().to_string(),
             num_objectives: c.gating.as_ref().map(|g| g.num_objectives),

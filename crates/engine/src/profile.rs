@@ -13,9 +13,10 @@ use std::time::Instant;
 use candle_core::Tensor;
 use serde::Serialize;
 
-use crate::bench::{best_of, describe, device_name, matmul_rate_on, random_tokens};
+use crate::bench::{best_of, describe, matmul_rate_on, random_tokens};
 use crate::error::Result;
 use crate::hooks::{Action, Hooks, Intervention};
+use crate::runtime::{device_name, dtype_name};
 use crate::synth::LlamaShape;
 use crate::{PaddingSide, RewardModel, Rng, Site};
 
@@ -184,7 +185,7 @@ pub fn stage_times(
     Ok(StageTimes {
         shape: describe(shape),
         device: device_name(&device),
-        dtype: format!("{:?}", model.dtype).to_lowercase(),
+        dtype: dtype_name(model.dtype),
         batch,
         seq_len,
         matmul_gflops: matmul,

@@ -57,3 +57,17 @@ pub fn parse_dtype(s: &str) -> crate::Result<candle_core::DType> {
         _ => Err(crate::EngineError::Invalid(format!("dtype `{s}`: expected f32, bf16 or f16"))),
     }
 }
+
+/// `cpu`, `cuda:0`, … as the command line spells devices (the inverse of [`parse_device`]).
+pub fn device_name(device: &candle_core::Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
+/// `f32`, `bf16`, … as results name a dtype (the inverse of [`parse_dtype`]).
+pub fn dtype_name(dtype: candle_core::DType) -> String {
+    format!("{dtype:?}").to_lowercase()
+}

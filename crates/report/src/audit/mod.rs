@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use candle_core::DeviceLocation;
+use reward_lens_engine::runtime::{device_name, dtype_name};
 use reward_lens_engine::{
     DType, Device, EngineError, LoadOptions, PaddingSide, PairText, RewardModel, Rng, ScoreOptions, Truncation,
 };
@@ -352,7 +352,7 @@ pub fn run_audit_shard(inputs: &AuditInputs, shard: Option<Shard>, progress: &mu
         max_pairs: o.max_pairs,
         batch_size: o.batch_size,
         permutations: o.permutations,
-        dtype: format!("{:?}", o.dtype).to_lowercase(),
+        dtype: dtype_name(o.dtype),
         device: device_name(&o.device),
         patching: format!(
             "{:?} mode, {:?} granularity, {:?} alignment, {:?} positions",
@@ -657,15 +657,6 @@ pub fn write_files(res: &AuditResults, out_dir: &Path) -> Result<(PathBuf, PathB
     let html_path = out_dir.join("report.html");
     std::fs::write(&html_path, html::render(res)).map_err(io(&html_path, "cannot write"))?;
     Ok((json_path, html_path))
-}
-
-/// `cpu`, or `cuda:N`: how the results name the device.
-fn device_name(d: &Device) -> String {
-    match d.location() {
-        DeviceLocation::Cpu => "cpu".into(),
-        DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
-        DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
-    }
 }
 
 /// At most `max` pairs (0: all): a seeded sample without replacement, in file order.
