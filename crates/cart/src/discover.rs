@@ -593,8 +593,8 @@ pub fn extract(
                     for &(k, h) in members {
                         let tok = units[k].key_token.unwrap_or(u32::MAX);
                         let mut mass = 0f32;
-                        for q in p0..=p1 {
-                            mass += (0..=q).filter(|&j| ids_b[j] == tok).map(|j| pat[h][q][j]).sum::<f32>();
+                        for (q, pq) in pat[h].iter().enumerate().take(p1 + 1).skip(p0) {
+                            mass += (0..=q).filter(|&j| ids_b[j] == tok).map(|j| pq[j]).sum::<f32>();
                         }
                         row[off[k]] = mass / nq;
                     }

@@ -168,7 +168,7 @@ fn the_tail_rule_is_an_attention_gate_that_the_oracle_and_discovery_both_find() 
     let mut n = 0usize;
     for &i in &head_enc {
         for ids in [&enc[i].chosen, &enc[i].rejected] {
-            let b = model.batch(&[ids.clone()], PaddingSide::Right).unwrap();
+            let b = model.batch(std::slice::from_ref(ids), PaddingSide::Right).unwrap();
             let name = format!("blocks.{last}.attn.hook_z");
             let f = model.forward(&b, &Hooks::cache(&[name.as_str()])).unwrap();
             let z = f.cache.require(&name).unwrap().get(0).unwrap();

@@ -56,8 +56,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub patch: bool,
     /// With --patch: how many of the 20 generated pairs to time (fewer for a large model).
-    #[arg(long, default_value_t = 20)]
-    pub patch_pairs: usize,
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=20))]
+    pub patch_pairs: u16,
     /// Instead: time TopK SAE training (d_in = --d-model, d_sae 4096, k 32, batch 1024) on
     /// generated sparse data and report activations per second and the FVU reached.
     #[arg(long)]
@@ -92,7 +92,7 @@ fn patch_bench(a: &BenchArgs) -> Result<()> {
     let opts = reward_lens_engine::LoadOptions { dtype: a.dtype.into(), device: parse_device(&a.device)? };
     let model = bench::generated_model_on(&shape, &opts)?;
     let mut pairs = bench::patch_pairs(a.vocab);
-    pairs.truncate(a.patch_pairs.max(1));
+    pairs.truncate(a.patch_pairs.into());
     let (opts, mut rows) = (PatchOptions::default(), Vec::new());
     let naive = PatchOptions { naive: true, ..opts.clone() };
     for (label, atp_run, o) in [

@@ -927,3 +927,15 @@ fn gpu_check_script_runs_dry_on_the_cpu() {
     assert_eq!(bench["speed"].as_array().unwrap().len(), 2);
     assert_eq!(json(&d.join("stages.json"))["stages"].as_array().unwrap().len(), 13);
 }
+
+/// `bench --patch --patch-pairs` outside 1–20 is refused by name, not silently run on one pair or
+/// on all twenty.
+#[test]
+fn bench_patch_pairs_out_of_range_is_refused() {
+    for n in ["0", "21"] {
+        let o = exe().args(["bench", "--patch", "--patch-pairs", n]).output().unwrap();
+        assert_eq!(o.status.code(), Some(2), "a usage error");
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(e.contains("--patch-pairs") && e.contains("1..=20"), "{e}");
+    }
+}
