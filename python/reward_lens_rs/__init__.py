@@ -13,8 +13,10 @@ of numbers is a numpy array. Errors are RewardLensError subclasses carrying the 
 message, which names the file, field, tensor or line at fault. Long calls release the GIL,
 stop on Ctrl-C and show a tqdm bar when tqdm is installed (progress=False silences it).
 
-rl.cli([...]) runs a `reward-lens` command line in-process; reward_lens_rs.ray runs one over
-shards on a Ray cluster and merges them (Ray is optional: only that module needs it).
+rl.cli([...]) runs a `reward-lens` command line in-process; rl.merge(shards, out) joins a sharded
+run's outputs into what one run writes and rl.shard_status(shards) says which are done;
+reward_lens_rs.ray runs a command over shards on a Ray cluster and merges them (Ray is optional:
+only that module needs it).
 """
 
 from ._errors import FileError, InputError, ModelError, RewardLensError, SiteError
@@ -39,6 +41,8 @@ from ._native import (
     probe,
     audit,
     cli,
+    merge,
+    shard_status,
 )
 from . import cart, sae
 from ._json import to_json
@@ -66,10 +70,12 @@ __all__ = [
     "faithfulness",
     "lens",
     "load",
+    "merge",
     "organism",
     "patch",
     "path_patch",
     "probe",
     "sae",
+    "shard_status",
     "to_json",
 ]

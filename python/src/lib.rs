@@ -45,6 +45,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         wrap_pyfunction!(workflows::cart_table, m)?,
         wrap_pyfunction!(workflows::audit, m)?,
         wrap_pyfunction!(workflows::cli, m)?,
+        wrap_pyfunction!(workflows::merge, m)?,
+        wrap_pyfunction!(workflows::shard_status, m)?,
     ] {
         m.add_function(f)?;
     }

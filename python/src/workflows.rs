@@ -678,3 +678,24 @@ pub fn cli(py: Python<'_>, args: Vec<String>, keep_model: bool) -> PyResult<()> 
         reward_lens_cli::run_args(&args).map_err(|m| crate::errors::raise(crate::errors::Kind::Other, m))
     })
 }
+
+/// Merges the shards of one run (their outputs, or directories holding them) into `out`: exactly
+/// the file one run writes, with its fingerprint beside it (`reward-lens merge`). Refuses shards
+/// of different runs, duplicates, missing and unfinished shards, naming each. `summary` (`score`
+/// shards only) also receives the accuracy summary. Returns the text the command prints.
+#[pyfunction]
+#[pyo3(signature = (shards, out, summary = None))]
+pub fn merge(py: Python<'_>, shards: Vec<PathBuf>, out: PathBuf, summary: Option<PathBuf>) -> PyResult<String> {
+    use reward_lens_report::merge::{merge, Printed};
+    let m = detached(py, || merge(&shards, &out, summary.as_deref()).or_raise())?;
+    Ok(match m.printed {
+        Printed::Stdout(t) | Printed::Stderr(t) => t,
+    })
+}
+
+/// Which shards K/N of the run found in `shards` (outputs or directories) are done, partial or
+/// missing, as the table `reward-lens status` prints.
+#[pyfunction]
+pub fn shard_status(shards: Vec<PathBuf>) -> PyResult<String> {
+    reward_lens_report::merge::status(&shards).or_raise()
+}

@@ -139,3 +139,27 @@ def test_keep_model_loads_a_model_once_per_process(tmp_path):
     assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
     with pytest.raises(rl.RewardLensError, match="safetensors"):
         rl.cli([*args, "--out", str(tmp_path / "c.jsonl")])
+
+
+def test_merge_and_shard_status_equal_one_run(tmp_path):
+    pairs = str(EXAMPLES)
+    one = tmp_path / "one.jsonl"
+    rl.cli(["score", "--model", str(LLAMA), "--pairs", pairs, "--out", str(one)])
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    rl.cli(["score", "--model", str(LLAMA), "--pairs", pairs, "--shard", "0/3", "--out", str(shards / "s.0.jsonl")])
+    text = rl.shard_status([shards])
+    assert "1 done, 0 partial, 2 missing" in text and "1/3  missing" in text, text
+    with pytest.raises(rl.RewardLensError, match="missing shards 1/3, 2/3"):
+        rl.merge([shards], tmp_path / "merged.jsonl")
+    for k in (1, 2):
+        rl.cli(["score", "--model", str(LLAMA), "--pairs", pairs, "--shard", f"{k}/3", "--out", str(shards / f"s.{k}.jsonl")])
+    printed = rl.merge([shards], tmp_path / "merged.jsonl", summary=tmp_path / "summary.json")
+    assert (tmp_path / "merged.jsonl").read_bytes() == one.read_bytes()
+    assert json.loads((tmp_path / "summary.json").read_text())["overall"]["n"] == 20
+    assert "accuracy" in printed.lower(), printed
+    with pytest.raises(rl.RewardLensError, match="--summary is `score`'s"):
+        lens = tmp_path / "lens"
+        lens.mkdir()
+        rl.cli(["lens", "--model", str(LLAMA), "--pairs", pairs, "--shard", "0/1", "--out", str(lens / "l.0.json")])
+        rl.merge([lens], tmp_path / "l.json", summary=tmp_path / "x.json")

@@ -14,17 +14,9 @@ use reward_lens_instruments::stats::bootstrap_mean;
 use reward_lens_instruments::InstrumentError;
 
 use reward_lens_engine::{PaddingSide, PairScore, PairText, RewardModel, ScoreOptions, Truncation};
+use reward_lens_report::merge::Envelope;
 pub use reward_lens_report::perpair::column;
 use reward_lens_report::perpair::PerPairFile;
-
-#[derive(Serialize)]
-struct Envelope<'a, T: Serialize> {
-    instrument: &'a str,
-    model: String,
-    /// `id` and `subset` of each pair, in the order of `report.pairs`.
-    inputs: Vec<Value>,
-    report: &'a T,
-}
 
 pub fn write<T: Serialize>(
     out: Option<&Path>,
@@ -35,9 +27,7 @@ pub fn write<T: Serialize>(
 ) -> Result<()> {
     let Some(path) = out else { return Ok(()) };
     let inputs = pairs.iter().map(|p| serde_json::json!({"id": p.id, "subset": p.subset})).collect();
-    let env = Envelope { instrument, model: model.to_string(), inputs, report };
-    std::fs::write(path, serde_json::to_string_pretty(&env)?)
-        .with_context(|| format!("{}: cannot write", path.display()))?;
+    Envelope { instrument, model: model.to_string(), inputs, report }.write(path)?;
     eprintln!("wrote {}", path.display());
     Ok(())
 }
@@ -192,29 +182,7 @@ impl ShardRun {
     }
 }
 
-/// [`write`] with the inputs' `id` and `subset` already as JSON (what `merge` reads back).
-pub fn write_inputs<T: Serialize>(
-    path: &Path,
-    instrument: &str,
-    model: &str,
-    inputs: Vec<Value>,
-    report: &T,
-) -> Result<()> {
-    let env = Envelope { instrument, model: model.to_string(), inputs, report };
-    std::fs::write(path, serde_json::to_string_pretty(&env)?)
-        .with_context(|| format!("{}: cannot write", path.display()))?;
-    eprintln!("wrote {}", path.display());
-    Ok(())
-}
-
-/// What `audit` (and `merge` of audit shards) prints when done.
+/// What `audit` prints when done.
 pub fn audit_summary(r: &reward_lens_report::AuditResults, out: &Path) {
-    println!(
-        "audited {} on {} pairs, {} probes, {} concepts in {:.1} s",
-        r.inputs.model, r.inputs.pairs_used, r.inputs.n_probes, r.inputs.n_concepts, r.total_seconds
-    );
-    for f in &r.findings {
-        println!("[{:?}] {}: {}", f.severity, f.title, f.text);
-    }
-    println!("wrote {} and {}", out.join("results.json").display(), out.join("report.html").display());
+    print!("{}", reward_lens_report::text::audit_summary(r, out));
 }

@@ -7,6 +7,7 @@ pub mod datasets;
 pub mod error;
 pub mod example_model;
 pub mod fingerprint;
+pub mod merge;
 pub mod model_info;
 pub mod perpair;
 pub mod scoring;

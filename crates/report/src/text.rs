@@ -306,6 +306,20 @@ pub fn compare_table(rep: &ComparisonReport) -> String {
     s
 }
 
+/// What `audit` (and `merge` of audit shards) prints when done: the run in one line, each finding,
+/// and the two files written into `out`.
+pub fn audit_summary(r: &crate::AuditResults, out: &std::path::Path) -> String {
+    let mut s = format!(
+        "audited {} on {} pairs, {} probes, {} concepts in {:.1} s\n",
+        r.inputs.model, r.inputs.pairs_used, r.inputs.n_probes, r.inputs.n_concepts, r.total_seconds
+    );
+    for f in &r.findings {
+        let _ = writeln!(s, "[{:?}] {}: {}", f.severity, f.title, f.text);
+    }
+    let _ = writeln!(s, "wrote {} and {}", out.join("results.json").display(), out.join("report.html").display());
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
