@@ -74,6 +74,10 @@ fn kind_of(e: &(dyn StdError + 'static)) -> Kind {
         if x.downcast_ref::<reward_lens_report::DatasetError>().is_some() {
             return Kind::Input;
         }
+        // The report's own refusals (shards that do not belong together, options out of range).
+        if let Some(reward_lens_report::ReportError::Invalid(_)) = x.downcast_ref() {
+            return Kind::Input;
+        }
         if x.downcast_ref::<std::io::Error>().is_some() {
             return Kind::File;
         }

@@ -148,6 +148,9 @@ def test_merge_and_shard_status_equal_one_run(tmp_path):
     shards = tmp_path / "shards"
     shards.mkdir()
     rl.cli(["score", "--model", str(LLAMA), "--pairs", pairs, "--shard", "0/3", "--out", str(shards / "s.0.jsonl")])
+    for call in (lambda: rl.shard_status([]), lambda: rl.merge([], tmp_path / "none.jsonl")):
+        with pytest.raises(rl.InputError, match="no shards given"):
+            call()
     text = rl.shard_status([shards])
     assert "1 done, 0 partial, 2 missing" in text and "1/3  missing" in text, text
     with pytest.raises(rl.RewardLensError, match="missing shards 1/3, 2/3"):

@@ -172,6 +172,9 @@ impl ShardFile {
 /// The shards named: output files, or directories holding them (every `*.meta.json` there that
 /// records a shard). Order: by shard index.
 pub fn find(paths: &[PathBuf]) -> Result<Vec<ShardFile>, ReportError> {
+    if paths.is_empty() {
+        return Err(ReportError::Invalid("no shards given: name shard outputs or a directory holding them".into()));
+    }
     let mut out = Vec::new();
     for p in paths {
         if !p.exists() {
@@ -308,5 +311,16 @@ mod tests {
             let e = bad.parse::<Shard>().unwrap_err();
             assert!(e.contains("0 ≤ K < N"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn finding_no_shards_is_an_error_not_an_empty_set() {
+        let e = find(&[]).unwrap_err().to_string();
+        assert!(e.contains("no shards given"), "{e}");
+        let dir = std::env::temp_dir().join(format!("rl-shards-empty-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let e = find(std::slice::from_ref(&dir)).unwrap_err().to_string();
+        assert!(e.contains("no shard outputs here"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
