@@ -37,6 +37,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from ._errors import RewardLensError
 from ._native import cli as _cli
+from ._native import shard_status as _shard_status
 
 # What each sharded command writes with --out: a file (suffix) or, for the audit, a directory.
 SHARDED = {
@@ -200,6 +201,9 @@ def run(
     return out
 
 
-def status(workdir: Any) -> None:
-    """Prints which shards of the run in `workdir` are done, partial or missing (`reward-lens status`)."""
-    _cli(["status", str(workdir)])
+def status(workdir: Any) -> str:
+    """Which shards of the run in `workdir` are done, partial or missing: prints the table
+    `reward-lens status` prints and returns it (`reward_lens_rs.shard_status`)."""
+    text = _shard_status([str(workdir)])
+    print(text, end="")
+    return text

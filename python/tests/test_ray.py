@@ -106,6 +106,7 @@ def test_a_failed_shard_is_named_and_the_rest_kept_then_a_rerun_computes_only_wh
     gone = rlray.part_name("score", 1, 3)
     (workdir / gone).unlink()
     (workdir / (gone + ".meta.json")).unlink()
+    assert "2 done, 0 partial, 1 missing" in rlray.status(workdir)
     rlray.run(score, shards=3, out=tmp_path / "again.jsonl", workdir=workdir)
     for name, t in stamps.items():
         if not name.startswith(gone):
