@@ -685,8 +685,9 @@ pub fn cli(py: Python<'_>, args: Vec<String>, keep_model: bool) -> PyResult<()> 
 /// shards only) also receives the accuracy summary. Returns the text the command prints.
 #[pyfunction]
 #[pyo3(signature = (shards, out, summary = None))]
-pub fn merge(py: Python<'_>, shards: Vec<PathBuf>, out: PathBuf, summary: Option<PathBuf>) -> PyResult<String> {
+pub fn merge(py: Python<'_>, shards: &Bound<'_, PyAny>, out: PathBuf, summary: Option<PathBuf>) -> PyResult<String> {
     use reward_lens_report::merge::{merge, Printed};
+    let shards = shard_paths(shards)?;
     let m = detached(py, || merge(&shards, &out, summary.as_deref()).or_raise())?;
     Ok(match m.printed {
         Printed::Stdout(t) | Printed::Stderr(t) => t,
@@ -696,6 +697,16 @@ pub fn merge(py: Python<'_>, shards: Vec<PathBuf>, out: PathBuf, summary: Option
 /// Which shards K/N of the run found in `shards` (outputs or directories) are done, partial or
 /// missing, as the table `reward-lens status` prints.
 #[pyfunction]
-pub fn shard_status(shards: Vec<PathBuf>) -> PyResult<String> {
-    reward_lens_report::merge::status(&shards).or_raise()
+pub fn shard_status(shards: &Bound<'_, PyAny>) -> PyResult<String> {
+    reward_lens_report::merge::status(&shard_paths(shards)?).or_raise()
+}
+
+/// One path (a directory of shards, most often) or a sequence of them.
+fn shard_paths(shards: &Bound<'_, PyAny>) -> PyResult<Vec<PathBuf>> {
+    if let Ok(one) = shards.extract::<PathBuf>() {
+        return Ok(vec![one]);
+    }
+    shards
+        .extract::<Vec<PathBuf>>()
+        .map_err(|_| input("shards: expected a path or a list of paths (shard outputs or directories holding them)"))
 }

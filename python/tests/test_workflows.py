@@ -151,7 +151,10 @@ def test_merge_and_shard_status_equal_one_run(tmp_path):
     for call in (lambda: rl.shard_status([]), lambda: rl.merge([], tmp_path / "none.jsonl")):
         with pytest.raises(rl.InputError, match="no shards given"):
             call()
-    text = rl.shard_status([shards])
+    with pytest.raises(rl.InputError, match="a path or a list of paths"):
+        rl.shard_status(3)
+    text = rl.shard_status(shards)  # one directory, or a list of outputs and directories
+    assert rl.shard_status([shards / "s.0.jsonl"]) == text
     assert "1 done, 0 partial, 2 missing" in text and "1/3  missing" in text, text
     with pytest.raises(rl.RewardLensError, match="missing shards 1/3, 2/3"):
         rl.merge([shards], tmp_path / "merged.jsonl")
