@@ -10,12 +10,10 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use reward_lens_instruments::patching::PatchingReport;
-use reward_lens_instruments::stats::bootstrap_mean;
 use reward_lens_instruments::InstrumentError;
 
 use reward_lens_engine::{PaddingSide, PairScore, PairText, RewardModel, ScoreOptions, Truncation};
 use reward_lens_report::merge::Envelope;
-pub use reward_lens_report::perpair::column;
 use reward_lens_report::perpair::PerPairFile;
 
 pub fn write<T: Serialize>(
@@ -108,22 +106,6 @@ pub fn score_with_bar(
 
 pub fn named(rep: &PatchingReport, v: &[f64]) -> Value {
     Value::Object(rep.components.iter().zip(v).map(|(c, x)| (c.name.clone(), json!(x))).collect::<Map<_, _>>())
-}
-
-/// Top components by |mean effect| over all lines.
-pub fn summarize(lines: &[Value], names: &[String], field: &str, seed: u64) {
-    let mut rows: Vec<(String, reward_lens_instruments::stats::MeanCi)> =
-        names.iter().map(|n| (n.clone(), bootstrap_mean(&column(lines, field, n), 0.95, 2000, seed))).collect();
-    rows.sort_by(|a, b| b.1.mean.unwrap_or(0.0).abs().total_cmp(&a.1.mean.unwrap_or(0.0).abs()));
-    let max = rows.first().and_then(|r| r.1.mean).unwrap_or(0.0).abs();
-    println!("{} pairs; top components by |mean {field}| [95% CI]:", lines.len());
-    for (n, m) in rows.iter().take(10) {
-        println!(
-            "  {n:<14} {:<36} {}",
-            reward_lens_report::text::mean_ci(m),
-            reward_lens_report::text::bar(m.mean.unwrap_or(f64::NAN), max, 20)
-        );
-    }
 }
 
 /// A report command's shard (`lens`, `attribute`): which pairs it writes and where.

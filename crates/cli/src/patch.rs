@@ -6,7 +6,7 @@ use serde_json::json;
 use reward_lens_instruments::patching::{atp, patch};
 
 pub use crate::args::PatchArgs;
-use crate::output::{self, named, summarize};
+use crate::output::{self, named};
 
 fn run_kind(a: PatchArgs, attribution_patching: bool) -> Result<()> {
     let pairs = a.input.read()?;
@@ -61,7 +61,7 @@ fn run_kind(a: PatchArgs, attribution_patching: bool) -> Result<()> {
             .map(|m| m.keys().cloned().collect())
             .unwrap_or_default();
     }
-    summarize(&lines, &names, "effects", a.seed);
+    print!("{}", reward_lens_report::text::top_components(&lines, &names, "effects", a.seed));
     if done > 0 {
         println!("compute: {:.1} forward-equivalents per pair (mean over the pairs run now)", fe / done as f64);
     }

@@ -9,7 +9,6 @@ use reward_lens_instruments::path::{path_patch, Receiver};
 
 use crate::args::choice;
 use crate::args::PairInput;
-use crate::output::summarize;
 use crate::{output, ModelArgs};
 
 #[derive(Args, Debug, Clone)]
@@ -70,7 +69,7 @@ pub fn run(a: PathPatchArgs) -> Result<()> {
     })?;
     let names: Vec<String> = receivers.iter().map(|r| r.name()).collect();
     println!("paths from head.{}.{}:", sender.0, sender.1);
-    summarize(&lines, &names, "effects", a.seed);
+    print!("{}", reward_lens_report::text::top_components(&lines, &names, "effects", a.seed));
     eprintln!("wrote {}", a.out.display());
     Ok(())
 }

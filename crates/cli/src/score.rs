@@ -6,10 +6,11 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use reward_lens_engine::{RewardModel, ScoreOptions, Truncation};
-use reward_lens_instruments::rewardbench2::{score_rows, summarise, Rb2Row, RowScores};
+use reward_lens_instruments::rewardbench2::{summarise, Rb2Row, RowScores};
 use reward_lens_report::datasets::{read_preferences, Preferences};
 use reward_lens_report::scoring::{
-    resume_point, resume_rows, rewardbench2_table, Rb2Eval, RowScoreLine, ScoreLine, Tallies,
+    pairs_per_batch, resume_point, resume_rows, rewardbench2_table, rows_per_chunk, score_in_file_batches,
+    score_rows_in_file_chunks, Rb2Eval, RowScoreLine, Tallies,
 };
 use serde_json::Value;
 
@@ -82,7 +83,7 @@ pub fn run(a: ScoreArgs) -> Result<()> {
     let pairs = &all[range.clone()];
     let mut tallies = Tallies::default();
 
-    let pairs_per_batch = (a.batch_size / 2).max(1);
+    let pairs_per_batch = pairs_per_batch(a.batch_size);
     let mut done = 0usize;
     if a.resume {
         let out = a.out.as_ref().expect("clap enforces --out with --resume");
@@ -111,29 +112,18 @@ pub fn run(a: ScoreArgs) -> Result<()> {
     let mut sink = sink(&a)?;
 
     let bar = crate::progress::pair_bar("scoring", (pairs.len() - done) as u64);
-    // One batch at a time, each written (and flushed) as it finishes. Batches are the whole
-    // file's (pairs_per_batch pairs from the first): a pair's reward depends on its batch in the
-    // last bits, so a shard or a resumed run scores the whole batch of its first and last pairs.
     let opts = ScoreOptions { batch_size: a.batch_size, padding: a.padding };
-    let mut at = range.start + done;
-    while at < range.end {
-        let block =
-            (at / pairs_per_batch * pairs_per_batch)..((at / pairs_per_batch + 1) * pairs_per_batch).min(all.len());
-        let chunk = &all[block.clone()];
-        let encoded = model.encode_pairs(chunk, truncation)?;
-        let scores = model.score_pair_texts(chunk, &encoded, &opts, &mut |_| {})?;
-        let keep = at..block.end.min(range.end);
-        for i in keep.clone() {
-            let (p, e, s) = (&all[i], &encoded[i - block.start], &scores[i - block.start]);
-            reward_lens_report::scoring::finite_rewards(p, s)?;
-            let line = ScoreLine::new(p, e, s);
-            write_line(&mut sink, &line).with_context(|| format!("{}: cannot write", sink_name(&a)))?;
-            tallies.add(p.subset.as_deref(), line.margin as f64);
+    let span = range.start + done..range.end;
+    // Each batch written (and flushed) as it finishes.
+    score_in_file_batches(&model, &all, span, &opts, truncation, |lines| -> Result<()> {
+        for line in &lines {
+            write_line(&mut sink, line).with_context(|| format!("{}: cannot write", sink_name(&a)))?;
+            tallies.add(line.subset.as_deref(), line.margin as f64);
         }
         sink.flush().with_context(|| format!("{}: cannot write", sink_name(&a)))?;
-        bar.inc(keep.len() as u64);
-        at = keep.end;
-    }
+        bar.inc(lines.len() as u64);
+        Ok(())
+    })?;
     bar.finish_and_clear();
     drop(sink);
 
@@ -149,7 +139,7 @@ pub fn run(a: ScoreArgs) -> Result<()> {
 /// `score` on a RewardBench 2 file: one line per row with every completion's reward, written a
 /// chunk of rows at a time (the same chunks on a resumed run, so the bytes are the same).
 fn run_rows(a: &ScoreArgs, rows: &[Rb2Row], model: &RewardModel, truncation: Truncation) -> Result<()> {
-    let per_chunk = (a.batch_size / 4).max(1);
+    let per_chunk = rows_per_chunk(a.batch_size);
     let (range, _) = crate::args::shard_of(a.shard, rows.len());
     let mine = &rows[range.clone()];
     let ids: Vec<&Value> = mine.iter().map(|r| &r.id).collect();
@@ -170,23 +160,18 @@ fn run_rows(a: &ScoreArgs, rows: &[Rb2Row], model: &RewardModel, truncation: Tru
     }
     let mut sink = sink(a)?;
     let bar = crate::progress::count_bar("scoring", (mine.len() - scores.len()) as u64, "rows");
-    // Chunks of the whole file (per_chunk rows from the first): a completion's reward depends on
-    // its batch in the last bits, so a shard or a resumed run scores whole chunks and keeps its rows.
-    let mut at = range.start + scores.len();
-    while at < range.end {
-        let block = (at / per_chunk * per_chunk)..((at / per_chunk + 1) * per_chunk).min(rows.len());
-        let s = score_rows(model, &rows[block.clone()], truncation, a.batch_size, a.padding, &mut |_| {})?;
-        let keep = at..block.end.min(range.end);
-        for i in keep.clone() {
-            let rs = &s[i - block.start];
-            write_line(&mut sink, &RowScoreLine::new(&rows[i], rs))
+    let opts = ScoreOptions { batch_size: a.batch_size, padding: a.padding };
+    let span = range.start + scores.len()..range.end;
+    score_rows_in_file_chunks(model, rows, span, &opts, truncation, |kept, s| -> Result<()> {
+        for (row, rs) in kept.iter().zip(s) {
+            write_line(&mut sink, &RowScoreLine::new(row, &rs))
                 .with_context(|| format!("{}: cannot write", sink_name(a)))?;
-            scores.push(rs.clone());
+            scores.push(rs);
         }
         sink.flush().with_context(|| format!("{}: cannot write", sink_name(a)))?;
-        bar.inc(keep.len() as u64);
-        at = keep.end;
-    }
+        bar.inc(kept.len() as u64);
+        Ok(())
+    })?;
     bar.finish_and_clear();
     let eval = Rb2Eval::new(a.model.name(), summarise(mine, &scores)?);
     eprint!("{}", rewardbench2_table(std::slice::from_ref(&eval)));

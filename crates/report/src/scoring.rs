@@ -6,8 +6,10 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::Value;
 
-use reward_lens_engine::{EncodedPair, PairScore, PairText};
-use reward_lens_instruments::rewardbench2::{row_correct, row_credit, Rb2Report, Rb2Row, RowScores};
+use std::ops::Range;
+
+use reward_lens_engine::{EncodedPair, PairScore, PairText, RewardModel, ScoreOptions, Truncation};
+use reward_lens_instruments::rewardbench2::{row_correct, row_credit, score_rows, Rb2Report, Rb2Row, RowScores};
 
 /// An error unless both rewards of a pair are finite, naming the pair's file and line and the
 /// side: a NaN reward would otherwise be written as `null` and counted as a wrong answer.
@@ -300,6 +302,75 @@ pub fn resume_rows(
     kept.truncate(done);
     let bytes = kept.iter().map(|k| k.0).sum();
     Ok((done, bytes, kept.into_iter().map(|k| k.1).collect()))
+}
+
+/// Pairs in one of `score`'s batches of `batch_size` sequences (a pair is two).
+pub fn pairs_per_batch(batch_size: usize) -> usize {
+    (batch_size / 2).max(1)
+}
+
+/// RewardBench 2 rows in one of `score`'s chunks (a row is about four sequences).
+pub fn rows_per_chunk(batch_size: usize) -> usize {
+    (batch_size / 4).max(1)
+}
+
+/// Scores pairs `span` of `all` in the whole file's batches (`batch_size / 2` pairs each, counted
+/// from the first pair of `all`) and hands `emit` each batch's lines for `span`, in order. A
+/// pair's reward depends on its batch in the last bits (padding), so a shard or a resumed run
+/// scores the whole batch of its first and last pair and keeps only its own: its lines are then
+/// byte for byte those of one run over `all`. A non-finite reward is an error naming the pair.
+pub fn score_in_file_batches<E: From<crate::ReportError>>(
+    model: &RewardModel,
+    all: &[PairText],
+    span: Range<usize>,
+    opts: &ScoreOptions,
+    truncation: Truncation,
+    mut emit: impl FnMut(Vec<ScoreLine>) -> Result<(), E>,
+) -> Result<(), E> {
+    let per_batch = pairs_per_batch(opts.batch_size);
+    let mut at = span.start;
+    while at < span.end {
+        let batch = (at / per_batch * per_batch)..((at / per_batch + 1) * per_batch).min(all.len());
+        let pairs = &all[batch.clone()];
+        let encoded = model.encode_pairs(pairs, truncation).map_err(crate::ReportError::from)?;
+        let scores = model.score_pair_texts(pairs, &encoded, opts, &mut |_| {}).map_err(crate::ReportError::from)?;
+        let keep = at..batch.end.min(span.end);
+        let mut lines = Vec::with_capacity(keep.len());
+        for i in keep.clone() {
+            let (p, e, s) = (&all[i], &encoded[i - batch.start], &scores[i - batch.start]);
+            finite_rewards(p, s)?;
+            lines.push(ScoreLine::new(p, e, s));
+        }
+        emit(lines)?;
+        at = keep.end;
+    }
+    Ok(())
+}
+
+/// [`score_in_file_batches`] for RewardBench 2 rows: chunks of `batch_size / 4` rows counted from
+/// the first row of `rows`; `emit` gets each chunk's rows of `span` and their scores.
+pub fn score_rows_in_file_chunks<'r, E: From<crate::ReportError>>(
+    model: &RewardModel,
+    rows: &'r [Rb2Row],
+    span: Range<usize>,
+    opts: &ScoreOptions,
+    truncation: Truncation,
+    mut emit: impl FnMut(&'r [Rb2Row], Vec<RowScores>) -> Result<(), E>,
+) -> Result<(), E> {
+    let per_chunk = rows_per_chunk(opts.batch_size);
+    let mut at = span.start;
+    while at < span.end {
+        let chunk = (at / per_chunk * per_chunk)..((at / per_chunk + 1) * per_chunk).min(rows.len());
+        let mut scores =
+            score_rows(model, &rows[chunk.clone()], truncation, opts.batch_size, opts.padding, &mut |_| {})
+                .map_err(|e| crate::ReportError::from(crate::DatasetError::from(e)))?;
+        let keep = at..chunk.end.min(span.end);
+        scores.truncate(keep.end - chunk.start);
+        scores.drain(..keep.start - chunk.start);
+        emit(&rows[keep.clone()], scores)?;
+        at = keep.end;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

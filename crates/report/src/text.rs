@@ -320,6 +320,21 @@ pub fn audit_summary(r: &crate::AuditResults, out: &std::path::Path) -> String {
     s
 }
 
+/// Per-pair component lines (`patch`, `path-patch`): the ten components with the largest |mean
+/// `field`| over all lines, each with its bootstrap 95 % interval (2000 resamples, `seed`).
+pub fn top_components(lines: &[serde_json::Value], names: &[String], field: &str, seed: u64) -> String {
+    use reward_lens_instruments::stats::bootstrap_mean;
+    let mut rows: Vec<(&String, MeanCi)> =
+        names.iter().map(|n| (n, bootstrap_mean(&crate::perpair::column(lines, field, n), 0.95, 2000, seed))).collect();
+    rows.sort_by(|a, b| b.1.mean.unwrap_or(0.0).abs().total_cmp(&a.1.mean.unwrap_or(0.0).abs()));
+    let max = rows.first().and_then(|r| r.1.mean).unwrap_or(0.0).abs();
+    let mut s = format!("{} pairs; top components by |mean {field}| [95% CI]:\n", lines.len());
+    for (n, m) in rows.iter().take(10) {
+        let _ = writeln!(s, "  {n:<14} {:<36} {}", mean_ci(m), bar(m.mean.unwrap_or(f64::NAN), max, 20));
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
