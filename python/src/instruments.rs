@@ -21,8 +21,9 @@ use reward_lens_instruments::path::{parse_sender, path_patch as path_patch_fn, R
 use reward_lens_instruments::probes::{probe as probe_fn, ProbeInput, ProbeOptions};
 use reward_lens_instruments::rewardbench2::{n_completions, score_rows, summarise};
 use reward_lens_report::datasets::{read_concepts, read_preferences, read_probes, Preferences};
+use reward_lens_report::envelope::Envelope;
 use reward_lens_report::scoring::Rb2Eval;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::convert::{self, choice, report};
 use crate::errors::{input, OrRaise};
@@ -56,8 +57,7 @@ fn encoded(
     Ok((pairs, enc))
 }
 
-/// The command's envelope around a report: instrument, model, the inputs' id and subset, and
-/// the report itself; what `--out FILE.json` holds.
+/// The command's envelope around a report ([`Envelope`]): what `--out FILE.json` holds.
 fn envelope<'py, T: serde::Serialize>(
     py: Python<'py>,
     instrument: &str,
@@ -65,8 +65,7 @@ fn envelope<'py, T: serde::Serialize>(
     pairs: &[PairText],
     r: &T,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let inputs: Vec<Value> = pairs.iter().map(|p| json!({"id": p.id, "subset": p.subset})).collect();
-    let v = json!({"instrument": instrument, "model": model, "inputs": inputs, "report": serde_json::to_value(r).or_raise()?});
+    let v = serde_json::to_value(Envelope::of_pairs(instrument, model, pairs, r)).or_raise()?;
     convert::value_to_py(py, &v, true)
 }
 

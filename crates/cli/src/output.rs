@@ -13,7 +13,7 @@ use reward_lens_instruments::patching::PatchingReport;
 use reward_lens_instruments::InstrumentError;
 
 use reward_lens_engine::{PaddingSide, PairScore, PairText, RewardModel, ScoreOptions, Truncation};
-use reward_lens_report::merge::Envelope;
+use reward_lens_report::envelope::Envelope;
 use reward_lens_report::perpair::PerPairFile;
 
 pub fn write<T: Serialize>(
@@ -24,8 +24,7 @@ pub fn write<T: Serialize>(
     report: &T,
 ) -> Result<()> {
     let Some(path) = out else { return Ok(()) };
-    let inputs = pairs.iter().map(|p| serde_json::json!({"id": p.id, "subset": p.subset})).collect();
-    Envelope { instrument, model: model.to_string(), inputs, report }.write(path)?;
+    Envelope::of_pairs(instrument, model, pairs, report).write(path)?;
     eprintln!("wrote {}", path.display());
     Ok(())
 }

@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod datasets;
+pub mod envelope;
 pub mod error;
 pub mod example_model;
 pub mod fingerprint;

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::envelope::Envelope;
 use crate::fingerprint::{sidecar, Fingerprint};
 use crate::shards::{self, ShardFile, State, AUDIT_PART};
 use crate::{ReportError, Result};
@@ -29,25 +30,6 @@ pub struct Merged {
 pub enum Printed {
     Stdout(String),
     Stderr(String),
-}
-
-/// The file an instrument's report is written as: the instrument, the model, the `id` and
-/// `subset` of each input (in the order of `report.pairs`, so a notebook joins the numbers back to
-/// the dataset) and the report.
-#[derive(Serialize)]
-pub struct Envelope<'a, T: Serialize> {
-    pub instrument: &'a str,
-    pub model: String,
-    pub inputs: Vec<Value>,
-    pub report: &'a T,
-}
-
-impl<T: Serialize> Envelope<'_, T> {
-    /// Writes the envelope as pretty JSON to `path`.
-    pub fn write(&self, path: &Path) -> Result<()> {
-        let text = serde_json::to_string_pretty(self)?;
-        std::fs::write(path, text).map_err(|source| io(path, "cannot write", source))
-    }
 }
 
 fn io(path: &Path, what: &'static str, source: std::io::Error) -> ReportError {

@@ -2,11 +2,10 @@
 //! subset, and where an interrupted run resumes.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 
 use serde::Serialize;
 use serde_json::Value;
-
-use std::ops::Range;
 
 use reward_lens_engine::{EncodedPair, PairScore, PairText, RewardModel, ScoreOptions, Truncation};
 use reward_lens_instruments::rewardbench2::{row_correct, row_credit, score_rows, Rb2Report, Rb2Row, RowScores};
