@@ -525,14 +525,12 @@ impl RewardModel {
     fn read_head(&self, batch: &Batch, x: &Tensor, hs: &mut HookState) -> Result<(RewardOutput, Tensor)> {
         let hidden = self.net.finish(x, hs)?;
         let pooled_index = self.pooled_index(batch);
-        let gather = |idx: &[usize]| -> Result<Tensor> {
-            let rows = idx
-                .iter()
-                .enumerate()
-                .map(|(b, &i)| hidden.normalized.get(b)?.get(i))
-                .collect::<candle_core::Result<Vec<_>>>()?;
+        let gather_from = |t: &Tensor, idx: &[usize]| -> Result<Tensor> {
+            let rows =
+                idx.iter().enumerate().map(|(b, &i)| t.get(b)?.get(i)).collect::<candle_core::Result<Vec<_>>>()?;
             Ok(Tensor::stack(&rows, 0)?)
         };
+        let gather = |idx: &[usize]| gather_from(&hidden.normalized, idx);
         let pooled = gather(&pooled_index)?;
         let gate_in = match &self.head {
             RewardHead::Gated(g) => {
@@ -550,11 +548,18 @@ impl RewardModel {
         };
         let out = self.head.forward(&pooled, gate_in.as_ref().map(|(t, i)| (t, i.clone())))?;
         let scores = out.logits.narrow(1, 0, 1)?.squeeze(1)?;
+        // Where the pooled residual's mean square overflows f32 (|x| beyond ~1.8e19: corrupt or
+        // badly scaled weights, or an intervention), the divisor is ∞ and the normalized row is
+        // x / ∞ = 0: a finite reward equal to the head's bias that the model never computed. It
+        // is ∞ / ∞, so it counts as NaN below.
+        let divisors: Vec<f32> =
+            gather_from(&hidden.divisor, &pooled_index)?.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
         let output = RewardOutput { scores: scores.detach().to_vec1()?, pooled_index, objectives: out.objectives };
         // A NaN reward is never an answer: it would print as null, count as a wrong pair and
         // feed every statistic downstream. Callers that know the pair add its file and line.
-        if let Some((row, &value)) = output.scores.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            return Err(EngineError::NonFiniteReward { row, seq_len: batch.lengths[row], value });
+        let value = |row: usize| if divisors[row].is_finite() { output.scores[row] } else { f32::NAN };
+        if let Some(row) = (0..output.scores.len()).find(|&row| !value(row).is_finite()) {
+            return Err(EngineError::NonFiniteReward { row, seq_len: batch.lengths[row], value: value(row) });
         }
         Ok((output, scores))
     }

@@ -308,6 +308,8 @@ pub(crate) struct Prepared {
 pub(crate) struct Hidden {
     /// The final norm's output `[B, T, d]` in f32 (what the head reads).
     pub normalized: Tensor,
+    /// Its divisor `[B, T, 1]`: infinite where the residual's mean square overflows f32.
+    pub divisor: Tensor,
 }
 
 impl Network {
@@ -434,9 +436,9 @@ impl Network {
 
     /// The final norm on the last block's output.
     pub fn finish(&self, x: &Tensor, hs: &mut HookState) -> Result<Hidden> {
-        let (normalized, _divisor) = self.final_norm.forward_with_scale(x, |d| hs.fire(Site::FinalScale, d))?;
+        let (normalized, divisor) = self.final_norm.forward_with_scale(x, |d| hs.fire(Site::FinalScale, d))?;
         let normalized = hs.fire(Site::FinalNormalized, normalized)?;
-        Ok(Hidden { normalized })
+        Ok(Hidden { normalized, divisor })
     }
 
     /// Keys (after Qwen3's k_norm, before RoPE) and values of the normed input `h`.

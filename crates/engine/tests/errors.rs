@@ -818,3 +818,37 @@ fn armorm_pattern_outside_the_vocabulary_is_named() {
     let e = load_err(&s.0);
     has(&e.to_string(), &["modeling_custom.py", "`token_pattern`", &format!("below vocab_size {vocab}")]);
 }
+
+/// Finite weights whose activations overflow f32 inside the final norm (|x| ≈ 1e31: the mean
+/// square is ∞, the normalized row x / ∞ = 0) would score every sequence at the head's bias, 0
+/// here, a finite reward the model never computed. It is refused as NaN, naming the pair.
+#[test]
+fn residual_overflow_at_the_final_norm_is_not_a_reward() {
+    use reward_lens_engine::{PairText, ScoreOptions};
+    let s = Scratch::copy_of("llama");
+    let mut t = s.tensors();
+    let name = "model.layers.0.mlp.down_proj.weight";
+    let w = t[name].clone();
+    t.insert(name.into(), (w * 1e30).unwrap());
+    s.write_tensors(&t);
+    let model = RewardModel::load(&s.0, &LoadOptions::default()).unwrap();
+    let mut texts: Vec<PairText> = pairs().into_iter().map(|v| serde_json::from_value(v).unwrap()).collect();
+    texts.truncate(2);
+    for (i, p) in texts.iter_mut().enumerate() {
+        p.origin = Some(reward_lens_engine::Origin { file: std::path::Path::new("pairs.jsonl").into(), line: 3 + i });
+    }
+    let enc = model.encode_pairs(&texts, Truncation::Error).unwrap();
+    let e = model.score_pair_texts(&texts, &enc, &ScoreOptions::default(), &mut |_| {}).unwrap_err();
+    has(&e.to_string(), &["pairs.jsonl:3", "chosen", "NaN", "overflow"]);
+    // The residual entering the final norm is finite, just too large to square in f32.
+    let batch = model.batch(&[enc[0].chosen.clone()], PaddingSide::Right).unwrap();
+    let prepared = model.prepare(&batch).unwrap();
+    let none = reward_lens_engine::Hooks::none();
+    let (x, _) = prepared.embed(&none).unwrap();
+    let (x, _) = prepared.blocks(x, 0..3, &none).unwrap();
+    let x: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+    assert!(x.iter().all(|v| v.is_finite()));
+    assert!(x.iter().any(|v| v.abs() > 2e19), "max |x| {}", x.iter().fold(0f32, |m, v| m.max(v.abs())));
+    let err = prepared.head(&prepared.blocks(prepared.embed(&none).unwrap().0, 0..3, &none).unwrap().0, &none);
+    assert!(matches!(err, Err(EngineError::NonFiniteReward { row: 0, value, .. }) if value.is_nan()));
+}
