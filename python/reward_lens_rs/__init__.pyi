@@ -65,7 +65,7 @@ class Model:
         self,
         prompt: str,
         response: str,
-        names: Optional[Sequence[str]] = None,
+        names: Union[str, Sequence[str], None] = None,
         hooks: Optional[Sequence[Hook]] = None,
         truncate_prompt: bool = False,
     ) -> tuple[float, ActivationCache]: ...
@@ -74,7 +74,7 @@ class Model:
         self,
         prompt: str,
         response: str,
-        names: Sequence[str],
+        names: Union[str, Sequence[str]],
         rejected: Optional[str] = None,
         hooks: Optional[Sequence[Hook]] = None,
         truncate_prompt: bool = False,
@@ -102,7 +102,7 @@ def atp(
     batch_size: int = 16, seed: int = 0, truncate_prompt: bool = False, progress: Progress = None,
 ) -> Report: ...
 def path_patch(
-    model: Model, pairs: Pairs, sender: Union[str, tuple[int, int]], receivers: Optional[Sequence[str]] = None,
+    model: Model, pairs: Pairs, sender: Union[str, tuple[int, int]], receivers: Union[str, Sequence[str], None] = None,
     mode: str = "noising", align: str = "anchored", truncate_prompt: bool = False,
 ) -> Report: ...
 def faithfulness(
@@ -111,7 +111,7 @@ def faithfulness(
     seed: int = 0, truncate_prompt: bool = False,
 ) -> Report: ...
 def concepts(
-    model: Model, concepts: Optional[Sequence[Path]] = None, layer: Optional[int] = None, v1_compat: bool = False,
+    model: Model, concepts: Union[Path, Sequence[Path], None] = None, layer: Optional[int] = None, v1_compat: bool = False,
     steer: Optional[str] = None, strengths: Sequence[float] = (-4.0, -2.0, 0.0, 2.0, 4.0), positions: str = "pooled",
     pairs: Optional[Pairs] = None, batch_size: int = 16,
 ) -> Report: ...
@@ -121,7 +121,7 @@ def conflict(
 ) -> Report: ...
 def compare(models: Sequence[Model], pairs: Pairs, batch_size: int = 16, seed: int = 0, truncate_prompt: bool = False) -> Report: ...
 def probe(
-    model: Model, probes: Optional[Sequence[Path]] = None, dimensions: Optional[Sequence[str]] = None,
+    model: Model, probes: Union[Path, Sequence[Path], None] = None, dimensions: Union[str, Sequence[str], None] = None,
     permutations: int = 10000, batch_size: int = 16, seed: int = 0,
 ) -> Report: ...
 def diagnose(
@@ -141,7 +141,7 @@ def merge(shards: Union[Path, Sequence[Path]], out: Path, summary: Optional[Path
 def shard_status(shards: Union[Path, Sequence[Path]]) -> str: ...
 def audit(
     model: Optional[Model] = None, pairs: Optional[Pairs] = None, out: Path = "audit-out",
-    probes: Optional[Sequence[Path]] = None, concepts: Optional[Sequence[Path]] = None, answer_key: Optional[Path] = None,
+    probes: Union[Path, Sequence[Path], None] = None, concepts: Union[Path, Sequence[Path], None] = None, answer_key: Optional[Path] = None,
     tail_subsets: Sequence[str] = ("tail",), preset: Optional[str] = None, max_pairs: int = 64, batch_size: int = 16,
     permutations: int = 10000, seed: int = 0, truncate_prompt: bool = False, progress: Progress = None,
 ) -> Report: ...

@@ -198,3 +198,36 @@ where
 {
     value.parse::<T>().map_err(|e| input(format!("{what}={value:?}: {e}")))
 }
+
+/// What a list argument holds, for its type error.
+pub trait Described {
+    const WHAT: &'static str;
+}
+impl Described for String {
+    const WHAT: &'static str = "a string or a list of strings";
+}
+impl Described for PathBuf {
+    const WHAT: &'static str = "a path or a list of paths";
+}
+
+/// A list argument that also takes one item: `names="blocks.0.hook_resid_post"`,
+/// `receivers="all"`, `probes="probes/"`. pyo3 refuses a str where a list is expected (rather
+/// than take its characters), which would make these a TypeError about `Vec`.
+pub struct OneOrMany<T>(pub Vec<T>);
+
+impl<'a, 'py, T> FromPyObject<'a, 'py> for OneOrMany<T>
+where
+    T: FromPyObjectOwned<'py> + Described,
+{
+    type Error = PyErr;
+
+    fn extract(obj: pyo3::Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        if let Ok(one) = obj.extract::<T>() {
+            return Ok(Self(vec![one]));
+        }
+        obj.extract::<Vec<T>>().map(Self).map_err(|_| {
+            let found = obj.get_type().name().map_or_else(|_| "?".to_string(), |n| n.to_string());
+            pyo3::exceptions::PyTypeError::new_err(format!("expected {}, found {found}", T::WHAT))
+        })
+    }
+}

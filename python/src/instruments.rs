@@ -25,7 +25,7 @@ use reward_lens_report::envelope::Envelope;
 use reward_lens_report::scoring::Rb2Eval;
 use serde_json::json;
 
-use crate::convert::{self, choice, report};
+use crate::convert::{self, choice, report, OneOrMany};
 use crate::errors::{input, OrRaise};
 use crate::model::Model;
 use crate::progress::{detached, Bar};
@@ -246,7 +246,7 @@ pub fn path_patch<'py>(
     model: &Model,
     pairs: &Bound<'py, PyAny>,
     sender: &Bound<'py, PyAny>,
-    receivers: Option<Vec<String>>,
+    receivers: Option<OneOrMany<String>>,
     mode: &str,
     align: &str,
     truncate_prompt: bool,
@@ -257,7 +257,7 @@ pub fn path_patch<'py>(
         Err(_) => parse_sender(&sender.extract::<String>().map_err(|_| input("sender: expected \"L.H\" or (L, H)"))?)
             .map_err(input)?,
     };
-    let receivers = match receivers {
+    let receivers = match receivers.map(|r| r.0) {
         None => Receiver::all_after(m, sender.0),
         Some(r) if r.iter().any(|x| x == "all") => Receiver::all_after(m, sender.0),
         Some(r) => r.iter().map(|x| x.parse()).collect::<Result<Vec<Receiver>, String>>().map_err(input)?,
@@ -309,7 +309,7 @@ pub fn faithfulness<'py>(
 pub fn concepts<'py>(
     py: Python<'py>,
     model: &Model,
-    concepts: Option<Vec<PathBuf>>,
+    concepts: Option<OneOrMany<PathBuf>>,
     layer: Option<usize>,
     v1_compat: bool,
     steer: Option<String>,
@@ -320,7 +320,7 @@ pub fn concepts<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let m = &model.inner;
     let positions: Positions = choice(positions, "positions")?;
-    let texts = read_concepts(&concepts.unwrap_or_default()).or_raise()?;
+    let texts = read_concepts(&concepts.map(|c| c.0).unwrap_or_default()).or_raise()?;
     let steer_pairs = pairs.map(|p| encoded(py, m, p, false)).transpose()?;
     let batch_size = batch_size_ok(batch_size)?;
     let (rep, steering) = detached(py, || {
@@ -444,15 +444,15 @@ pub fn compare<'py>(
 pub fn probe<'py>(
     py: Python<'py>,
     model: &Model,
-    probes: Option<Vec<PathBuf>>,
-    dimensions: Option<Vec<String>>,
+    probes: Option<OneOrMany<PathBuf>>,
+    dimensions: Option<OneOrMany<String>>,
     permutations: usize,
     batch_size: usize,
     seed: u64,
 ) -> PyResult<Bound<'py, PyAny>> {
     let m = &model.inner;
-    let mut texts = read_probes(&probes.unwrap_or_default()).or_raise()?;
-    if let Some(d) = dimensions.filter(|d| !d.is_empty()) {
+    let mut texts = read_probes(&probes.map(|p| p.0).unwrap_or_default()).or_raise()?;
+    if let Some(d) = dimensions.map(|d| d.0).filter(|d| !d.is_empty()) {
         texts.retain(|p| d.contains(&p.dimension));
         if texts.is_empty() {
             return Err(input(format!("dimensions={d:?}: no probes in these dimensions")));

@@ -12,7 +12,7 @@ use reward_lens_engine::{
 };
 use reward_lens_report::scoring::ScoreLine;
 
-use crate::convert::{self, choice, numpy_to_tensor, tensor_to_numpy};
+use crate::convert::{self, choice, numpy_to_tensor, tensor_to_numpy, OneOrMany};
 use crate::errors::{input, raise, Kind, OrRaise};
 use crate::progress::{detached, Bar};
 
@@ -387,11 +387,11 @@ impl Model {
         py: Python<'_>,
         prompt: &str,
         response: &str,
-        names: Option<Vec<String>>,
+        names: Option<OneOrMany<String>>,
         hooks: Option<&Bound<'_, PyAny>>,
         truncate_prompt: bool,
     ) -> PyResult<(f32, Cache)> {
-        let names = Some(names.unwrap_or_else(|| vec!["*".into()]));
+        let names = Some(names.map_or_else(|| vec!["*".into()], |n| n.0));
         let r = self.run(py, prompt, response, names, hooks, truncate_prompt)?;
         Ok((r.score, Cache::new(r.cache)?))
     }
@@ -428,7 +428,7 @@ impl Model {
         py: Python<'py>,
         prompt: &str,
         response: &str,
-        names: Vec<String>,
+        names: OneOrMany<String>,
         rejected: Option<&str>,
         hooks: Option<&Bound<'py, PyAny>>,
         truncate_prompt: bool,
@@ -440,7 +440,7 @@ impl Model {
         }
         let weights: Vec<f32> = if seqs.len() == 2 { vec![1.0, -1.0] } else { vec![1.0] };
         let batch = self.batch_of(&seqs)?;
-        let filter = SiteFilter::new(&names);
+        let filter = SiteFilter::new(&names.0);
         let model = &self.inner;
         let failed = Mutex::new(None);
         let g = detached(py, || {

@@ -23,7 +23,7 @@ use reward_lens_instruments::sae_train::{train_collection, TrainOptions};
 use reward_lens_organisms::{build, cache_root, BuildOptions, BuildProgress, OrganismSpec};
 use reward_lens_report::{run_audit, write_files, AuditInputs, AuditOptions, PairSource};
 
-use crate::convert::{self, choice, report};
+use crate::convert::{self, choice, report, OneOrMany};
 use crate::errors::{input, OrRaise};
 use crate::model::Model;
 use crate::progress::{detached, Bar};
@@ -602,8 +602,8 @@ pub fn audit<'py>(
     model: Option<&Model>,
     pairs: Option<&Bound<'py, PyAny>>,
     out: PathBuf,
-    probes: Option<Vec<PathBuf>>,
-    concepts: Option<Vec<PathBuf>>,
+    probes: Option<OneOrMany<PathBuf>>,
+    concepts: Option<OneOrMany<PathBuf>>,
     answer_key: Option<PathBuf>,
     tail_subsets: Vec<String>,
     preset: Option<String>,
@@ -652,7 +652,8 @@ pub fn audit<'py>(
             Some(serde_json::from_str(&text).map_err(|e| input(format!("{}: not valid JSON: {e}", k.display())))?);
     }
     if probes.is_some() || concepts.is_some() {
-        (inputs.probes, inputs.concepts) = (probes.unwrap_or_default(), concepts.unwrap_or_default());
+        (inputs.probes, inputs.concepts) =
+            (probes.map(|p| p.0).unwrap_or_default(), concepts.map(|c| c.0).unwrap_or_default());
     }
     inputs.tail_subsets = tail_subsets;
     let res = detached(py, || {
@@ -703,10 +704,8 @@ pub fn shard_status(shards: &Bound<'_, PyAny>) -> PyResult<String> {
 
 /// One path (a directory of shards, most often) or a sequence of them.
 fn shard_paths(shards: &Bound<'_, PyAny>) -> PyResult<Vec<PathBuf>> {
-    if let Ok(one) = shards.extract::<PathBuf>() {
-        return Ok(vec![one]);
-    }
     shards
-        .extract::<Vec<PathBuf>>()
+        .extract::<OneOrMany<PathBuf>>()
+        .map(|s| s.0)
         .map_err(|_| input("shards: expected a path or a list of paths (shard outputs or directories holding them)"))
 }

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import reward_lens_rs as rl
-from conftest import MODELS, PAIRS, FIXTURES, close
+from conftest import MODELS, PAIRS, FIXTURES, REPO, close
 
 LLAMA = MODELS / "llama"
 
@@ -158,3 +158,25 @@ def test_batched_equals_one_by_one(model):
         one = rl.lens(model, [p])["report"]["pairs"][0]
         np.testing.assert_allclose(one["chosen"]["normed"], many[i]["chosen"]["normed"], atol=1e-5)
         np.testing.assert_allclose(one["differential"], many[i]["differential"], atol=1e-5)
+
+
+def test_list_arguments_take_one_item(model):
+    pairs = rl.example_pairs()[:2]
+    # receivers="all" (as documented) is the default; one receiver name is a list of one.
+    def report(r):
+        return rl.to_json(r["report"])
+
+    every = report(rl.path_patch(model, pairs, sender="0.1"))
+    assert report(rl.path_patch(model, pairs, sender="0.1", receivers="all")) == every
+    one = report(rl.path_patch(model, pairs, sender="0.1", receivers="mlp.2"))
+    assert one == report(rl.path_patch(model, pairs, sender="0.1", receivers=["mlp.2"]))
+    assert [e["receiver"] for e in one["pairs"][0]["paths"]] == ["mlp.2"]
+    # One probe file, and one dimension, as a string.
+    length = REPO / "data" / "probes" / "length.jsonl"
+    a = report(rl.probe(model, probes=str(length), permutations=200))
+    b = report(rl.probe(model, probes=[length], permutations=200))
+    c = report(rl.probe(model, dimensions="length", permutations=200))
+    assert a == b == c
+    assert [d["dimension"] for d in a["dimensions"]] == ["length"]
+    with pytest.raises(TypeError, match="expected a path or a list of paths, found int\\nwhile processing 'probes'"):
+        rl.probe(model, probes=3)

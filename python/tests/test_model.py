@@ -145,6 +145,30 @@ def test_hook_errors(llama):
         llama.run_with_hooks(PROMPT, RESPONSE, hooks=[("blocks.0.hook_resid_post", boom)])
 
 
+def test_one_name_is_a_list_of_one(llama):
+    site = "blocks.1.hook_resid_post"
+    score, one = llama.run_with_cache(PROMPT, RESPONSE, names=site)
+    _, listed = llama.run_with_cache(PROMPT, RESPONSE, names=[site])
+    assert one.keys() == listed.keys() == [site]
+    assert np.array_equal(one[site], listed[site])
+    g = llama.gradients(PROMPT, RESPONSE, names=site)
+    # Gradient runs use the composed (unfused) ops: the same reward to float rounding.
+    assert list(g["grads"]) == [site] and abs(g["score"] - score) <= 1e-5
+    with pytest.raises(TypeError, match="expected a string or a list of strings, found int\\nwhile processing 'names'"):
+        llama.run_with_cache(PROMPT, RESPONSE, names=3)
+
+
+def test_an_intervention_that_overflows_the_final_norm_is_an_error(llama):
+    # x · 1e25 is finite, but its square is not: the final norm would divide by ∞ and the
+    # reward would be the head's bias (0), a number the model never computed.
+    with pytest.raises(rl.ModelError, match="NaN, not a number"):
+        llama.run_with_hooks(PROMPT, RESPONSE, hooks=[("blocks.2.hook_resid_post", lambda a, name: a * 1e25)])
+    # x · 1e15 squares fine: the reward is the model's own (RMSNorm is scale-invariant).
+    score = llama.score(PROMPT, RESPONSE)
+    big = llama.run_with_hooks(PROMPT, RESPONSE, hooks=[("blocks.2.hook_resid_post", lambda a, name: a * 1e15)])
+    assert abs(big - score) <= 1e-5 * max(1.0, abs(score))
+
+
 def test_gradients_match_finite_differences(llama):
     site = "blocks.1.hook_resid_post"
     g = llama.gradients(PROMPT, RESPONSE, names=[site])
