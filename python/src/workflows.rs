@@ -67,7 +67,7 @@ impl<'py> Opts<'py> {
     where
         T::Err: std::fmt::Display,
     {
-        let v: Vec<String> = self.get(key, default.iter().map(|s| s.to_string()).collect())?;
+        let v: Vec<String> = self.get(key, OneOrMany(default.iter().map(|s| s.to_string()).collect()))?.0;
         v.iter().map(|s| choice(s, key)).collect()
     }
 
@@ -271,7 +271,7 @@ fn discover_spec(o: &mut Opts<'_>) -> PyResult<DiscoverSpec> {
     Ok(DiscoverSpec {
         split: o.parsed::<SplitKind>("split", "field")?,
         field: o.get("field", d.field)?,
-        tail_values: o.get("tail_subsets", d.tail_values)?,
+        tail_values: o.get("tail_subsets", OneOrMany(d.tail_values))?.0,
         alpha: o.get("alpha", d.alpha)?,
         clusters: o.get("clusters", d.clusters)?,
         units: o.list::<CandidateKind>("units", &["mlp", "heads"])?,
@@ -359,7 +359,7 @@ pub fn cart_oracle<'py>(
     let d = OracleOptions::default();
     let spec = DiscoverSpec {
         field: o.get("field", "subset".to_string())?,
-        tail_values: o.get("tail_subsets", vec!["tail".to_string()])?,
+        tail_values: o.get("tail_subsets", OneOrMany(vec!["tail".to_string()]))?.0,
         batch_size: o.get("batch_size", d.batch_size)?,
         seed: o.get("seed", d.seed)?,
         ..Default::default()
@@ -467,7 +467,7 @@ pub fn cart_train<'py>(
     options: Option<&Bound<'py, PyDict>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let mut o = Opts::new("cart_train", options);
-    let tail_subsets: Vec<String> = o.get("tail_subsets", vec!["tail".to_string()])?;
+    let tail_subsets: Vec<String> = o.get("tail_subsets", OneOrMany(vec!["tail".to_string()]))?.0;
     let augment: bool = o.get("augment", false)?;
     let augment_per_pair: usize = o.get("augment_per_pair", 4)?;
     let regularise: Option<(f64, f64)> = o.get("regularise", None)?;
@@ -594,7 +594,7 @@ fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> PyResult<()> {
 /// or the organism's test pairs).
 #[pyfunction]
 #[pyo3(signature = (model=None, pairs=None, out="audit-out".into(), probes=None, concepts=None, answer_key=None,
-    tail_subsets=vec!["tail".to_string()], preset=None, max_pairs=64, batch_size=16, permutations=10000, seed=0,
+    tail_subsets=OneOrMany(vec!["tail".to_string()]), preset=None, max_pairs=64, batch_size=16, permutations=10000, seed=0,
     truncate_prompt=false, progress=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn audit<'py>(
@@ -605,7 +605,7 @@ pub fn audit<'py>(
     probes: Option<OneOrMany<PathBuf>>,
     concepts: Option<OneOrMany<PathBuf>>,
     answer_key: Option<PathBuf>,
-    tail_subsets: Vec<String>,
+    tail_subsets: OneOrMany<String>,
     preset: Option<String>,
     max_pairs: usize,
     batch_size: usize,
@@ -655,7 +655,7 @@ pub fn audit<'py>(
         (inputs.probes, inputs.concepts) =
             (probes.map(|p| p.0).unwrap_or_default(), concepts.map(|c| c.0).unwrap_or_default());
     }
-    inputs.tail_subsets = tail_subsets;
+    inputs.tail_subsets = tail_subsets.0;
     let res = detached(py, || {
         let res = run_audit(&inputs, &mut |i: usize, n: usize, name: &str| bar.update(i, n, Some(name))).or_raise()?;
         write_files(&res, &out).or_raise()?;

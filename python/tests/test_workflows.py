@@ -53,6 +53,11 @@ def test_cart_discover_equals_command(cli, tmp_path):
     assert got["n_pairs"] == 20
     with pytest.raises(rl.InputError, match="unknown option `permutation`"):
         rl.cart.discover(m, EXAMPLES, permutation=10)
+    # List options take one item as a string.
+    one = dict(opts, tail_subsets="safety", units="mlp")
+    listed = dict(opts, tail_subsets=["safety"], units=["mlp"])
+    a, b = (rl.to_json(rl.cart.discover(m, EXAMPLES, progress=False, **o)) for o in (one, listed))
+    assert a == b and 0 < a["split"]["n_tail"] < a["n_pairs"] and a["n_units"] < got["n_units"]
 
 
 def test_cart_oracle_equals_command_and_scores_discovery(cli, tmp_path):
