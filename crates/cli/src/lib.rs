@@ -175,7 +175,9 @@ const OUTPUT_FLAGS: &[&str] = &["--out", "--summary", "--markdown"];
 fn outputs_are_not_inputs(args: &[String]) -> anyhow::Result<()> {
     let mut outs: Vec<std::path::PathBuf> = Vec::new();
     let mut others: Vec<std::path::PathBuf> = Vec::new();
-    let mut i = 0;
+    // The command's own words (`sae train`) are not paths, even beside a folder of that name
+    // (`--out sae/` the second time).
+    let mut i = command_words(args);
     while i < args.len() {
         let (flag, value, step) = match args[i].split_once('=') {
             Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string()), 1),
@@ -208,6 +210,17 @@ fn outputs_are_not_inputs(args: &[String]) -> anyhow::Result<()> {
         reward_lens_report::fingerprint::not_an_input(o, &inputs)?;
     }
     Ok(())
+}
+
+/// How many leading arguments name the command and its subcommands: 2 for `sae train …`.
+fn command_words(args: &[String]) -> usize {
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    let mut n = 0;
+    while let Some(sub) = args.get(n).and_then(|w| cmd.find_subcommand(w)).cloned() {
+        cmd = sub;
+        n += 1;
+    }
+    n
 }
 
 /// The error and its causes, `outer: inner`, each said once: library errors that quote their

@@ -694,6 +694,53 @@ fn out_equal_to_an_input_is_refused() {
     assert_eq!(std::fs::read(&pairs).unwrap(), before);
 }
 
+/// The command's own words are not inputs: retraining into `sae/` beside the `sae` subcommand
+/// (the README's example, run twice) is not refused, while an output equal to a positional
+/// input still is.
+#[test]
+fn command_words_are_not_inputs() {
+    let d = tmp("command-words");
+    let model = fixtures().join("models/llama");
+    let pairs = fixtures().join("pairs.jsonl");
+    let sae = |out: &str| {
+        exe()
+            .current_dir(&d)
+            .args([
+                "sae",
+                "train",
+                "--acts",
+                "acts",
+                "--d-sae",
+                "16",
+                "--k",
+                "4",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "64",
+            ])
+            .args(["--out", out])
+            .output()
+            .unwrap()
+    };
+    run(exe().current_dir(&d).args(["sae", "collect", "--model"]).arg(&model).arg("--pairs").arg(&pairs).args([
+        "--site",
+        "blocks.2.hook_resid_post",
+        "--out",
+        "acts",
+    ]));
+    for _ in 0..2 {
+        let o = sae("sae");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(d.join("sae/cfg.json").is_file());
+    }
+    let o = sae("acts");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("would destroy the input"));
+    // `merge sae --out sae`: the word after the command is a positional path, still an input.
+    let o = exe().current_dir(&d).args(["merge", "sae", "--out", "sae"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("would destroy the input"));
+}
+
 /// A model whose rewards overflow: every command stops with the pair's file and line instead of
 /// writing `null` scores or findings computed from NaN.
 #[test]

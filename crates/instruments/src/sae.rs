@@ -124,7 +124,14 @@ impl Sae {
                     x.dims()
                 )));
             }
-            Ok(x.to_dtype(DType::F32)?)
+            let x = x.to_dtype(DType::F32)?;
+            if x.flatten_all()?.to_vec1::<f32>()?.iter().any(|v| !v.is_finite()) {
+                return Err(err(format!(
+                    "{}: tensor `{name}` contains non-finite values (NaN or infinity)",
+                    wpath.display()
+                )));
+            }
+            Ok(x)
         };
         let architecture = match cfg.get("architecture").and_then(|a| a.as_str()).unwrap_or("standard") {
             "topk" => {
@@ -532,6 +539,12 @@ mod tests {
         std::fs::write(dir.join("cfg.json"), r#"{"architecture": "jumprelu", "d_in": 3, "d_sae": 3}"#).unwrap();
         let e = Sae::load(&dir).err().unwrap().to_string();
         assert!(e.contains("W_enc") && e.contains("[3, 3]"), "{e}");
+        // So is a NaN weight (an SAE saved from a diverged run elsewhere).
+        std::fs::write(dir.join("cfg.json"), r#"{"architecture": "jumprelu", "d_in": 2, "d_sae": 3}"#).unwrap();
+        t.insert("b_dec".to_string(), Tensor::new(&[0.0f32, f32::NAN], &dev).unwrap());
+        candle_core::safetensors::save(&t, dir.join("sae_weights.safetensors")).unwrap();
+        let e = Sae::load(&dir).err().unwrap().to_string();
+        assert!(e.contains("`b_dec`") && e.contains("non-finite"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -102,6 +102,12 @@ pub fn train(
     if opts.k == 0 || opts.k > opts.d_sae {
         return Err(err(format!("k = {} must be between 1 and d_sae = {}", opts.k, opts.d_sae)));
     }
+    if opts.epochs == 0 {
+        return Err(err("epochs = 0: train for at least one epoch"));
+    }
+    if !(opts.lr.is_finite() && opts.lr > 0.0) {
+        return Err(err(format!("learning rate {}: expected a finite number > 0", opts.lr)));
+    }
     let dev = Device::Cpu;
     let data = data.to_dtype(DType::F32)?;
     // Normalise so that E‖x‖² = d_in.
@@ -185,6 +191,15 @@ pub fn train(
             l0: l0 / n as f64,
             dead_fraction: fired.iter().filter(|f| !**f).count() as f64 / opts.d_sae as f64,
         };
+        // A run that blew up leaves NaN or ∞ weights; saved, they would decompose every reward
+        // into NaN terms.
+        if !sse.is_finite() {
+            return Err(err(format!(
+                "training diverged in epoch {}: the reconstruction error is {sse}; lower the learning rate (now {})",
+                epoch + 1,
+                opts.lr
+            )));
+        }
         on_epoch(&m);
         history.push(m);
     }
@@ -410,6 +425,23 @@ mod tests {
             (&data - x_hat).unwrap().sqr().unwrap().sum(1).unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(mse.is_finite());
         assert!(train(&data.narrow(0, 0, 0).unwrap(), &opts, |_| {}).is_err());
+    }
+
+    /// Options that cannot train are refused up front; a run that diverges is an error, never an
+    /// SAE with NaN or infinite weights.
+    #[test]
+    fn bad_options_and_divergence_are_errors() {
+        let (data, _) = synthetic(3, 5);
+        let opts = TrainOptions { d_sae: 16, k: 2, epochs: 1, batch_size: 64, seed: 1, ..Default::default() };
+        let msg = |o: TrainOptions| train(&data, &o, |_| {}).err().expect("refused").to_string();
+        assert!(msg(TrainOptions { epochs: 0, ..opts.clone() }).contains("epochs = 0"));
+        for lr in [f64::NAN, f64::INFINITY, 0.0, -1e-3] {
+            assert!(msg(TrainOptions { lr, ..opts.clone() }).contains("expected a finite number > 0"), "{lr}");
+        }
+        // The first step's error is measured before any update: the blow-up shows in epoch 2.
+        let e = msg(TrainOptions { lr: 1e9, epochs: 3, ..opts.clone() });
+        assert!(e.contains("diverged in epoch 2") && e.contains("lower the learning rate"), "{e}");
+        assert!(train(&data, &opts, |_| {}).is_ok());
     }
 
     #[test]
