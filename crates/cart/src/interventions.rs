@@ -963,6 +963,46 @@ fn member_seed(base: u64, m: usize) -> u64 {
     }
 }
 
+/// The loss weights and the ensemble's settings, before any training: a NaN or negative λ fails
+/// no step (a NaN term is skipped as "not > 0", a negative one rewards divergence), and a NaN κ
+/// weights every member NaN, so each would otherwise end in a report computed from nonsense.
+pub(crate) fn check_weights(opts: &CartTrainOptions) -> Result<()> {
+    let at_least_zero = |what: &str, x: f64| {
+        if x.is_finite() && x >= 0.0 {
+            Ok(())
+        } else {
+            Err(invalid(format!("CART training: {what} is {x}, expected a finite number ≥ 0")))
+        }
+    };
+    at_least_zero("the Bradley–Terry weight", opts.bt_weight)?;
+    let member_reg = opts.ensemble.as_ref().and_then(|e| e.member_regulariser.as_ref());
+    for r in opts.regulariser.iter().chain(member_reg) {
+        at_least_zero("the regulariser's λ_div", r.lambda_div)?;
+        at_least_zero("the regulariser's λ_stab", r.lambda_stab)?;
+    }
+    if let Some(e) = &opts.ensemble {
+        if e.members == 0 {
+            return Err(invalid("CART training: an ensemble needs at least 1 member"));
+        }
+        at_least_zero("the ensemble's κ", e.kappa)?;
+        if !(0.0..=1.0).contains(&e.flag_quantile) {
+            return Err(invalid(format!(
+                "CART training: the ensemble's flag quantile is {}, expected a number in [0, 1]",
+                e.flag_quantile
+            )));
+        }
+    }
+    if let Some(c) = &opts.curriculum {
+        if !(c.warm_fraction > 0.0 && c.warm_fraction <= 1.0) {
+            return Err(invalid(format!(
+                "CART training: the curriculum's warm fraction is {}, expected a number in (0, 1]",
+                c.warm_fraction
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Trains one model, or an ensemble, with the interventions `opts` switches on. `init(seed)`
 /// gives each member's starting weights (ignore the seed to fine-tune one model). `on_step`
 /// sees every optimizer step of every member.
@@ -990,6 +1030,7 @@ pub fn train_cart(
             )));
         }
     }
+    check_weights(opts)?;
     let is_tail = |p: &TokenizedPair| opts.tail_subsets.iter().any(|s| s == &p.subset);
     let n_tail_train = train.iter().filter(|p| is_tail(p)).count();
     let ensemble = opts.ensemble.clone().filter(|e| e.members >= 1);

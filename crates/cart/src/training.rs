@@ -146,6 +146,8 @@ fn options(r: &TrainRequest, base: TrainOptions, natural: f64) -> CartTrainOptio
 
 /// Trains, saves the model(s) and writes `OUT/cart_report.json`.
 pub fn train(r: &TrainRequest, progress: &mut dyn FnMut(Event<'_>)) -> Result<TrainOutput> {
+    // Before the reference model trains (minutes on a real model), not after.
+    crate::interventions::check_weights(&options(r, TrainOptions::default(), 0.5))?;
     std::fs::create_dir_all(&r.out).map_err(|e| io(&r.out, "cannot create", e))?;
     let light = Light { permutations: r.permutations, seed: r.seed.unwrap_or(0) };
     let needs_targets = r.augment_per_pair.is_some() || r.regularise.is_some() || r.ensemble.is_some();

@@ -295,3 +295,35 @@ fn ensemble_disagreement_is_reported_and_serialises() {
     let err = train_cart(&shape().config_json(), &|s| Ok(weights(s)), &no_targets, &bad, None, |_| {});
     assert!(err.err().unwrap().to_string().contains("circuit units"));
 }
+
+/// Weights that fail no step — a NaN λ (skipped as "not > 0"), a negative λ (rewarding the
+/// divergence it should penalise), a NaN κ (every member weighted NaN) — and an empty ensemble
+/// are refused before anything trains, naming the setting.
+#[test]
+fn nonsense_weights_are_refused_before_training() {
+    let train = pairs(12, 4, 9);
+    let (tail_u, head_u) = units();
+    let targets = CircuitTargets::from_units(tail_u, head_u);
+    let inputs = CartInputs { train: &train, held_out: &train, targets: Some(&targets), ..Default::default() };
+    let refused = |opts: CartTrainOptions, want: &str| {
+        let mut steps = 0;
+        let e = train_cart(&shape().config_json(), &|s| Ok(weights(s)), &inputs, &opts, None, |_| steps += 1);
+        let msg = e.err().expect("refused").to_string();
+        assert!(msg.contains(want), "{msg}");
+        assert_eq!(steps, 0, "refused before the first step");
+    };
+    let reg = |lambda_div: f64, lambda_stab: f64| Regulariser { lambda_div, lambda_stab, pairs_per_side: 2 };
+    let with = |r: Regulariser| CartTrainOptions { base: base(1, 1), regulariser: Some(r), ..Default::default() };
+    refused(with(reg(f64::NAN, 0.1)), "λ_div is NaN");
+    refused(with(reg(0.1, -1.0)), "λ_stab is -1");
+    let ens = |e: Ensemble| CartTrainOptions { base: base(1, 1), ensemble: Some(e), ..Default::default() };
+    refused(ens(Ensemble { kappa: f64::NAN, ..Default::default() }), "κ is NaN");
+    refused(ens(Ensemble { members: 0, ..Default::default() }), "at least 1 member");
+    refused(ens(Ensemble { member_regulariser: Some(reg(f64::INFINITY, 0.0)), ..Default::default() }), "λ_div is inf");
+    refused(CartTrainOptions { base: base(1, 1), bt_weight: -1.0, ..Default::default() }, "Bradley–Terry weight");
+    let warm = Curriculum { warm_fraction: 0.0, ..Default::default() };
+    refused(CartTrainOptions { base: base(1, 1), curriculum: Some(warm), ..Default::default() }, "warm fraction");
+    // Zero weights are allowed (a term switched off).
+    let ok = train_cart(&shape().config_json(), &|s| Ok(weights(s)), &inputs, &with(reg(0.0, 0.0)), None, |_| {});
+    assert!(ok.is_ok(), "{:?}", ok.err());
+}

@@ -147,3 +147,28 @@ fn a_tiny_table_has_one_row_per_arm_and_resumes() {
         assert!((m(a) - m(b)).abs() < 1e-9);
     }
 }
+
+/// A nonsensical loss or ensemble weight stops `cart train` before the reference model trains
+/// (which takes minutes on a real model), naming the setting; nothing is written.
+#[test]
+fn nonsense_weights_stop_cart_train_at_once() {
+    let d = tmp("cart-bad-weights");
+    for (args, want) in [
+        (&["--regularise", "nan,0.1"][..], "λ_div is NaN"),
+        (&["--regularise=-1,0.1"][..], "λ_div is -1"),
+        (&["--ensemble", "2", "--kappa", "nan"][..], "κ is NaN"),
+        (&["--ensemble", "0"][..], "at least 1 member"),
+    ] {
+        let out = d.join("run");
+        let o = exe()
+            .args(["cart", "train", "--preset", "tail", "--epochs", "1"])
+            .args(args)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(want), "{args:?}: {err}");
+        assert!(!out.join("reference").exists(), "{args:?}: the reference model was trained first");
+    }
+}

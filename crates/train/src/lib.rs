@@ -236,6 +236,17 @@ impl Trainer {
         if opts.batch_size == 0 || opts.epochs == 0 {
             return Err(TrainError::Invalid("batch_size and epochs must be at least 1".into()));
         }
+        // A NaN or negative rate does not fail any step: it writes NaN (or ascending) weights.
+        let finite = |what: &str, x: f64, min_ok: bool| -> Result<()> {
+            if x.is_finite() && (x > 0.0 || (min_ok && x == 0.0)) {
+                return Ok(());
+            }
+            let expected = if min_ok { "a finite number ≥ 0" } else { "a finite number > 0" };
+            Err(TrainError::Invalid(format!("{what} {x}: expected {expected}")))
+        };
+        finite("learning rate", opts.lr, false)?;
+        finite("weight decay", opts.weight_decay, true)?;
+        finite("max gradient norm", opts.max_grad_norm, true)?;
         let config = ModelConfig::from_value(&config_json, Path::new("(trainer config)"))?;
         let mut names: Vec<String> = weights.keys().cloned().collect();
         names.sort();

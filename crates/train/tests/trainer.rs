@@ -133,6 +133,21 @@ fn bad_options_and_checkpoints_are_clear_errors() {
         weights.iter().filter(|(k, _)| !k.starts_with("score.")).map(|(k, v)| (k.clone(), v.clone())).collect();
     let e = Trainer::new(cfg.clone(), no_head, TrainOptions { trainable: Trainable::Head, ..Default::default() });
     assert!(e.err().unwrap().to_string().contains("no weight is trainable"));
+    // Rates that fail no step but write NaN (or ascending) weights are refused up front.
+    let refused = |o: TrainOptions| Trainer::new(cfg.clone(), weights.clone(), o).err().expect("refused").to_string();
+    for lr in [f64::NAN, -1e-3, 0.0, f64::INFINITY] {
+        assert!(refused(TrainOptions { lr, ..Default::default() }).contains("learning rate"), "{lr}");
+    }
+    assert!(refused(TrainOptions { weight_decay: f64::NAN, ..Default::default() }).contains("weight decay NaN"));
+    assert!(
+        refused(TrainOptions { max_grad_norm: -1.0, ..Default::default() }).contains("expected a finite number ≥ 0")
+    );
+    assert!(Trainer::new(
+        cfg.clone(),
+        weights.clone(),
+        TrainOptions { weight_decay: 0.0, max_grad_norm: 0.0, ..Default::default() }
+    )
+    .is_ok());
     let ck = tmp("badck");
     std::fs::create_dir_all(&ck).unwrap();
     let t = Trainer::new(cfg.clone(), weights.clone(), TrainOptions::default()).unwrap();
