@@ -64,12 +64,52 @@ fn engine_kind(e: &EngineError) -> Kind {
     }
 }
 
+/// The class of the instruments', training's and CART's errors. Their wrappers of other library
+/// errors are `#[error(transparent)]`, which hides the wrapped error from `source()`, so they are
+/// opened here. `Invalid` is a refusal of the caller's data or arguments.
+fn layer_kind(x: &(dyn StdError + 'static)) -> Option<Kind> {
+    use reward_lens_cart::AnalysisError as A;
+    use reward_lens_instruments::InstrumentError as I;
+    use reward_lens_train::TrainError as T;
+    let instrument = |e: &I| match e {
+        I::Engine(ee) => engine_kind(ee),
+        I::Invalid(_) => Kind::Input,
+        I::Candle(_) | I::NonFinite { .. } => Kind::Other,
+    };
+    let train = |e: &T| match e {
+        T::Engine(ee) => engine_kind(ee),
+        T::Invalid(_) | T::Checkpoint { .. } => Kind::Input,
+        T::Io { .. } => Kind::File,
+        T::Candle(_) => Kind::Other,
+    };
+    fn analysis(e: &A, instrument: &dyn Fn(&I) -> Kind, train: &dyn Fn(&T) -> Kind) -> Kind {
+        match e {
+            A::Engine(ee) => engine_kind(ee),
+            A::Instrument(ie) => instrument(ie),
+            A::Train(te) => train(te),
+            A::Invalid(_) => Kind::Input,
+            A::At { source, .. } => analysis(source, instrument, train),
+            A::Candle(_) | A::Organism(_) => Kind::Other,
+        }
+    }
+    if let Some(e) = x.downcast_ref::<I>() {
+        return Some(instrument(e));
+    }
+    if let Some(e) = x.downcast_ref::<T>() {
+        return Some(train(e));
+    }
+    x.downcast_ref::<A>().map(|e| analysis(e, &instrument, &train))
+}
+
 /// The first classifiable cause in the chain decides the class.
 fn kind_of(e: &(dyn StdError + 'static)) -> Kind {
     let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
     while let Some(x) = cur {
         if let Some(ee) = x.downcast_ref::<EngineError>() {
             return engine_kind(ee);
+        }
+        if let Some(k) = layer_kind(x) {
+            return k;
         }
         if x.downcast_ref::<reward_lens_report::DatasetError>().is_some() {
             return Kind::Input;

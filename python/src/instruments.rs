@@ -320,6 +320,9 @@ pub fn concepts<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let m = &model.inner;
     let positions: Positions = choice(positions, "positions")?;
+    if steer.is_some() {
+        reward_lens_instruments::concepts::check_strengths(&strengths).or_raise()?;
+    }
     let texts = read_concepts(&concepts.map(|c| c.0).unwrap_or_default()).or_raise()?;
     let steer_pairs = pairs.map(|p| encoded(py, m, p, false)).transpose()?;
     let batch_size = batch_size_ok(batch_size)?;
@@ -383,7 +386,7 @@ pub fn conflict<'py>(
     let m = &model.inner;
     let (pairs, ids) = encoded(py, m, pairs, truncate_prompt)?;
     let batch_size = batch_size_ok(batch_size)?;
-    let t = Thresholds { aligned, orthogonal, conflict };
+    let t = Thresholds::new(aligned, orthogonal, conflict).or_raise()?;
     let out = detached(py, || {
         let groups = group_pairs(&pairs, &ids, group_by);
         if groups.len() < 2 && objective_terms(m, &[], 1).or_raise()?.is_none() {
@@ -497,12 +500,13 @@ pub fn diagnose<'py>(
     progress: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let m = &model.inner;
+    reward_lens_instruments::diagnose::check_threshold(threshold).or_raise()?;
     let pairs = match pairs {
         Some(p) => convert::pairs(p)?,
         None => reward_lens_report::datasets::diagnostic_pairs().or_raise()?,
     };
     let scores = scored(py, m, &pairs, batch_size, PaddingSide::Right, truncate_prompt, progress)?;
-    let rep = diagnose_fn(&pairs, &scores, threshold, seed);
+    let rep = diagnose_fn(&pairs, &scores, threshold, seed).or_raise()?;
     envelope(py, "diagnose", &model.name, &pairs, &rep)
 }
 

@@ -180,3 +180,12 @@ def test_list_arguments_take_one_item(model):
     assert [d["dimension"] for d in a["dimensions"]] == ["length"]
     with pytest.raises(TypeError, match="expected a path or a list of paths, found int\\nwhile processing 'probes'"):
         rl.probe(model, probes=3)
+
+
+def test_nonsense_settings_are_input_errors(model):
+    with pytest.raises(rl.InputError, match="conflict ≤ −orthogonal ≤ 0 ≤ orthogonal ≤ aligned"):
+        rl.conflict(model, PAIRS, aligned=0.1, orthogonal=0.5)
+    with pytest.raises(rl.InputError, match=r"threshold nan|threshold NaN"):
+        rl.diagnose(model, threshold=float("nan"), progress=False)
+    with pytest.raises(rl.InputError, match="steering strength NaN"):
+        rl.concepts(model, steer="verbosity", strengths=[float("nan"), 1.0])

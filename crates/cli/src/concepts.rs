@@ -55,6 +55,9 @@ struct Output {
 }
 
 pub fn run(a: ConceptsArgs) -> Result<()> {
+    if a.steer.is_some() {
+        reward_lens_instruments::concepts::check_strengths(&a.strengths)?;
+    }
     let model = a.model.load()?;
     let texts = reward_lens_report::datasets::read_concepts(&a.paths)?;
     let inputs: Vec<_> =

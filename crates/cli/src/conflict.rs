@@ -47,13 +47,13 @@ struct Output {
 }
 
 pub fn run(a: ConflictArgs) -> Result<()> {
+    let t = Thresholds::new(a.aligned, a.orthogonal, a.conflict)?;
     let model = a.model.load()?;
     let (pairs, ids) = a.input.encode(&model)?;
     let groups = group_pairs(&pairs, &ids, &a.group_by);
     if groups.len() < 2 && objective_terms(&model, &[], 1)?.is_none() {
         bail!("--group-by {}: found {} group(s); conflicts need at least two terms", a.group_by, groups.len());
     }
-    let t = Thresholds { aligned: a.aligned, orthogonal: a.orthogonal, conflict: a.conflict };
     let terms = analyze(&learn_term_directions(&model, &groups, a.layer, a.run.batch_size)?, &t);
     print!("{}", conflict_text(&terms, &format!("terms grouped by `{}`", a.group_by)));
     let inputs: Vec<Vec<u32>> = ids.iter().map(|p| p.chosen.clone()).collect();

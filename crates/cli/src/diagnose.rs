@@ -37,6 +37,7 @@ pub struct DiagnoseArgs {
 }
 
 pub fn run(a: DiagnoseArgs) -> Result<()> {
+    reward_lens_instruments::diagnose::check_threshold(a.threshold)?;
     let model = a.model.load()?;
     let pairs: Vec<PairText> = match &a.pairs {
         Some(p) => crate::args::read_pairs(p)?,
@@ -44,7 +45,7 @@ pub fn run(a: DiagnoseArgs) -> Result<()> {
     };
     let truncation = if a.truncate_prompt { Truncation::DropPromptLeft } else { Truncation::Error };
     let scores = crate::output::score_with_bar(&model, &pairs, truncation, a.run.batch_size, PaddingSide::Right)?;
-    let rep = diagnose(&pairs, &scores, a.threshold, a.run.seed);
+    let rep = diagnose(&pairs, &scores, a.threshold, a.run.seed)?;
     print!("{}", reward_lens_report::text::diagnose_table(&rep));
     crate::output::write(a.run.out.as_deref(), "diagnose", &a.model.name(), &pairs, &rep)
 }

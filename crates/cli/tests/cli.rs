@@ -986,3 +986,30 @@ fn bench_patch_pairs_out_of_range_is_refused() {
         assert!(e.contains("--patch-pairs") && e.contains("1..=20"), "{e}");
     }
 }
+
+/// Settings that would silently change what a report says — a NaN link threshold (no links, a
+/// cascade risk from nothing), overlapping conflict bands (resolved by the order of the tests),
+/// a NaN steering strength (blamed on the weights as an overflow) — are refused before the model
+/// loads, naming the setting.
+#[test]
+fn nonsense_thresholds_and_strengths_are_refused_up_front() {
+    let model = fixtures().join("models/llama");
+    let pairs = fixtures().join("pairs.jsonl");
+    let cases: [(&[&str], &str); 5] = [
+        (&["diagnose", "--threshold", "nan"], "threshold NaN"),
+        (&["diagnose", "--threshold", "1.5"], "in [0, 1]"),
+        (&["conflict", "--aligned", "0.1", "--orthogonal", "0.5"], "conflict ≤ −orthogonal ≤ 0 ≤ orthogonal ≤ aligned"),
+        (&["conflict", "--conflict", "nan"], "conflict NaN"),
+        (&["concepts", "--steer", "verbosity", "--strengths=nan,1"], "steering strength NaN"),
+    ];
+    for (args, want) in cases {
+        let mut c = exe();
+        c.args(args).arg("--model").arg(&model);
+        if args[0] == "conflict" {
+            c.arg("--pairs").arg(&pairs);
+        }
+        let o = c.output().unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.code() == Some(1) && e.contains(want), "{args:?}: {e}");
+    }
+}

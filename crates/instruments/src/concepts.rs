@@ -194,6 +194,18 @@ pub struct DoseResponse {
 }
 
 /// Adds `strength × vector` at `layer`'s output and re-scores every input at every strength.
+/// Steering strengths: finite numbers, at least one. (A NaN strength makes every steered reward
+/// NaN, which would otherwise surface as an overflow blamed on the weights.)
+pub fn check_strengths(strengths: &[f64]) -> Result<()> {
+    if strengths.is_empty() {
+        return Err(InstrumentError::Invalid("steering: no strengths given".into()));
+    }
+    match strengths.iter().find(|s| !s.is_finite()) {
+        Some(s) => Err(InstrumentError::Invalid(format!("steering strength {s}: expected finite numbers"))),
+        None => Ok(()),
+    }
+}
+
 pub fn steer(
     model: &RewardModel,
     seqs: &[Vec<u32>],
@@ -203,6 +215,7 @@ pub fn steer(
     positions: Positions,
     batch_size: usize,
 ) -> Result<DoseResponse> {
+    check_strengths(strengths)?;
     let report = steer_unchecked(model, seqs, vector, layer, strengths, positions, batch_size)?;
     crate::finite::ensure_finite("steering", &report)?;
     Ok(report)

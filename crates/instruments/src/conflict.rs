@@ -48,6 +48,23 @@ pub struct Thresholds {
     pub conflict: f64,
 }
 
+impl Thresholds {
+    /// Checked thresholds: cosines (finite, in [−1, 1]) with bands that do not overlap,
+    /// `conflict ≤ −orthogonal ≤ 0 ≤ orthogonal ≤ aligned`. Otherwise the order of the tests in
+    /// [`classify`] would silently decide what a user's overlapping bands mean.
+    pub fn new(aligned: f64, orthogonal: f64, conflict: f64) -> Result<Self> {
+        let t = Self { aligned, orthogonal, conflict };
+        let cosines = [aligned, orthogonal, conflict].iter().all(|c| (-1.0..=1.0).contains(c));
+        if !(cosines && 0.0 <= orthogonal && orthogonal <= aligned && conflict <= -orthogonal) {
+            return Err(InstrumentError::Invalid(format!(
+                "thresholds aligned {aligned}, orthogonal {orthogonal}, conflict {conflict}: expected cosines with \
+                 conflict ≤ −orthogonal ≤ 0 ≤ orthogonal ≤ aligned (defaults 0.5, 0.2, −0.3)"
+            )));
+        }
+        Ok(t)
+    }
+}
+
 impl Default for Thresholds {
     fn default() -> Self {
         Self { aligned: 0.5, orthogonal: 0.2, conflict: -0.3 }
@@ -258,6 +275,20 @@ pub fn group_pairs(pairs: &[PairText], encoded: &[EncodedPair], field: &str) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thresholds_are_checked_cosines_in_order() {
+        let d = Thresholds::default();
+        let ok = Thresholds::new(d.aligned, d.orthogonal, d.conflict).unwrap();
+        assert_eq!((ok.aligned, ok.orthogonal, ok.conflict), (0.5, 0.2, -0.3));
+        assert!(Thresholds::new(0.0, 0.0, 0.0).is_ok(), "no bands at all is allowed");
+        for (a, o, c) in
+            [(0.1, 0.5, -0.6), (0.5, 0.2, -0.1), (0.5, -0.2, -0.3), (1.5, 0.2, -0.3), (f64::NAN, 0.2, -0.3)]
+        {
+            let e = Thresholds::new(a, o, c).err().expect("refused").to_string();
+            assert!(e.contains("conflict ≤ −orthogonal ≤ 0 ≤ orthogonal ≤ aligned"), "{e}");
+        }
+    }
 
     #[test]
     fn pairs_group_by_any_field_in_first_seen_order() {

@@ -245,9 +245,20 @@ pub struct DiagnoseReport {
     pub cascade: std::result::Result<CascadeReport, String>,
 }
 
+/// The cascade's link threshold, a correlation magnitude: a number in [0, 1]. (A NaN would link
+/// nothing and report a cascade risk computed from no links.)
+pub fn check_threshold(threshold: f64) -> Result<f64> {
+    if (0.0..=1.0).contains(&threshold) {
+        Ok(threshold)
+    } else {
+        Err(InstrumentError::Invalid(format!("threshold {threshold}: expected a correlation magnitude |r| in [0, 1]")))
+    }
+}
+
 /// Distortion, coverage disparity and the cascade of a diagnostic set: each pair's `subset` is
 /// its dimension and its `seed` field names the matched prompt; `scores` are the pairs' rewards.
-pub fn diagnose(pairs: &[PairText], scores: &[PairScore], threshold: f64, seed: u64) -> DiagnoseReport {
+pub fn diagnose(pairs: &[PairText], scores: &[PairScore], threshold: f64, seed: u64) -> Result<DiagnoseReport> {
+    let threshold = check_threshold(threshold)?;
     let dim = |p: &PairText| p.subset.clone().unwrap_or_else(|| "(none)".into());
     let margins: Vec<(String, f64)> = pairs.iter().zip(scores).map(|(p, s)| (dim(p), s.margin() as f64)).collect();
     let dist = distortion(&margins, seed);
@@ -262,12 +273,22 @@ pub fn diagnose(pairs: &[PairText], scores: &[PairScore], threshold: f64, seed: 
         }
     }
     let cascade = cascade(&dims, &by_seed, threshold, seed).map_err(|e| e.to_string());
-    DiagnoseReport { n_pairs: pairs.len(), distortion: dist, coverage, cascade }
+    Ok(DiagnoseReport { n_pairs: pairs.len(), distortion: dist, coverage, cascade })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_link_threshold_is_a_correlation_magnitude() {
+        assert_eq!(check_threshold(0.5).unwrap(), 0.5);
+        assert!(check_threshold(0.0).is_ok() && check_threshold(1.0).is_ok());
+        for t in [f64::NAN, -0.1, 1.5, f64::INFINITY] {
+            assert!(check_threshold(t).err().expect("refused").to_string().contains("|r| in [0, 1]"), "{t}");
+        }
+        assert!(diagnose(&[], &[], f64::NAN, 0).is_err());
+    }
 
     #[test]
     fn distortion_is_large_where_the_reward_moves_the_wrong_way() {
