@@ -1614,6 +1614,8 @@ pub fn discover(
     sae: Option<&Sae>,
 ) -> Result<DiscoveryReport> {
     split.validate(pairs.len())?;
+    // Before the activations are read (the expensive part), not after.
+    check_coherence(&opts.coherence)?;
     let units = candidate_units(model, &opts.units, sae, pairs, split)?;
     let acts = extract(model, pairs, &units, opts.units.position, sae, opts.batch_size)?;
     discover_from(model, pairs, split, &acts, opts, sae)
@@ -1641,6 +1643,16 @@ fn random_like(all: &[Unit], circuit: &[usize], rng: &mut Rng) -> Vec<usize> {
     out
 }
 
+/// Clustering stops below a correlation: a NaN would stop it nowhere, silently.
+fn check_coherence(c: &CoherenceOptions) -> Result<()> {
+    let r = c.min_correlation;
+    if (-1.0..=1.0).contains(&r) {
+        Ok(())
+    } else {
+        Err(invalid(format!("min_correlation must be a correlation in [-1, 1], got {r}")))
+    }
+}
+
 /// Discovery from activations already read by [`extract`] on `pairs` (same order).
 pub fn discover_from(
     model: &RewardModel,
@@ -1656,6 +1668,7 @@ pub fn discover_from(
     if acts.position != opts.units.position {
         return Err(invalid("activations were read at another position than the options say"));
     }
+    check_coherence(&opts.coherence)?;
     let bs = opts.batch_size.max(1);
     let readout = opts.units.readout;
     let mut spec = specialisation(acts, readout, split, &opts.threshold, opts.seed)?;

@@ -407,6 +407,12 @@ fn vulnerability_and_bound_of_the_planted_circuit() {
     assert!(c.activation_cosine.unwrap() > 0.95);
     assert!(c.consistency.unwrap() > 0.0 && c.consistency.unwrap() <= 1.0);
     assert!(c.vulnerable && c.score == 3.0, "one circuit: every rank is 1");
+    // Shares and quantiles outside [0, 1] (NaN included) are refused, not clamped into a flag.
+    for (q, s) in [(f64::NAN, 0.2), (0.95, f64::NAN), (0.95, 1.5)] {
+        let o = VulnerabilityOptions { coverage_quantile: q, vulnerable_share: s, ..Default::default() };
+        let e = assess(&model, &r, &inputs, &o, None).err().expect("refused").to_string();
+        assert!(e.contains("must lie in [0, 1]"), "{e}");
+    }
 
     let b = bound_report(&model, &r, &pairs, &split, &pairs, &split, &BoundOptions::default(), None).unwrap();
     eprintln!(
@@ -481,6 +487,12 @@ fn bad_input_is_a_clear_error() {
         ..full_options()
     };
     assert!(discover(&model, &pairs, &split, &opts, None).unwrap_err().to_string().contains("no candidate units"));
+    for r in [f64::NAN, 1.5] {
+        let mut opts = full_options();
+        opts.coherence.min_correlation = r;
+        let e = discover(&model, &pairs, &split, &opts, None).unwrap_err().to_string();
+        assert!(e.contains("min_correlation must be a correlation in [-1, 1]"), "{e}");
+    }
 }
 
 #[test]
