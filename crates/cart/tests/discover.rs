@@ -410,7 +410,7 @@ fn vulnerability_and_bound_of_the_planted_circuit() {
     // Shares and quantiles outside [0, 1] (NaN included) are refused, not clamped into a flag.
     for (q, s) in [(f64::NAN, 0.2), (0.95, f64::NAN), (0.95, 1.5)] {
         let o = VulnerabilityOptions { coverage_quantile: q, vulnerable_share: s, ..Default::default() };
-        let e = assess(&model, &r, &inputs, &o, None).err().expect("refused").to_string();
+        let e = assess(&model, &r, &inputs, &o, None).expect_err("refused").to_string();
         assert!(e.contains("must lie in [0, 1]"), "{e}");
     }
 

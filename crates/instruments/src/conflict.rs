@@ -285,7 +285,7 @@ mod tests {
         for (a, o, c) in
             [(0.1, 0.5, -0.6), (0.5, 0.2, -0.1), (0.5, -0.2, -0.3), (1.5, 0.2, -0.3), (f64::NAN, 0.2, -0.3)]
         {
-            let e = Thresholds::new(a, o, c).err().expect("refused").to_string();
+            let e = Thresholds::new(a, o, c).expect_err("refused").to_string();
             assert!(e.contains("conflict ≤ −orthogonal ≤ 0 ≤ orthogonal ≤ aligned"), "{e}");
         }
     }

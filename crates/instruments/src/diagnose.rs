@@ -285,7 +285,7 @@ mod tests {
         assert_eq!(check_threshold(0.5).unwrap(), 0.5);
         assert!(check_threshold(0.0).is_ok() && check_threshold(1.0).is_ok());
         for t in [f64::NAN, -0.1, 1.5, f64::INFINITY] {
-            assert!(check_threshold(t).err().expect("refused").to_string().contains("|r| in [0, 1]"), "{t}");
+            assert!(check_threshold(t).expect_err("refused").to_string().contains("|r| in [0, 1]"), "{t}");
         }
         assert!(diagnose(&[], &[], f64::NAN, 0).is_err());
     }
