@@ -514,27 +514,40 @@ fn degenerate_config_values_name_file_and_field() {
     }
 }
 
-/// A reward that overflows is an error naming the pair's file and line and the side, never a
-/// NaN or infinity in the output.
-#[test]
-fn non_finite_reward_names_the_pair() {
+/// The llama fixture with `names` scaled by 1e30 (finite, so loading accepts them), its first
+/// `n` pairs as if read from `pairs.jsonl` from line `first_line` on, and the error scoring them
+/// gives.
+fn scaled_llama_scored(
+    names: &[&str],
+    n: usize,
+    first_line: usize,
+) -> (Scratch, RewardModel, Vec<reward_lens_engine::EncodedPair>, EngineError) {
     use reward_lens_engine::{PairText, ScoreOptions};
     let s = Scratch::copy_of("llama");
     let mut t = s.tensors();
-    // Each finite on its own (the load-time scan accepts them); their product overflows f32.
-    for name in ["score.weight", "model.norm.weight"] {
+    for &name in names {
         let w = t[name].clone();
         t.insert(name.into(), (w * 1e30).unwrap());
     }
     s.write_tensors(&t);
     let model = RewardModel::load(&s.0, &LoadOptions::default()).unwrap();
     let mut texts: Vec<PairText> = pairs().into_iter().map(|v| serde_json::from_value(v).unwrap()).collect();
-    texts.truncate(3);
+    texts.truncate(n);
     for (i, p) in texts.iter_mut().enumerate() {
-        p.origin = Some(reward_lens_engine::Origin { file: std::path::Path::new("pairs.jsonl").into(), line: 10 + i });
+        let file = std::path::Path::new("pairs.jsonl").into();
+        p.origin = Some(reward_lens_engine::Origin { file, line: first_line + i });
     }
     let enc = model.encode_pairs(&texts, Truncation::Error).unwrap();
     let e = model.score_pair_texts(&texts, &enc, &ScoreOptions::default(), &mut |_| {}).unwrap_err();
+    (s, model, enc, e)
+}
+
+/// A reward that overflows is an error naming the pair's file and line and the side, never a
+/// NaN or infinity in the output.
+#[test]
+fn non_finite_reward_names_the_pair() {
+    // Each finite on its own (the load-time scan accepts them); their product overflows f32.
+    let (_s, model, enc, e) = scaled_llama_scored(&["score.weight", "model.norm.weight"], 3, 10);
     has(&e.to_string(), &["pairs.jsonl:10", "chosen", "not a number"]);
     let batch = model.batch(&[enc[0].chosen.clone()], PaddingSide::Right).unwrap();
     assert!(matches!(model.score(&batch).unwrap_err(), EngineError::NonFiniteReward { row: 0, .. }));
@@ -824,21 +837,7 @@ fn armorm_pattern_outside_the_vocabulary_is_named() {
 /// here, a finite reward the model never computed. It is refused as NaN, naming the pair.
 #[test]
 fn residual_overflow_at_the_final_norm_is_not_a_reward() {
-    use reward_lens_engine::{PairText, ScoreOptions};
-    let s = Scratch::copy_of("llama");
-    let mut t = s.tensors();
-    let name = "model.layers.0.mlp.down_proj.weight";
-    let w = t[name].clone();
-    t.insert(name.into(), (w * 1e30).unwrap());
-    s.write_tensors(&t);
-    let model = RewardModel::load(&s.0, &LoadOptions::default()).unwrap();
-    let mut texts: Vec<PairText> = pairs().into_iter().map(|v| serde_json::from_value(v).unwrap()).collect();
-    texts.truncate(2);
-    for (i, p) in texts.iter_mut().enumerate() {
-        p.origin = Some(reward_lens_engine::Origin { file: std::path::Path::new("pairs.jsonl").into(), line: 3 + i });
-    }
-    let enc = model.encode_pairs(&texts, Truncation::Error).unwrap();
-    let e = model.score_pair_texts(&texts, &enc, &ScoreOptions::default(), &mut |_| {}).unwrap_err();
+    let (_s, model, enc, e) = scaled_llama_scored(&["model.layers.0.mlp.down_proj.weight"], 2, 3);
     has(&e.to_string(), &["pairs.jsonl:3", "chosen", "NaN", "overflow"]);
     // The residual entering the final norm is finite, just too large to square in f32.
     let batch = model.batch(&[enc[0].chosen.clone()], PaddingSide::Right).unwrap();
