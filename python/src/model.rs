@@ -85,6 +85,9 @@ struct HookSpec {
 /// Parses `hooks`: each a dict {"site", "action", "value", "positions", "heads"} or a tuple
 /// (site, action[, value]) where action is "replace" | "add" | "zero" | "scale" | "mean" or a
 /// Python callable f(activation) -> new activation (or None: the array, edited in place).
+/// The keys a hook dict may have.
+const HOOK_KEYS: [&str; 5] = ["site", "action", "value", "positions", "heads"];
+
 fn parse_hooks(py: Python<'_>, hooks: Option<&Bound<'_, PyAny>>, device: &Device) -> PyResult<Vec<HookSpec>> {
     let Some(hooks) = hooks else { return Ok(Vec::new()) };
     let mut out = Vec::new();
@@ -92,6 +95,14 @@ fn parse_hooks(py: Python<'_>, hooks: Option<&Bound<'_, PyAny>>, device: &Device
         let h = h?;
         let what = format!("hooks[{i}]");
         let (site, action, value, positions, heads) = if let Ok(d) = h.cast::<PyDict>() {
+            // A misspelt key ("position") would otherwise drop its restriction silently: the
+            // intervention then applies everywhere.
+            for k in d.keys() {
+                let k = k.str()?.to_string();
+                if !HOOK_KEYS.contains(&k.as_str()) {
+                    return Err(input(format!("{what}: unknown key `{k}` (expected {})", HOOK_KEYS.join(", "))));
+                }
+            }
             let get = |k: &str| d.get_item(k);
             (
                 get("site")?.ok_or_else(|| input(format!("{what}: missing \"site\"")))?,
@@ -123,13 +134,18 @@ fn parse_hooks(py: Python<'_>, hooks: Option<&Bound<'_, PyAny>>, device: &Device
             match name.as_str() {
                 "replace" | "mean" => HookAction::Replace(value_of(&name)?),
                 "add" => HookAction::Add(value_of(&name)?),
+                "zero" if value.as_ref().is_some_and(|v| !v.is_none()) => {
+                    return Err(input(format!("{what}: action \"zero\" takes no value")))
+                }
                 "zero" => HookAction::Zero,
                 "scale" => HookAction::Scale(
                     value
                         .as_ref()
                         .ok_or_else(|| input(format!("{what}: action \"scale\" needs a value")))?
-                        .extract()
-                        .map_err(|_| input(format!("{what}: scale value must be a number")))?,
+                        .extract::<f64>()
+                        .ok()
+                        .filter(|s| s.is_finite())
+                        .ok_or_else(|| input(format!("{what}: scale value must be a finite number")))?,
                 ),
                 other => {
                     return Err(input(format!(

@@ -137,6 +137,13 @@ def test_hook_errors(llama):
         llama.run_with_hooks(PROMPT, RESPONSE, hooks=[("blocks.0.hook_resid_post", "explode")])
     with pytest.raises(rl.SiteError, match="broadcast"):
         llama.run_with_hooks(PROMPT, RESPONSE, hooks=[("blocks.0.hook_resid_post", "replace", np.zeros(3))])
+    # A misspelt key would drop its restriction and zero every position: refused by name.
+    with pytest.raises(rl.InputError, match="unknown key `position` \\(expected site, action, value, positions, heads\\)"):
+        llama.run_with_hooks(PROMPT, RESPONSE, hooks=[{"site": "blocks.0.hook_resid_post", "action": "zero", "position": [0]}])
+    with pytest.raises(rl.InputError, match="scale value must be a finite number"):
+        llama.run_with_hooks(PROMPT, RESPONSE, hooks=[("blocks.0.hook_resid_post", "scale", float("nan"))])
+    with pytest.raises(rl.InputError, match="\"zero\" takes no value"):
+        llama.run_with_hooks(PROMPT, RESPONSE, hooks=[("blocks.0.hook_resid_post", "zero", 0.5)])
 
     def boom(a, name):
         raise ZeroDivisionError("from the hook")
