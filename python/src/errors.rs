@@ -70,6 +70,7 @@ fn engine_kind(e: &EngineError) -> Kind {
 fn layer_kind(x: &(dyn StdError + 'static)) -> Option<Kind> {
     use reward_lens_cart::AnalysisError as A;
     use reward_lens_instruments::InstrumentError as I;
+    use reward_lens_organisms::OrganismError as O;
     use reward_lens_train::TrainError as T;
     let instrument = |e: &I| match e {
         I::Engine(ee) => engine_kind(ee),
@@ -82,14 +83,25 @@ fn layer_kind(x: &(dyn StdError + 'static)) -> Option<Kind> {
         T::Io { .. } => Kind::File,
         T::Candle(_) => Kind::Other,
     };
+    fn organism(e: &O, train: &dyn Fn(&T) -> Kind) -> Kind {
+        match e {
+            O::Engine(ee) => engine_kind(ee),
+            O::Train(te) => train(te),
+            O::InvalidSpec { .. } | O::UnknownPreset { .. } => Kind::Input,
+            O::Io { .. } => Kind::File,
+            O::Build { source, .. } => organism(source, train),
+            O::Json { .. } => Kind::Other,
+        }
+    }
     fn analysis(e: &A, instrument: &dyn Fn(&I) -> Kind, train: &dyn Fn(&T) -> Kind) -> Kind {
         match e {
             A::Engine(ee) => engine_kind(ee),
             A::Instrument(ie) => instrument(ie),
             A::Train(te) => train(te),
+            A::Organism(oe) => organism(oe, train),
             A::Invalid(_) => Kind::Input,
             A::At { source, .. } => analysis(source, instrument, train),
-            A::Candle(_) | A::Organism(_) => Kind::Other,
+            A::Candle(_) => Kind::Other,
         }
     }
     if let Some(e) = x.downcast_ref::<I>() {
@@ -97,6 +109,9 @@ fn layer_kind(x: &(dyn StdError + 'static)) -> Option<Kind> {
     }
     if let Some(e) = x.downcast_ref::<T>() {
         return Some(train(e));
+    }
+    if let Some(e) = x.downcast_ref::<O>() {
+        return Some(organism(e, &train));
     }
     x.downcast_ref::<A>().map(|e| analysis(e, &instrument, &train))
 }

@@ -550,6 +550,9 @@ pub fn eval<'py>(
         Ok(m) => vec![m],
         Err(_) => model.extract().map_err(|_| input("model: expected a Model or a list of Models"))?,
     };
+    if models.is_empty() {
+        return Err(input("model: an empty list (expected a Model or a list of Models)"));
+    }
     let padding: PaddingSide = choice(padding, "padding")?;
     let prefs = match convert::PairArg::from_py(pairs)? {
         convert::PairArg::File(p) => read_preferences(&p).or_raise()?,

@@ -118,6 +118,11 @@ def test_organism_and_cart_train(tmp_path):
     assert 0.0 <= rep["tail_accuracy"] <= 1.0 and rep["models"] == [str(tmp_path / "cart")]
     written = json.loads((tmp_path / "cart" / "cart_report.json").read_text())
     close(rl.to_json(rep), written)
+    # Refusals of the caller's choices are InputErrors.
+    with pytest.raises(rl.InputError, match="unknown organism preset `nope`; known: control"):
+        rl.organism("nope", out=tmp_path / "nope", progress=False)
+    with pytest.raises(rl.InputError, match="an empty list"):
+        rl.eval([], o["dir"] / "test.jsonl", progress=False)
 
 
 def test_cli_runs_a_command_line_in_process_as_the_binary_does(tmp_path, cli):
