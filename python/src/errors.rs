@@ -64,56 +64,58 @@ fn engine_kind(e: &EngineError) -> Kind {
     }
 }
 
-/// The class of the instruments', training's and CART's errors. Their wrappers of other library
-/// errors are `#[error(transparent)]`, which hides the wrapped error from `source()`, so they are
-/// opened here. `Invalid` is a refusal of the caller's data or arguments.
+/// The class of the instruments', training's, organisms' and CART's errors. Their wrappers of
+/// other library errors are `#[error(transparent)]`, which hides the wrapped error from
+/// `source()`, so they are opened here. `Invalid` is a refusal of the caller's data or arguments.
 fn layer_kind(x: &(dyn StdError + 'static)) -> Option<Kind> {
-    use reward_lens_cart::AnalysisError as A;
-    use reward_lens_instruments::InstrumentError as I;
-    use reward_lens_organisms::OrganismError as O;
-    use reward_lens_train::TrainError as T;
-    let instrument = |e: &I| match e {
-        I::Engine(ee) => engine_kind(ee),
-        I::Invalid(_) => Kind::Input,
-        I::Candle(_) | I::NonFinite { .. } => Kind::Other,
-    };
-    let train = |e: &T| match e {
-        T::Engine(ee) => engine_kind(ee),
-        T::Invalid(_) | T::Checkpoint { .. } => Kind::Input,
-        T::Io { .. } => Kind::File,
-        T::Candle(_) => Kind::Other,
-    };
-    fn organism(e: &O, train: &dyn Fn(&T) -> Kind) -> Kind {
+    use reward_lens_cart::AnalysisError;
+    use reward_lens_instruments::InstrumentError;
+    use reward_lens_organisms::OrganismError;
+    use reward_lens_train::TrainError;
+    fn instrument(e: &InstrumentError) -> Kind {
+        use InstrumentError as I;
+        match e {
+            I::Engine(ee) => engine_kind(ee),
+            I::Invalid(_) => Kind::Input,
+            I::Candle(_) | I::NonFinite { .. } => Kind::Other,
+        }
+    }
+    fn train(e: &TrainError) -> Kind {
+        use TrainError as T;
+        match e {
+            T::Engine(ee) => engine_kind(ee),
+            T::Invalid(_) | T::Checkpoint { .. } => Kind::Input,
+            T::Io { .. } => Kind::File,
+            T::Candle(_) => Kind::Other,
+        }
+    }
+    fn organism(e: &OrganismError) -> Kind {
+        use OrganismError as O;
         match e {
             O::Engine(ee) => engine_kind(ee),
             O::Train(te) => train(te),
             O::InvalidSpec { .. } | O::UnknownPreset { .. } => Kind::Input,
             O::Io { .. } => Kind::File,
-            O::Build { source, .. } => organism(source, train),
+            O::Build { source, .. } => organism(source),
             O::Json { .. } => Kind::Other,
         }
     }
-    fn analysis(e: &A, instrument: &dyn Fn(&I) -> Kind, train: &dyn Fn(&T) -> Kind) -> Kind {
+    fn analysis(e: &AnalysisError) -> Kind {
+        use AnalysisError as A;
         match e {
             A::Engine(ee) => engine_kind(ee),
             A::Instrument(ie) => instrument(ie),
             A::Train(te) => train(te),
-            A::Organism(oe) => organism(oe, train),
+            A::Organism(oe) => organism(oe),
             A::Invalid(_) => Kind::Input,
-            A::At { source, .. } => analysis(source, instrument, train),
+            A::At { source, .. } => analysis(source),
             A::Candle(_) => Kind::Other,
         }
     }
-    if let Some(e) = x.downcast_ref::<I>() {
-        return Some(instrument(e));
-    }
-    if let Some(e) = x.downcast_ref::<T>() {
-        return Some(train(e));
-    }
-    if let Some(e) = x.downcast_ref::<O>() {
-        return Some(organism(e, &train));
-    }
-    x.downcast_ref::<A>().map(|e| analysis(e, &instrument, &train))
+    (x.downcast_ref().map(instrument))
+        .or_else(|| x.downcast_ref().map(train))
+        .or_else(|| x.downcast_ref().map(organism))
+        .or_else(|| x.downcast_ref().map(analysis))
 }
 
 /// The first classifiable cause in the chain decides the class.
