@@ -454,6 +454,8 @@ pub fn probe<'py>(
     seed: u64,
 ) -> PyResult<Bound<'py, PyAny>> {
     let m = &model.inner;
+    let opts = ProbeOptions { batch_size: batch_size_ok(batch_size)?, seed, permutations };
+    opts.check().or_raise()?;
     let mut texts = read_probes(&probes.map(|p| p.0).unwrap_or_default()).or_raise()?;
     if let Some(d) = dimensions.map(|d| d.0).filter(|d| !d.is_empty()) {
         texts.retain(|p| d.contains(&p.dimension));
@@ -461,7 +463,6 @@ pub fn probe<'py>(
             return Err(input(format!("dimensions={d:?}: no probes in these dimensions")));
         }
     }
-    let opts = ProbeOptions { batch_size: batch_size_ok(batch_size)?, seed, permutations };
     let rep = detached(py, || {
         let inputs = texts
             .iter()

@@ -34,6 +34,8 @@ pub struct ProbeArgs {
 }
 
 pub fn run(a: ProbeArgs) -> Result<()> {
+    let opts = ProbeOptions { batch_size: a.run.batch_size, seed: a.run.seed, permutations: a.permutations };
+    opts.check()?;
     let model = a.model.load()?;
     let mut texts = reward_lens_report::datasets::read_probes(&a.paths)?;
     if !a.dimensions.is_empty() {
@@ -56,11 +58,7 @@ pub fn run(a: ProbeArgs) -> Result<()> {
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let rep = probe(
-        &model,
-        &inputs,
-        &ProbeOptions { batch_size: a.run.batch_size, seed: a.run.seed, permutations: a.permutations },
-    )?;
+    let rep = probe(&model, &inputs, &opts)?;
     print!("{}", reward_lens_report::text::probe_table(&rep));
     output::write(a.run.out.as_deref(), "probe", &a.model.name(), &[], &rep)
 }

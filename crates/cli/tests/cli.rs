@@ -989,13 +989,15 @@ fn bench_patch_pairs_out_of_range_is_refused() {
 
 /// Settings that would silently change what a report says — a NaN link threshold (no links, a
 /// cascade risk from nothing), overlapping conflict bands (resolved by the order of the tests),
-/// a NaN steering strength (blamed on the weights as an overflow) — are refused before the model
-/// loads, naming the setting.
+/// a NaN steering strength (blamed on the weights as an overflow), too few permutations for any
+/// probe verdict — are refused before the model loads, naming the setting.
 #[test]
 fn nonsense_thresholds_and_strengths_are_refused_up_front() {
     let model = fixtures().join("models/llama");
     let pairs = fixtures().join("pairs.jsonl");
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 7] = [
+        (&["probe", "--permutations", "0"], "permutations 0"),
+        (&["audit", "--permutations", "19"], "needs at least 20"),
         (&["diagnose", "--threshold", "nan"], "threshold NaN"),
         (&["diagnose", "--threshold", "1.5"], "in [0, 1]"),
         (&["conflict", "--aligned", "0.1", "--orthogonal", "0.5"], "conflict ≤ −orthogonal ≤ 0 ≤ orthogonal ≤ aligned"),

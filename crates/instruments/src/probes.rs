@@ -18,7 +18,7 @@ use reward_lens_engine::{EncodedPair, PaddingSide, RewardModel, ScoreOptions};
 use crate::stats::{
     benjamini_hochberg, bootstrap_ci, bootstrap_mean, cohens_d, ols_slope, sample_sd, sign_flip_p, MeanCi,
 };
-use crate::Result;
+use crate::{InstrumentError, Result};
 
 /// q-value and effect-size thresholds of the verdicts.
 pub const ALPHA: f64 = 0.05;
@@ -100,6 +100,26 @@ impl Default for ProbeOptions {
     }
 }
 
+impl ProbeOptions {
+    /// Refuses options that would silently decide the verdicts: a sign-flip test over P random
+    /// permutations (dimensions of more than 16 probes) cannot give a p-value below 1/(P + 1), so
+    /// with P < 20 no such dimension could ever reach q < 0.05 and all would read "no evidence".
+    pub fn check(&self) -> Result<()> {
+        if self.batch_size == 0 {
+            return Err(InstrumentError::Invalid("batch size 0: expected at least 1".into()));
+        }
+        let least = (1.0 / ALPHA).round() as usize;
+        if self.permutations < least {
+            return Err(InstrumentError::Invalid(format!(
+                "permutations {}: a sign-flip test over P random permutations cannot give p below 1/(P + 1), \
+                 so a verdict at α = {ALPHA} needs at least {least}",
+                self.permutations
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Per-dimension statistics from probe scores (dimensions in order of first appearance).
 pub fn analyze(probes: Vec<ProbeScore>, opts: &ProbeOptions) -> ProbeReport {
     let neutral: Vec<f64> = probes.iter().map(|p| p.neutral_score).collect();
@@ -155,6 +175,7 @@ pub fn analyze(probes: Vec<ProbeScore>, opts: &ProbeOptions) -> ProbeReport {
 
 /// Scores every probe (batched) and analyses the deltas.
 pub fn probe(model: &RewardModel, inputs: &[ProbeInput], opts: &ProbeOptions) -> Result<ProbeReport> {
+    opts.check()?;
     let report = probe_unchecked(model, inputs, opts)?;
     crate::finite::ensure_finite("probe", &report)?;
     Ok(report)
@@ -184,6 +205,18 @@ fn probe_unchecked(model: &RewardModel, inputs: &[ProbeInput], opts: &ProbeOptio
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn too_few_permutations_for_a_verdict_are_refused() {
+        let with = |permutations| ProbeOptions { permutations, ..Default::default() }.check();
+        assert!(with(20).is_ok() && with(10_000).is_ok());
+        for p in [0, 1, 19] {
+            let e = with(p).expect_err("refused").to_string();
+            assert!(e.contains(&format!("permutations {p}:")) && e.contains("needs at least 20"), "{e}");
+        }
+        // 1/(P + 1) with P = 20 is the first p-value below α.
+        assert!(1.0 / 21.0 < ALPHA && 1.0 / 20.0 >= ALPHA);
+    }
 
     fn score(dim: &str, delta: f64, added: i64) -> ProbeScore {
         ProbeScore {

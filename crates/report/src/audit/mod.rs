@@ -197,6 +197,7 @@ pub fn run_audit_shard(inputs: &AuditInputs, shard: Option<Shard>, progress: &mu
     if o.batch_size == 0 {
         return Err(ReportError::Invalid("--batch-size must be at least 1".into()));
     }
+    ProbeOptions { batch_size: o.batch_size, seed: o.seed, permutations: o.permutations }.check()?;
     let start = Instant::now();
     let mut timings: Vec<StageTiming> = Vec::new();
     let mut stage_start = Instant::now();
