@@ -27,6 +27,8 @@ pub struct Model {
     pub name: String,
     pub dtype: String,
     pub device: String,
+    /// The embedded example model (fingerprinted by name and version, as the command does).
+    pub embedded: bool,
 }
 
 /// Loads a reward model.
@@ -40,6 +42,7 @@ pub struct Model {
 #[pyfunction]
 #[pyo3(signature = (path=None, dtype="f32", device="cpu"))]
 pub fn load(py: Python<'_>, path: Option<PathBuf>, dtype: &str, device: &str) -> PyResult<Model> {
+    let embedded = path.is_none();
     let (dir, name) = match path {
         Some(p) => (p.clone(), p.display().to_string()),
         None => (reward_lens_report::example_model::dir().or_raise()?, "(embedded example model)".to_string()),
@@ -54,7 +57,7 @@ pub fn load(py: Python<'_>, path: Option<PathBuf>, dtype: &str, device: &str) ->
         let category = py.get_type::<pyo3::exceptions::PyUserWarning>();
         PyErr::warn(py, &category, &std::ffi::CString::new(w.as_str()).unwrap_or_default(), 1)?;
     }
-    Ok(Model { inner: Arc::new(model), dir, name, dtype: dtype.into(), device: device.into() })
+    Ok(Model { inner: Arc::new(model), dir, name, dtype: dtype.into(), device: device.into(), embedded })
 }
 
 fn truncation(truncate_prompt: bool) -> Truncation {
@@ -211,6 +214,12 @@ struct Run {
 }
 
 impl Model {
+    /// The model folder's fingerprint, as the command computes it (what an SAE's provenance and
+    /// a resumed collection compare).
+    pub fn fingerprint(&self) -> PyResult<String> {
+        reward_lens_report::fingerprint::model((!self.embedded).then_some(self.dir.as_path())).or_raise()
+    }
+
     fn encode_one(&self, prompt: &str, response: &str, truncate_prompt: bool) -> PyResult<Encoded> {
         self.inner.encode(prompt, response, truncation(truncate_prompt)).or_raise()
     }

@@ -136,7 +136,7 @@ pub fn sae_collect<'py>(
     let positions: Positions = choice(positions, "positions")?;
     let pairs = convert::pairs(pairs)?;
     let bar = Bar::new(py, "collecting", progress.as_ref())?;
-    let opts = CollectOptions { site, positions, shard_rows: shard_rows.max(1), resume };
+    let opts = CollectOptions { site, positions, shard_rows: shard_rows.max(1), resume, model: model.fingerprint()? };
     let manifest = detached(py, || {
         let ids = m.encode_pairs(&pairs, Truncation::Error).or_raise()?;
         let seqs = collect::sequences(&ids);
@@ -189,8 +189,8 @@ pub fn sae_features<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let m = &model.inner;
     let pairs: Option<Vec<PairText>> = pairs.map(convert::pairs).transpose()?;
+    let sae = load_sae(py, model, &sae)?;
     let rep = detached(py, || {
-        let sae = Sae::load(&sae).or_raise()?;
         let examples = acts.as_deref().zip(pairs.as_deref()).map(|(acts, pairs)| ExampleSource { acts, pairs });
         features(m, &sae, top, examples).or_raise()
     })?;
@@ -212,11 +212,23 @@ pub fn sae_decompose<'py>(
     let m = &model.inner;
     let pairs = convert::pairs(pairs)?;
     let t = if truncate_prompt { Truncation::DropPromptLeft } else { Truncation::Error };
+    let sae = load_sae(py, model, &sae)?;
     let decs = detached(py, || {
         let ids = m.encode_pairs(&pairs, t).or_raise()?;
-        decompose_pairs(m, &Sae::load(&sae).or_raise()?, &ids, top).or_raise()
+        decompose_pairs(m, &sae, &ids, top).or_raise()
     })?;
     report(py, &decs)
+}
+
+/// Loads an SAE; a UserWarning when it was trained on another model than `model`.
+fn load_sae(py: Python<'_>, model: &Model, dir: &std::path::Path) -> PyResult<Sae> {
+    let sae = detached(py, || Sae::load(dir).or_raise())?;
+    if let Some(w) = sae.provenance_warning(&model.fingerprint()?) {
+        let category = py.get_type::<pyo3::exceptions::PyUserWarning>();
+        let text = format!("{}: {w}", dir.display());
+        PyErr::warn(py, &category, &std::ffi::CString::new(text).unwrap_or_default(), 1)?;
+    }
+    Ok(sae)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -107,6 +107,44 @@ def test_sae_round_trip(cli, tmp_path):
         assert abs(total - d["reward"]) <= 1e-5 * max(1, abs(d["reward"]))
 
 
+def test_sae_provenance(cli, tmp_path):
+    import shutil
+    import warnings
+
+    m = rl.load(str(LLAMA))
+    man = rl.sae.collect(m, EXAMPLES, "blocks.1.hook_resid_post", tmp_path / "acts", progress=False)
+    rl.sae.train(tmp_path / "acts", tmp_path / "sae", d_sae=32, k=4, epochs=1, batch_size=64, progress=False)
+    cfg = json.loads((tmp_path / "sae" / "cfg.json").read_text())
+    assert cfg["model_fingerprint"] == man["model"] and len(man["model"]) == 16
+    # Python and the command fingerprint a model alike: no warning either way on the same model.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rl.sae.decompose(m, tmp_path / "sae", EXAMPLES, top=1)
+    p = subprocess.run([str(cli), "sae", "decompose", "--model", str(LLAMA), "--sae", str(tmp_path / "sae"),
+                        "--pairs", str(EXAMPLES)], check=True, capture_output=True, text=True)
+    assert "warning" not in p.stderr
+    # Another model of the same width: the decomposition runs, with a warning.
+    other = tmp_path / "other"
+    shutil.copytree(LLAMA, other)
+    (other / "config.json").write_text((LLAMA / "config.json").read_text() + "\n")
+    o = rl.load(str(other))
+    with pytest.warns(UserWarning, match="trained on activations of another model"):
+        rl.sae.features(o, tmp_path / "sae", top=1)
+    # A collection resumes only with its model, positions and texts.
+    with pytest.raises(rl.InputError, match="cannot resume: it was collected from another model"):
+        rl.sae.collect(o, EXAMPLES, "blocks.1.hook_resid_post", tmp_path / "acts", resume=True, progress=False)
+    with pytest.raises(rl.InputError, match="keeps `response` positions, not `pooled`"):
+        rl.sae.collect(m, EXAMPLES, "blocks.1.hook_resid_post", tmp_path / "acts", positions="pooled",
+                       resume=True, progress=False)
+    pairs = [json.loads(line) for line in EXAMPLES.read_text().splitlines()][::-1]
+    with pytest.raises(rl.InputError, match="not the texts given now"):
+        rl.sae.collect(m, pairs, "blocks.1.hook_resid_post", tmp_path / "acts", resume=True, progress=False)
+    with pytest.raises(rl.InputError, match="not the texts this collection was made from"):
+        rl.sae.features(m, tmp_path / "sae", acts=tmp_path / "acts", pairs=pairs)
+    assert rl.sae.collect(rl.load(), EXAMPLES, "blocks.1.hook_resid_post", tmp_path / "emb",
+                          progress=False)["model"].startswith("embedded-example-model-")
+
+
 def test_organism_and_cart_train(tmp_path):
     o = rl.organism("control", out=tmp_path / "org", epochs=1, progress=False)
     assert o["report"]["organism"] == "control"

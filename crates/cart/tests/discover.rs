@@ -304,6 +304,7 @@ fn sae_latents_and_response_reads_find_the_same_circuit() {
         hook_name: format!("blocks.{PLANTED_LAYER}.mlp.hook_post"),
         d_in: 64,
         d_sae: 64,
+        model: None,
     };
     let opts = DiscoverOptions {
         units: UnitOptions { mlp: Layers::None, heads: Layers::None, ..unit_options() },

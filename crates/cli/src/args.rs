@@ -49,6 +49,11 @@ impl ModelArgs {
         self.model.as_ref().map_or("(embedded example model)".into(), |p| p.display().to_string())
     }
 
+    /// The model folder's fingerprint (what `--resume` and an SAE's provenance compare).
+    pub fn fingerprint(&self) -> Result<String> {
+        Ok(reward_lens_report::fingerprint::model(self.model.as_deref())?)
+    }
+
     pub fn load(&self) -> Result<RewardModel> {
         let dir = match &self.model {
             Some(d) => d.clone(),

@@ -119,8 +119,13 @@ fn run_collect(a: CollectArgs) -> Result<()> {
     let model = a.model.load()?;
     let seqs = collect::sequences(&a.input.encode(&model)?.1);
     let bar = count_bar("collecting", seqs.len() as u64, "texts");
-    let opts =
-        CollectOptions { site: a.site, positions: a.positions, shard_rows: a.shard_rows.max(1), resume: a.resume };
+    let opts = CollectOptions {
+        site: a.site,
+        positions: a.positions,
+        shard_rows: a.shard_rows.max(1),
+        resume: a.resume,
+        model: a.model.fingerprint()?,
+    };
     let m = collect::collect(&model, &seqs, &a.out, &opts, |done, _| bar.set_position(done as u64))?;
     bar.finish_and_clear();
     let (n, d, shards, out) = (m.activations, m.d, m.shards.len(), a.out.display());
@@ -150,7 +155,8 @@ fn run_features(a: FeaturesArgs) -> Result<()> {
     let model = a.model.load()?;
     let pairs = a.pairs.as_deref().map(crate::args::read_pairs).transpose()?;
     let examples = a.acts.as_deref().zip(pairs.as_deref()).map(|(acts, pairs)| ExampleSource { acts, pairs });
-    let report = features(&model, &Sae::load(&a.sae)?, a.top, examples)?;
+    let sae = load_sae(&a.sae, &a.model)?;
+    let report = features(&model, &sae, a.top, examples)?;
     println!("{}", report.summary());
     if let Some(p) = &a.out {
         std::fs::write(p, serde_json::to_string_pretty(&report)?)
@@ -162,7 +168,7 @@ fn run_features(a: FeaturesArgs) -> Result<()> {
 fn run_decompose(a: DecomposeArgs) -> Result<()> {
     let model = a.model.load()?;
     let (pairs, ids) = a.input.encode(&model)?;
-    let decs = decompose_pairs(&model, &Sae::load(&a.sae)?, &ids, a.top)?;
+    let decs = decompose_pairs(&model, &load_sae(&a.sae, &a.model)?, &ids, a.top)?;
     for (p, d) in pairs.iter().zip(decs.chunks(2)) {
         for (side, x) in ["chosen", "rejected"].iter().zip(d) {
             println!("pair {} {side}: {}", p.id, x.summary());
@@ -173,4 +179,13 @@ fn run_decompose(a: DecomposeArgs) -> Result<()> {
             .with_context(|| format!("{}: cannot write", o.display()))?;
     }
     Ok(())
+}
+
+/// Loads an SAE, warning when it was trained on another model than the one in use.
+fn load_sae(dir: &std::path::Path, model: &ModelArgs) -> Result<Sae> {
+    let sae = Sae::load(dir)?;
+    if let Some(w) = sae.provenance_warning(&model.fingerprint()?) {
+        eprintln!("warning: {}: {w}", dir.display());
+    }
+    Ok(sae)
 }

@@ -529,15 +529,71 @@ fn sae_collect_train_features_decompose() {
         assert!(x["residual"].as_f64().unwrap().abs() < 1e-4, "terms add up to the reward");
     }
     let f = d.join("features.json");
-    run(exe()
+    let o = run(exe()
         .args(["sae", "features", "--top", "3", "--model"])
         .arg(&model)
         .arg("--sae")
         .arg(&sae)
+        .arg("--acts")
+        .arg(&acts)
+        .arg("--pairs")
+        .arg(fixtures().join("pairs.jsonl"))
         .arg("--out")
         .arg(&f));
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("warning"), "the SAE's own model");
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
     assert_eq!(v["alignment"].as_array().unwrap().len(), 32);
+    assert_eq!(v["top_positive"][0]["examples"].as_array().unwrap().len(), 3);
+
+    // The SAE knows its model: a different model folder of the same width is warned about.
+    assert_eq!(cfg["model_fingerprint"], manifest["model"]);
+    let other = d.join("other-model");
+    std::fs::create_dir_all(&other).unwrap();
+    for f in std::fs::read_dir(&model).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, other.join(f.file_name().unwrap())).unwrap();
+    }
+    let config = std::fs::read_to_string(model.join("config.json")).unwrap();
+    std::fs::write(other.join("config.json"), config + "\n").unwrap();
+    let o = run(exe()
+        .args(["sae", "decompose", "--prompt", "Hi", "--chosen", "Hello.", "--rejected", "Go.", "--model"])
+        .arg(&other)
+        .arg("--sae")
+        .arg(&sae));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("warning:") && e.contains("trained on activations of another model"), "{e}");
+    // Top examples from other texts than the collection's would show the wrong tokens.
+    let reordered = d.join("reordered.jsonl");
+    let lines = std::fs::read_to_string(fixtures().join("pairs.jsonl")).unwrap();
+    std::fs::write(&reordered, lines.lines().rev().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    let o = exe()
+        .args(["sae", "features", "--model"])
+        .arg(&model)
+        .arg("--sae")
+        .arg(&sae)
+        .arg("--acts")
+        .arg(&acts)
+        .arg("--pairs")
+        .arg(&reordered)
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.code() == Some(1) && e.contains("not the texts this collection was made from"), "{e}");
+    // Nor does a resumed collection mix models, positions or texts.
+    for (positions, pairs) in [("pooled", &reordered), ("response", &fixtures().join("pairs.jsonl"))] {
+        let o = exe()
+            .args(["sae", "collect", "--resume", "--site", "blocks.1.hook_resid_post", "--model"])
+            .arg(&model)
+            .args(["--positions", positions])
+            .arg("--pairs")
+            .arg(pairs)
+            .arg("--out")
+            .arg(&acts)
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.code() == Some(1) && e.contains("cannot resume"), "{e}");
+    }
 }
 
 /// RewardBench 2 rows go through `score` and `eval` without a flag: the format is read off the

@@ -21,6 +21,7 @@ pub mod batch;
 pub mod bench;
 pub mod config;
 pub mod error;
+pub mod hash;
 pub mod head;
 pub mod hooks;
 mod kernels;

@@ -2,6 +2,9 @@
 //! sequences, streamed to disk as safetensors shards (`acts-00000.safetensors`: `activations
 //! [N, d]`, `sequence [N]`, `position [N]`), with `manifest.json` recording the shards and how
 //! many sequences are done — so collections larger than RAM work, and an interrupted one resumes.
+//! The manifest also records what made the activations (the model's fingerprint, the positions
+//! kept, a hash of the token ids read so far), so a resumed run cannot silently mix two models or
+//! two inputs in one collection, and an SAE trained on it knows its model.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -9,6 +12,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use reward_lens_engine::hash::Fnv;
 use reward_lens_engine::{Hooks, PaddingSide, Positions, RewardModel, Site};
 
 use crate::{InstrumentError, Result};
@@ -16,6 +20,16 @@ use crate::{InstrumentError, Result};
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct Manifest {
     pub site: String,
+    /// The fingerprint of the model collected from, as the caller gave it ("" when unknown).
+    #[serde(default)]
+    pub model: String,
+    /// Which positions were kept (`pooled`, `response` or `all`; "" in older manifests).
+    #[serde(default)]
+    pub positions: String,
+    /// FNV-1a of the token ids of the first `sequences_done` sequences ("" in older manifests):
+    /// what the shards' `sequence` indices point into.
+    #[serde(default)]
+    pub input: String,
     pub d: usize,
     pub shards: Vec<String>,
     /// Sequences fully written (a resumed run continues after them).
@@ -42,8 +56,33 @@ pub struct CollectOptions {
     pub positions: Positions,
     /// Activations per shard (a shard closes at the next sequence boundary).
     pub shard_rows: usize,
-    /// Continue an existing collection of the same site.
+    /// Continue an existing collection of the same site, model, positions and input.
     pub resume: bool,
+    /// The model's fingerprint (e.g. `reward_lens_report::fingerprint::model`), recorded in the
+    /// manifest and checked on resume; "" records nothing.
+    pub model: String,
+}
+
+/// Hashes sequences' token ids into `h`, in order, each with its length (so a split between two
+/// sequences cannot hash like another split).
+pub fn hash_sequences<'a>(h: &mut Fnv, seqs: impl IntoIterator<Item = &'a [u32]>) {
+    for ids in seqs {
+        h.eat(&(ids.len() as u64).to_le_bytes());
+        for id in ids {
+            h.eat(&id.to_le_bytes());
+        }
+    }
+}
+
+/// Whether `seqs` (the collection's sequences in order, or more) begin with the sequences the
+/// collection in `m` was made from. True for manifests that predate the input hash.
+pub fn same_input<'a>(m: &Manifest, seqs: impl IntoIterator<Item = &'a [u32]>) -> bool {
+    if m.input.is_empty() {
+        return true;
+    }
+    let mut h = Fnv::new();
+    hash_sequences(&mut h, seqs.into_iter().take(m.sequences_done));
+    h.hex() == m.input
 }
 
 /// Collects a site over `seqs` (with their response starts) into `dir`; a shard is only recorded
@@ -64,34 +103,70 @@ pub fn collect(
             &std::fs::read_to_string(&mpath).map_err(|e| err(format!("{}: {e}", mpath.display())))?,
         )
         .map_err(|e| err(format!("{}: {e}", mpath.display())))?;
+        let mut differs = Vec::new();
         if m.site != site {
-            return Err(err(format!("{}: collects `{}`, not `{site}`", mpath.display(), m.site)));
+            differs.push(format!("it collects `{}`, not `{site}`", m.site));
+        }
+        if !m.model.is_empty() && m.model != opts.model {
+            differs.push("it was collected from another model (its config, tokenizer or weights differ)".into());
+        }
+        if !m.positions.is_empty() && m.positions != positions.name() {
+            differs.push(format!("it keeps `{}` positions, not `{}`", m.positions, positions.name()));
+        }
+        if m.sequences_done > seqs.len() {
+            differs.push(format!("it holds {} sequences, more than the {} given", m.sequences_done, seqs.len()));
+        } else if !same_input(&m, seqs.iter().map(|(ids, _)| ids.as_slice())) {
+            differs.push(format!("its first {} sequences are not the texts given now", m.sequences_done));
+        }
+        if !differs.is_empty() {
+            return Err(err(format!(
+                "{}: cannot resume: {}; start again without resume, or choose another folder",
+                mpath.display(),
+                differs.join("; ")
+            )));
         }
         m
     } else {
-        Manifest { site: site.to_string(), ..Default::default() }
+        Manifest {
+            site: site.to_string(),
+            model: opts.model.clone(),
+            positions: positions.name().to_string(),
+            ..Default::default()
+        }
     };
+    // The running hash of the sequences read, continued from the manifest's on resume.
+    let mut input = Fnv::resume(&m.input).unwrap_or_default();
+    if m.input.is_empty() {
+        hash_sequences(&mut input, seqs[..m.sequences_done.min(seqs.len())].iter().map(|(ids, _)| ids.as_slice()));
+    }
     let (mut rows, mut seq_idx, mut pos_idx): (Vec<f32>, Vec<u32>, Vec<u32>) = (Vec::new(), Vec::new(), Vec::new());
     let mut pending_from = m.sequences_done;
-    let flush =
-        |m: &mut Manifest, rows: &mut Vec<f32>, si: &mut Vec<u32>, pi: &mut Vec<u32>, done: usize| -> Result<()> {
-            if !si.is_empty() {
-                let n = si.len();
-                let name = format!("acts-{:05}.safetensors", m.shards.len());
-                let mut t = HashMap::new();
-                t.insert("activations".to_string(), Tensor::from_vec(std::mem::take(rows), (n, m.d), &Device::Cpu)?);
-                t.insert("sequence".to_string(), Tensor::from_vec(std::mem::take(si), n, &Device::Cpu)?);
-                t.insert("position".to_string(), Tensor::from_vec(std::mem::take(pi), n, &Device::Cpu)?);
-                let shard = dir.join(&name);
-                candle_core::safetensors::save(&t, &shard)
-                    .map_err(|e| crate::InstrumentError::Invalid(format!("{}: cannot write: {e}", shard.display())))?;
-                m.shards.push(name);
-                m.activations += n;
-            }
-            m.sequences_done = done;
-            write_manifest(dir, m)
-        };
+    let flush = |m: &mut Manifest,
+                 rows: &mut Vec<f32>,
+                 si: &mut Vec<u32>,
+                 pi: &mut Vec<u32>,
+                 done: usize,
+                 input: &Fnv|
+     -> Result<()> {
+        if !si.is_empty() {
+            let n = si.len();
+            let name = format!("acts-{:05}.safetensors", m.shards.len());
+            let mut t = HashMap::new();
+            t.insert("activations".to_string(), Tensor::from_vec(std::mem::take(rows), (n, m.d), &Device::Cpu)?);
+            t.insert("sequence".to_string(), Tensor::from_vec(std::mem::take(si), n, &Device::Cpu)?);
+            t.insert("position".to_string(), Tensor::from_vec(std::mem::take(pi), n, &Device::Cpu)?);
+            let shard = dir.join(&name);
+            candle_core::safetensors::save(&t, &shard)
+                .map_err(|e| crate::InstrumentError::Invalid(format!("{}: cannot write: {e}", shard.display())))?;
+            m.shards.push(name);
+            m.activations += n;
+        }
+        m.sequences_done = done;
+        m.input = input.hex();
+        write_manifest(dir, m)
+    };
     for (i, (ids, rs)) in seqs.iter().enumerate().skip(m.sequences_done) {
+        hash_sequences(&mut input, [ids.as_slice()]);
         let batch = model.batch(std::slice::from_ref(ids), PaddingSide::Right)?;
         let fwd = model.forward(&batch, &Hooks::cache(&[site]))?;
         let x = fwd.cache.site(s).ok_or_else(|| err(format!("`{site}` not produced")))?.get(0)?;
@@ -110,13 +185,13 @@ pub fn collect(
         }
         // A shard closes at a sequence boundary, so `sequences_done` is always exact.
         if seq_idx.len() >= shard_rows {
-            flush(&mut m, &mut rows, &mut seq_idx, &mut pos_idx, i + 1)?;
+            flush(&mut m, &mut rows, &mut seq_idx, &mut pos_idx, i + 1, &input)?;
             pending_from = i + 1;
         }
         progress(i + 1, seqs.len());
     }
     if !seq_idx.is_empty() || pending_from < seqs.len() {
-        flush(&mut m, &mut rows, &mut seq_idx, &mut pos_idx, seqs.len())?;
+        flush(&mut m, &mut rows, &mut seq_idx, &mut pos_idx, seqs.len(), &input)?;
     }
     Ok(m)
 }

@@ -32,6 +32,9 @@ pub struct Sae {
     pub hook_name: String,
     pub d_in: usize,
     pub d_sae: usize,
+    /// The fingerprint of the model whose activations it was trained on (`model_fingerprint` in
+    /// `cfg.json`), when known: [`Sae::provenance_warning`] compares it with the model in use.
+    pub model: Option<String>,
 }
 
 fn err(msg: impl Into<String>) -> InstrumentError {
@@ -91,6 +94,9 @@ impl Sae {
         });
         if let (Some(c), Some(e)) = (cfg.as_object_mut(), extra.as_object()) {
             c.extend(e.clone());
+            if let Some(m) = &self.model {
+                c.insert("model_fingerprint".into(), json!(m));
+            }
         }
         std::fs::write(dir.join("cfg.json"), serde_json::to_string_pretty(&cfg).expect("json"))
             .map_err(|e| err(format!("{}: {e}", dir.join("cfg.json").display())))?;
@@ -112,6 +118,7 @@ impl Sae {
             .ok_or_else(|| err(format!("{}: `d_sae` must be an integer", cfg_path.display())))?
             as usize;
         let hook_name = cfg.get("hook_name").and_then(|h| h.as_str()).unwrap_or("").to_string();
+        let model = cfg.get("model_fingerprint").and_then(|m| m.as_str()).map(str::to_string);
         let wpath = dir.join("sae_weights.safetensors");
         let t = candle_core::safetensors::load(&wpath, &Device::Cpu)
             .map_err(|e| err(format!("{}: {e}", wpath.display())))?;
@@ -160,6 +167,21 @@ impl Sae {
             hook_name,
             d_in,
             d_sae,
+            model,
+        })
+    }
+
+    /// A warning when the SAE was trained on another model's activations than `model` (a
+    /// fingerprint as recorded at collection): its decomposition still adds up, but its latents
+    /// were learnt elsewhere and may not mean the same here. None when they match or when the
+    /// SAE does not say (SAEs from SAELens or older collections).
+    pub fn provenance_warning(&self, model: &str) -> Option<String> {
+        let trained = self.model.as_deref().filter(|m| !m.is_empty())?;
+        (trained != model).then(|| {
+            format!(
+                "this SAE was trained on activations of another model (fingerprint {trained}, this model {model}): \
+                 its decomposition still adds up, but its latents may not mean the same here"
+            )
         })
     }
 }
@@ -353,15 +375,26 @@ pub fn features(
     let Some(src) = examples else {
         return Ok(rank_latents(al, top, |_| None));
     };
-    let (_, data) = crate::collect::load_all(src.acts)?;
-    let index = crate::collect::load_index(src.acts)?;
-    let acts: Vec<Vec<f32>> = sae.encode(&data)?.to_vec2()?;
+    let (manifest, data) = crate::collect::load_all(src.acts)?;
     let mut texts = Vec::new();
     for p in src.pairs {
         for r in [&p.chosen, &p.rejected] {
             texts.push(model.encode(&p.prompt, r, reward_lens_engine::Truncation::DropPromptLeft)?.ids);
         }
     }
+    // The shards index texts by number: other pairs would show other texts' tokens.
+    if texts.len() < manifest.sequences_done || !crate::collect::same_input(&manifest, texts.iter().map(Vec::as_slice))
+    {
+        return Err(err(format!(
+            "{}: the pairs given are not the texts this collection was made from ({} texts collected, {} given); \
+             pass the pairs file given to `sae collect`",
+            src.acts.display(),
+            manifest.sequences_done,
+            texts.len()
+        )));
+    }
+    let index = crate::collect::load_index(src.acts)?;
+    let acts: Vec<Vec<f32>> = sae.encode(&data)?.to_vec2()?;
     let tok = &model.tokenizer()?.tokenizer;
     let decode = |ids: &[u32]| tok.decode(ids, false).unwrap_or_default();
     Ok(rank_latents(al, top, |i| Some(latent_examples(&acts, &index, &texts, i, decode))))
@@ -428,6 +461,7 @@ mod tests {
             b_dec: randn(rng, (1, d_in)).squeeze(0).unwrap(),
             architecture,
             hook_name: "blocks.1.hook_resid_post".into(),
+            model: None,
             d_in,
             d_sae,
         }

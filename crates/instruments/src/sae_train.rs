@@ -213,12 +213,13 @@ pub fn train(
         hook_name: opts.hook_name.clone(),
         d_in,
         d_sae: opts.d_sae,
+        model: None,
     };
     Ok((sae, history))
 }
 
 /// [`train`] on every activation of a `sae collect` directory, the SAE hooked at the collected
-/// site (`opts.hook_name` is overridden); returns the collection's manifest too.
+/// site (`opts.hook_name` is overridden) and knowing the collection's model; returns the collection's manifest too.
 pub fn train_collection(
     acts: &std::path::Path,
     opts: &TrainOptions,
@@ -226,7 +227,8 @@ pub fn train_collection(
 ) -> Result<(crate::collect::Manifest, Sae, Vec<EpochMetrics>)> {
     let (m, data) = crate::collect::load_all(acts)?;
     let opts = TrainOptions { hook_name: m.site.clone(), ..opts.clone() };
-    let (sae, hist) = train(&data, &opts, on_epoch)?;
+    let (mut sae, hist) = train(&data, &opts, on_epoch)?;
+    sae.model = Some(m.model.clone()).filter(|f| !f.is_empty());
     Ok((m, sae, hist))
 }
 
@@ -349,6 +351,8 @@ mod tests {
             shards: vec!["acts-00000.safetensors".into()],
             sequences_done: 10,
             activations: 100,
+            model: "0123456789abcdef".into(),
+            ..Default::default()
         };
         std::fs::write(dir.join("manifest.json"), serde_json::to_string(&m).unwrap()).unwrap();
         let opts = TrainOptions {
@@ -362,6 +366,13 @@ mod tests {
         let (m, sae, hist) = train_collection(&dir, &opts, |_| {}).unwrap();
         assert_eq!((m.activations, sae.hook_name.as_str(), hist.len()), (100, "blocks.1.hook_resid_post", 2));
         assert_eq!((sae.d_in, sae.d_sae), (24, 8));
+        // It knows its model, through cfg.json too; another model is warned about.
+        sae.save(&dir.join("sae")).unwrap();
+        let back = Sae::load(&dir.join("sae")).unwrap();
+        assert_eq!(back.model.as_deref(), Some("0123456789abcdef"));
+        assert!(back.provenance_warning("0123456789abcdef").is_none());
+        let w = back.provenance_warning("fedcba9876543210").expect("another model");
+        assert!(w.contains("fingerprint 0123456789abcdef, this model fedcba9876543210"), "{w}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -254,6 +254,7 @@ fn sae_decomposition_adds_up_to_the_reward() {
                 hook_name: hook.to_string(),
                 d_in: d,
                 d_sae: 256,
+                model: None,
             };
             let seqs: Vec<Vec<u32>> = pairs(&model)[..3].iter().map(|p| p.chosen.clone()).collect();
             for dec in decompose(&model, &sae, &seqs, 5).unwrap() {
@@ -269,7 +270,13 @@ fn sae_decomposition_adds_up_to_the_reward() {
 fn activation_collection_is_sharded_and_resumes() {
     use reward_lens_engine::Positions;
     use reward_lens_instruments::collect::{collect, load_all, CollectOptions};
-    let opts = |site: &str, positions, resume| CollectOptions { site: site.into(), positions, shard_rows: 40, resume };
+    let opts = |site: &str, positions, resume| CollectOptions {
+        site: site.into(),
+        positions,
+        shard_rows: 40,
+        resume,
+        model: "m".into(),
+    };
     let model = load("qwen2");
     let seqs: Vec<(Vec<u32>, usize)> = pairs(&model)[..6].iter().map(|p| (p.chosen.clone(), 12)).collect();
     let base = std::env::temp_dir().join(format!("rl-collect-{}", std::process::id()));
@@ -289,9 +296,25 @@ fn activation_collection_is_sharded_and_resumes() {
     assert_eq!(a.dims(), b.dims());
     assert_eq!(a.dims()[1], model.config.d_model);
     assert_eq!(a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
-    // A different site cannot resume this collection.
-    assert!(
-        collect(&model, &seqs, &part, &opts("blocks.0.hook_resid_post", Positions::Pooled, true), |_, _| {}).is_err()
+    // Nothing but the same site, model, positions and texts resumes this collection.
+    let refused = |seqs: &[(Vec<u32>, usize)], o: CollectOptions| {
+        collect(&model, seqs, &part, &o, |_, _| {}).expect_err("refused").to_string()
+    };
+    let e = refused(&seqs, opts("blocks.0.hook_resid_post", Positions::Response, true));
+    assert!(e.contains("cannot resume: it collects `blocks.1.hook_resid_post`"), "{e}");
+    let e = refused(
+        &seqs,
+        CollectOptions { model: "other".into(), ..opts("blocks.1.hook_resid_post", Positions::Response, true) },
     );
+    assert!(e.contains("collected from another model"), "{e}");
+    let e = refused(&seqs, opts("blocks.1.hook_resid_post", Positions::All, true));
+    assert!(e.contains("keeps `response` positions, not `all`"), "{e}");
+    let mut other = seqs.clone();
+    other.swap(0, 1);
+    let e = refused(&other, opts("blocks.1.hook_resid_post", Positions::Response, true));
+    assert!(e.contains("its first 6 sequences are not the texts given now"), "{e}");
+    let e = refused(&seqs[..2], opts("blocks.1.hook_resid_post", Positions::Response, true));
+    assert!(e.contains("holds 6 sequences, more than the 2 given"), "{e}");
+    assert_eq!(load_all(&part).unwrap().0.activations, m.activations, "a refused resume writes nothing");
     let _ = std::fs::remove_dir_all(&base);
 }

@@ -263,7 +263,7 @@ pub fn ensure(preset: &str, root: &Path, progress: impl FnMut(BuildProgress<'_>)
 /// FNV-1a over the spec and options as JSON: a cache key that changes when either does.
 fn fingerprint(spec: &OrganismSpec, opts: &BuildOptions) -> u64 {
     let text = serde_json::to_string(&(spec, opts, env!("CARGO_PKG_VERSION"))).expect("spec serialises");
-    text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
+    reward_lens_engine::hash::Fnv::of(text.as_bytes()).0
 }
 
 /// Loads a built organism as a reward model.

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use reward_lens_engine::hash::Fnv;
+
 use crate::ReportError;
 
 /// The three things an output depends on, each as a short stable hash (FNV-1a 64) — except
@@ -26,25 +28,6 @@ pub struct Fingerprint {
     /// the single run's summary uses); null when the output is complete in itself.
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub aggregate: serde_json::Value,
-}
-
-/// FNV-1a, 64 bits: stable across platforms and releases (unlike std's hasher), and enough to
-/// tell runs apart (this is not a security boundary).
-struct Fnv(u64);
-
-impl Fnv {
-    fn new() -> Self {
-        Fnv(0xcbf2_9ce4_8422_2325)
-    }
-    fn eat(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 ^= b as u64;
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    fn hex(&self) -> String {
-        format!("{:016x}", self.0)
-    }
 }
 
 fn io(path: &Path, what: &'static str) -> impl FnOnce(std::io::Error) -> ReportError {

@@ -724,11 +724,7 @@ fill=\"url(#hm-grad-{})\" stroke=\"#999\"/>",
 
 /// A stable id for a heatmap's gradient (several heatmaps share one page).
 fn grad_id(c: &Heatmap) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in c.title.bytes() {
-        h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
-    }
-    format!("{h:016x}")
+    reward_lens_engine::hash::Fnv::of(c.title.as_bytes()).hex()
 }
 
 /// Labelled points with zero lines and an optional y = x diagonal.
