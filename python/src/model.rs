@@ -54,10 +54,15 @@ pub fn load(py: Python<'_>, path: Option<PathBuf>, dtype: &str, device: &str) ->
     let model = detached(py, || RewardModel::load(&dir, &opts).or_raise())?;
     // What loading accepted but noticed (an unused lm_head, …) reaches the user as a Python warning.
     for w in &model.warnings {
-        let category = py.get_type::<pyo3::exceptions::PyUserWarning>();
-        PyErr::warn(py, &category, &std::ffi::CString::new(w.as_str()).unwrap_or_default(), 1)?;
+        warn(py, w)?;
     }
     Ok(Model { inner: Arc::new(model), dir, name, dtype: dtype.into(), device: device.into(), embedded })
+}
+
+/// A UserWarning: what a call noticed but accepted.
+pub fn warn(py: Python<'_>, text: &str) -> PyResult<()> {
+    let category = py.get_type::<pyo3::exceptions::PyUserWarning>();
+    PyErr::warn(py, &category, &std::ffi::CString::new(text).unwrap_or_default(), 1)
 }
 
 fn truncation(truncate_prompt: bool) -> Truncation {

@@ -25,7 +25,7 @@ use reward_lens_report::{run_audit, write_files, AuditInputs, AuditOptions, Pair
 
 use crate::convert::{self, choice, report, OneOrMany};
 use crate::errors::{input, OrRaise};
-use crate::model::Model;
+use crate::model::{warn, Model};
 use crate::progress::{detached, Bar};
 
 /// Keyword options checked against the names a function knows: a misspelt option is an error
@@ -224,9 +224,7 @@ pub fn sae_decompose<'py>(
 fn load_sae(py: Python<'_>, model: &Model, dir: &std::path::Path) -> PyResult<Sae> {
     let sae = detached(py, || Sae::load(dir).or_raise())?;
     if let Some(w) = sae.provenance_warning(&model.fingerprint()?) {
-        let category = py.get_type::<pyo3::exceptions::PyUserWarning>();
-        let text = format!("{}: {w}", dir.display());
-        PyErr::warn(py, &category, &std::ffi::CString::new(text).unwrap_or_default(), 1)?;
+        warn(py, &format!("{}: {w}", dir.display()))?;
     }
     Ok(sae)
 }
@@ -316,7 +314,11 @@ fn analysis_pairs(pairs: &Bound<'_, PyAny>) -> PyResult<(Vec<PairText>, PathBuf)
 fn analysis(py: Python<'_>, model: &Model, pairs: &Bound<'_, PyAny>, spec: DiscoverSpec) -> PyResult<Analysis> {
     let (pairs, source) = analysis_pairs(pairs)?;
     let m = model.inner.clone();
-    detached(py, || Analysis::new(spec, m, pairs, &source).or_raise())
+    let analysis = detached(py, || Analysis::new(spec, m, pairs, &source).or_raise())?;
+    if let Some(w) = analysis.sae.as_ref().and_then(|s| s.provenance_warning(&model.fingerprint().ok()?)) {
+        warn(py, &format!("sae: {w}"))?;
+    }
+    Ok(analysis)
 }
 
 fn other_pairs(p: Option<&Bound<'_, PyAny>>) -> PyResult<Option<(Vec<PairText>, PathBuf)>> {

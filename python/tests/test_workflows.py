@@ -130,6 +130,9 @@ def test_sae_provenance(cli, tmp_path):
     o = rl.load(str(other))
     with pytest.warns(UserWarning, match="trained on activations of another model"):
         rl.sae.features(o, tmp_path / "sae", top=1)
+    with pytest.warns(UserWarning, match="sae: this SAE was trained on activations of another model"):
+        rl.cart.discover(o, EXAMPLES, units="sae", sae=tmp_path / "sae", tail_subsets="safety", permutations=200,
+                         random_sets=0, screen_top=0, progress=False)
     # A collection resumes only with its model, positions and texts.
     with pytest.raises(rl.InputError, match="cannot resume: it was collected from another model"):
         rl.sae.collect(o, EXAMPLES, "blocks.1.hook_resid_post", tmp_path / "acts", resume=True, progress=False)

@@ -562,6 +562,16 @@ fn sae_collect_train_features_decompose() {
         .arg(&sae));
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("warning:") && e.contains("trained on activations of another model"), "{e}");
+    let o = run(exe()
+        .args(["cart", "discover", "--units", "sae", "--tail-subsets", "safety", "--permutations", "200"])
+        .args(["--random-sets", "0", "--screen-top", "0", "--model"])
+        .arg(&other)
+        .arg("--sae")
+        .arg(&sae)
+        .arg("--pairs")
+        .arg(fixtures().join("pairs.jsonl")));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("warning: --sae: this SAE was trained on activations of another model"), "{e}");
     // Top examples from other texts than the collection's would show the wrong tokens.
     let reordered = d.join("reordered.jsonl");
     let lines = std::fs::read_to_string(fixtures().join("pairs.jsonl")).unwrap();

@@ -133,7 +133,11 @@ impl DiscoverFlags {
             seed: f.seed,
         };
         let model = self.model.load()?;
-        Ok(Analysis::new(spec, model, read_pairs(&self.pairs)?, &self.pairs)?)
+        let analysis = Analysis::new(spec, model, read_pairs(&self.pairs)?, &self.pairs)?;
+        if let Some(w) = analysis.sae.as_ref().and_then(|s| s.provenance_warning(&self.model.fingerprint().ok()?)) {
+            eprintln!("warning: --sae: {w}");
+        }
+        Ok(analysis)
     }
 }
 
