@@ -60,6 +60,7 @@ pub fn run(a: PathPatchArgs) -> Result<()> {
         a.receivers.iter().map(|r| r.parse()).collect::<Result<_, String>>().map_err(|e| anyhow::anyhow!("--{e}"))?
     };
     let (mode, align) = (a.mode, a.align);
+    reward_lens_instruments::path::check_path(&model.config, sender, &receivers, mode)?;
     let lines = output::per_pair(&a.out, a.resume, pairs, "path patching", |p| {
         let inp = a.input.encode_one(&model, p)?;
         let rep = path_patch(&model, &[inp], sender, &receivers, mode, align)?;

@@ -102,6 +102,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
         ),
         (false, false) => {}
     }
+    if let Some(w) = trainer.warmup_warning(train.len()) {
+        eprintln!("warning: {w} (--warmup-steps)");
+    }
     let bar = step_bar("training", trainer.total_steps(train.len()) as u64, trainer.step() as u64);
     let mut smoothed = Smoothed::default();
     let report = trainer.train(&train, &held, Some(&ck), |s| {

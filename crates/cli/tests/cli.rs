@@ -1081,3 +1081,24 @@ fn nonsense_thresholds_and_strengths_are_refused_up_front() {
         assert!(o.status.code() == Some(1) && e.contains(want), "{args:?}: {e}");
     }
 }
+
+/// A path-patching sender or receiver the model lacks is an error about the option, raised before
+/// any pair runs (not an intervention's index error blamed on the first pair).
+#[test]
+fn path_patch_names_a_missing_receiver_before_any_pair() {
+    let d = tmp("path-receivers");
+    for (receiver, want) in [
+        ("head.2.99", "error: receiver head.2.99 does not exist (the model has 3 layers of 4 heads)"),
+        ("attn.1", "receiver attn.1 does not read head.1.0's output"),
+    ] {
+        let o = exe()
+            .args(["path-patch", "--sender", "1.0", "--receivers", receiver, "--pairs"])
+            .arg(fixtures().join("pairs.jsonl"))
+            .arg("--out")
+            .arg(d.join("p.jsonl"))
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.code() == Some(1) && e.contains(want) && !e.contains("pairs.jsonl:1"), "{e}");
+    }
+}

@@ -120,6 +120,50 @@ pub fn path_patch(
     Ok(report)
 }
 
+/// Refuses a sender or receiver the model does not have, a receiver that cannot read the
+/// sender's output (an earlier or same-layer attention), and modes other than noising and
+/// denoising — before any pair is run, so the error is about the options, not a pair.
+pub fn check_path(
+    config: &reward_lens_engine::ModelConfig,
+    sender: (usize, usize),
+    receivers: &[Receiver],
+    mode: PatchMode,
+) -> Result<()> {
+    let (ls, hs) = sender;
+    let (n, heads) = (config.n_layers, config.n_heads);
+    let shape = format!("the model has {n} layers of {heads} heads");
+    if ls >= n || hs >= heads {
+        return Err(InstrumentError::Invalid(format!("sender head.{ls}.{hs} does not exist ({shape})")));
+    }
+    if !matches!(mode, PatchMode::Noising | PatchMode::Denoising) {
+        return Err(InstrumentError::Invalid("path patching takes noising or denoising".into()));
+    }
+    for r in receivers {
+        let exists = match *r {
+            Receiver::Attn { layer } | Receiver::Mlp { layer } => layer < n,
+            Receiver::Head { layer, head } => layer < n && head < heads,
+            Receiver::Downstream => true,
+        };
+        if !exists {
+            return Err(InstrumentError::Invalid(format!("receiver {} does not exist ({shape})", r.name())));
+        }
+        let reads = match *r {
+            Receiver::Attn { layer } | Receiver::Head { layer, .. } => layer > ls,
+            Receiver::Mlp { layer } => layer >= ls,
+            Receiver::Downstream => true,
+        };
+        if !reads {
+            return Err(InstrumentError::Invalid(format!(
+                "receiver {} does not read head.{ls}.{hs}'s output (attention reads it from layer {} on, an MLP \
+                 from layer {ls} on)",
+                r.name(),
+                ls + 1
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn path_patch_unchecked(
     model: &RewardModel,
     pairs: &[EncodedPair],
@@ -128,27 +172,8 @@ fn path_patch_unchecked(
     mode: PatchMode,
     align: Align,
 ) -> Result<PathReport> {
+    check_path(&model.config, sender, receivers, mode)?;
     let (ls, hs) = sender;
-    let n = model.config.n_layers;
-    if ls >= n || hs >= model.config.n_heads {
-        return Err(InstrumentError::Invalid(format!("sender head.{ls}.{hs} does not exist")));
-    }
-    if !matches!(mode, PatchMode::Noising | PatchMode::Denoising) {
-        return Err(InstrumentError::Invalid("path patching takes noising or denoising".into()));
-    }
-    for r in receivers {
-        let ok = match *r {
-            Receiver::Attn { layer } | Receiver::Head { layer, .. } => layer > ls && layer < n,
-            Receiver::Mlp { layer } => layer >= ls && layer < n,
-            Receiver::Downstream => true,
-        };
-        if !ok {
-            return Err(InstrumentError::Invalid(format!(
-                "receiver {} does not read head.{ls}.{hs}'s output",
-                r.name()
-            )));
-        }
-    }
     let mut out = Vec::with_capacity(pairs.len());
     for (i, p) in pairs.iter().enumerate() {
         let denoise = mode == PatchMode::Denoising;

@@ -339,15 +339,21 @@ fn path_patching_downstream_equals_the_head_patch() {
             path_patch(&model, &[same], (0, 0), &Receiver::all_after(&model, 0), PatchMode::Noising, Align::Anchored)
                 .unwrap();
         assert!(rep.pairs[0].paths.iter().all(|e| e.effect.abs() < 1e-6));
-        // A receiver before the sender reads nothing from it.
-        assert!(path_patch(
-            &model,
-            &pairs[..1],
-            (1, 0),
-            &[Receiver::Attn { layer: 0 }],
-            PatchMode::Noising,
-            Align::Anchored
-        )
-        .is_err());
+        // A receiver before the sender reads nothing from it; one the model lacks is named.
+        let c = &model.config;
+        let (n, h) = (c.n_layers, c.n_heads);
+        let cases = [
+            ((1, 0), Receiver::Attn { layer: 0 }, "receiver attn.0 does not read head.1.0's output".to_string()),
+            ((1, 0), Receiver::Head { layer: 1, head: 0 }, "receiver head.1.0 does not read".into()),
+            ((0, 0), Receiver::Head { layer: 1, head: h }, format!("receiver head.1.{h} does not exist")),
+            ((0, 0), Receiver::Mlp { layer: n }, format!("receiver mlp.{n} does not exist")),
+            ((0, h), Receiver::Downstream, format!("sender head.0.{h} does not exist")),
+        ];
+        for (sender, r, want) in cases {
+            let e = path_patch(&model, &pairs[..1], sender, &[r], PatchMode::Noising, Align::Anchored)
+                .expect_err("refused")
+                .to_string();
+            assert!(e.contains(&want) && !e.contains("pair"), "{name}: {e}");
+        }
     }
 }

@@ -326,6 +326,23 @@ impl Trainer {
         self.steps_per_epoch(n_train) * self.opts.epochs
     }
 
+    /// A warning when the warm-up is longer than the run over `n_train` pairs: the learning rate
+    /// then never reaches `lr` (with the defaults, 50 warm-up steps, a run of 6 steps peaks at
+    /// 12 % of it). None when the run is long enough.
+    pub fn warmup_warning(&self, n_train: usize) -> Option<String> {
+        let (total, warm) = (self.total_steps(n_train), self.opts.warmup_steps);
+        (total > 0 && warm >= total).then(|| {
+            let peak = self.lr_at(total - 1, total) / self.opts.lr;
+            format!(
+                "the warm-up ({warm} steps) is at least the whole run ({total} steps of {} pairs): the learning rate \
+                 peaks at {:.0} % of {}; lower the warm-up steps or train longer",
+                self.opts.batch_size,
+                100.0 * peak,
+                self.opts.lr
+            )
+        })
+    }
+
     fn steps_per_epoch(&self, n: usize) -> usize {
         n.div_ceil(self.opts.batch_size)
     }

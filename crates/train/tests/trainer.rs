@@ -54,8 +54,13 @@ fn head_only_training_learns_and_moves_only_the_head() {
         trainable: Trainable::Head,
         ..Default::default()
     };
-    let mut t = Trainer::new(cfg, weights.clone(), opts).unwrap();
+    let mut t = Trainer::new(cfg.clone(), weights.clone(), opts.clone()).unwrap();
     assert_eq!(t.trainable_parameters(), 64);
+    // 24 steps over 64 pairs: a 2-step warm-up is fine; the default 50 would cap the rate at 48 %.
+    assert!(t.warmup_warning(64).is_none());
+    let long = Trainer::new(cfg, weights.clone(), TrainOptions { warmup_steps: 50, ..opts }).unwrap();
+    let w = long.warmup_warning(64).expect("warned");
+    assert!(w.contains("(50 steps) is at least the whole run (24 steps") && w.contains("peaks at 48 %"), "{w}");
     let before = t.evaluate(&test).unwrap();
     let report = t.train(&train, &test, None, |_| {}).unwrap();
     let after = report.held_out.clone().unwrap();
