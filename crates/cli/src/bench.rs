@@ -152,6 +152,10 @@ fn cart_bench(a: &BenchArgs) -> Result<()> {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
+    // A zero would time nothing (or only the warm-up) and still print a rate.
+    if a.iters == 0 || a.seq_len == 0 || a.batch_sizes.contains(&0) {
+        bail!("--iters, --seq-len and every --batch-sizes value must be at least 1");
+    }
     match (a.cart, a.sae, a.patch) {
         (true, ..) => return cart_bench(&a),
         (_, true, _) => return sae_bench(&a),

@@ -1102,3 +1102,13 @@ fn path_patch_names_a_missing_receiver_before_any_pair() {
         assert!(o.status.code() == Some(1) && e.contains(want) && !e.contains("pairs.jsonl:1"), "{e}");
     }
 }
+
+/// `bench --iters 0` printed the warm-up's time as the measurement; zero counts are refused.
+#[test]
+fn bench_refuses_zero_counts() {
+    for args in [["--iters", "0"], ["--seq-len", "0"], ["--batch-sizes", "8,0"]] {
+        let o = exe().arg("bench").args(args).arg("--no-memory").output().unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.code() == Some(1) && e.contains("must be at least 1") && o.stdout.is_empty(), "{args:?}: {e}");
+    }
+}
