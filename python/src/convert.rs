@@ -112,7 +112,8 @@ pub fn tensor_to_numpy<'py>(py: Python<'py>, t: &Tensor) -> PyResult<Bound<'py, 
     Ok(PyArray1::from_vec(py, v).reshape(IxDyn(&dims))?.into_any())
 }
 
-/// Anything numpy can read as float32 (an array, a list, a scalar) as a tensor on `device`.
+/// Anything numpy can read as float32 (an array, a list, a scalar) as a tensor on `device`;
+/// an InputError naming the first NaN or infinite element.
 pub fn numpy_to_tensor(py: Python<'_>, obj: &Bound<'_, PyAny>, device: &Device, what: &str) -> PyResult<Tensor> {
     let np = py.import("numpy")?;
     let arr = np
@@ -121,6 +122,13 @@ pub fn numpy_to_tensor(py: Python<'_>, obj: &Bound<'_, PyAny>, device: &Device, 
     let arr: PyReadonlyArrayDyn<f32> = arr.extract()?;
     let shape = arr.shape().to_vec();
     let data = arr.as_slice().map_err(|e| input(format!("{what}: {e}")))?;
+    // A NaN written into the residual stream would surface as the model's "overflow".
+    if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+        return Err(input(format!(
+            "{what}: element {i} is {} (as float32; a number beyond ±3.4e38 becomes infinity): activations must be finite",
+            data[i]
+        )));
+    }
     Tensor::from_slice(data, shape, device).or_raise()
 }
 

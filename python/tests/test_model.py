@@ -144,6 +144,12 @@ def test_hook_errors(llama):
         llama.run_with_hooks(PROMPT, RESPONSE, hooks=[("blocks.0.hook_resid_post", "scale", float("nan"))])
     with pytest.raises(rl.InputError, match="\"zero\" takes no value"):
         llama.run_with_hooks(PROMPT, RESPONSE, hooks=[("blocks.0.hook_resid_post", "zero", 0.5)])
+    # A NaN or infinite value (1e300 is infinite as float32) would pass for the model's overflow.
+    for value in (np.full(64, np.nan), np.full(64, 1e300)):
+        with np.errstate(over="ignore"), pytest.raises(rl.InputError, match="hooks\\[0\\] value: element 0 is (NaN|inf) .*must be finite"):
+            llama.run_with_hooks(PROMPT, RESPONSE, hooks=[("blocks.0.hook_resid_post", "add", value)])
+    with pytest.raises(rl.InputError, match="hook at blocks.0.hook_resid_post: element 0 is NaN"):
+        llama.run_with_hooks(PROMPT, RESPONSE, hooks=[("blocks.0.hook_resid_post", lambda a, name: a * np.nan)])
 
     def boom(a, name):
         raise ZeroDivisionError("from the hook")
