@@ -514,9 +514,17 @@ impl Network {
         if cfg.attn_scale_by_layer {
             scale /= (l + 1) as f64;
         }
-        let raw = crate::kernels::matmul_t(&q, &k)?.reshape((b, nh, t, tk))?;
-        // Scaling, masking and softmax in one pass where nothing reads the scores between them.
+        // Scaling, masking and softmax in one pass where nothing reads the scores between them,
+        // and with the values too where nothing reads the pattern.
         let one_pass = fused && cfg.attn_softcap.is_none() && !hs.touches(Site::AttnScores(l));
+        if one_pass && !hs.touches(Site::Pattern(l)) {
+            if let Some(z) = crate::kernels::causal_attention(&q, &k, &v, mask, t, scale)? {
+                let z = z.reshape((b, nh, t, hd))?.transpose(1, 2)?.contiguous()?;
+                let z = hs.fire(Site::Z(l), z)?;
+                return a.o.forward(&z.reshape((b, t, nh * hd))?);
+            }
+        }
+        let raw = crate::kernels::matmul_t(&q, &k)?.reshape((b, nh, t, tk))?;
         let pattern = match one_pass.then(|| crate::kernels::masked_softmax(&raw, mask, scale)).transpose()?.flatten() {
             Some(p) => p,
             None => {
