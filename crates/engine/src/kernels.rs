@@ -304,8 +304,9 @@ const ATTENTION_ROWS: usize = 32;
 /// same dot product over the head dimension, the softmax is [`softmax_row`] over the whole row,
 /// and `p·v` sums the same products in the same order, less trailing terms whose weight is
 /// exactly 0. (gemm computes each output element as one fused multiply-add chain over the inner
-/// dimension, in one pass up to 512 — hence the limit on keys — except for tiny products, which
-/// it hands to other kernels with other summation orders; blocks are kept out of those cases.)
+/// dimension, in one pass up to 512 and beyond that in passes split by the inner dimension — so
+/// past 512 keys `p·v` keeps every key — except for tiny products, which it hands to other
+/// kernels with other summation orders; blocks are kept out of those cases.)
 struct CausalAttention {
     /// `[B, T, Tk]`: 1 where a query may attend to a key.
     mask: Vec<u8>,
@@ -317,9 +318,14 @@ struct CausalAttention {
 /// many outputs whose left rows and right columns are contiguous, as `q·kᵀ`'s are.
 const GEMM_SMALL: usize = 16 * 16;
 
-/// Keys above this take more than one pass of gemm's inner loop, whose split depends on the
-/// inner dimension: beyond it a shortened `p·v` would sum in another order.
+/// Keys above this may take more than one pass of gemm's inner loop, split by the inner
+/// dimension: beyond it a shortened `p·v` would sum in another order, so `p·v` keeps every key.
 const GEMM_ONE_PASS: usize = 512;
+
+/// For products with at most this many rows and columns gemm picks its inner-loop split another
+/// way, so a long `p·v` (more than [`GEMM_ONE_PASS`] keys) of a block must stay above it when
+/// the whole product did.
+const GEMM_SMALL_SIDE: usize = 64;
 
 impl CustomOp3 for CausalAttention {
     fn name(&self) -> &'static str {
@@ -352,10 +358,13 @@ impl CustomOp3 for CausalAttention {
         // Row blocks of one head. A last block too small for gemm's general kernel (one row, or
         // at most GEMM_SMALL scores) joins the one before; `causal_attention` only comes here
         // when one block of all T rows is large enough.
-        let mut bounds: Vec<(usize, usize)> =
-            (0..t).step_by(ATTENTION_ROWS).map(|s| (s, (s + ATTENTION_ROWS).min(t))).collect();
+        let long = tk > GEMM_ONE_PASS;
+        let keep_side = long && hd <= GEMM_SMALL_SIDE;
+        let per = if keep_side { ATTENTION_ROWS.max(GEMM_SMALL_SIDE / rep + 1) } else { ATTENTION_ROWS };
+        let mut bounds: Vec<(usize, usize)> = (0..t).step_by(per).map(|s| (s, (s + per).min(t))).collect();
         if let [.., before, (s, e)] = bounds[..] {
-            if rep * (e - s) == 1 || rep * (e - s) * tk <= GEMM_SMALL {
+            let m = rep * (e - s);
+            if m == 1 || m * tk <= GEMM_SMALL || (keep_side && m <= GEMM_SMALL_SIDE) {
                 bounds.pop();
                 let n = bounds.len();
                 bounds[n - 1] = (before.0, e);
@@ -408,13 +417,14 @@ impl CustomOp3 for CausalAttention {
                 softmax_row(row, &self.mask[(bi * t + t0 + j % n) * tk..][..tk], scale);
             }
             let mut out = vec![0f32; m * hd];
-            // SAFETY: p's rows hold kmax weights (row stride tk), vb's first kmax rows are
-            // kmax × hd row-major, out is m × hd.
+            let kpv = if long { tk } else { kmax };
+            // SAFETY: p's rows hold kpv ≤ tk weights (row stride tk), vb's first kpv rows are
+            // kpv × hd row-major, out is m × hd.
             unsafe {
                 gemm::gemm(
                     m,
                     hd,
-                    kmax,
+                    kpv,
                     out.as_mut_ptr(),
                     1,
                     hd as isize,
@@ -452,8 +462,8 @@ impl CustomOp3 for CausalAttention {
 /// `softmax(where(mask, q·kᵀ · scale, −∞)) · v` for grouped queries `[B, KV, rep·T, hd]` (the
 /// `rep` heads sharing a kv head stacked along the rows), keys and values `[B, KV, Tk, hd]` and a
 /// mask `[B, 1, T, Tk]`; `None` where the kernel does not apply (the caller then computes the
-/// scores and the pattern): not f32 on the CPU, more than 512 keys, or products so small that
-/// gemm would take them whole by another kernel.
+/// scores and the pattern): not f32 on the CPU, or products so small that gemm would take them
+/// by another kernel.
 pub(crate) fn causal_attention(
     q: &Tensor,
     k: &Tensor,
@@ -468,10 +478,12 @@ pub(crate) fn causal_attention(
         && mask.dtype() == DType::U8
         && mask.dims() == [b, 1, t, tk]
         && t >= 2
-        && (3..=GEMM_ONE_PASS).contains(&tk)
+        && tk >= 3
         && hd >= 2
         && rows % t == 0
-        && t * tk > GEMM_SMALL;
+        && t * tk > GEMM_SMALL
+        // A long p·v must run in gemm's general split, as the whole product did.
+        && (tk <= GEMM_ONE_PASS || hd > GEMM_SMALL_SIDE || rows > GEMM_SMALL_SIDE);
     if !fits {
         return Ok(None);
     }
@@ -549,6 +561,10 @@ mod tests {
             (1, 2, 4, 128, 0, 64),
             (1, 1, 2, 97, 200, 64),
             (3, 1, 1, 300, 0, 8),
+            // Beyond 512 keys: p·v over every key, blocks of more than 64 stacked rows.
+            (1, 1, 1, 600, 0, 16),
+            (2, 2, 4, 70, 700, 64),
+            (1, 1, 2, 530, 0, 128),
         ];
         for (n, &(b, g, rep, t, past, hd)) in shapes.iter().enumerate() {
             let tk = t + past;
@@ -577,11 +593,12 @@ mod tests {
                 assert_eq!(bits(&got), bits(&want), "shape {n}, mask {mi}");
             }
         }
-        // Too small for gemm's general kernel, or beyond one inner pass: the caller's path.
+        // Too small for gemm's general kernel, or a long p·v that gemm would split its own way
+        // for few rows: the caller's path.
         let mask = |t: usize, tk: usize| Tensor::ones((1, 1, t, tk), DType::U8, &Device::Cpu).unwrap();
         let (q, k) = (randn(&[1, 1, 8, 16], 1), randn(&[1, 1, 8, 16], 2));
         assert!(causal_attention(&q, &k, &k, &mask(8, 8), 8, 0.25).unwrap().is_none());
-        let (q, k) = (randn(&[1, 1, 600, 8], 1), randn(&[1, 1, 600, 8], 2));
-        assert!(causal_attention(&q, &k, &k, &mask(600, 600), 600, 0.25).unwrap().is_none());
+        let (q, k) = (randn(&[1, 1, 40, 8], 1), randn(&[1, 1, 600, 8], 2));
+        assert!(causal_attention(&q, &k, &k, &mask(40, 600), 40, 0.25).unwrap().is_none());
     }
 }
