@@ -145,6 +145,14 @@ fn concepts_unchecked(model: &RewardModel, inputs: &[ConceptInput], opts: &Conce
             mean.iter_mut().zip(df).for_each(|(m, x)| *m += x / diffs.len() as f64);
         }
         let norm = mean.iter().map(|x| x * x).sum::<f64>().sqrt();
+        // No direction: an alignment of 0 with p = 1 would be a finding made of nothing.
+        if norm == 0.0 {
+            return Err(InstrumentError::Invalid(format!(
+                "concept `{}`: its positives and negatives have the same activations at block {layer} (are the texts \
+                 the same?), so it has no direction",
+                c.name
+            )));
+        }
         let vector = normalise(&mean);
         let consistency =
             diffs.iter().filter(|df| df.iter().zip(&vector).map(|(a, b)| a * b).sum::<f64>() > 0.0).count() as f64

@@ -91,6 +91,11 @@ fn orientation_follows_the_name() {
     let p = u.p_value.unwrap();
     assert!((0.0..=1.0).contains(&p));
     assert!((up.similarity[0][0] - 1.0).abs() < 1e-12);
+    // Pairs without a difference have no direction: an error, not "alignment 0, p = 1".
+    let same: Vec<(Vec<u32>, Vec<u32>)> =
+        exclaim_pairs(&model, false).into_iter().map(|(p, _)| (p.clone(), p)).collect();
+    let e = concepts(&model, &[ConceptInput { name: "same".into(), pairs: same }], &opts).unwrap_err().to_string();
+    assert!(e.contains("concept `same`") && e.contains("no direction"), "{e}");
 }
 
 #[test]

@@ -336,7 +336,16 @@ pub fn parse_concept(name: &str, source: &str, text: &str) -> Result<ConceptText
                 invalid(&at, format!("missing string field `{k}` (expected prompt, positive, negative)"))
             })
         };
-        items.push((f("prompt")?, f("positive")?, f("negative")?));
+        let (prompt, positive, negative) = (f("prompt")?, f("positive")?, f("negative")?);
+        // A pair without a difference has no direction: it would pull the concept's mean towards
+        // 0, and a concept of such pairs would read as "orthogonal to the reward".
+        if positive == negative {
+            return Err(invalid(
+                &at,
+                "`negative` is identical to `positive` (a concept pair must differ in the behaviour)",
+            ));
+        }
+        items.push((prompt, positive, negative));
     }
     if items.is_empty() {
         return Err(invalid(source, "no pairs"));
@@ -526,5 +535,14 @@ mod tests {
         assert!(e.to_string().contains("x.jsonl:1: missing string field `negative`"));
         let e = parse_concept("x", "x.jsonl", "\n").unwrap_err();
         assert_eq!(e.to_string(), "x.jsonl: no pairs");
+    }
+
+    #[test]
+    fn a_concept_pair_without_a_difference_is_refused() {
+        let ok = r#"{"prompt":"p","positive":"yes","negative":"no"}"#;
+        let same = r#"{"prompt":"p","positive":"same","negative":"same"}"#;
+        assert_eq!(parse_concept("c", "c.jsonl", ok).unwrap().items.len(), 1);
+        let e = parse_concept("c", "c.jsonl", &format!("{ok}\n{same}\n")).unwrap_err().to_string();
+        assert!(e.contains("c.jsonl:2") && e.contains("`negative` is identical to `positive`"), "{e}");
     }
 }
