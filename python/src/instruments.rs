@@ -397,11 +397,7 @@ pub fn conflict<'py>(
         }
         let terms = analyze(&learn_term_directions(m, &groups, layer, batch_size).or_raise()?, &t);
         let inputs: Vec<Vec<u32>> = ids.iter().map(|p| p.chosen.clone()).collect();
-        let objectives = objective_terms(m, &inputs, batch_size).or_raise()?.map(|o| {
-            let mut r = analyze(&o.terms, &t);
-            r.effective_direction_cosines = o.effective_direction_cosines;
-            r
-        });
+        let objectives = objective_terms(m, &inputs, batch_size).or_raise()?.map(|o| o.analyze(&t));
         let mut v = json!({"terms": serde_json::to_value(&terms).or_raise()?});
         if let Some(o) = objectives {
             v["objectives"] = serde_json::to_value(&o).or_raise()?;

@@ -57,11 +57,7 @@ pub fn run(a: ConflictArgs) -> Result<()> {
     let terms = analyze(&learn_term_directions(&model, &groups, a.layer, a.run.batch_size)?, &t);
     print!("{}", conflict_text(&terms, &format!("terms grouped by `{}`", a.group_by)));
     let inputs: Vec<Vec<u32>> = ids.iter().map(|p| p.chosen.clone()).collect();
-    let objectives = objective_terms(&model, &inputs, a.run.batch_size)?.map(|o| {
-        let mut r = analyze(&o.terms, &t);
-        r.effective_direction_cosines = o.effective_direction_cosines;
-        r
-    });
+    let objectives = objective_terms(&model, &inputs, a.run.batch_size)?.map(|o| o.analyze(&t));
     if let Some(o) = &objectives {
         print!("{}", conflict_text(o, "ArmoRM objectives"));
     }

@@ -114,6 +114,10 @@ pub struct ConflictReport {
     /// ArmoRM: mean cosine of each term with the per-input effective direction.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub effective_direction_cosines: Option<Vec<f64>>,
+    /// ArmoRM: objectives left out because they read (next to) nothing after the model's
+    /// transform; a cosine with them would be rounding noise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inert_terms: Vec<String>,
 }
 
 /// Classifies every pair of term directions.
@@ -165,6 +169,7 @@ pub fn analyze(terms: &[Term], t: &Thresholds) -> ConflictReport {
         monitorability_risk: risk,
         thresholds: *t,
         effective_direction_cosines: None,
+        inert_terms: Vec::new(),
     }
 }
 
@@ -203,6 +208,13 @@ fn learn_term_directions_unchecked(
                     *m += (*a as f64 - *b as f64) / pairs.len().max(1) as f64;
                 }
             }
+            // No direction: every cosine with it would be 0, "orthogonal" to every other term.
+            if mean.iter().all(|m| *m == 0.0) {
+                return Err(InstrumentError::Invalid(format!(
+                    "term `{name}`: its chosen and rejected texts have the same activations at block {layer} (are \
+                     they the same?), so it has no direction"
+                )));
+            }
             Ok((name.clone(), mean))
         })
         .collect()
@@ -213,6 +225,24 @@ fn learn_term_directions_unchecked(
 pub struct ObjectiveTerms {
     pub terms: Vec<Term>,
     pub effective_direction_cosines: Option<Vec<f64>>,
+    /// Objectives whose direction is below [`INERT`] of the largest one's norm (ArmoRM's
+    /// transform zeroes its verbosity objective), left out of `terms`.
+    #[serde(default)]
+    pub inert: Vec<String>,
+}
+
+/// An objective direction shorter than this fraction of the longest reads nothing the model uses.
+pub const INERT: f64 = 1e-4;
+
+impl ObjectiveTerms {
+    /// The conflict report of the objectives, carrying their effective-direction cosines and the
+    /// inert objectives left out.
+    pub fn analyze(self, t: &Thresholds) -> ConflictReport {
+        let mut r = analyze(&self.terms, t);
+        r.effective_direction_cosines = self.effective_direction_cosines;
+        r.inert_terms = self.inert;
+        r
+    }
 }
 
 /// ArmoRM's objectives as terms in residual space: row j of `Tᵀ R`, ⊙ γ. With inputs given, also
@@ -231,11 +261,15 @@ fn objective_terms_unchecked(
     let RewardHead::Gated(h) = &model.head else { return Ok(None) };
     let gamma: Vec<f64> = model.final_norm()?.gamma.to_vec1::<f32>()?.into_iter().map(f64::from).collect();
     let rows = h.transform.t()?.matmul(&h.regression)?.to_vec2::<f32>()?;
-    let terms: Vec<Term> = rows
+    let all: Vec<Term> = rows
         .iter()
         .zip(&h.objective_names)
         .map(|(r, name)| (name.clone(), r.iter().zip(&gamma).map(|(a, g)| *a as f64 * g).collect()))
         .collect();
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let longest = all.iter().map(|t| norm(&t.1)).fold(0.0, f64::max);
+    let (terms, inert): (Vec<Term>, Vec<Term>) = all.into_iter().partition(|t| norm(&t.1) > INERT * longest);
+    let inert = inert.into_iter().map(|t| t.0).collect();
     let eff = if inputs.is_empty() {
         None
     } else {
@@ -251,7 +285,7 @@ fn objective_terms_unchecked(
         }
         Some(acc)
     };
-    Ok(Some(ObjectiveTerms { terms, effective_direction_cosines: eff }))
+    Ok(Some(ObjectiveTerms { terms, effective_direction_cosines: eff, inert }))
 }
 
 /// Pairs grouped into reward terms by a field's value (in first-seen order): a string is its

@@ -78,16 +78,17 @@ fn armorm_objectives_as_terms() {
     let g = groups(&model);
     let inputs: Vec<Vec<u32>> = g.iter().flat_map(|x| x.1.iter().map(|p| p.chosen.clone())).collect();
     let o = objective_terms(&model, &inputs, 8).unwrap().expect("armorm has objectives");
-    let (terms, eff) = (o.terms, o.effective_direction_cosines);
-    assert_eq!(terms.len(), 5);
-    assert_eq!(terms[4].0, "helpsteer-verbosity");
-    // T's verbosity column is all zeros (its own penalty is 1), so that objective reads nothing.
-    assert!(terms[4].1.iter().all(|x| x.abs() < 1e-6), "verbosity after the transform is zero");
-    let eff = eff.unwrap();
-    assert_eq!(eff.len(), 5);
-    assert!(eff[..4].iter().all(|c| c.abs() <= 1.0 + 1e-9));
-    let r = analyze(&terms[..4], &Thresholds::default());
+    // T's verbosity column is all zeros (its own penalty is 1), so that objective reads nothing:
+    // it is left out rather than given cosines of rounding noise.
+    assert_eq!(o.inert, ["helpsteer-verbosity"]);
+    assert_eq!(o.terms.len(), 4);
+    let eff = o.effective_direction_cosines.as_ref().unwrap();
+    assert_eq!(eff.len(), 4);
+    assert!(eff.iter().all(|c| c.abs() <= 1.0 + 1e-9));
+    let r = o.clone().analyze(&Thresholds::default());
     assert_eq!(r.pairs.len(), 6);
+    assert_eq!(r.inert_terms, ["helpsteer-verbosity"]);
+    assert!(r.pairs.iter().all(|p| p.cosine.abs() <= 1.0 + 1e-9));
     // A linear-head model has no objectives.
     assert!(objective_terms(&load("llama"), &[], 8).unwrap().is_none());
 }

@@ -214,6 +214,9 @@ pub fn conflict_text(r: &ConflictReport, title: &str) -> String {
         let pv = p.p_value.map_or("—".into(), |v| format!("{v:.3}"));
         let _ = writeln!(s, "  {:<14} {:<14} cos {:+.3}  p {pv:<6} {:?}", p.term1, p.term2, p.cosine, p.relationship);
     }
+    if !r.inert_terms.is_empty() {
+        let _ = writeln!(s, "  left out, reading nothing after the transform: {}", r.inert_terms.join(", "));
+    }
     if let Some(e) = &r.effective_direction_cosines {
         let _ = writeln!(s, "  mean cosine with the per-input effective direction:");
         for (n, c) in r.term_names.iter().zip(e) {

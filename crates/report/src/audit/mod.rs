@@ -511,11 +511,7 @@ fn whole_run_part(
         .as_ref()
         .map_or(Vec::new(), |t| benjamini_hochberg(&t.pairs.iter().map(|p| p.p_value).collect::<Vec<_>>()));
     let chosen: Vec<Vec<u32>> = encoded.iter().map(|p| p.chosen.clone()).collect();
-    let objectives = objective_terms(model, &chosen, o.batch_size)?.map(|ot| {
-        let mut r = analyze(&ot.terms, &t);
-        r.effective_direction_cosines = ot.effective_direction_cosines;
-        r
-    });
+    let objectives = objective_terms(model, &chosen, o.batch_size)?.map(|ot| ot.analyze(&t));
     let conflicts = Conflicts { group_by: "subset".into(), terms, q_values, objectives, note };
 
     // 9. CART: the circuits the tail pairs run through, and the bound's ingredients.
