@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var};
+use reward_lens_engine::hash::Fnv;
 use reward_lens_engine::synth::Rng;
 use reward_lens_engine::{
     ChatTokenizer, EngineError, LoadOptions, MapSource, ModelConfig, PaddingSide, PairText, RewardModel, Truncation,
@@ -225,6 +226,50 @@ pub struct Trainer {
     epochs: Vec<EpochStats>,
     /// Running sums of the current epoch: (loss, accuracy, steps).
     epoch_sums: (f64, f64, usize),
+    /// Fingerprint of the config and the frozen weights: a checkpoint resumes only onto the same
+    /// base (it holds the trainable weights alone).
+    base: String,
+    /// Fingerprint of the training pairs this run trains on (set by `train`, or read back by
+    /// `resume`, when `train` then refuses other pairs).
+    data: Option<String>,
+}
+
+/// A fingerprint of the config and the frozen weights: every name, shape and the first and last
+/// 256 values of each tensor — enough to tell another base model apart, cheap at 8 B parameters.
+fn base_fingerprint(config_json: &Value, frozen: &HashMap<String, Tensor>) -> Result<String> {
+    let mut h = Fnv::new();
+    h.eat(config_json.to_string().as_bytes());
+    let mut names: Vec<&String> = frozen.keys().collect();
+    names.sort();
+    for name in names {
+        let t = frozen[name].flatten_all()?;
+        h.eat(name.as_bytes());
+        for d in frozen[name].dims() {
+            h.eat(&(*d as u64).to_le_bytes());
+        }
+        let n = t.dim(0)?;
+        let ends = if n <= 512 { vec![t] } else { vec![t.narrow(0, 0, 256)?, t.narrow(0, n - 256, 256)?] };
+        for part in ends {
+            for v in part.to_vec1::<f32>()? {
+                h.eat(&v.to_bits().to_le_bytes());
+            }
+        }
+    }
+    Ok(h.hex())
+}
+
+/// A fingerprint of training pairs: their token ids and subsets, in order.
+fn data_fingerprint(pairs: &[TokenizedPair]) -> String {
+    let mut h = Fnv::new();
+    for p in pairs {
+        for ids in [&p.chosen, &p.rejected] {
+            h.eat(&(ids.len() as u64).to_le_bytes());
+            ids.iter().for_each(|id| h.eat(&id.to_le_bytes()));
+        }
+        h.eat(&(p.subset.len() as u64).to_le_bytes());
+        h.eat(p.subset.as_bytes());
+    }
+    h.hex()
 }
 
 const TRAINER_STATE: &str = "trainer_state.json";
@@ -264,7 +309,19 @@ impl Trainer {
         if params.is_empty() {
             return Err(TrainError::Invalid(format!("no weight is trainable under {:?}", opts.trainable)));
         }
-        Ok(Self { config_json, config, frozen, params, opts, step: 0, epochs: Vec::new(), epoch_sums: (0.0, 0.0, 0) })
+        let base = base_fingerprint(&config_json, &frozen)?;
+        Ok(Self {
+            config_json,
+            config,
+            frozen,
+            params,
+            opts,
+            step: 0,
+            epochs: Vec::new(),
+            epoch_sums: (0.0, 0.0, 0),
+            base,
+            data: None,
+        })
     }
 
     /// Reads every tensor of a HuggingFace directory (any number of safetensors shards) as f32.
@@ -459,6 +516,15 @@ impl Trainer {
         if train.is_empty() {
             return Err(TrainError::Invalid("no training pairs".into()));
         }
+        let data = data_fingerprint(train);
+        if self.data.as_ref().is_some_and(|d| *d != data) {
+            let at = checkpoint_dir.map_or(String::new(), |d| format!(" ({})", d.display()));
+            return Err(TrainError::Invalid(format!(
+                "the checkpoint resumed{at} was written training on other pairs (their texts, order or subsets \
+                 differ); resume with the same training pairs, or remove the checkpoint to start again"
+            )));
+        }
+        self.data = Some(data);
         let spe = self.steps_per_epoch(train.len());
         let total = spe * self.opts.epochs;
         while self.step < total {
@@ -518,6 +584,8 @@ impl Trainer {
             "options": self.opts,
             "epochs": self.epochs,
             "epoch_sums": [self.epoch_sums.0, self.epoch_sums.1, self.epoch_sums.2],
+            "base": self.base,
+            "data": self.data,
         });
         // Write beside, then rename: an interruption mid-save keeps the previous checkpoint.
         let tmp = dir.join(format!(".{CHECKPOINT_TENSORS}.tmp"));
@@ -550,6 +618,16 @@ impl Trainer {
                 "it was written with other options ({saved:?}); resume with the same options (only --epochs may change)"
             )));
         }
+        // The checkpoint holds the trainable weights only: onto another base it would make a
+        // model of two (older checkpoints do not say, and are trusted).
+        if state["base"].as_str().is_some_and(|b| b != self.base) {
+            return Err(bad(
+                "it was written for another base model (its config or frozen weights differ); resume with the model \
+                 it started from"
+                    .into(),
+            ));
+        }
+        self.data = state["data"].as_str().map(str::to_string);
         let tensors = candle_core::safetensors::load(dir.join(CHECKPOINT_TENSORS), &Device::Cpu)?;
         for p in &mut self.params {
             let get = |kind: &str| -> Result<Tensor> {

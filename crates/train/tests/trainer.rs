@@ -106,7 +106,7 @@ fn resumed_training_equals_uninterrupted_and_saved_model_loads_with_same_scores(
     let mut first = Trainer::new(cfg.clone(), weights.clone(), TrainOptions { epochs: 1, ..opts.clone() }).unwrap();
     first.train(&train, &[], Some(&ck), |_| {}).unwrap();
     assert!(Trainer::has_checkpoint(&ck));
-    let mut resumed = Trainer::new(cfg, weights, opts).unwrap();
+    let mut resumed = Trainer::new(cfg.clone(), weights.clone(), opts.clone()).unwrap();
     resumed.resume(&ck).unwrap();
     assert_eq!(resumed.step(), 3);
     let mut later = Vec::new();
@@ -117,6 +117,26 @@ fn resumed_training_equals_uninterrupted_and_saved_model_loads_with_same_scores(
     for name in a.keys() {
         assert_eq!(flat(&a[name]), flat(&b[name]), "{name}");
     }
+
+    // The checkpoint resumes only onto the same base and the same pairs.
+    let other_pairs = pairs(&base, 24, 5);
+    let mut wrong_data = Trainer::new(cfg.clone(), weights.clone(), opts.clone()).unwrap();
+    wrong_data.resume(&ck).unwrap();
+    let e = wrong_data.train(&other_pairs, &[], None, |_| {}).unwrap_err().to_string();
+    assert!(e.contains("written training on other pairs"), "{e}");
+    let mut other_weights = weights.clone();
+    let w = &other_weights["model.embed_tokens.weight"];
+    other_weights.insert("model.embed_tokens.weight".into(), (w * 1.5).unwrap());
+    let trainable_head = TrainOptions { trainable: Trainable::Head, ..opts.clone() };
+    let head_ck = tmp("head-ck");
+    let mut head =
+        Trainer::new(cfg.clone(), weights.clone(), TrainOptions { epochs: 1, ..trainable_head.clone() }).unwrap();
+    head.train(&train, &[], Some(&head_ck), |_| {}).unwrap();
+    let mut wrong_base = Trainer::new(cfg.clone(), other_weights, trainable_head.clone()).unwrap();
+    let e = wrong_base.resume(&head_ck).unwrap_err().to_string();
+    assert!(e.contains("written for another base model"), "{e}");
+    Trainer::new(cfg.clone(), weights.clone(), trainable_head).unwrap().resume(&head_ck).unwrap();
+    let _ = std::fs::remove_dir_all(head_ck);
 
     // Saved as a HuggingFace directory, it loads through the ordinary loader with the same scores.
     let out = tmp("saved");
