@@ -170,6 +170,19 @@ pub struct RunRecord {
     pub steps: usize,
     pub members: usize,
     pub seconds: f64,
+    /// Fingerprint of the table's settings ([`settings`]) the run was made with: a resumed table
+    /// refuses runs of other settings ("" in records that predate it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub settings: String,
+}
+
+/// Everything besides the grid (organisms × seeds × arms) that changes a run's numbers.
+pub fn settings(o: &TableOptions) -> serde_json::Value {
+    serde_json::json!({
+        "lambda_div": o.lambda_div, "lambda_stab": o.lambda_stab, "curriculum_end": o.curriculum_end,
+        "members": o.members, "augment_per_pair": o.augment_per_pair, "permutations": o.permutations,
+        "epochs": o.scale.epochs, "n_train": o.scale.n_train, "n_test": o.scale.n_test,
+    })
 }
 
 impl RunRecord {
@@ -258,6 +271,17 @@ pub fn run_table(o: &TableOptions, progress: &mut dyn FnMut(Event<'_>)) -> Resul
             o.runs.display()
         )));
     }
+    // Runs of other settings would be averaged with these as if they were the same experiment.
+    let id = reward_lens_engine::hash::Fnv::of(settings(o).to_string().as_bytes()).hex();
+    if let Some(i) = records.iter().position(|r| !r.settings.is_empty() && r.settings != id) {
+        return Err(AnalysisError::Invalid(format!(
+            "{}: line {} was run with other settings than these ({}); resume with the settings that started it, or \
+             choose another --runs",
+            o.runs.display(),
+            i + 1,
+            settings(o)
+        )));
+    }
     let mut arms = o.arms.clone();
     arms.sort();
     arms.dedup();
@@ -275,7 +299,8 @@ pub fn run_table(o: &TableOptions, progress: &mut dyn FnMut(Event<'_>)) -> Resul
             if todo.is_empty() {
                 continue;
             }
-            let dir = o.work.join(format!("{organism}-s{seed}"));
+            // The reference model and its circuit targets are reused from here: per settings.
+            let dir = o.work.join(format!("{organism}-s{seed}-{}", &id[..8]));
             let data = organism_data(organism, seed, &o.scale, &dir)?;
             let light = Light { permutations: o.permutations, seed };
             let plain_opts =
@@ -330,7 +355,10 @@ pub fn run_table(o: &TableOptions, progress: &mut dyn FnMut(Event<'_>)) -> Resul
                     }
                 };
                 progress(Event::Working(&format!("{label}: probes and circuits")));
-                let rec = record_of(organism, seed, arm, &data, &out, &tails, &light, seconds)?;
+                let rec = RunRecord {
+                    settings: id.clone(),
+                    ..record_of(organism, seed, arm, &data, &out, &tails, &light, seconds)?
+                };
                 progress(Event::Done);
                 append_run(&o.runs, &rec)?;
                 progress(Event::Finished { label: &label, summary: &rec.summary() });
@@ -412,6 +440,7 @@ pub fn record_of(
         steps: r.steps,
         members: r.members.len(),
         seconds,
+        settings: String::new(),
     })
 }
 
@@ -459,11 +488,7 @@ pub fn aggregate(o: &TableOptions, records: &[RunRecord], seeds: &[u64], arms: &
         organisms: o.presets.clone(),
         seeds: seeds.to_vec(),
         arms: arms.to_vec(),
-        settings: serde_json::json!({
-            "lambda_div": o.lambda_div, "lambda_stab": o.lambda_stab, "curriculum_end": o.curriculum_end,
-            "members": o.members, "augment_per_pair": o.augment_per_pair, "permutations": o.permutations,
-            "epochs": o.scale.epochs, "n_train": o.scale.n_train, "n_test": o.scale.n_test,
-        }),
+        settings: settings(o),
         runs_file: o.runs.display().to_string(),
         rows,
         bound_direction: BoundDirection {
@@ -550,5 +575,39 @@ mod tests {
         assert_eq!(cell(Some(&t_interval(&[0.25])), 1.0, 2), "0.25");
         assert_eq!(cell(None, 1.0, 2), "—");
         assert_eq!(beside(Path::new("d/t.json"), ".work"), Path::new("d/t.work"));
+    }
+
+    /// A resumed table refuses a runs file made with other settings before training anything.
+    #[test]
+    fn resuming_with_other_settings_is_refused() {
+        let dir = std::env::temp_dir().join(format!("rl-table-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let o = TableOptions { resume: true, seeds: 1, ..TableOptions::beside(&dir.join("t.json")) };
+        let metrics = HeadTailMetrics::of(&[1.0, -1.0], &[false, true]);
+        let record = |settings: String| RunRecord {
+            organism: "tail".into(),
+            seed: DEFAULT_SEED,
+            arm: Arm::Plain,
+            held_out: metrics.clone(),
+            probe_d: BTreeMap::new(),
+            c_tail: 1.0,
+            n_tail: 4,
+            complexity: 0.5,
+            div: None,
+            l_gap: None,
+            disagreement_head: None,
+            disagreement_tail: None,
+            steps: 1,
+            members: 1,
+            seconds: 1.0,
+            settings,
+        };
+        append_run(&o.runs, &record(reward_lens_engine::hash::Fnv::of(settings(&o).to_string().as_bytes()).hex()))
+            .unwrap();
+        let other = TableOptions { lambda_div: 0.5, ..o.clone() };
+        let e = run_table(&other, &mut |_| {}).unwrap_err().to_string();
+        assert!(e.contains("line 1 was run with other settings") && e.contains("\"lambda_div\":0.5"), "{e}");
+        assert!(!other.work.exists(), "nothing was built");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
