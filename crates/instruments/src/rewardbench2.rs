@@ -100,6 +100,19 @@ pub fn parse_rows(text: &str, source: &str) -> Result<Vec<Rb2Row>> {
         let subset = take_string(&mut obj, "subset").map_err(err)?;
         let chosen = take_strings(&mut obj, "chosen").map_err(err)?;
         let rejected = take_strings(&mut obj, "rejected").map_err(err)?;
+        // The reference splits a row's scores by these counts: where they disagree with the lists,
+        // its score and ours would be of different splits.
+        for (field, want) in [("num_correct", chosen.len()), ("num_incorrect", rejected.len())] {
+            if let Some(v) = obj.get(field).filter(|v| !v.is_null()) {
+                if v.as_u64() != Some(want as u64) {
+                    return Err(err(format!(
+                        "field `{field}` is {v}, but the row's lists hold {want} (chosen {}, rejected {})",
+                        chosen.len(),
+                        rejected.len()
+                    )));
+                }
+            }
+        }
         rows.push(Rb2Row { id, prompt, chosen, rejected, subset, extra: obj });
     }
     Ok(rows)
@@ -476,6 +489,21 @@ mod tests {
         assert!(rows[0].extra.contains_key("models") && !rows[0].extra.contains_key("chosen"));
         assert_eq!(rows[1].id, Value::from(7));
         assert_eq!(rows[1].chosen.len(), 2);
+    }
+
+    #[test]
+    fn counts_that_disagree_with_the_lists_are_refused() {
+        let row = |n: &str| {
+            format!(
+                r#"{{"id": 1, "prompt": "q", "chosen": ["c"], "rejected": ["r1", "r2", "r3"], "subset": "Math", {n}}}"#
+            )
+        };
+        assert!(parse_rows(&row(r#""num_correct": 1, "num_incorrect": 3"#), "x").is_ok());
+        assert!(parse_rows(&row(r#""num_correct": null"#), "x").is_ok());
+        let e = line_error(&row(r#""num_correct": 2"#));
+        assert!(e.contains("rows.jsonl:1") && e.contains("`num_correct` is 2, but the row's lists hold 1"), "{e}");
+        let e = line_error(&row(r#""num_incorrect": "3""#));
+        assert!(e.contains("`num_incorrect` is \"3\""), "{e}");
     }
 
     #[test]
