@@ -100,9 +100,14 @@ pub fn parse_rows(text: &str, source: &str) -> Result<Vec<Rb2Row>> {
         let subset = take_string(&mut obj, "subset").map_err(err)?;
         let chosen = take_strings(&mut obj, "chosen").map_err(err)?;
         let rejected = take_strings(&mut obj, "rejected").map_err(err)?;
-        // The reference splits a row's scores by these counts: where they disagree with the lists,
-        // its score and ours would be of different splits.
-        for (field, want) in [("num_correct", chosen.len()), ("num_incorrect", rejected.len())] {
+        // The reference regroups its flat list of scores into rows by `total_completions` and
+        // splits correct from incorrect by `num_correct`: where they disagree with the lists, its
+        // score and ours would be of different rows.
+        for (field, want) in [
+            ("num_correct", chosen.len()),
+            ("num_incorrect", rejected.len()),
+            ("total_completions", chosen.len() + rejected.len()),
+        ] {
             if let Some(v) = obj.get(field).filter(|v| !v.is_null()) {
                 if v.as_u64() != Some(want as u64) {
                     return Err(err(format!(
@@ -502,6 +507,8 @@ mod tests {
         assert!(parse_rows(&row(r#""num_correct": null"#), "x").is_ok());
         let e = line_error(&row(r#""num_correct": 2"#));
         assert!(e.contains("rows.jsonl:1") && e.contains("`num_correct` is 2, but the row's lists hold 1"), "{e}");
+        let e = line_error(&row(r#""total_completions": 5"#));
+        assert!(e.contains("`total_completions` is 5, but the row's lists hold 4"), "{e}");
         let e = line_error(&row(r#""num_incorrect": "3""#));
         assert!(e.contains("`num_incorrect` is \"3\""), "{e}");
     }
