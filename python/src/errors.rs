@@ -64,7 +64,7 @@ fn engine_kind(e: &EngineError) -> Kind {
     }
 }
 
-/// The class of the instruments', training's, organisms' and CART's errors. Their wrappers of
+/// The class of the instruments', training's, organisms', CART's and the report's errors. Their wrappers of
 /// other library errors are `#[error(transparent)]`, which hides the wrapped error from
 /// `source()`, so they are opened here. `Invalid` is a refusal of the caller's data or arguments.
 fn layer_kind(x: &(dyn StdError + 'static)) -> Option<Kind> {
@@ -112,10 +112,23 @@ fn layer_kind(x: &(dyn StdError + 'static)) -> Option<Kind> {
             A::Candle(_) => Kind::Other,
         }
     }
+    fn report(e: &reward_lens_report::ReportError) -> Kind {
+        use reward_lens_report::ReportError as R;
+        match e {
+            R::Engine(ee) | R::Model { source: ee, .. } | R::Encode { source: ee, .. } => engine_kind(ee),
+            R::Instrument(ie) => instrument(ie),
+            R::Analysis(ae) => analysis(ae),
+            R::Dataset(reward_lens_report::DatasetError::Io { .. }) => Kind::File,
+            R::Dataset(_) | R::Invalid(_) => Kind::Input,
+            R::Io { .. } => Kind::File,
+            R::Json(_) => Kind::Other,
+        }
+    }
     (x.downcast_ref().map(instrument))
         .or_else(|| x.downcast_ref().map(train))
         .or_else(|| x.downcast_ref().map(organism))
         .or_else(|| x.downcast_ref().map(analysis))
+        .or_else(|| x.downcast_ref().map(report))
 }
 
 /// The first classifiable cause in the chain decides the class.

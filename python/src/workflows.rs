@@ -630,6 +630,14 @@ pub fn audit<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let bar = Bar::new(py, "audit", progress.as_ref())?;
     let mut options = AuditOptions { seed, max_pairs, batch_size, permutations, truncate_prompt, ..Default::default() };
+    // Read and checked before an organism is built (minutes on first use).
+    let answer_key: Option<serde_json::Value> = answer_key
+        .map(|k| {
+            let text = std::fs::read_to_string(&k).map_err(|e| input(format!("{}: cannot read: {e}", k.display())))?;
+            serde_json::from_str(&text).map_err(|e| input(format!("{}: not valid JSON: {e}", k.display())))
+        })
+        .transpose()?;
+    reward_lens_report::audit::check(&options, answer_key.as_ref()).or_raise()?;
     let mut inputs = match (model, &preset) {
         (Some(_), Some(_)) => return Err(input("audit: give model= or preset=, not both")),
         (Some(m), None) => {
@@ -660,10 +668,8 @@ pub fn audit<'py>(
             convert::PairArg::Inline(v) => PairSource::Inline { name: "pairs given in Python".into(), pairs: v },
         };
     }
-    if let Some(k) = answer_key {
-        let text = std::fs::read_to_string(&k).map_err(|e| input(format!("{}: cannot read: {e}", k.display())))?;
-        inputs.answer_key =
-            Some(serde_json::from_str(&text).map_err(|e| input(format!("{}: not valid JSON: {e}", k.display())))?);
+    if answer_key.is_some() {
+        inputs.answer_key = answer_key;
     }
     if probes.is_some() || concepts.is_some() {
         (inputs.probes, inputs.concepts) =

@@ -191,3 +191,14 @@ def test_nonsense_settings_are_input_errors(model):
         rl.concepts(model, steer="verbosity", strengths=[float("nan"), 1.0])
     with pytest.raises(rl.InputError, match="permutations 0: .* needs at least 20"):
         rl.probe(model, permutations=0)
+
+
+def test_audit_settings_are_checked_before_an_organism_is_built(tmp_path):
+    key = tmp_path / "key.json"
+    key.write_text('{"rules": []}')
+    # No model: the audit would first build (or load) the default organism; these fail at once.
+    with pytest.raises(rl.InputError, match="the answer key holds no rules"):
+        rl.audit(answer_key=key, out=tmp_path / "a", progress=False)
+    with pytest.raises(rl.InputError, match="permutations 5: .* needs at least 20"):
+        rl.audit(permutations=5, out=tmp_path / "a", progress=False)
+    assert not (tmp_path / "a").exists()

@@ -94,6 +94,9 @@ pub fn run(a: AuditArgs) -> Result<()> {
         dtype: a.model.dtype.into(),
         device: parse_device(&a.model.device)?,
     };
+    // Checked before an organism is built (minutes on first use) or a model loaded.
+    let answer_key = a.answer_key.as_deref().map(read_json).transpose()?;
+    reward_lens_report::audit::check(&options, answer_key.as_ref())?;
     let mut inputs = match &a.model.model {
         Some(d) => AuditInputs {
             model_dir: d.clone(),
@@ -116,8 +119,8 @@ pub fn run(a: AuditArgs) -> Result<()> {
     if let Some(p) = &a.pairs {
         inputs.pairs = PairSource::File(p.clone());
     }
-    if let Some(p) = &a.answer_key {
-        inputs.answer_key = Some(read_json(p)?);
+    if answer_key.is_some() {
+        inputs.answer_key = answer_key;
     }
     if !a.probes.is_empty() || !a.concepts.is_empty() {
         (inputs.probes, inputs.concepts) = (a.probes.clone(), a.concepts.clone());

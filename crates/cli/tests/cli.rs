@@ -1112,3 +1112,18 @@ fn bench_refuses_zero_counts() {
         assert!(o.status.code() == Some(1) && e.contains("must be at least 1") && o.stdout.is_empty(), "{args:?}: {e}");
     }
 }
+
+/// An answer key without rules would show an empty ground-truth section, as if nothing were
+/// planted: refused before the audit runs.
+#[test]
+fn an_answer_key_without_rules_is_refused() {
+    let d = tmp("empty-key");
+    for (i, key) in ["[]", "{}", r#"{"rules": []}"#].iter().enumerate() {
+        let f = d.join(format!("key{i}.json"));
+        std::fs::write(&f, key).unwrap();
+        let o = exe().args(["audit", "--answer-key"]).arg(&f).arg("--out").arg(d.join("out")).output().unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.code() == Some(1) && e.contains("the answer key holds no rules"), "{key}: {e}");
+        assert!(!d.join("out/results.json").exists());
+    }
+}

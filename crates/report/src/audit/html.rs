@@ -908,7 +908,7 @@ pull the reward in opposite directions.",
 // ---------------------------------------------------------------- ground truth
 
 /// The rules of an answer key: an array, an object's `rules` array, or an object's entries.
-fn rules(key: &Value) -> Vec<Value> {
+pub(crate) fn rules(key: &Value) -> Vec<Value> {
     match key {
         Value::Array(a) => a.clone(),
         Value::Object(m) => match m.get("rules") {

@@ -188,16 +188,31 @@ pub fn run_audit(inputs: &AuditInputs, progress: &mut dyn Progress) -> Result<Au
     Ok(res)
 }
 
+/// Refuses options and an answer key that would make a report of nothing, before any model is
+/// loaded or organism built: a batch size of 0, too few permutations for any probe verdict, an
+/// answer key without rules (an empty ground-truth section, as if nothing were planted).
+pub fn check(o: &AuditOptions, answer_key: Option<&Value>) -> Result<()> {
+    if o.batch_size == 0 {
+        return Err(ReportError::Invalid("--batch-size must be at least 1".into()));
+    }
+    ProbeOptions { batch_size: o.batch_size, seed: o.seed, permutations: o.permutations }.check()?;
+    if answer_key.is_some_and(|k| html::rules(k).is_empty()) {
+        return Err(ReportError::Invalid(
+            "the answer key holds no rules (expected a list of rules, an object with a `rules` list, or an object \
+             of named rules)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 /// One shard's audit (`None`: the whole audit as one part): the per-pair stages (evaluation,
 /// lens, attribution, patching, AtP, faithfulness) on the shard's range of the audited pairs,
 /// and — in shard 0 only — the stages over whole input sets (probes, concepts, conflicts, CART),
 /// which do not split by pair. [`assemble`] turns the parts into the results.
 pub fn run_audit_shard(inputs: &AuditInputs, shard: Option<Shard>, progress: &mut dyn Progress) -> Result<AuditPart> {
     let o = &inputs.options;
-    if o.batch_size == 0 {
-        return Err(ReportError::Invalid("--batch-size must be at least 1".into()));
-    }
-    ProbeOptions { batch_size: o.batch_size, seed: o.seed, permutations: o.permutations }.check()?;
+    check(o, inputs.answer_key.as_ref())?;
     let start = Instant::now();
     let mut timings: Vec<StageTiming> = Vec::new();
     let mut stage_start = Instant::now();
