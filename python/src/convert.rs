@@ -196,7 +196,11 @@ fn clean_row<'py>(row: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
 
 /// `pairs` as loaded pairs.
 pub fn pairs(obj: &Bound<'_, PyAny>) -> PyResult<Vec<PairText>> {
-    PairArg::from_py(obj)?.load()
+    let pairs = PairArg::from_py(obj)?.load()?;
+    if let Some(w) = reward_lens_report::datasets::identical_pairs_warning(&pairs) {
+        crate::model::warn(obj.py(), &w)?;
+    }
+    Ok(pairs)
 }
 
 /// A library enum from its JSON name (`"noising"`), with the names allowed in the error.

@@ -202,3 +202,10 @@ def test_audit_settings_are_checked_before_an_organism_is_built(tmp_path):
     with pytest.raises(rl.InputError, match="permutations 5: .* needs at least 20"):
         rl.audit(permutations=5, out=tmp_path / "a", progress=False)
     assert not (tmp_path / "a").exists()
+
+
+def test_identical_pairs_are_scored_with_a_warning(model):
+    pairs = [{"prompt": "q", "chosen": "a", "rejected": "b"}, {"prompt": "q", "chosen": "same", "rejected": "same"}]
+    with pytest.warns(UserWarning, match="1 of 2 pairs have the same chosen and rejected text"):
+        rows = model.score_pairs(pairs, progress=False)
+    assert len(rows) == 2 and rows[1]["margin"] == 0.0

@@ -258,7 +258,25 @@ where
 
 /// A pairs file, for commands whose `--pairs` is a plain path.
 pub fn read_pairs(path: &std::path::Path) -> Result<Vec<PairText>> {
-    Ok(reward_lens_report::datasets::read_pairs(path)?)
+    let pairs = reward_lens_report::datasets::read_pairs(path)?;
+    warn_identical(&pairs);
+    Ok(pairs)
+}
+
+/// Prints the warning for pairs whose chosen and rejected texts are the same, if any.
+pub fn warn_identical(pairs: &[PairText]) {
+    if let Some(w) = reward_lens_report::datasets::identical_pairs_warning(pairs) {
+        eprintln!("warning: {w}");
+    }
+}
+
+/// A preference file in either format (pairs or RewardBench 2 rows), warning as [`read_pairs`].
+pub fn read_preferences(path: &std::path::Path) -> Result<reward_lens_report::datasets::Preferences> {
+    let prefs = reward_lens_report::datasets::read_preferences(path)?;
+    if let reward_lens_report::datasets::Preferences::Pairs(p) = &prefs {
+        warn_identical(p);
+    }
+    Ok(prefs)
 }
 
 /// Options every instrument command shares: batching, the bootstrap seed, the JSON output.

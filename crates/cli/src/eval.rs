@@ -3,10 +3,11 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
+use crate::args::read_preferences;
 use reward_lens_engine::Truncation;
 use reward_lens_instruments::evaluation::{evaluate, ModelEval};
 use reward_lens_instruments::rewardbench2::{n_completions, score_rows, summarise, Rb2Row};
-use reward_lens_report::datasets::{read_preferences, Preferences};
+use reward_lens_report::datasets::Preferences;
 use reward_lens_report::scoring::{rewardbench2_table, Rb2Eval};
 
 use crate::{DtypeArg, ModelArgs};

@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
+use crate::args::read_preferences;
 use reward_lens_engine::{RewardModel, ScoreOptions, Truncation};
 use reward_lens_instruments::rewardbench2::{summarise, Rb2Row, RowScores};
-use reward_lens_report::datasets::{read_preferences, Preferences};
+use reward_lens_report::datasets::Preferences;
 use reward_lens_report::scoring::{
     pairs_per_batch, resume_point, resume_rows, rewardbench2_table, rows_per_chunk, score_in_file_batches,
     score_rows_in_file_chunks, Rb2Eval, RowScoreLine, Tallies,

@@ -1127,3 +1127,19 @@ fn an_answer_key_without_rules_is_refused() {
         assert!(!d.join("out/results.json").exists());
     }
 }
+
+/// Pairs whose chosen and rejected texts are the same are scored (real datasets hold a few) with
+/// a warning naming them: their margin is 0 and they count as wrong.
+#[test]
+fn identical_pairs_are_scored_with_a_warning() {
+    let d = tmp("identical-pairs");
+    let f = d.join("p.jsonl");
+    std::fs::write(&f, "{\"prompt\": \"q\", \"chosen\": \"a\", \"rejected\": \"b\"}\n{\"prompt\": \"q\", \"chosen\": \"same\", \"rejected\": \"same\"}\n").unwrap();
+    let o = exe().args(["score", "--pairs"]).arg(&f).output().unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{e}");
+    assert!(
+        e.contains("warning: 1 of 2 pairs have the same chosen and rejected text") && e.contains("p.jsonl:2"),
+        "{e}"
+    );
+}

@@ -353,6 +353,24 @@ pub fn parse_concept(name: &str, source: &str, text: &str) -> Result<ConceptText
     Ok(ConceptText { name: name.to_string(), items })
 }
 
+/// A warning for pairs whose chosen and rejected texts are the same: their margin is exactly 0,
+/// so they count as wrong and every instrument finds nothing in them. Real datasets hold a few,
+/// so they are scored, not refused; None when there are none.
+pub fn identical_pairs_warning(pairs: &[PairText]) -> Option<String> {
+    let same: Vec<String> = pairs.iter().filter(|p| p.chosen == p.rejected).map(PairText::location).collect();
+    if same.is_empty() {
+        return None;
+    }
+    let shown = same.iter().take(3).cloned().collect::<Vec<_>>().join(", ");
+    let more = if same.len() > 3 { format!(" and {} more", same.len() - 3) } else { String::new() };
+    Some(format!(
+        "{} of {} pairs have the same chosen and rejected text ({shown}{more}): their margin is 0, they count as \
+         wrong, and no instrument can find anything in them",
+        same.len(),
+        pairs.len()
+    ))
+}
+
 /// Concepts from files or directories of `*.jsonl` (the file name names the concept); no paths:
 /// the 8 built-in concepts.
 pub fn read_concepts(paths: &[PathBuf]) -> Result<Vec<ConceptText>> {
@@ -544,5 +562,14 @@ mod tests {
         assert_eq!(parse_concept("c", "c.jsonl", ok).unwrap().items.len(), 1);
         let e = parse_concept("c", "c.jsonl", &format!("{ok}\n{same}\n")).unwrap_err().to_string();
         assert!(e.contains("c.jsonl:2") && e.contains("`negative` is identical to `positive`"), "{e}");
+    }
+
+    #[test]
+    fn identical_pairs_are_counted_and_located() {
+        let p = |c: &str, r: &str, id: u64| PairText::new("q", c, r).with_id(id);
+        assert!(identical_pairs_warning(&[p("a", "b", 0)]).is_none());
+        let pairs: Vec<PairText> = (0..6).map(|i| p("same", if i == 1 { "other" } else { "same" }, i)).collect();
+        let w = identical_pairs_warning(&pairs).unwrap();
+        assert!(w.starts_with("5 of 6 pairs") && w.contains("(pair 0, pair 2, pair 3 and 2 more)"), "{w}");
     }
 }
