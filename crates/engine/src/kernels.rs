@@ -25,6 +25,49 @@ fn parallel() -> bool {
     candle_core::utils::get_num_threads() > 1
 }
 
+/// `dst = lhs · rhs` by gemm, without reading `dst` (so it may be uninitialised): `lhs` is m × k
+/// with contiguous rows of stride `lhs_rs`, `dst` m × n with contiguous rows of stride `dst_rs`,
+/// and `rhs` k × n read with row and column strides `rhs_strides`.
+///
+/// # Safety
+/// Every element those shapes and strides address must be in bounds of its buffer.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_into(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    dst_rs: usize,
+    lhs: *const f32,
+    lhs_rs: usize,
+    rhs: *const f32,
+    (rhs_rs, rhs_cs): (usize, usize),
+    parallelism: gemm::Parallelism,
+) {
+    // SAFETY: the caller guarantees the addressed elements are in bounds.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            false,
+            lhs,
+            1,
+            lhs_rs as isize,
+            rhs,
+            rhs_cs as isize,
+            rhs_rs as isize,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
 /// `a @ b` (or `a @ bᵀ`) over leading batch axes: `a` `[S.., m, k]`, `b` `[S.., k, n]`
 /// (`[S.., n, k]` when transposed), both contiguous; the projections are the unbatched case.
 /// candle makes the same gemm calls but zero-fills the output first although gemm overwrites it
@@ -64,32 +107,21 @@ impl CustomOp2 for BatchedGemm {
             candle_core::bail!("batched-gemm-f32: inner dimensions {k} and {kb} differ");
         }
         // Row and column strides of the right operand as gemm reads it ([k, n]).
-        let (rhs_rs, rhs_cs) = if self.transpose_rhs { (1, k as isize) } else { (n as isize, 1) };
+        let (rhs_rs, rhs_cs) = if self.transpose_rhs { (1, k) } else { (n, 1) };
         let steps: usize = da[..r - 2].iter().product();
         let mut dst: Vec<f32> = Vec::with_capacity(steps * m * n);
         let one = |(s, d): (usize, &mut [std::mem::MaybeUninit<f32>]), parallelism| {
             // SAFETY: entry s of a is m × k row-major and of b k × n under the strides above, in
             // bounds; d has room for m × n and gemm writes each element without reading it.
             unsafe {
-                gemm::gemm(
-                    m,
-                    n,
-                    k,
+                gemm_into(
+                    (m, n, k),
                     d.as_mut_ptr() as *mut f32,
-                    1,
-                    n as isize,
-                    false,
+                    n,
                     a[s * m * k..].as_ptr(),
-                    1,
-                    k as isize,
+                    k,
                     b[s * k * n..].as_ptr(),
-                    rhs_cs,
-                    rhs_rs,
-                    0.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
+                    (rhs_rs, rhs_cs),
                     parallelism,
                 )
             }
@@ -391,25 +423,14 @@ impl CustomOp3 for CausalAttention {
             // SAFETY: qb is m × hd row-major, kb's first kmax rows are kmax × hd row-major and
             // read as its transpose, p has m rows of tk ≥ kmax; gemm writes without reading.
             unsafe {
-                gemm::gemm(
-                    m,
-                    kmax,
-                    hd,
+                gemm_into(
+                    (m, kmax, hd),
                     p.as_mut_ptr(),
-                    1,
-                    tk as isize,
-                    false,
+                    tk,
                     qb.as_ptr(),
-                    1,
-                    hd as isize,
+                    hd,
                     kb.as_ptr(),
-                    hd as isize,
-                    1,
-                    0.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
+                    (1, hd),
                     gemm::Parallelism::None,
                 )
             };
@@ -421,25 +442,14 @@ impl CustomOp3 for CausalAttention {
             // SAFETY: p's rows hold kpv ≤ tk weights (row stride tk), vb's first kpv rows are
             // kpv × hd row-major, out is m × hd.
             unsafe {
-                gemm::gemm(
-                    m,
-                    hd,
-                    kpv,
+                gemm_into(
+                    (m, hd, kpv),
                     out.as_mut_ptr(),
-                    1,
-                    hd as isize,
-                    false,
+                    hd,
                     p.as_ptr(),
-                    1,
-                    tk as isize,
+                    tk,
                     vb.as_ptr(),
-                    1,
-                    hd as isize,
-                    0.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
+                    (hd, 1),
                     gemm::Parallelism::None,
                 )
             };
