@@ -681,6 +681,9 @@ pub fn audit<'py>(
         write_files(&res, &out).or_raise()?;
         Ok(res)
     })?;
+    if let Some(w) = res.identical_pairs_warning() {
+        crate::model::warn(py, &w)?;
+    }
     report(py, &res)
 }
 

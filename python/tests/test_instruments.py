@@ -209,3 +209,14 @@ def test_identical_pairs_are_scored_with_a_warning(model):
     with pytest.warns(UserWarning, match="1 of 2 pairs have the same chosen and rejected text"):
         rows = model.score_pairs(pairs, progress=False)
     assert len(rows) == 2 and rows[1]["margin"] == 0.0
+
+
+def test_the_audit_names_identical_pairs(model, tmp_path):
+    pairs = [{"prompt": f"q{i}", "chosen": f"answer {i}", "rejected": f"other {i}"} for i in range(4)]
+    pairs[2]["rejected"] = pairs[2]["chosen"]
+    with pytest.warns(UserWarning, match="1 of 4 pairs have the same chosen and rejected text"):
+        res = rl.audit(model, pairs=pairs, out=tmp_path / "a", permutations=20, progress=False)
+    assert len(res["inputs"]["identical_pairs"]) == 1
+    titles = [f["title"] for f in res["findings"]]
+    assert "Pairs without a difference" in titles
+    assert "same chosen and rejected text" in (tmp_path / "a" / "report.html").read_text()

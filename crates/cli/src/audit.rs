@@ -139,7 +139,11 @@ pub fn run(a: AuditArgs) -> Result<()> {
         Ok(r)
     });
     bar.finish_and_clear();
-    crate::output::audit_summary(&res?, &a.out);
+    let res = res?;
+    if let Some(w) = res.identical_pairs_warning() {
+        eprintln!("warning: {w}");
+    }
+    crate::output::audit_summary(&res, &a.out);
     Ok(())
 }
 

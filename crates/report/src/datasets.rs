@@ -357,17 +357,25 @@ pub fn parse_concept(name: &str, source: &str, text: &str) -> Result<ConceptText
 /// so they count as wrong and every instrument finds nothing in them. Real datasets hold a few,
 /// so they are scored, not refused; None when there are none.
 pub fn identical_pairs_warning(pairs: &[PairText]) -> Option<String> {
-    let same: Vec<String> = pairs.iter().filter(|p| p.chosen == p.rejected).map(PairText::location).collect();
+    identical_pairs_text(&identical_pairs(pairs), pairs.len())
+}
+
+/// Where the pairs whose chosen and rejected texts are the same are (file:line or id).
+pub fn identical_pairs(pairs: &[PairText]) -> Vec<String> {
+    pairs.iter().filter(|p| p.chosen == p.rejected).map(PairText::location).collect()
+}
+
+/// The warning for `same` (locations, as [`identical_pairs`] gives them) among `total` pairs.
+pub fn identical_pairs_text(same: &[String], total: usize) -> Option<String> {
     if same.is_empty() {
         return None;
     }
     let shown = same.iter().take(3).cloned().collect::<Vec<_>>().join(", ");
     let more = if same.len() > 3 { format!(" and {} more", same.len() - 3) } else { String::new() };
     Some(format!(
-        "{} of {} pairs have the same chosen and rejected text ({shown}{more}): their margin is 0, they count as \
-         wrong, and no instrument can find anything in them",
+        "{} of {total} pairs have the same chosen and rejected text ({shown}{more}): their margin is 0, they count \
+         as wrong, and no instrument can find anything in them",
         same.len(),
-        pairs.len()
     ))
 }
 

@@ -76,3 +76,52 @@ fn library_audit_equals_the_commands_golden_results() {
     }
     assert!(!html.contains("<section id=\"ground-truth\">"), "no answer key, no ground-truth section");
 }
+
+/// Pairs whose chosen and rejected texts are the same are audited (margin exactly 0) and named:
+/// in results.json's setup, as a warning finding, in the report's setup table and in the
+/// warning the command prints and Python raises. A dataset without them shows none of it.
+#[test]
+fn identical_pairs_are_named_in_the_results_findings_and_report() {
+    let model_dir = repo().join("tests/fixtures/models/llama");
+    let mut pairs = reward_lens_report::datasets::read_pairs(&repo().join("tests/fixtures/pairs.jsonl")).unwrap();
+    pairs.truncate(6);
+    for i in [1, 4] {
+        pairs[i].rejected = pairs[i].chosen.clone();
+    }
+    let inputs = AuditInputs {
+        model_name: "llama fixture".into(),
+        model_dir,
+        pairs: PairSource::Inline { name: "six pairs".into(), pairs: pairs.clone() },
+        probes: Vec::new(),
+        concepts: Vec::new(),
+        options: AuditOptions { batch_size: 4, permutations: 20, ..Default::default() },
+        answer_key: None,
+        tail_subsets: vec!["tail".into()],
+    };
+    let res = run_audit(&inputs, &mut |_: usize, _: usize, _: &str| {}).unwrap();
+    let want: Vec<String> = [1, 4].iter().map(|&i| pairs[i].location()).collect();
+    assert_eq!(res.inputs.identical_pairs, want);
+    assert!(want[0].contains("pairs.jsonl:"), "{want:?}");
+    for s in &res.scores {
+        let same = pairs.iter().any(|p| p.id == s.id && p.chosen == p.rejected);
+        assert_eq!(s.margin == 0.0, same, "{:?}", s.id);
+    }
+    let finding = res.findings.iter().find(|f| f.title == "Pairs without a difference").expect("a finding");
+    assert!(matches!(finding.severity, reward_lens_report::audit::Severity::Warning));
+    assert!(finding.text.starts_with("2 of the 6 audited pairs"), "{}", finding.text);
+    assert_eq!(finding.evidence[0].value, Some(2.0 / 6.0));
+    let warning = res.identical_pairs_warning().unwrap();
+    assert!(
+        warning.starts_with(&format!("2 of 6 pairs have the same chosen and rejected text ({}, {})", want[0], want[1]))
+    );
+    let html = reward_lens_report::audit::html::render(&res);
+    assert!(html.contains("same chosen and rejected text"), "setup row");
+
+    // Without such pairs: no field in results.json (the golden above is unchanged), no finding.
+    let inputs =
+        AuditInputs { pairs: PairSource::Inline { name: "two pairs".into(), pairs: pairs[2..4].to_vec() }, ..inputs };
+    let res = run_audit(&inputs, &mut |_: usize, _: usize, _: &str| {}).unwrap();
+    assert!(res.identical_pairs_warning().is_none());
+    assert!(res.findings.iter().all(|f| f.title != "Pairs without a difference"));
+    assert!(serde_json::to_value(&res).unwrap()["inputs"].get("identical_pairs").is_none());
+}

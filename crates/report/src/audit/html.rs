@@ -245,11 +245,15 @@ fn model(h: &mut String, r: &AuditResults) {
     ];
     let mut rows = rows;
     if !s.skipped.is_empty() {
-        let mut list: Vec<String> = s.skipped.iter().take(4).cloned().collect();
-        if s.skipped.len() > 4 {
-            list.push(format!("… {} more in results.json", s.skipped.len() - 4));
-        }
-        rows.push(("left out (longer than the context)", format!("{} items: {}", s.skipped.len(), list.join("; "))));
+        rows.push((
+            "left out (longer than the context)",
+            format!("{} items: {}", s.skipped.len(), first_few(&s.skipped)),
+        ));
+    }
+    if !s.identical_pairs.is_empty() {
+        let text =
+            format!("{} pairs (margin 0, counted wrong): {}", s.identical_pairs.len(), first_few(&s.identical_pairs));
+        rows.push(("same chosen and rejected text", text));
     }
     for (k, v) in rows {
         let _ = write!(h, "<tr><td>{}</td><td>{}</td></tr>", esc(k), esc(&v));
@@ -261,6 +265,15 @@ fn model(h: &mut String, r: &AuditResults) {
     let _ = write!(h, "<tr><th>total</th><th class=\"num\">{:.2} s</th></tr>", r.total_seconds);
     h.push_str("</tbody></table></div></div>\n");
     close(h);
+}
+
+/// The first four items, then how many more results.json lists.
+fn first_few(items: &[String]) -> String {
+    let mut list: Vec<String> = items.iter().take(4).cloned().collect();
+    if items.len() > 4 {
+        list.push(format!("… {} more in results.json", items.len() - 4));
+    }
+    list.join("; ")
 }
 
 fn sample_note(s: &super::results::AuditSetup) -> String {

@@ -364,6 +364,7 @@ pub fn run_audit_shard(inputs: &AuditInputs, shard: Option<Shard>, progress: &mu
         },
         n_concepts: 0,
         skipped,
+        identical_pairs: datasets::identical_pairs(&pairs),
         seed: o.seed,
         max_pairs: o.max_pairs,
         batch_size: o.batch_size,

@@ -108,6 +108,14 @@ pub struct WholeRun {
     pub answer_key: Option<Value>,
 }
 
+impl AuditResults {
+    /// What the caller should print or raise as a warning beside the report: audited pairs whose
+    /// chosen and rejected texts are the same.
+    pub fn identical_pairs_warning(&self) -> Option<String> {
+        crate::datasets::identical_pairs_text(&self.inputs.identical_pairs, self.inputs.pairs_used)
+    }
+}
+
 /// The audit's inputs and settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AuditSetup {
@@ -124,6 +132,9 @@ pub struct AuditSetup {
     pub n_concepts: usize,
     /// Probes and concept pairs left out because they do not fit the model's context.
     pub skipped: Vec<String>,
+    /// Audited pairs whose chosen and rejected texts are the same (margin 0, counted wrong).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identical_pairs: Vec<String>,
     pub seed: u64,
     pub max_pairs: usize,
     pub batch_size: usize,
@@ -378,6 +389,32 @@ margin is {} reward.",
         ),
         evidence: vec![acc, margin],
     });
+    let same = &r.inputs.identical_pairs;
+    if !same.is_empty() {
+        let share = same.len() as f64 / r.inputs.pairs_used.max(1) as f64;
+        out.push(Finding {
+            severity: Severity::Warning,
+            title: "Pairs without a difference".into(),
+            text: format!(
+                "{} of the {} audited pairs have the same chosen and rejected text ({}): their margin is exactly 0, \
+so they count as wrong ({:.1} % of the pairs) and no instrument can find anything in them. Check the dataset.",
+                same.len(),
+                r.inputs.pairs_used,
+                same.iter().take(3).cloned().collect::<Vec<_>>().join(", "),
+                100.0 * share
+            ),
+            evidence: vec![Evidence {
+                quantity: "share of audited pairs with identical chosen and rejected text".into(),
+                value: Some(share),
+                ci_low: None,
+                ci_high: None,
+                p_value: None,
+                q_value: None,
+                n: r.inputs.pairs_used,
+                uncertainty: "exact (a count)".into(),
+            }],
+        });
+    }
     for s in &e.subsets {
         if let Some((lo, hi)) = s.ci {
             if s.n >= 5 && hi < 0.5 {
