@@ -205,8 +205,17 @@ impl CustomOp2 for SiluMul {
         let mut dst: Vec<f32> = Vec::with_capacity(g.len());
         const CHUNK: usize = 1 << 14;
         let run = |(d, g, u): (&mut [std::mem::MaybeUninit<f32>], &[f32], &[f32])| {
-            for ((d, &g), &u) in d.iter_mut().zip(g).zip(u) {
-                d.write((g / (1.0 + (-g).exp())) * u);
+            // e^−g a block at a time through the vector exp, then candle's arithmetic.
+            let mut e = [0f32; 256];
+            for ((d, g), u) in d.chunks_mut(256).zip(g.chunks(256)).zip(u.chunks(256)) {
+                let e = &mut e[..g.len()];
+                for (e, &g) in e.iter_mut().zip(g) {
+                    *e = -g;
+                }
+                crate::expf::exp_in_place(e);
+                for (((d, &g), &u), &e) in d.iter_mut().zip(g).zip(u).zip(&*e) {
+                    d.write((g / (1.0 + e)) * u);
+                }
             }
         };
         let spare = &mut dst.spare_capacity_mut()[..g.len()];
@@ -246,12 +255,12 @@ fn softmax_row(d: &mut [f32], mask: &[u8], scale: f32) {
     let mut max = f32::NEG_INFINITY;
     // SAFETY: d holds tk > 0 elements.
     unsafe { f32::vec_reduce_max(d.as_ptr(), &mut max, tk) };
-    // exp(−∞ − max) is exactly 0 for a finite max, so masked keys skip the exp (half the row
-    // under a causal mask); a fully masked row (max = −∞) keeps candle's NaN.
-    let skip = max != f32::NEG_INFINITY;
-    for (d, &keep) in d.iter_mut().zip(mask) {
-        *d = if keep == 0 && skip { 0.0 } else { (*d - max).exp() };
+    // Masked keys hold −∞ and exp(−∞ − max) is exactly 0 for a finite max (the vector exp
+    // writes it without a call); a fully masked row (max = −∞) keeps candle's NaN.
+    for d in d.iter_mut() {
+        *d -= max;
     }
+    crate::expf::exp_in_place(d);
     let mut sum = 0.0f32;
     // SAFETY: as above; the sum runs over the whole row, as candle's does (its SIMD lanes and
     // tail depend on the length).

@@ -21,6 +21,7 @@ pub mod batch;
 pub mod bench;
 pub mod config;
 pub mod error;
+mod expf;
 pub mod hash;
 pub mod head;
 pub mod hooks;
