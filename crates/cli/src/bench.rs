@@ -18,9 +18,9 @@ use crate::memory;
 #[derive(Args)]
 #[command(
     after_help = "Builds a seeded synthetic Llama reward model of the given shape (default: 8 layers, d_model 512, \
-8 heads / 2 kv heads, d_mlp 1408, vocab 32000 ≈ 157 MB in f32), measures this machine's f32 matmul rate with the same \
-kernels, then times batched scoring at --seq-len tokens and reports tokens/s, achieved GFLOP/s and their fraction of the \
-matmul rate. Peak memory is measured in a child `reward-lens score` process loading the model from disk \
+8 heads / 2 kv heads, d_mlp 1408, vocab 32000 ≈ 157 MB in f32), times batched scoring at --seq-len tokens and reports \
+tokens/s, achieved GFLOP/s and their fraction of this machine's f32 matmul rate with the same kernels (the best of \
+samples taken before the timings and after every timed run, so a busy moment cannot flatter the fraction). Peak memory is measured in a child `reward-lens score` process loading the model from disk \
 (safetensors, f32 and bf16 on disk), as a multiple of the weights' size in the compute dtype."
 )]
 pub struct BenchArgs {

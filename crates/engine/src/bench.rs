@@ -26,22 +26,44 @@ pub fn matmul_rate(n: usize) -> Result<f64> {
 /// Best-of-10 rate, in GFLOP/s, of one n³ matmul in `dtype` on `device` (cuBLAS on a GPU: the
 /// kernels the model's linear layers use, so the fraction below compares like with like).
 pub fn matmul_rate_on(n: usize, device: &Device, dtype: DType) -> Result<f64> {
-    let mut rng = Rng::new(1);
-    let v: Vec<f32> = (0..n * n).map(|_| rng.normal() as f32).collect();
-    let a = Tensor::from_vec(v.clone(), (n, n), &Device::Cpu)?.to_dtype(dtype)?.to_device(device)?;
-    let b = Tensor::from_vec(v, (n, n), &Device::Cpu)?.to_dtype(dtype)?.to_device(device)?.t()?;
-    a.matmul(&b)?;
-    device.synchronize()?;
-    let mut best = f64::MAX;
-    for _ in 0..10 {
-        let t = Instant::now();
-        let c = a.matmul(&b)?;
-        // A GPU queues work: wait for it. On the CPU the product is done on return.
+    MatmulProbe::new(n, device, dtype)?.best_rate(10)
+}
+
+/// Two n × n operands on a device, kept to sample the machine's matmul rate again and again:
+/// on a shared machine a neighbour can slow any one short sample, so the bench takes its rate
+/// as the best of samples spread over the whole model timing.
+pub struct MatmulProbe {
+    n: usize,
+    a: Tensor,
+    b: Tensor,
+}
+
+impl MatmulProbe {
+    /// Seeded operands (`b` transposed, as a linear layer's weight), with one warm-up product.
+    pub fn new(n: usize, device: &Device, dtype: DType) -> Result<Self> {
+        let mut rng = Rng::new(1);
+        let v: Vec<f32> = (0..n * n).map(|_| rng.normal() as f32).collect();
+        let a = Tensor::from_vec(v.clone(), (n, n), &Device::Cpu)?.to_dtype(dtype)?.to_device(device)?;
+        let b = Tensor::from_vec(v, (n, n), &Device::Cpu)?.to_dtype(dtype)?.to_device(device)?.t()?;
+        a.matmul(&b)?;
         device.synchronize()?;
-        drop(c);
-        best = best.min(t.elapsed().as_secs_f64());
+        Ok(Self { n, a, b })
     }
-    Ok(2.0 * (n as f64).powi(3) / best / 1e9)
+
+    /// The rate, in GFLOP/s, of the fastest of `reps` (≥ 1) products.
+    pub fn best_rate(&self, reps: usize) -> Result<f64> {
+        let device = self.a.device();
+        let mut best = f64::MAX;
+        for _ in 0..reps.max(1) {
+            let t = Instant::now();
+            let c = self.a.matmul(&self.b)?;
+            // A GPU queues work: wait for it. On the CPU the product is done on return.
+            device.synchronize()?;
+            drop(c);
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        Ok(2.0 * (self.n as f64).powi(3) / best / 1e9)
+    }
 }
 
 /// The threads rayon uses: `RAYON_NUM_THREADS` if set, else the machine's parallelism.
@@ -231,9 +253,10 @@ pub struct SpeedReport {
 }
 
 /// Times batched scoring of `model` (of `shape`) at `seq_len` tokens for each batch size.
-/// `on_matmul` hears the first matmul rate before the timings start. The machine rate is the
-/// better of two measurements around the model timings, so a noisy moment during one of them
-/// cannot flatter the ratio.
+/// `on_matmul` hears the first matmul rate before the timings start. The machine rate is the best
+/// of a sample before the timings and one after every timed run, so a neighbour slowing one
+/// sample cannot flatter the ratio: the rate and the model time are both best-of over the same
+/// stretch of time.
 pub fn speed(
     model: &RewardModel,
     shape: &LlamaShape,
@@ -246,14 +269,22 @@ pub fn speed(
     // (which a 1024³ product leaves mostly idle).
     let (device, dtype) = (&model.device, model.dtype);
     let n = if device.is_cpu() { 1024 } else { 8192 };
-    let first = matmul_rate_on(n, device, dtype)?;
-    on_matmul(first);
+    let probe = MatmulProbe::new(n, device, dtype)?;
+    let mut matmul = probe.best_rate(10)?;
+    on_matmul(matmul);
     let mut rng = Rng::new(11);
     let mut speed = Vec::new();
     for &bs in batch_sizes {
         let seqs: Vec<Vec<u32>> = (0..bs).map(|_| random_tokens(&mut rng, seq_len, shape.vocab_size)).collect();
         let batch = model.batch(&seqs, PaddingSide::Right)?;
-        let (per, _) = best_of(iters, || model.score(&batch))?;
+        model.score(&batch)?;
+        let mut per = f64::MAX;
+        for _ in 0..iters.max(1) {
+            let t = Instant::now();
+            model.score(&batch)?;
+            per = per.min(t.elapsed().as_secs_f64());
+            matmul = matmul.max(probe.best_rate(3)?);
+        }
         let gflops = shape.flops_per_sequence(seq_len) * bs as f64 / per / 1e9;
         let tokens_per_s = (bs * seq_len) as f64 / per;
         speed.push(SpeedRow {
@@ -265,7 +296,6 @@ pub fn speed(
             fraction_of_matmul: 0.0,
         });
     }
-    let matmul = first.max(matmul_rate_on(n, device, dtype)?);
     for r in &mut speed {
         r.fraction_of_matmul = r.gflops / matmul;
     }

@@ -13,7 +13,7 @@ use std::time::Instant;
 use candle_core::Tensor;
 use serde::Serialize;
 
-use crate::bench::{best_of, describe, matmul_rate_on, random_tokens};
+use crate::bench::{best_of, describe, random_tokens, MatmulProbe};
 use crate::error::Result;
 use crate::hooks::{Action, Hooks, Intervention};
 use crate::runtime::{device_name, dtype_name};
@@ -117,7 +117,8 @@ pub fn stage_times(
 ) -> Result<StageTimes> {
     let device = model.device.clone();
     let n = if device.is_cpu() { 1024 } else { 8192 };
-    let matmul = matmul_rate_on(n, &device, model.dtype)?;
+    let probe = MatmulProbe::new(n, &device, model.dtype)?;
+    let mut matmul = probe.best_rate(10)?;
     let mut rng = Rng::new(11);
     let seqs: Vec<Vec<u32>> = (0..batch).map(|_| random_tokens(&mut rng, seq_len, shape.vocab_size)).collect();
     let b = model.batch(&seqs, PaddingSide::Right)?;
@@ -160,14 +161,14 @@ pub fn stage_times(
             last = at;
         }
         let total = end.duration_since(start).as_secs_f64();
+        // As in `bench::speed`: the rate is the best of samples spread over the timed passes.
+        matmul = matmul.max(probe.best_rate(3)?);
         // The first pass warms up.
         if i > 0 && best.as_ref().is_none_or(|(t, _)| total < *t) {
             best = Some((total, per));
         }
     }
     let (staged, per) = best.expect("at least one timed pass");
-    // As in `bench::speed`: the better of two rate measurements, around the timed passes.
-    let matmul = matmul.max(matmul_rate_on(n, &device, model.dtype)?);
     let stages = STAGES
         .iter()
         .zip(per)
