@@ -78,9 +78,15 @@ pub fn random_tokens(rng: &mut Rng, n: usize, vocab: usize) -> Vec<u32> {
 }
 
 /// Seconds of the fastest of `iters` (≥ 1) timed calls after one warm-up, and the last result.
-pub fn best_of<T, E>(
+pub fn best_of<T, E>(iters: usize, f: impl FnMut() -> std::result::Result<T, E>) -> std::result::Result<(f64, T), E> {
+    best_of_then(iters, f, || Ok(()))
+}
+
+/// [`best_of`], calling `after` (untimed) after every timed call.
+pub fn best_of_then<T, E>(
     iters: usize,
     mut f: impl FnMut() -> std::result::Result<T, E>,
+    mut after: impl FnMut() -> std::result::Result<(), E>,
 ) -> std::result::Result<(f64, T), E> {
     let mut last = f()?;
     let mut best = f64::MAX;
@@ -88,6 +94,7 @@ pub fn best_of<T, E>(
         let t = Instant::now();
         last = f()?;
         best = best.min(t.elapsed().as_secs_f64());
+        after()?;
     }
     Ok((best, last))
 }
@@ -277,14 +284,14 @@ pub fn speed(
     for &bs in batch_sizes {
         let seqs: Vec<Vec<u32>> = (0..bs).map(|_| random_tokens(&mut rng, seq_len, shape.vocab_size)).collect();
         let batch = model.batch(&seqs, PaddingSide::Right)?;
-        model.score(&batch)?;
-        let mut per = f64::MAX;
-        for _ in 0..iters.max(1) {
-            let t = Instant::now();
-            model.score(&batch)?;
-            per = per.min(t.elapsed().as_secs_f64());
-            matmul = matmul.max(probe.best_rate(3)?);
-        }
+        let (per, _) = best_of_then(
+            iters,
+            || model.score(&batch),
+            || {
+                matmul = matmul.max(probe.best_rate(3)?);
+                Ok(())
+            },
+        )?;
         let gflops = shape.flops_per_sequence(seq_len) * bs as f64 / per / 1e9;
         let tokens_per_s = (bs * seq_len) as f64 / per;
         speed.push(SpeedRow {
