@@ -136,6 +136,7 @@ fn patch_options(
     mean_reference: Option<&Bound<'_, PyAny>>,
     v1_compat: bool,
     naive: bool,
+    verify_top: usize,
     batch_size: usize,
     seed: u64,
 ) -> PyResult<PatchOptions> {
@@ -165,6 +166,7 @@ fn patch_options(
         v1_compat,
         naive,
         mean_reference,
+        verify_top,
         batch_size: batch_size_ok(batch_size)?,
         seed,
     })
@@ -175,8 +177,8 @@ macro_rules! patch_like {
         #[doc = $doc]
         #[pyfunction]
         #[pyo3(signature = (model, pairs, mode="noising", granularity="sublayer", align="anchored", positions="all",
-                    mean_reference=None, v1_compat=false, naive=false, batch_size=16, seed=0, truncate_prompt=false,
-                    progress=None))]
+                            mean_reference=None, v1_compat=false, naive=false, verify_top=0, batch_size=16, seed=0,
+                            truncate_prompt=false, progress=None))]
         #[allow(clippy::too_many_arguments)]
         pub fn $name<'py>(
             py: Python<'py>,
@@ -189,6 +191,7 @@ macro_rules! patch_like {
             mean_reference: Option<&Bound<'py, PyAny>>,
             v1_compat: bool,
             naive: bool,
+            verify_top: usize,
             batch_size: usize,
             seed: u64,
             truncate_prompt: bool,
@@ -205,6 +208,7 @@ macro_rules! patch_like {
                 mean_reference,
                 v1_compat,
                 naive,
+                verify_top,
                 batch_size,
                 seed,
             )?;
@@ -231,7 +235,9 @@ patch_like!(
     atp_with_progress,
     "attribution patching",
     "Attribution patching (AtP): the first-order estimate of every patch from one gradient pass, \
-with exactly the replacements `patch` uses, so the two compare term by term."
+with exactly the replacements `patch` uses, so the two compare term by term. verify_top=K patches \
+the K components with the largest estimates exactly, per pair (their names are listed in the pair's \
+`exact`); `patch` rejects it."
 );
 
 /// Path patching, one hop: the sender head's patched write reaches only each receiver.
@@ -289,8 +295,20 @@ pub fn faithfulness<'py>(
     truncate_prompt: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let m = &model.inner;
-    let opts =
-        patch_options(py, m, mode, granularity, align, positions, mean_reference, v1_compat, false, batch_size, seed)?;
+    let opts = patch_options(
+        py,
+        m,
+        mode,
+        granularity,
+        align,
+        positions,
+        mean_reference,
+        v1_compat,
+        false,
+        0,
+        batch_size,
+        seed,
+    )?;
     let (pairs, ids) = encoded(py, m, pairs, truncate_prompt)?;
     let subsets: Vec<Option<String>> = pairs.iter().map(|p| p.subset.clone()).collect();
     let rep = detached(py, || faithfulness_fn(m, &ids, &subsets, &opts).or_raise())?;

@@ -85,6 +85,17 @@ def test_patching_equals_command(cli, tmp_path, model, command):
         close(p["original_margin"], line["original_margin"])
 
 
+def test_verified_atp_is_patching_where_it_verifies(model):
+    exact = rl.patch(model, PAIRS, granularity="head", progress=False)["report"]
+    verified = rl.atp(model, PAIRS, granularity="head", verify_top=2, progress=False)["report"]
+    for x, v in zip(exact["pairs"], verified["pairs"]):
+        assert len(v["exact"]) == 2
+        for k in v["exact"]:
+            assert abs(v["effects"][k] - x["effects"][k]) < 1e-5 * (1 + abs(x["effects"][k]))
+    with pytest.raises(ValueError, match="verify_top"):
+        rl.patch(model, PAIRS, verify_top=2, progress=False)
+
+
 def test_path_patch_and_faithfulness_equal_command(cli, tmp_path, model):
     out = tmp_path / "paths.jsonl"
     run_cli(cli, "path-patch", "--model", LLAMA, "--pairs", PAIRS, "--sender", "0.1", "--out", out)

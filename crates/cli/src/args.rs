@@ -333,6 +333,11 @@ pub struct PatchArgs {
     /// Re-run the whole model per patch (slow; for checking).
     #[arg(long)]
     pub naive: bool,
+    /// atp only: patch the K components with the largest estimates exactly, per pair, and report
+    /// their exact effects (listed under "exact"); the rest stay first-order estimates. Costs
+    /// the sweep's work for those K alone, from the clean runs AtP already made.
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub verify_top: usize,
     /// Per-pair results, one JSON line each (appended as they finish).
     #[arg(long, value_name = "FILE.jsonl", required = true)]
     pub out: PathBuf,
@@ -375,6 +380,7 @@ impl PatchArgs {
             v1_compat: self.v1_compat,
             naive: self.naive,
             mean_reference,
+            verify_top: self.verify_top,
             batch_size: self.batch_size,
             seed: self.seed,
         })

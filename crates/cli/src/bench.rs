@@ -11,8 +11,9 @@ use clap::Args;
 use reward_lens_engine::bench;
 use reward_lens_engine::synth::LlamaShape;
 use reward_lens_engine::{DType, Device, Site};
+use reward_lens_instruments::patching::Granularity;
 
-use crate::args::{parse_device, DtypeArg};
+use crate::args::{choice, parse_device, DtypeArg};
 use crate::memory;
 
 #[derive(Args)]
@@ -50,11 +51,14 @@ pub struct BenchArgs {
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
-    /// Instead: time a full sublayer patch sweep (noising) on 20 generated pairs of 40–60 tokens
+    /// Instead: time a full patch sweep (noising; --patch-granularity) on 20 generated pairs of 40–60 tokens
     /// (default shape then d_mlp 1376), naive vs sweep vs attribution patching, on --device in
     /// --dtype. Set RAYON_NUM_THREADS=1 for one thread.
     #[arg(long)]
     pub patch: bool,
+    /// With --patch: what each patch replaces, `sublayer` (attention and MLP outputs) or `head`.
+    #[arg(long, value_parser = choice::<Granularity>(&["sublayer", "head"]), default_value = "sublayer")]
+    pub patch_granularity: Granularity,
     /// With --patch: how many of the 20 generated pairs to time (fewer for a large model).
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=20))]
     pub patch_pairs: u16,
@@ -93,12 +97,16 @@ fn patch_bench(a: &BenchArgs) -> Result<()> {
     let model = bench::generated_model_on(&shape, &opts)?;
     let mut pairs = bench::patch_pairs(a.vocab);
     pairs.truncate(a.patch_pairs.into());
-    let (opts, mut rows) = (PatchOptions::default(), Vec::new());
+    let opts = PatchOptions { granularity: a.patch_granularity, ..Default::default() };
+    let mut rows = Vec::new();
     let naive = PatchOptions { naive: true, ..opts.clone() };
+    let verified = PatchOptions { verify_top: VERIFY_TOP, ..opts.clone() };
+    let verified_label = format!("attribution patching, its {VERIFY_TOP} largest estimates patched exactly");
     for (label, atp_run, o) in [
         ("naive (one full forward per patch, the peer's method)", false, &naive),
         ("sweep (resume from cached layer inputs, batched)", false, &opts),
         ("attribution patching (all components, first order)", true, &opts),
+        (verified_label.as_str(), true, &verified),
     ] {
         let (s, fe) = bench::best_of(a.iters, || {
             let r = if atp_run { atp(&model, &pairs, o) } else { patch(&model, &pairs, o) };
@@ -106,9 +114,33 @@ fn patch_bench(a: &BenchArgs) -> Result<()> {
         })?;
         rows.push((label, s / pairs.len() as f64, fe));
     }
-    print!("{}", bench::patch_table(&model, pairs.len(), &rows, bench::clean_run_cost(&pairs)));
+    let components = match a.patch_granularity {
+        Granularity::Head => "heads",
+        _ => "sublayers",
+    };
+    print!("{}", bench::patch_table(&model, components, pairs.len(), &rows, bench::clean_run_cost(&pairs)));
+    // What verification buys: how many of each pair's truly largest effects it reports exactly.
+    let (exact, checked) = (patch(&model, &pairs, &opts)?, atp(&model, &pairs, &verified)?);
+    let found: usize = exact
+        .pairs
+        .iter()
+        .zip(&checked.pairs)
+        .map(|(x, v)| {
+            let mut by_size: Vec<usize> = (0..x.effects.len()).collect();
+            by_size.sort_by(|&i, &j| x.effects[j].abs().total_cmp(&x.effects[i].abs()));
+            by_size[..VERIFY_TOP.min(by_size.len())].iter().filter(|k| v.exact.contains(k)).count()
+        })
+        .sum();
+    println!(
+        "verification found {found} of the {} largest exact effects ({VERIFY_TOP} per pair); the rest of its \
+         effects are first-order estimates",
+        VERIFY_TOP * pairs.len()
+    );
     Ok(())
 }
+
+/// Components per pair the verified attribution-patching row patches exactly.
+const VERIFY_TOP: usize = 4;
 
 /// Training throughput of a TopK SAE on activations collected from the generated benchmark model.
 fn sae_bench(a: &BenchArgs) -> Result<()> {

@@ -39,6 +39,9 @@ fn run_kind(a: PatchArgs, attribution_patching: bool) -> Result<()> {
             "len_chosen": r.len_chosen,
             "len_rejected": r.len_rejected,
         });
+        if !r.exact.is_empty() {
+            line["exact"] = json!(r.exact.iter().map(|&k| &names[k]).collect::<Vec<_>>());
+        }
         if let Some(texts) = &divergence_texts {
             if reference.is_none() {
                 reference = Some(reward_lens_instruments::divergence::Reference::fit(&model, &names, texts)?);

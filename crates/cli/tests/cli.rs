@@ -357,6 +357,41 @@ fn patch_atp_and_faithfulness_append_per_pair_and_resume() {
         .arg("--out")
         .arg(&atp));
     assert_eq!(lines(&atp)[0]["effects"].as_object().unwrap().len(), 12);
+    assert!(lines(&atp).iter().all(|l| l.get("exact").is_none()), "plain AtP verifies nothing");
+    // --verify-top: the three largest estimates of each pair become exact patches, named in
+    // "exact"; the other effects stay the estimates, byte for byte.
+    let verified = d.join("verified.jsonl");
+    let o = run(exe()
+        .args(["atp", "--granularity", "head", "--verify-top", "3", "--model"])
+        .arg(&model)
+        .arg("--pairs")
+        .arg(&pairs)
+        .arg("--out")
+        .arg(&verified));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("forward-equivalents per pair"));
+    for (e, v) in lines(&atp).iter().zip(lines(&verified)) {
+        let estimates = e["effects"].as_object().unwrap();
+        let mut by_size: Vec<(&String, f64)> = estimates.iter().map(|(k, x)| (k, x.as_f64().unwrap())).collect();
+        by_size.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
+        let exact: Vec<&str> = v["exact"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
+        assert_eq!(exact.len(), 3);
+        assert!(by_size[..3].iter().all(|(k, _)| exact.contains(&k.as_str())), "{exact:?}");
+        for (k, x) in estimates {
+            if !exact.contains(&k.as_str()) {
+                assert_eq!(&v["effects"][k], x, "{k}: unverified effects are the estimates");
+            }
+        }
+    }
+    let e = exe()
+        .args(["patch", "--verify-top", "2", "--model"])
+        .arg(&model)
+        .arg("--pairs")
+        .arg(&pairs)
+        .arg("--out")
+        .arg(d.join("v.jsonl"))
+        .output()
+        .unwrap();
+    assert!(!e.status.success() && String::from_utf8_lossy(&e.stderr).contains("--verify-top"));
 
     let f = d.join("faith.jsonl");
     let o = run(exe().args(["faithfulness", "--model"]).arg(&model).arg("--pairs").arg(&pairs).arg("--out").arg(&f));

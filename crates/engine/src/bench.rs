@@ -177,10 +177,17 @@ pub fn site_activations(
 /// The patch benchmark's printed table: a heading naming `config`, one row per method
 /// `(label, seconds per pair, forward-equivalents per pair)`, the floor (`clean_runs`, from
 /// [`clean_run_cost`]), and the speed-up of the second method (the sweep) over the first (naive).
-pub fn patch_table(model: &RewardModel, n_pairs: usize, rows: &[(&str, f64, f64)], clean_runs: f64) -> String {
+/// `components`: what each patch replaces (`sublayers`, `heads`, …).
+pub fn patch_table(
+    model: &RewardModel,
+    components: &str,
+    n_pairs: usize,
+    rows: &[(&str, f64, f64)],
+    clean_runs: f64,
+) -> String {
     let c = &model.config;
     let mut s = format!(
-        "Patch sweep, noising, sublayers: {} layers, d_model {}, {}/{} heads, d_mlp {}; {n_pairs} pairs of 40–60 tokens; \
+        "Patch sweep, noising, {components}: {} layers, d_model {}, {}/{} heads, d_mlp {}; {n_pairs} pairs of 40–60 tokens; \
          {} {}, {} thread(s)\n\n",
         c.n_layers,
         c.d_model,
@@ -471,7 +478,8 @@ mod tests {
         assert!(floor > 1.6 && floor < 1.73, "{floor}");
         let one = EncodedPair::new(vec![1, 2, 3, 4], vec![1, 2, 5], (2, 2));
         assert!((clean_run_cost(&[one]) - (1.0 + 1.0 / 3.0)).abs() < 1e-12);
-        let t = patch_table(&model, 20, &[("naive", 0.4, 6.0), ("sweep", 0.1, 2.9)], floor);
+        let t = patch_table(&model, "sublayers", 20, &[("naive", 0.4, 6.0), ("sweep", 0.1, 2.9)], floor);
+        assert!(t.starts_with("Patch sweep, noising, sublayers: "), "{t}");
         assert!(t.contains("; 20 pairs of 40–60 tokens; cpu f32, "), "{t}");
         assert!(t.contains("| naive | 0.400 | 6.0 |\n| sweep | 0.100 | 2.9 |\n"), "{t}");
         assert!(t.contains(&format!("floor: {floor:.2} forward-equivalents")), "{t}");

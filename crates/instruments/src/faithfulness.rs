@@ -67,6 +67,13 @@ pub fn faithfulness(
     subsets: &[Option<String>],
     opts: &PatchOptions,
 ) -> Result<FaithfulnessReport> {
+    if opts.verify_top > 0 {
+        return Err(crate::InstrumentError::Invalid(
+            "faithfulness measures attribution patching's estimates; verify_top (--verify-top) would replace the \
+             largest by exact patches"
+                .into(),
+        ));
+    }
     let report = faithfulness_unchecked(model, pairs, subsets, opts)?;
     crate::finite::ensure_finite("faithfulness", &report)?;
     Ok(report)

@@ -97,6 +97,10 @@ pub struct PatchOptions {
     pub naive: bool,
     /// Texts whose mean activations `mean` mode patches in.
     pub mean_reference: Vec<Vec<u32>>,
+    /// Attribution patching only: patch this many components per pair exactly — those with the
+    /// largest first-order estimates — and report their exact effects (AtP's estimate, then
+    /// verification, as Kramár et al. 2024 recommend). 0: estimates only.
+    pub verify_top: usize,
     pub batch_size: usize,
     pub seed: u64,
 }
@@ -111,6 +115,7 @@ impl Default for PatchOptions {
             v1_compat: false,
             naive: false,
             mean_reference: Vec::new(),
+            verify_top: 0,
             batch_size: 16,
             seed: 0,
         }
@@ -139,6 +144,11 @@ pub struct PairPatching {
     /// of these in pair order, so shards of a run merge into the bytes one run writes.
     #[serde(default)]
     pub forward_equivalents: f64,
+    /// Attribution patching with `verify_top`: the components (indices into the report's
+    /// `components`) whose effects were patched exactly; every other effect is a first-order
+    /// estimate. Empty for `patch`, where every effect is exact.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exact: Vec<usize>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -167,6 +177,7 @@ impl PairPatching {
             len_chosen: pin.chosen.len(),
             len_rejected: pin.rejected.len(),
             forward_equivalents,
+            exact: Vec::new(),
         }
     }
 }
@@ -466,6 +477,12 @@ pub fn patch_with_progress(
     opts: &PatchOptions,
     progress: &mut dyn FnMut(usize),
 ) -> Result<PatchingReport> {
+    if opts.verify_top > 0 {
+        return Err(InstrumentError::Invalid(
+            "verify_top (--verify-top) applies to attribution patching (atp); patch computes every effect exactly"
+                .into(),
+        ));
+    }
     let report = patch_with_progress_unchecked(model, pairs, opts, progress)?;
     crate::finite::ensure_finite("patching", &report)?;
     Ok(report)
@@ -759,6 +776,8 @@ fn sweep(
 /// positions (noising, zero, mean; the patched run is chosen), or `+∂r/∂a · (replacement − a)`
 /// (denoising; the patched run is rejected, whose reward enters the margin with a minus sign).
 /// It uses exactly the replacements `patch` would, so the two are comparable term by term.
+/// With `verify_top` = K, each pair's K largest estimates are then patched exactly (the sweep,
+/// resumed from the clean runs already made) and listed in [`PairPatching::exact`].
 pub fn atp(model: &RewardModel, pairs: &[EncodedPair], opts: &PatchOptions) -> Result<PatchingReport> {
     atp_with_progress(model, pairs, opts, &mut |_| {})
 }
@@ -809,27 +828,23 @@ fn atp_with_progress_unchecked(
             Run { score: g.output.scores[0] as f64, pooled: g.output.pooled_index[0], cache: g.values.clone() };
         let shared = pin.shared_prefix();
         let (other, cost) = clean_run_after(model, s_ids, &target, shared, heads)?;
-        let passes = 1.0 + cost + BACKWARD_COST;
+        let mut passes = 1.0 + cost + BACKWARD_COST;
         let (r_c, r_r) = if denoise { (other.score, target.score) } else { (target.score, other.score) };
         let delta = r_c - r_r;
         let source = matches!(opts.mode, PatchMode::Noising | PatchMode::Denoising).then_some(&other);
         let map = alignment(t_ids, s_ids, target.pooled, other.pooled, align);
         let positions = position_set(opts, t_ids.len(), target.pooled, t_rs);
-        let effects = comps
+        let reps = comps
             .iter()
             .map(|c| {
                 let at = component_positions(c, &positions, target.pooled);
-                let rep = replacement(
-                    c,
-                    &target,
-                    source,
-                    &map,
-                    &at,
-                    opts.mode,
-                    means.as_ref(),
-                    opts.v1_compat && heads,
-                    shared,
-                )?;
+                replacement(c, &target, source, &map, &at, opts.mode, means.as_ref(), opts.v1_compat && heads, shared)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut effects = comps
+            .iter()
+            .zip(&reps)
+            .map(|(c, rep)| {
                 let site = site_of(c).name();
                 let own = target.cache.require(&site)?;
                 let grad = g.grads.require(&site)?;
@@ -837,10 +852,33 @@ fn atp_with_progress_unchecked(
                 Ok(if denoise { first_order } else { -first_order })
             })
             .collect::<Result<Vec<f64>>>()?;
-        out.push(PairPatching::new(i, pin, delta, effects, passes));
+        // Verification: the largest estimates are patched exactly, by the sweep `patch` runs,
+        // from the clean runs already made.
+        let exact = largest(&effects, opts.verify_top);
+        if !exact.is_empty() {
+            let picked: Vec<PatchComponent> = exact.iter().map(|&k| comps[k].clone()).collect();
+            let picked_reps: Vec<Tensor> = exact.iter().map(|&k| reps[k].clone()).collect();
+            let (scores, layer_passes) = sweep(model, t_ids, &target, &picked, &picked_reps, opts.batch_size)?;
+            for (&k, &r) in exact.iter().zip(&scores) {
+                effects[k] = if denoise { delta - (r_c - r) } else { delta - (r - r_r) };
+            }
+            passes += layer_passes / model.config.n_layers as f64;
+        }
+        let mut record = PairPatching::new(i, pin, delta, effects, passes);
+        record.exact = exact;
+        out.push(record);
         progress(i + 1);
     }
     Ok(PatchingReport::new(opts, align, comps, out))
+}
+
+/// The indices of the `k` largest |values| (ties: the lower index), in index order.
+fn largest(values: &[f64], k: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_by(|&a, &b| values[b].abs().total_cmp(&values[a].abs()).then(a.cmp(&b)));
+    order.truncate(k);
+    order.sort_unstable();
+    order
 }
 
 /// A backward pass counted in forward-equivalents: one matmul per forward matmul, since the

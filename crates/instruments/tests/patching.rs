@@ -212,6 +212,52 @@ fn attribution_patching_is_first_order_patching() {
 }
 
 #[test]
+fn verified_attribution_patching_is_exact_where_it_verifies() {
+    use reward_lens_instruments::patching::atp;
+    for name in ["llama", "gemma2", "gpt2"] {
+        let model = load(name);
+        let pairs = inputs(&model)[..3].to_vec();
+        for (mode, granularity) in
+            [(PatchMode::Noising, Granularity::Sublayer), (PatchMode::Denoising, Granularity::Head)]
+        {
+            let opts = PatchOptions { mode, granularity, batch_size: 3, ..Default::default() };
+            let exact = patch(&model, &pairs, &opts).unwrap();
+            let estimate = atp(&model, &pairs, &opts).unwrap();
+            let k = 3;
+            let verified = atp(&model, &pairs, &PatchOptions { verify_top: k, ..opts.clone() }).unwrap();
+            for ((x, e), v) in exact.pairs.iter().zip(&estimate.pairs).zip(&verified.pairs) {
+                assert!(x.exact.is_empty() && e.exact.is_empty(), "only verification lists exact effects");
+                // The k largest estimates, in component order.
+                let mut by_size: Vec<usize> = (0..e.effects.len()).collect();
+                by_size.sort_by(|&a, &b| e.effects[b].abs().total_cmp(&e.effects[a].abs()));
+                let mut top = by_size[..k].to_vec();
+                top.sort();
+                assert_eq!(v.exact, top, "{name} {mode:?}: the largest estimates are verified");
+                for c in 0..e.effects.len() {
+                    if v.exact.contains(&c) {
+                        let d = (v.effects[c] - x.effects[c]).abs();
+                        assert!(d < 1e-5 * (1.0 + x.effects[c].abs()), "{name} {mode:?} {c}: verified vs patch {d}");
+                        assert!(v.normalized[c] == v.effects[c] / v.original_margin || v.original_margin.abs() < 1e-8);
+                    } else {
+                        assert_eq!(v.effects[c], e.effects[c], "{name} {mode:?} {c}: unverified stays the estimate");
+                    }
+                }
+                assert!(v.forward_equivalents > e.forward_equivalents, "verification costs something");
+                assert!(v.forward_equivalents < x.forward_equivalents + 1.0, "{name}: k of the sweep's patches");
+            }
+        }
+        // `patch` computes every effect exactly and refuses the option; so does faithfulness.
+        let opts = PatchOptions { verify_top: 2, ..Default::default() };
+        let err = patch(&model, &pairs, &opts).unwrap_err().to_string();
+        assert!(err.contains("verify_top") && err.contains("atp"), "{err}");
+        let err = reward_lens_instruments::faithfulness::faithfulness(&model, &pairs, &[None, None, None], &opts)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("verify_top"), "{err}");
+    }
+}
+
+#[test]
 fn faithfulness_ranks_the_same_components_three_ways() {
     use reward_lens_instruments::faithfulness::faithfulness;
     use reward_lens_instruments::stats::spearman;
