@@ -834,17 +834,15 @@ fn atp_with_progress_unchecked(
         let source = matches!(opts.mode, PatchMode::Noising | PatchMode::Denoising).then_some(&other);
         let map = alignment(t_ids, s_ids, target.pooled, other.pooled, align);
         let positions = position_set(opts, t_ids.len(), target.pooled, t_rs);
-        let reps = comps
-            .iter()
-            .map(|c| {
-                let at = component_positions(c, &positions, target.pooled);
-                replacement(c, &target, source, &map, &at, opts.mode, means.as_ref(), opts.v1_compat && heads, shared)
-            })
-            .collect::<Result<Vec<_>>>()?;
+        // Made one at a time and dropped: at 8B, all heads' replacements together are gigabytes.
+        let replace = |c: &PatchComponent| {
+            let at = component_positions(c, &positions, target.pooled);
+            replacement(c, &target, source, &map, &at, opts.mode, means.as_ref(), opts.v1_compat && heads, shared)
+        };
         let mut effects = comps
             .iter()
-            .zip(&reps)
-            .map(|(c, rep)| {
+            .map(|c| {
+                let rep = replace(c)?;
                 let site = site_of(c).name();
                 let own = target.cache.require(&site)?;
                 let grad = g.grads.require(&site)?;
@@ -857,7 +855,7 @@ fn atp_with_progress_unchecked(
         let exact = largest(&effects, opts.verify_top);
         if !exact.is_empty() {
             let picked: Vec<PatchComponent> = exact.iter().map(|&k| comps[k].clone()).collect();
-            let picked_reps: Vec<Tensor> = exact.iter().map(|&k| reps[k].clone()).collect();
+            let picked_reps = picked.iter().map(replace).collect::<Result<Vec<_>>>()?;
             let (scores, layer_passes) = sweep(model, t_ids, &target, &picked, &picked_reps, opts.batch_size)?;
             for (&k, &r) in exact.iter().zip(&scores) {
                 effects[k] = if denoise { delta - (r_c - r) } else { delta - (r - r_r) };
