@@ -9,7 +9,7 @@ use reward_lens_engine::{EncodedPair, PaddingSide, PairText, Positions, RewardMo
 use reward_lens_instruments::attribution::{attribute_with_progress, AttributionOptions};
 use reward_lens_instruments::compare::{compare as compare_fn, CompareInput};
 use reward_lens_instruments::concepts::{concepts as concepts_fn, ConceptOptions};
-use reward_lens_instruments::conflict::{analyze, group_pairs, learn_term_directions, objective_terms, Thresholds};
+use reward_lens_instruments::conflict::{analyze, term_groups, learn_term_directions, objective_terms, Thresholds};
 use reward_lens_instruments::diagnose::diagnose as diagnose_fn;
 use reward_lens_instruments::evaluation::evaluate;
 use reward_lens_instruments::faithfulness::faithfulness as faithfulness_fn;
@@ -406,13 +406,7 @@ pub fn conflict<'py>(
     let batch_size = batch_size_ok(batch_size)?;
     let t = Thresholds::new(aligned, orthogonal, conflict).or_raise()?;
     let out = detached(py, || {
-        let groups = group_pairs(&pairs, &ids, group_by);
-        if groups.len() < 2 && objective_terms(m, &[], 1).or_raise()?.is_none() {
-            return Err(input(format!(
-                "group_by={group_by:?}: found {} group(s); conflicts need at least two terms",
-                groups.len()
-            )));
-        }
+        let groups = term_groups(m, &pairs, &ids, group_by).or_raise()?;
         let terms = analyze(&learn_term_directions(m, &groups, layer, batch_size).or_raise()?, &t);
         let inputs: Vec<Vec<u32>> = ids.iter().map(|p| p.chosen.clone()).collect();
         let objectives = objective_terms(m, &inputs, batch_size).or_raise()?.map(|o| o.analyze(&t));

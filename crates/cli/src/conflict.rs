@@ -1,9 +1,9 @@
-use anyhow::{bail, Result};
+use anyhow::{anyhow, Result};
 use clap::Args;
 use serde::Serialize;
 
 use reward_lens_instruments::conflict::{
-    analyze, group_pairs, learn_term_directions, objective_terms, ConflictReport, Thresholds,
+    analyze, term_groups, learn_term_directions, objective_terms, ConflictReport, Thresholds,
 };
 use reward_lens_report::text::conflict_text;
 
@@ -50,10 +50,7 @@ pub fn run(a: ConflictArgs) -> Result<()> {
     let t = Thresholds::new(a.aligned, a.orthogonal, a.conflict)?;
     let model = a.model.load()?;
     let (pairs, ids) = a.input.encode(&model)?;
-    let groups = group_pairs(&pairs, &ids, &a.group_by);
-    if groups.len() < 2 && objective_terms(&model, &[], 1)?.is_none() {
-        bail!("--group-by {}: found {} group(s); conflicts need at least two terms", a.group_by, groups.len());
-    }
+    let groups = term_groups(&model, &pairs, &ids, &a.group_by).map_err(|e| anyhow!("--{e}"))?;
     let terms = analyze(&learn_term_directions(&model, &groups, a.layer, a.run.batch_size)?, &t);
     print!("{}", conflict_text(&terms, &format!("terms grouped by `{}`", a.group_by)));
     let inputs: Vec<Vec<u32>> = ids.iter().map(|p| p.chosen.clone()).collect();

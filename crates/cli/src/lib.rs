@@ -173,7 +173,7 @@ const OUTPUT_FLAGS: &[&str] = &["--out", "--summary", "--markdown"];
 /// path on the command line, or a file of a model folder named there): writing it would destroy
 /// what is being read. One rule for every command, so no command can forget it.
 fn outputs_are_not_inputs(args: &[String]) -> anyhow::Result<()> {
-    let mut outs: Vec<std::path::PathBuf> = Vec::new();
+    let mut outs: Vec<(&str, std::path::PathBuf)> = Vec::new();
     let mut others: Vec<std::path::PathBuf> = Vec::new();
     // The command's own words (`sae train`) are not paths, even beside a folder of that name
     // (`--out sae/` the second time).
@@ -185,7 +185,7 @@ fn outputs_are_not_inputs(args: &[String]) -> anyhow::Result<()> {
         };
         if OUTPUT_FLAGS.contains(&flag) {
             if let Some(v) = value {
-                outs.push(v.into());
+                outs.push((flag, v.into()));
             }
             i += step;
             continue;
@@ -206,9 +206,11 @@ fn outputs_are_not_inputs(args: &[String]) -> anyhow::Result<()> {
         i += 1;
     }
     let inputs: Vec<(&str, &std::path::Path)> = others.iter().map(|p| ("input", p.as_path())).collect();
-    for o in &outs {
-        reward_lens_report::fingerprint::not_an_input(o, &inputs)?;
+    for (flag, o) in &outs {
+        reward_lens_report::fingerprint::not_an_input(flag, o, &inputs)?;
     }
+    let outs: Vec<(&str, &std::path::Path)> = outs.iter().map(|(f, o)| (*f, o.as_path())).collect();
+    reward_lens_report::fingerprint::distinct_outputs(&outs)?;
     Ok(())
 }
 

@@ -777,7 +777,16 @@ fn out_equal_to_an_input_is_refused() {
             exe().args([cmd, "--model"]).arg(&model).arg("--pairs").arg(&pairs).arg(flag).arg(&pairs).output().unwrap();
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success() && err.contains("would destroy the input"), "{cmd} {flag}: {err}");
+        // The flag named is the one that points at the input.
+        assert!(err.contains(&format!("{flag} {}", pairs.display())), "{cmd} {flag}: {err}");
     }
+    // Two outputs at one path: the summary would replace the per-pair lines.
+    let same = d.join("both.jsonl");
+    let o = exe().args(["score", "--pairs"]).arg(&pairs).arg("--out").arg(&same).arg("--summary").arg(&same).output();
+    let o = o.unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--summary") && err.contains("is also --out"), "{err}");
+    assert!(!same.exists(), "refused before anything is written");
     // Also through another spelling of the same file, and a model's own files.
     let other = d.join(".").join("pairs.jsonl");
     let o = exe().args(["score", "--pairs"]).arg(&pairs).arg("--out").arg(&other).output().unwrap();
@@ -1096,8 +1105,9 @@ fn bench_patch_pairs_out_of_range_is_refused() {
 fn nonsense_thresholds_and_strengths_are_refused_up_front() {
     let model = fixtures().join("models/llama");
     let pairs = fixtures().join("pairs.jsonl");
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 8] = [
         (&["probe", "--permutations", "0"], "permutations 0"),
+        (&["conflict", "--group-by", "nosuch"], "--group-by field `nosuch`: no pair has it"),
         (&["audit", "--permutations", "19"], "needs at least 20"),
         (&["diagnose", "--threshold", "nan"], "threshold NaN"),
         (&["diagnose", "--threshold", "1.5"], "in [0, 1]"),

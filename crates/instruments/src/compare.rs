@@ -96,9 +96,10 @@ pub fn formation_correlation(d1: &[f64], d2: &[f64]) -> f64 {
     pearson(&a, &b).unwrap_or(0.0)
 }
 
-/// Linear CKA between two sets of representations of the same n inputs (rows).
+/// Linear CKA between two sets of representations of the same n inputs (rows). None below three
+/// rows: two centred rows are each other's negatives, so any two sets give exactly 1.
 pub fn linear_cka(x: &[Vec<f32>], y: &[Vec<f32>]) -> Result<Option<f64>> {
-    if x.len() != y.len() || x.len() < 2 {
+    if x.len() != y.len() || x.len() < 3 {
         return Ok(None);
     }
     let centred = |m: &[Vec<f32>]| -> Result<Tensor> {
@@ -233,5 +234,8 @@ mod tests {
         let z: Vec<Vec<f32>> = (0..6).map(|i| vec![((i * 7) % 3) as f32, (i % 2) as f32]).collect();
         let c = linear_cka(&x, &z).unwrap().unwrap();
         assert!((0.0..1.0).contains(&c));
+        // Two rows (one pair's two sequences) say nothing: unrelated sets would give exactly 1.
+        assert!((linear_cka(&x[..3], &z[..3]).unwrap().unwrap() - 1.0).abs() > 1e-6);
+        assert_eq!(linear_cka(&x[..2], &z[..2]).unwrap(), None);
     }
 }

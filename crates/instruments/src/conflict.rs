@@ -306,6 +306,23 @@ pub fn group_pairs(pairs: &[PairText], encoded: &[EncodedPair], field: &str) -> 
     groups
 }
 
+/// [`group_pairs`], refused when the terms cannot conflict: fewer than two groups, unless the
+/// model's own objectives (ArmoRM) are the terms compared.
+pub fn term_groups(model: &RewardModel, pairs: &[PairText], encoded: &[EncodedPair], field: &str) -> Result<Vec<Group>> {
+    let groups = group_pairs(pairs, encoded, field);
+    if groups.len() >= 2 || objective_terms(model, &[], 1)?.is_some() {
+        return Ok(groups);
+    }
+    let found = match groups.first() {
+        Some((name, _)) if name == "(none)" => "no pair has it".to_string(),
+        Some((name, _)) => format!("every pair has the value `{name}`"),
+        None => "there are no pairs".to_string(),
+    };
+    Err(InstrumentError::Invalid(format!(
+        "group-by field `{field}`: {found}; conflicts need at least two groups of pairs (terms)"
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -150,27 +150,44 @@ pub fn guard(out: &Path, fp: &Fingerprint, resume: bool) -> Result<(), ReportErr
     std::fs::write(&meta, text + "\n").map_err(io(&meta, "cannot write the run's fingerprint"))
 }
 
-/// Refuses an output path that is one of the inputs (writing would destroy what is being read).
-/// Paths are compared after resolving links; an output that does not exist yet is compared by
-/// its resolved parent folder and name.
-pub fn not_an_input(out: &Path, inputs: &[(&str, &Path)]) -> Result<(), ReportError> {
-    let resolve = |p: &Path| -> Option<PathBuf> {
-        if let Ok(c) = p.canonicalize() {
-            return Some(c);
-        }
-        let parent = match p.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.canonicalize().ok()?,
-            _ => std::env::current_dir().ok()?,
-        };
-        Some(parent.join(p.file_name()?))
+/// A path resolved through links; one that does not exist yet by its resolved parent folder and
+/// name.
+fn resolve(p: &Path) -> Option<PathBuf> {
+    if let Ok(c) = p.canonicalize() {
+        return Some(c);
+    }
+    let parent = match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.canonicalize().ok()?,
+        _ => std::env::current_dir().ok()?,
     };
+    Some(parent.join(p.file_name()?))
+}
+
+/// Refuses an output path (given with `flag`) that is one of the inputs (writing would destroy
+/// what is being read). Paths are compared after resolving links.
+pub fn not_an_input(flag: &str, out: &Path, inputs: &[(&str, &Path)]) -> Result<(), ReportError> {
     let Some(o) = resolve(out) else { return Ok(()) };
     for (what, p) in inputs {
         if resolve(p).is_some_and(|i| i == o) {
             return Err(ReportError::Invalid(format!(
-                "--out {} is the {what} ({}): writing there would destroy the input; choose another path",
+                "{flag} {} is the {what} ({}): writing there would destroy the input; choose another path",
                 out.display(),
                 p.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses two outputs of one command at the same path (`--out F --summary F`): the second
+/// written would replace the first.
+pub fn distinct_outputs(outs: &[(&str, &Path)]) -> Result<(), ReportError> {
+    for (i, (flag, out)) in outs.iter().enumerate() {
+        let Some(o) = resolve(out) else { continue };
+        if let Some((other, _)) = outs[..i].iter().find(|(_, p)| resolve(p).is_some_and(|r| r == o)) {
+            return Err(ReportError::Invalid(format!(
+                "{flag} {} is also {other}: one output would replace the other; give each its own path",
+                out.display()
             )));
         }
     }
