@@ -9,7 +9,7 @@ use reward_lens_engine::{EncodedPair, PaddingSide, PairText, Positions, RewardMo
 use reward_lens_instruments::attribution::{attribute_with_progress, AttributionOptions};
 use reward_lens_instruments::compare::{compare as compare_fn, CompareInput};
 use reward_lens_instruments::concepts::{concepts as concepts_fn, ConceptOptions};
-use reward_lens_instruments::conflict::{analyze, term_groups, learn_term_directions, objective_terms, Thresholds};
+use reward_lens_instruments::conflict::{analyze, learn_term_directions, objective_terms, term_groups, Thresholds};
 use reward_lens_instruments::diagnose::diagnose as diagnose_fn;
 use reward_lens_instruments::evaluation::evaluate;
 use reward_lens_instruments::faithfulness::faithfulness as faithfulness_fn;
@@ -20,7 +20,7 @@ use reward_lens_instruments::patching::{
 use reward_lens_instruments::path::{parse_sender, path_patch as path_patch_fn, Receiver};
 use reward_lens_instruments::probes::{probe as probe_fn, ProbeInput, ProbeOptions};
 use reward_lens_instruments::rewardbench2::{n_completions, score_rows, summarise};
-use reward_lens_report::datasets::{read_concepts, read_preferences, read_probes, Preferences};
+use reward_lens_report::datasets::{read_concepts, read_preferences, read_probes, select_dimensions, Preferences};
 use reward_lens_report::envelope::Envelope;
 use reward_lens_report::scoring::Rb2Eval;
 use serde_json::json;
@@ -464,13 +464,8 @@ pub fn probe<'py>(
     let m = &model.inner;
     let opts = ProbeOptions { batch_size: batch_size_ok(batch_size)?, seed, permutations };
     opts.check().or_raise()?;
-    let mut texts = read_probes(&probes.map(|p| p.0).unwrap_or_default()).or_raise()?;
-    if let Some(d) = dimensions.map(|d| d.0).filter(|d| !d.is_empty()) {
-        texts.retain(|p| d.contains(&p.dimension));
-        if texts.is_empty() {
-            return Err(input(format!("dimensions={d:?}: no probes in these dimensions")));
-        }
-    }
+    let texts = read_probes(&probes.map(|p| p.0).unwrap_or_default()).or_raise()?;
+    let texts = select_dimensions(texts, &dimensions.map(|d| d.0).unwrap_or_default()).or_raise()?;
     let rep = detached(py, || {
         let inputs = texts
             .iter()

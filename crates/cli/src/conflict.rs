@@ -3,7 +3,7 @@ use clap::Args;
 use serde::Serialize;
 
 use reward_lens_instruments::conflict::{
-    analyze, term_groups, learn_term_directions, objective_terms, ConflictReport, Thresholds,
+    analyze, learn_term_directions, objective_terms, term_groups, ConflictReport, Thresholds,
 };
 use reward_lens_report::text::conflict_text;
 

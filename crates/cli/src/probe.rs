@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use clap::Args;
 
 use reward_lens_engine::Truncation;
@@ -37,13 +37,8 @@ pub fn run(a: ProbeArgs) -> Result<()> {
     let opts = ProbeOptions { batch_size: a.run.batch_size, seed: a.run.seed, permutations: a.permutations };
     opts.check()?;
     let model = a.model.load()?;
-    let mut texts = reward_lens_report::datasets::read_probes(&a.paths)?;
-    if !a.dimensions.is_empty() {
-        texts.retain(|p| a.dimensions.contains(&p.dimension));
-        if texts.is_empty() {
-            bail!("--dimensions {}: no probes in these dimensions", a.dimensions.join(","));
-        }
-    }
+    let texts = reward_lens_report::datasets::read_probes(&a.paths)?;
+    let texts = reward_lens_report::datasets::select_dimensions(texts, &a.dimensions).map_err(|e| anyhow!("--{e}"))?;
     let inputs = texts
         .iter()
         .map(|p| {

@@ -308,7 +308,12 @@ pub fn group_pairs(pairs: &[PairText], encoded: &[EncodedPair], field: &str) -> 
 
 /// [`group_pairs`], refused when the terms cannot conflict: fewer than two groups, unless the
 /// model's own objectives (ArmoRM) are the terms compared.
-pub fn term_groups(model: &RewardModel, pairs: &[PairText], encoded: &[EncodedPair], field: &str) -> Result<Vec<Group>> {
+pub fn term_groups(
+    model: &RewardModel,
+    pairs: &[PairText],
+    encoded: &[EncodedPair],
+    field: &str,
+) -> Result<Vec<Group>> {
     let groups = group_pairs(pairs, encoded, field);
     if groups.len() >= 2 || objective_terms(model, &[], 1)?.is_some() {
         return Ok(groups);

@@ -232,6 +232,11 @@ pub struct ProbeText {
 
 /// Parses and validates probe lines: each names exactly one dimension and one edit.
 pub fn parse_probes(source: &str, text: &str) -> Result<Vec<ProbeText>> {
+    Ok(parse_probes_at(source, text)?.into_iter().map(|(p, _)| p).collect())
+}
+
+/// [`parse_probes`], each probe with its `file:line`.
+fn parse_probes_at(source: &str, text: &str) -> Result<Vec<(ProbeText, String)>> {
     let text = text.strip_prefix('\u{FEFF}').unwrap_or(text);
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
@@ -240,6 +245,8 @@ pub fn parse_probes(source: &str, text: &str) -> Result<Vec<ProbeText>> {
         let f = |k: &str| -> Result<String> {
             match v.get(k) {
                 Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.clone()),
+                // Integer ids, as pairs files have them.
+                Some(Value::Number(n)) if k == "id" && n.is_u64() => Ok(n.to_string()),
                 Some(Value::Array(_)) if k == "dimension" => {
                     Err(invalid(&at, "`dimension` must name exactly one dimension, found a list"))
                 }
@@ -262,25 +269,62 @@ pub fn parse_probes(source: &str, text: &str) -> Result<Vec<ProbeText>> {
         if p.neutral == p.biased {
             return Err(invalid(&at, "`biased` is identical to `neutral` (a probe needs one edit)"));
         }
-        out.push(p);
+        out.push((p, at));
     }
     Ok(out)
 }
 
-/// Probes from files or directories of `*.jsonl`; no paths: the 110 built-in probes.
+/// Probes from files or directories of `*.jsonl`; no paths: the 110 built-in probes. Ids are
+/// unique across all of them (a probe read twice would count twice in its dimension's test), and
+/// paths that hold no probe are refused.
 pub fn read_probes(paths: &[PathBuf]) -> Result<Vec<ProbeText>> {
     let mut all = Vec::new();
     if paths.is_empty() {
         for (n, t) in BUILTIN_PROBES {
-            all.extend(parse_probes(&format!("built-in {n}"), t)?);
+            all.extend(parse_probes_at(&format!("built-in {n}"), t)?);
         }
-        return Ok(all);
+    } else {
+        for f in jsonl_files(paths)? {
+            let text = read_text(&f, "cannot read")?;
+            all.extend(parse_probes_at(&f.display().to_string(), &text)?);
+        }
     }
-    for f in jsonl_files(paths)? {
-        let text = read_text(&f, "cannot read")?;
-        all.extend(parse_probes(&f.display().to_string(), &text)?);
+    if all.is_empty() {
+        let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+        return Err(invalid(
+            names.join(", "),
+            "no probes here (expected *.jsonl lines with id, prompt, neutral, biased, dimension, edit)",
+        ));
     }
-    Ok(all)
+    let mut seen: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+    for (p, at) in &all {
+        if let Some(first) = seen.insert(&p.id, at) {
+            return Err(invalid(at, format!("probe id `{}` again (first at {first}); ids must be unique", p.id)));
+        }
+    }
+    Ok(all.into_iter().map(|(p, _)| p).collect())
+}
+
+/// The probes of the named dimensions (names trimmed); a name no probe has is refused, with the
+/// dimensions there are. No names: every probe.
+pub fn select_dimensions(probes: Vec<ProbeText>, names: &[String]) -> Result<Vec<ProbeText>> {
+    let names: Vec<&str> = names.iter().map(|n| n.trim()).filter(|n| !n.is_empty()).collect();
+    if names.is_empty() {
+        return Ok(probes);
+    }
+    let mut have: Vec<&str> = Vec::new();
+    for p in &probes {
+        if !have.contains(&p.dimension.as_str()) {
+            have.push(&p.dimension);
+        }
+    }
+    if let Some(missing) = names.iter().find(|n| !have.contains(n)) {
+        return Err(invalid(
+            "dimensions",
+            format!("no probe has dimension `{missing}` (the probes' dimensions: {})", have.join(", ")),
+        ));
+    }
+    Ok(probes.into_iter().filter(|p| names.contains(&p.dimension.as_str())).collect())
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -398,6 +442,34 @@ pub fn read_concepts(paths: &[PathBuf]) -> Result<Vec<ConceptText>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probe_ids_are_unique_dimensions_exist_and_paths_hold_probes() {
+        let dir = std::env::temp_dir().join(format!("reward-lens-probes-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("empty")).unwrap();
+        let probe = |id: &str, dim: &str| {
+            format!(
+                r#"{{"id": {id}, "prompt": "p", "neutral": "a", "biased": "a!", "dimension": "{dim}", "edit": "e"}}"#
+            )
+        };
+        let (a, b) = (dir.join("a.jsonl"), dir.join("b.jsonl"));
+        std::fs::write(&a, format!("{}\n{}\n", probe("\"x\"", "length"), probe("7", "emoji"))).unwrap();
+        std::fs::write(&b, probe("\"x\"", "length")).unwrap();
+        // Integer ids are read as pairs files read them.
+        let probes = read_probes(&[a.clone()]).unwrap();
+        assert_eq!(probes.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["x", "7"]);
+        let e = read_probes(&[a.clone(), b.clone()]).unwrap_err().to_string();
+        assert!(e.contains("b.jsonl:1: probe id `x` again (first at ") && e.contains("a.jsonl:1"), "{e}");
+        let e = read_probes(&[dir.join("empty")]).unwrap_err().to_string();
+        assert!(e.contains("empty: no probes here"), "{e}");
+        // Dimensions: names trimmed, one no probe has refused with the ones there are.
+        let only = select_dimensions(probes.clone(), &[" emoji".into()]).unwrap();
+        assert_eq!(only.len(), 1);
+        assert_eq!(select_dimensions(probes.clone(), &[]).unwrap().len(), 2);
+        let e = select_dimensions(probes, &["length".into(), "nosuch".into()]).unwrap_err().to_string();
+        assert!(e.contains("no probe has dimension `nosuch` (the probes' dimensions: length, emoji)"), "{e}");
+        assert!(read_probes(&[]).unwrap().len() >= 110, "the built-in probes have unique ids");
+    }
 
     #[test]
     fn bom_crlf_and_invalid_utf8() {
