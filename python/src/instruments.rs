@@ -509,6 +509,7 @@ pub fn diagnose<'py>(
         Some(p) => convert::pairs(p)?,
         None => reward_lens_report::datasets::diagnostic_pairs().or_raise()?,
     };
+    reward_lens_instruments::diagnose::check_pairs(&pairs).or_raise()?;
     let scores = scored(py, m, &pairs, batch_size, PaddingSide::Right, truncate_prompt, progress)?;
     let rep = diagnose_fn(&pairs, &scores, threshold, seed).or_raise()?;
     envelope(py, "diagnose", &model.name, &pairs, &rep)

@@ -43,6 +43,7 @@ pub fn run(a: DiagnoseArgs) -> Result<()> {
         Some(p) => crate::args::read_pairs(p)?,
         None => reward_lens_report::datasets::diagnostic_pairs()?,
     };
+    reward_lens_instruments::diagnose::check_pairs(&pairs)?;
     let truncation = if a.truncate_prompt { Truncation::DropPromptLeft } else { Truncation::Error };
     let scores = crate::output::score_with_bar(&model, &pairs, truncation, a.run.batch_size, PaddingSide::Right)?;
     let rep = diagnose(&pairs, &scores, a.threshold, a.run.seed)?;

@@ -255,11 +255,37 @@ pub fn check_threshold(threshold: f64) -> Result<f64> {
     }
 }
 
+/// A diagnostic set's own rules, checked before anything is scored: every pair names its
+/// dimension (`subset`; one without would form a dimension of its own), and a prompt (`seed`)
+/// has at most one pair per dimension (a second would replace the first in the cascade).
+pub fn check_pairs(pairs: &[PairText]) -> Result<()> {
+    let mut first: BTreeMap<(String, &str), String> = BTreeMap::new();
+    for p in pairs {
+        let Some(dim) = p.subset.as_deref() else {
+            return Err(InstrumentError::Invalid(format!(
+                "{}: no `subset`; every pair of a diagnostic set names its dimension there",
+                p.location()
+            )));
+        };
+        if let Some(prompt) = p.field("seed") {
+            if let Some(earlier) = first.insert((prompt.to_string(), dim), p.location()) {
+                return Err(InstrumentError::Invalid(format!(
+                    "{}: seed {prompt} already has a pair in dimension `{dim}` ({earlier}); the cascade's matched \
+                     design takes one pair per prompt and dimension",
+                    p.location()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Distortion, coverage disparity and the cascade of a diagnostic set: each pair's `subset` is
 /// its dimension and its `seed` field names the matched prompt; `scores` are the pairs' rewards.
 pub fn diagnose(pairs: &[PairText], scores: &[PairScore], threshold: f64, seed: u64) -> Result<DiagnoseReport> {
     let threshold = check_threshold(threshold)?;
-    let dim = |p: &PairText| p.subset.clone().unwrap_or_else(|| "(none)".into());
+    check_pairs(pairs)?;
+    let dim = |p: &PairText| p.subset.clone().unwrap_or_default();
     let margins: Vec<(String, f64)> = pairs.iter().zip(scores).map(|(p, s)| (dim(p), s.margin() as f64)).collect();
     let dist = distortion(&margins, seed);
     let dims: Vec<String> = dist.iter().map(|d| d.dimension.clone()).collect();
@@ -272,7 +298,11 @@ pub fn diagnose(pairs: &[PairText], scores: &[PairScore], threshold: f64, seed: 
             by_seed.entry(prompt.to_string()).or_default().insert(dim(p), (s.rejected - s.chosen) as f64);
         }
     }
-    let cascade = cascade(&dims, &by_seed, threshold, seed).map_err(|e| e.to_string());
+    let cascade = if dims.len() < 2 {
+        Err(format!("cascade needs at least two dimensions to correlate; found {}", dims.len()))
+    } else {
+        cascade(&dims, &by_seed, threshold, seed).map_err(|e| e.to_string())
+    };
     Ok(DiagnoseReport { n_pairs: pairs.len(), distortion: dist, coverage, cascade })
 }
 
@@ -288,6 +318,27 @@ mod tests {
             assert!(check_threshold(t).expect_err("refused").to_string().contains("|r| in [0, 1]"), "{t}");
         }
         assert!(diagnose(&[], &[], f64::NAN, 0).is_err());
+    }
+
+    #[test]
+    fn a_diagnostic_set_names_dimensions_once_per_prompt() {
+        let pair = |dim: Option<&str>, seed: u64| {
+            let mut p = PairText::new("p", "c", "r");
+            p.subset = dim.map(String::from);
+            p.extra.insert("seed".into(), serde_json::json!(seed));
+            p
+        };
+        let ok = [pair(Some("a"), 0), pair(Some("b"), 0), pair(Some("a"), 1)];
+        assert!(check_pairs(&ok).is_ok());
+        let e = check_pairs(&[pair(Some("a"), 0), pair(None, 0)]).unwrap_err().to_string();
+        assert!(e.contains("no `subset`"), "{e}");
+        let e = check_pairs(&[pair(Some("a"), 0), pair(Some("b"), 0), pair(Some("a"), 0)]).unwrap_err().to_string();
+        assert!(e.contains("seed 0 already has a pair in dimension `a`"), "{e}");
+        // One dimension: nothing to correlate, so no cascade (and no risk figure).
+        let one = [pair(Some("a"), 0), pair(Some("a"), 1)];
+        let scores = vec![PairScore { chosen: 1.0, rejected: 0.0, objectives: None }; 2];
+        let r = diagnose(&one, &scores, 0.5, 0).unwrap();
+        assert!(r.cascade.unwrap_err().contains("at least two dimensions"));
     }
 
     #[test]
