@@ -36,9 +36,11 @@ fn io(path: &Path, what: &'static str) -> impl FnOnce(std::io::Error) -> ReportE
 }
 
 /// A model folder's fingerprint: its config, tokenizer files and chat template in full, and for
-/// each safetensors file its size, its header (names, dtypes, shapes, offsets) and 16 blocks of
-/// 4 KiB spread over the data — a fine-tuned copy with the same shapes differs there, and the
-/// cost stays milliseconds for a 16 GB checkpoint. `None` is the embedded example model.
+/// each safetensors file its size, its header (names, dtypes, shapes, offsets) and samples of
+/// every tensor's data: a tensor of up to 64 KiB in full (a reward head), a larger one by its
+/// first, middle and last 4 KiB. Every tensor counts, so a copy with only its head retrained
+/// differs (evenly spaced samples of the file missed it); the cost stays milliseconds for a 16 GB
+/// checkpoint (3 blocks per tensor). `None` is the embedded example model.
 pub fn model(dir: Option<&Path>) -> Result<String, ReportError> {
     let Some(dir) = dir else { return Ok(format!("embedded-example-model-{}", env!("CARGO_PKG_VERSION"))) };
     let mut h = Fnv::new();
@@ -67,16 +69,47 @@ pub fn model(dir: Option<&Path>) -> Result<String, ReportError> {
         f.read_exact(&mut header).map_err(io(&p, "cannot read the safetensors header"))?;
         h.eat(&header);
         let data_start = 8 + header_len;
-        let span = len.saturating_sub(data_start);
-        let mut block = vec![0u8; 4096];
-        for k in 0..16u64 {
-            let at = data_start + span * k / 16;
-            f.seek(SeekFrom::Start(at)).map_err(io(&p, "cannot read"))?;
+        let mut read_at = |at: u64, n: u64| -> Result<(), ReportError> {
+            let mut block = vec![0u8; n as usize];
+            f.seek(SeekFrom::Start(data_start + at)).map_err(io(&p, "cannot read"))?;
             let got = f.read(&mut block).map_err(io(&p, "cannot read"))?;
             h.eat(&block[..got]);
+            Ok(())
+        };
+        // A header that does not parse samples nothing more: loading the model reports it.
+        for (begin, end) in tensor_spans(&header) {
+            let n = end.saturating_sub(begin);
+            if n <= FULL {
+                read_at(begin, n)?;
+            } else {
+                for at in [begin, begin + (n - BLOCK) / 2, end - BLOCK] {
+                    read_at(at, BLOCK)?;
+                }
+            }
         }
     }
     Ok(h.hex())
+}
+
+/// Tensors up to this size are hashed whole; larger ones by three blocks of [`BLOCK`] bytes.
+const FULL: u64 = 64 << 10;
+const BLOCK: u64 = 4 << 10;
+
+/// The data byte ranges of a safetensors header's tensors, in offset order.
+fn tensor_spans(header: &[u8]) -> Vec<(u64, u64)> {
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(header) else {
+        return Vec::new();
+    };
+    let mut spans: Vec<(u64, u64)> = map
+        .iter()
+        .filter(|(name, _)| name.as_str() != "__metadata__")
+        .filter_map(|(_, t)| {
+            let o = t.get("data_offsets")?.as_array()?;
+            Some((o.first()?.as_u64()?, o.get(1)?.as_u64()?))
+        })
+        .collect();
+    spans.sort_unstable();
+    spans
 }
 
 /// The fingerprint of input files' bytes, in order (a missing optional input hashes as its name).
@@ -197,6 +230,36 @@ pub fn distinct_outputs(outs: &[(&str, &Path)]) -> Result<(), ReportError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_tensor_counts_in_a_model_fingerprint() {
+        let dir = std::env::temp_dir().join(format!("reward-lens-fp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.json"), "{}").unwrap();
+        // A large tensor first, then a small head at the end of the file.
+        let (big, head) = (200_000u64, 256u64);
+        let header = format!(
+            r#"{{"embed":{{"dtype":"U8","shape":[{big}],"data_offsets":[0,{big}]}},"score.weight":{{"dtype":"U8","shape":[{head}],"data_offsets":[{big},{}]}}}}"#,
+            big + head
+        );
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend(header.as_bytes());
+        let data_start = bytes.len();
+        bytes.extend((0..big + head).map(|i| (i % 251) as u8));
+        let file = dir.join("model.safetensors");
+        let fp = |b: &[u8]| {
+            std::fs::write(&file, b).unwrap();
+            model(Some(&dir)).unwrap()
+        };
+        let base = fp(&bytes);
+        assert_eq!(fp(&bytes), base, "deterministic");
+        for at in [big + head - 1, big + 100, 0, big / 2, big - 1] {
+            let mut changed = bytes.clone();
+            changed[data_start + at as usize] ^= 1;
+            assert_ne!(fp(&changed), base, "a change at data byte {at} is seen");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn fnv_is_the_published_function() {
