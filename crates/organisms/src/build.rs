@@ -11,7 +11,8 @@ use reward_lens_train::{evaluate, StepStats, TokenizedPair, TrainOptions, TrainR
 use serde::{Deserialize, Serialize};
 
 use crate::error::io_err;
-use crate::{try_generate, write_files, Dataset, OrganismError, OrganismSpec, PairText, Result, MODEL_MAX_LENGTH};
+use crate::files::{write_data_files, write_tokenizer_files};
+use crate::{try_generate, Dataset, OrganismError, OrganismSpec, PairText, Result, MODEL_MAX_LENGTH};
 
 /// The network shape of an organism.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,7 +153,9 @@ pub fn build(
     let start = Instant::now();
     progress(BuildProgress::Preparing);
     let ds = try_generate(spec)?;
-    write_files(dir, &ds)?;
+    // The tokenizer is every organism's; the data files are written only once a checkpoint left
+    // here (an interrupted build) is known to be this build's, so a refusal changes nothing.
+    write_tokenizer_files(dir)?;
     let tok = ChatTokenizer::from_dir(dir, MODEL_MAX_LENGTH, Some("llama"))?;
     let (train, test) = (tokenize(&tok, &ds.train)?, tokenize(&tok, &ds.test)?);
     let shape = opts.shape.llama();
@@ -163,7 +166,9 @@ pub fn build(
     let ck = dir.join("checkpoint");
     if Trainer::has_checkpoint(&ck) {
         trainer.resume(&ck)?;
+        trainer.check_data(&train, Some(&ck))?;
     }
+    write_data_files(dir, &ds)?;
     let training = trainer.train(&train, &test, Some(&ck), |s| progress(BuildProgress::Step(s)))?;
     progress(BuildProgress::Finishing);
     trainer.save_pretrained(dir, None)?;
@@ -297,6 +302,36 @@ mod tests {
             tail_accuracy,
             seconds: 1.0,
         }
+    }
+
+    #[test]
+    fn a_checkpoint_of_another_build_is_refused_before_any_data_file_is_written() {
+        let dir = std::env::temp_dir().join(format!("rl-organism-foreign-ck-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let spec = OrganismSpec { n_train: 32, n_test: 8, ..OrganismSpec::try_preset("length").unwrap() };
+        let train_opts = TrainOptions { epochs: 1, ..BuildOptions::default().train };
+        let opts = BuildOptions { train: train_opts.clone(), ..BuildOptions::default() };
+        // What an interrupted build of the same organism with 2 epochs would leave.
+        let shape = opts.shape.llama();
+        write_tokenizer_files(&dir).unwrap();
+        let tok = ChatTokenizer::from_dir(&dir, MODEL_MAX_LENGTH, Some("llama")).unwrap();
+        let train = tokenize(&tok, &try_generate(&spec).unwrap().train).unwrap();
+        let two = TrainOptions { epochs: 2, seed: spec.seed, ..train_opts };
+        let mut t = Trainer::new(shape.config_json(), init_weights(&shape, spec.seed).unwrap(), two).unwrap();
+        let mut steps = 0;
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            t.train(&train, &[], Some(&dir.join("checkpoint")), |_| {
+                steps += 1;
+                assert!(steps < 3, "interrupted in the second epoch (on purpose)");
+            })
+        }));
+        assert!(Trainer::has_checkpoint(&dir.join("checkpoint")));
+        let e = build(&spec, &dir, &opts, |_| {}).unwrap_err().to_string();
+        assert!(e.contains("written for 2 epochs, not 1"), "{e}");
+        for f in ["train.jsonl", "test.jsonl", "answer_key.json", REPORT_FILE] {
+            assert!(!dir.join(f).exists(), "{f} written before the refusal");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

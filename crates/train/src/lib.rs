@@ -516,15 +516,8 @@ impl Trainer {
         if train.is_empty() {
             return Err(TrainError::Invalid("no training pairs".into()));
         }
-        let data = data_fingerprint(train);
-        if self.data.as_ref().is_some_and(|d| *d != data) {
-            let at = checkpoint_dir.map_or(String::new(), |d| format!(" ({})", d.display()));
-            return Err(TrainError::Invalid(format!(
-                "the checkpoint resumed{at} was written training on other pairs (their texts, order or subsets \
-                 differ); resume with the same training pairs, or remove the checkpoint to start again"
-            )));
-        }
-        self.data = Some(data);
+        self.check_data(train, checkpoint_dir)?;
+        self.data = Some(data_fingerprint(train));
         let spe = self.steps_per_epoch(train.len());
         let total = spe * self.opts.epochs;
         while self.step < total {
@@ -598,13 +591,26 @@ impl Trainer {
         Ok(())
     }
 
+    /// After [`Trainer::resume`]: refuses training pairs other than the ones the checkpoint was
+    /// written on (callers may check before they write anything; [`Trainer::train`] checks too).
+    pub fn check_data(&self, train: &[TokenizedPair], checkpoint_dir: Option<&Path>) -> Result<()> {
+        if self.data.as_ref().is_some_and(|d| *d != data_fingerprint(train)) {
+            let at = checkpoint_dir.map_or(String::new(), |d| format!(" ({})", d.display()));
+            return Err(TrainError::Invalid(format!(
+                "the checkpoint resumed{at} was written training on other pairs (their texts, order or subsets \
+                 differ); resume with the same training pairs, or remove the checkpoint to start again"
+            )));
+        }
+        Ok(())
+    }
+
     /// Whether `dir` holds a checkpoint.
     pub fn has_checkpoint(dir: &Path) -> bool {
         dir.join(TRAINER_STATE).is_file() && dir.join(CHECKPOINT_TENSORS).is_file()
     }
 
     /// Continues from a checkpoint written by a trainer built the same way (same base weights,
-    /// same options except `epochs`, which may grow).
+    /// same options, epochs included).
     pub fn resume(&mut self, dir: &Path) -> Result<()> {
         let bad = |msg: String| TrainError::Checkpoint { path: dir.to_path_buf(), msg };
         let sp = dir.join(TRAINER_STATE);
@@ -612,11 +618,21 @@ impl Trainer {
         let state: Value = serde_json::from_str(&text).map_err(|e| bad(format!("{TRAINER_STATE}: {e}")))?;
         let saved: TrainOptions = serde_json::from_value(state["options"].clone())
             .map_err(|e| bad(format!("{TRAINER_STATE}: field `options`: {e}")))?;
-        let comparable = |o: &TrainOptions| TrainOptions { epochs: 0, checkpoint_every: 0, ..o.clone() };
-        if comparable(&saved) != comparable(&self.opts) {
+        // The epochs count too: the learning-rate schedule spans them all, so a run resumed with
+        // another count would end with weights no uninterrupted run has.
+        let comparable = |o: &TrainOptions| TrainOptions { checkpoint_every: 0, ..o.clone() };
+        if saved.epochs != self.opts.epochs
+            && comparable(&TrainOptions { epochs: 0, ..saved.clone() })
+                == comparable(&TrainOptions { epochs: 0, ..self.opts.clone() })
+        {
             return Err(bad(format!(
-                "it was written with other options ({saved:?}); resume with the same options (only --epochs may change)"
+                "it was written for {} epochs, not {}; the learning-rate schedule spans every epoch, so resume with \
+                 --epochs {} (or start again without the checkpoint)",
+                saved.epochs, self.opts.epochs, saved.epochs
             )));
+        }
+        if comparable(&saved) != comparable(&self.opts) {
+            return Err(bad(format!("it was written with other options ({saved:?}); resume with the same options")));
         }
         // The checkpoint holds the trainable weights only: onto another base it would make a
         // model of two (older checkpoints do not say, and are trusted).

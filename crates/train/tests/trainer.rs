@@ -103,8 +103,18 @@ fn resumed_training_equals_uninterrupted_and_saved_model_loads_with_same_scores(
     assert_eq!(steps.len(), 6);
 
     let ck = tmp("ck");
-    let mut first = Trainer::new(cfg.clone(), weights.clone(), TrainOptions { epochs: 1, ..opts.clone() }).unwrap();
-    first.train(&train, &[], Some(&ck), |_| {}).unwrap();
+    // The same run, interrupted in its second epoch: the checkpoint of the first epoch's end stays.
+    let mut first = Trainer::new(cfg.clone(), weights.clone(), opts.clone()).unwrap();
+    let mut seen = 0;
+    let stopped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        first.train(&train, &[], Some(&ck), |_| {
+            seen += 1;
+            if seen == 5 {
+                panic!("interrupted (on purpose)");
+            }
+        })
+    }));
+    assert!(stopped.is_err());
     assert!(Trainer::has_checkpoint(&ck));
     let mut resumed = Trainer::new(cfg.clone(), weights.clone(), opts.clone()).unwrap();
     resumed.resume(&ck).unwrap();
@@ -127,14 +137,17 @@ fn resumed_training_equals_uninterrupted_and_saved_model_loads_with_same_scores(
     let mut other_weights = weights.clone();
     let w = &other_weights["model.embed_tokens.weight"];
     other_weights.insert("model.embed_tokens.weight".into(), (w * 1.5).unwrap());
-    let trainable_head = TrainOptions { trainable: Trainable::Head, ..opts.clone() };
+    let trainable_head = TrainOptions { trainable: Trainable::Head, epochs: 1, ..opts.clone() };
     let head_ck = tmp("head-ck");
-    let mut head =
-        Trainer::new(cfg.clone(), weights.clone(), TrainOptions { epochs: 1, ..trainable_head.clone() }).unwrap();
+    let mut head = Trainer::new(cfg.clone(), weights.clone(), trainable_head.clone()).unwrap();
     head.train(&train, &[], Some(&head_ck), |_| {}).unwrap();
     let mut wrong_base = Trainer::new(cfg.clone(), other_weights, trainable_head.clone()).unwrap();
     let e = wrong_base.resume(&head_ck).unwrap_err().to_string();
     assert!(e.contains("written for another base model"), "{e}");
+    // Nor with another epoch count: the learning-rate schedule spans every epoch.
+    let more = TrainOptions { epochs: 3, ..trainable_head.clone() };
+    let e = Trainer::new(cfg.clone(), weights.clone(), more).unwrap().resume(&head_ck).unwrap_err().to_string();
+    assert!(e.contains("written for 1 epochs, not 3") && e.contains("--epochs 1"), "{e}");
     Trainer::new(cfg.clone(), weights.clone(), trainable_head).unwrap().resume(&head_ck).unwrap();
     let _ = std::fs::remove_dir_all(head_ck);
 
