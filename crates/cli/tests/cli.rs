@@ -624,6 +624,29 @@ fn sae_collect_train_features_decompose() {
         .unwrap();
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.code() == Some(1) && e.contains("not the texts this collection was made from"), "{e}");
+    // Nor activations of another site: the latents would be the SAE's reading of something else.
+    let acts0 = d.join("acts0");
+    run(exe()
+        .args(["sae", "collect", "--site", "blocks.0.hook_resid_post", "--model"])
+        .arg(&model)
+        .arg("--pairs")
+        .arg(fixtures().join("pairs.jsonl"))
+        .arg("--out")
+        .arg(&acts0));
+    let o = exe()
+        .args(["sae", "features", "--model"])
+        .arg(&model)
+        .arg("--sae")
+        .arg(&sae)
+        .arg("--acts")
+        .arg(&acts0)
+        .arg("--pairs")
+        .arg(fixtures().join("pairs.jsonl"))
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    let want = "collected at blocks.0.hook_resid_post, but the SAE reads blocks.1.hook_resid_post";
+    assert!(o.status.code() == Some(1) && e.contains(want), "{e}");
     // Nor does a resumed collection mix models, positions or texts.
     for (positions, pairs) in [("pooled", &reordered), ("response", &fixtures().join("pairs.jsonl"))] {
         let o = exe()

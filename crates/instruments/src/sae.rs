@@ -376,6 +376,24 @@ pub fn features(
         return Ok(rank_latents(al, top, |_| None));
     };
     let (manifest, data) = crate::collect::load_all(src.acts)?;
+    // Examples are the SAE's latents on these activations: they must be what the SAE reads.
+    let acts_at = src.acts.display();
+    if manifest.site != sae.hook_name {
+        return Err(err(format!(
+            "{acts_at}: collected at {}, but the SAE reads {}; collect its examples at the SAE's site",
+            manifest.site, sae.hook_name
+        )));
+    }
+    if manifest.d != sae.d_in {
+        return Err(err(format!("{acts_at}: activations of width {}, but the SAE's d_in is {}", manifest.d, sae.d_in)));
+    }
+    if sae.model.as_ref().is_some_and(|m| *m != manifest.model) {
+        return Err(err(format!(
+            "{acts_at}: collected from another model than the SAE was trained on (model fingerprints {} and {})",
+            manifest.model,
+            sae.model.as_deref().unwrap_or_default()
+        )));
+    }
     let mut texts = Vec::new();
     for p in src.pairs {
         for r in [&p.chosen, &p.rejected] {
