@@ -310,6 +310,14 @@ impl Analysis {
                 self.pairs.len()
             )));
         }
+        if r.input.as_ref().is_some_and(|h| *h != crate::discover::inputs_hash(&self.inputs)) {
+            return Err(invalid(format!(
+                "{}: the discovery ran on other pairs than {} holds (their texts or order differ); pass the pairs \
+                 file it was made from",
+                f.display(),
+                self.source.display()
+            )));
+        }
         if r.sae_site.is_some() && self.sae.is_none() {
             let f = f.display();
             return Err(invalid(format!(

@@ -1578,6 +1578,27 @@ pub struct DiscoveryReport {
     /// Discovery scored against the ablation oracle (`cart discover --oracle`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oracle: Option<crate::oracle::OracleComparison>,
+    /// A hash of the encoded pairs it ran on ([`inputs_hash`]): the split and the circuits'
+    /// ablation values index those pairs, so a report is reused only on them. (Absent in reports
+    /// from before it was recorded, which are trusted.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<String>,
+}
+
+/// FNV-1a of pairs' token ids and response starts, in order.
+pub fn inputs_hash(pairs: &[reward_lens_engine::EncodedPair]) -> String {
+    let mut h = reward_lens_engine::hash::Fnv::new();
+    for p in pairs {
+        for ids in [&p.chosen, &p.rejected] {
+            h.eat(&(ids.len() as u64).to_le_bytes());
+            for id in ids {
+                h.eat(&id.to_le_bytes());
+            }
+        }
+        h.eat(&(p.response_start.0 as u64).to_le_bytes());
+        h.eat(&(p.response_start.1 as u64).to_le_bytes());
+    }
+    h.hex()
 }
 
 impl DiscoveryReport {
@@ -1878,6 +1899,7 @@ pub fn discover_from(
         head_units,
         screening,
         oracle: None,
+        input: Some(inputs_hash(pairs)),
     })
 }
 

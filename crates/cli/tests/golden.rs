@@ -112,6 +112,22 @@ fn cart_discover_is_unchanged() {
         .args(["--bootstrap", "200", "--out"])
         .arg(&out));
     check("cart-discover-llama.json", &portable(&std::fs::read_to_string(&out).unwrap(), &d));
+    // The report is reused only on the pairs it ran on: the same number of pairs in another
+    // order would give its split and ablation values to other pairs.
+    let reordered = d.join("reordered.jsonl");
+    let text = std::fs::read_to_string(pairs()).unwrap();
+    std::fs::write(&reordered, text.lines().rev().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    let o = exe()
+        .args(["cart", "vulnerability", "--model"])
+        .arg(model("llama"))
+        .arg("--pairs")
+        .arg(&reordered)
+        .args(["--tail-subsets", "safety,sycophancy", "--discovery"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.code() == Some(1) && e.contains("the discovery ran on other pairs than"), "{e}");
 }
 
 /// Drops wall-clock fields anywhere in the tree.
