@@ -211,6 +211,23 @@ fn shards_of_other_runs_are_refused_by_name() {
     // Bad K/N.
     let e = fails(cmd(&["score"], &d.join("x.jsonl")).args(["--shard", "3/3"]));
     assert!(e.contains("0 ≤ K < N"), "{e}");
+    // status and merge account for every shard: N is bounded.
+    let e = fails(cmd(&["score"], &d.join("x.jsonl")).args(["--shard", "0/100001"]));
+    assert!(e.contains("at most 100000 shards"), "{e}");
+    // status counts only the first shard's run: another run's shard 1/3 is warned about and missing.
+    let dir = d.join("mixed");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (f, name) in [(&a0, "s.0.jsonl"), (&other_options, "s.1.jsonl")] {
+        std::fs::copy(f, dir.join(name)).unwrap();
+        std::fs::copy(
+            d.join(f.parent().unwrap()).join(format!("{}.meta.json", f.file_name().unwrap().to_string_lossy())),
+            dir.join(format!("{name}.meta.json")),
+        )
+        .unwrap();
+    }
+    let s = String::from_utf8_lossy(&run(exe().arg("status").arg(&dir)).stdout).into_owned();
+    assert!(s.contains("(shard 1/3): other options") && s.contains("1 done, 0 partial, 2 missing"), "{s}");
+    assert!(s.contains("1/3  missing"), "{s}");
     let e = fails(
         exe()
             .args(["lens", "--prompt", "a", "--chosen", "b", "--rejected", "c", "--shard", "0/2", "--out"])

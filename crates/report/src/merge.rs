@@ -109,8 +109,10 @@ pub fn status(paths: &[PathBuf]) -> Result<String> {
     }
     let (mut done, mut partial) = (0, 0);
     let mut rows = Vec::new();
+    // Another run's file is warned about above, and is not counted as one of this run's shards.
+    let by_index = shards::by_index(files.iter().filter(|f| shards::same_run(f, f0)));
     for k in 0..n {
-        let Some(f) = files.iter().find(|f| f.shard.index == k) else {
+        let Some(f) = by_index.get(&k).map(|v| v[0]) else {
             rows.push(format!("  {k}/{n}  missing"));
             continue;
         };

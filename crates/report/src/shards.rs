@@ -34,9 +34,18 @@ impl std::str::FromStr for Shard {
         if count == 0 || index >= count {
             return Err(bad());
         }
+        if count > MAX_SHARDS {
+            return Err(format!(
+                "`{s}`: at most {MAX_SHARDS} shards (`status` and `merge` account for every one of the N; more shards \
+                 than pairs are empty anyway)"
+            ));
+        }
         Ok(Shard { index, count })
     }
 }
+
+/// The largest N of `--shard K/N`.
+pub const MAX_SHARDS: usize = 100_000;
 
 impl std::fmt::Display for Shard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -207,8 +216,40 @@ pub fn find(paths: &[PathBuf]) -> Result<Vec<ShardFile>, ReportError> {
             out.push(ShardFile::open(p)?);
         }
     }
+    if let Some(f) = out.iter().find(|f| f.shard.count > MAX_SHARDS || f.shard.index >= f.shard.count) {
+        return Err(ReportError::Invalid(format!(
+            "{}: records shard {}, which is not K/N with 0 ≤ K < N ≤ {MAX_SHARDS}; rerun it with a shard this \
+             version accepts",
+            f.path.display(),
+            f.shard.name()
+        )));
+    }
     out.sort_by_key(|f| f.shard.index);
     Ok(out)
+}
+
+/// The shard files by their index K (several where one is given twice).
+pub fn by_index<'a>(
+    files: impl IntoIterator<Item = &'a ShardFile>,
+) -> std::collections::HashMap<usize, Vec<&'a ShardFile>> {
+    let mut m: std::collections::HashMap<usize, Vec<&'a ShardFile>> = std::collections::HashMap::new();
+    for f in files {
+        m.entry(f.shard.index).or_default().push(f);
+    }
+    m
+}
+
+/// Whether `f` is a shard of the run `first` is one of: the same command, model, options, input,
+/// N and number of pairs.
+pub fn same_run(f: &ShardFile, first: &ShardFile) -> bool {
+    let (a, b) = (&f.fingerprint, &first.fingerprint);
+    a.command == b.command
+        && a.model == b.model
+        && a.options == b.options
+        && a.aggregate == b.aggregate
+        && a.input == b.input
+        && f.shard.count == first.shard.count
+        && f.shard.total == first.shard.total
 }
 
 /// Every problem with a set of shards that one run would not have: other commands, models,
@@ -246,8 +287,9 @@ pub fn mismatches(files: &[ShardFile]) -> Vec<String> {
         return problems;
     }
     let n = s0.count;
+    let by_index = by_index(files.iter());
     for k in 0..n {
-        let with_k: Vec<&ShardFile> = files.iter().filter(|f| f.shard.index == k).collect();
+        let with_k: &[&ShardFile] = by_index.get(&k).map_or(&[], Vec::as_slice);
         if with_k.len() > 1 {
             let names: Vec<String> = with_k.iter().map(|f| f.path.display().to_string()).collect();
             problems.push(format!("shard {k}/{n} is given more than once: {}", names.join(", ")));
@@ -264,8 +306,7 @@ pub fn mismatches(files: &[ShardFile]) -> Vec<String> {
             ));
         }
     }
-    let missing: Vec<String> =
-        (0..n).filter(|k| !files.iter().any(|f| f.shard.index == *k)).map(|k| format!("{k}/{n}")).collect();
+    let missing: Vec<String> = (0..n).filter(|k| !by_index.contains_key(k)).map(|k| format!("{k}/{n}")).collect();
     if !missing.is_empty() {
         problems.push(format!("missing shard{} {}", if missing.len() > 1 { "s" } else { "" }, missing.join(", ")));
     }
