@@ -159,7 +159,7 @@ pub fn guard(out: &Path, fp: &Fingerprint, resume: bool) -> Result<(), ReportErr
             differs.push("the model differs (its config, tokenizer or weights)".to_string());
         }
         if old.options != fp.options {
-            differs.push(format!("the options differ (then: {}; now: {})", old.options, fp.options));
+            differs.push(format!("the options differ ({})", options_diff(&old.options, &fp.options)));
         }
         if old.input != fp.input {
             differs.push("the input file's contents differ".to_string());
@@ -181,6 +181,85 @@ pub fn guard(out: &Path, fp: &Fingerprint, resume: bool) -> Result<(), ReportErr
     }
     let text = serde_json::to_string_pretty(fp)?;
     std::fs::write(&meta, text + "\n").map_err(io(&meta, "cannot write the run's fingerprint"))
+}
+
+/// What differs between two runs' options, option by option (`mode: Noising then, Denoising
+/// now`), when both are the `{:?}` text of the parsed arguments; else both in full.
+pub fn options_diff(then: &serde_json::Value, now: &serde_json::Value) -> String {
+    options_diff_as(then, now, ["then", "now"])
+}
+
+/// [`options_diff`] with other words than "then" and "now" for the two sides.
+pub fn options_diff_as(then: &serde_json::Value, now: &serde_json::Value, [t, n]: [&str; 2]) -> String {
+    let full = || format!("{t}: {then}; {n}: {now}");
+    let (Some(a), Some(b)) = (then.as_str(), now.as_str()) else { return full() };
+    let (a, b) = (debug_leaves(a), debug_leaves(b));
+    let mut parts = Vec::new();
+    for (k, x) in &a {
+        match b.iter().find(|(k2, _)| k2 == k) {
+            Some((_, y)) if y != x => parts.push(format!("{k}: {x} {t}, {y} {n}")),
+            None => parts.push(format!("{k}: {x} {t}, absent {n}")),
+            _ => {}
+        }
+    }
+    for (k, y) in &b {
+        if !a.iter().any(|(k2, _)| k2 == k) {
+            parts.push(format!("{k}: absent {t}, {y} {n}"));
+        }
+    }
+    if parts.is_empty() {
+        return full();
+    }
+    parts.join("; ")
+}
+
+/// The leaves of a `{:?}` text of nested structs, by dotted field path (`model.dtype`, `mode`).
+fn debug_leaves(text: &str) -> Vec<(String, String)> {
+    fn split_top(s: &str) -> Vec<&str> {
+        let (mut parts, mut depth, mut quoted, mut escaped, mut start) = (Vec::new(), 0i32, false, false, 0);
+        for (i, c) in s.char_indices() {
+            if quoted {
+                match (escaped, c) {
+                    (true, _) => escaped = false,
+                    (false, '\\') => escaped = true,
+                    (false, '"') => quoted = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match c {
+                '"' => quoted = true,
+                '{' | '(' | '[' => depth += 1,
+                '}' | ')' | ']' => depth -= 1,
+                ',' if depth == 0 => {
+                    parts.push(s[start..i].trim());
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        parts.push(s[start..].trim());
+        parts.into_iter().filter(|p| !p.is_empty()).collect()
+    }
+    fn walk(prefix: &str, v: &str, out: &mut Vec<(String, String)>) {
+        let v = v.trim();
+        let is_name = |n: &str| !n.is_empty() && n.chars().all(|c| c.is_alphanumeric() || c == '_' || c == ':');
+        if let Some(open) = v.find(" {") {
+            if v.ends_with('}') && is_name(&v[..open]) {
+                for field in split_top(&v[open + 2..v.len() - 1]) {
+                    if let Some((k, x)) = field.split_once(": ") {
+                        let path = if prefix.is_empty() { k.to_string() } else { format!("{prefix}.{k}") };
+                        walk(&path, x, out);
+                    }
+                }
+                return;
+            }
+        }
+        out.push((prefix.to_string(), v.to_string()));
+    }
+    let mut out = Vec::new();
+    walk("", text, &mut out);
+    out
 }
 
 /// A path resolved through links; one that does not exist yet by its resolved parent folder and
@@ -230,6 +309,25 @@ pub fn distinct_outputs(outs: &[(&str, &Path)]) -> Result<(), ReportError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn options_differences_are_named_option_by_option() {
+        let text = |mode: &str, pairs: &str| {
+            serde_json::json!(format!(
+                "PatchArgs {{ model: ModelArgs {{ model: None, device: \"cpu\" }}, pairs: Some(\"{pairs}\"), mode: {mode}, \
+                 sizes: [1, 2], batch_size: 16 }}"
+            ))
+        };
+        let (a, b) = (text("Noising", "a, b.jsonl"), text("Denoising", "c.jsonl"));
+        assert_eq!(
+            options_diff(&a, &b),
+            "pairs: Some(\"a, b.jsonl\") then, Some(\"c.jsonl\") now; mode: Noising then, Denoising now"
+        );
+        assert_eq!(options_diff_as(&a, &b, ["there", "here"]).split("; ").count(), 2);
+        // Not the text of parsed arguments: both in full.
+        let (x, y) = (serde_json::json!({"k": 1}), serde_json::json!({"k": 2}));
+        assert_eq!(options_diff(&x, &y), r#"then: {"k":1}; now: {"k":2}"#);
+    }
 
     #[test]
     fn every_tensor_counts_in_a_model_fingerprint() {

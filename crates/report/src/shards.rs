@@ -271,7 +271,8 @@ pub fn mismatches(files: &[ShardFile]) -> Vec<String> {
             problems.push(at("another model (its config, tokenizer or weights)".into()));
         }
         if fp.options != f0.options || fp.aggregate != f0.aggregate {
-            problems.push(at(format!("other options ({} against {})", fp.options, f0.options)));
+            let diff = crate::fingerprint::options_diff_as(&f0.options, &fp.options, ["there", "here"]);
+            problems.push(at(format!("other options ({diff})")));
         }
         if fp.input != f0.input {
             problems.push(at("another input (the pairs file's contents differ)".into()));
