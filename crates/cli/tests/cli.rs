@@ -647,6 +647,18 @@ fn sae_collect_train_features_decompose() {
     let e = String::from_utf8_lossy(&o.stderr);
     let want = "collected at blocks.0.hook_resid_post, but the SAE reads blocks.1.hook_resid_post";
     assert!(o.status.code() == Some(1) && e.contains(want), "{e}");
+    // A site that is not one vector per token is refused by name (it indexed heads as positions).
+    let o = exe()
+        .args(["sae", "collect", "--site", "blocks.1.attn.hook_pattern", "--model"])
+        .arg(&model)
+        .arg("--pairs")
+        .arg(fixtures().join("pairs.jsonl"))
+        .arg("--out")
+        .arg(d.join("pattern"))
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.code() == Some(1) && e.contains("not one vector per token"), "{e}");
     // Nor does a resumed collection mix models, positions or texts.
     for (positions, pairs) in [("pooled", &reordered), ("response", &fixtures().join("pairs.jsonl"))] {
         let o = exe()

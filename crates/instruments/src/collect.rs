@@ -96,6 +96,13 @@ pub fn collect(
 ) -> Result<Manifest> {
     let (site, positions, shard_rows, resume) = (opts.site.as_str(), opts.positions, opts.shard_rows, opts.resume);
     let s = Site::parse(site).ok_or_else(|| err(format!("unknown site `{site}`")))?;
+    // Rows are positions: a site must hold one vector per token.
+    if matches!(s, Site::Pattern(_) | Site::AttnScores(_)) {
+        return Err(err(format!(
+            "`{site}` is [heads, query, key] per sequence, not one vector per token; collect a per-token site \
+             (hook_resid_*, hook_attn_out, hook_mlp_out, mlp.hook_post, attn.hook_z, …)"
+        )));
+    }
     std::fs::create_dir_all(dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
     let mpath = dir.join("manifest.json");
     let mut m = if resume && mpath.exists() {
