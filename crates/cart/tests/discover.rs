@@ -305,6 +305,7 @@ fn sae_latents_and_response_reads_find_the_same_circuit() {
         d_in: 64,
         d_sae: 64,
         model: None,
+        apply_b_dec_to_input: true,
     };
     let opts = DiscoverOptions {
         units: UnitOptions { mlp: Layers::None, heads: Layers::None, ..unit_options() },

@@ -35,6 +35,9 @@ pub struct Sae {
     /// The fingerprint of the model whose activations it was trained on (`model_fingerprint` in
     /// `cfg.json`), when known: [`Sae::provenance_warning`] compares it with the model in use.
     pub model: Option<String>,
+    /// SAELens's `apply_b_dec_to_input`: the encoder reads `x − b_dec` (true; the SAEs trained
+    /// here) or `x` itself (Gemma Scope's JumpReLU SAEs, for one).
+    pub apply_b_dec_to_input: bool,
 }
 
 fn err(msg: impl Into<String>) -> InstrumentError {
@@ -44,7 +47,8 @@ fn err(msg: impl Into<String>) -> InstrumentError {
 impl Sae {
     /// Pre-activations `[N, d_sae]` of inputs `[N, d_in]`.
     pub fn pre_activations(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.broadcast_sub(&self.b_dec)?.matmul(&self.w_enc)?.broadcast_add(&self.b_enc)?)
+        let x = if self.apply_b_dec_to_input { x.broadcast_sub(&self.b_dec)? } else { x.clone() };
+        Ok(x.matmul(&self.w_enc)?.broadcast_add(&self.b_enc)?)
     }
 
     /// Latent activations `[N, d_sae]`.
@@ -89,7 +93,7 @@ impl Sae {
             "d_sae": self.d_sae,
             "hook_name": self.hook_name,
             "dtype": "float32",
-            "apply_b_dec_to_input": true,
+            "apply_b_dec_to_input": self.apply_b_dec_to_input,
             "normalize_activations": "none",
         });
         if let (Some(c), Some(e)) = (cfg.as_object_mut(), extra.as_object()) {
@@ -117,7 +121,39 @@ impl Sae {
             .as_u64()
             .ok_or_else(|| err(format!("{}: `d_sae` must be an integer", cfg_path.display())))?
             as usize;
-        let hook_name = cfg.get("hook_name").and_then(|h| h.as_str()).unwrap_or("").to_string();
+        let hook_name = match cfg.get("hook_name").and_then(|h| h.as_str()) {
+            Some(h) if reward_lens_engine::Site::parse(h).is_some() => h.to_string(),
+            Some(h) => {
+                return Err(err(format!(
+                    "{}: `hook_name` `{h}` is not a site name (e.g. blocks.2.hook_resid_post)",
+                    cfg_path.display()
+                )))
+            }
+            None => return Err(err(format!("{}: missing `hook_name` (the site the SAE reads)", cfg_path.display()))),
+        };
+        let apply_b_dec_to_input = match cfg.get("apply_b_dec_to_input") {
+            None | Some(Value::Null) => true,
+            Some(Value::Bool(b)) => *b,
+            Some(v) => {
+                return Err(err(format!(
+                    "{}: `apply_b_dec_to_input` must be true or false, found {v}",
+                    cfg_path.display()
+                )))
+            }
+        };
+        // An input normalisation needs a scale this folder does not carry: the latents would be
+        // computed on inputs of another size than the SAE was trained on.
+        match cfg.get("normalize_activations") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(n)) if n == "none" => {}
+            Some(v) => {
+                return Err(err(format!(
+                    "{}: `normalize_activations` {v} is not supported (only \"none\"): fold the normalisation into \
+                     the weights first (SAELens: fold_activation_norm_scaling_factor)",
+                    cfg_path.display()
+                )))
+            }
+        }
         let model = cfg.get("model_fingerprint").and_then(|m| m.as_str()).map(str::to_string);
         let wpath = dir.join("sae_weights.safetensors");
         let t = candle_core::safetensors::load(&wpath, &Device::Cpu)
@@ -146,7 +182,13 @@ impl Sae {
                     .get("k")
                     .or_else(|| cfg.get("activation_fn_kwargs").and_then(|a| a.get("k")))
                     .and_then(|k| k.as_u64())
-                    .ok_or_else(|| err(format!("{}: a topk SAE needs `k`", cfg_path.display())))?;
+                    .filter(|&k| k >= 1 && k as usize <= d_sae)
+                    .ok_or_else(|| {
+                        err(format!(
+                            "{}: a topk SAE needs `k`, a whole number from 1 to d_sae ({d_sae})",
+                            cfg_path.display()
+                        ))
+                    })?;
                 Architecture::TopK { k: k as usize }
             }
             "standard" | "relu" => Architecture::Relu,
@@ -168,6 +210,7 @@ impl Sae {
             d_in,
             d_sae,
             model,
+            apply_b_dec_to_input,
         })
     }
 
@@ -480,6 +523,7 @@ mod tests {
             architecture,
             hook_name: "blocks.1.hook_resid_post".into(),
             model: None,
+            apply_b_dec_to_input: true,
             d_in,
             d_sae,
         }
@@ -588,11 +632,47 @@ mod tests {
         // Latent 0: 2.0 > 0.5 kept; latent 1: 0.3 < 0.5 dropped; latent 2: 2.3 < 10 dropped.
         assert_eq!(f[0], vec![2.0, 0.0, 0.0]);
         // Wrong shape is a named error.
-        std::fs::write(dir.join("cfg.json"), r#"{"architecture": "jumprelu", "d_in": 3, "d_sae": 3}"#).unwrap();
+        let cfg = |extra: &str, d_in: usize| {
+            let text = format!(
+                r#"{{"architecture": "jumprelu", "d_in": {d_in}, "d_sae": 3, "hook_name": "blocks.0.hook_resid_pre"{extra}}}"#
+            );
+            std::fs::write(dir.join("cfg.json"), text).unwrap();
+        };
+        // Gemma Scope's SAEs read x itself, not x − b_dec.
+        t.insert("b_dec".to_string(), Tensor::new(&[1.0f32, 0.0], &dev).unwrap());
+        candle_core::safetensors::save(&t, dir.join("sae_weights.safetensors")).unwrap();
+        cfg("", 2);
+        let x = Tensor::new(&[[2.0f32, 0.3]], &dev).unwrap();
+        assert_eq!(Sae::load(&dir).unwrap().encode(&x).unwrap().to_vec2::<f32>().unwrap()[0], vec![1.0, 0.0, 0.0]);
+        cfg(r#", "apply_b_dec_to_input": false"#, 2);
+        let s = Sae::load(&dir).unwrap();
+        assert_eq!(s.encode(&x).unwrap().to_vec2::<f32>().unwrap()[0], vec![2.0, 0.0, 0.0]);
+        s.save(&dir).unwrap();
+        assert!(!Sae::load(&dir).unwrap().apply_b_dec_to_input, "saved as read");
+        // What this SAE cannot honour, and a cfg that does not say what it reads, are refused.
+        for (extra, want) in [
+            (r#", "normalize_activations": "expected_average_only_in""#, "`normalize_activations`"),
+            (r#", "apply_b_dec_to_input": "yes""#, "must be true or false"),
+        ] {
+            cfg(extra, 2);
+            let e = Sae::load(&dir).err().unwrap().to_string();
+            assert!(e.contains(want) && e.contains("cfg.json"), "{e}");
+        }
+        std::fs::write(dir.join("cfg.json"), r#"{"architecture": "jumprelu", "d_in": 2, "d_sae": 3}"#).unwrap();
+        let e = Sae::load(&dir).err().unwrap().to_string();
+        assert!(e.contains("missing `hook_name`"), "{e}");
+        std::fs::write(
+            dir.join("cfg.json"),
+            r#"{"architecture": "topk", "k": 0, "d_in": 2, "d_sae": 3, "hook_name": "blocks.0.hook_resid_pre"}"#,
+        )
+        .unwrap();
+        let e = Sae::load(&dir).err().unwrap().to_string();
+        assert!(e.contains("a whole number from 1 to d_sae (3)"), "{e}");
+        cfg("", 3);
         let e = Sae::load(&dir).err().unwrap().to_string();
         assert!(e.contains("W_enc") && e.contains("[3, 3]"), "{e}");
         // So is a NaN weight (an SAE saved from a diverged run elsewhere).
-        std::fs::write(dir.join("cfg.json"), r#"{"architecture": "jumprelu", "d_in": 2, "d_sae": 3}"#).unwrap();
+        cfg("", 2);
         t.insert("b_dec".to_string(), Tensor::new(&[0.0f32, f32::NAN], &dev).unwrap());
         candle_core::safetensors::save(&t, dir.join("sae_weights.safetensors")).unwrap();
         let e = Sae::load(&dir).err().unwrap().to_string();

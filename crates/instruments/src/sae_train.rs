@@ -214,6 +214,7 @@ pub fn train(
         d_in,
         d_sae: opts.d_sae,
         model: None,
+        apply_b_dec_to_input: true,
     };
     Ok((sae, history))
 }

@@ -255,6 +255,7 @@ fn sae_decomposition_adds_up_to_the_reward() {
                 d_in: d,
                 d_sae: 256,
                 model: None,
+                apply_b_dec_to_input: true,
             };
             let seqs: Vec<Vec<u32>> = pairs(&model)[..3].iter().map(|p| p.chosen.clone()).collect();
             for dec in decompose(&model, &sae, &seqs, 5).unwrap() {
