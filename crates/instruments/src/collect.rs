@@ -222,12 +222,35 @@ pub fn load_all(dir: &Path) -> Result<(Manifest, Tensor)> {
     for s in &m.shards {
         let p: PathBuf = dir.join(s);
         let t = candle_core::safetensors::load(&p, &Device::Cpu).map_err(|e| err(format!("{}: {e}", p.display())))?;
-        parts.push(t.get("activations").ok_or_else(|| err(format!("{}: no `activations`", p.display())))?.clone());
+        let a = t.get("activations").ok_or_else(|| err(format!("{}: no `activations`", p.display())))?;
+        if a.rank() != 2 || (m.d > 0 && a.dim(1)? != m.d) {
+            return Err(err(format!(
+                "{}: tensor `activations` has shape {:?}, expected [rows, {}] (the manifest's width)",
+                p.display(),
+                a.dims(),
+                m.d
+            )));
+        }
+        // x − x is NaN exactly where x is NaN or infinite: one sum finds any.
+        let a = a.to_dtype(DType::F32)?;
+        if !(&a - &a)?.sum_all()?.to_scalar::<f32>()?.is_finite() {
+            return Err(err(format!("{}: tensor `activations` holds NaN or infinite values", p.display())));
+        }
+        parts.push(a);
     }
     if parts.is_empty() {
         return Err(err(format!("{}: no activations collected", dir.display())));
     }
-    Ok((m, Tensor::cat(&parts, 0)?))
+    let all = Tensor::cat(&parts, 0)?;
+    if m.activations > 0 && all.dim(0)? != m.activations {
+        return Err(err(format!(
+            "{}: the manifest counts {} activations, its shards hold {}",
+            mpath.display(),
+            m.activations,
+            all.dim(0)?
+        )));
+    }
+    Ok((m, all))
 }
 
 /// Where each collected activation came from: (sequence index, position), in row order.
@@ -260,5 +283,35 @@ mod tests {
         ];
         let s = sequences(&pairs);
         assert_eq!(s, vec![(vec![1, 2, 3], 2), (vec![1, 4], 1), (vec![5], 0), (vec![6, 7], 1)]);
+    }
+
+    #[test]
+    fn loading_checks_the_shards_against_the_manifest_and_for_nan() {
+        let dir = std::env::temp_dir().join(format!("rl-collect-load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |values: &[f32], rows: usize, counted: usize| {
+            let t = Tensor::from_vec(values.to_vec(), (rows, values.len() / rows), &Device::Cpu).unwrap();
+            let shard: HashMap<String, Tensor> = [("activations".to_string(), t)].into();
+            candle_core::safetensors::save(&shard, dir.join("acts-00000.safetensors")).unwrap();
+            let m = Manifest {
+                site: "blocks.0.hook_resid_post".into(),
+                d: 2,
+                shards: vec!["acts-00000.safetensors".into()],
+                sequences_done: 1,
+                activations: counted,
+                ..Default::default()
+            };
+            write_manifest(&dir, &m).unwrap();
+        };
+        write(&[1.0, 2.0, 3.0, 4.0], 2, 2);
+        assert_eq!(load_all(&dir).unwrap().1.dims(), &[2, 2]);
+        write(&[1.0, f32::NAN, 3.0, 4.0], 2, 2);
+        let e = load_all(&dir).unwrap_err().to_string();
+        assert!(e.contains("acts-00000.safetensors: tensor `activations` holds NaN"), "{e}");
+        write(&[1.0, 2.0, 3.0, 4.0], 2, 999);
+        assert!(load_all(&dir).unwrap_err().to_string().contains("counts 999 activations, its shards hold 2"));
+        write(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2, 2);
+        assert!(load_all(&dir).unwrap_err().to_string().contains("expected [rows, 2]"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
