@@ -283,7 +283,7 @@ pub fn read_preferences(path: &std::path::Path) -> Result<reward_lens_report::da
 #[derive(clap::Args, Clone, Debug)]
 pub struct RunArgs {
     /// Sequences per forward pass.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = crate::args::at_least_one)]
     pub batch_size: usize,
     /// Seed for bootstrap intervals (same seed, same output bytes).
     #[arg(long, default_value_t = 0)]
@@ -298,6 +298,15 @@ pub struct RunArgs {
 pub struct ShardArg {
     #[arg(long, value_name = "K/N", help = SHARD_HELP)]
     pub shard: Option<Shard>,
+}
+
+/// A count of at least 1 (`--batch-size 0` is refused here rather than read as something else).
+pub fn at_least_one(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("expected at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Options `patch`, `atp` and `faithfulness` share.
@@ -327,8 +336,9 @@ pub struct PatchArgs {
     /// token on these texts (a pairs JSONL; prompt + chosen) and score what every patch put in.
     #[arg(long, value_name = "FILE.jsonl")]
     pub divergence_reference: Option<PathBuf>,
-    /// reward-lens 1.0 semantics (prefix alignment, v1 names, mean at the last position).
-    #[arg(long)]
+    /// reward-lens 1.0 semantics (prefix alignment, v1 names, mean at the last position; so not
+    /// with --align).
+    #[arg(long, conflicts_with = "align")]
     pub v1_compat: bool,
     /// Re-run the whole model per patch (slow; for checking).
     #[arg(long)]
@@ -344,7 +354,7 @@ pub struct PatchArgs {
     /// Continue an interrupted run: keep the pairs already in --out.
     #[arg(long)]
     pub resume: bool,
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = crate::args::at_least_one)]
     pub batch_size: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -371,6 +381,9 @@ impl PatchArgs {
         };
         if self.mode == PatchMode::Mean && mean_reference.is_empty() {
             bail!("--mode mean needs --mean-reference FILE.jsonl (its prompt + chosen texts)");
+        }
+        if self.mode != PatchMode::Mean && self.mean_reference.is_some() {
+            bail!("--mean-reference is read by --mode mean only (the mode is {:?})", self.mode);
         }
         Ok(PatchOptions {
             mode: self.mode,

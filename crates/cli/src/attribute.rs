@@ -25,8 +25,9 @@ pub struct AttributeArgs {
     /// neuron's share goes through its down_proj column; they split mlp.{l}).
     #[arg(long, default_value_t = 0, value_name = "K")]
     pub neurons: usize,
-    /// reward-lens 1.0 semantics: w_r · raw sub-layer outputs, no final norm, no bias.
-    #[arg(long)]
+    /// reward-lens 1.0 semantics: w_r · raw sub-layer outputs, no final norm, no bias (and no heads,
+    /// as the peer had none).
+    #[arg(long, conflicts_with = "heads")]
     pub v1_compat: bool,
     /// How many components the summary lists.
     #[arg(long, default_value_t = 10)]

@@ -50,7 +50,7 @@ pub struct AuditArgs {
     #[arg(long, default_value = "audit-out", value_name = "DIR")]
     pub out: PathBuf,
     /// Sequences per forward pass (a pair is two). Lower it if memory is short.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = crate::args::at_least_one)]
     pub batch_size: usize,
     /// Seed for the pair sample, bootstrap intervals and permutation tests (same seed, same numbers).
     #[arg(long, default_value_t = 0)]

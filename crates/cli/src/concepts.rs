@@ -35,7 +35,7 @@ pub struct ConceptsArgs {
     /// Steer along this concept's vector.
     #[arg(long, value_name = "NAME")]
     pub steer: Option<String>,
-    #[arg(long, value_delimiter = ',', allow_hyphen_values = true, default_value = "-4,-2,0,2,4")]
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true, default_value = "-4,-2,0,2,4", requires = "steer")]
     pub strengths: Vec<f64>,
     /// Where the vector is added: pooled (the token the reward is read at) or all tokens.
     #[arg(long, value_parser = crate::args::choice::<reward_lens_engine::Positions>(&["pooled", "all"]), default_value = "pooled")]

@@ -31,7 +31,7 @@ pub struct EvalArgs {
     pub device: String,
     #[arg(long, value_name = "FILE.jsonl")]
     pub pairs: PathBuf,
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = crate::args::at_least_one)]
     pub batch_size: usize,
     #[arg(long, value_parser = crate::args::choice::<PaddingSide>(&["right", "left"]), default_value = "right")]
     pub padding: PaddingSide,

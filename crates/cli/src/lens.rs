@@ -23,8 +23,8 @@ pub struct LensArgs {
     pub input: PairInput,
     #[arg(long, value_parser = crate::args::choice::<LensKind>(&["normed", "frozen", "raw"]), default_value = "normed")]
     pub kind: LensKind,
-    /// reward-lens 1.0 semantics: raw projection, v1.0 crystallization rule.
-    #[arg(long)]
+    /// reward-lens 1.0 semantics: raw projection, v1.0 crystallization rule (so not with --kind).
+    #[arg(long, conflicts_with = "kind")]
     pub v1_compat: bool,
     #[command(flatten)]
     pub run: crate::args::RunArgs,

@@ -1,14 +1,26 @@
 //! `reward-lens patch` and `reward-lens atp`: per-pair patching effects, one JSON line each.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use serde_json::json;
 
-use reward_lens_instruments::patching::{atp, patch};
+use reward_lens_instruments::patching::{atp, patch, Granularity};
 
 pub use crate::args::PatchArgs;
 use crate::output::{self, named};
 
 fn run_kind(a: PatchArgs, attribution_patching: bool) -> Result<()> {
+    // Options that do not go together are refused before anything is read or written.
+    match (attribution_patching, a.naive, a.verify_top, &a.divergence_reference) {
+        (true, true, ..) => bail!("--naive applies to `patch` (a full forward per patch); `atp` runs no patches"),
+        (true, _, _, Some(_)) => bail!("--divergence-reference applies to `patch`, not `atp`"),
+        (false, _, k, _) if k > 0 => {
+            bail!("--verify-top applies to `atp` (its largest estimates patched exactly); `patch` is exact throughout")
+        }
+        (false, .., Some(_)) if a.granularity != Granularity::Sublayer => {
+            bail!("--divergence-reference scores sublayer patches (--granularity sublayer)")
+        }
+        _ => {}
+    }
     let pairs = a.input.read()?;
     a.guard(if attribution_patching { "atp" } else { "patch" }, pairs.len())?;
     // One pair per call: a shard's pairs are computed exactly as in one run.
@@ -18,10 +30,9 @@ fn run_kind(a: PatchArgs, attribution_patching: bool) -> Result<()> {
     let mut names: Vec<String> = Vec::new();
     let (mut fe, mut done) = (0.0, 0usize);
     let what = if attribution_patching { "attribution patching" } else { "patching" };
-    let divergence_texts = match (&a.divergence_reference, attribution_patching) {
-        (Some(f), false) => Some(crate::args::reference_texts(&model, f)?),
-        (Some(_), true) => anyhow::bail!("--divergence-reference applies to `patch`, not `atp`"),
-        _ => None,
+    let divergence_texts = match &a.divergence_reference {
+        Some(f) => Some(crate::args::reference_texts(&model, f)?),
+        None => None,
     };
     let mut reference: Option<reward_lens_instruments::divergence::Reference> = None;
     let lines = output::per_pair(&a.out, a.resume, pairs, what, |p| {

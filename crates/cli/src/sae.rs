@@ -61,7 +61,7 @@ pub struct TrainArgs {
     pub k: usize,
     #[arg(long, default_value_t = 10)]
     pub epochs: usize,
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 1024, value_parser = crate::args::at_least_one)]
     pub batch_size: usize,
     #[arg(long, default_value_t = 4e-4)]
     pub lr: f64,

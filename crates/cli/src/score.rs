@@ -42,7 +42,7 @@ pub struct ScoreArgs {
     #[arg(long, value_name = "FILE.json")]
     pub summary: Option<PathBuf>,
     /// Sequences per forward pass (a pair is two sequences).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = crate::args::at_least_one)]
     pub batch_size: usize,
     /// Padding side inside a batch (rewards are identical either way).
     #[arg(long, value_parser = crate::args::choice::<PaddingSide>(&["right", "left"]), default_value = "right")]

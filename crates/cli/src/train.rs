@@ -57,7 +57,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 3)]
     pub epochs: usize,
     /// Pairs per optimizer step.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = crate::args::at_least_one)]
     pub batch_size: usize,
     /// Peak learning rate (linear warm-up, then cosine decay to 10 %).
     #[arg(long, default_value_t = 1e-3)]

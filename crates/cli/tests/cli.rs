@@ -1166,6 +1166,55 @@ fn nonsense_thresholds_and_strengths_are_refused_up_front() {
     }
 }
 
+/// A batch size of 0 is refused by every command that takes one (some read it as 1, SAE
+/// training as something else), before any work.
+#[test]
+fn a_batch_size_of_zero_is_refused_everywhere() {
+    for args in [
+        &["score"][..],
+        &["eval", "--pairs", "p.jsonl"],
+        &["lens"],
+        &["attribute"],
+        &["patch", "--out", "x.jsonl"],
+        &["atp", "--out", "x.jsonl"],
+        &["sae", "train", "--acts", "a", "--out", "s"],
+        &["cart", "discover", "--pairs", "p.jsonl"],
+        &["train", "--pairs", "p.jsonl", "--out", "t"],
+        &["audit"],
+    ] {
+        let o = exe().args(args).args(["--batch-size", "0"]).output().unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.code() == Some(2) && e.contains("'0' for '--batch-size"), "{args:?}: {e}");
+        assert!(e.contains("expected at least 1"), "{args:?}: {e}");
+    }
+}
+
+/// Flags that another flag would override, or that the command never reads, are refused before
+/// anything is read or written, instead of being dropped without a word.
+#[test]
+fn contradictory_flags_are_refused() {
+    let d = tmp("contradictory");
+    let pairs = fixtures().join("pairs.jsonl");
+    let out = d.join("out.jsonl");
+    let p = pairs.to_str().unwrap();
+    let o = out.to_str().unwrap();
+    for (args, want) in [
+        (vec!["lens", "--v1-compat", "--kind", "normed"], "cannot be used with"),
+        (vec!["attribute", "--v1-compat", "--heads"], "cannot be used with"),
+        (vec!["concepts", "--strengths", "5"], "--steer"),
+        (vec!["patch", "--pairs", p, "--out", o, "--v1-compat", "--align", "anchored"], "cannot be used with"),
+        (vec!["patch", "--pairs", p, "--out", o, "--mean-reference", p], "--mean-reference is read by --mode mean"),
+        (vec!["patch", "--pairs", p, "--out", o, "--verify-top", "2"], "--verify-top applies to `atp`"),
+        (vec!["patch", "--pairs", p, "--out", o, "--granularity", "head", "--divergence-reference", p], "sublayer"),
+        (vec!["atp", "--pairs", p, "--out", o, "--naive"], "--naive applies to `patch`"),
+    ] {
+        let r = exe().args(&args).output().unwrap();
+        let e = String::from_utf8_lossy(&r.stderr);
+        assert!(!r.status.success() && e.contains(want), "{args:?}: {e}");
+        assert!(!out.exists(), "{args:?}: nothing written");
+    }
+}
+
 /// A path-patching sender or receiver the model lacks is an error about the option, raised before
 /// any pair runs (not an intervention's index error blamed on the first pair).
 #[test]

@@ -98,7 +98,7 @@ pub struct DiscoverFlags {
     #[arg(long, default_value_t = 16)]
     pub screen_top: usize,
     /// Pairs per forward pass.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = crate::args::at_least_one)]
     pub batch_size: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -231,7 +231,7 @@ pub struct OracleArgs {
     #[arg(long, value_name = "FRACTION")]
     pub tail_drop: Option<f64>,
     /// Pairs per forward pass.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = crate::args::at_least_one)]
     pub batch_size: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
