@@ -231,9 +231,9 @@ pub fn load_all(dir: &Path) -> Result<(Manifest, Tensor)> {
                 m.d
             )));
         }
-        // x − x is NaN exactly where x is NaN or infinite: one sum finds any.
+        // 0·x is NaN exactly where x is NaN or infinite: one sum finds any.
         let a = a.to_dtype(DType::F32)?;
-        if !(&a - &a)?.sum_all()?.to_scalar::<f32>()?.is_finite() {
+        if !a.affine(0.0, 0.0)?.sum_all()?.to_scalar::<f32>()?.is_finite() {
             return Err(err(format!("{}: tensor `activations` holds NaN or infinite values", p.display())));
         }
         parts.push(a);
@@ -305,9 +305,11 @@ mod tests {
         };
         write(&[1.0, 2.0, 3.0, 4.0], 2, 2);
         assert_eq!(load_all(&dir).unwrap().1.dims(), &[2, 2]);
-        write(&[1.0, f32::NAN, 3.0, 4.0], 2, 2);
-        let e = load_all(&dir).unwrap_err().to_string();
-        assert!(e.contains("acts-00000.safetensors: tensor `activations` holds NaN"), "{e}");
+        for bad in [f32::NAN, f32::INFINITY] {
+            write(&[1.0, bad, 3.0, 4.0], 2, 2);
+            let e = load_all(&dir).unwrap_err().to_string();
+            assert!(e.contains("acts-00000.safetensors: tensor `activations` holds NaN"), "{e}");
+        }
         write(&[1.0, 2.0, 3.0, 4.0], 2, 999);
         assert!(load_all(&dir).unwrap_err().to_string().contains("counts 999 activations, its shards hold 2"));
         write(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2, 2);

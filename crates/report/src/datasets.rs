@@ -456,7 +456,7 @@ mod tests {
         std::fs::write(&a, format!("{}\n{}\n", probe("\"x\"", "length"), probe("7", "emoji"))).unwrap();
         std::fs::write(&b, probe("\"x\"", "length")).unwrap();
         // Integer ids are read as pairs files read them.
-        let probes = read_probes(&[a.clone()]).unwrap();
+        let probes = read_probes(std::slice::from_ref(&a)).unwrap();
         assert_eq!(probes.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["x", "7"]);
         let e = read_probes(&[a.clone(), b.clone()]).unwrap_err().to_string();
         assert!(e.contains("b.jsonl:1: probe id `x` again (first at ") && e.contains("a.jsonl:1"), "{e}");
