@@ -263,6 +263,12 @@ pub fn ties_composite(rows: &[(&Value, &RowScores)]) -> Result<TiesScore> {
             .trim()
             .parse()
             .map_err(|_| Rb2Error::Invalid(format!("Ties row id {text:?}: prompt id {pid:?} is not an integer")))?;
+        // The reference counts every type but `ref` as tied; a misspelt type would be pooled there.
+        if kind != "ref" && kind != "tied" {
+            return Err(Rb2Error::Invalid(format!(
+                "Ties row id {text:?}: type {kind:?} is neither \"ref\" nor \"tied\""
+            )));
+        }
         let g = groups.entry((kind == "ref", pid)).or_default();
         g.0.extend(&s.chosen);
         g.1.extend(&s.rejected);
@@ -625,6 +631,10 @@ mod tests {
         assert!(matches!(ties_composite(&[(&bad, &s)]), Err(Rb2Error::Invalid(_))));
         let bad = Value::String("ref:x".into());
         assert!(matches!(ties_composite(&[(&bad, &s)]), Err(Rb2Error::Invalid(_))));
+        // A misspelt type is not counted as tied.
+        let bad = Value::String("Tied:1".into());
+        let e = ties_composite(&[(&bad, &s)]).unwrap_err().to_string();
+        assert!(e.contains("type \"Tied\" is neither \"ref\" nor \"tied\""), "{e}");
         // A paired tied prompt with a single correct answer has no spread: the reference raises.
         let (r, t) = (Value::String("ref:1".into()), Value::String("tied:1".into()));
         assert!(matches!(ties_composite(&[(&r, &s), (&t, &s)]), Err(Rb2Error::Invalid(_))));
