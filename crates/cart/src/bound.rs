@@ -17,10 +17,11 @@
 //!   (units with zero pooled SD are left out);
 //! * `linear_mmd2`: the unbiased linear-kernel MMD², `mean_{i≠j} t_i·t_j + mean_{i≠j} h_i·h_j −
 //!   2 mean t_i·h_j` on the raw read-outs (it can be slightly negative when the two agree);
-//! * `one_minus_cka`: `1 − linear CKA` between the two sets' unit-by-input matrices, rows being
-//!   the units (each centred over its set's inputs): CKA compares the units' Gram matrices, i.e.
-//!   whether the circuit units co-vary the same way on tail and on head inputs. Units are the
-//!   shared rows, so head and tail need not have equal sizes or any pairing of inputs.
+//! * `one_minus_cka` (three units or more): `1 − linear CKA` between the two sets' unit-by-input
+//!   matrices, rows being the units (each centred over its set's inputs): CKA compares the units'
+//!   Gram matrices, i.e. whether the circuit units co-vary the same way on tail and on head
+//!   inputs. Units are the shared rows, so head and tail need not have equal sizes or any pairing
+//!   of inputs. (With two units the centred rows are each other's negatives and CKA is always 1.)
 //!
 //! `L_tail` and `L_head` are the Bradley–Terry losses from [`reward_lens_train::evaluate`] on the
 //! evaluation pairs of each side.
@@ -116,7 +117,8 @@ pub fn divergence(values: &[Vec<f64>], head: &[usize], tail: &[usize]) -> Result
         (dot(&st, &st) - qt) / (nt * (nt - 1.0)) + (dot(&sh, &sh) - qh) / (nh * (nh - 1.0))
             - 2.0 * dot(&st, &sh) / (nt * nh),
     );
-    if u >= 2 {
+    // Two units' centred rows are each other's negatives: any two sets would give CKA 1.
+    if u >= 3 {
         let matrix = |rows: &[usize]| -> Vec<Vec<f32>> {
             (0..u)
                 .map(|k| {
@@ -251,17 +253,21 @@ mod tests {
 
     #[test]
     fn divergences_on_known_data() {
-        // Unit 0 shifts by 2 between head and tail (sd 1 within), unit 1 does not move.
-        let head: Vec<Vec<f64>> = (0..6).map(|i| vec![[-1.0, 1.0][i % 2], [0.0, 1.0, 2.0][i % 3]]).collect();
-        let tail: Vec<Vec<f64>> = (0..6).map(|i| vec![2.0 + [-1.0, 1.0][i % 2], [0.0, 1.0, 2.0][i % 3]]).collect();
+        // Unit 0 shifts by 2 between head and tail (sd 1 within), units 1 and 2 do not move.
+        let row = |i: usize, shift: f64| {
+            vec![shift + [-1.0, 1.0][i % 2], [0.0, 1.0, 2.0][i % 3], [0.0, 3.0][i % 2] + [0.0, 1.0, 2.0][i % 3]]
+        };
+        let head: Vec<Vec<f64>> = (0..6).map(|i| row(i, 0.0)).collect();
+        let tail: Vec<Vec<f64>> = (0..6).map(|i| row(i, 2.0)).collect();
         let values: Vec<Vec<f64>> = head.iter().chain(&tail).cloned().collect();
         let (h, t): (Vec<usize>, Vec<usize>) = ((0..6).collect(), (6..12).collect());
         let d = divergence(&values, &h, &t).unwrap();
-        // Pooled sd of unit 0: within-group variance 1.2 (n − 1 = 5 each) → d = 2/√1.2; unit 1: 0.
-        let want = (4.0 / 1.2) / 2.0;
+        // Pooled sd of unit 0: within-group variance 1.2 (n − 1 = 5 each) → d = 2/√1.2; units 1, 2: 0.
+        let want = (4.0 / 1.2) / 3.0;
         assert!((d.standardised_mean_distance.unwrap() - want).abs() < 1e-12, "{d:?}");
-        // Unbiased MMD² ≈ ‖Δμ‖² = 4, minus the within-set bias correction.
-        let mmd = d.linear_mmd2.unwrap();
+        // Unbiased MMD² ≈ ‖Δμ‖² = 4, minus the within-set bias correction (units 0 and 1).
+        let two: Vec<Vec<f64>> = values.iter().map(|v| v[..2].to_vec()).collect();
+        let mmd = divergence(&two, &h, &t).unwrap().linear_mmd2.unwrap();
         assert!(mmd > 3.0 && mmd < 5.0, "{mmd}");
         // Same covariance structure on both sides → CKA 1.
         assert!(d.one_minus_cka.unwrap().abs() < 1e-9, "{d:?}");
@@ -269,5 +275,7 @@ mod tests {
         let same = divergence(&values, &h, &h.clone()).unwrap();
         assert!(same.standardised_mean_distance.unwrap() < 1e-12);
         assert!(divergence(&values, &h, &[99]).is_err());
+        // Two units: no CKA (it would be 1 whatever the sets).
+        assert_eq!(divergence(&two, &h, &t).unwrap().one_minus_cka, None);
     }
 }
