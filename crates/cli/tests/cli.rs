@@ -1259,6 +1259,16 @@ fn an_answer_key_without_rules_is_refused() {
         assert!(o.status.code() == Some(1) && e.contains("the answer key holds no rules"), "{key}: {e}");
         assert!(!d.join("out/results.json").exists());
     }
+    // Nor one whose rules are not rules: the report showed a "rules | 5" row.
+    for (i, (key, want)) in
+        [(r#"{"rules": 5}"#, "`rules` must be a list"), ("[1, 2, 3]", "rule 1 is neither")].iter().enumerate()
+    {
+        let f = d.join(format!("bad{i}.json"));
+        std::fs::write(&f, key).unwrap();
+        let o = exe().args(["audit", "--answer-key"]).arg(&f).arg("--out").arg(d.join("out")).output().unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.code() == Some(1) && e.contains(want), "{key}: {e}");
+    }
 }
 
 /// Pairs whose chosen and rejected texts are the same are scored (real datasets hold a few) with

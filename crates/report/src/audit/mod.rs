@@ -196,6 +196,16 @@ pub fn check(o: &AuditOptions, answer_key: Option<&Value>) -> Result<()> {
         return Err(ReportError::Invalid("--batch-size must be at least 1".into()));
     }
     ProbeOptions { batch_size: o.batch_size, seed: o.seed, permutations: o.permutations }.check()?;
+    if let Some(r) = answer_key.and_then(|k| k.get("rules")).filter(|r| !r.is_array()) {
+        return Err(ReportError::Invalid(format!("the answer key's `rules` must be a list of rules, found {r}")));
+    }
+    if let Some(r) =
+        answer_key.map(html::rules).and_then(|rs| rs.into_iter().find(|r| !(r.is_object() || r.is_string())))
+    {
+        return Err(ReportError::Invalid(format!(
+            "the answer key's rule {r} is neither an object (name, description, …) nor a text"
+        )));
+    }
     if answer_key.is_some_and(|k| html::rules(k).is_empty()) {
         return Err(ReportError::Invalid(
             "the answer key holds no rules (expected a list of rules, an object with a `rules` list, or an object \
