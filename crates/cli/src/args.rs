@@ -214,7 +214,11 @@ impl PairInput {
     pub fn read(&self) -> Result<Vec<PairText>> {
         match (&self.pairs, &self.prompt, &self.chosen, &self.rejected) {
             (Some(p), ..) => read_pairs(p),
-            (None, Some(prompt), Some(c), Some(r)) => Ok(vec![PairText::new(prompt, c, r).with_id(0)]),
+            (None, Some(prompt), Some(c), Some(r)) => {
+                let pairs = vec![PairText::new(prompt, c, r).with_id(0)];
+                warn_identical(&pairs);
+                Ok(pairs)
+            }
             _ => bail!("give --pairs FILE.jsonl, or --prompt with --chosen and --rejected"),
         }
     }

@@ -512,7 +512,7 @@ fn patch_with_progress_unchecked(
         let (rejected, cost) =
             clean_run_after(model, &pin.rejected, &chosen, skip, heads).map_err(|e| on_pair(e, i, "rejected"))?;
         let mut layer_passes = (1.0 + cost) * n_layers as f64;
-        let delta = chosen.score - rejected.score;
+        let delta = margin(pin, chosen.score, rejected.score);
         let (target, source, t_ids, s_ids, t_rs) = match opts.mode {
             PatchMode::Denoising => (&rejected, Some(&chosen), &pin.rejected, &pin.chosen, pin.response_start.1),
             PatchMode::Noising => (&chosen, Some(&rejected), &pin.chosen, &pin.rejected, pin.response_start.0),
@@ -830,7 +830,7 @@ fn atp_with_progress_unchecked(
         let (other, cost) = clean_run_after(model, s_ids, &target, shared, heads)?;
         let mut passes = 1.0 + cost + BACKWARD_COST;
         let (r_c, r_r) = if denoise { (other.score, target.score) } else { (target.score, other.score) };
-        let delta = r_c - r_r;
+        let delta = margin(pin, r_c, r_r);
         let source = matches!(opts.mode, PatchMode::Noising | PatchMode::Denoising).then_some(&other);
         let map = alignment(t_ids, s_ids, target.pooled, other.pooled, align);
         let positions = position_set(opts, t_ids.len(), target.pooled, t_rs);
@@ -868,6 +868,16 @@ fn atp_with_progress_unchecked(
         progress(i + 1);
     }
     Ok(PatchingReport::new(opts, align, comps, out))
+}
+
+/// A pair's margin `r_c − r_r`: exactly 0 when its two texts are the same, where two runs (a
+/// gradient run and a forward) could differ by rounding and make `normalized` a ratio of noise.
+fn margin(pin: &EncodedPair, r_c: f64, r_r: f64) -> f64 {
+    if pin.chosen == pin.rejected {
+        0.0
+    } else {
+        r_c - r_r
+    }
 }
 
 /// The indices of the `k` largest |values| (ties: the lower index), in index order.
