@@ -429,19 +429,51 @@ pub fn read_concepts(paths: &[PathBuf]) -> Result<Vec<ConceptText>> {
     if paths.is_empty() {
         return BUILTIN_CONCEPTS.iter().map(|(n, t)| parse_concept(n, &format!("built-in {n}"), t)).collect();
     }
-    jsonl_files(paths)?
-        .iter()
-        .map(|f| {
-            let text = read_text(f, "cannot read")?;
-            let name = f.file_stem().and_then(|s| s.to_str()).unwrap_or("concept");
-            parse_concept(name, &f.display().to_string(), &text)
-        })
-        .collect()
+    let mut out: Vec<(ConceptText, PathBuf)> = Vec::new();
+    for f in jsonl_files(paths)? {
+        let text = read_text(&f, "cannot read")?;
+        let name = f.file_stem().and_then(|s| s.to_str()).unwrap_or("concept");
+        let c = parse_concept(name, &f.display().to_string(), &text)?;
+        // A concept is named by its file: two of one name would be one row twice, and `--steer
+        // NAME` could not say which.
+        if let Some((_, first)) = out.iter().find(|(o, _)| o.name == c.name) {
+            return Err(invalid(
+                f.display().to_string(),
+                format!("a second concept named `{}` (first: {})", c.name, first.display()),
+            ));
+        }
+        out.push((c, f));
+    }
+    if out.is_empty() {
+        let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+        return Err(invalid(
+            names.join(", "),
+            "no concepts here (expected NAME.jsonl files of prompt, positive, negative)",
+        ));
+    }
+    Ok(out.into_iter().map(|(c, _)| c).collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn concept_names_are_unique_and_paths_hold_concepts() {
+        let dir = std::env::temp_dir().join(format!("reward-lens-concepts-{}", std::process::id()));
+        for sub in ["a", "b", "empty"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        let line = r#"{"prompt": "p", "positive": "Great question! Yes.", "negative": "Yes."}"#;
+        std::fs::write(dir.join("a/flattery.jsonl"), line).unwrap();
+        std::fs::write(dir.join("b/flattery.jsonl"), line).unwrap();
+        assert_eq!(read_concepts(&[dir.join("a")]).unwrap().len(), 1);
+        let e = read_concepts(&[dir.join("a"), dir.join("b")]).unwrap_err().to_string();
+        assert!(e.contains("b/flattery.jsonl: a second concept named `flattery`"), "{e}");
+        let e = read_concepts(&[dir.join("empty")]).unwrap_err().to_string();
+        assert!(e.contains("no concepts here"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn probe_ids_are_unique_dimensions_exist_and_paths_hold_probes() {
