@@ -405,6 +405,9 @@ pub fn conflict<'py>(
     let (pairs, ids) = encoded(py, m, pairs, truncate_prompt)?;
     let batch_size = batch_size_ok(batch_size)?;
     let t = Thresholds::new(aligned, orthogonal, conflict).or_raise()?;
+    if let Some(w) = reward_lens_instruments::conflict::ungrouped_warning(&pairs, group_by) {
+        crate::model::warn(py, &format!("group_by: {w}"))?;
+    }
     let out = detached(py, || {
         let groups = term_groups(m, &pairs, &ids, group_by).or_raise()?;
         let terms = analyze(&learn_term_directions(m, &groups, layer, batch_size).or_raise()?, &t);

@@ -3,7 +3,7 @@ use clap::Args;
 use serde::Serialize;
 
 use reward_lens_instruments::conflict::{
-    analyze, learn_term_directions, objective_terms, term_groups, ConflictReport, Thresholds,
+    analyze, learn_term_directions, objective_terms, term_groups, ungrouped_warning, ConflictReport, Thresholds,
 };
 use reward_lens_report::text::conflict_text;
 
@@ -51,6 +51,9 @@ pub fn run(a: ConflictArgs) -> Result<()> {
     let model = a.model.load()?;
     let (pairs, ids) = a.input.encode(&model)?;
     let groups = term_groups(&model, &pairs, &ids, &a.group_by).map_err(|e| anyhow!("--{e}"))?;
+    if let Some(w) = ungrouped_warning(&pairs, &a.group_by) {
+        eprintln!("warning: --group-by {w}");
+    }
     let terms = analyze(&learn_term_directions(&model, &groups, a.layer, a.run.batch_size)?, &t);
     print!("{}", conflict_text(&terms, &format!("terms grouped by `{}`", a.group_by)));
     let inputs: Vec<Vec<u32>> = ids.iter().map(|p| p.chosen.clone()).collect();

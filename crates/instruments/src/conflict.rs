@@ -306,6 +306,24 @@ pub fn group_pairs(pairs: &[PairText], encoded: &[EncodedPair], field: &str) -> 
     groups
 }
 
+/// A warning when some pairs but not all lack `field`: they are grouped as one term, `(none)`,
+/// which then enters the cosines like any named term.
+pub fn ungrouped_warning(pairs: &[PairText], field: &str) -> Option<String> {
+    let missing: Vec<&PairText> =
+        pairs.iter().filter(|p| matches!(p.field(field), None | Some(serde_json::Value::Null))).collect();
+    if missing.is_empty() || missing.len() == pairs.len() {
+        return None;
+    }
+    let first: Vec<String> = missing.iter().take(3).map(|p| p.location()).collect();
+    Some(format!(
+        "{} of {} pairs have no `{field}` ({}{}): they are compared as one more term, `(none)`",
+        missing.len(),
+        pairs.len(),
+        first.join(", "),
+        if missing.len() > 3 { ", …" } else { "" }
+    ))
+}
+
 /// [`group_pairs`], refused when the terms cannot conflict: fewer than two groups, unless the
 /// model's own objectives (ArmoRM) are the terms compared.
 pub fn term_groups(
@@ -344,6 +362,20 @@ mod tests {
             let e = Thresholds::new(a, o, c).expect_err("refused").to_string();
             assert!(e.contains("conflict ≤ −orthogonal ≤ 0 ≤ orthogonal ≤ aligned"), "{e}");
         }
+    }
+
+    #[test]
+    fn pairs_without_the_field_are_named() {
+        use reward_lens_engine::PairText;
+        let texts = vec![
+            PairText::new("p", "c", "r").with_subset("a"),
+            PairText::new("p", "c", "r"),
+            PairText::new("p", "c", "r").with_subset("b"),
+        ];
+        let w = ungrouped_warning(&texts, "subset").unwrap();
+        assert!(w.starts_with("1 of 3 pairs have no `subset`") && w.contains("`(none)`"), "{w}");
+        assert_eq!(ungrouped_warning(&texts[..1], "subset"), None);
+        assert_eq!(ungrouped_warning(&texts[1..2], "subset"), None, "none has it: term_groups refuses");
     }
 
     #[test]
