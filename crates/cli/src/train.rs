@@ -46,13 +46,14 @@ pub struct TrainArgs {
     /// Default: `head` for --model, `all` for --from-scratch.
     #[arg(long)]
     pub trainable: Option<Trainable>,
-    #[arg(long, default_value_t = 2)]
+    /// The new model's shape (with --from-scratch; a --model keeps its own).
+    #[arg(long, default_value_t = 2, requires = "from_scratch")]
     pub layers: usize,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, requires = "from_scratch")]
     pub d_model: usize,
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, requires = "from_scratch")]
     pub heads: usize,
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, requires = "from_scratch")]
     pub d_mlp: usize,
     #[arg(long, default_value_t = 3)]
     pub epochs: usize,

@@ -279,7 +279,7 @@ impl Trainer {
     /// `config_json` is the model's config.json; `weights` every tensor in transformers' names.
     pub fn new(config_json: Value, weights: HashMap<String, Tensor>, opts: TrainOptions) -> Result<Self> {
         if opts.batch_size == 0 || opts.epochs == 0 {
-            return Err(TrainError::Invalid("batch_size and epochs must be at least 1".into()));
+            return Err(TrainError::Invalid("batch size and epochs must be at least 1".into()));
         }
         // A NaN or negative rate does not fail any step: it writes NaN (or ascending) weights.
         let finite = |what: &str, x: f64, min_ok: bool| -> Result<()> {
@@ -293,6 +293,14 @@ impl Trainer {
         finite("weight decay", opts.weight_decay, true)?;
         finite("max gradient norm", opts.max_grad_norm, true)?;
         let config = ModelConfig::from_value(&config_json, Path::new("(trainer config)"))?;
+        if let Trainable::LastLayers(k) = opts.trainable {
+            if k == 0 || k > config.n_layers {
+                return Err(TrainError::Invalid(format!(
+                    "trainable last:{k}: the model has {} layers (last:1 to last:{}; `all` for every weight)",
+                    config.n_layers, config.n_layers
+                )));
+            }
+        }
         let mut names: Vec<String> = weights.keys().cloned().collect();
         names.sort();
         let (mut frozen, mut params) = (HashMap::new(), Vec::new());

@@ -190,6 +190,10 @@ fn bad_options_and_checkpoints_are_clear_errors() {
     std::fs::create_dir_all(&ck).unwrap();
     let t = Trainer::new(cfg.clone(), weights.clone(), TrainOptions::default()).unwrap();
     t.save_checkpoint(&ck).unwrap();
+    // More trainable blocks than the model has is an error, not `all` under another name.
+    let deep = TrainOptions { trainable: Trainable::LastLayers(99), ..Default::default() };
+    let e = Trainer::new(cfg.clone(), weights.clone(), deep).err().unwrap().to_string();
+    assert!(e.contains("trainable last:99: the model has"), "{e}");
     let mut other = Trainer::new(cfg, weights, TrainOptions { lr: 0.5, ..Default::default() }).unwrap();
     let msg = other.resume(&ck).unwrap_err().to_string();
     assert!(msg.contains("other options") && msg.contains(&ck.display().to_string()), "{msg}");
