@@ -467,8 +467,10 @@ pub fn rank_latents(al: Vec<f64>, top: usize, examples: impl Fn(usize) -> Option
     let mut idx: Vec<usize> = (0..al.len()).collect();
     idx.sort_by(|&x, &y| al[y].total_cmp(&al[x]));
     let entry = |i: usize| LatentEntry { alignment: al[i], examples: examples(i), latent: i };
-    let top_positive = idx.iter().take(top).map(|&i| entry(i)).collect();
-    let top_negative = idx.iter().rev().take(top).map(|&i| entry(i)).collect();
+    // With `top` past half the latents the two lists would meet: a latent is listed once.
+    let n_pos = top.min(idx.len());
+    let top_positive = idx[..n_pos].iter().map(|&i| entry(i)).collect();
+    let top_negative = idx[n_pos..].iter().rev().take(top).map(|&i| entry(i)).collect();
     FeatureReport { alignment: al, top_positive, top_negative }
 }
 
@@ -575,6 +577,11 @@ mod tests {
             "{j}"
         );
         assert!(j.contains(r#"{"alignment":0.7,"examples":["ex"],"latent":2}"#), "{j}");
+        // A `top` past half the latents lists each once.
+        let r = rank_latents(vec![0.1, -0.5, 0.7, 0.0], 3, |_| None);
+        assert_eq!((ids(&r.top_positive), ids(&r.top_negative)), (vec![2, 0, 3], vec![1]));
+        let r = rank_latents(vec![0.1, -0.5, 0.7, 0.0], 100, |_| None);
+        assert_eq!((ids(&r.top_positive).len(), ids(&r.top_negative).len()), (4, 0));
     }
 
     #[test]
