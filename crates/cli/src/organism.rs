@@ -31,7 +31,7 @@ pub struct OrganismArgs {
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// Training epochs over the training pairs.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::at_least_one)]
     pub epochs: Option<usize>,
 }
 

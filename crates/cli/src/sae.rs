@@ -59,7 +59,7 @@ pub struct TrainArgs {
     pub d_sae: usize,
     #[arg(long, default_value_t = 32)]
     pub k: usize,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = crate::args::at_least_one)]
     pub epochs: usize,
     #[arg(long, default_value_t = 1024, value_parser = crate::args::at_least_one)]
     pub batch_size: usize,

@@ -55,7 +55,7 @@ pub struct TrainArgs {
     pub heads: usize,
     #[arg(long, default_value_t = 256, requires = "from_scratch")]
     pub d_mlp: usize,
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = crate::args::at_least_one)]
     pub epochs: usize,
     /// Pairs per optimizer step.
     #[arg(long, default_value_t = 32, value_parser = crate::args::at_least_one)]

@@ -1167,7 +1167,7 @@ fn nonsense_thresholds_and_strengths_are_refused_up_front() {
 }
 
 /// A batch size of 0 is refused by every command that takes one (some read it as 1, SAE
-/// training as something else), before any work.
+/// training as something else), and so are zero epochs, before any work.
 #[test]
 fn a_batch_size_of_zero_is_refused_everywhere() {
     for args in [
@@ -1186,6 +1186,17 @@ fn a_batch_size_of_zero_is_refused_everywhere() {
         let e = String::from_utf8_lossy(&o.stderr);
         assert!(o.status.code() == Some(2) && e.contains("'0' for '--batch-size"), "{args:?}: {e}");
         assert!(e.contains("expected at least 1"), "{args:?}: {e}");
+    }
+    // So is zero epochs, wherever training runs.
+    for args in [
+        &["organism", "--preset", "length", "--out", "o"][..],
+        &["train", "--pairs", "p.jsonl", "--out", "t"],
+        &["sae", "train", "--acts", "a", "--out", "s"],
+        &["cart", "train", "--preset", "tail", "--out", "c"],
+    ] {
+        let o = exe().args(args).args(["--epochs", "0"]).output().unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.code() == Some(2) && e.contains("'0' for '--epochs"), "{args:?}: {e}");
     }
 }
 

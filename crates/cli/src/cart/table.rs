@@ -70,7 +70,7 @@ pub struct TableArgs {
     /// Permutations of the light discoveries' τ.
     #[arg(long, default_value_t = 1000)]
     pub permutations: usize,
-    #[arg(long, hide = true)]
+    #[arg(long, hide = true, value_parser = crate::args::at_least_one)]
     pub epochs: Option<usize>,
     #[arg(long, hide = true)]
     pub n_train: Option<usize>,

@@ -81,7 +81,7 @@ pub struct TrainArgs {
     #[arg(long, default_value = "all")]
     pub trainable: Trainable,
     /// Epochs (organisms: 3; --model: 3). Every arm takes ⌈N_train / batch⌉ · epochs steps per member.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::at_least_one)]
     pub epochs: Option<usize>,
     /// Peak learning rate (organisms: 3e-3; --model: 1e-4).
     #[arg(long)]
