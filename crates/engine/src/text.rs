@@ -46,11 +46,21 @@ pub struct ChatTokenizer {
     pub max_tokens: usize,
 }
 
-fn token_string(v: Option<&Value>) -> Option<String> {
-    match v? {
-        Value::String(s) => Some(s.clone()),
-        Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(str::to_string),
-        _ => None,
+/// A special token as `tokenizer_config.json` writes it: a string, or an added-token object with
+/// its `content`; absent or null is no token. Anything else is an error (read as absent, the
+/// template would silently render without it).
+fn token_string(cfg: &Value, key: &str, path: &Path) -> Result<Option<String>> {
+    match cfg.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Object(o)) if o.get("content").is_some_and(Value::is_string) => {
+            Ok(o.get("content").and_then(|c| c.as_str()).map(str::to_string))
+        }
+        Some(other) => Err(EngineError::ConfigField {
+            path: path.to_path_buf(),
+            field: key.into(),
+            message: format!("expected a token string (or an object with its `content`), found {other}"),
+        }),
     }
 }
 
@@ -185,8 +195,8 @@ impl ChatTokenizer {
         let me = Self {
             tokenizer,
             template,
-            bos_token: token_string(cfg.get("bos_token")),
-            eos_token: token_string(cfg.get("eos_token")),
+            bos_token: token_string(&cfg, "bos_token", &cfg_path)?,
+            eos_token: token_string(&cfg, "eos_token", &cfg_path)?,
             max_tokens: max,
         };
         // Fail at load, not on the first pair, when the template cannot render — or renders a

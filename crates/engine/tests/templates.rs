@@ -151,6 +151,13 @@ fn hostile_or_wrong_templates_are_named_errors() {
             vec!["chat_template.jinja", "fuel"],
         ),
         ("zero-context", json!({"model_max_length": 0}), None, vec!["tokenizer_config.json", "`model_max_length`", "positive"]),
+        ("numeric-bos", json!({"bos_token": 5}), None, vec!["tokenizer_config.json", "`bos_token`", "found 5"]),
+        (
+            "contentless-eos",
+            json!({"eos_token": {"special": true}}),
+            None,
+            vec!["tokenizer_config.json", "`eos_token`", "token string"],
+        ),
         (
             "runaway-macro",
             json!({}),
