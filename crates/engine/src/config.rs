@@ -334,6 +334,11 @@ impl ModelConfig {
         })?;
 
         let rope = if is_gpt2 { None } else { Some(parse_rope(&f)?) };
+        // Attention that sees later tokens (an encoder-style variant of a decoder config) is not
+        // what this engine computes: refused rather than scored as causal.
+        if f.bool_opt("use_bidirectional_attention")? == Some(true) {
+            return Err(f.err("use_bidirectional_attention", "true is not supported (attention here is causal)"));
+        }
 
         let attention_bias = f.bool_opt("attention_bias")?.unwrap_or(false);
         let (qkv_bias, o_bias) = match architecture {
@@ -768,6 +773,8 @@ mod tests {
             (gemma(), "attn_logit_softcapping", json!(0.0), "attn_logit_softcapping"),
             (gemma(), "final_logit_softcapping", json!(-1.0), "final_logit_softcapping"),
             (gemma(), "sliding_window", json!(0), "sliding_window"),
+            (gemma(), "use_bidirectional_attention", json!(true), "use_bidirectional_attention"),
+            (llama(), "use_bidirectional_attention", json!(true), "use_bidirectional_attention"),
             (armo(), "gating_temperature", json!(0.0), "gating_temperature"),
             (armo(), "num_objectives", json!(0), "num_objectives"),
             (armo(), "gating_token_pattern", json!([]), "gating_token_pattern"),
