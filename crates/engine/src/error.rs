@@ -43,8 +43,8 @@ pub enum EngineError {
     EmptyText { field: &'static str },
     #[error(
         "input has {n_tokens} tokens but the model's context is {max_tokens}; \
-         drop prompt tokens from the left (--truncate-prompt; in Python truncate_prompt=True) or shorten the \
-         input"
+         pass a truncation option that drops prompt tokens from the left (--truncate-prompt; in Python \
+         truncate_prompt=True) or shorten the input"
     )]
     TooLong { n_tokens: usize, max_tokens: usize },
     #[error(
