@@ -3,7 +3,7 @@
 use anyhow::{bail, Result};
 use serde_json::json;
 
-use reward_lens_instruments::patching::{atp, patch, Granularity};
+use reward_lens_instruments::patching::{atp, patch, Granularity, PatchMode};
 
 pub use crate::args::PatchArgs;
 use crate::output::{self, named};
@@ -18,6 +18,9 @@ fn run_kind(a: PatchArgs, attribution_patching: bool) -> Result<()> {
         }
         (false, .., Some(_)) if a.granularity != Granularity::Sublayer => {
             bail!("--divergence-reference scores sublayer patches (--granularity sublayer)")
+        }
+        _ if a.mean_reference.is_some() && a.mode != PatchMode::Mean => {
+            bail!("--mean-reference is read by --mode mean only (the mode is {:?})", a.mode)
         }
         _ => {}
     }

@@ -115,6 +115,7 @@ pub fn run(a: SaeArgs) -> Result<()> {
 
 fn run_collect(a: CollectArgs) -> Result<()> {
     let options = format!("{:?}", CollectArgs { resume: false, out: Default::default(), ..a.clone() });
+    collect::collectable_site(&a.site).map_err(|e| anyhow::anyhow!("--site {e}"))?;
     crate::args::guard_out("sae collect", &a.out, a.resume, Some(&a.model), &a.input.paths(), options)?;
     let model = a.model.load()?;
     let seqs = collect::sequences(&a.input.encode(&model)?.1);

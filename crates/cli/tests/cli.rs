@@ -659,6 +659,7 @@ fn sae_collect_train_features_decompose() {
         .unwrap();
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.code() == Some(1) && e.contains("not one vector per token"), "{e}");
+    assert!(!d.join("pattern.meta.json").exists(), "refused before anything is written");
     // Nor does a resumed collection mix models, positions or texts.
     for (positions, pairs) in [("pooled", &reordered), ("response", &fixtures().join("pairs.jsonl"))] {
         let o = exe()
@@ -1222,7 +1223,7 @@ fn contradictory_flags_are_refused() {
         let r = exe().args(&args).output().unwrap();
         let e = String::from_utf8_lossy(&r.stderr);
         assert!(!r.status.success() && e.contains(want), "{args:?}: {e}");
-        assert!(!out.exists(), "{args:?}: nothing written");
+        assert!(!out.exists() && !d.join("out.jsonl.meta.json").exists(), "{args:?}: nothing written");
     }
 }
 

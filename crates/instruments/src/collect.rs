@@ -85,6 +85,19 @@ pub fn same_input<'a>(m: &Manifest, seqs: impl IntoIterator<Item = &'a [u32]>) -
     h.hex() == m.input
 }
 
+/// The site `collect` would read, or why it cannot: unknown, or not one vector per token (rows are
+/// positions). Callers may check before they write anything.
+pub fn collectable_site(site: &str) -> Result<Site> {
+    let s = Site::parse(site).ok_or_else(|| err(format!("unknown site `{site}`")))?;
+    if matches!(s, Site::Pattern(_) | Site::AttnScores(_)) {
+        return Err(err(format!(
+            "`{site}` is [heads, query, key] per sequence, not one vector per token; collect a per-token site \
+             (hook_resid_*, hook_attn_out, hook_mlp_out, mlp.hook_post, attn.hook_z, …)"
+        )));
+    }
+    Ok(s)
+}
+
 /// Collects a site over `seqs` (with their response starts) into `dir`; a shard is only recorded
 /// in the manifest once complete.
 pub fn collect(
@@ -95,14 +108,7 @@ pub fn collect(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Manifest> {
     let (site, positions, shard_rows, resume) = (opts.site.as_str(), opts.positions, opts.shard_rows, opts.resume);
-    let s = Site::parse(site).ok_or_else(|| err(format!("unknown site `{site}`")))?;
-    // Rows are positions: a site must hold one vector per token.
-    if matches!(s, Site::Pattern(_) | Site::AttnScores(_)) {
-        return Err(err(format!(
-            "`{site}` is [heads, query, key] per sequence, not one vector per token; collect a per-token site \
-             (hook_resid_*, hook_attn_out, hook_mlp_out, mlp.hook_post, attn.hook_z, …)"
-        )));
-    }
+    let s = collectable_site(site)?;
     std::fs::create_dir_all(dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
     let mpath = dir.join("manifest.json");
     let mut m = if resume && mpath.exists() {
