@@ -281,6 +281,7 @@ impl RewardModel {
             _ => None,
         };
         let mut model = Self::build(config, &source, opts, pattern, progress)?;
+        model.warnings.extend(tokenizer.warnings());
         model.tokenizer = Some(tokenizer);
         model.disk_dtype = disk_dtype;
         Ok(model)

@@ -113,6 +113,22 @@ const SENTINEL_PROMPT: &str = "\u{E000}";
 const SENTINEL_RESPONSE: &str = "\u{E001}";
 
 impl ChatTokenizer {
+    /// What loading noticed: a chat template that uses `bos_token` or `eos_token` while
+    /// `tokenizer_config.json` defines none renders it as empty text, so every sequence lacks it.
+    pub fn warnings(&self) -> Vec<String> {
+        let Some((text, source)) = &self.template else { return Vec::new() };
+        [("bos_token", &self.bos_token), ("eos_token", &self.eos_token)]
+            .into_iter()
+            .filter(|(name, token)| token.is_none() && text.contains(name))
+            .map(|(name, _)| {
+                format!(
+                    "the chat template ({source}) uses `{name}`, which tokenizer_config.json does not define: it \
+                     renders as empty text"
+                )
+            })
+            .collect()
+    }
+
     /// Loads `tokenizer.json`, and the chat template from `chat_template.jinja` or the
     /// `chat_template` field of `tokenizer_config.json`.
     pub fn from_dir(dir: &Path, max_tokens: usize, model_type: Option<&str>) -> Result<Self> {
