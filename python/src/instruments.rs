@@ -158,6 +158,9 @@ fn patch_options(
     if mode == PatchMode::Mean && mean_reference.is_empty() {
         return Err(input("mode=\"mean\" needs mean_reference (pairs whose prompt + chosen are the reference texts)"));
     }
+    if mode != PatchMode::Mean && !mean_reference.is_empty() {
+        return Err(input(format!("mean_reference is read by mode=\"mean\" only (the mode is {mode:?})")));
+    }
     Ok(PatchOptions {
         mode,
         granularity: choice::<Granularity>(granularity, "granularity")?,
@@ -236,8 +239,8 @@ patch_like!(
     "attribution patching",
     "Attribution patching (AtP): the first-order estimate of every patch from one gradient pass, \
 with exactly the replacements `patch` uses, so the two compare term by term. verify_top=K patches \
-the K components with the largest estimates exactly, per pair (their names are listed in the pair's \
-`exact`); `patch` rejects it."
+the K components with the largest estimates exactly, per pair (the pair's `exact` holds their indices \
+into `components`); `patch` rejects it."
 );
 
 /// Path patching, one hop: the sender head's patched write reaches only each receiver.

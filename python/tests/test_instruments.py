@@ -200,6 +200,8 @@ def test_nonsense_settings_are_input_errors(model):
         rl.conflict(model, PAIRS, group_by="nosuch")
     with pytest.raises(rl.InputError, match="no probe has dimension `nosuch`"):
         rl.probe(model, dimensions=["length", "nosuch"])
+    with pytest.raises(rl.InputError, match="mean_reference is read by mode=\"mean\" only"):
+        rl.patch(model, PAIRS, mean_reference=PAIRS, progress=False)
     with pytest.raises(rl.InputError, match=r"threshold nan|threshold NaN"):
         rl.diagnose(model, threshold=float("nan"), progress=False)
     with pytest.raises(rl.InputError, match="steering strength NaN"):

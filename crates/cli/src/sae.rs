@@ -44,7 +44,7 @@ pub struct CollectArgs {
     /// Output directory (shards + manifest.json).
     #[arg(long)]
     pub out: PathBuf,
-    #[arg(long, default_value_t = 65_536)]
+    #[arg(long, default_value_t = 65_536, value_parser = crate::args::at_least_one)]
     pub shard_rows: usize,
     #[arg(long)]
     pub resume: bool,

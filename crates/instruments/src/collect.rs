@@ -109,6 +109,9 @@ pub fn collect(
 ) -> Result<Manifest> {
     let (site, positions, shard_rows, resume) = (opts.site.as_str(), opts.positions, opts.shard_rows, opts.resume);
     let s = collectable_site(site)?;
+    if shard_rows == 0 {
+        return Err(err("shard_rows = 0: a shard holds at least one activation"));
+    }
     std::fs::create_dir_all(dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
     let mpath = dir.join("manifest.json");
     let mut m = if resume && mpath.exists() {
@@ -289,6 +292,14 @@ mod tests {
         ];
         let s = sequences(&pairs);
         assert_eq!(s, vec![(vec![1, 2, 3], 2), (vec![1, 4], 1), (vec![5], 0), (vec![6, 7], 1)]);
+    }
+
+    #[test]
+    fn sites_and_shard_sizes_that_cannot_be_collected_are_refused() {
+        assert!(collectable_site("blocks.1.hook_resid_post").is_ok());
+        let e = collectable_site("blocks.1.attn.hook_pattern").unwrap_err().to_string();
+        assert!(e.contains("not one vector per token"), "{e}");
+        assert!(collectable_site("blocks.x").unwrap_err().to_string().contains("unknown site"));
     }
 
     #[test]

@@ -105,6 +105,9 @@ pub fn train(
     if opts.epochs == 0 {
         return Err(err("epochs = 0: train for at least one epoch"));
     }
+    if opts.batch_size == 0 {
+        return Err(err("batch_size = 0: a step needs at least one activation"));
+    }
     if !(opts.lr.is_finite() && opts.lr > 0.0) {
         return Err(err(format!("learning rate {}: expected a finite number > 0", opts.lr)));
     }
@@ -447,6 +450,7 @@ mod tests {
         let opts = TrainOptions { d_sae: 16, k: 2, epochs: 1, batch_size: 64, seed: 1, ..Default::default() };
         let msg = |o: TrainOptions| train(&data, &o, |_| {}).err().expect("refused").to_string();
         assert!(msg(TrainOptions { epochs: 0, ..opts.clone() }).contains("epochs = 0"));
+        assert!(msg(TrainOptions { batch_size: 0, ..opts.clone() }).contains("batch_size = 0"));
         for lr in [f64::NAN, f64::INFINITY, 0.0, -1e-3] {
             assert!(msg(TrainOptions { lr, ..opts.clone() }).contains("expected a finite number > 0"), "{lr}");
         }
