@@ -341,6 +341,9 @@ pub fn concepts<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let m = &model.inner;
     let positions: Positions = choice(positions, "positions")?;
+    if steer.is_none() && pairs.is_some() {
+        return Err(input("pairs= gives the texts steer= steers; without steer= nothing reads them"));
+    }
     if steer.is_some() {
         reward_lens_instruments::concepts::check_strengths(&strengths).or_raise()?;
     }

@@ -152,8 +152,11 @@ fn parse_hooks(py: Python<'_>, hooks: Option<&Bound<'_, PyAny>>, device: &Device
                         .ok_or_else(|| input(format!("{what}: action \"scale\" needs a value")))?
                         .extract::<f64>()
                         .ok()
-                        .filter(|s| s.is_finite())
-                        .ok_or_else(|| input(format!("{what}: scale value must be a finite number")))?,
+                        // Activations are f32: a factor past f32's range would make every one infinite.
+                        .filter(|s| (*s as f32).is_finite())
+                        .ok_or_else(|| {
+                            input(format!("{what}: scale value must be a finite number within f32's range"))
+                        })?,
                 ),
                 other => {
                     return Err(input(format!(
@@ -589,15 +592,25 @@ impl Cache {
     /// stacked in firing order into one array with a leading site axis.
     fn stack<'py>(&self, py: Python<'py>, pattern: &str) -> PyResult<Bound<'py, PyAny>> {
         let filter = SiteFilter::new(&[pattern]);
-        let picked: Vec<Tensor> = self
-            .names
-            .iter()
-            .filter(|n| Site::parse(n).is_some_and(|s| filter.matches(&s)))
-            .map(|n| self.tensors[n].clone())
-            .collect();
-        if picked.is_empty() {
+        let names: Vec<&String> =
+            self.names.iter().filter(|n| Site::parse(n).is_some_and(|s| filter.matches(&s))).collect();
+        let Some(first) = names.first() else {
             return Err(raise(Kind::Site, format!("`{pattern}` matches no cached site")));
+        };
+        // Sites of different kinds (a residual stream and an attention pattern) cannot share one
+        // array; name the first pair that differs rather than passing on the tensor library's text.
+        let shape = self.tensors[*first].dims();
+        if let Some(other) = names.iter().find(|n| self.tensors[**n].dims() != shape) {
+            return Err(raise(
+                Kind::Site,
+                format!(
+                    "`{pattern}` matches sites of different shapes ({first}: {shape:?}, {other}: {:?}); \
+                     narrow the pattern to one kind of site",
+                    self.tensors[*other].dims()
+                ),
+            ));
         }
+        let picked: Vec<Tensor> = names.iter().map(|n| self.tensors[*n].clone()).collect();
         tensor_to_numpy(py, &Tensor::stack(&picked, 0).or_raise()?)
     }
 }

@@ -188,6 +188,9 @@ pub fn sae_features<'py>(
     pairs: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let m = &model.inner;
+    if acts.is_some() != pairs.is_some() {
+        return Err(input("acts= and pairs= go together: the collection and the pairs it was collected from"));
+    }
     let pairs: Option<Vec<PairText>> = pairs.map(convert::pairs).transpose()?;
     let sae = load_sae(py, model, &sae)?;
     let rep = detached(py, || {

@@ -206,6 +206,8 @@ def test_nonsense_settings_are_input_errors(model):
         rl.diagnose(model, threshold=float("nan"), progress=False)
     with pytest.raises(rl.InputError, match="steering strength NaN"):
         rl.concepts(model, steer="verbosity", strengths=[float("nan"), 1.0])
+    with pytest.raises(rl.InputError, match="without steer= nothing reads them"):
+        rl.concepts(model, pairs=PAIRS)
     with pytest.raises(rl.InputError, match="permutations 0: .* needs at least 20"):
         rl.probe(model, permutations=0)
 

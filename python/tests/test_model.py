@@ -69,6 +69,8 @@ def test_cache_shapes_and_dtypes(llama):
     stacked = cache.stack("blocks.*.hook_resid_post")
     assert stacked.shape == (3, n, d)
     np.testing.assert_array_equal(stacked[2], r)
+    with pytest.raises(rl.SiteError, match="different shapes"):
+        cache.stack("blocks.0.*")  # residual streams beside attention patterns
     assert "blocks.2.hook_resid_post" in cache and "blocks.9.hook_resid_post" not in cache
     with pytest.raises(KeyError):
         cache["blocks.9.hook_resid_post"]
@@ -140,8 +142,9 @@ def test_hook_errors(llama):
     # A misspelt key would drop its restriction and zero every position: refused by name.
     with pytest.raises(rl.InputError, match="unknown key `position` \\(expected site, action, value, positions, heads\\)"):
         llama.run_with_hooks(PROMPT, RESPONSE, hooks=[{"site": "blocks.0.hook_resid_post", "action": "zero", "position": [0]}])
-    with pytest.raises(rl.InputError, match="scale value must be a finite number"):
-        llama.run_with_hooks(PROMPT, RESPONSE, hooks=[("blocks.0.hook_resid_post", "scale", float("nan"))])
+    for factor in (float("nan"), 1e39):  # 1e39 is infinite as float32
+        with pytest.raises(rl.InputError, match="scale value must be a finite number within f32's range"):
+            llama.run_with_hooks(PROMPT, RESPONSE, hooks=[("blocks.0.hook_resid_post", "scale", factor)])
     with pytest.raises(rl.InputError, match="\"zero\" takes no value"):
         llama.run_with_hooks(PROMPT, RESPONSE, hooks=[("blocks.0.hook_resid_post", "zero", 0.5)])
     # A NaN or infinite value (1e300 is infinite as float32) would pass for the model's overflow.

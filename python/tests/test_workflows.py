@@ -144,6 +144,8 @@ def test_sae_provenance(cli, tmp_path):
         rl.sae.collect(m, pairs, "blocks.1.hook_resid_post", tmp_path / "acts", resume=True, progress=False)
     with pytest.raises(rl.InputError, match="not the texts this collection was made from"):
         rl.sae.features(m, tmp_path / "sae", acts=tmp_path / "acts", pairs=pairs)
+    with pytest.raises(rl.InputError, match="acts= and pairs= go together"):
+        rl.sae.features(m, tmp_path / "sae", acts=tmp_path / "acts")
     assert rl.sae.collect(rl.load(), EXAMPLES, "blocks.1.hook_resid_post", tmp_path / "emb",
                           progress=False)["model"].startswith("embedded-example-model-")
 

@@ -85,11 +85,13 @@ impl HeadTailSplit {
         let tail: Vec<usize> = (0..is_tail.len()).filter(|&i| is_tail[i]).collect();
         let head: Vec<usize> = (0..is_tail.len()).filter(|&i| !is_tail[i]).collect();
         if tail.is_empty() {
-            return Err(invalid(format!("head/tail split ({rule:?}): the tail is empty ({} items)", is_tail.len())));
+            let rule = crate::text::describe_rule(&rule);
+            return Err(invalid(format!("head/tail split ({rule}): the tail is empty ({} items)", is_tail.len())));
         }
         if head.is_empty() {
+            let rule = crate::text::describe_rule(&rule);
             return Err(invalid(format!(
-                "head/tail split ({rule:?}): the head is empty (all {} items are tail)",
+                "head/tail split ({rule}): the head is empty (all {} items are tail)",
                 is_tail.len()
             )));
         }
@@ -139,7 +141,15 @@ pub fn split_by_field(values: &[&str], field: &str, tail_values: &[&str]) -> Res
     let labels: Vec<bool> = values.iter().map(|v| tail_values.contains(v)).collect();
     let rule =
         SplitRule::Field { field: field.to_string(), tail_values: tail_values.iter().map(|s| s.to_string()).collect() };
-    HeadTailSplit::from_labels(&labels, rule)
+    // An empty side here is usually a misspelt value: list the values the items do carry.
+    HeadTailSplit::from_labels(&labels, rule).map_err(|e| {
+        let mut present: Vec<&str> = values.to_vec();
+        present.sort_unstable();
+        present.dedup();
+        let shown: Vec<String> = present.iter().take(20).map(|v| format!("`{v}`")).collect();
+        let more = if present.len() > 20 { format!(" and {} more", present.len() - 20) } else { String::new() };
+        invalid(format!("{e}; the items' `{field}` values are {}{more}", shown.join(", ")))
+    })
 }
 
 /// Tail = the pairs whose `subset` is one of `tail_subsets`.
@@ -497,10 +507,12 @@ mod tests {
     fn field_and_random_splits() {
         let s = split_by_field(&["chat", "xstest", "chat", "hep-go"], "subset", &["xstest", "hep-go"]).unwrap();
         assert_eq!((s.head.clone(), s.tail.clone()), (vec![0, 2], vec![1, 3]));
-        assert!(split_by_field(&["chat", "chat"], "subset", &["xstest"])
-            .unwrap_err()
-            .to_string()
-            .contains("tail is empty"));
+        let e = split_by_field(&["chat", "math", "chat"], "subset", &["xstest"]).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "head/tail split (`subset` ∈ {xstest}): the tail is empty (3 items); \
+             the items' `subset` values are `chat`, `math`"
+        );
         let r = split_random(50, 10, 7).unwrap();
         assert_eq!((r.n_tail, r.n_head), (10, 40));
         assert_eq!(r, split_random(50, 10, 7).unwrap());

@@ -55,6 +55,9 @@ struct Output {
 }
 
 pub fn run(a: ConceptsArgs) -> Result<()> {
+    if a.steer.is_none() && (a.input.pairs.is_some() || a.input.prompt.is_some()) {
+        bail!("--pairs and --prompt give the texts --steer steers; without --steer nothing reads them");
+    }
     if a.steer.is_some() {
         reward_lens_instruments::concepts::check_strengths(&a.strengths)?;
     }

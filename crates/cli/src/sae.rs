@@ -80,7 +80,7 @@ pub struct FeaturesArgs {
     pub sae: PathBuf,
     /// A `sae collect` directory, with --pairs the file it was collected from: adds each top
     /// latent's top activating examples (the tokens around the activation).
-    #[arg(long)]
+    #[arg(long, requires = "pairs")]
     pub acts: Option<PathBuf>,
     #[arg(long, value_name = "FILE.jsonl", requires = "acts")]
     pub pairs: Option<PathBuf>,

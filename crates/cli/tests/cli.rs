@@ -1214,6 +1214,8 @@ fn contradictory_flags_are_refused() {
         (vec!["lens", "--v1-compat", "--kind", "normed"], "cannot be used with"),
         (vec!["attribute", "--v1-compat", "--heads"], "cannot be used with"),
         (vec!["concepts", "--strengths", "5"], "--steer"),
+        (vec!["concepts", "--pairs", p], "without --steer nothing reads them"),
+        (vec!["sae", "features", "--sae", o, "--acts", o], "--pairs <FILE.jsonl>"),
         (vec!["patch", "--pairs", p, "--out", o, "--v1-compat", "--align", "anchored"], "cannot be used with"),
         (vec!["patch", "--pairs", p, "--out", o, "--mean-reference", p], "--mean-reference is read by --mode mean"),
         (vec!["patch", "--pairs", p, "--out", o, "--verify-top", "2"], "--verify-top applies to `atp`"),
