@@ -77,6 +77,8 @@ fn discover_writes_a_consistent_report() {
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("pairs.jsonl") && err.contains("tail is empty") && err.contains("safety"), "{err}");
+    // The rule in words, not Rust's formatting of it.
+    assert!(err.contains("(`subset` ∈ {nosuch})") && !err.contains("tail_values"), "{err}");
 }
 
 #[test]
