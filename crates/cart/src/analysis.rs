@@ -217,7 +217,7 @@ impl DiscoverSpec {
                     seen.sort();
                     seen.dedup();
                     let (file, field, seen) = (source.display(), &self.field, seen.join(", "));
-                    invalid(format!("{file}: {e} (values of `{field}` in the file: {seen})"))
+                    invalid(format!("{file}: {e} (the pairs' values of `{field}`: {seen})"))
                 })
             }
             SplitKind::Frequency => {
