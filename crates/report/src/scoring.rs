@@ -259,7 +259,11 @@ pub fn resume_point(
         }
         // The line's margin is an f32: read it back as one, so the tallies equal a run's that
         // added `margin as f64` (the f64 nearest the printed digits is not that value).
-        kept.push((line.len(), line_margin(&v).unwrap_or(0.0)));
+        // A kept line without a margin would enter the summary as a tie.
+        let margin = line_margin(&v).ok_or_else(|| {
+            format!("{out}: line {} has no numeric `margin`; not a score line (score again without --resume)", k + 1)
+        })?;
+        kept.push((line.len(), margin));
     }
     let done = if kept.len() == pairs.len() { kept.len() } else { kept.len() - kept.len() % pairs_per_batch.max(1) };
     Ok(ResumePoint {
@@ -398,5 +402,8 @@ mod tests {
         assert_eq!(r.keep_bytes, text.lines().take(2).map(|l| l.len() + 1).sum::<usize>());
         let e = resume_point("{\"id\":9}\n", &pairs, 2, "o", "i").unwrap_err();
         assert!(e.contains("line 1 has id 9 but pair 1 of i has id 0"), "{e}");
+        let e =
+            resume_point("{\"id\":0,\"margin\":0.5}\n{\"id\":1,\"margin\":null}\n", &pairs, 2, "o", "i").unwrap_err();
+        assert_eq!(e, "o: line 2 has no numeric `margin`; not a score line (score again without --resume)");
     }
 }
