@@ -151,7 +151,15 @@ fn run_rows(a: &ScoreArgs, rows: &[Rb2Row], model: &RewardModel, truncation: Tru
         // Chunks follow the whole file's (see below), so a shard resumes after any line.
         let cut = if a.shard.is_some() { 1 } else { per_chunk };
         let (done, bytes, lines) = resume_rows(&text, &ids, cut, &output, &input).map_err(anyhow::Error::msg)?;
-        scores = lines.iter().map(RowScoreLine::scores).collect::<Option<_>>().context("unreadable scores")?;
+        scores = lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                RowScoreLine::scores(l).with_context(|| {
+                    format!("{output}: line {}: expected numeric chosen_scores and rejected_scores", i + 1)
+                })
+            })
+            .collect::<Result<_>>()?;
         OpenOptions::new()
             .write(true)
             .open(out)

@@ -734,6 +734,20 @@ fn rewardbench2_rows_score_eval_and_resume() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(std::fs::read_to_string(&partial).unwrap(), text);
+    // A kept line whose scores are not numbers is named, not dropped or read as zeros.
+    let edited = text.replacen("\"chosen_scores\":[", "\"chosen_scores\":[null,", 1);
+    std::fs::write(&partial, edited).unwrap();
+    let o = exe()
+        .args(["score", "--batch-size", "4", "--resume", "--model"])
+        .arg(&model)
+        .arg("--pairs")
+        .arg(&rows)
+        .arg("--out")
+        .arg(&partial)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("partial.jsonl: line 1: expected numeric chosen_scores"), "{err}");
 
     // A pair line in a RewardBench 2 file is an error naming its line.
     let mixed = d.join("mixed.jsonl");
