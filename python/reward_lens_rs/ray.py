@@ -25,10 +25,16 @@ A shard that fails does not stop the others: `run` keeps what finished, then rai
 `ShardsFailed` naming each failed shard and its error. Calling `run` again computes only the
 shards not yet in `workdir` (a shard's files land there only once it succeeded). `status(workdir)`
 says which are done. Ray itself is needed only by `run`: `import reward_lens_rs` never imports it.
+
+`workdir/run.json` records the command and what it reads (each file argument's SHA-256, each
+directory argument's file sizes and modification times): a later `run` with another command, or
+after the pairs file or the model folder changed, is refused instead of merging the old shards.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -78,6 +84,56 @@ def part_name(command: str, k: int, n: int) -> str:
 def _done(workdir: Path, command: str, k: int, n: int) -> bool:
     # The driver writes a shard's files only after it succeeded, its fingerprint last.
     return (workdir / (part_name(command, k, n) + ".meta.json")).is_file()
+
+
+def _reads(args: Sequence[str]) -> Dict[str, Any]:
+    """What the command reads, as it is now: every argument naming an existing file (the SHA-256 of
+    its bytes) or directory (each file's relative path, size and modification time)."""
+    reads: Dict[str, Any] = {}
+    for a in args:
+        p = Path(a)
+        try:
+            if p.is_file():
+                h = hashlib.sha256()
+                with open(p, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        h.update(block)
+                reads[a] = h.hexdigest()
+            elif p.is_dir():
+                reads[a] = sorted(
+                    [str(q.relative_to(p)), q.stat().st_size, q.stat().st_mtime_ns] for q in p.rglob("*") if q.is_file()
+                )
+        except OSError:
+            continue  # unreadable here: the command itself will say so
+    return reads
+
+
+def _same_run(workdir: Path, args: List[str]) -> None:
+    """Refuses a workdir whose shards another command, or other inputs, made; records this run."""
+    manifest = workdir / "run.json"
+    now = {"command": args, "reads": _reads(args)}
+    if manifest.is_file():
+        before = json.loads(manifest.read_text())
+        if before != now:
+            if before.get("command") != args:
+                what = f"command {before.get('command')}, now {args}"
+            else:
+                old, new = before.get("reads", {}), now["reads"]
+                changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+                what = "changed since: " + ", ".join(changed)
+            raise ValueError(
+                f"{workdir} holds the shards of another run ({what}); pass fresh=True to start over, "
+                "or another workdir"
+            )
+        return
+    if any(workdir.glob("part-*")):
+        raise ValueError(
+            f"{workdir} holds shards but no run.json saying which command and inputs made them; "
+            "pass fresh=True to start over, or another workdir"
+        )
+    tmp = manifest.with_name("run.json.partial")
+    tmp.write_text(json.dumps(now, indent=1))
+    os.replace(tmp, manifest)
 
 
 def run_shard(args: Sequence[str], k: int, n: int, keep_model: bool = False) -> Dict[str, bytes]:
@@ -138,6 +194,10 @@ def run(
     Ray resources of each task or actor (its Rust threads follow num_cpus). merge_args: extra
     flags for `reward-lens merge` (`["--summary", "summary.json"]` for score). Returns `out`.
     """
+    if isinstance(command, (str, bytes)):
+        raise TypeError(f"command: a list of arguments, e.g. ['score', '--pairs', 'pairs.jsonl'], not the string {command!r}")
+    if actors is not None and actors < 1:
+        raise ValueError(f"actors={actors}: at least 1 (or None for one task per shard)")
     ray = _ray()
     args = [str(a) for a in command]
     if not args or args[0] not in SHARDED:
@@ -153,6 +213,7 @@ def run(
     if fresh and workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    _same_run(workdir, args)
     todo = [k for k in range(shards) if not _done(workdir, name, k, shards)]
     # Rust threads per worker: as many as the CPUs Ray gives it.
     env = {"env_vars": {"RAYON_NUM_THREADS": str(max(1, int(num_cpus)))}}

@@ -116,8 +116,36 @@ def test_a_failed_shard_is_named_and_the_rest_kept_then_a_rerun_computes_only_wh
     assert (tmp_path / "again.jsonl").read_bytes() == want.read_bytes()
 
 
+def test_a_workdir_made_by_another_command_or_other_inputs_is_refused(tmp_path, local_ray):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(PAIRS.read_text().splitlines(keepends=True)[:6]))
+    score = ["score", "--model", LLAMA, "--pairs", str(pairs)]
+    out = tmp_path / "s.jsonl"
+    rlray.run(score, shards=2, out=out)
+    first = out.read_bytes()
+    # Another model: its shards would be merged as this one's.
+    with pytest.raises(ValueError, match="holds the shards of another run \\(command"):
+        rlray.run(["score", "--model", str(MODELS / "gpt2"), "--pairs", str(pairs)], shards=2, out=out)
+    # The same command after the pairs file changed in place.
+    pairs.write_text("".join(PAIRS.read_text().splitlines(keepends=True)[14:20]))
+    with pytest.raises(ValueError, match=f"changed since: {pairs}"):
+        rlray.run(score, shards=2, out=out)
+    assert out.read_bytes() == first
+    # fresh=True starts over and gives the new pairs' scores.
+    rlray.run(score, shards=2, out=out, fresh=True)
+    assert [json.loads(l)["id"] for l in out.read_text().splitlines()] == list(range(14, 20))
+    # Shards without a record of what made them (copied in by hand) are refused too.
+    (out.with_name("s.jsonl.shards") / "run.json").unlink()
+    with pytest.raises(ValueError, match="no run.json"):
+        rlray.run(score, shards=2, out=out)
+
+
 def test_bad_commands_are_refused_before_ray_runs_anything(tmp_path, local_ray):
     with pytest.raises(ValueError, match="sharded commands are"):
         rlray.run(["info"], shards=2, out=tmp_path / "x")
     with pytest.raises(ValueError, match="--out: run\\(\\) sets it"):
         rlray.run(["score", "--pairs", str(PAIRS), "--out", "x.jsonl"], shards=2, out=tmp_path / "x")
+    with pytest.raises(TypeError, match="command: a list of arguments"):
+        rlray.run("score --pairs x", shards=2, out=tmp_path / "x")
+    with pytest.raises(ValueError, match="actors=0: at least 1"):
+        rlray.run(["score", "--pairs", str(PAIRS)], shards=2, out=tmp_path / "x", actors=0)
