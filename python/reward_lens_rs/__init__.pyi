@@ -114,7 +114,7 @@ def faithfulness(
 ) -> Report: ...
 def concepts(
     model: Model, concepts: Union[Path, Sequence[Path], None] = None, layer: Optional[int] = None, v1_compat: bool = False,
-    steer: Optional[str] = None, strengths: Sequence[float] = (-4.0, -2.0, 0.0, 2.0, 4.0), positions: str = "pooled",
+    steer: Optional[str] = None, strengths: Optional[Sequence[float]] = None, positions: str = "pooled",
     pairs: Optional[Pairs] = None, batch_size: int = 16,
 ) -> Report: ...
 def conflict(

@@ -139,10 +139,23 @@ pub enum PairArg {
     Inline(Vec<PairText>),
 }
 
+/// The fields of a pair that must be strings when present.
+const TEXT_FIELDS: [&str; 4] = ["prompt", "chosen", "rejected", "subset"];
+
 impl PairArg {
     pub fn from_py(obj: &Bound<'_, PyAny>) -> PyResult<Self> {
+        Self::from_py_as(obj, "pairs")
+    }
+
+    /// [`PairArg::from_py`] for the argument named `what` (`mean_reference`, `held_out`): its
+    /// errors name it.
+    pub fn from_py_as(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Self> {
         if let Ok(p) = obj.extract::<PathBuf>() {
             return Ok(PairArg::File(p));
+        }
+        // One dict would be iterated as its keys.
+        if obj.cast::<PyDict>().is_ok() {
+            return Err(input(format!("{what}: got one dict; pass a list of dicts")));
         }
         // A pandas DataFrame: its rows as dicts.
         let rows = if obj.hasattr("to_dict")? && obj.hasattr("columns")? {
@@ -150,14 +163,25 @@ impl PairArg {
         } else {
             obj.clone()
         };
-        let list = rows
-            .try_iter()
-            .map_err(|_| input("pairs: expected a path to a JSONL file, a list of dicts or a pandas DataFrame"))?;
+        let list = rows.try_iter().map_err(|_| {
+            input(format!("{what}: expected a path to a JSONL file, a list of dicts or a pandas DataFrame"))
+        })?;
         let mut pairs = Vec::new();
         for (i, row) in list.enumerate() {
-            let row = clean_row(&row?)?;
+            let row = clean_row(&row?).map_err(|e| input(format!("{what}[{i}]: {e}")))?;
+            // Name the field a wrong type is in, as the JSONL reader does.
+            if let Ok(d) = row.cast::<PyDict>() {
+                for k in TEXT_FIELDS {
+                    if let Some(v) = d.get_item(k)? {
+                        if !v.is_instance_of::<pyo3::types::PyString>() {
+                            let found = v.repr().map(|r| r.to_string()).unwrap_or_default();
+                            return Err(input(format!("{what}[{i}]: field `{k}` must be a string, found {found}")));
+                        }
+                    }
+                }
+            }
             let mut p: PairText = pythonize::depythonize(&row).map_err(|e| {
-                input(format!("pairs[{i}]: {e} (expected a dict with prompt, chosen, rejected; optional id, subset)"))
+                input(format!("{what}[{i}]: {e} (expected a dict with prompt, chosen, rejected; optional id, subset)"))
             })?;
             if p.id.is_null() {
                 p.id = Value::from(i);
@@ -165,7 +189,7 @@ impl PairArg {
             pairs.push(p);
         }
         if pairs.is_empty() {
-            return Err(input("pairs: empty"));
+            return Err(input(format!("{what}: empty")));
         }
         Ok(PairArg::Inline(pairs))
     }
@@ -180,7 +204,8 @@ impl PairArg {
 }
 
 /// A DataFrame row as a plain dict: missing cells (None, NaN) dropped, numpy scalars made
-/// Python numbers, so optional fields stay optional.
+/// Python numbers and numpy arrays lists, so optional fields stay optional; an integral float
+/// id (pandas makes a column with a gap float) an int again.
 fn clean_row<'py>(row: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     let Ok(d) = row.cast::<PyDict>() else { return Ok(row.clone()) };
     let out = PyDict::new(row.py());
@@ -188,7 +213,26 @@ fn clean_row<'py>(row: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         if v.is_none() || v.extract::<f64>().is_ok_and(f64::is_nan) {
             continue;
         }
-        let v = if v.hasattr("item")? && v.hasattr("dtype")? { v.call_method0("item")? } else { v };
+        let v = if v.hasattr("dtype")? && v.hasattr("ndim")? {
+            if v.getattr("ndim")?.extract::<usize>()? == 0 {
+                v.call_method0("item")?
+            } else {
+                v.call_method0("tolist")?
+            }
+        } else {
+            v
+        };
+        let v = match v.extract::<f64>() {
+            Ok(x)
+                if k.extract::<String>().is_ok_and(|k| k == "id")
+                    && !v.is_instance_of::<pyo3::types::PyInt>()
+                    && x.fract() == 0.0
+                    && x.abs() < 9.0e15 =>
+            {
+                (x as i64).into_pyobject(row.py())?.into_any()
+            }
+            _ => v,
+        };
         out.set_item(k, v)?;
     }
     Ok(out.into_any())
@@ -196,7 +240,12 @@ fn clean_row<'py>(row: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
 
 /// `pairs` as loaded pairs.
 pub fn pairs(obj: &Bound<'_, PyAny>) -> PyResult<Vec<PairText>> {
-    let pairs = PairArg::from_py(obj)?.load()?;
+    named_pairs(obj, "pairs")
+}
+
+/// [`pairs`] for the argument named `what`.
+pub fn named_pairs(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<PairText>> {
+    let pairs = PairArg::from_py_as(obj, what)?.load()?;
     if let Some(w) = reward_lens_report::datasets::identical_pairs_warning(&pairs) {
         crate::model::warn(obj.py(), &w)?;
     }

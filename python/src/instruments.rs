@@ -17,7 +17,7 @@ use reward_lens_instruments::lens::{lens_with_progress, LensKind, LensOptions};
 use reward_lens_instruments::patching::{
     atp_with_progress, patch_with_progress, Align, Granularity, PatchMode, PatchOptions,
 };
-use reward_lens_instruments::path::{parse_sender, path_patch as path_patch_fn, Receiver};
+use reward_lens_instruments::path::{parse_sender, path_patch as path_patch_fn};
 use reward_lens_instruments::probes::{probe as probe_fn, ProbeInput, ProbeOptions};
 use reward_lens_instruments::rewardbench2::{n_completions, score_rows, summarise};
 use reward_lens_report::datasets::{read_concepts, read_preferences, read_probes, select_dimensions, Preferences};
@@ -144,11 +144,13 @@ fn patch_options(
     let mean_reference = match mean_reference {
         None => Vec::new(),
         Some(r) => {
-            let refs = convert::pairs(r)?;
+            let refs = convert::named_pairs(r, "mean_reference")?;
             detached(py, || {
                 refs.iter()
                     .map(|p| {
-                        m.encode(&p.prompt, &p.chosen, Truncation::Error).map(|e| e.ids).map_err(|e| e.to_string())
+                        m.encode(&p.prompt, &p.chosen, Truncation::Error)
+                            .map(|e| e.ids)
+                            .map_err(|e| format!("{}: {e}", p.location()))
                     })
                     .collect::<Result<Vec<_>, String>>()
                     .map_err(|e| input(format!("mean_reference: {e}")))
@@ -159,7 +161,8 @@ fn patch_options(
         return Err(input("mode=\"mean\" needs mean_reference (pairs whose prompt + chosen are the reference texts)"));
     }
     if mode != PatchMode::Mean && !mean_reference.is_empty() {
-        return Err(input(format!("mean_reference is read by mode=\"mean\" only (the mode is {mode:?})")));
+        let mode = format!("{mode:?}").to_lowercase();
+        return Err(input(format!("mean_reference is read by mode=\"mean\" only (mode=\"{mode}\")")));
     }
     Ok(PatchOptions {
         mode,
@@ -266,11 +269,8 @@ pub fn path_patch<'py>(
         Err(_) => parse_sender(&sender.extract::<String>().map_err(|_| input("sender: expected \"L.H\" or (L, H)"))?)
             .map_err(input)?,
     };
-    let receivers = match receivers.map(|r| r.0) {
-        None => Receiver::all_after(m, sender.0),
-        Some(r) if r.iter().any(|x| x == "all") => Receiver::all_after(m, sender.0),
-        Some(r) => r.iter().map(|x| x.parse()).collect::<Result<Vec<Receiver>, String>>().map_err(input)?,
-    };
+    let names = receivers.map_or_else(|| vec!["all".to_string()], |r| r.0);
+    let receivers = reward_lens_instruments::path::parse_receivers(m, sender.0, &names).map_err(input)?;
     let (mode, align) = (choice::<PatchMode>(mode, "mode")?, choice::<Align>(align, "align")?);
     let (pairs, ids) = encoded(py, m, pairs, truncate_prompt)?;
     let rep = detached(py, || path_patch_fn(m, &ids, sender, &receivers, mode, align).or_raise())?;
@@ -321,10 +321,11 @@ pub fn faithfulness<'py>(
 /// Concept vectors (difference of means at a layer) and their alignment with the reward's
 /// read-out; with `steer`, the dose-response of adding that concept at each strength.
 ///
-/// concepts: concept files or directories (None: the built-in concepts). pairs: texts to steer
-/// (default: the steered concept's own texts).
+/// concepts: concept files or directories (None: the built-in concepts). strengths (default
+/// -4, -2, 0, 2, 4) and pairs (the texts steered; default: the steered concept's own texts) are
+/// read with `steer` only.
 #[pyfunction]
-#[pyo3(signature = (model, concepts=None, layer=None, v1_compat=false, steer=None, strengths=vec![-4.0, -2.0, 0.0, 2.0, 4.0],
+#[pyo3(signature = (model, concepts=None, layer=None, v1_compat=false, steer=None, strengths=None,
     positions="pooled", pairs=None, batch_size=16))]
 #[allow(clippy::too_many_arguments)]
 pub fn concepts<'py>(
@@ -334,7 +335,7 @@ pub fn concepts<'py>(
     layer: Option<usize>,
     v1_compat: bool,
     steer: Option<String>,
-    strengths: Vec<f64>,
+    strengths: Option<Vec<f64>>,
     positions: &str,
     pairs: Option<&Bound<'py, PyAny>>,
     batch_size: usize,
@@ -344,6 +345,10 @@ pub fn concepts<'py>(
     if steer.is_none() && pairs.is_some() {
         return Err(input("pairs= gives the texts steer= steers; without steer= nothing reads them"));
     }
+    if steer.is_none() && strengths.is_some() {
+        return Err(input("strengths= is read by steer= only"));
+    }
+    let strengths = strengths.unwrap_or_else(|| vec![-4.0, -2.0, 0.0, 2.0, 4.0]);
     if steer.is_some() {
         reward_lens_instruments::concepts::check_strengths(&strengths).or_raise()?;
     }

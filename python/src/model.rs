@@ -98,6 +98,15 @@ const HOOK_KEYS: [&str; 5] = ["site", "action", "value", "positions", "heads"];
 
 fn parse_hooks(py: Python<'_>, hooks: Option<&Bound<'_, PyAny>>, device: &Device) -> PyResult<Vec<HookSpec>> {
     let Some(hooks) = hooks else { return Ok(Vec::new()) };
+    // One hook given bare would be iterated as its keys or fields: hooks[0] would be "site".
+    let bare = hooks.cast::<PyDict>().is_ok()
+        || hooks.is_instance_of::<pyo3::types::PyString>()
+        || hooks
+            .cast::<PyTuple>()
+            .is_ok_and(|t| t.get_item(0).is_ok_and(|x| x.is_instance_of::<pyo3::types::PyString>()));
+    if bare {
+        return Err(input("hooks: expected a list of hooks; wrap a single hook in [...]"));
+    }
     let mut out = Vec::new();
     for (i, h) in hooks.try_iter().map_err(|_| input("hooks: expected a list"))?.enumerate() {
         let h = h?;
@@ -130,11 +139,16 @@ fn parse_hooks(py: Python<'_>, hooks: Option<&Bound<'_, PyAny>>, device: &Device
         let site_name: String = site.extract().map_err(|_| input(format!("{what}: site must be a string")))?;
         let site =
             Site::parse(&site_name).ok_or_else(|| raise(Kind::Site, format!("{what}: unknown site `{site_name}`")))?;
+        // None is no value (numpy would read it as NaN).
+        let value = value.filter(|v| !v.is_none());
         let value_of = |name: &str| -> PyResult<Tensor> {
             let v = value.as_ref().ok_or_else(|| input(format!("{what}: action \"{name}\" needs a value")))?;
             numpy_to_tensor(py, v, device, &format!("{what} value"))
         };
         let action = if action.is_callable() && !action.is_instance_of::<pyo3::types::PyString>() {
+            if value.is_some() {
+                return Err(input(format!("{what}: a callable action takes no value (it returns the activation)")));
+            }
             HookAction::Call(action.unbind())
         } else {
             let name: String =
@@ -142,9 +156,7 @@ fn parse_hooks(py: Python<'_>, hooks: Option<&Bound<'_, PyAny>>, device: &Device
             match name.as_str() {
                 "replace" | "mean" => HookAction::Replace(value_of(&name)?),
                 "add" => HookAction::Add(value_of(&name)?),
-                "zero" if value.as_ref().is_some_and(|v| !v.is_none()) => {
-                    return Err(input(format!("{what}: action \"zero\" takes no value")))
-                }
+                "zero" if value.is_some() => return Err(input(format!("{what}: action \"zero\" takes no value"))),
                 "zero" => HookAction::Zero,
                 "scale" => HookAction::Scale(
                     value
@@ -176,7 +188,9 @@ fn parse_hooks(py: Python<'_>, hooks: Option<&Bound<'_, PyAny>>, device: &Device
 }
 
 /// The engine's interventions for `specs`. A callable sees the activation without its batch
-/// axis (as the cache shows it); a Python error inside it is kept in `failed` and re-raised.
+/// axis (as the cache shows it) when the batch is one text, and with it (chosen, rejected: the
+/// layout `gradients` returns) when it is two; a Python error inside it is kept in `failed` and
+/// re-raised.
 fn interventions<'a>(specs: &'a [HookSpec], failed: &'a Mutex<Option<PyErr>>) -> Vec<Intervention<'a>> {
     specs
         .iter()
@@ -190,14 +204,14 @@ fn interventions<'a>(specs: &'a [HookSpec], failed: &'a Mutex<Option<PyErr>>) ->
                     let name = s.site.name();
                     Action::Apply(Box::new(move |x: &Tensor| {
                         Python::attach(|py| -> PyResult<Tensor> {
-                            let arr = tensor_to_numpy(py, &x.squeeze(0).map_err(crate::errors::py_err)?)?;
+                            let single = x.dims().first() == Some(&1);
+                            let shown = if single { x.squeeze(0).map_err(crate::errors::py_err)? } else { x.clone() };
+                            let arr = tensor_to_numpy(py, &shown)?;
                             let out = f.call1(py, (arr.clone(), name.as_str()))?;
                             let out = if out.is_none(py) { arr } else { out.into_bound(py) };
                             let t = numpy_to_tensor(py, &out, x.device(), &format!("hook at {name}"))?;
-                            t.unsqueeze(0)
-                                .map_err(crate::errors::py_err)?
-                                .to_dtype(x.dtype())
-                                .map_err(crate::errors::py_err)
+                            let t = if single { t.unsqueeze(0).map_err(crate::errors::py_err)? } else { t };
+                            t.to_dtype(x.dtype()).map_err(crate::errors::py_err)
                         })
                         .map_err(|e| {
                             let msg = e.to_string();
@@ -424,8 +438,11 @@ impl Model {
         hooks: Option<&Bound<'_, PyAny>>,
         truncate_prompt: bool,
     ) -> PyResult<(f32, Cache)> {
-        let names = Some(names.map_or_else(|| vec!["*".into()], |n| n.0));
-        let r = self.run(py, prompt, response, names, hooks, truncate_prompt)?;
+        let names = names.map_or_else(|| vec!["*".into()], |n| n.0);
+        if names.is_empty() {
+            return Err(raise(Kind::Site, "names: an empty list caches nothing (None caches every site)"));
+        }
+        let r = self.run(py, prompt, response, Some(names), hooks, truncate_prompt)?;
         Ok((r.score, Cache::new(r.cache)?))
     }
 
@@ -435,7 +452,8 @@ impl Model {
     /// (site, action[, value]). action: "replace" or "mean" (value broadcast to the
     /// activation), "add" (value added), "zero", "scale" (value a number), or a Python callable
     /// f(activation, site) returning the new activation (or None after editing it in place).
-    /// Activations are shown without the batch axis, as in the cache.
+    /// Activations are shown without the batch axis, as in the cache. Give a list even for one
+    /// hook.
     #[pyo3(signature = (prompt, response, hooks, truncate_prompt=false))]
     fn run_with_hooks(
         &self,
@@ -474,6 +492,9 @@ impl Model {
         let weights: Vec<f32> = if seqs.len() == 2 { vec![1.0, -1.0] } else { vec![1.0] };
         let batch = self.batch_of(&seqs)?;
         let filter = SiteFilter::new(&names.0);
+        if filter.is_empty() || self.inner.resolve_sites(&filter).or_raise()?.is_empty() {
+            return Err(raise(Kind::Site, format!("names {:?}: match no site of this model", filter.patterns())));
+        }
         let model = &self.inner;
         let failed = Mutex::new(None);
         let g = detached(py, || {
@@ -515,7 +536,8 @@ impl Model {
 }
 
 /// Activations one forward pass cached, by site name, in firing order. Indexing returns a
-/// float32 numpy array without the batch axis (made on first access: one copy, then kept).
+/// float32 numpy array without the batch axis (made on first access: one copy, then kept). The
+/// arrays are read-only: every access and `stack` show what the model computed (`.copy()` to edit).
 #[pyclass(frozen, name = "ActivationCache", module = "reward_lens_rs")]
 pub struct Cache {
     names: Vec<String>,
@@ -558,12 +580,15 @@ impl Cache {
             return Ok(a.bind(py).clone());
         }
         let a = tensor_to_numpy(py, &self.tensors[key])?;
+        let flags = PyDict::new(py);
+        flags.set_item("write", false)?;
+        a.call_method("setflags", (), Some(&flags))?;
         arrays.insert(key.to_string(), a.clone().unbind());
         Ok(a)
     }
 
-    fn __contains__(&self, name: &str) -> bool {
-        self.resolve(name).is_ok()
+    fn __contains__(&self, name: &Bound<'_, PyAny>) -> bool {
+        name.extract::<String>().is_ok_and(|n| self.resolve(&n).is_ok())
     }
 
     fn __len__(&self) -> usize {

@@ -45,14 +45,35 @@ impl<'py> Opts<'py> {
         self.known.push(key);
         match self.dict.as_ref().map(|d| d.get_item(key)).transpose()?.flatten() {
             Some(v) if !v.is_none() => v.extract().map_err(|_| {
+                // Layer options are strings that name layers, not lists.
+                let example = if key.ends_with("layers") { " such as \"all\", \"last\" or \"0,1\"" } else { "" };
                 input(format!(
-                    "{}: option {key} has the wrong type ({})",
+                    "{}: option {key} has the wrong type ({}; expected {}{example})",
                     self.what,
-                    v.repr().map(|r| r.to_string()).unwrap_or_default()
+                    v.repr().map(|r| r.to_string()).unwrap_or_default(),
+                    expected::<T>()
                 ))
             }),
             _ => Ok(default),
         }
+    }
+
+    /// A count that must be at least 1 (a batch size, epochs).
+    fn count(&mut self, key: &'static str, default: usize) -> PyResult<usize> {
+        let v = self.get(key, default)?;
+        if v == 0 {
+            return Err(input(format!("{}: option {key} must be at least 1", self.what)));
+        }
+        Ok(v)
+    }
+
+    /// [`Opts::count`] without a default.
+    fn count_opt(&mut self, key: &'static str) -> PyResult<Option<usize>> {
+        let v: Option<usize> = self.get(key, None)?;
+        if v == Some(0) {
+            return Err(input(format!("{}: option {key} must be at least 1", self.what)));
+        }
+        Ok(v)
     }
 
     fn parsed<T: std::str::FromStr>(&mut self, key: &'static str, default: &str) -> PyResult<T>
@@ -84,6 +105,26 @@ impl<'py> Opts<'py> {
             }
         }
         Ok(())
+    }
+}
+
+/// What an option of Rust type `T` takes, in Python's words.
+fn expected<T>() -> &'static str {
+    let t = std::any::type_name::<T>();
+    if t.contains("OneOrMany") {
+        "a string or a list of strings"
+    } else if t.contains("PathBuf") {
+        "a path"
+    } else if t.contains("String") {
+        "a string"
+    } else if t.contains("usize") || t.contains("u64") {
+        "a non-negative integer"
+    } else if t.contains("f64") {
+        "a number"
+    } else if t.contains("bool") {
+        "True or False"
+    } else {
+        "another type"
     }
 }
 
@@ -136,7 +177,7 @@ pub fn sae_collect<'py>(
     let positions: Positions = choice(positions, "positions")?;
     let pairs = convert::pairs(pairs)?;
     let bar = Bar::new(py, "collecting", progress.as_ref())?;
-    let opts = CollectOptions { site, positions, shard_rows: shard_rows.max(1), resume, model: model.fingerprint()? };
+    let opts = CollectOptions { site, positions, shard_rows, resume, model: model.fingerprint()? };
     let manifest = detached(py, || {
         let ids = m.encode_pairs(&pairs, Truncation::Error).or_raise()?;
         let seqs = collect::sequences(&ids);
@@ -301,7 +342,7 @@ fn discover_spec(o: &mut Opts<'_>) -> PyResult<DiscoverSpec> {
         random_sets: o.get("random_sets", d.random_sets)?,
         bootstrap: o.get("bootstrap", d.bootstrap)?,
         screen_top: o.get("screen_top", d.screen_top)?,
-        batch_size: o.get("batch_size", d.batch_size)?,
+        batch_size: o.count("batch_size", d.batch_size)?,
         seed: o.get("seed", d.seed)?,
     })
 }
@@ -324,8 +365,12 @@ fn analysis(py: Python<'_>, model: &Model, pairs: &Bound<'_, PyAny>, spec: Disco
     Ok(analysis)
 }
 
-fn other_pairs(p: Option<&Bound<'_, PyAny>>) -> PyResult<Option<(Vec<PairText>, PathBuf)>> {
-    p.map(analysis_pairs).transpose()
+fn other_pairs(p: Option<&Bound<'_, PyAny>>, what: &str) -> PyResult<Option<(Vec<PairText>, PathBuf)>> {
+    p.map(|p| match convert::PairArg::from_py_as(p, what)? {
+        convert::PairArg::File(f) => Ok((reward_lens_report::datasets::read_pairs(&f).or_raise()?, f)),
+        convert::PairArg::Inline(v) => Ok((v, PathBuf::from(format!("{what} given in Python")))),
+    })
+    .transpose()
 }
 
 /// CART stage 1–3: tail-specialised units (maxT permutation threshold), their circuits
@@ -377,7 +422,7 @@ pub fn cart_oracle<'py>(
     let spec = DiscoverSpec {
         field: o.get("field", "subset".to_string())?,
         tail_values: o.get("tail_subsets", OneOrMany(vec!["tail".to_string()]))?.0,
-        batch_size: o.get("batch_size", d.batch_size)?,
+        batch_size: o.count("batch_size", d.batch_size)?,
         seed: o.get("seed", d.seed)?,
         ..Default::default()
     };
@@ -425,7 +470,7 @@ pub fn cart_vulnerability<'py>(
     };
     o.finish()?;
     let a = analysis(py, model, pairs, spec)?;
-    let train = other_pairs(train_pairs)?;
+    let train = other_pairs(train_pairs, "train_pairs")?;
     let bar = Bar::new(py, "CART vulnerability", progress.as_ref())?;
     let rep = detached(py, || {
         let mut ev = cart_events(&bar);
@@ -456,7 +501,7 @@ pub fn cart_bound<'py>(
     o.finish()?;
     let bo = BoundOptions { delta, batch_size: spec.batch_size };
     let a = analysis(py, model, pairs, spec)?;
-    let held = other_pairs(held_out)?;
+    let held = other_pairs(held_out, "held_out")?;
     let bar = Bar::new(py, "CART bound", progress.as_ref())?;
     let rep = detached(py, || {
         let d = a.discovery(discovery.as_deref(), &mut cart_events(&bar)).or_raise()?;
@@ -495,9 +540,9 @@ pub fn cart_train<'py>(
     let discovery: Option<PathBuf> = o.get("discovery", None)?;
     let reference: Option<PathBuf> = o.get("reference", None)?;
     let trainable: String = o.get("trainable", "all".to_string())?;
-    let epochs: Option<usize> = o.get("epochs", None)?;
+    let epochs = o.count_opt("epochs")?;
     let lr: Option<f64> = o.get("lr", None)?;
-    let batch_size: Option<usize> = o.get("batch_size", None)?;
+    let batch_size = o.count_opt("batch_size")?;
     let seed: Option<u64> = o.get("seed", None)?;
     let n_train: Option<usize> = o.get("n_train", None)?;
     let n_test: Option<usize> = o.get("n_test", None)?;
@@ -514,7 +559,7 @@ pub fn cart_train<'py>(
             TrainData::Model {
                 dir,
                 train,
-                held_out: other_pairs(held_out)?.map(|x| x.0).unwrap_or_default(),
+                held_out: other_pairs(held_out, "held_out")?.map(|x| x.0).unwrap_or_default(),
                 name: name.display().to_string(),
                 trainable: choice(&trainable, "trainable")?,
             }
@@ -694,8 +739,9 @@ pub fn audit<'py>(
 /// files, same errors), e.g. `cli(["score", "--pairs", "p.jsonl", "--shard", "0/4", "--out",
 /// "s.0.jsonl"])`. What the Ray driver's workers call: no binary is needed on the machines that
 /// have the package. With `keep_model`, the model stays loaded in this process for the next
-/// call with the same folder, dtype and device (score, eval, lens, attribute, patch, atp,
-/// faithfulness); without it, models kept by earlier calls are dropped. `bench` is refused (it
+/// call with the same folder, dtype and device while the folder's files are unchanged (score,
+/// eval, lens, attribute, patch, atp, faithfulness; a folder retrained in place is loaded
+/// again); without it, models kept by earlier calls are dropped. `bench` is refused (it
 /// runs the binary). Raises `RewardLensError` with the message the binary prints.
 #[pyfunction]
 #[pyo3(signature = (args, keep_model = false))]

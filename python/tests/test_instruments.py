@@ -182,6 +182,10 @@ def test_list_arguments_take_one_item(model):
     one = report(rl.path_patch(model, pairs, sender="0.1", receivers="mlp.2"))
     assert one == report(rl.path_patch(model, pairs, sender="0.1", receivers=["mlp.2"]))
     assert [e["receiver"] for e in one["pairs"][0]["paths"]] == ["mlp.2"]
+    # No receivers, `all` beside a name it would swallow unchecked, or a name twice: refused.
+    for receivers, want in (([], "none given"), (["all", "mlp.9"], "give it alone"), (["mlp.2", "mlp.2"], "given twice")):
+        with pytest.raises(rl.InputError, match=want):
+            rl.path_patch(model, pairs, sender="0.1", receivers=receivers)
     # One probe file, and one dimension, as a string.
     length = REPO / "data" / "probes" / "length.jsonl"
     a = report(rl.probe(model, probes=str(length), permutations=200))
@@ -208,6 +212,10 @@ def test_nonsense_settings_are_input_errors(model):
         rl.concepts(model, steer="verbosity", strengths=[float("nan"), 1.0])
     with pytest.raises(rl.InputError, match="without steer= nothing reads them"):
         rl.concepts(model, pairs=PAIRS)
+    with pytest.raises(rl.InputError, match="strengths= is read by steer= only"):
+        rl.concepts(model, strengths=[1.0, 5.0])
+    with pytest.raises(rl.InputError, match="steering strength 1e39: beyond f32's range"):
+        rl.concepts(model, steer="verbosity", strengths=[1e39])
     with pytest.raises(rl.InputError, match="permutations 0: .* needs at least 20"):
         rl.probe(model, permutations=0)
 

@@ -74,6 +74,12 @@ def test_cache_shapes_and_dtypes(llama):
     assert "blocks.2.hook_resid_post" in cache and "blocks.9.hook_resid_post" not in cache
     with pytest.raises(KeyError):
         cache["blocks.9.hook_resid_post"]
+    assert 3 not in cache
+    # Read-only: what every access and stack() show is what the model computed.
+    with pytest.raises(ValueError, match="read-only"):
+        r[0, 0] = 5.0
+    with pytest.raises(rl.SiteError, match="an empty list caches nothing"):
+        llama.run_with_cache(PROMPT, RESPONSE, names=[])
     only, c2 = llama.run_with_cache(PROMPT, RESPONSE, names=["blocks.*.hook_resid_post"])
     assert only == score and c2.keys() == ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post", "blocks.2.hook_resid_post"]
 
@@ -159,6 +165,17 @@ def test_hook_errors(llama):
 
     with pytest.raises(ZeroDivisionError, match="from the hook"):
         llama.run_with_hooks(PROMPT, RESPONSE, hooks=[("blocks.0.hook_resid_post", boom)])
+    # One hook not in a list would be read as a list of its fields.
+    s = "blocks.0.hook_resid_post"
+    for bare in ({"site": s, "action": "zero"}, (s, "zero"), s):
+        with pytest.raises(rl.InputError, match="wrap a single hook in \\[...\\]"):
+            llama.run_with_hooks(PROMPT, RESPONSE, hooks=bare)
+    # None is no value (numpy would make it NaN); a callable computes its own.
+    for hook in ((s, "replace", None), {"site": s, "action": "add", "value": None}):
+        with pytest.raises(rl.InputError, match="needs a value"):
+            llama.run_with_hooks(PROMPT, RESPONSE, hooks=[hook])
+    with pytest.raises(rl.InputError, match="a callable action takes no value"):
+        llama.run_with_hooks(PROMPT, RESPONSE, hooks=[(s, lambda a, name: a, 123)])
 
 
 def test_one_name_is_a_list_of_one(llama):
@@ -204,6 +221,19 @@ def test_gradients_match_finite_differences(llama):
     m = llama.gradients(PROMPT, RESPONSE, names=[site], rejected="Eggs are food.")
     assert m["grads"][site].shape[0] == 2
     assert abs(m["objective"] - (m["score"][0] - m["score"][1])) <= 1e-5
+    # A callable hook on the two-text batch sees (and returns) its leading axis of 2.
+    seen = []
+
+    def identity(a, name):
+        seen.append(a.shape)
+        return a
+
+    h = llama.gradients(PROMPT, RESPONSE, names=[site], rejected="Eggs are food.", hooks=[(site, identity)])
+    assert seen == [m["values"][site].shape] and h["objective"] == m["objective"]
+    # Names that match nothing are an error, as in run_with_cache, not empty results.
+    for names in ([], "blocks.*.hook_nothing"):
+        with pytest.raises(rl.SiteError, match="match no site"):
+            llama.gradients(PROMPT, RESPONSE, names=names)
 
 
 def test_pairs_as_list_dataframe_and_path_agree(llama):
@@ -216,6 +246,19 @@ def test_pairs_as_list_dataframe_and_path_agree(llama):
     assert a == b == c
     assert [x["margin"] for x in d] == [x["margin"] for x in a]
     assert [x["id"] for x in d] == list(range(6))
+    # A gap in the id column makes pandas store floats: the ids stay integers.
+    gap = pd.DataFrame([rows[0], {k: v for k, v in rows[1].items() if k != "id"}, rows[2]])
+    assert [x["id"] for x in llama.score_pairs(gap, progress=False)] == [rows[0]["id"], 1, rows[2]["id"]]
+    # An array-valued extra column is carried as a list, not a numpy error.
+    arr = pd.DataFrame([dict(rows[0], tags=np.array([1, 2]))])
+    assert llama.score_pairs(arr, progress=False)[0]["margin"] == a[0]["margin"]
+    # A wrongly typed field is named; one dict is not a list of its keys.
+    with pytest.raises(rl.InputError, match="pairs\\[0\\]: field `subset` must be a string, found 3"):
+        llama.score_pairs([dict(rows[0], subset=3)], progress=False)
+    with pytest.raises(rl.InputError, match="pairs: got one dict; pass a list of dicts"):
+        llama.score_pairs(rows[0], progress=False)
+    with pytest.raises(rl.InputError, match="mean_reference: empty"):
+        rl.patch(llama, rows, mode="mean", mean_reference=[], progress=False)
     for x in a:
         assert set(x) == {"id", "subset", "chosen_score", "rejected_score", "margin", "correct", "chosen_tokens", "rejected_tokens"}
         assert x["correct"] == (x["margin"] > 0)

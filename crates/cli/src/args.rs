@@ -93,7 +93,8 @@ impl ModelArgs {
 /// a Ray actor runs shard after shard (`reward_lens_rs.cli(..., keep_model=True)`) with one load.
 static KEEP_MODELS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-type ModelKey = (Option<PathBuf>, DtypeArg, String);
+/// Folder, dtype, device and the folder's fingerprint (a folder whose files changed is another model).
+type ModelKey = (Option<PathBuf>, DtypeArg, String, String);
 static MODELS: std::sync::Mutex<Vec<(ModelKey, std::sync::Arc<RewardModel>)>> = std::sync::Mutex::new(Vec::new());
 
 /// From now on, [`ModelArgs::load_shared`] keeps each model it loads (or, `false`, forgets them).
@@ -106,17 +107,19 @@ pub fn keep_models(keep: bool) {
 
 impl ModelArgs {
     /// [`load`](Self::load), or the model this process already loaded with the same folder,
-    /// dtype and device when [`keep_models`] is on. (The folder's files are assumed unchanged
-    /// while the process lives; the output's fingerprint is still taken from them.)
+    /// dtype and device when [`keep_models`] is on, as long as the folder's fingerprint is the
+    /// same (a model retrained in place is loaded again, and the one it replaces dropped).
     pub fn load_shared(&self) -> Result<std::sync::Arc<RewardModel>> {
         if !KEEP_MODELS.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(std::sync::Arc::new(self.load()?));
         }
-        let key: ModelKey = (self.model.clone(), self.dtype, self.device.clone());
+        let fingerprint = reward_lens_report::fingerprint::model(self.model.as_deref())?;
+        let key: ModelKey = (self.model.clone(), self.dtype, self.device.clone(), fingerprint);
         let mut models = MODELS.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, m)) = models.iter().find(|(k, _)| *k == key) {
             return Ok(m.clone());
         }
+        models.retain(|(k, _)| (&k.0, k.1, &k.2) != (&key.0, key.1, &key.2));
         let m = std::sync::Arc::new(self.load()?);
         models.push((key, m.clone()));
         Ok(m)
@@ -387,7 +390,10 @@ impl PatchArgs {
             bail!("--mode mean needs --mean-reference FILE.jsonl (its prompt + chosen texts)");
         }
         if self.mode != PatchMode::Mean && self.mean_reference.is_some() {
-            bail!("--mean-reference is read by --mode mean only (the mode is {:?})", self.mode);
+            bail!(
+                "--mean-reference is read by --mode mean only (the mode is {})",
+                format!("{:?}", self.mode).to_lowercase()
+            );
         }
         Ok(PatchOptions {
             mode: self.mode,
@@ -415,4 +421,36 @@ pub fn reference_texts(model: &RewardModel, f: &std::path::Path) -> Result<Vec<V
                 .with_context(|| format!("{}:{}", f.display(), p.line()))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A kept model is reused only while its folder's files are the same: one retrained in
+    /// place (here: another architecture's files copied over) is loaded again.
+    #[test]
+    fn a_kept_model_is_reloaded_when_its_folder_changes() {
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models");
+        let dir = std::env::temp_dir().join(format!("reward-lens-kept-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let copy = |from: &str| {
+            std::fs::create_dir_all(&dir).unwrap();
+            for f in std::fs::read_dir(fixtures.join(from)).unwrap() {
+                let f = f.unwrap().path();
+                std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+            }
+        };
+        copy("llama");
+        let args = ModelArgs { model: Some(dir.clone()), dtype: DtypeArg::F32, device: "cpu".into() };
+        keep_models(true);
+        let a = args.load_shared().unwrap();
+        assert!(std::sync::Arc::ptr_eq(&a, &args.load_shared().unwrap()), "same files: the kept model");
+        copy("qwen3");
+        let b = args.load_shared().unwrap();
+        assert!(!std::sync::Arc::ptr_eq(&a, &b), "changed files: loaded again");
+        assert_ne!(a.config.architecture, b.config.architecture);
+        keep_models(false);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

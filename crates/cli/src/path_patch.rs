@@ -5,7 +5,7 @@ use clap::Args;
 use serde_json::{json, Map, Value};
 
 use reward_lens_instruments::patching::{Align, PatchMode};
-use reward_lens_instruments::path::{path_patch, Receiver};
+use reward_lens_instruments::path::path_patch;
 
 use crate::args::choice;
 use crate::args::PairInput;
@@ -54,11 +54,8 @@ pub fn run(a: PathPatchArgs) -> Result<()> {
     let pairs = &pairs[range];
     let model = a.model.load_shared()?;
     let sender = reward_lens_instruments::path::parse_sender(&a.sender).map_err(|e| anyhow::anyhow!("--{e}"))?;
-    let receivers = if a.receivers.iter().any(|r| r == "all") {
-        Receiver::all_after(&model, sender.0)
-    } else {
-        a.receivers.iter().map(|r| r.parse()).collect::<Result<_, String>>().map_err(|e| anyhow::anyhow!("--{e}"))?
-    };
+    let receivers = reward_lens_instruments::path::parse_receivers(&model, sender.0, &a.receivers)
+        .map_err(|e| anyhow::anyhow!("--{e}"))?;
     let (mode, align) = (a.mode, a.align);
     reward_lens_instruments::path::check_path(&model.config, sender, &receivers, mode)?;
     let lines = output::per_pair(&a.out, a.resume, pairs, "path patching", |p| {

@@ -208,8 +208,13 @@ pub fn check_strengths(strengths: &[f64]) -> Result<()> {
     if strengths.is_empty() {
         return Err(InstrumentError::Invalid("steering: no strengths given".into()));
     }
-    match strengths.iter().find(|s| !s.is_finite()) {
-        Some(s) => Err(InstrumentError::Invalid(format!("steering strength {s}: expected finite numbers"))),
+    if let Some(s) = strengths.iter().find(|s| !s.is_finite()) {
+        return Err(InstrumentError::Invalid(format!("steering strength {s}: expected finite numbers")));
+    }
+    // Activations are f32: a strength past its range makes them infinite, and the model's
+    // "overflow" error would blame the weights.
+    match strengths.iter().find(|s| !(**s as f32).is_finite()) {
+        Some(s) => Err(InstrumentError::Invalid(format!("steering strength {s:e}: beyond f32's range (±3.4e38)"))),
         None => Ok(()),
     }
 }
@@ -294,4 +299,18 @@ fn steer_unchecked(
         deltas,
         mean_delta,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_strengths;
+
+    #[test]
+    fn strengths_must_be_finite_in_f32() {
+        check_strengths(&[-4.0, 0.0, 3.0e38]).unwrap();
+        let e = |s: &[f64]| check_strengths(s).unwrap_err().to_string();
+        assert_eq!(e(&[]), "steering: no strengths given");
+        assert_eq!(e(&[1.0, f64::NAN]), "steering strength NaN: expected finite numbers");
+        assert_eq!(e(&[1e39]), "steering strength 1e39: beyond f32's range (±3.4e38)");
+    }
 }

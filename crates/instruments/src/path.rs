@@ -49,6 +49,34 @@ impl std::str::FromStr for Receiver {
     }
 }
 
+/// Receivers as a user names them: `all` (alone: every receiver after the sender's layer) or
+/// each of `attn.L`, `mlp.L`, `head.L.H`, `downstream`. None, `all` beside other names (which it
+/// would swallow unchecked) or a name given twice (a row twice) is an error.
+pub fn parse_receivers(
+    model: &RewardModel,
+    sender_layer: usize,
+    names: &[String],
+) -> std::result::Result<Vec<Receiver>, String> {
+    if names.iter().any(|n| n == "all") {
+        if names.len() > 1 {
+            return Err(format!("receivers {}: `all` names every receiver; give it alone", names.join(",")));
+        }
+        return Ok(Receiver::all_after(model, sender_layer));
+    }
+    if names.is_empty() {
+        return Err("receivers: none given (attn.L, mlp.L, head.L.H, downstream or all)".into());
+    }
+    let mut out: Vec<Receiver> = Vec::with_capacity(names.len());
+    for n in names {
+        let r: Receiver = n.parse()?;
+        if out.contains(&r) {
+            return Err(format!("receiver `{n}` given twice"));
+        }
+        out.push(r);
+    }
+    Ok(out)
+}
+
 /// A sender head written `LAYER.HEAD` (e.g. `0.1`).
 pub fn parse_sender(s: &str) -> std::result::Result<(usize, usize), String> {
     let bad = || format!("sender `{s}`: expected LAYER.HEAD, e.g. 0.1");
