@@ -27,7 +27,7 @@ pub struct AttributeArgs {
     pub neurons: usize,
     /// reward-lens 1.0 semantics: w_r · raw sub-layer outputs, no final norm, no bias (and no heads,
     /// as the peer had none).
-    #[arg(long, conflicts_with = "heads")]
+    #[arg(long, conflicts_with_all = ["heads", "neurons"])]
     pub v1_compat: bool,
     /// How many components the summary lists.
     #[arg(long, default_value_t = 10)]

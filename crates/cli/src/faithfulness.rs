@@ -22,6 +22,9 @@ pub struct FaithfulnessArgs {
 
 pub fn run(a: FaithfulnessArgs) -> Result<()> {
     let a = a.patch;
+    if a.divergence_reference.is_some() {
+        anyhow::bail!("--divergence-reference applies to `patch`; faithfulness compares rankings and never reads it");
+    }
     let pairs = a.input.read()?;
     a.guard("faithfulness", pairs.len())?;
     let pairs = &pairs[crate::args::shard_of(a.shard, pairs.len()).0];

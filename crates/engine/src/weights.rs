@@ -73,6 +73,17 @@ impl SafetensorsSource {
                     message: "is empty: expected each tensor name mapped to its shard file".into(),
                 });
             }
+            // Both: one is stale (a model saved as one file beside an old index). transformers
+            // reads model.safetensors; reading the index would load other weights without a word.
+            if single.symlink_metadata().is_ok() && !files.contains(&single) {
+                return Err(EngineError::ConfigField {
+                    path: index.clone(),
+                    field: "weight_map".into(),
+                    message: "names shard files, but model.safetensors is here too: one of them is stale \
+                              (transformers would read model.safetensors); remove the one that is"
+                        .into(),
+                });
+            }
             files.sort();
             files
         } else if single.symlink_metadata().is_ok() {

@@ -618,6 +618,21 @@ fn a_file_given_as_the_model_folder_says_so() {
     has(&load_err(&s.path("config.json")).to_string(), &["config.json", "is a file, expected a model folder"]);
 }
 
+/// model.safetensors beside an index naming other shards (a model saved as one file where a
+/// sharded one was): one is stale, and which one is refused rather than guessed.
+#[test]
+fn a_single_file_beside_an_index_of_other_shards_is_refused() {
+    let s = Scratch::copy_of("llama");
+    std::fs::copy(s.path("model.safetensors"), s.path("old.safetensors")).unwrap();
+    let map: serde_json::Map<String, serde_json::Value> =
+        s.tensors().keys().map(|n| (n.clone(), serde_json::json!("old.safetensors"))).collect();
+    let index = serde_json::json!({"metadata": {}, "weight_map": map});
+    std::fs::write(s.path("model.safetensors.index.json"), index.to_string()).unwrap();
+    has(&load_err(&s.0).to_string(), &["model.safetensors.index.json", "model.safetensors is here too", "stale"]);
+    std::fs::remove_file(s.path("model.safetensors")).unwrap();
+    RewardModel::load(&s.0, &LoadOptions::default()).unwrap();
+}
+
 /// Weight files must be regular files inside the model folder: escapes, devices, FIFOs and
 /// broken or looping links are refused without being opened; HuggingFace-cache symlinks load.
 #[test]

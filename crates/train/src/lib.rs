@@ -708,6 +708,11 @@ pub fn save_pretrained(
     let contiguous: HashMap<String, Tensor> =
         weights.iter().map(|(k, t)| Ok((k.clone(), t.contiguous()?))).collect::<candle_core::Result<_>>()?;
     candle_core::safetensors::save(&contiguous, dir.join("model.safetensors"))?;
+    // An index left from a sharded model saved here before would name the old shards.
+    let index = dir.join("model.safetensors.index.json");
+    if index.symlink_metadata().is_ok() {
+        std::fs::remove_file(&index).map_err(io(&index))?;
+    }
     if let Some(src) = tokenizer_dir {
         for name in ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"] {
             let from = src.join(name);

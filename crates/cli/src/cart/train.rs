@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use reward_lens_cart::discover::DiscoveryReport;
 use reward_lens_cart::interventions::CircuitTargets;
@@ -42,10 +42,10 @@ pub struct TrainArgs {
     #[arg(long, value_name = "DIR", requires = "pairs")]
     pub model: Option<PathBuf>,
     /// Training pairs for --model, JSONL.
-    #[arg(long, value_name = "FILE.jsonl")]
+    #[arg(long, value_name = "FILE.jsonl", conflicts_with = "preset")]
     pub pairs: Option<PathBuf>,
     /// Held-out pairs for --model (default: none; the report then covers the training pairs).
-    #[arg(long, value_name = "FILE.jsonl")]
+    #[arg(long, value_name = "FILE.jsonl", conflicts_with = "preset")]
     pub held_out: Option<PathBuf>,
     /// Subsets that are the tail.
     #[arg(long, value_delimiter = ',', default_value = "tail")]
@@ -54,13 +54,13 @@ pub struct TrainArgs {
     #[arg(long)]
     pub augment: bool,
     /// New tail pairs per tail training pair.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = crate::args::at_least_one, requires = "augment")]
     pub augment_per_pair: usize,
     /// The circuit regulariser: λ_div,λ_stab.
     #[arg(long, value_name = "LAMBDA_DIV,LAMBDA_STAB")]
     pub regularise: Option<String>,
     /// Tail and head pairs (each) in the regulariser's batch.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = crate::args::at_least_one, requires = "regularise")]
     pub reg_pairs: usize,
     /// Tail curriculum: start,end tail shares (`natural` = the data's own share).
     #[arg(long, value_name = "START,END")]
@@ -69,16 +69,16 @@ pub struct TrainArgs {
     #[arg(long, alias = "members", value_name = "M")]
     pub ensemble: Option<usize>,
     /// Ensemble weight temperature: π_m ∝ exp(κ · tail validation accuracy).
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, requires = "ensemble")]
     pub kappa: f64,
     /// Circuits to target (a `cart discover` report on the reference model and these pairs).
     #[arg(long, value_name = "FILE.json")]
     pub discovery: Option<PathBuf>,
     /// Organisms: a reference model (the organism trained without interventions) to reuse.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "model")]
     pub reference: Option<PathBuf>,
     /// Which weights move with --model: all, head, last:K.
-    #[arg(long, default_value = "all")]
+    #[arg(long, default_value = "all", conflicts_with = "preset")]
     pub trainable: Trainable,
     /// Epochs (organisms: 3; --model: 3). Every arm takes ⌈N_train / batch⌉ · epochs steps per member.
     #[arg(long, value_parser = crate::args::at_least_one)]
@@ -87,16 +87,16 @@ pub struct TrainArgs {
     #[arg(long)]
     pub lr: Option<f64>,
     /// Pairs per step (organisms: 16; --model: 16).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::at_least_one)]
     pub batch_size: Option<usize>,
     /// Seed of data (organisms), initialisation, batches and every draw.
     #[arg(long)]
     pub seed: Option<u64>,
     /// Organism training pairs (default 4000).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "model")]
     pub n_train: Option<usize>,
     /// Organism test pairs (default 500).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "model")]
     pub n_test: Option<usize>,
     /// Permutations of the light discovery's τ.
     #[arg(long, default_value_t = 1000)]
@@ -107,6 +107,9 @@ pub struct TrainArgs {
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
+    if a.discovery.is_some() && !a.augment && a.regularise.is_none() && a.ensemble.is_none() {
+        bail!("--discovery targets the circuits of --augment, --regularise or --ensemble; without one of them nothing reads it");
+    }
     let data = match (a.preset, a.model, &a.pairs) {
         (Some(preset), _, _) => {
             TrainData::Organism { preset, n_train: a.n_train, n_test: a.n_test, reference: a.reference }
