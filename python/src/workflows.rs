@@ -358,7 +358,8 @@ fn analysis_pairs(pairs: &Bound<'_, PyAny>) -> PyResult<(Vec<PairText>, PathBuf)
 fn analysis(py: Python<'_>, model: &Model, pairs: &Bound<'_, PyAny>, spec: DiscoverSpec) -> PyResult<Analysis> {
     let (pairs, source) = analysis_pairs(pairs)?;
     let m = model.inner.clone();
-    let analysis = detached(py, || Analysis::new(spec, m, pairs, &source).or_raise())?;
+    let mut analysis = detached(py, || Analysis::new(spec, m, pairs, &source).or_raise())?;
+    analysis.model_fingerprint = Some(model.fingerprint()?);
     if let Some(w) = analysis.sae.as_ref().and_then(|s| s.provenance_warning(&model.fingerprint().ok()?)) {
         warn(py, &format!("sae: {w}"))?;
     }

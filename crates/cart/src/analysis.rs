@@ -274,6 +274,9 @@ pub struct Analysis {
     pub sae: Option<Sae>,
     /// Where the pairs came from (named in errors).
     pub source: PathBuf,
+    /// The model folder's fingerprint when the caller knows it: stamped on discoveries made
+    /// here and checked against the ones read (`None`: neither).
+    pub model_fingerprint: Option<String>,
 }
 
 impl Analysis {
@@ -287,7 +290,7 @@ impl Analysis {
         let model = model.into();
         let (inputs, split) = encode_and_split(&spec, &model, &pairs, source)?;
         let sae = spec.load_sae()?;
-        Ok(Self { spec, model, pairs, inputs, split, sae, source: source.to_path_buf() })
+        Ok(Self { spec, model, pairs, inputs, split, sae, source: source.to_path_buf(), model_fingerprint: None })
     }
 
     /// The circuits: read from `given` (checked against these pairs and the SAE), else
@@ -295,12 +298,32 @@ impl Analysis {
     pub fn discovery(&self, given: Option<&Path>, progress: &mut dyn FnMut(Event<'_>)) -> Result<DiscoveryReport> {
         let Some(f) = given else {
             progress(Event::Working("discovering circuits"));
-            let r = discover(&self.model, &self.inputs, &self.split, &self.spec.options(), self.sae.as_ref())
+            let mut r = discover(&self.model, &self.inputs, &self.split, &self.spec.options(), self.sae.as_ref())
                 .map_err(|e| e.at(format!("circuit discovery on {}", self.source.display())))?;
+            r.model = self.model_fingerprint.clone();
             progress(Event::Done);
             return Ok(r);
         };
         let r = DiscoveryReport::read(f)?;
+        if let (Some(then), Some(now)) = (&r.model, &self.model_fingerprint) {
+            if then != now {
+                return Err(invalid(format!(
+                    "{}: the discovery was made with another model (fingerprint {then}; this one is {now}): its \
+                     units and ablation values are that model's; pass the report made with this model",
+                    f.display()
+                )));
+            }
+        }
+        if r.split != self.split {
+            let (then, now) = (crate::text::describe_rule(&r.split.rule), crate::text::describe_rule(&self.split.rule));
+            return Err(invalid(format!(
+                "{}: the discovery split the pairs otherwise (tail: {then}, {} pairs) than these options do (tail: \
+                 {now}, {} pairs); pass the split options it was made with",
+                f.display(),
+                r.split.n_tail,
+                self.split.n_tail
+            )));
+        }
         if r.n_pairs != self.pairs.len() {
             return Err(invalid(format!(
                 "{}: the discovery ran on {} pairs but {} holds {}; pass the pairs file it was made from",

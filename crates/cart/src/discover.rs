@@ -1583,6 +1583,11 @@ pub struct DiscoveryReport {
     /// from before it was recorded, which are trusted.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<String>,
+    /// The model folder's fingerprint (as `--resume` computes it), recorded by the command and
+    /// the Python package: units and ablation values belong to that model, so a report is reused
+    /// only with it. (Absent from reports of the library call and of older versions.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 /// FNV-1a of pairs' token ids and response starts, in order.
@@ -1900,6 +1905,7 @@ pub fn discover_from(
         screening,
         oracle: None,
         input: Some(inputs_hash(pairs)),
+        model: None,
     })
 }
 

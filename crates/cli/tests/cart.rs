@@ -65,6 +65,24 @@ fn discover_writes_a_consistent_report() {
         r["circuits"].as_array().unwrap().iter().map(|c| c["units"].as_array().unwrap().len()).sum();
     let clustered = r["coherence"]["candidates"].as_u64().unwrap() as usize;
     assert_eq!(in_circuits, clustered);
+    // The report names its model; reusing it with another model, or with another split, is refused.
+    assert_eq!(r["model"].as_str().unwrap().len(), 16);
+    for (model, tail, want) in [
+        ("gpt2", "safety,sycophancy", "made with another model"),
+        ("llama", "safety", "split the pairs otherwise (tail: `subset` ∈ {safety, sycophancy}, 5 pairs)"),
+    ] {
+        let o = exe()
+            .args(["cart", "bound", "--model"])
+            .arg(fixtures().join("models").join(model))
+            .arg("--pairs")
+            .arg(&pairs)
+            .args(["--tail-subsets", tail, "--discovery"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(want), "{model} {tail}: {err}");
+    }
     // A tail value the file does not have is an error naming the file and the values it has.
     let bad = exe()
         .args(["cart", "discover", "--model"])

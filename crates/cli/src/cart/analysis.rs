@@ -133,7 +133,8 @@ impl DiscoverFlags {
             seed: f.seed,
         };
         let model = self.model.load()?;
-        let analysis = Analysis::new(spec, model, read_pairs(&self.pairs)?, &self.pairs)?;
+        let mut analysis = Analysis::new(spec, model, read_pairs(&self.pairs)?, &self.pairs)?;
+        analysis.model_fingerprint = Some(self.model.fingerprint()?);
         if let Some(w) = analysis.sae.as_ref().and_then(|s| s.provenance_warning(&self.model.fingerprint().ok()?)) {
             eprintln!("warning: --sae: {w}");
         }

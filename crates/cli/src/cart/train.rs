@@ -110,6 +110,18 @@ pub fn run(a: TrainArgs) -> Result<()> {
     if a.discovery.is_some() && !a.augment && a.regularise.is_none() && a.ensemble.is_none() {
         bail!("--discovery targets the circuits of --augment, --regularise or --ensemble; without one of them nothing reads it");
     }
+    let discovery = a.discovery.as_deref().map(|f| DiscoveryReport::read(f).map(|r| (f, r))).transpose()?;
+    // The circuits name the units of the model they were found in: with --model, that one.
+    if let (Some((f, r)), Some(dir)) = (&discovery, &a.model) {
+        let now = reward_lens_report::fingerprint::model(Some(dir))?;
+        if r.model.as_ref().is_some_and(|then| *then != now) {
+            bail!(
+                "{}: the discovery was made with another model than {}; pass one made with it",
+                f.display(),
+                dir.display()
+            );
+        }
+    }
     let data = match (a.preset, a.model, &a.pairs) {
         (Some(preset), _, _) => {
             TrainData::Organism { preset, n_train: a.n_train, n_test: a.n_test, reference: a.reference }
@@ -132,12 +144,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         curriculum: a.curriculum.as_deref().map(parse_curriculum).transpose().map_err(anyhow::Error::msg)?,
         ensemble: a.ensemble,
         kappa: a.kappa,
-        targets: a
-            .discovery
-            .as_deref()
-            .map(DiscoveryReport::read)
-            .transpose()?
-            .map(|r| CircuitTargets::from_report(&r, None, 16)),
+        targets: discovery.map(|(_, r)| CircuitTargets::from_report(&r, None, 16)),
         epochs: a.epochs,
         lr: a.lr,
         batch_size: a.batch_size,
