@@ -305,6 +305,23 @@ impl Analysis {
             return Ok(r);
         };
         let r = DiscoveryReport::read(f)?;
+        if r.n_pairs != self.pairs.len() {
+            return Err(invalid(format!(
+                "{}: the discovery ran on {} pairs but {} holds {}; pass the pairs file it was made from",
+                f.display(),
+                r.n_pairs,
+                self.source.display(),
+                self.pairs.len()
+            )));
+        }
+        if r.input.as_ref().is_some_and(|h| *h != crate::discover::inputs_hash(&self.inputs)) {
+            return Err(invalid(format!(
+                "{}: the discovery ran on other pairs than {} holds (their texts or order differ); pass the pairs \
+                 file it was made from",
+                f.display(),
+                self.source.display()
+            )));
+        }
         if let (Some(then), Some(now)) = (&r.model, &self.model_fingerprint) {
             if then != now {
                 return Err(invalid(format!(
@@ -322,23 +339,6 @@ impl Analysis {
                 f.display(),
                 r.split.n_tail,
                 self.split.n_tail
-            )));
-        }
-        if r.n_pairs != self.pairs.len() {
-            return Err(invalid(format!(
-                "{}: the discovery ran on {} pairs but {} holds {}; pass the pairs file it was made from",
-                f.display(),
-                r.n_pairs,
-                self.source.display(),
-                self.pairs.len()
-            )));
-        }
-        if r.input.as_ref().is_some_and(|h| *h != crate::discover::inputs_hash(&self.inputs)) {
-            return Err(invalid(format!(
-                "{}: the discovery ran on other pairs than {} holds (their texts or order differ); pass the pairs \
-                 file it was made from",
-                f.display(),
-                self.source.display()
             )));
         }
         if r.sae_site.is_some() && self.sae.is_none() {
