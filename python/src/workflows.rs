@@ -724,6 +724,10 @@ pub fn audit<'py>(
         (inputs.probes, inputs.concepts) =
             (probes.map(|p| p.0).unwrap_or_default(), concepts.map(|c| c.0).unwrap_or_default());
     }
+    if tail_subsets.0 != ["tail"] {
+        let pairs = inputs.pairs.load().or_raise()?;
+        reward_lens_report::audit::check_tail_subsets(&pairs, &tail_subsets.0).or_raise()?;
+    }
     inputs.tail_subsets = tail_subsets.0;
     let res = detached(py, || {
         let res = run_audit(&inputs, &mut |i: usize, n: usize, name: &str| bar.update(i, n, Some(name))).or_raise()?;

@@ -228,6 +228,9 @@ def test_audit_settings_are_checked_before_an_organism_is_built(tmp_path):
         rl.audit(answer_key=key, out=tmp_path / "a", progress=False)
     with pytest.raises(rl.InputError, match="permutations 5: .* needs at least 20"):
         rl.audit(permutations=5, out=tmp_path / "a", progress=False)
+    # Named tail subsets must be some pair's (a misspelling left the CART section empty).
+    with pytest.raises(rl.InputError, match="tail subsets safty: no pair has one of them \\(the pairs' subsets: confidence"):
+        rl.audit(rl.load(str(MODELS / "llama")), PAIRS, tail_subsets="safty", out=tmp_path / "a", progress=False)
     assert not (tmp_path / "a").exists()
 
 

@@ -1224,6 +1224,8 @@ fn contradictory_flags_are_refused() {
     let out = d.join("out.jsonl");
     let p = pairs.to_str().unwrap();
     let o = out.to_str().unwrap();
+    let llama = fixtures().join("models/llama");
+    let m = llama.to_str().unwrap();
     for (args, want) in [
         (vec!["lens", "--v1-compat", "--kind", "normed"], "cannot be used with"),
         (vec!["attribute", "--v1-compat", "--heads"], "cannot be used with"),
@@ -1231,6 +1233,10 @@ fn contradictory_flags_are_refused() {
         (vec!["concepts", "--pairs", p], "without --steer nothing reads them"),
         (vec!["sae", "features", "--sae", o, "--acts", o], "--pairs <FILE.jsonl>"),
         (vec!["attribute", "--v1-compat", "--neurons", "3"], "cannot be used with"),
+        (
+            vec!["audit", "--model", m, "--pairs", p, "--tail-subsets", "safty", "--out", o],
+            "no pair has one of them (the pairs' subsets: confidence",
+        ),
         (vec!["faithfulness", "--pairs", p, "--out", o, "--divergence-reference", p], "never reads it"),
         (vec!["cart", "train", "--preset", "tail", "--pairs", p, "--out", o], "cannot be used with"),
         (vec!["cart", "train", "--preset", "tail", "--batch-size", "0", "--out", o], "'0' for '--batch-size"),

@@ -216,6 +216,22 @@ pub fn check(o: &AuditOptions, answer_key: Option<&Value>) -> Result<()> {
     Ok(())
 }
 
+/// Tail subsets a user named: at least one pair must have one, else the CART section would only
+/// say "0 tail pairs" (a misspelt subset). The error lists the subsets the pairs have.
+pub fn check_tail_subsets(pairs: &[PairText], tail_subsets: &[String]) -> Result<()> {
+    if pairs.iter().any(|p| p.subset.as_deref().is_some_and(|s| tail_subsets.iter().any(|t| t == s))) {
+        return Ok(());
+    }
+    let mut have: Vec<&str> = pairs.iter().filter_map(|p| p.subset.as_deref()).collect();
+    have.sort_unstable();
+    have.dedup();
+    let have = if have.is_empty() { "none".to_string() } else { have.join(", ") };
+    Err(ReportError::Invalid(format!(
+        "tail subsets {}: no pair has one of them (the pairs' subsets: {have})",
+        tail_subsets.join(", ")
+    )))
+}
+
 /// One shard's audit (`None`: the whole audit as one part): the per-pair stages (evaluation,
 /// lens, attribution, patching, AtP, faithfulness) on the shard's range of the audited pairs,
 /// and — in shard 0 only — the stages over whole input sets (probes, concepts, conflicts, CART),
