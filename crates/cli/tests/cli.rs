@@ -1226,7 +1226,12 @@ fn contradictory_flags_are_refused() {
     let o = out.to_str().unwrap();
     let llama = fixtures().join("models/llama");
     let m = llama.to_str().unwrap();
+    let dir = d.to_str().unwrap();
     for (args, want) in [
+        (
+            vec!["cache", "--prompt", "q", "--response", "a", "--sites", "blocks.0.hook_resid_post", "--out", dir],
+            "is a directory",
+        ),
         (vec!["lens", "--v1-compat", "--kind", "normed"], "cannot be used with"),
         (vec!["attribute", "--v1-compat", "--heads"], "cannot be used with"),
         (vec!["concepts", "--strengths", "5"], "--steer"),

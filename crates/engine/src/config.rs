@@ -339,6 +339,12 @@ impl ModelConfig {
         if f.bool_opt("use_bidirectional_attention")? == Some(true) {
             return Err(f.err("use_bidirectional_attention", "true is not supported (attention here is causal)"));
         }
+        // Rotating only part of each head would be ignored here and every position rotated in full.
+        if let Some(p) = f.f64_opt("partial_rotary_factor")?.filter(|p| *p != 1.0) {
+            return Err(
+                f.err("partial_rotary_factor", format!("{p} is not supported (every head dimension is rotated)"))
+            );
+        }
 
         let attention_bias = f.bool_opt("attention_bias")?.unwrap_or(false);
         let (qkv_bias, o_bias) = match architecture {
@@ -775,6 +781,7 @@ mod tests {
             (gemma(), "sliding_window", json!(0), "sliding_window"),
             (gemma(), "use_bidirectional_attention", json!(true), "use_bidirectional_attention"),
             (llama(), "use_bidirectional_attention", json!(true), "use_bidirectional_attention"),
+            (llama(), "partial_rotary_factor", json!(0.5), "partial_rotary_factor"),
             (armo(), "gating_temperature", json!(0.0), "gating_temperature"),
             (armo(), "num_objectives", json!(0), "num_objectives"),
             (armo(), "gating_token_pattern", json!([]), "gating_token_pattern"),
