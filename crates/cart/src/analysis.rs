@@ -233,7 +233,8 @@ impl DiscoverSpec {
             }
             SplitKind::Random => {
                 let n = pairs.len();
-                let k = ((1.0 - self.alpha) * n as f64).round() as usize;
+                // α checked here, so a value outside (0, 1) is named as such, not as an empty side.
+                let k = crate::headtail::tail_count(self.alpha, n, "random split").map_err(at)?;
                 split_random(n, k, self.seed).map_err(at)
             }
         }

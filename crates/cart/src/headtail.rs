@@ -165,8 +165,8 @@ pub fn split_random(n: usize, n_tail: usize, seed: u64) -> Result<HeadTailSplit>
     HeadTailSplit::from_labels(&labels, SplitRule::Random { n_tail, seed })
 }
 
-/// `round((1 − α)·n)`, checked to leave both sides non-empty.
-fn tail_count(alpha: f64, n: usize, what: &str) -> Result<usize> {
+/// `round((1 − α)·n)`, checked to leave both sides non-empty (`what` names the split in errors).
+pub fn tail_count(alpha: f64, n: usize, what: &str) -> Result<usize> {
     if !(alpha > 0.0 && alpha < 1.0) {
         return Err(invalid(format!("{what}: alpha (the head mass) must lie in (0, 1), got {alpha}")));
     }
