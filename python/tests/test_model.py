@@ -251,7 +251,7 @@ def test_pairs_as_list_dataframe_and_path_agree(llama):
     assert [x["id"] for x in llama.score_pairs(gap, progress=False)] == [rows[0]["id"], 1, rows[2]["id"]]
     # An array-valued extra column is carried as a list, not a numpy error.
     arr = pd.DataFrame([dict(rows[0], tags=np.array([1, 2]))])
-    assert llama.score_pairs(arr, progress=False)[0]["margin"] == a[0]["margin"]
+    assert llama.score_pairs(arr, progress=False)[0]["margin"] == llama.score_pairs(rows[:1], progress=False)[0]["margin"]
     # A wrongly typed field is named; one dict is not a list of its keys.
     with pytest.raises(rl.InputError, match="pairs\\[0\\]: field `subset` must be a string, found 3"):
         llama.score_pairs([dict(rows[0], subset=3)], progress=False)
