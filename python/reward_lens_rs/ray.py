@@ -86,9 +86,16 @@ def _done(workdir: Path, command: str, k: int, n: int) -> bool:
     return (workdir / (part_name(command, k, n) + ".meta.json")).is_file()
 
 
-def _reads(args: Sequence[str]) -> Dict[str, Any]:
+def _reads(args: Sequence[str], own: Sequence[Path] = ()) -> Dict[str, Any]:
     """What the command reads, as it is now: every argument naming an existing file (the SHA-256 of
-    its bytes) or directory (each file's relative path, size and modification time)."""
+    its bytes) or directory (each file's relative path, size and modification time), leaving out
+    the run's `own` outputs (the workdir and `out` may lie inside such a directory)."""
+    own = [o.resolve() for o in own]
+
+    def ours(q: Path) -> bool:
+        r = q.resolve()
+        return any(r == o or o in r.parents or r.name.startswith(o.name) and r.parent == o.parent for o in own)
+
     reads: Dict[str, Any] = {}
     for a in args:
         p = Path(a)
@@ -101,17 +108,19 @@ def _reads(args: Sequence[str]) -> Dict[str, Any]:
                 reads[a] = h.hexdigest()
             elif p.is_dir():
                 reads[a] = sorted(
-                    [str(q.relative_to(p)), q.stat().st_size, q.stat().st_mtime_ns] for q in p.rglob("*") if q.is_file()
+                    [str(q.relative_to(p)), q.stat().st_size, q.stat().st_mtime_ns]
+                    for q in p.rglob("*")
+                    if q.is_file() and not ours(q)
                 )
         except OSError:
             continue  # unreadable here: the command itself will say so
     return reads
 
 
-def _same_run(workdir: Path, args: List[str]) -> None:
+def _same_run(workdir: Path, args: List[str], out: Path) -> None:
     """Refuses a workdir whose shards another command, or other inputs, made; records this run."""
     manifest = workdir / "run.json"
-    now = {"command": args, "reads": _reads(args)}
+    now = {"command": args, "reads": _reads(args, own=[workdir, out])}
     if manifest.is_file():
         before = json.loads(manifest.read_text())
         if before != now:
@@ -213,7 +222,7 @@ def run(
     if fresh and workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    _same_run(workdir, args)
+    _same_run(workdir, args, out)
     todo = [k for k in range(shards) if not _done(workdir, name, k, shards)]
     # Rust threads per worker: as many as the CPUs Ray gives it.
     env = {"env_vars": {"RAYON_NUM_THREADS": str(max(1, int(num_cpus)))}}

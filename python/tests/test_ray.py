@@ -138,6 +138,14 @@ def test_a_workdir_made_by_another_command_or_other_inputs_is_refused(tmp_path, 
     (out.with_name("s.jsonl.shards") / "run.json").unlink()
     with pytest.raises(ValueError, match="no run.json"):
         rlray.run(score, shards=2, out=out)
+    # The run's own files inside a folder it reads (here: the model's) are not among its inputs.
+    import shutil
+
+    model = tmp_path / "m"
+    shutil.copytree(MODELS / "llama", model)
+    inside = ["score", "--model", str(model), "--pairs", str(pairs)]
+    first = rlray.run(inside, shards=2, out=model / "s.jsonl").read_bytes()
+    assert rlray.run(inside, shards=2, out=model / "s.jsonl").read_bytes() == first
 
 
 def test_bad_commands_are_refused_before_ray_runs_anything(tmp_path, local_ray):
