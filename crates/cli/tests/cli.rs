@@ -1332,3 +1332,24 @@ fn identical_pairs_are_scored_with_a_warning() {
         "{e}"
     );
 }
+
+/// An output in a folder that does not exist yet: the folder is made, the fingerprint beside it
+/// included (an eval shard failed writing it).
+#[test]
+fn outputs_in_new_folders_are_written() {
+    let d = tmp("new-folders");
+    let out = d.join("a/b/e.jsonl");
+    run(exe()
+        .args(["eval", "--shard", "0/2", "--model"])
+        .arg(fixtures().join("models/llama"))
+        .arg("--pairs")
+        .arg(fixtures().join("pairs.jsonl"))
+        .arg("--out")
+        .arg(&out));
+    assert!(out.exists() && d.join("a/b/e.jsonl.meta.json").exists());
+    let acts = d.join("c/acts.safetensors");
+    run(exe()
+        .args(["cache", "--prompt", "q", "--response", "a", "--sites", "blocks.0.hook_resid_post", "--out"])
+        .arg(&acts));
+    assert!(acts.exists());
+}
