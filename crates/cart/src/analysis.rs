@@ -192,8 +192,9 @@ impl DiscoverSpec {
             (Some(d), true) => Sae::load(d)
                 .map(Some)
                 .map_err(|e| AnalysisError::from(e).at(format!("{}: cannot load the SAE", d.display()))),
-            (None, true) => Err(invalid("--units sae needs --sae DIR")),
-            (Some(_), false) => Err(invalid("--sae given but --units does not include `sae`")),
+            // Worded for both shells: the command's flags and Python's options.
+            (None, true) => Err(invalid("units include `sae` but no SAE folder is given (--sae DIR; sae= in Python)")),
+            (Some(_), false) => Err(invalid("an SAE folder is given (--sae; sae=) but the units do not include `sae`")),
             (None, false) => Ok(None),
         }
     }
@@ -475,6 +476,9 @@ mod tests {
         assert_eq!(o.threshold, Threshold::FixedZ { z: 2.0 });
         assert!(!o.validation.enabled);
         let sae = DiscoverSpec { units: vec![CandidateKind::Sae], ..Default::default() }.load_sae();
-        assert_eq!(sae.err().map(|e| e.to_string()).as_deref(), Some("--units sae needs --sae DIR"));
+        assert_eq!(
+            sae.err().map(|e| e.to_string()).as_deref(),
+            Some("units include `sae` but no SAE folder is given (--sae DIR; sae= in Python)")
+        );
     }
 }

@@ -36,6 +36,11 @@ pub fn run(a: CacheArgs) -> Result<()> {
     if a.out.is_dir() {
         bail!("--out {}: is a directory; name the .safetensors file to write", a.out.display());
     }
+    // Checked here: the writer's error would name its temporary file, not --out. (File outputs
+    // are not given folders: a mistyped path fails rather than writing somewhere unexpected.)
+    if let Some(parent) = a.out.parent().filter(|p| !p.as_os_str().is_empty() && !p.is_dir()) {
+        bail!("--out {}: the folder {} does not exist", a.out.display(), parent.display());
+    }
     let model = a.model.load()?;
     let filter = SiteFilter::new(&a.sites);
     let sites = model.resolve_sites(&filter)?;
@@ -52,9 +57,6 @@ pub fn run(a: CacheArgs) -> Result<()> {
     }
     let n = enc.ids.len();
     tensors.insert("input_ids".into(), Tensor::from_vec(enc.ids.clone(), n, &reward_lens_engine::Device::Cpu)?);
-    if let Some(parent) = a.out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).with_context(|| format!("{}: cannot create", parent.display()))?;
-    }
     candle_core::safetensors::save(&tensors, &a.out).with_context(|| format!("{}: cannot write", a.out.display()))?;
     eprintln!(
         "reward {:.6} at token {} of {n}; saved {} sites to {}",

@@ -1053,6 +1053,10 @@ fn write_errors_name_the_path() {
     let missing = d.join("no-such-dir").join("scores.jsonl");
     let e = err(exe().args(["score", "--pairs"]).arg(&pairs).arg("--out").arg(&missing).output().unwrap());
     assert!(e.contains("no-such-dir/scores.jsonl"), "{e}");
+    let acts = d.join("no-such-dir").join("acts.safetensors");
+    let cache = ["cache", "--prompt", "q", "--response", "a", "--sites", "blocks.0.hook_resid_post", "--out"];
+    let e = err(exe().args(cache).arg(&acts).output().unwrap());
+    assert!(e.contains("no-such-dir/acts.safetensors: the folder") && e.contains("does not exist"), "{e}");
     if std::path::Path::new("/dev/full").exists() {
         // A full disk: the report, the summary and standard output each say which failed.
         let e = err(exe().args(["lens", "--pairs"]).arg(&pairs).args(["--out", "/dev/full"]).output().unwrap());
@@ -1331,25 +1335,4 @@ fn identical_pairs_are_scored_with_a_warning() {
         e.contains("warning: 1 of 2 pairs have the same chosen and rejected text") && e.contains("p.jsonl:2"),
         "{e}"
     );
-}
-
-/// An output in a folder that does not exist yet: the folder is made, the fingerprint beside it
-/// included (an eval shard failed writing it).
-#[test]
-fn outputs_in_new_folders_are_written() {
-    let d = tmp("new-folders");
-    let out = d.join("a/b/e.jsonl");
-    run(exe()
-        .args(["eval", "--shard", "0/2", "--model"])
-        .arg(fixtures().join("models/llama"))
-        .arg("--pairs")
-        .arg(fixtures().join("pairs.jsonl"))
-        .arg("--out")
-        .arg(&out));
-    assert!(out.exists() && d.join("a/b/e.jsonl.meta.json").exists());
-    let acts = d.join("c/acts.safetensors");
-    run(exe()
-        .args(["cache", "--prompt", "q", "--response", "a", "--sites", "blocks.0.hook_resid_post", "--out"])
-        .arg(&acts));
-    assert!(acts.exists());
 }

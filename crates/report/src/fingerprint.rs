@@ -180,10 +180,6 @@ pub fn guard(out: &Path, fp: &Fingerprint, resume: bool) -> Result<(), ReportErr
         return Ok(());
     }
     let text = serde_json::to_string_pretty(fp)?;
-    // The output's folder is made here, as every command's output writer does.
-    if let Some(parent) = meta.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(io(parent, "cannot create the output's folder"))?;
-    }
     std::fs::write(&meta, text + "\n").map_err(io(&meta, "cannot write the run's fingerprint"))
 }
 

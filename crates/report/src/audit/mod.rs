@@ -193,7 +193,7 @@ pub fn run_audit(inputs: &AuditInputs, progress: &mut dyn Progress) -> Result<Au
 /// answer key without rules (an empty ground-truth section, as if nothing were planted).
 pub fn check(o: &AuditOptions, answer_key: Option<&Value>) -> Result<()> {
     if o.batch_size == 0 {
-        return Err(ReportError::Invalid("--batch-size must be at least 1".into()));
+        return Err(ReportError::Invalid("the batch size (--batch-size; batch_size=) must be at least 1".into()));
     }
     ProbeOptions { batch_size: o.batch_size, seed: o.seed, permutations: o.permutations }.check()?;
     if let Some(r) = answer_key.and_then(|k| k.get("rules")).filter(|r| !r.is_array()) {
