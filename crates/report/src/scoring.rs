@@ -196,11 +196,10 @@ impl Rb2Eval {
 pub fn rewardbench2_table(evals: &[Rb2Eval]) -> String {
     use std::fmt::Write;
     let mut s = String::new();
-    let short = |m: &str| m.rsplit('/').next().unwrap_or(m).chars().take(22).collect::<String>();
     let _ = write!(s, "{:<24}", "subset (RewardBench 2)");
-    evals.iter().for_each(|e| {
-        let _ = write!(s, " {:>22}", short(&e.model));
-    });
+    for label in crate::text::model_labels(&evals.iter().map(|e| e.model.as_str()).collect::<Vec<_>>(), 22) {
+        let _ = write!(s, " {label:>22}");
+    }
     s.push('\n');
     let Some(first) = evals.first() else { return s };
     for (k, sub) in first.report.subsets.iter().enumerate() {

@@ -28,6 +28,38 @@ pub fn mean_ci(m: &MeanCi) -> String {
     }
 }
 
+/// Column heads for models named by their folders: the last path component (a trailing `/`
+/// ignored), cut to its first `width` characters; or, where those would be alike, as many
+/// trailing components as tell the models apart (`a/model`, `b/model`), cut from the left so the
+/// distinguishing end stays.
+pub fn model_labels(names: &[&str], width: usize) -> Vec<String> {
+    let tail = |m: &str, k: usize| -> String {
+        let parts: Vec<&str> = m.trim_end_matches('/').split('/').collect();
+        let from = parts.len().saturating_sub(k);
+        let s = parts[from..].join("/");
+        if s.is_empty() {
+            m.to_string()
+        } else {
+            s
+        }
+    };
+    let distinct = |labels: &[String]| labels.iter().enumerate().all(|(i, l)| !labels[..i].contains(l));
+    let short: Vec<String> = names.iter().map(|m| tail(m, 1).chars().take(width).collect()).collect();
+    if distinct(&short) {
+        return short;
+    }
+    let most = names.iter().map(|m| m.split('/').count()).max().unwrap_or(1);
+    let k = (2..=most).find(|&k| distinct(&names.iter().map(|m| tail(m, k)).collect::<Vec<_>>())).unwrap_or(most);
+    names
+        .iter()
+        .map(|m| {
+            let l = tail(m, k);
+            let n = l.chars().count();
+            l.chars().skip(n.saturating_sub(width)).collect()
+        })
+        .collect()
+}
+
 /// `eval`'s table: accuracy % with its 95 % interval per subset and overall, models side by
 /// side, then RewardBench's section scores where the subsets carry its names.
 pub fn eval_table(evals: &[ModelEval], n_pairs: usize) -> String {
@@ -36,9 +68,8 @@ pub fn eval_table(evals: &[ModelEval], n_pairs: usize) -> String {
     let width = 22;
     let _ = writeln!(s, "accuracy % [95% CI] on {n_pairs} pairs");
     let _ = write!(s, "{:<24}", "subset");
-    for e in evals {
-        let short = e.model.rsplit('/').next().unwrap_or(&e.model);
-        let _ = write!(s, " {:>width$}", short.chars().take(width).collect::<String>());
+    for label in model_labels(&evals.iter().map(|e| e.model.as_str()).collect::<Vec<_>>(), width) {
+        let _ = write!(s, " {label:>width$}");
     }
     s.push('\n');
     let Some(first) = evals.first() else { return s };
@@ -343,6 +374,15 @@ mod tests {
     use super::*;
     use crate::scoring::Tallies;
     use reward_lens_instruments::evaluation::evaluate;
+
+    #[test]
+    fn model_labels_tell_models_apart() {
+        assert_eq!(model_labels(&["runs/a/model", "runs/b/model/"], 22), ["a/model", "b/model"]);
+        assert_eq!(model_labels(&["x/rm-one", "y/rm-two/"], 22), ["rm-one", "rm-two"]);
+        assert_eq!(model_labels(&["m/Skywork-Reward-Llama-3.1-8B-v0.2"], 22), ["Skywork-Reward-Llama-3"]);
+        assert_eq!(model_labels(&["a/x", "b/x"], 1), ["x", "x"]); // no room to tell them apart
+        assert_eq!(model_labels(&["(embedded example model)"], 22), ["(embedded example mode"]);
+    }
 
     #[test]
     fn eval_and_score_tables_show_the_numbers() {
