@@ -184,7 +184,9 @@ fn cache_rejects_unknown_site() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown activation site `blocks.7.hook_resid_post`"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(
+        "activation site `blocks.7.hook_resid_post`: layer 7 does not exist (this model has 3 layers, blocks 0 to 2)"
+    ));
 }
 
 #[test]

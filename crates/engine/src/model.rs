@@ -354,6 +354,11 @@ impl RewardModel {
     pub fn resolve_sites(&self, filter: &SiteFilter) -> Result<Vec<Site>> {
         for p in filter.patterns() {
             if !p.contains(['*', '?']) && !self.sites.iter().any(|s| filter_one(p, s)) {
+                // A well-formed name of a layer this model lacks: say how many it has.
+                let n = self.config.n_layers;
+                if let Some(layer) = crate::Site::parse(p).and_then(|s| s.layer()).filter(|&l| l >= n) {
+                    return Err(EngineError::SiteLayer { site: p.clone(), layer, n_layers: n });
+                }
                 return Err(EngineError::UnknownSite(p.clone()));
             }
         }
