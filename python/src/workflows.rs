@@ -8,12 +8,13 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use reward_lens_cart::analysis::{Analysis, CandidateKind, DiscoverSpec, SplitKind};
 use reward_lens_cart::bound::BoundOptions;
-use reward_lens_cart::discover::{DiscoveryReport, Layers, PairReadout};
-use reward_lens_cart::interventions::CircuitTargets;
+use reward_lens_cart::discover::{Layers, PairReadout};
 use reward_lens_cart::oracle::{OracleOptions, OracleReport};
 use reward_lens_cart::progress::Event;
 use reward_lens_cart::table::{run_table, Arm, TableOptions};
-use reward_lens_cart::training::{parse_curriculum, parse_regularise, train as cart_train_fn, TrainData, TrainRequest};
+use reward_lens_cart::training::{
+    parse_curriculum, parse_regularise, read_targets, train as cart_train_fn, TrainData, TrainRequest,
+};
 use reward_lens_cart::vulnerability::perturb::PerturbKind;
 use reward_lens_cart::vulnerability::VulnerabilityOptions;
 use reward_lens_engine::{PairText, Positions, Truncation};
@@ -571,12 +572,13 @@ pub fn cart_train<'py>(
         .map(|(a, b)| parse_curriculum(&format!("{a},{b}")))
         .transpose()
         .map_err(|e| input(format!("curriculum: {e}")))?;
-    let targets = discovery
-        .as_deref()
-        .map(DiscoveryReport::read)
-        .transpose()
-        .or_raise()?
-        .map(|r| CircuitTargets::from_report(&r, None, 16));
+    let fingerprint = match &data {
+        TrainData::Model { dir, .. } => Some(reward_lens_report::fingerprint::model(Some(dir)).or_raise()?),
+        TrainData::Organism { .. } => None,
+    };
+    let intervenes = augment || regularise.is_some() || ensemble.is_some();
+    let targets =
+        discovery.as_deref().map(|f| read_targets(f, intervenes, fingerprint.as_deref())).transpose().or_raise()?;
     let request = TrainRequest {
         data,
         tail_subsets,
@@ -723,10 +725,6 @@ pub fn audit<'py>(
     if probes.is_some() || concepts.is_some() {
         (inputs.probes, inputs.concepts) =
             (probes.map(|p| p.0).unwrap_or_default(), concepts.map(|c| c.0).unwrap_or_default());
-    }
-    if tail_subsets.0 != ["tail"] {
-        let pairs = inputs.pairs.load().or_raise()?;
-        reward_lens_report::audit::check_tail_subsets(&pairs, &tail_subsets.0).or_raise()?;
     }
     inputs.tail_subsets = tail_subsets.0;
     let res = detached(py, || {

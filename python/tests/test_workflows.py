@@ -55,6 +55,9 @@ def test_cart_discover_equals_command(cli, tmp_path):
         rl.cart.discover(m, EXAMPLES, permutation=10)
     with pytest.raises(rl.InputError, match="option batch_size must be at least 1"):
         rl.cart.discover(m, EXAMPLES, batch_size=0)
+    # A discovery report without an intervention to read it, as from the command.
+    with pytest.raises(rl.InputError, match="without one of them nothing reads it"):
+        rl.cart.train(tmp_path / "ct", preset="tail", discovery=out, progress=False)
     with pytest.raises(rl.InputError, match="option batch_size must be at least 1"):
         rl.cart.oracle(m, EXAMPLES, batch_size=0)
     with pytest.raises(rl.InputError, match='mlp_layers has the wrong type \\(\\[0, 1\\]; expected a string such as "all"'):

@@ -144,6 +144,30 @@ fn options(r: &TrainRequest, base: TrainOptions, natural: f64) -> CartTrainOptio
     }
 }
 
+/// A `cart discover` report read as training targets. `intervenes`: whether augmentation, the
+/// regulariser or an ensemble will read them (else the report would be dropped unread);
+/// `model_fingerprint`: the fingerprint of the model being fine-tuned, when there is one, which
+/// a report recording another model's is refused against (its units are that model's).
+pub fn read_targets(file: &Path, intervenes: bool, model_fingerprint: Option<&str>) -> Result<CircuitTargets> {
+    if !intervenes {
+        return Err(AnalysisError::Invalid(
+            "a discovery report's circuits are what augmentation, the regulariser and the ensemble target \
+             (--augment, --regularise, --ensemble); without one of them nothing reads it"
+                .into(),
+        ));
+    }
+    let report = crate::discover::DiscoveryReport::read(file)?;
+    if let (Some(then), Some(now)) = (&report.model, model_fingerprint) {
+        if then != now {
+            return Err(AnalysisError::Invalid(format!(
+                "{}: the discovery was made with another model than the one being trained; pass one made with it",
+                file.display()
+            )));
+        }
+    }
+    Ok(CircuitTargets::from_report(&report, None, 16))
+}
+
 /// Trains, saves the model(s) and writes `OUT/cart_report.json`.
 pub fn train(r: &TrainRequest, progress: &mut dyn FnMut(Event<'_>)) -> Result<TrainOutput> {
     // Before the reference model trains (minutes on a real model), not after.

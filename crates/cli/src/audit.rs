@@ -67,9 +67,8 @@ pub struct AuditArgs {
     pub answer_key: Option<PathBuf>,
     /// Subset names whose pairs are the rare (tail) inputs for the CART section: circuit discovery
     /// on up to 64 tail and 128 head pairs from the whole pairs file, and the bound's ingredients.
-    /// [default: tail]
-    #[arg(long, value_delimiter = ',')]
-    pub tail_subsets: Option<Vec<String>>,
+    #[arg(long, value_delimiter = ',', default_value = "tail")]
+    pub tail_subsets: Vec<String>,
     /// Audit a model organism (trained on first use, about a minute, then cached): `default` (all planted
     /// rules), `control`, `length`, `sycophancy`, `formatting` or `tail`. Its test pairs, probes, concepts
     /// and answer key become the defaults. Without --model this is `default`.
@@ -126,12 +125,7 @@ pub fn run(a: AuditArgs) -> Result<()> {
     if !a.probes.is_empty() || !a.concepts.is_empty() {
         (inputs.probes, inputs.concepts) = (a.probes.clone(), a.concepts.clone());
     }
-    // Named subsets must name some pair's (the default `tail` is the organisms' convention).
-    if let Some(t) = &a.tail_subsets {
-        reward_lens_report::audit::check_tail_subsets(&inputs.pairs.load()?, t)
-            .map_err(|e| anyhow::anyhow!("--tail-subsets: {e}"))?;
-    }
-    inputs.tail_subsets = a.tail_subsets.clone().unwrap_or_else(|| vec!["tail".into()]);
+    inputs.tail_subsets = a.tail_subsets.clone();
     if let Some(shard) = a.shard {
         return run_shard(&a, &inputs, shard);
     }

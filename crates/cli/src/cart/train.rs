@@ -3,12 +3,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
-use reward_lens_cart::discover::DiscoveryReport;
-use reward_lens_cart::interventions::CircuitTargets;
 use reward_lens_cart::trainer::Trainable;
-use reward_lens_cart::training::{parse_curriculum, parse_regularise, train, TrainData, TrainRequest};
+use reward_lens_cart::training::{parse_curriculum, parse_regularise, read_targets, train, TrainData, TrainRequest};
 
 use crate::args::read_pairs;
 use crate::progress::CartBars;
@@ -107,21 +105,9 @@ pub struct TrainArgs {
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
-    if a.discovery.is_some() && !a.augment && a.regularise.is_none() && a.ensemble.is_none() {
-        bail!("--discovery targets the circuits of --augment, --regularise or --ensemble; without one of them nothing reads it");
-    }
-    let discovery = a.discovery.as_deref().map(|f| DiscoveryReport::read(f).map(|r| (f, r))).transpose()?;
-    // The circuits name the units of the model they were found in: with --model, that one.
-    if let (Some((f, r)), Some(dir)) = (&discovery, &a.model) {
-        let now = reward_lens_report::fingerprint::model(Some(dir))?;
-        if r.model.as_ref().is_some_and(|then| *then != now) {
-            bail!(
-                "{}: the discovery was made with another model than {}; pass one made with it",
-                f.display(),
-                dir.display()
-            );
-        }
-    }
+    let intervenes = a.augment || a.regularise.is_some() || a.ensemble.is_some();
+    let fingerprint = a.model.as_deref().map(|d| reward_lens_report::fingerprint::model(Some(d))).transpose()?;
+    let targets = a.discovery.as_deref().map(|f| read_targets(f, intervenes, fingerprint.as_deref())).transpose()?;
     let data = match (a.preset, a.model, &a.pairs) {
         (Some(preset), _, _) => {
             TrainData::Organism { preset, n_train: a.n_train, n_test: a.n_test, reference: a.reference }
@@ -144,7 +130,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         curriculum: a.curriculum.as_deref().map(parse_curriculum).transpose().map_err(anyhow::Error::msg)?,
         ensemble: a.ensemble,
         kappa: a.kappa,
-        targets: discovery.map(|(_, r)| CircuitTargets::from_report(&r, None, 16)),
+        targets,
         epochs: a.epochs,
         lr: a.lr,
         batch_size: a.batch_size,

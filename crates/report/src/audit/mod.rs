@@ -216,10 +216,13 @@ pub fn check(o: &AuditOptions, answer_key: Option<&Value>) -> Result<()> {
     Ok(())
 }
 
-/// Tail subsets a user named: at least one pair must have one, else the CART section would only
-/// say "0 tail pairs" (a misspelt subset). The error lists the subsets the pairs have.
-pub fn check_tail_subsets(pairs: &[PairText], tail_subsets: &[String]) -> Result<()> {
-    if pairs.iter().any(|p| p.subset.as_deref().is_some_and(|s| tail_subsets.iter().any(|t| t == s))) {
+/// Tail subsets other than the default `tail` (the organisms' convention): at least one pair must
+/// have one, else the CART section would only say "0 tail pairs" (a misspelt subset). The error
+/// lists the subsets the pairs have.
+fn check_tail_subsets(pairs: &[PairText], tail_subsets: &[String]) -> Result<()> {
+    if tail_subsets == ["tail"]
+        || pairs.iter().any(|p| p.subset.as_deref().is_some_and(|s| tail_subsets.iter().any(|t| t == s)))
+    {
         return Ok(());
     }
     let mut have: Vec<&str> = pairs.iter().filter_map(|p| p.subset.as_deref()).collect();
@@ -239,6 +242,9 @@ pub fn check_tail_subsets(pairs: &[PairText], tail_subsets: &[String]) -> Result
 pub fn run_audit_shard(inputs: &AuditInputs, shard: Option<Shard>, progress: &mut dyn Progress) -> Result<AuditPart> {
     let o = &inputs.options;
     check(o, inputs.answer_key.as_ref())?;
+    // Read before the model loads, so that a misspelt tail subset fails at once.
+    let all_pairs = inputs.pairs.load()?;
+    check_tail_subsets(&all_pairs, &inputs.tail_subsets)?;
     let start = Instant::now();
     let mut timings: Vec<StageTiming> = Vec::new();
     let mut stage_start = Instant::now();
@@ -262,7 +268,6 @@ pub fn run_audit_shard(inputs: &AuditInputs, shard: Option<Shard>, progress: &mu
     // Inputs: pairs (seeded sample), probes, concepts.
     stage(1, &mut timings);
     let source = inputs.pairs.name();
-    let all_pairs = inputs.pairs.load()?;
     let pairs = sample(&all_pairs, o.max_pairs, o.seed);
     let m = pairs.len();
     let whole_run_stages = shard.is_none_or(|s| s.index == 0);
