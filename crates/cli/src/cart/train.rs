@@ -106,7 +106,10 @@ pub struct TrainArgs {
 
 pub fn run(a: TrainArgs) -> Result<()> {
     let intervenes = a.augment || a.regularise.is_some() || a.ensemble.is_some();
-    let fingerprint = a.model.as_deref().map(|d| reward_lens_report::fingerprint::model(Some(d))).transpose()?;
+    let fingerprint = match &a.model {
+        Some(d) => Some(reward_lens_report::fingerprint::model(Some(d))?),
+        None => None,
+    };
     let targets = a.discovery.as_deref().map(|f| read_targets(f, intervenes, fingerprint.as_deref())).transpose()?;
     let data = match (a.preset, a.model, &a.pairs) {
         (Some(preset), _, _) => {
