@@ -139,9 +139,6 @@ pub enum PairArg {
     Inline(Vec<PairText>),
 }
 
-/// The fields of a pair that must be strings when present.
-const TEXT_FIELDS: [&str; 4] = ["prompt", "chosen", "rejected", "subset"];
-
 impl PairArg {
     pub fn from_py(obj: &Bound<'_, PyAny>) -> PyResult<Self> {
         Self::from_py_as(obj, "pairs")
@@ -168,25 +165,16 @@ impl PairArg {
         })?;
         let mut pairs = Vec::new();
         for (i, row) in list.enumerate() {
-            let row = clean_row(&row?).map_err(|e| input(format!("{what}[{i}]: {e}")))?;
-            // Name the field a wrong type is in, as the JSONL reader does.
-            if let Ok(d) = row.cast::<PyDict>() {
-                for k in TEXT_FIELDS {
-                    if let Some(v) = d.get_item(k)? {
-                        if !v.is_instance_of::<pyo3::types::PyString>() {
-                            let found = v.repr().map(|r| r.to_string()).unwrap_or_default();
-                            return Err(input(format!("{what}[{i}]: field `{k}` must be a string, found {found}")));
-                        }
-                    }
-                }
-            }
-            let mut p: PairText = pythonize::depythonize(&row).map_err(|e| {
-                input(format!("{what}[{i}]: {e} (expected a dict with prompt, chosen, rejected; optional id, subset)"))
+            let at = format!("{what}[{i}]");
+            let row = clean_row(&row?).map_err(|e| input(format!("{at}: {e}")))?;
+            let value: Value = pythonize::depythonize(&row).map_err(|e| {
+                input(format!("{at}: {e} (expected a dict with prompt, chosen, rejected; optional id, subset)"))
             })?;
-            if p.id.is_null() {
-                p.id = Value::from(i);
-            }
-            pairs.push(p);
+            let Value::Object(obj) = value else {
+                return Err(input(format!("{at}: expected a dict with prompt, chosen, rejected; optional id, subset")));
+            };
+            // The JSONL reader's rules, so a pair means the same given either way.
+            pairs.push(reward_lens_report::datasets::pair_from_object(obj, &at, i).or_raise()?);
         }
         if pairs.is_empty() {
             return Err(input(format!("{what}: empty")));

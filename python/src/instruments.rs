@@ -161,7 +161,6 @@ fn patch_options(
         return Err(input("mode=\"mean\" needs mean_reference (pairs whose prompt + chosen are the reference texts)"));
     }
     if mode != PatchMode::Mean && !mean_reference.is_empty() {
-        let mode = format!("{mode:?}").to_lowercase();
         return Err(input(format!("mean_reference is read by mode=\"mean\" only (mode=\"{mode}\")")));
     }
     Ok(PatchOptions {

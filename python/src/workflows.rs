@@ -748,11 +748,58 @@ pub fn audit<'py>(
 /// runs the binary). Raises `RewardLensError` with the message the binary prints.
 #[pyfunction]
 #[pyo3(signature = (args, keep_model = false))]
-pub fn cli(py: Python<'_>, args: Vec<String>, keep_model: bool) -> PyResult<()> {
+pub fn cli(py: Python<'_>, args: &Bound<'_, PyAny>, keep_model: bool) -> PyResult<()> {
+    let args = command_line(args)?;
     reward_lens_cli::keep_models(keep_model);
     crate::progress::detached(py, || {
         reward_lens_cli::run_args(&args).map_err(|m| crate::errors::raise(crate::errors::Kind::Other, m))
     })
+}
+
+/// `cli`'s command line: a list whose items are strings, paths (`os.PathLike`) or numbers, as a
+/// subprocess argument list would be written. A bare string is refused: it is not split, and
+/// taking it as one word would run the wrong command.
+fn command_line(args: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+    use pyo3::types::{PyBool, PyFloat, PyInt, PyString};
+    let type_name = |o: &Bound<'_, PyAny>| o.get_type().name().map_or_else(|_| "?".to_string(), |n| n.to_string());
+    if args.is_instance_of::<PyString>() {
+        return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+            "cli takes the command line as a list, e.g. cli([\"score\", \"--pairs\", \"p.jsonl\"]); got the string {:?} \
+             (use shlex.split to turn a string into that list)",
+            args.to_string()
+        )));
+    }
+    let items = args.try_iter().map_err(|_| {
+        pyo3::exceptions::PyTypeError::new_err(format!(
+            "cli takes the command line as a list of strings; got {}",
+            type_name(args)
+        ))
+    })?;
+    let os = PyModule::import(args.py(), "os")?;
+    let mut out = Vec::new();
+    for (i, item) in items.enumerate() {
+        let item = item?;
+        let word = if item.is_instance_of::<PyString>() {
+            item.extract::<String>()?
+        } else if item.is_instance_of::<PyBool>() {
+            return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                "cli: argument {i} is a bool; flags are given by name (\"--v1-compat\"), not as True/False"
+            )));
+        } else if item.is_instance_of::<PyInt>() || item.is_instance_of::<PyFloat>() {
+            item.str()?.to_string()
+        } else if let Ok(path) = os.call_method1("fspath", (&item,)) {
+            path.extract::<String>().map_err(|_| {
+                pyo3::exceptions::PyTypeError::new_err(format!("cli: argument {i} is a bytes path; give it as str"))
+            })?
+        } else {
+            return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                "cli: argument {i} is a {}; expected a string, a path or a number",
+                type_name(&item)
+            )));
+        };
+        out.push(word);
+    }
+    Ok(out)
 }
 
 /// Merges the shards of one run (their outputs, or directories holding them) into `out`: exactly

@@ -188,6 +188,17 @@ def test_cli_runs_a_command_line_in_process_as_the_binary_does(tmp_path, cli):
         rl.cli([*args, "--shard", "3/3", "--out", str(tmp_path / "x.jsonl")])
     with pytest.raises(rl.RewardLensError, match="`bench` runs the binary"):
         rl.cli(["bench"])
+    # Paths and numbers are words of the line as subprocess takes them; a bare string is refused
+    # (it would not be split), as are bools (flags go by name).
+    rl.cli(["score", "--model", MODELS / "llama", "--pairs", REPO / "tests/fixtures/pairs.jsonl", "--batch-size", 4,
+            "--out", tmp_path / "paths.jsonl"])
+    assert (tmp_path / "paths.jsonl").read_bytes() == (tmp_path / "bin.jsonl").read_bytes()
+    with pytest.raises(TypeError, match=r"as a list, e.g. cli\(\["):
+        rl.cli("score --pairs p.jsonl")
+    with pytest.raises(TypeError, match="argument 1 is a bool"):
+        rl.cli(["score", True])
+    with pytest.raises(TypeError, match="argument 1 is a dict"):
+        rl.cli(["score", {}])
 
 
 def test_keep_model_reloads_a_folder_whose_files_changed(tmp_path):

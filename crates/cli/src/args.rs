@@ -390,10 +390,7 @@ impl PatchArgs {
             bail!("--mode mean needs --mean-reference FILE.jsonl (its prompt + chosen texts)");
         }
         if self.mode != PatchMode::Mean && self.mean_reference.is_some() {
-            bail!(
-                "--mean-reference is read by --mode mean only (the mode is {})",
-                format!("{:?}", self.mode).to_lowercase()
-            );
+            bail!("--mean-reference is read by --mode mean only (the mode is {})", self.mode);
         }
         Ok(PatchOptions {
             mode: self.mode,

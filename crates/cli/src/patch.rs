@@ -20,10 +20,7 @@ fn run_kind(a: PatchArgs, attribution_patching: bool) -> Result<()> {
             bail!("--divergence-reference scores sublayer patches (--granularity sublayer)")
         }
         _ if a.mean_reference.is_some() && a.mode != PatchMode::Mean => {
-            bail!(
-                "--mean-reference is read by --mode mean only (the mode is {})",
-                format!("{:?}", a.mode).to_lowercase()
-            )
+            bail!("--mean-reference is read by --mode mean only (the mode is {})", a.mode)
         }
         _ => {}
     }

@@ -54,13 +54,14 @@ pub enum EngineError {
     ResponseTooLong { n_tokens: usize, needed: usize, max_tokens: usize },
     #[error(
         "the reward of sequence {row} of the batch ({seq_len} tokens) is {value}, not a number: the \
-         weights or an intervention made the activations overflow (try --dtype f32, and check the \
-         checkpoint's values and config)"
+         weights or an intervention made the activations overflow (compute in f32: --dtype f32, in \
+         Python rl.load(..., dtype=\"f32\"); and check the checkpoint's values and config)"
     )]
     NonFiniteReward { row: usize, seq_len: usize, value: f32 },
     #[error(
         "the gradient at `{site}` contains NaN or infinity (the reward itself was finite): the backward \
-         pass overflowed; try --dtype f32 or smaller gradient weights"
+         pass overflowed; compute in f32 (--dtype f32, in Python rl.load(..., dtype=\"f32\")) or use \
+         smaller gradient weights"
     )]
     NonFiniteGradient { site: String },
     #[error("token id {id} ({at}) is outside the model's vocabulary: config.json has vocab_size {vocab}")]

@@ -77,6 +77,15 @@ macro_rules! from_json_name {
                 reward_lens_engine::from_name(s, $what)
             }
         }
+        // Messages name a mode as flags and Python take it (`noising`).
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                match serde_json::to_value(self) {
+                    Ok(serde_json::Value::String(name)) => f.write_str(&name),
+                    _ => write!(f, "{self:?}"),
+                }
+            }
+        }
     )*};
 }
 from_json_name!(

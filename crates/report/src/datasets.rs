@@ -101,38 +101,40 @@ pub fn parse_pairs(text: &str, source: &Path) -> Result<Vec<PairText>> {
         }
         let at = || format!("{name}:{n}");
         let v: Value = serde_json::from_str(line).map_err(|source| DatasetError::Json { at: at(), source })?;
-        let Value::Object(mut obj) = v else {
+        let Value::Object(obj) = v else {
             return Err(invalid(at(), "expected a JSON object with prompt, chosen, rejected"));
         };
-        // Checked in this order so a line with several problems reports the same one as before.
-        let subset = match obj.remove("subset") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s),
-            Some(other) => return Err(invalid(at(), format!("field `subset` must be a string, found {other}"))),
-        };
-        let mut field = |k: &str| -> Result<String> {
-            match obj.remove(k) {
-                Some(Value::String(s)) => Ok(s),
-                Some(other) => Err(invalid(at(), format!("field `{k}` must be a string, found {other}"))),
-                None => Err(invalid(at(), format!("missing field `{k}` (expected prompt, chosen, rejected)"))),
-            }
-        };
-        let (prompt, chosen, rejected) = (field("prompt")?, field("chosen")?, field("rejected")?);
-        let id = obj.remove("id").unwrap_or(Value::from(pairs.len()));
-        pairs.push(PairText {
-            id,
-            prompt,
-            chosen,
-            rejected,
-            subset,
-            extra: obj,
-            origin: Some(Origin { file: file.clone(), line: n }),
-        });
+        let mut pair = pair_from_object(obj, &at(), pairs.len())?;
+        pair.origin = Some(Origin { file: file.clone(), line: n });
+        pairs.push(pair);
     }
     if pairs.is_empty() {
         return Err(invalid(name, "no pairs (expected one JSON object per line)"));
     }
     Ok(pairs)
+}
+
+/// One pair from its JSON object, by the rules of a pairs file's line: `prompt`, `chosen` and
+/// `rejected` strings, an optional `subset` string (null is none), `id` (`default_id` when
+/// absent) and every other field kept in `extra`. `at` names the object in errors (`file:line`,
+/// or `pairs[3]` for pairs given in Python). The origin is left to the caller.
+pub fn pair_from_object(mut obj: serde_json::Map<String, Value>, at: &str, default_id: usize) -> Result<PairText> {
+    // Checked in this order so an object with several problems reports the same one every time.
+    let subset = match obj.remove("subset") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(other) => return Err(invalid(at, format!("field `subset` must be a string, found {other}"))),
+    };
+    let mut field = |k: &str| -> Result<String> {
+        match obj.remove(k) {
+            Some(Value::String(s)) => Ok(s),
+            Some(other) => Err(invalid(at, format!("field `{k}` must be a string, found {other}"))),
+            None => Err(invalid(at, format!("missing field `{k}` (expected prompt, chosen, rejected)"))),
+        }
+    };
+    let (prompt, chosen, rejected) = (field("prompt")?, field("chosen")?, field("rejected")?);
+    let id = obj.remove("id").unwrap_or(Value::from(default_id));
+    Ok(PairText { id, prompt, chosen, rejected, subset, extra: obj, origin: None })
 }
 
 // ------------------------------------------------------------------------------------------------
