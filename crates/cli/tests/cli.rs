@@ -1338,3 +1338,57 @@ fn identical_pairs_are_scored_with_a_warning() {
         "{e}"
     );
 }
+
+/// A constant reward (the score head all zeros, every margin exactly 0) is said to be one: no
+/// preference for the rejected answer, no crystallization depth, no cosine of a zero direction,
+/// no coverage or cascade computed from 0/0.
+#[test]
+fn a_constant_reward_gives_no_findings_made_of_nothing() {
+    let d = tmp("constant-reward");
+    let model = d.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for f in std::fs::read_dir(fixtures().join("models/llama")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, model.join(f.file_name().unwrap())).unwrap();
+    }
+    let st = model.join("model.safetensors");
+    let mut t = candle_core::safetensors::load(&st, &candle_core::Device::Cpu).unwrap();
+    let w = t["score.weight"].zeros_like().unwrap();
+    t.insert("score.weight".into(), w);
+    candle_core::safetensors::save(&t, &st).unwrap();
+    let pairs = fixtures().join("pairs.jsonl");
+    let go = |args: &[&str]| {
+        exe().args([args[0], "--model"]).arg(&model).arg("--pairs").arg(&pairs).args(&args[1..]).output().unwrap()
+    };
+
+    let o = go(&["lens"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(text.contains("crystallization depth fraction: — (over the 0 of "), "{text}");
+
+    let o = exe()
+        .args(["compare", "--model"])
+        .arg(fixtures().join("models/llama"))
+        .arg("--model")
+        .arg(&model)
+        .arg("--pairs")
+        .arg(&pairs)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(text.contains("formation r —") && text.contains("w_r cos —"), "{text}");
+
+    for (args, want) in [
+        (&["concepts"][..], "the reward's direction in the residual stream is zero"),
+        (&["audit", "--out", d.join("audit").to_str().unwrap()][..], "the reward's direction in the residual stream is zero"),
+    ] {
+        let o = go(args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(want), "{args:?}: {err}");
+    }
+    // diagnose reads its built-in set.
+    let o = exe().args(["diagnose", "--model"]).arg(&model).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("pairs has the same margin (0)") && err.contains("undefined"), "{err}");
+}

@@ -37,8 +37,8 @@ pub struct ModelSummary {
     pub accuracy: f64,
     /// (layer + 1) / L, mean with 95 % CI.
     pub crystallization_fraction: MeanCi,
-    /// reward-lens 1.0's fraction, (layer + 1) / (L + 1).
-    pub crystallization_fraction_v1: f64,
+    /// reward-lens 1.0's fraction, (layer + 1) / (L + 1), over the pairs where it is defined.
+    pub crystallization_fraction_v1: Option<f64>,
     pub margins: Vec<f64>,
 }
 
@@ -64,8 +64,10 @@ pub struct ComparisonReport {
     pub pairwise: Vec<PairwiseComparison>,
 }
 
-/// reward-lens 1.0's formation correlation of two differential curves.
-pub fn formation_correlation(d1: &[f64], d2: &[f64]) -> f64 {
+/// reward-lens 1.0's formation correlation of two differential curves: each normalised by its
+/// final value, resampled onto one depth grid, then correlated. None where v1.0 gave 0: a curve
+/// whose final value is ~0 or that is flat has no shape to correlate.
+pub fn formation_correlation(d1: &[f64], d2: &[f64]) -> Option<f64> {
     let norm = |d: &[f64]| -> Vec<f64> {
         let last = *d.last().unwrap_or(&0.0);
         if last.abs() < 1e-8 {
@@ -91,9 +93,9 @@ pub fn formation_correlation(d1: &[f64], d2: &[f64]) -> f64 {
         (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / v.len() as f64).sqrt() < 1e-8
     };
     if flat(&a) || flat(&b) {
-        return 0.0;
+        return None;
     }
-    pearson(&a, &b).unwrap_or(0.0)
+    pearson(&a, &b)
 }
 
 /// Linear CKA between two sets of representations of the same n inputs (rows). None below three
@@ -149,9 +151,9 @@ fn compare_unchecked(
                 .collect();
             let margins: Vec<f64> = lens.pairs.iter().map(|p| p.chosen.reward - p.rejected.reward).collect();
             let l = m.config.n_layers as f64;
-            let v1 =
-                mean(&lens.pairs.iter().map(|p| (p.crystallization_layer + 1) as f64 / (l + 1.0)).collect::<Vec<_>>())
-                    .unwrap_or(f64::NAN);
+            let v1 = mean(
+                &lens.pairs.iter().filter_map(|p| p.crystallization_layer).map(|c| (c + 1) as f64 / (l + 1.0)).collect::<Vec<_>>(),
+            );
             let w = m
                 .head
                 .linear_direction()?
@@ -183,7 +185,7 @@ fn compare_unchecked(
                 .pairs
                 .iter()
                 .zip(&b.lens.pairs)
-                .map(|(p, q)| formation_correlation(&p.differential, &q.differential))
+                .filter_map(|(p, q)| formation_correlation(&p.differential, &q.differential))
                 .collect();
             let (ma, mb) = (&a.summary.margins, &b.summary.margins);
             let same_sign =
@@ -197,8 +199,10 @@ fn compare_unchecked(
             } else {
                 None
             };
+            let nonzero = |v: &[f64]| v.iter().any(|x| *x != 0.0);
             let w_r_cosine = match (&a.w, &b.w) {
-                (Some(x), Some(y)) if x.len() == y.len() => Some(cosine(x, y)),
+                // A zero direction (a dead head) has no angle to the other.
+                (Some(x), Some(y)) if x.len() == y.len() && nonzero(x) && nonzero(y) => Some(cosine(x, y)),
                 _ => None,
             };
             pairwise.push(PairwiseComparison {
@@ -222,10 +226,12 @@ mod tests {
 
     #[test]
     fn formation_and_cka_basics() {
-        assert!((formation_correlation(&[0.0, 0.5, 1.0], &[0.0, 1.0, 2.0]) - 1.0).abs() < 1e-12);
-        assert_eq!(formation_correlation(&[0.0, 0.5, 0.0], &[0.0, 1.0, 2.0]), 0.0);
+        assert!((formation_correlation(&[0.0, 0.5, 1.0], &[0.0, 1.0, 2.0]).unwrap() - 1.0).abs() < 1e-12);
+        // A final value of 0 leaves no shape (v1.0 counted it as 0).
+        assert_eq!(formation_correlation(&[0.0, 0.5, 0.0], &[0.0, 1.0, 2.0]), None);
+        assert_eq!(formation_correlation(&[0.0, 0.0, 0.0], &[0.0, 0.0, 0.0]), None);
         // Different depths resample onto the longer grid.
-        assert!(formation_correlation(&[0.0, 1.0], &[0.0, 0.5, 1.0]) > 0.999);
+        assert!(formation_correlation(&[0.0, 1.0], &[0.0, 0.5, 1.0]).unwrap() > 0.999);
         let x: Vec<Vec<f32>> = (0..6).map(|i| vec![i as f32, (i * i) as f32 % 5.0, 1.0]).collect();
         // CKA is invariant to rotation + isotropic scaling, and 1 with itself.
         let y: Vec<Vec<f32>> = x.iter().map(|r| vec![3.0 * r[1], -3.0 * r[0], 3.0 * r[2]]).collect();

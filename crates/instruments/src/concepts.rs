@@ -114,6 +114,15 @@ fn reference(model: &RewardModel, traces: &[crate::trace::Trace], v1: bool) -> R
         let v: Vec<f64> = if v1 { ro.w.clone() } else { ro.direction.iter().map(|x| x / ro.scale).collect() };
         acc.iter_mut().zip(v).for_each(|(a, b)| *a += b);
     }
+    // A zero direction (a score head of zeros): every alignment would be 0 with p = 1, a finding
+    // made of nothing, as for a concept without a direction.
+    if acc.iter().all(|x| *x == 0.0) {
+        return Err(InstrumentError::Invalid(
+            "the reward's direction in the residual stream is zero (is the score head all zeros?): the reward \
+             reads nothing there, so no concept can align with it"
+                .into(),
+        ));
+    }
     Ok(normalise(&acc))
 }
 

@@ -139,8 +139,9 @@ pub struct CascadeReport {
     /// Pairs with |r| > threshold whose 95 % interval excludes 0.
     pub edges: Vec<CascadeEdge>,
     pub clusters: Vec<Vec<String>>,
-    /// reward-lens 1.0's risk formula on these (sound) correlations.
-    pub risk: f64,
+    /// reward-lens 1.0's risk formula on these (sound) correlations; None when no correlation is
+    /// defined (every dimension's δ constant over the prompts), where v1.0's formula gives 0.
+    pub risk: Option<f64>,
 }
 
 /// Cascade analysis over matched prompts: `deltas[seed][dimension]` = δ for that prompt.
@@ -223,7 +224,7 @@ pub fn cascade(
     } else {
         upper.iter().filter(|r| **r > threshold).count() as f64 / upper.len() as f64
     };
-    let risk = (0.4 * (pos / 0.2).min(1.0) + 0.3 * mean_abs + 0.3 * frac).clamp(0.0, 1.0);
+    let risk = (!upper.is_empty()).then(|| (0.4 * (pos / 0.2).min(1.0) + 0.3 * mean_abs + 0.3 * frac).clamp(0.0, 1.0));
     Ok(CascadeReport {
         dimensions: dimensions.to_vec(),
         n_prompts: n,
@@ -287,6 +288,18 @@ pub fn diagnose(pairs: &[PairText], scores: &[PairScore], threshold: f64, seed: 
     check_pairs(pairs)?;
     let dim = |p: &PairText| p.subset.clone().unwrap_or_default();
     let margins: Vec<(String, f64)> = pairs.iter().zip(scores).map(|(p, s)| (dim(p), s.margin() as f64)).collect();
+    // One margin everywhere (a constant reward gives 0 on every pair): sensitivity is 0/0, the
+    // coverage scaling divides by a range of 0, and every correlation is undefined, yet the
+    // formulas would print a model with no preference as evenly covered and free of distortion.
+    if let Some((_, first)) = margins.first() {
+        if margins.len() > 1 && margins.iter().all(|(_, m)| m == first) {
+            return Err(InstrumentError::Invalid(format!(
+                "every one of the {} pairs has the same margin ({first}): the model does not tell any dimension's \
+                 answers apart, so coverage, distortion and cascades are undefined (a constant reward?)",
+                margins.len()
+            )));
+        }
+    }
     let dist = distortion(&margins, seed);
     let dims: Vec<String> = dist.iter().map(|d| d.dimension.clone()).collect();
     let probes: Vec<(f64, Vec<usize>)> =

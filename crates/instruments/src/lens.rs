@@ -13,9 +13,11 @@
 //! The **crystallization layer** is where the chosen−rejected differential first reaches half its
 //! final value (v1.x hardened rule): take `ref` = the last differential, or, if that is not finite
 //! or |ref| < 1e-8, the finite differential of largest magnitude; the layer is the first lens
-//! point whose finite differential is ≥ ref/2 (≤ ref/2 when ref < 0); if no reference exists, the
-//! last layer. Its **depth fraction** is `(layer + 1) / L`: 0 when the embeddings already decide
-//! the preference, 1 when only the last block does.
+//! point whose finite differential is ≥ ref/2 (≤ ref/2 when ref < 0). If no reference exists (the
+//! differential is 0 at every depth: the model does not tell the two answers apart) the layer is
+//! undefined, and the report's mean is over the pairs where it is defined; under `--v1-compat`,
+//! v1.0's rule gives the last layer. Its **depth fraction** is `(layer + 1) / L`: 0 when the
+//! embeddings already decide the preference, 1 when only the last block does.
 
 use serde::{Deserialize, Serialize};
 
@@ -79,8 +81,9 @@ pub struct PairLens {
     pub differential: Vec<f64>,
     /// Consecutive differences of `differential` (length L, aligned to layers 0..L−1).
     pub marginal: Vec<f64>,
-    pub crystallization_layer: i64,
-    pub crystallization_fraction: f64,
+    /// None when the differential has no reference value (0 at every depth, hardened rule).
+    pub crystallization_layer: Option<i64>,
+    pub crystallization_fraction: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -112,8 +115,9 @@ impl Default for LensOptions {
     }
 }
 
-/// Crystallization layer (as a lens layer, −1..L−1) of a differential curve.
-pub fn crystallization_layer(d: &[f64], v1_rule: bool) -> i64 {
+/// Crystallization layer (as a lens layer, −1..L−1) of a differential curve; None (hardened rule)
+/// when no point differs from 0, since half of nothing is reached everywhere and says nothing.
+pub fn crystallization_layer(d: &[f64], v1_rule: bool) -> Option<i64> {
     let last = d.len() as i64 - 2;
     let f = *d.last().unwrap_or(&f64::NAN);
     let reference = if v1_rule {
@@ -127,11 +131,13 @@ pub fn crystallization_layer(d: &[f64], v1_rule: bool) -> i64 {
             .max_by(|a, b| a.abs().total_cmp(&b.abs()))
             .filter(|x| x.abs() >= 1e-8)
     };
-    let Some(r) = reference else { return last };
+    let Some(r) = reference else { return v1_rule.then_some(last) };
     let theta = 0.5 * r;
-    d.iter()
-        .position(|&x| x.is_finite() && if r > 0.0 { x >= theta } else { x <= theta })
-        .map_or(last, |i| i as i64 - 1)
+    Some(
+        d.iter()
+            .position(|&x| x.is_finite() && if r > 0.0 { x >= theta } else { x <= theta })
+            .map_or(last, |i| i as i64 - 1),
+    )
 }
 
 /// The lens over (chosen, rejected) token-id pairs.
@@ -176,7 +182,7 @@ fn lens_with_progress_unchecked(
             differential,
             marginal,
             crystallization_layer: layer,
-            crystallization_fraction: (layer + 1) as f64 / n_layers as f64,
+            crystallization_fraction: layer.map(|l| (l + 1) as f64 / n_layers as f64),
         });
     }
     Ok(summarise(kind, opts.v1_compat, n_layers, out, opts.seed))
@@ -192,7 +198,8 @@ pub fn summarise(kind: LensKind, v1_compat: bool, n_layers: usize, pairs: Vec<Pa
     let mean = |xs: Vec<f64>| xs.iter().sum::<f64>() / xs.len().max(1) as f64;
     let mean_chosen = (0..points).map(|p| mean(column(&|x| x.chosen.get(kind)[p]))).collect();
     let mean_rejected = (0..points).map(|p| mean(column(&|x| x.rejected.get(kind)[p]))).collect();
-    let crystallization_fraction = bootstrap_mean(&column(&|x| x.crystallization_fraction), 0.95, 2000, seed);
+    let defined: Vec<f64> = pairs.iter().filter_map(|x| x.crystallization_fraction).collect();
+    let crystallization_fraction = bootstrap_mean(&defined, 0.95, 2000, seed);
     LensReport {
         kind,
         v1_compat,
@@ -212,15 +219,17 @@ mod tests {
     #[test]
     fn crystallization_rules() {
         // Differential reaches half of its final 1.0 at lens point 2 (layer 1).
-        assert_eq!(crystallization_layer(&[0.0, 0.2, 0.6, 1.0], false), 1);
-        assert_eq!(crystallization_layer(&[0.0, -0.2, -0.6, -1.0], false), 1);
+        assert_eq!(crystallization_layer(&[0.0, 0.2, 0.6, 1.0], false), Some(1));
+        assert_eq!(crystallization_layer(&[0.0, -0.2, -0.6, -1.0], false), Some(1));
         // Already decided by the embeddings.
-        assert_eq!(crystallization_layer(&[0.9, 0.2, 0.6, 1.0], false), -1);
+        assert_eq!(crystallization_layer(&[0.9, 0.2, 0.6, 1.0], false), Some(-1));
         // A final value of ~0: v1.0 gives the last layer, the hardened rule uses the largest.
-        assert_eq!(crystallization_layer(&[0.0, 0.8, 0.1, 0.0], true), 2);
-        assert_eq!(crystallization_layer(&[0.0, 0.8, 0.1, 0.0], false), 0);
+        assert_eq!(crystallization_layer(&[0.0, 0.8, 0.1, 0.0], true), Some(2));
+        assert_eq!(crystallization_layer(&[0.0, 0.8, 0.1, 0.0], false), Some(0));
         // Non-finite points are skipped.
-        assert_eq!(crystallization_layer(&[f64::NAN, 0.2, 0.6, 1.0], false), 1);
-        assert_eq!(crystallization_layer(&[0.0, 0.0, 0.0, 0.0], false), 2);
+        assert_eq!(crystallization_layer(&[f64::NAN, 0.2, 0.6, 1.0], false), Some(1));
+        // No difference at any depth: undefined, except under v1.0's rule (the last layer).
+        assert_eq!(crystallization_layer(&[0.0, 0.0, 0.0, 0.0], false), None);
+        assert_eq!(crystallization_layer(&[0.0, 0.0, 0.0, 0.0], true), Some(2));
     }
 }

@@ -171,7 +171,8 @@ pub fn diagnose_table(r: &DiagnoseReport) -> String {
     }
     match &r.cascade {
         Ok(c) => {
-            let _ = writeln!(s, "cascade over {} matched prompts: risk {:.2}", c.n_prompts, c.risk);
+            let risk = c.risk.map_or("— (no correlation is defined)".to_string(), |r| format!("{r:.2}"));
+            let _ = writeln!(s, "cascade over {} matched prompts: risk {risk}", c.n_prompts);
             for e in c.edges.iter().take(5) {
                 let ci = e.ci.map_or(String::new(), |(l, h)| format!(" [{l:+.2}, {h:+.2}]"));
                 let _ = writeln!(s, "  {} ~ {}: r = {:+.2}{ci}", e.a, e.b, e.r);
@@ -285,7 +286,13 @@ pub fn lens_table(rep: &LensReport) -> String {
             bar(m.mean.unwrap_or(f64::NAN), max, 20)
         );
     }
-    let _ = writeln!(s, "crystallization depth fraction: {}", mean_ci(&rep.crystallization_fraction));
+    let cf = &rep.crystallization_fraction;
+    let over = if cf.n < rep.pairs.len() {
+        format!(" (over the {} of {} pairs whose differential is not 0 at every depth)", cf.n, rep.pairs.len())
+    } else {
+        String::new()
+    };
+    let _ = writeln!(s, "crystallization depth fraction: {}{over}", mean_ci(cf));
     s
 }
 

@@ -371,18 +371,42 @@ fn accuracy_findings(r: &AuditResults, out: &mut Vec<Finding>) {
         uncertainty: if e.ci.is_some() { "95 % bootstrap interval".into() } else { "undefined (n < 2)".into() },
     };
     let margin = Evidence::mean_ci("mean margin (chosen − rejected reward)", &r.mean_margin, "95 % bootstrap interval");
+    // Ties (margin exactly 0) count as wrong; a verdict of preferring the rejected answer needs
+    // more strict losses than wins, not a model that cannot tell the answers apart.
+    let wins = (e.accuracy * e.n as f64).round() as usize;
+    let losses = e.n.saturating_sub(wins + e.ties);
     let (severity, verdict) = match e.ci {
-        Some((_, hi)) if hi < 0.5 => (Severity::Critical, "worse than chance: it prefers the rejected answer"),
-        Some((lo, _)) if lo > 0.5 => (Severity::Info, "better than chance"),
-        Some(_) => (Severity::Warning, "not distinguishable from chance on these pairs"),
-        None => (Severity::Warning, "of unknown precision (too few pairs for an interval)"),
+        _ if e.n > 0 && e.ties == e.n => (
+            Severity::Critical,
+            "and gives chosen and rejected exactly the same reward on every pair: the reward does not depend on the \
+answer (a constant reward: is the score head dead, or did the weights load?)"
+                .to_string(),
+        ),
+        Some((_, hi)) if hi < 0.5 && losses > wins => {
+            (Severity::Critical, "worse than chance: it prefers the rejected answer".to_string())
+        }
+        Some((_, hi)) if hi < 0.5 => (
+            Severity::Critical,
+            format!(
+                "worse than chance because {} of them are ties (margin exactly 0, counted as wrong): it seldom tells \
+the answers apart",
+                e.ties
+            ),
+        ),
+        Some((lo, _)) if lo > 0.5 => (Severity::Info, "better than chance".to_string()),
+        Some(_) => (Severity::Warning, "not distinguishable from chance on these pairs".to_string()),
+        None => (Severity::Warning, "of unknown precision (too few pairs for an interval)".to_string()),
+    };
+    let ties = match e.ties {
+        0 => String::new(),
+        t => format!(" {t} of the pairs are ties (margin exactly 0), counted as wrong."),
     };
     out.push(Finding {
         severity,
         title: "Preference accuracy".into(),
         text: format!(
             "The model prefers the chosen answer on {} of {} pairs (95 % bootstrap interval), {verdict}; the mean \
-margin is {} reward.",
+margin is {} reward.{ties}",
             pct_ci(e.accuracy, e.ci),
             e.n,
             mean_ci(&r.mean_margin)
@@ -570,16 +594,31 @@ fn lens_finding(r: &AuditResults, out: &mut Vec<Finding>) {
     let l = &r.lens;
     let Some(last) = l.mean_differential.last() else { return };
     let cf = &l.crystallization_fraction;
-    out.push(Finding {
-        severity: Severity::Info,
-        title: "Where the preference forms".into(),
-        text: format!(
+    // Pairs whose differential is 0 at every depth have no crystallization layer.
+    let over = if cf.n == l.pairs.len() {
+        "mean over pairs".to_string()
+    } else {
+        format!("mean over the {} of {} pairs whose differential is not 0 at every depth", cf.n, l.pairs.len())
+    };
+    let text = if cf.n == 0 {
+        format!(
+            "Read through the reward lens, chosen − rejected is 0 at every depth of every pair: the model does not \
+tell the answers apart anywhere, so where the preference forms is undefined; at the last layer it is {}.",
+            mean_ci(last)
+        )
+    } else {
+        format!(
             "Read through the reward lens, chosen − rejected first reaches half its final value at depth fraction {} \
-of the {} layers (mean over pairs, 95 % bootstrap interval); at the last layer it is {}.",
+of the {} layers ({over}, 95 % bootstrap interval); at the last layer it is {}.",
             fixed_ci(cf.mean, cf.ci_low, cf.ci_high, 2, false),
             r.model.n_layers,
             mean_ci(last)
-        ),
+        )
+    };
+    out.push(Finding {
+        severity: Severity::Info,
+        title: "Where the preference forms".into(),
+        text,
         evidence: vec![
             Evidence::mean_ci("crystallization depth fraction", cf, "95 % bootstrap interval"),
             Evidence::mean_ci("lens margin at the last layer", last, "95 % bootstrap interval"),
