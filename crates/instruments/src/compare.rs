@@ -152,7 +152,12 @@ fn compare_unchecked(
             let margins: Vec<f64> = lens.pairs.iter().map(|p| p.chosen.reward - p.rejected.reward).collect();
             let l = m.config.n_layers as f64;
             let v1 = mean(
-                &lens.pairs.iter().filter_map(|p| p.crystallization_layer).map(|c| (c + 1) as f64 / (l + 1.0)).collect::<Vec<_>>(),
+                &lens
+                    .pairs
+                    .iter()
+                    .filter_map(|p| p.crystallization_layer)
+                    .map(|c| (c + 1) as f64 / (l + 1.0))
+                    .collect::<Vec<_>>(),
             );
             let w = m
                 .head

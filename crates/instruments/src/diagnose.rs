@@ -349,9 +349,12 @@ mod tests {
         assert!(e.contains("seed 0 already has a pair in dimension `a`"), "{e}");
         // One dimension: nothing to correlate, so no cascade (and no risk figure).
         let one = [pair(Some("a"), 0), pair(Some("a"), 1)];
-        let scores = vec![PairScore { chosen: 1.0, rejected: 0.0, objectives: None }; 2];
-        let r = diagnose(&one, &scores, 0.5, 0).unwrap();
+        let score = |chosen: f32| PairScore { chosen, rejected: 0.0, objectives: None };
+        let r = diagnose(&one, &[score(1.0), score(2.0)], 0.5, 0).unwrap();
         assert!(r.cascade.unwrap_err().contains("at least two dimensions"));
+        // One margin on every pair (a constant reward): nothing is defined, so nothing is reported.
+        let e = diagnose(&one, &[score(0.0), score(0.0)], 0.5, 0).unwrap_err().to_string();
+        assert!(e.contains("every one of the 2 pairs has the same margin (0)"), "{e}");
     }
 
     #[test]

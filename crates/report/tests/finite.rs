@@ -201,22 +201,39 @@ fn undefined_statistics_make_no_findings() {
     res.evaluation.ci = Some((0.0, 0.0));
     res.evaluation.ties = n;
     let f = accuracy(&res);
-    assert!(f.text.contains("exactly the same reward on every pair") && !f.text.contains("prefers the rejected"), "{}", f.text);
+    assert!(
+        f.text.contains("exactly the same reward on every pair") && !f.text.contains("prefers the rejected"),
+        "{}",
+        f.text
+    );
     // A few wins, the rest ties: worse than chance because of the ties, not a preference.
     res.evaluation.accuracy = 2.0 / n as f64;
     res.evaluation.ci = Some((0.0, 0.1));
     res.evaluation.ties = n - 2;
     let f = accuracy(&res);
-    assert!(f.text.contains(&format!("because {} of them are ties", n - 2)) && !f.text.contains("prefers the rejected"), "{}", f.text);
+    assert!(
+        f.text.contains(&format!("because {} of them are ties", n - 2)) && !f.text.contains("prefers the rejected"),
+        "{}",
+        f.text
+    );
     // More strict losses than wins: that is a preference for the rejected answer.
     res.evaluation.ties = 1;
     let f = accuracy(&res);
-    assert!(f.text.contains("it prefers the rejected answer") && f.text.contains("1 of the pairs are ties"), "{}", f.text);
+    assert!(
+        f.text.contains("it prefers the rejected answer") && f.text.contains("1 of the pairs are ties"),
+        "{}",
+        f.text
+    );
 
     // No pair whose differential leaves 0: where the preference forms is undefined, not depth 1.
-    res.lens.crystallization_fraction = reward_lens_instruments::stats::MeanCi { n: 0, mean: None, ci_low: None, ci_high: None };
+    res.lens.crystallization_fraction =
+        reward_lens_instruments::stats::MeanCi { n: 0, mean: None, ci_low: None, ci_high: None };
     let f = reward_lens_report::audit::results::findings(&res);
     let lens = f.iter().find(|f| f.title == "Where the preference forms").unwrap();
-    assert!(lens.text.contains("is 0 at every depth of every pair") && lens.text.contains("undefined"), "{}", lens.text);
+    assert!(
+        lens.text.contains("is 0 at every depth of every pair") && lens.text.contains("undefined"),
+        "{}",
+        lens.text
+    );
     assert_eq!(lens.evidence[0].value, None);
 }
