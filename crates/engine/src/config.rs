@@ -285,8 +285,12 @@ impl ModelConfig {
                 f.err("num_key_value_heads", format!("{n_kv_heads} must divide num_attention_heads = {n_heads}"))
             );
         }
-        let head_dim = match f.usize_opt("head_dim")? {
-            Some(h) if !is_gpt2 => h,
+        // A missing head_dim is what the architecture's config class defaults it to: Gemma-2 256
+        // and Qwen3 128 (transformers does not derive it from the width), the rest hidden / heads.
+        let head_dim = match (f.usize_opt("head_dim")?, architecture) {
+            (Some(h), _) if !is_gpt2 => h,
+            (None, Architecture::Gemma2) => 256,
+            (None, Architecture::Qwen3) => 128,
             _ => {
                 if d_model % n_heads != 0 {
                     let (width, heads) = if f.get("n_embd").is_some() {
@@ -312,12 +316,11 @@ impl ModelConfig {
         } else {
             NormKind::Rms { eps: f.f64_opt("rms_norm_eps")?.unwrap_or(1e-6) }
         };
-        let act_key = if is_gpt2 {
-            "activation_function"
-        } else if architecture == Architecture::Gemma2 && f.get("hidden_activation").is_some() {
-            "hidden_activation"
-        } else {
-            "hidden_act"
+        // Gemma-2's MLP reads `hidden_activation` alone (transformers ignores its `hidden_act`).
+        let act_key = match architecture {
+            Architecture::Gpt2 => "activation_function",
+            Architecture::Gemma2 => "hidden_activation",
+            _ => "hidden_act",
         };
         let act_name = f.str_opt(act_key)?.unwrap_or(match architecture {
             Architecture::Gpt2 => "gelu_new",
@@ -346,7 +349,16 @@ impl ModelConfig {
             );
         }
 
-        let attention_bias = f.bool_opt("attention_bias")?.unwrap_or(false);
+        // Biases where transformers' modules have them: `attention_bias` is read by Llama (and
+        // ArmoRM's Llama), Qwen3 and Gemma-2, `mlp_bias` by Llama alone; Mistral's attention and the
+        // other MLPs have none whatever the config says (their bias tensors stay unread and are
+        // refused as tensors the architecture has no place for).
+        let attention_bias = match architecture {
+            Architecture::Llama | Architecture::ArmoRm | Architecture::Qwen3 | Architecture::Gemma2 => {
+                f.bool_opt("attention_bias")?.unwrap_or(false)
+            }
+            _ => false,
+        };
         let (qkv_bias, o_bias) = match architecture {
             Architecture::Qwen2 => (true, false),
             Architecture::Gpt2 => (true, true),
@@ -354,20 +366,26 @@ impl ModelConfig {
         };
         let mlp_bias = match architecture {
             Architecture::Gpt2 => true,
-            _ => f.bool_opt("mlp_bias")?.unwrap_or(false),
+            Architecture::Llama | Architecture::ArmoRm => f.bool_opt("mlp_bias")?.unwrap_or(false),
+            _ => false,
         };
 
         let attn_scale = match architecture {
             Architecture::Gemma2 => {
-                let s = f.f64_opt("query_pre_attn_scalar")?.unwrap_or(head_dim as f64);
+                // Gemma2Config's default, not head_dim.
+                let s = f.f64_opt("query_pre_attn_scalar")?.unwrap_or(256.0);
                 1.0 / s.sqrt()
             }
             Architecture::Gpt2 if f.bool_opt("scale_attn_weights")? == Some(false) => 1.0,
             _ => 1.0 / (head_dim as f64).sqrt(),
         };
         let attn_scale_by_layer = is_gpt2 && f.bool_opt("scale_attn_by_inverse_layer_idx")?.unwrap_or(false);
-        let attn_softcap =
-            if architecture == Architecture::Gemma2 { f.f64_opt("attn_logit_softcapping")? } else { None };
+        // Gemma2Config caps at 50 when the field is absent; an explicit null turns the cap off.
+        let attn_softcap = match (architecture, f.v.get("attn_logit_softcapping")) {
+            (Architecture::Gemma2, None) => Some(50.0),
+            (Architecture::Gemma2, Some(_)) => f.f64_opt("attn_logit_softcapping")?,
+            _ => None,
+        };
 
         let sliding_window = parse_sliding(&f, architecture, n_layers)?;
 
@@ -595,6 +613,17 @@ fn validate(f: &Fields, c: &ModelConfig) -> Result<()> {
 fn parse_rope(f: &Fields) -> Result<Rope> {
     let params = f.get("rope_parameters");
     let scaling_block = f.get("rope_scaling");
+    // transformers reads `rope_scaling` in place of `rope_parameters` when both are given (so
+    // its theta becomes the default); which one the checkpoint was trained with is not ours to guess.
+    if let (Some(p), Some(s)) = (params, scaling_block) {
+        if p != s {
+            return Err(f.err(
+                "rope_scaling",
+                "given beside a different rope_parameters; keep one of the two (transformers would read rope_scaling \
+                 alone, with the default rope_theta)",
+            ));
+        }
+    }
     let theta = match params.and_then(|p| p.get("rope_theta")) {
         Some(t) => t.as_f64().ok_or_else(|| f.err("rope_parameters.rope_theta", "expected a number"))?,
         None => f.f64_opt("rope_theta")?.unwrap_or(10_000.0),
@@ -636,9 +665,18 @@ fn parse_rope(f: &Fields) -> Result<Rope> {
     Ok(Rope { theta, scaling })
 }
 
-/// Per-layer sliding windows, following each architecture's transformers rules.
+/// Per-layer sliding windows, following each architecture's transformers rules: only Mistral,
+/// Qwen2, Qwen3 and Gemma-2 have sliding-window attention (Llama, ArmoRM and GPT-2 attend to
+/// every earlier token whatever `layer_types` or `sliding_window` say), and a window absent from
+/// the config is its class's default, 4096 (an explicit null is no window).
 fn parse_sliding(f: &Fields, arch: Architecture, n_layers: usize) -> Result<Vec<Option<usize>>> {
-    let window = f.usize_opt("sliding_window")?;
+    if !matches!(arch, Architecture::Mistral | Architecture::Qwen2 | Architecture::Qwen3 | Architecture::Gemma2) {
+        return Ok(vec![None; n_layers]);
+    }
+    let window = match f.v.get("sliding_window") {
+        None => Some(4096),
+        Some(_) => f.usize_opt("sliding_window")?,
+    };
     if let Some(types) = f.get("layer_types") {
         let types = types.as_array().ok_or_else(|| f.err("layer_types", "expected a list"))?;
         if types.len() != n_layers {
@@ -666,7 +704,8 @@ fn parse_sliding(f: &Fields, arch: Architecture, n_layers: usize) -> Result<Vec<
         Architecture::Gemma2 => (0..n_layers).map(|i| if i % 2 == 0 { window } else { None }).collect(),
         Architecture::Qwen2 | Architecture::Qwen3 => {
             let on = f.bool_opt("use_sliding_window")?.unwrap_or(false);
-            let from = f.usize_opt("max_window_layers")?.unwrap_or(n_layers);
+            // Qwen2Config's and Qwen3Config's default.
+            let from = f.usize_opt("max_window_layers")?.unwrap_or(28);
             (0..n_layers).map(|i| if on && i >= from { window } else { None }).collect()
         }
         _ => vec![None; n_layers],
@@ -795,6 +834,61 @@ mod tests {
             let e = parse(v).expect_err(&format!("{key} = {value} must be refused")).to_string();
             assert!(e.starts_with("config.json: field `") && e.contains(&format!("`{named}`")), "{key} = {value}: {e}");
         }
+    }
+
+    /// A field the config leaves out, or gives to an architecture whose transformers module has no
+    /// use for it, means what transformers makes of it (checked against transformers 5.25).
+    #[test]
+    fn absent_and_foreign_fields_mean_what_transformers_makes_of_them() {
+        let with = |arch: &str, extra: Value| {
+            let mut v = llama();
+            v["architectures"] = json!([arch]);
+            for (k, x) in extra.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            parse(v).unwrap()
+        };
+        // Gemma-2: Gemma2Config's defaults (query scale 1/√256, softcap 50, window 4096 on even
+        // layers, head_dim 256), `hidden_activation` alone read.
+        let g = with("Gemma2ForSequenceClassification", json!({"hidden_act": "gelu"}));
+        assert_eq!(g.attn_scale, 1.0 / 16.0);
+        assert_eq!(g.attn_softcap, Some(50.0));
+        assert_eq!(g.sliding_window, vec![Some(4096), None]);
+        assert_eq!(g.head_dim, 256);
+        assert_eq!(g.activation, Activation::parse("gelu_pytorch_tanh").unwrap());
+        let g = with("Gemma2ForSequenceClassification", json!({"attn_logit_softcapping": null, "sliding_window": null}));
+        assert_eq!((g.attn_softcap, g.sliding_window.clone()), (None, vec![None, None]));
+        // Mistral's window defaults to 4096; Qwen's starts at max_window_layers, 28 by default.
+        assert_eq!(with("MistralForSequenceClassification", json!({})).sliding_window, vec![Some(4096); 2]);
+        let q = with("Qwen2ForSequenceClassification", json!({"use_sliding_window": true, "num_hidden_layers": 30}));
+        assert_eq!(q.sliding_window.iter().position(Option::is_some), Some(28));
+        assert_eq!(with("Qwen3ForSequenceClassification", json!({})).head_dim, 128);
+        // No sliding attention in Llama, ArmoRM or GPT-2, whatever layer_types says.
+        let sliding = json!({"sliding_window": 4, "layer_types": ["sliding_attention", "full_attention"]});
+        assert_eq!(with("LlamaForSequenceClassification", sliding.clone()).sliding_window, vec![None, None]);
+        assert_eq!(with("MistralForSequenceClassification", sliding).sliding_window, vec![Some(4), None]);
+        // Biases only where the module has them.
+        let biased = json!({"mlp_bias": true, "attention_bias": true});
+        let l = with("LlamaForSequenceClassification", biased.clone());
+        assert!(l.mlp_bias && l.qkv_bias && l.o_bias);
+        let m = with("MistralForSequenceClassification", biased.clone());
+        assert!(!m.mlp_bias && !m.qkv_bias && !m.o_bias);
+        for arch in ["Qwen3ForSequenceClassification", "Gemma2ForSequenceClassification"] {
+            let mut extra = biased.clone();
+            extra["head_dim"] = json!(16);
+            let c = with(arch, extra);
+            assert!(!c.mlp_bias && c.qkv_bias && c.o_bias, "{arch}");
+        }
+        let q2 = with("Qwen2ForSequenceClassification", biased);
+        assert!(!q2.mlp_bias && q2.qkv_bias && !q2.o_bias);
+        // Two different RoPE blocks: transformers would read rope_scaling alone.
+        let mut v = llama();
+        v["rope_parameters"] = json!({"rope_type": "default", "rope_theta": 5e5});
+        v["rope_scaling"] = json!({"rope_type": "linear", "factor": 4.0});
+        let e = parse(v.clone()).unwrap_err().to_string();
+        assert!(e.contains("field `rope_scaling`") && e.contains("keep one"), "{e}");
+        v["rope_scaling"] = v["rope_parameters"].clone();
+        assert_eq!(parse(v).unwrap().rope.unwrap().theta, 5e5);
     }
 
     #[test]

@@ -396,10 +396,18 @@ impl RewardModel {
         Batch::new(seqs, self.pad_id(), side)
     }
 
-    /// Where transformers reads each row's reward: the rightmost token whose id is not the pad
-    /// id (ArmoRM: the first pad − 1, modulo the length). Without a pad id: the last real token.
+    /// Where transformers reads each row's reward when it runs the sequence alone: the rightmost
+    /// token whose id is not the pad id (ArmoRM: the first pad − 1, modulo the length). Without a
+    /// pad id: the last real token. The rule reads the row's own tokens, not its padding: ArmoRM's
+    /// "first pad" on a left-padded row would be the padding, and the reward would depend on
+    /// which other sequences share the batch.
     pub fn pooled_index(&self, batch: &Batch) -> Vec<usize> {
-        (0..batch.len()).map(|b| self.pooled_in_row(&batch.ids[b], batch.offset(b) + batch.lengths[b] - 1)).collect()
+        (0..batch.len())
+            .map(|b| {
+                let (offset, len) = (batch.offset(b), batch.lengths[b]);
+                offset + self.pooled_in_row(&batch.ids[b][offset..offset + len], len - 1)
+            })
+            .collect()
     }
 
     /// The pooling rule on one (possibly padded) row whose last real token is at `last`.
@@ -785,12 +793,10 @@ fn load_llama_family(
 
 fn linear_head(cfg: &ModelConfig, src: &dyn TensorSource) -> Result<RewardHead> {
     let weight = src.get("score.weight", &[cfg.num_labels, cfg.d_model])?.to_dtype(DType::F32)?;
-    let bias = if src.contains("score.bias") {
-        Some(src.get("score.bias", &[cfg.num_labels])?.to_dtype(DType::F32)?)
-    } else {
-        None
-    };
-    Ok(RewardHead::Linear(LinearHead { weight, bias }))
+    // transformers' score head is `Linear(hidden, num_labels, bias=False)` in every
+    // ForSequenceClassification class: a stored `score.bias` is dropped there, and adding it here
+    // would shift every reward. It stays unread, so loading refuses it by name.
+    Ok(RewardHead::Linear(LinearHead { weight, bias: None }))
 }
 
 fn gated_head(
