@@ -856,7 +856,8 @@ mod tests {
         assert_eq!(g.sliding_window, vec![Some(4096), None]);
         assert_eq!(g.head_dim, 256);
         assert_eq!(g.activation, Activation::parse("gelu_pytorch_tanh").unwrap());
-        let g = with("Gemma2ForSequenceClassification", json!({"attn_logit_softcapping": null, "sliding_window": null}));
+        let g =
+            with("Gemma2ForSequenceClassification", json!({"attn_logit_softcapping": null, "sliding_window": null}));
         assert_eq!((g.attn_softcap, g.sliding_window.clone()), (None, vec![None, None]));
         // Mistral's window defaults to 4096; Qwen's starts at max_window_layers, 28 by default.
         assert_eq!(with("MistralForSequenceClassification", json!({})).sliding_window, vec![Some(4096); 2]);

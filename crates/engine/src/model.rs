@@ -149,14 +149,19 @@ fn check_unread(config: &ModelConfig, src: &Counting) -> Result<Vec<String>> {
             warnings.push(format!("{file}: tensor `{name}` is not used by a reward model; ignored"));
             continue;
         }
-        return Err(EngineError::UnexpectedTensor {
-            name,
-            file,
-            why: format!(
-                "{} (config.json) has no such weight: the checkpoint does not match its config",
+        // A bias the transformers module has no place for (a score head's, Mistral's attention's,
+        // a Qwen or Gemma MLP's): transformers drops it and scores without it, so reading it would
+        // differ from transformers and ignoring it would differ from the checkpoint's trainer.
+        let why = if name.ends_with(".bias") {
+            format!(
+                "{} has no bias there in transformers (it drops this tensor and scores without it); remove the \
+                 tensor to score the model as transformers does",
                 config.class_name
-            ),
-        });
+            )
+        } else {
+            format!("{} (config.json) has no such weight: the checkpoint does not match its config", config.class_name)
+        };
+        return Err(EngineError::UnexpectedTensor { name, file, why });
     }
     Ok(warnings)
 }

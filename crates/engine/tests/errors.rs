@@ -589,6 +589,11 @@ fn checkpoint_must_match_its_config() {
     );
     extra("classifier.dense.weight");
     has(&load_err(&s.0).to_string(), &["classifier.dense.weight", "LlamaForSequenceClassification", "does not match"]);
+    // transformers' score head has no bias: a stored one would shift every reward.
+    let mut t = clean.clone();
+    t.insert("score.bias".into(), Tensor::new(&[0.75f32], &Device::Cpu).unwrap());
+    s.write_tensors(&t);
+    has(&load_err(&s.0).to_string(), &["score.bias", "has no bias there in transformers", "drops this tensor"]);
     extra("lm_head.weight");
     let m = RewardModel::load(&s.0, &LoadOptions::default()).unwrap();
     assert_eq!(m.warnings.len(), 1, "{:?}", m.warnings);
@@ -865,4 +870,34 @@ fn residual_overflow_at_the_final_norm_is_not_a_reward() {
     assert!(x.iter().any(|v| v.abs() > 2e19), "max |x| {}", x.iter().fold(0f32, |m, v| m.max(v.abs())));
     let err = prepared.head(&prepared.blocks(prepared.embed(&none).unwrap().0, 0..3, &none).unwrap().0, &none);
     assert!(matches!(err, Err(EngineError::NonFiniteReward { row: 0, value, .. }) if value.is_nan()));
+}
+
+/// ArmoRM pools at its first pad − 1: with a pad id that also occurs in the text (here
+/// `<|end|>`), that rule must read each sequence's own tokens. On a left-padded row the first pad
+/// would be the padding, and the reward would depend on the batch's other sequences.
+#[test]
+fn armorm_pools_each_sequence_by_its_own_tokens_whatever_the_padding() {
+    use reward_lens_engine::{PairText, ScoreOptions, Truncation};
+    let s = Scratch::copy_of("armorm");
+    let mut v = s.config();
+    v["pad_token_id"] = serde_json::json!(6);
+    s.write_config(&v);
+    let model = RewardModel::load(&s.0, &LoadOptions::default()).unwrap();
+    let texts: Vec<PairText> = common::pairs().into_iter().map(|v| serde_json::from_value(v).unwrap()).collect();
+    let enc = model.encode_pairs(&texts, Truncation::Error).unwrap();
+    assert!(enc.iter().all(|e| e.chosen.contains(&6)), "the pad id occurs in the text");
+    let seqs: Vec<Vec<u32>> = enc.iter().flat_map(|e| [e.chosen.clone(), e.rejected.clone()]).collect();
+    let alone: Vec<usize> = enc.iter().flat_map(|e| [e.pooled.0, e.pooled.1]).collect();
+    for side in [PaddingSide::Right, PaddingSide::Left] {
+        let batch = model.batch(&seqs, side).unwrap();
+        let pooled = model.pooled_index(&batch);
+        for (b, (&p, &a)) in pooled.iter().zip(&alone).enumerate() {
+            assert_eq!(p, batch.offset(b) + a, "{side:?} row {b}");
+        }
+    }
+    let run = |padding| model.score_pairs(&enc, &ScoreOptions { batch_size: 16, padding }, &mut |_| {}).unwrap();
+    let (right, left) = (run(PaddingSide::Right), run(PaddingSide::Left));
+    for (r, l) in right.iter().zip(&left) {
+        assert!((r.chosen - l.chosen).abs() < 1e-5 && (r.rejected - l.rejected).abs() < 1e-5, "{r:?} {l:?}");
+    }
 }
