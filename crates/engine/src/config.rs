@@ -255,6 +255,27 @@ impl ModelConfig {
                 })
             }
         };
+        // transformers' Auto classes build the network named by `model_type`, not `architectures`:
+        // a disagreement would be scored as one network here and as another there.
+        if let Some(model_type) = f.str_opt("model_type")? {
+            let expected = match architecture {
+                Architecture::Llama | Architecture::ArmoRm => "llama",
+                Architecture::Mistral => "mistral",
+                Architecture::Qwen2 => "qwen2",
+                Architecture::Qwen3 => "qwen3",
+                Architecture::Gemma2 => "gemma2",
+                Architecture::Gpt2 => "gpt2",
+            };
+            if model_type != expected {
+                return Err(f.err(
+                    "model_type",
+                    format!(
+                        "`{model_type}` does not go with architectures[0] = {class_name} (expected `{expected}`): \
+                         transformers builds the network model_type names"
+                    ),
+                ));
+            }
+        }
         let is_gpt2 = architecture == Architecture::Gpt2;
         let d_model = f.usize_any(&["hidden_size", "n_embd"])?;
         let n_layers = f.usize_any(&["num_hidden_layers", "n_layer"])?;
@@ -890,6 +911,13 @@ mod tests {
         assert!(e.contains("field `rope_scaling`") && e.contains("keep one"), "{e}");
         v["rope_scaling"] = v["rope_parameters"].clone();
         assert_eq!(parse(v).unwrap().rope.unwrap().theta, 5e5);
+        // model_type decides the network in transformers: it must agree with architectures.
+        let mut v = llama();
+        v["model_type"] = json!("llama");
+        assert!(parse(v.clone()).is_ok());
+        v["model_type"] = json!("qwen2");
+        let e = parse(v).unwrap_err().to_string();
+        assert!(e.contains("field `model_type`") && e.contains("expected `llama`"), "{e}");
     }
 
     #[test]
