@@ -343,6 +343,10 @@ impl ModelConfig {
             Architecture::Gemma2 => "hidden_activation",
             _ => "hidden_act",
         };
+        // An explicit null is no activation at all (transformers fails on it), not the default.
+        if f.v.get(act_key).is_some_and(Value::is_null) {
+            return Err(f.err(act_key, "null: expected an activation name such as \"silu\""));
+        }
         let act_name = f.str_opt(act_key)?.unwrap_or(match architecture {
             Architecture::Gpt2 => "gelu_new",
             Architecture::Gemma2 => "gelu_pytorch_tanh",
@@ -911,6 +915,10 @@ mod tests {
         assert!(e.contains("field `rope_scaling`") && e.contains("keep one"), "{e}");
         v["rope_scaling"] = v["rope_parameters"].clone();
         assert_eq!(parse(v).unwrap().rope.unwrap().theta, 5e5);
+        let mut v = llama();
+        v["hidden_act"] = Value::Null;
+        let e = parse(v).unwrap_err().to_string();
+        assert!(e.contains("field `hidden_act`: null"), "{e}");
         // model_type decides the network in transformers: it must agree with architectures.
         let mut v = llama();
         v["model_type"] = json!("llama");
