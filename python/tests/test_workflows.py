@@ -190,7 +190,7 @@ def test_cli_runs_a_command_line_in_process_as_the_binary_does(tmp_path, cli):
         rl.cli(["bench"])
     # Paths and numbers are words of the line as subprocess takes them; a bare string is refused
     # (it would not be split), as are bools (flags go by name).
-    rl.cli(["score", "--model", MODELS / "llama", "--pairs", REPO / "tests/fixtures/pairs.jsonl", "--batch-size", 4,
+    rl.cli(["score", "--model", MODELS / "llama", "--pairs", REPO / "tests/fixtures/pairs.jsonl", "--batch-size", 16,
             "--out", tmp_path / "paths.jsonl"])
     assert (tmp_path / "paths.jsonl").read_bytes() == (tmp_path / "bin.jsonl").read_bytes()
     with pytest.raises(TypeError, match=r"as a list, e.g. cli\(\["):
