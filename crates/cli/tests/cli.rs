@@ -766,6 +766,46 @@ fn rewardbench2_rows_score_eval_and_resume() {
     assert!(err.contains("mixed.jsonl:2"), "{err}");
 }
 
+/// A file whose Ties rows are only `ref:` rows (a filtered or sampled file): Ties and the mean
+/// are undefined, printed as "—" with the reason, null in the JSON; no NaN anywhere.
+#[test]
+fn rewardbench2_ties_without_a_pair_is_undefined_with_the_reason() {
+    let d = tmp("rb2-ties-unpaired");
+    let text = std::fs::read_to_string(fixtures().join("rewardbench2/rows.jsonl")).unwrap();
+    let mut first: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let mut ties_ref = first.clone();
+    ties_ref["id"] = "ref:1".into();
+    ties_ref["subset"] = "Ties".into();
+    first["subset"] = "Factuality".into();
+    let rows = d.join("rows.jsonl");
+    std::fs::write(&rows, format!("{first}\n{ties_ref}\n")).unwrap();
+    let model = fixtures().join("models/llama");
+    let note_ties = "note: Ties is undefined: no prompt id has both a `ref:<n>` and a `tied:<n>` row";
+    let note_mean = "note: the mean is undefined: the RewardBench 2 mean is over all 2 subsets, and Ties is undefined";
+
+    let eval_out = d.join("eval.json");
+    let o = run(exe().args(["eval", "--model"]).arg(&model).arg("--pairs").arg(&rows).arg("--out").arg(&eval_out));
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(!table.contains("NaN") && table.contains(note_ties) && table.contains(note_mean), "{table}");
+    let tl = table.lines().find(|l| l.starts_with("Ties (n=1)")).unwrap();
+    assert!(tl.trim_end().ends_with('—'), "{table}");
+    let e = json(&eval_out);
+    assert_eq!(e[0]["mean"], Value::Null);
+    assert!(e[0]["mean_undefined"].as_str().unwrap().contains("over all 2 subsets, and Ties is undefined"));
+    let ties = &e[0]["subsets"][1];
+    assert_eq!((&ties["score"], &ties["ties"]["score"], &ties["ties"]["n_paired"]), (&Value::Null, &Value::Null, &0.into()));
+    assert!(ties["ties"]["undefined"].as_str().unwrap().contains("needs both rows"));
+    assert!(e[0]["subsets"][0]["score"].is_f64());
+
+    let summary = d.join("summary.json");
+    let o = run(exe().args(["score", "--model"]).arg(&model).arg("--pairs").arg(&rows).arg("--summary").arg(&summary));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("NaN") && err.contains(note_ties) && err.contains(note_mean), "{err}");
+    let s = json(&summary);
+    assert_eq!(s["mean"], Value::Null);
+    assert!(!std::fs::read_to_string(&summary).unwrap().contains("NaN"));
+}
+
 /// An interrupted run leaves its output and the fingerprint written when it started.
 fn interrupted_copy(full: &std::path::Path, partial: &std::path::Path) {
     let meta = |p: &std::path::Path| std::path::PathBuf::from(format!("{}.meta.json", p.display()));
