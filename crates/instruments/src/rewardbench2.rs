@@ -83,21 +83,71 @@ pub fn is_rewardbench2_line(v: &Value) -> bool {
     v.get("chosen").is_some_and(Value::is_array)
 }
 
+/// What a file may hold, for errors about a row that is neither.
+pub const EXPECTED_FORMATS: &str = "expected one JSON object per line, either a pair (`prompt`, `chosen` and \
+`rejected` strings) or a RewardBench 2 row (`id`, `prompt` and `subset`, and `chosen` and `rejected` lists of strings)";
+
+/// The error for a row in conversation form (`chosen`, `rejected` or `prompt` a list of
+/// `{role, content}` message objects, as TRL and HH-RLHF write them), or None. Without it such a
+/// file reads as RewardBench 2 (its `chosen` is a list) and asks for an `id` it does not need.
+pub fn messages_format_error(obj: &Map<String, Value>) -> Option<String> {
+    let is_message = |v: &Value| v.as_object().is_some_and(|m| m.contains_key("role") || m.contains_key("content"));
+    let field = ["chosen", "rejected", "prompt"]
+        .into_iter()
+        .find(|f| obj.get(*f).and_then(Value::as_array).is_some_and(|items| items.iter().any(is_message)))?;
+    Some(format!(
+        "field `{field}` is a list of messages ({{role, content}} objects): the conversation (messages) format is \
+not read; {EXPECTED_FORMATS}"
+    ))
+}
+
+/// The error for an id number that may not be the one written, or None. serde_json (without
+/// `arbitrary_precision`) reads an integer beyond u64/i64 as an f64, so `1180591620717411303424`
+/// would be written back as `1.1805916207174113e21`; from 2^53 up an f64 no longer holds every
+/// integer, so a float id that large may have lost digits too. Strings keep every digit.
+pub fn inexact_id_error(id: &Value) -> Option<String> {
+    let Value::Number(n) = id else { return None };
+    let x = n.as_f64()?;
+    (n.is_f64() && x.abs() >= 9_007_199_254_740_992.0).then(|| {
+        format!(
+            "field `id` is the number {n}, too large to be kept exactly (integer ids must lie within {} ..= {}, \
+other numbers below 2^53 in magnitude); write the id as a string, in quotes",
+            i64::MIN,
+            u64::MAX
+        )
+    })
+}
+
 /// Parses JSON lines (blank lines skipped); `source` names the input in errors.
 pub fn parse_rows(text: &str, source: &str) -> Result<Vec<Rb2Row>> {
     // A byte-order mark (Windows editors write one) is not part of the first row.
     let text = text.strip_prefix('\u{FEFF}').unwrap_or(text);
+    // Errors say which format the rows were read as, and why: a pairs file with one stray list
+    // would otherwise get RewardBench 2's demands (`id`, `subset`) with no hint of the reason.
+    let read_as = match text.lines().enumerate().find(|(_, l)| !l.trim().is_empty()) {
+        Some((k, l)) if serde_json::from_str::<Value>(l).is_ok_and(|v| is_rewardbench2_line(&v)) => {
+            format!(" (read as RewardBench 2 because `chosen` on line {} is a list)", k + 1)
+        }
+        _ => " (read as RewardBench 2)".to_string(),
+    };
     let mut rows = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         if raw.trim().is_empty() {
             continue;
         }
-        let err = |message: String| Rb2Error::Line { file: source.to_string(), line: i + 1, message };
+        let line_err = |message: String| Rb2Error::Line { file: source.to_string(), line: i + 1, message };
+        let err = |message: String| line_err(format!("{message}{read_as}"));
         let v: Value = serde_json::from_str(raw).map_err(|e| err(format!("invalid JSON: {e}")))?;
         let Value::Object(mut obj) = v else {
             return Err(err("a row must be a JSON object".into()));
         };
+        if let Some(message) = messages_format_error(&obj) {
+            return Err(line_err(message));
+        }
         let id = obj.remove("id").ok_or_else(|| err("missing field `id`".into()))?;
+        if let Some(message) = inexact_id_error(&id) {
+            return Err(err(message));
+        }
         let prompt = take_string(&mut obj, "prompt").map_err(err)?;
         let subset = take_string(&mut obj, "subset").map_err(err)?;
         let chosen = take_strings(&mut obj, "chosen").map_err(err)?;
@@ -585,6 +635,60 @@ mod tests {
         assert!(e.starts_with("rows.jsonl:3:") && e.contains("invalid JSON"), "{e}");
         let e = line_error("[1, 2]");
         assert!(e.contains("JSON object"), "{e}");
+    }
+
+    #[test]
+    fn message_lists_are_named_as_the_conversation_format() {
+        // TRL / HH-RLHF conversational layout: `chosen` a list of {role, content} objects.
+        let e = line_error(concat!(
+            r#"{"chosen": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}], "#,
+            r#""rejected": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Go away"}]}"#
+        ));
+        assert_eq!(
+            e,
+            "rows.jsonl:1: field `chosen` is a list of messages ({role, content} objects): the conversation \
+(messages) format is not read; expected one JSON object per line, either a pair (`prompt`, `chosen` and `rejected` \
+strings) or a RewardBench 2 row (`id`, `prompt` and `subset`, and `chosen` and `rejected` lists of strings)"
+        );
+        let e = line_error(
+            r#"{"id": 1, "prompt": "Hi", "chosen": ["a"], "rejected": [{"role": "assistant", "content": "b"}]}"#,
+        );
+        assert!(e.starts_with("rows.jsonl:1: field `rejected` is a list of messages"), "{e}");
+        // Any other object in a list is the ordinary field error.
+        let e = line_error(r#"{"id": 1, "prompt": "q", "chosen": [{"x": 1}], "rejected": ["r"], "subset": "M"}"#);
+        assert!(e.contains("field `chosen[0]` must be a string, got an object"), "{e}");
+    }
+
+    #[test]
+    fn errors_say_the_rows_were_read_as_rewardbench2_and_why() {
+        let e = line_error(concat!(
+            "\n",
+            r#"{"id": 1, "prompt": "q", "chosen": ["c"], "rejected": ["r"], "subset": "M"}"#,
+            "\n",
+            r#"{"prompt": "q", "chosen": ["c"], "rejected": ["r"], "subset": "M"}"#
+        ));
+        assert_eq!(
+            e,
+            "rows.jsonl:3: missing field `id` (read as RewardBench 2 because `chosen` on line 2 is a list)"
+        );
+        // Called on rows whose first `chosen` is not a list, the reason is not claimed.
+        let e = line_error(r#"{"id": 1, "prompt": "q", "chosen": "c", "rejected": ["r"], "subset": "M"}"#);
+        assert!(e.ends_with("must be a list of strings, got a string (read as RewardBench 2)"), "{e}");
+    }
+
+    #[test]
+    fn an_id_number_beyond_exact_integers_is_refused() {
+        let row = |id: &str| format!(r#"{{"id": {id}, "prompt": "q", "chosen": ["c"], "rejected": ["r"], "subset": "M"}}"#);
+        // 2^70: serde_json reads it as an f64 and would write it back as 1.1805916207174113e21.
+        let e = line_error(&row("1180591620717411303424"));
+        assert!(e.starts_with("rows.jsonl:1: field `id` is the number 1.1805916207174113e+21, too large"), "{e}");
+        assert!(e.contains("write the id as a string, in quotes"), "{e}");
+        assert!(line_error(&row("-1e300")).contains("field `id` is the number -1e+300"));
+        // Integers JSON carries exactly here, and small floats, are kept as written.
+        for ok in ["18446744073709551615", "-9223372036854775808", "1.5", "\"1180591620717411303424\""] {
+            let rows = parse_rows(&row(ok), "x").unwrap();
+            assert_eq!(rows[0].id.to_string(), ok);
+        }
     }
 
     #[test]
