@@ -806,6 +806,39 @@ fn rewardbench2_ties_without_a_pair_is_undefined_with_the_reason() {
     assert!(!std::fs::read_to_string(&summary).unwrap().contains("NaN"));
 }
 
+/// Inputs whose meaning would change silently are refused at the command line too: a
+/// conversation (messages) file, an id serde_json cannot keep exactly, a defaulted id equal to
+/// another pair's explicit one. And `--padding`'s help does not promise bit-identical rewards.
+#[test]
+fn score_refuses_messages_files_and_ids_it_would_change() {
+    let d = tmp("score-inputs");
+    let model = fixtures().join("models/llama");
+    let refused = |name: &str, text: &str| {
+        let f = d.join(name);
+        std::fs::write(&f, text).unwrap();
+        let o = exe().args(["score", "--model"]).arg(&model).arg("--pairs").arg(&f).output().unwrap();
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let e = refused(
+        "messages.jsonl",
+        r#"{"chosen":[{"role":"user","content":"Hi"},{"role":"assistant","content":"Hello"}],"rejected":[{"role":"user","content":"Hi"},{"role":"assistant","content":"No"}]}"#,
+    );
+    assert!(e.contains("messages.jsonl:1: field `chosen` is a list of messages ({role, content} objects): the conversation (messages) format is not read; expected"), "{e}");
+    assert!(!e.contains("missing field `id`"), "{e}");
+    let e = refused("rb2.jsonl", r#"{"id":1,"prompt":"Hi","chosen":["a"],"rejected":["b"]}"#);
+    assert!(e.contains("rb2.jsonl:1: missing field `subset` (read as RewardBench 2 because `chosen` on line 1 is a list)"), "{e}");
+    let pair = |id: &str| format!("{{\"prompt\":\"p\",\"chosen\":\"a\",\"rejected\":\"b\"{id}}}\n");
+    let e = refused("bigid.jsonl", &pair(",\"id\":1180591620717411303424"));
+    assert!(e.contains("bigid.jsonl:1: field `id` is the number 1.1805916207174113e+21, too large to be kept exactly"), "{e}");
+    let e = refused("clash.jsonl", &format!("{}{}", pair(",\"id\":1"), pair("")));
+    assert!(e.contains("clash.jsonl:2: id 1 is given twice: "), "{e}");
+
+    let help = String::from_utf8_lossy(&run(exe().args(["score", "--help"])).stdout).into_owned();
+    assert!(help.contains("rewards agree either way up to float rounding, not bit for bit"), "{help}");
+    assert!(!help.contains("identical either way"), "{help}");
+}
+
 /// An interrupted run leaves its output and the fingerprint written when it started.
 fn interrupted_copy(full: &std::path::Path, partial: &std::path::Path) {
     let meta = |p: &std::path::Path| std::path::PathBuf::from(format!("{}.meta.json", p.display()));
