@@ -239,12 +239,7 @@ give the id as a string, str(id)",
             )));
         }
         let v = match v.extract::<f64>() {
-            Ok(x)
-                if is_id
-                    && !v.is_instance_of::<pyo3::types::PyInt>()
-                    && x.fract() == 0.0
-                    && x.abs() < 9.0e15 =>
-            {
+            Ok(x) if is_id && !v.is_instance_of::<pyo3::types::PyInt>() && x.fract() == 0.0 && x.abs() < 9.0e15 => {
                 (x as i64).into_pyobject(row.py())?.into_any()
             }
             _ => v,

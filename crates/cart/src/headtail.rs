@@ -578,7 +578,10 @@ mod tests {
                 )
             );
         }
-        assert!(kmeans(&[vec![0.0], vec![1.0]], 3, 0, 10).unwrap_err().to_string().contains("k = 3 clusters for 2 points"));
+        assert!(kmeans(&[vec![0.0], vec![1.0]], 3, 0, 10)
+            .unwrap_err()
+            .to_string()
+            .contains("k = 3 clusters for 2 points"));
         // Three tight, well-separated groups of 4: k-means finds sizes 4, 4, 4, and α = 0.6 would
         // let one group be the tail. None is rarer than another: refused.
         let mut reps = Vec::new();

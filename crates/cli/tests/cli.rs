@@ -793,7 +793,10 @@ fn rewardbench2_ties_without_a_pair_is_undefined_with_the_reason() {
     assert_eq!(e[0]["mean"], Value::Null);
     assert!(e[0]["mean_undefined"].as_str().unwrap().contains("over all 2 subsets, and Ties is undefined"));
     let ties = &e[0]["subsets"][1];
-    assert_eq!((&ties["score"], &ties["ties"]["score"], &ties["ties"]["n_paired"]), (&Value::Null, &Value::Null, &0.into()));
+    assert_eq!(
+        (&ties["score"], &ties["ties"]["score"], &ties["ties"]["n_paired"]),
+        (&Value::Null, &Value::Null, &0.into())
+    );
     assert!(ties["ties"]["undefined"].as_str().unwrap().contains("needs both rows"));
     assert!(e[0]["subsets"][0]["score"].is_f64());
 
@@ -827,10 +830,16 @@ fn score_refuses_messages_files_and_ids_it_would_change() {
     assert!(e.contains("messages.jsonl:1: field `chosen` is a list of messages ({role, content} objects): the conversation (messages) format is not read; expected"), "{e}");
     assert!(!e.contains("missing field `id`"), "{e}");
     let e = refused("rb2.jsonl", r#"{"id":1,"prompt":"Hi","chosen":["a"],"rejected":["b"]}"#);
-    assert!(e.contains("rb2.jsonl:1: missing field `subset` (read as RewardBench 2 because `chosen` on line 1 is a list)"), "{e}");
+    assert!(
+        e.contains("rb2.jsonl:1: missing field `subset` (read as RewardBench 2 because `chosen` on line 1 is a list)"),
+        "{e}"
+    );
     let pair = |id: &str| format!("{{\"prompt\":\"p\",\"chosen\":\"a\",\"rejected\":\"b\"{id}}}\n");
     let e = refused("bigid.jsonl", &pair(",\"id\":1180591620717411303424"));
-    assert!(e.contains("bigid.jsonl:1: field `id` is the number 1.1805916207174113e+21, too large to be kept exactly"), "{e}");
+    assert!(
+        e.contains("bigid.jsonl:1: field `id` is the number 1.1805916207174113e+21, too large to be kept exactly"),
+        "{e}"
+    );
     let e = refused("clash.jsonl", &format!("{}{}", pair(",\"id\":1"), pair("")));
     assert!(e.contains("clash.jsonl:2: id 1 is given twice: "), "{e}");
 

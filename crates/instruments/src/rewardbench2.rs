@@ -376,7 +376,9 @@ pub fn ties_composite(rows: &[(&Value, &RowScores)]) -> Result<TiesScore> {
     let correctness_margin_score = mean_of(&margin);
     // The three paired terms are defined together (all over the same paired prompt ids).
     let score = match (correctness_preferred, correctness_preferred_hard, correctness_margin_score) {
-        (Some(p), Some(h), Some(m)) => Some(0.30 * tied_accuracy + 0.30 * ref_accuracy + 0.20 * p + 0.20 * h + 0.01 * m),
+        (Some(p), Some(h), Some(m)) => {
+            Some(0.30 * tied_accuracy + 0.30 * ref_accuracy + 0.20 * p + 0.20 * h + 0.01 * m)
+        }
         _ => None,
     };
     Ok(TiesScore {
@@ -667,10 +669,7 @@ strings) or a RewardBench 2 row (`id`, `prompt` and `subset`, and `chosen` and `
             "\n",
             r#"{"prompt": "q", "chosen": ["c"], "rejected": ["r"], "subset": "M"}"#
         ));
-        assert_eq!(
-            e,
-            "rows.jsonl:3: missing field `id` (read as RewardBench 2 because `chosen` on line 2 is a list)"
-        );
+        assert_eq!(e, "rows.jsonl:3: missing field `id` (read as RewardBench 2 because `chosen` on line 2 is a list)");
         // Called on rows whose first `chosen` is not a list, the reason is not claimed.
         let e = line_error(r#"{"id": 1, "prompt": "q", "chosen": "c", "rejected": ["r"], "subset": "M"}"#);
         assert!(e.ends_with("must be a list of strings, got a string (read as RewardBench 2)"), "{e}");
@@ -678,7 +677,8 @@ strings) or a RewardBench 2 row (`id`, `prompt` and `subset`, and `chosen` and `
 
     #[test]
     fn an_id_number_beyond_exact_integers_is_refused() {
-        let row = |id: &str| format!(r#"{{"id": {id}, "prompt": "q", "chosen": ["c"], "rejected": ["r"], "subset": "M"}}"#);
+        let row =
+            |id: &str| format!(r#"{{"id": {id}, "prompt": "q", "chosen": ["c"], "rejected": ["r"], "subset": "M"}}"#);
         // 2^70: serde_json reads it as an f64 and would write it back as 1.1805916207174113e21.
         let e = line_error(&row("1180591620717411303424"));
         assert!(e.starts_with("rows.jsonl:1: field `id` is the number 1.1805916207174113e+21, too large"), "{e}");

@@ -413,7 +413,10 @@ mod tests {
         // Each reason once, however many models.
         assert_eq!(lines.len(), 6, "{t}");
         assert!(lines[4].starts_with("note: Ties is undefined: no prompt id has both a `ref:<n>` and a `tied:<n>` row"));
-        assert_eq!(lines[5], "note: the mean is undefined: the RewardBench 2 mean is over all 2 subsets, and Ties is undefined");
+        assert_eq!(
+            lines[5],
+            "note: the mean is undefined: the RewardBench 2 mean is over all 2 subsets, and Ties is undefined"
+        );
     }
 
     #[test]
