@@ -155,27 +155,25 @@ impl PairArg {
             return Err(input(format!("{what}: got one dict; pass a list of dicts")));
         }
         // A pandas DataFrame: its rows as dicts.
-        let rows = if obj.hasattr("to_dict")? && obj.hasattr("columns")? {
-            obj.call_method1("to_dict", ("records",))?
-        } else {
-            obj.clone()
-        };
+        let frame = obj.hasattr("to_dict")? && obj.hasattr("columns")?;
+        let rows = if frame { obj.call_method1("to_dict", ("records",))? } else { obj.clone() };
         let list = rows.try_iter().map_err(|_| {
             input(format!("{what}: expected a path to a JSONL file, a list of dicts or a pandas DataFrame"))
         })?;
-        let mut pairs = Vec::new();
+        let mut pairs = reward_lens_report::datasets::PairReader::default();
         for (i, row) in list.enumerate() {
             let at = format!("{what}[{i}]");
-            let row = clean_row(&row?).map_err(|e| input(format!("{at}: {e}")))?;
+            let row = clean_row(&row?, frame, &at)?;
             let value: Value = pythonize::depythonize(&row).map_err(|e| {
                 input(format!("{at}: {e} (expected a dict with prompt, chosen, rejected; optional id, subset)"))
             })?;
             let Value::Object(obj) = value else {
                 return Err(input(format!("{at}: expected a dict with prompt, chosen, rejected; optional id, subset")));
             };
-            // The JSONL reader's rules, so a pair means the same given either way.
-            pairs.push(reward_lens_report::datasets::pair_from_object(obj, &at, i).or_raise()?);
+            // The JSONL reader's rules (ids included), so a pair means the same given either way.
+            pairs.push(obj, &at).or_raise()?;
         }
+        let pairs = pairs.finish();
         if pairs.is_empty() {
             return Err(input(format!("{what}: empty")));
         }
@@ -191,14 +189,18 @@ impl PairArg {
     }
 }
 
-/// A DataFrame row as a plain dict: missing cells (None, NaN) dropped, numpy scalars made
-/// Python numbers and numpy arrays lists, so optional fields stay optional; an integral float
-/// id (pandas makes a column with a gap float) an int again.
-fn clean_row<'py>(row: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+/// A row as a plain dict for the JSON reader's rules: numpy scalars made Python numbers, numpy
+/// arrays lists, and an integral float id (pandas makes a column with a gap float) an int again.
+/// In a DataFrame row (`frame`) a missing cell (None, NaN) is dropped, so optional fields stay
+/// optional. In a dict, None is kept (the JSONL reader's null: `id=None` stays None, not the
+/// index), and a NaN or infinite number is refused: JSON has none, and it would become null
+/// (or, dropped, the index) silently.
+fn clean_row<'py>(row: &Bound<'py, PyAny>, frame: bool, at: &str) -> PyResult<Bound<'py, PyAny>> {
     let Ok(d) = row.cast::<PyDict>() else { return Ok(row.clone()) };
     let out = PyDict::new(row.py());
     for (k, v) in d.iter() {
-        if v.is_none() || v.extract::<f64>().is_ok_and(f64::is_nan) {
+        let missing = v.is_none() || v.extract::<f64>().is_ok_and(f64::is_nan);
+        if frame && missing {
             continue;
         }
         let v = if v.hasattr("dtype")? && v.hasattr("ndim")? {
@@ -210,13 +212,34 @@ fn clean_row<'py>(row: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         } else {
             v
         };
+        let is_id = k.extract::<String>().is_ok_and(|k| k == "id");
+        if let Ok(x) = v.extract::<f64>() {
+            if !x.is_finite() {
+                return Err(input(format!(
+                    "{at}: field `{k}` is {x}, not a finite number (JSON has no NaN or infinity); {}",
+                    if is_id {
+                        "give an int or a string id, None for no id, or leave `id` out for the pair's index"
+                    } else {
+                        "use None for a missing value"
+                    }
+                )));
+            }
+        }
+        // An int beyond i64/u64 has no exact JSON number here (the JSONL reader refuses it too).
+        if is_id
+            && v.is_instance_of::<pyo3::types::PyInt>()
+            && v.extract::<i64>().is_err()
+            && v.extract::<u64>().is_err()
+        {
+            return Err(input(format!(
+                "{at}: field `id` is the integer {v}, too large to be kept exactly (integer ids must lie within {} ..= {}); \
+give the id as a string, str(id)",
+                i64::MIN,
+                u64::MAX
+            )));
+        }
         let v = match v.extract::<f64>() {
-            Ok(x)
-                if k.extract::<String>().is_ok_and(|k| k == "id")
-                    && !v.is_instance_of::<pyo3::types::PyInt>()
-                    && x.fract() == 0.0
-                    && x.abs() < 9.0e15 =>
-            {
+            Ok(x) if is_id && !v.is_instance_of::<pyo3::types::PyInt>() && x.fract() == 0.0 && x.abs() < 9.0e15 => {
                 (x as i64).into_pyobject(row.py())?.into_any()
             }
             _ => v,

@@ -70,6 +70,20 @@ def test_eval_and_score_equal_command(cli, tmp_path, model):
     close(rl.to_json(rl.eval(model, rb2, progress=False)), json.loads(out.read_text()))
 
 
+def test_rewardbench2_unpaired_ties_are_undefined_with_the_reason(model, tmp_path):
+    # Only a `ref:` row in Ties: the composite, and so the leaderboard mean, are None with why.
+    row = json.loads((FIXTURES / "rewardbench2" / "rows.jsonl").read_text().splitlines()[0])
+    f = tmp_path / "rows.jsonl"
+    f.write_text(json.dumps(dict(row, subset="Factuality")) + "\n" + json.dumps(dict(row, id="ref:1", subset="Ties")) + "\n")
+    (e,) = rl.eval(model, f, progress=False)
+    assert e["mean"] is None
+    assert e["mean_undefined"] == "the RewardBench 2 mean is over all 2 subsets, and Ties is undefined"
+    ties = e["subsets"][1]
+    assert ties["score"] is None and ties["ties"]["score"] is None and ties["ties"]["n_paired"] == 0
+    assert ties["ties"]["undefined"].startswith("no prompt id has both a `ref:<n>` and a `tied:<n>` row")
+    assert isinstance(e["subsets"][0]["score"], float)
+
+
 @pytest.mark.parametrize("command", ["patch", "atp"])
 def test_patching_equals_command(cli, tmp_path, model, command):
     out = tmp_path / f"{command}.jsonl"

@@ -264,6 +264,36 @@ def test_pairs_as_list_dataframe_and_path_agree(llama):
         assert x["correct"] == (x["margin"] > 0)
 
 
+def test_pair_ids_and_formats_follow_the_jsonl_reader(llama):
+    rows = [json.loads(l) for l in PAIRS.read_text().splitlines()][:2]
+    ids = lambda ps: [x["id"] for x in llama.score_pairs(ps, progress=False)]
+    # None in a dict is the JSONL reader's null, not the pair's index.
+    assert ids([dict(rows[0], id=None), rows[1]]) == [None, 1]
+    # NaN or infinity has no JSON number: refused naming the field (not the index, not None).
+    for bad in (float("nan"), float("inf"), np.float64("nan")):
+        with pytest.raises(rl.InputError, match=r"pairs\[0\]: field `id` is (NaN|inf), not a finite number"):
+            llama.score_pairs([dict(rows[0], id=bad), rows[1]], progress=False)
+    # Ids that no JSON number here holds exactly: give them as strings.
+    with pytest.raises(rl.InputError, match=r"pairs\[0\]: field `id` is the integer 1180591620717411303424, too large to be kept exactly .*as a string"):
+        llama.score_pairs([dict(rows[0], id=2**70)], progress=False)
+    with pytest.raises(rl.InputError, match=r"pairs\[0\]: field `id` is the number 1e\+300, too large to be kept exactly.*as a string"):
+        llama.score_pairs([dict(rows[0], id=1e300)], progress=False)
+    assert ids([dict(rows[0], id=str(2**70))]) == [str(2**70)]
+    # A missing id is the pair's index; equal to another pair's explicit id, both are named.
+    no_id = {k: v for k, v in rows[1].items() if k != "id"}
+    with pytest.raises(rl.InputError, match=r"pairs\[1\]: id 1 is given twice: pairs\[0\] has the explicit id 1, and pairs\[1\] has no `id`"):
+        llama.score_pairs([dict(rows[0], id=1), no_id], progress=False)
+    # Conversation (messages) rows are named as such.
+    msgs = {"prompt": "p", "chosen": [{"role": "assistant", "content": "a"}], "rejected": "b"}
+    with pytest.raises(rl.InputError, match=r"pairs\[0\]: field `chosen` is a list of messages .*the conversation \(messages\) format is not read"):
+        llama.score_pairs([msgs], progress=False)
+    # In a DataFrame a NaN or None cell is missing: the id is the index; an infinite one is refused.
+    pd = pytest.importorskip("pandas")
+    assert ids(pd.DataFrame([dict(rows[0], id=float("nan")), rows[1]])) == [0, 1]
+    with pytest.raises(rl.InputError, match=r"pairs\[0\]: field `id` is inf"):
+        llama.score_pairs(pd.DataFrame([dict(rows[0], id=float("inf")), rows[1]]), progress=False)
+
+
 def test_errors_name_what_is_wrong(tmp_path, llama):
     with pytest.raises(rl.FileError, match="nowhere"):
         rl.load(tmp_path / "nowhere")

@@ -102,7 +102,7 @@ pub struct DiscoverSpec {
     pub tail_values: Vec<String>,
     /// Head mass α of the frequency, rarity and random splits.
     pub alpha: f64,
-    /// k-means clusters of the frequency split.
+    /// k-means clusters of the frequency split (fewer than the pairs).
     pub clusters: usize,
     /// Candidate unit kinds; a kind not listed contributes nothing.
     pub units: Vec<CandidateKind>,

@@ -11,6 +11,8 @@
 //!   `blocks.{l}.hook_resid_post`); the clusters are sorted by size (smallest first, ties by
 //!   index) and the tail is the largest run of smallest clusters whose total mass does not exceed
 //!   `(1 − α)·N`. With `k ≥ 1/(1 − α)` the smallest cluster always fits, so the tail is never empty.
+//!   `k` must be below N, and a clustering whose clusters all have one size is refused: then no
+//!   cluster is rarer than another, and which of them form the tail is the seed's choice.
 //! * **by token rarity** ([`split_by_token_rarity`]): an item's rarity is the mean of
 //!   `ln(count(t)/total)` over its tokens, counts taken over the whole dataset; the
 //!   `round((1 − α)·N)` items with the lowest score are the tail (ties by index).
@@ -252,7 +254,7 @@ pub enum ScenarioView {
 pub struct ScenarioOptions {
     /// Head mass α; the tail holds at most `1 − α` of the items.
     pub alpha: f64,
-    /// Clusters (capped at N).
+    /// Clusters; fewer than the items (k ≥ N is refused, not capped).
     pub k: usize,
     pub representation: Representation,
     pub view: ScenarioView,
@@ -363,7 +365,10 @@ pub fn kmeans(points: &[Vec<f64>], k: usize, seed: u64, max_iterations: usize) -
     if points.iter().flatten().any(|x| !x.is_finite()) {
         return Err(invalid("k-means: a representation is not finite"));
     }
-    let k = k.min(n);
+    // Capping k at n would answer a different question than the one asked, silently.
+    if k > n {
+        return Err(invalid(format!("k-means: k = {k} clusters for {n} points; k must not exceed the points")));
+    }
     let mut rng = Rng::new(seed);
     let mut centroids: Vec<Vec<f64>> = vec![points[rng.below(n)].clone()];
     let mut best: Vec<f64> = points.iter().map(|p| sq_dist(p, &centroids[0])).collect();
@@ -455,8 +460,27 @@ pub fn split_by_scenario(reps: &[Vec<f32>], opts: &ScenarioOptions) -> Result<He
     if n < 2 {
         return Err(invalid(format!("scenario split: need at least 2 items, got {n}")));
     }
+    // Worded for both `--clusters` and Python's `clusters=`.
+    if opts.k >= n {
+        return Err(invalid(format!(
+            "scenario split: clusters (k) is {}, but there are {n} pairs: each cluster would hold one pair (at most), \
+             so no cluster would be rarer than another; use fewer clusters than pairs",
+            opts.k
+        )));
+    }
     let points: Vec<Vec<f64>> = reps.iter().map(|r| r.iter().map(|&x| x as f64).collect()).collect();
     let km = kmeans(&points, opts.k, opts.seed, opts.max_iterations)?;
+    // Sizes all equal: "the smallest clusters" are then whichever the seed numbered first.
+    // (One cluster is left to the budget check below, which says why it cannot be split.)
+    if km.sizes.len() > 1 && km.sizes.iter().all(|&s| s == km.sizes[0]) {
+        return Err(invalid(format!(
+            "scenario split: all {} clusters (k) hold {} pairs each, so no cluster is rarer than another and a tail \
+             of the smallest clusters would carry no frequency information (the seed would choose it); use another \
+             number of clusters (k), or another split",
+            km.sizes.len(),
+            km.sizes[0]
+        )));
+    }
     let mut order: Vec<usize> = (0..km.sizes.len()).collect();
     order.sort_by_key(|&c| (km.sizes[c], c));
     let budget = (1.0 - opts.alpha) * n as f64;
@@ -537,5 +561,44 @@ mod tests {
         assert_eq!(s, split_by_scenario(&reps, &opts).unwrap());
         // One cluster cannot be split: the smallest (all 20) exceeds the budget.
         assert!(split_by_scenario(&reps, &ScenarioOptions { k: 1, ..opts }).is_err());
+    }
+
+    #[test]
+    fn scenario_split_refuses_k_at_least_n_and_clusters_of_one_size() {
+        let mut rng = Rng::new(5);
+        let reps: Vec<Vec<f32>> = (0..30).map(|_| vec![rng.normal() as f32, rng.normal() as f32]).collect();
+        // k ≥ N was capped to N: 30 singletons, a tail the seed picked. Now refused, k as asked.
+        for k in [30, 50] {
+            let e = split_by_scenario(&reps, &ScenarioOptions { k, ..Default::default() }).unwrap_err().to_string();
+            assert_eq!(
+                e,
+                format!(
+                    "scenario split: clusters (k) is {k}, but there are 30 pairs: each cluster would hold one pair \
+                     (at most), so no cluster would be rarer than another; use fewer clusters than pairs"
+                )
+            );
+        }
+        assert!(kmeans(&[vec![0.0], vec![1.0]], 3, 0, 10)
+            .unwrap_err()
+            .to_string()
+            .contains("k = 3 clusters for 2 points"));
+        // Three tight, well-separated groups of 4: k-means finds sizes 4, 4, 4, and α = 0.6 would
+        // let one group be the tail. None is rarer than another: refused.
+        let mut reps = Vec::new();
+        for i in 0..12 {
+            let c = 10.0 * (i % 3) as f32;
+            reps.push(vec![c + 0.01 * rng.normal() as f32, c + 0.01 * rng.normal() as f32]);
+        }
+        let opts = ScenarioOptions { k: 3, alpha: 0.6, ..Default::default() };
+        let e = split_by_scenario(&reps, &opts).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "scenario split: all 3 clusters (k) hold 4 pairs each, so no cluster is rarer than another and a tail of \
+             the smallest clusters would carry no frequency information (the seed would choose it); use another number \
+             of clusters (k), or another split"
+        );
+        // Without the last item one group holds 3: it is rarer, and it is the tail.
+        let s = split_by_scenario(&reps[..11], &ScenarioOptions { alpha: 0.7, ..opts }).unwrap();
+        assert_eq!(s.tail, vec![2, 5, 8]);
     }
 }

@@ -766,6 +766,88 @@ fn rewardbench2_rows_score_eval_and_resume() {
     assert!(err.contains("mixed.jsonl:2"), "{err}");
 }
 
+/// A file whose Ties rows are only `ref:` rows (a filtered or sampled file): Ties and the mean
+/// are undefined, printed as "—" with the reason, null in the JSON; no NaN anywhere.
+#[test]
+fn rewardbench2_ties_without_a_pair_is_undefined_with_the_reason() {
+    let d = tmp("rb2-ties-unpaired");
+    let text = std::fs::read_to_string(fixtures().join("rewardbench2/rows.jsonl")).unwrap();
+    let mut first: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let mut ties_ref = first.clone();
+    ties_ref["id"] = "ref:1".into();
+    ties_ref["subset"] = "Ties".into();
+    first["subset"] = "Factuality".into();
+    let rows = d.join("rows.jsonl");
+    std::fs::write(&rows, format!("{first}\n{ties_ref}\n")).unwrap();
+    let model = fixtures().join("models/llama");
+    let note_ties = "note: Ties is undefined: no prompt id has both a `ref:<n>` and a `tied:<n>` row";
+    let note_mean = "note: the mean is undefined: the RewardBench 2 mean is over all 2 subsets, and Ties is undefined";
+
+    let eval_out = d.join("eval.json");
+    let o = run(exe().args(["eval", "--model"]).arg(&model).arg("--pairs").arg(&rows).arg("--out").arg(&eval_out));
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(!table.contains("NaN") && table.contains(note_ties) && table.contains(note_mean), "{table}");
+    let tl = table.lines().find(|l| l.starts_with("Ties (n=1)")).unwrap();
+    assert!(tl.trim_end().ends_with('—'), "{table}");
+    let e = json(&eval_out);
+    assert_eq!(e[0]["mean"], Value::Null);
+    assert!(e[0]["mean_undefined"].as_str().unwrap().contains("over all 2 subsets, and Ties is undefined"));
+    let ties = &e[0]["subsets"][1];
+    assert_eq!(
+        (&ties["score"], &ties["ties"]["score"], &ties["ties"]["n_paired"]),
+        (&Value::Null, &Value::Null, &0.into())
+    );
+    assert!(ties["ties"]["undefined"].as_str().unwrap().contains("needs both rows"));
+    assert!(e[0]["subsets"][0]["score"].is_f64());
+
+    let summary = d.join("summary.json");
+    let o = run(exe().args(["score", "--model"]).arg(&model).arg("--pairs").arg(&rows).arg("--summary").arg(&summary));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("NaN") && err.contains(note_ties) && err.contains(note_mean), "{err}");
+    let s = json(&summary);
+    assert_eq!(s["mean"], Value::Null);
+    assert!(!std::fs::read_to_string(&summary).unwrap().contains("NaN"));
+}
+
+/// Inputs whose meaning would change silently are refused at the command line too: a
+/// conversation (messages) file, an id serde_json cannot keep exactly, a defaulted id equal to
+/// another pair's explicit one. And `--padding`'s help does not promise bit-identical rewards.
+#[test]
+fn score_refuses_messages_files_and_ids_it_would_change() {
+    let d = tmp("score-inputs");
+    let model = fixtures().join("models/llama");
+    let refused = |name: &str, text: &str| {
+        let f = d.join(name);
+        std::fs::write(&f, text).unwrap();
+        let o = exe().args(["score", "--model"]).arg(&model).arg("--pairs").arg(&f).output().unwrap();
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let e = refused(
+        "messages.jsonl",
+        r#"{"chosen":[{"role":"user","content":"Hi"},{"role":"assistant","content":"Hello"}],"rejected":[{"role":"user","content":"Hi"},{"role":"assistant","content":"No"}]}"#,
+    );
+    assert!(e.contains("messages.jsonl:1: field `chosen` is a list of messages ({role, content} objects): the conversation (messages) format is not read; expected"), "{e}");
+    assert!(!e.contains("missing field `id`"), "{e}");
+    let e = refused("rb2.jsonl", r#"{"id":1,"prompt":"Hi","chosen":["a"],"rejected":["b"]}"#);
+    assert!(
+        e.contains("rb2.jsonl:1: missing field `subset` (read as RewardBench 2 because `chosen` on line 1 is a list)"),
+        "{e}"
+    );
+    let pair = |id: &str| format!("{{\"prompt\":\"p\",\"chosen\":\"a\",\"rejected\":\"b\"{id}}}\n");
+    let e = refused("bigid.jsonl", &pair(",\"id\":1180591620717411303424"));
+    assert!(
+        e.contains("bigid.jsonl:1: field `id` is the number 1.1805916207174113e+21, too large to be kept exactly"),
+        "{e}"
+    );
+    let e = refused("clash.jsonl", &format!("{}{}", pair(",\"id\":1"), pair("")));
+    assert!(e.contains("clash.jsonl:2: id 1 is given twice: "), "{e}");
+
+    let help = String::from_utf8_lossy(&run(exe().args(["score", "--help"])).stdout).into_owned();
+    assert!(help.contains("rewards agree either way up to float rounding, not bit for bit"), "{help}");
+    assert!(!help.contains("identical either way"), "{help}");
+}
+
 /// An interrupted run leaves its output and the fingerprint written when it started.
 fn interrupted_copy(full: &std::path::Path, partial: &std::path::Path) {
     let meta = |p: &std::path::Path| std::path::PathBuf::from(format!("{}.meta.json", p.display()));

@@ -52,12 +52,12 @@ pub enum EngineError {
          tokens, more than the model's context of {max_tokens}: refusing to cut the response"
     )]
     ResponseTooLong { n_tokens: usize, needed: usize, max_tokens: usize },
+    /// `dtype` is the compute dtype: f32 is only a remedy when the run was in a narrower one.
     #[error(
-        "the reward of sequence {row} of the batch ({seq_len} tokens) is {value}, not a number: the \
-         weights or an intervention made the activations overflow (compute in f32: --dtype f32, in \
-         Python rl.load(..., dtype=\"f32\"); and check the checkpoint's values and config)"
+        "the reward of sequence {row} of the batch ({seq_len} tokens) is {value}, not a number: {}",
+        overflow_advice(.dtype)
     )]
-    NonFiniteReward { row: usize, seq_len: usize, value: f32 },
+    NonFiniteReward { row: usize, seq_len: usize, value: f32, dtype: candle_core::DType },
     #[error(
         "the gradient at `{site}` contains NaN or infinity (the reward itself was finite): the backward \
          pass overflowed; compute in f32 (--dtype f32, in Python rl.load(..., dtype=\"f32\")) or use \
@@ -92,4 +92,48 @@ pub type Result<T, E = EngineError> = std::result::Result<T, E>;
 pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> EngineError {
     let path = path.into();
     move |source| EngineError::Io { path, source }
+}
+
+/// What to try after a non-finite reward. In f16/bf16 f32 is the remedy; in f32 it is not (the
+/// activations overflowed f32 itself), so the advice points at the weights, config or intervention.
+fn overflow_advice(dtype: &candle_core::DType) -> String {
+    match dtype {
+        candle_core::DType::F32 | candle_core::DType::F64 => format!(
+            "the activations overflowed {} itself (a wider compute dtype is no remedy): check the checkpoint's \
+             values and config (badly scaled or corrupt weights, epsilons, soft-caps), or the intervention",
+            crate::runtime::dtype_name(*dtype)
+        ),
+        other => format!(
+            "the weights or an intervention made the activations overflow {} (compute in f32: --dtype f32, in \
+             Python rl.load(..., dtype=\"f32\"); and check the checkpoint's values and config)",
+            crate::runtime::dtype_name(*other)
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_non_finite_reward_suggests_f32_only_when_the_run_is_narrower() {
+        let e = |dtype| EngineError::NonFiniteReward { row: 1, seq_len: 7, value: f32::NAN, dtype }.to_string();
+        assert_eq!(
+            e(candle_core::DType::F32),
+            "the reward of sequence 1 of the batch (7 tokens) is NaN, not a number: the activations overflowed f32 \
+             itself (a wider compute dtype is no remedy): check the checkpoint's values and config (badly scaled or \
+             corrupt weights, epsilons, soft-caps), or the intervention"
+        );
+        for (dtype, name) in [(candle_core::DType::BF16, "bf16"), (candle_core::DType::F16, "f16")] {
+            let m = e(dtype);
+            assert!(
+                m.ends_with(&format!(
+                    "is NaN, not a number: the weights or an intervention made the activations overflow {name} \
+                     (compute in f32: --dtype f32, in Python rl.load(..., dtype=\"f32\"); and check the \
+                     checkpoint's values and config)"
+                )),
+                "{m}"
+            );
+        }
+    }
 }

@@ -578,7 +578,12 @@ impl RewardModel {
         // feed every statistic downstream. Callers that know the pair add its file and line.
         let value = |row: usize| if divisors[row].is_finite() { output.scores[row] } else { f32::NAN };
         if let Some(row) = (0..output.scores.len()).find(|&row| !value(row).is_finite()) {
-            return Err(EngineError::NonFiniteReward { row, seq_len: batch.lengths[row], value: value(row) });
+            return Err(EngineError::NonFiniteReward {
+                row,
+                seq_len: batch.lengths[row],
+                value: value(row),
+                dtype: self.dtype,
+            });
         }
         Ok((output, scores))
     }

@@ -20,6 +20,8 @@
 //!   `margin = mean(tanh(min(gap_ref, gap_tied) / spread_tied - 1))` (NaN, i.e. 0/0, counts 0),
 //!   and `score = 0.30 tied_accuracy + 0.30 ref_accuracy + 0.20 preferred + 0.20 preferred_hard
 //!   + 0.01 margin` (the weights sum to 1.01, as in the reference).
+//!   With no prompt id that has both, the reference's paired terms are `np.mean([])`, NaN; here
+//!   they, the composite and so the leaderboard mean are undefined (`None`) with the reason.
 //!
 //! The leaderboard mean (not in `run_v2.py`; the RewardBench 2 paper and leaderboard) is the
 //! unweighted mean of the subset scores. Subsets are reported in sorted order, as `np.unique`.
@@ -81,21 +83,71 @@ pub fn is_rewardbench2_line(v: &Value) -> bool {
     v.get("chosen").is_some_and(Value::is_array)
 }
 
+/// What a file may hold, for errors about a row that is neither.
+pub const EXPECTED_FORMATS: &str = "expected one JSON object per line, either a pair (`prompt`, `chosen` and \
+`rejected` strings) or a RewardBench 2 row (`id`, `prompt` and `subset`, and `chosen` and `rejected` lists of strings)";
+
+/// The error for a row in conversation form (`chosen`, `rejected` or `prompt` a list of
+/// `{role, content}` message objects, as TRL and HH-RLHF write them), or None. Without it such a
+/// file reads as RewardBench 2 (its `chosen` is a list) and asks for an `id` it does not need.
+pub fn messages_format_error(obj: &Map<String, Value>) -> Option<String> {
+    let is_message = |v: &Value| v.as_object().is_some_and(|m| m.contains_key("role") || m.contains_key("content"));
+    let field = ["chosen", "rejected", "prompt"]
+        .into_iter()
+        .find(|f| obj.get(*f).and_then(Value::as_array).is_some_and(|items| items.iter().any(is_message)))?;
+    Some(format!(
+        "field `{field}` is a list of messages ({{role, content}} objects): the conversation (messages) format is \
+not read; {EXPECTED_FORMATS}"
+    ))
+}
+
+/// The error for an id number that may not be the one written, or None. serde_json (without
+/// `arbitrary_precision`) reads an integer beyond u64/i64 as an f64, so `1180591620717411303424`
+/// would be written back as `1.1805916207174113e21`; from 2^53 up an f64 no longer holds every
+/// integer, so a float id that large may have lost digits too. Strings keep every digit.
+pub fn inexact_id_error(id: &Value) -> Option<String> {
+    let Value::Number(n) = id else { return None };
+    let x = n.as_f64()?;
+    (n.is_f64() && x.abs() >= 9_007_199_254_740_992.0).then(|| {
+        format!(
+            "field `id` is the number {n}, too large to be kept exactly (integer ids must lie within {} ..= {}, \
+other numbers below 2^53 in magnitude); write the id as a string, in quotes",
+            i64::MIN,
+            u64::MAX
+        )
+    })
+}
+
 /// Parses JSON lines (blank lines skipped); `source` names the input in errors.
 pub fn parse_rows(text: &str, source: &str) -> Result<Vec<Rb2Row>> {
     // A byte-order mark (Windows editors write one) is not part of the first row.
     let text = text.strip_prefix('\u{FEFF}').unwrap_or(text);
+    // Errors say which format the rows were read as, and why: a pairs file with one stray list
+    // would otherwise get RewardBench 2's demands (`id`, `subset`) with no hint of the reason.
+    let read_as = match text.lines().enumerate().find(|(_, l)| !l.trim().is_empty()) {
+        Some((k, l)) if serde_json::from_str::<Value>(l).is_ok_and(|v| is_rewardbench2_line(&v)) => {
+            format!(" (read as RewardBench 2 because `chosen` on line {} is a list)", k + 1)
+        }
+        _ => " (read as RewardBench 2)".to_string(),
+    };
     let mut rows = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         if raw.trim().is_empty() {
             continue;
         }
-        let err = |message: String| Rb2Error::Line { file: source.to_string(), line: i + 1, message };
+        let line_err = |message: String| Rb2Error::Line { file: source.to_string(), line: i + 1, message };
+        let err = |message: String| line_err(format!("{message}{read_as}"));
         let v: Value = serde_json::from_str(raw).map_err(|e| err(format!("invalid JSON: {e}")))?;
         let Value::Object(mut obj) = v else {
             return Err(err("a row must be a JSON object".into()));
         };
+        if let Some(message) = messages_format_error(&obj) {
+            return Err(line_err(message));
+        }
         let id = obj.remove("id").ok_or_else(|| err("missing field `id`".into()))?;
+        if let Some(message) = inexact_id_error(&id) {
+            return Err(err(message));
+        }
         let prompt = take_string(&mut obj, "prompt").map_err(err)?;
         let subset = take_string(&mut obj, "subset").map_err(err)?;
         let chosen = take_strings(&mut obj, "chosen").map_err(err)?;
@@ -201,23 +253,31 @@ pub fn row_credit(s: &RowScores) -> f64 {
 /// The Ties composite and its parts (`process_single_model`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TiesScore {
-    pub score: f64,
+    /// None when no prompt id has both a ref and a tied row (see `undefined`).
+    pub score: Option<f64>,
     /// Share of `ref` prompts whose correct answer beats every incorrect one (0 when none).
     pub ref_accuracy: f64,
     /// Share of `tied` prompts whose worst correct answer beats every incorrect one (0 when none).
     pub tied_accuracy: f64,
     /// Over paired prompt ids: tied gap > spread of the tied correct answers.
-    pub correctness_preferred: f64,
+    pub correctness_preferred: Option<f64>,
     /// Over paired prompt ids: min(ref gap, tied gap) > tied spread.
-    pub correctness_preferred_hard: f64,
+    pub correctness_preferred_hard: Option<f64>,
     /// Over paired prompt ids: mean tanh(min gap / spread - 1), NaN terms as 0.
-    pub correctness_margin_score: f64,
+    pub correctness_margin_score: Option<f64>,
     pub n_ref: usize,
     pub n_tied: usize,
     /// Prompt ids with both a ref and a tied group. With none, the three paired terms and the
-    /// score are NaN, as `np.mean` of an empty array is in the reference.
+    /// score are undefined (the reference's `np.mean([])` is NaN).
     pub n_paired: usize,
+    /// Why `score` is undefined, when it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undefined: Option<String>,
 }
+
+/// Why the Ties composite of a file with no paired prompt id is undefined.
+pub const TIES_UNPAIRED: &str = "no prompt id has both a `ref:<n>` and a `tied:<n>` row, and the Ties composite \
+needs both rows for at least one prompt (its correctness-preferred terms compare them)";
 
 struct PromptStats {
     accurate: bool,
@@ -234,8 +294,9 @@ fn prompt_stats(correct: &[f64], incorrect: &[f64]) -> PromptStats {
     PromptStats { accurate: gap > 0.0, spread: (correct.len() > 1).then_some(best_correct - worst_correct), gap }
 }
 
-fn mean_of(xs: &[f64]) -> f64 {
-    xs.iter().sum::<f64>() / xs.len() as f64
+/// None for an empty slice (the reference's NaN from `np.mean([])`).
+fn mean_of(xs: &[f64]) -> Option<f64> {
+    (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
 }
 
 fn id_text(id: &Value) -> String {
@@ -313,11 +374,13 @@ pub fn ties_composite(rows: &[(&Value, &RowScores)]) -> Result<TiesScore> {
     let correctness_preferred = mean_of(&preferred);
     let correctness_preferred_hard = mean_of(&hard);
     let correctness_margin_score = mean_of(&margin);
-    let score = 0.30 * tied_accuracy
-        + 0.30 * ref_accuracy
-        + 0.20 * correctness_preferred
-        + 0.20 * correctness_preferred_hard
-        + 0.01 * correctness_margin_score;
+    // The three paired terms are defined together (all over the same paired prompt ids).
+    let score = match (correctness_preferred, correctness_preferred_hard, correctness_margin_score) {
+        (Some(p), Some(h), Some(m)) => {
+            Some(0.30 * tied_accuracy + 0.30 * ref_accuracy + 0.20 * p + 0.20 * h + 0.01 * m)
+        }
+        _ => None,
+    };
     Ok(TiesScore {
         score,
         ref_accuracy,
@@ -328,6 +391,7 @@ pub fn ties_composite(rows: &[(&Value, &RowScores)]) -> Result<TiesScore> {
         n_ref: refs.len(),
         n_tied: tied.len(),
         n_paired: margin.len(),
+        undefined: score.is_none().then(|| TIES_UNPAIRED.to_string()),
     })
 }
 
@@ -336,8 +400,9 @@ pub fn ties_composite(rows: &[(&Value, &RowScores)]) -> Result<TiesScore> {
 pub struct SubsetScore {
     pub subset: String,
     pub n: usize,
-    /// Accuracy with the reference's tie splitting, or the Ties composite.
-    pub score: f64,
+    /// Accuracy with the reference's tie splitting, or the Ties composite (None when the
+    /// composite is undefined; `ties.undefined` says why).
+    pub score: Option<f64>,
     /// Rows where every chosen strictly outscores every rejected ([`row_correct`]).
     pub n_correct: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -348,8 +413,26 @@ pub struct SubsetScore {
 pub struct Rb2Report {
     pub subsets: Vec<SubsetScore>,
     /// Unweighted mean of the subset scores (the leaderboard number for the subsets present).
-    pub mean: f64,
+    /// None when a subset's score is undefined: averaging the others under this name would
+    /// be a different number read as the leaderboard's.
+    pub mean: Option<f64>,
+    /// Why `mean` is undefined, when it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mean_undefined: Option<String>,
     pub n_rows: usize,
+}
+
+impl Rb2Report {
+    /// One line per undefined value, saying why (empty when everything is defined).
+    pub fn notes(&self) -> Vec<String> {
+        let mut notes: Vec<String> = self
+            .subsets
+            .iter()
+            .filter_map(|s| Some(format!("{} is undefined: {}", s.subset, s.ties.as_ref()?.undefined.as_ref()?)))
+            .collect();
+        notes.extend(self.mean_undefined.iter().map(|why| format!("the mean is undefined: {why}")));
+        notes
+    }
 }
 
 /// Scores every subset present and averages them.
@@ -381,13 +464,24 @@ pub fn summarise(rows: &[Rb2Row], scores: &[RowScores]) -> Result<Rb2Report> {
             let t = ties_composite(&items)?;
             (t.score, Some(t))
         } else {
-            (idx.iter().map(|&i| row_credit(&scores[i])).sum::<f64>() / idx.len() as f64, None)
+            (Some(idx.iter().map(|&i| row_credit(&scores[i])).sum::<f64>() / idx.len() as f64), None)
         };
         subsets.push(SubsetScore { subset: name.to_string(), n: idx.len(), score, n_correct, ties });
     }
-    let mean =
-        if subsets.is_empty() { f64::NAN } else { subsets.iter().map(|s| s.score).sum::<f64>() / subsets.len() as f64 };
-    Ok(Rb2Report { subsets, mean, n_rows: rows.len() })
+    let undefined: Vec<&str> = subsets.iter().filter(|s| s.score.is_none()).map(|s| s.subset.as_str()).collect();
+    let (mean, mean_undefined) = if subsets.is_empty() {
+        (None, Some("there are no rows, so no subsets to average".to_string()))
+    } else if !undefined.is_empty() {
+        let why = format!(
+            "the RewardBench 2 mean is over all {} subsets, and {} undefined",
+            subsets.len(),
+            if undefined.len() == 1 { format!("{} is", undefined[0]) } else { format!("{} are", undefined.join(", ")) }
+        );
+        (None, Some(why))
+    } else {
+        (Some(subsets.iter().filter_map(|s| s.score).sum::<f64>() / subsets.len() as f64), None)
+    };
+    Ok(Rb2Report { subsets, mean, mean_undefined, n_rows: rows.len() })
 }
 
 /// Number of (prompt, response) sequences in `rows` (the total that `score_rows` reports up to).
@@ -546,6 +640,58 @@ mod tests {
     }
 
     #[test]
+    fn message_lists_are_named_as_the_conversation_format() {
+        // TRL / HH-RLHF conversational layout: `chosen` a list of {role, content} objects.
+        let e = line_error(concat!(
+            r#"{"chosen": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}], "#,
+            r#""rejected": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Go away"}]}"#
+        ));
+        assert_eq!(
+            e,
+            "rows.jsonl:1: field `chosen` is a list of messages ({role, content} objects): the conversation \
+(messages) format is not read; expected one JSON object per line, either a pair (`prompt`, `chosen` and `rejected` \
+strings) or a RewardBench 2 row (`id`, `prompt` and `subset`, and `chosen` and `rejected` lists of strings)"
+        );
+        let e = line_error(
+            r#"{"id": 1, "prompt": "Hi", "chosen": ["a"], "rejected": [{"role": "assistant", "content": "b"}]}"#,
+        );
+        assert!(e.starts_with("rows.jsonl:1: field `rejected` is a list of messages"), "{e}");
+        // Any other object in a list is the ordinary field error.
+        let e = line_error(r#"{"id": 1, "prompt": "q", "chosen": [{"x": 1}], "rejected": ["r"], "subset": "M"}"#);
+        assert!(e.contains("field `chosen[0]` must be a string, got an object"), "{e}");
+    }
+
+    #[test]
+    fn errors_say_the_rows_were_read_as_rewardbench2_and_why() {
+        let e = line_error(concat!(
+            "\n",
+            r#"{"id": 1, "prompt": "q", "chosen": ["c"], "rejected": ["r"], "subset": "M"}"#,
+            "\n",
+            r#"{"prompt": "q", "chosen": ["c"], "rejected": ["r"], "subset": "M"}"#
+        ));
+        assert_eq!(e, "rows.jsonl:3: missing field `id` (read as RewardBench 2 because `chosen` on line 2 is a list)");
+        // Called on rows whose first `chosen` is not a list, the reason is not claimed.
+        let e = line_error(r#"{"id": 1, "prompt": "q", "chosen": "c", "rejected": ["r"], "subset": "M"}"#);
+        assert!(e.ends_with("must be a list of strings, got a string (read as RewardBench 2)"), "{e}");
+    }
+
+    #[test]
+    fn an_id_number_beyond_exact_integers_is_refused() {
+        let row =
+            |id: &str| format!(r#"{{"id": {id}, "prompt": "q", "chosen": ["c"], "rejected": ["r"], "subset": "M"}}"#);
+        // 2^70: serde_json reads it as an f64 and would write it back as 1.1805916207174113e21.
+        let e = line_error(&row("1180591620717411303424"));
+        assert!(e.starts_with("rows.jsonl:1: field `id` is the number 1.1805916207174113e+21, too large"), "{e}");
+        assert!(e.contains("write the id as a string, in quotes"), "{e}");
+        assert!(line_error(&row("-1e300")).contains("field `id` is the number -1e+300"));
+        // Integers JSON carries exactly here, and small floats, are kept as written.
+        for ok in ["18446744073709551615", "-9223372036854775808", "1.5", "\"1180591620717411303424\""] {
+            let rows = parse_rows(&row(ok), "x").unwrap();
+            assert_eq!(rows[0].id.to_string(), ok);
+        }
+    }
+
+    #[test]
     fn detects_rewardbench2_lines() {
         let v: Value = serde_json::from_str(r#"{"chosen": ["a"], "rejected": ["b"]}"#).unwrap();
         assert!(is_rewardbench2_line(&v));
@@ -604,7 +750,7 @@ mod tests {
     fn worked_example_matches_the_reference() {
         let (rows, scores) = worked_example();
         let report = summarise(&rows, &scores).unwrap();
-        let close = |a: f64, b: f64| assert!((a - b).abs() < 1e-12, "{a} vs {b}");
+        let close = |a: Option<f64>, b: f64| assert!((a.unwrap() - b).abs() < 1e-12, "{a:?} vs {b}");
         let names: Vec<&str> = report.subsets.iter().map(|s| s.subset.as_str()).collect();
         assert_eq!(names, ["Factuality", "Focus", "Math", "Ties"]);
         close(report.subsets[0].score, 0.4583333333333333);
@@ -614,14 +760,45 @@ mod tests {
         let t = report.subsets[3].ties.as_ref().unwrap();
         close(t.score, 0.6039258865136593);
         close(report.subsets[3].score, 0.6039258865136593);
-        close(t.ref_accuracy, 0.6);
-        close(t.tied_accuracy, 0.75);
+        close(Some(t.ref_accuracy), 0.6);
+        close(Some(t.tied_accuracy), 0.75);
         close(t.correctness_preferred, 0.5);
         close(t.correctness_preferred_hard, 0.5);
         close(t.correctness_margin_score, -0.10741134863407176);
         assert_eq!((t.n_ref, t.n_tied, t.n_paired), (5, 4, 4));
         close(report.mean, 0.6405648049617482);
         assert_eq!(report.n_rows, 16);
+        assert!(t.undefined.is_none() && report.mean_undefined.is_none() && report.notes().is_empty());
+    }
+
+    #[test]
+    fn unpaired_ties_are_undefined_with_the_reason_and_so_is_the_mean() {
+        // Only a `ref:` row in Ties (a filtered or sampled file): the reference gives NaN.
+        let rows = vec![row("f0", "Factuality", 1, 2), row("ref:1", "Ties", 1, 2)];
+        let scores = vec![rs(&[2.0], &[1.0, 0.0]), rs(&[2.0], &[1.0, 0.0])];
+        let report = summarise(&rows, &scores).unwrap();
+        assert_eq!(report.subsets[0].score, Some(1.0));
+        let ties = &report.subsets[1];
+        assert_eq!(ties.score, None);
+        let t = ties.ties.as_ref().unwrap();
+        assert_eq!((t.score, t.correctness_preferred, t.correctness_preferred_hard), (None, None, None));
+        assert_eq!((t.ref_accuracy, t.tied_accuracy, t.n_paired), (1.0, 0.0, 0));
+        assert_eq!(t.undefined.as_deref(), Some(TIES_UNPAIRED));
+        // The leaderboard mean is over all subsets: not the mean of the defined one under its name.
+        assert_eq!(report.mean, None);
+        assert_eq!(
+            report.mean_undefined.as_deref(),
+            Some("the RewardBench 2 mean is over all 2 subsets, and Ties is undefined")
+        );
+        let notes = report.notes();
+        assert_eq!(notes.len(), 2);
+        assert!(notes[0].starts_with("Ties is undefined: no prompt id has both a `ref:<n>` and a `tied:<n>` row"));
+        assert!(notes[1].starts_with("the mean is undefined: the RewardBench 2 mean is over all 2 subsets"));
+        // No NaN in the JSON: nulls, with the reasons beside them.
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["mean"], Value::Null);
+        assert_eq!(json["subsets"][1]["ties"]["undefined"], Value::String(TIES_UNPAIRED.into()));
+        assert!(json["subsets"][0].get("ties").is_none() && json["subsets"][0]["score"] == 1.0);
     }
 
     #[test]
@@ -638,10 +815,11 @@ mod tests {
         // A paired tied prompt with a single correct answer has no spread: the reference raises.
         let (r, t) = (Value::String("ref:1".into()), Value::String("tied:1".into()));
         assert!(matches!(ties_composite(&[(&r, &s), (&t, &s)]), Err(Rb2Error::Invalid(_))));
-        // Nothing paired: the paired terms are NaN, as np.mean([]) in the reference.
+        // Nothing paired: the paired terms are undefined (np.mean([]) is NaN in the reference).
         let out = ties_composite(&[(&r, &s)]).unwrap();
         assert_eq!((out.ref_accuracy, out.tied_accuracy, out.n_paired), (1.0, 0.0, 0));
-        assert!(out.score.is_nan());
+        assert_eq!((out.score, out.correctness_margin_score), (None, None));
+        assert_eq!(out.undefined.as_deref(), Some(TIES_UNPAIRED));
     }
 
     #[test]

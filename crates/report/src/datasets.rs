@@ -9,7 +9,9 @@ use serde_json::Value;
 
 use reward_lens_engine::{Origin, PairText, RewardModel, Truncation};
 use reward_lens_instruments::concepts::ConceptInput;
-use reward_lens_instruments::rewardbench2::{is_rewardbench2_line, parse_rows, Rb2Error, Rb2Row};
+use reward_lens_instruments::rewardbench2::{
+    inexact_id_error, is_rewardbench2_line, messages_format_error, parse_rows, Rb2Error, Rb2Row,
+};
 
 /// What went wrong reading a dataset; every message names the file (and line).
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +95,7 @@ pub fn parse_pairs(text: &str, source: &Path) -> Result<Vec<PairText>> {
     let text = text.strip_prefix('\u{FEFF}').unwrap_or(text);
     let file: Arc<Path> = Arc::from(source);
     let name = source.display().to_string();
-    let mut pairs = Vec::new();
+    let mut pairs = PairReader::default();
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;
         if line.trim().is_empty() {
@@ -104,14 +106,67 @@ pub fn parse_pairs(text: &str, source: &Path) -> Result<Vec<PairText>> {
         let Value::Object(obj) = v else {
             return Err(invalid(at(), "expected a JSON object with prompt, chosen, rejected"));
         };
-        let mut pair = pair_from_object(obj, &at(), pairs.len())?;
-        pair.origin = Some(Origin { file: file.clone(), line: n });
-        pairs.push(pair);
+        pairs.push(obj, &at())?.origin = Some(Origin { file: file.clone(), line: n });
     }
+    let pairs = pairs.finish();
     if pairs.is_empty() {
         return Err(invalid(name, "no pairs (expected one JSON object per line)"));
     }
     Ok(pairs)
+}
+
+/// Pairs taken one object at a time by [`pair_from_object`]'s rules, each pair without an `id`
+/// given its 0-based index, and that default checked against the other pairs' explicit ids:
+/// `{"id": 1}` on one line and no id on the second would otherwise write id 1 twice. The
+/// pairs file reader and Python's list of dicts both read through this.
+#[derive(Debug, Default)]
+pub struct PairReader {
+    pairs: Vec<PairText>,
+    /// Integer ids, explicit or defaulted, with where each was given (`file:line`, `pairs[i]`).
+    explicit: std::collections::HashMap<u64, String>,
+    defaulted: std::collections::HashMap<u64, String>,
+}
+
+impl PairReader {
+    /// Reads one pair (its origin left to the caller); `at` names it in errors.
+    pub fn push(&mut self, obj: serde_json::Map<String, Value>, at: &str) -> Result<&mut PairText> {
+        let index = self.pairs.len();
+        let had_id = obj.contains_key("id");
+        let pair = pair_from_object(obj, at, index)?;
+        if had_id {
+            if let Some(k) = integer_id(&pair.id) {
+                if let Some(other) = self.defaulted.get(&k) {
+                    return Err(invalid(at, default_id_clash(k, other, at)));
+                }
+                self.explicit.entry(k).or_insert_with(|| at.to_string());
+            }
+        } else {
+            let k = index as u64;
+            if let Some(other) = self.explicit.get(&k) {
+                return Err(invalid(at, default_id_clash(k, at, other)));
+            }
+            self.defaulted.insert(k, at.to_string());
+        }
+        self.pairs.push(pair);
+        Ok(self.pairs.last_mut().expect("just pushed"))
+    }
+
+    pub fn finish(self) -> Vec<PairText> {
+        self.pairs
+    }
+}
+
+/// An id that equals a defaulted index: a non-negative integer, or a float of one (`1.0`).
+fn integer_id(id: &Value) -> Option<u64> {
+    let Value::Number(n) = id else { return None };
+    n.as_u64().or_else(|| n.as_f64().filter(|x| x.fract() == 0.0 && *x >= 0.0 && *x < 9.0e15).map(|x| x as u64))
+}
+
+fn default_id_clash(k: u64, defaulted_at: &str, explicit_at: &str) -> String {
+    format!(
+        "id {k} is given twice: {explicit_at} has the explicit id {k}, and {defaulted_at} has no `id`, so its id \
+defaults to its 0-based index, {k}; give every pair an id (or none)"
+    )
 }
 
 /// One pair from its JSON object, by the rules of a pairs file's line: `prompt`, `chosen` and
@@ -120,6 +175,9 @@ pub fn parse_pairs(text: &str, source: &Path) -> Result<Vec<PairText>> {
 /// or `pairs[3]` for pairs given in Python). The origin is left to the caller.
 pub fn pair_from_object(mut obj: serde_json::Map<String, Value>, at: &str, default_id: usize) -> Result<PairText> {
     // Checked in this order so an object with several problems reports the same one every time.
+    if let Some(message) = messages_format_error(&obj) {
+        return Err(invalid(at, message));
+    }
     let subset = match obj.remove("subset") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s),
@@ -134,6 +192,9 @@ pub fn pair_from_object(mut obj: serde_json::Map<String, Value>, at: &str, defau
     };
     let (prompt, chosen, rejected) = (field("prompt")?, field("chosen")?, field("rejected")?);
     let id = obj.remove("id").unwrap_or(Value::from(default_id));
+    if let Some(message) = inexact_id_error(&id) {
+        return Err(invalid(at, message));
+    }
     Ok(PairText { id, prompt, chosen, rejected, subset, extra: obj, origin: None })
 }
 
@@ -611,6 +672,16 @@ mod tests {
                 "field `subset` must be a string",
             ),
             ("\n\n", "x.jsonl: no pairs"),
+            (
+                "{\"prompt\":\"a\",\"chosen\":\"b\",\"rejected\":\"c\",\"id\":1180591620717411303424}\n",
+                "x.jsonl:1: field `id` is the number 1.1805916207174113e+21, too large to be kept exactly",
+            ),
+            (
+                "{\"prompt\":\"a\",\"chosen\":[{\"role\":\"assistant\",\"content\":\"b\"}],\"rejected\":\"c\"}\n",
+                "x.jsonl:1: field `chosen` is a list of messages ({role, content} objects): the conversation \
+(messages) format is not read; expected one JSON object per line, either a pair (`prompt`, `chosen` and `rejected` \
+strings)",
+            ),
         ];
         for (text, needle) in cases {
             let e = parse_pairs(text, Path::new("x.jsonl")).unwrap_err().to_string();
@@ -618,6 +689,30 @@ mod tests {
         }
         let e = read_pairs(Path::new("/nonexistent/p.jsonl")).unwrap_err().to_string();
         assert!(e.contains("/nonexistent/p.jsonl: cannot read pairs file"), "{e}");
+    }
+
+    #[test]
+    fn a_defaulted_id_equal_to_an_explicit_one_is_refused_naming_both() {
+        let pair = |id: &str| format!("{{\"prompt\":\"p\",\"chosen\":\"c\",\"rejected\":\"r\"{id}}}\n");
+        // The explicit id comes first: the second pair's default (its index, 1) clashes.
+        let text = format!("{}{}{}", pair(",\"id\":1"), pair(""), pair(""));
+        let e = parse_pairs(&text, Path::new("x.jsonl")).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "x.jsonl:2: id 1 is given twice: x.jsonl:1 has the explicit id 1, and x.jsonl:2 has no `id`, so its id \
+defaults to its 0-based index, 1; give every pair an id (or none)"
+        );
+        // The default comes first (blank lines do not count in the index); 0.0 equals 0 here.
+        let text = format!("{}\n{}", pair(""), pair(",\"id\":0.0"));
+        let e = parse_pairs(&text, Path::new("x.jsonl")).unwrap_err().to_string();
+        assert!(e.starts_with("x.jsonl:3: id 0 is given twice: x.jsonl:3 has the explicit id 0, and x.jsonl:1 has no"));
+        // Ids that cannot clash: strings, null, and integers no default reaches.
+        let text = format!("{}{}{}{}", pair(",\"id\":\"1\""), pair(""), pair(",\"id\":null"), pair(",\"id\":9"));
+        let ids: Vec<Value> = parse_pairs(&text, Path::new("x.jsonl")).unwrap().into_iter().map(|p| p.id).collect();
+        assert_eq!(ids, [Value::from("1"), Value::from(1), Value::Null, Value::from(9)]);
+        // An id the JSON reader keeps exactly is written back as it was.
+        let ids = parse_pairs(&pair(",\"id\":18446744073709551615"), Path::new("x")).unwrap();
+        assert_eq!(ids[0].id.to_string(), "18446744073709551615");
     }
 
     #[test]

@@ -202,18 +202,29 @@ pub fn rewardbench2_table(evals: &[Rb2Eval]) -> String {
     }
     s.push('\n');
     let Some(first) = evals.first() else { return s };
+    let cell = |x: Option<f64>| x.map_or("—".to_string(), |v| format!("{:.1}", 100.0 * v));
     for (k, sub) in first.report.subsets.iter().enumerate() {
         let _ = write!(s, "{:<24}", format!("{} (n={})", sub.subset, sub.n));
         for e in evals {
-            let _ = write!(s, " {:>22.1}", 100.0 * e.report.subsets[k].score);
+            let _ = write!(s, " {:>22}", cell(e.report.subsets[k].score));
         }
         s.push('\n');
     }
     let _ = write!(s, "{:<24}", format!("mean of {} subsets", first.report.subsets.len()));
     evals.iter().for_each(|e| {
-        let _ = write!(s, " {:>22.1}", 100.0 * e.report.mean);
+        let _ = write!(s, " {:>22}", cell(e.report.mean));
     });
     s.push('\n');
+    // What is undefined depends on the rows' ids, not on the model: say each reason once.
+    let mut notes: Vec<String> = Vec::new();
+    for note in evals.iter().flat_map(|e| e.report.notes()) {
+        if !notes.contains(&note) {
+            notes.push(note);
+        }
+    }
+    for note in notes {
+        let _ = writeln!(s, "note: {note}");
+    }
     s
 }
 
@@ -378,6 +389,35 @@ pub fn score_rows_in_file_chunks<'r, E: From<crate::ReportError>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rewardbench2_table_prints_an_undefined_ties_as_a_dash_with_the_reason() {
+        let row = |id: &str, subset: &str| Rb2Row {
+            id: Value::String(id.into()),
+            prompt: "p".into(),
+            chosen: vec!["c".into()],
+            rejected: vec!["r".into()],
+            subset: subset.into(),
+            extra: Default::default(),
+        };
+        let rows = vec![row("f0", "Factuality"), row("ref:1", "Ties")];
+        let scores = vec![RowScores { chosen: vec![1.0], rejected: vec![0.0] }; 2];
+        let report = reward_lens_instruments::rewardbench2::summarise(&rows, &scores).unwrap();
+        let evals = [Rb2Eval::new("a".into(), report.clone()), Rb2Eval::new("b".into(), report)];
+        let t = rewardbench2_table(&evals);
+        assert!(!t.contains("NaN"), "{t}");
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[1].starts_with("Factuality (n=1)") && lines[1].trim_end().ends_with("100.0"), "{t}");
+        assert!(lines[2].starts_with("Ties (n=1)") && lines[2].trim_end().ends_with("—"), "{t}");
+        assert!(lines[3].starts_with("mean of 2 subsets") && lines[3].matches('—').count() == 2, "{t}");
+        // Each reason once, however many models.
+        assert_eq!(lines.len(), 6, "{t}");
+        assert!(lines[4].starts_with("note: Ties is undefined: no prompt id has both a `ref:<n>` and a `tied:<n>` row"));
+        assert_eq!(
+            lines[5],
+            "note: the mean is undefined: the RewardBench 2 mean is over all 2 subsets, and Ties is undefined"
+        );
+    }
 
     #[test]
     fn tallies_count_ties_as_incorrect() {

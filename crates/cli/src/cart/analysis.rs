@@ -45,7 +45,8 @@ pub struct DiscoverFlags {
     /// Head mass α of the frequency, rarity and random splits (the tail is at most 1 − α of the pairs).
     #[arg(long, default_value_t = 0.8)]
     pub alpha: f64,
-    /// k-means clusters of the frequency split.
+    /// k-means clusters of the frequency split (fewer than the pairs; clusters all of one size
+    /// are refused, as none is rarer than another).
     #[arg(long, default_value_t = 20)]
     pub clusters: usize,
     /// Candidate unit kinds (comma-separated).
