@@ -139,6 +139,13 @@ impl ChatTokenizer {
         crate::weights::bounded_file(&tok_path, crate::weights::MAX_TOKENIZER_FILE)?;
         let mut tokenizer = Tokenizer::from_file(&tok_path)
             .map_err(|e| EngineError::Tokenizer { path: tok_path.clone(), message: e.to_string() })?;
+        // transformers turns off a saved `truncation` / `padding` block unless a call asks for it;
+        // applied here, a file saved after a truncating call would cut every conversation.
+        // (Over-long input is handled by max_tokens and Truncation.)
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| EngineError::Tokenizer { path: tok_path.clone(), message: e.to_string() })?;
+        tokenizer.with_padding(None);
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: Value = if cfg_path.symlink_metadata().is_ok() {
             let text = crate::weights::read_text(&cfg_path)?;
