@@ -2,6 +2,7 @@
 //! transformers' `trim_blocks` / `lstrip_blocks`), then encoded without adding special tokens a
 //! second time, so there is exactly one BOS.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use minijinja::{context, Environment, Error as JinjaError, ErrorKind};
@@ -41,8 +42,10 @@ pub struct Encoded {
 pub struct ChatTokenizer {
     pub tokenizer: Tokenizer,
     template: Option<(String, String)>,
-    bos_token: Option<String>,
-    eos_token: Option<String>,
+    /// Every special token transformers puts into the template context, by name.
+    special_tokens: BTreeMap<String, String>,
+    /// What reading the special tokens noticed (see [`ChatTokenizer::warnings`]).
+    notes: Vec<String>,
     pub max_tokens: usize,
 }
 
@@ -62,6 +65,109 @@ fn token_string(cfg: &Value, key: &str, path: &Path) -> Result<Option<String>> {
             message: format!("expected a token string (or an object with its `content`), found {other}"),
         }),
     }
+}
+
+/// The named special tokens of transformers' tokenizers (`SPECIAL_TOKENS_ATTRIBUTES`); the
+/// chat template sees each one that is set.
+const SPECIAL_TOKEN_NAMES: [&str; 7] =
+    ["bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"];
+
+/// A model-specific special token (`image_token`, or an entry of an `extra_special_tokens` object):
+/// transformers takes a string, or an object it reads as an AddedToken. `added_token_object` says
+/// which objects count (`any_object`): in tokenizer_config.json only those tagged `"__type": "AddedToken"`, in
+/// special_tokens_map.json any object with a `content`.
+fn extra_token(v: &Value, any_object: bool) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(o) if any_object || o.get("__type").and_then(Value::as_str) == Some("AddedToken") => {
+            o.get("content").and_then(Value::as_str).map(str::to_string)
+        }
+        _ => None,
+    }
+}
+
+/// The special tokens the chat template sees, as transformers 5 reads them: the named ones and
+/// any other `*_token` string (or `extra_special_tokens` object entry) of tokenizer_config.json;
+/// then, only when tokenizer_config.json has no `added_tokens_decoder`, special_tokens_map.json
+/// on top, its values winning (transformers' legacy path; a `null` there unsets the token).
+/// Returns the tokens and notes on where the two files disagree.
+fn special_tokens(dir: &Path, cfg: &Value, cfg_path: &Path) -> Result<(BTreeMap<String, String>, Vec<String>)> {
+    let mut tokens = BTreeMap::new();
+    let mut notes = Vec::new();
+    if let Some(obj) = cfg.as_object() {
+        for (key, v) in obj {
+            if SPECIAL_TOKEN_NAMES.contains(&key.as_str()) {
+                if let Some(t) = token_string(cfg, key, cfg_path)? {
+                    tokens.insert(key.clone(), t);
+                }
+            } else if key.ends_with("_token") {
+                if let Some(t) = extra_token(v, false) {
+                    tokens.insert(key.clone(), t);
+                }
+            }
+        }
+        if let Some(Value::Object(named)) = obj.get("extra_special_tokens") {
+            for (key, v) in named {
+                if let Some(t) = extra_token(v, false) {
+                    tokens.insert(key.clone(), t);
+                }
+            }
+        }
+    }
+    let stm_path = dir.join("special_tokens_map.json");
+    if stm_path.symlink_metadata().is_err() {
+        return Ok((tokens, notes));
+    }
+    let stm: Value = serde_json::from_str(&crate::weights::read_text(&stm_path)?)
+        .map_err(|e| EngineError::Json { path: stm_path.clone(), message: e.to_string() })?;
+    let Some(stm_obj) = stm.as_object() else {
+        return Err(EngineError::Json { path: stm_path, message: "expected a JSON object".into() });
+    };
+    let mut entries: Vec<(String, Option<String>)> = Vec::new();
+    for (key, v) in stm_obj {
+        if SPECIAL_TOKEN_NAMES.contains(&key.as_str()) {
+            entries.push((key.clone(), token_string(&stm, key, &stm_path)?));
+        } else if key.ends_with("_token") {
+            if let Some(t) = extra_token(v, true) {
+                entries.push((key.clone(), Some(t)));
+            }
+        } else if key == "extra_special_tokens" {
+            if let Value::Object(named) = v {
+                entries.extend(named.iter().filter_map(|(k, v)| Some((k.clone(), Some(extra_token(v, true)?)))));
+            }
+        }
+    }
+    let show = |t: Option<&String>| t.map_or("nothing".to_string(), |t| format!("{t:?}"));
+    let legacy = cfg.get("added_tokens_decoder").is_none();
+    for (key, value) in entries {
+        let before = tokens.get(&key);
+        if before == value.as_ref() {
+            continue;
+        }
+        if legacy {
+            if before.is_some() {
+                notes.push(format!(
+                    "special_tokens_map.json sets `{key}` to {}, tokenizer_config.json to {}: using \
+                     special_tokens_map.json's, as transformers does",
+                    show(value.as_ref()),
+                    show(before)
+                ));
+            }
+            match value {
+                Some(t) => tokens.insert(key, t),
+                None => tokens.remove(&key),
+            };
+        } else {
+            notes.push(format!(
+                "special_tokens_map.json sets `{key}` to {}, tokenizer_config.json to {}: using \
+                 tokenizer_config.json's (it has added_tokens_decoder, so transformers does not read \
+                 special_tokens_map.json)",
+                show(value.as_ref()),
+                show(before)
+            ));
+        }
+    }
+    Ok((tokens, notes))
 }
 
 /// Qwen2's pre-tokenizer split (digits one by one, letters with one leading non-letter).
@@ -113,20 +219,28 @@ const SENTINEL_PROMPT: &str = "\u{E000}";
 const SENTINEL_RESPONSE: &str = "\u{E001}";
 
 impl ChatTokenizer {
-    /// What loading noticed: a chat template that uses `bos_token` or `eos_token` while
-    /// `tokenizer_config.json` defines none renders it as empty text, so every sequence lacks it.
+    /// What loading noticed: where special_tokens_map.json and tokenizer_config.json disagree, and
+    /// a chat template that uses a named special token (`bos_token`, `pad_token`, …) that neither
+    /// file defines: it renders as empty text (in transformers too), so every sequence lacks it.
     pub fn warnings(&self) -> Vec<String> {
-        let Some((text, source)) = &self.template else { return Vec::new() };
-        [("bos_token", &self.bos_token), ("eos_token", &self.eos_token)]
-            .into_iter()
-            .filter(|(name, token)| token.is_none() && text.contains(name))
-            .map(|(name, _)| {
+        let mut out = self.notes.clone();
+        if let Some((_, source)) = &self.template {
+            out.extend(self.undefined_specials().map(|name| {
                 format!(
-                    "the chat template ({source}) uses `{name}`, which tokenizer_config.json does not define: it \
-                     renders as empty text"
+                    "the chat template ({source}) uses `{name}`, which neither tokenizer_config.json nor \
+                     special_tokens_map.json defines: it renders as empty text"
                 )
-            })
-            .collect()
+            }));
+        }
+        out
+    }
+
+    /// The named special tokens the template mentions that neither file defines.
+    fn undefined_specials(&self) -> impl Iterator<Item = &'static str> + '_ {
+        let text = self.template.as_ref().map_or("", |t| t.0.as_str());
+        SPECIAL_TOKEN_NAMES
+            .into_iter()
+            .filter(move |name| !self.special_tokens.contains_key(*name) && text.contains(name))
     }
 
     /// Loads `tokenizer.json`, and the chat template from `chat_template.jinja` or the
@@ -215,13 +329,8 @@ impl ChatTokenizer {
         if let Some(m) = cfg.get("model_max_length").and_then(|m| m.as_u64()) {
             max = max.min(m as usize);
         }
-        let me = Self {
-            tokenizer,
-            template,
-            bos_token: token_string(&cfg, "bos_token", &cfg_path)?,
-            eos_token: token_string(&cfg, "eos_token", &cfg_path)?,
-            max_tokens: max,
-        };
+        let (special_tokens, notes) = special_tokens(dir, &cfg, &cfg_path)?;
+        let me = Self { tokenizer, template, special_tokens, notes, max_tokens: max };
         // Fail at load, not on the first pair, when the template cannot render — or renders a
         // text without the prompt or the response, which would score something else entirely.
         if me.template.is_some() {
@@ -278,22 +387,28 @@ impl ChatTokenizer {
         });
         // Deterministic: templates that print today's date get a fixed one.
         env.add_function("strftime_now", |_fmt: String| "26 Jul 2024".to_string());
-        let terr = |e: JinjaError| EngineError::Template { source_name: name.clone(), message: format!("{e:#}") };
+        // An undefined special token fails in `bos_token + …` (in transformers too): say which.
+        let hint: String = self
+            .undefined_specials()
+            .map(|n| {
+                format!(" (`{n}` is undefined: neither tokenizer_config.json nor special_tokens_map.json defines it)")
+            })
+            .collect();
+        let terr = |e: JinjaError| EngineError::Template { source_name: name.clone(), message: format!("{e:#}{hint}") };
         env.add_template("chat", source).map_err(terr)?;
         let tmpl = env.get_template("chat").map_err(terr)?;
         let messages =
             vec![context! { role => "user", content => prompt }, context! { role => "assistant", content => response }];
+        // The context transformers renders with: every special token, then tools=None and
+        // documents=None (a template testing `tools is not none` must see None, not undefined).
+        let mut ctx: BTreeMap<&str, minijinja::Value> =
+            self.special_tokens.iter().map(|(k, v)| (k.as_str(), minijinja::Value::from(v.as_str()))).collect();
+        ctx.insert("messages", minijinja::Value::from_serialize(&messages));
+        ctx.insert("tools", minijinja::Value::from(()));
+        ctx.insert("documents", minijinja::Value::from(()));
+        ctx.insert("add_generation_prompt", minijinja::Value::from(false));
         let mut out = CappedWriter(Vec::new());
-        tmpl.render_captured_to(
-            context! {
-                messages => messages,
-                bos_token => self.bos_token.clone().unwrap_or_default(),
-                eos_token => self.eos_token.clone().unwrap_or_default(),
-                add_generation_prompt => false,
-            },
-            &mut out,
-        )
-        .map_err(|e| match e.kind() {
+        tmpl.render_captured_to(ctx, &mut out).map_err(|e| match e.kind() {
             ErrorKind::WriteFailure => EngineError::Template {
                 source_name: name.clone(),
                 message: format!("renders more than {} MiB for one conversation; refusing", TEMPLATE_MAX_OUTPUT >> 20),
@@ -382,7 +497,7 @@ impl ChatTokenizer {
     }
 
     fn starts_with_bos(&self, ids: &[u32]) -> bool {
-        match (&self.bos_token, ids.first()) {
+        match (self.special_tokens.get("bos_token"), ids.first()) {
             (Some(b), Some(&first)) => self.tokenizer.token_to_id(b) == Some(first),
             _ => false,
         }

@@ -79,3 +79,106 @@ fn saved_truncation_and_padding_blocks_are_not_applied() {
     );
     assert_eq!(ids(&d, "llama", p, r), LLAMA_33);
 }
+
+/// The llama fixture's ids for ("Hi there", "Hello!"): `<s><|user|>\nHi there<|end|><|assistant|>…`.
+const LLAMA_HI: [u32; 15] = [1, 3, 205, 46, 79, 265, 591, 6, 4, 205, 46, 75, 947, 7, 6];
+
+fn with_template(name: &str, cfg: impl FnOnce(&mut Value), template: &str, extra: &[(&str, &str)]) -> PathBuf {
+    let d = variant(name, "llama", |_| {}, cfg, extra);
+    std::fs::write(d.join("chat_template.jinja"), template).unwrap();
+    d
+}
+
+#[test]
+fn the_template_sees_every_special_token_and_tools_documents_as_none() {
+    let t = "{{ bos_token }}|{{ eos_token }}|{{ unk_token }}|{{ sep_token }}|{{ pad_token }}|{{ cls_token }}|\
+             {{ mask_token }}|{{ image_token }}|{{ additional_special_tokens }}|{{ tools }}|{{ documents }}|\
+             {% if tools is not none %}TOOLS{% endif %}{% if documents is not none %}DOCS{% endif %}|\
+             {% for m in messages %}{{ m.content }}{% endfor %}";
+    let d = with_template(
+        "context",
+        |c| {
+            let o = c.as_object_mut().unwrap();
+            o.insert("unk_token".into(), json!("<unk>"));
+            o.insert("sep_token".into(), json!("</s>"));
+            o.insert("cls_token".into(), json!("<s>"));
+            o.insert("mask_token".into(), json!({"__type": "AddedToken", "content": "<pad>"}));
+            // A model-specific `*_token` is a special token too; the additional list is not passed.
+            o.insert("image_token".into(), json!("<|user|>"));
+            o.insert("additional_special_tokens".into(), json!(["<|end|>"]));
+        },
+        t,
+        &[],
+    );
+    let tok = ChatTokenizer::from_dir(&d, 4096, Some("llama")).unwrap();
+    // transformers 5.25 renders exactly this.
+    assert_eq!(tok.render("p", "r").unwrap(), "<s>|</s>|<unk>|</s>|<pad>|<s>|<pad>|<|user|>||None|None||pr");
+    assert!(tok.warnings().is_empty(), "{:?}", tok.warnings());
+}
+
+#[test]
+fn pad_token_in_the_template_renders_and_an_undefined_one_is_named() {
+    let t = "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ pad_token }}<|end|>{% endfor %}";
+    let d = with_template("padtok", |_| {}, t, &[]);
+    assert_eq!(
+        ids(&d, "llama", "Hi there", "Hello!"),
+        [1, 3, 205, 46, 79, 265, 591, 0, 6, 4, 205, 46, 75, 947, 7, 0, 6]
+    );
+    let d = with_template("padtok-undefined", |c| drop(c.as_object_mut().unwrap().remove("pad_token")), t, &[]);
+    let w = ChatTokenizer::from_dir(&d, 4096, Some("llama")).unwrap().warnings();
+    assert!(
+        w.len() == 1
+            && w[0].contains(
+                "uses `pad_token`, which neither tokenizer_config.json nor special_tokens_map.json defines: it renders \
+                 as empty text"
+            ),
+        "{w:?}"
+    );
+}
+
+#[test]
+fn special_tokens_map_is_read_as_transformers_reads_it() {
+    // Only in special_tokens_map.json (older repositories): used, no warning.
+    let d = variant(
+        "stm-only",
+        "llama",
+        |_| {},
+        |c| drop(c.as_object_mut().unwrap().remove("bos_token")),
+        &[("special_tokens_map.json", r#"{"bos_token": "<s>", "eos_token": "</s>"}"#)],
+    );
+    assert_eq!(ids(&d, "llama", "Hi there", "Hello!"), LLAMA_HI);
+    assert!(ChatTokenizer::from_dir(&d, 4096, Some("llama")).unwrap().warnings().is_empty());
+
+    // Both files, disagreeing: without added_tokens_decoder transformers lets
+    // special_tokens_map.json win (bos becomes <|system|>, id 5), and loading says so.
+    let stm = [("special_tokens_map.json", r#"{"bos_token": {"content": "<|system|>", "lstrip": false}}"#)];
+    let d = variant("stm-conflict", "llama", |_| {}, |_| {}, &stm);
+    let mut expected = LLAMA_HI;
+    expected[0] = 5;
+    assert_eq!(ids(&d, "llama", "Hi there", "Hello!"), expected);
+    let w = ChatTokenizer::from_dir(&d, 4096, Some("llama")).unwrap().warnings();
+    assert_eq!(
+        w,
+        ["special_tokens_map.json sets `bos_token` to \"<|system|>\", tokenizer_config.json to \"<s>\": using \
+          special_tokens_map.json's, as transformers does"]
+    );
+
+    // With added_tokens_decoder in tokenizer_config.json transformers never opens the map.
+    let d = variant(
+        "stm-conflict-atd",
+        "llama",
+        |_| {},
+        |c| {
+            c["added_tokens_decoder"] = json!({"1": {"content": "<s>", "lstrip": false, "rstrip": false,
+                "normalized": false, "single_word": false, "special": true}})
+        },
+        &stm,
+    );
+    assert_eq!(ids(&d, "llama", "Hi there", "Hello!"), LLAMA_HI);
+    let w = ChatTokenizer::from_dir(&d, 4096, Some("llama")).unwrap().warnings();
+    assert!(w.len() == 1 && w[0].contains("using tokenizer_config.json's (it has added_tokens_decoder"), "{w:?}");
+
+    // A null in the map unsets the token (transformers: the template then renders it empty).
+    let d = variant("stm-null", "llama", |_| {}, |_| {}, &[("special_tokens_map.json", r#"{"bos_token": null}"#)]);
+    assert_eq!(ids(&d, "llama", "Hi there", "Hello!"), LLAMA_HI[1..]);
+}
