@@ -268,6 +268,19 @@ impl ChatTokenizer {
         } else {
             Value::Null
         };
+        // `split_special_tokens: true`: transformers encodes special-token strings (the template's
+        // own `<s>` too) as plain text, which is what the tokenizer's encode_special_tokens does.
+        match cfg.get("split_special_tokens") {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => {}
+            Some(Value::Bool(true)) => tokenizer.set_encode_special_tokens(true),
+            Some(other) => {
+                return Err(EngineError::ConfigField {
+                    path: cfg_path.clone(),
+                    field: "split_special_tokens".into(),
+                    message: format!("expected true or false, found {other}"),
+                })
+            }
+        }
         let class = cfg.get("tokenizer_class").and_then(|c| c.as_str()).unwrap_or("");
         if model_type == Some("qwen2") || class.starts_with("Qwen2Tokenizer") {
             qwen2_pretokenizer(&mut tokenizer, &tok_path)?;

@@ -182,3 +182,22 @@ fn special_tokens_map_is_read_as_transformers_reads_it() {
     let d = variant("stm-null", "llama", |_| {}, |_| {}, &[("special_tokens_map.json", r#"{"bos_token": null}"#)]);
     assert_eq!(ids(&d, "llama", "Hi there", "Hello!"), LLAMA_HI[1..]);
 }
+
+#[test]
+fn split_special_tokens_encodes_special_token_strings_as_text() {
+    let d = variant("split-special", "llama", |_| {}, |c| c["split_special_tokens"] = json!(true), &[]);
+    // transformers 5.25: `<s>`, `<|user|>`, `<|end|>` … become their characters' ids.
+    assert_eq!(
+        ids(&d, "llama", "Hi there", "Hello!"),
+        [
+            34, 89, 36, 34, 98, 346, 268, 98, 36, 205, 46, 79, 265, 591, 34, 98, 488, 98, 36, 34, 98, 647, 89, 79, 460,
+            302, 90, 98, 36, 205, 46, 75, 947, 7, 34, 98, 488, 98, 36
+        ]
+    );
+    let d = variant("split-special-str", "llama", |_| {}, |c| c["split_special_tokens"] = json!("yes"), &[]);
+    let e = ChatTokenizer::from_dir(&d, 4096, Some("llama")).err().expect("must fail").to_string();
+    assert!(
+        e.ends_with("tokenizer_config.json: field `split_special_tokens`: expected true or false, found \"yes\""),
+        "{e}"
+    );
+}
