@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use minijinja::{context, Environment, Error as JinjaError, ErrorKind};
 use serde::Serialize;
 use serde_json::Value;
+use std::str::FromStr;
+
 use tokenizers::Tokenizer;
 
 use crate::error::{EngineError, Result};
@@ -170,6 +172,86 @@ fn special_tokens(dir: &Path, cfg: &Value, cfg_path: &Path) -> Result<(BTreeMap<
     Ok((tokens, notes))
 }
 
+/// The flags of an added token, as transformers' `AddedToken` defaults them.
+const ADDED_TOKEN_FLAGS: [&str; 5] = ["single_word", "lstrip", "rstrip", "normalized", "special"];
+
+/// transformers 5 re-adds every `added_tokens_decoder` entry of tokenizer_config.json whose flags
+/// (lstrip, rstrip, normalized, single_word, special) differ from tokenizer.json's `added_tokens`,
+/// so the config's flags win, keeping tokenizer.json's id for that content. Done here by editing
+/// tokenizer.json's text before loading it. An entry whose content tokenizer.json does not list
+/// would become a new token in transformers; that is refused.
+fn apply_added_tokens_decoder(
+    tok_text: String,
+    cfg: &Value,
+    cfg_path: &Path,
+    tok_path: &Path,
+) -> Result<(String, Vec<String>)> {
+    let Some(decoder) = cfg.get("added_tokens_decoder") else { return Ok((tok_text, Vec::new())) };
+    let field = |message: String| EngineError::ConfigField {
+        path: cfg_path.to_path_buf(),
+        field: "added_tokens_decoder".into(),
+        message,
+    };
+    let Some(decoder) = decoder.as_object() else {
+        return Err(field(format!("expected an object of id → token, found {decoder}")));
+    };
+    let mut tok: Value = serde_json::from_str(&tok_text)
+        .map_err(|e| EngineError::Tokenizer { path: tok_path.to_path_buf(), message: e.to_string() })?;
+    let Some(added) = tok.get_mut("added_tokens").and_then(Value::as_array_mut) else {
+        return Err(EngineError::Tokenizer { path: tok_path.to_path_buf(), message: "no added_tokens list".into() });
+    };
+    let mut notes = Vec::new();
+    let mut changed = false;
+    for (id, entry) in decoder {
+        let content = entry
+            .get("content")
+            .and_then(Value::as_str)
+            .ok_or_else(|| field(format!("entry {id}: expected an object with a string `content`, found {entry}")))?;
+        let special = entry.get("special").and_then(Value::as_bool).unwrap_or(false);
+        let mut flags = Vec::new();
+        for name in ADDED_TOKEN_FLAGS {
+            let value = match entry.get(name) {
+                // Python's AddedToken defaults: normalized = not special, the rest false.
+                None | Some(Value::Null) => name == "normalized" && !special,
+                Some(Value::Bool(b)) => *b,
+                Some(other) => {
+                    return Err(field(format!(
+                        "entry {id} ({content:?}): `{name}` must be true or false, found {other}"
+                    )))
+                }
+            };
+            flags.push((name, value));
+        }
+        let Some(target) = added.iter_mut().find(|t| t.get("content").and_then(Value::as_str) == Some(content)) else {
+            return Err(field(format!(
+                "entry {id} ({content:?}) is not among {}'s added_tokens; transformers would add it to the \
+                 vocabulary as a new token, which reward-lens does not do",
+                tok_path.display()
+            )));
+        };
+        let differing: Vec<String> = flags
+            .iter()
+            .filter(|(name, v)| target.get(*name).and_then(Value::as_bool) != Some(*v))
+            .map(|(name, v)| format!("{name}={v}"))
+            .collect();
+        if !differing.is_empty() {
+            notes.push(format!(
+                "tokenizer_config.json's added_tokens_decoder gives {content:?} {} where tokenizer.json's added_tokens \
+                 differ: using tokenizer_config.json's, as transformers does",
+                differing.join(", ")
+            ));
+            for (name, v) in flags {
+                target[name] = Value::Bool(v);
+            }
+            changed = true;
+        }
+    }
+    if !changed {
+        return Ok((tok_text, notes));
+    }
+    Ok((serde_json::to_string(&tok).expect("a JSON value serializes"), notes))
+}
+
 /// Qwen2's pre-tokenizer split (digits one by one, letters with one leading non-letter).
 const QWEN2_SPLIT: &str =
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -250,16 +332,6 @@ impl ChatTokenizer {
         if !tok_path.exists() {
             return Err(EngineError::Tokenizer { path: tok_path, message: "file not found".into() });
         }
-        crate::weights::bounded_file(&tok_path, crate::weights::MAX_TOKENIZER_FILE)?;
-        let mut tokenizer = Tokenizer::from_file(&tok_path)
-            .map_err(|e| EngineError::Tokenizer { path: tok_path.clone(), message: e.to_string() })?;
-        // transformers turns off a saved `truncation` / `padding` block unless a call asks for it;
-        // applied here, a file saved after a truncating call would cut every conversation.
-        // (Over-long input is handled by max_tokens and Truncation.)
-        tokenizer
-            .with_truncation(None)
-            .map_err(|e| EngineError::Tokenizer { path: tok_path.clone(), message: e.to_string() })?;
-        tokenizer.with_padding(None);
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: Value = if cfg_path.symlink_metadata().is_ok() {
             let text = crate::weights::read_text(&cfg_path)?;
@@ -268,6 +340,18 @@ impl ChatTokenizer {
         } else {
             Value::Null
         };
+        crate::weights::bounded_file(&tok_path, crate::weights::MAX_TOKENIZER_FILE)?;
+        let tok_text = std::fs::read_to_string(&tok_path).map_err(crate::error::io_err(&tok_path))?;
+        let (tok_text, mut notes) = apply_added_tokens_decoder(tok_text, &cfg, &cfg_path, &tok_path)?;
+        let mut tokenizer = Tokenizer::from_str(&tok_text)
+            .map_err(|e| EngineError::Tokenizer { path: tok_path.clone(), message: e.to_string() })?;
+        // transformers turns off a saved `truncation` / `padding` block unless a call asks for it;
+        // applied here, a file saved after a truncating call would cut every conversation.
+        // (Over-long input is handled by max_tokens and Truncation.)
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| EngineError::Tokenizer { path: tok_path.clone(), message: e.to_string() })?;
+        tokenizer.with_padding(None);
         // `split_special_tokens: true`: transformers encodes special-token strings (the template's
         // own `<s>` too) as plain text, which is what the tokenizer's encode_special_tokens does.
         match cfg.get("split_special_tokens") {
@@ -342,7 +426,8 @@ impl ChatTokenizer {
         if let Some(m) = cfg.get("model_max_length").and_then(|m| m.as_u64()) {
             max = max.min(m as usize);
         }
-        let (special_tokens, notes) = special_tokens(dir, &cfg, &cfg_path)?;
+        let (special_tokens, stm_notes) = special_tokens(dir, &cfg, &cfg_path)?;
+        notes.extend(stm_notes);
         let me = Self { tokenizer, template, special_tokens, notes, max_tokens: max };
         // Fail at load, not on the first pair, when the template cannot render — or renders a
         // text without the prompt or the response, which would score something else entirely.

@@ -201,3 +201,51 @@ fn split_special_tokens_encodes_special_token_strings_as_text() {
         "{e}"
     );
 }
+
+#[test]
+fn added_tokens_decoder_flags_win_over_tokenizer_json_as_in_transformers() {
+    let end = |lstrip: bool| {
+        json!({"6": {"content": "<|end|>", "lstrip": lstrip, "rstrip": lstrip, "normalized": false,
+                      "single_word": false, "special": true}})
+    };
+    let d = variant("atd-lstrip", "llama", |_| {}, |c| c["added_tokens_decoder"] = end(true), &[]);
+    // transformers 5.25: `<|end|>` eats the spaces around it (ids 227 = "▁" gone).
+    assert_eq!(
+        ids(&d, "llama", "a <|end|> b </s> c", "x <s> y <pad> z"),
+        [1, 3, 205, 71, 6, 72, 227, 2, 271, 6, 4, 205, 94, 227, 1, 650, 227, 0, 227, 96, 6]
+    );
+    assert_eq!(
+        ids(&d, "llama", "Tabs\tand  double  spaces ", "  leading and trailing  "),
+        [
+            1, 3, 205, 58, 493, 89, 204, 302, 74, 227, 332, 91, 72, 541, 227, 270, 86, 71, 73, 266, 6, 4, 205, 227,
+            592, 272, 779, 343, 743, 71, 79, 82, 610, 6
+        ]
+    );
+    let w = ChatTokenizer::from_dir(&d, 4096, Some("llama")).unwrap().warnings();
+    assert_eq!(
+        w,
+        ["tokenizer_config.json's added_tokens_decoder gives \"<|end|>\" lstrip=true, rstrip=true where tokenizer.json's \
+          added_tokens differ: using tokenizer_config.json's, as transformers does"]
+    );
+    // The same flags in both files: nothing changes, nothing to say.
+    let d = variant("atd-same", "llama", |_| {}, |c| c["added_tokens_decoder"] = end(false), &[]);
+    assert_eq!(ids(&d, "llama", "Hi there", "Hello!"), LLAMA_HI);
+    assert!(ChatTokenizer::from_dir(&d, 4096, Some("llama")).unwrap().warnings().is_empty());
+    // A token tokenizer.json does not have would be a new vocabulary entry in transformers.
+    let d = variant(
+        "atd-new",
+        "llama",
+        |_| {},
+        |c| c["added_tokens_decoder"] = json!({"1024": {"content": "<tool>", "special": true}}),
+        &[],
+    );
+    let e = ChatTokenizer::from_dir(&d, 4096, Some("llama")).err().expect("must fail").to_string();
+    assert!(
+        e.contains("tokenizer_config.json: field `added_tokens_decoder`: entry 1024 (\"<tool>\") is not among ")
+            && e.ends_with(
+                "tokenizer.json's added_tokens; transformers would add it to the vocabulary as a new token, which \
+                 reward-lens does not do"
+            ),
+        "{e}"
+    );
+}
