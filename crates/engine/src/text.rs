@@ -252,6 +252,93 @@ fn apply_added_tokens_decoder(
     Ok((serde_json::to_string(&tok).expect("a JSON value serializes"), notes))
 }
 
+/// transformers 5 rebuilds the normalizer and pre-tokenizer of some named tokenizer classes in
+/// their `__init__`, whatever tokenizer.json says (the class is `tokenizer_class`, or comes from
+/// `model_type` when that is absent). Where tokenizer.json's pipeline is not already the one the
+/// class builds, ids would differ: refused, naming the class and what transformers builds.
+/// (Qwen2Tokenizer is rebuilt for real, by `qwen2_pretokenizer`.)
+fn check_class_pipeline(
+    class: &str,
+    model_type: Option<&str>,
+    cfg: &Value,
+    tok_text: &str,
+    cfg_path: &Path,
+    tok_path: &Path,
+) -> Result<()> {
+    let (name, from_type) = match (class.strip_suffix("Fast").unwrap_or(class), model_type) {
+        ("", Some("gemma" | "gemma2")) => ("GemmaTokenizer", true),
+        ("", Some("gpt2")) => ("GPT2Tokenizer", true),
+        // transformers keeps a model_type llama tokenizer.json as written, and a LlamaTokenizer
+        // class with model_type mistral too (it falls back to TokenizersBackend).
+        ("LlamaTokenizer", Some("mistral")) => return Ok(()),
+        (c @ ("GemmaTokenizer" | "GPT2Tokenizer" | "LlamaTokenizer" | "CodeLlamaTokenizer" | "CohereTokenizer"), _) => {
+            (c, false)
+        }
+        _ => return Ok(()),
+    };
+    let tok: Value = serde_json::from_str(tok_text)
+        .map_err(|e| EngineError::Tokenizer { path: tok_path.to_path_buf(), message: e.to_string() })?;
+    let (normalizer, pre) = (&tok["normalizer"], &tok["pre_tokenizer"]);
+    let is_type = |v: &Value, t: &str| v.get("type").and_then(Value::as_str) == Some(t);
+    let byte_level = is_type(pre, "ByteLevel")
+        || pre["pretokenizers"].as_array().is_some_and(|l| l.iter().any(|p| is_type(p, "ByteLevel")));
+    let flag = |key: &str| cfg.get(key).and_then(Value::as_bool);
+    let builds: Option<String> = match name {
+        // A byte-level tokenizer.json is kept as written (transformers falls back to TokenizersBackend).
+        "LlamaTokenizer" if byte_level => None,
+        "LlamaTokenizer" => {
+            let scheme = match (flag("add_prefix_space").unwrap_or(true), flag("legacy").unwrap_or(false)) {
+                (false, _) => "never",
+                (true, true) => "always",
+                (true, false) => "first",
+            };
+            let same = normalizer.is_null()
+                && is_type(pre, "Metaspace")
+                && pre["replacement"] == "▁"
+                && pre["prepend_scheme"] == scheme
+                && pre["split"] == false;
+            (!same).then(|| format!("no normalizer and a Metaspace pre-tokenizer with prepend_scheme \"{scheme}\""))
+        }
+        "GemmaTokenizer" => {
+            let replace = is_type(normalizer, "Replace")
+                && normalizer["pattern"]["String"] == " "
+                && normalizer["content"] == "▁";
+            // After that normalizer no space is left, so Gemma's split on " " changes nothing.
+            let same = replace
+                && (pre.is_null()
+                    || (is_type(pre, "Split")
+                        && pre["pattern"]["String"] == " "
+                        && pre["behavior"] == "MergedWithPrevious"));
+            (!same).then(|| "a Replace(\" \", \"▁\") normalizer and a Split(\" \") pre-tokenizer".to_string())
+        }
+        "GPT2Tokenizer" => {
+            let prefix = flag("add_prefix_space").unwrap_or(false);
+            let same = normalizer.is_null()
+                && is_type(pre, "ByteLevel")
+                && pre["add_prefix_space"].as_bool().unwrap_or(false) == prefix
+                && pre["use_regex"].as_bool().unwrap_or(true);
+            (!same).then(|| format!("no normalizer and GPT-2's ByteLevel pre-tokenizer with add_prefix_space={prefix}"))
+        }
+        _ => Some("its own pipeline".to_string()),
+    };
+    let Some(builds) = builds else { return Ok(()) };
+    let source = if from_type {
+        format!("no tokenizer_class, and model_type {} maps to {name}", model_type.unwrap_or_default())
+    } else {
+        format!("{class}")
+    };
+    Err(EngineError::ConfigField {
+        path: cfg_path.to_path_buf(),
+        field: "tokenizer_class".into(),
+        message: format!(
+            "{source}: transformers 5 rebuilds that tokenizer with {builds}, ignoring {}'s normalizer and \
+             pre-tokenizer, which differ; not supported (write tokenizer.json with that pipeline, or set \
+             tokenizer_class to PreTrainedTokenizerFast if the file is what the model was trained with)",
+            tok_path.display()
+        ),
+    })
+}
+
 /// Qwen2's pre-tokenizer split (digits one by one, letters with one leading non-letter).
 const QWEN2_SPLIT: &str =
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -366,7 +453,12 @@ impl ChatTokenizer {
             }
         }
         let class = cfg.get("tokenizer_class").and_then(|c| c.as_str()).unwrap_or("");
-        if model_type == Some("qwen2") || class.starts_with("Qwen2Tokenizer") {
+        check_class_pipeline(class, model_type, &cfg, &tok_text, &cfg_path, &tok_path)?;
+        // transformers maps model_type qwen3 (without a tokenizer_class) to Qwen2Tokenizer too.
+        if model_type == Some("qwen2")
+            || class.starts_with("Qwen2Tokenizer")
+            || (class.is_empty() && model_type == Some("qwen3"))
+        {
             qwen2_pretokenizer(&mut tokenizer, &tok_path)?;
         }
         let jinja = dir.join("chat_template.jinja");

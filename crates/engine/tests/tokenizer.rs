@@ -249,3 +249,81 @@ fn added_tokens_decoder_flags_win_over_tokenizer_json_as_in_transformers() {
         "{e}"
     );
 }
+
+#[test]
+fn qwen3_without_a_tokenizer_class_gets_the_qwen2_pipeline() {
+    // transformers maps model_type qwen3 to Qwen2Tokenizer: NFC, then digits one by one.
+    let d =
+        variant("qwen3-nocls", "qwen3", |_| {}, |c| drop(c.as_object_mut().unwrap().remove("tokenizer_class")), &[]);
+    assert_eq!(
+        ids(&d, "qwen3", "1234567890 3.14159", "new\n\n\nlines\n"),
+        [
+            1, 3, 205, 23, 24, 25, 26, 27, 28, 29, 30, 31, 22, 227, 25, 20, 23, 26, 23, 27, 31, 6, 4, 205, 84, 75, 93,
+            205, 205, 205, 82, 277, 266, 205, 6
+        ]
+    );
+    // The fixture itself (tokenizer_class PreTrainedTokenizerFast) keeps tokenizer.json's split.
+    assert_eq!(ids(&fixture("qwen3"), "qwen3", "1234567890 3.14159", "new\n\n\nlines\n")[3..6], [655, 25, 26]);
+}
+
+#[test]
+fn classes_transformers_rebuilds_differently_are_refused() {
+    let load_err = |d: &Path, model_type: &str| {
+        ChatTokenizer::from_dir(d, 4096, Some(model_type)).err().expect("must be refused").to_string()
+    };
+    // A SentencePiece-converted Llama-2 tokenizer.json (Prepend + Replace normalizer, no
+    // pre-tokenizer) under LlamaTokenizerFast: transformers 5 drops the normalizer.
+    let sp = |t: &mut Value| {
+        t["normalizer"] = json!({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"},
+            {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]});
+        t["pre_tokenizer"] = Value::Null;
+    };
+    let d = variant("sp-llama", "llama", sp, |c| c["tokenizer_class"] = json!("LlamaTokenizerFast"), &[]);
+    let e = load_err(&d, "llama");
+    assert!(
+        e.contains(
+            "tokenizer_config.json: field `tokenizer_class`: LlamaTokenizerFast: transformers 5 rebuilds that tokenizer \
+             with no normalizer and a Metaspace pre-tokenizer with prepend_scheme \"first\", ignoring "
+        ),
+        "{e}"
+    );
+    // legacy: true makes it "always".
+    let d = variant(
+        "sp-llama-legacy",
+        "llama",
+        sp,
+        |c| {
+            c["tokenizer_class"] = json!("LlamaTokenizer");
+            c["legacy"] = json!(true)
+        },
+        &[],
+    );
+    assert!(load_err(&d, "llama").contains("prepend_scheme \"always\""));
+    // GPT-2 with add_prefix_space: transformers puts Ġ before every segment.
+    let d = variant(
+        "gpt2-prefix",
+        "gpt2",
+        |_| {},
+        |c| {
+            c["tokenizer_class"] = json!("GPT2TokenizerFast");
+            c["add_prefix_space"] = json!(true)
+        },
+        &[],
+    );
+    let e = load_err(&d, "gpt2");
+    assert!(
+        e.contains(
+            "GPT2TokenizerFast: transformers 5 rebuilds that tokenizer with no normalizer and GPT-2's ByteLevel \
+             pre-tokenizer with add_prefix_space=true"
+        ),
+        "{e}"
+    );
+    // No class: model_type gemma2 means GemmaTokenizer, which is not byte-level.
+    let d =
+        variant("gemma2-nocls", "gemma2", |_| {}, |c| drop(c.as_object_mut().unwrap().remove("tokenizer_class")), &[]);
+    let e = load_err(&d, "gemma2");
+    assert!(
+        e.contains("field `tokenizer_class`: no tokenizer_class, and model_type gemma2 maps to GemmaTokenizer"),
+        "{e}"
+    );
+}
