@@ -325,7 +325,7 @@ fn check_class_pipeline(
     let source = if from_type {
         format!("no tokenizer_class, and model_type {} maps to {name}", model_type.unwrap_or_default())
     } else {
-        format!("{class}")
+        class.to_string()
     };
     Err(EngineError::ConfigField {
         path: cfg_path.to_path_buf(),

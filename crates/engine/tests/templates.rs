@@ -47,7 +47,10 @@ fn llama3_template_and_its_gating_boundary() {
 #[test]
 fn gemma_template_with_raise_exception_and_bos_as_added_token() {
     // transformers may write special tokens as AddedToken objects.
-    let cfg = json!({"bos_token": {"content": "<bos>", "lstrip": false}, "chat_template": GEMMA});
+    // (The class keeps tokenizer.json as written: without one, model_type gemma2 would mean
+    // GemmaTokenizer, which the byte-level fixture tokenizer is not.)
+    let cfg = json!({"bos_token": {"content": "<bos>", "lstrip": false}, "chat_template": GEMMA,
+                     "tokenizer_class": "PreTrainedTokenizerFast"});
     let d = dir_with("gemma", cfg, None);
     let t = ChatTokenizer::from_dir(&d, 512, Some("gemma2")).unwrap();
     assert_eq!(
