@@ -2,11 +2,14 @@
 //! transformers' `trim_blocks` / `lstrip_blocks`), then encoded without adding special tokens a
 //! second time, so there is exactly one BOS.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use minijinja::{context, Environment, Error as JinjaError, ErrorKind};
 use serde::Serialize;
 use serde_json::Value;
+use std::str::FromStr;
+
 use tokenizers::Tokenizer;
 
 use crate::error::{EngineError, Result};
@@ -41,8 +44,10 @@ pub struct Encoded {
 pub struct ChatTokenizer {
     pub tokenizer: Tokenizer,
     template: Option<(String, String)>,
-    bos_token: Option<String>,
-    eos_token: Option<String>,
+    /// Every special token transformers puts into the template context, by name.
+    special_tokens: BTreeMap<String, String>,
+    /// What reading the special tokens noticed (see [`ChatTokenizer::warnings`]).
+    notes: Vec<String>,
     pub max_tokens: usize,
 }
 
@@ -62,6 +67,276 @@ fn token_string(cfg: &Value, key: &str, path: &Path) -> Result<Option<String>> {
             message: format!("expected a token string (or an object with its `content`), found {other}"),
         }),
     }
+}
+
+/// The named special tokens of transformers' tokenizers (`SPECIAL_TOKENS_ATTRIBUTES`); the
+/// chat template sees each one that is set.
+const SPECIAL_TOKEN_NAMES: [&str; 7] =
+    ["bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"];
+
+/// A model-specific special token (`image_token`, or an entry of an `extra_special_tokens` object):
+/// transformers takes a string, or an object it reads as an AddedToken. `added_token_object` says
+/// which objects count (`any_object`): in tokenizer_config.json only those tagged `"__type": "AddedToken"`, in
+/// special_tokens_map.json any object with a `content`.
+fn extra_token(v: &Value, any_object: bool) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(o) if any_object || o.get("__type").and_then(Value::as_str) == Some("AddedToken") => {
+            o.get("content").and_then(Value::as_str).map(str::to_string)
+        }
+        _ => None,
+    }
+}
+
+/// The special tokens the chat template sees, as transformers 5 reads them: the named ones and
+/// any other `*_token` string (or `extra_special_tokens` object entry) of tokenizer_config.json;
+/// then, only when tokenizer_config.json has no `added_tokens_decoder`, special_tokens_map.json
+/// on top, its values winning (transformers' legacy path; a `null` there unsets the token).
+/// Returns the tokens and notes on where the two files disagree.
+fn special_tokens(dir: &Path, cfg: &Value, cfg_path: &Path) -> Result<(BTreeMap<String, String>, Vec<String>)> {
+    let mut tokens = BTreeMap::new();
+    let mut notes = Vec::new();
+    if let Some(obj) = cfg.as_object() {
+        for (key, v) in obj {
+            if SPECIAL_TOKEN_NAMES.contains(&key.as_str()) {
+                if let Some(t) = token_string(cfg, key, cfg_path)? {
+                    tokens.insert(key.clone(), t);
+                }
+            } else if key.ends_with("_token") {
+                if let Some(t) = extra_token(v, false) {
+                    tokens.insert(key.clone(), t);
+                }
+            }
+        }
+        if let Some(Value::Object(named)) = obj.get("extra_special_tokens") {
+            for (key, v) in named {
+                if let Some(t) = extra_token(v, false) {
+                    tokens.insert(key.clone(), t);
+                }
+            }
+        }
+    }
+    let stm_path = dir.join("special_tokens_map.json");
+    if stm_path.symlink_metadata().is_err() {
+        return Ok((tokens, notes));
+    }
+    let stm: Value = serde_json::from_str(&crate::weights::read_text(&stm_path)?)
+        .map_err(|e| EngineError::Json { path: stm_path.clone(), message: e.to_string() })?;
+    let Some(stm_obj) = stm.as_object() else {
+        return Err(EngineError::Json { path: stm_path, message: "expected a JSON object".into() });
+    };
+    let mut entries: Vec<(String, Option<String>)> = Vec::new();
+    for (key, v) in stm_obj {
+        if SPECIAL_TOKEN_NAMES.contains(&key.as_str()) {
+            entries.push((key.clone(), token_string(&stm, key, &stm_path)?));
+        } else if key.ends_with("_token") {
+            if let Some(t) = extra_token(v, true) {
+                entries.push((key.clone(), Some(t)));
+            }
+        } else if key == "extra_special_tokens" {
+            if let Value::Object(named) = v {
+                entries.extend(named.iter().filter_map(|(k, v)| Some((k.clone(), Some(extra_token(v, true)?)))));
+            }
+        }
+    }
+    let show = |t: Option<&String>| t.map_or("nothing".to_string(), |t| format!("{t:?}"));
+    let legacy = cfg.get("added_tokens_decoder").is_none();
+    for (key, value) in entries {
+        let before = tokens.get(&key);
+        if before == value.as_ref() {
+            continue;
+        }
+        if legacy {
+            if before.is_some() {
+                notes.push(format!(
+                    "special_tokens_map.json sets `{key}` to {}, tokenizer_config.json to {}: using \
+                     special_tokens_map.json's, as transformers does",
+                    show(value.as_ref()),
+                    show(before)
+                ));
+            }
+            match value {
+                Some(t) => tokens.insert(key, t),
+                None => tokens.remove(&key),
+            };
+        } else {
+            notes.push(format!(
+                "special_tokens_map.json sets `{key}` to {}, tokenizer_config.json to {}: using \
+                 tokenizer_config.json's (it has added_tokens_decoder, so transformers does not read \
+                 special_tokens_map.json)",
+                show(value.as_ref()),
+                show(before)
+            ));
+        }
+    }
+    Ok((tokens, notes))
+}
+
+/// The flags of an added token, as transformers' `AddedToken` defaults them.
+const ADDED_TOKEN_FLAGS: [&str; 5] = ["single_word", "lstrip", "rstrip", "normalized", "special"];
+
+/// transformers 5 re-adds every `added_tokens_decoder` entry of tokenizer_config.json whose flags
+/// (lstrip, rstrip, normalized, single_word, special) differ from tokenizer.json's `added_tokens`,
+/// so the config's flags win, keeping tokenizer.json's id for that content. Done here by editing
+/// tokenizer.json's text before loading it. An entry whose content tokenizer.json does not list
+/// would become a new token in transformers; that is refused.
+fn apply_added_tokens_decoder(
+    tok_text: String,
+    cfg: &Value,
+    cfg_path: &Path,
+    tok_path: &Path,
+) -> Result<(String, Vec<String>)> {
+    let Some(decoder) = cfg.get("added_tokens_decoder") else { return Ok((tok_text, Vec::new())) };
+    let field = |message: String| EngineError::ConfigField {
+        path: cfg_path.to_path_buf(),
+        field: "added_tokens_decoder".into(),
+        message,
+    };
+    let Some(decoder) = decoder.as_object() else {
+        return Err(field(format!("expected an object of id → token, found {decoder}")));
+    };
+    let mut tok: Value = serde_json::from_str(&tok_text)
+        .map_err(|e| EngineError::Tokenizer { path: tok_path.to_path_buf(), message: e.to_string() })?;
+    let Some(added) = tok.get_mut("added_tokens").and_then(Value::as_array_mut) else {
+        return Err(EngineError::Tokenizer { path: tok_path.to_path_buf(), message: "no added_tokens list".into() });
+    };
+    let mut notes = Vec::new();
+    let mut changed = false;
+    for (id, entry) in decoder {
+        let content = entry
+            .get("content")
+            .and_then(Value::as_str)
+            .ok_or_else(|| field(format!("entry {id}: expected an object with a string `content`, found {entry}")))?;
+        let special = entry.get("special").and_then(Value::as_bool).unwrap_or(false);
+        let mut flags = Vec::new();
+        for name in ADDED_TOKEN_FLAGS {
+            let value = match entry.get(name) {
+                // Python's AddedToken defaults: normalized = not special, the rest false.
+                None | Some(Value::Null) => name == "normalized" && !special,
+                Some(Value::Bool(b)) => *b,
+                Some(other) => {
+                    return Err(field(format!(
+                        "entry {id} ({content:?}): `{name}` must be true or false, found {other}"
+                    )))
+                }
+            };
+            flags.push((name, value));
+        }
+        let Some(target) = added.iter_mut().find(|t| t.get("content").and_then(Value::as_str) == Some(content)) else {
+            return Err(field(format!(
+                "entry {id} ({content:?}) is not among {}'s added_tokens; transformers would add it to the \
+                 vocabulary as a new token, which reward-lens does not do",
+                tok_path.display()
+            )));
+        };
+        let differing: Vec<String> = flags
+            .iter()
+            .filter(|(name, v)| target.get(*name).and_then(Value::as_bool) != Some(*v))
+            .map(|(name, v)| format!("{name}={v}"))
+            .collect();
+        if !differing.is_empty() {
+            notes.push(format!(
+                "tokenizer_config.json's added_tokens_decoder gives {content:?} {} where tokenizer.json's added_tokens \
+                 differ: using tokenizer_config.json's, as transformers does",
+                differing.join(", ")
+            ));
+            for (name, v) in flags {
+                target[name] = Value::Bool(v);
+            }
+            changed = true;
+        }
+    }
+    if !changed {
+        return Ok((tok_text, notes));
+    }
+    Ok((serde_json::to_string(&tok).expect("a JSON value serializes"), notes))
+}
+
+/// transformers 5 rebuilds the normalizer and pre-tokenizer of some named tokenizer classes in
+/// their `__init__`, whatever tokenizer.json says (the class is `tokenizer_class`, or comes from
+/// `model_type` when that is absent). Where tokenizer.json's pipeline is not already the one the
+/// class builds, ids would differ: refused, naming the class and what transformers builds.
+/// (Qwen2Tokenizer is rebuilt for real, by `qwen2_pretokenizer`.)
+fn check_class_pipeline(
+    class: &str,
+    model_type: Option<&str>,
+    cfg: &Value,
+    tok_text: &str,
+    cfg_path: &Path,
+    tok_path: &Path,
+) -> Result<()> {
+    let (name, from_type) = match (class.strip_suffix("Fast").unwrap_or(class), model_type) {
+        ("", Some("gemma" | "gemma2")) => ("GemmaTokenizer", true),
+        ("", Some("gpt2")) => ("GPT2Tokenizer", true),
+        // transformers keeps a model_type llama tokenizer.json as written, and a LlamaTokenizer
+        // class with model_type mistral too (it falls back to TokenizersBackend).
+        ("LlamaTokenizer", Some("mistral")) => return Ok(()),
+        (c @ ("GemmaTokenizer" | "GPT2Tokenizer" | "LlamaTokenizer" | "CodeLlamaTokenizer" | "CohereTokenizer"), _) => {
+            (c, false)
+        }
+        _ => return Ok(()),
+    };
+    let tok: Value = serde_json::from_str(tok_text)
+        .map_err(|e| EngineError::Tokenizer { path: tok_path.to_path_buf(), message: e.to_string() })?;
+    let (normalizer, pre) = (&tok["normalizer"], &tok["pre_tokenizer"]);
+    let is_type = |v: &Value, t: &str| v.get("type").and_then(Value::as_str) == Some(t);
+    let byte_level = is_type(pre, "ByteLevel")
+        || pre["pretokenizers"].as_array().is_some_and(|l| l.iter().any(|p| is_type(p, "ByteLevel")));
+    let flag = |key: &str| cfg.get(key).and_then(Value::as_bool);
+    let builds: Option<String> = match name {
+        // A byte-level tokenizer.json is kept as written (transformers falls back to TokenizersBackend).
+        "LlamaTokenizer" if byte_level => None,
+        "LlamaTokenizer" => {
+            let scheme = match (flag("add_prefix_space").unwrap_or(true), flag("legacy").unwrap_or(false)) {
+                (false, _) => "never",
+                (true, true) => "always",
+                (true, false) => "first",
+            };
+            let same = normalizer.is_null()
+                && is_type(pre, "Metaspace")
+                && pre["replacement"] == "▁"
+                && pre["prepend_scheme"] == scheme
+                && pre["split"] == false;
+            (!same).then(|| format!("no normalizer and a Metaspace pre-tokenizer with prepend_scheme \"{scheme}\""))
+        }
+        "GemmaTokenizer" => {
+            let replace = is_type(normalizer, "Replace")
+                && normalizer["pattern"]["String"] == " "
+                && normalizer["content"] == "▁";
+            // After that normalizer no space is left, so Gemma's split on " " changes nothing.
+            let same = replace
+                && (pre.is_null()
+                    || (is_type(pre, "Split")
+                        && pre["pattern"]["String"] == " "
+                        && pre["behavior"] == "MergedWithPrevious"));
+            (!same).then(|| "a Replace(\" \", \"▁\") normalizer and a Split(\" \") pre-tokenizer".to_string())
+        }
+        "GPT2Tokenizer" => {
+            let prefix = flag("add_prefix_space").unwrap_or(false);
+            let same = normalizer.is_null()
+                && is_type(pre, "ByteLevel")
+                && pre["add_prefix_space"].as_bool().unwrap_or(false) == prefix
+                && pre["use_regex"].as_bool().unwrap_or(true);
+            (!same).then(|| format!("no normalizer and GPT-2's ByteLevel pre-tokenizer with add_prefix_space={prefix}"))
+        }
+        _ => Some("its own pipeline".to_string()),
+    };
+    let Some(builds) = builds else { return Ok(()) };
+    let source = if from_type {
+        format!("no tokenizer_class, and model_type {} maps to {name}", model_type.unwrap_or_default())
+    } else {
+        class.to_string()
+    };
+    Err(EngineError::ConfigField {
+        path: cfg_path.to_path_buf(),
+        field: "tokenizer_class".into(),
+        message: format!(
+            "{source}: transformers 5 rebuilds that tokenizer with {builds}, ignoring {}'s normalizer and \
+             pre-tokenizer, which differ; not supported (write tokenizer.json with that pipeline, or set \
+             tokenizer_class to PreTrainedTokenizerFast if the file is what the model was trained with)",
+            tok_path.display()
+        ),
+    })
 }
 
 /// Qwen2's pre-tokenizer split (digits one by one, letters with one leading non-letter).
@@ -113,20 +388,28 @@ const SENTINEL_PROMPT: &str = "\u{E000}";
 const SENTINEL_RESPONSE: &str = "\u{E001}";
 
 impl ChatTokenizer {
-    /// What loading noticed: a chat template that uses `bos_token` or `eos_token` while
-    /// `tokenizer_config.json` defines none renders it as empty text, so every sequence lacks it.
+    /// What loading noticed: where special_tokens_map.json and tokenizer_config.json disagree, and
+    /// a chat template that uses a named special token (`bos_token`, `pad_token`, …) that neither
+    /// file defines: it renders as empty text (in transformers too), so every sequence lacks it.
     pub fn warnings(&self) -> Vec<String> {
-        let Some((text, source)) = &self.template else { return Vec::new() };
-        [("bos_token", &self.bos_token), ("eos_token", &self.eos_token)]
-            .into_iter()
-            .filter(|(name, token)| token.is_none() && text.contains(name))
-            .map(|(name, _)| {
+        let mut out = self.notes.clone();
+        if let Some((_, source)) = &self.template {
+            out.extend(self.undefined_specials().map(|name| {
                 format!(
-                    "the chat template ({source}) uses `{name}`, which tokenizer_config.json does not define: it \
-                     renders as empty text"
+                    "the chat template ({source}) uses `{name}`, which neither tokenizer_config.json nor \
+                     special_tokens_map.json defines: it renders as empty text"
                 )
-            })
-            .collect()
+            }));
+        }
+        out
+    }
+
+    /// The named special tokens the template mentions that neither file defines.
+    fn undefined_specials(&self) -> impl Iterator<Item = &'static str> + '_ {
+        let text = self.template.as_ref().map_or("", |t| t.0.as_str());
+        SPECIAL_TOKEN_NAMES
+            .into_iter()
+            .filter(move |name| !self.special_tokens.contains_key(*name) && text.contains(name))
     }
 
     /// Loads `tokenizer.json`, and the chat template from `chat_template.jinja` or the
@@ -136,9 +419,6 @@ impl ChatTokenizer {
         if !tok_path.exists() {
             return Err(EngineError::Tokenizer { path: tok_path, message: "file not found".into() });
         }
-        crate::weights::bounded_file(&tok_path, crate::weights::MAX_TOKENIZER_FILE)?;
-        let mut tokenizer = Tokenizer::from_file(&tok_path)
-            .map_err(|e| EngineError::Tokenizer { path: tok_path.clone(), message: e.to_string() })?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: Value = if cfg_path.symlink_metadata().is_ok() {
             let text = crate::weights::read_text(&cfg_path)?;
@@ -147,8 +427,38 @@ impl ChatTokenizer {
         } else {
             Value::Null
         };
+        crate::weights::bounded_file(&tok_path, crate::weights::MAX_TOKENIZER_FILE)?;
+        let tok_text = std::fs::read_to_string(&tok_path).map_err(crate::error::io_err(&tok_path))?;
+        let (tok_text, mut notes) = apply_added_tokens_decoder(tok_text, &cfg, &cfg_path, &tok_path)?;
+        let mut tokenizer = Tokenizer::from_str(&tok_text)
+            .map_err(|e| EngineError::Tokenizer { path: tok_path.clone(), message: e.to_string() })?;
+        // transformers turns off a saved `truncation` / `padding` block unless a call asks for it;
+        // applied here, a file saved after a truncating call would cut every conversation.
+        // (Over-long input is handled by max_tokens and Truncation.)
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| EngineError::Tokenizer { path: tok_path.clone(), message: e.to_string() })?;
+        tokenizer.with_padding(None);
+        // `split_special_tokens: true`: transformers encodes special-token strings (the template's
+        // own `<s>` too) as plain text, which is what the tokenizer's encode_special_tokens does.
+        match cfg.get("split_special_tokens") {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => {}
+            Some(Value::Bool(true)) => tokenizer.set_encode_special_tokens(true),
+            Some(other) => {
+                return Err(EngineError::ConfigField {
+                    path: cfg_path.clone(),
+                    field: "split_special_tokens".into(),
+                    message: format!("expected true or false, found {other}"),
+                })
+            }
+        }
         let class = cfg.get("tokenizer_class").and_then(|c| c.as_str()).unwrap_or("");
-        if model_type == Some("qwen2") || class.starts_with("Qwen2Tokenizer") {
+        check_class_pipeline(class, model_type, &cfg, &tok_text, &cfg_path, &tok_path)?;
+        // transformers maps model_type qwen3 (without a tokenizer_class) to Qwen2Tokenizer too.
+        if model_type == Some("qwen2")
+            || class.starts_with("Qwen2Tokenizer")
+            || (class.is_empty() && model_type == Some("qwen3"))
+        {
             qwen2_pretokenizer(&mut tokenizer, &tok_path)?;
         }
         let jinja = dir.join("chat_template.jinja");
@@ -208,13 +518,9 @@ impl ChatTokenizer {
         if let Some(m) = cfg.get("model_max_length").and_then(|m| m.as_u64()) {
             max = max.min(m as usize);
         }
-        let me = Self {
-            tokenizer,
-            template,
-            bos_token: token_string(&cfg, "bos_token", &cfg_path)?,
-            eos_token: token_string(&cfg, "eos_token", &cfg_path)?,
-            max_tokens: max,
-        };
+        let (special_tokens, stm_notes) = special_tokens(dir, &cfg, &cfg_path)?;
+        notes.extend(stm_notes);
+        let me = Self { tokenizer, template, special_tokens, notes, max_tokens: max };
         // Fail at load, not on the first pair, when the template cannot render — or renders a
         // text without the prompt or the response, which would score something else entirely.
         if me.template.is_some() {
@@ -271,22 +577,28 @@ impl ChatTokenizer {
         });
         // Deterministic: templates that print today's date get a fixed one.
         env.add_function("strftime_now", |_fmt: String| "26 Jul 2024".to_string());
-        let terr = |e: JinjaError| EngineError::Template { source_name: name.clone(), message: format!("{e:#}") };
+        // An undefined special token fails in `bos_token + …` (in transformers too): say which.
+        let hint: String = self
+            .undefined_specials()
+            .map(|n| {
+                format!(" (`{n}` is undefined: neither tokenizer_config.json nor special_tokens_map.json defines it)")
+            })
+            .collect();
+        let terr = |e: JinjaError| EngineError::Template { source_name: name.clone(), message: format!("{e:#}{hint}") };
         env.add_template("chat", source).map_err(terr)?;
         let tmpl = env.get_template("chat").map_err(terr)?;
         let messages =
             vec![context! { role => "user", content => prompt }, context! { role => "assistant", content => response }];
+        // The context transformers renders with: every special token, then tools=None and
+        // documents=None (a template testing `tools is not none` must see None, not undefined).
+        let mut ctx: BTreeMap<&str, minijinja::Value> =
+            self.special_tokens.iter().map(|(k, v)| (k.as_str(), minijinja::Value::from(v.as_str()))).collect();
+        ctx.insert("messages", minijinja::Value::from_serialize(&messages));
+        ctx.insert("tools", minijinja::Value::from(()));
+        ctx.insert("documents", minijinja::Value::from(()));
+        ctx.insert("add_generation_prompt", minijinja::Value::from(false));
         let mut out = CappedWriter(Vec::new());
-        tmpl.render_captured_to(
-            context! {
-                messages => messages,
-                bos_token => self.bos_token.clone().unwrap_or_default(),
-                eos_token => self.eos_token.clone().unwrap_or_default(),
-                add_generation_prompt => false,
-            },
-            &mut out,
-        )
-        .map_err(|e| match e.kind() {
+        tmpl.render_captured_to(ctx, &mut out).map_err(|e| match e.kind() {
             ErrorKind::WriteFailure => EngineError::Template {
                 source_name: name.clone(),
                 message: format!("renders more than {} MiB for one conversation; refusing", TEMPLATE_MAX_OUTPUT >> 20),
@@ -375,7 +687,7 @@ impl ChatTokenizer {
     }
 
     fn starts_with_bos(&self, ids: &[u32]) -> bool {
-        match (&self.bos_token, ids.first()) {
+        match (self.special_tokens.get("bos_token"), ids.first()) {
             (Some(b), Some(&first)) => self.tokenizer.token_to_id(b) == Some(first),
             _ => false,
         }

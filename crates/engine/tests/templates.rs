@@ -31,18 +31,26 @@ fn llama3_template_and_its_gating_boundary() {
         "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nHello.<|eot_id|>"
     );
     assert!(t.warnings().is_empty());
-    // The same template where nothing defines bos_token: it renders empty, and loading says so.
+    // The same template where nothing defines bos_token: `bos_token + content` fails, as in
+    // transformers ("'bos_token' is undefined"), and the error says which token is missing.
     let d = dir_with("llama3-no-bos", json!({"chat_template": LLAMA3}), None);
-    let t = ChatTokenizer::from_dir(&d, 512, Some("llama")).unwrap();
-    assert!(t.render("Hi?", "Hello.").unwrap().starts_with("<|start_header_id|>"));
-    let w = t.warnings();
-    assert!(w.len() == 1 && w[0].contains("uses `bos_token`, which tokenizer_config.json does not define"), "{w:?}");
+    let e = ChatTokenizer::from_dir(&d, 512, Some("llama")).err().expect("must fail at load").to_string();
+    assert!(
+        e.contains("tokenizer_config.json: chat_template): ")
+            && e.ends_with(
+                "(`bos_token` is undefined: neither tokenizer_config.json nor special_tokens_map.json defines it)"
+            ),
+        "{e}"
+    );
 }
 
 #[test]
 fn gemma_template_with_raise_exception_and_bos_as_added_token() {
     // transformers may write special tokens as AddedToken objects.
-    let cfg = json!({"bos_token": {"content": "<bos>", "lstrip": false}, "chat_template": GEMMA});
+    // (The class keeps tokenizer.json as written: without one, model_type gemma2 would mean
+    // GemmaTokenizer, which the byte-level fixture tokenizer is not.)
+    let cfg = json!({"bos_token": {"content": "<bos>", "lstrip": false}, "chat_template": GEMMA,
+                     "tokenizer_class": "PreTrainedTokenizerFast"});
     let d = dir_with("gemma", cfg, None);
     let t = ChatTokenizer::from_dir(&d, 512, Some("gemma2")).unwrap();
     assert_eq!(

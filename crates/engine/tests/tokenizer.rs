@@ -1,0 +1,329 @@
+//! Tokenizer settings in a model folder, read the way transformers 5 reads them. Expected ids come
+//! from transformers 5.25 (`apply_chat_template(tokenize=False)` then `tok(text,
+//! add_special_tokens=False)`) on the same edited fixtures.
+
+use std::path::{Path, PathBuf};
+
+use reward_lens_engine::{ChatTokenizer, Truncation};
+use serde_json::{json, Value};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models").join(name)
+}
+
+fn read_json(p: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+/// A copy of a fixture's tokenizer files, with `tokenizer.json` and `tokenizer_config.json`
+/// edited; `extra` files are written as given.
+fn variant(
+    name: &str,
+    from: &str,
+    tok: impl FnOnce(&mut Value),
+    cfg: impl FnOnce(&mut Value),
+    extra: &[(&str, &str)],
+) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("tokenizer").join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    let src = fixture(from);
+    for (file, edit) in
+        [("tokenizer.json", Box::new(tok) as Box<dyn FnOnce(&mut Value)>), ("tokenizer_config.json", Box::new(cfg))]
+    {
+        let mut v = read_json(&src.join(file));
+        edit(&mut v);
+        std::fs::write(d.join(file), serde_json::to_string(&v).unwrap()).unwrap();
+    }
+    if src.join("chat_template.jinja").exists() {
+        std::fs::copy(src.join("chat_template.jinja"), d.join("chat_template.jinja")).unwrap();
+    }
+    for (file, text) in extra {
+        std::fs::write(d.join(file), text).unwrap();
+    }
+    d
+}
+
+fn ids(d: &Path, model_type: &str, prompt: &str, response: &str) -> Vec<u32> {
+    let t = ChatTokenizer::from_dir(d, 4096, Some(model_type)).unwrap_or_else(|e| panic!("{e}"));
+    t.encode_pair(prompt, response, Truncation::Error).unwrap().ids
+}
+
+/// The llama fixture's ids for ("xxxxx", "<b>&amp;'quote\" \\ back</b>"): 33 tokens.
+const LLAMA_33: [u32; 33] = [
+    1, 3, 205, 94, 94, 94, 94, 94, 6, 4, 205, 34, 72, 36, 12, 71, 330, 33, 13, 87, 91, 1019, 8, 227, 66, 286, 71, 504,
+    34, 21, 72, 36, 6,
+];
+
+#[test]
+fn saved_truncation_and_padding_blocks_are_not_applied() {
+    let (p, r) = ("xxxxx", "<b>&amp;'quote\" \\ back</b>");
+    assert_eq!(ids(&fixture("llama"), "llama", p, r), LLAMA_33);
+    let d = variant(
+        "trunc",
+        "llama",
+        |t| t["truncation"] = json!({"max_length": 20, "strategy": "LongestFirst", "direction": "Right", "stride": 0}),
+        |_| {},
+        &[],
+    );
+    assert_eq!(ids(&d, "llama", p, r), LLAMA_33);
+    let d = variant(
+        "padfixed",
+        "llama",
+        |t| {
+            t["padding"] = json!({"strategy": {"Fixed": 100}, "direction": "Right", "pad_to_multiple_of": null,
+                                  "pad_id": 2, "pad_type_id": 0, "pad_token": "</s>"})
+        },
+        |_| {},
+        &[],
+    );
+    assert_eq!(ids(&d, "llama", p, r), LLAMA_33);
+}
+
+/// The llama fixture's ids for ("Hi there", "Hello!"): `<s><|user|>\nHi there<|end|><|assistant|>…`.
+const LLAMA_HI: [u32; 15] = [1, 3, 205, 46, 79, 265, 591, 6, 4, 205, 46, 75, 947, 7, 6];
+
+fn with_template(name: &str, cfg: impl FnOnce(&mut Value), template: &str, extra: &[(&str, &str)]) -> PathBuf {
+    let d = variant(name, "llama", |_| {}, cfg, extra);
+    std::fs::write(d.join("chat_template.jinja"), template).unwrap();
+    d
+}
+
+#[test]
+fn the_template_sees_every_special_token_and_tools_documents_as_none() {
+    let t = "{{ bos_token }}|{{ eos_token }}|{{ unk_token }}|{{ sep_token }}|{{ pad_token }}|{{ cls_token }}|\
+             {{ mask_token }}|{{ image_token }}|{{ additional_special_tokens }}|{{ tools }}|{{ documents }}|\
+             {% if tools is not none %}TOOLS{% endif %}{% if documents is not none %}DOCS{% endif %}|\
+             {% for m in messages %}{{ m.content }}{% endfor %}";
+    let d = with_template(
+        "context",
+        |c| {
+            let o = c.as_object_mut().unwrap();
+            o.insert("unk_token".into(), json!("<unk>"));
+            o.insert("sep_token".into(), json!("</s>"));
+            o.insert("cls_token".into(), json!("<s>"));
+            o.insert("mask_token".into(), json!({"__type": "AddedToken", "content": "<pad>"}));
+            // A model-specific `*_token` is a special token too; the additional list is not passed.
+            o.insert("image_token".into(), json!("<|user|>"));
+            o.insert("additional_special_tokens".into(), json!(["<|end|>"]));
+        },
+        t,
+        &[],
+    );
+    let tok = ChatTokenizer::from_dir(&d, 4096, Some("llama")).unwrap();
+    // transformers 5.25 renders exactly this.
+    assert_eq!(tok.render("p", "r").unwrap(), "<s>|</s>|<unk>|</s>|<pad>|<s>|<pad>|<|user|>||None|None||pr");
+    assert!(tok.warnings().is_empty(), "{:?}", tok.warnings());
+}
+
+#[test]
+fn pad_token_in_the_template_renders_and_an_undefined_one_is_named() {
+    let t = "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ pad_token }}<|end|>{% endfor %}";
+    let d = with_template("padtok", |_| {}, t, &[]);
+    assert_eq!(
+        ids(&d, "llama", "Hi there", "Hello!"),
+        [1, 3, 205, 46, 79, 265, 591, 0, 6, 4, 205, 46, 75, 947, 7, 0, 6]
+    );
+    let d = with_template("padtok-undefined", |c| drop(c.as_object_mut().unwrap().remove("pad_token")), t, &[]);
+    let w = ChatTokenizer::from_dir(&d, 4096, Some("llama")).unwrap().warnings();
+    assert!(
+        w.len() == 1
+            && w[0].contains(
+                "uses `pad_token`, which neither tokenizer_config.json nor special_tokens_map.json defines: it renders \
+                 as empty text"
+            ),
+        "{w:?}"
+    );
+}
+
+#[test]
+fn special_tokens_map_is_read_as_transformers_reads_it() {
+    // Only in special_tokens_map.json (older repositories): used, no warning.
+    let d = variant(
+        "stm-only",
+        "llama",
+        |_| {},
+        |c| drop(c.as_object_mut().unwrap().remove("bos_token")),
+        &[("special_tokens_map.json", r#"{"bos_token": "<s>", "eos_token": "</s>"}"#)],
+    );
+    assert_eq!(ids(&d, "llama", "Hi there", "Hello!"), LLAMA_HI);
+    assert!(ChatTokenizer::from_dir(&d, 4096, Some("llama")).unwrap().warnings().is_empty());
+
+    // Both files, disagreeing: without added_tokens_decoder transformers lets
+    // special_tokens_map.json win (bos becomes <|system|>, id 5), and loading says so.
+    let stm = [("special_tokens_map.json", r#"{"bos_token": {"content": "<|system|>", "lstrip": false}}"#)];
+    let d = variant("stm-conflict", "llama", |_| {}, |_| {}, &stm);
+    let mut expected = LLAMA_HI;
+    expected[0] = 5;
+    assert_eq!(ids(&d, "llama", "Hi there", "Hello!"), expected);
+    let w = ChatTokenizer::from_dir(&d, 4096, Some("llama")).unwrap().warnings();
+    assert_eq!(
+        w,
+        ["special_tokens_map.json sets `bos_token` to \"<|system|>\", tokenizer_config.json to \"<s>\": using \
+          special_tokens_map.json's, as transformers does"]
+    );
+
+    // With added_tokens_decoder in tokenizer_config.json transformers never opens the map.
+    let d = variant(
+        "stm-conflict-atd",
+        "llama",
+        |_| {},
+        |c| {
+            c["added_tokens_decoder"] = json!({"1": {"content": "<s>", "lstrip": false, "rstrip": false,
+                "normalized": false, "single_word": false, "special": true}})
+        },
+        &stm,
+    );
+    assert_eq!(ids(&d, "llama", "Hi there", "Hello!"), LLAMA_HI);
+    let w = ChatTokenizer::from_dir(&d, 4096, Some("llama")).unwrap().warnings();
+    assert!(w.len() == 1 && w[0].contains("using tokenizer_config.json's (it has added_tokens_decoder"), "{w:?}");
+
+    // A null in the map unsets the token (transformers: the template then renders it empty).
+    let d = variant("stm-null", "llama", |_| {}, |_| {}, &[("special_tokens_map.json", r#"{"bos_token": null}"#)]);
+    assert_eq!(ids(&d, "llama", "Hi there", "Hello!"), LLAMA_HI[1..]);
+}
+
+#[test]
+fn split_special_tokens_encodes_special_token_strings_as_text() {
+    let d = variant("split-special", "llama", |_| {}, |c| c["split_special_tokens"] = json!(true), &[]);
+    // transformers 5.25: `<s>`, `<|user|>`, `<|end|>` … become their characters' ids.
+    assert_eq!(
+        ids(&d, "llama", "Hi there", "Hello!"),
+        [
+            34, 89, 36, 34, 98, 346, 268, 98, 36, 205, 46, 79, 265, 591, 34, 98, 488, 98, 36, 34, 98, 647, 89, 79, 460,
+            302, 90, 98, 36, 205, 46, 75, 947, 7, 34, 98, 488, 98, 36
+        ]
+    );
+    let d = variant("split-special-str", "llama", |_| {}, |c| c["split_special_tokens"] = json!("yes"), &[]);
+    let e = ChatTokenizer::from_dir(&d, 4096, Some("llama")).err().expect("must fail").to_string();
+    assert!(
+        e.ends_with("tokenizer_config.json: field `split_special_tokens`: expected true or false, found \"yes\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn added_tokens_decoder_flags_win_over_tokenizer_json_as_in_transformers() {
+    let end = |lstrip: bool| {
+        json!({"6": {"content": "<|end|>", "lstrip": lstrip, "rstrip": lstrip, "normalized": false,
+                      "single_word": false, "special": true}})
+    };
+    let d = variant("atd-lstrip", "llama", |_| {}, |c| c["added_tokens_decoder"] = end(true), &[]);
+    // transformers 5.25: `<|end|>` eats the spaces around it (ids 227 = "▁" gone).
+    assert_eq!(
+        ids(&d, "llama", "a <|end|> b </s> c", "x <s> y <pad> z"),
+        [1, 3, 205, 71, 6, 72, 227, 2, 271, 6, 4, 205, 94, 227, 1, 650, 227, 0, 227, 96, 6]
+    );
+    assert_eq!(
+        ids(&d, "llama", "Tabs\tand  double  spaces ", "  leading and trailing  "),
+        [
+            1, 3, 205, 58, 493, 89, 204, 302, 74, 227, 332, 91, 72, 541, 227, 270, 86, 71, 73, 266, 6, 4, 205, 227,
+            592, 272, 779, 343, 743, 71, 79, 82, 610, 6
+        ]
+    );
+    let w = ChatTokenizer::from_dir(&d, 4096, Some("llama")).unwrap().warnings();
+    assert_eq!(
+        w,
+        ["tokenizer_config.json's added_tokens_decoder gives \"<|end|>\" lstrip=true, rstrip=true where tokenizer.json's \
+          added_tokens differ: using tokenizer_config.json's, as transformers does"]
+    );
+    // The same flags in both files: nothing changes, nothing to say.
+    let d = variant("atd-same", "llama", |_| {}, |c| c["added_tokens_decoder"] = end(false), &[]);
+    assert_eq!(ids(&d, "llama", "Hi there", "Hello!"), LLAMA_HI);
+    assert!(ChatTokenizer::from_dir(&d, 4096, Some("llama")).unwrap().warnings().is_empty());
+    // A token tokenizer.json does not have would be a new vocabulary entry in transformers.
+    let d = variant(
+        "atd-new",
+        "llama",
+        |_| {},
+        |c| c["added_tokens_decoder"] = json!({"1024": {"content": "<tool>", "special": true}}),
+        &[],
+    );
+    let e = ChatTokenizer::from_dir(&d, 4096, Some("llama")).err().expect("must fail").to_string();
+    assert!(
+        e.contains("tokenizer_config.json: field `added_tokens_decoder`: entry 1024 (\"<tool>\") is not among ")
+            && e.ends_with(
+                "tokenizer.json's added_tokens; transformers would add it to the vocabulary as a new token, which \
+                 reward-lens does not do"
+            ),
+        "{e}"
+    );
+}
+
+#[test]
+fn qwen3_without_a_tokenizer_class_gets_the_qwen2_pipeline() {
+    // transformers maps model_type qwen3 to Qwen2Tokenizer: NFC, then digits one by one.
+    let d =
+        variant("qwen3-nocls", "qwen3", |_| {}, |c| drop(c.as_object_mut().unwrap().remove("tokenizer_class")), &[]);
+    assert_eq!(
+        ids(&d, "qwen3", "1234567890 3.14159", "new\n\n\nlines\n"),
+        [
+            1, 3, 205, 23, 24, 25, 26, 27, 28, 29, 30, 31, 22, 227, 25, 20, 23, 26, 23, 27, 31, 6, 4, 205, 84, 75, 93,
+            205, 205, 205, 82, 277, 266, 205, 6
+        ]
+    );
+    // The fixture itself (tokenizer_class PreTrainedTokenizerFast) keeps tokenizer.json's split.
+    assert_eq!(ids(&fixture("qwen3"), "qwen3", "1234567890 3.14159", "new\n\n\nlines\n")[3..6], [655, 25, 26]);
+}
+
+#[test]
+fn classes_transformers_rebuilds_differently_are_refused() {
+    let load_err = |d: &Path, model_type: &str| {
+        ChatTokenizer::from_dir(d, 4096, Some(model_type)).err().expect("must be refused").to_string()
+    };
+    // A SentencePiece-converted Llama-2 tokenizer.json (Prepend + Replace normalizer, no
+    // pre-tokenizer) under LlamaTokenizerFast: transformers 5 drops the normalizer.
+    let sp = |t: &mut Value| {
+        t["normalizer"] = json!({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"},
+            {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]});
+        t["pre_tokenizer"] = Value::Null;
+    };
+    let d = variant("sp-llama", "llama", sp, |c| c["tokenizer_class"] = json!("LlamaTokenizerFast"), &[]);
+    let e = load_err(&d, "llama");
+    assert!(
+        e.contains(
+            "tokenizer_config.json: field `tokenizer_class`: LlamaTokenizerFast: transformers 5 rebuilds that tokenizer \
+             with no normalizer and a Metaspace pre-tokenizer with prepend_scheme \"first\", ignoring "
+        ),
+        "{e}"
+    );
+    // legacy: true makes it "always".
+    let d = variant(
+        "sp-llama-legacy",
+        "llama",
+        sp,
+        |c| {
+            c["tokenizer_class"] = json!("LlamaTokenizer");
+            c["legacy"] = json!(true)
+        },
+        &[],
+    );
+    assert!(load_err(&d, "llama").contains("prepend_scheme \"always\""));
+    // GPT-2 with add_prefix_space: transformers puts Ġ before every segment.
+    let d = variant(
+        "gpt2-prefix",
+        "gpt2",
+        |_| {},
+        |c| {
+            c["tokenizer_class"] = json!("GPT2TokenizerFast");
+            c["add_prefix_space"] = json!(true)
+        },
+        &[],
+    );
+    let e = load_err(&d, "gpt2");
+    assert!(
+        e.contains(
+            "GPT2TokenizerFast: transformers 5 rebuilds that tokenizer with no normalizer and GPT-2's ByteLevel \
+             pre-tokenizer with add_prefix_space=true"
+        ),
+        "{e}"
+    );
+    // No class: model_type gemma2 means GemmaTokenizer, which is not byte-level.
+    let d =
+        variant("gemma2-nocls", "gemma2", |_| {}, |c| drop(c.as_object_mut().unwrap().remove("tokenizer_class")), &[]);
+    let e = load_err(&d, "gemma2");
+    assert!(
+        e.contains("field `tokenizer_class`: no tokenizer_class, and model_type gemma2 maps to GemmaTokenizer"),
+        "{e}"
+    );
+}
