@@ -254,29 +254,30 @@ fn apply_added_tokens_decoder(
 
 /// transformers 5 rebuilds the normalizer and pre-tokenizer of some named tokenizer classes in
 /// their `__init__`, whatever tokenizer.json says (the class is `tokenizer_class`, or comes from
-/// `model_type` when that is absent). Where tokenizer.json's pipeline is not already the one the
-/// class builds, ids would differ: refused, naming the class and what transformers builds.
-/// (Qwen2Tokenizer is rebuilt for real, by `qwen2_pretokenizer`.)
-fn check_class_pipeline(
+/// `model_type` when that is absent). LlamaTokenizer's rebuild is copied (`llama_pipeline`, which
+/// returns the edited tokenizer.json text); for the others, where tokenizer.json's pipeline is not
+/// already the one the class builds, ids would differ: refused, naming the class and what
+/// transformers builds. (Qwen2Tokenizer is rebuilt for real, by `qwen2_pretokenizer`.)
+fn class_pipeline(
     class: &str,
     model_type: Option<&str>,
     cfg: &Value,
-    tok_text: &str,
+    tok_text: String,
     cfg_path: &Path,
     tok_path: &Path,
-) -> Result<()> {
+) -> Result<String> {
     let (name, from_type) = match (class.strip_suffix("Fast").unwrap_or(class), model_type) {
         ("", Some("gemma" | "gemma2")) => ("GemmaTokenizer", true),
         ("", Some("gpt2")) => ("GPT2Tokenizer", true),
         // transformers keeps a model_type llama tokenizer.json as written, and a LlamaTokenizer
         // class with model_type mistral too (it falls back to TokenizersBackend).
-        ("LlamaTokenizer", Some("mistral")) => return Ok(()),
+        ("LlamaTokenizer", Some("mistral")) => return Ok(tok_text),
         (c @ ("GemmaTokenizer" | "GPT2Tokenizer" | "LlamaTokenizer" | "CodeLlamaTokenizer" | "CohereTokenizer"), _) => {
             (c, false)
         }
-        _ => return Ok(()),
+        _ => return Ok(tok_text),
     };
-    let tok: Value = serde_json::from_str(tok_text)
+    let mut tok: Value = serde_json::from_str(&tok_text)
         .map_err(|e| EngineError::Tokenizer { path: tok_path.to_path_buf(), message: e.to_string() })?;
     let (normalizer, pre) = (&tok["normalizer"], &tok["pre_tokenizer"]);
     let is_type = |v: &Value, t: &str| v.get("type").and_then(Value::as_str) == Some(t);
@@ -287,17 +288,8 @@ fn check_class_pipeline(
         // A byte-level tokenizer.json is kept as written (transformers falls back to TokenizersBackend).
         "LlamaTokenizer" if byte_level => None,
         "LlamaTokenizer" => {
-            let scheme = match (flag("add_prefix_space").unwrap_or(true), flag("legacy").unwrap_or(false)) {
-                (false, _) => "never",
-                (true, true) => "always",
-                (true, false) => "first",
-            };
-            let same = normalizer.is_null()
-                && is_type(pre, "Metaspace")
-                && pre["replacement"] == "▁"
-                && pre["prepend_scheme"] == scheme
-                && pre["split"] == false;
-            (!same).then(|| format!("no normalizer and a Metaspace pre-tokenizer with prepend_scheme \"{scheme}\""))
+            llama_pipeline(class, cfg, &mut tok, cfg_path, tok_path)?;
+            return Ok(serde_json::to_string(&tok).expect("a JSON value serializes"));
         }
         "GemmaTokenizer" => {
             let replace = is_type(normalizer, "Replace")
@@ -321,7 +313,7 @@ fn check_class_pipeline(
         }
         _ => Some("its own pipeline".to_string()),
     };
-    let Some(builds) = builds else { return Ok(()) };
+    let Some(builds) = builds else { return Ok(tok_text) };
     let source = if from_type {
         format!("no tokenizer_class, and model_type {} maps to {name}", model_type.unwrap_or_default())
     } else {
@@ -337,6 +329,80 @@ fn check_class_pipeline(
             tok_path.display()
         ),
     })
+}
+
+/// What transformers 5's `LlamaTokenizer.__init__` builds from a non-byte-level tokenizer.json
+/// (the `Fast` name is an alias of it): the file's BPE vocab and merges in a new
+/// `BPE(fuse_unk=True, byte_fallback=True)` (no unk token, no dropout), no normalizer, a Metaspace
+/// pre-tokenizer whose prepend scheme comes from `add_prefix_space` (default true) and `legacy`
+/// (default false): "first", "always" with legacy, "never" without the prefix space; and the
+/// Replace/ByteFallback/Fuse(/Strip) decoder. The file's added tokens and post-processor are kept,
+/// as transformers keeps them. Done on the JSON before loading, so that added tokens are matched
+/// against the new (absent) normalizer, as in transformers, which adds them to the rebuilt tokenizer.
+fn llama_pipeline(class: &str, cfg: &Value, tok: &mut Value, cfg_path: &Path, tok_path: &Path) -> Result<()> {
+    use tokenizers::decoders::byte_fallback::ByteFallback;
+    use tokenizers::decoders::fuse::Fuse;
+    use tokenizers::decoders::sequence::Sequence;
+    use tokenizers::decoders::strip::Strip;
+    use tokenizers::normalizers::replace::Replace;
+    use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
+    use tokenizers::DecoderWrapper;
+    // Python reads a null as its default (`add_prefix_space=None` means true; `legacy=None` is
+    // falsy, so "first"); any other non-boolean would be read by truthiness: refused.
+    let flag = |key: &str, default: bool| match cfg.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(EngineError::ConfigField {
+            path: cfg_path.to_path_buf(),
+            field: key.into(),
+            message: format!("expected true or false (read by {class}), found {other}"),
+        }),
+    };
+    let add_prefix_space = flag("add_prefix_space", true)?;
+    let legacy = flag("legacy", false)?;
+    let model_type = tok["model"]["type"].as_str().unwrap_or("none");
+    if model_type != "BPE" || !tok["model"]["vocab"].is_object() {
+        // transformers would build a BPE from this vocabulary without its scores or merges.
+        return Err(EngineError::ConfigField {
+            path: cfg_path.to_path_buf(),
+            field: "tokenizer_class".into(),
+            message: format!(
+                "{class}: transformers 5 rebuilds that tokenizer as a BPE model from {}'s vocab and merges, \
+                 but the file's model is {model_type}, not BPE; not supported",
+                tok_path.display()
+            ),
+        });
+    }
+    let scheme = match (add_prefix_space, legacy) {
+        (false, _) => PrependScheme::Never,
+        (true, true) => PrependScheme::Always,
+        (true, false) => PrependScheme::First,
+    };
+    let mut decoders: Vec<DecoderWrapper> = vec![
+        Replace::new("▁", " ").expect("a plain string pattern").into(),
+        ByteFallback::default().into(),
+        Fuse::default().into(),
+    ];
+    if add_prefix_space {
+        decoders.push(Strip::new(' ', 1, 0).into());
+    }
+    let json = |v: serde_json::Result<Value>| v.expect("a tokenizers component serializes");
+    let model = &mut tok["model"];
+    for (key, value) in [
+        ("dropout", Value::Null),
+        ("unk_token", Value::Null),
+        ("continuing_subword_prefix", Value::Null),
+        ("end_of_word_suffix", Value::Null),
+        ("fuse_unk", Value::Bool(true)),
+        ("byte_fallback", Value::Bool(true)),
+        ("ignore_merges", Value::Bool(false)),
+    ] {
+        model[key] = value;
+    }
+    tok["normalizer"] = Value::Null;
+    tok["pre_tokenizer"] = json(serde_json::to_value(Metaspace::new('▁', scheme, false)));
+    tok["decoder"] = json(serde_json::to_value(DecoderWrapper::from(Sequence::new(decoders))));
+    Ok(())
 }
 
 /// Qwen2's pre-tokenizer split (digits one by one, letters with one leading non-letter).
@@ -430,6 +496,8 @@ impl ChatTokenizer {
         crate::weights::bounded_file(&tok_path, crate::weights::MAX_TOKENIZER_FILE)?;
         let tok_text = std::fs::read_to_string(&tok_path).map_err(crate::error::io_err(&tok_path))?;
         let (tok_text, mut notes) = apply_added_tokens_decoder(tok_text, &cfg, &cfg_path, &tok_path)?;
+        let class = cfg.get("tokenizer_class").and_then(|c| c.as_str()).unwrap_or("");
+        let tok_text = class_pipeline(class, model_type, &cfg, tok_text, &cfg_path, &tok_path)?;
         let mut tokenizer = Tokenizer::from_str(&tok_text)
             .map_err(|e| EngineError::Tokenizer { path: tok_path.clone(), message: e.to_string() })?;
         // transformers turns off a saved `truncation` / `padding` block unless a call asks for it;
@@ -452,8 +520,6 @@ impl ChatTokenizer {
                 })
             }
         }
-        let class = cfg.get("tokenizer_class").and_then(|c| c.as_str()).unwrap_or("");
-        check_class_pipeline(class, model_type, &cfg, &tok_text, &cfg_path, &tok_path)?;
         // transformers maps model_type qwen3 (without a tokenizer_class) to Qwen2Tokenizer too.
         if model_type == Some("qwen2")
             || class.starts_with("Qwen2Tokenizer")

@@ -271,34 +271,6 @@ fn classes_transformers_rebuilds_differently_are_refused() {
     let load_err = |d: &Path, model_type: &str| {
         ChatTokenizer::from_dir(d, 4096, Some(model_type)).err().expect("must be refused").to_string()
     };
-    // A SentencePiece-converted Llama-2 tokenizer.json (Prepend + Replace normalizer, no
-    // pre-tokenizer) under LlamaTokenizerFast: transformers 5 drops the normalizer.
-    let sp = |t: &mut Value| {
-        t["normalizer"] = json!({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"},
-            {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]});
-        t["pre_tokenizer"] = Value::Null;
-    };
-    let d = variant("sp-llama", "llama", sp, |c| c["tokenizer_class"] = json!("LlamaTokenizerFast"), &[]);
-    let e = load_err(&d, "llama");
-    assert!(
-        e.contains(
-            "tokenizer_config.json: field `tokenizer_class`: LlamaTokenizerFast: transformers 5 rebuilds that tokenizer \
-             with no normalizer and a Metaspace pre-tokenizer with prepend_scheme \"first\", ignoring "
-        ),
-        "{e}"
-    );
-    // legacy: true makes it "always".
-    let d = variant(
-        "sp-llama-legacy",
-        "llama",
-        sp,
-        |c| {
-            c["tokenizer_class"] = json!("LlamaTokenizer");
-            c["legacy"] = json!(true)
-        },
-        &[],
-    );
-    assert!(load_err(&d, "llama").contains("prepend_scheme \"always\""));
     // GPT-2 with add_prefix_space: transformers puts Ġ before every segment.
     let d = variant(
         "gpt2-prefix",
@@ -324,6 +296,250 @@ fn classes_transformers_rebuilds_differently_are_refused() {
     let e = load_err(&d, "gemma2");
     assert!(
         e.contains("field `tokenizer_class`: no tokenizer_class, and model_type gemma2 maps to GemmaTokenizer"),
+        "{e}"
+    );
+}
+
+/// A small SentencePiece-converted (Llama-2 layout) tokenizer.json: normalizer Prepend("▁") +
+/// Replace(" ", "▁"), no pre-tokenizer, a byte-fallback BPE with `<unk>` `<s>` `</s>`, the 256
+/// byte tokens (ids 3–258) and a few merged pieces, and a `<s> $A` post-processor.
+fn sp_tokenizer_json() -> Value {
+    let mut vocab = serde_json::Map::new();
+    for t in ["<unk>", "<s>", "</s>"] {
+        vocab.insert(t.into(), json!(vocab.len()));
+    }
+    for b in 0..=255u8 {
+        vocab.insert(format!("<0x{b:02X}>"), json!(vocab.len()));
+    }
+    let merges = [
+        ("l", "l"),
+        ("▁", "H"),
+        ("e", "ll"),
+        ("▁H", "ell"),
+        ("▁Hell", "o"),
+        ("[", "I"),
+        ("[I", "N"),
+        ("[IN", "S"),
+        ("[INS", "T"),
+        ("[INST", "]"),
+        ("[INST]", "▁"),
+        ("▁", "w"),
+        ("o", "r"),
+        ("▁w", "or"),
+        ("l", "d"),
+        ("▁wor", "ld"),
+        ("▁", "["),
+        ("▁[", "/"),
+    ];
+    for c in ["▁", "[", "]", "/", "I", "N", "S", "T", "H", "e", "l", "o", "w", "r", "d", "i", "a", "b"] {
+        vocab.insert(c.into(), json!(vocab.len()));
+    }
+    for (a, b) in merges {
+        vocab.insert(format!("{a}{b}"), json!(vocab.len()));
+    }
+    let added = |id: usize, content: &str| {
+        json!({"id": id, "content": content, "single_word": false, "lstrip": false, "rstrip": false,
+               "normalized": false, "special": true})
+    };
+    json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [added(0, "<unk>"), added(1, "<s>"), added(2, "</s>")],
+        "normalizer": {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"},
+            {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]},
+        "pre_tokenizer": null,
+        "post_processor": {"type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                     {"Sequence": {"id": "B", "type_id": 0}}],
+            "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}},
+        "decoder": {"type": "Sequence", "decoders": [{"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+            {"type": "ByteFallback"}, {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
+        "model": {"type": "BPE", "dropout": null, "unk_token": "<unk>", "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+            "vocab": vocab, "merges": merges.iter().map(|(a, b)| format!("{a} {b}")).collect::<Vec<_>>()}
+    })
+}
+
+/// The Llama-2 `[INST]` template (without the system-prompt branch).
+const LLAMA2_TEMPLATE: &str = "{% for m in messages %}{% if m.role == 'user' %}{{ bos_token + '[INST] ' + \
+    m.content.strip() + ' [/INST]' }}{% else %}{{ ' ' + m.content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}";
+/// The same without the BOS, so that the text starts at offset 0 and the prepend scheme shows.
+const NO_BOS_TEMPLATE: &str =
+    "{% for m in messages %}{% if m.role == 'user' %}{{ m.content }} [/INST]{% else %} {{ m.content }}{% endif %}{% endfor %}";
+
+/// A Llama-2-style model folder: the SentencePiece tokenizer.json under `class`, with the
+/// tokenizer_config.json fields `fields` and the chat template `template`.
+fn sp_llama(name: &str, class: &str, fields: Value, template: &str, tok: impl FnOnce(&mut Value)) -> PathBuf {
+    let d = variant(
+        name,
+        "llama",
+        |t| {
+            *t = sp_tokenizer_json();
+            tok(t)
+        },
+        |c| {
+            *c = json!({"tokenizer_class": class, "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"});
+            c.as_object_mut().unwrap().extend(fields.as_object().unwrap().clone());
+        },
+        &[("chat_template.jinja", template), ("config.json", r#"{"model_type": "llama"}"#)],
+    );
+    d
+}
+
+/// The texts of the Llama tests: plain, spaces at the ends, newlines, special-token strings and
+/// `[INST]` inside user text, non-ASCII (byte fallback), digits.
+const SP_TEXTS: [(&str, &str); 5] = [
+    ("Hello world", "Hi"),
+    ("  Hello ", "world\n\nHello"),
+    ("a </s> b<s>Hello", "x [INST] y [/INST] z"),
+    ("héllo 😀", "42 Hello"),
+    ("[INST]", "\tworld "),
+];
+
+fn sp_ids(d: &Path) -> Vec<Vec<u32>> {
+    SP_TEXTS.iter().map(|(p, r)| ids(d, "llama", p, r)).collect()
+}
+
+#[test]
+fn llama_sentencepiece_tokenizers_are_rebuilt_as_transformers_rebuilds_them() {
+    // transformers 5.25 on these folders (LlamaTokenizer drops the file's normalizer and
+    // pre-tokenizer): after `<s>` no "▁" is prepended ("first": only at the very start of the
+    // text), so `[INST]` is 286, not 259 ("▁") + 286 as the file's Prepend normalizer gives.
+    let first = sp_llama("sp-first", "LlamaTokenizerFast", json!({}), LLAMA2_TEMPLATE, |_| {});
+    assert_eq!(
+        sp_ids(&first),
+        vec![
+            vec![1, 286, 281, 292, 294, 263, 264, 265, 266, 261, 278, 274, 259, 2],
+            vec![1, 286, 281, 294, 263, 264, 265, 266, 261, 292, 13, 13, 267, 279, 270, 259, 2],
+            vec![
+                1, 287, 275, 259, 2, 259, 276, 1, 267, 279, 270, 294, 263, 264, 265, 266, 261, 259, 123, 259, 287, 124,
+                294, 263, 264, 265, 266, 261, 259, 125, 259, 2
+            ],
+            vec![
+                1, 287, 107, 198, 172, 277, 270, 259, 243, 162, 155, 131, 294, 263, 264, 265, 266, 261, 259, 55, 53,
+                281, 259, 2
+            ],
+            vec![1, 287, 287, 260, 262, 263, 264, 265, 266, 261, 292, 259, 2],
+        ]
+    );
+    // legacy: true is "always": "▁" after every special token too (259 before `[INST]`, and 281
+    // "▁Hello" after the `<s>` inside the prompt where "first" has 267 279 270 "H" "ell" "o").
+    let always = sp_llama("sp-always", "LlamaTokenizer", json!({"legacy": true}), LLAMA2_TEMPLATE, |_| {});
+    assert_eq!(
+        sp_ids(&always),
+        vec![
+            vec![1, 259, 286, 281, 292, 294, 263, 264, 265, 266, 261, 278, 274, 259, 2],
+            vec![1, 259, 286, 281, 294, 263, 264, 265, 266, 261, 292, 13, 13, 267, 279, 270, 259, 2],
+            vec![
+                1, 259, 287, 275, 259, 2, 259, 276, 1, 281, 294, 263, 264, 265, 266, 261, 259, 123, 259, 287, 124, 294,
+                263, 264, 265, 266, 261, 259, 125, 259, 2
+            ],
+            vec![
+                1, 259, 287, 107, 198, 172, 277, 270, 259, 243, 162, 155, 131, 294, 263, 264, 265, 266, 261, 259, 55,
+                53, 281, 259, 2
+            ],
+            vec![1, 259, 287, 287, 260, 262, 263, 264, 265, 266, 261, 292, 259, 2],
+        ]
+    );
+    // Without a BOS in the template the start of the text shows the scheme; add_prefix_space:
+    // false is "never" whatever legacy says, null is its default (true).
+    let nobos =
+        |name: &str, fields: Value| sp_ids(&sp_llama(name, "LlamaTokenizerFast", fields, NO_BOS_TEMPLATE, |_| {}));
+    let nobos_first = nobos("sp-nobos-first", json!({"legacy": false, "add_prefix_space": true}));
+    assert_eq!(
+        nobos_first,
+        vec![
+            vec![281, 292, 294, 263, 264, 265, 266, 261, 278, 274],
+            vec![259, 281, 259, 294, 263, 264, 265, 266, 261, 292, 13, 13, 267, 279, 270],
+            vec![
+                259, 275, 259, 2, 259, 276, 1, 267, 279, 270, 294, 263, 264, 265, 266, 261, 259, 123, 259, 287, 124,
+                294, 263, 264, 265, 266, 261, 259, 125
+            ],
+            vec![259, 107, 198, 172, 277, 270, 259, 243, 162, 155, 131, 294, 263, 264, 265, 266, 261, 259, 55, 53, 281],
+            vec![259, 287, 260, 262, 263, 264, 265, 266, 261, 259, 12, 271, 289, 291, 259],
+        ]
+    );
+    let nobos_always = nobos("sp-nobos-always", json!({"legacy": true, "add_prefix_space": null}));
+    assert_eq!(
+        nobos_always,
+        vec![
+            vec![281, 292, 294, 263, 264, 265, 266, 261, 278, 274],
+            vec![259, 281, 259, 294, 263, 264, 265, 266, 261, 292, 13, 13, 267, 279, 270],
+            vec![
+                259, 275, 259, 2, 259, 276, 1, 281, 294, 263, 264, 265, 266, 261, 259, 123, 259, 287, 124, 294, 263,
+                264, 265, 266, 261, 259, 125
+            ],
+            vec![259, 107, 198, 172, 277, 270, 259, 243, 162, 155, 131, 294, 263, 264, 265, 266, 261, 259, 55, 53, 281],
+            vec![259, 287, 260, 262, 263, 264, 265, 266, 261, 259, 12, 271, 289, 291, 259],
+        ]
+    );
+    let nobos_never = nobos("sp-nobos-never", json!({"legacy": true, "add_prefix_space": false}));
+    assert_eq!(
+        nobos_never,
+        vec![
+            vec![267, 279, 270, 292, 294, 263, 264, 265, 266, 261, 278, 274],
+            vec![259, 281, 259, 294, 263, 264, 265, 266, 261, 292, 13, 13, 267, 279, 270],
+            vec![
+                275, 259, 2, 259, 276, 1, 267, 279, 270, 294, 263, 264, 265, 266, 261, 259, 123, 259, 287, 124, 294,
+                263, 264, 265, 266, 261, 259, 125
+            ],
+            vec![107, 198, 172, 277, 270, 259, 243, 162, 155, 131, 294, 263, 264, 265, 266, 261, 259, 55, 53, 281],
+            vec![287, 260, 262, 263, 264, 265, 266, 261, 259, 12, 271, 289, 291, 259],
+        ]
+    );
+    // `[/INST]` as a normalized added token (some Llama-2 RMs add it, id 295): matched in the
+    // text as transformers' rebuilt tokenizer sees it, without the file's normalizer.
+    let added = sp_llama("sp-added", "LlamaTokenizerFast", json!({}), LLAMA2_TEMPLATE, |t| {
+        let id = t["model"]["vocab"].as_object().unwrap().len();
+        t["model"]["vocab"]["[/INST]"] = json!(id);
+        t["added_tokens"].as_array_mut().unwrap().push(json!({"id": id, "content": "[/INST]", "single_word": false,
+            "lstrip": false, "rstrip": false, "normalized": true, "special": false}));
+    });
+    assert_eq!(
+        sp_ids(&added),
+        vec![
+            vec![1, 286, 281, 292, 259, 295, 278, 274, 259, 2],
+            vec![1, 286, 281, 259, 295, 292, 13, 13, 267, 279, 270, 259, 2],
+            vec![
+                1, 287, 275, 259, 2, 259, 276, 1, 267, 279, 270, 259, 295, 259, 123, 259, 287, 124, 259, 295, 259, 125,
+                259, 2
+            ],
+            vec![1, 287, 107, 198, 172, 277, 270, 259, 243, 162, 155, 131, 259, 295, 259, 55, 53, 281, 259, 2],
+            vec![1, 287, 287, 295, 292, 259, 2],
+        ]
+    );
+    // The same file under PreTrainedTokenizerFast is used as written (Prepend normalizer: "▁"
+    // after `<s>`).
+    let as_written = sp_llama("sp-as-written", "PreTrainedTokenizerFast", json!({}), LLAMA2_TEMPLATE, |_| {});
+    assert_eq!(ids(&as_written, "llama", "Hello world", "Hi")[..3], [1, 259, 286]);
+}
+
+#[test]
+fn llama_tokenizer_settings_transformers_cannot_rebuild_the_same_are_refused() {
+    let load_err =
+        |d: &Path| ChatTokenizer::from_dir(d, 4096, Some("llama")).err().expect("must be refused").to_string();
+    // A non-boolean legacy / add_prefix_space would be read by Python truthiness.
+    let d = sp_llama("sp-legacy-str", "LlamaTokenizer", json!({"legacy": "false"}), LLAMA2_TEMPLATE, |_| {});
+    let e = load_err(&d);
+    assert!(
+        e.ends_with(
+            "tokenizer_config.json: field `legacy`: expected true or false (read by LlamaTokenizer), found \"false\""
+        ),
+        "{e}"
+    );
+    let d = sp_llama("sp-prefix-num", "LlamaTokenizerFast", json!({"add_prefix_space": 1}), LLAMA2_TEMPLATE, |_| {});
+    assert!(load_err(&d)
+        .ends_with("field `add_prefix_space`: expected true or false (read by LlamaTokenizerFast), found 1"));
+    // A Unigram model: transformers would make a BPE of its pieces without the scores.
+    let d = sp_llama("sp-unigram", "LlamaTokenizerFast", json!({}), LLAMA2_TEMPLATE, |t| {
+        t["model"] = json!({"type": "Unigram", "unk_id": 0, "vocab": [["<unk>", 0.0], ["<s>", 0.0], ["</s>", 0.0]]});
+    });
+    let e = load_err(&d);
+    assert!(
+        e.contains(
+            "tokenizer_config.json: field `tokenizer_class`: LlamaTokenizerFast: transformers 5 rebuilds that \
+             tokenizer as a BPE model from "
+        ) && e.ends_with("tokenizer.json's vocab and merges, but the file's model is Unigram, not BPE; not supported"),
         "{e}"
     );
 }
