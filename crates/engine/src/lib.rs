@@ -25,6 +25,7 @@ mod expf;
 pub mod hash;
 pub mod head;
 pub mod hooks;
+mod jinja_py;
 mod kernels;
 pub mod model;
 mod network;

@@ -641,6 +641,8 @@ impl ChatTokenizer {
         env.add_function("raise_exception", |msg: String| -> std::result::Result<String, JinjaError> {
             Err(JinjaError::new(ErrorKind::InvalidOperation, msg))
         });
+        // transformers' own `tojson` (json.dumps, no HTML escaping) replaces minijinja's.
+        env.add_filter("tojson", crate::jinja_py::tojson);
         // Deterministic: templates that print today's date get a fixed one.
         env.add_function("strftime_now", |_fmt: String| "26 Jul 2024".to_string());
         // An undefined special token fails in `bos_token + …` (in transformers too): say which.

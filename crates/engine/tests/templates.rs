@@ -203,3 +203,76 @@ fn hostile_or_wrong_templates_are_named_errors() {
         assert!(start.elapsed().as_secs() < 20, "{name}: took {:?}", start.elapsed());
     }
 }
+
+/// The two conversations of the tojson test: `< > & ' "` and non-ASCII, then control characters.
+const TOJSON_TEXTS: [(&str, &str); 2] = [
+    ("Hi <b>&amp;'quote\" \\ back</b>", "café naïve Ω 😀 中文 ﬁ"),
+    ("ctl \u{1}\u{1f}\u{7f}\u{8}\u{c}\n\r\t end", "plain"),
+];
+
+#[test]
+fn tojson_is_pythons_json_dumps_as_in_transformers() {
+    // (template, which conversation, transformers 5.25's rendering). minijinja's own tojson would
+    // escape < > & ' and write messages' keys sorted; transformers' keeps them, in dict order.
+    let cases: [(&str, usize, &str); 7] = [
+        (
+            "{% for m in messages %}{{ m.content }}|{{ m.content|tojson }}|{{ m|tojson }}|{{ m.content|tojson(ensure_ascii=true) }}\n{% endfor %}",
+            0,
+            "Hi <b>&amp;'quote\" \\ back</b>|\"Hi <b>&amp;'quote\\\" \\\\ back</b>\"|{\"role\": \"user\", \"content\": \"Hi <b>&amp;'quote\\\" \\\\ back</b>\"}|\"Hi <b>&amp;'quote\\\" \\\\ back</b>\"\ncafé naïve Ω 😀 中文 ﬁ|\"café naïve Ω 😀 中文 ﬁ\"|{\"role\": \"assistant\", \"content\": \"café naïve Ω 😀 中文 ﬁ\"}|\"caf\\u00e9 na\\u00efve \\u03a9 \\ud83d\\ude00 \\u4e2d\\u6587 \\ufb01\"\n",
+        ),
+        (
+            "{% for m in messages %}{{ m.content }}|{{ m.content|tojson }}|{{ m|tojson }}|{{ m.content|tojson(ensure_ascii=true) }}\n{% endfor %}",
+            1,
+            "ctl \u{1}\u{1f}\u{7f}\u{8}\u{c}\n\r\t end|\"ctl \\u0001\\u001f\u{7f}\\b\\f\\n\\r\\t end\"|{\"role\": \"user\", \"content\": \"ctl \\u0001\\u001f\u{7f}\\b\\f\\n\\r\\t end\"}|\"ctl \\u0001\\u001f\\u007f\\b\\f\\n\\r\\t end\"\nplain|\"plain\"|{\"role\": \"assistant\", \"content\": \"plain\"}|\"plain\"\n",
+        ),
+        (
+            "{% for m in messages %}{{ m.content }}{{ m|tojson(ensure_ascii=true, sort_keys=true) }}{{ m.content|tojson(1) }}{% endfor %}",
+            1,
+            "ctl \u{1}\u{1f}\u{7f}\u{8}\u{c}\n\r\t end{\"content\": \"ctl \\u0001\\u001f\\u007f\\b\\f\\n\\r\\t end\", \"role\": \"user\"}\"ctl \\u0001\\u001f\\u007f\\b\\f\\n\\r\\t end\"plain{\"content\": \"plain\", \"role\": \"assistant\"}\"plain\"",
+        ),
+        (
+            "{% for m in messages %}{{ m.content }}{% endfor %}{{ messages|tojson(indent=2) }}{{ {'x': [], 'y': {}, 'z': [1, {'k': 'v'}]}|tojson(indent=4) }}{{ [1]|tojson(false, '\t') }}{{ [1, [2]]|tojson(indent=0) }}{{ [1]|tojson(indent=-3) }}{{ {'a': 1}|tojson(indent='--') }}",
+            0,
+            "Hi <b>&amp;'quote\" \\ back</b>café naïve Ω 😀 中文 ﬁ[\n  {\n    \"role\": \"user\",\n    \"content\": \"Hi <b>&amp;'quote\\\" \\\\ back</b>\"\n  },\n  {\n    \"role\": \"assistant\",\n    \"content\": \"café naïve Ω 😀 中文 ﬁ\"\n  }\n]{\n    \"x\": [],\n    \"y\": {},\n    \"z\": [\n        1,\n        {\n            \"k\": \"v\"\n        }\n    ]\n}[\n\t1\n][\n1,\n[\n2\n]\n][\n1\n]{\n--\"a\": 1\n}",
+        ),
+        (
+            "{% for m in messages %}{{ m.content }}{% endfor %}{{ {'b': 1, 'a': [1, 2.5, none, true, false, 1e20, 0.0001, 1e-5, -0.0, 1.0, 123456789012345678, 0.1, 1e16, 1e15, 3.14159, -2.5e-7, 10/4, 7//2]}|tojson(sort_keys=true) }}",
+            0,
+            "Hi <b>&amp;'quote\" \\ back</b>café naïve Ω 😀 中文 ﬁ{\"a\": [1, 2.5, null, true, false, 1e+20, 0.0001, 1e-05, -0.0, 1.0, 123456789012345678, 0.1, 1e+16, 1000000000000000.0, 3.14159, -2.5e-07, 2.5, 3], \"b\": 1}",
+        ),
+        (
+            "{% for m in messages %}{{ m.content }}{% endfor %}{{ {'a': [1, 2], 'b': 'c'}|tojson(separators=(',', ':')) }}{{ {'a': [1, 2]}|tojson(indent=1, separators=(', ', ' = ')) }}{{ {'z': 1, 'a': {'y': 2, 'b': 3}}|tojson(sort_keys=true, indent=2) }}{{ {2: 'x', 1: 'y'}|tojson(sort_keys=true) }}{{ {1: 'a', none: 'c', 1.5: 'd', false: 'e'}|tojson }}",
+            0,
+            "Hi <b>&amp;'quote\" \\ back</b>café naïve Ω 😀 中文 ﬁ{\"a\":[1,2],\"b\":\"c\"}{\n \"a\" = [\n  1, \n  2\n ]\n}{\n  \"a\": {\n    \"b\": 3,\n    \"y\": 2\n  },\n  \"z\": 1\n}{\"1\": \"y\", \"2\": \"x\"}{\"1\": \"a\", \"null\": \"c\", \"1.5\": \"d\", \"false\": \"e\"}",
+        ),
+        (
+            "{% set tools = [{'type': 'function', 'function': {'name': 'get_weather', 'description': 'Weather <b>& \"temp\"</b>', 'parameters': {'type': 'object', 'properties': {'city': {'type': 'string'}}, 'required': ['city']}}}] %}{% for t in tools %}{{ t|tojson(indent=4) }}\n\n{% endfor %}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}",
+            0,
+            "{\n    \"type\": \"function\",\n    \"function\": {\n        \"name\": \"get_weather\",\n        \"description\": \"Weather <b>& \\\"temp\\\"</b>\",\n        \"parameters\": {\n            \"type\": \"object\",\n            \"properties\": {\n                \"city\": {\n                    \"type\": \"string\"\n                }\n            },\n            \"required\": [\n                \"city\"\n            ]\n        }\n    }\n}\n\nuser: Hi <b>&amp;'quote\" \\ back</b>\nassistant: café naïve Ω 😀 中文 ﬁ\n",
+        ),
+    ];
+    for (k, (template, i, expected)) in cases.into_iter().enumerate() {
+        let d = dir_with(&format!("tojson-{k}"), json!({"bos_token": "<s>"}), Some(template));
+        let t = ChatTokenizer::from_dir(&d, 4096, Some("llama")).unwrap();
+        let (p, r) = TOJSON_TEXTS[i];
+        assert_eq!(t.render(p, r).unwrap(), expected, "template {template}");
+    }
+    // What json.dumps cannot serialize, or an argument it does not take, is a template error.
+    for (template, message) in [
+        ("{{ nothing|tojson }}", "tojson(): Object of type Undefined is not JSON serializable"),
+        ("{{ 1|tojson(cls=1) }}", "tojson() got an unexpected keyword argument 'cls'"),
+        (
+            "{{ 1|tojson(false, indent=2, ensure_ascii=true) }}",
+            "tojson() got multiple values for argument 'ensure_ascii'",
+        ),
+        ("{{ [1]|tojson(separators=',') }}", "tojson(): separators must be two strings"),
+    ] {
+        let d = dir_with(
+            "tojson-bad",
+            json!({}),
+            Some(&format!("{template}{{% for m in messages %}}{{{{ m.content }}}}{{% endfor %}}")),
+        );
+        let e = ChatTokenizer::from_dir(&d, 4096, Some("llama")).err().expect("must fail").to_string();
+        assert!(e.contains(message), "{template}: {e}");
+    }
+}

@@ -1,0 +1,235 @@
+//! The Jinja filter transformers registers for chat templates, reproduced for minijinja:
+//! `tojson` (Python's `json.dumps`, not Jinja's HTML-escaping one).
+
+use minijinja::value::{ArgType, Kwargs, Rest, Value, ValueKind};
+use minijinja::{Error, ErrorKind};
+
+fn invalid(msg: impl Into<String>) -> Error {
+    Error::new(ErrorKind::InvalidOperation, msg.into())
+}
+
+/// transformers' filter: `json.dumps(x, ensure_ascii=False, indent=None, separators=None,
+/// sort_keys=False)`, its parameters taken by position or by name as Python takes them. What
+/// `json.dumps` cannot serialize (undefined, functions, iterators, bytes) is an error, as in Python.
+pub fn tojson(value: Value, args: Rest<Value>) -> Result<Value, Error> {
+    const NAMES: [&str; 4] = ["ensure_ascii", "indent", "separators", "sort_keys"];
+    let mut args = args.0;
+    let kwargs = match args.last() {
+        Some(last) if last.is_kwargs() => Some(Kwargs::from_value(args.pop().as_ref())?),
+        _ => None,
+    };
+    if args.len() > NAMES.len() {
+        return Err(invalid(format!("tojson() takes at most 4 arguments after the value ({} given)", args.len())));
+    }
+    let mut params: [Option<Value>; 4] = Default::default();
+    for (slot, v) in params.iter_mut().zip(args) {
+        *slot = Some(v);
+    }
+    if let Some(kwargs) = kwargs {
+        for name in kwargs.args() {
+            let Some(i) = NAMES.iter().position(|n| *n == name) else {
+                return Err(invalid(format!("tojson() got an unexpected keyword argument '{name}'")));
+            };
+            if params[i].is_some() {
+                return Err(invalid(format!("tojson() got multiple values for argument '{name}'")));
+            }
+            params[i] = Some(kwargs.get::<Value>(name)?);
+        }
+    }
+    let [ensure_ascii, indent, separators, sort_keys] = params;
+    // Python's truthiness, like json.dumps.
+    let ensure_ascii = ensure_ascii.is_some_and(|v| v.is_true());
+    let sort_keys = sort_keys.is_some_and(|v| v.is_true());
+    let indent: Option<String> = match indent {
+        None => None,
+        Some(v) if v.is_none() => None,
+        Some(v) => Some(match v.kind() {
+            ValueKind::String => v.as_str().unwrap_or_default().to_string(),
+            // `' ' * indent`: a negative count is no spaces; True is 1.
+            ValueKind::Bool => " ".repeat(usize::from(v.is_true())),
+            ValueKind::Number if v.is_integer() => {
+                let n = i64::try_from(v.clone()).map_err(|_| invalid(format!("tojson(): indent {v} is too large")))?;
+                " ".repeat(usize::try_from(n.clamp(0, 1024)).unwrap_or(0))
+            }
+            _ => return Err(invalid(format!("tojson(): indent must be an integer or a string, found {v:?}"))),
+        }),
+    };
+    // Python's defaults: (", ", ": "), or ("," , ": ") with an indent.
+    let (item_sep, key_sep) = match separators {
+        None => (if indent.is_some() { "," } else { ", " }.to_string(), ": ".to_string()),
+        Some(v) if v.is_none() => (if indent.is_some() { "," } else { ", " }.to_string(), ": ".to_string()),
+        Some(v) => {
+            let parts: Vec<Value> = match v.kind() {
+                ValueKind::Seq => v.try_iter()?.collect(),
+                _ => Vec::new(),
+            };
+            match parts.as_slice() {
+                [a, b] if a.kind() == ValueKind::String && b.kind() == ValueKind::String => {
+                    (a.as_str().unwrap_or_default().to_string(), b.as_str().unwrap_or_default().to_string())
+                }
+                _ => return Err(invalid(format!("tojson(): separators must be two strings, found {v:?}"))),
+            }
+        }
+    };
+    let opts = JsonOpts { ensure_ascii, sort_keys, indent, item_sep, key_sep };
+    let mut out = String::new();
+    opts.write(&value, 0, &mut out)?;
+    Ok(Value::from(out))
+}
+
+struct JsonOpts {
+    ensure_ascii: bool,
+    sort_keys: bool,
+    indent: Option<String>,
+    item_sep: String,
+    key_sep: String,
+}
+
+impl JsonOpts {
+    fn newline(&self, level: usize, out: &mut String) {
+        if let Some(indent) = &self.indent {
+            out.push('\n');
+            for _ in 0..level {
+                out.push_str(indent);
+            }
+        }
+    }
+
+    fn write(&self, v: &Value, level: usize, out: &mut String) -> Result<(), Error> {
+        let not_serializable =
+            |what: &str| invalid(format!("tojson(): Object of type {what} is not JSON serializable"));
+        match v.kind() {
+            ValueKind::None => out.push_str("null"),
+            ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
+            ValueKind::Number => out.push_str(&number(v)),
+            ValueKind::String => write_str(v.as_str().unwrap_or_default(), self.ensure_ascii, out),
+            ValueKind::Seq => {
+                let items: Vec<Value> = v.try_iter()?.collect();
+                if items.is_empty() {
+                    out.push_str("[]");
+                    return Ok(());
+                }
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(&self.item_sep);
+                    }
+                    self.newline(level + 1, out);
+                    self.write(item, level + 1, out)?;
+                }
+                self.newline(level, out);
+                out.push(']');
+            }
+            ValueKind::Map => {
+                let mut entries: Vec<(Value, Value)> =
+                    v.try_iter()?.map(|k| v.get_item(&k).map(|x| (k, x))).collect::<Result<_, _>>()?;
+                if entries.is_empty() {
+                    out.push_str("{}");
+                    return Ok(());
+                }
+                if self.sort_keys {
+                    // Python sorts the keys themselves: strings, or numbers; a mix is a TypeError.
+                    let kinds: Vec<ValueKind> = entries.iter().map(|(k, _)| k.kind()).collect();
+                    if kinds.iter().all(|k| *k == ValueKind::String) {
+                        entries.sort_by(|a, b| a.0.as_str().cmp(&b.0.as_str()));
+                    } else if kinds.iter().all(|k| *k == ValueKind::Number) {
+                        entries.sort_by(|a, b| a.0.cmp(&b.0));
+                    } else {
+                        return Err(invalid("tojson(): sort_keys with keys of different types"));
+                    }
+                }
+                out.push('{');
+                for (i, (k, item)) in entries.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(&self.item_sep);
+                    }
+                    self.newline(level + 1, out);
+                    // Python turns number, bool and None keys into strings.
+                    let key = match k.kind() {
+                        ValueKind::String => k.as_str().unwrap_or_default().to_string(),
+                        ValueKind::Number => number(k),
+                        ValueKind::Bool => (if k.is_true() { "true" } else { "false" }).to_string(),
+                        ValueKind::None => "null".to_string(),
+                        _ => {
+                            return Err(invalid(format!(
+                                "tojson(): keys must be str, int, float, bool or None, not {k:?}"
+                            )))
+                        }
+                    };
+                    write_str(&key, self.ensure_ascii, out);
+                    out.push_str(&self.key_sep);
+                    self.write(item, level + 1, out)?;
+                }
+                self.newline(level, out);
+                out.push('}');
+            }
+            ValueKind::Undefined => return Err(not_serializable("Undefined")),
+            ValueKind::Bytes => return Err(not_serializable("bytes")),
+            ValueKind::Iterable => return Err(not_serializable("iterator")),
+            _ => return Err(not_serializable(&format!("{:?}", v.kind()))),
+        }
+        Ok(())
+    }
+}
+
+/// A number as Python's `json.dumps` writes it: integers in decimal, floats as `float.__repr__`
+/// (shortest round-trip digits, exponent form below 1e-4 and from 1e16) and NaN / Infinity.
+fn number(v: &Value) -> String {
+    if v.is_integer() {
+        return v.to_string();
+    }
+    let x = f64::try_from(v.clone()).unwrap_or(f64::NAN);
+    if x.is_nan() {
+        return "NaN".into();
+    }
+    if x.is_infinite() {
+        return if x > 0.0 { "Infinity" } else { "-Infinity" }.into();
+    }
+    // Rust's `{:e}` gives the shortest round-trip digits: "-1.5e-7", "1e16".
+    let sci = format!("{x:e}");
+    let (mantissa, exp) = sci.split_once('e').expect("`{:e}` has an exponent");
+    let exp: i32 = exp.parse().expect("`{:e}` exponent is an integer");
+    let (sign, mantissa) = mantissa.strip_prefix('-').map_or(("", mantissa), |m| ("-", m));
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    if !(-4..16).contains(&exp) {
+        let (first, rest) = digits.split_at(1);
+        let frac = if rest.is_empty() { String::new() } else { format!(".{rest}") };
+        return format!("{sign}{first}{frac}e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs());
+    }
+    let point = exp + 1; // digits before the decimal point
+    if point <= 0 {
+        format!("{sign}0.{}{digits}", "0".repeat((-point) as usize))
+    } else if point as usize >= digits.len() {
+        format!("{sign}{digits}{}.0", "0".repeat(point as usize - digits.len()))
+    } else {
+        let (int, frac) = digits.split_at(point as usize);
+        format!("{sign}{int}.{frac}")
+    }
+}
+
+/// A JSON string as Python's json module writes it (lowercase `\u` escapes; with
+/// `ensure_ascii`, everything outside printable ASCII escaped, as UTF-16 surrogate pairs above
+/// the BMP).
+fn write_str(s: &str, ensure_ascii: bool, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c if ensure_ascii && !(' '..='~').contains(&c) => {
+                let mut buf = [0u16; 2];
+                for unit in c.encode_utf16(&mut buf) {
+                    out.push_str(&format!("\\u{unit:04x}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
