@@ -1,5 +1,6 @@
-//! The Jinja filter transformers registers for chat templates, reproduced for minijinja:
-//! `tojson` (Python's `json.dumps`, not Jinja's HTML-escaping one).
+//! The Jinja filter and function transformers registers for chat templates, reproduced for
+//! minijinja: `tojson` (Python's `json.dumps`, not Jinja's HTML-escaping one) and `strftime_now`
+//! (on a fixed date, so that scores are reproducible).
 
 use minijinja::value::{ArgType, Kwargs, Rest, Value, ValueKind};
 use minijinja::{Error, ErrorKind};
@@ -232,4 +233,84 @@ fn write_str(s: &str, ensure_ascii: bool, out: &mut String) {
         }
     }
     out.push('"');
+}
+
+/// The date `strftime_now` formats: 2024-07-26 00:00:00 (a Friday), naive like transformers'
+/// `datetime.now()` (so `%z` and `%Z` are empty). transformers prints the current time; a fixed
+/// one keeps scores reproducible, and is the date Llama 3.1's template itself defaults to.
+pub const FIXED_DATE: &str = "2024-07-26 00:00:00";
+
+/// What Python's `datetime(2024, 7, 26).strftime("%" + c)` gives on Linux (glibc), for the
+/// directives implemented; `numeric` ones also take glibc's `-` flag (no padding).
+fn directive(c: char) -> Option<(&'static str, bool)> {
+    Some(match c {
+        'a' => ("Fri", false),
+        'A' => ("Friday", false),
+        'b' | 'h' => ("Jul", false),
+        'B' => ("July", false),
+        'c' => ("Fri Jul 26 00:00:00 2024", false),
+        'C' => ("20", true),
+        'd' | 'e' => ("26", true),
+        'D' | 'x' => ("07/26/24", false),
+        'F' => ("2024-07-26", false),
+        'g' | 'y' => ("24", true),
+        'G' | 'Y' => ("2024", true),
+        'H' | 'M' | 'S' => ("00", true),
+        'I' | 'l' => ("12", true),
+        'j' => ("208", true),
+        'k' => (" 0", true),
+        'm' => ("07", true),
+        'n' => ("\n", false),
+        'p' => ("AM", false),
+        'r' => ("12:00:00 AM", false),
+        'R' => ("00:00", false),
+        't' => ("\t", false),
+        'T' | 'X' => ("00:00:00", false),
+        'u' | 'w' => ("5", true),
+        'U' => ("29", true),
+        'V' | 'W' => ("30", true),
+        'z' | 'Z' => ("", false),
+        'f' => ("000000", false),
+        '%' => ("%", false),
+        _ => return None,
+    })
+}
+
+/// `strftime_now(format)` on [`FIXED_DATE`]. A directive not implemented here (`%s`, which
+/// depends on the machine's time zone, locale forms `%E…`/`%O…`, other flags or widths) is an
+/// error naming it rather than text that could differ from Python's.
+pub fn strftime_now(format: &str) -> Result<String, Error> {
+    let mut out = String::new();
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        let refuse = |d: String| {
+            invalid(format!(
+                "strftime_now: directive {d:?} is not supported (reward-lens formats the fixed date {FIXED_DATE} \
+                 with %a %A %b %B %c %C %d %D %e %f %F %g %G %h %H %I %j %k %l %m %M %n %p %r %R %S %t %T %u %U %V \
+                 %w %W %x %X %y %Y %z %Z %% and the - flag on numbers)"
+            ))
+        };
+        match chars.next() {
+            Some('-') => match chars.next() {
+                Some(d) => match directive(d) {
+                    Some((text, true)) => {
+                        let t = text.trim_start_matches([' ', '0']);
+                        out.push_str(if t.is_empty() { "0" } else { t });
+                    }
+                    _ => return Err(refuse(format!("%-{d}"))),
+                },
+                None => return Err(refuse("%-".into())),
+            },
+            Some(d) => match directive(d) {
+                Some((text, _)) => out.push_str(text),
+                None => return Err(refuse(format!("%{d}"))),
+            },
+            None => return Err(refuse("%".into())),
+        }
+    }
+    Ok(out)
 }

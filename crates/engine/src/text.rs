@@ -643,8 +643,8 @@ impl ChatTokenizer {
         });
         // transformers' own `tojson` (json.dumps, no HTML escaping) replaces minijinja's.
         env.add_filter("tojson", crate::jinja_py::tojson);
-        // Deterministic: templates that print today's date get a fixed one.
-        env.add_function("strftime_now", |_fmt: String| "26 Jul 2024".to_string());
+        // Deterministic: templates that print today's date get a fixed one, in their format.
+        env.add_function("strftime_now", |fmt: String| crate::jinja_py::strftime_now(&fmt));
         // An undefined special token fails in `bos_token + …` (in transformers too): say which.
         let hint: String = self
             .undefined_specials()

@@ -276,3 +276,38 @@ fn tojson_is_pythons_json_dumps_as_in_transformers() {
         assert!(e.contains(message), "{template}: {e}");
     }
 }
+
+#[test]
+fn strftime_now_formats_the_fixed_date_as_python_would() {
+    // Python's `datetime(2024, 7, 26).strftime(fmt)` on Linux gives exactly these.
+    let cases = [
+        ("%d %b %Y", "26 Jul 2024"),
+        ("%Y-%m-%d %H:%M:%S", "2024-07-26 00:00:00"),
+        (
+            "%A, %B %e %Y (%a %b %h) %j %y %-d/%-m %-H:%-M %I%p %k|%l",
+            "Friday, July 26 2024 (Fri Jul Jul) 208 24 26/7 0:0 12AM  0|12",
+        ),
+        (
+            "%c|%x|%X|%D|%F|%T|%R|%r|%C %g %G %u %w %U %V %W|%z|%Z|%f|%%|%n|%t",
+            "Fri Jul 26 00:00:00 2024|07/26/24|00:00:00|07/26/24|2024-07-26|00:00:00|00:00|12:00:00 AM|20 24 2024 5 5 29 \
+             30 30|||000000|%|\n|\t",
+        ),
+    ];
+    for (k, (format, expected)) in cases.into_iter().enumerate() {
+        let template =
+            format!("{{{{ strftime_now({format:?}) }}}}|{{% for m in messages %}}{{{{ m.content }}}}{{% endfor %}}");
+        let d = dir_with(&format!("strftime-{k}"), json!({}), Some(&template));
+        let t = ChatTokenizer::from_dir(&d, 4096, Some("llama")).unwrap();
+        assert_eq!(t.render("p", "r").unwrap(), format!("{expected}|pr"), "{format}");
+    }
+    // A directive not implemented is named, not passed through as text that might differ.
+    for (format, directive) in
+        [("%s", "\"%s\""), ("%d %Q", "\"%Q\""), ("%-B", "\"%-B\""), ("%Ey", "\"%E\""), ("x %", "\"%\"")]
+    {
+        let template =
+            format!("{{{{ strftime_now({format:?}) }}}}{{% for m in messages %}}{{{{ m.content }}}}{{% endfor %}}");
+        let d = dir_with("strftime-bad", json!({}), Some(&template));
+        let e = ChatTokenizer::from_dir(&d, 4096, Some("llama")).err().expect("must fail").to_string();
+        assert!(e.contains(&format!("strftime_now: directive {directive} is not supported")), "{format}: {e}");
+    }
+}
