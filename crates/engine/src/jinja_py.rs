@@ -1,12 +1,41 @@
-//! The Jinja filter and function transformers registers for chat templates, reproduced for
-//! minijinja: `tojson` (Python's `json.dumps`, not Jinja's HTML-escaping one) and `strftime_now`
-//! (on a fixed date, so that scores are reproducible).
+//! The Jinja filters and function transformers' chat templates see, reproduced for minijinja:
+//! `tojson` (Python's `json.dumps`, not Jinja's HTML-escaping one), `escape`/`e` (markupsafe's
+//! five characters and spellings) and `strftime_now` (on a fixed date, so that scores are
+//! reproducible).
 
 use minijinja::value::{ArgType, Kwargs, Rest, Value, ValueKind};
 use minijinja::{Error, ErrorKind};
 
 fn invalid(msg: impl Into<String>) -> Error {
     Error::new(ErrorKind::InvalidOperation, msg.into())
+}
+
+/// Jinja2's `escape` (`e`), which is markupsafe's: `& < > ' "` as `&amp; &lt; &gt; &#39; &#34;`,
+/// nothing else. minijinja's own writes `&#x27;`, `&quot;` and escapes `/` as well, so an escaped
+/// text would tokenize differently. Safe strings pass unchanged, as markupsafe's `Markup` does.
+pub fn escape(value: Value) -> Value {
+    if value.is_safe() {
+        return value;
+    }
+    // Python's str(): None is "None", booleans "True"/"False".
+    let text = match value.kind() {
+        ValueKind::Undefined => String::new(),
+        ValueKind::None => "None".to_string(),
+        ValueKind::Bool => if value.is_true() { "True" } else { "False" }.to_string(),
+        _ => value.to_string(),
+    };
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '\'' => out.push_str("&#39;"),
+            '"' => out.push_str("&#34;"),
+            c => out.push(c),
+        }
+    }
+    Value::from_safe_string(out)
 }
 
 /// transformers' filter: `json.dumps(x, ensure_ascii=False, indent=None, separators=None,

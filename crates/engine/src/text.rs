@@ -643,6 +643,9 @@ impl ChatTokenizer {
         });
         // transformers' own `tojson` (json.dumps, no HTML escaping) replaces minijinja's.
         env.add_filter("tojson", crate::jinja_py::tojson);
+        // And Jinja2's (markupsafe's) escaping, which minijinja spells differently.
+        env.add_filter("escape", crate::jinja_py::escape);
+        env.add_filter("e", crate::jinja_py::escape);
         // Deterministic: templates that print today's date get a fixed one, in their format.
         env.add_function("strftime_now", |fmt: String| crate::jinja_py::strftime_now(&fmt));
         // An undefined special token fails in `bos_token + …` (in transformers too): say which.

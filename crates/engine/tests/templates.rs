@@ -211,6 +211,19 @@ const TOJSON_TEXTS: [(&str, &str); 2] = [
 ];
 
 #[test]
+fn escape_is_jinja2s_as_in_transformers() {
+    // transformers 5.25 (jinja2, markupsafe) renders this; minijinja's own escape writes &#x27;,
+    // &quot; and &#x2f;, so the escaped text would tokenize differently.
+    let template = "{% for m in messages %}{{ m.content|e }}|{{ m.content|escape }}|{{ none|e }}|{{ true|e }}|{{ 'a/b'|e }}|{{ ('<x>'|e)|e }}|{{ 2.5|e }}|{{ nothing|e }}\n{% endfor %}";
+    let d = dir_with("escape", json!({"bos_token": "<s>"}), Some(template));
+    let t = ChatTokenizer::from_dir(&d, 4096, Some("llama")).unwrap();
+    let (p, r) = TOJSON_TEXTS[0];
+    let line = |text: &str| format!("{text}|{text}|None|True|a/b|&lt;x&gt;|2.5|\n");
+    let expected = line("Hi &lt;b&gt;&amp;amp;&#39;quote&#34; \\ back&lt;/b&gt;") + &line("café naïve Ω 😀 中文 ﬁ");
+    assert_eq!(t.render(p, r).unwrap(), expected);
+}
+
+#[test]
 fn tojson_is_pythons_json_dumps_as_in_transformers() {
     // (template, which conversation, transformers 5.25's rendering). minijinja's own tojson would
     // escape < > & ' and write messages' keys sorted; transformers' keeps them, in dict order.
