@@ -991,11 +991,7 @@ fn command_words_are_not_inputs() {
 fn non_finite_rewards_stop_every_command_naming_the_pair() {
     let d = tmp("nan-model");
     let model = d.join("model");
-    std::fs::create_dir_all(&model).unwrap();
-    for f in std::fs::read_dir(fixtures().join("models/llama")).unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, model.join(f.file_name().unwrap())).unwrap();
-    }
+    common::copy_fixture("llama", &model);
     let st = model.join("model.safetensors");
     let mut t = candle_core::safetensors::load(&st, &candle_core::Device::Cpu).unwrap();
     // Finite weights (the load-time scan accepts them) whose product overflows f32.
@@ -1428,11 +1424,7 @@ fn identical_pairs_are_scored_with_a_warning() {
 fn a_constant_reward_gives_no_findings_made_of_nothing() {
     let d = tmp("constant-reward");
     let model = d.join("model");
-    std::fs::create_dir_all(&model).unwrap();
-    for f in std::fs::read_dir(fixtures().join("models/llama")).unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, model.join(f.file_name().unwrap())).unwrap();
-    }
+    common::copy_fixture("llama", &model);
     let st = model.join("model.safetensors");
     let mut t = candle_core::safetensors::load(&st, &candle_core::Device::Cpu).unwrap();
     let w = t["score.weight"].zeros_like().unwrap();

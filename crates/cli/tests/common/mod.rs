@@ -57,6 +57,15 @@ pub fn lines(p: &Path) -> Vec<Value> {
     std::fs::read_to_string(p).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
+/// A copy of fixture model `name` in `to` (created), to edit.
+pub fn copy_fixture(name: &str, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for f in std::fs::read_dir(fixtures().join("models").join(name)).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, to.join(f.file_name().unwrap())).unwrap();
+    }
+}
+
 /// A copy of the Llama fixture that breaks down (NaN reward) on the chosen response of one pair
 /// of `tests/fixtures/pairs.jsonl` alone, every weight finite; returns that pair's 1-based line.
 /// Only a token of that response has a component along dimension 0, where block 0's input norm
