@@ -76,6 +76,13 @@ pub struct BenchArgs {
     /// GFLOP/s. Where the time goes, before optimising (any --device and --dtype).
     #[arg(long)]
     pub stages: bool,
+    /// Instead: time scoring 64 generated pairs with a RewardBench-like spread of lengths
+    /// (log-normal; sequences of 3–512 tokens) at the largest --batch-sizes, with batches taken in
+    /// input order and batched by length as every command batches them; reports real tokens/s,
+    /// the share of padding and the largest difference between the two orders' rewards (relative to
+    /// the largest reward).
+    #[arg(long)]
+    pub lengths: bool,
     /// Device of the timed model: `cpu`, or `cuda` / `cuda:N` in builds with the `cuda` feature.
     /// The matmul rate is then the GPU's own (cuBLAS, 8192³, in --dtype).
     #[arg(long, default_value = "cpu")]
@@ -136,6 +143,31 @@ fn patch_bench(a: &BenchArgs) -> Result<()> {
          effects are first-order estimates",
         VERIFY_TOP * pairs.len()
     );
+    Ok(())
+}
+
+/// Batches in input order against batches by length, on pairs of spread lengths.
+fn lengths_bench(a: &BenchArgs, model: &reward_lens_engine::RewardModel) -> Result<()> {
+    let batch = a.batch_sizes.iter().copied().max().context("--batch-sizes is empty")?;
+    let pairs = bench::spread_pairs(a.vocab, 64, 512);
+    let (rows, diff) = bench::batch_orders(model, &pairs, batch, a.iters)?;
+    if a.json {
+        println!("{}", serde_json::json!({ "batch": batch, "pairs": pairs.len(), "rows": rows, "max_rel_diff": diff }));
+        return Ok(());
+    }
+    let tokens: usize = pairs.iter().map(|p| p.chosen.len() + p.rejected.len()).sum();
+    println!(
+        "Scoring {} pairs of spread lengths ({tokens} tokens, sequences {}–{}), batch {batch}, {} threads:\n",
+        pairs.len(),
+        pairs.iter().flat_map(|p| [p.chosen.len(), p.rejected.len()]).min().unwrap_or(0),
+        pairs.iter().flat_map(|p| [p.chosen.len(), p.rejected.len()]).max().unwrap_or(0),
+        bench::threads_label()
+    );
+    println!("| batches | s | tokens/s | padding |\n|---|---|---|---|");
+    for r in &rows {
+        println!("| {} | {:.2} | {:.0} | {:.0} % |", r.order, r.seconds, r.tokens_per_s, 100.0 * r.padding);
+    }
+    println!("\nby length: {:.2}× input order; rewards agree to {diff:.1e} (relative)", rows[0].seconds / rows[1].seconds);
     Ok(())
 }
 
@@ -206,6 +238,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let device = parse_device(&a.device)?;
     let opts = reward_lens_engine::LoadOptions { dtype: a.dtype.into(), device: device.clone() };
     let model = bench::model_from_weights_on(&shape, weights.clone(), &opts)?;
+    if a.lengths {
+        return lengths_bench(&a, &model);
+    }
     if a.stages {
         let batch = a.batch_sizes.iter().copied().max().context("--batch-sizes is empty")?;
         let r = reward_lens_engine::profile::stage_times(&model, &shape, batch, a.seq_len, a.iters)?;

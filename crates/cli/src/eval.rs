@@ -107,7 +107,7 @@ fn run_shard(
     let record = shard.record(pairs.len());
     crate::args::guard_shard("eval", out, false, &fps, &[a.pairs.as_path()], options, Some((record, aggregate)))?;
     let range = shard.range(pairs.len());
-    let window = shard.window(pairs.len(), reward_lens_report::scoring::pairs_per_batch(a.batch_size));
+    let window = shard.window(pairs.len(), reward_lens_report::scoring::pairs_per_block(a.batch_size));
     let mut margins: Vec<Vec<f64>> = Vec::new();
     for m in models {
         let model = ModelArgs { model: m.clone(), dtype: a.dtype, device: a.device.clone() }.load_shared()?;

@@ -10,8 +10,8 @@ use reward_lens_engine::{RewardModel, ScoreOptions, Truncation};
 use reward_lens_instruments::rewardbench2::{summarise, Rb2Row, RowScores};
 use reward_lens_report::datasets::Preferences;
 use reward_lens_report::scoring::{
-    pairs_per_batch, resume_point, resume_rows, rewardbench2_table, rows_per_chunk, score_in_file_batches,
-    score_rows_in_file_chunks, Rb2Eval, RowScoreLine, Tallies,
+    pairs_per_block, resume_point, resume_rows, rewardbench2_table, rows_per_chunk, score_in_file_batches,
+    score_rows_in_file_chunks, Rb2Eval, RowScoreLine, ScoreLine, Tallies,
 };
 use serde_json::Value;
 
@@ -85,14 +85,14 @@ pub fn run(a: ScoreArgs) -> Result<()> {
     let pairs = &all[range.clone()];
     let mut tallies = Tallies::default();
 
-    let pairs_per_batch = pairs_per_batch(a.batch_size);
+    let pairs_per_block = pairs_per_block(a.batch_size);
     let mut done = 0usize;
     if a.resume {
         let out = a.out.as_ref().expect("clap enforces --out with --resume");
         if out.exists() {
             let text = std::fs::read_to_string(out).with_context(|| format!("{}: cannot read", out.display()))?;
-            // Batches follow the whole file's (see below), so a shard resumes after any line.
-            let cut = if a.shard.is_some() { 1 } else { pairs_per_batch };
+            // Blocks follow the whole file's (see below), so a shard resumes after any line.
+            let cut = if a.shard.is_some() { 1 } else { pairs_per_block };
             let r = resume_point(&text, pairs, cut, &out.display().to_string(), &a.pairs.display().to_string())
                 .map_err(anyhow::Error::msg)?;
             done = r.done;
@@ -116,16 +116,15 @@ pub fn run(a: ScoreArgs) -> Result<()> {
     let bar = crate::progress::pair_bar("scoring", (pairs.len() - done) as u64);
     let opts = ScoreOptions { batch_size: a.batch_size, padding: a.padding };
     let span = range.start + done..range.end;
-    // Each batch written (and flushed) as it finishes.
-    score_in_file_batches(&model, &all, span, &opts, truncation, |lines| -> Result<()> {
+    // Each block of batches written (and flushed) as it finishes.
+    let write = |lines: Vec<ScoreLine>| -> Result<()> {
         for line in &lines {
             write_line(&mut sink, line).with_context(|| format!("{}: cannot write", sink_name(&a)))?;
             tallies.add(line.subset.as_deref(), line.margin as f64);
         }
-        sink.flush().with_context(|| format!("{}: cannot write", sink_name(&a)))?;
-        bar.inc(lines.len() as u64);
-        Ok(())
-    })?;
+        sink.flush().with_context(|| format!("{}: cannot write", sink_name(&a)))
+    };
+    score_in_file_batches(&model, &all, span, &opts, truncation, write, &mut |n| bar.set_position(n as u64))?;
     bar.finish_and_clear();
     drop(sink);
 
@@ -172,16 +171,15 @@ fn run_rows(a: &ScoreArgs, rows: &[Rb2Row], model: &RewardModel, truncation: Tru
     let bar = crate::progress::count_bar("scoring", (mine.len() - scores.len()) as u64, "rows");
     let opts = ScoreOptions { batch_size: a.batch_size, padding: a.padding };
     let span = range.start + scores.len()..range.end;
-    score_rows_in_file_chunks(model, rows, span, &opts, truncation, |kept, s| -> Result<()> {
+    let write = |kept: &[Rb2Row], s: Vec<RowScores>| -> Result<()> {
         for (row, rs) in kept.iter().zip(s) {
             write_line(&mut sink, &RowScoreLine::new(row, &rs))
                 .with_context(|| format!("{}: cannot write", sink_name(a)))?;
             scores.push(rs);
         }
-        sink.flush().with_context(|| format!("{}: cannot write", sink_name(a)))?;
-        bar.inc(kept.len() as u64);
-        Ok(())
-    })?;
+        sink.flush().with_context(|| format!("{}: cannot write", sink_name(a)))
+    };
+    score_rows_in_file_chunks(model, rows, span, &opts, truncation, write, &mut |n| bar.set_position(n as u64))?;
     bar.finish_and_clear();
     let eval = Rb2Eval::new(a.model.name(), summarise(mine, &scores)?);
     eprint!("{}", rewardbench2_table(std::slice::from_ref(&eval)));

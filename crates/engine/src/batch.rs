@@ -20,6 +20,30 @@ impl std::str::FromStr for PaddingSide {
     }
 }
 
+/// Batches in one block of [`batches_by_length`].
+pub const LENGTH_BLOCK_BATCHES: usize = 16;
+
+/// Indices `0..lengths.len()` grouped into batches of at most `batch_size` (≥ 1): within each
+/// block of `batch_size × LENGTH_BLOCK_BATCHES` consecutive items, counted from the first, longest
+/// first, equal lengths in input order. A batch costs its longest sequence times its rows: on a
+/// RewardBench-like spread of lengths, batches taken in input order are more than half padding,
+/// batches of like length within a block about a quarter.
+///
+/// A reward depends on its batch-mates in the last bits (padding, matmul blocking). Sorting
+/// within fixed blocks, not the whole input, keeps that dependence local: a shard or a resumed
+/// run that starts at a block boundary forms exactly the batches one run forms.
+pub fn batches_by_length(lengths: &[usize], batch_size: usize) -> Vec<Vec<usize>> {
+    let b = batch_size.max(1);
+    let mut out = Vec::with_capacity(lengths.len().div_ceil(b));
+    for start in (0..lengths.len()).step_by(b * LENGTH_BLOCK_BATCHES) {
+        let mut block: Vec<usize> = (start..(start + b * LENGTH_BLOCK_BATCHES).min(lengths.len())).collect();
+        // Stable: ties keep input order.
+        block.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+        out.extend(block.chunks(b).map(<[usize]>::to_vec));
+    }
+    out
+}
+
 #[derive(Debug, Clone)]
 pub struct Batch {
     /// `[B][T]`, padded with `pad_id`.
@@ -110,5 +134,26 @@ mod tests {
         assert_eq!(b.ids[1], vec![8, 9, 0]);
         assert_eq!(b.positions[1], vec![0, 1, 0]);
         assert!(Batch::new(&[vec![]], 0, PaddingSide::Right).is_err());
+    }
+}
+
+#[cfg(test)]
+mod length_tests {
+    use super::batches_by_length;
+
+    #[test]
+    fn batches_by_length_are_longest_first_with_ties_in_input_order() {
+        let b = batches_by_length(&[3, 9, 3, 5, 9, 1, 5], 3);
+        assert_eq!(b, vec![vec![1, 4, 3], vec![6, 0, 2], vec![5]]);
+        assert_eq!(batches_by_length(&[], 4), Vec::<Vec<usize>>::new());
+        // A batch size of 0 is read as 1, never a panic.
+        assert_eq!(batches_by_length(&[2, 1], 0), vec![vec![0], vec![1]]);
+        // Sorting stays inside blocks of 16 batches: the 33rd item opens a new block.
+        let lengths: Vec<usize> = (0..40).collect();
+        let b = batches_by_length(&lengths, 2);
+        assert_eq!(b[0], vec![31, 30]);
+        assert_eq!(b[15], vec![1, 0]);
+        assert_eq!(b[16], vec![39, 38]);
+        assert_eq!(b.len(), 20);
     }
 }

@@ -144,6 +144,81 @@ pub fn patch_pairs(vocab: usize) -> Vec<EncodedPair> {
         .collect()
 }
 
+/// `n` pairs with a RewardBench-like spread of lengths: a log-normal prompt (median 60 tokens)
+/// and two log-normal responses (median 120), each sequence capped at `max_len` tokens.
+pub fn spread_pairs(vocab: usize, n: usize, max_len: usize) -> Vec<EncodedPair> {
+    let mut rng = Rng::new(13);
+    let draw = |rng: &mut Rng, median: f64, sigma: f64| (median * (sigma * rng.normal()).exp()).round().max(1.0) as usize;
+    (0..n)
+        .map(|_| {
+            let p = draw(&mut rng, 60.0, 1.0).min(max_len / 2);
+            let lc = draw(&mut rng, 120.0, 0.8).min(max_len - p);
+            let lr = draw(&mut rng, 120.0, 0.8).min(max_len - p);
+            let prompt = random_tokens(&mut rng, p, vocab);
+            let (c, r) = (random_tokens(&mut rng, lc, vocab), random_tokens(&mut rng, lr, vocab));
+            EncodedPair::new([prompt.clone(), c].concat(), [prompt, r].concat(), (p, p))
+        })
+        .collect()
+}
+
+/// Scoring pairs of spread lengths in one batch order.
+#[derive(Debug, Clone, Serialize)]
+pub struct OrderRow {
+    /// `input order` or `by length`.
+    pub order: String,
+    pub seconds: f64,
+    /// Real (unpadded) tokens per second.
+    pub tokens_per_s: f64,
+    /// Share of the batches' token slots that are padding.
+    pub padding: f64,
+}
+
+/// Times scoring `pairs` (`batch_size` sequences per pass, right padding) with batches taken in
+/// input order, as before batching by length, and as [`RewardModel::score_pairs`] batches them.
+/// Returns both rows and the largest difference between the two orders' rewards, relative to the
+/// largest reward.
+pub fn batch_orders(
+    model: &RewardModel,
+    pairs: &[EncodedPair],
+    batch_size: usize,
+    iters: usize,
+) -> Result<(Vec<OrderRow>, f64)> {
+    let per_batch = (batch_size / 2).max(1);
+    let real: usize = pairs.iter().map(|p| p.chosen.len() + p.rejected.len()).sum();
+    let slots = |batches: &[Vec<usize>]| -> usize {
+        let longer = |i: usize| pairs[i].chosen.len().max(pairs[i].rejected.len());
+        batches.iter().map(|b| 2 * b.len() * b.iter().map(|&i| longer(i)).max().unwrap_or(0)).sum()
+    };
+    let in_order: Vec<Vec<usize>> = (0..pairs.len()).collect::<Vec<_>>().chunks(per_batch).map(<[usize]>::to_vec).collect();
+    let longer: Vec<usize> = pairs.iter().map(|p| p.chosen.len().max(p.rejected.len())).collect();
+    let by_length = crate::batches_by_length(&longer, per_batch);
+    let (t_order, before) = best_of(iters, || -> Result<Vec<f32>> {
+        let mut out = Vec::with_capacity(2 * pairs.len());
+        for b in &in_order {
+            let seqs: Vec<Vec<u32>> = b.iter().flat_map(|&i| [pairs[i].chosen.clone(), pairs[i].rejected.clone()]).collect();
+            out.extend(model.score(&model.batch(&seqs, PaddingSide::Right)?)?.scores);
+        }
+        Ok(out)
+    })?;
+    let opts = crate::ScoreOptions { batch_size, padding: PaddingSide::Right };
+    let (t_length, after) = best_of(iters, || model.score_pairs(pairs, &opts, &mut |_| {}))?;
+    // Relative to the largest reward: one near zero would make any rounding look large.
+    let scale = before.iter().fold(0f32, |m, x| m.max(x.abs())).max(f32::MIN_POSITIVE) as f64;
+    let diff = after
+        .iter()
+        .flat_map(|s| [s.chosen, s.rejected])
+        .zip(&before)
+        .map(|(a, &b)| (a - b).abs() as f64 / scale)
+        .fold(0.0, f64::max);
+    let row = |order: &str, seconds: f64, batches: &[Vec<usize>]| OrderRow {
+        order: order.into(),
+        seconds,
+        tokens_per_s: real as f64 / seconds,
+        padding: 1.0 - real as f64 / slots(batches) as f64,
+    };
+    Ok((vec![row("input order", t_order, &in_order), row("by length", t_length, &by_length)], diff))
+}
+
 /// Forward-equivalents per pair of the two clean runs when the second computes only the positions
 /// after the prefix it shares with the first (under causal attention the rest is the same).
 pub fn clean_run_cost(pairs: &[EncodedPair]) -> f64 {
@@ -453,6 +528,27 @@ mod tests {
             assert_eq!(p.chosen[..16], p.rejected[..16]);
         }
         assert_eq!(patch_pairs(50)[3].chosen, pairs[3].chosen, "seeded");
+    }
+
+    #[test]
+    fn batching_by_length_pads_less_and_gives_the_same_rewards() {
+        let model = generated_model(&tiny()).unwrap();
+        let pairs = spread_pairs(50, 24, 96);
+        let lens: Vec<usize> = pairs.iter().flat_map(|p| [p.chosen.len(), p.rejected.len()]).collect();
+        assert!(lens.iter().all(|&l| (1..=96).contains(&l)) && lens.iter().max() > Some(&60) && lens.iter().min() < Some(&40), "{lens:?}");
+        assert_eq!(spread_pairs(50, 24, 96)[5].chosen, pairs[5].chosen, "seeded");
+        let (rows, diff) = batch_orders(&model, &pairs, 8, 1).unwrap();
+        assert_eq!((rows[0].order.as_str(), rows[1].order.as_str()), ("input order", "by length"));
+        assert!(rows[1].padding < rows[0].padding / 2.0, "{rows:?}");
+        assert!(diff < 1e-5, "{diff}");
+        // Pairs come back in input order: each equals the pair scored alone.
+        let opts = crate::ScoreOptions { batch_size: 8, padding: PaddingSide::Right };
+        let all = model.score_pairs(&pairs, &opts, &mut |_| {}).unwrap();
+        for k in [0, 7, 23] {
+            let alone = model.score_pairs(&pairs[k..=k], &opts, &mut |_| {}).unwrap();
+            assert!((alone[0].chosen - all[k].chosen).abs() <= 1e-5 * alone[0].chosen.abs().max(1.0));
+            assert!((alone[0].rejected - all[k].rejected).abs() <= 1e-5 * alone[0].rejected.abs().max(1.0));
+        }
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub mod synth;
 pub mod text;
 pub mod weights;
 
-pub use batch::{Batch, PaddingSide};
+pub use batch::{batches_by_length, Batch, PaddingSide, LENGTH_BLOCK_BATCHES};
 pub use candle_core::{DType, Device, Tensor};
 pub use config::{Architecture, ModelConfig};
 pub use error::{EngineError, Result};

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::batch::PaddingSide;
+use crate::batch::{batches_by_length, PaddingSide};
 use crate::error::{EngineError, Result};
 use crate::head::RewardHead;
 use crate::model::RewardModel;
@@ -254,9 +254,10 @@ impl RewardModel {
         Ok(self.pooled_in_row(ids, ids.len() - 1))
     }
 
-    /// Chosen and rejected rewards of every pair, `opts.batch_size` sequences per forward pass
-    /// (rows interleaved chosen, rejected, chosen, …). `progress(done)` is called after each
-    /// batch with the number of pairs scored so far.
+    /// Chosen and rejected rewards of every pair, in input order, `opts.batch_size` sequences per
+    /// forward pass. Pairs are batched by length ([`batches_by_length`] on each pair's longer side;
+    /// a pair's two sides share a batch, rows chosen, rejected, chosen, …), so little of each pass
+    /// is padding. `progress(done)` is called after each batch with the number of pairs scored so far.
     /// An error in one sequence (a non-finite reward, a missing gating pattern) names the pair by
     /// its index; [`score_pair_texts`](Self::score_pair_texts) names its file and line.
     pub fn score_pairs(
@@ -290,17 +291,19 @@ impl RewardModel {
         locate: &dyn Fn(usize) -> String,
     ) -> Result<Vec<PairScore>> {
         let per_batch = (opts.batch_size / 2).max(1);
-        let mut out = Vec::with_capacity(pairs.len());
-        for chunk in pairs.chunks(per_batch) {
-            let seqs: Vec<Vec<u32>> = chunk.iter().flat_map(|p| [p.chosen.clone(), p.rejected.clone()]).collect();
-            let first = out.len();
+        let longer: Vec<usize> = pairs.iter().map(|p| p.chosen.len().max(p.rejected.len())).collect();
+        let mut out: Vec<Option<PairScore>> = (0..pairs.len()).map(|_| None).collect();
+        let mut done = 0;
+        for group in batches_by_length(&longer, per_batch) {
+            let seqs: Vec<Vec<u32>> =
+                group.iter().flat_map(|&i| [pairs[i].chosen.clone(), pairs[i].rejected.clone()]).collect();
             let res = self.score(&self.batch(&seqs, opts.padding)?).map_err(|e| {
                 let row = match &e {
                     EngineError::NonFiniteReward { row, .. } | EngineError::GatingPatternMissing { row, .. } => *row,
                     _ => return e,
                 };
                 let side = if row % 2 == 0 { "chosen" } else { "rejected" };
-                EngineError::Pair { at: locate(first + row / 2), side, source: Box::new(e) }
+                EngineError::Pair { at: locate(group[row / 2]), side, source: Box::new(e) }
             })?;
             let objectives = |row: usize| -> Option<SideObjectives> {
                 let o = res.objectives.as_ref()?;
@@ -308,16 +311,17 @@ impl RewardModel {
                 let named = |v: &[f32]| h.objective_names.iter().cloned().zip(v.iter().copied()).collect();
                 Some(SideObjectives { rewards: named(&o.rewards[row]), gating: named(&o.gating[row]) })
             };
-            for k in 0..chunk.len() {
+            for (k, &i) in group.iter().enumerate() {
                 let objectives = match (objectives(2 * k), objectives(2 * k + 1)) {
                     (Some(c), Some(r)) => Some([c, r]),
                     _ => None,
                 };
-                out.push(PairScore { chosen: res.scores[2 * k], rejected: res.scores[2 * k + 1], objectives });
+                out[i] = Some(PairScore { chosen: res.scores[2 * k], rejected: res.scores[2 * k + 1], objectives });
             }
-            progress(out.len());
+            done += group.len();
+            progress(done);
         }
-        Ok(out)
+        Ok(out.into_iter().map(|s| s.expect("every pair is in one batch")).collect())
     }
 }
 

@@ -31,7 +31,7 @@
 
 use std::collections::BTreeMap;
 
-use reward_lens_engine::{PaddingSide, RewardModel, Truncation};
+use reward_lens_engine::{batches_by_length, PaddingSide, RewardModel, Truncation};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -489,7 +489,8 @@ pub fn n_completions(rows: &[Rb2Row]) -> usize {
     rows.iter().map(|r| r.chosen.len() + r.rejected.len()).sum()
 }
 
-/// Scores every completion of every row with `model`, `batch_size` sequences per forward pass.
+/// Scores every completion of every row with `model`, `batch_size` sequences per forward pass,
+/// batched by length ([`batches_by_length`]).
 /// `progress` gets the number of sequences scored so far after each batch.
 pub fn score_rows(
     model: &RewardModel,
@@ -518,11 +519,18 @@ pub fn score_rows(
             }
         }
     }
-    let mut flat = Vec::with_capacity(seqs.len());
-    for chunk in seqs.chunks(batch_size) {
-        let out = model.score(&model.batch(chunk, padding)?)?;
-        flat.extend(out.scores.iter().map(|&x| f64::from(x)));
-        progress(flat.len());
+    // Batched by length (little padding); scores land back in queue order.
+    let lengths: Vec<usize> = seqs.iter().map(Vec::len).collect();
+    let mut flat = vec![f64::NAN; seqs.len()];
+    let mut done = 0;
+    for group in batches_by_length(&lengths, batch_size) {
+        let chunk: Vec<Vec<u32>> = group.iter().map(|&i| seqs[i].clone()).collect();
+        let out = model.score(&model.batch(&chunk, padding)?)?;
+        for (&i, &x) in group.iter().zip(&out.scores) {
+            flat[i] = f64::from(x);
+        }
+        done += group.len();
+        progress(done);
     }
     // Named by row and completion, in the order they were queued above.
     let mut k = 0;

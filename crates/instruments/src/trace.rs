@@ -1,7 +1,7 @@
 //! One forward pass per sequence (batched), reduced to the plain vectors the observational
 //! instruments read at the pooled token.
 
-use reward_lens_engine::{Hooks, PaddingSide, RewardHead, RewardModel, Site, Tensor};
+use reward_lens_engine::{batches_by_length, Hooks, PaddingSide, RewardHead, RewardModel, Site, Tensor};
 
 use crate::{InstrumentError, Result};
 
@@ -36,11 +36,11 @@ pub struct TraceOptions {
 }
 
 /// The engine's "non-finite reward in batch row r" as the sequence it came from.
-pub(crate) fn at_sequence(e: reward_lens_engine::EngineError, start: usize) -> InstrumentError {
+pub(crate) fn at_sequence(e: reward_lens_engine::EngineError, batch: &[usize]) -> InstrumentError {
     match e {
         reward_lens_engine::EngineError::NonFiniteReward { row, value, .. } => InstrumentError::NonFinite {
             instrument: "forward pass".into(),
-            path: format!("sequences[{}].reward", start + row),
+            path: format!("sequences[{}].reward", batch.get(row).copied().unwrap_or(row)),
             value: value as f64,
             pair: None,
         },
@@ -91,7 +91,8 @@ fn row_at(t: &Tensor, b: usize, p: usize) -> Result<Vec<f32>> {
     Ok(t.get(b)?.get(p)?.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?)
 }
 
-/// Runs `seqs` in batches of `batch_size` and extracts each row's trace.
+/// Runs `seqs` in batches of `batch_size`, batched by length ([`batches_by_length`]), and extracts
+/// each sequence's trace, in input order.
 pub fn trace(model: &RewardModel, seqs: &[Vec<u32>], batch_size: usize, opts: TraceOptions) -> Result<Vec<Trace>> {
     trace_with_progress(model, seqs, batch_size, opts, &mut |_| {})
 }
@@ -123,13 +124,16 @@ pub fn trace_with_progress(
     if opts.neurons {
         names.push("blocks.*.mlp.hook_post".into());
     }
-    let mut out = Vec::with_capacity(seqs.len());
-    for chunk in seqs.chunks(batch_size.max(1)) {
-        let batch = model.batch(chunk, PaddingSide::Right)?;
-        let start = out.len();
-        let fwd = model.forward(&batch, &Hooks::cache(&names)).map_err(|e| at_sequence(e, start))?;
+    // Batched by length (little padding); traces land back in input order.
+    let lengths: Vec<usize> = seqs.iter().map(Vec::len).collect();
+    let mut out: Vec<Option<Trace>> = (0..seqs.len()).map(|_| None).collect();
+    let mut done = 0;
+    for group in batches_by_length(&lengths, batch_size) {
+        let chunk: Vec<Vec<u32>> = group.iter().map(|&i| seqs[i].clone()).collect();
+        let batch = model.batch(&chunk, PaddingSide::Right)?;
+        let fwd = model.forward(&batch, &Hooks::cache(&names)).map_err(|e| at_sequence(e, &group))?;
         let c = &fwd.cache;
-        for b in 0..chunk.len() {
+        for (b, &i) in group.iter().enumerate() {
             let p = fwd.output.pooled_index[b];
             let per_layer = |site: fn(usize) -> Site| -> Result<Vec<Vec<f32>>> {
                 (0..n_layers).map(|l| row_at(c.site(site(l)).expect("cached"), b, p)).collect()
@@ -140,7 +144,7 @@ pub fn trace_with_progress(
                 (RewardHead::Gated(_), Some(o)) => Some(o.gating[b].clone()),
                 _ => None,
             };
-            out.push(Trace {
+            out[i] = Some(Trace {
                 score: fwd.output.scores[b],
                 pooled: p,
                 resid,
@@ -154,7 +158,8 @@ pub fn trace_with_progress(
                 gating,
             });
         }
-        progress(out.len());
+        done += group.len();
+        progress(done);
     }
-    Ok(out)
+    Ok(out.into_iter().map(|t| t.expect("every sequence is in one batch")).collect())
 }

@@ -7,7 +7,7 @@ use std::ops::Range;
 use serde::Serialize;
 use serde_json::Value;
 
-use reward_lens_engine::{EncodedPair, PairScore, PairText, RewardModel, ScoreOptions, Truncation};
+use reward_lens_engine::{EncodedPair, PairScore, PairText, RewardModel, ScoreOptions, Truncation, LENGTH_BLOCK_BATCHES};
 use reward_lens_instruments::rewardbench2::{row_correct, row_credit, score_rows, Rb2Report, Rb2Row, RowScores};
 
 /// An error unless both rewards of a pair are finite, naming the pair's file and line and the
@@ -239,14 +239,14 @@ pub struct ResumePoint {
     pub margins: Vec<f64>,
 }
 
-/// The complete lines of `text` that match `pairs`' ids in order, rounded down to whole batches
-/// of `pairs_per_batch` (unless all are done), so every batch re-run has the same composition
-/// as in an uninterrupted run and the output bytes are the same (padding changes float
+/// The complete lines of `text` that match `pairs`' ids in order, rounded down to whole blocks
+/// of `pairs_per_block` (unless all are done), so every block re-run forms the batches an
+/// uninterrupted run forms and the output bytes are the same (padding changes float
 /// rounding). `out` and `input` name the files in errors.
 pub fn resume_point(
     text: &str,
     pairs: &[PairText],
-    pairs_per_batch: usize,
+    pairs_per_block: usize,
     out: &str,
     input: &str,
 ) -> Result<ResumePoint, String> {
@@ -275,7 +275,7 @@ pub fn resume_point(
         })?;
         kept.push((line.len(), margin));
     }
-    let done = if kept.len() == pairs.len() { kept.len() } else { kept.len() - kept.len() % pairs_per_batch.max(1) };
+    let done = if kept.len() == pairs.len() { kept.len() } else { kept.len() - kept.len() % pairs_per_block.max(1) };
     Ok(ResumePoint {
         done,
         keep_bytes: kept[..done].iter().map(|k| k.0).sum(),
@@ -322,16 +322,24 @@ pub fn pairs_per_batch(batch_size: usize) -> usize {
     (batch_size / 2).max(1)
 }
 
-/// RewardBench 2 rows in one of `score`'s chunks (a row is about four sequences).
-pub fn rows_per_chunk(batch_size: usize) -> usize {
-    (batch_size / 4).max(1)
+/// Pairs in one block of batches that `score` sorts by length
+/// ([`batches_by_length`](reward_lens_engine::batches_by_length)), counted from the first pair.
+pub fn pairs_per_block(batch_size: usize) -> usize {
+    pairs_per_batch(batch_size) * LENGTH_BLOCK_BATCHES
 }
 
-/// Scores pairs `span` of `all` in the whole file's batches (`batch_size / 2` pairs each, counted
-/// from the first pair of `all`) and hands `emit` each batch's lines for `span`, in order. A
-/// pair's reward depends on its batch in the last bits (padding), so a shard or a resumed run
-/// scores the whole batch of its first and last pair and keeps only its own: its lines are then
-/// byte for byte those of one run over `all`. A non-finite reward is an error naming the pair.
+/// RewardBench 2 rows in one of `score`'s chunks (a row is about four sequences, so a chunk is
+/// about one block of batches sorted by length).
+pub fn rows_per_chunk(batch_size: usize) -> usize {
+    (batch_size / 4).max(1) * LENGTH_BLOCK_BATCHES
+}
+
+/// Scores pairs `span` of `all` in the whole file's blocks ([`pairs_per_block`] pairs each,
+/// counted from the first pair of `all`, batched by length inside) and hands `emit` each block's
+/// lines for `span`, in order; `progress` gets the pairs of `span` scored so far after each
+/// batch. A pair's reward depends on its batch in the last bits (padding), so a shard or a resumed
+/// run scores the whole block of its first and last pair and keeps only its own: its lines are
+/// then byte for byte those of one run over `all`. A non-finite reward is an error naming the pair.
 pub fn score_in_file_batches<E: From<crate::ReportError>>(
     model: &RewardModel,
     all: &[PairText],
@@ -339,18 +347,21 @@ pub fn score_in_file_batches<E: From<crate::ReportError>>(
     opts: &ScoreOptions,
     truncation: Truncation,
     mut emit: impl FnMut(Vec<ScoreLine>) -> Result<(), E>,
+    progress: &mut dyn FnMut(usize),
 ) -> Result<(), E> {
-    let per_batch = pairs_per_batch(opts.batch_size);
+    let per_block = pairs_per_block(opts.batch_size);
     let mut at = span.start;
     while at < span.end {
-        let batch = (at / per_batch * per_batch)..((at / per_batch + 1) * per_batch).min(all.len());
-        let pairs = &all[batch.clone()];
+        let block = (at / per_block * per_block)..((at / per_block + 1) * per_block).min(all.len());
+        let pairs = &all[block.clone()];
         let encoded = model.encode_pairs(pairs, truncation).map_err(crate::ReportError::from)?;
-        let scores = model.score_pair_texts(pairs, &encoded, opts, &mut |_| {}).map_err(crate::ReportError::from)?;
-        let keep = at..batch.end.min(span.end);
+        let keep = at..block.end.min(span.end);
+        let (before, mine) = (at - span.start, keep.len());
+        let mut tick = |done: usize| progress(before + done.min(mine));
+        let scores = model.score_pair_texts(pairs, &encoded, opts, &mut tick).map_err(crate::ReportError::from)?;
         let mut lines = Vec::with_capacity(keep.len());
         for i in keep.clone() {
-            let (p, e, s) = (&all[i], &encoded[i - batch.start], &scores[i - batch.start]);
+            let (p, e, s) = (&all[i], &encoded[i - block.start], &scores[i - block.start]);
             finite_rewards(p, s)?;
             lines.push(ScoreLine::new(p, e, s));
         }
@@ -360,8 +371,9 @@ pub fn score_in_file_batches<E: From<crate::ReportError>>(
     Ok(())
 }
 
-/// [`score_in_file_batches`] for RewardBench 2 rows: chunks of `batch_size / 4` rows counted from
-/// the first row of `rows`; `emit` gets each chunk's rows of `span` and their scores.
+/// [`score_in_file_batches`] for RewardBench 2 rows: chunks of [`rows_per_chunk`] rows counted
+/// from the first row of `rows`; `emit` gets each chunk's rows of `span` and their scores, and
+/// `progress` the rows of `span` scored so far (a chunk's share by completions) after each batch.
 pub fn score_rows_in_file_chunks<'r, E: From<crate::ReportError>>(
     model: &RewardModel,
     rows: &'r [Rb2Row],
@@ -369,15 +381,19 @@ pub fn score_rows_in_file_chunks<'r, E: From<crate::ReportError>>(
     opts: &ScoreOptions,
     truncation: Truncation,
     mut emit: impl FnMut(&'r [Rb2Row], Vec<RowScores>) -> Result<(), E>,
+    progress: &mut dyn FnMut(usize),
 ) -> Result<(), E> {
     let per_chunk = rows_per_chunk(opts.batch_size);
     let mut at = span.start;
     while at < span.end {
         let chunk = (at / per_chunk * per_chunk)..((at / per_chunk + 1) * per_chunk).min(rows.len());
-        let mut scores =
-            score_rows(model, &rows[chunk.clone()], truncation, opts.batch_size, opts.padding, &mut |_| {})
-                .map_err(|e| crate::ReportError::from(crate::DatasetError::from(e)))?;
         let keep = at..chunk.end.min(span.end);
+        let total = reward_lens_instruments::rewardbench2::n_completions(&rows[chunk.clone()]).max(1);
+        let (before, mine) = (at - span.start, keep.len());
+        let mut tick = |done: usize| progress(before + done * mine / total);
+        let mut scores =
+            score_rows(model, &rows[chunk.clone()], truncation, opts.batch_size, opts.padding, &mut tick)
+                .map_err(|e| crate::ReportError::from(crate::DatasetError::from(e)))?;
         scores.truncate(keep.end - chunk.start);
         scores.drain(..keep.start - chunk.start);
         emit(&rows[keep.clone()], scores)?;

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fingerprint::{sidecar, Fingerprint};
 use crate::ReportError;
+use reward_lens_engine::LENGTH_BLOCK_BATCHES;
 
 /// The K-th (0-based) of N shards: `$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT` and
 /// Kubernetes' `$JOB_COMPLETION_INDEX` mean the same.
@@ -78,15 +79,11 @@ impl Shard {
     }
 }
 
-/// Pairs per batch-aligned block when `batch_size` sequences (two per pair) go in a batch: the
-/// smallest number of pairs whose sequences fill whole batches.
+/// Pairs per block when `batch_size` sequences (two per pair) go in a batch and sequences are
+/// sorted by length within blocks of [`LENGTH_BLOCK_BATCHES`] batches: the pairs whose sequences
+/// fill one block (a block holds an even number of sequences).
 pub fn pairs_per_trace_block(batch_size: usize) -> usize {
-    let b = batch_size.max(1);
-    if b.is_multiple_of(2) {
-        b / 2
-    } else {
-        b
-    }
+    batch_size.max(1) * LENGTH_BLOCK_BATCHES / 2
 }
 
 /// A shard's place in its run, kept in `<out>.meta.json`.
@@ -342,8 +339,9 @@ mod tests {
         assert_eq!(s.window(20, 1), 6..13);
         assert_eq!(Shard { index: 2, count: 3 }.window(20, 8), 8..20);
         assert_eq!(Shard { index: 2, count: 3 }.window(20, 3), 12..20);
-        assert_eq!(pairs_per_trace_block(16), 8);
-        assert_eq!(pairs_per_trace_block(5), 5);
+        assert_eq!(pairs_per_trace_block(16), 128);
+        assert_eq!(pairs_per_trace_block(5), 40);
+        assert_eq!(pairs_per_trace_block(0), 8);
     }
 
     #[test]

@@ -271,9 +271,10 @@ pub fn run_audit_shard(inputs: &AuditInputs, shard: Option<Shard>, progress: &mu
     let pairs = sample(&all_pairs, o.max_pairs, o.seed);
     let m = pairs.len();
     let whole_run_stages = shard.is_none_or(|s| s.index == 0);
-    // A shard computes its range widened to the batches one run forms (scoring: batch/2 pairs;
-    // traces: batch sequences), so that every number it keeps has the same bits.
-    let align = lcm((o.batch_size / 2).max(1), crate::shards::pairs_per_trace_block(o.batch_size));
+    // A shard computes its range widened to the blocks of batches one run forms (batches are
+    // sorted by length within blocks; scoring: batch/2 pairs per batch; traces: batch
+    // sequences), so that every number it keeps has the same bits.
+    let align = lcm(crate::scoring::pairs_per_block(o.batch_size), crate::shards::pairs_per_trace_block(o.batch_size));
     let (range, window) = shard.map_or((0..m, 0..m), |s| (s.range(m), s.window(m, align)));
     let truncation = if o.truncate_prompt { Truncation::DropPromptLeft } else { Truncation::Error };
     // Conflicts (a whole-run stage) read every pair; the per-pair stages only the window.
