@@ -383,7 +383,8 @@ impl Model {
         detached(py, || Ok(model.score(&batch).or_raise()?.scores[0]))
     }
 
-    /// Chosen and rejected rewards of every pair, batch_size sequences per forward pass.
+    /// Chosen and rejected rewards of every pair, batch_size sequences per forward pass, pairs
+    /// batched by length within blocks of 16 batches (as `reward-lens score`; results in input order).
     ///
     /// pairs: a JSONL path, a list of dicts (prompt, chosen, rejected; optional id, subset) or
     ///     a pandas DataFrame with those columns.

@@ -167,7 +167,10 @@ fn lengths_bench(a: &BenchArgs, model: &reward_lens_engine::RewardModel) -> Resu
     for r in &rows {
         println!("| {} | {:.2} | {:.0} | {:.0} % |", r.order, r.seconds, r.tokens_per_s, 100.0 * r.padding);
     }
-    println!("\nby length: {:.2}× input order; rewards agree to {diff:.1e} (relative)", rows[0].seconds / rows[1].seconds);
+    println!(
+        "\nby length: {:.2}× input order; rewards agree to {diff:.1e} (relative)",
+        rows[0].seconds / rows[1].seconds
+    );
     Ok(())
 }
 

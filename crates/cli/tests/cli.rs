@@ -102,21 +102,21 @@ fn resume_after_interruption_gives_identical_output() {
         .arg(&pairs)
         .arg("--out")
         .arg(&full)
-        .args(["--batch-size", "4"]));
+        .args(["--batch-size", "2"]));
     let text = std::fs::read_to_string(&full).unwrap();
-    // Simulate an interruption: seven complete lines and half of the eighth.
-    let cut: usize = text.split_inclusive('\n').take(7).map(str::len).sum::<usize>() + 20;
+    // Simulate an interruption: seventeen complete lines and half of the eighteenth.
+    let cut: usize = text.split_inclusive('\n').take(17).map(str::len).sum::<usize>() + 20;
     let partial = d.join("partial.jsonl");
     std::fs::write(&partial, &text[..cut]).unwrap();
     interrupted_copy(&full, &partial);
     let out =
         run(exe().args(["score", "--model"]).arg(&model).arg("--pairs").arg(&pairs).arg("--out").arg(&partial).args([
             "--batch-size",
-            "4",
+            "2",
             "--resume",
         ]));
-    // 7 complete lines, batches of 2 pairs: resume keeps 6.
-    assert!(String::from_utf8_lossy(&out.stderr).contains("6 of 20"));
+    // 17 complete lines, batches of 1 pair sorted by length within blocks of 16: resume keeps 16.
+    assert!(String::from_utf8_lossy(&out.stderr).contains("16 of 20"), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::read_to_string(&partial).unwrap(), text);
 }
 
@@ -723,15 +723,16 @@ fn rewardbench2_rows_score_eval_and_resume() {
         let all_beat = l["chosen_scores"].as_array().unwrap().iter().all(|x| x.as_f64().unwrap() > best_rejected);
         assert_eq!(l["correct"].as_bool().unwrap(), all_beat);
     }
-    // An interruption after 5 complete lines and part of the sixth: the resumed file is the same.
+    // An interruption after 17 complete lines and part of the 18th: the resumed file is the same
+    // (chunks of 16 rows: resume keeps 16).
     let text = std::fs::read_to_string(&full).unwrap();
-    let cut: usize = text.split_inclusive('\n').take(5).map(str::len).sum::<usize>() + 10;
+    let cut: usize = text.split_inclusive('\n').take(17).map(str::len).sum::<usize>() + 10;
     let partial = d.join("partial.jsonl");
     std::fs::write(&partial, &text[..cut]).unwrap();
     interrupted_copy(&full, &partial);
     let out = run_score(&partial, true);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("resuming: 5 of 19 rows"),
+        String::from_utf8_lossy(&out.stderr).contains("resuming: 16 of 19 rows"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

@@ -7,7 +7,9 @@ use std::ops::Range;
 use serde::Serialize;
 use serde_json::Value;
 
-use reward_lens_engine::{EncodedPair, PairScore, PairText, RewardModel, ScoreOptions, Truncation, LENGTH_BLOCK_BATCHES};
+use reward_lens_engine::{
+    EncodedPair, PairScore, PairText, RewardModel, ScoreOptions, Truncation, LENGTH_BLOCK_BATCHES,
+};
 use reward_lens_instruments::rewardbench2::{row_correct, row_credit, score_rows, Rb2Report, Rb2Row, RowScores};
 
 /// An error unless both rewards of a pair are finite, naming the pair's file and line and the
@@ -391,9 +393,8 @@ pub fn score_rows_in_file_chunks<'r, E: From<crate::ReportError>>(
         let total = reward_lens_instruments::rewardbench2::n_completions(&rows[chunk.clone()]).max(1);
         let (before, mine) = (at - span.start, keep.len());
         let mut tick = |done: usize| progress(before + done * mine / total);
-        let mut scores =
-            score_rows(model, &rows[chunk.clone()], truncation, opts.batch_size, opts.padding, &mut tick)
-                .map_err(|e| crate::ReportError::from(crate::DatasetError::from(e)))?;
+        let mut scores = score_rows(model, &rows[chunk.clone()], truncation, opts.batch_size, opts.padding, &mut tick)
+            .map_err(|e| crate::ReportError::from(crate::DatasetError::from(e)))?;
         scores.truncate(keep.end - chunk.start);
         scores.drain(..keep.start - chunk.start);
         emit(&rows[keep.clone()], scores)?;

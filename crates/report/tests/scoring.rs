@@ -15,23 +15,29 @@ fn fixtures() -> PathBuf {
 fn lines(model: &RewardModel, span: std::ops::Range<usize>, opts: &ScoreOptions) -> Vec<String> {
     let pairs = read_pairs(&fixtures().join("pairs.jsonl")).unwrap();
     let mut out = Vec::new();
-    score_in_file_batches(model, &pairs, span, opts, Truncation::Error, |ls: Vec<ScoreLine>| {
+    let mut seen = Vec::new();
+    let n = span.len();
+    let emit = |ls: Vec<ScoreLine>| {
         out.extend(ls.iter().map(|l| serde_json::to_string(l).unwrap()));
         Ok::<_, Box<ReportError>>(())
-    })
-    .unwrap();
+    };
+    score_in_file_batches(model, &pairs, span, opts, Truncation::Error, emit, &mut |k| seen.push(k)).unwrap();
+    // Progress counts the span's pairs, never backwards, and ends at all of them.
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]) && seen.iter().all(|&k| k <= n), "{seen:?}");
+    assert_eq!(seen.last().copied().unwrap_or(0), n);
     out
 }
 
 #[test]
 fn any_span_gets_the_whole_runs_lines_and_they_are_the_engines_rewards() {
     let model = RewardModel::load(&fixtures().join("models/llama"), &LoadOptions::default()).unwrap();
-    for padding in [PaddingSide::Right, PaddingSide::Left] {
-        // 3 pairs per batch: spans start and end inside batches.
-        let opts = ScoreOptions { batch_size: 6, padding };
+    // 3 pairs per batch (one block of 48 pairs); 1 pair per batch (blocks of 16 pairs, sorted by
+    // length inside): spans start and end inside batches and blocks.
+    for (batch_size, padding) in [(6, PaddingSide::Right), (6, PaddingSide::Left), (2, PaddingSide::Right)] {
+        let opts = ScoreOptions { batch_size, padding };
         let whole = lines(&model, 0..20, &opts);
         assert_eq!(whole.len(), 20);
-        for span in [0..1, 1..5, 4..13, 13..20, 19..20, 7..7] {
+        for span in [0..1, 1..5, 4..13, 13..20, 15..17, 16..20, 19..20, 7..7] {
             assert_eq!(lines(&model, span.clone(), &opts), whole[span.clone()], "{span:?} {padding:?}");
         }
         let pairs = read_pairs(&fixtures().join("pairs.jsonl")).unwrap();
@@ -50,15 +56,19 @@ fn any_span_gets_the_whole_runs_lines_and_they_are_the_engines_rewards() {
 fn any_span_of_rewardbench2_rows_gets_the_whole_runs_lines() {
     let model = RewardModel::load(&fixtures().join("models/llama"), &LoadOptions::default()).unwrap();
     let rows = read_rewardbench2(&fixtures().join("rewardbench2/rows.jsonl")).unwrap();
-    let opts = ScoreOptions { batch_size: 8, padding: PaddingSide::Right };
+    // Chunks of 16 rows (blocks of 64 sequences sorted by length): two chunks.
+    let opts = ScoreOptions { batch_size: 4, padding: PaddingSide::Right };
     let run = |span: std::ops::Range<usize>| {
         let mut out = Vec::new();
-        score_rows_in_file_chunks(&model, &rows, span, &opts, Truncation::Error, |kept, scores| {
+        let mut seen = Vec::new();
+        let n = span.len();
+        let emit = |kept: &[_], scores: Vec<_>| {
             assert_eq!(kept.len(), scores.len());
             out.extend(kept.iter().zip(&scores).map(|(r, s)| serde_json::to_string(&RowScoreLine::new(r, s)).unwrap()));
             Ok::<_, Box<ReportError>>(())
-        })
-        .unwrap();
+        };
+        score_rows_in_file_chunks(&model, &rows, span, &opts, Truncation::Error, emit, &mut |k| seen.push(k)).unwrap();
+        assert!(seen.windows(2).all(|w| w[0] <= w[1]) && seen.last() == Some(&n), "{seen:?}");
         out
     };
     let n = rows.len();
