@@ -149,6 +149,21 @@ else
     failed=1
 fi
 
+step "batches by length against input order: 64 pairs of spread lengths, bf16, batch $STAGE_BATCH"
+if "$BIN" bench "${SHAPE[@]}" --batch-sizes "$STAGE_BATCH" --device "$DEVICE" --dtype bf16 --lengths --iters 1 --json \
+    >"$OUT/lengths.json" 2>"$OUT/lengths.err"; then
+    python3 - "$OUT/lengths.json" <<'EOF' | tee -a "$OUT/summary.md"
+import json, sys
+r = json.load(open(sys.argv[1]))
+for row in r["rows"]:
+    print(f"  {row['order']}: {row['seconds']:.2f} s, {row['tokens_per_s']:.0f} tokens/s, {100*row['padding']:.0f} % padding")
+print(f"  by length {r['rows'][0]['seconds']/r['rows'][1]['seconds']:.2f} x input order; rewards agree to {r['max_rel_diff']:.1e} of the largest")
+EOF
+else
+    echo "FAILED: $(tail -3 "$OUT/lengths.err")" | tee -a "$OUT/summary.md"
+    failed=1
+fi
+
 step "patch sweep on $DEVICE, bf16 ($SWEEP_LAYERS layers, ${WIDTHS[*]}, $SWEEP_PAIRS pairs of 40–60 tokens)"
 if "$BIN" bench --patch --patch-pairs "$SWEEP_PAIRS" --iters 1 --device "$DEVICE" --dtype bf16 \
     --layers "$SWEEP_LAYERS" "${WIDTHS[@]}" >"$OUT/sweep.md" 2>"$OUT/sweep.err"; then
