@@ -133,6 +133,25 @@ else
     failed=1
 fi
 
+LONG="${GPU_CHECK_LONG:-2048}"
+[ "$DRY" = 1 ] && LONG=64
+step "long sequences: bf16 scoring of batch 8 x $LONG tokens, peak GPU memory (attention scores in query blocks)"
+if peak_of "$OUT/long.json" "$BIN" bench --layers "$LAYERS" "${WIDTHS[@]}" --seq-len "$LONG" --batch-sizes 8 --iters 1 \
+    --device "$DEVICE" --dtype bf16 --no-memory --json; then
+    python3 - "$OUT/long.json" "$(cat "$OUT/long.json.peak_mib")" <<'EOF' | tee -a "$OUT/summary.md"
+import json, sys
+r = json.load(open(sys.argv[1])); peak = sys.argv[2]
+weights_mib = r["n_params"] * 2 / 2**20
+s = r["speed"][0]
+print(f"  batch {s['batch']} x {s['seq_len']}: {s['tokens_per_s']:.0f} tokens/s = {100*s['fraction_of_matmul']:.0f} % of matmul")
+if peak != "n/a":
+    print(f"  peak GPU memory {float(peak):.0f} MiB = {float(peak)/weights_mib:.2f} x the bf16 weights ({weights_mib:.0f} MiB)")
+EOF
+else
+    echo "FAILED: $(tail -3 "$OUT/long.json.err")" | tee -a "$OUT/summary.md"
+    failed=1
+fi
+
 step "where the time goes: each stage of one bf16 forward pass (batch $STAGE_BATCH)"
 if "$BIN" bench "${SHAPE[@]}" --batch-sizes "$STAGE_BATCH" --device "$DEVICE" --dtype bf16 --stages --json \
     >"$OUT/stages.json" 2>"$OUT/stages.err"; then

@@ -136,6 +136,51 @@ fn scores_match_the_cpu_on_every_architecture() {
     }
 }
 
+/// On the GPU attention forms its scores as tensors, so the budget on their bytes splits queries
+/// into blocks there: blocks of one query row give the scores one block gives, and both the CPU's
+/// (f32, left padding, every architecture; bf16 against its own whole-block run).
+#[test]
+fn attention_query_blocks_match_one_block_on_the_gpu() {
+    use reward_lens_engine::{DType, LoadOptions, PaddingSide, RewardModel, Truncation, DEFAULT_ATTENTION_BUDGET};
+    if !enabled("attention_query_blocks_match_one_block_on_the_gpu") {
+        return;
+    }
+    let device = reward_lens_engine::runtime::parse_device(&gpu()).unwrap();
+    let pairs: Vec<Value> = read(&pairs()).as_array().unwrap().clone();
+    for arch in ["gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma2", "armorm"] {
+        let cpu = RewardModel::load(&model(arch), &LoadOptions::default()).unwrap();
+        let seqs: Vec<Vec<u32>> = pairs[..4]
+            .iter()
+            .flat_map(|p| {
+                let enc = |side: &str| {
+                    cpu.encode(p["prompt"].as_str().unwrap(), p[side].as_str().unwrap(), Truncation::Error).unwrap().ids
+                };
+                [enc("chosen"), enc("rejected")]
+            })
+            .collect();
+        let batch = cpu.batch(&seqs, PaddingSide::Left).unwrap();
+        let reference = cpu.score(&batch).unwrap().scores;
+        for dtype in [DType::F32, DType::BF16] {
+            let mut m = RewardModel::load(&model(arch), &LoadOptions { dtype, device: device.clone() }).unwrap();
+            m.set_attention_budget(DEFAULT_ATTENTION_BUDGET);
+            let whole = m.score(&batch).unwrap().scores;
+            m.set_attention_budget(1);
+            let rows = m.score(&batch).unwrap().scores;
+            let tol = if dtype == DType::F32 { 1e-4 } else { 2e-2 };
+            for (i, ((w, r), c)) in whole.iter().zip(&rows).zip(&reference).enumerate() {
+                assert!(
+                    (w - r).abs() <= tol * w.abs().max(1.0),
+                    "{arch} {dtype:?} row {i}: one block {w}, row blocks {r}"
+                );
+                if dtype == DType::F32 {
+                    assert!((w - c).abs() <= 1e-4, "{arch} row {i}: gpu {w}, cpu {c}");
+                }
+            }
+            eprintln!("{arch} {dtype:?}: row blocks agree with one block on {} sequences", rows.len());
+        }
+    }
+}
+
 /// Every instrument runs on the GPU and agrees with the CPU to float rounding.
 #[test]
 fn every_instrument_matches_the_cpu() {

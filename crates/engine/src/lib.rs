@@ -29,6 +29,7 @@ mod jinja_py;
 mod kernels;
 pub mod model;
 mod network;
+pub use network::DEFAULT_ATTENTION_BUDGET;
 pub mod pair;
 pub mod profile;
 pub mod random;

@@ -12,7 +12,7 @@ use crate::config::{Architecture, GatingConfig, ModelConfig, NormKind};
 use crate::error::{EngineError, Result};
 use crate::head::{GatedHead, LinearHead, ObjectiveOutput, RewardHead};
 use crate::hooks::{validate, ActivationCache, HookState, Hooks};
-use crate::network::{rope_inv_freq, Attention, Block, Inputs, Linear, Mlp, Network, Norm};
+use crate::network::{rope_inv_freq, Attention, Block, Inputs, Linear, Mlp, Network, Norm, DEFAULT_ATTENTION_BUDGET};
 use crate::site::{Site, SiteFilter};
 use crate::text::{ChatTokenizer, Encoded, Truncation};
 use crate::weights::{SafetensorsSource, TensorSource};
@@ -427,6 +427,13 @@ impl RewardModel {
         }
     }
 
+    /// Bytes one block of attention scores may take where attention forms them as tensors (a
+    /// GPU; gradient runs on the CPU); queries run in blocks that fit. Default
+    /// [`DEFAULT_ATTENTION_BUDGET`]; results agree across budgets to float rounding.
+    pub fn set_attention_budget(&mut self, bytes: usize) {
+        self.net.attention_budget = bytes;
+    }
+
     /// The reward of each row, nothing cached.
     pub fn score(&self, batch: &Batch) -> Result<RewardOutput> {
         Ok(self.forward(batch, &Hooks::none())?.output)
@@ -797,7 +804,16 @@ fn load_llama_family(
         None => linear_head(cfg, src)?,
         Some(g) => gated_head(cfg, g, src, pattern)?,
     };
-    let net = Network { cfg: cfg.clone(), embed, pos_embed: None, blocks, final_norm, inv_freq, rope_position_scale };
+    let net = Network {
+        cfg: cfg.clone(),
+        embed,
+        pos_embed: None,
+        blocks,
+        final_norm,
+        inv_freq,
+        rope_position_scale,
+        attention_budget: DEFAULT_ATTENTION_BUDGET,
+    };
     Ok((net, head))
 }
 
@@ -901,6 +917,7 @@ fn load_gpt2(cfg: &ModelConfig, src: &dyn TensorSource, _device: &Device) -> Res
         final_norm,
         inv_freq: None,
         rope_position_scale: 1.0,
+        attention_budget: DEFAULT_ATTENTION_BUDGET,
     };
     Ok((net, head))
 }

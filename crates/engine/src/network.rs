@@ -183,6 +183,24 @@ pub(crate) struct Network {
     /// RoPE inverse frequencies `[head_dim / 2]` in f32, scaling applied.
     pub inv_freq: Option<Tensor>,
     pub rope_position_scale: f64,
+    /// Bytes one block of f32 attention scores may take where they are formed whole (see
+    /// [`DEFAULT_ATTENTION_BUDGET`]).
+    pub attention_budget: usize,
+}
+
+/// Where attention forms its `[B, H, T, Tk]` scores as tensors (every run on a GPU; gradient runs
+/// on the CPU, whose scoring kernel never forms them), queries run in blocks whose f32 scores take at most this many bytes, unless a hook reads
+/// the scores or the pattern whole. A few tensors of that size live at once (scores, mask, softmax),
+/// so 256 MiB keeps attention's transient memory near 1 GiB at any length: 16 sequences of 4096
+/// tokens with 32 heads would otherwise form 32 GiB of scores per layer. Each row's softmax reads
+/// its whole row either way, so results do not depend on the blocks beyond float rounding.
+pub const DEFAULT_ATTENTION_BUDGET: usize = 256 << 20;
+
+/// Query positions per block so that `b · heads · rows · tk` f32 scores fit `budget` bytes (at
+/// least one row; all `t` when they fit).
+pub(crate) fn attention_rows(b: usize, heads: usize, t: usize, tk: usize, budget: usize) -> usize {
+    let per_row = (b * heads * tk * 4).max(1);
+    (budget / per_row).clamp(1, t.max(1))
 }
 
 /// Inverse frequencies as transformers computes them (f32), with Llama-3 / linear scaling.
@@ -524,7 +542,48 @@ impl Network {
                 return a.o.forward(&z.reshape((b, t, nh * hd))?);
             }
         }
-        let raw = crate::kernels::matmul_t(&q, &k)?.reshape((b, nh, t, tk))?;
+        // Hooks on the scores or the pattern see them whole; otherwise queries run in blocks
+        // whose scores fit the budget.
+        let whole = hs.touches(Site::AttnScores(l)) || hs.touches(Site::Pattern(l));
+        let rows = if whole { t } else { attention_rows(b, nh, t, tk, self.attention_budget) };
+        let z = if rows >= t {
+            self.attend(l, &q, &k, &v, mask, t, scale, (one_pass, fused), hs)?
+        } else {
+            let q = q.reshape((b, nkv, rep, t, hd))?;
+            let mut parts = Vec::with_capacity(t.div_ceil(rows));
+            for start in (0..t).step_by(rows) {
+                let n = rows.min(t - start);
+                let qn = q.narrow(3, start, n)?.contiguous()?.reshape((b, nkv, rep * n, hd))?;
+                let mask = mask.narrow(2, start, n)?;
+                parts.push(self.attend(l, &qn, &k, &v, &mask, n, scale, (one_pass, fused), hs)?);
+            }
+            Tensor::cat(&parts, 2)?
+        };
+        let z = z.transpose(1, 2)?.contiguous()?;
+        let z = hs.fire(Site::Z(l), z)?;
+        a.o.forward(&z.reshape((b, t, nh * hd))?)
+    }
+
+    /// `softmax(where(mask, q·kᵀ · scale, −∞)) · v` as tensors, for `t` query positions of
+    /// grouped queries `[B, KV, rep·t, hd]` against keys and values `[B, KV, Tk, hd]` and a mask
+    /// `[B, 1, t, Tk]`: `z` as `[B, H, t, hd]`. Fires the score and pattern hooks.
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &self,
+        l: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: &Tensor,
+        t: usize,
+        scale: f64,
+        (one_pass, fused): (bool, bool),
+        hs: &mut HookState,
+    ) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let (b, nkv, _, hd) = q.dims4()?;
+        let (nh, tk) = (cfg.n_heads, k.dim(2)?);
+        let raw = crate::kernels::matmul_t(q, k)?.reshape((b, nh, t, tk))?;
         let pattern = match one_pass.then(|| crate::kernels::masked_softmax(&raw, mask, scale)).transpose()?.flatten() {
             Some(p) => p,
             None => {
@@ -536,6 +595,8 @@ impl Network {
                 let shape = scores.shape().clone();
                 let neg = Tensor::new(f32::NEG_INFINITY, scores.device())?.broadcast_as(&shape)?;
                 let masked = mask.broadcast_as(&shape)?.where_cond(&scores, &neg)?;
+                // Gradient runs (`fused` false) need the composed softmax: the fused one has no
+                // backward.
                 if fused {
                     candle_nn::ops::softmax_last_dim(&masked)?
                 } else {
@@ -544,12 +605,7 @@ impl Network {
             }
         };
         let pattern = hs.fire(Site::Pattern(l), pattern.to_dtype(v.dtype())?)?;
-        let z = crate::kernels::matmul(&pattern.reshape((b, nkv, rep * t, tk))?, &v)?
-            .reshape((b, nh, t, hd))?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let z = hs.fire(Site::Z(l), z)?;
-        a.o.forward(&z.reshape((b, t, nh * hd))?)
+        Ok(crate::kernels::matmul(&pattern.reshape((b, nkv, q.dim(2)?, tk))?, v)?.reshape((b, nh, t, hd))?)
     }
 }
 
