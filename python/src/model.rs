@@ -384,7 +384,7 @@ impl Model {
     }
 
     /// Chosen and rejected rewards of every pair, batch_size sequences per forward pass, pairs
-    /// batched by length within blocks of 16 batches (as `reward-lens score`; results in input order).
+    /// batched by length within blocks of 8 batches (as `reward-lens score`; results in input order).
     ///
     /// pairs: a JSONL path, a list of dicts (prompt, chosen, rejected; optional id, subset) or
     ///     a pandas DataFrame with those columns.

@@ -236,10 +236,13 @@ def test_gradients_match_finite_differences(llama):
             llama.gradients(PROMPT, RESPONSE, names=names)
 
 
-def test_pairs_as_list_dataframe_and_path_agree(llama):
+def test_pairs_as_list_dataframe_and_path_agree(llama, tmp_path):
     pd = pytest.importorskip("pandas")
     rows = [json.loads(l) for l in PAIRS.read_text().splitlines()][:6]
-    a = llama.score_pairs(PAIRS, progress=False)[:6]
+    # The same six pairs as a file (a pair's reward depends on its batch-mates in the last bits).
+    six = tmp_path / "six.jsonl"
+    six.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    a = llama.score_pairs(six, progress=False)
     b = llama.score_pairs(rows, progress=False)
     c = llama.score_pairs(pd.DataFrame(rows), progress=False)
     d = llama.score_pairs([{k: v for k, v in r.items() if k not in ("id", "subset")} for r in rows], progress=False)

@@ -83,11 +83,13 @@ def test_audit_shards_merge_into_one_runs_results(tmp_path, local_ray):
 
 def test_a_failed_shard_is_named_and_the_rest_kept_then_a_rerun_computes_only_what_is_missing(tmp_path, local_ray):
     # Pair 18 (shard 2 of 3: pairs 13..19) has an empty chosen response: that shard alone fails.
+    # One pair per batch: blocks of 8 pairs (a shard scores the whole blocks its range touches,
+    # so a bad pair also fails a neighbour sharing its block).
     rows = [json.loads(l) for l in PAIRS.read_text().splitlines()]
     rows[17]["chosen"] = ""
     bad = tmp_path / "bad.jsonl"
     bad.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    score = ["score", "--model", LLAMA, "--pairs", str(bad)]
+    score = ["score", "--model", LLAMA, "--pairs", str(bad), "--batch-size", "2"]
     out = tmp_path / "scores.jsonl"
     with pytest.raises(rlray.ShardsFailed) as e:
         rlray.run(score, shards=3, out=out)

@@ -42,7 +42,7 @@ pub struct ScoreArgs {
     #[arg(long, value_name = "FILE.json")]
     pub summary: Option<PathBuf>,
     /// Sequences per forward pass (a pair is two sequences). Pairs are batched by length within
-    /// blocks of 16 batches, so little of each pass is padding; the output stays in file order.
+    /// blocks of 8 batches, so little of each pass is padding; the output stays in file order.
     #[arg(long, default_value_t = 16, value_parser = crate::args::at_least_one)]
     pub batch_size: usize,
     /// Padding side inside a batch (rewards agree either way up to float rounding, not bit for bit:

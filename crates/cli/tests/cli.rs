@@ -115,7 +115,7 @@ fn resume_after_interruption_gives_identical_output() {
             "2",
             "--resume",
         ]));
-    // 17 complete lines, batches of 1 pair sorted by length within blocks of 16: resume keeps 16.
+    // 17 complete lines, batches of 1 pair sorted by length within blocks of 8: resume keeps 16.
     assert!(String::from_utf8_lossy(&out.stderr).contains("16 of 20"), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::read_to_string(&partial).unwrap(), text);
 }
@@ -724,7 +724,7 @@ fn rewardbench2_rows_score_eval_and_resume() {
         assert_eq!(l["correct"].as_bool().unwrap(), all_beat);
     }
     // An interruption after 17 complete lines and part of the 18th: the resumed file is the same
-    // (chunks of 16 rows: resume keeps 16).
+    // (chunks of 8 rows: resume keeps 16).
     let text = std::fs::read_to_string(&full).unwrap();
     let cut: usize = text.split_inclusive('\n').take(17).map(str::len).sum::<usize>() + 10;
     let partial = d.join("partial.jsonl");

@@ -21,13 +21,13 @@ impl std::str::FromStr for PaddingSide {
 }
 
 /// Batches in one block of [`batches_by_length`].
-pub const LENGTH_BLOCK_BATCHES: usize = 16;
+pub const LENGTH_BLOCK_BATCHES: usize = 8;
 
 /// Indices `0..lengths.len()` grouped into batches of at most `batch_size` (≥ 1): within each
 /// block of `batch_size × LENGTH_BLOCK_BATCHES` consecutive items, counted from the first, longest
 /// first, equal lengths in input order. A batch costs its longest sequence times its rows: on a
 /// RewardBench-like spread of lengths, batches taken in input order are more than half padding,
-/// batches of like length within a block about a quarter.
+/// batches of like length within a block about a third.
 ///
 /// A reward depends on its batch-mates in the last bits (padding, matmul blocking). Sorting
 /// within fixed blocks, not the whole input, keeps that dependence local: a shard or a resumed
@@ -148,12 +148,12 @@ mod length_tests {
         assert_eq!(batches_by_length(&[], 4), Vec::<Vec<usize>>::new());
         // A batch size of 0 is read as 1, never a panic.
         assert_eq!(batches_by_length(&[2, 1], 0), vec![vec![0], vec![1]]);
-        // Sorting stays inside blocks of 16 batches: the 33rd item opens a new block.
-        let lengths: Vec<usize> = (0..40).collect();
+        // Sorting stays inside blocks of 8 batches: the 17th item opens a new block.
+        let lengths: Vec<usize> = (0..20).collect();
         let b = batches_by_length(&lengths, 2);
-        assert_eq!(b[0], vec![31, 30]);
-        assert_eq!(b[15], vec![1, 0]);
-        assert_eq!(b[16], vec![39, 38]);
-        assert_eq!(b.len(), 20);
+        assert_eq!(b[0], vec![15, 14]);
+        assert_eq!(b[7], vec![1, 0]);
+        assert_eq!(b[8], vec![19, 18]);
+        assert_eq!(b.len(), 10);
     }
 }

@@ -339,9 +339,9 @@ mod tests {
         assert_eq!(s.window(20, 1), 6..13);
         assert_eq!(Shard { index: 2, count: 3 }.window(20, 8), 8..20);
         assert_eq!(Shard { index: 2, count: 3 }.window(20, 3), 12..20);
-        assert_eq!(pairs_per_trace_block(16), 128);
-        assert_eq!(pairs_per_trace_block(5), 40);
-        assert_eq!(pairs_per_trace_block(0), 8);
+        assert_eq!(pairs_per_trace_block(16), 64);
+        assert_eq!(pairs_per_trace_block(5), 20);
+        assert_eq!(pairs_per_trace_block(0), 4);
     }
 
     #[test]

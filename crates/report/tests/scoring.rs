@@ -31,7 +31,7 @@ fn lines(model: &RewardModel, span: std::ops::Range<usize>, opts: &ScoreOptions)
 #[test]
 fn any_span_gets_the_whole_runs_lines_and_they_are_the_engines_rewards() {
     let model = RewardModel::load(&fixtures().join("models/llama"), &LoadOptions::default()).unwrap();
-    // 3 pairs per batch (one block of 48 pairs); 1 pair per batch (blocks of 16 pairs, sorted by
+    // 3 pairs per batch (one block of 24 pairs); 1 pair per batch (blocks of 8 pairs, sorted by
     // length inside): spans start and end inside batches and blocks.
     for (batch_size, padding) in [(6, PaddingSide::Right), (6, PaddingSide::Left), (2, PaddingSide::Right)] {
         let opts = ScoreOptions { batch_size, padding };
@@ -56,7 +56,7 @@ fn any_span_gets_the_whole_runs_lines_and_they_are_the_engines_rewards() {
 fn any_span_of_rewardbench2_rows_gets_the_whole_runs_lines() {
     let model = RewardModel::load(&fixtures().join("models/llama"), &LoadOptions::default()).unwrap();
     let rows = read_rewardbench2(&fixtures().join("rewardbench2/rows.jsonl")).unwrap();
-    // Chunks of 16 rows (blocks of 64 sequences sorted by length): two chunks.
+    // Chunks of 8 rows (blocks of 32 sequences sorted by length): three chunks.
     let opts = ScoreOptions { batch_size: 4, padding: PaddingSide::Right };
     let run = |span: std::ops::Range<usize>| {
         let mut out = Vec::new();
