@@ -2,7 +2,7 @@ use anyhow::Result;
 use clap::Args;
 use serde_json::{json, Value};
 
-use reward_lens_instruments::faithfulness::faithfulness;
+use reward_lens_instruments::faithfulness::{check_granularity, faithfulness};
 use reward_lens_instruments::stats::bootstrap_mean;
 
 use crate::args::PatchArgs;
@@ -25,6 +25,7 @@ pub fn run(a: FaithfulnessArgs) -> Result<()> {
     if a.divergence_reference.is_some() {
         anyhow::bail!("--divergence-reference applies to `patch`; faithfulness compares rankings and never reads it");
     }
+    check_granularity(a.granularity).map_err(|e| anyhow::anyhow!("--granularity: {e}"))?;
     let pairs = a.input.read()?;
     a.guard("faithfulness", pairs.len())?;
     let pairs = &pairs[crate::args::shard_of(a.shard, pairs.len()).0];

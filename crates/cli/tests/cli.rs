@@ -1328,6 +1328,10 @@ fn contradictory_flags_are_refused() {
             "no pair has one of them (the pairs' subsets: confidence",
         ),
         (vec!["faithfulness", "--pairs", p, "--out", o, "--divergence-reference", p], "never reads it"),
+        (
+            vec!["faithfulness", "--pairs", p, "--out", o, "--granularity", "residual"],
+            "granularity residual has no DLA",
+        ),
         (vec!["cart", "train", "--preset", "tail", "--pairs", p, "--out", o], "cannot be used with"),
         (vec!["cart", "train", "--preset", "tail", "--batch-size", "0", "--out", o], "'0' for '--batch-size"),
         (vec!["cart", "train", "--preset", "tail", "--augment-per-pair", "2", "--out", o], "--augment"),

@@ -60,6 +60,20 @@ fn agreement(rows: &[&PairFaithfulness], seed: u64) -> Agreement {
     }
 }
 
+/// Refuses what faithfulness cannot rank: residual positions have no attribution (DLA) to compare,
+/// since attribution splits the reward over embeddings, sublayers and heads.
+pub fn check_granularity(g: Granularity) -> Result<()> {
+    if g == Granularity::Residual {
+        return Err(crate::InstrumentError::Invalid(
+            "faithfulness ranks attribution (DLA) against patching component by component, and attribution splits \
+             the reward over sublayers or heads, not residual positions: granularity residual has no DLA to \
+             compare; use sublayer or head"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Runs attribution, AtP and patching on the same pairs and measures their agreement.
 pub fn faithfulness(
     model: &RewardModel,
@@ -74,6 +88,7 @@ pub fn faithfulness(
                 .into(),
         ));
     }
+    check_granularity(opts.granularity)?;
     let report = faithfulness_unchecked(model, pairs, subsets, opts)?;
     crate::finite::ensure_finite("faithfulness", &report)?;
     Ok(report)
@@ -93,23 +108,31 @@ fn faithfulness_unchecked(
         pairs,
         &AttributionOptions { heads, batch_size: opts.batch_size, seed: opts.seed, ..Default::default() },
     )?;
-    Ok(combine(patching, attribution_patching, &dla_rep, subsets, opts.seed))
+    combine(patching, attribution_patching, &dla_rep, subsets, opts.seed)
 }
 
 /// The faithfulness of patching, AtP and attribution reports on the same pairs (in the same
-/// order): per pair the four Spearman ρ, then [`summarise`].
+/// order): per pair the four Spearman ρ, then [`summarise`]. A patched component the attribution
+/// report lacks (residual positions; heads against a sublayer attribution) is an error naming it.
 pub fn combine(
     patching: PatchingReport,
     attribution_patching: PatchingReport,
     dla_rep: &AttributionReport,
     subsets: &[Option<String>],
     seed: u64,
-) -> FaithfulnessReport {
+) -> Result<FaithfulnessReport> {
     let names: Vec<String> = patching.components.iter().map(|c| c.name.clone()).collect();
     let index: Vec<usize> = names
         .iter()
-        .map(|n| dla_rep.components.iter().position(|c| &c.name == n).expect("patched components are attributed"))
-        .collect();
+        .map(|n| {
+            dla_rep.components.iter().position(|c| &c.name == n).ok_or_else(|| {
+                crate::InstrumentError::Invalid(format!(
+                    "faithfulness: patched component `{n}` has no attribution to compare (attribution splits the \
+                     reward over embeddings, sublayers and heads)"
+                ))
+            })
+        })
+        .collect::<Result<_>>()?;
     let abs = |v: &[f64]| v.iter().map(|x| x.abs()).collect::<Vec<_>>();
     let mut rows = Vec::with_capacity(patching.pairs.len());
     let mut dla = Vec::with_capacity(patching.pairs.len());
@@ -127,7 +150,7 @@ pub fn combine(
         });
         dla.push(d);
     }
-    summarise(names, rows, patching, attribution_patching, dla, seed)
+    Ok(summarise(names, rows, patching, attribution_patching, dla, seed))
 }
 
 /// The report of per-pair records: the agreements (overall and per subset) are a function of

@@ -268,6 +268,10 @@ fn faithfulness_ranks_the_same_components_three_ways() {
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap()["subset"].as_str().map(str::to_string))
         .collect();
+    // Residual positions have no attribution to rank against: refused, never a panic.
+    let residual = PatchOptions { granularity: Granularity::Residual, ..Default::default() };
+    let e = faithfulness(&model, &pairs[..2], &subsets[..2], &residual).unwrap_err().to_string();
+    assert!(e.contains("granularity residual has no DLA to compare; use sublayer or head"), "{e}");
     let rep = faithfulness(&model, &pairs, &subsets, &PatchOptions::default()).unwrap();
     assert_eq!(rep.components.len(), 2 * model.config.n_layers);
     assert_eq!(rep.subsets.len(), 8);

@@ -358,7 +358,7 @@ pub fn run_audit_shard(inputs: &AuditInputs, shard: Option<Shard>, progress: &mu
     let patching = renumber(patch(&model, mine, &popts)?);
     let attribution_patching = renumber(atp(&model, mine, &popts)?);
     let faith =
-        reward_lens_instruments::faithfulness::combine(patching, attribution_patching, &attribution, &subsets, o.seed);
+        reward_lens_instruments::faithfulness::combine(patching, attribution_patching, &attribution, &subsets, o.seed)?;
     reward_lens_instruments::finite::ensure_finite("faithfulness", &faith)?;
 
     let whole_run = if whole_run_stages {
