@@ -122,6 +122,9 @@ def test_path_patch_and_faithfulness_equal_command(cli, tmp_path, model):
     for p, line in zip(rep["pairs"], cli_lines(out)):
         for k in ("dla_vs_patch", "atp_vs_patch"):
             close(p[k], line[k])
+    # Residual positions have no attribution to rank against: the command's refusal, not a crash.
+    with pytest.raises(ValueError, match="granularity residual has no DLA"):
+        rl.faithfulness(model, PAIRS, granularity="residual")
 
 
 def test_compare_equals_command(cli, tmp_path):
