@@ -155,22 +155,7 @@ fn lengths_bench(a: &BenchArgs, model: &reward_lens_engine::RewardModel) -> Resu
         println!("{}", serde_json::json!({ "batch": batch, "pairs": pairs.len(), "rows": rows, "max_rel_diff": diff }));
         return Ok(());
     }
-    let tokens: usize = pairs.iter().map(|p| p.chosen.len() + p.rejected.len()).sum();
-    println!(
-        "Scoring {} pairs of spread lengths ({tokens} tokens, sequences {}–{}), batch {batch}, {} threads:\n",
-        pairs.len(),
-        pairs.iter().flat_map(|p| [p.chosen.len(), p.rejected.len()]).min().unwrap_or(0),
-        pairs.iter().flat_map(|p| [p.chosen.len(), p.rejected.len()]).max().unwrap_or(0),
-        bench::threads_label()
-    );
-    println!("| batches | s | tokens/s | padding |\n|---|---|---|---|");
-    for r in &rows {
-        println!("| {} | {:.2} | {:.0} | {:.0} % |", r.order, r.seconds, r.tokens_per_s, 100.0 * r.padding);
-    }
-    println!(
-        "\nby length: {:.2}× input order; rewards agree to {diff:.1e} (relative)",
-        rows[0].seconds / rows[1].seconds
-    );
+    print!("{}", bench::orders_table(&pairs, batch, &rows, diff));
     Ok(())
 }
 

@@ -222,6 +222,31 @@ pub fn batch_orders(
     Ok((vec![row("input order", t_order, &in_order), row("by length", t_length, &by_length)], diff))
 }
 
+/// [`batch_orders`]' rows as `bench --lengths` prints them: a heading, the table, the speed-up.
+pub fn orders_table(pairs: &[EncodedPair], batch: usize, rows: &[OrderRow], diff: f64) -> String {
+    let lengths = || pairs.iter().flat_map(|p| [p.chosen.len(), p.rejected.len()]);
+    let tokens: usize = lengths().sum();
+    let mut s = format!(
+        "Scoring {} pairs of spread lengths ({tokens} tokens, sequences {}–{}), batch {batch}, {} threads:\n\n",
+        pairs.len(),
+        lengths().min().unwrap_or(0),
+        lengths().max().unwrap_or(0),
+        threads_label()
+    );
+    s += "| batches | s | tokens/s | padding |\n|---|---|---|---|\n";
+    for r in rows {
+        let _ = writeln!(s, "| {} | {:.2} | {:.0} | {:.0} % |", r.order, r.seconds, r.tokens_per_s, 100.0 * r.padding);
+    }
+    if let [order, length, ..] = rows {
+        let _ = writeln!(
+            s,
+            "\nby length: {:.2}× input order; rewards agree to {diff:.1e} (relative)",
+            order.seconds / length.seconds
+        );
+    }
+    s
+}
+
 /// Forward-equivalents per pair of the two clean runs when the second computes only the positions
 /// after the prefix it shares with the first (under causal attention the rest is the same).
 pub fn clean_run_cost(pairs: &[EncodedPair]) -> f64 {
@@ -545,6 +570,10 @@ mod tests {
         assert_eq!((rows[0].order.as_str(), rows[1].order.as_str()), ("input order", "by length"));
         assert!(rows[1].padding < 0.75 * rows[0].padding, "{rows:?}");
         assert!(diff < 1e-5, "{diff}");
+        let t = orders_table(&pairs, 8, &rows, diff);
+        assert!(t.starts_with("Scoring 24 pairs of spread lengths ("), "{t}");
+        assert_eq!(t.lines().filter(|l| l.starts_with("| input order |") || l.starts_with("| by length |")).count(), 2);
+        assert!(t.contains(&format!("by length: {:.2}× input order", rows[0].seconds / rows[1].seconds)), "{t}");
         // Pairs come back in input order: each equals the pair scored alone.
         let opts = crate::ScoreOptions { batch_size: 8, padding: PaddingSide::Right };
         let all = model.score_pairs(&pairs, &opts, &mut |_| {}).unwrap();
