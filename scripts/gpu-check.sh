@@ -168,6 +168,24 @@ else
     failed=1
 fi
 
+step "the two CUDA kernels (softmax, silu · up) against candle's ops (REWARD_LENS_CUDA_KERNELS=candle), batch $STAGE_BATCH"
+if REWARD_LENS_CUDA_KERNELS=candle "$BIN" bench "${SHAPE[@]}" --batch-sizes "$STAGE_BATCH" --device "$DEVICE" --dtype bf16 \
+    --stages --json >"$OUT/stages-composed.json" 2>"$OUT/stages-composed.err" && [ -s "$OUT/stages.json" ]; then
+    python3 - "$OUT/stages.json" "$OUT/stages-composed.json" <<'EOF' | tee -a "$OUT/summary.md"
+import json, sys
+kernel, composed = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+for prefix in ("scores", "silu"):
+    stage = lambda r: next(s for s in r["stages"] if s["stage"].startswith(prefix))
+    k, c = stage(kernel)["seconds"], stage(composed)["seconds"]
+    print(f"  {stage(kernel)['stage']}: kernel {1e3*k:.2f} ms, candle's ops {1e3*c:.2f} ms ({c/k:.2f} x)")
+print(f"  plain forward: kernels {1e3*kernel['plain_seconds']:.1f} ms, candle's ops {1e3*composed['plain_seconds']:.1f} ms "
+      f"({composed['plain_seconds']/kernel['plain_seconds']:.2f} x)")
+EOF
+else
+    echo "FAILED: $(tail -3 "$OUT/stages-composed.err")" | tee -a "$OUT/summary.md"
+    failed=1
+fi
+
 step "batches by length against input order: 64 pairs of spread lengths, bf16, batch $STAGE_BATCH"
 if "$BIN" bench "${SHAPE[@]}" --batch-sizes "$STAGE_BATCH" --device "$DEVICE" --dtype bf16 --lengths --iters 1 --json \
     >"$OUT/lengths.json" 2>"$OUT/lengths.err"; then
@@ -210,6 +228,26 @@ EOF
     else
         echo "transformers bench FAILED: $(tail -3 "$OUT/transformers.json.err")" | tee -a "$OUT/summary.md"
         failed=1
+    fi
+    if [ -s "$OUT/lengths.json" ]; then
+        step "transformers on the same 64 pairs of spread lengths, bf16, batch $STAGE_BATCH"
+        if python3 scripts/bench_transformers.py "$MODEL" --device "$DEVICE" --dtype bf16 --iters 1 \
+            --pair-lengths "$OUT/lengths.json" >"$OUT/transformers-lengths.json" 2>"$OUT/transformers-lengths.err"; then
+            python3 - "$OUT/lengths.json" "$OUT/transformers-lengths.json" <<'EOF' | tee -a "$OUT/summary.md"
+import json, sys
+ours, theirs = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+for r in ours["rows"]:
+    print(f"  reward-lens, {r['order']}: {r['tokens_per_s']:.0f} tokens/s ({100*r['padding']:.0f} % padding)")
+for r in theirs["orders"]:
+    print(f"  transformers, {r['order']}: {r['tokens_per_s']:.0f} tokens/s ({100*r['padding']:.0f} % padding)")
+best = max(r["tokens_per_s"] for r in theirs["orders"])
+print(f"  reward-lens by length: {ours['rows'][1]['tokens_per_s']/theirs['orders'][0]['tokens_per_s']:.2f} x transformers in input order, "
+      f"{ours['rows'][1]['tokens_per_s']/best:.2f} x its faster order")
+EOF
+        else
+            echo "transformers lengths bench FAILED: $(tail -3 "$OUT/transformers-lengths.err")" | tee -a "$OUT/summary.md"
+            failed=1
+        fi
     fi
     step "parity: f32 scores of the same pairs, reward-lens $DEVICE against transformers $DEVICE"
     if "$BIN" score --model "$MODEL" --pairs tests/fixtures/pairs.jsonl --device "$DEVICE" --dtype f32 \

@@ -152,7 +152,12 @@ fn lengths_bench(a: &BenchArgs, model: &reward_lens_engine::RewardModel) -> Resu
     let pairs = bench::spread_pairs(a.vocab, 64, 512);
     let (rows, diff) = bench::batch_orders(model, &pairs, batch, a.iters)?;
     if a.json {
-        println!("{}", serde_json::json!({ "batch": batch, "pairs": pairs.len(), "rows": rows, "max_rel_diff": diff }));
+        // The pairs' lengths, so scripts/bench_transformers.py can time the same batches.
+        let sequences: Vec<[usize; 2]> = pairs.iter().map(|p| [p.chosen.len(), p.rejected.len()]).collect();
+        println!(
+            "{}",
+            serde_json::json!({ "batch": batch, "pairs": pairs.len(), "sequences": sequences, "rows": rows, "max_rel_diff": diff })
+        );
         return Ok(());
     }
     print!("{}", bench::orders_table(&pairs, batch, &rows, diff));

@@ -181,6 +181,40 @@ fn attention_query_blocks_match_one_block_on_the_gpu() {
     }
 }
 
+/// Attention's masked softmax and `silu · up` run as CUDA kernels (`cuda_kernels.cu`); with
+/// `REWARD_LENS_CUDA_KERNELS=candle` as candle's ops. Both agree to float rounding on every
+/// architecture, in f32 and in bf16, and the kernels compiled (no fallback warning).
+#[test]
+fn the_cuda_kernels_match_candles_ops_on_the_gpu() {
+    if !enabled("the_cuda_kernels_match_candles_ops_on_the_gpu") {
+        return;
+    }
+    let dir = tmp("cuda-softmax");
+    let p = pairs();
+    for arch in ["gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma2", "armorm"] {
+        let m = model(arch);
+        for (dtype, atol, rtol) in [("f32", 1e-5, 1e-5), ("bf16", 2e-2, 2e-2)] {
+            let run = |composed: bool| {
+                let out = dir.join(format!("{arch}-{dtype}-{}.jsonl", if composed { "composed" } else { "kernel" }));
+                let mut c = exe();
+                if composed {
+                    c.env("REWARD_LENS_CUDA_KERNELS", "candle");
+                }
+                c.args(["score", "--dtype", dtype, "--device", &gpu(), "--model", m.to_str().unwrap()])
+                    .args(["--pairs", p.to_str().unwrap(), "--out"])
+                    .arg(&out);
+                let o = c.output().unwrap_or_else(|e| panic!("cannot run the binary: {e}"));
+                let stderr = String::from_utf8_lossy(&o.stderr);
+                assert!(o.status.success(), "{arch} {dtype}: score failed:\n{stderr}");
+                assert!(!stderr.contains("could not compile"), "{arch} {dtype}: the kernels fell back:\n{stderr}");
+                read(&out)
+            };
+            let worst = compare(&run(true), &run(false), &format!("{arch} {dtype}"), atol, rtol);
+            eprintln!("{arch} {dtype}: the kernels against candle's ops, max |Δ| {worst:.2e}");
+        }
+    }
+}
+
 /// Every instrument runs on the GPU and agrees with the CPU to float rounding.
 #[test]
 fn every_instrument_matches_the_cpu() {

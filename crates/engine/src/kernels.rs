@@ -238,6 +238,9 @@ impl CustomOp2 for SiluMul {
 pub(crate) fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     if applies(&[gate, up]) && gate.shape() == up.shape() {
         Ok(gate.contiguous()?.apply_op2_no_bwd(&up.contiguous()?, &SiluMul)?)
+    } else if let Some(out) = crate::cuda_kernels::silu_mul(gate, up)? {
+        // On a GPU, one CUDA kernel.
+        Ok(out)
     } else {
         Ok((gate.silu()? * up)?)
     }
@@ -326,7 +329,11 @@ impl CustomOp2 for MaskedSoftmax {
 /// then runs candle's ops).
 pub(crate) fn masked_softmax(scores: &Tensor, mask: &Tensor, scale: f64) -> Result<Option<Tensor>> {
     let (b, _, t, tk) = scores.dims4()?;
-    if !(applies(&[scores]) && mask.dtype() == DType::U8 && mask.dims() == [b, 1, t, tk] && tk > 0) {
+    if !applies(&[scores]) {
+        // On a GPU, one CUDA kernel.
+        return crate::cuda_kernels::masked_softmax(scores, mask, scale);
+    }
+    if !(mask.dtype() == DType::U8 && mask.dims() == [b, 1, t, tk] && tk > 0) {
         return Ok(None);
     }
     let op = MaskedSoftmax { scale: scale as f32 };

@@ -20,6 +20,7 @@
 pub mod batch;
 pub mod bench;
 pub mod config;
+mod cuda_kernels;
 pub mod error;
 mod expf;
 pub mod hash;
