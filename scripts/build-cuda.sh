@@ -5,6 +5,8 @@
 #   scripts/build-cuda.sh                 # Hopper (sm_90a): H100, H200, GH200
 #   scripts/build-cuda.sh --caps 80,89,90 # one binary per compute capability
 #   scripts/build-cuda.sh --with-libs     # also pack the CUDA run-time libraries (~1 GiB unpacked)
+#   scripts/build-cuda.sh --tests         # also build the GPU test program (crates/cli/tests/cuda.rs)
+#                                         # with the cuda feature: dist/cuda-tests-sm<cap>
 #
 # Output: dist/reward-lens-cuda-sm<cap>/{bin/reward-lens, lib/, run, README} and a .tar.xz of it.
 #
@@ -25,12 +27,14 @@ ROOT=$PWD
 
 CAPS=90
 WITH_LIBS=0
+TESTS=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --caps) CAPS="$2"; shift 2 ;;
         --caps=*) CAPS="${1#--caps=}"; shift ;;
         --with-libs) WITH_LIBS=1; shift ;;
-        -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --tests) TESTS=1; shift ;;
+        -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "build-cuda.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -98,6 +102,20 @@ for cap in ${CAPS//,/ }; do
         CARGO_TARGET_DIR="$ROOT/target/cuda-sm$cap" \
         cargo build --release --features cuda -p reward-lens-cli
     echo "built in $(( $(date +%s) - start )) s"
+    if [ "$TESTS" = 1 ]; then
+        # The same profile, flags and target folder as the binary, so only the test crate compiles
+        # (another profile would rerun nvcc on candle's kernels). Its in-process tests open the GPU
+        # through the engine, so they need the cuda feature too.
+        step "GPU test program (crates/cli/tests/cuda.rs) for sm_$cap"
+        exe="$(CUDA_COMPUTE_CAP="$cap" \
+            RUSTFLAGS="${RUSTFLAGS:-} -C link-arg=-Wl,-rpath,\$ORIGIN/../lib" \
+            CARGO_TARGET_DIR="$ROOT/target/cuda-sm$cap" \
+            cargo test --release --features cuda -p reward-lens-cli --test cuda --no-run --message-format=json |
+            python3 -c 'import json,sys; print([j["executable"] for j in map(json.loads, sys.stdin) if j.get("executable") and j["target"]["name"] == "cuda"][-1])')"
+        cp "$exe" "dist/cuda-tests-sm$cap"
+        strip "dist/cuda-tests-sm$cap"
+        ls -l "dist/cuda-tests-sm$cap"
+    fi
 
     step "pack dist/reward-lens-cuda-sm$cap"
     PKG="dist/reward-lens-cuda-sm$cap"

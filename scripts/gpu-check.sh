@@ -28,15 +28,13 @@ PKG="dist/gpu-check"
 
 if [ "${1:-}" = "--prepare" ]; then
     set -e
-    scripts/build-cuda.sh --caps "$CAP"
+    scripts/build-cuda.sh --caps "$CAP" --tests
     mkdir -p "$PKG"
     rm -rf "$PKG/reward-lens-cuda" "$PKG/reward-lens-cuda.tar.xz"
     # Packed (9 MiB rather than 64): small enough to carry to a lent machine with the repository.
     cp "dist/reward-lens-cuda-sm$CAP.tar.xz" "$PKG/reward-lens-cuda.tar.xz"
-    exe="$(cargo test -p reward-lens-cli --test cuda --no-run --message-format=json 2>/dev/null |
-        python3 -c 'import json,sys; print([j["executable"] for j in map(json.loads, sys.stdin) if j.get("executable") and j["target"]["name"] == "cuda"][-1])')"
-    cp "$exe" "$PKG/cuda-tests"
-    strip "$PKG/cuda-tests" 2>/dev/null || true
+    # Built with the cuda feature: its in-process tests open the GPU through the engine.
+    cp "dist/cuda-tests-sm$CAP" "$PKG/cuda-tests"
     du -sh "$PKG"/*
     echo "carry $PKG with the repository; on the GPU machine run scripts/gpu-check.sh"
     exit 0
@@ -85,7 +83,10 @@ fi
 [ "$DRY" = 1 ] || step "GPU tests: cuda against cpu on every architecture and instrument"
 if [ "$DRY" = 1 ]; then
     :
-elif REWARD_LENS_CUDA_TESTS=1 REWARD_LENS_BIN="$BIN" REWARD_LENS_REPO="$PWD" REWARD_LENS_TEST_TMP="$OUT/tests" \
+elif CUDA_LIBS="$(python3 -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "cu13", "lib"))' 2>/dev/null)"
+    # The test program links the CUDA libraries as the binary does; `run` finds them the same way.
+    LD_LIBRARY_PATH="$PKG/reward-lens-cuda/lib${CUDA_LIBS:+:$CUDA_LIBS}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+    REWARD_LENS_CUDA_TESTS=1 REWARD_LENS_BIN="$BIN" REWARD_LENS_REPO="$PWD" REWARD_LENS_TEST_TMP="$OUT/tests" \
     RUST_TEST_THREADS=1 "$PKG/cuda-tests" --nocapture >"$OUT/tests.log" 2>&1; then
     echo "passed" | tee -a "$OUT/summary.md"
 else
