@@ -28,6 +28,7 @@ pub mod head;
 pub mod hooks;
 mod jinja_py;
 mod kernels;
+mod missing_specials;
 pub mod model;
 mod network;
 pub use network::DEFAULT_ATTENTION_BUDGET;
@@ -46,6 +47,7 @@ pub use config::{Architecture, ModelConfig};
 pub use error::{EngineError, Result};
 pub use head::{GatedHead, LinearHead, ObjectiveOutput, RewardHead};
 pub use hooks::{Action, ActivationCache, Hooks, Intervention};
+pub use missing_specials::AddedSpecial;
 pub use model::{
     Forward, Gradients, LinearParams, LoadOptions, LoadProgress, ModelInfo, NormParams, PreparedBatch, RewardModel,
     RewardOutput,

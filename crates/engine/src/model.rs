@@ -381,13 +381,19 @@ impl RewardModel {
         let enc = self.tokenizer()?.encode_pair(prompt, response, truncation)?;
         // A tokenizer from another model: say so here, where the cause is plain.
         if let Some((pos, &id)) = enc.ids.iter().enumerate().find(|(_, &id)| id as usize >= self.config.vocab_size) {
-            return Err(EngineError::TokenOutOfRange {
-                id,
-                vocab: self.config.vocab_size,
-                at: format!(
+            let at = match self.tokenizer()?.added_special(id) {
+                // transformers fails on it too (its embedding has no such row).
+                Some(a) => format!(
+                    "at position {pos}: the special token {:?} (`{}` in tokenizer_config.json), which tokenizer.json \
+                     lacks and which is added after its last id, as transformers adds it; add it to tokenizer.json \
+                     with the id the model was trained with, or remove it from the template and the text",
+                    a.content, a.key
+                ),
+                None => format!(
                     "made by tokenizer.json at position {pos}: the tokenizer does not belong to this model's weights"
                 ),
-            });
+            };
+            return Err(EngineError::TokenOutOfRange { id, vocab: self.config.vocab_size, at });
         }
         Ok(enc)
     }

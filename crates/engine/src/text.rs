@@ -13,6 +13,7 @@ use std::str::FromStr;
 use tokenizers::Tokenizer;
 
 use crate::error::{EngineError, Result};
+use crate::missing_specials::AddedSpecial;
 
 /// The format used when a model ships no chat template (the Python peer's plain format). It is
 /// encoded with the tokenizer's own special tokens (its post-processor may add a BOS).
@@ -48,6 +49,8 @@ pub struct ChatTokenizer {
     special_tokens: BTreeMap<String, String>,
     /// What reading the special tokens noticed (see [`ChatTokenizer::warnings`]).
     notes: Vec<String>,
+    /// Special tokens tokenizer.json lacked, added as transformers adds them.
+    added: Vec<AddedSpecial>,
     pub max_tokens: usize,
 }
 
@@ -71,14 +74,14 @@ fn token_string(cfg: &Value, key: &str, path: &Path) -> Result<Option<String>> {
 
 /// The named special tokens of transformers' tokenizers (`SPECIAL_TOKENS_ATTRIBUTES`); the
 /// chat template sees each one that is set.
-const SPECIAL_TOKEN_NAMES: [&str; 7] =
+pub(crate) const SPECIAL_TOKEN_NAMES: [&str; 7] =
     ["bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"];
 
 /// A model-specific special token (`image_token`, or an entry of an `extra_special_tokens` object):
 /// transformers takes a string, or an object it reads as an AddedToken. `added_token_object` says
 /// which objects count (`any_object`): in tokenizer_config.json only those tagged `"__type": "AddedToken"`, in
 /// special_tokens_map.json any object with a `content`.
-fn extra_token(v: &Value, any_object: bool) -> Option<String> {
+pub(crate) fn extra_token(v: &Value, any_object: bool) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
         Value::Object(o) if any_object || o.get("__type").and_then(Value::as_str) == Some("AddedToken") => {
@@ -486,12 +489,12 @@ impl ChatTokenizer {
             return Err(EngineError::Tokenizer { path: tok_path, message: "file not found".into() });
         }
         let cfg_path = dir.join("tokenizer_config.json");
-        let cfg: Value = if cfg_path.symlink_metadata().is_ok() {
-            let text = crate::weights::read_text(&cfg_path)?;
-            serde_json::from_str(&text)
-                .map_err(|e| EngineError::Json { path: cfg_path.clone(), message: e.to_string() })?
-        } else {
-            Value::Null
+        let cfg_text =
+            if cfg_path.symlink_metadata().is_ok() { Some(crate::weights::read_text(&cfg_path)?) } else { None };
+        let cfg: Value = match &cfg_text {
+            Some(text) => serde_json::from_str(text)
+                .map_err(|e| EngineError::Json { path: cfg_path.clone(), message: e.to_string() })?,
+            None => Value::Null,
         };
         crate::weights::bounded_file(&tok_path, crate::weights::MAX_TOKENIZER_FILE)?;
         let tok_text = std::fs::read_to_string(&tok_path).map_err(crate::error::io_err(&tok_path))?;
@@ -586,7 +589,14 @@ impl ChatTokenizer {
         }
         let (special_tokens, stm_notes) = special_tokens(dir, &cfg, &cfg_path)?;
         notes.extend(stm_notes);
-        let me = Self { tokenizer, template, special_tokens, notes, max_tokens: max };
+        let added = crate::missing_specials::add_missing(&mut tokenizer, &cfg, cfg_text.as_deref(), &special_tokens);
+        notes.extend(added.iter().map(|a| {
+            format!(
+                "tokenizer.json lacks the special token {:?} (`{}`): added as id {}, as transformers adds it",
+                a.content, a.key, a.id
+            )
+        }));
+        let me = Self { tokenizer, template, special_tokens, notes, added, max_tokens: max };
         // Fail at load, not on the first pair, when the template cannot render — or renders a
         // text without the prompt or the response, which would score something else entirely.
         if me.template.is_some() {
@@ -611,6 +621,11 @@ impl ChatTokenizer {
             }
         }
         Ok(me)
+    }
+
+    /// The special token added with id `id` because tokenizer.json lacked it (see [`AddedSpecial`]).
+    pub fn added_special(&self, id: u32) -> Option<&AddedSpecial> {
+        self.added.iter().find(|a| a.id == id)
     }
 
     pub fn has_template(&self) -> bool {

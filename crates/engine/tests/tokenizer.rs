@@ -113,7 +113,12 @@ fn the_template_sees_every_special_token_and_tools_documents_as_none() {
     let tok = ChatTokenizer::from_dir(&d, 4096, Some("llama")).unwrap();
     // transformers 5.25 renders exactly this.
     assert_eq!(tok.render("p", "r").unwrap(), "<s>|</s>|<unk>|</s>|<pad>|<s>|<pad>|<|user|>||None|None||pr");
-    assert!(tok.warnings().is_empty(), "{:?}", tok.warnings());
+    // The fixture's tokenizer.json has no `<unk>`: transformers adds it (see
+    // special_tokens_tokenizer_json_lacks_get_transformers_ids), and loading says so.
+    assert_eq!(
+        tok.warnings(),
+        ["tokenizer.json lacks the special token \"<unk>\" (`unk_token`): added as id 1024, as transformers adds it"]
+    );
 }
 
 #[test]
@@ -542,4 +547,86 @@ fn llama_tokenizer_settings_transformers_cannot_rebuild_the_same_are_refused() {
         ) && e.ends_with("tokenizer.json's vocab and merges, but the file's model is Unigram, not BPE; not supported"),
         "{e}"
     );
+}
+
+/// Special tokens tokenizer_config.json names and tokenizer.json lacks are added as transformers 5
+/// adds them: named ones in attribute order, then the other `*_token` keys in file order, then
+/// `extra_special_tokens` entries. Ids from transformers 5.25 on the same edited fixtures.
+#[test]
+fn special_tokens_tokenizer_json_lacks_get_transformers_ids() {
+    // A template that renders pad, sep and an extra list token, none of them in tokenizer.json.
+    let d = variant(
+        "missing-specials-template",
+        "llama",
+        |_| {},
+        |c| {
+            c["pad_token"] = json!("<|padme|>");
+            c["sep_token"] = json!("<|sepme|>");
+            c["extra_special_tokens"].as_array_mut().unwrap().push(json!("<|xtra|>"));
+        },
+        &[(
+            "chat_template.jinja",
+            "{{ bos_token }}{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}\
+             {{ pad_token }}{{ sep_token }}<|xtra|><|end|>{% endfor %}",
+        )],
+    );
+    assert_eq!(
+        ids(&d, "llama", "hi", "yo"),
+        [1, 3, 205, 345, 1025, 1024, 1026, 6, 4, 205, 95, 85, 1025, 1024, 1026, 6]
+    );
+    let t = ChatTokenizer::from_dir(&d, 4096, Some("llama")).unwrap();
+    let a = t.added_special(1025).expect("pad_token was added");
+    assert_eq!((a.key.as_str(), a.content.as_str()), ("pad_token", "<|padme|>"));
+    assert_eq!(t.added_special(1026).unwrap().key, "extra_special_tokens[4]");
+    assert!(t
+        .warnings()
+        .iter()
+        .any(|w| w.contains("lacks the special token \"<|sepme|>\" (`sep_token`): added as id 1024")));
+    // The fixture model has 1024 embeddings, so transformers' forward pass fails on these ids; ours
+    // refuses at encoding, naming the token and where it comes from.
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture("llama").join(f), d.join(f)).unwrap();
+    }
+    let m = reward_lens_engine::RewardModel::load(&d, &Default::default()).unwrap();
+    let e = m.encode("hi", "yo", Truncation::Error).unwrap_err().to_string();
+    assert!(
+        e.starts_with("token id 1025 (at position 4: the special token \"<|padme|>\" (`pad_token` in tokenizer_config.json), which tokenizer.json lacks")
+            && e.ends_with("is outside the model's vocabulary: config.json has vocab_size 1024"),
+        "{e}"
+    );
+
+    // Every named token, then a model-specific one.
+    let d = variant(
+        "missing-specials-named",
+        "llama",
+        |_| {},
+        |c| {
+            for (k, v) in [
+                ("image_token", "<|img|>"),
+                ("mask_token", "<|m|>"),
+                ("cls_token", "<|c|>"),
+                ("unk_token", "<|u|>"),
+                ("eos_token", "<|e|>"),
+                ("pad_token", "<|p|>"),
+            ] {
+                c[k] = json!(v);
+            }
+        },
+        &[],
+    );
+    let t = ChatTokenizer::from_dir(&d, 4096, Some("llama")).unwrap();
+    let got: Vec<Option<u32>> =
+        ["<|e|>", "<|u|>", "<|p|>", "<|c|>", "<|m|>", "<|img|>"].iter().map(|s| t.tokenizer.token_to_id(s)).collect();
+    assert_eq!(got, (1024..1030).map(Some).collect::<Vec<_>>());
+
+    // File order of model-specific keys (`video_token` before `zeta_token`), then an
+    // extra_special_tokens object; `bos_token` first, wherever the file has it.
+    let cfg = r#"{"video_token": "<|v|>", "backend": "tokenizers", "bos_token": "<|b2|>", "eos_token": "</s>",
+        "extra_special_tokens": {"image_token": "<|img|>"}, "model_max_length": 512, "pad_token": "<pad>",
+        "padding_side": "right", "tokenizer_class": "PreTrainedTokenizerFast", "zeta_token": "<|zt|>"}"#;
+    let d = variant("missing-specials-order", "llama", |_| {}, |_| {}, &[("tokenizer_config.json", cfg)]);
+    let t = ChatTokenizer::from_dir(&d, 4096, Some("llama")).unwrap();
+    let got: Vec<Option<u32>> =
+        ["<|b2|>", "<|v|>", "<|zt|>", "<|img|>"].iter().map(|s| t.tokenizer.token_to_id(s)).collect();
+    assert_eq!(got, (1024..1028).map(Some).collect::<Vec<_>>());
 }
