@@ -33,8 +33,11 @@ if [ "${1:-}" = "--prepare" ]; then
     rm -rf "$PKG/reward-lens-cuda" "$PKG/reward-lens-cuda.tar.xz"
     # Packed (9 MiB rather than 64): small enough to carry to a lent machine with the repository.
     cp "dist/reward-lens-cuda-sm$CAP.tar.xz" "$PKG/reward-lens-cuda.tar.xz"
-    # Built with the cuda feature: its in-process tests open the GPU through the engine.
-    cp "dist/cuda-tests-sm$CAP" "$PKG/cuda-tests"
+    # Built with the cuda feature (its in-process tests open the GPU through the engine), which
+    # embeds candle's PTX: 51 MiB, 7 packed, so the folder stays well inside what a lent machine
+    # is carried.
+    rm -f "$PKG/cuda-tests" "$PKG/cuda-tests.xz"
+    xz -T0 -c "dist/cuda-tests-sm$CAP" >"$PKG/cuda-tests.xz"
     du -sh "$PKG"/*
     echo "carry $PKG with the repository; on the GPU machine run scripts/gpu-check.sh"
     exit 0
@@ -57,6 +60,9 @@ else
     if [ ! -x "$BIN" ] && [ -f "$PKG/reward-lens-cuda.tar.xz" ]; then
         mkdir -p "$PKG/reward-lens-cuda"
         tar -C "$PKG/reward-lens-cuda" --strip-components=1 -xJf "$PKG/reward-lens-cuda.tar.xz"
+    fi
+    if [ ! -x "$PKG/cuda-tests" ] && [ -f "$PKG/cuda-tests.xz" ]; then
+        xz -dc "$PKG/cuda-tests.xz" >"$PKG/cuda-tests" && chmod +x "$PKG/cuda-tests"
     fi
     DEVICE=cuda
     WIDTHS=(--d-model 4096 --heads 32 --kv-heads 8 --d-mlp 14336 --vocab 128256)
