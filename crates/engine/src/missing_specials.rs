@@ -104,9 +104,9 @@ fn key_order(text: &str) -> (Vec<String>, Vec<String>) {
 /// Adds to `tokenizer`, as transformers does, every special token of `tokens` (the template's
 /// special tokens, by setting) and of an `extra_special_tokens` list that it lacks; returns them
 /// with the ids they got. `cfg_text` is tokenizer_config.json's text (for its key order).
-pub(crate) fn add_missing(
+pub(crate) fn add_missing<'a>(
     tokenizer: &mut Tokenizer,
-    cfg: &Value,
+    cfg: &'a Value,
     cfg_text: Option<&str>,
     tokens: &BTreeMap<String, String>,
 ) -> Vec<AddedSpecial> {
@@ -119,13 +119,10 @@ pub(crate) fn add_missing(
     keys.extend(rest);
     // An added-token object in tokenizer_config.json carries its flags; a string takes
     // transformers' defaults for special tokens (special, not normalized, no stripping).
-    let object = |v: Option<&Value>, content: &str| -> Option<serde_json::Map<String, Value>> {
-        match v {
-            Some(Value::Object(o)) if o.get("content").and_then(Value::as_str) == Some(content) => Some(o.clone()),
-            _ => None,
-        }
+    let object = |v: Option<&'a Value>, content: &str| -> Option<&'a Value> {
+        v.filter(|v| v.get("content").and_then(Value::as_str) == Some(content))
     };
-    let mut candidates: Vec<(String, String, Option<serde_json::Map<String, Value>>)> = Vec::new();
+    let mut candidates: Vec<(String, String, Option<&Value>)> = Vec::new();
     for key in keys {
         if let Some(content) = tokens.get(&key) {
             let v = cfg.get(&key).or_else(|| cfg.get("extra_special_tokens").and_then(|e| e.get(&key)));
@@ -145,7 +142,7 @@ pub(crate) fn add_missing(
         if content.is_empty() || tokenizer.token_to_id(&content).is_some() {
             continue;
         }
-        let flag = |name: &str| obj.as_ref().and_then(|o| o.get(name)).and_then(Value::as_bool).unwrap_or(false);
+        let flag = |name: &str| obj.and_then(|o| o.get(name)).and_then(Value::as_bool).unwrap_or(false);
         let token = AddedToken::from(content.clone(), true)
             .single_word(flag("single_word"))
             .lstrip(flag("lstrip"))
