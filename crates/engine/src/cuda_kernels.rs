@@ -108,8 +108,9 @@ mod cuda {
         l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg(format!("{op} takes contiguous tensors")))
     }
 
-    /// A kernel of one of the three float dtypes, launched with `args(builder, src…, dst)`.
+    /// A kernel of one of the three float dtypes on two inputs, returning its output.
     trait Launch {
+        fn name(&self) -> &'static str;
         fn launch<T: CudaDType + DeviceRepr>(
             &self,
             s: &CudaStorage,
@@ -135,11 +136,44 @@ mod cuda {
         Ok(CudaStorage { slice, device: s.device().clone() })
     }
 
+    /// A [`Launch`] as a candle op (callers only apply it to CUDA tensors).
+    struct CudaOp<L>(L);
+
+    impl<L: Launch + Send + Sync> CustomOp2 for CudaOp<L> {
+        fn name(&self) -> &'static str {
+            self.0.name()
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<(CpuStorage, Shape)> {
+            candle_core::bail!("{} runs on CUDA devices only", self.0.name())
+        }
+
+        fn cuda_fwd(
+            &self,
+            a: &CudaStorage,
+            la: &Layout,
+            b: &CudaStorage,
+            lb: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            Ok((by_dtype(&self.0, a, la, b, lb)?, la.shape().clone()))
+        }
+    }
+
     struct MaskedSoftmax {
         scale: f32,
     }
 
     impl Launch for MaskedSoftmax {
+        fn name(&self) -> &'static str {
+            "masked-softmax-cuda"
+        }
+
         fn launch<T: CudaDType + DeviceRepr>(
             &self,
             s: &CudaStorage,
@@ -178,35 +212,13 @@ mod cuda {
         }
     }
 
-    impl CustomOp2 for MaskedSoftmax {
-        fn name(&self) -> &'static str {
-            "masked-softmax-cuda"
-        }
-
-        fn cpu_fwd(
-            &self,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-        ) -> candle_core::Result<(CpuStorage, Shape)> {
-            candle_core::bail!("masked-softmax-cuda runs on CUDA devices only")
-        }
-
-        fn cuda_fwd(
-            &self,
-            s: &CudaStorage,
-            ls: &Layout,
-            m: &CudaStorage,
-            lm: &Layout,
-        ) -> candle_core::Result<(CudaStorage, Shape)> {
-            Ok((by_dtype(self, s, ls, m, lm)?, ls.shape().clone()))
-        }
-    }
-
     struct SiluMul;
 
     impl Launch for SiluMul {
+        fn name(&self) -> &'static str {
+            "silu-mul-cuda"
+        }
+
         fn launch<T: CudaDType + DeviceRepr>(
             &self,
             g: &CudaStorage,
@@ -239,32 +251,6 @@ mod cuda {
         }
     }
 
-    impl CustomOp2 for SiluMul {
-        fn name(&self) -> &'static str {
-            "silu-mul-cuda"
-        }
-
-        fn cpu_fwd(
-            &self,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-        ) -> candle_core::Result<(CpuStorage, Shape)> {
-            candle_core::bail!("silu-mul-cuda runs on CUDA devices only")
-        }
-
-        fn cuda_fwd(
-            &self,
-            g: &CudaStorage,
-            lg: &Layout,
-            u: &CudaStorage,
-            lu: &Layout,
-        ) -> candle_core::Result<(CudaStorage, Shape)> {
-            Ok((by_dtype(self, g, lg, u, lu)?, lg.shape().clone()))
-        }
-    }
-
     pub(super) fn masked_softmax(scores: &Tensor, mask: &Tensor, scale: f64) -> Result<Option<Tensor>> {
         let Ok((b, h, t, tk)) = scores.dims4() else { return Ok(None) };
         let applies = supported(scores)
@@ -276,7 +262,7 @@ mod cuda {
         if !applies || !available() {
             return Ok(None);
         }
-        let op = MaskedSoftmax { scale: scale as f32 };
+        let op = CudaOp(MaskedSoftmax { scale: scale as f32 });
         Ok(Some(scores.contiguous()?.apply_op2_no_bwd(&mask.contiguous()?, &op)?))
     }
 
@@ -285,6 +271,6 @@ mod cuda {
         if !applies || !available() {
             return Ok(None);
         }
-        Ok(Some(gate.contiguous()?.apply_op2_no_bwd(&up.contiguous()?, &SiluMul)?))
+        Ok(Some(gate.contiguous()?.apply_op2_no_bwd(&up.contiguous()?, &CudaOp(SiluMul))?))
     }
 }
