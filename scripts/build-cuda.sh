@@ -88,6 +88,9 @@ STUB_C="$WORK/libcuda-stub.c"
 gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$CUDA_HOME/lib64/stubs/libcuda.so" "$STUB_C"
 echo "$(grep -c '^int' "$STUB_C") driver functions stubbed"
 
+step "the engine's CUDA kernels: NVRTC, as the binary compiles them at run time, then ptxas for sm_${CAPS//,/, sm_}"
+python3 scripts/check_cuda_kernels.py "$CU/lib" "$CU/bin" ${CAPS//,/ }
+
 export CUDA_HOME CUDA_PATH="$CUDA_HOME" PATH="$CUDA_HOME/bin:$PATH"
 export CUDAFORGE_THREADS="${CUDAFORGE_THREADS:-$(nproc)}"
 "$CUDA_HOME/bin/nvcc" --version | tail -2
