@@ -91,13 +91,41 @@ pub(crate) fn extra_token(v: &Value, any_object: bool) -> Option<String> {
     }
 }
 
+/// The special tokens a tokenizer class of transformers 5 defaults to (its `__init__`'s keyword
+/// defaults), for the classes it instantiates here: where tokenizer_config.json leaves one out, the
+/// class's stands (Qwen2Tokenizer's `unk_token` is `<|endoftext|>` unless the file says otherwise).
+fn class_defaults(class: Option<&str>) -> &'static [(&'static str, &'static str)] {
+    const EOT: &str = "<|endoftext|>";
+    match class {
+        Some("Qwen2Tokenizer") => &[("unk_token", EOT), ("eos_token", EOT), ("pad_token", EOT)],
+        Some("GPT2Tokenizer") => &[("unk_token", EOT), ("bos_token", EOT), ("eos_token", EOT)],
+        Some("GemmaTokenizer") => &[
+            ("unk_token", "<unk>"),
+            ("bos_token", "<bos>"),
+            ("eos_token", "<eos>"),
+            ("pad_token", "<pad>"),
+            ("mask_token", "<mask>"),
+        ],
+        Some("LlamaTokenizer") => &[("unk_token", "<unk>"), ("bos_token", "<s>"), ("eos_token", "</s>")],
+        _ => &[],
+    }
+}
+
 /// The special tokens the chat template sees, as transformers 5 reads them: the named ones and
 /// any other `*_token` string (or `extra_special_tokens` object entry) of tokenizer_config.json;
 /// then, only when tokenizer_config.json has no `added_tokens_decoder`, special_tokens_map.json
 /// on top, its values winning (transformers' legacy path; a `null` there unsets the token).
 /// Returns the tokens and notes on where the two files disagree.
-fn special_tokens(dir: &Path, cfg: &Value, cfg_path: &Path) -> Result<(BTreeMap<String, String>, Vec<String>)> {
-    let mut tokens = BTreeMap::new();
+fn special_tokens(
+    dir: &Path,
+    cfg: &Value,
+    cfg_path: &Path,
+    defaults: &[(&str, &str)],
+) -> Result<(BTreeMap<String, String>, Vec<String>)> {
+    // The class's own defaults stand where tokenizer_config.json does not name the token at all
+    // (an explicit null unsets it, as in transformers).
+    let mut tokens: BTreeMap<String, String> =
+        defaults.iter().filter(|(k, _)| cfg.get(*k).is_none()).map(|(k, v)| (k.to_string(), v.to_string())).collect();
     let mut notes = Vec::new();
     if let Some(obj) = cfg.as_object() {
         for (key, v) in obj {
@@ -268,17 +296,19 @@ fn class_pipeline(
     tok_text: String,
     cfg_path: &Path,
     tok_path: &Path,
-) -> Result<String> {
+) -> Result<(String, Option<&'static str>)> {
     let (name, from_type) = match (class.strip_suffix("Fast").unwrap_or(class), model_type) {
         ("", Some("gemma" | "gemma2")) => ("GemmaTokenizer", true),
         ("", Some("gpt2")) => ("GPT2Tokenizer", true),
         // transformers keeps a model_type llama tokenizer.json as written, and a LlamaTokenizer
         // class with model_type mistral too (it falls back to TokenizersBackend).
-        ("LlamaTokenizer", Some("mistral")) => return Ok(tok_text),
-        (c @ ("GemmaTokenizer" | "GPT2Tokenizer" | "LlamaTokenizer" | "CodeLlamaTokenizer" | "CohereTokenizer"), _) => {
-            (c, false)
-        }
-        _ => return Ok(tok_text),
+        ("LlamaTokenizer", Some("mistral")) => return Ok((tok_text, None)),
+        ("GemmaTokenizer", _) => ("GemmaTokenizer", false),
+        ("GPT2Tokenizer", _) => ("GPT2Tokenizer", false),
+        ("LlamaTokenizer", _) => ("LlamaTokenizer", false),
+        ("CodeLlamaTokenizer", _) => ("CodeLlamaTokenizer", false),
+        ("CohereTokenizer", _) => ("CohereTokenizer", false),
+        _ => return Ok((tok_text, None)),
     };
     let mut tok: Value = serde_json::from_str(&tok_text)
         .map_err(|e| EngineError::Tokenizer { path: tok_path.to_path_buf(), message: e.to_string() })?;
@@ -289,10 +319,10 @@ fn class_pipeline(
     let flag = |key: &str| cfg.get(key).and_then(Value::as_bool);
     let builds: Option<String> = match name {
         // A byte-level tokenizer.json is kept as written (transformers falls back to TokenizersBackend).
-        "LlamaTokenizer" if byte_level => None,
+        "LlamaTokenizer" if byte_level => return Ok((tok_text, None)),
         "LlamaTokenizer" => {
             llama_pipeline(class, cfg, &mut tok, cfg_path, tok_path)?;
-            return Ok(serde_json::to_string(&tok).expect("a JSON value serializes"));
+            return Ok((serde_json::to_string(&tok).expect("a JSON value serializes"), Some(name)));
         }
         "GemmaTokenizer" => {
             let replace = is_type(normalizer, "Replace")
@@ -316,7 +346,7 @@ fn class_pipeline(
         }
         _ => Some("its own pipeline".to_string()),
     };
-    let Some(builds) = builds else { return Ok(tok_text) };
+    let Some(builds) = builds else { return Ok((tok_text, Some(name))) };
     let source = if from_type {
         format!("no tokenizer_class, and model_type {} maps to {name}", model_type.unwrap_or_default())
     } else {
@@ -500,7 +530,7 @@ impl ChatTokenizer {
         let tok_text = std::fs::read_to_string(&tok_path).map_err(crate::error::io_err(&tok_path))?;
         let (tok_text, mut notes) = apply_added_tokens_decoder(tok_text, &cfg, &cfg_path, &tok_path)?;
         let class = cfg.get("tokenizer_class").and_then(|c| c.as_str()).unwrap_or("");
-        let tok_text = class_pipeline(class, model_type, &cfg, tok_text, &cfg_path, &tok_path)?;
+        let (tok_text, mut built_class) = class_pipeline(class, model_type, &cfg, tok_text, &cfg_path, &tok_path)?;
         let mut tokenizer = Tokenizer::from_str(&tok_text)
             .map_err(|e| EngineError::Tokenizer { path: tok_path.clone(), message: e.to_string() })?;
         // transformers turns off a saved `truncation` / `padding` block unless a call asks for it;
@@ -529,6 +559,7 @@ impl ChatTokenizer {
             || (class.is_empty() && model_type == Some("qwen3"))
         {
             qwen2_pretokenizer(&mut tokenizer, &tok_path)?;
+            built_class = Some("Qwen2Tokenizer");
         }
         let jinja = dir.join("chat_template.jinja");
         let template = if jinja.symlink_metadata().is_ok() {
@@ -587,7 +618,7 @@ impl ChatTokenizer {
         if let Some(m) = cfg.get("model_max_length").and_then(|m| m.as_u64()) {
             max = max.min(m as usize);
         }
-        let (special_tokens, stm_notes) = special_tokens(dir, &cfg, &cfg_path)?;
+        let (special_tokens, stm_notes) = special_tokens(dir, &cfg, &cfg_path, class_defaults(built_class))?;
         notes.extend(stm_notes);
         let added = crate::missing_specials::add_missing(&mut tokenizer, &cfg, cfg_text.as_deref(), &special_tokens);
         notes.extend(added.iter().map(|a| {

@@ -630,3 +630,60 @@ fn special_tokens_tokenizer_json_lacks_get_transformers_ids() {
         ["<|b2|>", "<|v|>", "<|zt|>", "<|img|>"].iter().map(|s| t.tokenizer.token_to_id(s)).collect();
     assert_eq!(got, (1024..1028).map(Some).collect::<Vec<_>>());
 }
+
+/// Where tokenizer_config.json leaves a special token out, the class transformers 5 instantiates
+/// supplies its own default (an explicit null still unsets it); a default that tokenizer.json
+/// lacks is then added like any other. Values and ids from transformers 5.25 on the same folders.
+#[test]
+fn class_default_special_tokens_stand_where_the_file_names_none() {
+    const TPL: &str = "{{ bos_token }}|{{ eos_token }}|{{ unk_token }}|{{ pad_token }}|{{ mask_token }}|\
+                       {% for m in messages %}{{ m.content }}{% endfor %}";
+    let drop_named = |c: &mut Value| {
+        for k in ["bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"] {
+            c.as_object_mut().unwrap().remove(k);
+        }
+    };
+    // model_type qwen2 means Qwen2Tokenizer even under PreTrainedTokenizerFast: unk, eos and pad
+    // default to <|endoftext|>, which the fixture's tokenizer.json lacks (added as 1024).
+    let d = with_template("defaults-qwen2", drop_named, TPL, &[]);
+    let t = ChatTokenizer::from_dir(&d, 4096, Some("qwen2")).unwrap();
+    assert_eq!(t.render("p", "r").unwrap(), "|<|endoftext|>|<|endoftext|>|<|endoftext|>||pr");
+    assert_eq!(t.tokenizer.token_to_id("<|endoftext|>"), Some(1024));
+    // Named in the file (bos, pad) or unset with null (unk): the file wins.
+    let d = with_template(
+        "defaults-qwen2-partial",
+        |c| {
+            drop_named(c);
+            c["bos_token"] = json!("<s>");
+            c["pad_token"] = json!("<pad>");
+            c["unk_token"] = Value::Null;
+        },
+        TPL,
+        &[],
+    );
+    let t = ChatTokenizer::from_dir(&d, 4096, Some("qwen2")).unwrap();
+    assert_eq!(t.render("p", "r").unwrap(), "<s>|<|endoftext|>||<pad>||pr");
+    // GPT2Tokenizer (model_type gpt2, no class): bos, eos and unk.
+    let d = with_template(
+        "defaults-gpt2",
+        |c| {
+            drop_named(c);
+            c.as_object_mut().unwrap().remove("tokenizer_class");
+        },
+        TPL,
+        &[],
+    );
+    let t = ChatTokenizer::from_dir(&d, 4096, Some("gpt2")).unwrap();
+    assert_eq!(t.render("p", "r").unwrap(), "<|endoftext|>|<|endoftext|>|<|endoftext|>|||pr");
+    // A PreTrainedTokenizerFast of another model type has no defaults.
+    let d = with_template("defaults-none", drop_named, TPL, &[]);
+    let t = ChatTokenizer::from_dir(&d, 4096, Some("llama")).unwrap();
+    assert!(t.render("p", "r").is_ok_and(|r| r == "|||||pr"));
+    // LlamaTokenizer (a SentencePiece tokenizer.json): bos <s>, eos </s>, unk <unk>.
+    let d = sp_llama("defaults-sp", "LlamaTokenizerFast", json!({}), TPL, |_| {});
+    let mut c = read_json(&d.join("tokenizer_config.json"));
+    drop_named(&mut c);
+    std::fs::write(d.join("tokenizer_config.json"), c.to_string()).unwrap();
+    let t = ChatTokenizer::from_dir(&d, 4096, Some("llama")).unwrap();
+    assert_eq!(t.render("p", "r").unwrap(), "<s>|</s>|<unk>|||pr");
+}
