@@ -42,9 +42,26 @@ struct F16 {
         asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
         return h;
     }
-#else  // the CPU emulation the engine's tests run (tests/cuda_kernels/emulate.cpp)
-    static float load(u16 x) { _Float16 h; memcpy(&h, &x, 2); return (float)h; }
-    static u16 store(float f) { _Float16 h = (_Float16)f; u16 x; memcpy(&x, &h, 2); return x; }
+#else  // the CPU emulation the engine's tests run (tests/cuda_kernels/emulate.cpp): the same
+       // conversions in portable C++ (finite values and NaN; the emulation needs no more)
+    static float load(u16 h) {
+        const unsigned sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+        if (exp == 0) {  // zero or subnormal: man · 2^-24
+            const float f = man * (1.0f / 16777216.0f);
+            return sign ? -f : f;
+        }
+        if (exp == 31) return __uint_as_float(sign | 0x7f800000u | (man << 13));
+        return __uint_as_float(sign | ((exp + 112) << 23) | (man << 13));
+    }
+    static u16 store(float f) {  // round to nearest even
+        unsigned x = __float_as_uint(f);
+        const u16 sign = (u16)((x >> 16) & 0x8000u);
+        x &= 0x7fffffffu;
+        if (x > 0x7f800000u) return sign | 0x7e00u;
+        if (x >= 0x477ff000u) return sign | 0x7c00u;                // 65520 and up: infinity
+        if (x < 0x38800000u) return sign | (u16)nearbyintf(__uint_as_float(x) * 16777216.0f);  // subnormal
+        return sign | (u16)((x + 0xfffu + ((x >> 13) & 1u) - 0x38000000u) >> 13);
+    }
 #endif
 };
 

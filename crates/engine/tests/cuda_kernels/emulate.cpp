@@ -3,22 +3,44 @@
 // reductions, partial warps, grid-stride loops, bf16/f16 rounding, NaN rows) where no GPU is at
 // hand; the GPU tests (crates/cli/tests/cuda.rs) check them on the device. Prints one line per
 // case and exits 1 on a failure. Built and run by tests/cuda_kernels_emulated.rs.
-#include <barrier>
 #include <cmath>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <vector>
+
+// A reusable barrier for `n` threads (C++11; std::barrier needs C++20 and GCC 11).
+class Barrier {
+    std::mutex m;
+    std::condition_variable cv;
+    unsigned n, waiting = 0, generation = 0;
+
+   public:
+    explicit Barrier(unsigned n) : n(n) {}
+    void arrive_and_wait() {
+        std::unique_lock<std::mutex> lock(m);
+        const unsigned gen = generation;
+        if (++waiting == n) {
+            waiting = 0;
+            generation++;
+            cv.notify_all();
+        } else {
+            cv.wait(lock, [&] { return gen != generation; });
+        }
+    }
+};
 
 struct Dim3 {
     unsigned x = 0, y = 0, z = 0;
 };
 static thread_local Dim3 threadIdx;
 static Dim3 blockIdx, blockDim, gridDim;
-static std::unique_ptr<std::barrier<>> block_barrier;
-static std::unique_ptr<std::barrier<>> warp_barrier[32];
+static std::unique_ptr<Barrier> block_barrier;
+static std::unique_ptr<Barrier> warp_barrier[32];
 static float warp_slots[32][32];
 
 #define __device__
@@ -49,8 +71,8 @@ static void launch(size_t rows, int tk, F kernel) {
     blockDim.x = threads;
     for (size_t r = 0; r < rows; r++) {
         blockIdx.x = (unsigned)r;
-        block_barrier = std::make_unique<std::barrier<>>(threads);
-        for (unsigned w = 0; w < threads / 32; w++) warp_barrier[w] = std::make_unique<std::barrier<>>(32);
+        block_barrier = std::make_unique<Barrier>(threads);
+        for (unsigned w = 0; w < threads / 32; w++) warp_barrier[w] = std::make_unique<Barrier>(32);
         std::vector<std::thread> pool;
         for (unsigned i = 0; i < threads; i++)
             pool.emplace_back([&, i] {
@@ -180,5 +202,15 @@ int main() {
                       std::isnan(BF16::load(BF16::store(NAN))) && BF16::store(-2.5f) == 0xc020;
     failures += !ties;
     printf("%s bf16 rounding to nearest even\n", ties ? "ok" : "FAILED");
+    // The emulation's own f16 conversions (the device uses cvt instructions): ties to even, the
+    // largest finite value, overflow, a subnormal, NaN.
+    const float eps = 1.0f / 2048;
+    const bool f16 = F16::store(1.0f) == 0x3c00 && F16::store(1.0f + eps) == 0x3c00 &&
+                     F16::store(1.0f + 3 * eps) == 0x3c02 && F16::store(-2.5f) == 0xc100 &&
+                     F16::store(65504.0f) == 0x7bff && F16::store(65520.0f) == 0x7c00 && F16::store(1e-7f) == 0x0002 &&
+                     F16::load(0x0002) == 1.0f / 8388608 && F16::load(0xc100) == -2.5f &&
+                     std::isnan(F16::load(F16::store(NAN)));
+    failures += !f16;
+    printf("%s f16 conversions of the emulation\n", f16 ? "ok" : "FAILED");
     return failures ? 1 : 0;
 }
