@@ -103,16 +103,25 @@ fn key_order(text: &str) -> (Vec<String>, Vec<String>) {
 
 /// Adds to `tokenizer`, as transformers does, every special token of `tokens` (the template's
 /// special tokens, by setting) and of an `extra_special_tokens` list that it lacks; returns them
-/// with the ids they got. `cfg_text` is tokenizer_config.json's text (for its key order).
+/// with the ids they got. `cfg_text` and `stm_text` are tokenizer_config.json's and
+/// special_tokens_map.json's texts (for their key order; the latter only where transformers reads
+/// it, without an `added_tokens_decoder`).
 pub(crate) fn add_missing<'a>(
     tokenizer: &mut Tokenizer,
     cfg: &'a Value,
     cfg_text: Option<&str>,
+    stm_text: Option<&str>,
     tokens: &BTreeMap<String, String>,
 ) -> Vec<AddedSpecial> {
     let (top, extra) = cfg_text.map(key_order).unwrap_or_default();
+    let model_specific = |k: &String| k.ends_with("_token") && !SPECIAL_TOKEN_NAMES.contains(&k.as_str());
     let mut keys: Vec<String> = SPECIAL_TOKEN_NAMES.iter().map(|s| s.to_string()).collect();
-    keys.extend(top.into_iter().filter(|k| k.ends_with("_token") && !SPECIAL_TOKEN_NAMES.contains(&k.as_str())));
+    // special_tokens_map.json's own model-specific keys come next, in its order: transformers
+    // merges them into its keyword arguments after it has set tokenizer_config.json's aside.
+    if cfg.get("added_tokens_decoder").is_none() {
+        keys.extend(stm_text.map(key_order).unwrap_or_default().0.into_iter().filter(model_specific));
+    }
+    keys.extend(top.into_iter().filter(model_specific));
     keys.extend(extra);
     // Tokens only special_tokens_map.json names (transformers' legacy path), after the rest.
     let rest: Vec<String> = tokens.keys().filter(|k| !keys.contains(k)).cloned().collect();

@@ -620,7 +620,18 @@ impl ChatTokenizer {
         }
         let (special_tokens, stm_notes) = special_tokens(dir, &cfg, &cfg_path, class_defaults(built_class))?;
         notes.extend(stm_notes);
-        let added = crate::missing_specials::add_missing(&mut tokenizer, &cfg, cfg_text.as_deref(), &special_tokens);
+        let stm_path = dir.join("special_tokens_map.json");
+        let stm_text = match stm_path.symlink_metadata() {
+            Ok(_) => Some(crate::weights::read_text(&stm_path)?),
+            Err(_) => None,
+        };
+        let added = crate::missing_specials::add_missing(
+            &mut tokenizer,
+            &cfg,
+            cfg_text.as_deref(),
+            stm_text.as_deref(),
+            &special_tokens,
+        );
         notes.extend(added.iter().map(|a| {
             format!(
                 "tokenizer.json lacks the special token {:?} (`{}`): added as id {}, as transformers adds it",

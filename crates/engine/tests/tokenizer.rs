@@ -629,6 +629,23 @@ fn special_tokens_tokenizer_json_lacks_get_transformers_ids() {
     let got: Vec<Option<u32>> =
         ["<|b2|>", "<|v|>", "<|zt|>", "<|img|>"].iter().map(|s| t.tokenizer.token_to_id(s)).collect();
     assert_eq!(got, (1024..1028).map(Some).collect::<Vec<_>>());
+
+    // Without added_tokens_decoder, special_tokens_map.json is read too: its named tokens in
+    // attribute order, then its own model-specific keys in its order (`video` before `audio`),
+    // then tokenizer_config.json's (`zeta_token`).
+    let stm = r#"{"pad_token": "<|p|>", "video_token": "<|v|>", "audio_token": "<|a|>",
+        "unk_token": {"content": "<|u|>", "lstrip": false}}"#;
+    let d = variant(
+        "missing-specials-stm",
+        "llama",
+        |_| {},
+        |c| c["zeta_token"] = json!("<|zt|>"),
+        &[("special_tokens_map.json", stm)],
+    );
+    let t = ChatTokenizer::from_dir(&d, 4096, Some("llama")).unwrap();
+    let got: Vec<Option<u32>> =
+        ["<|u|>", "<|p|>", "<|v|>", "<|a|>", "<|zt|>"].iter().map(|s| t.tokenizer.token_to_id(s)).collect();
+    assert_eq!(got, (1024..1029).map(Some).collect::<Vec<_>>());
 }
 
 /// Where tokenizer_config.json leaves a special token out, the class transformers 5 instantiates
