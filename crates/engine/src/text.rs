@@ -177,13 +177,18 @@ fn special_tokens(
         if before == value.as_ref() {
             continue;
         }
+        // Where tokenizer_config.json does not name the token, `before` is the class's default.
+        let was = match cfg.get(&key) {
+            Some(_) => format!("tokenizer_config.json to {}", show(before)),
+            None if before.is_some() => format!("the tokenizer class defaults to {}", show(before)),
+            None => "tokenizer_config.json to nothing".to_string(),
+        };
         if legacy {
-            if before.is_some() {
+            if before.is_some() && cfg.get(&key).is_some() {
                 notes.push(format!(
-                    "special_tokens_map.json sets `{key}` to {}, tokenizer_config.json to {}: using \
-                     special_tokens_map.json's, as transformers does",
+                    "special_tokens_map.json sets `{key}` to {}, {was}: using special_tokens_map.json's, \
+                     as transformers does",
                     show(value.as_ref()),
-                    show(before)
                 ));
             }
             match value {
@@ -191,12 +196,15 @@ fn special_tokens(
                 None => tokens.remove(&key),
             };
         } else {
+            let using = if cfg.get(&key).is_some() || before.is_none() {
+                "tokenizer_config.json's (it has"
+            } else {
+                "the default (tokenizer_config.json has"
+            };
             notes.push(format!(
-                "special_tokens_map.json sets `{key}` to {}, tokenizer_config.json to {}: using \
-                 tokenizer_config.json's (it has added_tokens_decoder, so transformers does not read \
-                 special_tokens_map.json)",
+                "special_tokens_map.json sets `{key}` to {}, {was}: using {using} added_tokens_decoder, so \
+                 transformers does not read special_tokens_map.json)",
                 show(value.as_ref()),
-                show(before)
             ));
         }
     }

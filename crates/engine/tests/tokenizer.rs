@@ -703,4 +703,37 @@ fn class_default_special_tokens_stand_where_the_file_names_none() {
     std::fs::write(d.join("tokenizer_config.json"), c.to_string()).unwrap();
     let t = ChatTokenizer::from_dir(&d, 4096, Some("llama")).unwrap();
     assert_eq!(t.render("p", "r").unwrap(), "<s>|</s>|<unk>|||pr");
+
+    // special_tokens_map.json, where transformers reads it (no added_tokens_decoder), overrides a
+    // class default quietly; where it does not, the default stands and loading says why.
+    let stm = [("special_tokens_map.json", r#"{"unk_token": "<|u|>"}"#)];
+    let drop_unk = |c: &mut Value| drop(c.as_object_mut().unwrap().remove("unk_token"));
+    let d = variant("defaults-stm-legacy", "qwen2", |_| {}, drop_unk, &stm);
+    let t = ChatTokenizer::from_dir(&d, 4096, Some("qwen2")).unwrap();
+    assert_eq!((t.tokenizer.token_to_id("<|u|>"), t.tokenizer.token_to_id("<|endoftext|>")), (Some(1024), None));
+    assert_eq!(
+        t.warnings(),
+        ["tokenizer.json lacks the special token \"<|u|>\" (`unk_token`): added as id 1024, as transformers adds it"]
+    );
+    let d = variant(
+        "defaults-stm-ignored",
+        "qwen2",
+        |_| {},
+        |c| {
+            drop_unk(c);
+            c["added_tokens_decoder"] = json!({"0": {"content": "<pad>", "lstrip": false, "rstrip": false,
+                "normalized": false, "single_word": false, "special": true}});
+        },
+        &stm,
+    );
+    let t = ChatTokenizer::from_dir(&d, 4096, Some("qwen2")).unwrap();
+    assert_eq!((t.tokenizer.token_to_id("<|endoftext|>"), t.tokenizer.token_to_id("<|u|>")), (Some(1024), None));
+    assert!(
+        t.warnings().iter().any(|w| w
+            == "special_tokens_map.json sets `unk_token` to \"<|u|>\", the tokenizer class defaults to \
+                \"<|endoftext|>\": using the default (tokenizer_config.json has added_tokens_decoder, so \
+                transformers does not read special_tokens_map.json)"),
+        "{:?}",
+        t.warnings()
+    );
 }
