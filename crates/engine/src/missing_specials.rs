@@ -5,6 +5,10 @@
 //! transformers' order, which fixes their ids: the named tokens (bos, eos, unk, sep, pad, cls,
 //! mask), then the file's other `*_token` keys in file order, then the named entries of an
 //! `extra_special_tokens` object, then the entries of an `extra_special_tokens` list.
+//!
+//! A special token that `tokenizer.json` has in its model's vocabulary but not among its added
+//! tokens is made an added token too, with its own id, as transformers makes it: text containing
+//! it then encodes to that one id, where the pre-tokenizer would have split it.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -22,6 +26,9 @@ pub struct AddedSpecial {
     pub key: String,
     pub content: String,
     pub id: u32,
+    /// True where the model's vocabulary had it (same id, now matched whole as an added token);
+    /// false where the id is new.
+    pub in_vocab: bool,
 }
 
 /// The keys of a JSON object in file order (serde_json's maps are sorted); empty for any other value.
@@ -146,9 +153,12 @@ pub(crate) fn add_missing<'a>(
             }
         }
     }
+    let already: std::collections::HashSet<String> =
+        tokenizer.get_added_tokens_decoder().into_values().map(|t| t.content).collect();
     let mut added: Vec<AddedSpecial> = Vec::new();
     for (key, content, obj) in candidates {
-        if content.is_empty() || tokenizer.token_to_id(&content).is_some() {
+        let in_vocab = tokenizer.token_to_id(&content).is_some();
+        if content.is_empty() || already.contains(&content) || added.iter().any(|a| a.content == content) {
             continue;
         }
         let flag = |name: &str| obj.and_then(|o| o.get(name)).and_then(Value::as_bool).unwrap_or(false);
@@ -159,7 +169,7 @@ pub(crate) fn add_missing<'a>(
             .normalized(flag("normalized"));
         tokenizer.add_special_tokens(&[token]);
         if let Some(id) = tokenizer.token_to_id(&content) {
-            added.push(AddedSpecial { key, content, id });
+            added.push(AddedSpecial { key, content, id, in_vocab });
         }
     }
     added

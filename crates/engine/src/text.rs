@@ -640,11 +640,16 @@ impl ChatTokenizer {
             stm_text.as_deref(),
             &special_tokens,
         );
-        notes.extend(added.iter().map(|a| {
-            format!(
+        notes.extend(added.iter().map(|a| match a.in_vocab {
+            false => format!(
                 "tokenizer.json lacks the special token {:?} (`{}`): added as id {}, as transformers adds it",
                 a.content, a.key, a.id
-            )
+            ),
+            true => format!(
+                "tokenizer.json has the special token {:?} (`{}`, id {}) in its vocabulary only: matched whole \
+                 in text as an added token, as transformers matches it",
+                a.content, a.key, a.id
+            ),
         }));
         let me = Self { tokenizer, template, special_tokens, notes, added, max_tokens: max };
         // Fail at load, not on the first pair, when the template cannot render — or renders a
@@ -675,7 +680,7 @@ impl ChatTokenizer {
 
     /// The special token added with id `id` because tokenizer.json lacked it (see [`AddedSpecial`]).
     pub fn added_special(&self, id: u32) -> Option<&AddedSpecial> {
-        self.added.iter().find(|a| a.id == id)
+        self.added.iter().find(|a| a.id == id && !a.in_vocab)
     }
 
     pub fn has_template(&self) -> bool {

@@ -646,6 +646,23 @@ fn special_tokens_tokenizer_json_lacks_get_transformers_ids() {
     let got: Vec<Option<u32>> =
         ["<|u|>", "<|p|>", "<|v|>", "<|a|>", "<|zt|>"].iter().map(|s| t.tokenizer.token_to_id(s)).collect();
     assert_eq!(got, (1024..1029).map(Some).collect::<Vec<_>>());
+
+    // A special token in the model's vocabulary but not among tokenizer.json's added tokens
+    // (`tion`, id 308) becomes an added token with its id, as in transformers: " tion" then
+    // encodes as a space and 308, where the plain tokenizer gives 264, 913.
+    let d = variant("specials-in-vocab", "llama", |_| {}, |c| c["sep_token"] = json!("tion"), &[]);
+    let t = ChatTokenizer::from_dir(&d, 4096, Some("llama")).unwrap();
+    let enc = |t: &ChatTokenizer| t.tokenizer.encode("xtion recipes tion", false).unwrap().get_ids().to_vec();
+    assert_eq!(enc(&t), [94, 308, 323, 79, 86, 266, 227, 308]);
+    assert_eq!(t.tokenizer.get_vocab_size(true), 1024);
+    assert!(t.added_special(308).is_none(), "not a new id");
+    assert_eq!(
+        t.warnings(),
+        ["tokenizer.json has the special token \"tion\" (`sep_token`, id 308) in its vocabulary only: matched \
+          whole in text as an added token, as transformers matches it"]
+    );
+    let plain = ChatTokenizer::from_dir(&fixture("llama"), 4096, Some("llama")).unwrap();
+    assert_eq!(enc(&plain), [94, 308, 323, 79, 86, 266, 264, 913]);
 }
 
 /// Where tokenizer_config.json leaves a special token out, the class transformers 5 instantiates
