@@ -189,8 +189,9 @@ pub(crate) struct Network {
 }
 
 /// Where attention forms its `[B, H, T, Tk]` scores as tensors (every run on a GPU; gradient runs
-/// on the CPU, whose scoring kernel never forms them), queries run in blocks whose f32 scores take at most this many bytes, unless a hook reads
-/// the scores or the pattern whole. A few tensors of that size live at once (scores, mask, softmax),
+/// on the CPU, whose scoring kernel never forms them), queries run in blocks whose f32 scores
+/// take at most this many bytes, unless a hook reads the scores or the pattern whole. A few
+/// tensors of that size live at once (scores, mask, softmax),
 /// so 256 MiB keeps attention's transient memory near 1 GiB at any length: 16 sequences of 4096
 /// tokens with 32 heads would otherwise form 32 GiB of scores per layer. Each row's softmax reads
 /// its whole row either way, so results do not depend on the blocks beyond float rounding.

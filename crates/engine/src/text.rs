@@ -116,8 +116,9 @@ fn class_defaults(class: Option<&str>) -> &'static [(&'static str, &'static str)
 /// then, only when tokenizer_config.json has no `added_tokens_decoder`, special_tokens_map.json
 /// on top, its values winning (transformers' legacy path; a `null` there unsets the token).
 /// Returns the tokens and notes on where the two files disagree.
+/// `stm` is special_tokens_map.json's path and text, where the file exists.
 fn special_tokens(
-    dir: &Path,
+    stm: Option<(&Path, &str)>,
     cfg: &Value,
     cfg_path: &Path,
     defaults: &[(&str, &str)],
@@ -147,11 +148,9 @@ fn special_tokens(
             }
         }
     }
-    let stm_path = dir.join("special_tokens_map.json");
-    if stm_path.symlink_metadata().is_err() {
-        return Ok((tokens, notes));
-    }
-    let stm: Value = serde_json::from_str(&crate::weights::read_text(&stm_path)?)
+    let Some((stm_path, stm_text)) = stm else { return Ok((tokens, notes)) };
+    let stm_path = stm_path.to_path_buf();
+    let stm: Value = serde_json::from_str(stm_text)
         .map_err(|e| EngineError::Json { path: stm_path.clone(), message: e.to_string() })?;
     let Some(stm_obj) = stm.as_object() else {
         return Err(EngineError::Json { path: stm_path, message: "expected a JSON object".into() });
@@ -626,13 +625,14 @@ impl ChatTokenizer {
         if let Some(m) = cfg.get("model_max_length").and_then(|m| m.as_u64()) {
             max = max.min(m as usize);
         }
-        let (special_tokens, stm_notes) = special_tokens(dir, &cfg, &cfg_path, class_defaults(built_class))?;
-        notes.extend(stm_notes);
         let stm_path = dir.join("special_tokens_map.json");
         let stm_text = match stm_path.symlink_metadata() {
             Ok(_) => Some(crate::weights::read_text(&stm_path)?),
             Err(_) => None,
         };
+        let stm = stm_text.as_deref().map(|text| (stm_path.as_path(), text));
+        let (special_tokens, stm_notes) = special_tokens(stm, &cfg, &cfg_path, class_defaults(built_class))?;
+        notes.extend(stm_notes);
         let added = crate::missing_specials::add_missing(
             &mut tokenizer,
             &cfg,
