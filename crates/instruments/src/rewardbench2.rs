@@ -138,6 +138,11 @@ pub fn parse_rows(text: &str, source: &str) -> Result<Vec<Rb2Row>> {
         let line_err = |message: String| Rb2Error::Line { file: source.to_string(), line: i + 1, message };
         let err = |message: String| line_err(format!("{message}{read_as}"));
         let v: Value = serde_json::from_str(raw).map_err(|e| err(format!("invalid JSON: {e}")))?;
+        if let Some(key) = reward_lens_engine::first_duplicate_key(raw) {
+            return Err(line_err(format!(
+                "key `{key}` appears twice; JSON readers disagree on which value counts, so keep one"
+            )));
+        }
         let Value::Object(mut obj) = v else {
             return Err(err("a row must be a JSON object".into()));
         };
@@ -645,6 +650,10 @@ mod tests {
         assert!(e.starts_with("rows.jsonl:3:") && e.contains("invalid JSON"), "{e}");
         let e = line_error("[1, 2]");
         assert!(e.contains("JSON object"), "{e}");
+        let e = line_error(
+            r#"{"id": 2, "prompt": "q", "chosen": ["c"], "rejected": ["r"], "subset": "Math", "subset": "Chat"}"#,
+        );
+        assert!(e.starts_with("rows.jsonl:1:") && e.contains("key `subset` appears twice"), "{e}");
     }
 
     #[test]

@@ -60,6 +60,17 @@ pub fn read_text(path: &Path, what: &'static str) -> Result<String> {
     })
 }
 
+/// A line whose object repeats a key is refused: readers disagree on which value counts.
+fn refuse_duplicate_key(line: &str, at: &str) -> Result<()> {
+    match reward_lens_engine::first_duplicate_key(line) {
+        Some(key) => Err(invalid(
+            at,
+            format!("key `{key}` appears twice; JSON readers disagree on which value counts, so keep one"),
+        )),
+        None => Ok(()),
+    }
+}
+
 // ------------------------------------------------------------------------------------------------
 // Preference pairs
 
@@ -103,6 +114,7 @@ pub fn parse_pairs(text: &str, source: &Path) -> Result<Vec<PairText>> {
         }
         let at = || format!("{name}:{n}");
         let v: Value = serde_json::from_str(line).map_err(|source| DatasetError::Json { at: at(), source })?;
+        refuse_duplicate_key(line, &at())?;
         let Value::Object(obj) = v else {
             return Err(invalid(at(), "expected a JSON object with prompt, chosen, rejected"));
         };
@@ -305,6 +317,7 @@ fn parse_probes_at(source: &str, text: &str) -> Result<Vec<(ProbeText, String)>>
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let at = format!("{source}:{}", i + 1);
         let v: Value = serde_json::from_str(line).map_err(|source| DatasetError::Json { at: at.clone(), source })?;
+        refuse_duplicate_key(line, &at)?;
         let f = |k: &str| -> Result<String> {
             match v.get(k) {
                 Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.clone()),
@@ -438,6 +451,7 @@ pub fn parse_concept(name: &str, source: &str, text: &str) -> Result<ConceptText
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let at = format!("{source}:{}", i + 1);
         let v: Value = serde_json::from_str(line).map_err(|source| DatasetError::Json { at: at.clone(), source })?;
+        refuse_duplicate_key(line, &at)?;
         let f = |k: &str| -> Result<String> {
             v.get(k).and_then(Value::as_str).map(str::to_string).ok_or_else(|| {
                 invalid(&at, format!("missing string field `{k}` (expected prompt, positive, negative)"))
@@ -673,6 +687,10 @@ mod tests {
             ),
             ("\n\n", "x.jsonl: no pairs"),
             (
+                "{\"prompt\":\"a\",\"chosen\":\"b\",\"rejected\":\"c\",\"chosen\":\"d\"}\n",
+                "x.jsonl:1: key `chosen` appears twice; JSON readers disagree on which value counts, so keep one",
+            ),
+            (
                 "{\"prompt\":\"a\",\"chosen\":\"b\",\"rejected\":\"c\",\"id\":1180591620717411303424}\n",
                 "x.jsonl:1: field `id` is the number 1.1805916207174113e+21, too large to be kept exactly",
             ),
@@ -742,6 +760,12 @@ defaults to its 0-based index, 1; give every pair an id (or none)"
         let e = parse_probes("x.jsonl", r#"{"id":"a","prompt":"p","neutral":"n","biased":"b","dimension":"d"}"#)
             .unwrap_err();
         assert!(e.to_string().contains("`edit`"));
+        let e = parse_probes(
+            "x.jsonl",
+            r#"{"id":"a","prompt":"p","neutral":"n","biased":"b","biased":"c","dimension":"d","edit":"e"}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("x.jsonl:1: key `biased` appears twice"), "{e}");
     }
 
     #[test]
@@ -760,6 +784,9 @@ defaults to its 0-based index, 1; give every pair an id (or none)"
     fn bad_concept_lines_are_named() {
         let e = parse_concept("x", "x.jsonl", "{\"prompt\": \"a\", \"positive\": \"b\"}\n").unwrap_err();
         assert!(e.to_string().contains("x.jsonl:1: missing string field `negative`"));
+        let e =
+            parse_concept("x", "x.jsonl", r#"{"prompt":"a","positive":"b","negative":"c","prompt":"d"}"#).unwrap_err();
+        assert!(e.to_string().contains("x.jsonl:1: key `prompt` appears twice"), "{e}");
         let e = parse_concept("x", "x.jsonl", "\n").unwrap_err();
         assert_eq!(e.to_string(), "x.jsonl: no pairs");
     }
