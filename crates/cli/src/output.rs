@@ -63,9 +63,9 @@ pub fn per_pair(
         // Whatever goes wrong on one pair (a non-finite value, a bad intervention) names it; an
         // instrument's non-finite path drops the `pairs[0].` of its one-pair call.
         let v = f(p).map_err(|e| match e.downcast::<InstrumentError>() {
-            Ok(InstrumentError::NonFinite { instrument, path, value, .. }) => {
+            Ok(InstrumentError::NonFinite { instrument, path, value, dtype, .. }) => {
                 let path = path.strip_prefix("pairs[0].").unwrap_or(&path).to_string();
-                anyhow::Error::new(InstrumentError::NonFinite { instrument, path, value, pair: None })
+                anyhow::Error::new(InstrumentError::NonFinite { instrument, path, value, pair: None, dtype })
                     .context(p.location())
             }
             Ok(e) => anyhow::Error::new(e).context(p.location()),

@@ -96,7 +96,8 @@ pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) ->
 
 /// What to try after a non-finite reward. In f16/bf16 f32 is the remedy; in f32 it is not (the
 /// activations overflowed f32 itself), so the advice points at the weights, config or intervention.
-fn overflow_advice(dtype: &candle_core::DType) -> String {
+/// Instruments that meet the engine's non-finite reward keep this advice.
+pub fn overflow_advice(dtype: &candle_core::DType) -> String {
     match dtype {
         candle_core::DType::F32 | candle_core::DType::F64 => format!(
             "the activations overflowed {} itself (a wider compute dtype is no remedy): check the checkpoint's \

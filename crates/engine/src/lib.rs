@@ -46,7 +46,7 @@ pub use batch::{batches_by_length, Batch, PaddingSide, LENGTH_BLOCK_BATCHES};
 pub use candle_core::{DType, Device, Tensor};
 pub use config::{Architecture, ModelConfig};
 pub use duplicate_keys::first_duplicate_key;
-pub use error::{EngineError, Result};
+pub use error::{overflow_advice, EngineError, Result};
 pub use head::{GatedHead, LinearHead, ObjectiveOutput, RewardHead};
 pub use hooks::{Action, ActivationCache, Hooks, Intervention};
 pub use missing_specials::AddedSpecial;

@@ -39,6 +39,7 @@ pub fn ensure_finite<T: Serialize + ?Sized>(instrument: &str, report: &T) -> Res
             path: f.path,
             value: f.value,
             pair: f.pair,
+            dtype: None,
         }),
     }
 }

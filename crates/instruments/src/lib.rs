@@ -37,13 +37,24 @@ pub enum InstrumentError {
     #[error("{0}")]
     Invalid(String),
     /// A NaN or an infinity in a report (see [`finite`]); `pair` is its 0-based pair index when
-    /// the path names one, so a caller holding the pairs can name the file and line.
+    /// the path names one, so a caller holding the pairs can name the file and line. `dtype` is
+    /// the compute dtype when the value is a reward the engine computed: the advice then says
+    /// whether f32 is a remedy, as the engine's own error does.
     #[error(
-        "{instrument}: {path} is {value}{}: a non-finite number cannot be measured (the model's arithmetic broke \
-down on this input: check config.json's epsilons, rope_theta and soft-caps, and the dtype)",
-        pair.map(|k| format!(" (pair {} of the input)", k + 1)).unwrap_or_default()
+        "{instrument}: {path} is {value}{}: a non-finite number cannot be measured ({})",
+        pair.map(|k| format!(" (pair {} of the input)", k + 1)).unwrap_or_default(),
+        non_finite_advice(dtype)
     )]
-    NonFinite { instrument: String, path: String, value: f64, pair: Option<usize> },
+    NonFinite { instrument: String, path: String, value: f64, pair: Option<usize>, dtype: Option<candle_core::DType> },
+}
+
+fn non_finite_advice(dtype: &Option<candle_core::DType>) -> String {
+    match dtype {
+        Some(d) => reward_lens_engine::overflow_advice(d),
+        None => "the model's arithmetic broke down on this input: check config.json's epsilons, rope_theta and \
+soft-caps, and the dtype"
+            .into(),
+    }
 }
 
 pub use reward_lens_engine::{EncodedPair, Positions};

@@ -38,11 +38,12 @@ pub struct TraceOptions {
 /// The engine's "non-finite reward in batch row r" as the sequence it came from.
 pub(crate) fn at_sequence(e: reward_lens_engine::EngineError, batch: &[usize]) -> InstrumentError {
     match e {
-        reward_lens_engine::EngineError::NonFiniteReward { row, value, .. } => InstrumentError::NonFinite {
+        reward_lens_engine::EngineError::NonFiniteReward { row, value, dtype, .. } => InstrumentError::NonFinite {
             instrument: "forward pass".into(),
             path: format!("sequences[{}].reward", batch.get(row).copied().unwrap_or(row)),
             value: value as f64,
             pair: None,
+            dtype: Some(dtype),
         },
         e => e.into(),
     }
@@ -52,7 +53,7 @@ pub(crate) fn at_sequence(e: reward_lens_engine::EngineError, batch: &[usize]) -
 /// `i` is pair `i / 2`'s, on the side `i % 2` says.
 pub(crate) fn sequences_are_pairs(e: InstrumentError) -> InstrumentError {
     match e {
-        InstrumentError::NonFinite { instrument, path, value, pair: None } if path.starts_with("sequences[") => {
+        InstrumentError::NonFinite { instrument, path, value, pair: None, dtype } if path.starts_with("sequences[") => {
             let i: Option<usize> = path["sequences[".len()..].split(']').next().and_then(|x| x.parse().ok());
             match i {
                 Some(i) => {
@@ -63,9 +64,10 @@ pub(crate) fn sequences_are_pairs(e: InstrumentError) -> InstrumentError {
                         path: format!("pairs[{}].{side}.{rest}", i / 2),
                         value,
                         pair: Some(i / 2),
+                        dtype,
                     }
                 }
-                None => InstrumentError::NonFinite { instrument, path, value, pair: None },
+                None => InstrumentError::NonFinite { instrument, path, value, pair: None, dtype },
             }
         }
         e => e,
@@ -75,12 +77,13 @@ pub(crate) fn sequences_are_pairs(e: InstrumentError) -> InstrumentError {
 /// The engine's "non-finite reward" on one side of pair `pair`, as that pair's.
 pub(crate) fn on_pair(e: InstrumentError, pair: usize, side: &str) -> InstrumentError {
     match e {
-        InstrumentError::Engine(reward_lens_engine::EngineError::NonFiniteReward { value, .. }) => {
+        InstrumentError::Engine(reward_lens_engine::EngineError::NonFiniteReward { value, dtype, .. }) => {
             InstrumentError::NonFinite {
                 instrument: "forward pass".into(),
                 path: format!("pairs[{pair}].{side}.reward"),
                 value: value as f64,
                 pair: Some(pair),
+                dtype: Some(dtype),
             }
         }
         e => e,
@@ -162,4 +165,33 @@ pub fn trace_with_progress(
         progress(done);
     }
     Ok(out.into_iter().map(|t| t.expect("every sequence is in one batch")).collect())
+}
+
+#[cfg(test)]
+mod advice_tests {
+    use super::*;
+    use reward_lens_engine::EngineError;
+
+    fn message(dtype: candle_core::DType) -> String {
+        let e = EngineError::NonFiniteReward { row: 1, seq_len: 9, value: f32::INFINITY, dtype };
+        sequences_are_pairs(at_sequence(e, &[4, 5])).to_string()
+    }
+
+    #[test]
+    fn a_non_finite_reward_keeps_the_engines_dtype_aware_advice() {
+        // Batch row 1 is sequence 5: pair 2's rejected side.
+        let bf16 = message(candle_core::DType::BF16);
+        assert!(bf16.starts_with("forward pass: pairs[2].rejected.reward is inf (pair 3 of the input)"), "{bf16}");
+        assert!(bf16.contains("overflow bf16 (compute in f32"), "{bf16}");
+        let f32 = message(candle_core::DType::F32);
+        assert!(f32.contains("overflowed f32 itself (a wider compute dtype is no remedy)"), "{f32}");
+        assert!(!f32.contains("compute in f32"), "{f32}");
+        // A NaN found in a report has no dtype to speak of: the general advice.
+        #[derive(serde::Serialize)]
+        struct R {
+            x: Vec<f64>,
+        }
+        let e = crate::finite::ensure_finite("lens", &R { x: vec![1.0, f64::NAN] }).unwrap_err().to_string();
+        assert!(e.starts_with("lens: x[1] is NaN") && e.contains("check config.json's epsilons"), "{e}");
+    }
 }
