@@ -16,7 +16,7 @@
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use reward_lens_engine::{Hooks, Intervention, Positions, RewardModel, Site};
+use reward_lens_engine::{batches_by_length, Hooks, PaddingSide, Positions, RewardModel};
 
 use crate::readout::ReadOut;
 use crate::stats::{ols_slope, random_cosine_p_value};
@@ -261,43 +261,54 @@ fn steer_unchecked(
     if vector.len() != d {
         return Err(InstrumentError::Invalid(format!("steering vector has {} entries, d_model is {d}", vector.len())));
     }
-    // Rows: (strength index or none for the baseline, input index).
-    let mut rows: Vec<(Option<usize>, usize)> = (0..seqs.len()).map(|i| (None, i)).collect();
-    for s in 0..strengths.len() {
-        rows.extend((0..seqs.len()).map(|i| (Some(s), i)));
-    }
-    let mut scores = vec![0.0f64; rows.len()];
-    let bs = batch_size.max(1);
-    for (k, chunk) in rows.chunks(bs).enumerate() {
-        let ids: Vec<Vec<u32>> = chunk.iter().map(|&(_, i)| seqs[i].clone()).collect();
-        let batch = model.batch(&ids, reward_lens_engine::PaddingSide::Right)?;
+    // The layers up to the steered one are the same at every strength: each batch runs them
+    // once, then the rest of the network once per strength from that layer's cached output (at
+    // the default, last layer: only the final norm and the head). Batches group like lengths.
+    let n_layers = model.config.n_layers;
+    let none = Hooks::none();
+    let lengths: Vec<usize> = seqs.iter().map(Vec::len).collect();
+    let mut baseline = vec![0.0f64; seqs.len()];
+    let mut deltas = vec![vec![0.0f64; seqs.len()]; strengths.len()];
+    for idx in batches_by_length(&lengths, batch_size.max(1)) {
+        let ids: Vec<Vec<u32>> = idx.iter().map(|&i| seqs[i].clone()).collect();
+        let batch = model.batch(&ids, PaddingSide::Right)?;
+        let prep = model.prepare(&batch)?;
+        let (x, _) = prep.embed(&none)?;
+        let (x, _) = prep.blocks(x, 0..layer + 1, &none)?;
+        let rest = |x: Tensor| -> Result<Vec<f32>> {
+            let (x, _) = prep.blocks(x, layer + 1..n_layers, &none)?;
+            Ok(prep.head(&x, &none)?.0.scores)
+        };
+        let base = rest(x.clone())?;
         let pooled = model.pooled_index(&batch);
         let t = batch.seq_len();
-        let mut delta = vec![0f32; chunk.len() * t * d];
-        for (b, &(s, _)) in chunk.iter().enumerate() {
-            let Some(s) = s else { continue };
-            let at: Vec<usize> = match positions {
-                Positions::Pooled => vec![pooled[b]],
-                Positions::All | Positions::Response => (0..t).filter(|&p| batch.mask[b][p] == 1).collect(),
-            };
-            for p in at {
-                for (j, v) in vector.iter().enumerate() {
-                    delta[(b * t + p) * d + j] = (strengths[s] * v) as f32;
+        for (s, &strength) in strengths.iter().enumerate() {
+            let mut delta = vec![0f32; idx.len() * t * d];
+            for b in 0..idx.len() {
+                let at: Vec<usize> = match positions {
+                    Positions::Pooled => vec![pooled[b]],
+                    Positions::All | Positions::Response => (0..t).filter(|&p| batch.mask[b][p] == 1).collect(),
+                };
+                for p in at {
+                    for (j, v) in vector.iter().enumerate() {
+                        delta[(b * t + p) * d + j] = (strength * v) as f32;
+                    }
                 }
             }
+            // As the hook adds it: in the residual's dtype.
+            let delta = Tensor::from_vec(delta, (idx.len(), t, d), &Device::Cpu)?
+                .to_device(&model.device)?
+                .to_dtype(x.dtype())?;
+            let steered = rest((&x + delta)?)?;
+            for (b, &i) in idx.iter().enumerate() {
+                deltas[s][i] = steered[b] as f64 - base[b] as f64;
+            }
         }
-        let delta = Tensor::from_vec(delta, (chunk.len(), t, d), &Device::Cpu)?.to_device(&model.device)?;
-        let hooks =
-            Hooks::none().with(Intervention::new(Site::ResidPost(layer), reward_lens_engine::Action::Add(delta)));
-        let out = model.forward(&batch, &hooks)?.output;
-        for (b, s) in out.scores.iter().enumerate() {
-            scores[k * bs + b] = *s as f64;
+        for (b, &i) in idx.iter().enumerate() {
+            baseline[i] = base[b] as f64;
         }
     }
     let n = seqs.len();
-    let baseline: Vec<f64> = scores[..n].to_vec();
-    let deltas: Vec<Vec<f64>> =
-        (0..strengths.len()).map(|s| (0..n).map(|i| scores[n + s * n + i] - baseline[i]).collect()).collect();
     let mean_delta: Vec<f64> = deltas.iter().map(|d| d.iter().sum::<f64>() / n.max(1) as f64).collect();
     Ok(DoseResponse {
         layer,

@@ -124,3 +124,56 @@ fn steering_along_the_readout_raises_the_reward() {
         assert!(up.mean_delta.windows(2).all(|w| w[1] > w[0]), "{name}: monotone {:?}", up.mean_delta);
     }
 }
+
+/// Steering equals one full forward pass per (input, strength) with the vector added at the
+/// layer's output by a hook: on every fixture architecture, at the first, a middle and the last
+/// layer, at the pooled position and at every position, with inputs of spread lengths.
+#[test]
+fn steering_equals_one_hooked_forward_per_input_and_strength() {
+    use reward_lens_engine::{Action, Hooks, Intervention, PaddingSide, Site, Tensor};
+    let texts = [
+        ("Hi", "Hello there, how can I help you today with anything at all?"),
+        ("What is 2+2?", "4"),
+        ("Name a colour.", "Blue, like the sky on a clear summer afternoon."),
+        ("Say yes.", "Yes."),
+        ("Tell me a fact.", "Octopuses have three hearts and blue blood."),
+    ];
+    let strengths = [-3.0, 0.0, 0.5, 2.0];
+    for name in ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gpt2", "armorm"] {
+        let model = load(name);
+        let n = model.config.n_layers;
+        let d = model.config.d_model;
+        let seqs: Vec<Vec<u32>> = texts.iter().map(|(p, r)| enc(&model, p, r)).collect();
+        let v: Vec<f64> = (0..d).map(|j| ((j * 7 % 11) as f64 - 5.0) / 5.0).collect();
+        for layer in [0, n / 2, n - 1] {
+            for positions in [Positions::Pooled, Positions::All] {
+                let dr = steer(&model, &seqs, &v, Some(layer), &strengths, positions, 2).unwrap();
+                for (i, ids) in seqs.iter().enumerate() {
+                    let batch = model.batch(std::slice::from_ref(ids), PaddingSide::Right).unwrap();
+                    let t = ids.len();
+                    let base = model.score(&batch).unwrap().scores[0] as f64;
+                    assert!((dr.baseline[i] - base).abs() <= 1e-5 * base.abs().max(1.0), "{name} baseline {i}");
+                    for (s, &strength) in strengths.iter().enumerate() {
+                        let mut delta = vec![0f32; t * d];
+                        let at: Vec<usize> =
+                            if positions == Positions::Pooled { vec![t - 1] } else { (0..t).collect() };
+                        for p in at {
+                            for j in 0..d {
+                                delta[p * d + j] = (strength * v[j]) as f32;
+                            }
+                        }
+                        let delta = Tensor::from_vec(delta, (1, t, d), &model.device).unwrap();
+                        let hooks = Hooks::none().with(Intervention::new(Site::ResidPost(layer), Action::Add(delta)));
+                        let steered = model.forward(&batch, &hooks).unwrap().output.scores[0] as f64;
+                        let want = steered - base;
+                        let got = dr.deltas[s][i];
+                        assert!(
+                            (got - want).abs() <= 1e-5 * steered.abs().max(1.0),
+                            "{name} layer {layer} {positions:?} input {i} strength {strength}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
