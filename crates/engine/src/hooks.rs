@@ -215,6 +215,11 @@ impl<'h, 'a> HookState<'h, 'a> {
 
     /// Whether firing `site` can do anything (intervene, mark for gradients, cache): where it
     /// cannot, the forward pass may fuse the operations around it.
+    /// Whether any hook, cache or gradient is attached: if not, every `fire` is the identity.
+    pub fn is_active(&self) -> bool {
+        self.active
+    }
+
     pub fn touches(&self, site: Site) -> bool {
         self.active
             && (self.hooks.interventions.iter().any(|iv| iv.site == site)

@@ -322,6 +322,16 @@ pub(crate) struct Prepared {
     masks: HashMap<Option<usize>, Tensor>,
     pos_ids: Tensor,
     fused: bool,
+    /// Where the batch has padding: the flat indices (into `[B·T]`) of its real tokens.
+    real_rows: Option<RealRows>,
+}
+
+/// The real tokens of a padded batch, for work done position by position: the MLP runs on these
+/// rows alone rather than on every padded position.
+struct RealRows {
+    index: Tensor,
+    b: usize,
+    t: usize,
 }
 
 pub(crate) struct Hidden {
@@ -362,7 +372,16 @@ impl Network {
         }
         // candle's fused kernels exist for f32/bf16/f16 only.
         let fused = fused && self.embed.dtype() != DType::F64;
-        Ok(Prepared { rope, masks, pos_ids, fused })
+        let real: Vec<u32> = inp
+            .mask
+            .iter()
+            .enumerate()
+            .flat_map(|(i, row)| row.iter().enumerate().filter(|(_, &m)| m == 1).map(move |(p, _)| (i * t + p) as u32))
+            .collect();
+        let real_rows = (fused && !real.is_empty() && real.len() < b * t)
+            .then(|| Tensor::from_vec(real.clone(), real.len(), device).map(|index| RealRows { index, b, t }))
+            .transpose()?;
+        Ok(Prepared { rope, masks, pos_ids, fused, real_rows })
     }
 
     /// Token (and position) embeddings: the input of block 0.
@@ -424,11 +443,28 @@ impl Network {
     /// The second half of block `l` from its `resid_mid` (fired here): the MLP and its residual
     /// addition. Every position on its own, so it runs on any subset of positions.
     pub fn mlp_half(&self, l: usize, x: Tensor, prep: &Prepared, hs: &mut HookState) -> Result<Tensor> {
-        let cfg = &self.cfg;
-        let fused = prep.fused;
-        let block = &self.blocks[l];
         let x = hs.fire(Site::ResidMid(l), x)?;
-        let h = block.ln2.forward(&x, fused)?;
+        // Scoring with no hooks: the MLP (most of a block's work) runs on the real tokens only
+        // and its output is added back at their positions; padding keeps resid_mid, which no
+        // real position reads (padded keys are masked). Each real row's arithmetic is the same.
+        if let Some(r) = prep.real_rows.as_ref().filter(|_| prep.fused && !hs.is_active()) {
+            let d = self.cfg.d_model;
+            if x.dims3()? == (r.b, r.t, d) {
+                let flat = x.reshape((r.b * r.t, d))?;
+                let packed = flat.index_select(&r.index, 0)?.unsqueeze(0)?;
+                let out = self.mlp_out(l, &packed, prep.fused, hs)?.squeeze(0)?;
+                return Ok(flat.index_add(&r.index, &out, 0)?.reshape((r.b, r.t, d))?);
+            }
+        }
+        let mlp_out = self.mlp_out(l, &x, prep.fused, hs)?;
+        hs.fire(Site::ResidPost(l), (x + mlp_out)?)
+    }
+
+    /// Block `l`'s MLP output (after Gemma-2's post-MLP norm) for its `resid_mid` `x`.
+    fn mlp_out(&self, l: usize, x: &Tensor, fused: bool, hs: &mut HookState) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let block = &self.blocks[l];
+        let h = block.ln2.forward(x, fused)?;
         let post = match &block.mlp.gate {
             Some(gate) => {
                 let pre = hs.fire(Site::MlpPre(l), gate.forward(&h)?)?;
@@ -449,8 +485,7 @@ impl Network {
             Some(n) => n.forward(&mlp_out, fused)?,
             None => mlp_out,
         };
-        let mlp_out = hs.fire(Site::MlpOut(l), mlp_out)?;
-        hs.fire(Site::ResidPost(l), (x + mlp_out)?)
+        hs.fire(Site::MlpOut(l), mlp_out)
     }
 
     /// The final norm on the last block's output.
