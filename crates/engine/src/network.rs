@@ -329,7 +329,12 @@ pub(crate) struct Prepared {
 /// The real tokens of a padded batch, for work done position by position: the MLP runs on these
 /// rows alone rather than on every padded position.
 struct RealRows {
+    /// `[N]`: each real token's flat position in `[B·T]`.
     index: Tensor,
+    /// `[B·T]`: each position's row among the real tokens, `N` (a zero row) at padding. Results
+    /// go back by this gather rather than by `index_add`, whose CUDA kernel loops over the rows
+    /// serially in each thread.
+    spread: Tensor,
     b: usize,
     t: usize,
 }
@@ -378,9 +383,21 @@ impl Network {
             .enumerate()
             .flat_map(|(i, row)| row.iter().enumerate().filter(|(_, &m)| m == 1).map(move |(p, _)| (i * t + p) as u32))
             .collect();
-        let real_rows = (fused && !real.is_empty() && real.len() < b * t)
-            .then(|| Tensor::from_vec(real.clone(), real.len(), device).map(|index| RealRows { index, b, t }))
-            .transpose()?;
+        let n = real.len();
+        let real_rows = if fused && n > 0 && n < b * t {
+            let mut spread = vec![n as u32; b * t];
+            for (j, &i) in real.iter().enumerate() {
+                spread[i as usize] = j as u32;
+            }
+            Some(RealRows {
+                index: Tensor::from_vec(real, n, device)?,
+                spread: Tensor::from_vec(spread, b * t, device)?,
+                b,
+                t,
+            })
+        } else {
+            None
+        };
         Ok(Prepared { rope, masks, pos_ids, fused, real_rows })
     }
 
@@ -445,7 +462,7 @@ impl Network {
     pub fn mlp_half(&self, l: usize, x: Tensor, prep: &Prepared, hs: &mut HookState) -> Result<Tensor> {
         let x = hs.fire(Site::ResidMid(l), x)?;
         // Scoring with no hooks: the MLP (most of a block's work) runs on the real tokens only
-        // and its output is added back at their positions; padding keeps resid_mid, which no
+        // and its output is gathered back to their positions; padding keeps resid_mid, which no
         // real position reads (padded keys are masked). Each real row's arithmetic is the same.
         if let Some(r) = prep.real_rows.as_ref().filter(|_| prep.fused && !hs.is_active()) {
             let d = self.cfg.d_model;
@@ -453,7 +470,9 @@ impl Network {
                 let flat = x.reshape((r.b * r.t, d))?;
                 let packed = flat.index_select(&r.index, 0)?.unsqueeze(0)?;
                 let out = self.mlp_out(l, &packed, prep.fused, hs)?.squeeze(0)?;
-                return Ok(flat.index_add(&r.index, &out, 0)?.reshape((r.b, r.t, d))?);
+                let out = Tensor::cat(&[&out, &Tensor::zeros((1, d), out.dtype(), out.device())?], 0)?;
+                let mlp_out = out.index_select(&r.spread, 0)?.reshape((r.b, r.t, d))?;
+                return hs.fire(Site::ResidPost(l), (x + mlp_out)?);
             }
         }
         let mlp_out = self.mlp_out(l, &x, prep.fused, hs)?;
