@@ -377,14 +377,20 @@ impl Network {
         }
         // candle's fused kernels exist for f32/bf16/f16 only.
         let fused = fused && self.embed.dtype() != DType::F64;
-        let real: Vec<u32> = inp
-            .mask
-            .iter()
-            .enumerate()
-            .flat_map(|(i, row)| row.iter().enumerate().filter(|(_, &m)| m == 1).map(move |(p, _)| (i * t + p) as u32))
-            .collect();
+        // Only unhooked no-gradient runs pack the MLP's rows (`mlp_half`).
+        let real: Vec<u32> = if fused {
+            inp.mask
+                .iter()
+                .enumerate()
+                .flat_map(|(i, row)| {
+                    row.iter().enumerate().filter(|(_, &m)| m == 1).map(move |(p, _)| (i * t + p) as u32)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let n = real.len();
-        let real_rows = if fused && n > 0 && n < b * t {
+        let real_rows = if n > 0 && n < b * t {
             let mut spread = vec![n as u32; b * t];
             for (j, &i) in real.iter().enumerate() {
                 spread[i as usize] = j as u32;

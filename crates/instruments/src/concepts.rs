@@ -282,14 +282,17 @@ fn steer_unchecked(
         let base = rest(x.clone())?;
         let pooled = model.pooled_index(&batch);
         let t = batch.seq_len();
+        // The positions steered in each row, the same at every strength.
+        let at: Vec<Vec<usize>> = (0..idx.len())
+            .map(|b| match positions {
+                Positions::Pooled => vec![pooled[b]],
+                Positions::All | Positions::Response => (0..t).filter(|&p| batch.mask[b][p] == 1).collect(),
+            })
+            .collect();
         for (s, &strength) in strengths.iter().enumerate() {
             let mut delta = vec![0f32; idx.len() * t * d];
-            for b in 0..idx.len() {
-                let at: Vec<usize> = match positions {
-                    Positions::Pooled => vec![pooled[b]],
-                    Positions::All | Positions::Response => (0..t).filter(|&p| batch.mask[b][p] == 1).collect(),
-                };
-                for p in at {
+            for (b, at) in at.iter().enumerate() {
+                for &p in at {
                     for (j, v) in vector.iter().enumerate() {
                         delta[(b * t + p) * d + j] = (strength * v) as f32;
                     }
