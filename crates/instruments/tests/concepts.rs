@@ -90,6 +90,20 @@ fn orientation_follows_the_name() {
     assert!((u.vector.iter().map(|x| x * x).sum::<f64>() - 1.0).abs() < 1e-9);
     let p = u.p_value.unwrap();
     assert!((0.0..=1.0).contains(&p));
+    // The shift test is the sign-flip test of the per-pair reward shifts, one forward per text.
+    let pairs = exclaim_pairs(&model, false);
+    let score = |ids: &Vec<u32>| {
+        let b = model.batch(std::slice::from_ref(ids), reward_lens_engine::PaddingSide::Right).unwrap();
+        model.score(&b).unwrap().scores[0] as f64
+    };
+    let shifts: Vec<f64> = pairs.iter().map(|(a, b)| score(a) - score(b)).collect();
+    let want = reward_lens_instruments::stats::sign_flip_p(&shifts, 10_000, 0).unwrap();
+    assert!((u.shift_p_value.unwrap() - want).abs() < 1e-12, "{:?} vs {want}", u.shift_p_value);
+    let want_d = reward_lens_instruments::stats::cohens_d(&shifts).unwrap();
+    assert!((u.shift_cohens_d.unwrap() - want_d).abs() < 1e-4 * want_d.abs().max(1.0));
+    // Swapping positive and negative: the same p, the opposite d.
+    assert_eq!(u.shift_p_value, d.shift_p_value);
+    assert!((u.shift_cohens_d.unwrap() + d.shift_cohens_d.unwrap()).abs() < 1e-9);
     assert!((up.similarity[0][0] - 1.0).abs() < 1e-12);
     // Pairs without a difference have no direction: an error, not "alignment 0, p = 1".
     let same: Vec<(Vec<u32>, Vec<u32>)> =

@@ -92,12 +92,13 @@ fn a_planted_markers_concept_aligns_with_the_reward_direction_and_not_on_the_con
     for name in ["sycophancy", "formatting", "length"] {
         let (p, c) = (get(&planted, name), get(&control, name));
         let (pr, cr) = (p.relative_reward_shift.unwrap(), c.relative_reward_shift.unwrap());
-        // Planted: aligned with the read-out beyond the random-direction null, and material.
+        // Planted: the pairs move the reward (sign-flip test), materially, and the vector points
+        // along the read-out.
         assert!(
-            p.alignment > 0.5 && p.p_value.unwrap() < 0.01 && pr >= 0.1,
-            "{name} planted: {} p {:?} rel {pr}",
+            p.alignment > 0.5 && p.shift_p_value.unwrap() < 0.01 && pr >= 0.1,
+            "{name} planted: {} shift p {:?} rel {pr}",
             p.alignment,
-            p.p_value
+            p.shift_p_value
         );
         // Control: whatever the cosine, the behaviour does not move the reward materially, and
         // the planted alignment is higher.

@@ -198,24 +198,29 @@ pub fn concepts_table(rep: &ConceptReport) -> String {
     );
     let _ = writeln!(
         s,
-        "{:<16} {:>5} {:>10} {:>8} {:>12} {:>12} {:>12}",
-        "concept", "pairs", "alignment", "p", "consistency", "reward shift", "÷ reward SD"
+        "{:<16} {:>5} {:>10} {:>8} {:>12} {:>12} {:>12} {:>8}",
+        "concept", "pairs", "alignment", "p", "consistency", "reward shift", "÷ reward SD", "shift p"
     );
+    let p3 = |p: Option<f64>| p.map_or("—".into(), |p| if p < 1e-3 { format!("{p:.1e}") } else { format!("{p:.3}") });
     for c in &rep.concepts {
-        let p = c.p_value.map_or("—".into(), |p| format!("{p:.3}"));
         let rel = c.relative_reward_shift.map_or("—".into(), |r| format!("{r:+.3}"));
         let _ = writeln!(
             s,
-            "{:<16} {:>5} {:>+10.3} {:>8} {:>11.0}% {:>+12.4} {:>12}",
+            "{:<16} {:>5} {:>+10.3} {:>8} {:>11.0}% {:>+12.4} {:>12} {:>8}",
             c.name,
             c.n_pairs,
             c.alignment,
-            p,
+            p3(c.p_value),
             100.0 * c.consistency,
             c.mean_reward_shift,
-            rel
+            rel,
+            p3(c.shift_p_value)
         );
     }
+    let _ = writeln!(
+        s,
+        "p: the cosine against a random direction (reference only); shift p: sign-flip test of the per-pair reward shifts"
+    );
     s
 }
 

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use reward_lens_instruments::attribution::RankBy;
 use reward_lens_instruments::conflict::Relationship;
-use reward_lens_instruments::probes::Verdict;
+use reward_lens_instruments::probes::{Verdict, ALPHA, MIN_RELATIVE_EFFECT};
 use reward_lens_instruments::stats::{mean, MeanCi};
 
 use super::results::{fixed_ci, mean_ci, num, p_fmt, pct_ci, rho_ci, sig, signed3, AuditResults, Severity};
@@ -740,31 +740,39 @@ fn concepts(h: &mut String, r: &AuditResults) {
         "concepts",
         &format!(
             "A concept vector is the normalised mean of <code>h(positive) − h(negative)</code> at block {}'s output \
-(pooled token), from pairs where the positive answer shows the behaviour. Alignment is its cosine with the \
-direction the reward reads the residual stream along; p is the chance that a random direction in {} dimensions \
-lines up at least as well, q its Benjamini–Hochberg adjustment across the concepts.",
+(pooled token), from pairs where the positive answer shows the behaviour. Whether the model pays for the behaviour is \
+tested on those pairs' rewards: the shift reward(positive) − reward(negative), its two-sided sign-flip p and the \
+Benjamini–Hochberg q across the concepts; a concept is marked when q < {ALPHA} and the shift is at least \
+{MIN_RELATIVE_EFFECT} × the SD of the negative answers' rewards (the probes' bar). The bars show where the vector points: \
+its cosine with the direction the reward reads the residual stream along. The cosine's p against a uniformly random \
+direction in {} dimensions is for reference only: activation differences are not isotropic, so even concepts made of \
+unrelated texts often reach tiny values there.",
             c.layer, c.d_model
         ),
     );
+    let marked = |k: usize| {
+        let x = &c.concepts[k];
+        r.concept_q_values.get(k).copied().flatten().is_some_and(|q| q < ALPHA)
+            && x.relative_reward_shift.is_none_or(|v| v.abs() >= MIN_RELATIVE_EFFECT)
+    };
     let bars: Vec<Bar> = c
         .concepts
         .iter()
         .enumerate()
         .map(|(k, x)| {
             let q = r.concept_q_values.get(k).copied().flatten();
-            let significant = q.is_some_and(|q| q < 0.05);
-            let color = match (significant, x.alignment >= 0.0) {
+            let color = match (marked(k), x.mean_reward_shift >= 0.0) {
                 (true, true) => svg::HIGHLIGHT,
                 (true, false) => "#2166ac",
-                (false, true) => svg::POSITIVE,
-                (false, false) => svg::NEGATIVE,
+                (false, _) if x.alignment >= 0.0 => svg::POSITIVE,
+                (false, _) => svg::NEGATIVE,
             };
             Bar {
                 label: x.name.clone(),
                 value: x.alignment,
                 ci: None,
-                highlight: significant,
-                note: format!("p {} · q {}", p_fmt(x.p_value), p_fmt(q)),
+                highlight: marked(k),
+                note: format!("shift {} · q {}", num(x.mean_reward_shift), p_fmt(q)),
                 color: Some(color.into()),
             }
         })
@@ -775,10 +783,10 @@ lines up at least as well, q its Benjamini–Hochberg adjustment across the conc
         bars,
         width: 900.0,
         legend: vec![
-            (Swatch::Box(svg::POSITIVE.into()), "rewarded".into()),
-            (Swatch::Box(svg::NEGATIVE.into()), "penalized".into()),
-            (Swatch::Box(svg::HIGHLIGHT.into()), "rewarded, q < 0.05".into()),
-            (Swatch::Box("#2166ac".into()), "penalized, q < 0.05".into()),
+            (Swatch::Box(svg::POSITIVE.into()), "points along the read-out".into()),
+            (Swatch::Box(svg::NEGATIVE.into()), "points against it".into()),
+            (Swatch::Box(svg::HIGHLIGHT.into()), "rewarded (shift q < 0.05, material)".into()),
+            (Swatch::Box("#2166ac".into()), "penalized (shift q < 0.05, material)".into()),
         ],
         ..Default::default()
     }));
@@ -790,25 +798,28 @@ lines up at least as well, q its Benjamini–Hochberg adjustment across the conc
             vec![
                 esc(&x.name),
                 x.n_pairs.to_string(),
+                esc(&num(x.mean_reward_shift)),
+                x.relative_reward_shift.map_or("—".into(), |v| format!("{v:+.2}")),
+                esc(&p_fmt(x.shift_p_value)),
+                esc(&p_fmt(r.concept_q_values.get(k).copied().flatten())),
                 signed3(x.alignment),
                 esc(&p_fmt(x.p_value)),
-                esc(&p_fmt(r.concept_q_values.get(k).copied().flatten())),
                 format!("{:.0} %", 100.0 * x.consistency),
-                esc(&num(x.mean_reward_shift)),
             ]
         })
         .collect();
     table(
         h,
-        &["concept", "pairs", "alignment", "p", "q (BH)", "consistency", "reward shift"],
-        &[false, true, true, true, true, true, true],
+        &["concept", "pairs", "reward shift", "÷ reward SD", "shift p", "q (BH)", "cosine", "cosine p", "consistency"],
+        &[false, true, true, true, true, true, true, true, true],
         &rows,
         &[],
     );
     let _ = write!(
         h,
-        "<p class=\"muted\">Consistency: share of pairs whose own difference points along the vector. Reward shift: \
-mean reward(positive) − reward(negative) on the concept's pairs.</p>"
+        "<p class=\"muted\">Reward shift: mean reward(positive) − reward(negative) on the concept's pairs; ÷ reward SD: \
+the same over the SD of the negative answers' rewards. Cosine p: the random-direction reference above. Consistency: \
+share of pairs whose own difference points along the vector.</p>"
     );
     close(h);
 }
@@ -977,11 +988,11 @@ fn found_for(rule: &Value, r: &AuditResults) -> String {
             r.concepts.concepts.iter().enumerate().find(|(_, c)| key == &c.name || key.contains(&c.name))
         {
             return format!(
-                "concept `{}`: alignment {} (p = {}, q = {})",
+                "concept `{}`: reward shift {} (sign-flip q = {}), cosine with the reward direction {}",
                 c.name,
-                signed3(c.alignment),
-                p_fmt(c.p_value),
-                p_fmt(r.concept_q_values.get(k).copied().flatten())
+                num(c.mean_reward_shift),
+                p_fmt(r.concept_q_values.get(k).copied().flatten()),
+                signed3(c.alignment)
             );
         }
     }

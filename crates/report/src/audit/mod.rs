@@ -544,7 +544,8 @@ fn whole_run_part(
     stage(7);
     let concept_rep =
         concepts(model, &concept_inputs, &ConceptOptions { layer: None, v1_compat: false, batch_size: o.batch_size })?;
-    let concept_q_values = benjamini_hochberg(&concept_rep.concepts.iter().map(|c| c.p_value).collect::<Vec<_>>());
+    let concept_q_values =
+        benjamini_hochberg(&concept_rep.concepts.iter().map(|c| c.shift_p_value).collect::<Vec<_>>());
 
     // 8. Conflicts between subsets (and ArmoRM objectives).
     stage(8);

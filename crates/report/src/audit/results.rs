@@ -11,7 +11,7 @@ use reward_lens_instruments::conflict::{ConflictReport, Relationship};
 use reward_lens_instruments::evaluation::ModelEval;
 use reward_lens_instruments::faithfulness::FaithfulnessReport;
 use reward_lens_instruments::lens::LensReport;
-use reward_lens_instruments::probes::{ProbeReport, Verdict};
+use reward_lens_instruments::probes::{ProbeReport, Verdict, ALPHA, MIN_RELATIVE_EFFECT};
 use reward_lens_instruments::stats::MeanCi;
 
 /// CART in the audit: the tail pairs' circuits and the bound's ingredients.
@@ -63,7 +63,7 @@ pub struct AuditResults {
     pub probes: ProbeReport,
     /// `reward-lens concepts` (no steering).
     pub concepts: ConceptReport,
-    /// Benjamini–Hochberg q of each concept's alignment p-value, across the concepts.
+    /// Benjamini–Hochberg q of each concept's reward-shift p-value (`shift_p_value`), across the concepts.
     pub concept_q_values: Vec<Option<f64>>,
     /// `reward-lens conflict --group-by subset`.
     pub conflicts: Conflicts,
@@ -675,65 +675,73 @@ bootstrap interval){}.",
 
 fn concept_findings(r: &AuditResults, out: &mut Vec<Finding>) {
     let c = &r.concepts;
+    let q_of = |k: usize| r.concept_q_values.get(k).copied().flatten();
     let ev = |k: usize| {
         let x = &c.concepts[k];
         Evidence {
-            quantity: format!("cosine of the `{}` vector with the reward direction", x.name),
-            value: Some(x.alignment),
+            quantity: format!("mean reward shift of the `{}` pairs (positive − negative)", x.name),
+            value: Some(x.mean_reward_shift),
             ci_low: None,
             ci_high: None,
-            p_value: x.p_value,
-            q_value: r.concept_q_values.get(k).copied().flatten(),
+            p_value: x.shift_p_value,
+            q_value: q_of(k),
             n: x.n_pairs,
             uncertainty: format!(
-                "p: chance of |cos| this large for a random direction in {} dimensions; q: Benjamini–Hochberg across {} \
-concepts",
-                c.d_model,
+                "p: two-sided sign-flip test of the per-pair shifts; q: Benjamini–Hochberg across {} concepts",
                 c.concepts.len()
             ),
         }
     };
+    // The same bar as the probes: significant and material on this model's reward scale. The
+    // cosine is not the test: differences of activations concentrate where activations vary
+    // most, and so does the read-out, so concepts of unrelated texts often show large cosines.
+    let material = |k: usize| c.concepts[k].relative_reward_shift.is_none_or(|v| v.abs() >= MIN_RELATIVE_EFFECT);
+    let rel = |k: usize| c.concepts[k].relative_reward_shift.map_or("—".to_string(), |v| format!("{v:+.2}"));
+    let d = |k: usize| c.concepts[k].shift_cohens_d.map_or("—".to_string(), |v| format!("{v:.2}"));
     let mut any = false;
     for (k, x) in c.concepts.iter().enumerate() {
-        let q = r.concept_q_values.get(k).copied().flatten();
-        if q.is_some_and(|q| q < 0.05) {
+        if q_of(k).is_some_and(|q| q < ALPHA) && material(k) {
             any = true;
-            let dir = if x.alignment > 0.0 { "rewards" } else { "penalizes" };
+            let dir = if x.mean_reward_shift > 0.0 { "rewards" } else { "penalizes" };
             out.push(Finding {
                 severity: Severity::Notice,
-                title: format!("The reward direction {dir} {}", x.name),
+                title: format!("The reward {dir} {}", x.name),
                 text: format!(
-                    "The `{}` concept vector (block {}) has cosine {} with the direction the reward reads (p = {}, \
-BH-adjusted q = {} against a random direction in {} dimensions); on its own pairs the behaviour shifts the reward by \
-{}.",
+                    "On the `{}` concept's {} pairs the reward moves by {} when the answer shows the behaviour ({} × \
+the SD of the other answers' rewards; Cohen's d = {}; sign-flip p = {}, BH-adjusted q = {} across {} concepts). Its \
+concept vector (block {}) has cosine {} with the direction the reward reads.",
                     x.name,
+                    x.n_pairs,
+                    num(x.mean_reward_shift),
+                    rel(k),
+                    d(k),
+                    p_fmt(x.shift_p_value),
+                    p_fmt(q_of(k)),
+                    c.concepts.len(),
                     c.layer,
                     signed3(x.alignment),
-                    p_fmt(x.p_value),
-                    p_fmt(q),
-                    c.d_model,
-                    num(x.mean_reward_shift)
                 ),
                 evidence: vec![ev(k)],
             });
         }
     }
     if !any {
-        if let Some(k) = (0..c.concepts.len())
-            .max_by(|&a, &b| c.concepts[a].alignment.abs().total_cmp(&c.concepts[b].alignment.abs()))
-        {
+        let size = |k: usize| c.concepts[k].relative_reward_shift.unwrap_or(c.concepts[k].mean_reward_shift).abs();
+        if let Some(k) = (0..c.concepts.len()).max_by(|&a, &b| size(a).total_cmp(&size(b))) {
             let x = &c.concepts[k];
             out.push(Finding {
                 severity: Severity::Info,
-                title: "No concept significantly aligned with the reward".into(),
+                title: "No concept shown to move the reward".into(),
                 text: format!(
-                    "No concept vector lines up with the reward direction beyond chance (BH-adjusted q < 0.05). The \
-largest |cosine| is `{}` at {} (p = {}, q = {}, random-direction null in {} dimensions).",
+                    "No concept's pairs shift the reward both beyond chance (BH-adjusted q < {ALPHA}) and by at least \
+{MIN_RELATIVE_EFFECT} × the SD of the other answers' rewards. The largest shift is `{}`: {} ({} SD; sign-flip p = {}, \
+q = {}; its vector's cosine with the reward direction {}).",
                     x.name,
+                    num(x.mean_reward_shift),
+                    rel(k),
+                    p_fmt(x.shift_p_value),
+                    p_fmt(q_of(k)),
                     signed3(x.alignment),
-                    p_fmt(x.p_value),
-                    p_fmt(r.concept_q_values.get(k).copied().flatten()),
-                    c.d_model
                 ),
                 evidence: vec![ev(k)],
             });
