@@ -115,11 +115,11 @@ def faithfulness(
 def concepts(
     model: Model, concepts: Union[Path, Sequence[Path], None] = None, layer: Optional[int] = None, v1_compat: bool = False,
     steer: Optional[str] = None, strengths: Optional[Sequence[float]] = None, positions: str = "pooled",
-    pairs: Optional[Pairs] = None, batch_size: int = 16,
+    pairs: Optional[Pairs] = None, batch_size: int = 16, seed: int = 0,
 ) -> Report: ...
 def conflict(
     model: Model, pairs: Pairs, group_by: str = "subset", layer: Optional[int] = None, aligned: float = 0.5,
-    orthogonal: float = 0.2, conflict: float = -0.3, batch_size: int = 16, truncate_prompt: bool = False,
+    orthogonal: float = 0.2, conflict: float = -0.3, batch_size: int = 16, seed: int = 0, truncate_prompt: bool = False,
 ) -> Report: ...
 def compare(models: Sequence[Model], pairs: Pairs, batch_size: int = 16, seed: int = 0, truncate_prompt: bool = False) -> Report: ...
 def probe(

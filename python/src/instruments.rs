@@ -9,7 +9,9 @@ use reward_lens_engine::{EncodedPair, PaddingSide, PairText, Positions, RewardMo
 use reward_lens_instruments::attribution::{attribute_with_progress, AttributionOptions};
 use reward_lens_instruments::compare::{compare as compare_fn, CompareInput};
 use reward_lens_instruments::concepts::{concepts as concepts_fn, ConceptOptions};
-use reward_lens_instruments::conflict::{analyze, learn_term_directions, objective_terms, term_groups, Thresholds};
+use reward_lens_instruments::conflict::{
+    analyze_samples, learn_term_samples, objective_terms, term_groups, Thresholds, CONFLICT_PERMUTATIONS,
+};
 use reward_lens_instruments::diagnose::diagnose as diagnose_fn;
 use reward_lens_instruments::evaluation::evaluate;
 use reward_lens_instruments::faithfulness::faithfulness as faithfulness_fn;
@@ -325,7 +327,7 @@ pub fn faithfulness<'py>(
 /// read with `steer` only.
 #[pyfunction]
 #[pyo3(signature = (model, concepts=None, layer=None, v1_compat=false, steer=None, strengths=None,
-    positions="pooled", pairs=None, batch_size=16))]
+    positions="pooled", pairs=None, batch_size=16, seed=0))]
 #[allow(clippy::too_many_arguments)]
 pub fn concepts<'py>(
     py: Python<'py>,
@@ -338,6 +340,7 @@ pub fn concepts<'py>(
     positions: &str,
     pairs: Option<&Bound<'py, PyAny>>,
     batch_size: usize,
+    seed: u64,
 ) -> PyResult<Bound<'py, PyAny>> {
     let m = &model.inner;
     let positions: Positions = choice(positions, "positions")?;
@@ -357,7 +360,7 @@ pub fn concepts<'py>(
     let (rep, steering) = detached(py, || {
         let inputs: Vec<_> =
             texts.iter().map(|c| c.encode(m, Truncation::Error).or_raise()).collect::<PyResult<_>>()?;
-        let rep = concepts_fn(m, &inputs, &ConceptOptions { layer, v1_compat, batch_size }).or_raise()?;
+        let rep = concepts_fn(m, &inputs, &ConceptOptions { layer, v1_compat, batch_size, seed }).or_raise()?;
         let steering = match &steer {
             None => None,
             Some(name) => {
@@ -397,7 +400,7 @@ pub fn concepts<'py>(
 /// Conflicts between reward terms: a direction per group of pairs (grouped by `group_by`, any
 /// pair field) and how they align (aligned / orthogonal / conflicting); ArmoRM: its objectives.
 #[pyfunction]
-#[pyo3(signature = (model, pairs, group_by="subset", layer=None, aligned=0.5, orthogonal=0.2, conflict=-0.3, batch_size=16, truncate_prompt=false))]
+#[pyo3(signature = (model, pairs, group_by="subset", layer=None, aligned=0.5, orthogonal=0.2, conflict=-0.3, batch_size=16, seed=0, truncate_prompt=false))]
 #[allow(clippy::too_many_arguments)]
 pub fn conflict<'py>(
     py: Python<'py>,
@@ -409,6 +412,7 @@ pub fn conflict<'py>(
     orthogonal: f64,
     conflict: f64,
     batch_size: usize,
+    seed: u64,
     truncate_prompt: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let m = &model.inner;
@@ -420,7 +424,8 @@ pub fn conflict<'py>(
     }
     let out = detached(py, || {
         let groups = term_groups(m, &pairs, &ids, group_by).or_raise()?;
-        let terms = analyze(&learn_term_directions(m, &groups, layer, batch_size).or_raise()?, &t);
+        let samples = learn_term_samples(m, &groups, layer, batch_size).or_raise()?;
+        let terms = analyze_samples(&samples, &t, CONFLICT_PERMUTATIONS, seed);
         let inputs: Vec<Vec<u32>> = ids.iter().map(|p| p.chosen.clone()).collect();
         let objectives = objective_terms(m, &inputs, batch_size).or_raise()?.map(|o| o.analyze(&t));
         let mut v = json!({"terms": serde_json::to_value(&terms).or_raise()?});

@@ -292,7 +292,7 @@ pub struct RunArgs {
     /// Sequences per forward pass.
     #[arg(long, default_value_t = 16, value_parser = crate::args::at_least_one)]
     pub batch_size: usize,
-    /// Seed for bootstrap intervals (same seed, same output bytes).
+    /// Seed of every random step: bootstrap intervals, permutation tests (same seed, same output bytes).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Write the full report here as JSON.

@@ -68,7 +68,7 @@ pub fn run(a: ConceptsArgs) -> Result<()> {
     let rep = concepts(
         &model,
         &inputs,
-        &ConceptOptions { layer: a.layer, v1_compat: a.v1_compat, batch_size: a.run.batch_size },
+        &ConceptOptions { layer: a.layer, v1_compat: a.v1_compat, batch_size: a.run.batch_size, seed: a.run.seed },
     )?;
     print!("{}", reward_lens_report::text::concepts_table(&rep));
     let steering = match &a.steer {

@@ -3,7 +3,8 @@ use clap::Args;
 use serde::Serialize;
 
 use reward_lens_instruments::conflict::{
-    analyze, learn_term_directions, objective_terms, term_groups, ungrouped_warning, ConflictReport, Thresholds,
+    analyze_samples, learn_term_samples, objective_terms, term_groups, ungrouped_warning, ConflictReport, Thresholds,
+    CONFLICT_PERMUTATIONS,
 };
 use reward_lens_report::text::conflict_text;
 
@@ -14,8 +15,10 @@ use crate::{output, ModelArgs};
 #[command(
     after_help = "Learns one direction per group of pairs (mean of h(chosen) − h(rejected) at a block's output, \
 pooled token), then classifies every two terms by their cosine as reward-lens 1.0 does: > 0.5 aligned, < −0.3 in \
-conflict, |cos| < 0.2 orthogonal, the bands between aligned / in conflict. Each cosine also gets a p-value against \
-two random directions in d_model dimensions. ArmoRM models add their objectives (after the reward transform \
+conflict, |cos| < 0.2 orthogonal, the bands between aligned / in conflict. A conflict is tested by permutation: \
+`conflict p` is the share of 1,999 random splits of the two terms' pooled pairs (same sizes, seeded by --seed) whose \
+directions' cosine is as low. `p` (against two random directions in d_model dimensions) is for reference only: \
+activation differences are not isotropic, so unrelated terms often reach tiny values. ArmoRM models add their objectives (after the reward transform \
 matrix) as terms.\n\nExample:\n  reward-lens conflict --pairs examples/pairs.jsonl --group-by subset --out conflict.json"
 )]
 pub struct ConflictArgs {
@@ -54,7 +57,8 @@ pub fn run(a: ConflictArgs) -> Result<()> {
     if let Some(w) = ungrouped_warning(&pairs, &a.group_by) {
         eprintln!("warning: --group-by {w}");
     }
-    let terms = analyze(&learn_term_directions(&model, &groups, a.layer, a.run.batch_size)?, &t);
+    let samples = learn_term_samples(&model, &groups, a.layer, a.run.batch_size)?;
+    let terms = analyze_samples(&samples, &t, CONFLICT_PERMUTATIONS, a.run.seed);
     print!("{}", conflict_text(&terms, &format!("terms grouped by `{}`", a.group_by)));
     let inputs: Vec<Vec<u32>> = ids.iter().map(|p| p.chosen.clone()).collect();
     let objectives = objective_terms(&model, &inputs, a.run.batch_size)?.map(|o| o.analyze(&t));

@@ -82,9 +82,11 @@ pub struct ConceptOptions {
     pub layer: Option<usize>,
     pub v1_compat: bool,
     pub batch_size: usize,
+    /// Seed of the shift test's random sign flips (beyond 16 pairs; exact below).
+    pub seed: u64,
 }
 
-/// Random sign flips of the shift test beyond 16 pairs (exact below), seed 0: deterministic.
+/// Random sign flips of the shift test beyond 16 pairs (exact below).
 const SHIFT_PERMUTATIONS: usize = 10_000;
 
 /// Concepts reward-lens 1.0 treats as hacking risks (its risk weighting).
@@ -193,7 +195,7 @@ fn concepts_unchecked(model: &RewardModel, inputs: &[ConceptInput], opts: &Conce
             alignment,
             p_value: random_cosine_p_value(alignment, d),
             mean_reward_shift: shift,
-            shift_p_value: if shifts.len() >= 2 { sign_flip_p(&shifts, SHIFT_PERMUTATIONS, 0) } else { None },
+            shift_p_value: if shifts.len() >= 2 { sign_flip_p(&shifts, SHIFT_PERMUTATIONS, opts.seed) } else { None },
             shift_cohens_d: cohens_d(&shifts),
             relative_reward_shift: spread.map(|sd| shift / sd),
             is_reward_aligned: alignment.abs() > 0.3,

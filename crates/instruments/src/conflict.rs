@@ -1,6 +1,10 @@
 //! Reward-term conflicts: directions for the terms a reward is supposed to combine (one per
 //! group of pairs, e.g. RewardBench's `subset`), their cosine matrix, and reward-lens 1.0's
-//! classification, with a p-value for each cosine under the random-direction null.
+//! classification. Each cosine gets two p-values: the random-direction null (reference only:
+//! differences of activations are not isotropic, so unrelated terms often reach tiny values) and
+//! the test of a conflict, `conflict_p_value`: how often splitting the two terms' pooled pairs at
+//! random into groups of the same sizes gives a cosine as low (a permutation test; H0: the two
+//! terms' pairs are exchangeable).
 //!
 //! A term's direction is the mean of `h(chosen) − h(rejected)` over its pairs at a block's output
 //! (default the last), at the pooled token. Classification, in this order (reward-lens 1.0):
@@ -21,6 +25,7 @@ use crate::concepts::{cosine, normalise};
 use crate::stats::random_cosine_p_value;
 use crate::trace::{trace, TraceOptions};
 use crate::{Group, InstrumentError, Result, Term};
+use reward_lens_engine::synth::Rng;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -93,8 +98,17 @@ pub struct TermPair {
     pub cosine: f64,
     pub relationship: Relationship,
     pub severity: f64,
-    /// P(|cos| ≥ |cosine|) for two unrelated random directions in d dimensions.
+    /// P(|cos| ≥ |cosine|) for two unrelated uniformly random directions in d dimensions.
+    /// Reference only: differences of activations concentrate where activations vary most, so
+    /// unrelated terms often reach tiny values.
     pub p_value: Option<f64>,
+    /// One-sided permutation p-value of the opposition: the share of random splits of the two
+    /// terms' pooled pairs (same sizes, [`CONFLICT_PERMUTATIONS`] seeded splits, +1 corrected)
+    /// whose directions' cosine is at most this one. Small: the terms pull apart more than their
+    /// pairs' sampling noise explains. None without per-pair samples (ArmoRM's objectives, which
+    /// are weights, not estimates).
+    #[serde(default)]
+    pub conflict_p_value: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -151,6 +165,7 @@ pub fn analyze(terms: &[Term], t: &Thresholds) -> ConflictReport {
                     relationship: r,
                     severity: sev,
                     p_value: random_cosine_p_value(c, d),
+                    conflict_p_value: None,
                 });
             }
         }
@@ -173,6 +188,12 @@ pub fn analyze(terms: &[Term], t: &Thresholds) -> ConflictReport {
     }
 }
 
+/// A term's per-pair differences `h(chosen) − h(rejected)` (its direction is their mean).
+pub type TermSamples = (String, Vec<Vec<f64>>);
+
+/// Random splits per term pair of the conflict permutation test.
+pub const CONFLICT_PERMUTATIONS: usize = 1999;
+
 /// One direction per group: the mean of h(chosen) − h(rejected) at `layer`'s output (default the
 /// last block), at the pooled token.
 pub fn learn_term_directions(
@@ -181,17 +202,45 @@ pub fn learn_term_directions(
     layer: Option<usize>,
     batch_size: usize,
 ) -> Result<Vec<Term>> {
-    let report = learn_term_directions_unchecked(model, groups, layer, batch_size)?;
-    crate::finite::ensure_finite("conflict", &report)?;
-    Ok(report)
+    Ok(term_means(&learn_term_samples(model, groups, layer, batch_size)?))
 }
 
-fn learn_term_directions_unchecked(
+/// Each group's per-pair differences h(chosen) − h(rejected) at `layer`'s output (default the last
+/// block), at the pooled token: what [`analyze_samples`] tests conflicts on.
+pub fn learn_term_samples(
     model: &RewardModel,
     groups: &[Group],
     layer: Option<usize>,
     batch_size: usize,
-) -> Result<Vec<Term>> {
+) -> Result<Vec<TermSamples>> {
+    let report = learn_term_samples_unchecked(model, groups, layer, batch_size)?;
+    crate::finite::ensure_finite("conflict", &report)?;
+    Ok(report)
+}
+
+/// The terms' directions: each one's mean difference.
+pub fn term_means(samples: &[TermSamples]) -> Vec<Term> {
+    samples
+        .iter()
+        .map(|(name, diffs)| {
+            let d = diffs.first().map_or(0, Vec::len);
+            let mut mean = vec![0.0; d];
+            for df in diffs {
+                for (m, x) in mean.iter_mut().zip(df) {
+                    *m += x / diffs.len().max(1) as f64;
+                }
+            }
+            (name.clone(), mean)
+        })
+        .collect()
+}
+
+fn learn_term_samples_unchecked(
+    model: &RewardModel,
+    groups: &[Group],
+    layer: Option<usize>,
+    batch_size: usize,
+) -> Result<Vec<TermSamples>> {
     let n = model.config.n_layers;
     let layer = layer.unwrap_or(n - 1);
     if layer >= n {
@@ -202,22 +251,107 @@ fn learn_term_directions_unchecked(
         .map(|(name, pairs)| {
             let seqs: Vec<Vec<u32>> = pairs.iter().flat_map(|p| [p.chosen.clone(), p.rejected.clone()]).collect();
             let traces = trace(model, &seqs, batch_size, TraceOptions::default())?;
-            let mut mean = vec![0.0; model.config.d_model];
-            for t in traces.chunks(2) {
-                for (m, (a, b)) in mean.iter_mut().zip(t[0].resid[layer + 1].iter().zip(&t[1].resid[layer + 1])) {
-                    *m += (*a as f64 - *b as f64) / pairs.len().max(1) as f64;
-                }
-            }
+            let diffs: Vec<Vec<f64>> = traces
+                .chunks(2)
+                .map(|t| {
+                    t[0].resid[layer + 1]
+                        .iter()
+                        .zip(&t[1].resid[layer + 1])
+                        .map(|(a, b)| *a as f64 - *b as f64)
+                        .collect()
+                })
+                .collect();
             // No direction: every cosine with it would be 0, "orthogonal" to every other term.
-            if mean.iter().all(|m| *m == 0.0) {
+            if term_means(&[(String::new(), diffs.clone())])[0].1.iter().all(|m| *m == 0.0) {
                 return Err(InstrumentError::Invalid(format!(
                     "term `{name}`: its chosen and rejected texts have the same activations at block {layer} (are \
                      they the same?), so it has no direction"
                 )));
             }
-            Ok((name.clone(), mean))
+            Ok((name.clone(), diffs))
         })
         .collect()
+}
+
+/// [`analyze`] of the terms' mean directions, with each term pair's conflict permutation test
+/// (`conflict_p_value`; `permutations` seeded random splits).
+pub fn analyze_samples(samples: &[TermSamples], t: &Thresholds, permutations: usize, seed: u64) -> ConflictReport {
+    let mut report = analyze(&term_means(samples), t);
+    // Every statistic of a split is a sum over the Gram matrix of the differences.
+    let all: Vec<&Vec<f64>> = samples.iter().flat_map(|(_, d)| d).collect();
+    let n = all.len();
+    let mut gram = vec![0.0; n * n];
+    for a in 0..n {
+        for b in a..n {
+            let g = all[a].iter().zip(all[b]).map(|(x, y)| x * y).sum::<f64>();
+            gram[a * n + b] = g;
+            gram[b * n + a] = g;
+        }
+    }
+    let starts: Vec<usize> = samples
+        .iter()
+        .scan(0, |acc, (_, d)| {
+            let s = *acc;
+            *acc += d.len();
+            Some(s)
+        })
+        .collect();
+    let mut k = 0;
+    for i in 0..samples.len() {
+        for j in i + 1..samples.len() {
+            let pooled: Vec<usize> =
+                (starts[i]..starts[i] + samples[i].1.len()).chain(starts[j]..starts[j] + samples[j].1.len()).collect();
+            let p = opposition_p_value(&gram, n, &pooled, samples[i].1.len(), permutations, seed);
+            report.pairs[k].conflict_p_value = p;
+            k += 1;
+        }
+    }
+    report
+}
+
+/// One-sided permutation p-value that the first `n_first` of `pooled` and the rest point further
+/// apart (lower cosine of their sums) than random splits of the same sizes.
+fn opposition_p_value(
+    gram: &[f64],
+    n: usize,
+    pooled: &[usize],
+    n_first: usize,
+    permutations: usize,
+    seed: u64,
+) -> Option<f64> {
+    let m = pooled.len();
+    if n_first == 0 || n_first == m || permutations == 0 {
+        return None;
+    }
+    let g = |a: usize, b: usize| gram[pooled[a] * n + pooled[b]];
+    // Row sums u = G·1 and the total, so a split costs only its smaller side's block:
+    // s_I·s_J = 1ᵀ_I u − q and |s_J|² = T − 2·1ᵀ_I u + q, with q = 1ᵀ_I G 1_I.
+    let u: Vec<f64> = (0..m).map(|a| (0..m).map(|b| g(a, b)).sum()).collect();
+    let total: f64 = u.iter().sum();
+    let small = n_first.min(m - n_first);
+    let cos_of = |side: &[usize]| -> Option<f64> {
+        let q: f64 = side.iter().map(|&a| side.iter().map(|&b| g(a, b)).sum::<f64>()).sum();
+        let ui: f64 = side.iter().map(|&a| u[a]).sum();
+        let (cross, ni, nj) = (ui - q, q, total - 2.0 * ui + q);
+        (ni > 0.0 && nj > 0.0).then(|| cross / (ni.sqrt() * nj.sqrt()))
+    };
+    let first: Vec<usize> = if small == n_first { (0..n_first).collect() } else { (n_first..m).collect() };
+    let observed = cos_of(&first)?;
+    let tol = 1e-12;
+    let mut rng = Rng::new(seed);
+    let mut idx: Vec<usize> = (0..m).collect();
+    let mut hits = 0usize;
+    for _ in 0..permutations {
+        // A uniform `small`-subset: the first `small` places of a partial Fisher–Yates shuffle.
+        for a in 0..small {
+            let b = a + rng.below(m - a);
+            idx.swap(a, b);
+        }
+        if cos_of(&idx[..small]).is_some_and(|c| c <= observed + tol) {
+            hits += 1;
+        }
+    }
+    Some((hits + 1) as f64 / (permutations + 1) as f64)
 }
 
 /// ArmoRM's objectives as terms, and how each lines up with the per-input effective direction.
@@ -413,5 +547,74 @@ mod tests {
         // One term: nothing to compare.
         let one = analyze(&terms[..1], &t);
         assert_eq!((one.overall_conflict_score, one.monitorability_risk), (0.0, 0.0));
+    }
+
+    /// Differences along a few high-variance directions (where activations vary most), as real
+    /// activation differences are: the random-direction null is wrong for them.
+    fn anisotropic(rng: &mut Rng, n: usize, d: usize, shift: &[f64]) -> Vec<Vec<f64>> {
+        (0..n)
+            .map(|_| {
+                let a = rng.normal();
+                let b = rng.normal();
+                (0..d)
+                    .map(|k| {
+                        shift[k]
+                            + if k == 0 {
+                                10.0 * a
+                            } else if k == 1 {
+                                6.0 * b
+                            } else {
+                                0.3 * rng.normal()
+                            }
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_conflict_test_holds_its_level_where_the_random_direction_null_does_not() {
+        let (d, n) = (32, 10);
+        let mut rng = Rng::new(7);
+        let t = Thresholds::default();
+        let zero = vec![0.0; d];
+        let (mut perm_hits, mut cosine_hits, runs) = (0, 0, 200);
+        for run in 0..runs {
+            let a = anisotropic(&mut rng, n, d, &zero);
+            let b = anisotropic(&mut rng, n, d, &zero);
+            let r = analyze_samples(&[("a".into(), a), ("b".into(), b)], &t, 199, run);
+            let p = &r.pairs[0];
+            perm_hits += usize::from(p.conflict_p_value.unwrap() < 0.05);
+            cosine_hits += usize::from(p.p_value.unwrap() < 0.05 && p.cosine < 0.0);
+        }
+        // Exchangeable pairs: about 5 % one-sided rejections (binomial SD ≈ 1.5 %).
+        eprintln!("rejections at 0.05 of {runs}: permutation {perm_hits}, random direction {cosine_hits}");
+        assert!(perm_hits <= 20, "permutation test rejected {perm_hits} of {runs}");
+        // The isotropic null calls half the (negative) cosines significant.
+        assert!(cosine_hits > 60, "random-direction null rejected only {cosine_hits} of {runs}");
+    }
+
+    #[test]
+    fn opposed_terms_are_found_and_the_cosine_is_the_reported_one() {
+        let (d, n) = (16, 12);
+        let mut rng = Rng::new(3);
+        let mut up = vec![0.0; d];
+        up[5] = 20.0;
+        let down: Vec<f64> = up.iter().map(|x| -x).collect();
+        let a = anisotropic(&mut rng, n, d, &up);
+        let b = anisotropic(&mut rng, n + 3, d, &down);
+        let r = analyze_samples(&[("a".into(), a.clone()), ("b".into(), b.clone())], &Thresholds::default(), 999, 0);
+        let p = &r.pairs[0];
+        assert!(p.cosine < -0.3, "cos {}", p.cosine);
+        // No random split of the pooled pairs is as opposed: the smallest p 999 splits can give.
+        assert_eq!(p.conflict_p_value, Some(1.0 / 1000.0));
+        // The same seed gives the same p; the report's directions are the means.
+        let again = analyze_samples(&[("a".into(), a.clone()), ("b".into(), b)], &Thresholds::default(), 999, 0);
+        assert_eq!(again.pairs[0].conflict_p_value, p.conflict_p_value);
+        let mean0: f64 = a.iter().map(|x| x[0]).sum::<f64>() / n as f64;
+        assert!((r.directions[0][0] - mean0).abs() < 1e-12);
+        // Objectives without samples have no conflict test.
+        let plain = analyze(&term_means(&[("a".into(), a)]), &Thresholds::default());
+        assert!(plain.pairs.is_empty());
     }
 }

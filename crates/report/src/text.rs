@@ -6,7 +6,7 @@ use std::fmt::Write;
 use reward_lens_instruments::attribution::{AttributionReport, RankBy};
 use reward_lens_instruments::compare::ComparisonReport;
 use reward_lens_instruments::concepts::{ConceptReport, DoseResponse};
-use reward_lens_instruments::conflict::ConflictReport;
+use reward_lens_instruments::conflict::{ConflictReport, Relationship};
 use reward_lens_instruments::diagnose::DiagnoseReport;
 use reward_lens_instruments::evaluation::ModelEval;
 use reward_lens_instruments::lens::LensReport;
@@ -247,9 +247,23 @@ pub fn conflict_text(r: &ConflictReport, title: &str) -> String {
     );
     let mut pairs: Vec<_> = r.pairs.iter().collect();
     pairs.sort_by(|a, b| a.cosine.total_cmp(&b.cosine));
+    let f = |p: Option<f64>| p.map_or("—".into(), |v| format!("{v:.3}"));
     for p in pairs.iter().take(5) {
-        let pv = p.p_value.map_or("—".into(), |v| format!("{v:.3}"));
-        let _ = writeln!(s, "  {:<14} {:<14} cos {:+.3}  p {pv:<6} {:?}", p.term1, p.term2, p.cosine, p.relationship);
+        let rel = match p.relationship {
+            Relationship::Aligned => "aligned",
+            Relationship::Orthogonal => "orthogonal",
+            Relationship::InConflict => "in conflict",
+        };
+        let (pv, cp) = (f(p.p_value), f(p.conflict_p_value));
+        let _ =
+            writeln!(s, "  {:<14} {:<14} cos {:+.3}  p {pv:<6} conflict p {cp:<6} {rel}", p.term1, p.term2, p.cosine);
+    }
+    if pairs.iter().any(|p| p.conflict_p_value.is_some()) {
+        let _ = writeln!(
+            s,
+            "  p: against random directions (reference only); conflict p: random splits of the two terms' pairs give a \
+cosine this low"
+        );
     }
     if !r.inert_terms.is_empty() {
         let _ = writeln!(s, "  left out, reading nothing after the transform: {}", r.inert_terms.join(", "));

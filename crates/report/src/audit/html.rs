@@ -838,9 +838,10 @@ fn conflicts(h: &mut String, r: &AuditResults) {
         h,
         "conflicts",
         "One preference direction per subset of pairs (the mean of <code>h(chosen) − h(rejected)</code> at the last \
-block's output); every two are compared by cosine (> 0.5 aligned, < −0.3 in conflict, |cos| < 0.2 orthogonal) with \
-a p-value against two random directions and its Benjamini–Hochberg q across the term pairs. Subsets that conflict \
-pull the reward in opposite directions.",
+block's output); every two are compared by cosine (> 0.5 aligned, < −0.3 in conflict, |cos| < 0.2 orthogonal). \
+A conflict is tested by permutation: p is the share of random splits of the two subsets' pooled pairs (same sizes) \
+whose directions' cosine is as low, q its Benjamini–Hochberg adjustment across the subset pairs. Subsets that \
+conflict pull the reward in opposite directions.",
     );
     match &c.terms {
         None => {
@@ -878,7 +879,7 @@ pull the reward in opposite directions.",
                         esc(&p.term1),
                         esc(&p.term2),
                         signed3(p.cosine),
-                        esc(&p_fmt(p.p_value)),
+                        esc(&p_fmt(p.conflict_p_value)),
                         esc(&p_fmt(c.q_values.get(k).copied().flatten())),
                         relationship(p.relationship).into(),
                     ]
@@ -887,7 +888,7 @@ pull the reward in opposite directions.",
             let _ = write!(h, "<h3>Most opposed pairs of subsets</h3>");
             table(
                 h,
-                &["term", "term", "cosine", "p", "q (BH)", "relationship"],
+                &["term", "term", "cosine", "permutation p", "q (BH)", "relationship"],
                 &[false, false, true, true, true, false],
                 &rows,
                 &[],

@@ -21,7 +21,9 @@ use reward_lens_engine::{
 };
 use reward_lens_instruments::attribution::{attribute, summarise as attribution_summary, AttributionOptions};
 use reward_lens_instruments::concepts::{concepts, ConceptInput, ConceptOptions};
-use reward_lens_instruments::conflict::{analyze, learn_term_directions, objective_terms, Thresholds};
+use reward_lens_instruments::conflict::{
+    analyze_samples, learn_term_samples, objective_terms, Thresholds, CONFLICT_PERMUTATIONS,
+};
 use reward_lens_instruments::evaluation::evaluate;
 use reward_lens_instruments::lens::{lens, summarise as lens_summary, LensKind, LensOptions};
 use reward_lens_instruments::patching::{atp, patch, PatchOptions, PatchingReport};
@@ -542,8 +544,11 @@ fn whole_run_part(
 
     // 7. Concepts.
     stage(7);
-    let concept_rep =
-        concepts(model, &concept_inputs, &ConceptOptions { layer: None, v1_compat: false, batch_size: o.batch_size })?;
+    let concept_rep = concepts(
+        model,
+        &concept_inputs,
+        &ConceptOptions { layer: None, v1_compat: false, batch_size: o.batch_size, seed: o.seed },
+    )?;
     let concept_q_values =
         benjamini_hochberg(&concept_rep.concepts.iter().map(|c| c.shift_p_value).collect::<Vec<_>>());
 
@@ -552,13 +557,21 @@ fn whole_run_part(
     let groups = reward_lens_instruments::conflict::group_pairs(pairs, encoded, "subset");
     let t = Thresholds::default();
     let (terms, note) = if groups.len() >= 2 {
-        (Some(analyze(&learn_term_directions(model, &groups, None, o.batch_size)?, &t)), None)
+        (
+            Some(analyze_samples(
+                &learn_term_samples(model, &groups, None, o.batch_size)?,
+                &t,
+                CONFLICT_PERMUTATIONS,
+                o.seed,
+            )),
+            None,
+        )
     } else {
         (None, Some(format!("{} subset(s) in the pairs; conflicts need at least two", groups.len())))
     };
     let q_values = terms
         .as_ref()
-        .map_or(Vec::new(), |t| benjamini_hochberg(&t.pairs.iter().map(|p| p.p_value).collect::<Vec<_>>()));
+        .map_or(Vec::new(), |t| benjamini_hochberg(&t.pairs.iter().map(|p| p.conflict_p_value).collect::<Vec<_>>()));
     let chosen: Vec<Vec<u32>> = encoded.iter().map(|p| p.chosen.clone()).collect();
     let objectives = objective_terms(model, &chosen, o.batch_size)?.map(|ot| ot.analyze(&t));
     let conflicts = Conflicts { group_by: "subset".into(), terms, q_values, objectives, note };

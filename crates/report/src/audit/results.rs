@@ -758,10 +758,12 @@ fn conflict_findings(r: &AuditResults, out: &mut Vec<Finding>) {
             value: Some(p.cosine),
             ci_low: None,
             ci_high: None,
-            p_value: p.p_value,
+            p_value: p.conflict_p_value,
             q_value: r.conflicts.q_values.get(k).copied().flatten(),
             n: 0,
-            uncertainty: "p: random-direction null; q: Benjamini–Hochberg across term pairs".into(),
+            uncertainty: "p: one-sided permutation test (random splits of the two subsets' pooled pairs give a cosine \
+this low); q: Benjamini–Hochberg across subset pairs"
+                .into(),
         }
     };
     let mut any = false;
@@ -773,12 +775,13 @@ fn conflict_findings(r: &AuditResults, out: &mut Vec<Finding>) {
                 severity: Severity::Notice,
                 title: format!("`{}` and `{}` pull against each other", p.term1, p.term2),
                 text: format!(
-                    "The preference directions learned from subsets `{}` and `{}` have cosine {} (p = {}, \
-BH-adjusted q = {}): improving one tends to cost reward on the other.",
+                    "The preference directions learned from subsets `{}` and `{}` have cosine {}, lower than random \
+splits of their pooled pairs give (permutation p = {}, BH-adjusted q = {}): improving one tends to cost reward on the \
+other.",
                     p.term1,
                     p.term2,
                     signed3(p.cosine),
-                    p_fmt(p.p_value),
+                    p_fmt(p.conflict_p_value),
                     p_fmt(q)
                 ),
                 evidence: vec![ev(k)],
@@ -793,11 +796,11 @@ BH-adjusted q = {}): improving one tends to cost reward on the other.",
                 title: "No significant conflict between subsets".into(),
                 text: format!(
                     "No two subsets' preference directions conflict beyond chance (BH-adjusted q < 0.05). The most \
-opposed are `{}` and `{}` with cosine {} (p = {}, q = {}); conflict score {:.3}.",
+opposed are `{}` and `{}` with cosine {} (permutation p = {}, q = {}); conflict score {:.3}.",
                     p.term1,
                     p.term2,
                     signed3(p.cosine),
-                    p_fmt(p.p_value),
+                    p_fmt(p.conflict_p_value),
                     p_fmt(r.conflicts.q_values.get(k).copied().flatten()),
                     t.overall_conflict_score
                 ),
