@@ -131,7 +131,7 @@ def diagnose(
     truncate_prompt: bool = False, progress: Progress = None,
 ) -> Report: ...
 def eval(
-    model: Union[Model, Sequence[Model]], pairs: Pairs, batch_size: int = 16, padding: str = "right", seed: int = 0,
+    model: Union[Model, Sequence[Model]], pairs: Pairs, batch_size: int = 16, padding: str = "right",
     truncate_prompt: bool = False, progress: Progress = None,
 ) -> list[dict[str, Any]]: ...
 def organism(

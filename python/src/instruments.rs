@@ -557,7 +557,7 @@ fn scored(
 /// model: one Model or a list of them. Returns what `reward-lens eval --out` writes: a list
 /// with one entry per model.
 #[pyfunction]
-#[pyo3(signature = (model, pairs, batch_size=16, padding="right", seed=0, truncate_prompt=false, progress=None))]
+#[pyo3(signature = (model, pairs, batch_size=16, padding="right", truncate_prompt=false, progress=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn eval<'py>(
     py: Python<'py>,
@@ -565,7 +565,6 @@ pub fn eval<'py>(
     pairs: &Bound<'py, PyAny>,
     batch_size: usize,
     padding: &str,
-    seed: u64,
     truncate_prompt: bool,
     progress: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
@@ -596,7 +595,7 @@ pub fn eval<'py>(
                 )?;
                 let margins: Vec<f64> = scores.iter().map(|s| s.margin() as f64).collect();
                 let subsets: Vec<Option<String>> = pairs.iter().map(|p| p.subset.clone()).collect();
-                evals.push(evaluate(&m.name, &margins, &subsets, seed));
+                evals.push(evaluate(&m.name, &margins, &subsets));
             }
             report(py, &evals)
         }

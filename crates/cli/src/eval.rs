@@ -37,9 +37,6 @@ pub struct EvalArgs {
     pub padding: PaddingSide,
     #[arg(long)]
     pub truncate_prompt: bool,
-    /// Seed for the bootstrap intervals.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
     #[arg(long, value_name = "FILE.json")]
     pub out: Option<PathBuf>,
     /// With --shard, --out gets the shard's per-pair margins (JSONL, one model after another in each line)
@@ -76,7 +73,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         let scores = crate::output::score_with_bar(&model, &pairs, truncation, a.batch_size, a.padding)?;
         let margins: Vec<f64> = scores.iter().map(|s| s.margin() as f64).collect();
         let subsets: Vec<Option<String>> = pairs.iter().map(|p| p.subset.clone()).collect();
-        evals.push(evaluate(&args.name(), &margins, &subsets, a.seed));
+        evals.push(evaluate(&args.name(), &margins, &subsets));
     }
     print!("{}", reward_lens_report::text::eval_table(&evals, pairs.len()));
     if let Some(p) = &a.out {
@@ -102,7 +99,7 @@ fn run_shard(
         .map(|m| ModelArgs { model: m.clone(), dtype: a.dtype, device: a.device.clone() }.name())
         .collect();
     let options = format!("{:?}", EvalArgs { out: None, shard: None, ..a.clone() });
-    let aggregate = serde_json::json!({"models": names, "seed": a.seed});
+    let aggregate = serde_json::json!({"models": names});
     let fps: Vec<Option<&std::path::Path>> = models.iter().map(|m| m.as_deref()).collect();
     let record = shard.record(pairs.len());
     crate::args::guard_shard("eval", out, false, &fps, &[a.pairs.as_path()], options, Some((record, aggregate)))?;

@@ -120,7 +120,7 @@ fn eval_shards_merge_into_one_runs_bytes() {
     let d = tmp("merge-eval");
     let args = |c: &mut Command| {
         c.args(["eval", "--model"]).arg(llama()).arg("--model").arg(fixtures().join("models/qwen2"));
-        c.arg("--pairs").arg(pairs()).args(["--seed", "3"]);
+        c.arg("--pairs").arg(pairs());
     };
     let single = d.join("single.json");
     let mut c = exe();

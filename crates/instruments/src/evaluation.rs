@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::stats::{bootstrap_ci, mean};
+use crate::stats::{clopper_pearson, mean};
 
 /// RewardBench v1's sections and example counts (its `EXAMPLE_COUNTS`).
 pub const REWARDBENCH_SECTIONS: &[(&str, &[(&str, f64)])] = &[
@@ -61,7 +61,7 @@ pub struct SubsetEval {
     pub subset: String,
     pub n: usize,
     pub accuracy: f64,
-    /// 95 % bootstrap interval (None when n < 2).
+    /// 95 % Clopper–Pearson (exact binomial) interval (None when n = 0).
     pub ci: Option<(f64, f64)>,
     pub mean_margin: f64,
 }
@@ -88,6 +88,7 @@ pub struct ModelEval {
     pub model: String,
     pub n: usize,
     pub accuracy: f64,
+    /// 95 % Clopper–Pearson (exact binomial) interval (None when n = 0).
     pub ci: Option<(f64, f64)>,
     pub mean_margin: f64,
     pub ties: usize,
@@ -96,12 +97,18 @@ pub struct ModelEval {
     pub rewardbench: Option<RewardBenchScore>,
 }
 
+/// The 95 % Clopper–Pearson interval of an accuracy from its 0/1 wins (a percentile bootstrap of
+/// 0/1 values collapses to [1, 1] when every pair is won, whatever n).
+fn accuracy_ci(wins: &[f64]) -> Option<(f64, f64)> {
+    clopper_pearson(wins.iter().filter(|w| **w > 0.0).count(), wins.len(), 0.95)
+}
+
 fn wins(margins: &[f64]) -> Vec<f64> {
     margins.iter().map(|&m| f64::from(u8::from(m > 0.0))).collect()
 }
 
 /// Scores one model's margins (chosen − rejected) with their subsets.
-pub fn evaluate(model: &str, margins: &[f64], subsets: &[Option<String>], seed: u64) -> ModelEval {
+pub fn evaluate(model: &str, margins: &[f64], subsets: &[Option<String>]) -> ModelEval {
     let w = wins(margins);
     let acc = |xs: &[f64]| mean(xs);
     let mut names: Vec<String> = subsets.iter().flatten().cloned().collect();
@@ -117,7 +124,7 @@ pub fn evaluate(model: &str, margins: &[f64], subsets: &[Option<String>], seed: 
                 subset: s.clone(),
                 n: idx.len(),
                 accuracy: acc(&ws).unwrap_or(f64::NAN),
-                ci: bootstrap_ci(&ws, acc, 0.95, 2000, seed),
+                ci: accuracy_ci(&ws),
                 mean_margin: mean(&ms).unwrap_or(f64::NAN),
             }
         })
@@ -127,7 +134,7 @@ pub fn evaluate(model: &str, margins: &[f64], subsets: &[Option<String>], seed: 
         model: model.to_string(),
         n: margins.len(),
         accuracy: acc(&w).unwrap_or(f64::NAN),
-        ci: bootstrap_ci(&w, acc, 0.95, 2000, seed),
+        ci: accuracy_ci(&w),
         mean_margin: mean(margins).unwrap_or(f64::NAN),
         ties: margins.iter().filter(|m| **m == 0.0).count(),
         subsets: per,
@@ -191,7 +198,7 @@ mod tests {
         add("alpacaeval-easy", -0.2);
         add("mt-bench-easy", 0.3);
         add("my-own-subset", 0.0);
-        let e = evaluate("m", &margins, &subsets, 0);
+        let e = evaluate("m", &margins, &subsets);
         assert_eq!(e.ties, 1);
         assert!((e.accuracy - 4.0 / 7.0).abs() < 1e-12);
         let rb = e.rewardbench.unwrap();
@@ -203,8 +210,14 @@ mod tests {
         assert!((rb.score - (984.0 / 1148.0 + 78.0 / 128.0) / 2.0).abs() < 1e-12);
         let custom = e.subsets.iter().find(|s| s.subset == "my-own-subset").unwrap();
         assert_eq!((custom.n, custom.accuracy), (1, 0.0));
-        assert!(custom.ci.is_none());
+        // One pair, lost: the exact interval is [0, 0.975], not undefined.
+        let (lo, hi) = custom.ci.unwrap();
+        assert!(lo == 0.0 && (hi - 0.975).abs() < 1e-12, "{lo} {hi}");
+        // 4 wins of 7 (the tie loses): the Clopper–Pearson interval.
+        let (lo, hi) = e.ci.unwrap();
+        let (want_lo, want_hi) = crate::stats::clopper_pearson(4, 7, 0.95).unwrap();
+        assert_eq!((lo, hi), (want_lo, want_hi));
         // No RewardBench names: no section scores.
-        assert!(evaluate("m", &[1.0], &[Some("x".into())], 0).rewardbench.is_none());
+        assert!(evaluate("m", &[1.0], &[Some("x".into())]).rewardbench.is_none());
     }
 }

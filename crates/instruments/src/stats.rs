@@ -211,6 +211,35 @@ pub fn inc_beta(a: f64, b: f64, x: f64) -> f64 {
     front * f / a
 }
 
+/// The x with I_x(a, b) = p (bisection: I is increasing in x; 200 halvings reach f64's limit).
+pub fn beta_quantile(a: f64, b: f64, p: f64) -> f64 {
+    let (mut lo, mut hi) = (0.0f64, 1.0f64);
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        if inc_beta(a, b, mid) < p {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    0.5 * (lo + hi)
+}
+
+/// Clopper–Pearson (exact binomial) interval at `level` for `k` successes in `n` trials; None
+/// when n = 0. It covers at least `level` for every n and never collapses to a point: 3 of 3 is
+/// [29 %, 100 %], 64 of 64 is [94.4 %, 100 %], where a percentile bootstrap says [100 %, 100 %].
+/// Excluding ½ is the exact two-sided binomial test at 1 − level.
+pub fn clopper_pearson(k: usize, n: usize, level: f64) -> Option<(f64, f64)> {
+    if n == 0 || k > n {
+        return None;
+    }
+    let alpha = 1.0 - level;
+    let (k, n) = (k as f64, n as f64);
+    let lo = if k == 0.0 { 0.0 } else { beta_quantile(k, n - k + 1.0, alpha / 2.0) };
+    let hi = if k == n { 1.0 } else { beta_quantile(k + 1.0, n - k, 1.0 - alpha / 2.0) };
+    Some((lo, hi))
+}
+
 /// P(|cos| ≥ |c|) for the cosine between a fixed direction and a uniformly random one in `d`
 /// dimensions: cos² ~ Beta(1/2, (d − 1)/2), so the tail is I_{1−c²}((d − 1)/2, 1/2).
 pub fn random_cosine_p_value(c: f64, d: usize) -> Option<f64> {
@@ -406,6 +435,21 @@ pub fn benjamini_hochberg(ps: &[Option<f64>]) -> Vec<Option<f64>> {
 #[cfg(test)]
 mod inference_tests {
     use super::*;
+
+    #[test]
+    fn clopper_pearson_closed_forms() {
+        // k = n: the lower end is (α/2)^(1/n); k = 0: the upper end is 1 − (α/2)^(1/n).
+        for n in [1usize, 3, 20, 64] {
+            let (lo, hi) = clopper_pearson(n, n, 0.95).unwrap();
+            assert!((lo - 0.025f64.powf(1.0 / n as f64)).abs() < 1e-12 && hi == 1.0, "{n}: {lo}");
+            let (lo, hi) = clopper_pearson(0, n, 0.95).unwrap();
+            assert!(lo == 0.0 && (hi - (1.0 - 0.025f64.powf(1.0 / n as f64))).abs() < 1e-12, "{n}: {hi}");
+        }
+        // scipy.stats.binomtest(7, 10).proportion_ci(method="exact"): (0.3475471499, 0.9332604888).
+        let (lo, hi) = clopper_pearson(7, 10, 0.95).unwrap();
+        assert!((lo - 0.3475471499).abs() < 1e-9 && (hi - 0.9332604888).abs() < 1e-9, "{lo} {hi}");
+        assert_eq!(clopper_pearson(0, 0, 0.95), None);
+    }
 
     #[test]
     fn cohens_d_is_undefined_not_infinite() {

@@ -226,7 +226,6 @@ fn merge_score_rows(summary: Option<&Path>, files: &[ShardFile], lines: &[Value]
 
 fn merge_eval(out: &Path, files: &[ShardFile]) -> Result<Printed> {
     let names: Vec<String> = serde_json::from_value(aggregate(&files[0], "models")?.clone())?;
-    let seed = seed(&files[0])?;
     let mut margins: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let mut subsets: Vec<Option<String>> = Vec::new();
     for f in files {
@@ -247,7 +246,7 @@ fn merge_eval(out: &Path, files: &[ShardFile]) -> Result<Printed> {
     let evals: Vec<_> = names
         .iter()
         .zip(&margins)
-        .map(|(n, m)| reward_lens_instruments::evaluation::evaluate(n, m, &subsets, seed))
+        .map(|(n, m)| reward_lens_instruments::evaluation::evaluate(n, m, &subsets))
         .collect();
     write_json(out, &evals)?;
     Ok(Printed::Stdout(crate::text::eval_table(&evals, subsets.len())))

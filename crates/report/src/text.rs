@@ -413,7 +413,7 @@ mod tests {
     #[test]
     fn eval_and_score_tables_show_the_numbers() {
         let subsets = [Some("a".to_string()), Some("a".to_string()), Some("b".to_string()), None];
-        let e = evaluate("dir/model-x", &[1.0, -1.0, 0.5, 0.0], &subsets, 0);
+        let e = evaluate("dir/model-x", &[1.0, -1.0, 0.5, 0.0], &subsets);
         let t = eval_table(&[e], 4);
         assert!(t.starts_with("accuracy % [95% CI] on 4 pairs\n"));
         assert!(t.contains("model-x"), "{t}");

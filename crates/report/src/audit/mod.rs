@@ -40,6 +40,9 @@ use results::{AuditSetup, Conflicts, LayerGrid, LensBands, PairExample, PairScor
 
 /// Resamples of the instruments' percentile bootstrap intervals.
 const BOOTSTRAP_RESAMPLES: usize = 2000;
+/// Fewer audited pairs than this get a Student-t interval for the mean margin (a percentile
+/// bootstrap of a handful of values is about their range, far too narrow).
+pub const SMALL_N: usize = 10;
 
 /// What a caller hears while an audit runs: the binary draws a bar, a notebook its own.
 pub trait Progress {
@@ -642,8 +645,13 @@ pub fn assemble(parts: Vec<AuditPart>) -> Result<AuditResults> {
     // Stable: equal margins keep file order, as a sort over all pairs does.
     worst.sort_by(|a, b| a.1.margin.total_cmp(&b.1.margin));
     let worst_pairs: Vec<PairExample> = worst.into_iter().take(WORST_PAIRS).map(|w| w.1).collect();
-    let evaluation = evaluate(&setup.model, &margins, &subsets, seed);
-    let mean_margin = bootstrap_mean(&margins, 0.95, BOOTSTRAP_RESAMPLES, seed);
+    let evaluation = evaluate(&setup.model, &margins, &subsets);
+    // Below SMALL_N margins a percentile bootstrap is about the sample's range: Student's t instead.
+    let mean_margin = if margins.len() < SMALL_N {
+        reward_lens_instruments::stats::t_interval(&margins)
+    } else {
+        bootstrap_mean(&margins, 0.95, BOOTSTRAP_RESAMPLES, seed)
+    };
     let lens_rep = lens_summary(LensKind::Normed, false, n_layers, lens_pairs, seed);
     let column = |f: &dyn Fn(&reward_lens_instruments::lens::PairLens) -> f64| -> Vec<f64> {
         lens_rep.pairs.iter().map(f).collect()

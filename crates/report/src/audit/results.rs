@@ -39,9 +39,10 @@ pub struct AuditResults {
     pub scores: Vec<PairScore>,
     /// The pairs with the lowest margins (the model's worst mistakes), texts shortened.
     pub worst_pairs: Vec<PairExample>,
-    /// Mean chosen − rejected margin over the pairs, 95 % bootstrap interval.
+    /// Mean chosen − rejected margin over the pairs, 95 % bootstrap interval (Student-t below
+    /// [`super::SMALL_N`] pairs).
     pub mean_margin: MeanCi,
-    /// `reward-lens eval`: accuracy overall and per subset with 95 % bootstrap intervals.
+    /// `reward-lens eval`: accuracy overall and per subset with 95 % Clopper–Pearson intervals.
     pub evaluation: ModelEval,
     /// `reward-lens lens` (normed): chosen, rejected and margin by layer.
     pub lens: LensReport,
@@ -368,9 +369,15 @@ fn accuracy_findings(r: &AuditResults, out: &mut Vec<Finding>) {
         p_value: None,
         q_value: None,
         n: e.n,
-        uncertainty: if e.ci.is_some() { "95 % bootstrap interval".into() } else { "undefined (n < 2)".into() },
+        uncertainty: if e.ci.is_some() {
+            "95 % Clopper–Pearson (exact binomial) interval".into()
+        } else {
+            "undefined (no pairs)".into()
+        },
     };
-    let margin = Evidence::mean_ci("mean margin (chosen − rejected reward)", &r.mean_margin, "95 % bootstrap interval");
+    let margin_interval =
+        if e.n < super::SMALL_N { "95 % Student-t interval, fewer than 10 pairs" } else { "95 % bootstrap interval" };
+    let margin = Evidence::mean_ci("mean margin (chosen − rejected reward)", &r.mean_margin, margin_interval);
     // Ties (margin exactly 0) count as wrong; a verdict of preferring the rejected answer needs
     // more strict losses than wins, not a model that cannot tell the answers apart.
     let wins = (e.accuracy * e.n as f64).round() as usize;
@@ -405,8 +412,8 @@ the answers apart",
         severity,
         title: "Preference accuracy".into(),
         text: format!(
-            "The model prefers the chosen answer on {} of {} pairs (95 % bootstrap interval), {verdict}; the mean \
-margin is {} reward.{ties}",
+            "The model prefers the chosen answer on {} of {} pairs (95 % exact binomial interval), {verdict}; the \
+mean margin is {} reward ({margin_interval}).{ties}",
             pct_ci(e.accuracy, e.ci),
             e.n,
             mean_ci(&r.mean_margin)
