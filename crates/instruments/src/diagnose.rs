@@ -14,8 +14,11 @@
 //! **Cascade** (matched design): each seed prompt has one pair per dimension, so per-prompt deltas
 //! `δ_k(p) = r(rejected) − r(chosen)` (positive = prefers the worse answer) can be correlated across
 //! dimensions over prompts. reward-lens 1.0 matched pairs by list index with two pairs per dimension,
-//! which makes every correlation ±1; here each correlation gets a bootstrap interval over prompts,
-//! and fewer than `MIN_MATCHED` matched prompts is refused.
+//! which makes every correlation ±1; here each correlation gets a bootstrap interval over prompts
+//! and a permutation p-value (prompts shuffled in one column), and two dimensions are linked only
+//! when |r| exceeds the threshold and the p-value survives Benjamini–Hochberg across every pair of
+//! dimensions — with 12 dimensions and 10 prompts, "|r| > 0.5 and the interval excludes 0" alone
+//! links about 5 pairs of pure noise. Fewer than `MIN_MATCHED` matched prompts is refused.
 
 use std::collections::BTreeMap;
 
@@ -23,10 +26,15 @@ use serde::Serialize;
 
 use reward_lens_engine::{PairScore, PairText};
 
-use crate::stats::{bootstrap_ci, mean, pearson};
+use crate::stats::{benjamini_hochberg, bootstrap_ci, clopper_pearson, mean, pearson};
 use crate::{InstrumentError, Result};
+use reward_lens_engine::synth::Rng;
 
 pub const MIN_MATCHED: usize = 5;
+/// Shuffles of the cascade's permutation test per pair of dimensions.
+pub const CASCADE_PERMUTATIONS: usize = 9999;
+/// Benjamini–Hochberg level of a cascade link.
+pub const CASCADE_ALPHA: f64 = 0.05;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CoverageReport {
@@ -89,7 +97,7 @@ pub struct DimensionDistortion {
 }
 
 /// `D = sensitivity × (1 − coverage)` per dimension from (dimension, margin) pairs.
-pub fn distortion(margins: &[(String, f64)], seed: u64) -> Vec<DimensionDistortion> {
+pub fn distortion(margins: &[(String, f64)]) -> Vec<DimensionDistortion> {
     let mut dims: Vec<String> = Vec::new();
     for (d, _) in margins {
         if !dims.contains(d) {
@@ -111,7 +119,7 @@ pub fn distortion(margins: &[(String, f64)], seed: u64) -> Vec<DimensionDistorti
                 dimension: d.clone(),
                 n: ms.len(),
                 coverage,
-                coverage_ci: bootstrap_ci(&wins, mean, 0.95, 2000, seed),
+                coverage_ci: clopper_pearson(wins.iter().filter(|w| **w > 0.0).count(), wins.len(), 0.95),
                 sensitivity,
                 distortion: sensitivity * (1.0 - coverage),
                 mean_margin: mean(&ms).unwrap_or(0.0),
@@ -126,6 +134,10 @@ pub struct CascadeEdge {
     pub b: String,
     pub r: f64,
     pub ci: Option<(f64, f64)>,
+    /// Two-sided permutation p-value of r (prompts shuffled in one column).
+    pub p_value: f64,
+    /// Its Benjamini–Hochberg q across every pair of dimensions.
+    pub q_value: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -136,8 +148,10 @@ pub struct CascadeReport {
     /// Mean δ per dimension (positive = prefers the worse answer).
     pub misalignment: Vec<f64>,
     pub correlation: Vec<Vec<Option<f64>>>,
-    /// Pairs with |r| > threshold whose 95 % interval excludes 0.
+    /// Pairs with |r| > threshold and permutation q < 0.05 (Benjamini–Hochberg across all
+    /// `pairs_tested` pairs of dimensions).
     pub edges: Vec<CascadeEdge>,
+    pub pairs_tested: usize,
     pub clusters: Vec<Vec<String>>,
     /// reward-lens 1.0's risk formula on these (sound) correlations; None when no correlation is
     /// defined (every dimension's δ constant over the prompts), where v1.0's formula gives 0.
@@ -150,6 +164,16 @@ pub fn cascade(
     deltas: &BTreeMap<String, BTreeMap<String, f64>>,
     threshold: f64,
     seed: u64,
+) -> Result<CascadeReport> {
+    cascade_with(dimensions, deltas, threshold, seed, CASCADE_PERMUTATIONS)
+}
+
+fn cascade_with(
+    dimensions: &[String],
+    deltas: &BTreeMap<String, BTreeMap<String, f64>>,
+    threshold: f64,
+    seed: u64,
+    permutations: usize,
 ) -> Result<CascadeReport> {
     // Only prompts with a pair in every dimension count.
     let matched: Vec<&BTreeMap<String, f64>> =
@@ -164,7 +188,7 @@ pub fn cascade(
     let col = |d: &String| -> Vec<f64> { matched.iter().map(|m| m[d]).collect() };
     let k = dimensions.len();
     let mut corr = vec![vec![None; k]; k];
-    let mut edges = Vec::new();
+    let mut candidates = Vec::new();
     for i in 0..k {
         corr[i][i] = Some(1.0);
         for j in i + 1..k {
@@ -185,10 +209,24 @@ pub fn cascade(
                 2000,
                 seed,
             );
-            if let (Some(r), Some((lo, hi))) = (r, ci) {
-                if r.abs() > threshold && (lo > 0.0 || hi < 0.0) {
-                    edges.push(CascadeEdge { a: dimensions[i].clone(), b: dimensions[j].clone(), r, ci });
-                }
+            let p = r.map(|r| pearson_permutation_p(&x, &y, r, permutations, seed));
+            candidates.push((i, j, r, ci, p));
+        }
+    }
+    let qs = benjamini_hochberg(&candidates.iter().map(|c| c.4).collect::<Vec<_>>());
+    let pairs_tested = candidates.len();
+    let mut edges = Vec::new();
+    for ((i, j, r, ci, p), q) in candidates.into_iter().zip(qs) {
+        if let (Some(r), Some(p), Some(q)) = (r, p, q) {
+            if r.abs() > threshold && q < CASCADE_ALPHA {
+                edges.push(CascadeEdge {
+                    a: dimensions[i].clone(),
+                    b: dimensions[j].clone(),
+                    r,
+                    ci,
+                    p_value: p,
+                    q_value: q,
+                });
             }
         }
     }
@@ -219,11 +257,8 @@ pub fn cascade(
         (0..k).flat_map(|i| (i + 1..k).map(move |j| (i, j))).filter_map(|(i, j)| corr[i][j]).map(f64::abs).collect();
     let pos = misalignment.iter().map(|s| s.max(0.0)).sum::<f64>() / k.max(1) as f64;
     let mean_abs = mean(&upper).unwrap_or(0.0);
-    let frac = if upper.is_empty() {
-        0.0
-    } else {
-        upper.iter().filter(|r| **r > threshold).count() as f64 / upper.len() as f64
-    };
+    // The share of linked pairs (reward-lens 1.0 counted every |r| > threshold, noise included).
+    let frac = if upper.is_empty() { 0.0 } else { edges.len() as f64 / upper.len() as f64 };
     let risk = (!upper.is_empty()).then(|| (0.4 * (pos / 0.2).min(1.0) + 0.3 * mean_abs + 0.3 * frac).clamp(0.0, 1.0));
     Ok(CascadeReport {
         dimensions: dimensions.to_vec(),
@@ -231,9 +266,26 @@ pub fn cascade(
         misalignment,
         correlation: corr,
         edges,
+        pairs_tested,
         clusters,
         risk,
     })
+}
+
+/// Two-sided permutation p-value of Pearson's r: the share of `permutations` seeded shuffles of y
+/// whose |r| reaches the observed one, +1 corrected.
+fn pearson_permutation_p(x: &[f64], y: &[f64], observed: f64, permutations: usize, seed: u64) -> f64 {
+    let mut rng = Rng::new(seed);
+    let mut ys = y.to_vec();
+    let tol = 1e-12;
+    let mut hits = 0usize;
+    for _ in 0..permutations {
+        rng.shuffle(&mut ys);
+        if pearson(x, &ys).is_some_and(|r| r.abs() >= observed.abs() - tol) {
+            hits += 1;
+        }
+    }
+    (hits + 1) as f64 / (permutations + 1) as f64
 }
 
 /// `reward-lens diagnose`'s whole result over a scored diagnostic set.
@@ -300,7 +352,7 @@ pub fn diagnose(pairs: &[PairText], scores: &[PairScore], threshold: f64, seed: 
             )));
         }
     }
-    let dist = distortion(&margins, seed);
+    let dist = distortion(&margins);
     let dims: Vec<String> = dist.iter().map(|d| d.dimension.clone()).collect();
     let probes: Vec<(f64, Vec<usize>)> =
         margins.iter().map(|(d, m)| (*m, vec![dims.iter().position(|x| x == d).expect("listed")])).collect();
@@ -362,7 +414,7 @@ mod tests {
         let m = |d: &str, x: f64| (d.to_string(), x);
         let margins =
             vec![m("good", 1.0), m("good", 0.8), m("bad", -2.0), m("bad", -1.5), m("weak", 0.1), m("weak", -0.1)];
-        let r = distortion(&margins, 0);
+        let r = distortion(&margins);
         let get = |d: &str| r.iter().find(|x| x.dimension == d).unwrap();
         assert_eq!(get("good").distortion, 0.0);
         assert!(get("bad").distortion > 1.0);
@@ -395,5 +447,47 @@ mod tests {
         assert_eq!((r.edges[0].a.as_str(), r.edges[0].b.as_str()), ("a", "b"));
         assert_eq!(r.clusters, vec![vec!["a".to_string(), "b".to_string()]]);
         assert!(r.correlation[0][2].unwrap().abs() < 0.9);
+    }
+
+    #[test]
+    fn cascade_links_no_noise_where_the_interval_rule_linked_five_per_set() {
+        // 12 dimensions × 10 prompts of independent noise, as in the review that found the old
+        // rule (|r| > 0.5 and the bootstrap interval excludes 0) linking ~5 pairs per data set.
+        let dims: Vec<String> = (0..12).map(|d| format!("d{d}")).collect();
+        let mut rng = Rng::new(11);
+        let (mut sets_with_links, mut old_rule_links, runs) = (0, 0, 40);
+        for run in 0..runs {
+            let mut deltas: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
+            for p in 0..10 {
+                deltas.insert(format!("{p}"), dims.iter().map(|d| (d.clone(), rng.normal())).collect());
+            }
+            let r = cascade_with(&dims, &deltas, 0.5, run, 199).unwrap();
+            assert_eq!(r.pairs_tested, 66);
+            sets_with_links += usize::from(!r.edges.is_empty());
+            let col = |d: &String| -> Vec<f64> { deltas.values().map(|m| m[d]).collect() };
+            for i in 0..12 {
+                for j in i + 1..12 {
+                    let (x, y) = (col(&dims[i]), col(&dims[j]));
+                    let idx: Vec<f64> = (0..10).map(|p| p as f64).collect();
+                    let ci = bootstrap_ci(
+                        &idx,
+                        |s| {
+                            let xs: Vec<f64> = s.iter().map(|&p| x[p as usize]).collect();
+                            let ys: Vec<f64> = s.iter().map(|&p| y[p as usize]).collect();
+                            pearson(&xs, &ys)
+                        },
+                        0.95,
+                        500,
+                        run,
+                    );
+                    let r = pearson(&x, &y).unwrap();
+                    old_rule_links += usize::from(r.abs() > 0.5 && ci.is_some_and(|(lo, hi)| lo > 0.0 || hi < 0.0));
+                }
+            }
+        }
+        eprintln!("noise: {sets_with_links} of {runs} sets linked; the old rule made {old_rule_links} links");
+        // BH controls the family-wise error under the global null: about 5 % of sets.
+        assert!(sets_with_links <= 6, "{sets_with_links} of {runs} noise sets got links");
+        assert!(old_rule_links > 2 * runs as usize, "the old rule linked {old_rule_links}");
     }
 }

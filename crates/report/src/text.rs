@@ -175,7 +175,7 @@ pub fn diagnose_table(r: &DiagnoseReport) -> String {
             let _ = writeln!(s, "cascade over {} matched prompts: risk {risk}", c.n_prompts);
             for e in c.edges.iter().take(5) {
                 let ci = e.ci.map_or(String::new(), |(l, h)| format!(" [{l:+.2}, {h:+.2}]"));
-                let _ = writeln!(s, "  {} ~ {}: r = {:+.2}{ci}", e.a, e.b, e.r);
+                let _ = writeln!(s, "  {} ~ {}: r = {:+.2}{ci}, permutation q = {:.3}", e.a, e.b, e.r, e.q_value);
             }
             for cl in &c.clusters {
                 let _ = writeln!(s, "  cluster: {}", cl.join(", "));
