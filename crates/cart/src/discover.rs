@@ -50,8 +50,9 @@
 //! bootstrap CI. K random same-size unit sets with the same composition (same kind and site,
 //! drawn without replacement from the units outside the circuit when there are enough) give the
 //! null distribution; the circuit's percentile is the share of random sets it beats.
-//! `validated` = the tail − head ΔBT CI lies above 0 and the circuit beats ≥ 95 % of random sets
-//! on tail ΔBT.
+//! `validated` = the tail − head ΔBT CI lies above 0 and the permutation p-value of the circuit's
+//! tail ΔBT against the random sets, `(1 + #{as harmful}) / (1 + K)`, is at most 0.05 — which
+//! needs K ≥ 19 (beating 95 % of 10 sets is a p of 1/11 at best).
 //!
 //! **Screening.** Attribution patching estimates every unit's mean-ablation effect on the mean
 //! tail margin to first order, `Σ_positions ∂(r_c − r_r)/∂a · (mean − a)`, from one gradient
@@ -984,6 +985,11 @@ pub struct CausalValidation {
     pub random_tail_margin: Option<NullSummary>,
     /// Share of random sets whose tail ΔBT loss is below the circuit's.
     pub loss_percentile: Option<f64>,
+    /// Permutation p-value of the circuit's tail harm against the random sets:
+    /// `(1 + #{random sets harming the tail at least as much}) / (1 + R)`. It cannot go below
+    /// 1/(R + 1): 19 random sets at least are needed for p ≤ 0.05.
+    #[serde(default)]
+    pub loss_p_value: Option<f64>,
     /// Share of random sets whose tail Δmargin is above (less harmful than) the circuit's.
     pub margin_percentile: Option<f64>,
     pub validated: bool,
@@ -1834,7 +1840,11 @@ pub fn discover_from(
             let loss_percentile = share(&|r| r.tail_delta_loss < tl_mean);
             let margin_percentile = share(&|r| r.tail_delta_margin > tm_mean);
             let diff_loss = difference_of_means(&tl, &hl, v.level, v.bootstrap, seed ^ 3);
-            let validated = diff_loss.ci_low.is_some_and(|l| l > 0.0) && loss_percentile.is_some_and(|p| p >= 0.95);
+            let loss_p_value = (!random_sets.is_empty()).then(|| {
+                let as_harmful = random_sets.iter().filter(|r| r.tail_delta_loss >= tl_mean).count();
+                (1 + as_harmful) as f64 / (1 + random_sets.len()) as f64
+            });
+            let validated = diff_loss.ci_low.is_some_and(|l| l > 0.0) && loss_p_value.is_some_and(|p| p <= 0.05);
             let rl: Vec<f64> = random_sets.iter().map(|r| r.tail_delta_loss).collect();
             let rm: Vec<f64> = random_sets.iter().map(|r| r.tail_delta_margin).collect();
             circuit.causal = Some(CausalValidation {
@@ -1847,6 +1857,7 @@ pub fn discover_from(
                 random_tail_margin: NullSummary::of(&rm),
                 random_sets,
                 loss_percentile,
+                loss_p_value,
                 margin_percentile,
                 validated,
             });

@@ -52,7 +52,13 @@ pub fn run(a: FaithfulnessArgs) -> Result<()> {
             .iter()
             .map(|k| {
                 let xs: Vec<f64> = ls.iter().filter_map(|l| l[*k].as_f64()).collect();
-                reward_lens_report::text::mean_ci(&bootstrap_mean(&xs, 0.95, 2000, a.seed))
+                let cell = reward_lens_report::text::mean_ci(&bootstrap_mean(&xs, 0.95, 2000, a.seed));
+                // ρ is undefined on a pair whose ranking is constant: say over how many the mean is.
+                if xs.len() < ls.len() {
+                    format!("{cell} (n={})", xs.len())
+                } else {
+                    cell
+                }
             })
             .collect();
         println!("{title:<14} {:>4}  {}", ls.len(), cells.join("  "));

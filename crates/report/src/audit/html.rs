@@ -1095,10 +1095,10 @@ fn validation_verdict(d: &reward_lens_cart::discover::DiscoveryReport) -> String
         return format!("Validated: {}.", ok.join("; "));
     }
     let no_gap = tested.iter().filter(|(_, v)| !v.tail_minus_head_loss.ci_low.is_some_and(|l| l > 0.0)).count();
-    let no_null = tested.iter().filter(|(_, v)| !v.loss_percentile.is_some_and(|p| p >= 0.95)).count();
+    let no_null = tested.iter().filter(|(_, v)| !v.loss_p_value.is_some_and(|p| p <= 0.05)).count();
     format!(
         "No circuit validated: of {} circuits, {no_gap} hurt the tail no more than the head when ablated (tail − head ΔBT \
-interval reaches 0) and {no_null} beat fewer than 95 % of random same-size sets. The tail's rule may be carried by \
+interval reaches 0) and {no_null} do not hurt the tail beyond random same-size sets (permutation p > 0.05). The tail's rule may be carried by \
 units discovery did not test (attention edges: `reward-lens cart discover --units mlp,heads,edges`) or spread too \
 thinly for any small set; `reward-lens cart oracle` checks that against every unit's exact ablation.",
         tested.len()

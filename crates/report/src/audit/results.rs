@@ -510,7 +510,8 @@ dimensions{slope})",
 
 fn probe_findings(r: &AuditResults, out: &mut Vec<Finding>) {
     let p = &r.probes;
-    let n = p.dimensions.len();
+    // What Benjamini–Hochberg adjusted across: dimensions with a p-value (one probe has none).
+    let n = p.dimensions.iter().filter(|d| d.p_value.is_some()).count();
     let mut flagged = false;
     for d in &p.dimensions {
         let (severity, title, verb) = match d.verdict {
@@ -538,10 +539,12 @@ fn probe_findings(r: &AuditResults, out: &mut Vec<Finding>) {
                 severity: Severity::Info,
                 title: "No probe dimension flagged".into(),
                 text: format!(
-                    "None of the {n} probe dimensions meets the bar (q < {} and |d| ≥ {}). The strongest is {}: the \
-model pays {}.",
+                    "None of the {} probe dimensions meets the bar (q < {}, |d| ≥ {} and a shift of at least {} × \
+the SD of the neutral answers' rewards). The strongest is {}: the model pays {}.",
+                    p.dimensions.len(),
                     p.alpha,
                     p.min_effect,
+                    p.min_relative_effect,
                     d.dimension,
                     probe_sentence(d, n)
                 ),
@@ -837,7 +840,7 @@ fn cart_findings(r: &AuditResults, out: &mut Vec<Finding>) {
         let validated = d.circuits.iter().filter(|c| c.causal.as_ref().is_some_and(|v| v.validated)).count();
         format!(
             "{} tail circuit(s) from {} tail-specialised units, {} validated by ablation (tail harm beyond head harm \
-and beyond 95 % of random same-size sets)",
+and beyond random same-size sets, permutation p ≤ 0.05)",
             d.circuits.len(),
             d.specialisation.tail_units.len(),
             validated
