@@ -95,13 +95,13 @@ def patch(
     model: Model, pairs: Pairs, mode: str = "noising", granularity: str = "sublayer", align: str = "anchored",
     positions: str = "all", mean_reference: Optional[Pairs] = None, v1_compat: bool = False, naive: bool = False,
     verify_top: int = 0, batch_size: int = 16, seed: int = 0, truncate_prompt: bool = False,
-    progress: Progress = None,
+    progress: Progress = None, divergence_reference: Optional[Pairs] = None,
 ) -> Report: ...
 def atp(
     model: Model, pairs: Pairs, mode: str = "noising", granularity: str = "sublayer", align: str = "anchored",
     positions: str = "all", mean_reference: Optional[Pairs] = None, v1_compat: bool = False, naive: bool = False,
     verify_top: int = 0, batch_size: int = 16, seed: int = 0, truncate_prompt: bool = False,
-    progress: Progress = None,
+    progress: Progress = None, divergence_reference: Optional[Pairs] = None,
 ) -> Report: ...
 def path_patch(
     model: Model, pairs: Pairs, sender: Union[str, tuple[int, int]], receivers: Union[str, Sequence[str], None] = None,

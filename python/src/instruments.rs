@@ -127,6 +127,21 @@ pub fn attribute<'py>(
     envelope(py, "attribution", &model.name, &pairs, &rep)
 }
 
+/// Reference texts given as pairs: each one's prompt + chosen, encoded.
+fn reference_ids(py: Python<'_>, m: &RewardModel, r: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<Vec<u32>>> {
+    let refs = convert::named_pairs(r, what)?;
+    detached(py, || {
+        refs.iter()
+            .map(|p| {
+                m.encode(&p.prompt, &p.chosen, Truncation::Error)
+                    .map(|e| e.ids)
+                    .map_err(|e| format!("{}: {e}", p.location()))
+            })
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(|e| input(format!("{what}: {e}")))
+    })
+}
+
 #[allow(clippy::too_many_arguments)]
 fn patch_options(
     py: Python<'_>,
@@ -145,19 +160,7 @@ fn patch_options(
     let mode: PatchMode = choice(mode, "mode")?;
     let mean_reference = match mean_reference {
         None => Vec::new(),
-        Some(r) => {
-            let refs = convert::named_pairs(r, "mean_reference")?;
-            detached(py, || {
-                refs.iter()
-                    .map(|p| {
-                        m.encode(&p.prompt, &p.chosen, Truncation::Error)
-                            .map(|e| e.ids)
-                            .map_err(|e| format!("{}: {e}", p.location()))
-                    })
-                    .collect::<Result<Vec<_>, String>>()
-                    .map_err(|e| input(format!("mean_reference: {e}")))
-            })?
-        }
+        Some(r) => reference_ids(py, m, r, "mean_reference")?,
     };
     if mode == PatchMode::Mean && mean_reference.is_empty() {
         return Err(input("mode=\"mean\" needs mean_reference (pairs whose prompt + chosen are the reference texts)"));
@@ -185,7 +188,7 @@ macro_rules! patch_like {
         #[pyfunction]
         #[pyo3(signature = (model, pairs, mode="noising", granularity="sublayer", align="anchored", positions="all",
                             mean_reference=None, v1_compat=false, naive=false, verify_top=0, batch_size=16, seed=0,
-                            truncate_prompt=false, progress=None))]
+                            truncate_prompt=false, progress=None, divergence_reference=None))]
         #[allow(clippy::too_many_arguments)]
         pub fn $name<'py>(
             py: Python<'py>,
@@ -203,8 +206,16 @@ macro_rules! patch_like {
             seed: u64,
             truncate_prompt: bool,
             progress: Option<Py<PyAny>>,
+            divergence_reference: Option<&Bound<'py, PyAny>>,
         ) -> PyResult<Bound<'py, PyAny>> {
             let m = &model.inner;
+            let is_patch = $label == "patching";
+            if divergence_reference.is_some() && !is_patch {
+                return Err(input("divergence_reference applies to patch, not atp"));
+            }
+            if divergence_reference.is_some() && granularity != "sublayer" {
+                return Err(input("divergence_reference scores sublayer patches (granularity=\"sublayer\")"));
+            }
             let opts = patch_options(
                 py,
                 m,
@@ -223,7 +234,20 @@ macro_rules! patch_like {
             let bar = Bar::new(py, $label, progress.as_ref())?;
             let n = ids.len();
             let rep = detached(py, || $lib(m, &ids, &opts, &mut |d| bar.update(d, n, None)).or_raise())?;
-            envelope(py, $label, &model.name, &pairs, &rep)
+            let Some(r) = divergence_reference else {
+                return envelope(py, $label, &model.name, &pairs, &rep);
+            };
+            // As `patch --divergence-reference`: the reference's own activations at every patched
+            // site, and each pair's patched activations measured against them.
+            let texts = reference_ids(py, m, r, "divergence_reference")?;
+            let div = detached(py, || {
+                let names: Vec<String> = rep.components.iter().map(|c| c.name.clone()).collect();
+                let reference = reward_lens_instruments::divergence::Reference::fit(m, &names, &texts).or_raise()?;
+                reward_lens_instruments::divergence::check(m, &rep, &ids, &reference, v1_compat).or_raise()
+            })?;
+            let mut v = serde_json::to_value(&rep).or_raise()?;
+            v["divergence"] = serde_json::to_value(&div).or_raise()?;
+            envelope(py, $label, &model.name, &pairs, &v)
         }
     };
 }

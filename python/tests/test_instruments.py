@@ -99,6 +99,22 @@ def test_patching_equals_command(cli, tmp_path, model, command):
         close(p["original_margin"], line["original_margin"])
 
 
+def test_divergence_reference_equals_command(cli, tmp_path, model):
+    # Python's divergence_reference= is the command's --divergence-reference, pair by pair.
+    out = tmp_path / "patch.jsonl"
+    run_cli(cli, "patch", "--model", LLAMA, "--pairs", PAIRS, "--divergence-reference", PAIRS, "--out", out)
+    want = cli_lines(out)
+    rep = rl.patch(model, PAIRS, divergence_reference=PAIRS, progress=False)["report"]
+    got = rl.to_json(rep["divergence"])["pairs"]
+    assert len(got) == len(want) == len(rep["pairs"])
+    for g, line in zip(got, want):
+        close(g, line["divergence"])
+    with pytest.raises(ValueError, match="applies to patch, not atp"):
+        rl.atp(model, PAIRS, divergence_reference=PAIRS, progress=False)
+    with pytest.raises(ValueError, match="sublayer"):
+        rl.patch(model, PAIRS, granularity="head", divergence_reference=PAIRS, progress=False)
+
+
 def test_verified_atp_is_patching_where_it_verifies(model):
     exact = rl.patch(model, PAIRS, granularity="head", progress=False)["report"]
     verified = rl.atp(model, PAIRS, granularity="head", verify_top=2, progress=False)["report"]

@@ -93,10 +93,11 @@ impl DiscoveryReport {
                 );
                 let _ = writeln!(
                     o,
-                    "  Δaccuracy tail {} · beats {} of {} random sets · {}",
+                    "  Δaccuracy tail {} · beats {} of {} random sets (permutation p {}) · {}",
                     fmt_est(&v.tail.delta_accuracy),
                     v.loss_percentile.map_or("—".into(), |p| format!("{:.0}%", 100.0 * p)),
                     v.random_sets.len(),
+                    v.loss_p_value.map_or("—".into(), |p| format!("{p:.3}")),
                     if v.validated { "VALIDATED" } else { "not validated" }
                 );
             }

@@ -131,7 +131,7 @@ fn the_tail_rule_is_an_attention_gate_that_the_oracle_and_discovery_both_find() 
     let dopts = DiscoverOptions {
         units: UnitOptions { mlp: Layers::Last, heads: Layers::All, edges: Layers::Last, ..Default::default() },
         threshold: Threshold::MaxT { permutations: 200, family_alpha: 0.05 },
-        validation: ValidationOptions { random_sets: 10, ..Default::default() },
+        validation: ValidationOptions { random_sets: 19, ..Default::default() },
         screening: ScreeningOptions { enabled: false, top: 0 },
         batch_size: 50,
         seed: 1,

@@ -32,7 +32,7 @@ impl From<DtypeArg> for DType {
 #[derive(Args, Clone, Debug)]
 pub struct ModelArgs {
     /// HuggingFace model directory (config.json, *.safetensors, tokenizer.json). Default: the
-    /// embedded example model.
+    /// embedded example model (audit: the `default` model organism).
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
     /// Compute dtype. f32 is exact enough for analysis; bf16/f16 halve memory.

@@ -18,20 +18,25 @@ results.json  every number: model info, accuracy per subset, reward lens, exact 
 AtP, faithfulness (Spearman ρ of DLA/AtP vs patching), probes, concepts, conflicts, timings, and the findings\n  \
 report.html   one self-contained page (no scripts, no network) with the findings in plain words and a plot per \
 instrument\n\n\
-Stages: model info → evaluation (accuracy with 95% bootstrap CIs) → reward lens (chosen, rejected, margin by layer) \
+Without --model it audits the `default` model organism with its own test pairs, probes, concepts and answer key \
+(--preset picks another organism); with --model, the defaults below apply.\n\n\
+Stages: model info → evaluation (accuracy with 95% exact binomial CIs) → reward lens (chosen, rejected, margin by layer) \
 → exact attribution (each sublayer's share of the margin) → activation patching (noising: each attention/MLP output \
 from the rejected run into the chosen run), attribution patching and their agreement with attribution → \
-reward-hacking probes (what the model pays for padding, flattery, emoji, …; sign-flip p, BH q) → concept alignment \
-with the reward direction (random-direction null) → conflicts between subsets' preference directions.\n\n\
-Every interval is a 95% percentile bootstrap (2000 resamples, seeded); every p-value says its null.\n\n\
+reward-hacking probes (what the model pays for padding, flattery, emoji, …; sign-flip p, BH q) → concepts (does the \
+reward move with each behaviour: sign-flip test of the per-pair shifts; and where its vector points) → conflicts \
+between subsets' preference directions (permutation test) → CART: tail circuits (the --tail-subsets pairs), their \
+validation by ablation against random unit sets, and the long-tail bound's ingredients.\n\n\
+Intervals are 95% percentile bootstraps (2000 resamples, seeded) unless a finding names another (accuracies: exact \
+binomial); every p-value says its null.\n\n\
 Examples:\n  reward-lens audit\n  reward-lens audit --model path/to/reward-model --pairs rewardbench.jsonl --out audit-rb\n  \
 reward-lens audit --model DIR --probes my-probes/ --concepts my-concepts/ --max-pairs 200")]
 pub struct AuditArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Preference pairs, JSONL with RewardBench's field names (prompt, chosen, rejected, optional subset and id).
-    /// Subsets drive the per-subset accuracy and the conflicts stage. Default: the 20 bundled example pairs
-    /// (examples/pairs.jsonl, 8 subsets).
+    /// Subsets drive the per-subset accuracy and the conflicts stage. Default: the organism's test pairs
+    /// without --model; with --model, the 20 bundled example pairs (examples/pairs.jsonl, 8 subsets).
     #[arg(long, value_name = "FILE.jsonl")]
     pub pairs: Option<PathBuf>,
     /// Audit at most this many pairs (a seeded random sample, kept in file order, when the file has more);
@@ -39,11 +44,13 @@ pub struct AuditArgs {
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub max_pairs: usize,
     /// Reward-hacking probe files, or directories of *.jsonl probe files (fields id, prompt, neutral, biased,
-    /// dimension, edit). Repeatable. Default: the 110 built-in probes in 11 dimensions (data/probes).
+    /// dimension, edit). Repeatable; they replace the built-in ones. Default: the organism's probes without
+    /// --model; with --model, the 110 built-in probes in 11 dimensions (data/probes).
     #[arg(long = "probes", value_name = "PATH")]
     pub probes: Vec<PathBuf>,
     /// Concept files, or directories of *.jsonl concept files (fields prompt, positive, negative; the file name
-    /// names the concept). Repeatable. Default: the 8 built-in concepts (data/concepts).
+    /// names the concept). Repeatable; they replace the built-in ones. Default: the organism's concepts
+    /// without --model; with --model, the 8 built-in concepts (data/concepts).
     #[arg(long = "concepts", value_name = "PATH")]
     pub concepts: Vec<PathBuf>,
     /// Output directory for results.json and report.html (created if missing; files in it are overwritten).

@@ -77,7 +77,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub stages: bool,
     /// Instead: time scoring 64 generated pairs with a RewardBench-like spread of lengths
-    /// (log-normal; sequences of 3–512 tokens) at the largest --batch-sizes, with batches taken in
+    /// (log-normal, fixed seed: sequences of 48–512 tokens) at the largest --batch-sizes, with batches taken in
     /// input order and batched by length as every command batches them; reports real tokens/s,
     /// the share of padding and the largest difference between the two orders' rewards (relative to
     /// the largest reward).

@@ -42,7 +42,8 @@ pub use args::{keep_models, DtypeArg, ModelArgs};
 A reward model reads (prompt, response) and returns one number. reward-lens loads HuggingFace reward \
 models (Llama, Mistral, Qwen2, Qwen3, Gemma-2, GPT-2, ArmoRM) from a local directory, scores preference \
 pairs, and exports activations at TransformerLens-named sites.\n\n\
-Every command takes --model DIR; without it, a small example model embedded in the binary is used.\n\n\
+Every command that reads a model takes --model DIR; without it, a small example model embedded in the binary is \
+used (audit: the `default` model organism, trained on first use and cached).\n\n\
 Large populations: score, eval, lens, attribute, patch, atp, path-patch, faithfulness and audit take --shard K/N (the K-th of N \
 contiguous ranges of the pairs file); `reward-lens merge` turns the N outputs into exactly what one run writes, \
 `reward-lens status` says which shards are done.",

@@ -60,6 +60,18 @@ fn slurm_task(work: &Path, k: usize, n: usize) -> Command {
     c.arg(slurm("shard.sbatch"));
     env(&mut c, work);
     c.env("SLURM_ARRAY_TASK_ID", k.to_string()).env("SLURM_ARRAY_TASK_COUNT", n.to_string());
+    c.env("SLURM_ARRAY_TASK_MIN", "0").env("SLURM_ARRAY_TASK_MAX", (n - 1).to_string());
+    c.env("SLURM_CPUS_PER_TASK", "1");
+    c
+}
+
+/// What SLURM sets for `sbatch --array=K`: an array of one task.
+fn slurm_rerun(work: &Path, k: usize) -> Command {
+    let mut c = Command::new("bash");
+    c.arg(slurm("shard.sbatch"));
+    env(&mut c, work);
+    c.env("SLURM_ARRAY_TASK_ID", k.to_string()).env("SLURM_ARRAY_TASK_COUNT", "1");
+    c.env("SLURM_ARRAY_TASK_MIN", k.to_string()).env("SLURM_ARRAY_TASK_MAX", k.to_string());
     c.env("SLURM_CPUS_PER_TASK", "1");
     c
 }
@@ -77,7 +89,11 @@ fn the_slurm_array_and_its_merge_give_one_runs_bytes() {
     let part = work.join("shards/scores.5.jsonl");
     let text = std::fs::read_to_string(&part).unwrap();
     std::fs::write(&part, &text[..text.find('\n').unwrap() + 9]).unwrap();
-    let o = run(&mut slurm_task(&work, 5, n));
+    // `sbatch --array=5` alone: an array of one, so N must be named (SHARDS), not taken from it.
+    let o = slurm_rerun(&work, 5).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("set SHARDS") && err.contains("--array=5"), "{err}");
+    let o = run(slurm_rerun(&work, 5).env("SHARDS", n.to_string()));
     assert!(String::from_utf8_lossy(&o.stderr).contains("resuming: 1 of 3 pairs already scored"));
     let mut merge = Command::new("bash");
     merge.arg(slurm("merge.sbatch"));
@@ -113,6 +129,8 @@ fn submit_queues_the_merge_after_every_array_task() {
     let calls: Vec<String> = std::fs::read_to_string(&log).unwrap().lines().map(str::to_string).collect();
     assert_eq!(calls.len(), 2, "{calls:?}");
     assert!(calls[0].contains("--parsable") && calls[0].ends_with("shard.sbatch"), "{}", calls[0]);
+    // The array's size and SHARDS (what a rerun of one task needs) come from shard.sbatch's line.
+    assert!(calls[0].contains("--array=0-7 "), "{}", calls[0]);
     assert!(calls[1].contains("--dependency=afterok:4242 ") && calls[1].ends_with("merge.sbatch"), "{}", calls[1]);
     assert!(d.join("work/logs").is_dir());
 }
