@@ -208,15 +208,34 @@ impl<'a> Fields<'a> {
             Some(x) => x.as_str().map(Some).ok_or_else(|| self.err(key, format!("expected a string, found {x}"))),
         }
     }
-    /// Token ids may be an integer or a list (first entry used).
+    /// One token id, checked whole: tokenizers' ids are u32, and a larger number cut to 32 bits
+    /// would silently name another token.
+    fn id_of(&self, key: &str, x: &Value) -> Result<u32> {
+        let n = x.as_u64().ok_or_else(|| self.err(key, format!("expected a token id (an integer), found {x}")))?;
+        u32::try_from(n)
+            .map_err(|_| self.err(key, format!("{n} is not a token id (token ids are at most {})", u32::MAX)))
+    }
+    /// A single token id. transformers types `pad_token_id` as `int | None` and refuses a list,
+    /// so a list here is a config it cannot load, not a choice to guess from.
     fn token_id(&self, key: &str) -> Result<Option<u32>> {
         match self.get(key) {
             None => Ok(None),
-            Some(Value::Array(a)) => Ok(a.first().and_then(|x| x.as_u64()).map(|n| n as u32)),
-            Some(x) => x
-                .as_u64()
-                .map(|n| Some(n as u32))
-                .ok_or_else(|| self.err(key, format!("expected a token id, found {x}"))),
+            Some(x @ Value::Array(_)) => {
+                Err(self.err(key, format!("expected one token id (an integer or null), found the list {x}")))
+            }
+            Some(x) => self.id_of(key, x).map(Some),
+        }
+    }
+    /// `eos_token_id` may be a list of stop tokens (generation configs use several); the first
+    /// is kept, every entry is checked. `bos_token_id` is read the same way: nothing here uses it.
+    fn token_id_or_list(&self, key: &str) -> Result<Option<u32>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Array(a)) => {
+                let ids = a.iter().map(|x| self.id_of(key, x)).collect::<Result<Vec<_>>>()?;
+                Ok(ids.first().copied())
+            }
+            Some(x) => self.id_of(key, x).map(Some),
         }
     }
 }
@@ -417,12 +436,9 @@ impl ModelConfig {
         let gating = if architecture == Architecture::ArmoRm {
             let pattern = match f.get("gating_token_pattern") {
                 None => None,
-                Some(Value::Array(a)) => Some(
-                    a.iter()
-                        .map(|x| x.as_u64().map(|n| n as u32))
-                        .collect::<Option<Vec<_>>>()
-                        .ok_or_else(|| f.err("gating_token_pattern", "expected a list of token ids"))?,
-                ),
+                Some(Value::Array(a)) => {
+                    Some(a.iter().map(|x| f.id_of("gating_token_pattern", x)).collect::<Result<Vec<_>>>()?)
+                }
                 Some(_) => return Err(f.err("gating_token_pattern", "expected a list of token ids")),
             };
             Some(GatingConfig {
@@ -467,8 +483,8 @@ impl ModelConfig {
             attn_softcap,
             sliding_window,
             pad_token_id: f.token_id("pad_token_id")?,
-            bos_token_id: f.token_id("bos_token_id")?,
-            eos_token_id: f.token_id("eos_token_id")?,
+            bos_token_id: f.token_id_or_list("bos_token_id")?,
+            eos_token_id: f.token_id_or_list("eos_token_id")?,
             num_labels,
             tie_word_embeddings: f.bool_opt("tie_word_embeddings")?.unwrap_or(is_gpt2),
             gating,

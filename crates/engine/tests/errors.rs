@@ -905,3 +905,35 @@ fn armorm_pools_each_sequence_by_its_own_tokens_whatever_the_padding() {
         assert!((r.chosen - l.chosen).abs() < 1e-5 && (r.rejected - l.rejected).abs() < 1e-5, "{r:?} {l:?}");
     }
 }
+
+/// Token ids are u32: a larger number in config.json would be cut to 32 bits and silently name
+/// another token (4294967302 became 6), and transformers refuses a list for `pad_token_id`
+/// (a list used to mean "its first entry", an empty one "no pad"). Each is refused by file,
+/// field and value; `eos_token_id` keeps its legitimate list form.
+#[test]
+fn token_ids_beyond_u32_or_listed_pads_are_refused() {
+    use serde_json::json;
+    for (fixture, field, value, expect) in [
+        ("llama", "pad_token_id", json!(4_294_967_302u64), "4294967302"),
+        ("llama", "pad_token_id", json!([6, 0]), "[6,0]"),
+        ("llama", "pad_token_id", json!([]), "[]"),
+        ("llama", "eos_token_id", json!([2, 4_294_967_302u64]), "4294967302"),
+        ("llama", "bos_token_id", json!(4_294_967_297u64), "4294967297"),
+        ("armorm", "gating_token_pattern", json!([6, 4, 4_294_967_501u64]), "4294967501"),
+    ] {
+        let s = Scratch::copy_of(fixture);
+        let mut v = s.config();
+        v[field] = value;
+        s.write_config(&v);
+        let e = load_err(&s.0);
+        assert!(matches!(e, EngineError::ConfigField { field: ref f, .. } if f == field), "{field}: {e}");
+        has(&e.to_string(), &["config.json", &format!("`{field}`"), expect]);
+    }
+    // A list of stop tokens stays a valid eos_token_id.
+    let s = Scratch::copy_of("llama");
+    let mut v = s.config();
+    v["eos_token_id"] = json!([2, 6]);
+    s.write_config(&v);
+    let model = RewardModel::load(&s.0, &LoadOptions::default()).unwrap();
+    assert_eq!(model.config.eos_token_id, Some(2));
+}
