@@ -937,3 +937,85 @@ fn token_ids_beyond_u32_or_listed_pads_are_refused() {
     let model = RewardModel::load(&s.0, &LoadOptions::default()).unwrap();
     assert_eq!(model.config.eos_token_id, Some(2));
 }
+
+fn gate_pattern(model: &RewardModel) -> Vec<u32> {
+    match &model.head {
+        reward_lens_engine::head::RewardHead::Gated(g) => g.token_pattern.clone(),
+        _ => panic!("not a gated head"),
+    }
+}
+
+/// The armorm fixture with its `token_pattern = [6, 4, 205]` line replaced by `code`.
+fn armorm_with_pattern(code: &str) -> Scratch {
+    let s = Scratch::copy_of("armorm");
+    let path = s.path("modeling_custom.py");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("\ntoken_pattern = [6, 4, 205]\n"));
+    std::fs::write(&path, text.replace("\ntoken_pattern = [6, 4, 205]\n", &format!("\n{code}\n"))).unwrap();
+    s
+}
+
+/// ArmoRM gates where `token_pattern` in modeling_custom.py says, whatever Python layout writes
+/// the list: a trailing comma or a list over several lines used to read as "no pattern", and the
+/// loader silently derived another one (rewards off by up to 0.03).
+#[test]
+fn armorm_pattern_is_read_in_any_python_layout() {
+    let scores = |s: &Scratch| {
+        let model = RewardModel::load(&s.0, &LoadOptions::default()).unwrap();
+        let texts: Vec<reward_lens_engine::PairText> =
+            common::pairs().into_iter().map(|v| serde_json::from_value(v).unwrap()).collect();
+        let enc = model.encode_pairs(&texts, Truncation::Error).unwrap();
+        let opts = reward_lens_engine::ScoreOptions { batch_size: 16, padding: PaddingSide::Right };
+        let out = model.score_pairs(&enc, &opts, &mut |_| {}).unwrap();
+        (gate_pattern(&model), out.iter().flat_map(|r| [r.chosen, r.rejected]).collect::<Vec<f32>>())
+    };
+    // [4, 205] is not the pattern the template's boundary would give, so a fallback shows.
+    let (pattern, reference) = scores(&armorm_with_pattern("token_pattern = [4, 205]"));
+    assert_eq!(pattern, [4, 205]);
+    for code in [
+        "token_pattern = [4, 205,]",
+        "token_pattern = [\n    4, 205\n]",
+        "token_pattern = [  # <|assistant|>\n    4,\n    205,  # \\n\n]  # the gate",
+        "token_pattern: list[int] = [0x4, 2_05]",
+    ] {
+        let (pattern, got) = scores(&armorm_with_pattern(code));
+        assert_eq!(pattern, [4, 205], "{code:?}");
+        assert_eq!(got, reference, "{code:?}");
+    }
+}
+
+/// An assignment the text reader cannot follow is refused by file and line, not replaced.
+#[test]
+fn armorm_unreadable_pattern_names_the_line() {
+    for code in [
+        "token_pattern = tokenizer.encode('<|end|>')",
+        "token_pattern = [4, , 205]",
+        "token_pattern = [4, 205] + extra",
+        "token_pattern = [4,\n    205",
+    ] {
+        let s = armorm_with_pattern(code);
+        let e = load_err(&s.0);
+        assert!(matches!(e, EngineError::ConfigField { .. }), "{code:?}: {e}");
+        has(&e.to_string(), &["modeling_custom.py", "`token_pattern`", "line 34"]);
+    }
+}
+
+/// transformers runs modeling_custom.py and never reads config.json's `gating_token_pattern`:
+/// two different patterns are refused, naming both; agreeing ones load.
+#[test]
+fn armorm_config_and_code_patterns_must_agree() {
+    let s = Scratch::copy_of("armorm");
+    let mut v = s.config();
+    v["gating_token_pattern"] = serde_json::json!([4, 205]);
+    s.write_config(&v);
+    let e = load_err(&s.0);
+    assert!(matches!(e, EngineError::ConfigField { ref field, .. } if field == "gating_token_pattern"), "{e}");
+    has(
+        &e.to_string(),
+        &["config.json", "[4, 205]", "modeling_custom.py", "line 34", "[6, 4, 205]", "transformers runs"],
+    );
+    v["gating_token_pattern"] = serde_json::json!([6, 4, 205]);
+    s.write_config(&v);
+    let model = RewardModel::load(&s.0, &LoadOptions::default()).unwrap();
+    assert_eq!(gate_pattern(&model), [6, 4, 205]);
+}
