@@ -707,7 +707,8 @@ impl ChatTokenizer {
         env.set_recursion_limit(TEMPLATE_RECURSION);
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        // Python's string methods; strip/split use Python's whitespace (\x1c–\x1f included).
+        env.set_unknown_method_callback(crate::jinja_py::unknown_method);
         env.add_function("raise_exception", |msg: String| -> std::result::Result<String, JinjaError> {
             Err(JinjaError::new(ErrorKind::InvalidOperation, msg))
         });
@@ -716,6 +717,8 @@ impl ChatTokenizer {
         // And Jinja2's (markupsafe's) escaping, which minijinja spells differently.
         env.add_filter("escape", crate::jinja_py::escape);
         env.add_filter("e", crate::jinja_py::escape);
+        // Jinja2's `trim` is Python's `str.strip`, whose whitespace includes \x1c–\x1f.
+        env.add_filter("trim", crate::jinja_py::trim);
         // Deterministic: templates that print today's date get a fixed one, in their format.
         env.add_function("strftime_now", |fmt: String| crate::jinja_py::strftime_now(&fmt));
         // An undefined special token fails in `bos_token + …` (in transformers too): say which.
