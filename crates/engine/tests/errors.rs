@@ -1019,3 +1019,51 @@ fn armorm_config_and_code_patterns_must_agree() {
     let model = RewardModel::load(&s.0, &LoadOptions::default()).unwrap();
     assert_eq!(gate_pattern(&model), [6, 4, 205]);
 }
+
+/// A sliding layer with no window is refused where transformers fails on it, naming the field:
+/// Qwen2/Qwen3 drop `sliding_window` unless `use_sliding_window` is true (reward-lens used to apply
+/// it anyway), and a Gemma-2 with `"sliding_window": null` still has sliding layers (reward-lens
+/// used to attend to everything). Mistral's null is no window, as in transformers.
+#[test]
+fn sliding_layers_without_a_window_are_refused() {
+    use serde_json::json;
+    for fixture in ["qwen2", "qwen3"] {
+        let s = Scratch::copy_of(fixture);
+        let mut v = s.config();
+        v["sliding_window"] = json!(4);
+        v["layer_types"] = json!(["sliding_attention", "full_attention", "full_attention"]);
+        for flag in [Some(json!(false)), None] {
+            match &flag {
+                Some(f) => v["use_sliding_window"] = f.clone(),
+                None => drop(v.as_object_mut().unwrap().remove("use_sliding_window")),
+            }
+            s.write_config(&v);
+            let e = load_err(&s.0);
+            assert!(matches!(e, EngineError::ConfigField { ref field, .. } if field == "use_sliding_window"), "{e}");
+            has(&e.to_string(), &["config.json", "layer 0 is sliding_attention", "set use_sliding_window to true"]);
+        }
+        // With the flag on, the window applies.
+        v["use_sliding_window"] = json!(true);
+        s.write_config(&v);
+        let model = RewardModel::load(&s.0, &LoadOptions::default()).unwrap();
+        assert_eq!(model.config.sliding_window, [Some(4), None, None]);
+    }
+    let s = Scratch::copy_of("gemma2");
+    let mut v = s.config();
+    v["sliding_window"] = serde_json::Value::Null;
+    for explicit_types in [true, false] {
+        if !explicit_types {
+            v.as_object_mut().unwrap().remove("layer_types");
+        }
+        s.write_config(&v);
+        let e = load_err(&s.0);
+        assert!(matches!(e, EngineError::ConfigField { ref field, .. } if field == "sliding_window"), "{e}");
+        has(&e.to_string(), &["config.json", "is null", "sliding_attention", "transformers fails"]);
+    }
+    let s = Scratch::copy_of("mistral");
+    let mut v = s.config();
+    v["sliding_window"] = serde_json::Value::Null;
+    s.write_config(&v);
+    let model = RewardModel::load(&s.0, &LoadOptions::default()).unwrap();
+    assert_eq!(model.config.sliding_window, [None, None, None]);
+}
