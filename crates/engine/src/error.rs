@@ -31,8 +31,8 @@ pub enum EngineError {
     UnexpectedTensor { name: String, file: String, why: String },
     #[error("tensor `{name}` is stored more than once (in {files}): which copy is the model's is ambiguous")]
     DuplicateTensor { name: String, files: String },
-    #[error("tensor `{name}` has unsupported dtype {dtype} (supported on disk: f32, bf16, f16, f64)")]
-    UnsupportedDtype { name: String, dtype: String },
+    #[error("tensor `{name}` in {file} has unsupported dtype {dtype} (supported on disk: f32, bf16, f16, f64)")]
+    UnsupportedDtype { name: String, file: String, dtype: String },
     #[error("tensor `{name}` in {file} contains non-finite values (NaN or infinity)")]
     NonFinite { name: String, file: String },
     #[error("{path}: cannot load tokenizer: {message}")]

@@ -1067,3 +1067,18 @@ fn sliding_layers_without_a_window_are_refused() {
     let model = RewardModel::load(&s.0, &LoadOptions::default()).unwrap();
     assert_eq!(model.config.sliding_window, [None, None, None]);
 }
+
+/// A tensor stored in a dtype the engine does not compute with (an int8-quantized checkpoint)
+/// is named with the file that holds it.
+#[test]
+fn unsupported_tensor_dtype_names_the_file() {
+    let s = Scratch::copy_of("llama");
+    let mut t = s.tensors();
+    let name = "model.layers.0.mlp.up_proj.weight";
+    let w = t[name].clone();
+    t.insert(name.to_string(), w.to_dtype(DType::U8).unwrap());
+    s.write_tensors(&t);
+    let e = load_err(&s.0);
+    assert!(matches!(e, EngineError::UnsupportedDtype { .. }), "{e}");
+    has(&e.to_string(), &[name, "model.safetensors", "U8", "supported on disk"]);
+}
