@@ -42,16 +42,18 @@ pub enum EngineError {
     #[error("empty text: the {field} is empty")]
     EmptyText { field: &'static str },
     #[error(
-        "input has {n_tokens} tokens but the model's context is {max_tokens}; \
+        "input has {n_tokens} tokens but {limit} is {max_tokens}; \
          pass a truncation option that drops prompt tokens from the left (--truncate-prompt; in Python \
          truncate_prompt=True) or shorten the input"
     )]
-    TooLong { n_tokens: usize, max_tokens: usize },
+    /// `limit` names what sets `max_tokens` ("the model's context", or tokenizer_config.json's
+    /// `model_max_length` when that is smaller), so the remedy is clear.
+    TooLong { n_tokens: usize, max_tokens: usize, limit: &'static str },
     #[error(
         "input has {n_tokens} tokens; the response and the template around it alone take {needed} \
-         tokens, more than the model's context of {max_tokens}: refusing to cut the response"
+         tokens, more than {limit} of {max_tokens}: refusing to cut the response"
     )]
-    ResponseTooLong { n_tokens: usize, needed: usize, max_tokens: usize },
+    ResponseTooLong { n_tokens: usize, needed: usize, max_tokens: usize, limit: &'static str },
     /// `dtype` is the compute dtype: f32 is only a remedy when the run was in a narrower one.
     #[error(
         "the reward of sequence {row} of the batch ({seq_len} tokens) is {value}, not a number: {}",

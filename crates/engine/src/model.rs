@@ -523,6 +523,7 @@ impl RewardModel {
             return Err(EngineError::TooLong {
                 n_tokens: batch.seq_len(),
                 max_tokens: self.config.max_position_embeddings,
+                limit: crate::text::MODEL_CONTEXT,
             });
         }
         let flat: Vec<u32> = batch.ids.iter().flatten().copied().collect();

@@ -295,7 +295,7 @@ fn over_long_inputs() {
     // A long response: refused by default, and refused under DropPromptLeft (the response is
     // never cut).
     let e = model.encode("Tell me something.", &long, Truncation::Error).unwrap_err();
-    assert!(matches!(e, EngineError::TooLong { max_tokens: 512, n_tokens } if n_tokens > 512), "{e}");
+    assert!(matches!(e, EngineError::TooLong { max_tokens: 512, n_tokens, .. } if n_tokens > 512), "{e}");
     has(&e.to_string(), &["512", "truncation"]);
     let e = model.encode("Tell me something.", &long, Truncation::DropPromptLeft).unwrap_err();
     assert!(matches!(e, EngineError::ResponseTooLong { max_tokens: 512, .. }), "{e}");
@@ -304,7 +304,7 @@ fn over_long_inputs() {
     // A long prompt: refused by default; DropPromptLeft keeps BOS and the whole response.
     let e = model.encode(&long, short, Truncation::Error).unwrap_err();
     let n_full = match e {
-        EngineError::TooLong { n_tokens, max_tokens: 512 } => n_tokens,
+        EngineError::TooLong { n_tokens, max_tokens: 512, .. } => n_tokens,
         e => panic!("expected TooLong, got {e}"),
     };
     let enc = model.encode(&long, short, Truncation::DropPromptLeft).unwrap();
@@ -467,7 +467,7 @@ fn learned_positions_bound_the_sequence_length() {
     let model = load("gpt2");
     let ids = vec![5u32; model.config.max_position_embeddings + 1];
     let e = model.score(&model.batch(&[ids], reward_lens_engine::PaddingSide::Right).unwrap()).expect_err("too long");
-    assert!(matches!(e, EngineError::TooLong { n_tokens: 257, max_tokens: 256 }), "{e}");
+    assert!(matches!(e, EngineError::TooLong { n_tokens: 257, max_tokens: 256, .. }), "{e}");
 }
 
 /// A degenerate config value is refused at load, naming the file and the field (class: values
@@ -1081,4 +1081,24 @@ fn unsupported_tensor_dtype_names_the_file() {
     let e = load_err(&s.0);
     assert!(matches!(e, EngineError::UnsupportedDtype { .. }), "{e}");
     has(&e.to_string(), &[name, "model.safetensors", "U8", "supported on disk"]);
+}
+
+/// When tokenizer_config.json's `model_max_length` is below the model's context, it is what
+/// refuses a long input, and the error says so (the remedy is in that file, not config.json).
+#[test]
+fn context_limit_from_model_max_length_is_named() {
+    let s = Scratch::copy_of("llama");
+    let tc = s.path("tokenizer_config.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&tc).unwrap()).unwrap();
+    v["model_max_length"] = serde_json::json!(64);
+    std::fs::write(&tc, serde_json::to_string(&v).unwrap()).unwrap();
+    let model = RewardModel::load(&s.0, &LoadOptions::default()).unwrap();
+    let e = model.encode("Tell me something.", &words(100), Truncation::Error).unwrap_err();
+    assert!(matches!(e, EngineError::TooLong { max_tokens: 64, .. }), "{e}");
+    has(&e.to_string(), &["tokenizer_config.json's `model_max_length` is 64"]);
+    let e = model.encode("Tell me something.", &words(100), Truncation::DropPromptLeft).unwrap_err();
+    has(&e.to_string(), &["more than tokenizer_config.json's `model_max_length` of 64"]);
+    // The fixture's own limit is the model's context (model_max_length equals it).
+    let e = load("llama").encode("Tell me something.", &words(600), Truncation::Error).unwrap_err();
+    has(&e.to_string(), &["the model's context is 512"]);
 }
