@@ -208,15 +208,34 @@ impl<'a> Fields<'a> {
             Some(x) => x.as_str().map(Some).ok_or_else(|| self.err(key, format!("expected a string, found {x}"))),
         }
     }
-    /// Token ids may be an integer or a list (first entry used).
+    /// One token id, checked whole: tokenizers' ids are u32, and a larger number cut to 32 bits
+    /// would silently name another token.
+    fn id_of(&self, key: &str, x: &Value) -> Result<u32> {
+        let n = x.as_u64().ok_or_else(|| self.err(key, format!("expected a token id (an integer), found {x}")))?;
+        u32::try_from(n)
+            .map_err(|_| self.err(key, format!("{n} is not a token id (token ids are at most {})", u32::MAX)))
+    }
+    /// A single token id. transformers types `pad_token_id` as `int | None` and refuses a list,
+    /// so a list here is a config it cannot load, not a choice to guess from.
     fn token_id(&self, key: &str) -> Result<Option<u32>> {
         match self.get(key) {
             None => Ok(None),
-            Some(Value::Array(a)) => Ok(a.first().and_then(|x| x.as_u64()).map(|n| n as u32)),
-            Some(x) => x
-                .as_u64()
-                .map(|n| Some(n as u32))
-                .ok_or_else(|| self.err(key, format!("expected a token id, found {x}"))),
+            Some(x @ Value::Array(_)) => {
+                Err(self.err(key, format!("expected one token id (an integer or null), found the list {x}")))
+            }
+            Some(x) => self.id_of(key, x).map(Some),
+        }
+    }
+    /// `eos_token_id` may be a list of stop tokens (generation configs use several); the first
+    /// is kept, every entry is checked. `bos_token_id` is read the same way: nothing here uses it.
+    fn token_id_or_list(&self, key: &str) -> Result<Option<u32>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Array(a)) => {
+                let ids = a.iter().map(|x| self.id_of(key, x)).collect::<Result<Vec<_>>>()?;
+                Ok(ids.first().copied())
+            }
+            Some(x) => self.id_of(key, x).map(Some),
         }
     }
 }
@@ -417,12 +436,9 @@ impl ModelConfig {
         let gating = if architecture == Architecture::ArmoRm {
             let pattern = match f.get("gating_token_pattern") {
                 None => None,
-                Some(Value::Array(a)) => Some(
-                    a.iter()
-                        .map(|x| x.as_u64().map(|n| n as u32))
-                        .collect::<Option<Vec<_>>>()
-                        .ok_or_else(|| f.err("gating_token_pattern", "expected a list of token ids"))?,
-                ),
+                Some(Value::Array(a)) => {
+                    Some(a.iter().map(|x| f.id_of("gating_token_pattern", x)).collect::<Result<Vec<_>>>()?)
+                }
                 Some(_) => return Err(f.err("gating_token_pattern", "expected a list of token ids")),
             };
             Some(GatingConfig {
@@ -467,8 +483,8 @@ impl ModelConfig {
             attn_softcap,
             sliding_window,
             pad_token_id: f.token_id("pad_token_id")?,
-            bos_token_id: f.token_id("bos_token_id")?,
-            eos_token_id: f.token_id("eos_token_id")?,
+            bos_token_id: f.token_id_or_list("bos_token_id")?,
+            eos_token_id: f.token_id_or_list("eos_token_id")?,
             num_labels,
             tie_word_embeddings: f.bool_opt("tie_word_embeddings")?.unwrap_or(is_gpt2),
             gating,
@@ -693,7 +709,9 @@ fn parse_rope(f: &Fields) -> Result<Rope> {
 /// Per-layer sliding windows, following each architecture's transformers rules: only Mistral,
 /// Qwen2, Qwen3 and Gemma-2 have sliding-window attention (Llama, ArmoRM and GPT-2 attend to
 /// every earlier token whatever `layer_types` or `sliding_window` say), and a window absent from
-/// the config is its class's default, 4096 (an explicit null is no window).
+/// the config is its class's default, 4096. An explicit null is no window for Mistral; Qwen2 and
+/// Qwen3 have no window unless `use_sliding_window` is true; a sliding layer without a window
+/// (which transformers fails on) is refused.
 fn parse_sliding(f: &Fields, arch: Architecture, n_layers: usize) -> Result<Vec<Option<usize>>> {
     if !matches!(arch, Architecture::Mistral | Architecture::Qwen2 | Architecture::Qwen3 | Architecture::Gemma2) {
         return Ok(vec![None; n_layers]);
@@ -701,6 +719,32 @@ fn parse_sliding(f: &Fields, arch: Architecture, n_layers: usize) -> Result<Vec<
     let window = match f.v.get("sliding_window") {
         None => Some(4096),
         Some(_) => f.usize_opt("sliding_window")?,
+    };
+    let is_qwen = matches!(arch, Architecture::Qwen2 | Architecture::Qwen3);
+    // Qwen2Config and Qwen3Config set sliding_window = None unless use_sliding_window is true.
+    let qwen_on = is_qwen && f.bool_opt("use_sliding_window")?.unwrap_or(false);
+    let window = if is_qwen && !qwen_on { None } else { window };
+    // Why a sliding layer has no window, by the field at fault.
+    let no_window = |layer: String| -> EngineError {
+        if is_qwen && !qwen_on {
+            let flag = match f.v.get("use_sliding_window") {
+                Some(Value::Bool(false)) => "is false",
+                Some(Value::Null) => "is null",
+                _ => "is absent (default false)",
+            };
+            f.err(
+                "use_sliding_window",
+                format!(
+                    "{flag}, which sets no window ({} keeps sliding_window only when use_sliding_window is true), \
+                     but {layer} is sliding_attention; transformers fails on this config: set use_sliding_window \
+                     to true or make the layer full_attention",
+                    if arch == Architecture::Qwen2 { "Qwen2Config" } else { "Qwen3Config" }
+                ),
+            )
+        } else {
+            let why = if arch == Architecture::Gemma2 { " (transformers fails on this config)" } else { "" };
+            f.err("sliding_window", format!("is null (no window), but {layer} is sliding_attention and needs one{why}"))
+        }
     };
     if let Some(types) = f.get("layer_types") {
         let types = types.as_array().ok_or_else(|| f.err("layer_types", "expected a list"))?;
@@ -714,9 +758,7 @@ fn parse_sliding(f: &Fields, arch: Architecture, n_layers: usize) -> Result<Vec<
             .enumerate()
             .map(|(i, t)| match t.as_str() {
                 Some("full_attention") => Ok(None),
-                Some("sliding_attention") => window.map(Some).ok_or_else(|| {
-                    f.err("sliding_window", format!("layer {i} is sliding_attention but no window is set"))
-                }),
+                Some("sliding_attention") => window.map(Some).ok_or_else(|| no_window(format!("layer {i}"))),
                 _ => Err(f.err(
                     &format!("layer_types[{i}]"),
                     format!("expected \"full_attention\" or \"sliding_attention\", found {t}"),
@@ -726,12 +768,22 @@ fn parse_sliding(f: &Fields, arch: Architecture, n_layers: usize) -> Result<Vec<
     }
     Ok(match arch {
         Architecture::Mistral => vec![window; n_layers],
-        Architecture::Gemma2 => (0..n_layers).map(|i| if i % 2 == 0 { window } else { None }).collect(),
+        Architecture::Gemma2 => {
+            // Gemma2Config's default layer_types make every even layer sliding whatever the
+            // window, so a null window leaves transformers without one for them (it fails).
+            if window.is_none() {
+                return Err(f.err(
+                    "sliding_window",
+                    "is null, but Gemma-2's even layers are sliding_attention (its default layer_types) and need a \
+                     window; transformers fails on this config: give the window (Gemma-2 ships 4096) or layer_types",
+                ));
+            }
+            (0..n_layers).map(|i| if i % 2 == 0 { window } else { None }).collect()
+        }
         Architecture::Qwen2 | Architecture::Qwen3 => {
-            let on = f.bool_opt("use_sliding_window")?.unwrap_or(false);
             // Qwen2Config's and Qwen3Config's default.
             let from = f.usize_opt("max_window_layers")?.unwrap_or(28);
-            (0..n_layers).map(|i| if on && i >= from { window } else { None }).collect()
+            (0..n_layers).map(|i| if i >= from { window } else { None }).collect()
         }
         _ => vec![None; n_layers],
     })
@@ -881,13 +933,41 @@ mod tests {
         assert_eq!(g.sliding_window, vec![Some(4096), None]);
         assert_eq!(g.head_dim, 256);
         assert_eq!(g.activation, Activation::parse("gelu_pytorch_tanh").unwrap());
-        let g =
-            with("Gemma2ForSequenceClassification", json!({"attn_logit_softcapping": null, "sliding_window": null}));
+        // A null window leaves Gemma-2's default sliding layers without one (transformers fails);
+        // with every layer full it is no window, as for Mistral.
+        let full = json!({"attn_logit_softcapping": null, "sliding_window": null,
+                          "layer_types": ["full_attention", "full_attention"]});
+        let g = with("Gemma2ForSequenceClassification", full);
         assert_eq!((g.attn_softcap, g.sliding_window.clone()), (None, vec![None, None]));
+        let mut v = llama();
+        v["architectures"] = json!(["Gemma2ForSequenceClassification"]);
+        v["sliding_window"] = Value::Null;
+        let e = parse(v).unwrap_err().to_string();
+        assert!(e.contains("field `sliding_window`: is null") && e.contains("Gemma-2"), "{e}");
+        let m = with("MistralForSequenceClassification", json!({"sliding_window": null}));
+        assert_eq!(m.sliding_window, vec![None, None]);
         // Mistral's window defaults to 4096; Qwen's starts at max_window_layers, 28 by default.
         assert_eq!(with("MistralForSequenceClassification", json!({})).sliding_window, vec![Some(4096); 2]);
         let q = with("Qwen2ForSequenceClassification", json!({"use_sliding_window": true, "num_hidden_layers": 30}));
         assert_eq!(q.sliding_window.iter().position(Option::is_some), Some(28));
+        // Without use_sliding_window Qwen has no window, so a sliding layer is refused (transformers
+        // fails on it); full layers load.
+        for (arch, extra) in
+            [("Qwen2ForSequenceClassification", json!({})), ("Qwen3ForSequenceClassification", json!({"head_dim": 16}))]
+        {
+            for flag in [json!(false), Value::Null] {
+                let mut v = llama();
+                v["architectures"] = json!([arch]);
+                v["head_dim"] = extra.get("head_dim").cloned().unwrap_or(Value::Null);
+                v["sliding_window"] = json!(4);
+                v["use_sliding_window"] = flag.clone();
+                v["layer_types"] = json!(["sliding_attention", "full_attention"]);
+                let e = parse(v.clone()).unwrap_err().to_string();
+                assert!(e.contains("field `use_sliding_window`") && e.contains("layer 0 is sliding_attention"), "{e}");
+                v["layer_types"] = json!(["full_attention", "full_attention"]);
+                assert_eq!(parse(v).unwrap().sliding_window, vec![None, None]);
+            }
+        }
         assert_eq!(with("Qwen3ForSequenceClassification", json!({})).head_dim, 128);
         // No sliding attention in Llama, ArmoRM or GPT-2, whatever layer_types says.
         let sliding = json!({"sliding_window": 4, "layer_types": ["sliding_attention", "full_attention"]});

@@ -31,8 +31,8 @@ pub enum EngineError {
     UnexpectedTensor { name: String, file: String, why: String },
     #[error("tensor `{name}` is stored more than once (in {files}): which copy is the model's is ambiguous")]
     DuplicateTensor { name: String, files: String },
-    #[error("tensor `{name}` has unsupported dtype {dtype} (supported on disk: f32, bf16, f16, f64)")]
-    UnsupportedDtype { name: String, dtype: String },
+    #[error("tensor `{name}` in {file} has unsupported dtype {dtype} (supported on disk: f32, bf16, f16, f64)")]
+    UnsupportedDtype { name: String, file: String, dtype: String },
     #[error("tensor `{name}` in {file} contains non-finite values (NaN or infinity)")]
     NonFinite { name: String, file: String },
     #[error("{path}: cannot load tokenizer: {message}")]
@@ -42,16 +42,18 @@ pub enum EngineError {
     #[error("empty text: the {field} is empty")]
     EmptyText { field: &'static str },
     #[error(
-        "input has {n_tokens} tokens but the model's context is {max_tokens}; \
+        "input has {n_tokens} tokens but {limit} is {max_tokens}; \
          pass a truncation option that drops prompt tokens from the left (--truncate-prompt; in Python \
          truncate_prompt=True) or shorten the input"
     )]
-    TooLong { n_tokens: usize, max_tokens: usize },
+    /// `limit` names what sets `max_tokens` ("the model's context", or tokenizer_config.json's
+    /// `model_max_length` when that is smaller), so the remedy is clear.
+    TooLong { n_tokens: usize, max_tokens: usize, limit: &'static str },
     #[error(
         "input has {n_tokens} tokens; the response and the template around it alone take {needed} \
-         tokens, more than the model's context of {max_tokens}: refusing to cut the response"
+         tokens, more than {limit} of {max_tokens}: refusing to cut the response"
     )]
-    ResponseTooLong { n_tokens: usize, needed: usize, max_tokens: usize },
+    ResponseTooLong { n_tokens: usize, needed: usize, max_tokens: usize, limit: &'static str },
     /// `dtype` is the compute dtype: f32 is only a remedy when the run was in a narrower one.
     #[error(
         "the reward of sequence {row} of the batch ({seq_len} tokens) is {value}, not a number: {}",

@@ -1,7 +1,8 @@
 //! The Jinja filters and function transformers' chat templates see, reproduced for minijinja:
 //! `tojson` (Python's `json.dumps`, not Jinja's HTML-escaping one), `escape`/`e` (markupsafe's
-//! five characters and spellings) and `strftime_now` (on a fixed date, so that scores are
-//! reproducible).
+//! five characters and spellings), `strftime_now` (on a fixed date, so that scores are
+//! reproducible), and `trim` with the string methods `strip`/`lstrip`/`rstrip`/`split`/`isspace`
+//! by Python's whitespace.
 
 use minijinja::value::{ArgType, Kwargs, Rest, Value, ValueKind};
 use minijinja::{Error, ErrorKind};
@@ -342,4 +343,212 @@ pub fn strftime_now(format: &str) -> Result<String, Error> {
         }
     }
     Ok(out)
+}
+
+/// Python's `str.isspace()` set, which `str.strip()`/`split()` and Jinja2's `trim` use: Unicode
+/// White_Space plus the information separators U+001C–U+001F, which Rust's `char::is_whitespace`
+/// (and so minijinja) leaves out. A text starting or ending with one would render differently.
+pub fn py_space(c: char) -> bool {
+    matches!(
+        c,
+        '\t'..='\r'
+            | '\u{1c}'..=' '
+            | '\u{85}'
+            | '\u{a0}'
+            | '\u{1680}'
+            | '\u{2000}'..='\u{200a}'
+            | '\u{2028}'
+            | '\u{2029}'
+            | '\u{202f}'
+            | '\u{205f}'
+            | '\u{3000}'
+    )
+}
+
+/// Python's `str(x)` for a value a string method or filter receives.
+fn py_str(value: &Value) -> String {
+    match value.kind() {
+        ValueKind::Undefined => String::new(),
+        ValueKind::None => "None".to_string(),
+        ValueKind::Bool => if value.is_true() { "True" } else { "False" }.to_string(),
+        _ => value.as_str().map_or_else(|| value.to_string(), str::to_string),
+    }
+}
+
+/// A result keeps the input's safety, as markupsafe's `Markup` methods do.
+fn like(value: &Value, s: &str) -> Value {
+    if value.is_safe() {
+        Value::from_safe_string(s.to_string())
+    } else {
+        Value::from(s)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Ends {
+    Both,
+    Start,
+    End,
+}
+
+/// `str.strip(chars)` and its one-sided forms: whitespace by Python's set when `chars` is None,
+/// else any of the characters of `chars`.
+fn py_strip<'s>(s: &'s str, chars: Option<&Value>, ends: Ends, what: &str) -> Result<&'s str, Error> {
+    let set: Option<Vec<char>> = match chars {
+        None => None,
+        Some(c) if c.is_none() || c.is_undefined() => None,
+        Some(c) => match c.as_str() {
+            Some(c) => Some(c.chars().collect()),
+            None => return Err(invalid(format!("{what} arg must be None or str, not {}", c.kind()))),
+        },
+    };
+    let strip = |c: char| set.as_ref().map_or_else(|| py_space(c), |set| set.contains(&c));
+    Ok(match ends {
+        Ends::Both => s.trim_matches(strip),
+        Ends::Start => s.trim_start_matches(strip),
+        Ends::End => s.trim_end_matches(strip),
+    })
+}
+
+/// Jinja2's `trim(value, chars=None)`: `str(value).strip(chars)`.
+pub fn trim(value: Value, chars: Option<Value>) -> Result<Value, Error> {
+    let s = py_str(&value);
+    Ok(like(&value, py_strip(&s, chars.as_ref(), Ends::Both, "trim()")?))
+}
+
+/// `str.split(sep=None, maxsplit=-1)`: without a separator, runs of Python whitespace split and
+/// none is kept at either end (the part after the last allowed split keeps its trailing space).
+fn py_split<'s>(s: &'s str, sep: Option<&str>, maxsplit: i64) -> Result<Vec<&'s str>, Error> {
+    let limit = usize::try_from(maxsplit).ok();
+    Ok(match sep {
+        Some("") => return Err(invalid("split(): empty separator")),
+        Some(sep) => match limit {
+            Some(n) => s.splitn(n.saturating_add(1), sep).collect(),
+            None => s.split(sep).collect(),
+        },
+        None => {
+            let mut parts = Vec::new();
+            let mut rest = s.trim_start_matches(py_space);
+            while !rest.is_empty() {
+                if limit == Some(parts.len()) {
+                    parts.push(rest);
+                    break;
+                }
+                match rest.find(py_space) {
+                    Some(i) => {
+                        parts.push(&rest[..i]);
+                        rest = rest[i..].trim_start_matches(py_space);
+                    }
+                    None => {
+                        parts.push(rest);
+                        break;
+                    }
+                }
+            }
+            parts
+        }
+    })
+}
+
+/// Python's string methods where whitespace is Python's (`strip`, `lstrip`, `rstrip`, `split`,
+/// `isspace`); every other method goes to minijinja-contrib's pycompat.
+pub fn unknown_method(state: &minijinja::State, value: &Value, method: &str, args: &[Value]) -> Result<Value, Error> {
+    let Some(s) = value.as_str().filter(|_| value.kind() == ValueKind::String) else {
+        return minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args);
+    };
+    let positional = |max: usize| -> Result<&[Value], Error> {
+        if args.last().is_some_and(Value::is_kwargs) {
+            return Err(invalid(format!("{method}() takes no keyword arguments")));
+        }
+        if args.len() > max {
+            return Err(invalid(format!("{method}() takes at most {max} argument(s) ({} given)", args.len())));
+        }
+        Ok(args)
+    };
+    match method {
+        "strip" | "lstrip" | "rstrip" => {
+            let args = positional(1)?;
+            let ends = match method {
+                "strip" => Ends::Both,
+                "lstrip" => Ends::Start,
+                _ => Ends::End,
+            };
+            Ok(like(value, py_strip(s, args.first(), ends, &format!("{method}()"))?))
+        }
+        "split" => {
+            // Python takes `sep` and `maxsplit` by position or by name.
+            let mut args = args.to_vec();
+            let kwargs = match args.last() {
+                Some(last) if last.is_kwargs() => Some(Kwargs::from_value(args.pop().as_ref())?),
+                _ => None,
+            };
+            if args.len() > 2 {
+                return Err(invalid(format!("split() takes at most 2 arguments ({} given)", args.len())));
+            }
+            let mut sep = args.first().cloned();
+            let mut maxsplit = args.get(1).cloned();
+            if let Some(kwargs) = kwargs {
+                for (name, slot) in [("sep", &mut sep), ("maxsplit", &mut maxsplit)] {
+                    if kwargs.has(name) {
+                        if slot.is_some() {
+                            return Err(invalid(format!("split() got multiple values for argument '{name}'")));
+                        }
+                        *slot = Some(kwargs.get::<Value>(name)?);
+                    }
+                }
+                kwargs.assert_all_used()?;
+            }
+            let sep = match &sep {
+                None => None,
+                Some(v) if v.is_none() || v.is_undefined() => None,
+                Some(v) => {
+                    Some(v.as_str().ok_or_else(|| invalid(format!("split(): must be str or None, not {}", v.kind())))?)
+                }
+            };
+            let maxsplit = match &maxsplit {
+                None => -1,
+                Some(v) => v
+                    .as_i64()
+                    .filter(|_| v.is_integer())
+                    .ok_or_else(|| invalid(format!("split(): maxsplit must be an integer, not {v}")))?,
+            };
+            Ok(py_split(s, sep, maxsplit)?.into_iter().map(|p| like(value, p)).collect())
+        }
+        "isspace" => {
+            positional(0)?;
+            Ok(Value::from(!s.is_empty() && s.chars().all(py_space)))
+        }
+        _ => minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_whitespace_is_exactly_str_isspace() {
+        // Python 3: [hex(ord(c)) for c in map(chr, range(0x110000)) if c.isspace()]
+        let python: Vec<u32> = [
+            0x9, 0xa, 0xb, 0xc, 0xd, 0x1c, 0x1d, 0x1e, 0x1f, 0x20, 0x85, 0xa0, 0x1680, 0x2000, 0x2001, 0x2002, 0x2003,
+            0x2004, 0x2005, 0x2006, 0x2007, 0x2008, 0x2009, 0x200a, 0x2028, 0x2029, 0x202f, 0x205f, 0x3000,
+        ]
+        .to_vec();
+        let ours: Vec<u32> =
+            (0..=0x10ffffu32).filter_map(char::from_u32).filter(|&c| py_space(c)).map(u32::from).collect();
+        assert_eq!(ours, python);
+    }
+
+    #[test]
+    fn split_as_python() {
+        let s = " \u{1f}Fry\u{1e} it.\u{3000}\u{1f} ";
+        assert_eq!(py_split(s, None, -1).unwrap(), ["Fry", "it."]);
+        assert_eq!(py_split(s, None, 1).unwrap(), ["Fry", "it.\u{3000}\u{1f} "]);
+        assert_eq!(py_split(s, None, 0).unwrap(), ["Fry\u{1e} it.\u{3000}\u{1f} "]);
+        assert_eq!(py_split("  ", None, 0).unwrap(), Vec::<&str>::new());
+        assert_eq!(py_split("a ", None, 1).unwrap(), ["a"]);
+        assert_eq!(py_split("a,b,,c", Some(","), 2).unwrap(), ["a", "b", ",c"]);
+        assert_eq!(py_split("", Some(","), -1).unwrap(), [""]);
+        assert!(py_split("a", Some(""), -1).is_err());
+    }
 }

@@ -21,6 +21,7 @@ pub mod batch;
 pub mod bench;
 pub mod config;
 mod cuda_kernels;
+mod custom_code;
 pub mod duplicate_keys;
 pub mod error;
 mod expf;

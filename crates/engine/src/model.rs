@@ -268,22 +268,8 @@ impl RewardModel {
         check_size(dir, &config, &source)?;
         let disk_dtype = source.disk_dtype();
         let pattern = match &config.gating {
-            Some(g) if g.token_pattern.is_none() => Some(match read_custom_pattern(dir) {
-                // An id the embedding cannot hold would make every sequence miss the gate.
-                Some(p) if p.is_empty() || p.iter().any(|&id| id as usize >= config.vocab_size) => {
-                    return Err(EngineError::ConfigField {
-                        path: dir.join("modeling_custom.py"),
-                        field: "token_pattern".into(),
-                        message: format!(
-                            "{p:?} must be a non-empty list of token ids below vocab_size {}",
-                            config.vocab_size
-                        ),
-                    });
-                }
-                Some(p) => p,
-                None => tokenizer.boundary_ids()?,
-            }),
-            _ => None,
+            Some(g) => gate_pattern(dir, &config, g, &tokenizer)?,
+            None => None,
         };
         let mut model = Self::build(config, &source, opts, pattern, progress)?;
         model.warnings.extend(tokenizer.warnings());
@@ -537,6 +523,7 @@ impl RewardModel {
             return Err(EngineError::TooLong {
                 n_tokens: batch.seq_len(),
                 max_tokens: self.config.max_position_embeddings,
+                limit: crate::text::MODEL_CONTEXT,
             });
         }
         let flat: Vec<u32> = batch.ids.iter().flatten().copied().collect();
@@ -734,12 +721,44 @@ fn filter_one(pattern: &str, site: &Site) -> bool {
     SiteFilter::new(&[pattern]).matches(site)
 }
 
-/// `token_pattern = [..]` from an ArmoRM-style `modeling_custom.py`, if the directory has one.
-fn read_custom_pattern(dir: &Path) -> Option<Vec<u32>> {
-    let text = crate::weights::read_text(&dir.join("modeling_custom.py")).ok()?;
-    let line = text.lines().find(|l| l.trim_start().starts_with("token_pattern") && l.contains('['))?;
-    let inner = line.split_once('[')?.1.split_once(']')?.0;
-    inner.split(',').map(|s| s.trim().parse().ok()).collect()
+/// ArmoRM's gate pattern. transformers runs `modeling_custom.py`, so its `token_pattern` is what
+/// the model uses; config.json's `gating_token_pattern` (read by nothing in transformers) must
+/// agree with it. With neither, the template's prompt/response boundary. `None`: config.json's.
+fn gate_pattern(
+    dir: &Path,
+    config: &ModelConfig,
+    g: &GatingConfig,
+    tokenizer: &ChatTokenizer,
+) -> Result<Option<Vec<u32>>> {
+    let code_path = dir.join("modeling_custom.py");
+    let code = crate::custom_code::read_token_pattern(&code_path)?;
+    match (code, &g.token_pattern) {
+        (Some(code), Some(cfg)) if code.ids != *cfg => Err(EngineError::ConfigField {
+            path: dir.join("config.json"),
+            field: "gating_token_pattern".into(),
+            message: format!(
+                "{cfg:?} disagrees with `token_pattern = {:?}` in {} (line {}); transformers runs modeling_custom.py, \
+                 so the model gates at the latter: make the two agree or remove gating_token_pattern",
+                code.ids,
+                code_path.display(),
+                code.line
+            ),
+        }),
+        // An id the embedding cannot hold would make every sequence miss the gate.
+        (Some(code), _) if code.ids.is_empty() || code.ids.iter().any(|&id| id as usize >= config.vocab_size) => {
+            Err(EngineError::ConfigField {
+                path: code_path,
+                field: "token_pattern".into(),
+                message: format!(
+                    "line {}: {:?} must be a non-empty list of token ids below vocab_size {}",
+                    code.line, code.ids, config.vocab_size
+                ),
+            })
+        }
+        (Some(code), _) => Ok(Some(code.ids)),
+        (None, Some(_)) => Ok(None),
+        (None, None) => Ok(Some(tokenizer.boundary_ids()?)),
+    }
 }
 
 fn linear(src: &dyn TensorSource, name: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
@@ -850,7 +869,7 @@ fn gated_head(
         width = out;
     }
     let logit_scale = f32(src.get("gating.logit_scale", &[1])?)?.get(0)?.to_scalar::<f32>()?;
-    let token_pattern = g.token_pattern.clone().or(pattern).ok_or_else(|| {
+    let token_pattern = pattern.or_else(|| g.token_pattern.clone()).ok_or_else(|| {
         EngineError::Invalid("ArmoRM head: no gating token pattern (set `gating_token_pattern` in config.json)".into())
     })?;
     let objective_names = (0..k)

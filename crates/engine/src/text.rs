@@ -52,7 +52,14 @@ pub struct ChatTokenizer {
     /// Special tokens tokenizer.json lacked, added as transformers adds them.
     added: Vec<AddedSpecial>,
     pub max_tokens: usize,
+    /// What sets `max_tokens`, for the error that refuses a longer input.
+    pub max_tokens_source: &'static str,
 }
+
+/// The context limit's source when it is the model's own.
+pub const MODEL_CONTEXT: &str = "the model's context";
+/// The context limit's source when tokenizer_config.json's `model_max_length` is smaller.
+pub const MODEL_MAX_LENGTH: &str = "tokenizer_config.json's `model_max_length`";
 
 /// A special token as `tokenizer_config.json` writes it: a string, or an added-token object with
 /// its `content`; absent or null is no token. Anything else is an error (read as absent, the
@@ -613,7 +620,7 @@ impl ChatTokenizer {
                 }
             }
         };
-        let mut max = max_tokens;
+        let (mut max, mut max_source) = (max_tokens, MODEL_CONTEXT);
         // A zero limit would refuse every input with a message that never names its source.
         if cfg.get("model_max_length").and_then(|m| m.as_u64()) == Some(0) {
             return Err(EngineError::ConfigField {
@@ -623,7 +630,9 @@ impl ChatTokenizer {
             });
         }
         if let Some(m) = cfg.get("model_max_length").and_then(|m| m.as_u64()) {
-            max = max.min(m as usize);
+            if (m as usize) < max {
+                (max, max_source) = (m as usize, MODEL_MAX_LENGTH);
+            }
         }
         let stm_path = dir.join("special_tokens_map.json");
         let stm_text = match stm_path.symlink_metadata() {
@@ -651,7 +660,8 @@ impl ChatTokenizer {
                 a.content, a.key, a.id
             ),
         }));
-        let me = Self { tokenizer, template, special_tokens, notes, added, max_tokens: max };
+        let me =
+            Self { tokenizer, template, special_tokens, notes, added, max_tokens: max, max_tokens_source: max_source };
         // Fail at load, not on the first pair, when the template cannot render — or renders a
         // text without the prompt or the response, which would score something else entirely.
         if me.template.is_some() {
@@ -707,7 +717,8 @@ impl ChatTokenizer {
         env.set_recursion_limit(TEMPLATE_RECURSION);
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        // Python's string methods; strip/split use Python's whitespace (\x1c–\x1f included).
+        env.set_unknown_method_callback(crate::jinja_py::unknown_method);
         env.add_function("raise_exception", |msg: String| -> std::result::Result<String, JinjaError> {
             Err(JinjaError::new(ErrorKind::InvalidOperation, msg))
         });
@@ -716,6 +727,8 @@ impl ChatTokenizer {
         // And Jinja2's (markupsafe's) escaping, which minijinja spells differently.
         env.add_filter("escape", crate::jinja_py::escape);
         env.add_filter("e", crate::jinja_py::escape);
+        // Jinja2's `trim` is Python's `str.strip`, whose whitespace includes \x1c–\x1f.
+        env.add_filter("trim", crate::jinja_py::trim);
         // Deterministic: templates that print today's date get a fixed one, in their format.
         env.add_function("strftime_now", |fmt: String| crate::jinja_py::strftime_now(&fmt));
         // An undefined special token fails in `bos_token + …` (in transformers too): say which.
@@ -805,7 +818,13 @@ impl ChatTokenizer {
         let mut dropped = 0;
         if n > self.max_tokens {
             match truncation {
-                Truncation::Error => return Err(EngineError::TooLong { n_tokens: n, max_tokens: self.max_tokens }),
+                Truncation::Error => {
+                    return Err(EngineError::TooLong {
+                        n_tokens: n,
+                        max_tokens: self.max_tokens,
+                        limit: self.max_tokens_source,
+                    })
+                }
                 Truncation::DropPromptLeft => {
                     // Keep a leading BOS (a special token at position 0) and cut after it.
                     let keep =
@@ -816,6 +835,7 @@ impl ChatTokenizer {
                             n_tokens: n,
                             needed: n - (response_start - keep),
                             max_tokens: self.max_tokens,
+                            limit: self.max_tokens_source,
                         });
                     }
                     ids.drain(keep..keep + need);

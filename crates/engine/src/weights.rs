@@ -146,6 +146,7 @@ impl TensorSource for SafetensorsSource {
             _ => {
                 return Err(EngineError::UnsupportedDtype {
                     name: name.to_string(),
+                    file: self.file_of(name),
                     dtype: format!("{:?}", view.dtype()),
                 })
             }

@@ -295,7 +295,7 @@ fn over_long_inputs() {
     // A long response: refused by default, and refused under DropPromptLeft (the response is
     // never cut).
     let e = model.encode("Tell me something.", &long, Truncation::Error).unwrap_err();
-    assert!(matches!(e, EngineError::TooLong { max_tokens: 512, n_tokens } if n_tokens > 512), "{e}");
+    assert!(matches!(e, EngineError::TooLong { max_tokens: 512, n_tokens, .. } if n_tokens > 512), "{e}");
     has(&e.to_string(), &["512", "truncation"]);
     let e = model.encode("Tell me something.", &long, Truncation::DropPromptLeft).unwrap_err();
     assert!(matches!(e, EngineError::ResponseTooLong { max_tokens: 512, .. }), "{e}");
@@ -304,7 +304,7 @@ fn over_long_inputs() {
     // A long prompt: refused by default; DropPromptLeft keeps BOS and the whole response.
     let e = model.encode(&long, short, Truncation::Error).unwrap_err();
     let n_full = match e {
-        EngineError::TooLong { n_tokens, max_tokens: 512 } => n_tokens,
+        EngineError::TooLong { n_tokens, max_tokens: 512, .. } => n_tokens,
         e => panic!("expected TooLong, got {e}"),
     };
     let enc = model.encode(&long, short, Truncation::DropPromptLeft).unwrap();
@@ -467,7 +467,7 @@ fn learned_positions_bound_the_sequence_length() {
     let model = load("gpt2");
     let ids = vec![5u32; model.config.max_position_embeddings + 1];
     let e = model.score(&model.batch(&[ids], reward_lens_engine::PaddingSide::Right).unwrap()).expect_err("too long");
-    assert!(matches!(e, EngineError::TooLong { n_tokens: 257, max_tokens: 256 }), "{e}");
+    assert!(matches!(e, EngineError::TooLong { n_tokens: 257, max_tokens: 256, .. }), "{e}");
 }
 
 /// A degenerate config value is refused at load, naming the file and the field (class: values
@@ -904,4 +904,201 @@ fn armorm_pools_each_sequence_by_its_own_tokens_whatever_the_padding() {
     for (r, l) in right.iter().zip(&left) {
         assert!((r.chosen - l.chosen).abs() < 1e-5 && (r.rejected - l.rejected).abs() < 1e-5, "{r:?} {l:?}");
     }
+}
+
+/// Token ids are u32: a larger number in config.json would be cut to 32 bits and silently name
+/// another token (4294967302 became 6), and transformers refuses a list for `pad_token_id`
+/// (a list used to mean "its first entry", an empty one "no pad"). Each is refused by file,
+/// field and value; `eos_token_id` keeps its legitimate list form.
+#[test]
+fn token_ids_beyond_u32_or_listed_pads_are_refused() {
+    use serde_json::json;
+    for (fixture, field, value, expect) in [
+        ("llama", "pad_token_id", json!(4_294_967_302u64), "4294967302"),
+        ("llama", "pad_token_id", json!([6, 0]), "[6,0]"),
+        ("llama", "pad_token_id", json!([]), "[]"),
+        ("llama", "eos_token_id", json!([2, 4_294_967_302u64]), "4294967302"),
+        ("llama", "bos_token_id", json!(4_294_967_297u64), "4294967297"),
+        ("armorm", "gating_token_pattern", json!([6, 4, 4_294_967_501u64]), "4294967501"),
+    ] {
+        let s = Scratch::copy_of(fixture);
+        let mut v = s.config();
+        v[field] = value;
+        s.write_config(&v);
+        let e = load_err(&s.0);
+        assert!(matches!(e, EngineError::ConfigField { field: ref f, .. } if f == field), "{field}: {e}");
+        has(&e.to_string(), &["config.json", &format!("`{field}`"), expect]);
+    }
+    // A list of stop tokens stays a valid eos_token_id.
+    let s = Scratch::copy_of("llama");
+    let mut v = s.config();
+    v["eos_token_id"] = json!([2, 6]);
+    s.write_config(&v);
+    let model = RewardModel::load(&s.0, &LoadOptions::default()).unwrap();
+    assert_eq!(model.config.eos_token_id, Some(2));
+}
+
+fn gate_pattern(model: &RewardModel) -> Vec<u32> {
+    match &model.head {
+        reward_lens_engine::head::RewardHead::Gated(g) => g.token_pattern.clone(),
+        _ => panic!("not a gated head"),
+    }
+}
+
+/// The armorm fixture with its `token_pattern = [6, 4, 205]` line replaced by `code`.
+fn armorm_with_pattern(code: &str) -> Scratch {
+    let s = Scratch::copy_of("armorm");
+    let path = s.path("modeling_custom.py");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("\ntoken_pattern = [6, 4, 205]\n"));
+    std::fs::write(&path, text.replace("\ntoken_pattern = [6, 4, 205]\n", &format!("\n{code}\n"))).unwrap();
+    s
+}
+
+/// ArmoRM gates where `token_pattern` in modeling_custom.py says, whatever Python layout writes
+/// the list: a trailing comma or a list over several lines used to read as "no pattern", and the
+/// loader silently derived another one (rewards off by up to 0.03).
+#[test]
+fn armorm_pattern_is_read_in_any_python_layout() {
+    let scores = |s: &Scratch| {
+        let model = RewardModel::load(&s.0, &LoadOptions::default()).unwrap();
+        let texts: Vec<reward_lens_engine::PairText> =
+            common::pairs().into_iter().map(|v| serde_json::from_value(v).unwrap()).collect();
+        let enc = model.encode_pairs(&texts, Truncation::Error).unwrap();
+        let opts = reward_lens_engine::ScoreOptions { batch_size: 16, padding: PaddingSide::Right };
+        let out = model.score_pairs(&enc, &opts, &mut |_| {}).unwrap();
+        (gate_pattern(&model), out.iter().flat_map(|r| [r.chosen, r.rejected]).collect::<Vec<f32>>())
+    };
+    // [4, 205] is not the pattern the template's boundary would give, so a fallback shows.
+    let (pattern, reference) = scores(&armorm_with_pattern("token_pattern = [4, 205]"));
+    assert_eq!(pattern, [4, 205]);
+    for code in [
+        "token_pattern = [4, 205,]",
+        "token_pattern = [\n    4, 205\n]",
+        "token_pattern = [  # <|assistant|>\n    4,\n    205,  # \\n\n]  # the gate",
+        "token_pattern: list[int] = [0x4, 2_05]",
+    ] {
+        let (pattern, got) = scores(&armorm_with_pattern(code));
+        assert_eq!(pattern, [4, 205], "{code:?}");
+        assert_eq!(got, reference, "{code:?}");
+    }
+}
+
+/// An assignment the text reader cannot follow is refused by file and line, not replaced.
+#[test]
+fn armorm_unreadable_pattern_names_the_line() {
+    for code in [
+        "token_pattern = tokenizer.encode('<|end|>')",
+        "token_pattern = [4, , 205]",
+        "token_pattern = [4, 205] + extra",
+        "token_pattern = [4,\n    205",
+    ] {
+        let s = armorm_with_pattern(code);
+        let e = load_err(&s.0);
+        assert!(matches!(e, EngineError::ConfigField { .. }), "{code:?}: {e}");
+        has(&e.to_string(), &["modeling_custom.py", "`token_pattern`", "line 34"]);
+    }
+}
+
+/// transformers runs modeling_custom.py and never reads config.json's `gating_token_pattern`:
+/// two different patterns are refused, naming both; agreeing ones load.
+#[test]
+fn armorm_config_and_code_patterns_must_agree() {
+    let s = Scratch::copy_of("armorm");
+    let mut v = s.config();
+    v["gating_token_pattern"] = serde_json::json!([4, 205]);
+    s.write_config(&v);
+    let e = load_err(&s.0);
+    assert!(matches!(e, EngineError::ConfigField { ref field, .. } if field == "gating_token_pattern"), "{e}");
+    has(
+        &e.to_string(),
+        &["config.json", "[4, 205]", "modeling_custom.py", "line 34", "[6, 4, 205]", "transformers runs"],
+    );
+    v["gating_token_pattern"] = serde_json::json!([6, 4, 205]);
+    s.write_config(&v);
+    let model = RewardModel::load(&s.0, &LoadOptions::default()).unwrap();
+    assert_eq!(gate_pattern(&model), [6, 4, 205]);
+}
+
+/// A sliding layer with no window is refused where transformers fails on it, naming the field:
+/// Qwen2/Qwen3 drop `sliding_window` unless `use_sliding_window` is true (reward-lens used to apply
+/// it anyway), and a Gemma-2 with `"sliding_window": null` still has sliding layers (reward-lens
+/// used to attend to everything). Mistral's null is no window, as in transformers.
+#[test]
+fn sliding_layers_without_a_window_are_refused() {
+    use serde_json::json;
+    for fixture in ["qwen2", "qwen3"] {
+        let s = Scratch::copy_of(fixture);
+        let mut v = s.config();
+        v["sliding_window"] = json!(4);
+        v["layer_types"] = json!(["sliding_attention", "full_attention", "full_attention"]);
+        for flag in [Some(json!(false)), None] {
+            match &flag {
+                Some(f) => v["use_sliding_window"] = f.clone(),
+                None => drop(v.as_object_mut().unwrap().remove("use_sliding_window")),
+            }
+            s.write_config(&v);
+            let e = load_err(&s.0);
+            assert!(matches!(e, EngineError::ConfigField { ref field, .. } if field == "use_sliding_window"), "{e}");
+            has(&e.to_string(), &["config.json", "layer 0 is sliding_attention", "set use_sliding_window to true"]);
+        }
+        // With the flag on, the window applies.
+        v["use_sliding_window"] = json!(true);
+        s.write_config(&v);
+        let model = RewardModel::load(&s.0, &LoadOptions::default()).unwrap();
+        assert_eq!(model.config.sliding_window, [Some(4), None, None]);
+    }
+    let s = Scratch::copy_of("gemma2");
+    let mut v = s.config();
+    v["sliding_window"] = serde_json::Value::Null;
+    for explicit_types in [true, false] {
+        if !explicit_types {
+            v.as_object_mut().unwrap().remove("layer_types");
+        }
+        s.write_config(&v);
+        let e = load_err(&s.0);
+        assert!(matches!(e, EngineError::ConfigField { ref field, .. } if field == "sliding_window"), "{e}");
+        has(&e.to_string(), &["config.json", "is null", "sliding_attention", "transformers fails"]);
+    }
+    let s = Scratch::copy_of("mistral");
+    let mut v = s.config();
+    v["sliding_window"] = serde_json::Value::Null;
+    s.write_config(&v);
+    let model = RewardModel::load(&s.0, &LoadOptions::default()).unwrap();
+    assert_eq!(model.config.sliding_window, [None, None, None]);
+}
+
+/// A tensor stored in a dtype the engine does not compute with (an int8-quantized checkpoint)
+/// is named with the file that holds it.
+#[test]
+fn unsupported_tensor_dtype_names_the_file() {
+    let s = Scratch::copy_of("llama");
+    let mut t = s.tensors();
+    let name = "model.layers.0.mlp.up_proj.weight";
+    let w = t[name].clone();
+    t.insert(name.to_string(), w.to_dtype(DType::U8).unwrap());
+    s.write_tensors(&t);
+    let e = load_err(&s.0);
+    assert!(matches!(e, EngineError::UnsupportedDtype { .. }), "{e}");
+    has(&e.to_string(), &[name, "model.safetensors", "U8", "supported on disk"]);
+}
+
+/// When tokenizer_config.json's `model_max_length` is below the model's context, it is what
+/// refuses a long input, and the error says so (the remedy is in that file, not config.json).
+#[test]
+fn context_limit_from_model_max_length_is_named() {
+    let s = Scratch::copy_of("llama");
+    let tc = s.path("tokenizer_config.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&tc).unwrap()).unwrap();
+    v["model_max_length"] = serde_json::json!(64);
+    std::fs::write(&tc, serde_json::to_string(&v).unwrap()).unwrap();
+    let model = RewardModel::load(&s.0, &LoadOptions::default()).unwrap();
+    let e = model.encode("Tell me something.", &words(100), Truncation::Error).unwrap_err();
+    assert!(matches!(e, EngineError::TooLong { max_tokens: 64, .. }), "{e}");
+    has(&e.to_string(), &["tokenizer_config.json's `model_max_length` is 64"]);
+    let e = model.encode("Tell me something.", &words(100), Truncation::DropPromptLeft).unwrap_err();
+    has(&e.to_string(), &["more than tokenizer_config.json's `model_max_length` of 64"]);
+    // The fixture's own limit is the model's context (model_max_length equals it).
+    let e = load("llama").encode("Tell me something.", &words(600), Truncation::Error).unwrap_err();
+    has(&e.to_string(), &["the model's context is 512"]);
 }

@@ -328,3 +328,70 @@ fn strftime_now_formats_the_fixed_date_as_python_would() {
         assert!(e.contains(&format!("strftime_now: directive {directive} is not supported")), "{format}: {e}");
     }
 }
+
+/// Python's whitespace, as Jinja2's `trim` and `str.strip/lstrip/rstrip/split()` use it, includes
+/// the separators \x1c–\x1f that Rust's `char::is_whitespace` leaves out: a text starting or
+/// ending with one must render (and tokenize) as in transformers. The expected renders and ids
+/// are transformers 5.23's `apply_chat_template` then `tokenizer(text, add_special_tokens=False)`
+/// on the llama fixture's tokenizer.
+#[test]
+fn trim_strip_and_split_use_pythons_whitespace() {
+    let prompts = [
+        ("How do I boil an egg?", "Simmer it for nine minutes.\u{1f}"),
+        ("\u{1c}What is 2+2?\u{1d}", " \u{1f}Fry\u{1e} it.\u{3000}\u{1f} "),
+    ];
+    // (name, template, [(render, ids) for each of the two conversations])
+    type Case<'a> = (&'a str, &'a str, [(&'a str, &'a [u32]); 2]);
+    let cases: [Case; 4] = [
+        (
+            "trim",
+            "{{ bos_token }}{% for message in messages %}{{ '<|' + message['role'] + '|>\\n' + message['content'] | trim + '<|end|>' }}{% endfor %}",
+            [
+                ("<s><|user|>\nHow do I boil an egg?<|end|><|assistant|>\nSimmer it for nine minutes.<|end|>", &[1, 3, 205, 737, 332, 378, 793, 281, 289, 911, 37, 6, 4, 205, 57, 615, 780, 616, 630, 293, 513, 794, 951, 20, 6]),
+                ("<s><|user|>\nWhat is 2+2?<|end|><|assistant|>\nFry\u{1e} it.<|end|>", &[1, 3, 205, 679, 359, 566, 17, 24, 37, 6, 4, 205, 44, 88, 95, 225, 616, 20, 6]),
+            ],
+        ),
+        (
+            "trim_chars",
+            "{{ bos_token }}{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] | trim('\\x1f .') }}|{{ message['content'] | trim(none) }}<|end|>{% endfor %}",
+            [
+                ("<s><|user|>\nHow do I boil an egg?|How do I boil an egg?<|end|><|assistant|>\nSimmer it for nine minutes|Simmer it for nine minutes.<|end|>", &[1, 3, 205, 737, 332, 378, 793, 281, 289, 911, 37, 98, 737, 332, 378, 793, 281, 289, 911, 37, 6, 4, 205, 57, 615, 780, 616, 630, 293, 513, 794, 951, 98, 57, 615, 780, 616, 630, 293, 513, 794, 951, 20, 6]),
+                ("<s><|user|>\n\u{1c}What is 2+2?\u{1d}|What is 2+2?<|end|><|assistant|>\nFry\u{1e} it.\u{3000}|Fry\u{1e} it.<|end|>", &[1, 3, 205, 223, 679, 359, 566, 17, 24, 37, 224, 98, 679, 359, 566, 17, 24, 37, 6, 4, 205, 44, 88, 95, 225, 616, 20, 166, 229, 229, 98, 44, 88, 95, 225, 616, 20, 6]),
+            ],
+        ),
+        (
+            "strip",
+            "{{ bos_token }}{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'].strip() }}|{{ message['content'].lstrip() }}|{{ message['content'].rstrip() }}|{{ message['content'].strip('\\x1c?') }}<|end|>{% endfor %}",
+            [
+                ("<s><|user|>\nHow do I boil an egg?|How do I boil an egg?|How do I boil an egg?|How do I boil an egg<|end|><|assistant|>\nSimmer it for nine minutes.|Simmer it for nine minutes.\u{1f}|Simmer it for nine minutes.|Simmer it for nine minutes.\u{1f}<|end|>", &[1, 3, 205, 737, 332, 378, 793, 281, 289, 911, 37, 98, 737, 332, 378, 793, 281, 289, 911, 37, 98, 737, 332, 378, 793, 281, 289, 911, 37, 98, 737, 332, 378, 793, 281, 289, 911, 6, 4, 205, 57, 615, 780, 616, 630, 293, 513, 794, 951, 20, 98, 57, 615, 780, 616, 630, 293, 513, 794, 951, 20, 226, 98, 57, 615, 780, 616, 630, 293, 513, 794, 951, 20, 98, 57, 615, 780, 616, 630, 293, 513, 794, 951, 20, 226, 6]),
+                ("<s><|user|>\nWhat is 2+2?|What is 2+2?\u{1d}|\u{1c}What is 2+2?|What is 2+2?\u{1d}<|end|><|assistant|>\nFry\u{1e} it.|Fry\u{1e} it.\u{3000}\u{1f} | \u{1f}Fry\u{1e} it.| \u{1f}Fry\u{1e} it.\u{3000}\u{1f} <|end|>", &[1, 3, 205, 679, 359, 566, 17, 24, 37, 98, 679, 359, 566, 17, 24, 37, 224, 98, 223, 679, 359, 566, 17, 24, 37, 98, 679, 359, 566, 17, 24, 37, 224, 6, 4, 205, 44, 88, 95, 225, 616, 20, 98, 44, 88, 95, 225, 616, 20, 166, 229, 229, 226, 684, 227, 226, 44, 88, 95, 225, 616, 20, 98, 227, 226, 44, 88, 95, 225, 616, 20, 166, 229, 229, 226, 227, 6]),
+            ],
+        ),
+        (
+            "split",
+            "{{ bos_token }}{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'].split() | join(' ') }}|{{ message['content'].split(none, 1) | join('/') }}|{{ message['content'].split(' ', 1) | join('/') }}|{{ message['content'].split() | length }}<|end|>{% endfor %}",
+            [
+                ("<s><|user|>\nHow do I boil an egg?|How/do I boil an egg?|How/do I boil an egg?|6<|end|><|assistant|>\nSimmer it for nine minutes.|Simmer/it for nine minutes.\u{1f}|Simmer/it for nine minutes.\u{1f}|5<|end|>", &[1, 3, 205, 737, 332, 378, 793, 281, 289, 911, 37, 98, 737, 21, 74, 85, 378, 793, 281, 289, 911, 37, 98, 737, 21, 74, 85, 378, 793, 281, 289, 911, 37, 98, 28, 6, 4, 205, 57, 615, 780, 616, 630, 293, 513, 794, 951, 20, 98, 57, 615, 780, 21, 297, 630, 293, 513, 794, 951, 20, 226, 98, 57, 615, 780, 21, 297, 630, 293, 513, 794, 951, 20, 226, 98, 27, 6]),
+                ("<s><|user|>\nWhat is 2+2?|What/is 2+2?\u{1d}|\u{1c}What/is 2+2?\u{1d}|3<|end|><|assistant|>\nFry it.|Fry/it.\u{3000}\u{1f} |/\u{1f}Fry\u{1e} it.\u{3000}\u{1f} |2<|end|>", &[1, 3, 205, 679, 359, 566, 17, 24, 37, 98, 679, 21, 838, 566, 17, 24, 37, 224, 98, 223, 679, 21, 838, 566, 17, 24, 37, 224, 98, 25, 6, 4, 205, 44, 88, 95, 616, 20, 98, 44, 88, 95, 21, 297, 20, 166, 229, 229, 226, 684, 21, 226, 44, 88, 95, 225, 616, 20, 166, 229, 229, 226, 684, 24, 6]),
+            ],
+        ),
+    ];
+    let base: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models/llama/tokenizer_config.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    for (name, template, expected) in cases {
+        let mut cfg = base.clone();
+        cfg["chat_template"] = json!(template);
+        let d = dir_with(&format!("pyspace-{name}"), cfg, None);
+        let t = ChatTokenizer::from_dir(&d, 512, Some("llama")).unwrap();
+        for ((prompt, response), (text, ids)) in prompts.iter().zip(expected) {
+            assert_eq!(t.render(prompt, response).unwrap(), text, "{name}: {prompt:?} {response:?}");
+            let enc = t.encode_pair(prompt, response, Truncation::Error).unwrap();
+            assert_eq!(enc.ids, ids, "{name}: {prompt:?} {response:?}");
+        }
+    }
+}

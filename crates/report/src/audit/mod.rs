@@ -482,7 +482,7 @@ fn whole_run_inputs(
     let mut fit = |prompt: &str, response: &str, what: &str| -> Result<Option<Vec<u32>>> {
         match model.encode(prompt, response, truncation) {
             Ok(e) => Ok(Some(e.ids)),
-            Err(EngineError::TooLong { n_tokens, max_tokens }) => {
+            Err(EngineError::TooLong { n_tokens, max_tokens, .. }) => {
                 skipped.push(format!("{what}: {n_tokens} tokens, context {max_tokens}"));
                 Ok(None)
             }
