@@ -3,7 +3,7 @@ from typing import Any, Optional, Union
 from . import Model, Pairs, Path, Progress
 
 # **options: the `cart discover` flags in snake_case (split, field, tail_subsets, alpha,
-# clusters, units, mlp_layers, head_layers, edge_layers, sae, position, readout, permutations,
+# clusters, units, mlp_layers, head_layers, edge_layers, sae, positions, readout, permutations,
 # family_alpha, fixed_z, min_correlation, random_sets, bootstrap, screen_top, batch_size, seed).
 def discover(
     model: Model, pairs: Pairs, oracle: Optional[Path] = None, progress: Progress = None, **options: Any

@@ -334,7 +334,14 @@ fn discover_spec(o: &mut Opts<'_>) -> PyResult<DiscoverSpec> {
         head_layers: layers(o.get("head_layers", "all".to_string())?, "head_layers")?,
         edge_layers: layers(o.get("edge_layers", "all".to_string())?, "edge_layers")?,
         sae: o.get("sae", d.sae)?,
-        position: o.parsed::<Positions>("position", "pooled")?,
+        // `positions`, the one name the other instruments use; `position` is its older spelling.
+        position: {
+            let old: Option<String> = o.get("position", None)?;
+            match old {
+                Some(s) => choice(&s, "position")?,
+                None => o.parsed::<Positions>("positions", "pooled")?,
+            }
+        },
         readout: o.parsed::<PairReadout>("readout", "mean")?,
         permutations: o.get("permutations", d.permutations)?,
         family_alpha: o.get("family_alpha", d.family_alpha)?,

@@ -15,7 +15,10 @@ use crate::{output, ModelArgs};
     after_help = "A concept is a JSONL file of {\"prompt\", \"positive\", \"negative\"}; positive SHOWS the behaviour \
 the file is named after. Its vector is the normalised mean of h(positive) − h(negative) at a block's output (pooled \
 token). Alignment is the cosine with the direction the reward reads the residual stream along (w_r ⊙ γ; --v1-compat: \
-w_r), with a p-value against a random direction in d_model dimensions.\n\
+w_r). Whether the model pays for the behaviour is tested on the concept's own pairs: the reward shift \
+reward(positive) − reward(negative), its size in SDs of the negatives' rewards, and `shift p`, a sign-flip test of \
+the per-pair shifts (seeded by --seed beyond 16 pairs). The cosine's `p` against a random direction in d_model \
+dimensions is for reference only: activation differences are not isotropic.\n\
 Built-in concepts: sycophancy, verbosity, hedging, overconfidence, markdown, refusal, flattery, apology.\n\n\
 --steer NAME adds strength × vector at the layer and re-scores (the concept's own negatives, or --pairs' texts), \
 giving a dose–response curve and its slope.\n\nExamples:\n  reward-lens concepts --out concepts.json\n  \

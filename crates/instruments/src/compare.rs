@@ -5,7 +5,8 @@
 //!
 //! **Formation correlation** (reward-lens 1.0): each pair's differential lens curve divided by its
 //! final value (zeros if that is below 1e-8), both curves linearly resampled to the longer length
-//! on depth [0, 1], Pearson r (0 when either is flat); the mean over pairs is reported.
+//! on depth [0, 1], Pearson r; a pair where either curve is flat has none (reward-lens 1.0 gave 0)
+//! and is left out of the mean over pairs.
 //! **Linear CKA** of the last block's output at the pooled token over every chosen and rejected
 //! text: `‖YᵀX‖²_F / (‖XᵀX‖_F ‖YᵀY‖_F)` with centred features (invariant to rotation and scale,
 //! defined across different widths).
@@ -47,7 +48,8 @@ pub struct PairwiseComparison {
     pub a: String,
     pub b: String,
     pub formation_correlation: Option<f64>,
-    /// Fraction of pairs whose margins have the same sign.
+    /// Fraction of pairs both models order the same way: both right (margin > 0) or both not
+    /// (a tie counts as not right, as in accuracy, so a tie and a negative margin agree).
     pub margin_sign_agreement: f64,
     pub margin_spearman: Option<f64>,
     /// Spearman of mean component differentials (same component list only).

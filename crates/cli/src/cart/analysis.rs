@@ -73,7 +73,8 @@ pub struct DiscoverFlags {
     pub sae: Option<PathBuf>,
     /// Where units are read: pooled (the token the reward is read at), or the mean over the
     /// response (or all) tokens.
-    #[arg(long, value_parser = choice::<Positions>(&Positions::NAMES), default_value = "pooled")]
+    /// (`--position`, its older spelling, is kept as an alias.)
+    #[arg(long = "positions", alias = "position", value_parser = choice::<Positions>(&Positions::NAMES), default_value = "pooled")]
     pub position: Positions,
     /// How a pair's two sequences make one value per unit.
     #[arg(long, value_parser = choice::<PairReadout>(&PairReadout::NAMES), default_value = "mean")]
