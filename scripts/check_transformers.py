@@ -18,7 +18,13 @@ tok = AutoTokenizer.from_pretrained(model_dir)
 # transformers 4.56 renamed `torch_dtype` to `dtype` (an older one would take `dtype` as a config
 # field), and 5 loads the checkpoint's own dtype by default: ask for f32 by the right name, check.
 key = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
-model = AutoModelForSequenceClassification.from_pretrained(model_dir, **{key: torch.float32}).to(device).eval()
+# A model with its own code (ArmoRM's modeling_custom.py, named by config.json's auto_map) runs
+# that code, as users load it; without it transformers builds a plain model with a fresh head.
+with open(f"{model_dir}/config.json") as f:
+    custom = "auto_map" in json.load(f)
+model = AutoModelForSequenceClassification.from_pretrained(
+    model_dir, trust_remote_code=custom, **{key: torch.float32}
+).to(device).eval()
 assert next(model.parameters()).dtype == torch.float32
 pairs = [json.loads(l) for l in open(pairs_path) if l.strip()]
 ours = [json.loads(l) for l in open(scores_path) if l.strip()]
@@ -31,7 +37,9 @@ with torch.no_grad():
             msgs = [{"role": "user", "content": p["prompt"]}, {"role": "assistant", "content": p[side]}]
             text = tok.apply_chat_template(msgs, tokenize=False)
             ids = tok(text, add_special_tokens=False, return_tensors="pt").to(device)
-            r = model(**ids).logits[0, 0].item()
+            out = model(**ids)
+            # ArmoRM returns its preference score beside the objectives' rewards (its logits).
+            r = (out.score[0] if getattr(out, "score", None) is not None else out.logits[0, 0]).item()
             d = abs(r - o[f"{side}_score"])
             worst, worst_rel = max(worst, d), max(worst_rel, d / max(1.0, abs(r)))
 # Relative beyond 1: real checkpoints' rewards (and activations) can be large.
