@@ -18,8 +18,10 @@ pub struct CompareArgs {
     /// Two or more model directories.
     #[arg(long = "model", value_name = "DIR", required = true, num_args = 1)]
     pub models: Vec<PathBuf>,
+    /// Compute dtype. f32 is exact enough for analysis; bf16/f16 halve memory.
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: DtypeArg,
+    /// Device: `cpu`, or `cuda` / `cuda:N` in builds with the `cuda` feature.
     #[arg(long, default_value = "cpu")]
     pub device: String,
     #[command(flatten)]

@@ -33,11 +33,15 @@ pub struct ConceptsArgs {
     /// Block whose output the vectors live in (default: the last).
     #[arg(long)]
     pub layer: Option<usize>,
+    /// reward-lens 1.0's alignment: the cosine with w_r itself rather than the direction the
+    /// reward reads the residual stream along (w_r ⊙ γ).
     #[arg(long)]
     pub v1_compat: bool,
     /// Steer along this concept's vector.
     #[arg(long, value_name = "NAME")]
     pub steer: Option<String>,
+    /// Steering strengths, comma-separated (write `--strengths=-4,-2,0,2,4`: a leading minus after a space
+    /// reads as a flag); each adds strength × the unit vector.
     #[arg(long, value_delimiter = ',', allow_hyphen_values = true, default_value = "-4,-2,0,2,4", requires = "steer")]
     pub strengths: Vec<f64>,
     /// Where the vector is added: pooled (the token the reward is read at) or all tokens.

@@ -32,10 +32,13 @@ pub struct ConflictArgs {
     /// Block whose output the directions live in (default: the last).
     #[arg(long)]
     pub layer: Option<usize>,
+    /// Cosine above which two terms are aligned.
     #[arg(long, default_value_t = 0.5)]
     pub aligned: f64,
+    /// |cosine| below which two terms are orthogonal.
     #[arg(long, default_value_t = 0.2)]
     pub orthogonal: f64,
+    /// Cosine below which two terms are in conflict.
     #[arg(long, default_value_t = -0.3, allow_hyphen_values = true)]
     pub conflict: f64,
     #[command(flatten)]

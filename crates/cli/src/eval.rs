@@ -25,18 +25,25 @@ pub struct EvalArgs {
     /// One or more model directories (default: the embedded example model).
     #[arg(long = "model", value_name = "DIR")]
     pub models: Vec<PathBuf>,
+    /// Compute dtype. f32 is exact enough for analysis; bf16/f16 halve memory.
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: DtypeArg,
+    /// Device: `cpu`, or `cuda` / `cuda:N` in builds with the `cuda` feature.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Preference pairs (JSONL: prompt, chosen, rejected, optional subset and id), or a RewardBench 2 file.
     #[arg(long, value_name = "FILE.jsonl")]
     pub pairs: PathBuf,
+    /// Sequences per forward pass (a pair is two).
     #[arg(long, default_value_t = 16, value_parser = crate::args::at_least_one)]
     pub batch_size: usize,
+    /// Which side of a batch padding goes on; scores are the same either way (tested).
     #[arg(long, value_parser = crate::args::choice::<PaddingSide>(&["right", "left"]), default_value = "right")]
     pub padding: PaddingSide,
+    /// Drop prompt tokens from the left when a conversation exceeds the model's context (default: error).
     #[arg(long)]
     pub truncate_prompt: bool,
+    /// Write the evaluation (a list with one entry per model) here as JSON.
     #[arg(long, value_name = "FILE.json")]
     pub out: Option<PathBuf>,
     /// With --shard, --out gets the shard's per-pair margins (JSONL, one model after another in each line)

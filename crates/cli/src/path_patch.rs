@@ -28,15 +28,19 @@ pub struct PathPatchArgs {
     /// Receivers, comma-separated (`attn.2,mlp.1,head.2.3`), or `all`.
     #[arg(long, value_delimiter = ',', default_value = "all")]
     pub receivers: Vec<String>,
+    /// noising: the chosen run, the sender's z from the rejected one; denoising: the other way round.
     #[arg(long, value_parser = choice::<PatchMode>(&["noising", "denoising"]), default_value = "noising")]
     pub mode: PatchMode,
+    /// How chosen and rejected positions of different lengths line up (as `patch --align`).
     #[arg(long, value_parser = choice::<Align>(&["anchored", "prefix"]), default_value = "anchored")]
     pub align: Align,
     /// Per-pair results, one JSON line each.
     #[arg(long, value_name = "FILE.jsonl", required = true)]
     pub out: PathBuf,
+    /// Continue an interrupted run: keep --out's lines, compute the rest (same model and options only).
     #[arg(long)]
     pub resume: bool,
+    /// Seed of the printed summary's bootstrap intervals.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(long, value_name = "K/N", help = crate::args::SHARD_HELP)]

@@ -76,6 +76,7 @@ pub struct TrainArgs {
 pub struct FeaturesArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// The SAE folder (cfg.json + sae_weights.safetensors), from `sae train` or SAELens.
     #[arg(long)]
     pub sae: PathBuf,
     /// A `sae collect` directory, with --pairs the file it was collected from: adds each top
@@ -86,6 +87,7 @@ pub struct FeaturesArgs {
     pub pairs: Option<PathBuf>,
     #[arg(long, default_value_t = 10)]
     pub top: usize,
+    /// Write the full result here as JSON.
     #[arg(long)]
     pub out: Option<PathBuf>,
 }
@@ -96,10 +98,12 @@ pub struct DecomposeArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub input: PairInput,
+    /// The SAE folder (cfg.json + sae_weights.safetensors), from `sae train` or SAELens.
     #[arg(long)]
     pub sae: PathBuf,
     #[arg(long, default_value_t = 10)]
     pub top: usize,
+    /// Write the full result here as JSON.
     #[arg(long)]
     pub out: Option<PathBuf>,
 }
