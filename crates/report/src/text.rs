@@ -65,7 +65,13 @@ pub fn model_labels(names: &[&str], width: usize) -> Vec<String> {
 pub fn eval_table(evals: &[ModelEval], n_pairs: usize) -> String {
     let mut s = String::new();
     let ci = |c: Option<(f64, f64)>| c.map_or(String::new(), |(l, h)| format!(" [{}, {}]", pct(l), pct(h)));
-    let width = 22;
+    // Wide enough for a model's folder name (or "(embedded example model)"), within reason.
+    let longest = evals
+        .iter()
+        .map(|e| e.model.trim_end_matches('/').rsplit('/').next().unwrap_or_default().chars().count())
+        .max()
+        .unwrap_or(0);
+    let width = longest.clamp(22, 28);
     let _ = writeln!(s, "accuracy % [95% CI] on {n_pairs} pairs");
     let _ = write!(s, "{:<24}", "subset");
     for label in model_labels(&evals.iter().map(|e| e.model.as_str()).collect::<Vec<_>>(), width) {

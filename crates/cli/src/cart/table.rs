@@ -22,7 +22,8 @@ The bound's direction test: over all runs, Spearman ρ of the held-out gap L_tai
 |C_tail|/√N_tail and against Div (each run's own circuits; ensembles: the members' mean), with a permutation \
 p-value. The bound predicts both ρ > 0.\n\n\
 Organisms are tiny, so matrix products run on one thread unless RAYON_NUM_THREADS is set.\n\n\
-Example (the README table):\n  reward-lens cart table --preset tail,control --seeds 3 --out cart_table.json --markdown cart_table.md")]
+Example (the README table, reduced settings; about 40 minutes on 2 cores):\n  reward-lens cart table --preset \
+default,control --seeds 3 --epochs 2 --n-train 2000 --n-test 1000 --out cart_table.json --markdown cart_table.md")]
 pub struct TableArgs {
     /// Organism presets (comma-separated).
     #[arg(long, alias = "organisms", value_delimiter = ',', default_value = "tail,control")]
@@ -70,11 +71,14 @@ pub struct TableArgs {
     /// Permutations of the light discoveries' τ.
     #[arg(long, default_value_t = 1000)]
     pub permutations: usize,
-    #[arg(long, hide = true, value_parser = crate::args::at_least_one)]
+    /// Training epochs per run (default: the organism's own).
+    #[arg(long, value_parser = crate::args::at_least_one)]
     pub epochs: Option<usize>,
-    #[arg(long, hide = true)]
+    /// Training pairs per organism (default: the organism's own).
+    #[arg(long)]
     pub n_train: Option<usize>,
-    #[arg(long, hide = true)]
+    /// Held-out test pairs per organism (default: the organism's own).
+    #[arg(long)]
     pub n_test: Option<usize>,
 }
 
