@@ -1108,7 +1108,7 @@ fn every_resumable_command_checks_its_fingerprint() {
         refused(go(&llama, other, &["--resume"]), "the options");
         if name == "patch.jsonl" {
             // The option that changed is named, not the whole parsed command line.
-            refused(go(&llama, other, &["--resume"]), "(granularity: Sublayer then, Residual now)");
+            refused(go(&llama, other, &["--resume"]), "(--granularity: sublayer then, residual now)");
         }
         std::fs::write(&pairs, text.replacen("\"prompt\"", "\"prompt\" ", 1)).unwrap();
         refused(go(&llama, same, &["--resume"]), "the input file");

@@ -183,8 +183,9 @@ pub fn guard(out: &Path, fp: &Fingerprint, resume: bool) -> Result<(), ReportErr
     std::fs::write(&meta, text + "\n").map_err(io(&meta, "cannot write the run's fingerprint"))
 }
 
-/// What differs between two runs' options, option by option (`mode: Noising then, Denoising
-/// now`), when both are the `{:?}` text of the parsed arguments; else both in full.
+/// What differs between two runs' options, option by option in the words a user typed
+/// (`--mode: noising then, denoising now`), when both are the `{:?}` text of the parsed
+/// arguments; else both in full.
 pub fn options_diff(then: &serde_json::Value, now: &serde_json::Value) -> String {
     options_diff_as(then, now, ["then", "now"])
 }
@@ -197,20 +198,52 @@ pub fn options_diff_as(then: &serde_json::Value, now: &serde_json::Value, [t, n]
     let mut parts = Vec::new();
     for (k, x) in &a {
         match b.iter().find(|(k2, _)| k2 == k) {
-            Some((_, y)) if y != x => parts.push(format!("{k}: {x} {t}, {y} {n}")),
-            None => parts.push(format!("{k}: {x} {t}, absent {n}")),
+            Some((_, y)) if y != x => parts.push(format!("{}: {} {t}, {} {n}", flag(k), value(x), value(y))),
+            None => parts.push(format!("{}: {} {t}, absent {n}", flag(k), value(x))),
             _ => {}
         }
     }
     for (k, y) in &b {
         if !a.iter().any(|(k2, _)| k2 == k) {
-            parts.push(format!("{k}: absent {t}, {y} {n}"));
+            parts.push(format!("{}: absent {t}, {} {n}", flag(k), value(y)));
         }
     }
     if parts.is_empty() {
         return full();
     }
     parts.join("; ")
+}
+
+/// A field path of the parsed arguments as the flag that sets it: `run.batch_size` → `--batch-size`.
+fn flag(path: &str) -> String {
+    format!("--{}", path.rsplit('.').next().unwrap_or(path).replace('_', "-"))
+}
+
+/// A `{:?}` value as typed: `Some("x.jsonl")` → `x.jsonl`, `None` → `not given`, an enum variant
+/// `DropPromptLeft` → `drop-prompt-left`.
+fn value(v: &str) -> String {
+    let v = v.trim();
+    if v == "None" {
+        return "not given".into();
+    }
+    if let Some(inner) = v.strip_prefix("Some(").and_then(|s| s.strip_suffix(')')) {
+        return value(inner);
+    }
+    if v.len() >= 2 && v.starts_with('"') && v.ends_with('"') {
+        return serde_json::from_str::<String>(v).unwrap_or_else(|_| v[1..v.len() - 1].to_string());
+    }
+    let variant = v.chars().next().is_some_and(char::is_uppercase) && v.chars().all(char::is_alphanumeric);
+    if variant {
+        let mut out = String::new();
+        for (i, c) in v.chars().enumerate() {
+            if c.is_uppercase() && i > 0 {
+                out.push('-');
+            }
+            out.extend(c.to_lowercase());
+        }
+        return out;
+    }
+    v.to_string()
 }
 
 /// The leaves of a `{:?}` text of nested structs, by dotted field path (`model.dtype`, `mode`).
@@ -319,11 +352,12 @@ mod tests {
             ))
         };
         let (a, b) = (text("Noising", "a, b.jsonl"), text("Denoising", "c.jsonl"));
-        assert_eq!(
-            options_diff(&a, &b),
-            "pairs: Some(\"a, b.jsonl\") then, Some(\"c.jsonl\") now; mode: Noising then, Denoising now"
-        );
+        assert_eq!(options_diff(&a, &b), "--pairs: a, b.jsonl then, c.jsonl now; --mode: noising then, denoising now");
         assert_eq!(options_diff_as(&a, &b, ["there", "here"]).split("; ").count(), 2);
+        // Nested fields by their flag; None as not given; enum variants as typed.
+        let t = |m: &str| serde_json::json!(format!("A {{ model: ModelArgs {{ model: {m} }}, how: DropPromptLeft }}"));
+        assert_eq!(options_diff(&t("Some(\"x\")"), &t("None")), "--model: x then, not given now");
+        assert_eq!(value("DropPromptLeft"), "drop-prompt-left");
         // Not the text of parsed arguments: both in full.
         let (x, y) = (serde_json::json!({"k": 1}), serde_json::json!({"k": 2}));
         assert_eq!(options_diff(&x, &y), r#"then: {"k":1}; now: {"k":2}"#);
