@@ -297,7 +297,9 @@ pub fn bar(v: f64, max_abs: f64, width: usize) -> String {
 pub fn lens_table(rep: &LensReport) -> String {
     let mut s = String::new();
     let v1 = if rep.v1_compat { ", v1-compat" } else { "" };
-    let _ = writeln!(s, "reward lens ({:?}{v1}), {} pairs, mean over pairs:", rep.kind, rep.pairs.len());
+    // The kind as `--kind` takes it (its JSON name).
+    let kind = serde_json::to_value(rep.kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+    let _ = writeln!(s, "reward lens ({kind}{v1}), {} pairs, mean over pairs:", rep.pairs.len());
     let _ = writeln!(s, "{:>6} {:>10} {:>10}  {:<36} ", "layer", "chosen", "rejected", "chosen − rejected [95% CI]");
     let max = rep.mean_differential.iter().filter_map(|m| m.mean).fold(0.0f64, |a, b| a.max(b.abs()));
     for (i, l) in rep.layers.iter().enumerate() {
