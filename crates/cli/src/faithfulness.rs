@@ -25,6 +25,13 @@ pub fn run(a: FaithfulnessArgs) -> Result<()> {
     if a.divergence_reference.is_some() {
         anyhow::bail!("--divergence-reference applies to `patch`; faithfulness compares rankings and never reads it");
     }
+    if a.verify_top > 0 {
+        // Refused here, not per pair: it is the option that is wrong, not a line of the file.
+        anyhow::bail!(
+            "--verify-top applies to `atp`: faithfulness measures attribution patching's estimates, and verifying would \
+             replace the largest by exact patches"
+        );
+    }
     check_granularity(a.granularity).map_err(|e| anyhow::anyhow!("--granularity: {e}"))?;
     let pairs = a.input.read()?;
     a.guard("faithfulness", pairs.len())?;

@@ -1328,6 +1328,8 @@ fn contradictory_flags_are_refused() {
             "no pair has one of them (the pairs' subsets: confidence",
         ),
         (vec!["faithfulness", "--pairs", p, "--out", o, "--divergence-reference", p], "never reads it"),
+        // The option is wrong, not the file's first line: refused before anything is written.
+        (vec!["faithfulness", "--pairs", p, "--out", o, "--verify-top", "2"], "error: --verify-top applies to `atp`"),
         (
             vec!["faithfulness", "--pairs", p, "--out", o, "--granularity", "residual"],
             "granularity residual has no DLA",
