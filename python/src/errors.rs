@@ -53,7 +53,7 @@ fn engine_kind(e: &EngineError) -> Kind {
         | DuplicateTensor { .. }
         | Tokenizer { .. }
         | Template { .. } => Kind::Model,
-        UnknownSite(_) | SiteLayer { .. } | Intervention { .. } => Kind::Site,
+        UnknownSite(_) | SiteNotInModel { .. } | SiteLayer { .. } | Intervention { .. } => Kind::Site,
         Pair { source, .. } => match engine_kind(source) {
             Kind::Other => Kind::Input,
             k => k,

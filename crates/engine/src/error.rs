@@ -70,6 +70,8 @@ pub enum EngineError {
     TokenOutOfRange { id: u32, vocab: usize, at: String },
     #[error("unknown activation site `{0}` (see the site list in the README; e.g. blocks.0.hook_resid_post)")]
     UnknownSite(String),
+    #[error("activation site `{site}` does not occur in this model: {why}")]
+    SiteNotInModel { site: String, why: String },
     #[error("activation site `{site}`: layer {layer} does not exist (this model has {n_layers} layers, blocks 0 to {})", n_layers.saturating_sub(1))]
     SiteLayer { site: String, layer: usize, n_layers: usize },
     #[error("intervention at `{site}`: {message}")]

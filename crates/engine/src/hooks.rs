@@ -259,8 +259,23 @@ impl<'h, 'a> HookState<'h, 'a> {
 pub(crate) fn validate(hooks: &Hooks, sites: &[Site]) -> Result<()> {
     for iv in &hooks.interventions {
         if !sites.contains(&iv.site) {
-            return Err(EngineError::UnknownSite(iv.site.name()));
+            // A layer beyond the model's stays `UnknownSite` (callers name the layer count).
+            return Err(match iv.site {
+                Site::PosEmbed | Site::RotQ(_) | Site::RotK(_) | Site::MlpPreLinear(_) => absent(iv.site),
+                _ => EngineError::UnknownSite(iv.site.name()),
+            });
         }
     }
     Ok(())
+}
+
+/// A site name this architecture does not compute, with the reason.
+pub(crate) fn absent(site: Site) -> EngineError {
+    let why = match site {
+        Site::PosEmbed => "only models with learned position embeddings (GPT-2) have it; this one uses RoPE",
+        Site::RotQ(_) | Site::RotK(_) => "only models with rotary position embeddings (RoPE) have it",
+        Site::MlpPreLinear(_) => "only gated MLPs (Llama, Mistral, Qwen, Gemma) have it",
+        _ => "this architecture does not compute it",
+    };
+    EngineError::SiteNotInModel { site: site.name(), why: why.into() }
 }

@@ -350,6 +350,10 @@ impl RewardModel {
                 if let Some(layer) = crate::Site::parse(p).and_then(|s| s.layer()).filter(|&l| l >= n) {
                     return Err(EngineError::SiteLayer { site: p.clone(), layer, n_layers: n });
                 }
+                // A real site name this architecture does not have: say why, not "unknown".
+                if let Some(site) = crate::Site::parse(p) {
+                    return Err(crate::hooks::absent(site));
+                }
                 return Err(EngineError::UnknownSite(p.clone()));
             }
         }

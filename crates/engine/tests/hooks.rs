@@ -477,7 +477,14 @@ fn unknown_sites_and_bad_values_are_errors() {
     // GPT-2 has no RoPE sites.
     let gpt2 = load("gpt2");
     let e = gpt2.resolve_sites(&SiteFilter::new(&["blocks.0.attn.hook_rot_q"])).unwrap_err();
-    assert!(e.to_string().contains("blocks.0.attn.hook_rot_q"), "{e}");
+    assert!(
+        matches!(e, EngineError::SiteNotInModel { .. }) && e.to_string().contains("blocks.0.attn.hook_rot_q"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("only models with rotary position embeddings"), "{e}");
+    // Llama has no learned position embeddings: said so, not "unknown".
+    let e = model.resolve_sites(&SiteFilter::new(&["hook_pos_embed"])).unwrap_err();
+    assert!(e.to_string().contains("learned position embeddings"), "{e}");
 
     let batch = single(&model, &ids(&model, 0, "chosen"));
     // An intervention at a layer the model does not have.
