@@ -220,19 +220,18 @@ pub fn learn_term_samples(
 
 /// The terms' directions: each one's mean difference.
 pub fn term_means(samples: &[TermSamples]) -> Vec<Term> {
-    samples
-        .iter()
-        .map(|(name, diffs)| {
-            let d = diffs.first().map_or(0, Vec::len);
-            let mut mean = vec![0.0; d];
-            for df in diffs {
-                for (m, x) in mean.iter_mut().zip(df) {
-                    *m += x / diffs.len().max(1) as f64;
-                }
-            }
-            (name.clone(), mean)
-        })
-        .collect()
+    samples.iter().map(|(name, diffs)| (name.clone(), mean_difference(diffs))).collect()
+}
+
+fn mean_difference(diffs: &[Vec<f64>]) -> Vec<f64> {
+    let d = diffs.first().map_or(0, Vec::len);
+    let mut mean = vec![0.0; d];
+    for df in diffs {
+        for (m, x) in mean.iter_mut().zip(df) {
+            *m += x / diffs.len().max(1) as f64;
+        }
+    }
+    mean
 }
 
 fn learn_term_samples_unchecked(
@@ -262,7 +261,7 @@ fn learn_term_samples_unchecked(
                 })
                 .collect();
             // No direction: every cosine with it would be 0, "orthogonal" to every other term.
-            if term_means(&[(String::new(), diffs.clone())])[0].1.iter().all(|m| *m == 0.0) {
+            if mean_difference(&diffs).iter().all(|m| *m == 0.0) {
                 return Err(InstrumentError::Invalid(format!(
                     "term `{name}`: its chosen and rejected texts have the same activations at block {layer} (are \
                      they the same?), so it has no direction"

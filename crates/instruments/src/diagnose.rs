@@ -196,19 +196,7 @@ fn cascade_with(
             let r = pearson(&x, &y);
             corr[i][j] = r;
             corr[j][i] = r;
-            // Bootstrap over prompts: resample indices, recompute r.
-            let idx: Vec<f64> = (0..n).map(|p| p as f64).collect();
-            let ci = bootstrap_ci(
-                &idx,
-                |s| {
-                    let xs: Vec<f64> = s.iter().map(|&p| x[p as usize]).collect();
-                    let ys: Vec<f64> = s.iter().map(|&p| y[p as usize]).collect();
-                    pearson(&xs, &ys)
-                },
-                0.95,
-                2000,
-                seed,
-            );
+            let ci = correlation_ci(&x, &y, 2000, seed);
             let p = r.map(|r| pearson_permutation_p(&x, &y, r, permutations, seed));
             candidates.push((i, j, r, ci, p));
         }
@@ -270,6 +258,22 @@ fn cascade_with(
         clusters,
         risk,
     })
+}
+
+/// 95 % bootstrap interval of Pearson's r over the prompts (indices resampled, r recomputed).
+fn correlation_ci(x: &[f64], y: &[f64], resamples: usize, seed: u64) -> Option<(f64, f64)> {
+    let idx: Vec<f64> = (0..x.len()).map(|p| p as f64).collect();
+    bootstrap_ci(
+        &idx,
+        |s| {
+            let xs: Vec<f64> = s.iter().map(|&p| x[p as usize]).collect();
+            let ys: Vec<f64> = s.iter().map(|&p| y[p as usize]).collect();
+            pearson(&xs, &ys)
+        },
+        0.95,
+        resamples,
+        seed,
+    )
 }
 
 /// Two-sided permutation p-value of Pearson's r: the share of `permutations` seeded shuffles of y
@@ -468,18 +472,7 @@ mod tests {
             for i in 0..12 {
                 for j in i + 1..12 {
                     let (x, y) = (col(&dims[i]), col(&dims[j]));
-                    let idx: Vec<f64> = (0..10).map(|p| p as f64).collect();
-                    let ci = bootstrap_ci(
-                        &idx,
-                        |s| {
-                            let xs: Vec<f64> = s.iter().map(|&p| x[p as usize]).collect();
-                            let ys: Vec<f64> = s.iter().map(|&p| y[p as usize]).collect();
-                            pearson(&xs, &ys)
-                        },
-                        0.95,
-                        500,
-                        run,
-                    );
+                    let ci = correlation_ci(&x, &y, 500, run);
                     let r = pearson(&x, &y).unwrap();
                     old_rule_links += usize::from(r.abs() > 0.5 && ci.is_some_and(|(lo, hi)| lo > 0.0 || hi < 0.0));
                 }
